@@ -1,0 +1,41 @@
+"""krepis — the Sovereign Journal: a durable audit trail and crash-safe counters on LMDB.
+
+>>> from krepis import SovereignJournal, TransactionLog, LogStatus
+>>> with SovereignJournal("/tmp/krepis-doc") as journal:          # doctest: +SKIP
+...     journal.record(TransactionLog.now("op", "req-1", LogStatus.Completed), increment="op")
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    ClosedError,
+    CorruptStorageError,
+    InvalidTypeError,
+    JournalError,
+    OpError,
+    StorageError,
+    ValidationError,
+)
+from ._journal import DEFAULT_STORAGE, SovereignJournal
+from ._kernel import Kernel
+from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "ClosedError",
+    "CorruptStorageError",
+    "InvalidTypeError",
+    "JournalError",
+    "Kernel",
+    "KernelContext",
+    "LogStatus",
+    "OpError",
+    "SovereignJournal",
+    "SovereignStats",
+    "StorageError",
+    "TransactionLog",
+    "ValidationError",
+    "__version__",
+]

@@ -1,0 +1,247 @@
+"""The ``krepis`` command line: run the kernel, inspect and export the journal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from ._errors import JournalError
+from ._journal import DEFAULT_STORAGE, SovereignJournal
+from ._kernel import Kernel
+from ._model import LogStatus, TransactionLog
+
+__all__ = ["cli", "main"]
+
+_STATUS_STYLE = {"Started": "yellow", "Completed": "green", "Failed": "bold red"}
+
+
+class _Group(click.Group):
+    """Turns expected errors into one line on stderr and a non-zero exit, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JournalError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except BrokenPipeError:
+            # The reader went away (e.g. `krepis export | head`): stop quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
+        except OSError as exc:
+            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from exc
+
+
+def _console() -> Console:
+    # Piped output gets wide lines rather than columns folded at 80 characters.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _storage(ctx: click.Context) -> str:
+    return str(ctx.obj["storage"])
+
+
+def _parse_time(value: str | None, param: str) -> int | None:
+    """Unix milliseconds, or an ISO-8601 date/time (UTC unless it names an offset)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither Unix milliseconds nor an ISO-8601 time (e.g. 2026-01-31T12:00:00Z)",
+            param_hint=param) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    try:
+        moment = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return str(ms)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--storage", envvar="KREPIS_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+              metavar="PATH", help="Storage directory (env: KREPIS_STORAGE).")
+@click.version_option(__version__, prog_name="krepis")
+@click.pass_context
+def cli(ctx: click.Context, storage: str) -> None:
+    """krepis — the Sovereign Journal: a durable audit trail and crash-safe op counters."""
+    ctx.ensure_object(dict)
+    ctx.obj["storage"] = storage
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.pass_context
+def run(ctx: click.Context, as_json: bool) -> None:
+    """Boot the kernel, run the built-in workload (op_increment_stats x3), shut down.
+
+    Counters carry over between runs: the second run recovers what the first one counted.
+    """
+    con = _console()
+    with SovereignJournal(_storage(ctx)) as journal:
+        with Kernel(journal) as kernel:
+            recovered = kernel.recovered.js_ops_called
+            if not as_json:
+                con.print(f"[bold]krepis kernel booted[/] storage={journal.path}")
+                con.print(f"  request_id        {kernel.context.request_id}")
+                con.print(f"  recovered         js_ops_called={recovered} "
+                          f"contexts_created={kernel.recovered.contexts_created}")
+            for _ in range(3):
+                count = kernel.increment_stats()
+                if not as_json:
+                    con.print(f"  op_increment_stats → js_ops_called={count}")
+            request_id = kernel.context.request_id
+            stats = kernel.stats
+        entries = journal.journal_count()
+    summary = {
+        "recovered": recovered,
+        "js_ops_called": stats.js_ops_called,
+        "contexts_created": stats.contexts_created,
+        "journal_entries": entries,
+        "request_id": request_id,
+        "storage": journal.path,
+    }
+    if as_json:
+        _emit_json(summary)
+    else:
+        con.print(f"[bold green]done[/]: js_ops_called {recovered} → {stats.js_ops_called}, "
+                  f"journal entries {entries}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object name → value.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Show every op counter."""
+    with SovereignJournal(_storage(ctx)) as journal:
+        counts = journal.op_counts()
+        entries = journal.journal_count()
+    if as_json:
+        _emit_json(counts)
+        return
+    table = Table(title=f"op counters — {entries} journal entries")
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    for name, value in sorted(counts.items()):
+        table.add_row(name, str(value))
+    _console().print(table)
+
+
+def _filters(op: str | None, status: str | None, request_id: str | None,
+             since: str | None, until: str | None) -> dict[str, Any]:
+    return {
+        "op_name": op,
+        "status": LogStatus(status) if status else None,
+        "request_id": request_id,
+        "since": _parse_time(since, "--since"),
+        "until": _parse_time(until, "--until"),
+    }
+
+
+def _filter_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("--op", "op", metavar="NAME", help="Only entries of this op."),
+        click.option("--status", type=click.Choice([s.value for s in LogStatus]),
+                     help="Only entries with this status."),
+        click.option("--request-id", metavar="ID", help="Only entries of this request."),
+        click.option("--since", metavar="TIME",
+                     help="From this time on (Unix ms or ISO-8601, inclusive)."),
+        click.option("--until", metavar="TIME", help="Before this time (Unix ms or ISO-8601, exclusive)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=0),
+              help="How many entries at most.")
+@_filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of entries.")
+@click.pass_context
+def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, request_id: str | None,
+         since: str | None, until: str | None, as_json: bool) -> None:
+    """Show journal entries, newest first."""
+    filters = _filters(op, status, request_id, since, until)
+    with SovereignJournal(_storage(ctx)) as journal:
+        entries = journal.query(limit=limit, **filters)
+    if as_json:
+        _emit_json([e.to_dict() for e in entries])
+        return
+    table = Table(title=f"{len(entries)} newest journal entries")
+    for col in ("time (UTC)", "op", "request_id", "status", "duration", "error"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(
+            _iso(e.timestamp), e.op_name, e.request_id,
+            f"[{_STATUS_STYLE[e.status.value]}]{e.status.value}[/]",
+            "" if e.duration_us is None else f"{e.duration_us / 1000:.3f} ms",
+            e.error or "",
+        )
+    _console().print(table)
+
+
+@cli.command()
+@_filter_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              default="-", show_default=True, help="File to write (- for stdout).")
+@click.pass_context
+def export(ctx: click.Context, op: str | None, status: str | None, request_id: str | None,
+           since: str | None, until: str | None, output: str) -> None:
+    """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
+    filters = _filters(op, status, request_id, since, until)
+    with SovereignJournal(_storage(ctx)) as journal:
+        logs_iter: Iterator[TransactionLog] = journal.iter_logs(newest_first=False, **filters)
+        with click.open_file(output, "w", encoding="utf-8") as out:
+            count = 0
+            for entry in logs_iter:
+                out.write(entry.to_json() + "\n")
+                count += 1
+    if output != "-":
+        click.echo(f"exported {count} entries to {output}", err=True)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def clear(ctx: click.Context, yes: bool) -> None:
+    """Delete every journal entry and counter (durable; cannot be undone)."""
+    path = _storage(ctx)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("refusing to clear the journal without --yes")
+        click.confirm(f"Delete every entry and counter in {os.path.abspath(path)}?", abort=True)
+    with SovereignJournal(path) as journal:
+        entries = journal.journal_count()
+        journal.clear_all()
+    click.echo(f"cleared {entries} entries and all counters in {journal.path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="krepis")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

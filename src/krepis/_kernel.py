@@ -1,0 +1,253 @@
+"""The Kernel: boots from the journal, owns a request context, runs journaled ops."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._errors import InvalidTypeError, OpError, ValidationError
+from ._journal import DEFAULT_STORAGE, SovereignJournal
+from ._model import (
+    MAX_ERROR_BYTES,
+    KernelContext,
+    LogStatus,
+    SovereignStats,
+    TransactionLog,
+    check_op_name,
+)
+
+__all__ = ["Kernel", "error_text"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+JS_OPS_COUNTER = "js_ops_called"
+CONTEXTS_COUNTER = "contexts_created"
+BUILTIN_OPS = frozenset({"op_increment_stats"})
+
+
+def error_text(exc: BaseException) -> str:
+    """``"TypeName: message"``, cut to fit the journal's error field."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    raw = text.encode("utf-8", "replace")
+    if len(raw) > MAX_ERROR_BYTES:
+        text = raw[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "…"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class Kernel:
+    """The Krepis kernel.
+
+    ``with Kernel(storage) as kernel:`` boots: opens the journal (or uses the
+    :class:`SovereignJournal` passed as ``storage``), restores :attr:`stats` from the stored
+    counters, creates :attr:`context`, and journals ``kernel_init`` ``Started`` while counting
+    ``contexts_created`` in the same transaction. Leaving the block journals
+    ``kernel_shutdown`` ``Completed`` — or ``kernel_error`` ``Failed`` with the error text when
+    an exception escapes, which is then re-raised.
+
+    In-memory :attr:`stats` change only after the write that backs them is durable.
+    """
+
+    def __init__(
+        self,
+        storage: str | os.PathLike[str] | SovereignJournal = DEFAULT_STORAGE,
+        *,
+        tenant_id: str = "default",
+        priority: int = 0,
+        is_turbo_mode: bool = False,
+        trace_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(storage, (str, os.PathLike, SovereignJournal)):
+            raise InvalidTypeError(
+                f"storage must be a path or a SovereignJournal, got {type(storage).__name__}")
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise ValidationError(f"tenant_id must be a non-empty str, got {tenant_id!r:.80}")
+        if type(priority) is not int:
+            raise InvalidTypeError(f"priority must be an int, got {type(priority).__name__}")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidTypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        self._storage = storage
+        self._context_args: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "priority": priority,
+            "is_turbo_mode": bool(is_turbo_mode),
+            "metadata": dict(metadata or {}),
+        }
+        if trace_id is not None:
+            self._context_args["trace_id"] = trace_id
+        self._ops: dict[str, Callable[..., Any]] = {}
+        self._journal: SovereignJournal | None = None
+        self._owns_journal = False
+        self._context: KernelContext | None = None
+        self.stats = SovereignStats()
+        #: The stats as recovered from storage at boot, before this kernel changed them.
+        self.recovered = SovereignStats()
+        self._booted_at = 0.0
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._context is not None
+
+    @property
+    def journal(self) -> SovereignJournal:
+        self._require_running()
+        assert self._journal is not None
+        return self._journal
+
+    @property
+    def context(self) -> KernelContext:
+        self._require_running()
+        assert self._context is not None
+        return self._context
+
+    def _require_running(self) -> None:
+        if self._context is None:
+            raise OpError("the kernel is not running; use `with Kernel(...) as kernel:` or boot()")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def boot(self) -> Kernel:
+        """Open the journal, recover stats, create the context, journal ``kernel_init``."""
+        if self._context is not None:
+            raise OpError("the kernel is already running")
+        if isinstance(self._storage, SovereignJournal):
+            journal, self._owns_journal = self._storage, False
+        else:
+            journal, self._owns_journal = SovereignJournal(self._storage), True
+        try:
+            recovered = SovereignStats(
+                js_ops_called=journal.recover_op_count(JS_OPS_COUNTER),
+                contexts_created=journal.recover_op_count(CONTEXTS_COUNTER),
+            )
+            context = KernelContext(**self._context_args)
+            created = journal.record(
+                TransactionLog.now("kernel_init", context.request_id, LogStatus.Started),
+                increment=CONTEXTS_COUNTER,
+            )
+            assert created is not None
+        except BaseException:
+            if self._owns_journal:
+                journal.close()
+            raise
+        self._journal = journal
+        self.recovered = recovered
+        self.stats = dataclasses.replace(recovered, contexts_created=created)
+        self._context = context
+        self._booted_at = time.perf_counter()
+        return self
+
+    def shutdown(self, error: BaseException | None = None) -> None:
+        """Journal ``kernel_shutdown`` (or ``kernel_error`` with ``error``) and release the journal."""
+        self._require_running()
+        assert self._journal is not None and self._context is not None
+        journal, context = self._journal, self._context
+        try:
+            uptime = int((time.perf_counter() - self._booted_at) * 1_000_000)
+            if error is None:
+                entry = TransactionLog.now("kernel_shutdown", context.request_id,
+                                           LogStatus.Completed, duration_us=uptime)
+            else:
+                entry = TransactionLog.now("kernel_error", context.request_id, LogStatus.Failed,
+                                           duration_us=uptime, error=error_text(error))
+            journal.log_transaction(entry)
+        finally:
+            self._context = None
+            self._journal = None
+            if self._owns_journal:
+                journal.close()
+
+    def __enter__(self) -> Kernel:
+        return self.boot()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.shutdown()
+            return
+        try:
+            self.shutdown(exc)
+        except Exception as journal_exc:  # keep the original error; say the journal failed too
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"krepis: journaling kernel_error failed as well: {journal_exc}")
+
+    # -- ops -------------------------------------------------------------------------------
+    def increment_stats(self) -> int:
+        """The spec's ``op_increment_stats``: durably journal it and bump ``js_ops_called``.
+
+        One atomic write of an ``op_increment_stats`` ``Completed`` entry plus the counter;
+        :attr:`stats` changes only after it succeeded. Returns the new count.
+        """
+        context = self.context
+        count = self.journal.record(
+            TransactionLog.now("op_increment_stats", context.request_id, LogStatus.Completed),
+            increment=JS_OPS_COUNTER,
+        )
+        assert count is not None
+        self.stats.js_ops_called = count
+        return count
+
+    def op(self, name: str) -> Callable[[F], F]:
+        """Register a Python function as the op ``name`` (a Python identifier, at most 200 bytes)."""
+        check_op_name(name)
+        if not _OP_NAME.match(name):
+            raise ValidationError(
+                f"op name {name!r} must be an identifier: letters, digits and _, not starting "
+                "with a digit")
+        if name in BUILTIN_OPS or name in self._ops:
+            raise OpError(f"op {name!r} is already registered")
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise InvalidTypeError(f"op {name!r} must be callable, got {type(fn).__name__}")
+            self._ops[name] = fn
+            return fn
+
+        return register
+
+    @property
+    def ops(self) -> list[str]:
+        """The names of every op this kernel can run, built-in ones included."""
+        return sorted(BUILTIN_OPS | self._ops.keys())
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run op ``name``: counted in ``op_count:{name}`` and journaled as it happens.
+
+        ``Started`` is written together with the count before the op runs; then ``Completed``
+        (with ``duration_us``) or ``Failed`` (with the error text). The op's own exception
+        propagates unchanged.
+        """
+        if name == "op_increment_stats":
+            if args or kwargs:
+                raise InvalidTypeError("op_increment_stats takes no arguments")
+            return self.increment_stats()
+        fn = self._ops.get(name)
+        if fn is None:
+            raise OpError(f"unknown op {name!r}; registered ops: {', '.join(self.ops)}")
+        context, journal = self.context, self.journal
+        rid = context.request_id
+        journal.record(TransactionLog.now(name, rid, LogStatus.Started), increment=name)
+        started = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            elapsed = int((time.perf_counter() - started) * 1_000_000)
+            journal.log_transaction(TransactionLog.now(
+                name, rid, LogStatus.Failed, duration_us=elapsed, error=error_text(exc)))
+            raise
+        elapsed = int((time.perf_counter() - started) * 1_000_000)
+        journal.log_transaction(
+            TransactionLog.now(name, rid, LogStatus.Completed, duration_us=elapsed))
+        return result
+
+    def __repr__(self) -> str:
+        state = f"running request_id={self._context.request_id}" if self._context else "stopped"
+        return f"<Kernel {state} stats={self.stats}>"

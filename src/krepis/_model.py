@@ -1,0 +1,241 @@
+"""Data model shared by every layer: log entries, statuses, stats, the kernel context.
+
+This module imports nothing else from krepis except the errors, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import InvalidTypeError, ValidationError
+
+__all__ = [
+    "MAX_ERROR_BYTES",
+    "MAX_OP_NAME_BYTES",
+    "MAX_REQUEST_ID_BYTES",
+    "MAX_TIMESTAMP",
+    "KernelContext",
+    "LogStatus",
+    "SovereignStats",
+    "TransactionLog",
+    "now_ms",
+]
+
+MAX_OP_NAME_BYTES = 200
+MAX_REQUEST_ID_BYTES = 256
+MAX_TIMESTAMP = 2**63 - 1
+MAX_ERROR_BYTES = 16 * 1024
+
+
+def now_ms() -> int:
+    """The current Unix time in whole milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class LogStatus(str, enum.Enum):
+    """The state of an operation; serialized as exactly ``"Started"``, ``"Completed"`` or ``"Failed"``."""
+
+    Started = "Started"
+    Completed = "Completed"
+    Failed = "Failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _shorten(value: str, limit: int = 60) -> str:
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def check_text(what: str, value: object, max_bytes: int) -> bytes:
+    """Validate a 1..max_bytes UTF-8 string field and return its encoding."""
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"{what} must be a str, got {type(value).__name__} {value!r:.80}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{what} {_shorten(value)!r} is not valid UTF-8: {exc.reason}") from None
+    if not raw:
+        raise ValidationError(f"{what} must not be empty (1–{max_bytes} bytes of UTF-8)")
+    if len(raw) > max_bytes:
+        raise ValidationError(
+            f"{what} {_shorten(value)!r} is {len(raw)} bytes of UTF-8; the limit is {max_bytes}"
+        )
+    return raw
+
+
+def check_op_name(value: object) -> bytes:
+    """Validate an op name (1–200 bytes of UTF-8) and return its encoding."""
+    return check_text("op_name", value, MAX_OP_NAME_BYTES)
+
+
+def check_timestamp(value: object) -> int:
+    if type(value) is not int:  # bool is an int subclass and is refused too
+        raise InvalidTypeError(
+            f"timestamp must be an int (Unix milliseconds), got {type(value).__name__} {value!r:.80}"
+        )
+    if value < 0 or value > MAX_TIMESTAMP:
+        raise ValidationError(f"timestamp {value} is outside 0 … 2**63-1 (Unix milliseconds)")
+    return value
+
+
+def check_limit(value: object, what: str = "limit") -> int:
+    if type(value) is not int:
+        raise InvalidTypeError(f"{what} must be an int, got {type(value).__name__} {value!r:.80}")
+    if value < 0:
+        raise ValidationError(f"{what} must be >= 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionLog:
+    """One journal entry: what happened (``op_name``), when (``timestamp``, Unix ms), for which request.
+
+    Immutable. Every field is validated on construction, so an instance that exists is always
+    writable:
+
+    * ``timestamp``: an ``int`` in ``0 … 2**63-1``;
+    * ``op_name``: 1–200 bytes of UTF-8; ``request_id``: 1–256 bytes of UTF-8;
+    * ``status``: a :class:`LogStatus`;
+    * optional ``duration_us`` (int >= 0) and ``error`` (str, at most 16 KiB); they are stored
+      only when set.
+    """
+
+    timestamp: int
+    op_name: str
+    request_id: str
+    status: LogStatus
+    duration_us: int | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        check_timestamp(self.timestamp)
+        check_op_name(self.op_name)
+        check_text("request_id", self.request_id, MAX_REQUEST_ID_BYTES)
+        if not isinstance(self.status, LogStatus):
+            raise InvalidTypeError(
+                f"status must be a LogStatus (Started, Completed or Failed), got "
+                f"{type(self.status).__name__} {self.status!r:.80}; use e.g. LogStatus.Completed"
+            )
+        if self.duration_us is not None:
+            if type(self.duration_us) is not int:
+                raise InvalidTypeError(
+                    f"duration_us must be an int or None, got {type(self.duration_us).__name__}"
+                )
+            if not 0 <= self.duration_us <= MAX_TIMESTAMP:
+                raise ValidationError(f"duration_us {self.duration_us} is outside 0 … 2**63-1")
+        if self.error is not None:
+            check_text("error", self.error, MAX_ERROR_BYTES)
+
+    @classmethod
+    def now(
+        cls,
+        op_name: str,
+        request_id: str,
+        status: LogStatus,
+        *,
+        duration_us: int | None = None,
+        error: str | None = None,
+    ) -> TransactionLog:
+        """An entry stamped with the current time."""
+        return cls(now_ms(), op_name, request_id, status, duration_us, error)
+
+    def to_json(self) -> str:
+        """The stored form: compact JSON, fields in spec order, optional fields only when set.
+
+        ``{"timestamp":1234567890,"op_name":"test_op","request_id":"req-001","status":"Completed"}``
+        """
+        return encode_log(self).decode("utf-8")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a JSON-ready dict with the same keys as :meth:`to_json`."""
+        out: dict[str, Any] = {
+            "timestamp": self.timestamp,
+            "op_name": self.op_name,
+            "request_id": self.request_id,
+            "status": self.status.value,
+        }
+        if self.duration_us is not None:
+            out["duration_us"] = self.duration_us
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_log(log: TransactionLog) -> bytes:
+    """Serialize as serde_json would: compact, spec field order, non-ASCII kept as UTF-8."""
+    text = '{"timestamp":%d,"op_name":%s,"request_id":%s,"status":"%s"' % (
+        log.timestamp,
+        _dumps(log.op_name),
+        _dumps(log.request_id),
+        log.status.value,
+    )
+    if log.duration_us is not None:
+        text += ',"duration_us":%d' % log.duration_us
+    if log.error is not None:
+        text += ',"error":' + _dumps(log.error)
+    return (text + "}").encode("utf-8")
+
+
+_STATUS = {s.value: s for s in LogStatus}
+_new = object.__new__
+_set = object.__setattr__
+
+
+def decode_log(raw: bytes) -> TransactionLog:
+    """Parse a stored value. Raises ``ValueError``/``KeyError``/``TypeError`` on malformed input.
+
+    Stored values were validated when written, so fields are not validated again here.
+    """
+    d = json.loads(raw)
+    log = _new(TransactionLog)
+    _set(log, "timestamp", d["timestamp"])
+    _set(log, "op_name", d["op_name"])
+    _set(log, "request_id", d["request_id"])
+    _set(log, "status", _STATUS[d["status"]])
+    _set(log, "duration_us", d.get("duration_us"))
+    _set(log, "error", d.get("error"))
+    if type(log.timestamp) is not int or type(log.op_name) is not str or type(log.request_id) is not str:
+        raise TypeError("field of the wrong type")
+    return log
+
+
+@dataclass
+class SovereignStats:
+    """The kernel's counters, restored from storage at boot and updated only after durable writes."""
+
+    js_ops_called: int = 0
+    contexts_created: int = 0
+
+
+@dataclass(frozen=True)
+class KernelContext:
+    """The request context a kernel creates at boot; every entry it journals carries ``request_id``."""
+
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    tenant_id: str = "default"
+    priority: int = 0
+    is_turbo_mode: bool = False
+    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    timestamp: int = field(default_factory=now_ms)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy of the context."""
+        return {
+            "request_id": self.request_id,
+            "tenant_id": self.tenant_id,
+            "priority": self.priority,
+            "is_turbo_mode": self.is_turbo_mode,
+            "trace_id": self.trace_id,
+            "timestamp": self.timestamp,
+            "metadata": dict(self.metadata),
+        }
