@@ -282,6 +282,11 @@ def _acquire(path: str, durable: bool) -> _SharedEnv:
     key = (st.st_dev, st.st_ino)
     with _registry_lock:
         shared = _registry.get(key)
+        if shared is None and any(old.key == key for old in _inherited):
+            raise StorageError(
+                f"storage at {path} was open in the parent when this process was forked; LMDB "
+                "cannot open it again here. Open the journal after fork(), or use the 'spawn' or "
+                "'forkserver' start method of multiprocessing", path)
         if shared is None:
             shared = _open_env(path, durable, key)
             _registry[key] = shared

@@ -1,0 +1,176 @@
+"""A storage location that cannot be used is an error naming the path, and the disk is left as it was."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+from conftest import tree_snapshot
+
+from krepis import CorruptStorageError, JournalError, LogStatus, SovereignJournal, StorageError, TransactionLog
+
+
+def make_store(path: Path, entries: int = 3) -> None:
+    with SovereignJournal(path) as journal:
+        for i in range(entries):
+            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+
+
+def test_path_is_a_regular_file(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_bytes(b"not a store")
+    with pytest.raises(StorageError, match=f"{target} exists and is not a directory") as info:
+        SovereignJournal(target)
+    assert info.value.path == str(target)
+    assert target.read_bytes() == b"not a store"
+
+
+def test_parent_is_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(StorageError, match=str(tmp_path / "file" / "store")):
+        SovereignJournal(tmp_path / "file" / "store")
+    assert (tmp_path / "file").read_bytes() == b"x"
+
+
+def test_non_empty_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    before = tree_snapshot(tmp_path)
+    with pytest.raises(StorageError, match=rf"{tmp_path} is not a krepis store .*notes.txt"):
+        SovereignJournal(tmp_path)
+    assert tree_snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("size", [4096, 20000])
+def test_garbage_data_file_is_refused_and_untouched(tmp_path: Path, size: int) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "data.mdb").write_bytes(os.urandom(size))
+    before = tree_snapshot(store)
+    with pytest.raises(CorruptStorageError, match=str(store)):
+        SovereignJournal(store)
+    assert tree_snapshot(store) == before  # not re-initialised; no lock file left behind either
+
+
+def test_truncated_store_is_refused_and_untouched(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    data = store / "data.mdb"
+    data.write_bytes(data.read_bytes()[:100])
+    before = tree_snapshot(store)
+    with pytest.raises(CorruptStorageError, match=str(store)):
+        SovereignJournal(store)
+    assert tree_snapshot(store) == before
+
+
+def test_lmdb_store_of_another_program_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "other"
+    env = lmdb.open(str(store))
+    with env.begin(write=True) as txn:
+        txn.put(b"their", b"data")
+    env.close()
+    before = tree_snapshot(store)
+    with pytest.raises(CorruptStorageError, match=rf"{store} is an LMDB store but not a krepis store"):
+        SovereignJournal(store)
+    assert tree_snapshot(store) == before
+
+
+def _poke(store: Path, db: bytes, key: bytes, value: bytes) -> None:
+    env = lmdb.open(str(store), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(key, value, db=env.open_db(db, txn=txn))
+    env.close()
+
+
+def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    _poke(store, b"meta", b"format", b"99")
+    before = tree_snapshot(store)
+    with pytest.raises(CorruptStorageError, match=rf"{store} has format version b'99'"):
+        SovereignJournal(store)
+    assert tree_snapshot(store)["data.mdb"] == before["data.mdb"]
+
+
+def test_corrupted_entry_is_reported_with_path_and_key(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    _poke(store, b"journal", b"0000000000000000009:00000000000000000099:bad", b"{not json")
+    with SovereignJournal(store) as journal:
+        assert journal.journal_count() == 4
+        with pytest.raises(CorruptStorageError, match=rf"{store}: entry '0+9:0+99:bad' is not a valid"):
+            journal.get_recent_logs(10)
+
+
+# --- a directory this user may not write ------------------------------------------------------
+
+def _attempt_as_unprivileged(fn: Callable[[], None]) -> str:
+    """Run fn in a child process that cannot write the test directories; return what it raised.
+
+    As root, permission bits do not stop us, so the child drops to the 'nobody' user first.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        message = "no error"
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            fn()
+        except JournalError as exc:
+            message = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:
+            message = f"unexpected {type(exc).__name__}: {exc}"
+        finally:
+            os.write(w, message.encode())
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+@pytest.fixture
+def readonly_dir() -> Iterator[Path]:
+    # Outside pytest's 0700 tmp root, so an unprivileged user can reach (but not write) it.
+    base = Path(tempfile.mkdtemp(prefix="krepis-ro-"))
+    base.chmod(0o755)
+    yield base
+    for dirpath, dirs, _files in os.walk(base):
+        for d in dirs:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    import shutil
+
+    shutil.rmtree(base)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_unwritable_existing_store(readonly_dir: Path) -> None:
+    store = readonly_dir / "store"
+    make_store(store)
+    for p in [store, *store.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o444)
+    if os.geteuid() != 0:
+        store.chmod(0o555)
+    before = tree_snapshot(store)
+    message = _attempt_as_unprivileged(lambda: SovereignJournal(store).close())
+    assert message.startswith("StorageError"), message
+    assert str(store) in message
+    assert tree_snapshot(store) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_unwritable_parent_directory(readonly_dir: Path) -> None:
+    parent = readonly_dir / "parent"
+    parent.mkdir(mode=0o555)
+    parent.chmod(0o555)
+    message = _attempt_as_unprivileged(lambda: SovereignJournal(parent / "store").close())
+    assert message.startswith("StorageError: cannot create storage directory"), message
+    assert str(parent / "store") in message
+    assert list(parent.iterdir()) == []

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import tree_snapshot
+
+from krepis import (
+    ClosedError,
+    InvalidTypeError,
+    JournalError,
+    LogStatus,
+    SovereignJournal,
+    StorageError,
+    TransactionLog,
+    ValidationError,
+)
+
+S, C, F = LogStatus.Started, LogStatus.Completed, LogStatus.Failed
+
+
+def log(ts: int, op: str = "op", rid: str = "req", status: LogStatus = C) -> TransactionLog:
+    return TransactionLog(ts, op, rid, status)
+
+
+# --- the spec's own tests, translated --------------------------------------------------------
+
+def test_journal_persistence(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(TransactionLog(1234567890, "test_op", "req-001", LogStatus.Completed))
+        assert journal.journal_count() == 1
+    with SovereignJournal(store) as journal:
+        assert journal.journal_count() == 1
+        assert journal.get_recent_logs(10) == [
+            TransactionLog(1234567890, "test_op", "req-001", LogStatus.Completed)]
+
+
+def test_op_count_persistence(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        assert [journal.increment_op_count("test_counter") for _ in range(5)] == [1, 2, 3, 4, 5]
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("test_counter") == 5
+        assert journal.increment_op_count("test_counter") == 6
+
+
+# --- every public method -----------------------------------------------------------------------
+
+def test_recover_unknown_counter_is_zero(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("never") == 0
+        assert journal.op_counts() == {}
+
+
+def test_record_appends_and_counts_in_one_call(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        assert journal.record(log(1, "a"), increment="a") == 1
+        assert journal.record(log(2, "a"), increment="a") == 2
+        assert journal.record(log(3, "b")) is None
+        assert journal.journal_count() == 3
+        assert journal.op_counts() == {"a": 2}
+
+
+def test_get_recent_logs_newest_first_numeric_then_arrival(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(log(1000, "first"))
+        journal.log_transaction(log(999, "earlier"))
+        journal.log_transaction(log(1000, "second"))
+        journal.log_transaction(log(10_000, "latest"))
+        assert [e.op_name for e in journal.get_recent_logs(10)] == ["latest", "second", "first", "earlier"]
+        assert [e.op_name for e in journal.get_recent_logs(2)] == ["latest", "second"]
+        assert journal.get_recent_logs(0) == []
+
+
+def test_started_and_completed_in_same_millisecond_both_kept(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(log(42, "op", "req-1", S))
+        journal.log_transaction(log(42, "op", "req-1", C))
+        journal.log_transaction(log(42, "op", "req-1", C))
+        assert journal.journal_count() == 3
+        assert [e.status for e in journal.get_recent_logs(5)] == [C, C, S]
+
+
+def test_query_filters(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        for ts in range(30):
+            journal.log_transaction(log(ts, f"op{ts % 3}", f"r{ts % 2}", [S, C, F][ts % 3]))
+        assert [e.timestamp for e in journal.query(op_name="op1")] == list(range(28, 0, -3))
+        assert all(e.request_id == "r1" for e in journal.query(request_id="r1"))
+        assert len(journal.query(request_id="r1")) == 15
+        assert [e.timestamp for e in journal.query(status=F, limit=2)] == [29, 26]
+        assert [e.timestamp for e in journal.query(since=10, until=13)] == [12, 11, 10]
+        assert [e.timestamp for e in journal.query(since=10, until=13, newest_first=False)] == [10, 11, 12]
+        got = journal.query(op_name="op0", request_id="r0", since=5, newest_first=False)
+        assert [e.timestamp for e in got] == [6, 12, 18, 24]
+        assert journal.query(op_name="nope") == []
+        assert journal.query(limit=0) == []
+
+
+def test_iter_logs_streams_past_chunk_boundaries(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        for start in range(0, 1300, 100):
+            journal._write([(ts, b"r", log(ts).to_json().encode()) for ts in range(start, start + 100)], ())
+        assert journal.journal_count() == 1300
+        assert [e.timestamp for e in journal.iter_logs(newest_first=False)] == list(range(1300))
+        assert [e.timestamp for e in journal.iter_logs(limit=600)] == list(range(1299, 699, -1))
+        odd = [e.timestamp for e in journal.iter_logs(op_name="op", limit=700, newest_first=False)]
+        assert odd == list(range(700))
+
+
+def test_clear_all_is_durable_and_keeps_store_usable(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.record(log(1), increment="op")
+        journal.clear_all()
+        assert journal.journal_count() == 0
+        assert journal.op_counts() == {}
+        assert journal.record(log(2), increment="op") == 1
+    with SovereignJournal(store) as journal:
+        assert journal.journal_count() == 1
+        assert journal.get_recent_logs(5) == [log(2)]
+
+
+def test_default_location_and_directory_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with SovereignJournal() as journal:
+        journal.increment_op_count("x")
+        assert journal.path == str(tmp_path / ".krepis" / "storage")
+    assert (tmp_path / ".krepis" / "storage" / "data.mdb").is_file()
+    assert (os.stat(tmp_path / ".krepis" / "storage").st_mode & 0o777) == 0o700
+
+
+def test_closed_journal_refuses_use(store: Path) -> None:
+    journal = SovereignJournal(store)
+    journal.close()
+    journal.close()
+    assert journal.closed
+    for call in (lambda: journal.journal_count(), lambda: journal.increment_op_count("x"),
+                 lambda: journal.log_transaction(log(1)), lambda: journal.get_recent_logs(1)):
+        with pytest.raises(ClosedError, match="closed"):
+            call()
+
+
+def test_two_journals_on_one_store_in_one_process(store: Path) -> None:
+    a, b = SovereignJournal(store), SovereignJournal(store)
+    try:
+        a.increment_op_count("x")
+        assert b.increment_op_count("x") == 2
+        a.close()
+        assert b.recover_op_count("x") == 2
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_store_open_across_fork_is_refused_in_the_child_and_parent_unharmed(store: Path) -> None:
+    journal = SovereignJournal(store)
+    journal.increment_op_count("x")
+    reader = journal._storage._env.begin()  # type: ignore[attr-defined]  # a live parent reader
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 9
+        try:
+            try:
+                journal.increment_op_count("x")
+                code = 1
+            except ClosedError:
+                try:
+                    SovereignJournal(store)
+                    code = 2
+                except StorageError as exc:
+                    code = 0 if "forked" in str(exc) and str(store) in str(exc) else 3
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"\x00"
+    os.waitpid(pid, 0)
+    readers = journal._storage._env.readers()  # type: ignore[attr-defined]
+    assert str(os.getpid()) in readers  # the child did not clear the parent's reader slot
+    reader.abort()
+    assert journal.increment_op_count("x") == 2  # the parent's handle still works
+    journal.close()
+
+
+# --- bad input: a clear error, and nothing written ---------------------------------------------
+
+BAD_CALLS = [
+    ("log_transaction", lambda j: j.log_transaction({"timestamp": 1}), InvalidTypeError, "TransactionLog"),
+    ("log_transaction", lambda j: j.log_transaction(None), InvalidTypeError, "TransactionLog"),
+    ("record", lambda j: j.record("x", increment="a"), InvalidTypeError, "TransactionLog"),
+    ("record", lambda j: j.record(log(1), increment=""), ValidationError, "empty"),
+    ("record", lambda j: j.record(log(1), increment="x" * 201), ValidationError, "limit is 200"),
+    ("record", lambda j: j.record(log(1), increment=7), InvalidTypeError, "op_name must be a str"),
+    ("increment_op_count", lambda j: j.increment_op_count(""), ValidationError, "empty"),
+    ("increment_op_count", lambda j: j.increment_op_count(None), InvalidTypeError, "must be a str"),
+    ("increment_op_count", lambda j: j.increment_op_count("é" * 101), ValidationError, "202 bytes"),
+    ("recover_op_count", lambda j: j.recover_op_count(""), ValidationError, "empty"),
+    ("get_recent_logs", lambda j: j.get_recent_logs(-1), ValidationError, "limit must be >= 0, got -1"),
+    ("get_recent_logs", lambda j: j.get_recent_logs(1.5), InvalidTypeError, "limit must be an int"),
+    ("query", lambda j: j.query(status="Failed"), InvalidTypeError, "LogStatus"),
+    ("query", lambda j: j.query(since=-5), ValidationError, "outside"),
+    ("query", lambda j: j.query(limit=-1), ValidationError, "limit"),
+    ("query", lambda j: j.query(request_id=""), ValidationError, "empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "exc", "words"), BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
+def test_bad_input_raises_and_writes_nothing(store: Path, name: str, call, exc: type, words: str) -> None:  # type: ignore[no-untyped-def]
+    with SovereignJournal(store) as journal:
+        journal.record(log(1), increment="op")
+        before = tree_snapshot(store)
+        with pytest.raises(exc, match=words) as info:
+            call(journal)
+        assert isinstance(info.value, JournalError)
+        assert journal.journal_count() == 1
+        assert journal.op_counts() == {"op": 1}
+    after = tree_snapshot(store)
+    assert after["data.mdb"] == before["data.mdb"]
+
+
+def test_bad_path_type(tmp_path: Path) -> None:
+    with pytest.raises(InvalidTypeError, match="path must be"):
+        SovereignJournal(42)  # type: ignore[arg-type]

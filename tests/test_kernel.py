@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from krepis import (
+    InvalidTypeError,
+    Kernel,
+    LogStatus,
+    OpError,
+    SovereignJournal,
+    SovereignStats,
+    ValidationError,
+)
+
+
+def entries(store: Path) -> list[tuple[str, LogStatus]]:
+    with SovereignJournal(store) as journal:
+        return [(e.op_name, e.status) for e in journal.query(newest_first=False)]
+
+
+def test_kernel_restart_recovery(store: Path) -> None:
+    """The spec's test: 5 increments, restart, 3 more → 8."""
+    with Kernel(store) as kernel:
+        for _ in range(5):
+            kernel.increment_stats()
+        assert kernel.stats.js_ops_called == 5
+    with Kernel(store) as kernel:
+        assert kernel.stats.js_ops_called == 5
+        assert kernel.recovered == SovereignStats(js_ops_called=5, contexts_created=1)
+        results = [kernel.increment_stats() for _ in range(3)]
+        assert results == [6, 7, 8]
+        assert kernel.stats == SovereignStats(js_ops_called=8, contexts_created=2)
+
+
+def test_boot_and_shutdown_are_journaled_under_the_context_request_id(store: Path) -> None:
+    with Kernel(store, tenant_id="acme", priority=3, is_turbo_mode=True, metadata={"k": "v"}) as kernel:
+        ctx = kernel.context
+        assert uuid.UUID(ctx.request_id).version == 4
+        assert (ctx.tenant_id, ctx.priority, ctx.is_turbo_mode, ctx.metadata) == ("acme", 3, True, {"k": "v"})
+        assert ctx.trace_id and ctx.timestamp > 0
+        assert kernel.stats.contexts_created == 1
+        kernel.increment_stats()
+    with SovereignJournal(store) as journal:
+        logs = journal.query(newest_first=False)
+        assert [(e.op_name, e.status) for e in logs] == [
+            ("kernel_init", LogStatus.Started),
+            ("op_increment_stats", LogStatus.Completed),
+            ("kernel_shutdown", LogStatus.Completed),
+        ]
+        assert {e.request_id for e in logs} == {ctx.request_id}
+        assert logs[-1].duration_us is not None
+        assert journal.op_counts() == {"contexts_created": 1, "js_ops_called": 1}
+
+
+def test_exception_journals_kernel_error_and_propagates(store: Path) -> None:
+    with pytest.raises(ZeroDivisionError), Kernel(store) as kernel:
+        kernel.increment_stats()
+        1 / 0  # noqa: B018
+    with SovereignJournal(store) as journal:
+        last = journal.get_recent_logs(1)[0]
+        assert (last.op_name, last.status) == ("kernel_error", LogStatus.Failed)
+        assert last.error == "ZeroDivisionError: division by zero"
+        assert journal.recover_op_count("js_ops_called") == 1
+
+
+def test_python_ops_are_counted_and_journaled(store: Path) -> None:
+    kernel = Kernel(store)
+
+    @kernel.op("add")
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    @kernel.op("explode")
+    def explode() -> None:
+        raise KeyError("missing")
+
+    with kernel:
+        assert kernel.call("add", 2, b=3) == 5
+        assert kernel.call("add", 1) == 1
+        with pytest.raises(KeyError) as info:
+            kernel.call("explode")
+        assert info.value.args == ("missing",)  # the op's own exception, unchanged
+        assert kernel.call("op_increment_stats") == 1
+        with pytest.raises(OpError, match="unknown op 'nope'"):
+            kernel.call("nope")
+        assert kernel.ops == ["add", "explode", "op_increment_stats"]
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("add") == 2
+        assert journal.recover_op_count("explode") == 1
+        assert journal.recover_op_count("nope") == 0
+        ops = journal.query(op_name="add", newest_first=False)
+        assert [e.status for e in ops] == [LogStatus.Started, LogStatus.Completed] * 2
+        assert all(e.duration_us is not None for e in ops if e.status is LogStatus.Completed)
+        failed = journal.query(op_name="explode", status=LogStatus.Failed)
+        assert len(failed) == 1 and failed[0].error == "KeyError: 'missing'"
+
+
+def test_op_registration_rules(store: Path) -> None:
+    kernel = Kernel(store)
+    with pytest.raises(ValidationError, match="identifier"):
+        kernel.op("bad name")
+    with pytest.raises(ValidationError, match="empty"):
+        kernel.op("")
+    with pytest.raises(OpError, match="already registered"):
+        kernel.op("op_increment_stats")
+    kernel.op("ok")(lambda: 1)
+    with pytest.raises(OpError, match="already registered"):
+        kernel.op("ok")
+    with pytest.raises(InvalidTypeError, match="callable"):
+        kernel.op("thing")(42)  # type: ignore[arg-type]
+
+
+def test_kernel_not_running(store: Path) -> None:
+    kernel = Kernel(store)
+    with pytest.raises(OpError, match="not running"):
+        kernel.increment_stats()
+    with pytest.raises(OpError, match="not running"):
+        _ = kernel.context
+    kernel.boot()
+    with pytest.raises(OpError, match="already running"):
+        kernel.boot()
+    kernel.shutdown()
+    assert not kernel.running
+    with pytest.raises(OpError, match="not running"):
+        kernel.shutdown()
+
+
+def test_kernel_on_a_journal_it_does_not_own(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        with Kernel(journal) as kernel:
+            kernel.increment_stats()
+        assert not journal.closed  # the caller's journal stays open
+        assert journal.journal_count() == 3
+
+
+def test_memory_changes_only_after_a_successful_write(store: Path) -> None:
+    journal = SovereignJournal(store)
+    kernel = Kernel(journal).boot()
+    kernel.increment_stats()
+    journal.close()  # the next write cannot succeed
+    with pytest.raises(Exception, match="closed"):
+        kernel.increment_stats()
+    assert kernel.stats.js_ops_called == 1
+
+
+def test_bad_kernel_arguments() -> None:
+    with pytest.raises(InvalidTypeError, match="storage must be"):
+        Kernel(3.5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="tenant_id"):
+        Kernel("x", tenant_id="")
+    with pytest.raises(InvalidTypeError, match="priority"):
+        Kernel("x", priority="high")  # type: ignore[arg-type]

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from storage_conformance import StorageConformance
+
+from krepis._storage import Storage
+from krepis._storage.lmdb import LmdbStorage, encode_key
+
+
+class TestLmdbConformance(StorageConformance):
+    @pytest.fixture
+    def make_storage(self, tmp_path: Path):  # type: ignore[no-untyped-def]
+        def factory() -> Storage:
+            return LmdbStorage(tmp_path / "store")
+
+        return factory
+
+
+def test_key_encoding_sorts_numerically() -> None:
+    assert encode_key(999, 1, b"r") < encode_key(1000, 0, b"r")
+    assert encode_key(5, 1, b"zzz") < encode_key(5, 2, b"a")
+    assert encode_key(1234567890, 42, b"req-001") == b"0000000001234567890:00000000000000000042:req-001"
+
+
+def test_two_handles_in_one_process_share_one_environment(tmp_path: Path) -> None:
+    a = LmdbStorage(tmp_path / "s")
+    b = LmdbStorage(tmp_path / "s")
+    try:
+        from krepis._storage import WriteRequest
+
+        a.write_batch([WriteRequest([], [b"x"])])
+        assert b.get_count(b"x") == 1
+        a.close()
+        assert b.get_count(b"x") == 1  # closing one handle leaves the other working
+    finally:
+        a.close()
+        b.close()
