@@ -9,9 +9,17 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from conftest import tree_snapshot
 
-from krepis import CorruptStorageError, JournalError, LogStatus, SovereignJournal, StorageError, TransactionLog
+from krepis import (
+    CorruptStorageError,
+    JournalError,
+    LogStatus,
+    SovereignJournal,
+    StorageError,
+    TransactionLog,
+)
+
+from conftest import tree_snapshot
 
 
 def make_store(path: Path, entries: int = 3) -> None:

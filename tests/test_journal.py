@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import tree_snapshot
 
 from krepis import (
     ClosedError,
@@ -16,6 +15,8 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
+
+from conftest import tree_snapshot
 
 S, C, F = LogStatus.Started, LogStatus.Completed, LogStatus.Failed
 

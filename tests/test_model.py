@@ -69,7 +69,9 @@ GOOD = {"timestamp": 1, "op_name": "op", "request_id": "r", "status": LogStatus.
         ("status", None, InvalidTypeError, "LogStatus"),
     ],
 )
-def test_bad_fields_are_refused_with_a_clear_message(field: str, value: object, exc: type, words: str) -> None:
+def test_bad_fields_are_refused_with_a_clear_message(
+    field: str, value: object, exc: type, words: str
+) -> None:
     with pytest.raises(exc, match=words.replace("*", r"\*")) as info:
         TransactionLog(**{**GOOD, field: value})  # type: ignore[arg-type]
     assert isinstance(info.value, JournalError)

@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from storage_conformance import StorageConformance
 
 from krepis._storage import Storage
 from krepis._storage.lmdb import LmdbStorage, encode_key
+
+from storage_conformance import StorageConformance
 
 
 class TestLmdbConformance(StorageConformance):

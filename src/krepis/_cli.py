@@ -141,12 +141,14 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _emit_json(counts)
         return
-    table = Table(title=f"op counters — {entries} journal entries")
+    table = Table(title="op counters")
     table.add_column("op")
     table.add_column("count", justify="right")
     for name, value in sorted(counts.items()):
         table.add_row(name, str(value))
-    _console().print(table)
+    con = _console()
+    con.print(table)
+    con.print(f"{entries} journal entries in {journal.path}")
 
 
 def _filters(op: str | None, status: str | None, request_id: str | None,

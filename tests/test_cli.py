@@ -1,0 +1,148 @@
+"""The CLI, run as a user runs it: the installed ``krepis`` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KREPIS = shutil.which("krepis", path=os.path.dirname(sys.executable)) or shutil.which("krepis")
+
+
+def krepis(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    assert KREPIS, "the krepis command is not installed (pip install -e '.[test]')"
+    full_env = {k: v for k, v in os.environ.items() if k != "KREPIS_STORAGE"}
+    full_env.update(env or {})
+    proc = subprocess.run([KREPIS, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def last_json(out: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_run_twice_carries_the_count_over(tmp_path: Path) -> None:
+    first = krepis("run", cwd=tmp_path)
+    assert "js_ops_called 0 → 3" in first.stdout
+    assert (tmp_path / ".krepis" / "storage" / "data.mdb").is_file()
+    second = last_json(krepis("run", "--json", cwd=tmp_path).stdout)
+    assert second["recovered"] == 3
+    assert second["js_ops_called"] == 6
+    assert second["journal_entries"] == 10  # 2 runs × (init + 3 ops + shutdown)
+    assert len(second["request_id"]) == 36
+    third = krepis("run", cwd=tmp_path)
+    assert "recovered         js_ops_called=6" in third.stdout
+    assert "js_ops_called 6 → 9" in third.stdout
+
+
+def test_stats(tmp_path: Path) -> None:
+    krepis("run", cwd=tmp_path)
+    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {
+        "contexts_created": 1, "js_ops_called": 3}
+    table = krepis("stats", cwd=tmp_path).stdout
+    assert "js_ops_called" in table and "5 journal entries" in table
+
+
+def test_logs_filters_and_json(tmp_path: Path) -> None:
+    krepis("run", cwd=tmp_path)
+    krepis("run", cwd=tmp_path)
+    logs = json.loads(krepis("logs", "--json", cwd=tmp_path).stdout)
+    assert len(logs) == 10
+    assert set(logs[0]) >= {"timestamp", "op_name", "request_id", "status"}
+    assert logs[0]["op_name"] == "kernel_shutdown"
+    assert [e["timestamp"] for e in logs] == sorted((e["timestamp"] for e in logs), reverse=True)
+    assert len(json.loads(krepis("logs", "-n", "2", "--json", cwd=tmp_path).stdout)) == 2
+    inits = json.loads(krepis("logs", "--op", "kernel_init", "--json", cwd=tmp_path).stdout)
+    assert [e["status"] for e in inits] == ["Started", "Started"]
+    rid = inits[0]["request_id"]
+    mine = json.loads(krepis("logs", "--request-id", rid, "--json", cwd=tmp_path).stdout)
+    assert len(mine) == 5 and {e["request_id"] for e in mine} == {rid}
+    done = json.loads(krepis("logs", "--status", "Completed", "--json", cwd=tmp_path).stdout)
+    assert len(done) == 8
+    since = logs[0]["timestamp"]
+    recent = json.loads(krepis("logs", "--since", str(since), "--json", cwd=tmp_path).stdout)
+    assert recent and all(e["timestamp"] >= since for e in recent)
+    people = krepis("logs", "-n", "3", cwd=tmp_path).stdout
+    assert "kernel_shutdown" in people and "Completed" in people
+
+
+def test_export_jsonl_oldest_first(tmp_path: Path) -> None:
+    krepis("run", cwd=tmp_path)
+    lines = krepis("export", cwd=tmp_path).stdout.splitlines()
+    assert len(lines) == 5
+    assert json.loads(lines[0])["op_name"] == "kernel_init"
+    assert lines[1].startswith('{"timestamp":') and '"op_name":"op_increment_stats"' in lines[1]
+    out = tmp_path / "trail.jsonl"
+    proc = krepis("export", "-o", str(out), cwd=tmp_path)
+    assert "exported 5 entries" in proc.stderr
+    assert out.read_text().splitlines() == lines
+
+
+def test_storage_option_and_environment_variable(tmp_path: Path) -> None:
+    krepis("--storage", str(tmp_path / "a"), "run", cwd=tmp_path)
+    krepis("run", cwd=tmp_path, env={"KREPIS_STORAGE": str(tmp_path / "b")})
+    krepis("run", cwd=tmp_path, env={"KREPIS_STORAGE": str(tmp_path / "b")})
+    a = json.loads(krepis("--storage", str(tmp_path / "a"), "stats", "--json", cwd=tmp_path).stdout)
+    b_env = {"KREPIS_STORAGE": str(tmp_path / "b")}
+    b = json.loads(krepis("stats", "--json", cwd=tmp_path, env=b_env).stdout)
+    assert (a["js_ops_called"], b["js_ops_called"]) == (3, 6)
+    assert not (tmp_path / ".krepis").exists()
+
+
+def test_clear_needs_yes(tmp_path: Path) -> None:
+    krepis("run", cwd=tmp_path)
+    refused = krepis("clear", cwd=tmp_path, ok=False)
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["js_ops_called"] == 3
+    assert "cleared 5 entries" in krepis("clear", "--yes", cwd=tmp_path).stdout
+    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {}
+    assert json.loads(krepis("logs", "--json", cwd=tmp_path).stdout) == []
+
+
+@pytest.mark.parametrize("command", ["run", "stats", "logs", "export", "clear"])
+def test_help_on_every_command(tmp_path: Path, command: str) -> None:
+    out = krepis(command, "--help", cwd=tmp_path).stdout
+    assert out.startswith(f"Usage: krepis {command}")
+    assert not (tmp_path / ".krepis").exists()  # --help touches nothing
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--storage", "{file}", "stats"], "{file} exists and is not a directory"),
+        (["--storage", "{garbage}", "logs"], "{garbage} is corrupted"),
+        (["logs", "--since", "yesterday"], "neither Unix milliseconds nor an ISO-8601"),
+        (["logs", "-n", "-1"], "-1 is not in the range x>=0"),
+        (["logs", "--status", "Done"], "'Done' is not one of"),
+    ],
+)
+def test_expected_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], words: str) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "data.mdb").write_bytes(b"\x01" * 8192)
+    subst = {"{file}": str(tmp_path / "file"), "{garbage}": str(tmp_path / "garbage")}
+    args = [subst.get(a, a) for a in args]
+    for key, value in subst.items():
+        words = words.replace(key, value)
+    proc = krepis(*args, cwd=tmp_path, ok=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and words in error_lines[0], proc.stderr
+    assert (tmp_path / "garbage" / "data.mdb").read_bytes() == b"\x01" * 8192
+
+
+def test_module_entry_point(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "krepis", "--version"], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.startswith("krepis, version")
