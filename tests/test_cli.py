@@ -146,3 +146,27 @@ def test_module_entry_point(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "krepis", "--version"], capture_output=True, text=True,
                           check=True)
     assert proc.stdout.startswith("krepis, version")
+
+
+def test_run_flush_option_and_environment(tmp_path: Path) -> None:
+    out = last_json(krepis("run", "--flush", "interval:10ms", "--json", cwd=tmp_path).stdout)
+    assert out["js_ops_called"] == 3
+    out = last_json(krepis("run", "--json", cwd=tmp_path, env={"KREPIS_FLUSH": "interval:5ms"}).stdout)
+    assert out["js_ops_called"] == 6
+    bad = krepis("run", "--flush", "sometimes", cwd=tmp_path, ok=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "flush policy 'sometimes' is not valid" in bad.stderr
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    """The benchmark runs end to end (tiny sizes; speed itself is not tested here)."""
+    proc = krepis("bench", "--seconds", "0.05", "--large", "3000", "--json", cwd=tmp_path)
+    result = json.loads(proc.stdout)
+    assert len(result["rows"]) == 7
+    assert result["rows"][0]["ratio"] == 1.0
+    assert all(row["ops"] > 0 and row["ops_per_s"] > 0 for row in result["rows"])
+    assert result["reads"]["large_entries"] == 3000
+    assert {t["target"] for t in result["targets"]} >= {"recover_op_count", "get_recent_logs(100)"}
+    assert [p.name for p in tmp_path.iterdir()] == []  # temporary stores removed
+    people = krepis("bench", "--seconds", "0.05", "--large", "3000", cwd=tmp_path).stdout
+    assert "fsync limit" in people and "targets" in people

@@ -10,19 +10,19 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis._model import now_ms as now_ms_for_tests
 
 
-def append(path: str, tag: str, count: int) -> None:
+def append(path: str, tag: str, count: int, flush: str = "sync") -> None:
     """Append ``count`` entries, each with the shared counter bumped in the same transaction."""
-    with SovereignJournal(path) as journal:
+    with SovereignJournal(path, flush=flush) as journal:
         for i in range(count):
             entry = TransactionLog(now_ms_for_tests(), "proc_op", f"{tag}-{i}", LogStatus.Completed)
             journal.record(entry, increment="shared")
             journal.increment_op_count("plain")
 
 
-def crash_loop(path: str, tag: str, threads: int) -> None:
+def crash_loop(path: str, tag: str, threads: int, flush: str) -> None:
     """Write forever from ``threads`` threads, reporting each acknowledged write on stdout as one
     line written with a single write(2); the parent SIGKILLs us."""
-    journal = SovereignJournal(path)
+    journal = SovereignJournal(path, flush=flush)
 
     def work(t: int) -> None:
         i = 0
@@ -41,8 +41,8 @@ def crash_loop(path: str, tag: str, threads: int) -> None:
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "append":
-        append(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        append(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
     elif mode == "crash":
-        crash_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        crash_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
         raise SystemExit(f"unknown mode {mode}")

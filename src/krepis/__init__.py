@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ._async import AsyncSovereignJournal
 from ._errors import (
     ClosedError,
     CorruptStorageError,
@@ -19,13 +20,16 @@ from ._errors import (
 from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
+from ._policy import FlushPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "AsyncSovereignJournal",
     "ClosedError",
     "CorruptStorageError",
+    "FlushPolicy",
     "InvalidTypeError",
     "JournalError",
     "Kernel",

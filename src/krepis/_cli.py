@@ -92,15 +92,17 @@ def cli(ctx: click.Context, storage: str) -> None:
 
 
 @cli.command()
+@click.option("--flush", "flush", metavar="POLICY", envvar="KREPIS_FLUSH", default="sync",
+              show_default=True, help="sync or interval:Nms (env: KREPIS_FLUSH).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_context
-def run(ctx: click.Context, as_json: bool) -> None:
+def run(ctx: click.Context, flush: str, as_json: bool) -> None:
     """Boot the kernel, run the built-in workload (op_increment_stats x3), shut down.
 
     Counters carry over between runs: the second run recovers what the first one counted.
     """
     con = _console()
-    with SovereignJournal(_storage(ctx)) as journal:
+    with SovereignJournal(_storage(ctx), flush=flush) as journal:
         with Kernel(journal) as kernel:
             recovered = kernel.recovered.js_ops_called
             if not as_json:
@@ -238,6 +240,77 @@ def clear(ctx: click.Context, yes: bool) -> None:
         entries = journal.journal_count()
         journal.clear_all()
     click.echo(f"cleared {entries} entries and all counters in {journal.path}")
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Short rows (0.6 s) and a 100,000-entry large journal.")
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds per write row [default: 3, or 0.6 with --quick].")
+@click.option("--large", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Entries in the large journal of the read rows [default: 1,000,000].")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Where the temporary stores go (default: the current directory's disk).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench(quick: bool, seconds: float | None, large: int | None, directory: str | None,
+          as_json: bool) -> None:
+    """Measure krepis against the disk's fsync limit, the spec's design and sqlite3.
+
+    All rows run side by side in one run on the same disk; compare the ratios, not the absolute
+    numbers, on a shared machine.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ._bench import BenchConfig, run_bench
+
+    cfg = BenchConfig.quick(directory) if quick else BenchConfig(directory=directory)
+    if seconds is not None:
+        cfg.seconds = seconds
+    if large is not None:
+        cfg.large = large
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("benchmark", total=9)
+
+        def step(label: str, advance: int) -> None:
+            progress.update(task, description=label, advance=advance)
+
+        result = run_bench(cfg, step)
+    if as_json:
+        _emit_json(result)
+        return
+    con = _console()
+    m = result["machine"]
+    con.print(f"[bold]krepis bench[/] — {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
+              f"LMDB {m['lmdb']}, SQLite {m['sqlite']}")
+    table = Table(title="writes (ratio: to the first row)")
+    for col, justify in (("", "left"), ("ops/s", "right"), ("p50 µs", "right"), ("p99 µs", "right"),
+                         ("ratio", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in result["rows"]:
+        table.add_row(row["name"], f"{row['ops_per_s']:,.0f}", f"{row['p50_us']:,.1f}",
+                      f"{row['p99_us']:,.1f}", f"{row['ratio']:.2f}×")
+    con.print(table)
+    r = result["reads"]
+    reads = Table(title="reads and size")
+    reads.add_column("")
+    reads.add_column("value", justify="right")
+    reads.add_row("recover_op_count", f"{r['recover_op_count_us']:.2f} µs")
+    reads.add_row("get_recent_logs(100)", f"{r['get_recent_logs_100_us']:.1f} µs")
+    reads.add_row("journal_count", f"{r['journal_count_us']:.2f} µs")
+    reads.add_row(f"open + recover, {r['large_entries']:,} entries", f"{r['open_recover_large_us']:.0f} µs")
+    reads.add_row(f"open + recover, {r['small_entries']:,} entries", f"{r['open_recover_small_us']:.0f} µs")
+    reads.add_row("bytes on disk per entry (LMDB)", f"{r['bytes_per_entry']:.0f} B")
+    reads.add_row("bytes on disk per entry (sqlite3)", f"{r['sqlite_bytes_per_entry']:.0f} B")
+    con.print(reads)
+    targets = Table(title="targets")
+    for col in ("target", "measured", "goal", "met"):
+        targets.add_column(col)
+    for t in result["targets"]:
+        sign = "≤" if t["unit"] == "µs" or "open" in t["target"] else "≥"
+        targets.add_row(t["target"], f"{t['measured']}{t['unit']}", f"{sign} {t['goal']}{t['unit']}",
+                        "[green]yes[/]" if t["met"] else "[red]no[/]")
+    con.print(targets)
 
 
 def main() -> None:

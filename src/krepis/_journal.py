@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 from ._errors import ClosedError, CorruptStorageError, InvalidTypeError, StorageError
@@ -17,67 +18,107 @@ from ._model import (
     check_text,
     check_timestamp,
     decode_log,
+    decode_logs,
     encode_log,
 )
+from ._policy import FlushPolicy
 from ._storage import EntryFilter, Storage, WriteRequest, open_storage
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
 DEFAULT_STORAGE = os.path.join(".krepis", "storage")
 _SCAN_CHUNK = 512
+_GATHER_YIELDS = 3
 
 
 class _Pending:
     """A write waiting for a commit; filled in by whichever thread leads that commit."""
 
-    __slots__ = ("done", "error", "request", "result")
+    __slots__ = ("done", "error", "lead", "request", "result", "wakeup")
 
     def __init__(self, request: WriteRequest) -> None:
         self.request = request
         self.result: list[int] | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.lead = False  # set when the waiter is handed leadership instead of a result
+        self.wakeup: threading.Lock | None = None  # held while its owner sleeps
 
 
 class _GroupCommit:
-    """Leader/follower group commit.
+    """Leader/follower group commit with hand-off.
 
-    A caller queues its request; if no commit is running it becomes the leader, takes every
-    queued request and applies them in ONE storage transaction. Callers that arrive while a
-    commit runs wait and are served together by the next leader. Nobody returns before the
-    transaction holding its own request has committed.
+    A caller queues its request. If no commit is running it becomes the leader: it takes every
+    queued request and applies them in ONE storage transaction, wakes exactly the callers that
+    transaction served, and hands leadership to a caller still queued (if any) before returning.
+    Callers arriving during a commit sleep on their own lock — no thundering herd — and are
+    served together by the next leader. Nobody returns before the transaction holding its own
+    request has committed.
     """
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, on_commit: Callable[[], None] | None = None) -> None:
         self._storage = storage
-        self._cond = threading.Condition(threading.Lock())
+        self._on_commit = on_commit
+        self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._leading = False
+        self._last_batch = 1
 
     def submit(self, request: WriteRequest) -> list[int]:
         item = _Pending(request)
-        cond = self._cond
-        with cond:
-            self._queue.append(item)
-            while not item.done:
-                if self._leading:
-                    cond.wait()
-                    continue
-                self._leading = True
-                batch, self._queue = self._queue, []
-                cond.release()
-                try:
-                    self._apply(batch)
-                finally:
-                    cond.acquire()
-                    self._leading = False
-                    for pending in batch:
-                        pending.done = True
-                    cond.notify_all()
+        self.run([item])
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def run(self, items: list[_Pending]) -> None:
+        """Commit ``items`` (with whatever else is queued); return when all of them are done."""
+        last = items[-1]  # items enter the queue together, so one transaction takes them all
+        batch: list[_Pending] | None = None
+        with self._lock:
+            self._queue.extend(items)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+                if self._last_batch <= 1:  # a lone writer takes the queue at once
+                    batch, self._queue = self._queue, []
+            else:
+                wakeup = last.wakeup = threading.Lock()
+                wakeup.acquire()
+        if not lead:
+            wakeup.acquire()  # released by a leader: either we are done, or we lead now
+            if last.done:
+                return
+            assert last.lead
+        while True:
+            if batch is None:
+                # Callers served by the previous commit are often still on their way back
+                # (they need the GIL). When it served many, yield a moment so this commit can
+                # take them too, instead of committing almost alone.
+                for _ in range(_GATHER_YIELDS):
+                    if len(self._queue) * 2 > self._last_batch:
+                        break
+                    time.sleep(0)
+                with self._lock:
+                    batch, self._queue = self._queue, []
+            self._last_batch = len(batch)
+            self._apply(batch)
+            for pending in batch:
+                pending.done = True
+                if pending.wakeup is not None and pending is not last:
+                    pending.wakeup.release()
+            if last.done:
+                break
+            batch = None
+        with self._lock:  # hand leadership over, or give it up
+            if self._queue:
+                successor = self._queue[-1]  # the last item of a run, whose owner is asleep
+                successor.lead = True
+                assert successor.wakeup is not None
+                successor.wakeup.release()
+            else:
+                self._leading = False
 
     def _apply(self, batch: list[_Pending]) -> None:
         try:
@@ -86,8 +127,41 @@ class _GroupCommit:
             for pending in batch:
                 pending.error = exc
             return
+        if self._on_commit is not None:
+            self._on_commit()
         for pending, result in zip(batch, results, strict=True):
             pending.result = result
+
+
+class _Syncer:
+    """Background durability for ``interval`` policies: syncs within N ms of a commit."""
+
+    def __init__(self, storage: Storage, interval_ms: int) -> None:
+        self._storage = storage
+        self._interval = interval_ms / 1000
+        self._stop = threading.Event()
+        self._dirty = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"krepis-sync:{storage.location}",
+                                        daemon=True)
+        self._thread.start()
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self._dirty:
+                self._dirty = False  # a commit landing during sync() sets it again
+                try:
+                    self._storage.sync()
+                except BaseException as exc:
+                    self.error = exc
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class SovereignJournal:
@@ -105,17 +179,35 @@ class SovereignJournal:
     * **Validated**: bad input raises ``ValueError``/``TypeError`` (also :class:`JournalError`)
       and writes nothing; a storage problem raises :class:`StorageError` naming the path.
 
+    With ``flush="interval:Nms"`` a call returns once its transaction is committed to the engine
+    (safe against a crash of the process) and a background sync makes it durable within N ms;
+    see :class:`FlushPolicy`. ``flush=None`` reads ``KREPIS_FLUSH``, else uses ``"sync"``.
+
     Opening is O(1) in the number of entries. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORAGE) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_STORAGE,
+        *,
+        flush: str | FlushPolicy | None = None,
+    ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         if not os.fspath(path):
             raise StorageError("storage path must not be empty", "")
-        self._storage: Storage = open_storage(path)
-        self._commit = _GroupCommit(self._storage)
+        self._policy = FlushPolicy.parse(flush)
+        self._storage: Storage = open_storage(path, durable=self._policy.durable)
+        self._syncer: _Syncer | None = None
+        if self._policy.interval_ms is not None:
+            self._syncer = _Syncer(self._storage, self._policy.interval_ms)
+        self._commit = _GroupCommit(self._storage, self._syncer.mark_dirty if self._syncer else None)
         self._closed = False
+
+    @property
+    def policy(self) -> FlushPolicy:
+        """The flush policy in force."""
+        return self._policy
 
     @property
     def path(self) -> str:
@@ -139,7 +231,13 @@ class SovereignJournal:
         if self._closed:
             return
         self._closed = True
-        self._storage.close()
+        try:
+            if self._syncer is not None:
+                self._syncer.stop()
+                self._storage.sync()
+                self._check_syncer()
+        finally:
+            self._storage.close()
 
     @property
     def closed(self) -> bool:
@@ -150,17 +248,26 @@ class SovereignJournal:
             raise ClosedError(f"the journal at {self.path} is closed")
         return self._storage
 
+    def _check_syncer(self) -> None:
+        if self._syncer is not None and self._syncer.error is not None:
+            exc = self._syncer.error
+            raise StorageError(f"background sync of {self.path} failed: {exc}", self.path) from exc
+
     def flush(self) -> None:
-        """Force every committed write onto stable storage (already the case under ``sync``)."""
-        self._live().sync()
+        """Make every committed write durable now (a no-op cost under ``sync``, where it already is)."""
+        storage = self._live()
+        self._check_syncer()
+        storage.sync()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<SovereignJournal {self.path!r} {state}>"
+        return f"<SovereignJournal {self.path!r} flush={self._policy} {state}>"
 
     # -- writes ----------------------------------------------------------------------------
     def _write(self, entries: Sequence[tuple[int, bytes, bytes]], increments: Sequence[bytes]) -> list[int]:
         self._live()
+        if self._syncer is not None:
+            self._check_syncer()
         return self._commit.submit(WriteRequest(entries, increments))
 
     def log_transaction(self, log: TransactionLog) -> None:
@@ -183,8 +290,11 @@ class SovereignJournal:
         return self._write((), (check_op_name(op_name),))[0]
 
     def clear_all(self) -> None:
-        """Remove every entry and counter, durably. The journal stays open and usable."""
-        self._live().clear()
+        """Remove every entry and counter, durably under every policy. The journal stays usable."""
+        storage = self._live()
+        storage.clear()
+        if not self._policy.durable:
+            storage.sync()
 
     # -- reads -----------------------------------------------------------------------------
     def recover_op_count(self, op_name: str) -> int:
@@ -219,9 +329,11 @@ class SovereignJournal:
         ``since`` (inclusive) and ``until`` (exclusive) bound the timestamp in Unix ms;
         ``limit=None`` returns every match.
         """
-        return list(self.iter_logs(op_name=op_name, request_id=request_id, status=status,
-                                   since=since, until=until, limit=limit,
-                                   newest_first=newest_first))
+        out: list[TransactionLog] = []
+        for logs in self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
+                                 until=until, limit=limit, newest_first=newest_first):
+            out += logs
+        return out
 
     def iter_logs(
         self,
@@ -238,6 +350,22 @@ class SovereignJournal:
 
         Arguments are validated when called, before the first entry is read.
         """
+        chunks = self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
+                              until=until, limit=limit, newest_first=newest_first)
+        return (log for logs in chunks for log in logs)
+
+    def _chunks(
+        self,
+        *,
+        op_name: str | None,
+        request_id: str | None,
+        status: LogStatus | None,
+        since: int | None,
+        until: int | None,
+        limit: int | None,
+        newest_first: bool,
+    ) -> Iterator[list[TransactionLog]]:
+        """Validate the filters now; return a generator of matching entries, a chunk at a time."""
         storage = self._live()
         if op_name is not None:
             check_op_name(op_name)
@@ -261,35 +389,38 @@ class SovereignJournal:
         status: LogStatus | None,
         limit: int | None,
         newest_first: bool,
-    ) -> Iterator[TransactionLog]:
+    ) -> Iterator[list[TransactionLog]]:
         remaining = limit
         after: bytes | None = None
         filtered = op_name is not None or status is not None
         while remaining is None or remaining > 0:
             chunk = _SCAN_CHUNK if remaining is None or filtered else min(remaining, _SCAN_CHUNK)
             rows = storage.scan(flt, newest_first=newest_first, after=after, limit=chunk)
-            for position, raw in rows:
-                log = self._decode(position, raw)
-                if (op_name is not None and log.op_name != op_name) or (
-                    status is not None and log.status is not status
-                ):
-                    continue
-                yield log
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining == 0:
-                        return
+            logs = self._decode(rows)
+            if filtered:
+                logs = [log for log in logs if (op_name is None or log.op_name == op_name)
+                        and (status is None or log.status is status)]
+            if remaining is not None:
+                logs = logs[:remaining]
+                remaining -= len(logs)
+            yield logs
             if len(rows) < chunk:
                 return
             after = rows[-1][0]
 
-    def _decode(self, position: bytes, raw: bytes) -> TransactionLog:
+    def _decode(self, rows: list[tuple[bytes, bytes]]) -> list[TransactionLog]:
         try:
-            return decode_log(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptStorageError(
-                f"storage at {self.path}: entry {position.decode('utf-8', 'replace')!r} is not a "
-                f"valid TransactionLog ({exc})", self.path) from exc
+            return decode_logs([raw for _, raw in rows])
+        except (ValueError, KeyError, TypeError):
+            pass
+        for position, raw in rows:  # find the culprit to name it
+            try:
+                decode_log(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptStorageError(
+                    f"storage at {self.path}: entry {position.decode('utf-8', 'replace')!r} is not "
+                    f"a valid TransactionLog ({exc})", self.path) from exc
+        raise CorruptStorageError(f"storage at {self.path}: unreadable journal entries", self.path)
 
 
 def _encode_entry(log: TransactionLog) -> tuple[int, bytes, bytes]:

@@ -20,6 +20,7 @@ from ._model import (
     TransactionLog,
     check_op_name,
 )
+from ._policy import FlushPolicy
 
 __all__ = ["Kernel", "error_text"]
 
@@ -61,6 +62,7 @@ class Kernel:
         is_turbo_mode: bool = False,
         trace_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        flush: str | FlushPolicy | None = None,
     ) -> None:
         if not isinstance(storage, (str, os.PathLike, SovereignJournal)):
             raise InvalidTypeError(
@@ -71,6 +73,10 @@ class Kernel:
             raise InvalidTypeError(f"priority must be an int, got {type(priority).__name__}")
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidTypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if isinstance(storage, SovereignJournal) and flush is not None:
+            raise ValidationError("flush applies when the kernel opens the journal; set it on the "
+                                  "SovereignJournal you pass instead")
+        self._flush = None if flush is None else FlushPolicy.parse(flush)
         self._storage = storage
         self._context_args: dict[str, Any] = {
             "tenant_id": tenant_id,
@@ -118,7 +124,7 @@ class Kernel:
         if isinstance(self._storage, SovereignJournal):
             journal, self._owns_journal = self._storage, False
         else:
-            journal, self._owns_journal = SovereignJournal(self._storage), True
+            journal, self._owns_journal = SovereignJournal(self._storage, flush=self._flush), True
         try:
             recovered = SovereignStats(
                 js_ops_called=journal.recover_op_count(JS_OPS_COUNTER),

@@ -133,13 +133,15 @@ class LmdbStorage(Storage):
         results: list[list[int]] = []
         try:
             with self._env.begin(write=True) as txn:
+                put = txn.put
                 raw = txn.get(b"seq", db=meta)
                 seq = _U64.unpack(raw)[0] if raw else 0
                 counters: dict[bytes, int] = {}
                 for req in requests:
                     for ts, rid, value in req.entries:
                         seq += 1
-                        if not txn.put(encode_key(ts, seq, rid), value, db=journal, overwrite=False):
+                        key = b"%019d:%020d:%b" % (ts, seq, rid)  # encode_key, inlined
+                        if not put(key, value, db=journal, overwrite=False):
                             raise CorruptStorageError(
                                 f"storage at {self.location}: journal sequence {seq} is already "
                                 "used; the meta sequence is behind the journal", self.location)
@@ -159,8 +161,8 @@ class LmdbStorage(Storage):
                         values.append(current)
                     results.append(values)
                 for key, count in counters.items():
-                    txn.put(key, _U64.pack(count), db=stats)
-                txn.put(b"seq", _U64.pack(seq), db=meta)
+                    put(key, _U64.pack(count), db=stats)
+                put(b"seq", _U64.pack(seq), db=meta)
         except (lmdb.Error, OSError) as exc:
             raise _wrap(exc, self.location, "writing") from exc
         return results
@@ -232,7 +234,6 @@ class LmdbStorage(Storage):
                         ok = cur.prev()
                     else:
                         ok = cur.last()
-                    step = cur.prev
                 else:
                     if after is not None:
                         ok = cur.set_range(after)
@@ -244,19 +245,19 @@ class LmdbStorage(Storage):
                         ok = cur.set_range(lo)
                     else:
                         ok = cur.first()
-                    step = cur.next
-                while ok:
-                    key = cur.key()
+                if not ok:
+                    return out
+                items = cur.iterprev() if newest_first else cur.iternext()
+                for key, value in items:
                     if newest_first:
                         if lo is not None and key < lo:
                             break
                     elif hi is not None and key >= hi:
                         break
                     if rid is None or key[_SEQ_END:] == rid:
-                        out.append((key, cur.value()))
+                        out.append((key, value))
                         if len(out) >= limit:
                             break
-                    ok = step()
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "reading the journal") from exc
         return out

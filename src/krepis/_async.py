@@ -1,0 +1,181 @@
+"""AsyncSovereignJournal: the journal for asyncio, with writes of many tasks coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
+from ._model import LogStatus, TransactionLog, check_op_name
+from ._policy import FlushPolicy
+from ._storage import WriteRequest
+
+__all__ = ["AsyncSovereignJournal"]
+
+T = TypeVar("T")
+
+
+class AsyncSovereignJournal:
+    """The :class:`SovereignJournal` API for asyncio: every method is awaitable, same names.
+
+    Writes never block the event loop. Writes of concurrent tasks are queued and handed to one
+    writer thread, which commits everything queued at that moment in ONE transaction, together
+    with any synchronous callers of the same journal (group commit). Under ``flush="sync"`` an
+    awaited write returns only after its own data is durable. Cancelling a task that awaits a
+    write does not undo the write once it was queued.
+
+    Reads run in a worker thread. Construct it inside or outside a running loop; use it with
+    ``async with`` or ``await journal.close()``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_STORAGE,
+        *,
+        flush: str | FlushPolicy | None = None,
+    ) -> None:
+        self._journal = SovereignJournal(path, flush=flush)
+        self._lock = threading.Lock()
+        self._queue: list[tuple[_Pending, asyncio.Future[list[int]]]] = []
+        self._draining = False
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="krepis-async-writer")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="krepis-async-reader")
+
+    @property
+    def sync_journal(self) -> SovereignJournal:
+        """The underlying synchronous journal (same store, same commits)."""
+        return self._journal
+
+    @property
+    def path(self) -> str:
+        return self._journal.path
+
+    @property
+    def policy(self) -> FlushPolicy:
+        return self._journal.policy
+
+    @property
+    def closed(self) -> bool:
+        return self._journal.closed
+
+    # -- writes ----------------------------------------------------------------------------
+    def _submit(self, request: WriteRequest) -> asyncio.Future[list[int]]:
+        self._journal._live()
+        self._journal._check_syncer()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        with self._lock:
+            self._queue.append((_Pending(request), future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._writer.submit(self._drain, loop)
+        return future
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Writer thread: commit whatever is queued, batch after batch, until the queue is empty."""
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._draining = False
+                    return
+            self._journal._commit.run([pending for pending, _ in batch])
+            loop.call_soon_threadsafe(_deliver, batch)
+
+    async def log_transaction(self, log: TransactionLog) -> None:
+        """Append one entry (durably under ``sync``)."""
+        await self._submit(WriteRequest([_encode_entry(log)], ()))
+
+    async def record(self, log: TransactionLog, *, increment: str | None = None) -> int | None:
+        """Append ``log`` and bump ``increment`` in ONE atomic transaction; the new count or None."""
+        entry = _encode_entry(log)
+        if increment is None:
+            await self._submit(WriteRequest([entry], ()))
+            return None
+        return (await self._submit(WriteRequest([entry], (check_op_name(increment),))))[0]
+
+    async def increment_op_count(self, op_name: str) -> int:
+        """Atomically add one to ``op_count:{op_name}``; the new value."""
+        return (await self._submit(WriteRequest((), (check_op_name(op_name),))))[0]
+
+    async def clear_all(self) -> None:
+        await self._read(self._journal.clear_all)
+
+    async def flush(self) -> None:
+        await self._read(self._journal.flush)
+
+    # -- reads -----------------------------------------------------------------------------
+    async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._journal._live()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    async def recover_op_count(self, op_name: str) -> int:
+        check_op_name(op_name)
+        return await self._read(self._journal.recover_op_count, op_name)
+
+    async def op_counts(self) -> dict[str, int]:
+        return await self._read(self._journal.op_counts)
+
+    async def journal_count(self) -> int:
+        return await self._read(self._journal.journal_count)
+
+    async def get_recent_logs(self, limit: int) -> list[TransactionLog]:
+        return await self._read(self._journal.get_recent_logs, limit)
+
+    async def query(
+        self,
+        *,
+        op_name: str | None = None,
+        request_id: str | None = None,
+        status: LogStatus | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[TransactionLog]:
+        return await self._read(self._journal.query, op_name=op_name, request_id=request_id,
+                                status=status, since=since, until=until, limit=limit,
+                                newest_first=newest_first)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Wait for queued writes, make everything durable, release the store. Idempotent."""
+        if self._journal.closed:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._journal.close)
+        self._writer.shutdown(wait=False)
+        self._readers.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncSovereignJournal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncSovereignJournal {self.path!r} flush={self.policy}>"
+
+
+def _deliver(batch: Sequence[tuple[_Pending, asyncio.Future[list[int]]]]) -> None:
+    for pending, future in batch:
+        if future.done():  # cancelled while waiting; the write itself stands
+            continue
+        if pending.error is not None:
+            future.set_exception(pending.error)
+        else:
+            assert pending.result is not None
+            future.set_result(pending.result)

@@ -1,0 +1,139 @@
+"""AsyncSovereignJournal: same API, awaitable; many tasks coalesce into shared commits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from krepis import (
+    AsyncSovereignJournal,
+    ClosedError,
+    LogStatus,
+    SovereignJournal,
+    TransactionLog,
+    ValidationError,
+)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_every_method(store: Path) -> None:
+    async def main() -> None:
+        async with AsyncSovereignJournal(store) as journal:
+            await journal.log_transaction(TransactionLog(1, "a", "r", LogStatus.Started))
+            assert await journal.record(TransactionLog(2, "a", "r", LogStatus.Completed), increment="a") == 1
+            assert await journal.record(TransactionLog(3, "b", "r", LogStatus.Completed)) is None
+            assert await journal.increment_op_count("a") == 2
+            assert await journal.recover_op_count("a") == 2
+            assert await journal.op_counts() == {"a": 2}
+            assert await journal.journal_count() == 3
+            assert [e.timestamp for e in await journal.get_recent_logs(2)] == [3, 2]
+            assert [e.timestamp for e in await journal.query(op_name="a", newest_first=False)] == [1, 2]
+            await journal.flush()
+            await journal.clear_all()
+            assert await journal.journal_count() == 0
+            await journal.increment_op_count("after_clear")
+        assert journal.closed
+        await journal.close()  # idempotent
+        with pytest.raises(ClosedError):
+            await journal.increment_op_count("x")
+
+    run(main())
+    with SovereignJournal(store) as journal:
+        assert journal.op_counts() == {"after_clear": 1}
+
+
+@pytest.mark.parametrize("flush", ["sync", "interval:5ms"])
+def test_many_tasks_exact_and_coalesced(store: Path, flush: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from krepis._storage.lmdb import LmdbStorage
+
+    commits = 0
+    original = LmdbStorage.write_batch
+
+    def counting(self, requests):  # type: ignore[no-untyped-def]
+        nonlocal commits
+        commits += 1
+        return original(self, requests)
+
+    monkeypatch.setattr(LmdbStorage, "write_batch", counting)
+    tasks, per_task = 256, 8
+
+    async def main() -> list[int]:
+        async with AsyncSovereignJournal(store, flush=flush) as journal:
+            async def worker(n: int) -> list[int]:
+                return [await journal.record(TransactionLog(i, "op", f"t{n}-{i}", LogStatus.Completed),
+                                             increment="op") for i in range(per_task)]  # type: ignore[misc]
+
+            results = await asyncio.gather(*(worker(n) for n in range(tasks)))
+            return [v for r in results for v in r]
+
+    values = run(main())
+    total = tasks * per_task
+    assert sorted(values) == list(range(1, total + 1))  # every caller got its own count
+    assert commits < total / 4  # writes of concurrent tasks share transactions
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("op") == total
+        assert journal.journal_count() == total
+
+
+def test_writes_do_not_block_the_event_loop(store: Path) -> None:
+    async def main() -> tuple[int, int]:
+        async with AsyncSovereignJournal(store) as journal:
+            ticks = 0
+            stop = False
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not stop:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            tick_task = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            start = ticks
+            for _ in range(50):  # sequential durable writes: each awaits a commit with fsync
+                await journal.increment_op_count("x")
+            during = ticks - start
+            stop = True
+            await tick_task
+            return during, await journal.recover_op_count("x")
+
+    during, count = run(main())
+    assert count == 50
+    # A blocking implementation would never yield to the ticker while writing.
+    assert during >= 50
+
+
+def test_validation_and_sync_journal_share_commits(store: Path) -> None:
+    async def main() -> None:
+        async with AsyncSovereignJournal(store) as journal:
+            with pytest.raises(ValidationError, match="empty"):
+                await journal.increment_op_count("")
+            with pytest.raises(TypeError, match="TransactionLog"):
+                await journal.record("nope")  # type: ignore[arg-type]
+            sync = journal.sync_journal
+            await journal.increment_op_count("x")
+            await asyncio.to_thread(sync.increment_op_count, "x")
+            assert await journal.recover_op_count("x") == 2
+            assert await journal.journal_count() == 0
+
+    run(main())
+
+
+def test_cancelled_write_still_lands(store: Path) -> None:
+    async def main() -> int:
+        async with AsyncSovereignJournal(store) as journal:
+            task = asyncio.create_task(journal.increment_op_count("x"))
+            await asyncio.sleep(0)  # queued
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return 0
+
+    run(main())
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("x") == 1
