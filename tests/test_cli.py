@@ -38,7 +38,10 @@ def test_run_twice_carries_the_count_over(tmp_path: Path) -> None:
     second = last_json(krepis("run", "--json", cwd=tmp_path).stdout)
     assert second["recovered"] == 3
     assert second["js_ops_called"] == 6
-    assert second["journal_entries"] == 10  # 2 runs × (init + 3 ops + shutdown)
+    # per run: kernel_init, op_get_context ×2, op_log_from_js ×4, op_increment_stats ×3,
+    # op_check_permission ×2, kernel_shutdown
+    assert second["journal_entries"] == 26
+    assert second["ok"] is True and second["ops_called"] == 7
     assert len(second["request_id"]) == 36
     third = krepis("run", cwd=tmp_path)
     assert "recovered         js_ops_called=6" in third.stdout
@@ -48,16 +51,18 @@ def test_run_twice_carries_the_count_over(tmp_path: Path) -> None:
 def test_stats(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {
-        "contexts_created": 1, "js_ops_called": 3}
+        "contexts_created": 1, "js_ops_called": 3, "op_get_context": 1, "op_log_from_js": 2,
+        "op_check_permission": 1}
     table = krepis("stats", cwd=tmp_path).stdout
-    assert "js_ops_called" in table and "5 journal entries" in table
+    assert "js_ops_called" in table and "13 journal entries" in table
 
 
 def test_logs_filters_and_json(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     krepis("run", cwd=tmp_path)
-    logs = json.loads(krepis("logs", "--json", cwd=tmp_path).stdout)
-    assert len(logs) == 10
+    logs = json.loads(krepis("logs", "-n", "100", "--json", cwd=tmp_path).stdout)
+    assert len(logs) == 26
+    assert len(json.loads(krepis("logs", "--json", cwd=tmp_path).stdout)) == 20  # default -n 20
     assert set(logs[0]) >= {"timestamp", "op_name", "request_id", "status"}
     assert logs[0]["op_name"] == "kernel_shutdown"
     assert [e["timestamp"] for e in logs] == sorted((e["timestamp"] for e in logs), reverse=True)
@@ -66,9 +71,9 @@ def test_logs_filters_and_json(tmp_path: Path) -> None:
     assert [e["status"] for e in inits] == ["Started", "Started"]
     rid = inits[0]["request_id"]
     mine = json.loads(krepis("logs", "--request-id", rid, "--json", cwd=tmp_path).stdout)
-    assert len(mine) == 5 and {e["request_id"] for e in mine} == {rid}
-    done = json.loads(krepis("logs", "--status", "Completed", "--json", cwd=tmp_path).stdout)
-    assert len(done) == 8
+    assert len(mine) == 13 and {e["request_id"] for e in mine} == {rid}
+    done = json.loads(krepis("logs", "--status", "Completed", "-n", "99", "--json", cwd=tmp_path).stdout)
+    assert len(done) == 16
     since = logs[0]["timestamp"]
     recent = json.loads(krepis("logs", "--since", str(since), "--json", cwd=tmp_path).stdout)
     assert recent and all(e["timestamp"] >= since for e in recent)
@@ -79,12 +84,12 @@ def test_logs_filters_and_json(tmp_path: Path) -> None:
 def test_export_jsonl_oldest_first(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     lines = krepis("export", cwd=tmp_path).stdout.splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 13
     assert json.loads(lines[0])["op_name"] == "kernel_init"
-    assert lines[1].startswith('{"timestamp":') and '"op_name":"op_increment_stats"' in lines[1]
+    assert lines[1].startswith('{"timestamp":') and '"op_name":"op_get_context"' in lines[1]
     out = tmp_path / "trail.jsonl"
     proc = krepis("export", "-o", str(out), cwd=tmp_path)
-    assert "exported 5 entries" in proc.stderr
+    assert "exported 13 entries" in proc.stderr
     assert out.read_text().splitlines() == lines
 
 
@@ -104,7 +109,7 @@ def test_clear_needs_yes(tmp_path: Path) -> None:
     refused = krepis("clear", cwd=tmp_path, ok=False)
     assert refused.returncode != 0 and "--yes" in refused.stderr
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["js_ops_called"] == 3
-    assert "cleared 5 entries" in krepis("clear", "--yes", cwd=tmp_path).stdout
+    assert "cleared 13 entries" in krepis("clear", "--yes", cwd=tmp_path).stdout
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {}
     assert json.loads(krepis("logs", "--json", cwd=tmp_path).stdout) == []
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
+from importlib import resources
 from typing import Any
 
 import click
@@ -91,45 +93,91 @@ def cli(ctx: click.Context, storage: str) -> None:
     ctx.obj["storage"] = storage
 
 
+class _JsLogHandler(logging.Handler):
+    """Shows what scripts log through op_log_from_js, on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"js {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
 @cli.command()
+@click.argument("script", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Kill the script after S seconds (journaled as kernel_error).")
+@click.option("--allow-read", "allow_read", multiple=True, metavar="PATH",
+              help="Let op_check_permission('read', …) allow PATH (repeatable; default /tmp/krepis/).")
+@click.option("--allow-write", "allow_write", multiple=True, metavar="PATH",
+              help="Let op_check_permission('write', …) allow PATH (repeatable).")
+@click.option("--allow-net", "allow_net", multiple=True, metavar="HOST",
+              help="Let op_check_permission('net', …) allow HOST or HOST:PORT (repeatable).")
 @click.option("--flush", "flush", metavar="POLICY", envvar="KREPIS_FLUSH", default="sync",
               show_default=True, help="sync or interval:Nms (env: KREPIS_FLUSH).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_context
-def run(ctx: click.Context, flush: str, as_json: bool) -> None:
-    """Boot the kernel, run the built-in workload (op_increment_stats x3), shut down.
+def run(ctx: click.Context, script: str | None, timeout: float | None, allow_read: tuple[str, ...],
+        allow_write: tuple[str, ...], allow_net: tuple[str, ...], flush: str, as_json: bool) -> None:
+    """Boot the kernel and run SCRIPT (JavaScript/TypeScript) in a sandboxed Deno.
 
-    Counters carry over between runs: the second run recovers what the first one counted.
+    Without SCRIPT, runs the built-in bootstrap: it reads the context, logs through
+    op_log_from_js, calls op_increment_stats 3 times and checks a read permission. Counters
+    carry over between runs: the second run recovers what the first one counted.
     """
+    from ._plane import PermissionPolicy, ScriptError
+
     con = _console()
-    with SovereignJournal(_storage(ctx), flush=flush) as journal:
-        with Kernel(journal) as kernel:
-            recovered = kernel.recovered.js_ops_called
-            if not as_json:
-                con.print(f"[bold]krepis kernel booted[/] storage={journal.path}")
-                con.print(f"  request_id        {kernel.context.request_id}")
-                con.print(f"  recovered         js_ops_called={recovered} "
-                          f"contexts_created={kernel.recovered.contexts_created}")
-            for _ in range(3):
-                count = kernel.increment_stats()
-                if not as_json:
-                    con.print(f"  op_increment_stats → js_ops_called={count}")
-            request_id = kernel.context.request_id
+    policy = PermissionPolicy()
+    for path in allow_read:
+        policy.allow_read(path)
+    for path in allow_write:
+        policy.allow_write(path)
+    for host in allow_net:
+        policy.allow_net(host)
+    handler = _JsLogHandler()
+    js_log = logging.getLogger("krepis.js")
+    js_log.addHandler(handler)
+    js_log.setLevel(logging.DEBUG)
+    failure: ScriptError | None = None
+    target = script or str(resources.files("krepis").joinpath("_js/bootstrap.js"))
+    try:
+        with SovereignJournal(_storage(ctx), flush=flush) as journal:
+            kernel = Kernel(journal, permissions=policy)
+            ops_called: int | None = None
+            try:
+                with kernel:  # a failing script ends the kernel with kernel_error
+                    recovered = kernel.recovered.js_ops_called
+                    request_id = kernel.context.request_id
+                    if not as_json:
+                        con.print(f"[bold]krepis kernel booted[/] storage={journal.path}")
+                        con.print(f"  request_id        {request_id}")
+                        con.print(f"  recovered         js_ops_called={recovered} "
+                                  f"contexts_created={kernel.recovered.contexts_created}")
+                        con.print(f"  running           {script or 'built-in bootstrap'}")
+                    ops_called = kernel.run_script(target, timeout=timeout).ops_called
+            except ScriptError as exc:
+                failure = exc
             stats = kernel.stats
-        entries = journal.journal_count()
+            entries = journal.journal_count()
+    finally:
+        js_log.removeHandler(handler)
     summary = {
+        "ok": failure is None,
         "recovered": recovered,
         "js_ops_called": stats.js_ops_called,
         "contexts_created": stats.contexts_created,
         "journal_entries": entries,
         "request_id": request_id,
         "storage": journal.path,
+        "script": script,
+        "ops_called": ops_called,
+        "error": None if failure is None else str(failure),
     }
     if as_json:
         _emit_json(summary)
-    else:
+    elif failure is None:
         con.print(f"[bold green]done[/]: js_ops_called {recovered} → {stats.js_ops_called}, "
-                  f"journal entries {entries}")
+                  f"{ops_called} op calls, journal entries {entries}")
+    if failure is not None:
+        raise click.ClickException(f"script failed: {failure}")
 
 
 @cli.command()

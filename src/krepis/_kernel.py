@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ._errors import InvalidTypeError, OpError, ValidationError
 from ._journal import DEFAULT_STORAGE, SovereignJournal
@@ -20,6 +21,7 @@ from ._model import (
     TransactionLog,
     check_op_name,
 )
+from ._plane import PermissionPolicy, ScriptResult
 from ._policy import FlushPolicy
 
 __all__ = ["Kernel", "error_text"]
@@ -28,12 +30,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 _OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 JS_OPS_COUNTER = "js_ops_called"
 CONTEXTS_COUNTER = "contexts_created"
-BUILTIN_OPS = frozenset({"op_increment_stats"})
+BUILTIN_OPS = frozenset({"op_increment_stats", "op_get_context", "op_log_from_js", "op_check_permission"})
+_JS_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+                  "warning": logging.WARNING, "error": logging.ERROR}
+js_logger = logging.getLogger("krepis.js")
 
 
 def error_text(exc: BaseException) -> str:
-    """``"TypeName: message"``, cut to fit the journal's error field."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """``"TypeName: message"`` (a script's own error text for a ScriptError), cut to fit."""
+    if getattr(exc, "stack", False) is not False and str(exc):  # ScriptError: "SyntaxError: …"
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     raw = text.encode("utf-8", "replace")
     if len(raw) > MAX_ERROR_BYTES:
         text = raw[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "…"
@@ -63,6 +71,7 @@ class Kernel:
         trace_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         flush: str | FlushPolicy | None = None,
+        permissions: PermissionPolicy | None = None,
     ) -> None:
         if not isinstance(storage, (str, os.PathLike, SovereignJournal)):
             raise InvalidTypeError(
@@ -86,7 +95,16 @@ class Kernel:
         }
         if trace_id is not None:
             self._context_args["trace_id"] = trace_id
-        self._ops: dict[str, Callable[..., Any]] = {}
+        if permissions is not None and not isinstance(permissions, PermissionPolicy):
+            raise InvalidTypeError(
+                f"permissions must be a PermissionPolicy, got {type(permissions).__name__}")
+        #: What ``op_check_permission`` answers; change it with ``allow_read()`` and friends.
+        self.permissions = permissions if permissions is not None else PermissionPolicy()
+        self._ops: dict[str, Callable[..., Any]] = {
+            "op_get_context": self._op_get_context,
+            "op_log_from_js": self._op_log_from_js,
+            "op_check_permission": self._op_check_permission,
+        }
         self._journal: SovereignJournal | None = None
         self._owns_journal = False
         self._context: KernelContext | None = None
@@ -155,12 +173,12 @@ class Kernel:
         try:
             uptime = int((time.perf_counter() - self._booted_at) * 1_000_000)
             if error is None:
-                entry = TransactionLog.now("kernel_shutdown", context.request_id,
-                                           LogStatus.Completed, duration_us=uptime)
-            else:
-                entry = TransactionLog.now("kernel_error", context.request_id, LogStatus.Failed,
-                                           duration_us=uptime, error=error_text(error))
-            journal.log_transaction(entry)
+                journal.log_transaction(TransactionLog.now(
+                    "kernel_shutdown", context.request_id, LogStatus.Completed, duration_us=uptime))
+            elif not getattr(error, "journaled", False):  # a failed script journaled it already
+                journal.log_transaction(TransactionLog.now(
+                    "kernel_error", context.request_id, LogStatus.Failed, duration_us=uptime,
+                    error=error_text(error)))
         finally:
             self._context = None
             self._journal = None
@@ -209,7 +227,8 @@ class Kernel:
                 f"op name {name!r} must be an identifier: letters, digits and _, not starting "
                 "with a digit")
         if name in BUILTIN_OPS or name in self._ops:
-            raise OpError(f"op {name!r} is already registered")
+            raise OpError(f"op {name!r} is already registered" +
+                          (" (built in)" if name in BUILTIN_OPS else ""))
 
         def register(fn: F) -> F:
             if not callable(fn):
@@ -223,6 +242,51 @@ class Kernel:
     def ops(self) -> list[str]:
         """The names of every op this kernel can run, built-in ones included."""
         return sorted(BUILTIN_OPS | self._ops.keys())
+
+    # -- built-in ops for scripts -------------------------------------------------------------
+    def _op_get_context(self) -> dict[str, Any]:
+        return self.context.to_dict()
+
+    def _op_log_from_js(self, level: str, message: str) -> None:
+        if not isinstance(level, str) or level.lower() not in _JS_LOG_LEVELS:
+            raise ValidationError(f"log level {level!r} is not one of info, warn, error, debug")
+        js_logger.log(_JS_LOG_LEVELS[level.lower()], "%s", message)
+
+    def _op_check_permission(self, permission: str, path: str) -> bool:
+        return self.permissions.check(permission, path)
+
+    def run_script(
+        self,
+        script: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        stderr: BinaryIO | None = None,
+    ) -> ScriptResult:
+        """Run a JavaScript/TypeScript file (or source code) in Deno with no permissions.
+
+        The script calls ops as ``Krepis.ops.<name>(...)``: the built-ins and every
+        ``@kernel.op``, each counted and journaled as by :meth:`call`. Its console output goes
+        to ``stderr`` (default: this process's). On failure — syntax error, uncaught exception or
+        rejection, timeout (Deno is killed), Deno dying, a broken protocol — ``kernel_error``
+        ``Failed`` is journaled with the error text and :class:`ScriptError` is raised; the ops
+        the script completed before stay counted and journaled.
+        """
+        from ._plane import ScriptError, run_deno
+
+        context, journal = self.context, self.journal
+
+        def dispatch(name: str, args: list[Any]) -> Any:
+            if name not in BUILTIN_OPS and name not in self._ops:
+                raise OpError(f"unknown op {name!r}; available: {', '.join(self.ops)}")
+            return self.call(name, *args)
+
+        try:
+            return run_deno(script, dispatch, timeout=timeout, stderr=stderr)
+        except ScriptError as exc:
+            journal.log_transaction(TransactionLog.now(
+                "kernel_error", context.request_id, LogStatus.Failed, error=error_text(exc)))
+            exc.journaled = True  # type: ignore[attr-defined]
+            raise
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run op ``name``: counted in ``op_count:{name}`` and journaled as it happens.
