@@ -69,11 +69,15 @@ def test_environment_variable(store: Path, monkeypatch: pytest.MonkeyPatch) -> N
         SovereignJournal(store)
 
 
-def test_one_process_cannot_mix_policies_on_one_store(store: Path) -> None:
+def test_sharing_a_store_between_policies_in_one_process(store: Path) -> None:
     with SovereignJournal(store, flush="interval:10ms"):
-        with pytest.raises(StorageError, match="already open in this process"):
-            SovereignJournal(store, flush="sync")
+        with pytest.raises(StorageError, match="already open in this process under an interval"):
+            SovereignJournal(store, flush="sync")  # it could not keep its promise
         SovereignJournal(store, flush="interval:99ms").close()  # any interval shares the engine
+    with SovereignJournal(store, flush="sync") as durable:
+        with SovereignJournal(store, flush="interval:10ms") as deferred:  # gains durability
+            deferred.increment_op_count("x")
+            assert durable.recover_op_count("x") == 1
 
 
 class SyncCounting(LmdbStorage):

@@ -291,11 +291,14 @@ def _acquire(path: str, durable: bool) -> _SharedEnv:
         if shared is None:
             shared = _open_env(path, durable, key)
             _registry[key] = shared
-        elif shared.durable != durable:
+        elif durable and not shared.durable:
+            # LMDB's sync mode belongs to the environment, which one process opens once. A
+            # deferred-sync handle may share a fully synced environment (it only gains), but
+            # a durable handle cannot be served by a deferred one.
             raise StorageError(
-                f"storage at {path} is already open in this process with "
-                f"{'sync' if shared.durable else 'a deferred'} flush policy; open it again "
-                "with the same policy", path)
+                f"storage at {path} is already open in this process under an interval flush "
+                "policy, so it cannot also be opened with 'sync' here; use the same interval "
+                "policy, or close the other journal first", path)
         shared.refs += 1
         return shared
 
