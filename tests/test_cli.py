@@ -101,6 +101,8 @@ def test_storage_option_and_environment_variable(tmp_path: Path) -> None:
     b_env = {"KREPIS_STORAGE": str(tmp_path / "b")}
     b = json.loads(krepis("stats", "--json", cwd=tmp_path, env=b_env).stdout)
     assert (a["js_ops_called"], b["js_ops_called"]) == (3, 6)
+    after = json.loads(krepis("stats", "--json", "--storage", str(tmp_path / "a"), cwd=tmp_path).stdout)
+    assert after == a  # --storage may also follow the command
     assert not (tmp_path / ".krepis").exists()
 
 
@@ -167,7 +169,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     """The benchmark runs end to end (tiny sizes; speed itself is not tested here)."""
     proc = krepis("bench", "--seconds", "0.05", "--large", "3000", "--json", cwd=tmp_path)
     result = json.loads(proc.stdout)
-    assert len(result["rows"]) == 7
+    assert len(result["rows"]) == 8
     assert result["rows"][0]["ratio"] == 1.0
     assert all(row["ops"] > 0 and row["ops_per_s"] > 0 for row in result["rows"])
     assert result["reads"]["large_entries"] == 3000

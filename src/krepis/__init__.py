@@ -20,6 +20,7 @@ from ._errors import (
 from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
+from ._plane import PermissionPolicy, ScriptError, ScriptResult
 from ._policy import FlushPolicy
 
 __version__ = "0.1.0"
@@ -36,6 +37,9 @@ __all__ = [
     "KernelContext",
     "LogStatus",
     "OpError",
+    "PermissionPolicy",
+    "ScriptError",
+    "ScriptResult",
     "SovereignJournal",
     "SovereignStats",
     "StorageError",

@@ -207,6 +207,31 @@ def bench_asyncio(path: str, seconds: float, tasks: int) -> Row:
     return asyncio.run(main())
 
 
+def bench_js_ops(path: str, seconds: float, flush: str) -> Row:
+    """A Deno script calling op_increment_stats in one loop: the full op round trip, journaled."""
+    from ._kernel import Kernel
+
+    reported: list[Any] = []
+    kernel = Kernel(path, flush=flush)
+    kernel.op("bench_report")(reported.append)
+    with kernel:
+        kernel.run_script(f"""
+            const lat = [];
+            const end = performance.now() + {seconds * 1000};
+            const start = performance.now();
+            let t1 = start;
+            while (t1 < end) {{
+              const t0 = performance.now();
+              Krepis.ops.op_increment_stats();
+              t1 = performance.now();
+              lat.push((t1 - t0) * 1000);
+            }}
+            Krepis.ops.bench_report({{ ops: lat.length, seconds: (t1 - start) / 1000, lat }});
+        """)
+    result = reported[0]
+    return Row("", int(result["ops"]), float(result["seconds"]), [float(x) for x in result["lat"]])
+
+
 def fill(path: str, entries: int, progress: Callable[[int], None] | None = None) -> None:
     """Write `entries` realistic entries quickly: big transactions, synced once at the end."""
     with SovereignJournal(path, flush="interval:1000ms") as journal:
@@ -307,6 +332,8 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
              lambda: bench_asyncio(path("kasync"), s, cfg.tasks)),
             (f"krepis record(), interval:{cfg.interval_ms}ms, 1 thread",
              lambda: bench_record(path("kint"), s, flush=f"interval:{cfg.interval_ms}ms")),
+            (f"JS op_increment_stats() loop in Deno, interval:{cfg.interval_ms}ms",
+             lambda: bench_js_ops(path("kjs"), s, f"interval:{cfg.interval_ms}ms")),
         ]
         for label, fn in plan:
             note(label, 0)
@@ -336,7 +363,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     table = [r.summary(base) for r in rows]
     by_name = {r.name: r.ops_per_s for r in rows}
     names = [r.name for r in rows]
-    fsync, spec, sqlite_, sync1, sync16, asyncio_, interval = (by_name[n] for n in names)
+    fsync, spec, sqlite_, sync1, sync16, asyncio_, interval, js = (by_name[n] for n in names)
     reads = {
         "recover_op_count_us": round(recover_us, 2),
         "get_recent_logs_100_us": round(recent_us, 1),
@@ -361,6 +388,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
         target(f"sync {cfg.threads} threads / sqlite3", sync16 / sqlite_, 2),
         target(f"asyncio {cfg.tasks} tasks / fsync limit", asyncio_ / fsync, 12),
         target(f"interval:{cfg.interval_ms}ms 1 thread / fsync limit", interval / fsync, 12),
+        target("JS op_increment_stats() calls/s", js, 10_000, "/s"),
         target("recover_op_count", recover_us, 10, "µs", lower=True),
         target("get_recent_logs(100)", recent_us, 200, "µs", lower=True),
         target(f"open+recover {cfg.large:,} / {cfg.small:,} entries", open_large / open_small, 2,

@@ -53,7 +53,18 @@ def _emit_json(value: Any) -> None:
 
 
 def _storage(ctx: click.Context) -> str:
-    return str(ctx.obj["storage"])
+    return str(ctx.find_root().obj["storage"])
+
+
+def _set_storage(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().obj["storage"] = value
+
+
+def _storage_option(fn: Any) -> Any:
+    """``--storage`` after the command name too (it overrides the group's)."""
+    return click.option("--storage", metavar="PATH", default=None, expose_value=False,
+                        callback=_set_storage, help="Storage directory (same as before the command).")(fn)
 
 
 def _parse_time(value: str | None, param: str) -> int | None:
@@ -113,6 +124,7 @@ class _JsLogHandler(logging.Handler):
 @click.option("--flush", "flush", metavar="POLICY", envvar="KREPIS_FLUSH", default="sync",
               show_default=True, help="sync or interval:Nms (env: KREPIS_FLUSH).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@_storage_option
 @click.pass_context
 def run(ctx: click.Context, script: str | None, timeout: float | None, allow_read: tuple[str, ...],
         allow_write: tuple[str, ...], allow_net: tuple[str, ...], flush: str, as_json: bool) -> None:
@@ -182,6 +194,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, allow_rea
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object name → value.")
+@_storage_option
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Show every op counter."""
@@ -231,6 +244,7 @@ def _filter_options(fn: Any) -> Any:
               help="How many entries at most.")
 @_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of entries.")
+@_storage_option
 @click.pass_context
 def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, request_id: str | None,
          since: str | None, until: str | None, as_json: bool) -> None:
@@ -258,6 +272,7 @@ def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, req
 @_filter_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
               default="-", show_default=True, help="File to write (- for stdout).")
+@_storage_option
 @click.pass_context
 def export(ctx: click.Context, op: str | None, status: str | None, request_id: str | None,
            since: str | None, until: str | None, output: str) -> None:
@@ -276,6 +291,7 @@ def export(ctx: click.Context, op: str | None, status: str | None, request_id: s
 
 @cli.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_storage_option
 @click.pass_context
 def clear(ctx: click.Context, yes: bool) -> None:
     """Delete every journal entry and counter (durable; cannot be undone)."""
@@ -318,7 +334,7 @@ def bench(quick: bool, seconds: float | None, large: int | None, directory: str 
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmark", total=9)
+        task = progress.add_task("benchmark", total=10)
 
         def step(label: str, advance: int) -> None:
             progress.update(task, description=label, advance=advance)
@@ -356,7 +372,8 @@ def bench(quick: bool, seconds: float | None, large: int | None, directory: str 
         targets.add_column(col)
     for t in result["targets"]:
         sign = "≤" if t["unit"] == "µs" or "open" in t["target"] else "≥"
-        targets.add_row(t["target"], f"{t['measured']}{t['unit']}", f"{sign} {t['goal']}{t['unit']}",
+        goal = f"{t['goal']:,}" if isinstance(t["goal"], int) else str(t["goal"])
+        targets.add_row(t["target"], f"{t['measured']:,}{t['unit']}", f"{sign} {goal}{t['unit']}",
                         "[green]yes[/]" if t["met"] else "[red]no[/]")
     con.print(targets)
 
