@@ -27,3 +27,40 @@ def tree_snapshot(root: Path) -> dict[str, bytes]:
             p = Path(dirpath) / name
             out[str(p.relative_to(root))] = b"<lock table>" if name == "lock.mdb" else p.read_bytes()
     return out
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL server for the whole session (skipped where the binaries are
+    missing, unless KREPIS_REQUIRE_POSTGRES=1, which .ci/run sets, turns that into a failure)."""
+    import pg
+
+    missing = pg.binaries_missing()
+    if missing:
+        reason = f"PostgreSQL server binaries not found on PATH: {missing}"
+        if os.environ.get(pg.REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason} (and {pg.REQUIRE_ENV}=1 requires them)")
+        pytest.skip(reason)
+    with pg.temporary_base() as base:
+        cluster = pg.Cluster(base)
+        cluster.init()
+        cluster.start()
+        try:
+            cluster.sql("CREATE ROLE krepis_pw LOGIN PASSWORD 'right-password' SUPERUSER")
+            yield cluster
+        finally:
+            cluster.stop("immediate")
+
+
+_db_counter = [0]
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """A fresh, empty database on the session's server."""
+    _db_counter[0] += 1
+    name = f"krepis_test_{os.getpid()}_{_db_counter[0]}"
+    pg_cluster.sql(f"CREATE DATABASE {name}")
+    return str(pg_cluster.url(name))

@@ -86,7 +86,14 @@ class Storage(abc.ABC):
 
 
 def open_storage(location: str | os.PathLike[str], *, durable: bool = True) -> Storage:
-    """Choose the adapter from the location: a filesystem path selects LMDB."""
+    """Choose the adapter from the location: a ``postgresql://`` (or ``postgres://``) URL selects
+    PostgreSQL, anything else is a directory for LMDB."""
+    from .postgres import is_postgres_url
+
+    if is_postgres_url(location):
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(str(location), durable=durable)
     from .lmdb import LmdbStorage
 
     return LmdbStorage(location, durable=durable)

@@ -1,0 +1,312 @@
+"""The PostgreSQL adapter against a real server: the shared conformance suite, the journal API,
+several writer processes, a server restart, a failover, and connection errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pg
+from krepis import (
+    AsyncSovereignJournal,
+    CorruptStorageError,
+    Kernel,
+    LogStatus,
+    SovereignJournal,
+    StorageError,
+    TransactionLog,
+    ValidationError,
+)
+from krepis._storage import Storage
+from krepis._storage.postgres import PostgresStorage, redact
+
+from storage_conformance import StorageConformance
+
+WORKERS = str(Path(__file__).with_name("workers.py"))
+
+
+class TestPostgresConformance(StorageConformance):
+    @pytest.fixture
+    def make_storage(self, pg_url: str):  # type: ignore[no-untyped-def]
+        def factory() -> Storage:
+            return PostgresStorage(pg_url)
+
+        return factory
+
+
+def test_journal_api_and_format(pg_url: str) -> None:
+    with SovereignJournal(pg_url) as journal:
+        assert journal.path == redact(pg_url)
+        journal.log_transaction(TransactionLog(1234567890, "test_op", "req-001", LogStatus.Completed))
+        assert journal.record(TransactionLog(1000, "a", "r", LogStatus.Started), increment="a") == 1
+        assert journal.record(TransactionLog(1000, "a", "r", LogStatus.Started), increment="a") == 2
+        journal.log_transaction(TransactionLog(999, "b", "r", LogStatus.Failed, duration_us=5, error="x"))
+        assert journal.journal_count() == 4
+        assert journal.op_counts() == {"a": 2}
+        assert [e.timestamp for e in journal.get_recent_logs(10)] == [1234567890, 1000, 1000, 999]
+        assert [e.op_name for e in journal.query(status=LogStatus.Failed)] == ["b"]
+        with pytest.raises(ValidationError):
+            journal.increment_op_count("")
+        assert journal.journal_count() == 4
+    # the stored value is the spec's JSON, byte for byte
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT entry FROM krepis_journal ORDER BY seq LIMIT 1").fetchall()
+    assert rows[0][0] == '{"timestamp":1234567890,"op_name":"test_op","request_id":"req-001","status":"Completed"}'
+    with SovereignJournal(pg_url) as journal:  # reopen: schema creation is idempotent
+        assert journal.recover_op_count("a") == 2
+        journal.clear_all()
+        assert journal.journal_count() == 0 and journal.op_counts() == {}
+
+
+def test_kernel_cli_and_asyncio_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    with Kernel(pg_url) as kernel:
+        for _ in range(5):
+            kernel.increment_stats()
+    with Kernel(pg_url) as kernel:
+        assert kernel.stats.js_ops_called == 5
+        assert kernel.run_script("let n; for (let i = 0; i < 3; i++) n = Krepis.ops.op_increment_stats();"
+                                 ).ops_called == 3
+        assert kernel.stats.js_ops_called == 8
+
+    async def many() -> list[int | None]:
+        async with AsyncSovereignJournal(pg_url) as journal:
+            return list(await asyncio.gather(*(
+                journal.record(TransactionLog(i, "async_op", f"t{i}", LogStatus.Completed), increment="async_op")
+                for i in range(200))))
+
+    values = asyncio.run(many())
+    assert sorted(v for v in values if v is not None) == list(range(1, 201))
+    krepis = Path(sys.executable).with_name("krepis")
+    out = subprocess.run([krepis, "--storage", pg_url, "stats", "--json"], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert json.loads(out.stdout)["js_ops_called"] == 8
+    out = subprocess.run([krepis, "run", "--json"], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={**os.environ, "KREPIS_STORAGE": pg_url})
+    assert json.loads(out.stdout.splitlines()[-1])["js_ops_called"] == 11
+    assert not (tmp_path / ".krepis").exists()
+
+
+def test_interval_policy_on_postgres(pg_url: str) -> None:
+    with SovereignJournal(pg_url, flush="interval:10ms") as journal:
+        for i in range(20):
+            journal.record(TransactionLog(i, "op", "r", LogStatus.Completed), increment="op")
+        journal.flush()
+    with SovereignJournal(pg_url) as journal:
+        assert journal.recover_op_count("op") == 20
+
+
+def test_threads_share_transactions(pg_url: str) -> None:
+    with SovereignJournal(pg_url) as journal:
+        def work(n: int) -> None:
+            for i in range(40):
+                journal.record(TransactionLog(i, "op", f"t{n}-{i}", LogStatus.Completed), increment="op")
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert journal.recover_op_count("op") == 640
+        assert journal.journal_count() == 640
+
+
+def _own_order_holds(ids: list[str], writers: int, per: int) -> None:
+    assert sorted(ids) == sorted(f"p{n}-{i}" for n in range(writers) for i in range(per))
+    for n in range(writers):
+        own = [int(x.split("-")[1]) for x in ids if x.startswith(f"p{n}-")]
+        assert own == list(range(per))
+
+
+def test_four_nodes_one_database(pg_url: str) -> None:
+    """4 processes standing in for 4 kernel nodes write to one database at once."""
+    per = 150
+    SovereignJournal(pg_url).close()
+    procs = [subprocess.Popen([sys.executable, WORKERS, "append", pg_url, f"p{n}", str(per)]) for n in range(4)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0, 0, 0]
+    with SovereignJournal(pg_url) as journal:
+        assert journal.recover_op_count("shared") == 4 * per
+        assert journal.recover_op_count("plain") == 4 * per
+        assert journal.journal_count() == 4 * per
+        ids = [e.request_id for e in journal.iter_logs(newest_first=False)]
+    _own_order_holds(ids, 4, per)
+
+
+def test_nodes_racing_to_create_the_schema(pg_url: str) -> None:
+    procs = [subprocess.Popen([sys.executable, WORKERS, "append", pg_url, f"p{n}", "10"]) for n in range(4)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0, 0, 0]
+    with SovereignJournal(pg_url) as journal:
+        assert journal.recover_op_count("shared") == 40
+
+
+def _hammer(url: str, tag: str, stop: threading.Event, acked: list[str], errors: list[str]) -> None:
+    """Write until told to stop, remembering what was acknowledged; survive errors."""
+    journal = None
+    i = 0
+    while not stop.is_set():
+        try:
+            if journal is None:
+                journal = SovereignJournal(url)
+            rid = f"{tag}-{i}"
+            i += 1
+            journal.record(TransactionLog(i, "ha_op", rid, LogStatus.Completed), increment="ha_op")
+            acked.append(rid)
+        except StorageError as exc:
+            errors.append(str(exc))
+            if journal is not None and "cannot connect" in str(exc):
+                journal.close()
+                journal = None
+            time.sleep(0.05)
+    if journal is not None:
+        journal.close()
+
+
+def test_server_restart_loses_no_acknowledged_write(pg_cluster: pg.Cluster, pg_url: str) -> None:
+    SovereignJournal(pg_url).close()
+    stop = threading.Event()
+    acked: list[str] = []
+    errors: list[str] = []
+    writers = [threading.Thread(target=_hammer, args=(pg_url, f"w{n}", stop, acked, errors)) for n in range(3)]
+    for w in writers:
+        w.start()
+    time.sleep(0.5)
+    pg_cluster.stop("fast")
+    time.sleep(0.3)
+    pg_cluster.start()
+    deadline = time.monotonic() + 30
+    before = len(acked)
+    while len(acked) < before + 30:  # writing resumes after the restart
+        assert time.monotonic() < deadline, f"no progress after restart: {errors[-3:]}"
+        time.sleep(0.05)
+    stop.set()
+    for w in writers:
+        w.join()
+    assert errors, "the restart was not noticed at all"
+    assert all("PostgreSQL at" in e and "right-password" not in e for e in errors)
+    with SovereignJournal(pg_url) as journal:
+        stored = [e.request_id for e in journal.iter_logs(op_name="ha_op")]
+        assert len(stored) == len(set(stored)), "an entry was stored twice"
+        missing = set(acked) - set(stored)
+        assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
+        assert journal.recover_op_count("ha_op") == len(stored) == journal.journal_count()
+
+
+@pytest.mark.timeout(300)
+def test_failover_to_a_synchronous_standby() -> None:
+    """SIGKILL the primary mid-writes, promote the standby: every acknowledged write is there,
+    and a journal opened with a multi-host URL carries on writing on the new primary."""
+    missing = pg.binaries_missing()
+    if missing:
+        if os.environ.get(pg.REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL binaries missing: {missing}")
+        pytest.skip(f"PostgreSQL binaries missing: {missing}")
+    with pg.temporary_base() as base:
+        primary = pg.Cluster(base, "primary")
+        primary.init(replication=True)
+        primary.start()
+        standby = pg.Cluster(base, "standby")
+        try:
+            primary.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                        "-D", str(standby.data), "-R", "-X", "stream", "--no-sync")
+            with open(standby.data / "postgresql.conf", "a") as f:
+                f.write(f"port = {standby.port}\ncluster_name = 'standby1'\n")
+            with open(standby.data / "postgresql.auto.conf", "a") as f:
+                f.write("primary_conninfo = 'host=127.0.0.1 port=%d user=postgres application_name=standby1'\n"
+                        % primary.port)
+            standby.start()
+            primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'standby1'")
+            primary.sql("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 60
+            while primary.sql("SELECT sync_state FROM pg_stat_replication") != "sync":
+                assert time.monotonic() < deadline, "the standby never became synchronous"
+                time.sleep(0.1)
+            url = (f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/postgres"
+                   "?target_session_attrs=read-write&connect_timeout=3")
+            SovereignJournal(url).close()
+            stop = threading.Event()
+            acked: list[str] = []
+            errors: list[str] = []
+            writers = [threading.Thread(target=_hammer, args=(url, f"f{n}", stop, acked, errors))
+                       for n in range(3)]
+            for w in writers:
+                w.start()
+            deadline = time.monotonic() + 30
+            while len(acked) < 100:
+                assert time.monotonic() < deadline, errors[-3:]
+                time.sleep(0.02)
+            primary.kill9()
+            standby.run("pg_ctl", "-D", str(standby.data), "-w", "promote")
+            before = len(acked)
+            deadline = time.monotonic() + 60
+            while len(acked) < before + 50:  # the same multi-host URL now writes to the standby
+                assert time.monotonic() < deadline, f"no writes after failover: {errors[-3:]}"
+                time.sleep(0.05)
+            stop.set()
+            for w in writers:
+                w.join()
+            assert errors, "the failover was not noticed at all"
+            print(f"failover: {before} acknowledged before, {len(acked) - before} after; "
+                  f"{len(errors)} failed calls, e.g. {errors[0]!r}")
+            new_primary = f"postgresql://postgres@127.0.0.1:{standby.port}/postgres"
+            with SovereignJournal(new_primary) as journal:
+                stored = [e.request_id for e in journal.iter_logs(op_name="ha_op")]
+                assert len(stored) == len(set(stored))
+                lost = set(acked) - set(stored)
+                assert not lost, f"acknowledged on the old primary but lost: {sorted(lost)[:5]}"
+                assert journal.recover_op_count("ha_op") == len(stored)
+        finally:
+            standby.stop("immediate")
+            primary.stop("immediate")
+
+
+# --- connection errors: one clear line naming the host, never the password ----------------------
+
+def test_unreachable_server() -> None:
+    port = pg.free_port()
+    url = f"postgresql://postgres:secret-pw@127.0.0.1:{port}/postgres?connect_timeout=2"
+    with pytest.raises(StorageError, match=rf"cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:{port}/postgres") as info:
+        SovereignJournal(url)
+    assert "secret-pw" not in str(info.value)
+
+
+def test_wrong_credentials(pg_cluster: pg.Cluster) -> None:
+    url = pg_cluster.url("postgres", user="krepis_pw", password="wrong-password")
+    with pytest.raises(StorageError, match="password authentication failed") as info:
+        SovereignJournal(url)
+    assert "wrong-password" not in str(info.value) and f"127.0.0.1:{pg_cluster.port}" in str(info.value)
+    with SovereignJournal(pg_cluster.url("postgres", user="krepis_pw", password="right-password")) as ok:
+        assert ok.path.startswith("postgresql://krepis_pw@")
+
+
+def test_missing_database(pg_cluster: pg.Cluster) -> None:
+    with pytest.raises(StorageError, match='database "no_such_db" does not exist'):
+        SovereignJournal(pg_cluster.url("no_such_db"))
+
+
+def test_cli_error_is_one_line(pg_cluster: pg.Cluster, tmp_path: Path) -> None:
+    krepis = Path(sys.executable).with_name("krepis")
+    url = pg_cluster.url("postgres", user="krepis_pw", password="wrong-password")
+    proc = subprocess.run([krepis, "--storage", url, "stats"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot connect to PostgreSQL at")
+    assert "wrong-password" not in proc.stderr
+
+
+def test_unknown_format_is_refused(pg_url: str) -> None:
+    SovereignJournal(pg_url).close()
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE krepis_meta SET value = '99' WHERE key = 'format'")
+    with pytest.raises(CorruptStorageError, match="format 99"):
+        SovereignJournal(pg_url)
