@@ -310,3 +310,20 @@ def test_unknown_format_is_refused(pg_url: str) -> None:
         conn.execute("UPDATE krepis_meta SET value = '99' WHERE key = 'format'")
     with pytest.raises(CorruptStorageError, match="format 99"):
         SovereignJournal(pg_url)
+
+
+def test_bench_adds_postgres_rows_in_a_temporary_schema(pg_url: str, tmp_path: Path) -> None:
+    SovereignJournal(pg_url).close()  # the user's own journal tables exist and must stay untouched
+    krepis = Path(sys.executable).with_name("krepis")
+    proc = subprocess.run([krepis, "bench", "--seconds", "0.05", "--large", "2000", "--storage", pg_url, "--json"],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    rows = json.loads(proc.stdout)["rows"]
+    pg_rows = [r for r in rows if r["name"].startswith("PostgreSQL")]
+    assert len(pg_rows) == 3 and all(r["ops"] > 0 for r in pg_rows)
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'krepis_bench%'").fetchall()
+        assert schemas == []
+    with SovereignJournal(pg_url) as journal:
+        assert journal.journal_count() == 0

@@ -42,6 +42,7 @@ class BenchConfig:
     tasks: int = 256
     interval_ms: int = 10
     directory: str | None = None  # where the temporary stores go (default: cwd)
+    postgres_url: str | None = None  # adds PostgreSQL rows, in a temporary schema
 
     @classmethod
     def quick(cls, directory: str | None = None) -> BenchConfig:
@@ -278,6 +279,41 @@ def _disk_bytes(path: str) -> tuple[int, int]:
     return st.st_size, st.st_blocks * 512
 
 
+@contextmanager
+def _postgres_schema(url: str) -> Iterator[str]:
+    """A URL whose tables live in a new, temporary schema of the database; dropped afterwards."""
+    import psycopg
+
+    schema = f"krepis_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _postgres_plan(cfg: BenchConfig) -> list[tuple[str, Callable[[], Row]]]:
+    assert cfg.postgres_url
+    url = cfg.postgres_url
+
+    def run(kind: str) -> Row:
+        with _postgres_schema(url) as scoped:
+            if kind == "1":
+                return bench_record(scoped, cfg.seconds, flush="sync")
+            if kind == "threads":
+                return bench_record(scoped, cfg.seconds, flush="sync", threads=cfg.threads)
+            return bench_asyncio(scoped, cfg.seconds, cfg.tasks)
+
+    return [
+        ("PostgreSQL record(), sync, 1 thread", lambda: run("1")),
+        (f"PostgreSQL record(), sync, {cfg.threads} threads", lambda: run("threads")),
+        (f"PostgreSQL asyncio record(), sync, {cfg.tasks} tasks", lambda: run("asyncio")),
+    ]
+
+
 # --- the whole run --------------------------------------------------------------------------
 
 @contextmanager
@@ -335,6 +371,8 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
             (f"JS op_increment_stats() loop in Deno, interval:{cfg.interval_ms}ms",
              lambda: bench_js_ops(path("kjs"), s, f"interval:{cfg.interval_ms}ms")),
         ]
+        if cfg.postgres_url:
+            plan += _postgres_plan(cfg)
         for label, fn in plan:
             note(label, 0)
             row = fn()
@@ -363,7 +401,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     table = [r.summary(base) for r in rows]
     by_name = {r.name: r.ops_per_s for r in rows}
     names = [r.name for r in rows]
-    fsync, spec, sqlite_, sync1, sync16, asyncio_, interval, js = (by_name[n] for n in names)
+    fsync, spec, sqlite_, sync1, sync16, asyncio_, interval, js = (by_name[n] for n in names[:8])
     reads = {
         "recover_op_count_us": round(recover_us, 2),
         "get_recent_logs_100_us": round(recent_us, 1),

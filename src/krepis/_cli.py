@@ -314,9 +314,12 @@ def clear(ctx: click.Context, yes: bool) -> None:
               help="Entries in the large journal of the read rows [default: 1,000,000].")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
               help="Where the temporary stores go (default: the current directory's disk).")
+@click.option("--storage", "storage", metavar="URL", default=None,
+              help="A postgresql:// URL: adds PostgreSQL rows (in a temporary schema, dropped after).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-def bench(quick: bool, seconds: float | None, large: int | None, directory: str | None,
-          as_json: bool) -> None:
+@click.pass_context
+def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | None,
+          directory: str | None, storage: str | None, as_json: bool) -> None:
     """Measure krepis against the disk's fsync limit, the spec's design and sqlite3.
 
     All rows run side by side in one run on the same disk; compare the ratios, not the absolute
@@ -331,10 +334,18 @@ def bench(quick: bool, seconds: float | None, large: int | None, directory: str 
         cfg.seconds = seconds
     if large is not None:
         cfg.large = large
+    from ._storage.postgres import is_postgres_url
+
+    url = storage or _storage(ctx)
+    if storage is not None and not is_postgres_url(storage):
+        raise click.BadParameter("only a postgresql:// URL adds rows; LMDB rows always run",
+                                 param_hint="--storage")
+    if is_postgres_url(url):
+        cfg.postgres_url = url
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmark", total=10)
+        task = progress.add_task("benchmark", total=10 + (3 if cfg.postgres_url else 0))
 
         def step(label: str, advance: int) -> None:
             progress.update(task, description=label, advance=advance)
