@@ -8,10 +8,12 @@ leaves the last committed state.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lmdb
@@ -281,7 +283,7 @@ def _acquire(path: str, durable: bool) -> _SharedEnv:
     _prepare_directory(path)
     st = os.stat(path)
     key = (st.st_dev, st.st_ino)
-    with _registry_lock:
+    with _registry_lock, _directory_lock(path):
         shared = _registry.get(key)
         if shared is None and any(old.key == key for old in _inherited):
             raise StorageError(
@@ -301,6 +303,24 @@ def _acquire(path: str, durable: bool) -> _SharedEnv:
                 "policy, or close the other journal first", path)
         shared.refs += 1
         return shared
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str) -> Iterator[None]:
+    """Serialize opening (and creating) a store across processes.
+
+    LMDB writes a new environment's first meta pages without a lock, so two processes creating
+    one store at the same instant could race; an exclusive flock on the directory prevents it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise StorageError(f"cannot open storage directory {path}: {exc.strerror}", path) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _release(shared: _SharedEnv) -> None:
@@ -331,7 +351,8 @@ def _prepare_directory(path: str) -> None:
         if not os.path.isfile(data):
             raise CorruptStorageError(f"storage at {path}: {_DATA} is not a regular file", path)
         return
-    others = sorted(set(os.listdir(path)) - {_LOCK})
+    # (data.mdb may appear meanwhile: another process creating the store at the same moment)
+    others = sorted(set(os.listdir(path)) - {_LOCK, _DATA})
     if others:
         shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
         raise StorageError(
