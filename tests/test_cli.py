@@ -177,3 +177,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == []  # temporary stores removed
     people = krepis("bench", "--seconds", "0.05", "--large", "3000", cwd=tmp_path).stdout
     assert "fsync limit" in people and "targets" in people
+
+
+@pytest.mark.parametrize("command", [["stats"], ["logs"], ["export"], ["clear", "--yes"]])
+def test_reading_commands_never_create_a_store(tmp_path: Path, command: list[str]) -> None:
+    proc = krepis(*command, cwd=tmp_path, ok=False)
+    assert proc.returncode == 1
+    assert f"Error: there is no krepis store at {tmp_path / '.krepis' / 'storage'}" in proc.stderr
+    assert not (tmp_path / ".krepis").exists()

@@ -224,3 +224,12 @@ def test_bad_input_raises_and_writes_nothing(store: Path, name: str, call, exc: 
 def test_bad_path_type(tmp_path: Path) -> None:
     with pytest.raises(InvalidTypeError, match="path must be"):
         SovereignJournal(42)  # type: ignore[arg-type]
+
+
+def test_create_false_refuses_to_start_a_store(store: Path) -> None:
+    with pytest.raises(StorageError, match=f"there is no krepis store at {store}"):
+        SovereignJournal(store, create=False)
+    assert not store.exists()
+    SovereignJournal(store).close()
+    with SovereignJournal(store, create=False) as journal:  # an existing store opens as usual
+        assert journal.journal_count() == 0

@@ -329,3 +329,13 @@ def test_bench_adds_postgres_rows_in_a_temporary_schema(pg_url: str, tmp_path: P
         assert schemas == []
     with SovereignJournal(pg_url) as journal:
         assert journal.journal_count() == 0
+
+
+def test_create_false_and_postgres_scheme(pg_url: str) -> None:
+    with pytest.raises(StorageError, match=r"there is no krepis journal at postgresql://postgres@127\.0\.0\.1"):
+        SovereignJournal(pg_url, create=False)
+    short = "postgres://" + pg_url.split("://", 1)[1]
+    with SovereignJournal(short) as journal:  # the postgres:// scheme selects PostgreSQL too
+        journal.increment_op_count("x")
+    with SovereignJournal(pg_url, create=False) as journal:
+        assert journal.recover_op_count("x") == 1

@@ -198,7 +198,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, allow_rea
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Show every op counter."""
-    with SovereignJournal(_storage(ctx)) as journal:
+    with SovereignJournal(_storage(ctx), create=False) as journal:
         counts = journal.op_counts()
         entries = journal.journal_count()
     if as_json:
@@ -250,7 +250,7 @@ def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, req
          since: str | None, until: str | None, as_json: bool) -> None:
     """Show journal entries, newest first."""
     filters = _filters(op, status, request_id, since, until)
-    with SovereignJournal(_storage(ctx)) as journal:
+    with SovereignJournal(_storage(ctx), create=False) as journal:
         entries = journal.query(limit=limit, **filters)
     if as_json:
         _emit_json([e.to_dict() for e in entries])
@@ -278,7 +278,7 @@ def export(ctx: click.Context, op: str | None, status: str | None, request_id: s
            since: str | None, until: str | None, output: str) -> None:
     """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
     filters = _filters(op, status, request_id, since, until)
-    with SovereignJournal(_storage(ctx)) as journal:
+    with SovereignJournal(_storage(ctx), create=False) as journal:
         logs_iter: Iterator[TransactionLog] = journal.iter_logs(newest_first=False, **filters)
         with click.open_file(output, "w", encoding="utf-8") as out:
             count = 0
@@ -300,7 +300,7 @@ def clear(ctx: click.Context, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise click.UsageError("refusing to clear the journal without --yes")
         click.confirm(f"Delete every entry and counter in {os.path.abspath(path)}?", abort=True)
-    with SovereignJournal(path) as journal:
+    with SovereignJournal(path, create=False) as journal:
         entries = journal.journal_count()
         journal.clear_all()
     click.echo(f"cleared {entries} entries and all counters in {journal.path}")

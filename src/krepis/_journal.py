@@ -182,6 +182,7 @@ class SovereignJournal:
     With ``flush="interval:Nms"`` a call returns once its transaction is committed to the engine
     (safe against a crash of the process) and a background sync makes it durable within N ms;
     see :class:`FlushPolicy`. ``flush=None`` reads ``KREPIS_FLUSH``, else uses ``"sync"``.
+    ``create=False`` raises :class:`StorageError` instead of starting a new, empty store.
 
     Opening is O(1) in the number of entries. Use as a context manager or call :meth:`close`.
     """
@@ -191,13 +192,14 @@ class SovereignJournal:
         path: str | os.PathLike[str] = DEFAULT_STORAGE,
         *,
         flush: str | FlushPolicy | None = None,
+        create: bool = True,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         if not os.fspath(path):
             raise StorageError("storage path must not be empty", "")
         self._policy = FlushPolicy.parse(flush)
-        self._storage: Storage = open_storage(path, durable=self._policy.durable)
+        self._storage: Storage = open_storage(path, durable=self._policy.durable, create=create)
         self._syncer: _Syncer | None = None
         if self._policy.interval_ms is not None:
             self._syncer = _Syncer(self._storage, self._policy.interval_ms)
@@ -211,7 +213,7 @@ class SovereignJournal:
 
     @property
     def path(self) -> str:
-        """The storage location (an absolute path)."""
+        """The storage location: an absolute directory, or a PostgreSQL URL without its password."""
         return self._storage.location
 
     # -- lifecycle -------------------------------------------------------------------------

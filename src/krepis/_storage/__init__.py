@@ -85,15 +85,18 @@ class Storage(abc.ABC):
         """Release the engine. Idempotent."""
 
 
-def open_storage(location: str | os.PathLike[str], *, durable: bool = True) -> Storage:
+def open_storage(
+    location: str | os.PathLike[str], *, durable: bool = True, create: bool = True
+) -> Storage:
     """Choose the adapter from the location: a ``postgresql://`` (or ``postgres://``) URL selects
-    PostgreSQL, anything else is a directory for LMDB."""
+    PostgreSQL, anything else is a directory for LMDB. ``create=False`` refuses to start a new
+    store where there is none."""
     from .postgres import is_postgres_url
 
     if is_postgres_url(location):
         from .postgres import PostgresStorage
 
-        return PostgresStorage(str(location), durable=durable)
+        return PostgresStorage(str(location), durable=durable, create=create)
     from .lmdb import LmdbStorage
 
-    return LmdbStorage(location, durable=durable)
+    return LmdbStorage(location, durable=durable, create=create)

@@ -98,11 +98,13 @@ class LmdbStorage(Storage):
     safe against a process crash, not against a machine crash — and relies on :meth:`sync`.
     """
 
-    def __init__(self, location: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self, location: str | os.PathLike[str], *, durable: bool = True, create: bool = True
+    ) -> None:
         path = os.path.abspath(os.path.expanduser(os.fspath(location)))
         self.location = path
         self._closed = False
-        self._shared = _acquire(path, durable)
+        self._shared = _acquire(path, durable, create)
         self._generation = _generation
         self._env = self._shared.env
         self._journal, self._stats, self._meta = self._shared.dbs
@@ -279,8 +281,8 @@ def _forked_error(path: str) -> JournalError:
     )
 
 
-def _acquire(path: str, durable: bool) -> _SharedEnv:
-    _prepare_directory(path)
+def _acquire(path: str, durable: bool, create: bool) -> _SharedEnv:
+    _prepare_directory(path, create)
     st = os.stat(path)
     key = (st.st_dev, st.st_ino)
     with _registry_lock, _directory_lock(path):
@@ -332,10 +334,12 @@ def _release(shared: _SharedEnv) -> None:
         shared.env.close()
 
 
-def _prepare_directory(path: str) -> None:
+def _prepare_directory(path: str, create: bool = True) -> None:
     """Create the directory (parents too, leaf mode 0700) or check the existing one."""
     if os.path.lexists(path) and not os.path.isdir(path):
         raise StorageError(f"storage path {path} exists and is not a directory", path)
+    if not create and not os.path.isfile(os.path.join(path, _DATA)):
+        raise StorageError(f"there is no krepis store at {path}", path)
     if not os.path.exists(path):
         try:
             os.makedirs(path, mode=0o700)

@@ -118,7 +118,7 @@ def _params(url: str) -> dict[str, Any]:
 class PostgresStorage(Storage):
     """The journal in PostgreSQL tables; see the module docstring for the layout."""
 
-    def __init__(self, url: str, *, durable: bool = True) -> None:
+    def __init__(self, url: str, *, durable: bool = True, create: bool = True) -> None:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
@@ -137,7 +137,7 @@ class PostgresStorage(Storage):
         self._durable = durable
         first = self._connect_once()  # a direct connection gives libpq's own error message
         try:
-            self._ensure_schema(first)
+            self._ensure_schema(first, create)
         finally:
             first.close()
 
@@ -192,12 +192,15 @@ class PostgresStorage(Storage):
                                    f"(no connection within the pool timeout)", self.location) from None
             raise self._error(exc, doing) from None
 
-    def _ensure_schema(self, conn: Any) -> None:
+    def _ensure_schema(self, conn: Any, create: bool) -> None:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
                 row = conn.execute(
                     "SELECT to_regclass('krepis_meta') IS NOT NULL").fetchone()
+                if not (row and row[0]) and not create:
+                    raise StorageError(f"there is no krepis journal at {self.location}",
+                                       self.location)
                 if row and row[0]:
                     fmt = conn.execute("SELECT value FROM krepis_meta WHERE key = 'format'").fetchone()
                     if fmt is None or fmt[0] != str(FORMAT_VERSION):
