@@ -116,7 +116,7 @@ def test_clear_needs_yes(tmp_path: Path) -> None:
     assert json.loads(krepis("logs", "--json", cwd=tmp_path).stdout) == []
 
 
-@pytest.mark.parametrize("command", ["run", "stats", "logs", "export", "clear"])
+@pytest.mark.parametrize("command", ["run", "stats", "logs", "export", "clear", "metrics", "bench"])
 def test_help_on_every_command(tmp_path: Path, command: str) -> None:
     out = krepis(command, "--help", cwd=tmp_path).stdout
     assert out.startswith(f"Usage: krepis {command}")
@@ -185,3 +185,45 @@ def test_reading_commands_never_create_a_store(tmp_path: Path, command: list[str
     assert proc.returncode == 1
     assert f"Error: there is no krepis store at {tmp_path / '.krepis' / 'storage'}" in proc.stderr
     assert not (tmp_path / ".krepis").exists()
+
+
+def test_metrics_text_and_server(tmp_path: Path) -> None:
+    import re
+    import urllib.error
+    import urllib.request
+
+    from krepis import SovereignJournal, prometheus_text
+
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.increment_op_count('we"ird\\op\nname')
+        journal.increment_op_count("plain")
+        journal.increment_op_count("plain")
+        text = prometheus_text(journal)
+    assert 'krepis_op_count{op="we\\"ird\\\\op\\nname"} 1' in text
+    assert 'krepis_op_count{op="plain"} 2' in text
+    assert "# TYPE krepis_op_count counter" in text and "krepis_journal_entries 0" in text
+    assert krepis("metrics", "--storage", str(store), cwd=tmp_path).stdout == text
+    proc = subprocess.Popen([KREPIS, "--storage", str(store), "metrics", "--serve", "127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"serving (http://127\.0\.0\.1:\d+)/metrics", line)
+        assert match, line
+        base = match.group(1)
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert 'krepis_op_count{op="plain"} 2' in response.read().decode()
+        with SovereignJournal(store) as journal:  # each scrape reads afresh
+            journal.increment_op_count("plain")
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            assert 'krepis_op_count{op="plain"} 3' in response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/other", timeout=10)
+        assert info.value.code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    bad = krepis("metrics", "--storage", str(store), "--serve", "99999", cwd=tmp_path, ok=False)
+    assert bad.returncode == 2 and "PORT 0–65535" in bad.stderr

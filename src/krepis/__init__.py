@@ -19,6 +19,7 @@ from ._errors import (
 )
 from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
+from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._plane import PermissionPolicy, ScriptError, ScriptResult
 from ._policy import FlushPolicy
@@ -46,4 +47,6 @@ __all__ = [
     "TransactionLog",
     "ValidationError",
     "__version__",
+    "prometheus_text",
+    "serve_metrics",
 ]

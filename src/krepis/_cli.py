@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -387,6 +388,41 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
         targets.add_row(t["target"], f"{t['measured']:,}{t['unit']}", f"{sign} {goal}{t['unit']}",
                         "[green]yes[/]" if t["met"] else "[red]no[/]")
     con.print(targets)
+
+
+@cli.command()
+@click.option("--serve", "serve", metavar="[HOST:]PORT", default=None,
+              help="Serve /metrics over HTTP (default host 127.0.0.1) until interrupted.")
+@_storage_option
+@click.pass_context
+def metrics(ctx: click.Context, serve: str | None) -> None:
+    """Print the counters and journal size in Prometheus' text format, or serve them."""
+    from ._metrics import prometheus_text, serve_metrics
+
+    with SovereignJournal(_storage(ctx), create=False) as journal:
+        if serve is None:
+            click.echo(prometheus_text(journal), nl=False)
+            return
+        host, _, port_text = serve.rpartition(":")
+        try:
+            port = int(port_text)
+            if not 0 <= port <= 65535:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{serve!r} is not [HOST:]PORT with PORT 0–65535",
+                                     param_hint="--serve") from None
+
+        def ready(bound_host: str, bound_port: int) -> None:
+            click.echo(f"serving http://{bound_host}:{bound_port}/metrics (Ctrl-C to stop)", err=True)
+
+        server = serve_metrics(journal, host or "127.0.0.1", port, ready=ready)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def main() -> None:
