@@ -137,3 +137,29 @@ def test_cancelled_write_still_lands(store: Path) -> None:
     run(main())
     with SovereignJournal(store) as journal:
         assert journal.recover_op_count("x") == 1
+
+
+def test_one_journal_across_event_loops_and_a_closed_loop(store: Path) -> None:
+    journal = AsyncSovereignJournal(store)
+
+    async def write(n: int) -> list[int]:
+        return list(await asyncio.gather(*(journal.increment_op_count("x") for _ in range(n))))
+
+    assert sorted(asyncio.run(write(20))) == list(range(1, 21))  # first loop, now closed
+    assert sorted(asyncio.run(write(20))) == list(range(21, 41))  # a second loop: still served
+
+    async def abandon() -> None:  # leave writes in flight when the loop ends
+        for _ in range(10):
+            asyncio.get_running_loop().create_task(journal.increment_op_count("y"))
+
+    asyncio.run(abandon())
+    assert sorted(asyncio.run(write(5))) == list(range(41, 46))  # the writer survived
+
+    async def finish() -> int:
+        await journal.close()
+        return 0
+
+    asyncio.run(finish())
+    with SovereignJournal(store) as sync:
+        assert sync.recover_op_count("x") == 45
+        assert sync.recover_op_count("y") <= 10

@@ -19,6 +19,7 @@ from ._storage import WriteRequest
 __all__ = ["AsyncSovereignJournal"]
 
 T = TypeVar("T")
+_Item = tuple[_Pending, "asyncio.Future[list[int]]"]
 
 
 class AsyncSovereignJournal:
@@ -42,7 +43,7 @@ class AsyncSovereignJournal:
     ) -> None:
         self._journal = SovereignJournal(path, flush=flush)
         self._lock = threading.Lock()
-        self._queue: list[tuple[_Pending, asyncio.Future[list[int]]]] = []
+        self._queue: list[_Item] = []
         self._draining = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="krepis-async-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="krepis-async-reader")
@@ -68,26 +69,37 @@ class AsyncSovereignJournal:
     def _submit(self, request: WriteRequest) -> asyncio.Future[list[int]]:
         self._journal._live()
         self._journal._check_syncer()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         with self._lock:
             self._queue.append((_Pending(request), future))
             start = not self._draining
             self._draining = True
         if start:
-            self._writer.submit(self._drain, loop)
+            self._writer.submit(self._drain)
         return future
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self) -> None:
         """Writer thread: commit whatever is queued, batch after batch, until the queue is empty."""
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        self._draining = False
+                        return
+                self._journal._commit.run([pending for pending, _ in batch])
+                by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+                for item in batch:
+                    by_loop.setdefault(item[1].get_loop(), []).append(item)
+                for loop, items in by_loop.items():
+                    try:
+                        loop.call_soon_threadsafe(_deliver, items)
+                    except RuntimeError:  # that loop is closed; nobody is waiting any more
+                        pass
+        except BaseException:
             with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    self._draining = False
-                    return
-            self._journal._commit.run([pending for pending, _ in batch])
-            loop.call_soon_threadsafe(_deliver, batch)
+                self._draining = False
+            raise
 
     async def log_transaction(self, log: TransactionLog) -> None:
         """Append one entry (durably under ``sync``)."""
@@ -170,7 +182,7 @@ class AsyncSovereignJournal:
         return f"<AsyncSovereignJournal {self.path!r} flush={self.policy}>"
 
 
-def _deliver(batch: Sequence[tuple[_Pending, asyncio.Future[list[int]]]]) -> None:
+def _deliver(batch: Sequence[_Item]) -> None:
     for pending, future in batch:
         if future.done():  # cancelled while waiting; the write itself stands
             continue

@@ -80,6 +80,8 @@ class Kernel:
             raise ValidationError(f"tenant_id must be a non-empty str, got {tenant_id!r:.80}")
         if type(priority) is not int:
             raise InvalidTypeError(f"priority must be an int, got {type(priority).__name__}")
+        if trace_id is not None and (not isinstance(trace_id, str) or not trace_id):
+            raise ValidationError(f"trace_id must be a non-empty str, got {trace_id!r:.80}")
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidTypeError(f"metadata must be a dict, got {type(metadata).__name__}")
         if isinstance(storage, SovereignJournal) and flush is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import lmdb
 
-from .._errors import CorruptStorageError, JournalError, StorageError
+from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
 from . import EntryFilter, Storage, WriteRequest
 
 __all__ = ["FORMAT_VERSION", "LmdbStorage", "encode_key"]
@@ -268,14 +268,10 @@ class LmdbStorage(Storage):
 
 
 def _closed_error(path: str) -> JournalError:
-    from .._errors import ClosedError
-
     return ClosedError(f"the journal at {path} is closed")
 
 
 def _forked_error(path: str) -> JournalError:
-    from .._errors import ClosedError
-
     return ClosedError(
         f"the journal at {path} was opened in a parent process; open a new one after fork()"
     )

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import CorruptStorageError, JournalError, StorageError
+from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
 from . import EntryFilter, Storage, WriteRequest
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
@@ -179,8 +179,6 @@ class PostgresStorage(Storage):
 
     def _run(self, doing: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         if self._closed:
-            from .._errors import ClosedError
-
             raise ClosedError(f"the journal at {self.location} is closed")
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
