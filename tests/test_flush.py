@@ -95,7 +95,10 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> type[SyncCounting]:
     import krepis._storage as port
 
     SyncCounting.syncs = 0
-    monkeypatch.setattr(port, "open_storage", lambda loc, durable=True: SyncCounting(loc, durable=durable))
+    def open_counting(loc: str, durable: bool = True, create: bool = True) -> SyncCounting:
+        return SyncCounting(loc, durable=durable, create=create)
+
+    monkeypatch.setattr(port, "open_storage", open_counting)
     monkeypatch.setattr("krepis._journal.open_storage", port.open_storage)
     return SyncCounting
 

@@ -194,6 +194,7 @@ class SovereignJournal:
         flush: str | FlushPolicy | None = None,
         create: bool = True,
     ) -> None:
+        self._closed = True  # until fully open
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         if not os.fspath(path):
@@ -262,6 +263,8 @@ class SovereignJournal:
         storage.sync()
 
     def __repr__(self) -> str:
+        if not hasattr(self, "_storage"):
+            return "<SovereignJournal (not opened)>"
         state = "closed" if self._closed else "open"
         return f"<SovereignJournal {self.path!r} flush={self._policy} {state}>"
 
