@@ -194,8 +194,11 @@ class _Reader:
         return body
 
 
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def _frame(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    body = _encode_json(message).encode()
     return _HEADER.pack(MAGIC, len(body)) + body
 
 
@@ -273,6 +276,7 @@ def run_deno(
         calls = 0
         try:
             reader = _Reader(proc.stdout.fileno(), deadline)
+            stdin_fd = proc.stdin.fileno()
             outcome: dict[str, Any] | None = None
             while True:
                 try:
@@ -291,10 +295,10 @@ def run_deno(
                                       name="ProtocolError") from None
                 if "id" in message:
                     calls += 1
-                    reply = _reply(message, dispatch)
+                    reply = memoryview(_reply(message, dispatch))
                     try:
-                        proc.stdin.write(reply)
-                        proc.stdin.flush()
+                        while reply:
+                            reply = reply[os.write(stdin_fd, reply):]
                     except BrokenPipeError:
                         pass  # Deno is gone; its end of stream tells how
                 elif message.get("t") in ("done", "error"):
