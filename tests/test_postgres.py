@@ -93,6 +93,18 @@ def test_kernel_cli_and_asyncio_on_postgres(pg_url: str, tmp_path: Path) -> None
     out = subprocess.run([krepis, "run", "--json"], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={**os.environ, "KREPIS_STORAGE": pg_url})
     assert json.loads(out.stdout.splitlines()[-1])["js_ops_called"] == 11
+    env = {**os.environ, "KREPIS_STORAGE": pg_url}
+    logs = json.loads(subprocess.run([krepis, "logs", "-n", "5", "--op", "op_increment_stats", "--json"],
+                                     capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout)
+    assert len(logs) == 5 and all(e["op_name"] == "op_increment_stats" for e in logs)
+    lines = subprocess.run([krepis, "export"], capture_output=True, text=True, check=True, cwd=tmp_path,
+                           env=env).stdout.splitlines()
+    with SovereignJournal(pg_url) as journal:
+        assert len(lines) == journal.journal_count()
+        assert [json.loads(line)["timestamp"] for line in lines] == sorted(json.loads(line)["timestamp"] for line in lines)
+    subprocess.run([krepis, "clear", "--yes"], capture_output=True, check=True, cwd=tmp_path, env=env)
+    with SovereignJournal(pg_url) as journal:
+        assert journal.journal_count() == 0 and journal.op_counts() == {}
     assert not (tmp_path / ".krepis").exists()
 
 
