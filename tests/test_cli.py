@@ -227,3 +227,33 @@ def test_metrics_text_and_server(tmp_path: Path) -> None:
         proc.wait(timeout=10)
     bad = krepis("metrics", "--storage", str(store), "--serve", "99999", cwd=tmp_path, ok=False)
     assert bad.returncode == 2 and "PORT 0–65535" in bad.stderr
+
+
+def test_logs_follow(tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    from krepis import LogStatus, SovereignJournal, TransactionLog
+
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(TransactionLog(1, "wanted", "before", LogStatus.Completed))
+        journal.log_transaction(TransactionLog(2, "other", "x", LogStatus.Completed))
+    cmd = [KREPIS, "logs", "--storage", str(store), "-f", "--json", "-n", "1", "--op", "wanted"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        first = json.loads(lines.get(timeout=30))  # the last matching entry, printed at start
+        assert first["request_id"] == "before"
+        with SovereignJournal(store) as journal:
+            for i in range(3):
+                journal.log_transaction(TransactionLog(10 + i, "wanted", f"r{i}", LogStatus.Completed))
+                journal.log_transaction(TransactionLog(10 + i, "other", f"x{i}", LogStatus.Completed))
+        got = [json.loads(lines.get(timeout=30)) for _ in range(3)]
+        assert [(e["op_name"], e["request_id"]) for e in got] == [("wanted", f"r{i}") for i in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

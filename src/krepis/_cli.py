@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -240,18 +241,66 @@ def _filter_options(fn: Any) -> Any:
     return fn
 
 
+def _matches(entry: TransactionLog, filters: dict[str, Any]) -> bool:
+    return ((filters["op_name"] is None or entry.op_name == filters["op_name"])
+            and (filters["status"] is None or entry.status is filters["status"])
+            and (filters["request_id"] is None or entry.request_id == filters["request_id"])
+            and (filters["since"] is None or entry.timestamp >= filters["since"])
+            and (filters["until"] is None or entry.timestamp < filters["until"]))
+
+
+def _line(entry: TransactionLog) -> str:
+    duration = "" if entry.duration_us is None else f"  {entry.duration_us / 1000:.3f} ms"
+    error = f"  {entry.error}" if entry.error else ""
+    return (f"{_iso(entry.timestamp)}  {entry.op_name}  {entry.request_id}  "
+            f"[{_STATUS_STYLE[entry.status.value]}]{entry.status.value}[/]{duration}{error}")
+
+
+def _follow(journal: SovereignJournal, filters: dict[str, Any], limit: int, as_json: bool) -> None:
+    """Print the last `limit` entries oldest first, then new ones as they are written."""
+    con = _console()
+
+    def show(entries: list[TransactionLog]) -> None:
+        for entry in reversed(entries):  # newest-first in, oldest-first out
+            if as_json:
+                click.echo(entry.to_json())
+            else:
+                con.print(_line(entry), markup=True, highlight=False)
+        sys.stdout.flush()
+
+    seen = journal.journal_count()
+    show(journal.query(limit=limit, **filters))
+    try:
+        while True:
+            time.sleep(0.25)
+            count = journal.journal_count()
+            if count < seen:
+                click.echo(f"(the journal was cleared: {seen} → {count} entries)", err=True)
+            elif count > seen:
+                show([e for e in journal.query(limit=count - seen) if _matches(e, filters)])
+            seen = count
+    except KeyboardInterrupt:
+        pass
+
+
 @cli.command()
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=0),
               help="How many entries at most.")
 @_filter_options
+@click.option("-f", "--follow", is_flag=True,
+              help="Print the last entries oldest first, then each new one as it is written "
+                   "(Ctrl-C stops); with --json, one object per line.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of entries.")
 @_storage_option
 @click.pass_context
 def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, request_id: str | None,
-         since: str | None, until: str | None, as_json: bool) -> None:
-    """Show journal entries, newest first."""
+         since: str | None, until: str | None, follow: bool, as_json: bool) -> None:
+    """Show journal entries, newest first (or follow them as they are written)."""
     filters = _filters(op, status, request_id, since, until)
     with SovereignJournal(_storage(ctx), create=False) as journal:
+        if follow:
+            _follow(journal, filters, limit, as_json)
+            return
         entries = journal.query(limit=limit, **filters)
     if as_json:
         _emit_json([e.to_dict() for e in entries])
