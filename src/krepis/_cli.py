@@ -66,7 +66,8 @@ def _set_storage(ctx: click.Context, _param: click.Parameter, value: str | None)
 def _storage_option(fn: Any) -> Any:
     """``--storage`` after the command name too (it overrides the group's)."""
     return click.option("--storage", metavar="PATH", default=None, expose_value=False,
-                        callback=_set_storage, help="Storage directory (same as before the command).")(fn)
+                        callback=_set_storage,
+                        help="Storage directory or postgresql:// URL (as before the command).")(fn)
 
 
 def _parse_time(value: str | None, param: str) -> int | None:
@@ -97,7 +98,7 @@ def _iso(ms: int) -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--storage", envvar="KREPIS_STORAGE", default=DEFAULT_STORAGE, show_default=True,
-              metavar="PATH", help="Storage directory (env: KREPIS_STORAGE).")
+              metavar="PATH", help="Storage directory or postgresql:// URL (env: KREPIS_STORAGE).")
 @click.version_option(__version__, prog_name="krepis")
 @click.pass_context
 def cli(ctx: click.Context, storage: str) -> None:
