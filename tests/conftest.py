@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,21 @@ sys.path.insert(0, os.path.dirname(__file__))
 def store(tmp_path: Path) -> Path:
     """A fresh storage location on the real disk (not yet created)."""
     return tmp_path / "krepis" / "storage"
+
+
+def hammer_threads(journal: Any, threads: int, per_thread: int) -> None:
+    """`threads` threads each record `per_thread` entries, bumping counter "op" with each."""
+    from krepis import LogStatus, TransactionLog
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            journal.record(TransactionLog(i, "op", f"t{n}-{i}", LogStatus.Completed), increment="op")
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
 
 
 def tree_snapshot(root: Path) -> dict[str, bytes]:

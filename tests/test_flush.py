@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from krepis import (
     ValidationError,
 )
 from krepis._storage.lmdb import LmdbStorage
+
+from conftest import hammer_threads
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
 
@@ -145,15 +146,7 @@ def test_clear_all_under_interval_is_synced(store: Path, counting: type[SyncCoun
 @pytest.mark.parametrize("flush", ["sync", "interval:5ms"])
 def test_threads_exact_under_each_policy(store: Path, flush: str) -> None:
     with SovereignJournal(store, flush=flush) as journal:
-        def work(n: int) -> None:
-            for i in range(100):
-                journal.record(TransactionLog(i, "op", f"t{n}-{i}", LogStatus.Completed), increment="op")
-
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        hammer_threads(journal, 8, 100)
         assert journal.recover_op_count("op") == 800
         assert journal.journal_count() == 800
 

@@ -28,6 +28,7 @@ from krepis import (
 from krepis._storage import Storage
 from krepis._storage.postgres import PostgresStorage, redact
 
+from conftest import hammer_threads
 from storage_conformance import StorageConformance
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
@@ -119,15 +120,7 @@ def test_interval_policy_on_postgres(pg_url: str) -> None:
 
 def test_threads_share_transactions(pg_url: str) -> None:
     with SovereignJournal(pg_url) as journal:
-        def work(n: int) -> None:
-            for i in range(40):
-                journal.record(TransactionLog(i, "op", f"t{n}-{i}", LogStatus.Completed), increment="op")
-
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        hammer_threads(journal, 16, 40)
         assert journal.recover_op_count("op") == 640
         assert journal.journal_count() == 640
 

@@ -35,9 +35,12 @@ _LOCK = "lock.mdb"
 _SEQ_END = 19 + 1 + 20 + 1
 
 
+_KEY = b"%019d:%020d:%b"  # timestamp, sequence, request_id
+
+
 def encode_key(timestamp: int, seq: int, request_id: bytes) -> bytes:
     """The journal key of an entry: sorts by numeric time, then arrival; unique by ``seq``."""
-    return b"%019d:%020d:%b" % (timestamp, seq, request_id)
+    return _KEY % (timestamp, seq, request_id)
 
 
 def _time_bound(ms: int) -> bytes:
@@ -144,7 +147,7 @@ class LmdbStorage(Storage):
                 for req in requests:
                     for ts, rid, value in req.entries:
                         seq += 1
-                        key = b"%019d:%020d:%b" % (ts, seq, rid)  # encode_key, inlined
+                        key = _KEY % (ts, seq, rid)  # encode_key without the call
                         if not put(key, value, db=journal, overwrite=False):
                             raise CorruptStorageError(
                                 f"storage at {self.location}: journal sequence {seq} is already "
