@@ -6,25 +6,55 @@ the SAME location each time it is called (so reopening can be tested).
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
+from hashlib import sha256
 
 import pytest
 
-from krepis._storage import EntryFilter, Storage, WriteRequest
+from krepis import LogStatus, TransactionLog
+from krepis._model import encode_log
+from krepis._storage import Query, Storage, WriteRequest
 
 Factory = Callable[[], Storage]
+S, C, F = LogStatus.Started, LogStatus.Completed, LogStatus.Failed
 
 
-def entry(ts: int, rid: str, n: int) -> tuple[int, bytes, bytes]:
-    return (ts, rid.encode(), b'{"n":%d}' % n)
+def entry(ts: int, rid: str, n: int, op: str = "op", status: LogStatus = C,
+          error: str | None = None) -> tuple[TransactionLog, bytes]:
+    log = TransactionLog(ts, op, rid, status, duration_us=n, error=error)
+    return (log, encode_log(log))
 
 
-def values(rows: list[tuple[bytes, bytes]]) -> list[bytes]:
-    return [v for _, v in rows]
+def ns(logs: list[TransactionLog]) -> list[int | None]:
+    return [log.duration_us for log in logs]
 
 
-ALL = EntryFilter()
+def scan_all(storage: Storage, query: Query, page: int = 1000) -> list[TransactionLog]:
+    out: list[TransactionLog] = []
+    after = None
+    while True:
+        got = storage.scan(query, after=after, limit=page)
+        out += got
+        if len(got) < page:
+            return out
+        after = got[-1]
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962 §2.1 Merkle tree hash, by its recursive definition."""
+    if not leaves:
+        return sha256(b"").digest()
+    if len(leaves) == 1:
+        return sha256(b"\x00" + leaves[0]).digest()
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:])).digest()
+
+
+ALL = Query()
 
 
 class StorageConformance:
@@ -38,7 +68,12 @@ class StorageConformance:
         assert storage.entry_count() == 0
         assert storage.get_count(b"x") == 0
         assert storage.get_counts() == {}
-        assert storage.scan(ALL, newest_first=True, after=None, limit=10) == []
+        assert storage.scan(ALL, after=None, limit=10) == []
+        assert storage.next_seq() == 0
+        assert storage.get_entry(0) is None
+        head = storage.tree_head()
+        assert (head.size, head.root, head.first_seq, head.epoch) == (0, sha256(b"").digest(), 0, 0)
+        assert storage.op_names() == []
 
     def test_batch_returns_counts_per_request_in_order(self, storage: Storage) -> None:
         res = storage.write_batch([
@@ -52,78 +87,163 @@ class StorageConformance:
         assert storage.get_counts() == {"x": 3, "y": 1}
         assert storage.entry_count() == 2
 
+    def test_sequence_numbers_are_append_order_from_zero(self, storage: Storage) -> None:
+        storage.write_batch([WriteRequest([entry(9, "a", 0), entry(3, "b", 1)], [])])
+        storage.write_batch([WriteRequest([entry(5, "c", 2)], [])])
+        assert storage.next_seq() == 3
+        for seq in range(3):
+            got = storage.get_entry(seq)
+            assert got is not None and got.seq == seq and got.duration_us == seq
+        assert storage.get_entry(3) is None
+        assert [log.seq for log in storage.scan(Query(order="append", newest_first=False),
+                                                after=None, limit=10)] == [0, 1, 2]
+        assert [log.seq for log in storage.scan(Query(order="append"), after=None, limit=10)] == [2, 1, 0]
+
+    def test_entries_round_trip_every_field(self, storage: Storage) -> None:
+        logs = [
+            TransactionLog(2**63 - 1, "ö" * 100, "ü" * 128, S),
+            TransactionLog(0, "x", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", F, duration_us=2**63 - 1,
+                           error="e" * 16 * 1024),
+            TransactionLog(7, "x", "1B4E28BA-2FA1-11D2-883F-0016D3CCA427", C, duration_us=0, error="\x01\n\u2028"),
+            TransactionLog(7, "x", "r", C, duration_us=2**32),
+            TransactionLog(7, "x", "r", C, duration_us=2**32 - 1),
+        ]
+        storage.write_batch([WriteRequest([(log, encode_log(log)) for log in logs], [])])
+        back = [storage.get_entry(i) for i in range(len(logs))]
+        assert back == logs
+        assert [encode_log(b) for b in back if b is not None] == [encode_log(log) for log in logs]
+
     def test_same_timestamp_and_request_id_never_overwrite(self, storage: Storage) -> None:
         for n in range(5):
             storage.write_batch([WriteRequest([entry(7, "same", n)], [])])
         storage.write_batch([WriteRequest([entry(7, "same", 5), entry(7, "same", 6)], [])])
         assert storage.entry_count() == 7
-        rows = storage.scan(ALL, newest_first=False, after=None, limit=100)
-        assert values(rows) == [b'{"n":%d}' % n for n in range(7)]
+        assert ns(storage.scan(Query(newest_first=False), after=None, limit=100)) == list(range(7))
+        assert ns(storage.scan(Query(request_id="same", newest_first=False), after=None, limit=100)) \
+            == list(range(7))
 
     def test_order_is_numeric_time_then_arrival(self, storage: Storage) -> None:
         storage.write_batch([WriteRequest([entry(1000, "r", 1)], [])])
         storage.write_batch([WriteRequest([entry(999, "r", 2)], [])])
         storage.write_batch([WriteRequest([entry(1000, "r", 3)], [])])
         storage.write_batch([WriteRequest([entry(2**63 - 1, "r", 4), entry(0, "r", 5)], [])])
-        oldest = values(storage.scan(ALL, newest_first=False, after=None, limit=100))
-        assert oldest == [b'{"n":5}', b'{"n":2}', b'{"n":1}', b'{"n":3}', b'{"n":4}']
-        newest = values(storage.scan(ALL, newest_first=True, after=None, limit=100))
-        assert newest == oldest[::-1]
+        oldest = ns(storage.scan(Query(newest_first=False), after=None, limit=100))
+        assert oldest == [5, 2, 1, 3, 4]
+        assert ns(storage.scan(ALL, after=None, limit=100)) == oldest[::-1]
 
-    def test_scan_resumes_after_position_both_directions(self, storage: Storage) -> None:
-        storage.write_batch([WriteRequest([entry(t, "r", t) for t in range(10)], [])])
-        for newest_first in (True, False):
-            seen: list[bytes] = []
-            after = None
-            while True:
-                rows = storage.scan(ALL, newest_first=newest_first, after=after, limit=3)
-                seen += values(rows)
-                if len(rows) < 3:
-                    break
-                after = rows[-1][0]
-            expected = [b'{"n":%d}' % t for t in range(10)]
-            assert seen == (expected[::-1] if newest_first else expected)
+    def test_scan_resumes_after_an_entry_in_every_order(self, storage: Storage) -> None:
+        storage.write_batch([WriteRequest([entry(t // 2, "r", t, status=(S, C)[t % 2]) for t in range(10)], [])])
+        for order in ("time", "append"):
+            for newest_first in (True, False):
+                for q in (Query(order=order, newest_first=newest_first),  # type: ignore[arg-type]
+                          Query(order=order, newest_first=newest_first,  # type: ignore[arg-type]
+                                request_id="r", statuses=(S, C))):
+                    seen: list[int | None] = []
+                    after = None
+                    while True:
+                        rows = storage.scan(q, after=after, limit=3)
+                        seen += ns(rows)
+                        if len(rows) < 3:
+                            break
+                        after = rows[-1]
+                    expected = list(range(10))
+                    assert seen == (expected[::-1] if newest_first else expected), (order, q)
 
-    def test_scan_time_range_and_request_id(self, storage: Storage) -> None:
+    def test_time_range_and_request_id(self, storage: Storage) -> None:
         storage.write_batch([WriteRequest(
             [entry(t, "even" if t % 2 == 0 else "odd", t) for t in range(20)], [])])
-        rng = EntryFilter(since=5, until=10)
-        got = values(storage.scan(rng, newest_first=False, after=None, limit=100))
-        assert got == [b'{"n":%d}' % t for t in range(5, 10)]
-        got = values(storage.scan(rng, newest_first=True, after=None, limit=100))
-        assert got == [b'{"n":%d}' % t for t in range(9, 4, -1)]
-        odd = EntryFilter(since=5, until=10, request_id=b"odd")
-        assert values(storage.scan(odd, newest_first=True, after=None, limit=2)) == [b'{"n":9}', b'{"n":7}']
+        rng = Query(since=5, until=10, newest_first=False)
+        assert ns(storage.scan(rng, after=None, limit=100)) == list(range(5, 10))
+        rng = Query(since=5, until=10)
+        assert ns(storage.scan(rng, after=None, limit=100)) == list(range(9, 4, -1))
+        odd = Query(since=5, until=10, request_id="odd")
+        assert ns(storage.scan(odd, after=None, limit=2)) == [9, 7]
         # request_id matches exactly, not as a prefix or suffix
-        assert storage.scan(EntryFilter(request_id=b"dd"), newest_first=True, after=None, limit=9) == []
+        assert storage.scan(Query(request_id="dd"), after=None, limit=9) == []
+        assert storage.scan(Query(request_id="odd "), after=None, limit=9) == []
+
+    def test_every_filter_combination_matches_a_reference(self, storage: Storage) -> None:
+        """Random entries and random queries, checked against filtering and sorting in Python."""
+        rnd = random.Random(6962)
+        ops = ["charge", "refund", "rare", "op ü"]
+        rids = [f"req-{i}" for i in range(12)] + ["1b4e28ba-2fa1-11d2-883f-0016d3cca427"]
+        written: list[TransactionLog] = []
+        for _ in range(8):
+            batch = [entry(rnd.randrange(0, 60), rnd.choice(rids), len(written) + i,
+                           op=rnd.choice(ops), status=rnd.choice((S, C, C, F)))
+                     for i in range(rnd.randrange(1, 40))]
+            storage.write_batch([WriteRequest(batch, [])])
+            written += [log for log, _ in batch]
+        for seq, log in enumerate(written):
+            object.__setattr__(log, "seq", seq)
+        assert storage.op_names() == sorted(ops)
+        for _ in range(150):
+            q = Query(
+                since=rnd.choice([None, rnd.randrange(0, 60)]),
+                until=rnd.choice([None, rnd.randrange(0, 70)]),
+                request_id=rnd.choice([None, None, rnd.choice(rids), "nobody"]),
+                op_names=rnd.choice([None, (rnd.choice(ops),), tuple(rnd.sample(ops, 2)), ("never",)]),
+                statuses=rnd.choice([None, (rnd.choice((S, C, F)),), (S, F)]),
+                newest_first=rnd.random() < 0.5,
+                order=rnd.choice(["time", "time", "append"]),  # type: ignore[arg-type]
+            )
+            want = [log for log in written if q.matches(log)]
+            key = (lambda g: g.seq) if q.order == "append" else (lambda g: (g.timestamp, g.seq))
+            want.sort(key=key, reverse=q.newest_first)  # type: ignore[arg-type,return-value]
+            page = rnd.choice([1, 2, 7, 1000])
+            got = scan_all(storage, q, page)
+            assert [g.seq for g in got] == [w.seq for w in want], q
+            assert got == want
+
+    def test_tree_head_is_the_rfc6962_hash_of_the_entries_in_append_order(self, storage: Storage) -> None:
+        leaves: list[bytes] = []
+        for n in (1, 2, 5, 1, 300, 3):
+            batch = [entry(n * 1000 - i, f"r{i}", i) for i in range(n)]
+            storage.write_batch([WriteRequest(batch[: n // 2], []), WriteRequest(batch[n // 2:], [])])
+            leaves += [canonical for _, canonical in batch]
+            head = storage.tree_head()
+            assert (head.size, head.first_seq) == (len(leaves), 0)
+            assert head.root == mth(leaves)
 
     def test_reopen_keeps_everything(self, make_storage: Factory) -> None:
         s = make_storage()
         s.write_batch([WriteRequest([entry(1, "a", 1)], [b"x"])])
+        root = s.tree_head().root
         s.close()
         s = make_storage()
         try:
             assert s.entry_count() == 1
             assert s.get_count(b"x") == 1
+            assert s.tree_head().root == root
             # The sequence continues: a new entry with the same key parts is added, not replaced.
             s.write_batch([WriteRequest([entry(1, "a", 2)], [b"x"])])
             assert s.entry_count() == 2
             assert s.get_count(b"x") == 2
+            assert ns(s.scan(Query(order="append", newest_first=False), after=None, limit=5)) == [1, 2]
         finally:
             s.close()
 
-    def test_clear_is_durable_and_store_stays_usable(self, make_storage: Factory) -> None:
+    def test_clear_ends_the_log_durably_and_the_store_stays_usable(self, make_storage: Factory) -> None:
         s = make_storage()
-        s.write_batch([WriteRequest([entry(1, "a", 1)], [b"x"])])
+        s.write_batch([WriteRequest([entry(1, "a", 1), entry(2, "a", 2)], [b"x"])])
         s.clear()
         assert s.entry_count() == 0
         assert s.get_counts() == {}
-        s.write_batch([WriteRequest([entry(1, "a", 2)], [b"x"])])
+        assert s.scan(Query(request_id="a"), after=None, limit=5) == []
+        head = s.tree_head()
+        assert (head.size, head.first_seq, head.epoch) == (0, 2, 1)
+        new = entry(1, "a", 3)
+        s.write_batch([WriteRequest([new], [b"x"])])
         s.close()
         s = make_storage()
         try:
             assert s.entry_count() == 1
             assert s.get_count(b"x") == 1
+            assert s.get_entry(0) is None  # sequence numbers are never reused
+            got = s.get_entry(2)
+            assert got is not None and got.duration_us == 3
+            head = s.tree_head()
+            assert (head.size, head.first_seq, head.epoch, head.root) == (1, 2, 1, mth([new[1]]))
         finally:
             s.close()
 
@@ -139,9 +259,17 @@ class StorageConformance:
             t.join()
         assert storage.get_count(b"c") == 200
         assert storage.entry_count() == 200
+        assert storage.next_seq() == 200
+        assert storage.tree_head().size == 200
 
-    def test_sync_and_close_are_safe(self, make_storage: Factory) -> None:
+    def test_sync_and_close_keep_the_data(self, make_storage: Factory) -> None:
         s = make_storage()
+        s.write_batch([WriteRequest([entry(1, "a", 1)], [b"x"])])
         s.sync()
         s.close()
         s.close()  # idempotent
+        s = make_storage()
+        try:
+            assert s.get_count(b"x") == 1 and s.entry_count() == 1
+        finally:
+            s.close()

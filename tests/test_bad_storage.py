@@ -87,7 +87,7 @@ def test_lmdb_store_of_another_program_is_refused(tmp_path: Path) -> None:
 
 
 def _poke(store: Path, db: bytes, key: bytes, value: bytes) -> None:
-    env = lmdb.open(str(store), max_dbs=8)
+    env = lmdb.open(str(store), max_dbs=16)
     with env.begin(write=True) as txn:
         txn.put(key, value, db=env.open_db(db, txn=txn))
     env.close()
@@ -103,14 +103,78 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     assert tree_snapshot(store)["data.mdb"] == before["data.mdb"]
 
 
-def test_corrupted_entry_is_reported_with_path_and_key(tmp_path: Path) -> None:
+def _entry_value(store: Path, seq: int) -> bytes:
+    env = lmdb.open(str(store), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            value = txn.get(seq.to_bytes(8, "big"), db=env.open_db(b"entries", txn=txn, create=False))
+    finally:
+        env.close()
+    assert value is not None
+    return bytes(value)
+
+
+def _corrupt(value: bytes, how: str) -> bytes:
+    body = bytearray(value)
+    if how == "not a record":
+        return b"{not json"
+    if how == "bad status bits":
+        body[32] = (body[32] & ~3) & 0xFF
+    elif how == "unknown flag":
+        body[32] |= 0x80
+    elif how == "truncated":
+        return bytes(body[:-1])
+    elif how == "trailing bytes":
+        return bytes(body) + b"x"
+    elif how == "unknown op id":
+        body[41:45] = (999).to_bytes(4, "little")
+    elif how == "error not UTF-8":
+        body[32] |= 32
+        return bytes(body) + b"\xff\xfe"
+    return bytes(body)
+
+
+@pytest.mark.parametrize("how", ["not a record", "bad status bits", "unknown flag", "truncated",
+                                 "trailing bytes", "unknown op id", "error not UTF-8"])
+def test_corrupted_entry_is_reported_with_path_and_seq(tmp_path: Path, how: str) -> None:
     store = tmp_path / "store"
     make_store(store)
-    _poke(store, b"journal", b"0000000000000000009:00000000000000000099:bad", b"{not json")
+    _poke(store, b"entries", (1).to_bytes(8, "big"), _corrupt(_entry_value(store, 1), how))
     with SovereignJournal(store) as journal:
-        assert journal.journal_count() == 4
-        with pytest.raises(CorruptStorageError, match=rf"{store}: entry '0+9:0+99:bad' is not a valid"):
-            journal.get_recent_logs(10)
+        assert journal.journal_count() == 3
+        for read in (lambda: journal.get_recent_logs(10), lambda: journal.entry(1),
+                     lambda: journal.query(order="append"), lambda: journal.query(request_id="r1")):
+            with pytest.raises(CorruptStorageError, match=rf"{store}: entry 1 is not a valid"):
+                read()
+        assert journal.entry(2).request_id == "r2"  # the others still read
+
+
+def test_index_naming_a_missing_entry_is_reported(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            txn.delete((1).to_bytes(8, "big"), db=env.open_db(b"entries", txn=txn, create=False))
+    finally:
+        env.close()
+    with SovereignJournal(store) as journal, \
+            pytest.raises(CorruptStorageError, match=rf"{store}: an index names entry 1, which is missing"):
+        journal.get_recent_logs(10)
+
+
+@pytest.mark.parametrize("value", [b"", b"\x01" * 7, b"\x01" * 9])
+def test_malformed_counter_is_corruption_everywhere(tmp_path: Path, value: bytes) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    _poke(store, b"stats", b"op_count:op", value)
+    with SovereignJournal(store) as journal:
+        for call in (lambda: journal.recover_op_count("op"), journal.op_counts,
+                     lambda: journal.increment_op_count("op"),
+                     lambda: journal.record(TransactionLog(1, "op", "r", LogStatus.Started), increment="op")):
+            with pytest.raises(CorruptStorageError, match=rf"{store}: counter 'op' holds {len(value)} bytes"):
+                call()
+        assert journal.journal_count() == 3  # the failed record() wrote nothing
 
 
 # --- a directory this user may not write ------------------------------------------------------

@@ -101,7 +101,7 @@ def test_query_filters(store: Path) -> None:
 def test_iter_logs_streams_past_chunk_boundaries(store: Path) -> None:
     with SovereignJournal(store) as journal:
         for start in range(0, 1300, 100):
-            journal._write([(ts, b"r", log(ts).to_json().encode()) for ts in range(start, start + 100)], ())
+            journal._write([(log(ts), log(ts).to_json().encode()) for ts in range(start, start + 100)], ())
         assert journal.journal_count() == 1300
         assert [e.timestamp for e in journal.iter_logs(newest_first=False)] == list(range(1300))
         assert [e.timestamp for e in journal.iter_logs(limit=600)] == list(range(1299, 699, -1))
@@ -200,7 +200,15 @@ BAD_CALLS = [
     ("recover_op_count", lambda j: j.recover_op_count(""), ValidationError, "empty"),
     ("get_recent_logs", lambda j: j.get_recent_logs(-1), ValidationError, "limit must be >= 0, got -1"),
     ("get_recent_logs", lambda j: j.get_recent_logs(1.5), InvalidTypeError, "limit must be an int"),
-    ("query", lambda j: j.query(status="Failed"), InvalidTypeError, "LogStatus"),
+    ("query", lambda j: j.query(status="Done"), ValidationError, "Started, Completed, Failed; got 'Done'"),
+    ("query", lambda j: j.query(status=3), InvalidTypeError, "status must be a str or a sequence"),
+    ("query", lambda j: j.query(op_name=["a", ""]), ValidationError, "empty"),
+    ("query", lambda j: j.query(order="random"), ValidationError, "order must be 'time' or 'append'"),
+    ("query", lambda j: j.query(after=-1), ValidationError, "after must be a sequence number >= 0"),
+    ("query", lambda j: j.query(after=99), ValidationError, "no entry with that seq"),
+    ("query", lambda j: j.query(after=log(1)), ValidationError, "its seq is None"),
+    ("query", lambda j: j.query(newest_first=1), InvalidTypeError, "newest_first must be a bool"),
+    ("entry", lambda j: j.entry("0"), InvalidTypeError, "seq must be an int"),
     ("query", lambda j: j.query(since=-5), ValidationError, "outside"),
     ("query", lambda j: j.query(limit=-1), ValidationError, "limit"),
     ("query", lambda j: j.query(request_id=""), ValidationError, "empty"),

@@ -57,12 +57,17 @@ def test_journal_api_and_format(pg_url: str) -> None:
         with pytest.raises(ValidationError):
             journal.increment_op_count("")
         assert journal.journal_count() == 4
-    # the stored value is the spec's JSON, byte for byte
+    # the stored row follows docs/storage-format.md; the leaf hash covers the spec's JSON
+    import hashlib
+
     import psycopg
 
     with psycopg.connect(pg_url) as conn:
-        rows = conn.execute("SELECT entry FROM krepis_journal ORDER BY seq LIMIT 1").fetchall()
-    assert rows[0][0] == '{"timestamp":1234567890,"op_name":"test_op","request_id":"req-001","status":"Completed"}'
+        rows = conn.execute("SELECT seq, timestamp, op_name, request_id, status, duration_us, error, leaf "
+                            "FROM krepis_entries ORDER BY seq LIMIT 1").fetchall()
+    canonical = b'{"timestamp":1234567890,"op_name":"test_op","request_id":"req-001","status":"Completed"}'
+    assert rows[0] == (0, 1234567890, "test_op", "req-001", 2, None, None,
+                       hashlib.sha256(b"\x00" + canonical).digest())
     with SovereignJournal(pg_url) as journal:  # reopen: schema creation is idempotent
         assert journal.recover_op_count("a") == 2
         journal.clear_all()

@@ -245,7 +245,7 @@ def fill(path: str, entries: int, progress: Callable[[int], None] | None = None)
             for i in range(start, min(entries, start + batch)):
                 rid = f"{i:08x}-4c1e-4b6f-9a2e-5d3c7b8a{i % 9999:04d}"
                 log = TransactionLog(base + i, ops[i % 4], rid, LogStatus.Completed)
-                rows.append((log.timestamp, rid.encode(), encode_log(log)))
+                rows.append((log, encode_log(log)))
             storage.write_batch([WriteRequest(rows, [b"bench_op"] * len(rows))])
             if progress:
                 progress(len(rows))

@@ -9,6 +9,7 @@ __all__ = [
     "CorruptStorageError",
     "InvalidTypeError",
     "JournalError",
+    "NeedsMigrationError",
     "OpError",
     "StorageError",
     "ValidationError",
@@ -40,6 +41,13 @@ class StorageError(JournalError):
 
 class CorruptStorageError(StorageError):
     """The storage location holds data krepis cannot read; it is never re-initialised."""
+
+
+class NeedsMigrationError(StorageError):
+    """The store was written in an older storage format; ``krepis migrate`` converts it.
+
+    Nothing was changed: krepis never rewrites a store implicitly.
+    """
 
 
 class ClosedError(JournalError):

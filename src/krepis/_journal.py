@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
-from ._errors import ClosedError, CorruptStorageError, InvalidTypeError, StorageError
+from ._errors import ClosedError, InvalidTypeError, StorageError, ValidationError
 from ._model import (
     MAX_REQUEST_ID_BYTES,
     LogStatus,
@@ -17,12 +17,11 @@ from ._model import (
     check_op_name,
     check_text,
     check_timestamp,
-    decode_log,
-    decode_logs,
     encode_log,
+    make_log,
 )
 from ._policy import FlushPolicy
-from ._storage import EntryFilter, Storage, WriteRequest, open_storage
+from ._storage import Query, Storage, TreeHead, WriteRequest, open_storage
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -269,7 +268,9 @@ class SovereignJournal:
         return f"<SovereignJournal {self.path!r} flush={self._policy} {state}>"
 
     # -- writes ----------------------------------------------------------------------------
-    def _write(self, entries: Sequence[tuple[int, bytes, bytes]], increments: Sequence[bytes]) -> list[int]:
+    def _write(
+        self, entries: Sequence[tuple[TransactionLog, bytes]], increments: Sequence[bytes]
+    ) -> list[int]:
         self._live()
         if self._syncer is not None:
             self._check_syncer()
@@ -318,118 +319,191 @@ class SovereignJournal:
         """The ``limit`` newest entries, newest first (by numeric timestamp, then arrival)."""
         return self.query(limit=check_limit(limit))
 
+    def entry(self, seq: int) -> TransactionLog:
+        """The entry with store-wide sequence number ``seq`` (O(log n)).
+
+        Raises :class:`LookupError` (a ``KeyError``) when there is none: never written, or
+        removed by :meth:`clear_all`.
+        """
+        if type(seq) is not int:
+            raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
+        log = self._live().get_entry(seq)
+        if log is None:
+            raise KeyError(f"the journal at {self.path} has no entry with seq {seq}")
+        return log
+
+    def next_seq(self) -> int:
+        """The sequence number the next appended entry will get (entries ever appended, O(1))."""
+        return self._live().next_seq()
+
+    def tree_head(self) -> TreeHead:
+        """The RFC 6962 Merkle tree head over the entries in append order since the last clear."""
+        return self._live().tree_head()
+
+    def op_names(self) -> list[str]:
+        """Every op name the journal has entries for (including ones since cleared), sorted."""
+        return self._live().op_names()
+
     def query(
         self,
         *,
-        op_name: str | None = None,
+        op_name: str | Sequence[str] | None = None,
         request_id: str | None = None,
-        status: LogStatus | None = None,
+        status: LogStatus | str | Sequence[LogStatus | str] | None = None,
         since: int | None = None,
         until: int | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        order: str = "time",
+        after: TransactionLog | int | None = None,
     ) -> list[TransactionLog]:
         """Entries matching every given filter, newest first unless ``newest_first=False``.
 
-        ``since`` (inclusive) and ``until`` (exclusive) bound the timestamp in Unix ms;
-        ``limit=None`` returns every match.
+        * ``op_name`` and ``status`` take one value or a sequence of them (any of them matches);
+          a status may be given as a :class:`LogStatus` or its name, in any letter case.
+        * ``since`` (inclusive) and ``until`` (exclusive) bound the timestamp in Unix ms.
+        * ``limit=None`` returns every match.
+        * ``order="time"`` (default) sorts by (timestamp, seq) and uses an index for every
+          filter and combination: O(log n + results). ``order="append"`` sorts by ``seq`` (the
+          order entries were appended) and checks filters entry by entry — for following and
+          exporting.
+        * ``after`` resumes past an entry: a :class:`TransactionLog` returned earlier (its
+          ``seq`` and ``timestamp`` are the cursor) or, a sequence number.
+
+        Every returned entry has its ``seq`` set.
         """
         out: list[TransactionLog] = []
         for logs in self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
-                                 until=until, limit=limit, newest_first=newest_first):
+                                 until=until, limit=limit, newest_first=newest_first, order=order,
+                                 after=after):
             out += logs
         return out
 
     def iter_logs(
         self,
         *,
-        op_name: str | None = None,
+        op_name: str | Sequence[str] | None = None,
         request_id: str | None = None,
-        status: LogStatus | None = None,
+        status: LogStatus | str | Sequence[LogStatus | str] | None = None,
         since: int | None = None,
         until: int | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        order: str = "time",
+        after: TransactionLog | int | None = None,
     ) -> Iterator[TransactionLog]:
         """Like :meth:`query`, streaming: reads the journal in chunks, never all at once.
 
         Arguments are validated when called, before the first entry is read.
         """
         chunks = self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
-                              until=until, limit=limit, newest_first=newest_first)
+                              until=until, limit=limit, newest_first=newest_first, order=order,
+                              after=after)
         return (log for logs in chunks for log in logs)
 
     def _chunks(
         self,
         *,
-        op_name: str | None,
+        op_name: str | Sequence[str] | None,
         request_id: str | None,
-        status: LogStatus | None,
+        status: LogStatus | str | Sequence[LogStatus | str] | None,
         since: int | None,
         until: int | None,
         limit: int | None,
         newest_first: bool,
+        order: str,
+        after: TransactionLog | int | None,
     ) -> Iterator[list[TransactionLog]]:
-        """Validate the filters now; return a generator of matching entries, a chunk at a time."""
+        """Validate the arguments now; return a generator of matching entries, a chunk at a time."""
         storage = self._live()
+        ops: tuple[str, ...] | None = None
         if op_name is not None:
-            check_op_name(op_name)
-        rid = None if request_id is None else check_text("request_id", request_id, MAX_REQUEST_ID_BYTES)
-        if status is not None and not isinstance(status, LogStatus):
-            raise InvalidTypeError(f"status must be a LogStatus, got {type(status).__name__} {status!r:.80}")
+            names = (op_name,) if isinstance(op_name, str) else tuple(_sequence("op_name", op_name))
+            for name in names:
+                check_op_name(name)
+            ops = tuple(dict.fromkeys(names))
+        if request_id is not None:
+            check_text("request_id", request_id, MAX_REQUEST_ID_BYTES)
+        statuses = None if status is None else _statuses(status)
         if since is not None:
             check_timestamp(since)
         if until is not None:
             check_timestamp(until)
         if limit is not None:
             check_limit(limit)
-        flt = EntryFilter(since=since, until=until, request_id=rid)
-        return self._iter(storage, flt, op_name, status, limit, newest_first)
+        if type(newest_first) is not bool:
+            raise InvalidTypeError(f"newest_first must be a bool, got {type(newest_first).__name__}")
+        if order not in ("time", "append"):
+            raise ValidationError(f"order must be 'time' or 'append', got {order!r:.80}")
+        start = self._cursor(storage, after, order)
+        query = Query(since=since, until=until, request_id=request_id, op_names=ops,
+                      statuses=statuses, newest_first=newest_first,
+                      order="append" if order == "append" else "time")
+        return self._iter(storage, query, limit, start)
+
+    def _cursor(
+        self, storage: Storage, after: TransactionLog | int | None, order: str
+    ) -> TransactionLog | None:
+        if after is None:
+            return None
+        if isinstance(after, TransactionLog):
+            if after.seq is None:
+                raise ValidationError("after must be an entry read from a journal (its seq is None)")
+            return after
+        if type(after) is not int:
+            raise InvalidTypeError(
+                f"after must be a TransactionLog or a sequence number, got {type(after).__name__}")
+        if after < 0:
+            raise ValidationError(f"after must be a sequence number >= 0, got {after}")
+        if order == "append":
+            return make_log(0, "-", "-", LogStatus.Completed, None, None, after)
+        found = storage.get_entry(after)
+        if found is None:
+            raise ValidationError(
+                f"after={after}: the journal at {self.path} has no entry with that seq; in time "
+                "order the cursor must be an existing entry")
+        return found
 
     def _iter(
-        self,
-        storage: Storage,
-        flt: EntryFilter,
-        op_name: str | None,
-        status: LogStatus | None,
-        limit: int | None,
-        newest_first: bool,
+        self, storage: Storage, query: Query, limit: int | None, after: TransactionLog | None
     ) -> Iterator[list[TransactionLog]]:
         remaining = limit
-        after: bytes | None = None
-        filtered = op_name is not None or status is not None
         while remaining is None or remaining > 0:
-            chunk = _SCAN_CHUNK if remaining is None or filtered else min(remaining, _SCAN_CHUNK)
-            rows = storage.scan(flt, newest_first=newest_first, after=after, limit=chunk)
-            logs = self._decode(rows)
-            if filtered:
-                logs = [log for log in logs if (op_name is None or log.op_name == op_name)
-                        and (status is None or log.status is status)]
+            chunk = _SCAN_CHUNK if remaining is None else min(remaining, _SCAN_CHUNK)
+            logs = storage.scan(query, after=after, limit=chunk)
             if remaining is not None:
-                logs = logs[:remaining]
                 remaining -= len(logs)
             yield logs
-            if len(rows) < chunk:
+            if len(logs) < chunk:
                 return
-            after = rows[-1][0]
-
-    def _decode(self, rows: list[tuple[bytes, bytes]]) -> list[TransactionLog]:
-        try:
-            return decode_logs([raw for _, raw in rows])
-        except (ValueError, KeyError, TypeError):
-            pass
-        for position, raw in rows:  # find the culprit to name it
-            try:
-                decode_log(raw)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptStorageError(
-                    f"storage at {self.path}: entry {position.decode('utf-8', 'replace')!r} is not "
-                    f"a valid TransactionLog ({exc})", self.path) from exc
-        raise CorruptStorageError(f"storage at {self.path}: unreadable journal entries", self.path)
+            after = logs[-1]
 
 
-def _encode_entry(log: TransactionLog) -> tuple[int, bytes, bytes]:
+def _sequence(what: str, value: object) -> list[str]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    raise InvalidTypeError(f"{what} must be a str or a sequence of str, got {type(value).__name__}")
+
+
+def _statuses(value: object) -> tuple[LogStatus, ...]:
+    items = [value] if isinstance(value, (str, LogStatus)) else _sequence("status", value)
+    out: list[LogStatus] = []
+    for item in items:
+        if isinstance(item, LogStatus):
+            out.append(item)
+        elif isinstance(item, str) and item.lower() in _STATUS_NAMES:
+            out.append(_STATUS_NAMES[item.lower()])
+        else:
+            raise ValidationError(
+                f"status must be a LogStatus or one of Started, Completed, Failed; got {item!r:.80}")
+    return tuple(dict.fromkeys(out))
+
+
+_STATUS_NAMES = {s.value.lower(): s for s in LogStatus}
+
+
+def _encode_entry(log: TransactionLog) -> tuple[TransactionLog, bytes]:
     if not isinstance(log, TransactionLog):
         raise InvalidTypeError(f"log must be a TransactionLog, got {type(log).__name__} {log!r:.80}")
-    return (log.timestamp, log.request_id.encode("utf-8"), encode_log(log))
+    return (log, encode_log(log))
 

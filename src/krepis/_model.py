@@ -107,6 +107,10 @@ class TransactionLog:
     * ``status``: a :class:`LogStatus`;
     * optional ``duration_us`` (int >= 0) and ``error`` (str, at most 16 KiB); they are stored
       only when set.
+
+    ``seq`` is set on entries read back from a journal: the entry's store-wide sequence number,
+    its position in append order (0 for the first entry ever appended; never reused). It is not
+    part of the entry's data (not in :meth:`to_json`, ignored by ``==``) and is ignored on write.
     """
 
     timestamp: int
@@ -115,6 +119,7 @@ class TransactionLog:
     status: LogStatus
     duration_us: int | None = None
     error: str | None = None
+    seq: int | None = field(default=None, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         ts, op, rid = self.timestamp, self.op_name, self.request_id
@@ -209,6 +214,7 @@ _set_rid = TransactionLog.__dict__["request_id"].__set__
 _set_status = TransactionLog.__dict__["status"].__set__
 _set_duration = TransactionLog.__dict__["duration_us"].__set__
 _set_error = TransactionLog.__dict__["error"].__set__
+_set_seq = TransactionLog.__dict__["seq"].__set__
 
 
 def _from_dict(d: dict[str, Any]) -> TransactionLog:
@@ -222,6 +228,29 @@ def _from_dict(d: dict[str, Any]) -> TransactionLog:
     _set_status(log, _STATUS[d["status"]])
     _set_duration(log, d.get("duration_us"))
     _set_error(log, d.get("error"))
+    _set_seq(log, None)
+    return log
+
+
+def make_log(
+    timestamp: int,
+    op_name: str,
+    request_id: str,
+    status: LogStatus,
+    duration_us: int | None,
+    error: str | None,
+    seq: int | None,
+) -> TransactionLog:
+    """Build an entry from stored fields without validating them again (the storage decoders
+    check what they read)."""
+    log = _new(TransactionLog)
+    _set_ts(log, timestamp)
+    _set_op(log, op_name)
+    _set_rid(log, request_id)
+    _set_status(log, status)
+    _set_duration(log, duration_us)
+    _set_error(log, error)
+    _set_seq(log, seq)
     return log
 
 

@@ -1,7 +1,9 @@
 """The storage port: the small interface every engine implements.
 
 The journal validates, encodes and batches; an adapter only stores. One call,
-:meth:`Storage.write_batch`, applies a list of write requests in ONE atomic transaction.
+:meth:`Storage.write_batch`, applies a list of write requests in ONE atomic transaction: the
+entries (each given its store-wide sequence number), every index row, the Merkle tree over the
+append order (RFC 6962, see :mod:`krepis._tlog.merkle`) and the counters.
 """
 
 from __future__ import annotations
@@ -10,38 +12,83 @@ import abc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["EntryFilter", "Storage", "WriteRequest", "open_storage"]
+from .._model import LogStatus, TransactionLog
+
+__all__ = ["Query", "Storage", "TreeHead", "WriteRequest", "open_storage"]
+
+#: the order a scan returns entries in: by (timestamp, seq), or by seq alone
+Order = Literal["time", "append"]
 
 
 @dataclass(slots=True)
 class WriteRequest:
     """One caller's atomic unit: entries to append and counters to bump by one each.
 
-    ``entries`` holds ``(timestamp, request_id_utf8, value_json_utf8)`` tuples;
-    ``increments`` holds counter names (UTF-8, without the ``op_count:`` prefix).
+    ``entries`` holds ``(log, canonical_bytes)`` pairs (``canonical_bytes`` is
+    ``encode_log(log)``: the Merkle leaf data); ``increments`` holds counter names (UTF-8,
+    without the ``op_count:`` prefix).
     """
 
-    entries: Sequence[tuple[int, bytes, bytes]]
+    entries: Sequence[tuple[TransactionLog, bytes]]
     increments: Sequence[bytes]
 
 
 @dataclass(frozen=True, slots=True)
-class EntryFilter:
-    """What a scan returns. ``since`` is inclusive, ``until`` exclusive (Unix ms)."""
+class Query:
+    """What a scan returns: every given filter must match; a tuple means "any of these".
+
+    ``since`` is inclusive, ``until`` exclusive (Unix ms). In ``"time"`` order the scan walks an
+    index and costs O(log n + results); in ``"append"`` order it walks the entries by sequence
+    (filters are checked entry by entry: meant for following and exporting).
+    """
 
     since: int | None = None
     until: int | None = None
-    request_id: bytes | None = None
+    request_id: str | None = None
+    op_names: tuple[str, ...] | None = None
+    statuses: tuple[LogStatus, ...] | None = None
+    newest_first: bool = True
+    order: Order = "time"
+
+    def matches(self, log: TransactionLog) -> bool:
+        """Whether ``log`` passes every filter (for engines and paths that check one by one)."""
+        if self.since is not None and log.timestamp < self.since:
+            return False
+        if self.until is not None and log.timestamp >= self.until:
+            return False
+        if self.request_id is not None and log.request_id != self.request_id:
+            return False
+        if self.op_names is not None and log.op_name not in self.op_names:
+            return False
+        return self.statuses is None or log.status in self.statuses
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """The Merkle tree over the journal's append order since the log began (see ``clear``).
+
+    ``size`` leaves; ``first_seq`` is the sequence number of leaf 0; ``root`` the RFC 6962 tree
+    head; ``epoch`` counts clears (a clear ends a log and starts a new one).
+    """
+
+    size: int
+    root: bytes
+    first_seq: int
+    epoch: int
 
 
 class Storage(abc.ABC):
-    """An engine holding the journal (ordered entries) and the counters.
+    """An engine holding the journal (entries in append order, indexes, the Merkle tree) and the
+    counters.
 
     Guarantees every adapter gives (checked by the shared conformance suite in ``tests/``):
 
-    * ``write_batch`` is atomic: all requests of a batch are stored, or none is.
-    * Entries are ordered by (timestamp, arrival); no entry ever replaces another.
+    * ``write_batch`` is atomic: all requests of a batch are stored — entries, index rows, tree
+      nodes and counters — or none is.
+    * Every entry gets the next store-wide sequence number; numbers are never reused, no entry
+      ever replaces another, and the tree's leaf ``i`` is the entry with seq ``first_seq + i``.
     * With ``durable=True`` a write returns only after its data is on stable storage.
     """
 
@@ -64,17 +111,33 @@ class Storage(abc.ABC):
         """How many entries the journal holds, without scanning them."""
 
     @abc.abstractmethod
-    def scan(
-        self, flt: EntryFilter, *, newest_first: bool, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
-        """Up to ``limit`` ``(position, value)`` pairs in order, starting past position ``after``.
+    def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
+        """Up to ``limit`` matching entries in the query's order, each with its ``seq`` set.
 
-        ``position`` is opaque; passing the last one back as ``after`` resumes the scan.
+        ``after`` is the last entry of the previous page (its ``timestamp`` and ``seq`` are the
+        cursor): the scan resumes strictly past it.
         """
 
     @abc.abstractmethod
+    def get_entry(self, seq: int) -> TransactionLog | None:
+        """The entry with sequence number ``seq``, or ``None``. O(log n)."""
+
+    @abc.abstractmethod
+    def next_seq(self) -> int:
+        """The sequence number the next entry will get (one past the last ever appended)."""
+
+    @abc.abstractmethod
+    def tree_head(self) -> TreeHead:
+        """The current Merkle tree head. O(log n)."""
+
+    @abc.abstractmethod
+    def op_names(self) -> list[str]:
+        """Every op name that has entries (or had, before a clear), sorted."""
+
+    @abc.abstractmethod
     def clear(self) -> None:
-        """Remove every entry and counter, durably. The store stays usable."""
+        """Remove every entry and counter and end the Merkle log (a new one starts, empty,
+        with the next sequence number), durably. The store stays usable."""
 
     @abc.abstractmethod
     def sync(self) -> None:

@@ -1,63 +1,75 @@
 """The LMDB adapter: the default engine, one environment per storage directory.
 
-Layout (see ``docs/storage-format.md``): named databases ``journal``, ``stats`` and ``meta``.
-LMDB serializes writers across threads and processes with a robust mutex in ``lock.mdb``, so
-several processes may share one directory; commits are copy-on-write, so a crash at any point
-leaves the last committed state.
+Layout (storage format 2, see ``docs/storage-format.md``): entries keyed by their sequence
+number (append order), an index per lookup (time, status, op, request id) written in the same
+transaction, the Merkle tree's frontier and tile nodes, the counters. LMDB serializes writers
+across threads and processes with a robust mutex in ``lock.mdb``, so several processes may share
+one directory; commits are copy-on-write, so a crash at any point leaves the last committed
+state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
 import os
 import struct
 import threading
 from collections.abc import Iterator, Sequence
+from hashlib import sha256
 from typing import Any
 
 import lmdb
 
-from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
-from . import EntryFilter, Storage, WriteRequest
+from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
+from .._model import LogStatus, TransactionLog
+from .._tlog.merkle import append_leaf, root_from_frontier
+from . import Query, Storage, TreeHead, WriteRequest
+from ._codec import STATUS_CODE, decode_value, encode_value, rid_hash
 
-__all__ = ["FORMAT_VERSION", "LmdbStorage", "encode_key"]
+__all__ = ["FORMAT_VERSION", "LmdbStorage"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 COUNTER_PREFIX = b"op_count:"
 _U64 = struct.Struct("<Q")
+_SEQ = struct.Struct(">Q")
+_TS_SEQ = struct.Struct(">QQ")
+_OP_KEY = struct.Struct(">IB")
+_TREE_HDR = struct.Struct("<QQ")  # first_seq, epoch; then the frontier hashes
+_NODE_KEY = struct.Struct(">BQ")
 _MAX_U64 = 2**64 - 1
 _MAP_SIZE = 1 << 40 if struct.calcsize("P") == 8 else 1 << 30
 _MAX_READERS = 1024
+_MAX_DBS = 16
 _DATA = "data.mdb"
 _LOCK = "lock.mdb"
-# Key layout: 19-digit timestamp, ':', 20-digit sequence, ':', request_id.
-_SEQ_END = 19 + 1 + 20 + 1
-
-
-_KEY = b"%019d:%020d:%b"  # timestamp, sequence, request_id
-
-
-def encode_key(timestamp: int, seq: int, request_id: bytes) -> bytes:
-    """The journal key of an entry: sorts by numeric time, then arrival; unique by ``seq``."""
-    return _KEY % (timestamp, seq, request_id)
-
-
-def _time_bound(ms: int) -> bytes:
-    return b"%019d:" % ms
+MIGRATE_DIR = ".migrate"  # where `krepis migrate` builds the new store before swapping it in
+_TIME_KEY = b"t"
+_ALL_STATUSES = (LogStatus.Started, LogStatus.Completed, LogStatus.Failed)
+_HIGH = b"\xff" * 17
+# (name, dupsort) of every named database of format 2
+_DBS = (
+    (b"entries", False), (b"by_time", True), (b"by_status", True), (b"by_op", True),
+    (b"by_rid", False), (b"ops", False), (b"stats", False), (b"tree", False), (b"meta", False),
+)
+_DB_NAMES = {name for name, _ in _DBS}
 
 
 class _SharedEnv:
     """One LMDB environment per directory per process (LMDB forbids opening one twice)."""
 
-    __slots__ = ("dbs", "durable", "env", "key", "refs")
+    __slots__ = ("dbs", "durable", "env", "key", "op_ids", "op_names", "refs")
 
-    def __init__(self, env: lmdb.Environment, durable: bool, dbs: tuple[Any, Any, Any], key: Any):
+    def __init__(self, env: lmdb.Environment, durable: bool, dbs: dict[bytes, Any], key: Any):
         self.env = env
         self.durable = durable
         self.refs = 0
         self.dbs = dbs
         self.key = key
+        # The op table is append-only: a name's id never changes once committed.
+        self.op_ids: dict[str, int] = {}
+        self.op_names: dict[int, str] = {}
 
 
 _registry: dict[tuple[int, int], _SharedEnv] = {}
@@ -110,7 +122,16 @@ class LmdbStorage(Storage):
         self._shared = _acquire(path, durable, create)
         self._generation = _generation
         self._env = self._shared.env
-        self._journal, self._stats, self._meta = self._shared.dbs
+        dbs = self._shared.dbs
+        self._entries = dbs[b"entries"]
+        self._by_time = dbs[b"by_time"]
+        self._by_status = dbs[b"by_status"]
+        self._by_op = dbs[b"by_op"]
+        self._by_rid = dbs[b"by_rid"]
+        self._ops = dbs[b"ops"]
+        self._stats = dbs[b"stats"]
+        self._tree = dbs[b"tree"]
+        self._meta = dbs[b"meta"]
 
     # -- lifecycle -------------------------------------------------------------------------
     def _check(self) -> None:
@@ -136,29 +157,25 @@ class LmdbStorage(Storage):
     # -- writes ----------------------------------------------------------------------------
     def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
         self._check()
-        journal, stats, meta = self._journal, self._stats, self._meta
+        stats, meta = self._stats, self._meta
         results: list[list[int]] = []
+        new_ops: dict[str, int] = {}
         try:
             with self._env.begin(write=True) as txn:
                 put = txn.put
-                raw = txn.get(b"seq", db=meta)
-                seq = _U64.unpack(raw)[0] if raw else 0
+                seq, first_seq, epoch, frontier = self._read_tree(txn)
+                if any(req.entries for req in requests):
+                    seq = self._append(txn, requests, seq, first_seq, frontier, new_ops)
+                    put(b"seq", _U64.pack(seq), db=meta)
+                    put(b"tree", _TREE_HDR.pack(first_seq, epoch) + b"".join(frontier), db=meta)
                 counters: dict[bytes, int] = {}
                 for req in requests:
-                    for ts, rid, value in req.entries:
-                        seq += 1
-                        key = _KEY % (ts, seq, rid)  # encode_key without the call
-                        if not put(key, value, db=journal, overwrite=False):
-                            raise CorruptStorageError(
-                                f"storage at {self.location}: journal sequence {seq} is already "
-                                "used; the meta sequence is behind the journal", self.location)
                     values = []
                     for name in req.increments:
                         key = COUNTER_PREFIX + name
                         current = counters.get(key)
                         if current is None:
-                            stored = txn.get(key, db=stats)
-                            current = _U64.unpack(stored)[0] if stored else 0
+                            current = self._counter(txn.get(key, db=stats), name)
                         if current >= _MAX_U64:
                             raise StorageError(
                                 f"counter {name.decode('utf-8', 'replace')!r} at {self.location} "
@@ -169,17 +186,124 @@ class LmdbStorage(Storage):
                     results.append(values)
                 for key, count in counters.items():
                     put(key, _U64.pack(count), db=stats)
-                put(b"seq", _U64.pack(seq), db=meta)
         except (lmdb.Error, OSError) as exc:
             raise _wrap(exc, self.location, "writing") from exc
+        if new_ops:  # committed: the ids are now the store's
+            self._shared.op_ids.update(new_ops)
+            self._shared.op_names.update((i, n) for n, i in new_ops.items())
         return results
+
+    def _append(
+        self,
+        txn: Any,
+        requests: Sequence[WriteRequest],
+        seq: int,
+        first_seq: int,
+        frontier: list[bytes],
+        new_ops: dict[str, int],
+    ) -> int:
+        """Put every entry of the batch with its index rows and tree nodes; return the next seq."""
+        c_entries = txn.cursor(db=self._entries)
+        c_time = txn.cursor(db=self._by_time)
+        c_status = txn.cursor(db=self._by_status)
+        c_op = txn.cursor(db=self._by_op)
+        put = txn.put
+        by_rid, tree = self._by_rid, self._tree
+        size = seq - first_seq
+        op_ids = self._shared.op_ids
+
+        def on_node(level: int, index: int, node: bytes) -> None:
+            put(_NODE_KEY.pack(level, index), node, db=tree)
+
+        for req in requests:
+            for log, canonical in req.entries:
+                leaf = sha256(b"\x00" + canonical).digest()
+                op = log.op_name
+                op_id = op_ids.get(op)
+                if op_id is None:
+                    op_id = new_ops.get(op)
+                    if op_id is None:
+                        op_id = self._new_op(txn, op, new_ops)
+                key = _SEQ.pack(seq)
+                if not c_entries.put(key, encode_value(leaf, log, op_id), overwrite=False, append=True):
+                    raise CorruptStorageError(
+                        f"storage at {self.location}: sequence {seq} is already used; the meta "
+                        "sequence is behind the entries", self.location)
+                ts_seq = _TS_SEQ.pack(log.timestamp, seq)
+                status = STATUS_CODE[log.status]
+                status_key = bytes((status,))
+                op_key = _OP_KEY.pack(op_id, status)
+                # Appends keep LMDB's pages full; an entry with an older timestamp goes in place.
+                if not c_time.put(_TIME_KEY, ts_seq, append=True):
+                    c_time.put(_TIME_KEY, ts_seq)
+                if not c_status.put(status_key, ts_seq, append=True):
+                    c_status.put(status_key, ts_seq)
+                if not c_op.put(op_key, ts_seq, append=True):
+                    c_op.put(op_key, ts_seq)
+                put(rid_hash(log.request_id.encode("utf-8")) + status_key + ts_seq, b"", db=by_rid)
+                size = append_leaf(frontier, size, leaf, on_node)
+                seq += 1
+        return seq
+
+    def _new_op(self, txn: Any, name: str, new_ops: dict[str, int]) -> int:
+        """The op's id, from the table (another process may have added it) or newly allocated."""
+        raw_name = name.encode("utf-8")
+        stored = txn.get(b"n" + raw_name, db=self._ops)
+        if stored is not None:
+            op_id = int(_U64.unpack(stored.ljust(8, b"\0"))[0]) if len(stored) == 4 else -1
+            if op_id < 0:
+                raise CorruptStorageError(f"storage at {self.location}: malformed op table entry "
+                                          f"for {name!r}", self.location)
+            self._shared.op_ids[name] = op_id
+            self._shared.op_names[op_id] = name
+            return op_id
+        raw_next = txn.get(b"next_op", db=self._meta)
+        op_id = _U64.unpack(raw_next)[0] if raw_next and len(raw_next) == 8 else 0
+        if op_id >= 2**32:
+            raise StorageError(f"storage at {self.location} holds 2**32 op names; no more fit",
+                               self.location)
+        txn.put(b"n" + raw_name, op_id.to_bytes(4, "little"), db=self._ops)
+        txn.put(b"i" + op_id.to_bytes(4, "big"), raw_name, db=self._ops)
+        txn.put(b"next_op", _U64.pack(op_id + 1), db=self._meta)
+        new_ops[name] = op_id
+        return op_id
+
+    def _read_tree(self, txn: Any) -> tuple[int, int, int, list[bytes]]:
+        """(next seq, first seq of the log, epoch, frontier), checked against each other."""
+        raw_seq = txn.get(b"seq", db=self._meta)
+        raw_tree = txn.get(b"tree", db=self._meta)
+        if raw_seq is None or len(raw_seq) != 8 or raw_tree is None or len(raw_tree) < 16 \
+                or (len(raw_tree) - 16) % 32:
+            raise CorruptStorageError(f"storage at {self.location}: malformed sequence or tree record",
+                                      self.location)
+        seq = _U64.unpack(raw_seq)[0]
+        first_seq, epoch = _TREE_HDR.unpack_from(raw_tree)
+        size = seq - first_seq
+        frontier = [raw_tree[i:i + 32] for i in range(16, len(raw_tree), 32)]
+        if size < 0 or len(frontier) != size.bit_count():
+            raise CorruptStorageError(
+                f"storage at {self.location}: the Merkle tree record ({len(frontier)} subtrees) does "
+                f"not match the sequence ({size} entries since seq {first_seq})", self.location)
+        return seq, first_seq, epoch, frontier
+
+    def _counter(self, raw: bytes | None, name: bytes) -> int:
+        if raw is None:
+            return 0
+        if len(raw) != 8:
+            raise CorruptStorageError(
+                f"storage at {self.location}: counter {name.decode('utf-8', 'replace')!r} holds "
+                f"{len(raw)} bytes, not 8", self.location)
+        return int(_U64.unpack(raw)[0])
 
     def clear(self) -> None:
         self._check()
         try:
             with self._env.begin(write=True) as txn:
-                txn.drop(self._journal, delete=False)
-                txn.drop(self._stats, delete=False)
+                seq, _first, epoch, _frontier = self._read_tree(txn)
+                for db in (self._entries, self._by_time, self._by_status, self._by_op, self._by_rid,
+                           self._stats, self._tree):
+                    txn.drop(db, delete=False)
+                txn.put(b"tree", _TREE_HDR.pack(seq, epoch + 1), db=self._meta)
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "clearing") from exc
 
@@ -191,7 +315,7 @@ class LmdbStorage(Storage):
                 raw = txn.get(COUNTER_PREFIX + name)
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "reading a counter") from exc
-        return _U64.unpack(raw)[0] if raw else 0
+        return self._counter(raw, name)
 
     def get_counts(self) -> dict[str, int]:
         self._check()
@@ -203,11 +327,12 @@ class LmdbStorage(Storage):
                     for key, raw in cur:
                         if not key.startswith(COUNTER_PREFIX):
                             break
-                        out[key[len(COUNTER_PREFIX):].decode("utf-8")] = _U64.unpack(raw)[0]
+                        name = key[len(COUNTER_PREFIX):]
+                        out[name.decode("utf-8")] = self._counter(raw, name)
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "reading counters") from exc
-        except (struct.error, UnicodeDecodeError) as exc:
-            raise CorruptStorageError(f"storage at {self.location}: malformed counter: {exc}",
+        except UnicodeDecodeError as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed counter name: {exc}",
                                       self.location) from exc
         return out
 
@@ -215,59 +340,247 @@ class LmdbStorage(Storage):
         self._check()
         try:
             with self._env.begin() as txn:
-                return int(txn.stat(self._journal)["entries"])
+                return int(txn.stat(self._entries)["entries"])
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "counting entries") from exc
 
-    def scan(
-        self, flt: EntryFilter, *, newest_first: bool, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
+    def next_seq(self) -> int:
         self._check()
-        lo = _time_bound(flt.since) if flt.since is not None else None
-        hi = _time_bound(flt.until) if flt.until is not None else None
-        rid = flt.request_id
-        out: list[tuple[bytes, bytes]] = []
-        if limit <= 0:
-            return out
         try:
-            with self._env.begin(db=self._journal) as txn:
+            with self._env.begin() as txn:
+                return self._read_tree(txn)[0]
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the sequence") from exc
+
+    def tree_head(self) -> TreeHead:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                seq, first_seq, epoch, frontier = self._read_tree(txn)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+        return TreeHead(seq - first_seq, root_from_frontier(frontier), first_seq, epoch)
+
+    def op_names(self) -> list[str]:
+        self._check()
+        try:
+            with self._env.begin(db=self._ops) as txn:
                 cur = txn.cursor()
-                if newest_first:
-                    # Start just below the exclusive upper bound min(hi, after).
-                    top = hi if after is None else (after if hi is None else min(hi, after))
-                    if top is None:
-                        ok = cur.last()
-                    elif cur.set_range(top):
-                        ok = cur.prev()
-                    else:
-                        ok = cur.last()
-                else:
-                    if after is not None:
-                        ok = cur.set_range(after)
-                        if ok and cur.key() == after:
-                            ok = cur.next()
-                        if ok and lo is not None and cur.key() < lo:
-                            ok = cur.set_range(lo)
-                    elif lo is not None:
-                        ok = cur.set_range(lo)
-                    else:
-                        ok = cur.first()
-                if not ok:
-                    return out
-                items = cur.iterprev() if newest_first else cur.iternext()
-                for key, value in items:
-                    if newest_first:
-                        if lo is not None and key < lo:
+                names = []
+                if cur.set_range(b"n"):
+                    for key in cur.iternext(keys=True, values=False):
+                        if not key.startswith(b"n"):
                             break
-                    elif hi is not None and key >= hi:
-                        break
-                    if rid is None or key[_SEQ_END:] == rid:
-                        out.append((key, value))
-                        if len(out) >= limit:
-                            break
+                        names.append(key[1:].decode("utf-8"))
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading op names") from exc
+        except UnicodeDecodeError as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed op table: {exc}",
+                                      self.location) from exc
+        return sorted(names)
+
+    def get_entry(self, seq: int) -> TransactionLog | None:
+        self._check()
+        if not 0 <= seq <= _MAX_U64:
+            return None
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(_SEQ.pack(seq), db=self._entries)
+                return None if raw is None else self._decode(txn, seq, raw)
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "reading the journal") from exc
+
+    def _decode(self, txn: Any, seq: int, raw: bytes) -> TransactionLog:
+        names = self._shared.op_names
+        try:
+            try:
+                return decode_value(raw, seq, names)
+            except KeyError:
+                self._load_op_names(txn)
+                return decode_value(raw, seq, names)
+        except (ValueError, KeyError, struct.error) as exc:
+            raise CorruptStorageError(
+                f"storage at {self.location}: entry {seq} is not a valid TransactionLog "
+                f"({type(exc).__name__}: {exc})", self.location) from None
+
+    def _load_op_names(self, txn: Any) -> None:
+        cur = txn.cursor(db=self._ops)
+        if not cur.set_range(b"i"):
+            return
+        for key, name in cur:
+            if not key.startswith(b"i"):
+                break
+            if len(key) == 5:
+                op_id = int.from_bytes(key[1:], "big")
+                text = name.decode("utf-8", "strict")
+                self._shared.op_names[op_id] = text
+
+    def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
+        self._check()
+        if limit <= 0:
+            return []
+        try:
+            with self._env.begin() as txn:
+                if query.order == "append":
+                    return self._scan_append(txn, query, after, limit)
+                return self._scan_time(txn, query, after, limit)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the journal") from exc
+        except UnicodeDecodeError as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed op table: {exc}",
+                                      self.location) from exc
+
+    def _scan_append(
+        self, txn: Any, query: Query, after: TransactionLog | None, limit: int
+    ) -> list[TransactionLog]:
+        cur = txn.cursor(db=self._entries)
+        out: list[TransactionLog] = []
+        if query.newest_first:
+            if after is None or after.seq is None:
+                ok = cur.last()
+            elif cur.set_range(_SEQ.pack(after.seq)):
+                ok = cur.prev()
+            else:
+                ok = cur.last()
+            items = cur.iterprev() if ok else iter(())
+        else:
+            start = 0 if after is None or after.seq is None else after.seq + 1
+            ok = start <= _MAX_U64 and cur.set_range(_SEQ.pack(start))
+            items = cur.iternext() if ok else iter(())
+        for key, raw in items:
+            log = self._decode(txn, _SEQ.unpack(key)[0], raw)
+            if query.matches(log):
+                out.append(log)
+                if len(out) >= limit:
+                    break
         return out
+
+    def _scan_time(
+        self, txn: Any, query: Query, after: TransactionLog | None, limit: int
+    ) -> list[TransactionLog]:
+        desc = query.newest_first
+        lo = None if query.since is None else _TS_SEQ.pack(query.since, 0)
+        hi = None if query.until is None else _TS_SEQ.pack(query.until, 0)
+        if after is not None and after.seq is not None:
+            cursor_pos = _TS_SEQ.pack(after.timestamp, after.seq)
+            if desc:  # resume strictly below the cursor
+                hi = cursor_pos if hi is None else min(hi, cursor_pos)
+            else:
+                lo = _next16(cursor_pos) if lo is None else max(lo, _next16(cursor_pos))
+        statuses = query.statuses if query.statuses is not None else _ALL_STATUSES
+        streams: list[Iterator[bytes]] = []
+        check_rid = query.request_id is not None
+        check_op = False
+        if query.request_id is not None:
+            prefix = rid_hash(query.request_id.encode("utf-8"))
+            for status in statuses:
+                streams.append(_prefix_stream(txn.cursor(db=self._by_rid),
+                                              prefix + bytes((STATUS_CODE[status],)), lo, hi, desc))
+            check_op = query.op_names is not None
+        elif query.op_names is not None:
+            op_ids = self._shared.op_ids
+            for name in query.op_names:
+                op_id = op_ids.get(name)
+                if op_id is None:
+                    raw = txn.get(b"n" + name.encode("utf-8"), db=self._ops)
+                    if raw is None or len(raw) != 4:
+                        continue  # never journaled: nothing matches
+                    op_id = int.from_bytes(raw, "little")
+                for status in statuses:
+                    streams.append(_dup_stream(txn.cursor(db=self._by_op),
+                                               _OP_KEY.pack(op_id, STATUS_CODE[status]), lo, hi, desc))
+        elif query.statuses is not None:
+            for status in statuses:
+                streams.append(_dup_stream(txn.cursor(db=self._by_status),
+                                           bytes((STATUS_CODE[status],)), lo, hi, desc))
+        else:
+            streams.append(_dup_stream(txn.cursor(db=self._by_time), _TIME_KEY, lo, hi, desc))
+        merged: Iterator[bytes]
+        if len(streams) == 1:
+            merged = streams[0]
+        else:
+            merged = heapq.merge(*streams, reverse=desc)
+        out: list[TransactionLog] = []
+        get, entries = txn.get, self._entries
+        for ts_seq in merged:
+            key = ts_seq[8:]
+            raw = get(key, db=entries)
+            seq = _SEQ.unpack(key)[0]
+            if raw is None:
+                raise CorruptStorageError(
+                    f"storage at {self.location}: an index names entry {seq}, which is missing",
+                    self.location)
+            log = self._decode(txn, seq, raw)
+            if (check_rid and log.request_id != query.request_id) or \
+                    (check_op and log.op_name not in query.op_names):  # type: ignore[operator]
+                continue
+            out.append(log)
+            if len(out) >= limit:
+                break
+        return out
+
+
+def _next16(key: bytes) -> bytes:
+    """The smallest 16-byte key greater than ``key``."""
+    value = int.from_bytes(key, "big") + 1
+    return value.to_bytes(16, "big") if value < 1 << 128 else b"\xff" * 16
+
+
+def _dup_stream(
+    cur: Any, key: bytes, lo: bytes | None, hi: bytes | None, desc: bool
+) -> Iterator[bytes]:
+    """The (timestamp, seq) values of one index key within ``[lo, hi)``, in order."""
+    if desc:
+        if hi is not None and cur.set_range_dup(key, hi):
+            if not cur.prev_dup():
+                return
+        else:
+            if not cur.set_key(key):
+                return
+            cur.last_dup()
+        for value in cur.iterprev_dup(keys=False):
+            if lo is not None and value < lo:
+                return
+            yield value
+    else:
+        if lo is not None:
+            if not cur.set_range_dup(key, lo):
+                return
+        elif not cur.set_key(key):
+            return
+        for value in cur.iternext_dup(keys=False):
+            if hi is not None and value >= hi:
+                return
+            yield value
+
+
+def _prefix_stream(
+    cur: Any, prefix: bytes, lo: bytes | None, hi: bytes | None, desc: bool
+) -> Iterator[bytes]:
+    """The (timestamp, seq) suffixes of the keys starting with ``prefix`` within ``[lo, hi)``."""
+    n = len(prefix)
+    if desc:
+        top = prefix + (hi if hi is not None else _HIGH)
+        ok = cur.prev() if cur.set_range(top) else cur.last()
+        if not ok:
+            return
+        for key in cur.iterprev(keys=True, values=False):
+            if not key.startswith(prefix):
+                return
+            value = key[n:]
+            if lo is not None and value < lo:
+                return
+            yield value
+    else:
+        if not cur.set_range(prefix + (lo or b"")):
+            return
+        for key in cur.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                return
+            value = key[n:]
+            if hi is not None and value >= hi:
+                return
+            yield value
 
 
 def _closed_error(path: str) -> JournalError:
@@ -355,7 +668,7 @@ def _prepare_directory(path: str, create: bool = True) -> None:
             raise CorruptStorageError(f"storage at {path}: {_DATA} is not a regular file", path)
         return
     # (data.mdb may appear meanwhile: another process creating the store at the same moment)
-    others = sorted(set(os.listdir(path)) - {_LOCK, _DATA})
+    others = sorted(set(os.listdir(path)) - {_LOCK, _DATA, MIGRATE_DIR})
     if others:
         shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
         raise StorageError(
@@ -366,7 +679,7 @@ def _prepare_directory(path: str, create: bool = True) -> None:
 def _open_env(path: str, durable: bool, key: Any) -> _SharedEnv:
     created = [n for n in (_DATA, _LOCK) if not os.path.lexists(os.path.join(path, n))]
     try:
-        env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=8, max_readers=_MAX_READERS,
+        env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=_MAX_DBS, max_readers=_MAX_READERS,
                         sync=durable, metasync=durable, mode=0o600, create=True, subdir=True)
     except BaseException as exc:
         _remove_created(path, created)
@@ -396,7 +709,7 @@ def _remove_created(path: str, names: list[str]) -> None:
             pass
 
 
-def _open_dbs(env: lmdb.Environment, path: str) -> tuple[Any, Any, Any]:
+def _open_dbs(env: lmdb.Environment, path: str) -> dict[bytes, Any]:
     """Open the named databases; initialise an empty environment in one write transaction."""
     with env.begin() as txn:
         names = [k for k, _ in txn.cursor()]
@@ -405,30 +718,36 @@ def _open_dbs(env: lmdb.Environment, path: str) -> tuple[Any, Any, Any]:
         # Handles opened in a read-only transaction are not kept by py-lmdb; a write transaction
         # that changes nothing commits without writing or syncing.
         with env.begin(write=True) as txn:
-            return tuple(env.open_db(n, txn=txn, create=False) for n in (b"journal", b"stats", b"meta"))  # type: ignore[return-value]
+            return {n: env.open_db(n, txn=txn, create=False, dupsort=d, dupfixed=d) for n, d in _DBS}
     with env.begin(write=True) as txn:
         # Another process may have initialised it meanwhile: create=True is idempotent.
-        dbs = tuple(env.open_db(n, txn=txn, create=True) for n in (b"journal", b"stats", b"meta"))
-        meta = dbs[2]
+        dbs = {n: env.open_db(n, txn=txn, create=True, dupsort=d, dupfixed=d) for n, d in _DBS}
+        meta = dbs[b"meta"]
         if txn.get(b"format", db=meta) is None:
             txn.put(b"format", b"%d" % FORMAT_VERSION, db=meta)
             txn.put(b"seq", _U64.pack(0), db=meta)
-    return dbs  # type: ignore[return-value]
+            txn.put(b"tree", _TREE_HDR.pack(0, 0), db=meta)
+            txn.put(b"next_op", _U64.pack(0), db=meta)
+    return dbs
 
 
 def _check_layout(env: lmdb.Environment, names: list[bytes], path: str) -> None:
-    missing = {b"journal", b"stats", b"meta"} - set(names)
-    if missing:
+    if b"meta" not in names:
         raise CorruptStorageError(
-            f"storage at {path} is an LMDB store but not a krepis store (missing databases: "
-            f"{', '.join(sorted(m.decode() for m in missing))})", path)
+            f"storage at {path} is an LMDB store but not a krepis store (no meta database)", path)
     with env.begin() as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
         fmt = txn.get(b"format", db=meta)
-        seq = txn.get(b"seq", db=meta)
+    if fmt == b"1":
+        raise NeedsMigrationError(
+            f"storage at {path} is in format 1 (written by krepis 0.1); this krepis reads format "
+            f"{FORMAT_VERSION}. Convert it once with: krepis migrate --storage {path}", path)
     if fmt != b"%d" % FORMAT_VERSION:
         raise CorruptStorageError(
             f"storage at {path} has format version {fmt!r}; this krepis reads version "
             f"{FORMAT_VERSION}", path)
-    if seq is None or len(seq) != 8:
-        raise CorruptStorageError(f"storage at {path}: malformed sequence record", path)
+    missing = _DB_NAMES - set(names)
+    if missing:
+        raise CorruptStorageError(
+            f"storage at {path} is an LMDB store but not a krepis store (missing databases: "
+            f"{', '.join(sorted(m.decode() for m in missing))})", path)

@@ -1,32 +1,41 @@
 """The PostgreSQL adapter: one journal shared by several kernels on several machines.
 
-Tables (created on first use, versioned in ``krepis_meta``):
+Tables of storage format 2 (created on first use, versioned in ``krepis_meta``; see
+``docs/storage-format.md``):
 
-* ``krepis_journal(seq bigint identity, timestamp bigint, request_id text, entry text)`` — the
-  server assigns ``seq``, one total order across every node; rows read back ordered by
-  (timestamp, seq), like LMDB's keys. ``entry`` is the spec's compact JSON, byte for byte.
-* ``krepis_stats(name text, value bigint)`` — the counters.
-* ``krepis_state(key text, value bigint)`` — the entry count (so counting is O(1)).
+* ``krepis_entries`` — one row per entry, keyed by ``seq`` (the store-wide append order, with
+  no gaps: the Merkle tree's leaf index), with its fields as columns, the RFC 6962 leaf hash,
+  and an index per lookup: (timestamp, seq), (request_id, status, timestamp, seq),
+  (op_name, status, timestamp, seq), (status, timestamp, seq).
+* ``krepis_log`` — one row: the next sequence number, the Merkle tree (first seq, epoch,
+  frontier) and the entry count. Every write batch that appends entries locks it, so sequence
+  numbers and the tree advance in one total order across every node.
+* ``krepis_tree`` — hashes of the perfect subtrees of height 8, 16, … (the tlog tiles above 0).
+* ``krepis_stats(name, value)`` — the counters.
 
-A write batch is one statement, hence one transaction: the entries, the counter upserts (in name
-order, so concurrent writers never deadlock) and the entry count. It returns after PostgreSQL's
-commit: the WAL is flushed, and acknowledged by a synchronous standby where one is configured.
-A write whose connection breaks during commit has an unknown outcome; it is reported as such and
-never retried, so no entry is ever stored twice.
+A write batch is one transaction: the entries, the tree, the counter upserts (in name order, so
+concurrent writers never deadlock) and the entry count. It returns after PostgreSQL's commit: the
+WAL is flushed, and acknowledged by a synchronous standby where one is configured. A write whose
+connection breaks during commit has an unknown outcome; it is reported as such and never
+retried, so no entry is ever stored twice.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from hashlib import sha256
 from typing import Any
 
-from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
-from . import EntryFilter, Storage, WriteRequest
+from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
+from .._model import LogStatus, TransactionLog, make_log
+from .._tlog.merkle import append_leaf, root_from_frontier
+from . import Query, Storage, TreeHead, WriteRequest
+from ._codec import STATUS_CODE, STATUS_OF
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _LOCK_ID = 0x6B726570  # advisory lock serializing schema creation ("krep")
 _CONNECT_TIMEOUT = 10
 _POOL_MAX = 8
@@ -36,45 +45,75 @@ CREATE TABLE IF NOT EXISTS krepis_meta (
     key text PRIMARY KEY,
     value text NOT NULL
 );
-CREATE TABLE IF NOT EXISTS krepis_journal (
-    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS krepis_entries (
+    seq bigint PRIMARY KEY CHECK (seq >= 0),
     timestamp bigint NOT NULL CHECK (timestamp >= 0),
+    op_name text NOT NULL,
     request_id text NOT NULL,
-    entry text NOT NULL
+    status smallint NOT NULL CHECK (status BETWEEN 1 AND 3),
+    duration_us bigint CHECK (duration_us >= 0),
+    error text,
+    leaf bytea NOT NULL CHECK (length(leaf) = 32)
 );
-CREATE INDEX IF NOT EXISTS krepis_journal_time ON krepis_journal (timestamp, seq);
-CREATE INDEX IF NOT EXISTS krepis_journal_request ON krepis_journal (request_id, timestamp, seq);
+CREATE INDEX IF NOT EXISTS krepis_entries_time ON krepis_entries (timestamp, seq);
+CREATE INDEX IF NOT EXISTS krepis_entries_request ON krepis_entries (request_id, status, timestamp, seq);
+CREATE INDEX IF NOT EXISTS krepis_entries_op ON krepis_entries (op_name, status, timestamp, seq);
+CREATE INDEX IF NOT EXISTS krepis_entries_status ON krepis_entries (status, timestamp, seq);
+CREATE TABLE IF NOT EXISTS krepis_log (
+    id int PRIMARY KEY CHECK (id = 1),
+    next_seq bigint NOT NULL,
+    first_seq bigint NOT NULL,
+    epoch bigint NOT NULL,
+    frontier bytea NOT NULL,
+    entries bigint NOT NULL
+);
+INSERT INTO krepis_log VALUES (1, 0, 0, 0, '', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS krepis_tree (
+    level smallint NOT NULL,
+    idx bigint NOT NULL,
+    hash bytea NOT NULL,
+    PRIMARY KEY (level, idx)
+);
 CREATE TABLE IF NOT EXISTS krepis_stats (
     name text PRIMARY KEY,
     value bigint NOT NULL CHECK (value >= 0)
 );
-CREATE TABLE IF NOT EXISTS krepis_state (
-    key text PRIMARY KEY,
-    value bigint NOT NULL
-);
-INSERT INTO krepis_state (key, value) VALUES ('entries', 0) ON CONFLICT DO NOTHING;
 """
 
-_WRITE = """
+_LOCK_LOG = "SELECT next_seq, first_seq, epoch, frontier FROM krepis_log WHERE id = 1 FOR UPDATE"
+
+_APPEND = """
 WITH new_entries AS (
-    INSERT INTO krepis_journal (timestamp, request_id, entry)
-    SELECT t, r, e FROM unnest(%(ts)s::bigint[], %(rid)s::text[], %(entry)s::text[])
-         WITH ORDINALITY AS x(t, r, e, n)
-    ORDER BY n
-    RETURNING 1
-), counted AS (
-    UPDATE krepis_state SET value = value + (SELECT count(*) FROM new_entries)
-    WHERE key = 'entries' AND %(n_entries)s > 0
-    RETURNING 1
-), bumped AS (
-    INSERT INTO krepis_stats (name, value)
-    SELECT name, k FROM unnest(%(names)s::text[], %(ks)s::bigint[]) AS c(name, k) ORDER BY name
-    ON CONFLICT (name) DO UPDATE SET value = krepis_stats.value + EXCLUDED.value
-    RETURNING name, value
+    INSERT INTO krepis_entries (seq, timestamp, op_name, request_id, status, duration_us, error, leaf)
+    SELECT * FROM unnest(%(seq)s::bigint[], %(ts)s::bigint[], %(op)s::text[], %(rid)s::text[],
+                         %(st)s::smallint[], %(dur)s::bigint[], %(err)s::text[], %(leaf)s::bytea[])
+), nodes AS (
+    INSERT INTO krepis_tree (level, idx, hash)
+    SELECT * FROM unnest(%(nl)s::smallint[], %(ni)s::bigint[], %(nh)s::bytea[])
 )
-SELECT name, value FROM bumped
+UPDATE krepis_log SET next_seq = %(next)s, frontier = %(frontier)s, entries = entries + %(n)s
+WHERE id = 1
 """
-# (PostgreSQL runs every data-modifying CTE to completion, whether or not the query reads it.)
+
+_BUMP = """
+INSERT INTO krepis_stats (name, value)
+SELECT name, k FROM unnest(%(names)s::text[], %(ks)s::bigint[]) AS c(name, k) ORDER BY name
+ON CONFLICT (name) DO UPDATE SET value = krepis_stats.value + EXCLUDED.value
+RETURNING name, value
+"""
+
+_COLUMNS = "seq, timestamp, op_name, request_id, status, duration_us, error"
+
+# Distinct op names in O(ops × log n): hop through the op index instead of reading it all.
+_OP_NAMES = """
+WITH RECURSIVE ops(name) AS (
+    (SELECT op_name FROM krepis_entries ORDER BY op_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT op_name FROM krepis_entries WHERE op_name > ops.name ORDER BY op_name LIMIT 1)
+    FROM ops WHERE ops.name IS NOT NULL
+)
+SELECT name FROM ops WHERE name IS NOT NULL
+"""
 
 
 def is_postgres_url(location: object) -> bool:
@@ -201,6 +240,11 @@ class PostgresStorage(Storage):
                                        self.location)
                 if row and row[0]:
                     fmt = conn.execute("SELECT value FROM krepis_meta WHERE key = 'format'").fetchone()
+                    if fmt is not None and fmt[0] == "1":
+                        raise NeedsMigrationError(
+                            f"PostgreSQL at {self.location} holds krepis tables of format 1 (written "
+                            f"by krepis 0.1); this krepis reads format {FORMAT_VERSION}. Convert them "
+                            f"once with: krepis migrate --storage URL", self.location)
                     if fmt is None or fmt[0] != str(FORMAT_VERSION):
                         raise CorruptStorageError(
                             f"PostgreSQL at {self.location} holds krepis tables of format "
@@ -217,22 +261,17 @@ class PostgresStorage(Storage):
 
     # -- the port --------------------------------------------------------------------------
     def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
-        ts: list[int] = []
-        rids: list[str] = []
-        entries: list[str] = []
         totals: dict[str, int] = {}
         for req in requests:
-            for t, rid, value in req.entries:
-                ts.append(t)
-                rids.append(rid.decode("utf-8"))
-                entries.append(value.decode("utf-8"))
             for name in req.increments:
                 key = name.decode("utf-8")
                 totals[key] = totals.get(key, 0) + 1
         names = sorted(totals)
-        rows = self._run("writing", _WRITE, {
-            "ts": ts, "rid": rids, "entry": entries, "n_entries": len(entries),
-            "names": names, "ks": [totals[n] for n in names]})
+        bump = {"names": names, "ks": [totals[n] for n in names]}
+        if not any(req.entries for req in requests):
+            rows = self._run("writing", _BUMP, bump)
+        else:
+            rows = self._transaction("writing", lambda cur: self._append(cur, requests, bump))
         final = {name: int(value) for name, value in rows}
         # Hand out the values in request order: the batch added totals[name] to each counter.
         next_value = {name: final[name] - totals[name] for name in names}
@@ -246,6 +285,62 @@ class PostgresStorage(Storage):
             results.append(values)
         return results
 
+    def _append(self, cur: Any, requests: Sequence[WriteRequest], bump: dict[str, Any]) -> list[Any]:
+        """Inside the write transaction: lock the log row, append, advance the tree, bump."""
+        cur.execute(_LOCK_LOG)
+        row = cur.fetchone()
+        if row is None:
+            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                      self.location)
+        seq, first_seq, _epoch, raw_frontier = int(row[0]), int(row[1]), row[2], bytes(row[3])
+        frontier = [raw_frontier[i:i + 32] for i in range(0, len(raw_frontier), 32)]
+        size = seq - first_seq
+        if size < 0 or len(frontier) != size.bit_count() or len(raw_frontier) % 32:
+            raise CorruptStorageError(
+                f"PostgreSQL at {self.location}: the Merkle tree record does not match the sequence",
+                self.location)
+        cols: dict[str, list[Any]] = {k: [] for k in ("seq", "ts", "op", "rid", "st", "dur", "err",
+                                                      "leaf", "nl", "ni", "nh")}
+
+        def on_node(level: int, index: int, node: bytes) -> None:
+            cols["nl"].append(level)
+            cols["ni"].append(index)
+            cols["nh"].append(node)
+
+        n = 0
+        for req in requests:
+            for log, canonical in req.entries:
+                leaf = sha256(b"\x00" + canonical).digest()
+                cols["seq"].append(seq)
+                cols["ts"].append(log.timestamp)
+                cols["op"].append(log.op_name)
+                cols["rid"].append(log.request_id)
+                cols["st"].append(STATUS_CODE[log.status])
+                cols["dur"].append(log.duration_us)
+                cols["err"].append(log.error)
+                cols["leaf"].append(leaf)
+                size = append_leaf(frontier, size, leaf, on_node)
+                seq += 1
+                n += 1
+        cur.execute(_APPEND, {**cols, "next": seq, "frontier": b"".join(frontier), "n": n})
+        if not bump["names"]:
+            return []
+        cur.execute(_BUMP, bump)
+        return list(cur.fetchall())
+
+    def _transaction(self, doing: str, body: Any) -> Any:
+        if self._closed:
+            raise ClosedError(f"the journal at {self.location} is closed")
+        try:
+            with self._pool.connection() as conn:
+                with conn.transaction(), conn.cursor() as cur:
+                    return body(cur)
+        except Exception as exc:
+            if type(exc).__name__ == "PoolTimeout":
+                raise StorageError(f"cannot connect to PostgreSQL at {self.location} "
+                                   f"(no connection within the pool timeout)", self.location) from None
+            raise self._error(exc, doing) from None
+
     def get_count(self, name: bytes) -> int:
         rows = self._run("reading a counter", "SELECT value FROM krepis_stats WHERE name = %s",
                          (name.decode("utf-8"),))
@@ -256,39 +351,117 @@ class PostgresStorage(Storage):
         return {name: int(value) for name, value in rows}
 
     def entry_count(self) -> int:
-        rows = self._run("counting entries", "SELECT value FROM krepis_state WHERE key = 'entries'")
+        rows = self._run("counting entries", "SELECT entries FROM krepis_log WHERE id = 1")
         return int(rows[0][0]) if rows else 0
 
-    def scan(
-        self, flt: EntryFilter, *, newest_first: bool, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
+    def next_seq(self) -> int:
+        rows = self._run("reading the sequence", "SELECT next_seq FROM krepis_log WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def tree_head(self) -> TreeHead:
+        rows = self._run("reading the tree",
+                         "SELECT next_seq, first_seq, epoch, frontier FROM krepis_log WHERE id = 1")
+        if not rows:
+            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                      self.location)
+        seq, first_seq, epoch, raw = rows[0]
+        raw = bytes(raw)
+        frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+        return TreeHead(int(seq) - int(first_seq), root_from_frontier(frontier), int(first_seq),
+                        int(epoch))
+
+    def op_names(self) -> list[str]:
+        return sorted(name for (name,) in self._run("reading op names", _OP_NAMES))
+
+    def get_entry(self, seq: int) -> TransactionLog | None:
+        if not 0 <= seq < 2**63:
+            return None
+        rows = self._run("reading the journal",
+                         f"SELECT {_COLUMNS} FROM krepis_entries WHERE seq = %s", (seq,))
+        return self._decode(rows[0]) if rows else None
+
+    def _decode(self, row: tuple[Any, ...]) -> TransactionLog:
+        seq, ts, op, rid, status, duration, error = row
+        st = STATUS_OF.get(status)
+        if st is None or not op or not rid or (error is not None and not error):
+            raise CorruptStorageError(
+                f"PostgreSQL at {self.location}: entry {seq} is not a valid TransactionLog",
+                self.location)
+        return make_log(int(ts), op, rid, st, None if duration is None else int(duration), error,
+                        int(seq))
+
+    def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
         if limit <= 0:
             return []
+        desc = query.newest_first
+        order = "DESC" if desc else "ASC"
         where: list[str] = []
         params: list[object] = []
-        if flt.since is not None:
+        if query.since is not None:
             where.append("timestamp >= %s")
-            params.append(flt.since)
-        if flt.until is not None:
+            params.append(query.since)
+        if query.until is not None:
             where.append("timestamp < %s")
-            params.append(flt.until)
-        if flt.request_id is not None:
+            params.append(query.until)
+        if query.request_id is not None:
             where.append("request_id = %s")
-            params.append(flt.request_id.decode("utf-8"))
-        if after is not None:
-            a_ts, a_seq = (int(x) for x in after.split(b":"))
-            where.append("(timestamp, seq) < (%s, %s)" if newest_first else "(timestamp, seq) > (%s, %s)")
-            params += [a_ts, a_seq]
-        order = "DESC" if newest_first else "ASC"
-        sql = ("SELECT timestamp, seq, entry FROM krepis_journal"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + f" ORDER BY timestamp {order}, seq {order} LIMIT %s")
-        rows = self._run("reading the journal", sql, [*params, limit])
-        return [(b"%d:%d" % (t, s), e.encode("utf-8")) for t, s, e in rows]
+            params.append(query.request_id)
+        if query.order == "append":
+            if after is not None and after.seq is not None:
+                where.append("seq < %s" if desc else "seq > %s")
+                params.append(after.seq)
+            if query.op_names is not None:
+                where.append("op_name = ANY(%s)")
+                params.append(list(query.op_names))
+            if query.statuses is not None:
+                where.append("status = ANY(%s)")
+                params.append([STATUS_CODE[s] for s in query.statuses])
+            sql = (f"SELECT {_COLUMNS} FROM krepis_entries"
+                   + (" WHERE " + " AND ".join(where) if where else "")
+                   + f" ORDER BY seq {order} LIMIT %s")
+            rows = self._run("reading the journal", sql, [*params, limit])
+            return [self._decode(r) for r in rows]
+        if after is not None and after.seq is not None:
+            where.append("(timestamp, seq) < (%s, %s)" if desc else "(timestamp, seq) > (%s, %s)")
+            params += [after.timestamp, after.seq]
+        # One index range per (op, status) or (request id, status) pair, each read in order with
+        # the limit, merged by the outer ORDER BY: O(log n + results) for any combination.
+        branches: list[tuple[str, list[object]]] = []
+        ops = query.op_names if query.op_names is not None else (None,)
+        statuses: tuple[LogStatus | None, ...]
+        if query.statuses is not None:
+            statuses = query.statuses
+        elif query.request_id is not None or query.op_names is not None:
+            statuses = tuple(STATUS_OF.values())
+        else:
+            statuses = (None,)
+        for op in ops:
+            for status in statuses:
+                cond, extra = list(where), list(params)
+                if op is not None:
+                    cond.append("op_name = %s")
+                    extra.append(op)
+                if status is not None:
+                    cond.append("status = %s")
+                    extra.append(STATUS_CODE[status])
+                branches.append((
+                    f"(SELECT {_COLUMNS} FROM krepis_entries"
+                    + (" WHERE " + " AND ".join(cond) if cond else "")
+                    + f" ORDER BY timestamp {order}, seq {order} LIMIT %s)", [*extra, limit]))
+        if len(branches) == 1:
+            sql, all_params = branches[0][0][1:-1], branches[0][1]
+        else:
+            sql = (" UNION ALL ".join(b for b, _ in branches)
+                   + f" ORDER BY timestamp {order}, seq {order} LIMIT %s")
+            all_params = [p for _, ps in branches for p in ps] + [limit]
+        rows = self._run("reading the journal", sql, all_params)
+        return [self._decode(r) for r in rows]
 
     def clear(self) -> None:
-        self._run("clearing", "BEGIN; TRUNCATE krepis_journal, krepis_stats; "
-                              "UPDATE krepis_state SET value = 0 WHERE key = 'entries'; COMMIT")
+        self._run("clearing", "BEGIN; LOCK TABLE krepis_log IN EXCLUSIVE MODE; "
+                              "TRUNCATE krepis_entries, krepis_stats, krepis_tree; "
+                              "UPDATE krepis_log SET first_seq = next_seq, epoch = epoch + 1, "
+                              "frontier = '', entries = 0 WHERE id = 1; COMMIT")
 
     def sync(self) -> None:
         # A transaction that writes nothing still flushes the WAL written before it when it
