@@ -104,7 +104,8 @@ class StorageConformance:
             TransactionLog(2**63 - 1, "ö" * 100, "ü" * 128, S),
             TransactionLog(0, "x", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", F, duration_us=2**63 - 1,
                            error="e" * 16 * 1024),
-            TransactionLog(7, "x", "1B4E28BA-2FA1-11D2-883F-0016D3CCA427", C, duration_us=0, error="\x01\n\u2028"),
+            TransactionLog(7, "x", "1B4E28BA-2FA1-11D2-883F-0016D3CCA427", C, duration_us=0,
+                           error="\x01\n\u2028"),
             TransactionLog(7, "x", "r", C, duration_us=2**32),
             TransactionLog(7, "x", "r", C, duration_us=2**32 - 1),
         ]
@@ -132,7 +133,8 @@ class StorageConformance:
         assert ns(storage.scan(ALL, after=None, limit=100)) == oldest[::-1]
 
     def test_scan_resumes_after_an_entry_in_every_order(self, storage: Storage) -> None:
-        storage.write_batch([WriteRequest([entry(t // 2, "r", t, status=(S, C)[t % 2]) for t in range(10)], [])])
+        batch = [entry(t // 2, "r", t, status=(S, C)[t % 2]) for t in range(10)]
+        storage.write_batch([WriteRequest(batch, [])])
         for order in ("time", "append"):
             for newest_first in (True, False):
                 for q in (Query(order=order, newest_first=newest_first),  # type: ignore[arg-type]
