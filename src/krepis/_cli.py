@@ -475,6 +475,40 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
             server.server_close()
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_storage_option
+@click.pass_context
+def migrate(ctx: click.Context, as_json: bool) -> None:
+    """Convert a store written by an older krepis to the current storage format.
+
+    Entries (every field, in their append order) and counters are kept exactly. A crash at any
+    point leaves either the old store untouched or the complete new one. Stop every process
+    using the store first; a store already in the current format is left as it is.
+    """
+    from ._storage.migrate import migrate as run_migration
+
+    location = _storage(ctx)
+    if as_json or not sys.stderr.isatty():
+        result = run_migration(location)
+    else:
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("migrating", total=None)
+            result = run_migration(location, progress=lambda done, total: bar.update(
+                task, completed=done, total=total))
+    if as_json:
+        _emit_json({"storage": result.location, "from_format": result.from_format,
+                    "to_format": result.to_format, "entries": result.entries,
+                    "counters": result.counters})
+    elif result.from_format == result.to_format:
+        click.echo(f"{result.location} is already in storage format {result.to_format}; nothing to do")
+    else:
+        click.echo(f"migrated {result.location} from storage format {result.from_format} to "
+                   f"{result.to_format}: {result.entries} entries, {result.counters} counters")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="krepis")
