@@ -119,17 +119,17 @@ def _corrupt(value: bytes, how: str) -> bytes:
     if how == "not a record":
         return b"{not json"
     if how == "bad status bits":
-        body[32] = (body[32] & ~3) & 0xFF
+        body[0] = (body[0] & ~3) & 0xFF
     elif how == "unknown flag":
-        body[32] |= 0x80
+        body[0] |= 0x80
     elif how == "truncated":
         return bytes(body[:-1])
     elif how == "trailing bytes":
         return bytes(body) + b"x"
     elif how == "unknown op id":
-        body[41:45] = (999).to_bytes(4, "little")
+        body[9:13] = (999).to_bytes(4, "little")
     elif how == "error not UTF-8":
-        body[32] |= 32
+        body[0] |= 32
         return bytes(body) + b"\xff\xfe"
     return bytes(body)
 

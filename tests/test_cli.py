@@ -169,14 +169,23 @@ def test_bench_smoke(tmp_path: Path) -> None:
     """The benchmark runs end to end (tiny sizes; speed itself is not tested here)."""
     proc = krepis("bench", "--seconds", "0.05", "--large", "3000", "--json", cwd=tmp_path)
     result = json.loads(proc.stdout)
-    assert len(result["rows"]) == 8
-    assert result["rows"][0]["ratio"] == 1.0
+    assert result["rows"][0]["name"].startswith("physical limit")
+    assert result["rows"][1]["name"].startswith("append ~100 B + fdatasync")
+    assert len(result["rows"]) == 9
     assert all(row["ops"] > 0 and row["ops_per_s"] > 0 for row in result["rows"])
     assert result["reads"]["large_entries"] == 3000
+    # the query rows ran on both sides (the bench itself checks both gave the same answers)
+    queries = result["queries"]
+    assert queries["sizes"] == [3000, 3000]
+    for name in ("request-id lookup", "rare op, all matches", "status=Failed, limit 20",
+                 "op + 1-second window", "get_recent_logs(100)"):
+        assert queries["3000"][name]["krepis_us"] > 0 and queries["3000"][name]["sqlite_us"] > 0
+    assert queries["3000"]["bytes_per_entry"]["krepis"] > 0
+    assert queries["rss"]["after_lookup_mib"] > 0
     assert {t["target"] for t in result["targets"]} >= {"recover_op_count", "get_recent_logs(100)"}
     assert [p.name for p in tmp_path.iterdir()] == []  # temporary stores removed
     people = krepis("bench", "--seconds", "0.05", "--large", "3000", cwd=tmp_path).stdout
-    assert "fsync limit" in people and "targets" in people
+    assert "physical limit" in people and "targets" in people and "queries" in people
 
 
 @pytest.mark.parametrize("command", [["stats"], ["logs"], ["export"], ["clear", "--yes"]])

@@ -25,7 +25,7 @@ import lmdb
 from . import __version__
 from ._async import AsyncSovereignJournal
 from ._journal import SovereignJournal
-from ._model import LogStatus, TransactionLog, encode_log, now_ms
+from ._model import LogStatus, TransactionLog, encode_log, make_log, now_ms
 from ._storage import WriteRequest
 
 __all__ = ["BenchConfig", "Row", "run_bench"]
@@ -38,6 +38,7 @@ class BenchConfig:
     seconds: float = 3.0  # per write row
     large: int = 1_000_000  # entries of the large journal for the read rows
     small: int = 2_000
+    query_small: int = 10_000  # the small journal of the query rows (growth to `large`)
     threads: int = 16
     tasks: int = 256
     interval_ms: int = 10
@@ -121,7 +122,28 @@ def _threaded(op: Callable[[int], object], threads: int, seconds: float) -> Row:
 
 # --- rows -----------------------------------------------------------------------------------
 
+def bench_physical(path: str, seconds: float) -> Row:
+    """The disk's ceiling for one durable writer: ~100 B written in place in a preallocated file,
+    then fdatasync. No file size change, so no file-system journal commit: only the data flush."""
+    slots = 4096
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, slots * len(LINE))
+        os.write(fd, LINE * slots)
+        os.fsync(fd)
+
+        def op(i: int) -> None:
+            os.pwrite(fd, LINE, (i % slots) * len(LINE))
+            os.fdatasync(fd)
+
+        return _timed_loop(op, seconds)
+    finally:
+        os.close(fd)
+
+
 def bench_fsync(path: str, seconds: float) -> Row:
+    """Appending ~100 B then fdatasync: each flush also commits the file's new size through the
+    file system's journal, so this is slower than the physical limit."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         def op(_: int) -> None:
@@ -251,6 +273,236 @@ def fill(path: str, entries: int, progress: Callable[[int], None] | None = None)
                 progress(len(rows))
 
 
+# --- the read section: indexed queries against sqlite3 with the equivalent indexes -------------
+
+RARE_OP = "rare_op"
+_OPS = tuple(f"op_{name}" for name in (
+    "charge", "refund", "login", "logout", "search", "upload", "download", "render", "notify",
+    "sync", "auth", "invoice", "quote", "ship", "track", "review", "report", "export", "import",
+    "audit"))
+_SQLITE_SCHEMA = """
+CREATE TABLE journal (seq INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, op_name TEXT NOT NULL,
+                      request_id TEXT NOT NULL, status TEXT NOT NULL, duration_us INTEGER, error TEXT);
+CREATE INDEX journal_request ON journal (request_id);
+CREATE INDEX journal_op_time ON journal (op_name, timestamp);
+CREATE INDEX journal_status_time ON journal (status, timestamp);
+CREATE INDEX journal_time ON journal (timestamp);
+"""
+
+
+def realistic_entries(n: int, seed: int = 6962) -> Iterator[TransactionLog]:
+    """Requests as a service journals them: a uuid4 request id per request, a Started and a
+    Completed entry each (about 1% Failed instead), 20 op names, one op in 10,000 rare, about
+    200 entries per second."""
+    import random
+    import uuid
+
+    rnd = random.Random(seed)
+    base = now_ms() - n * 5
+    done = 0
+    i = 0
+    while done < n:
+        rid = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+        op = RARE_OP if i % 5000 == 2500 else _OPS[rnd.randrange(len(_OPS))]
+        ts = base + done * 5
+        yield TransactionLog(ts, op, rid, LogStatus.Started)
+        done += 1
+        if done < n:
+            if rnd.random() < 0.01:
+                yield TransactionLog(ts + 3, op, rid, LogStatus.Failed, duration_us=3000,
+                                     error="TimeoutError: upstream did not answer")
+            else:
+                yield TransactionLog(ts + 2, op, rid, LogStatus.Completed, duration_us=2000 + i % 997)
+            done += 1
+        i += 1
+
+
+def fill_pair(krepis_path: str, sqlite_path: str, entries: int,
+              progress: Callable[[int], None] | None = None) -> None:
+    """The same realistic entries into a krepis store and an sqlite3 database, 64 per commit
+    (bigger bulk transactions would leave LMDB's file with more free pages than a journal
+    written by ordinary commits has)."""
+    db = sqlite3.connect(sqlite_path, isolation_level=None)
+    db.executescript(_SQLITE_SCHEMA)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # filling only; the krepis side does not sync either
+    with SovereignJournal(krepis_path, flush="interval:1000ms") as journal:
+        storage = journal._storage
+        batch: list[TransactionLog] = []
+        written = [storage.next_seq()]  # the same sequence numbers on both sides
+
+        def flush() -> None:
+            storage.write_batch([WriteRequest([(log, encode_log(log)) for log in batch], ())])
+            db.execute("BEGIN")
+            first = written[0]
+            db.executemany("INSERT INTO journal (seq, timestamp, op_name, request_id, status, duration_us, "
+                           "error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(first + i, g.timestamp, g.op_name, g.request_id, g.status.value,
+                             g.duration_us, g.error) for i, g in enumerate(batch)])
+            written[0] += len(batch)
+            db.execute("COMMIT")
+            if progress:
+                progress(len(batch))
+            batch.clear()
+
+        for log in realistic_entries(entries):
+            batch.append(log)
+            if len(batch) >= 64:  # commits of the size group commit makes under load
+                flush()
+        if batch:
+            flush()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+class _SqliteReader:
+    """The sqlite3 side of each query, returning the same TransactionLog objects."""
+
+    _COLS = "timestamp, op_name, request_id, status, duration_us, error, seq"
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def rows(self, where: str, params: tuple[Any, ...], limit: int | None = None) -> list[TransactionLog]:
+        sql = (f"SELECT {self._COLS} FROM journal {where} ORDER BY timestamp DESC, seq DESC"
+               + (f" LIMIT {limit}" if limit is not None else ""))
+        status = _STATUS_BY_NAME
+        return [make_log(t, o, r, status[s], d, e, q) for t, o, r, s, d, e, q in self.db.execute(sql, params)]
+
+
+_STATUS_BY_NAME = {s.value: s for s in LogStatus}
+
+
+def _query_pairs(journal: SovereignJournal, sql: _SqliteReader, entries: int
+                 ) -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
+    """(name, krepis call, sqlite3 call) for each query of the read section."""
+    probe = journal.query(order="append", after=entries // 2, newest_first=False, limit=1)[0]
+    rid, op, t = probe.request_id, probe.op_name, probe.timestamp
+    window = (t - 500, t + 500)
+    return [
+        ("request-id lookup", lambda: journal.query(request_id=rid),
+         lambda: sql.rows("WHERE request_id = ?", (rid,))),
+        ("rare op, all matches", lambda: journal.query(op_name=RARE_OP),
+         lambda: sql.rows("WHERE op_name = ?", (RARE_OP,))),
+        ("status=Failed, limit 20", lambda: journal.query(status=LogStatus.Failed, limit=20),
+         lambda: sql.rows("WHERE status = ?", ("Failed",), 20)),
+        ("op + 1-second window", lambda: journal.query(op_name=op, since=window[0], until=window[1]),
+         lambda: sql.rows("WHERE op_name = ? AND timestamp >= ? AND timestamp < ?", (op, *window))),
+        ("get_recent_logs(100)", lambda: journal.get_recent_logs(100),
+         lambda: sql.rows("", (), 100)),
+    ]
+
+
+def _same_answers(pairs: list[tuple[str, Callable[[], object], Callable[[], object]]]) -> None:
+    for name, ours, theirs in pairs:
+        a, b = ours(), theirs()
+        if a != b or [g.seq for g in a] != [g.seq for g in b]:  # type: ignore[attr-defined]
+            raise AssertionError(f"bench query {name!r}: krepis and sqlite3 disagree")
+
+
+def _query_times(path: str, sqlite_path: str, entries: int) -> dict[str, dict[str, float]]:
+    with SovereignJournal(path, create=False) as journal:
+        sql = _SqliteReader(sqlite_path)
+        try:
+            pairs = _query_pairs(journal, sql, entries)
+            _same_answers(pairs)
+            out: dict[str, dict[str, float]] = {}
+            for name, ours, theirs in pairs:
+                repeat = 50 if "rare" in name else 200
+                krepis_us = _per_call_us(ours, repeat)
+                sqlite_us = _per_call_us(theirs, repeat)
+                out[name] = {"krepis_us": round(krepis_us, 1), "sqlite_us": round(sqlite_us, 1),
+                             "ratio": round(krepis_us / sqlite_us, 2)}
+            return out
+        finally:
+            sql.close()
+
+
+_RSS_PROBE = """
+import sys
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+from krepis import SovereignJournal
+j = SovereignJournal(sys.argv[1], create=False)
+j.journal_count()
+opened = rss()
+j.query(request_id=sys.argv[2])
+print(opened, rss())
+"""
+
+
+def _rss_after_lookup(path: str, rid: str) -> tuple[int, int]:
+    """(RSS after opening, RSS after one request-id lookup) of a fresh process, in bytes."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, path, rid], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def _cli_lookup_ms(path: str, rid: str) -> tuple[float, float]:
+    """(median ms of `krepis logs --request-id R --json`, median ms of `krepis --version`)."""
+    import subprocess
+    import sys
+
+    exe = [sys.executable, "-m", "krepis"]
+
+    def timed(args: list[str]) -> float:
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run(exe + args, capture_output=True, check=True)
+            samples.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(samples)
+
+    return timed(["logs", "--storage", path, "--request-id", rid, "--json"]), timed(["--version"])
+
+
+def _sqlite_bytes(path: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+    return int(pages) * int(size)
+
+
+def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], None]) -> dict[str, Any]:
+    """The read section: each query on krepis and sqlite3 at ``small`` and ``large`` entries."""
+    out: dict[str, Any] = {"sizes": [small, large]}
+    for n in (small, large):
+        k, s = os.path.join(work, f"q{n}"), os.path.join(work, f"q{n}.sqlite")
+        note(f"filling krepis and sqlite3 with {n:,} realistic entries", 0)
+        fill_pair(k, s, n)
+        note(f"querying {n:,} entries", 0)
+        out[str(n)] = _query_times(k, s, n)
+        apparent, allocated = _disk_bytes(k)
+        out[str(n)]["bytes_per_entry"] = {"krepis": round(apparent / n, 1),
+                                          "krepis_allocated": round(allocated / n, 1),
+                                          "sqlite": round(_sqlite_bytes(s) / n, 1)}
+        if n == large:
+            with SovereignJournal(k, create=False) as journal:
+                rid = journal.entry(n // 3).request_id
+            opened, after = _rss_after_lookup(k, rid)
+            out["rss"] = {"opened_mib": round(opened / 2**20, 1), "after_lookup_mib": round(after / 2**20, 1),
+                          "ratio": round(after / opened, 2)}
+            cli_ms, start_ms = _cli_lookup_ms(k, rid)
+            out["cli"] = {"logs_request_id_ms": round(cli_ms, 1), "process_start_ms": round(start_ms, 1)}
+        for name in (k, s, s + "-wal", s + "-shm"):
+            if os.path.isdir(name):
+                shutil.rmtree(name, ignore_errors=True)
+            elif os.path.exists(name):
+                os.unlink(name)
+        note(f"querying {n:,} entries", 1)
+    return out
+
+
 def _per_call_us(fn: Callable[[], object], repeat: int) -> float:
     """Median of 5 timings of `repeat` calls, in µs per call."""
     samples = []
@@ -349,7 +601,10 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
             return os.path.join(work, name)
 
         plan: list[tuple[str, Callable[[], Row]]] = [
-            ("fsync limit: append ~100 B + fdatasync", lambda: bench_fsync(path("fsync.log"), s)),
+            ("physical limit: overwrite ~100 B in place + fdatasync",
+             lambda: bench_physical(path("physical.dat"), s)),
+            ("append ~100 B + fdatasync (file grows: fs journal too)",
+             lambda: bench_fsync(path("fsync.log"), s)),
             ("spec design: log write+flush, then counter write+flush",
              lambda: bench_spec_design(path("spec"), s)),
         ]
@@ -396,12 +651,15 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
         open_small = _open_and_recover_us(small)
         apparent, allocated = _disk_bytes(large)
         note("reads")
+        query_small = min(cfg.query_small, cfg.large)
+        queries = bench_queries(work, cfg.large, query_small, note)
 
     base = rows[0].ops_per_s
     table = [r.summary(base) for r in rows]
     by_name = {r.name: r.ops_per_s for r in rows}
     names = [r.name for r in rows]
-    fsync, spec, sqlite_, sync1, sync16, asyncio_, interval, js = (by_name[n] for n in names[:8])
+    physical, _append, spec, sqlite_, sync1, sync16, asyncio_, interval, js = (by_name[n] for n in names[:9])
+    fsync = physical
     reads = {
         "recover_op_count_us": round(recover_us, 2),
         "get_recent_logs_100_us": round(recent_us, 1),
@@ -417,20 +675,40 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
 
     def target(text: str, value: float, goal: float, unit: str = "×", lower: bool = False) -> dict[str, Any]:
         met = value <= goal if lower else value >= goal
-        return {"target": text, "measured": round(value, 2), "goal": goal, "unit": unit, "met": met}
+        return {"target": text, "measured": round(value, 2), "goal": goal, "unit": unit, "met": met,
+                "lower": lower}
 
     targets = [
-        target("sync 1 thread / fsync limit", sync1 / fsync, 0.5),
+        target("sync 1 thread / physical limit", sync1 / fsync, 0.5),
         target("sync 1 thread / spec design", sync1 / spec, 1.5),
         target(f"sync {cfg.threads} threads / sync 1 thread", sync16 / sync1, 4),
         target(f"sync {cfg.threads} threads / sqlite3", sync16 / sqlite_, 2),
-        target(f"asyncio {cfg.tasks} tasks / fsync limit", asyncio_ / fsync, 12),
-        target(f"interval:{cfg.interval_ms}ms 1 thread / fsync limit", interval / fsync, 12),
+        target(f"asyncio {cfg.tasks} tasks / physical limit", asyncio_ / fsync, 12),
+        target(f"interval:{cfg.interval_ms}ms 1 thread / physical limit", interval / fsync, 12),
         target("JS op_increment_stats() calls/s", js, 10_000, "/s"),
         target("recover_op_count", recover_us, 10, "µs", lower=True),
         target("get_recent_logs(100)", recent_us, 200, "µs", lower=True),
         target(f"open+recover {cfg.large:,} / {cfg.small:,} entries", open_large / open_small, 2,
                lower=True),
     ]
+    big, little = queries[str(cfg.large)], queries[str(query_small)]
+    for name in QUERY_NAMES:
+        targets.append(target(f"{name}: krepis / sqlite3 time, {cfg.large:,} entries",
+                              big[name]["ratio"], 2, lower=True))
+    for name in QUERY_NAMES:
+        targets.append(target(f"{name}: time at {cfg.large:,} / at {query_small:,} entries",
+                              big[name]["krepis_us"] / little[name]["krepis_us"], 2, lower=True))
+    size = big["bytes_per_entry"]
+    targets.append(target("bytes per entry, indexes included: krepis / sqlite3",
+                          size["krepis"] / size["sqlite"], 1, lower=True))
+    targets.append(target("RSS after a request-id lookup / after opening", queries["rss"]["ratio"], 2,
+                          lower=True))
+    targets.append(target("krepis logs --request-id, minus process start",
+                          queries["cli"]["logs_request_id_ms"] - queries["cli"]["process_start_ms"], 10,
+                          "ms", lower=True))
     return {"machine": machine(), "config": asdict(cfg), "rows": table, "reads": reads,
-            "targets": targets}
+            "queries": queries, "targets": targets}
+
+
+QUERY_NAMES = ("request-id lookup", "rare op, all matches", "status=Failed, limit 20",
+               "op + 1-second window", "get_recent_logs(100)")

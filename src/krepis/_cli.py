@@ -396,7 +396,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmark", total=10 + (3 if cfg.postgres_url else 0))
+        task = progress.add_task("benchmark", total=13 + (3 if cfg.postgres_url else 0))
 
         def step(label: str, advance: int) -> None:
             progress.update(task, description=label, advance=advance)
@@ -429,11 +429,25 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
     reads.add_row("bytes on disk per entry (LMDB)", f"{r['bytes_per_entry']:.0f} B")
     reads.add_row("bytes on disk per entry (sqlite3)", f"{r['sqlite_bytes_per_entry']:.0f} B")
     con.print(reads)
+    q = result["queries"]
+    small, large = q["sizes"]
+    queries = Table(title="queries: krepis and sqlite3 (same rows, equivalent indexes), µs per call")
+    for col in ("", f"krepis {small:,}", f"krepis {large:,}", f"sqlite3 {large:,}", "ratio"):
+        queries.add_column(col, justify="left" if not col else "right")
+    for name, big in q[str(large)].items():
+        if name == "bytes_per_entry":
+            continue
+        queries.add_row(name, f"{q[str(small)][name]['krepis_us']:,.1f}", f"{big['krepis_us']:,.1f}",
+                        f"{big['sqlite_us']:,.1f}", f"{big['ratio']:.2f}×")
+    size = q[str(large)]["bytes_per_entry"]
+    queries.add_row("bytes on disk per entry", "", f"{size['krepis']:.0f}", f"{size['sqlite']:.0f}",
+                    f"{size['krepis'] / size['sqlite']:.2f}×")
+    con.print(queries)
     targets = Table(title="targets")
     for col in ("target", "measured", "goal", "met"):
         targets.add_column(col)
     for t in result["targets"]:
-        sign = "≤" if t["unit"] == "µs" or "open" in t["target"] else "≥"
+        sign = "≤" if t.get("lower") else "≥"
         goal = f"{t['goal']:,}" if isinstance(t["goal"], int) else str(t["goal"])
         targets.add_row(t["target"], f"{t['measured']:,}{t['unit']}", f"{sign} {goal}{t['unit']}",
                         "[green]yes[/]" if t["met"] else "[red]no[/]")

@@ -1,6 +1,6 @@
 """The binary encoding of an entry in an LMDB store of format 2 (``docs/storage-format.md``).
 
-``value = leaf_hash[32] | flags u8 | timestamp u64 LE | op_id u32 LE | request id | [duration] | [error]``
+``value = flags u8 | timestamp u64 LE | op_id u32 LE | request id | [duration] | [error]``
 
 * ``flags`` bits 0–1: status (1 Started, 2 Completed, 3 Failed); bit 2: the request id is a
   canonical lowercase UUID stored as its 16 bytes; bit 3: ``duration_us`` as u32 LE; bit 4:
@@ -23,7 +23,7 @@ STATUS_OF = {1: LogStatus.Started, 2: LogStatus.Completed, 3: LogStatus.Failed}
 _HDR = struct.Struct("<BQI")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_BODY = 32 + _HDR.size
+_BODY = _HDR.size
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _F_UUID, _F_D32, _F_D64, _F_ERR = 4, 8, 16, 32
 _U32_MAX = 2**32 - 1
@@ -34,7 +34,7 @@ def rid_hash(request_id: bytes) -> bytes:
     return blake2b(request_id, digest_size=8).digest()
 
 
-def encode_value(leaf: bytes, log: TransactionLog, op_id: int) -> bytes:
+def encode_value(log: TransactionLog, op_id: int) -> bytes:
     flags = STATUS_CODE[log.status]
     rid = log.request_id
     if len(rid) == 36 and _UUID(rid):
@@ -55,13 +55,13 @@ def encode_value(leaf: bytes, log: TransactionLog, op_id: int) -> bytes:
     if log.error is not None:
         flags |= _F_ERR
         tail += log.error.encode("utf-8")
-    return leaf + _HDR.pack(flags, log.timestamp, op_id) + rid_part + tail
+    return _HDR.pack(flags, log.timestamp, op_id) + rid_part + tail
 
 
 def decode_value(value: bytes, seq: int, op_name_of: dict[int, str]) -> TransactionLog:
     """Decode a stored value. Raises ``ValueError``/``KeyError`` (and only those) when malformed;
     ``op_name_of`` must map the value's op id (a ``KeyError`` lets the caller load it)."""
-    flags, ts, op_id = _HDR.unpack_from(value, 32)
+    flags, ts, op_id = _HDR.unpack_from(value)
     status = STATUS_OF.get(flags & 3)
     if status is None or flags & ~63 or ts >> 63:
         raise ValueError(f"bad header (flags {flags:#x})")

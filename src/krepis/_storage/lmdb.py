@@ -225,7 +225,7 @@ class LmdbStorage(Storage):
                     if op_id is None:
                         op_id = self._new_op(txn, op, new_ops)
                 key = _SEQ.pack(seq)
-                if not c_entries.put(key, encode_value(leaf, log, op_id), overwrite=False, append=True):
+                if not c_entries.put(key, encode_value(log, op_id), overwrite=False, append=True):
                     raise CorruptStorageError(
                         f"storage at {self.location}: sequence {seq} is already used; the meta "
                         "sequence is behind the entries", self.location)
