@@ -35,7 +35,7 @@ COUNTER_PREFIX = b"op_count:"
 _U64 = struct.Struct("<Q")
 _SEQ = struct.Struct(">Q")
 _TS_SEQ = struct.Struct(">QQ")
-_OP_KEY = struct.Struct(">IB")
+_OP_KEY = struct.Struct(">cIB")
 _TREE_HDR = struct.Struct("<QQ")  # first_seq, epoch; then the frontier hashes
 _NODE_KEY = struct.Struct(">BQ")
 _MAX_U64 = 2**64 - 1
@@ -45,13 +45,15 @@ _MAX_DBS = 16
 _DATA = "data.mdb"
 _LOCK = "lock.mdb"
 MIGRATE_DIR = ".migrate"  # where `krepis migrate` builds the new store before swapping it in
+# index keys: "t" (every entry), "s" + status, "o" + BE4(op id) + status, "r" + H8(rid) + status
 _TIME_KEY = b"t"
 _ALL_STATUSES = (LogStatus.Started, LogStatus.Completed, LogStatus.Failed)
-_HIGH = b"\xff" * 17
+_STATUS_BYTE = {code: bytes((code,)) for code in (1, 2, 3)}
+_STATUS_KEY = {code: b"s" + bytes((code,)) for code in (1, 2, 3)}
 # (name, dupsort) of every named database of format 2
 _DBS = (
-    (b"entries", False), (b"by_time", True), (b"by_status", True), (b"by_op", True),
-    (b"by_rid", False), (b"ops", False), (b"stats", False), (b"tree", False), (b"meta", False),
+    (b"entries", False), (b"index", True), (b"ops", False), (b"stats", False), (b"tree", False),
+    (b"meta", False),
 )
 _DB_NAMES = {name for name, _ in _DBS}
 
@@ -124,10 +126,7 @@ class LmdbStorage(Storage):
         self._env = self._shared.env
         dbs = self._shared.dbs
         self._entries = dbs[b"entries"]
-        self._by_time = dbs[b"by_time"]
-        self._by_status = dbs[b"by_status"]
-        self._by_op = dbs[b"by_op"]
-        self._by_rid = dbs[b"by_rid"]
+        self._index = dbs[b"index"]
         self._ops = dbs[b"ops"]
         self._stats = dbs[b"stats"]
         self._tree = dbs[b"tree"]
@@ -203,12 +202,8 @@ class LmdbStorage(Storage):
         new_ops: dict[str, int],
     ) -> int:
         """Put every entry of the batch with its index rows and tree nodes; return the next seq."""
-        c_entries = txn.cursor(db=self._entries)
-        c_time = txn.cursor(db=self._by_time)
-        c_status = txn.cursor(db=self._by_status)
-        c_op = txn.cursor(db=self._by_op)
         put = txn.put
-        by_rid, tree = self._by_rid, self._tree
+        entries, index, tree = self._entries, self._index, self._tree
         size = seq - first_seq
         op_ids = self._shared.op_ids
 
@@ -225,22 +220,17 @@ class LmdbStorage(Storage):
                     if op_id is None:
                         op_id = self._new_op(txn, op, new_ops)
                 key = _SEQ.pack(seq)
-                if not c_entries.put(key, encode_value(log, op_id), overwrite=False, append=True):
+                if not put(key, encode_value(log, op_id), overwrite=False, append=True, db=entries):
                     raise CorruptStorageError(
                         f"storage at {self.location}: sequence {seq} is already used; the meta "
                         "sequence is behind the entries", self.location)
                 ts_seq = _TS_SEQ.pack(log.timestamp, seq)
                 status = STATUS_CODE[log.status]
-                status_key = bytes((status,))
-                op_key = _OP_KEY.pack(op_id, status)
+                rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
                 # Appends keep LMDB's pages full; an entry with an older timestamp goes in place.
-                if not c_time.put(_TIME_KEY, ts_seq, append=True):
-                    c_time.put(_TIME_KEY, ts_seq)
-                if not c_status.put(status_key, ts_seq, append=True):
-                    c_status.put(status_key, ts_seq)
-                if not c_op.put(op_key, ts_seq, append=True):
-                    c_op.put(op_key, ts_seq)
-                put(rid_hash(log.request_id.encode("utf-8")) + status_key + ts_seq, b"", db=by_rid)
+                for ikey in (_TIME_KEY, _STATUS_KEY[status], _OP_KEY.pack(b"o", op_id, status), rid_key):
+                    if not put(ikey, ts_seq, append=True, db=index):
+                        put(ikey, ts_seq, db=index)
                 size = append_leaf(frontier, size, leaf, on_node)
                 seq += 1
         return seq
@@ -300,8 +290,7 @@ class LmdbStorage(Storage):
         try:
             with self._env.begin(write=True) as txn:
                 seq, _first, epoch, _frontier = self._read_tree(txn)
-                for db in (self._entries, self._by_time, self._by_status, self._by_op, self._by_rid,
-                           self._stats, self._tree):
+                for db in (self._entries, self._index, self._stats, self._tree):
                     txn.drop(db, delete=False)
                 txn.put(b"tree", _TREE_HDR.pack(seq, epoch + 1), db=self._meta)
         except lmdb.Error as exc:
@@ -472,10 +461,10 @@ class LmdbStorage(Storage):
         check_rid = query.request_id is not None
         check_op = False
         if query.request_id is not None:
-            prefix = rid_hash(query.request_id.encode("utf-8"))
+            prefix = b"r" + rid_hash(query.request_id.encode("utf-8"))
             for status in statuses:
-                streams.append(_prefix_stream(txn.cursor(db=self._by_rid),
-                                              prefix + bytes((STATUS_CODE[status],)), lo, hi, desc))
+                streams.append(_dup_stream(txn.cursor(db=self._index),
+                                           prefix + _STATUS_BYTE[STATUS_CODE[status]], lo, hi, desc))
             check_op = query.op_names is not None
         elif query.op_names is not None:
             op_ids = self._shared.op_ids
@@ -487,14 +476,14 @@ class LmdbStorage(Storage):
                         continue  # never journaled: nothing matches
                     op_id = int.from_bytes(raw, "little")
                 for status in statuses:
-                    streams.append(_dup_stream(txn.cursor(db=self._by_op),
-                                               _OP_KEY.pack(op_id, STATUS_CODE[status]), lo, hi, desc))
+                    streams.append(_dup_stream(txn.cursor(db=self._index),
+                                               _OP_KEY.pack(b"o", op_id, STATUS_CODE[status]), lo, hi, desc))
         elif query.statuses is not None:
             for status in statuses:
-                streams.append(_dup_stream(txn.cursor(db=self._by_status),
-                                           bytes((STATUS_CODE[status],)), lo, hi, desc))
+                streams.append(_dup_stream(txn.cursor(db=self._index),
+                                           _STATUS_KEY[STATUS_CODE[status]], lo, hi, desc))
         else:
-            streams.append(_dup_stream(txn.cursor(db=self._by_time), _TIME_KEY, lo, hi, desc))
+            streams.append(_dup_stream(txn.cursor(db=self._index), _TIME_KEY, lo, hi, desc))
         merged: Iterator[bytes]
         if len(streams) == 1:
             merged = streams[0]
@@ -549,35 +538,6 @@ def _dup_stream(
         elif not cur.set_key(key):
             return
         for value in cur.iternext_dup(keys=False):
-            if hi is not None and value >= hi:
-                return
-            yield value
-
-
-def _prefix_stream(
-    cur: Any, prefix: bytes, lo: bytes | None, hi: bytes | None, desc: bool
-) -> Iterator[bytes]:
-    """The (timestamp, seq) suffixes of the keys starting with ``prefix`` within ``[lo, hi)``."""
-    n = len(prefix)
-    if desc:
-        top = prefix + (hi if hi is not None else _HIGH)
-        ok = cur.prev() if cur.set_range(top) else cur.last()
-        if not ok:
-            return
-        for key in cur.iterprev(keys=True, values=False):
-            if not key.startswith(prefix):
-                return
-            value = key[n:]
-            if lo is not None and value < lo:
-                return
-            yield value
-    else:
-        if not cur.set_range(prefix + (lo or b"")):
-            return
-        for key in cur.iternext(keys=True, values=False):
-            if not key.startswith(prefix):
-                return
-            value = key[n:]
             if hi is not None and value >= hi:
                 return
             yield value
