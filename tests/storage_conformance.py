@@ -275,3 +275,19 @@ class StorageConformance:
             assert s.get_count(b"x") == 1 and s.entry_count() == 1
         finally:
             s.close()
+
+    def test_verify_checks_every_entry_and_the_tree(self, storage: Storage) -> None:
+        report = storage.verify()
+        assert (report.entries, report.tree_size, report.root) == (0, 0, sha256(b"").digest())
+        leaves: list[bytes] = []
+        for n in (1, 300, 2, 255):
+            batch = [entry(n + i, f"r{i % 7}", i, op=f"op{i % 3}", status=(S, C, F)[i % 3]) for i in range(n)]
+            storage.write_batch([WriteRequest(batch, [b"x"])])
+            leaves += [canonical for _, canonical in batch]
+        report = storage.verify()
+        assert (report.entries, report.tree_size) == (558, 558)
+        assert report.root == mth(leaves) == storage.tree_head().root
+        assert report.tree_nodes == 2  # two complete tiles of 256 leaves
+        storage.clear()
+        storage.write_batch([WriteRequest([entry(1, "a", 1)], [])])
+        assert storage.verify().entries == 1

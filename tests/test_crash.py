@@ -71,4 +71,8 @@ def test_sigkill_never_loses_an_acknowledged_write(store: Path, flush: str) -> N
             assert len(stored - acked) <= threads
             # entry and counter are one transaction: they always agree
             assert journal.recover_op_count("crash_op") == journal.journal_count()
+            # the Merkle tree, the indexes and the entries agree after every kill
+            report = journal.verify()
+            assert report.entries == journal.journal_count()
+            assert report.root == journal.tree_head().root
     assert total_acked >= KILLS

@@ -349,3 +349,39 @@ def test_create_false_and_postgres_scheme(pg_url: str) -> None:
         journal.increment_op_count("x")
     with SovereignJournal(pg_url, create=False) as journal:
         assert journal.recover_op_count("x") == 1
+
+
+PG_TAMPERING = [
+    ("edit a field", "UPDATE krepis_entries SET duration_us = 99 WHERE seq = 300",
+     "entry 300 does not match its leaf hash"),
+    ("edit a field and its leaf hash",
+     "UPDATE krepis_entries SET duration_us = 99, leaf = sha256('\\x00'::bytea || convert_to("
+     "'{\"timestamp\":300,\"op_name\":\"op0\",\"request_id\":\"r300\",\"status\":\"Completed\","
+     "\"duration_us\":99}', 'UTF8')) WHERE seq = 300",
+     "Merkle hash of entries 256…511"),
+    ("delete an entry", "DELETE FROM krepis_entries WHERE seq = 40", "entry 40 is missing"),
+    ("swap two entries", "UPDATE krepis_entries SET seq = 1000000 WHERE seq = 3; "
+                         "UPDATE krepis_entries SET seq = 3 WHERE seq = 4; "
+                         "UPDATE krepis_entries SET seq = 4 WHERE seq = 1000000",
+     "Merkle hash of entries 0…255"),
+    ("add an entry", "INSERT INTO krepis_entries SELECT 700, timestamp, op_name, request_id, status, "
+                     "duration_us, error, leaf FROM krepis_entries WHERE seq = 5",
+     "entries end before seq 701"),
+    ("change a tree node", "UPDATE krepis_tree SET hash = '\\x00' WHERE level = 8 AND idx = 1",
+     "Merkle hash of entries 256…511 \\(height 8\\) does not match"),
+]
+
+
+@pytest.mark.parametrize(("how", "sql", "message"), PG_TAMPERING, ids=[t[0] for t in PG_TAMPERING])
+def test_verify_names_what_was_tampered_with(pg_url: str, how: str, sql: str, message: str) -> None:
+    import psycopg
+
+    with SovereignJournal(pg_url) as journal:
+        for i in range(700):
+            journal.log_transaction(TransactionLog(i, f"op{i % 3}", f"r{i}", LogStatus.Completed,
+                                                   duration_us=i))
+        assert journal.verify().entries == 700
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+        with pytest.raises(CorruptStorageError, match=message):
+            journal.verify()

@@ -32,3 +32,72 @@ def test_two_handles_in_one_process_share_one_environment(tmp_path: Path) -> Non
     finally:
         a.close()
         b.close()
+
+
+# --- tampering: every change made with LMDB's own tools is found by verify() ----------------------
+
+def _tamper(store: Path, fn) -> None:  # type: ignore[no-untyped-def]
+    import lmdb
+
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {n: env.open_db(n, txn=txn, create=False, dupsort=n == b"index", dupfixed=n == b"index")
+                   for n in (b"entries", b"index", b"tree", b"meta", b"ops")}
+            fn(txn, dbs)
+    finally:
+        env.close()
+
+
+def _key(seq: int) -> bytes:
+    return seq.to_bytes(8, "big")
+
+
+def _swap(txn, dbs, a: int, b: int) -> None:  # type: ignore[no-untyped-def]
+    va, vb = txn.get(_key(a), db=dbs[b"entries"]), txn.get(_key(b), db=dbs[b"entries"])
+    txn.put(_key(a), vb, db=dbs[b"entries"])
+    txn.put(_key(b), va, db=dbs[b"entries"])
+
+
+def _edit_byte(txn, dbs, seq: int) -> None:  # type: ignore[no-untyped-def]
+    value = bytearray(txn.get(_key(seq), db=dbs[b"entries"]))
+    value[-1] ^= 1  # the duration: the one field no index covers, so only the tree can tell
+    txn.put(_key(seq), bytes(value), db=dbs[b"entries"])
+
+
+TAMPERING = [
+    ("edit one byte of entry 300", lambda t, d: _edit_byte(t, d, 300), r"Merkle hash of entries 256…511"),
+    ("edit one byte of entry 600", lambda t, d: _edit_byte(t, d, 600), r"tree head does not match entries"),
+    ("delete entry 40", lambda t, d: t.delete(_key(40), db=d[b"entries"]), r"entry 40 is missing"),
+    ("delete the last entry", lambda t, d: t.delete(_key(699), db=d[b"entries"]),
+     r"entries end before seq 699"),
+    ("swap entries 3 and 4", lambda t, d: _swap(t, d, 3, 4), r"entry 3 has no row in the time index"),
+    ("add an entry", lambda t, d: t.put(_key(700), t.get(_key(5), db=d[b"entries"]), db=d[b"entries"]),
+     r"entry 700 has no row in the time index"),
+    ("change a request id", lambda t, d: t.put(_key(9), t.get(_key(9), db=d[b"entries"])[:-5] + b"x"
+                                               + t.get(_key(9), db=d[b"entries"])[-4:], db=d[b"entries"]),
+     r"entry 9 has no row in the request id index"),
+    ("change a tree node", lambda t, d: t.put(b"\x08" + (1).to_bytes(8, "big"), b"\0" * 32, db=d[b"tree"]),
+     r"Merkle hash of entries 256…511 \(height 8\) does not match"),
+    ("drop a tree node", lambda t, d: t.delete(b"\x08" + (0).to_bytes(8, "big"), db=d[b"tree"]),
+     r"Merkle hash of entries 0…255 \(height 8\) is missing"),
+    ("drop an index row", lambda t, d: t.delete(b"t", (5).to_bytes(8, "big") + _key(5), db=d[b"index"]),
+     r"has no row in the time index"),
+    ("add an index row", lambda t, d: t.put(b"s\x01", b"\0" * 16, db=d[b"index"]),
+     r"status index holds 701 rows for 700 entries"),
+]
+
+
+@pytest.mark.parametrize(("how", "change", "message"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_verify_names_what_was_tampered_with(tmp_path: Path, how: str, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    from krepis import CorruptStorageError, LogStatus, SovereignJournal, TransactionLog
+
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        for i in range(700):
+            journal.record(TransactionLog(i, f"op{i % 3}", f"r{i}", LogStatus.Completed, duration_us=i),
+                           increment="op")
+        assert journal.verify().entries == 700
+    _tamper(store, change)
+    with SovereignJournal(store) as journal, pytest.raises(CorruptStorageError, match=message):
+        journal.verify()

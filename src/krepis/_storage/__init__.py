@@ -16,7 +16,7 @@ from typing import Literal
 
 from .._model import LogStatus, TransactionLog
 
-__all__ = ["Query", "Storage", "TreeHead", "WriteRequest", "open_storage"]
+__all__ = ["Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest", "open_storage"]
 
 #: the order a scan returns entries in: by (timestamp, seq), or by seq alone
 Order = Literal["time", "append"]
@@ -79,6 +79,16 @@ class TreeHead:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What :meth:`Storage.verify` checked: every entry, its index rows and the Merkle tree."""
+
+    entries: int
+    tree_size: int
+    root: bytes
+    tree_nodes: int
+
+
 class Storage(abc.ABC):
     """An engine holding the journal (entries in append order, indexes, the Merkle tree) and the
     counters.
@@ -133,6 +143,13 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def op_names(self) -> list[str]:
         """Every op name that has entries (or had, before a clear), sorted."""
+
+    @abc.abstractmethod
+    def verify(self) -> VerifyReport:
+        """Read everything once and check it agrees: every entry decodes, the sequence has no gap,
+        every leaf recomputed from its entry matches the stored tree (tile nodes and frontier),
+        and every index holds exactly one row per entry. Raises :class:`CorruptStorageError`
+        naming the first entry (or range of entries) found wrong. O(n)."""
 
     @abc.abstractmethod
     def clear(self) -> None:

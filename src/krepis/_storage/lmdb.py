@@ -23,9 +23,9 @@ from typing import Any
 import lmdb
 
 from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
-from .._model import LogStatus, TransactionLog
-from .._tlog.merkle import append_leaf, root_from_frontier
-from . import Query, Storage, TreeHead, WriteRequest
+from .._model import LogStatus, TransactionLog, encode_log
+from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
+from . import Query, Storage, TreeHead, VerifyReport, WriteRequest
 from ._codec import STATUS_CODE, decode_value, encode_value, rid_hash
 
 __all__ = ["FORMAT_VERSION", "LmdbStorage"]
@@ -403,6 +403,72 @@ class LmdbStorage(Storage):
                 op_id = int.from_bytes(key[1:], "big")
                 text = name.decode("utf-8", "strict")
                 self._shared.op_names[op_id] = text
+
+    def verify(self) -> VerifyReport:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                return self._verify(txn)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "verifying") from exc
+
+    def _verify(self, txn: Any) -> VerifyReport:
+        where = f"storage at {self.location}"
+        seq, first_seq, _epoch, frontier = self._read_tree(txn)
+        tree, index = self._tree, self._index
+        checker = TreeChecker(lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree), first_seq)
+        idx = txn.cursor(db=index)
+        expected = first_seq
+        for key, raw in txn.cursor(db=self._entries):
+            at = _SEQ.unpack(key)[0]
+            if at != expected:
+                what = f"entry {expected} is missing" if at > expected else f"entry {at} precedes the log"
+                raise CorruptStorageError(f"{where}: {what} (the log starts at seq {first_seq})",
+                                          self.location)
+            log = self._decode(txn, at, raw)
+            try:
+                checker.add(encode_log(log))
+            except ValueError as exc:
+                raise CorruptStorageError(f"{where}: {exc}", self.location) from None
+            ts_seq = _TS_SEQ.pack(log.timestamp, at)
+            status = STATUS_CODE[log.status]
+            op_id = self._shared.op_ids.get(log.op_name)
+            if op_id is None:
+                raw_id = txn.get(b"n" + log.op_name.encode("utf-8"), db=self._ops)
+                op_id = int.from_bytes(raw_id or b"\xff\xff\xff\xff\xff", "little")
+            rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
+            for name, ikey in (("time", _TIME_KEY), ("status", _STATUS_KEY[status]),
+                               ("op", _OP_KEY.pack(b"o", op_id & 0xFFFFFFFF, status)),
+                               ("request id", rid_key)):
+                if not idx.set_key_dup(ikey, ts_seq):
+                    raise CorruptStorageError(f"{where}: entry {at} has no row in the {name} index",
+                                              self.location)
+            expected += 1
+        if expected != seq:
+            raise CorruptStorageError(f"{where}: the entries end before seq {expected}; the sequence "
+                                      f"record says {seq}", self.location)
+        try:
+            root = checker.finish(frontier)
+        except ValueError as exc:
+            raise CorruptStorageError(f"{where}: {exc}", self.location) from None
+        n = seq - first_seq
+        rows = {b"t": 0, b"s": 0, b"o": 0, b"r": 0}
+        keys = idx.iternext_nodup(keys=True, values=False) if idx.first() else iter(())
+        for key in keys:
+            kind = key[:1]
+            if kind not in rows:
+                raise CorruptStorageError(f"{where}: unknown index key {key[:20]!r}", self.location)
+            rows[kind] += idx.count()  # (positioned on the key's first duplicate)
+        names = {b"t": "time", b"s": "status", b"o": "op", b"r": "request id"}
+        for kind, count in rows.items():
+            if count != n:
+                raise CorruptStorageError(f"{where}: the {names[kind]} index holds {count} rows for "
+                                          f"{n} entries", self.location)
+        stored_nodes = int(txn.stat(tree)["entries"])
+        if stored_nodes != checker.nodes:
+            raise CorruptStorageError(f"{where}: the tree holds {stored_nodes} subtree hashes; the "
+                                      f"entries make {checker.nodes}", self.location)
+        return VerifyReport(n, n, root, checker.nodes)
 
     def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
         self._check()

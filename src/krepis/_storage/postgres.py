@@ -28,9 +28,9 @@ from hashlib import sha256
 from typing import Any
 
 from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
-from .._model import LogStatus, TransactionLog, make_log
-from .._tlog.merkle import append_leaf, root_from_frontier
-from . import Query, Storage, TreeHead, WriteRequest
+from .._model import LogStatus, TransactionLog, encode_log, make_log
+from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
+from . import Query, Storage, TreeHead, VerifyReport, WriteRequest
 from ._codec import STATUS_CODE, STATUS_OF
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
@@ -456,6 +456,69 @@ class PostgresStorage(Storage):
             all_params = [p for _, ps in branches for p in ps] + [limit]
         rows = self._run("reading the journal", sql, all_params)
         return [self._decode(r) for r in rows]
+
+    def verify(self) -> VerifyReport:
+        where = f"PostgreSQL at {self.location}"
+        if self._closed:
+            raise ClosedError(f"the journal at {self.location} is closed")
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = False
+                try:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    return self._verify(conn, where)
+                finally:
+                    conn.rollback()
+                    conn.autocommit = True
+        except JournalError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "verifying") from None
+
+    def _verify(self, conn: Any, where: str) -> VerifyReport:
+        row = conn.execute("SELECT next_seq, first_seq, frontier, entries FROM krepis_log WHERE id = 1"
+                           ).fetchone()
+        if row is None:
+            raise CorruptStorageError(f"{where}: the krepis_log row is missing", self.location)
+        seq, first_seq, raw, count = int(row[0]), int(row[1]), bytes(row[2]), int(row[3])
+        frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+        nodes = {(int(level), int(idx)): bytes(h) for level, idx, h in
+                 conn.execute("SELECT level, idx, hash FROM krepis_tree").fetchall()}
+        checker = TreeChecker(lambda level, i: nodes.get((level, i)), first_seq)
+        expected = first_seq
+        with conn.cursor(name="krepis_verify") as cur:
+            cur.itersize = 5000
+            cur.execute(f"SELECT {_COLUMNS}, leaf FROM krepis_entries ORDER BY seq")
+            for *cols, leaf in cur:
+                log = self._decode(tuple(cols))
+                if log.seq != expected:
+                    what = (f"entry {expected} is missing" if (log.seq or 0) > expected
+                            else f"entry {log.seq} precedes the log")
+                    raise CorruptStorageError(f"{where}: {what} (the log starts at seq {first_seq})",
+                                              self.location)
+                data = encode_log(log)
+                if sha256(b"\x00" + data).digest() != bytes(leaf):
+                    raise CorruptStorageError(f"{where}: entry {expected} does not match its leaf hash",
+                                              self.location)
+                try:
+                    checker.add(data)
+                except ValueError as exc:
+                    raise CorruptStorageError(f"{where}: {exc}", self.location) from None
+                expected += 1
+        if expected != seq:
+            raise CorruptStorageError(f"{where}: the entries end before seq {expected}; the sequence "
+                                      f"record says {seq}", self.location)
+        if count != seq - first_seq:
+            raise CorruptStorageError(f"{where}: the entry count says {count}; there are "
+                                      f"{seq - first_seq}", self.location)
+        try:
+            root = checker.finish(frontier)
+        except ValueError as exc:
+            raise CorruptStorageError(f"{where}: {exc}", self.location) from None
+        if len(nodes) != checker.nodes:
+            raise CorruptStorageError(f"{where}: the tree holds {len(nodes)} subtree hashes; the "
+                                      f"entries make {checker.nodes}", self.location)
+        return VerifyReport(count, count, root, checker.nodes)
 
     def clear(self) -> None:
         self._run("clearing", "BEGIN; LOCK TABLE krepis_log IN EXCLUSIVE MODE; "

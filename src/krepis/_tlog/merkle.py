@@ -19,6 +19,7 @@ from hashlib import sha256
 __all__ = [
     "EMPTY_ROOT",
     "TILE_HEIGHT",
+    "TreeChecker",
     "append_leaf",
     "frontier_levels",
     "leaf_hash",
@@ -78,3 +79,48 @@ def root_from_frontier(frontier: list[bytes]) -> bytes:
     for node in reversed(frontier[:-1]):
         root = node_hash(node, root)
     return root
+
+
+class TreeChecker:
+    """Recompute a stored tree leaf by leaf and compare it with what the store holds.
+
+    Feed the leaf data of every entry in append order to :meth:`add`; ``stored_node(level,
+    index)`` returns the store's hash of that tile-height subtree (or ``None``). A mismatch raises
+    ``ValueError`` naming the leaf range whose hash differs; :meth:`finish` compares the frontier.
+    """
+
+    def __init__(self, stored_node: Callable[[int, int], bytes | None], offset: int = 0) -> None:
+        self._stored = stored_node
+        self._offset = offset  # added to leaf numbers in messages (a journal's first seq)
+        self.frontier: list[bytes] = []
+        self.size = 0
+        self.nodes = 0
+
+    def add(self, data: bytes) -> None:
+        self.size = append_leaf(self.frontier, self.size, leaf_hash(data), self._check)
+
+    def _check(self, level: int, index: int, node: bytes) -> None:
+        stored = self._stored(level, index)
+        if stored != node:
+            first, last = (index << level) + self._offset, ((index + 1) << level) - 1 + self._offset
+            what = "is missing" if stored is None else "does not match the entries"
+            raise ValueError(f"the stored Merkle hash of entries {first}…{last} (height {level}) {what}")
+        self.nodes += 1
+
+    def finish(self, stored_frontier: list[bytes]) -> bytes:
+        """Compare the recomputed frontier with the stored one; return the root."""
+        if stored_frontier != self.frontier:
+            for level, ours, theirs in zip(frontier_levels(self.size), self.frontier, stored_frontier,
+                                           strict=False):
+                if ours != theirs:
+                    start = _subtree_start(self.size, level) + self._offset
+                    raise ValueError(f"the stored tree head does not match entries {start}…"
+                                     f"{start + (1 << level) - 1}")
+            raise ValueError(f"the stored tree head has {len(stored_frontier)} subtrees; the "
+                             f"{self.size} entries make {len(self.frontier)}")
+        return root_from_frontier(self.frontier)
+
+
+def _subtree_start(size: int, level: int) -> int:
+    """First leaf of the frontier subtree of height ``level`` in a tree of ``size`` leaves."""
+    return size >> (level + 1) << (level + 1)
