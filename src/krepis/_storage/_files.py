@@ -33,7 +33,6 @@ import pwd
 import stat
 import struct
 import threading
-from collections.abc import Iterator
 
 from .._errors import CorruptStorageError, StorageError, ValidationError
 
@@ -177,7 +176,8 @@ class StoreFiles:
         self.path = path
         self.dir_fd = dir_fd
         self.created: list[str] = []
-        self.data_fd = -1
+        self.data_fd = self.lock_fd = -1
+        self._writer = 0  # the thread inside writer_lock(), if any
         self._thread_lock = threading.Lock()
         self._ids: dict[str, tuple[int, int]] = {}
         try:
@@ -220,11 +220,16 @@ class StoreFiles:
         st = os.fstat(self.data_fd)
         _check_entry(path, DATA, st)
         self._ids[DATA] = (st.st_dev, st.st_ino)
-        lock = _lstat(LOCK, dfd)
-        if lock is None:  # pragma: no cover - removed between two syscalls by someone else
-            raise StorageError(f"storage at {path}: {LOCK} disappeared while opening", path)
-        _check_entry(path, LOCK, lock)
-        self._ids[LOCK] = (lock.st_dev, lock.st_ino)
+        try:
+            # Held until the environment is closed, and closed only after it: closing any
+            # descriptor of lock.mdb drops this process's fcntl locks on it, LMDB's included.
+            self.lock_fd = os.open(LOCK, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
+        except OSError as exc:
+            raise StorageError(f"cannot open {os.path.join(path, LOCK)}: {exc.strerror}",
+                               path) from exc
+        st = os.fstat(self.lock_fd)
+        _check_entry(path, LOCK, st)
+        self._ids[LOCK] = (st.st_dev, st.st_ino)
 
     def _create(self, name: str) -> None:
         try:
@@ -283,16 +288,19 @@ class StoreFiles:
                 "backup; krepis will not map it", self.path)
 
     def check_attached(self) -> None:
-        """Raise :class:`StorageError` unless ``data.mdb`` and ``lock.mdb`` in the directory are
-        still the inodes this environment opened."""
-        for name in (DATA, LOCK):
-            try:
-                st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
-                same = (st.st_dev, st.st_ino) == self._ids[name]
-            except OSError:
-                same = False
-            if not same:
-                raise StorageError(self._detached_message(name), self.path)
+        """Raise :class:`StorageError` unless ``data.mdb`` and ``lock.mdb`` are still linked in
+        the directory: deleting a file, or renaming another over it, leaves the inode this
+        process holds with no link (one ``fstat`` each; the inodes were single-link at open)."""
+        if os.fstat(self.data_fd).st_nlink == 0:
+            raise StorageError(self._detached_message(DATA), self.path)
+        if os.fstat(self.lock_fd).st_nlink == 0:
+            raise StorageError(self._detached_message(LOCK), self.path)
+
+    def check_reader(self) -> None:
+        """The check before a read: only the lock table matters (a deleted ``data.mdb`` still
+        reads consistently); skipped inside this thread's write transaction, checked there."""
+        if self._writer != threading.get_ident() and os.fstat(self.lock_fd).st_nlink == 0:
+            self.check_attached()  # names data.mdb when the whole store was deleted
 
     def _detached_message(self, name: str) -> str:
         if name == DATA:
@@ -306,19 +314,18 @@ class StoreFiles:
 
     def verify_opened(self) -> None:
         """After LMDB opened the directory: it must have found exactly the files checked here."""
-        self.check_attached()
+        for name in (DATA, LOCK):
+            st = _lstat(name, self.dir_fd)
+            if st is None or (st.st_dev, st.st_ino) != self._ids[name]:
+                raise StorageError(
+                    f"storage at {self.path}: {name} was replaced while the store was being "
+                    "opened; nothing was written. Check who else writes this directory",
+                    self.path)
 
-    @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
+    def writer_lock(self) -> _WriterLock:
         """Hold the store-wide writer lock: one write transaction at a time across threads and
-        processes, independent of ``lock.mdb``; check the files are still ours under it."""
-        with self._thread_lock:  # flock is per open file: threads must be serialized first
-            fcntl.flock(self.data_fd, fcntl.LOCK_EX)
-            try:
-                self.check_attached()
-                yield
-            finally:
-                fcntl.flock(self.data_fd, fcntl.LOCK_UN)
+        processes, independent of ``lock.mdb``; under it, check the files are still ours."""
+        return _WriterLock(self)
 
     def remove_created(self) -> None:
         """Undo a failed open: remove only the files this open created."""
@@ -329,8 +336,40 @@ class StoreFiles:
 
     def close(self) -> None:
         """Close the descriptors (after the LMDB environment is closed). Idempotent."""
-        for fd in (self.data_fd, self.dir_fd):
+        for fd in (self.lock_fd, self.data_fd, self.dir_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.data_fd = self.dir_fd = -1
+        self.lock_fd = self.data_fd = self.dir_fd = -1
+
+
+class _WriterLock:
+    """``with files.writer_lock():`` — a class rather than a generator: it runs on every write."""
+
+    __slots__ = ("_files",)
+
+    def __init__(self, files: StoreFiles) -> None:
+        self._files = files
+
+    def __enter__(self) -> None:
+        files = self._files
+        files._thread_lock.acquire()  # flock is per open file: threads must be serialized first
+        try:
+            fcntl.flock(files.data_fd, fcntl.LOCK_EX)
+        except BaseException:
+            files._thread_lock.release()
+            raise
+        try:
+            files.check_attached()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        files._writer = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        files = self._files
+        files._writer = 0
+        try:
+            fcntl.flock(files.data_fd, fcntl.LOCK_UN)
+        finally:
+            files._thread_lock.release()

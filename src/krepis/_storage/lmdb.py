@@ -122,7 +122,7 @@ class LmdbStorage(Storage):
         if self._generation != _generation:
             raise _forked_error(self.location)
         if self._shared.files is not None:
-            self._shared.files.check_attached()  # lock.mdb / data.mdb not deleted meanwhile
+            self._shared.files.check_reader()  # lock.mdb not deleted meanwhile
 
     def close(self) -> None:
         if self._closed:
@@ -140,7 +140,8 @@ class LmdbStorage(Storage):
 
     # -- writes ----------------------------------------------------------------------------
     def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
-        self._check()
+        if self._closed or self._generation != _generation:
+            self._check()
         with _writer_lock(self._shared):
             return self._write_batch(requests)
 
@@ -185,7 +186,8 @@ class LmdbStorage(Storage):
         return results
 
     def clear(self) -> None:
-        self._check()
+        if self._closed or self._generation != _generation:
+            self._check()
         with _writer_lock(self._shared):
             self._clear()
 
