@@ -29,6 +29,7 @@ __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
 FORMAT_VERSION = 1
 _LOCK_ID = 0x6B726570  # advisory lock serializing schema creation ("krep")
 _CONNECT_TIMEOUT = 10
+_TABLES = ("krepis_journal", "krepis_stats", "krepis_state")
 _POOL_MAX = 8
 
 SCHEMA = """
@@ -206,6 +207,15 @@ class PostgresStorage(Storage):
                             f"PostgreSQL at {self.location} holds krepis tables of format "
                             f"{fmt[0] if fmt else 'unknown'}; this krepis reads format {FORMAT_VERSION}",
                             self.location)
+                if not create:  # opening only: check, never create or insert anything
+                    missing = [t for t in _TABLES if conn.execute(
+                        "SELECT to_regclass(%s) IS NULL", (t,)).fetchone()[0]]
+                    if missing:
+                        raise CorruptStorageError(
+                            f"PostgreSQL at {self.location}: the krepis tables are incomplete "
+                            f"(missing: {', '.join(missing)}); nothing was created",
+                            self.location)
+                    return
                 conn.execute(SCHEMA)
                 conn.execute("INSERT INTO krepis_meta (key, value) VALUES ('format', %s) "
                              "ON CONFLICT DO NOTHING", (str(FORMAT_VERSION),))
