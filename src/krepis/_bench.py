@@ -284,14 +284,16 @@ def _postgres_schema(url: str) -> Iterator[str]:
     """A URL whose tables live in a new, temporary schema of the database; dropped afterwards."""
     import psycopg
 
+    from ._storage import _pgurl
+
+    params: dict[str, Any] = dict(_pgurl.parse(url).params)  # libpq never sees the URL
     schema = f"krepis_bench_{os.getpid()}_{int(time.time())}"
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(**params, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in url else "?"
     try:
-        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+        yield _pgurl.build({**params, "options": f"-csearch_path={schema}"})
     finally:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
@@ -432,5 +434,10 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
         target(f"open+recover {cfg.large:,} / {cfg.small:,} entries", open_large / open_small, 2,
                lower=True),
     ]
-    return {"machine": machine(), "config": asdict(cfg), "rows": table, "reads": reads,
+    config = asdict(cfg)
+    if config.get("postgres_url"):  # never print a password
+        from ._storage.postgres import redact
+
+        config["postgres_url"] = redact(config["postgres_url"])
+    return {"machine": machine(), "config": config, "rows": table, "reads": reads,
             "targets": targets}

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
-from . import EntryFilter, Storage, WriteRequest
+from . import EntryFilter, Storage, WriteRequest, _pgurl
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
 
@@ -79,38 +79,17 @@ SELECT name, value FROM bumped
 
 
 def is_postgres_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+    return _pgurl.is_postgres_url(location)
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and ``journal.path``."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:  # pragma: no cover - psycopg missing
-        return url.split("@")[-1]
-    try:
-        params = conninfo_to_dict(url)
-    except Exception:
-        return "postgresql://(unparsable URL)"
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
-    hosts = ",".join(f"{h}:{p}" for h, p in zip(str(host).split(","), _ports(str(port), str(host)),
-                                                 strict=False))
-    user = params.get("user")
-    db = params.get("dbname") or ""
-    return f"postgresql://{str(user) + '@' if user else ''}{hosts}/{db}"
-
-
-def _ports(port: str, host: str) -> list[str]:
-    ports = port.split(",")
-    n = len(host.split(","))
-    return ports if len(ports) == n else [ports[0]] * n
+    """The URL without its password, for messages and ``journal.path`` (see ``_pgurl``)."""
+    return _pgurl.redact(url)
 
 
 def _params(url: str) -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(url)
+    """libpq keyword parameters parsed by ``_pgurl`` (libpq never parses the URL itself)."""
+    params: dict[str, Any] = dict(_pgurl.parse(url).params)
     params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT))
     params.setdefault("application_name", "krepis")
     return params
@@ -132,8 +111,9 @@ class PostgresStorage(Storage):
         self._lock = threading.Lock()
         try:
             params = _params(url)
-        except Exception as exc:
-            raise StorageError(f"invalid PostgreSQL URL {self.location}: {exc}", self.location) from None
+        except _pgurl.UrlError as exc:
+            raise StorageError(f"{exc} ({self.location})", self.location) from None
+        _pgurl.install_log_filter()
         self._params = params
         self._durable = durable
         first = self._connect_once()  # a direct connection gives libpq's own error message
@@ -315,6 +295,7 @@ class PostgresStorage(Storage):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """The first line of an engine's message, with every known password removed."""
+    text = _pgurl.scrub(str(exc)).strip() or type(exc).__name__
     return text.splitlines()[0]
 
