@@ -66,36 +66,34 @@ def check_path(path: str) -> None:
         raise ValidationError(f"storage path {path!r} contains a NUL character")
 
 
-def _user(uid: int) -> str:
+def _name(uid: int) -> str | None:
     try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {uid}"
+        return None
+
+
+def _user(uid: int) -> str:
+    name = _name(uid)
+    return f"uid {uid}" + (f" ({name})" if name else "")
 
 
 def _check_directory(path: str, st: os.stat_result) -> None:
+    """Owned by this user or root, writable by nobody else; else a StorageError saying why."""
     me = os.geteuid()
     if st.st_uid not in (me, 0):
         raise StorageError(
             f"storage directory {path} is owned by {_user(st.st_uid)}, not by this user "
             f"({_user(me)}): its owner could replace the store's files (for instance with links "
-            "to files of yours), so krepis does not open it. Run krepis as that user "
-            f"(e.g. sudo -u {pwd.getpwuid(st.st_uid).pw_name if _known(st.st_uid) else st.st_uid} "
-            "krepis …) or chown the directory", path)
+            "to files of yours), so krepis does not open it. Run krepis as that user (e.g. sudo "
+            f"-u {_name(st.st_uid) or '#' + str(st.st_uid)} krepis …) or chown the directory",
+            path)
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "other users" if mode & stat.S_IWOTH else "its group"
         raise StorageError(
             f"storage directory {path} is writable by {who} (mode {mode:04o}): any of them could "
             f"replace the store's files, so krepis does not open it; chmod 700 {path}", path)
-
-
-def _known(uid: int) -> bool:
-    try:
-        pwd.getpwuid(uid)
-    except KeyError:
-        return False
-    return True
 
 
 def open_directory(path: str, create: bool) -> int:
