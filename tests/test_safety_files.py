@@ -189,12 +189,43 @@ def test_directory_writable_by_others_is_refused(tmp_path: Path, mode: int) -> N
 def test_new_store_gets_private_modes_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        make_store(tmp_path / "s")
+        make_store(tmp_path / "a" / "b" / "s")
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(tmp_path / "s").st_mode) == 0o700
+    store = tmp_path / "a" / "b" / "s"
+    assert stat.S_IMODE(os.stat(store).st_mode) == 0o700
+    for parent in (tmp_path / "a", tmp_path / "a" / "b"):  # created, never writable by others
+        assert stat.S_IMODE(os.stat(parent).st_mode) == 0o755
     for name in ("data.mdb", "lock.mdb"):
-        assert stat.S_IMODE(os.lstat(tmp_path / "s" / name).st_mode) == 0o600
+        assert stat.S_IMODE(os.lstat(store / name).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_parent_others_can_change_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever can rename entries of a parent can swap the whole store directory."""
+    parent = tmp_path / "shared"
+    make_store(parent / "store")
+    parent.chmod(mode)
+    with pytest.raises(StorageError, match=rf"is inside {parent} \(owner uid {os.geteuid()}.*mode "
+                                           rf"{mode:04o}\), which users other than you and root"):
+        SovereignJournal(parent / "store", create=False)
+    parent.chmod(mode | stat.S_ISVTX)  # sticky, like /tmp: others cannot rename our entries
+    SovereignJournal(parent / "store", create=False).close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make files of another user")
+def test_path_through_others_symlink_or_directory_is_refused(shared_tmp: Path) -> None:
+    make_store(shared_tmp / "real" / "store")
+    link = shared_tmp / "link"
+    link.symlink_to(shared_tmp / "real")
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(StorageError, match=rf"goes through {link}, a symbolic link owned by uid {NOBODY}"):
+        SovereignJournal(link / "store", create=False)
+    os.lchown(link, 0, 0)
+    SovereignJournal(link / "store", create=False).close()  # our own link is fine
+    os.chown(shared_tmp / "real", NOBODY, NOBODY)
+    with pytest.raises(StorageError, match=rf"is inside {shared_tmp / 'real'} \(owner uid {NOBODY}"):
+        SovereignJournal(shared_tmp / "real" / "store", create=False)
 
 
 # --- truncated and empty data files -----------------------------------------------------------

@@ -10,7 +10,11 @@ Guarantees (each has a test in ``tests/test_safety_files.py`` or ``tests/test_sa
   symlink's target is never opened, written or created). Missing files are created here with
   ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600, and LMDB must end up on those very inodes.
 * **Trusted directory only.** A store directory must be owned by the user running krepis (or by
-  root) and writable by nobody else: whoever can write the directory can replace its files.
+  root) and writable by nobody else: whoever can write the directory can replace its files. The
+  same holds for every real ancestor (unless sticky, like /tmp), and no symbolic link on the
+  given path may belong to another user: whoever can change those can swap the whole directory.
+  The check-to-open window that remains is reachable only by this user or root, who can change
+  the files anyway.
 * **No SIGBUS on a truncated store.** Before LMDB maps ``data.mdb``, its two meta pages are read
   and the file must be at least as long as the newest one says (``(mm_last_pg + 1) × page
   size``); an empty ``data.mdb`` that this open did not create is refused, not re-initialised.
@@ -96,6 +100,82 @@ def _check_directory(path: str, st: os.stat_result) -> None:
             f"replace the store's files, so krepis does not open it; chmod 700 {path}", path)
 
 
+def _trusted(st: os.stat_result) -> bool:
+    """Only this user or root can rename entries of this directory."""
+    mode = st.st_mode
+    return st.st_uid in (os.geteuid(), 0) and (
+        not mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(mode & stat.S_ISVTX))
+
+
+def _check_path_to(path: str, dir_fd: int) -> None:
+    """Nobody but this user or root can swap the store directory for another: no symbolic
+    link on the way that someone else owns, and every real ancestor of the opened directory is
+    owned by this user or root and writable by nobody else (a sticky directory such as /tmp is
+    fine: others cannot rename what is ours in it)."""
+    me = os.geteuid()
+    prefix = os.sep
+    for part in path.split(os.sep):
+        if not part:
+            continue
+        prefix = os.path.join(prefix, part)
+        try:
+            st = os.lstat(prefix)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise StorageError(
+                f"storage path {path} goes through {prefix}, a symbolic link owned by "
+                f"{_user(st.st_uid)}: that user could point it at another store, so krepis does "
+                "not follow it. Use the real path", path)
+    cur = os.dup(dir_fd)
+    try:
+        here = os.fstat(cur)
+        while True:
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = parent
+            st = os.fstat(cur)
+            if (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
+                return  # the root of the file system
+            here = st
+            if not _trusted(st):
+                where = os.readlink(f"/proc/self/fd/{cur}") if os.path.exists(
+                    f"/proc/self/fd/{cur}") else "a parent directory"
+                mode = stat.S_IMODE(st.st_mode)
+                raise StorageError(
+                    f"storage directory {path} is inside {where} (owner {_user(st.st_uid)}, mode "
+                    f"{mode:04o}), which users other than you and root can change: they could "
+                    "replace the store directory with another, so krepis does not open it. Move "
+                    "the store, or make that directory yours and chmod go-w it", path)
+    finally:
+        os.close(cur)
+
+
+def _make_dirs(path: str) -> None:
+    """Create the directory (mode 0700) and its missing parents (the umask's mode, but never
+    writable by group or others: such a parent would make the store refused)."""
+    missing = []
+    p = path
+    while not os.path.exists(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        leaf = d == path
+        try:
+            os.mkdir(d, _DIR_MODE if leaf else 0o755)
+        except FileExistsError:
+            continue  # created meanwhile by someone else; checked like any existing directory
+        if leaf:
+            os.chmod(d, _DIR_MODE)  # whatever the umask
+        else:
+            mode = stat.S_IMODE(os.stat(d).st_mode)
+            if mode & 0o022:
+                os.chmod(d, mode & ~0o022)
+
+
 def open_directory(path: str, create: bool) -> int:
     """Create (if allowed and missing) and open the store directory; return a pinned fd.
 
@@ -109,10 +189,7 @@ def open_directory(path: str, create: bool) -> int:
         if not create:
             raise StorageError(f"there is no krepis store at {path}", path)
         try:
-            os.makedirs(path, mode=_DIR_MODE)
-            os.chmod(path, _DIR_MODE)
-        except FileExistsError:
-            pass
+            _make_dirs(path)
         except OSError as exc:
             raise StorageError(f"cannot create storage directory {path}: {exc.strerror}",
                                path) from exc
@@ -122,6 +199,7 @@ def open_directory(path: str, create: bool) -> int:
         raise StorageError(f"cannot open storage directory {path}: {exc.strerror}", path) from exc
     try:
         _check_directory(path, os.fstat(fd))
+        _check_path_to(path, fd)
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             if _read_only_fs(fd):
                 raise StorageError(
