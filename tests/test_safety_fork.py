@@ -147,3 +147,17 @@ def test_async_journal_in_a_forked_child_gets_closed_error(tmp_path: Path) -> No
         return count
 
     assert asyncio.run(parent_again()) == 2
+
+
+def test_postgres_journal_in_a_forked_child_gets_closed_error(pg_url: str) -> None:
+    """The child must not touch the parent's pooled connections (their sockets are shared)."""
+    journal = SovereignJournal(pg_url)
+    journal.record(ENTRY, increment="op")
+    report = in_child(lambda: every_call_is_closed({
+        "record": lambda: journal.record(ENTRY, increment="op"),
+        "read": journal.op_counts,
+    }) + f"\nclosed {journal.close() or journal.closed}")
+    assert report.splitlines() == ["record: ClosedError True", "read: ClosedError True",
+                                   "closed True"]
+    assert journal.increment_op_count("op") == 2  # the parent's connections still work
+    journal.close()
