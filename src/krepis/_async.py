@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import _journal as _journal_module
 from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
 from ._model import LogStatus, TransactionLog, check_op_name
 from ._policy import FlushPolicy
@@ -161,6 +162,9 @@ class AsyncSovereignJournal:
     async def close(self) -> None:
         """Wait for queued writes, make everything durable, release the store. Idempotent."""
         if self._journal.closed:
+            return
+        if self._journal._generation != _journal_module._fork_generation:
+            self._journal.close()  # forked child: the writer thread is the parent's; just let go
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._journal.close)

@@ -536,14 +536,16 @@ def _postgres_schema(url: str) -> Iterator[str]:
     """A URL whose tables live in a new, temporary schema of the database; dropped afterwards."""
     import psycopg
 
+    from ._storage import _pgurl
+
+    params: dict[str, Any] = dict(_pgurl.parse(url).params)  # libpq never sees the URL
     schema = f"krepis_bench_{os.getpid()}_{int(time.time())}"
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(**params, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in url else "?"
     try:
-        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+        yield _pgurl.build({**params, "options": f"-csearch_path={schema}"})
     finally:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
@@ -706,7 +708,12 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     targets.append(target("krepis logs --request-id, minus process start",
                           queries["cli"]["logs_request_id_ms"] - queries["cli"]["process_start_ms"], 10,
                           "ms", lower=True))
-    return {"machine": machine(), "config": asdict(cfg), "rows": table, "reads": reads,
+    config = asdict(cfg)
+    if config.get("postgres_url"):  # never print a password
+        from ._storage.postgres import redact
+
+        config["postgres_url"] = redact(config["postgres_url"])
+    return {"machine": machine(), "config": config, "rows": table, "reads": reads,
             "queries": queries, "targets": targets}
 
 

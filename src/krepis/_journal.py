@@ -29,6 +29,24 @@ DEFAULT_STORAGE = os.path.join(".krepis", "storage")
 _SCAN_CHUNK = 512
 _GATHER_YIELDS = 3
 
+# Fork detection: a child inherits a journal's threads' state (a commit leader that no longer
+# exists, locks held by vanished threads) but not the threads, so it must not use the journal.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forked(path: str) -> ClosedError:
+    return ClosedError(f"the journal at {path} was opened in a parent process; open a new one "
+                       "after fork()")
+
 
 class _Pending:
     """A write waiting for a commit; filled in by whichever thread leads that commit."""
@@ -204,6 +222,7 @@ class SovereignJournal:
         if self._policy.interval_ms is not None:
             self._syncer = _Syncer(self._storage, self._policy.interval_ms)
         self._commit = _GroupCommit(self._storage, self._syncer.mark_dirty if self._syncer else None)
+        self._generation = _fork_generation
         self._closed = False
 
     @property
@@ -233,6 +252,8 @@ class SovereignJournal:
         if self._closed:
             return
         self._closed = True
+        if self._generation != _fork_generation:
+            return  # the parent's store, threads and connections: nothing here to release
         try:
             if self._syncer is not None:
                 self._syncer.stop()
@@ -248,6 +269,8 @@ class SovereignJournal:
     def _live(self) -> Storage:
         if self._closed:
             raise ClosedError(f"the journal at {self.path} is closed")
+        if self._generation != _fork_generation:
+            raise _forked(self.path)
         return self._storage
 
     def _check_syncer(self) -> None:

@@ -53,16 +53,27 @@ def _shorten(value: str, limit: int = 60) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
-def check_text(what: str, value: object, max_bytes: int) -> bytes:
-    """Validate a 1..max_bytes UTF-8 string field and return its encoding."""
-    if type(value) is str and value.isascii() and 0 < len(value) <= max_bytes:
+def check_text(what: str, value: object, max_bytes: int, *, nul: bool = False) -> bytes:
+    """Validate a 1..max_bytes UTF-8 string field and return its encoding.
+
+    A NUL character is refused unless ``nul=True``: every engine must accept exactly the same
+    names and ids, and PostgreSQL's ``text`` cannot hold NUL. A ``str`` subclass is measured and
+    encoded as the plain string it holds (its own ``encode``/``__len__`` are never called).
+    """
+    if type(value) is str and value.isascii() and 0 < len(value) <= max_bytes and (
+            nul or "\0" not in value):
         return value.encode("ascii")  # the common case, checked cheaply
     if not isinstance(value, str):
         raise InvalidTypeError(f"{what} must be a str, got {type(value).__name__} {value!r:.80}")
+    value = str.__str__(value)  # the plain str inside a subclass
     try:
-        raw = value.encode("utf-8")
+        raw = str.encode(value, "utf-8")
     except UnicodeEncodeError as exc:
         raise ValidationError(f"{what} {_shorten(value)!r} is not valid UTF-8: {exc.reason}") from None
+    if not nul and "\0" in value:
+        raise ValidationError(
+            f"{what} {_shorten(value)!r} contains a NUL character (\\x00), which no storage "
+            "engine accepts in names and ids")
     if not raw:
         raise ValidationError(f"{what} must not be empty (1–{max_bytes} bytes of UTF-8)")
     if len(raw) > max_bytes:
@@ -103,7 +114,8 @@ class TransactionLog:
     writable:
 
     * ``timestamp``: an ``int`` in ``0 … 2**63-1``;
-    * ``op_name``: 1–200 bytes of UTF-8; ``request_id``: 1–256 bytes of UTF-8;
+    * ``op_name``: 1–200 bytes of UTF-8; ``request_id``: 1–256 bytes of UTF-8; neither may
+      contain NUL (no engine stores it in a name or id, so every engine refuses it alike);
     * ``status``: a :class:`LogStatus`;
     * optional ``duration_us`` (int >= 0) and ``error`` (str, at most 16 KiB); they are stored
       only when set.
@@ -125,10 +137,16 @@ class TransactionLog:
         ts, op, rid = self.timestamp, self.op_name, self.request_id
         if not (type(ts) is int and 0 <= ts <= MAX_TIMESTAMP):
             check_timestamp(ts)
-        if not (type(op) is str and op.isascii() and 0 < len(op) <= MAX_OP_NAME_BYTES):
+        if not (type(op) is str and op.isascii() and 0 < len(op) <= MAX_OP_NAME_BYTES
+                and "\0" not in op):
             check_op_name(op)
-        if not (type(rid) is str and rid.isascii() and 0 < len(rid) <= MAX_REQUEST_ID_BYTES):
+            if type(op) is not str:  # keep the plain string: a subclass could re-encode itself
+                object.__setattr__(self, "op_name", str.__str__(op))
+        if not (type(rid) is str and rid.isascii() and 0 < len(rid) <= MAX_REQUEST_ID_BYTES
+                and "\0" not in rid):
             check_text("request_id", rid, MAX_REQUEST_ID_BYTES)
+            if type(rid) is not str:
+                object.__setattr__(self, "request_id", str.__str__(rid))
         if not isinstance(self.status, LogStatus):
             raise InvalidTypeError(
                 f"status must be a LogStatus (Started, Completed or Failed), got "
@@ -142,7 +160,9 @@ class TransactionLog:
             if not 0 <= self.duration_us <= MAX_TIMESTAMP:
                 raise ValidationError(f"duration_us {self.duration_us} is outside 0 … 2**63-1")
         if self.error is not None:
-            check_text("error", self.error, MAX_ERROR_BYTES)
+            check_text("error", self.error, MAX_ERROR_BYTES, nul=True)  # stored JSON-escaped
+            if type(self.error) is not str:
+                object.__setattr__(self, "error", str.__str__(self.error))
 
     @classmethod
     def now(

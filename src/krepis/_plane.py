@@ -247,8 +247,12 @@ def run_deno(
     thrown inside JS as an ``Error`` with the same message. Raises :class:`ScriptError` when the
     script fails in any way; the Deno process is always reaped.
     """
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValidationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None:
+        if type(timeout) not in (int, float):  # bool (an int subclass) is refused too
+            raise InvalidTypeError(f"timeout must be a number of seconds or None, got "
+                                   f"{type(timeout).__name__} {timeout!r:.80}")
+        if not 0 < timeout < float("inf"):  # also refuses NaN
+            raise ValidationError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
     path, source = resolve_script(script)
     sink = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
     started = time.monotonic()

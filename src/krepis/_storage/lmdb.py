@@ -11,6 +11,7 @@ state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import heapq
 import os
@@ -27,6 +28,7 @@ from .._model import LogStatus, TransactionLog, encode_log
 from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
 from . import Query, Storage, TreeHead, VerifyReport, WriteRequest
 from ._codec import STATUS_CODE, decode_value, encode_value, rid_hash
+from ._files import StoreFiles, open_directory
 
 __all__ = ["FORMAT_VERSION", "LmdbStorage"]
 
@@ -44,7 +46,6 @@ _MAX_READERS = 1024
 _MAX_DBS = 16
 _DATA = "data.mdb"
 _LOCK = "lock.mdb"
-MIGRATE_DIR = ".migrate"  # where `krepis migrate` builds the new store before swapping it in
 # index keys: "t" (every entry), "s" + status, "o" + BE4(op id) + status, "r" + H8(rid) + status
 _TIME_KEY = b"t"
 _ALL_STATUSES = (LogStatus.Started, LogStatus.Completed, LogStatus.Failed)
@@ -61,9 +62,10 @@ _DB_NAMES = {name for name, _ in _DBS}
 class _SharedEnv:
     """One LMDB environment per directory per process (LMDB forbids opening one twice)."""
 
-    __slots__ = ("dbs", "durable", "env", "key", "op_ids", "op_names", "refs")
+    __slots__ = ("dbs", "durable", "env", "files", "key", "op_ids", "op_names", "refs")
 
     def __init__(self, env: lmdb.Environment, durable: bool, dbs: dict[bytes, Any], key: Any):
+        self.files: StoreFiles | None = None
         self.env = env
         self.durable = durable
         self.refs = 0
@@ -138,6 +140,8 @@ class LmdbStorage(Storage):
             raise _closed_error(self.location)
         if self._generation != _generation:
             raise _forked_error(self.location)
+        if self._shared.files is not None:
+            self._shared.files.check_reader()  # lock.mdb not deleted meanwhile
 
     def close(self) -> None:
         if self._closed:
@@ -155,6 +159,12 @@ class LmdbStorage(Storage):
 
     # -- writes ----------------------------------------------------------------------------
     def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
+        if self._closed or self._generation != _generation:
+            self._check()
+        with _writer_lock(self._shared):
+            return self._write_batch(requests)
+
+    def _write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
         self._check()
         stats, meta = self._stats, self._meta
         results: list[list[int]] = []
@@ -286,7 +296,12 @@ class LmdbStorage(Storage):
         return int(_U64.unpack(raw)[0])
 
     def clear(self) -> None:
-        self._check()
+        if self._closed or self._generation != _generation:
+            self._check()
+        with _writer_lock(self._shared):
+            self._clear()
+
+    def _clear(self) -> None:
         try:
             with self._env.begin(write=True) as txn:
                 seq, _first, epoch, _frontier = self._read_tree(txn)
@@ -620,47 +635,56 @@ def _forked_error(path: str) -> JournalError:
 
 
 def _acquire(path: str, durable: bool, create: bool) -> _SharedEnv:
-    _prepare_directory(path, create)
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino)
-    with _registry_lock, _directory_lock(path):
-        shared = _registry.get(key)
-        if shared is None and any(old.key == key for old in _inherited):
-            raise StorageError(
-                f"storage at {path} was open in the parent when this process was forked; LMDB "
-                "cannot open it again here. Open the journal after fork(), or use the 'spawn' or "
-                "'forkserver' start method of multiprocessing", path)
-        if shared is None:
-            shared = _open_env(path, durable, key)
-            _registry[key] = shared
-        elif durable and not shared.durable:
-            # LMDB's sync mode belongs to the environment, which one process opens once. A
-            # deferred-sync handle may share a fully synced environment (it only gains), but
-            # a durable handle cannot be served by a deferred one.
-            raise StorageError(
-                f"storage at {path} is already open in this process under an interval flush "
-                "policy, so it cannot also be opened with 'sync' here; use the same interval "
-                "policy, or close the other journal first", path)
-        shared.refs += 1
-        return shared
+    dir_fd = _prepare_directory(path, create)
+    try:
+        st = os.fstat(dir_fd)
+        key = (st.st_dev, st.st_ino)
+        with _registry_lock, _directory_lock(dir_fd):
+            shared = _registry.get(key)
+            if shared is None and any(old.key == key for old in _inherited):
+                raise StorageError(
+                    f"storage at {path} was open in the parent when this process was forked; LMDB "
+                    "cannot open it again here. Open the journal after fork(), or use the 'spawn' or "
+                    "'forkserver' start method of multiprocessing", path)
+            if shared is None:
+                pinned, dir_fd = dir_fd, -1
+                files = StoreFiles(path, pinned, create)  # owns the descriptor from here on
+                shared = _open_env(path, durable, key, files)
+                _registry[key] = shared
+            elif durable and not shared.durable:
+                # LMDB's sync mode belongs to the environment, which one process opens once. A
+                # deferred-sync handle may share a fully synced environment (it only gains), but
+                # a durable handle cannot be served by a deferred one.
+                raise StorageError(
+                    f"storage at {path} is already open in this process under an interval flush "
+                    "policy, so it cannot also be opened with 'sync' here; use the same interval "
+                    "policy, or close the other journal first", path)
+            shared.refs += 1
+            return shared
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
 
 
 @contextlib.contextmanager
-def _directory_lock(path: str) -> Iterator[None]:
+def _directory_lock(dir_fd: int) -> Iterator[None]:
     """Serialize opening (and creating) a store across processes.
 
     LMDB writes a new environment's first meta pages without a lock, so two processes creating
     one store at the same instant could race; an exclusive flock on the directory prevents it.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise StorageError(f"cannot open storage directory {path}: {exc.strerror}", path) from exc
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _writer_lock(shared: _SharedEnv) -> contextlib.AbstractContextManager[None]:
+    """The store-wide writer lock of ``_files`` (an flock on data.mdb that outlives lock.mdb)."""
+    assert shared.files is not None
+    return shared.files.writer_lock()
 
 
 def _release(shared: _SharedEnv) -> None:
@@ -670,69 +694,60 @@ def _release(shared: _SharedEnv) -> None:
             return
         del _registry[shared.key]
         shared.env.close()
+        if shared.files is not None:
+            shared.files.close()  # after LMDB's own descriptors are closed
 
 
-def _prepare_directory(path: str, create: bool = True) -> None:
-    """Create the directory (parents too, leaf mode 0700) or check the existing one."""
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise StorageError(f"storage path {path} exists and is not a directory", path)
-    if not create and not os.path.isfile(os.path.join(path, _DATA)):
-        raise StorageError(f"there is no krepis store at {path}", path)
-    if not os.path.exists(path):
-        try:
-            os.makedirs(path, mode=0o700)
-            os.chmod(path, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot create storage directory {path}: {exc.strerror}", path) from exc
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise StorageError(f"storage directory {path} is not readable and writable by this user", path)
-    data = os.path.join(path, _DATA)
-    if os.path.lexists(data):
-        if not os.path.isfile(data):
-            raise CorruptStorageError(f"storage at {path}: {_DATA} is not a regular file", path)
-        return
-    # (data.mdb may appear meanwhile: another process creating the store at the same moment)
-    others = sorted(set(os.listdir(path)) - {_LOCK, _DATA, MIGRATE_DIR})
-    if others:
-        shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
-        raise StorageError(
-            f"storage directory {path} is not a krepis store and is not empty ({shown}); "
-            "choose an empty or new directory", path)
+def _prepare_directory(path: str, create: bool = True) -> int:
+    """Create the directory (parents too, leaf mode 0700) or check the existing one: owned by
+    this user (or root), writable by nobody else. Returns a descriptor pinning it."""
+    return open_directory(path, create)
 
 
-def _open_env(path: str, durable: bool, key: Any) -> _SharedEnv:
-    created = [n for n in (_DATA, _LOCK) if not os.path.lexists(os.path.join(path, n))]
+def _open_env(path: str, durable: bool, key: Any, files: StoreFiles) -> _SharedEnv:
+    """Open LMDB on the checked files, holding the writer lock so that the lock table it sets
+    up starts from the newest committed transaction."""
+    lmdb_path = files.lmdb_path
     try:
-        env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=_MAX_DBS, max_readers=_MAX_READERS,
-                        sync=durable, metasync=durable, mode=0o600, create=True, subdir=True)
-    except BaseException as exc:
-        _remove_created(path, created)
-        if isinstance(exc, lmdb.Error):
-            raise _wrap(exc, path, "opening") from exc
-        if isinstance(exc, OSError):
-            raise StorageError(f"cannot open storage at {path}: {exc}", path) from exc
+        with files.writer_lock():
+            files.check_data_file()
+            try:
+                env = lmdb.open(lmdb_path, map_size=_MAP_SIZE, max_dbs=_MAX_DBS, max_readers=_MAX_READERS,
+                                sync=durable, metasync=durable, mode=0o600, create=True, subdir=True)
+            except lmdb.Error as exc:
+                raise _wrap(_relabel(exc, lmdb_path, path), path, "opening") from exc
+            except OSError as exc:
+                raise _os_error(exc, path) from exc
+            try:
+                files.verify_opened()
+                env.reader_check()  # free reader slots left by crashed processes
+                dbs = _open_dbs(env, path)
+            except BaseException as exc:
+                env.close()
+                if isinstance(exc, lmdb.Error):
+                    raise _wrap(_relabel(exc, lmdb_path, path), path, "opening") from exc
+                raise
+    except BaseException:
+        files.remove_created()
+        files.close()
         raise
-    try:
-        env.reader_check()  # free reader slots left by crashed processes
-        dbs = _open_dbs(env, path)
-    except BaseException as exc:
-        env.close()
-        _remove_created(path, created)
-        if isinstance(exc, lmdb.Error):
-            raise _wrap(exc, path, "opening") from exc
-        raise
-    return _SharedEnv(env, durable, dbs, key)
+    files.created = []
+    shared = _SharedEnv(env, durable, dbs, key)
+    shared.files = files
+    return shared
 
 
-def _remove_created(path: str, names: list[str]) -> None:
-    """Undo a failed open: remove only the files this attempt created, leave the rest as it was."""
-    for name in names:
-        try:
-            os.unlink(os.path.join(path, name))
-        except OSError:
-            pass
+def _relabel(exc: lmdb.Error, lmdb_path: str, path: str) -> lmdb.Error:
+    """The same LMDB error, naming the store's path rather than /proc/self/fd/N."""
+    if lmdb_path == path or lmdb_path not in str(exc):
+        return exc
+    return type(exc)(str(exc).replace(lmdb_path, path))
+
+
+def _os_error(exc: OSError, path: str) -> StorageError:
+    if exc.errno == errno.EROFS:
+        return StorageError(f"storage at {path} is on a read-only file system", path)
+    return StorageError(f"cannot open storage at {path}: {exc.strerror or exc}", path)
 
 
 def _open_dbs(env: lmdb.Environment, path: str) -> dict[bytes, Any]:

@@ -62,7 +62,8 @@ def migrate(location: str | os.PathLike[str], *, progress: Progress | None = Non
 def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
     import lmdb
 
-    from .lmdb import FORMAT_VERSION, MIGRATE_DIR
+    from ._files import MIGRATE_DIR
+    from .lmdb import FORMAT_VERSION
 
     data = os.path.join(path, "data.mdb")
     if not os.path.isdir(path) or os.path.islink(path):
@@ -252,7 +253,7 @@ def _migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
                 SELECT row_number() OVER (ORDER BY seq) - 1, timestamp, e->>'op_name', request_id,
                        CASE e->>'status' WHEN 'Started' THEN 1 WHEN 'Completed' THEN 2
                                          WHEN 'Failed' THEN 3 END,
-                       (e->>'duration_us')::bigint, e->>'error',
+                       (e->>'duration_us')::bigint, convert_to(e->>'error', 'UTF8'),
                        sha256('\\x00'::bytea || convert_to(entry, 'UTF8'))
                 FROM (SELECT seq, timestamp, request_id, entry, entry::json AS e FROM krepis_journal) j
             """)

@@ -30,7 +30,7 @@ from typing import Any
 from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
 from .._model import LogStatus, TransactionLog, encode_log, make_log
 from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
-from . import Query, Storage, TreeHead, VerifyReport, WriteRequest
+from . import Query, Storage, TreeHead, VerifyReport, WriteRequest, _pgurl
 from ._codec import STATUS_CODE, STATUS_OF
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
@@ -38,6 +38,7 @@ __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
 FORMAT_VERSION = 2
 _LOCK_ID = 0x6B726570  # advisory lock serializing schema creation ("krep")
 _CONNECT_TIMEOUT = 10
+_TABLES = ("krepis_entries", "krepis_log", "krepis_tree", "krepis_stats")
 _POOL_MAX = 8
 
 SCHEMA = """
@@ -52,7 +53,7 @@ CREATE TABLE IF NOT EXISTS krepis_entries (
     request_id text NOT NULL,
     status smallint NOT NULL CHECK (status BETWEEN 1 AND 3),
     duration_us bigint CHECK (duration_us >= 0),
-    error text,
+    error bytea,
     leaf bytea NOT NULL CHECK (length(leaf) = 32)
 );
 CREATE INDEX IF NOT EXISTS krepis_entries_time ON krepis_entries (timestamp, seq);
@@ -86,7 +87,7 @@ _APPEND = """
 WITH new_entries AS (
     INSERT INTO krepis_entries (seq, timestamp, op_name, request_id, status, duration_us, error, leaf)
     SELECT * FROM unnest(%(seq)s::bigint[], %(ts)s::bigint[], %(op)s::text[], %(rid)s::text[],
-                         %(st)s::smallint[], %(dur)s::bigint[], %(err)s::text[], %(leaf)s::bytea[])
+                         %(st)s::smallint[], %(dur)s::bigint[], %(err)s::bytea[], %(leaf)s::bytea[])
 ), nodes AS (
     INSERT INTO krepis_tree (level, idx, hash)
     SELECT * FROM unnest(%(nl)s::smallint[], %(ni)s::bigint[], %(nh)s::bytea[])
@@ -117,38 +118,17 @@ SELECT name FROM ops WHERE name IS NOT NULL
 
 
 def is_postgres_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+    return _pgurl.is_postgres_url(location)
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and ``journal.path``."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:  # pragma: no cover - psycopg missing
-        return url.split("@")[-1]
-    try:
-        params = conninfo_to_dict(url)
-    except Exception:
-        return "postgresql://(unparsable URL)"
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
-    hosts = ",".join(f"{h}:{p}" for h, p in zip(str(host).split(","), _ports(str(port), str(host)),
-                                                 strict=False))
-    user = params.get("user")
-    db = params.get("dbname") or ""
-    return f"postgresql://{str(user) + '@' if user else ''}{hosts}/{db}"
-
-
-def _ports(port: str, host: str) -> list[str]:
-    ports = port.split(",")
-    n = len(host.split(","))
-    return ports if len(ports) == n else [ports[0]] * n
+    """The URL without its password, for messages and ``journal.path`` (see ``_pgurl``)."""
+    return _pgurl.redact(url)
 
 
 def _params(url: str) -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(url)
+    """libpq keyword parameters parsed by ``_pgurl`` (libpq never parses the URL itself)."""
+    params: dict[str, Any] = dict(_pgurl.parse(url).params)
     params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT))
     params.setdefault("application_name", "krepis")
     return params
@@ -170,8 +150,9 @@ class PostgresStorage(Storage):
         self._lock = threading.Lock()
         try:
             params = _params(url)
-        except Exception as exc:
-            raise StorageError(f"invalid PostgreSQL URL {self.location}: {exc}", self.location) from None
+        except _pgurl.UrlError as exc:
+            raise StorageError(f"{exc} ({self.location})", self.location) from None
+        _pgurl.install_log_filter()
         self._params = params
         self._durable = durable
         first = self._connect_once()  # a direct connection gives libpq's own error message
@@ -250,6 +231,15 @@ class PostgresStorage(Storage):
                             f"PostgreSQL at {self.location} holds krepis tables of format "
                             f"{fmt[0] if fmt else 'unknown'}; this krepis reads format {FORMAT_VERSION}",
                             self.location)
+                if not create:  # opening only: check, never create or insert anything
+                    missing = [t for t in _TABLES if conn.execute(
+                        "SELECT to_regclass(%s) IS NULL", (t,)).fetchone()[0]]
+                    if missing:
+                        raise CorruptStorageError(
+                            f"PostgreSQL at {self.location}: the krepis tables are incomplete "
+                            f"(missing: {', '.join(missing)}); nothing was created",
+                            self.location)
+                    return
                 conn.execute(SCHEMA)
                 conn.execute("INSERT INTO krepis_meta (key, value) VALUES ('format', %s) "
                              "ON CONFLICT DO NOTHING", (str(FORMAT_VERSION),))
@@ -317,7 +307,7 @@ class PostgresStorage(Storage):
                 cols["rid"].append(log.request_id)
                 cols["st"].append(STATUS_CODE[log.status])
                 cols["dur"].append(log.duration_us)
-                cols["err"].append(log.error)
+                cols["err"].append(None if log.error is None else log.error.encode("utf-8"))
                 cols["leaf"].append(leaf)
                 size = append_leaf(frontier, size, leaf, on_node)
                 seq += 1
@@ -381,9 +371,13 @@ class PostgresStorage(Storage):
         return self._decode(rows[0]) if rows else None
 
     def _decode(self, row: tuple[Any, ...]) -> TransactionLog:
-        seq, ts, op, rid, status, duration, error = row
+        seq, ts, op, rid, status, duration, raw_error = row
         st = STATUS_OF.get(status)
-        if st is None or not op or not rid or (error is not None and not error):
+        try:
+            error = None if raw_error is None else bytes(raw_error).decode("utf-8")
+        except UnicodeDecodeError:
+            error = ""
+        if st is None or not op or not rid or error == "":
             raise CorruptStorageError(
                 f"PostgreSQL at {self.location}: entry {seq} is not a valid TransactionLog",
                 self.location)
@@ -541,6 +535,7 @@ class PostgresStorage(Storage):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """The first line of an engine's message, with every known password removed."""
+    text = _pgurl.scrub(str(exc)).strip() or type(exc).__name__
     return text.splitlines()[0]
 

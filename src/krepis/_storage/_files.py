@@ -1,0 +1,452 @@
+"""The files of an LMDB store, handled so that neither an attacker nor a careless operator can turn
+krepis against them.
+
+Guarantees (each has a test in ``tests/test_safety_files.py`` or ``tests/test_safety_writers.py``):
+
+* **No links followed.** The store directory is opened once and pinned by a file descriptor;
+  LMDB is handed ``/proc/self/fd/N``, so the directory cannot be swapped underneath. Its
+  ``data.mdb`` and ``lock.mdb`` must be plain regular files with one link each: a symbolic link,
+  a hard link, a FIFO or a directory under either name is refused before LMDB touches it (a
+  symlink's target is never opened, written or created). Missing files are created here with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600, and LMDB must end up on those very inodes.
+* **Trusted directory only.** A store directory must be owned by the user running krepis (or by
+  root) and writable by nobody else: whoever can write the directory can replace its files. The
+  same holds for every real ancestor (unless sticky, like /tmp), and no symbolic link on the
+  given path may belong to another user: whoever can change those can swap the whole directory.
+  The check-to-open window that remains is reachable only by this user or root, who can change
+  the files anyway.
+* **No SIGBUS on a truncated store.** Before LMDB maps ``data.mdb``, its two meta pages are read
+  and the file must be at least as long as the newest one says (``(mm_last_pg + 1) × page
+  size``); an empty ``data.mdb`` that this open did not create is refused, not re-initialised.
+* **One writer, even after ``lock.mdb`` is deleted.** LMDB serializes writers with a mutex inside
+  ``lock.mdb``; deleting that file lets a second process build a second, independent lock table.
+  Every write transaction therefore also holds an exclusive ``flock`` on ``data.mdb`` itself
+  (which survives ``lock.mdb``'s deletion), and before writing checks that ``lock.mdb`` and
+  ``data.mdb`` in the directory are still the inodes this process opened. A process whose lock
+  table is no longer the store's refuses to read or write (``StorageError``) instead of
+  corrupting the store; so does one whose ``data.mdb`` was deleted (writes would be lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pwd
+import stat
+import struct
+import threading
+
+from .._errors import CorruptStorageError, StorageError, ValidationError
+
+__all__ = ["StoreFiles", "check_path", "open_directory"]
+
+DATA = "data.mdb"
+LOCK = "lock.mdb"
+MIGRATE_DIR = ".migrate"  # where `krepis migrate` builds the new store before swapping it in
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+# LMDB's meta page (mdb.c, MDB_meta after the 16-byte page header, 64-bit build):
+# mm_magic u32 @0, mm_version u32 @4, mm_address @8, mm_mapsize @16, mm_dbs[2] (48 bytes each)
+# @24 — mm_dbs[0].md_pad is the page size — mm_last_pg @120, mm_txnid @128.
+_PAGE_HEADER = 16
+_META = struct.Struct("<II8x8xI44x48xQQ")
+_MAGIC = 0xBEEFC0DE
+_DATA_VERSION = 1
+_META_CHECKABLE = struct.calcsize("P") == 8
+
+
+def check_path(path: str) -> None:
+    """Refuse a path the operating system cannot take, with a :class:`ValidationError`."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"storage path {path!r} contains characters that cannot be a file name "
+            "(lone surrogates)") from None
+    if b"\0" in raw:
+        raise ValidationError(f"storage path {path!r} contains a NUL character")
+
+
+def _name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _user(uid: int) -> str:
+    name = _name(uid)
+    return f"uid {uid}" + (f" ({name})" if name else "")
+
+
+def _check_directory(path: str, st: os.stat_result) -> None:
+    """Owned by this user or root, writable by nobody else; else a StorageError saying why."""
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise StorageError(
+            f"storage directory {path} is owned by {_user(st.st_uid)}, not by this user "
+            f"({_user(me)}): its owner could replace the store's files (for instance with links "
+            "to files of yours), so krepis does not open it. Run krepis as that user (e.g. sudo "
+            f"-u {_name(st.st_uid) or '#' + str(st.st_uid)} krepis …) or chown the directory",
+            path)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "other users" if mode & stat.S_IWOTH else "its group"
+        raise StorageError(
+            f"storage directory {path} is writable by {who} (mode {mode:04o}): any of them could "
+            f"replace the store's files, so krepis does not open it; chmod 700 {path}", path)
+
+
+def _trusted(st: os.stat_result) -> bool:
+    """Only this user or root can rename entries of this directory."""
+    mode = st.st_mode
+    return st.st_uid in (os.geteuid(), 0) and (
+        not mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(mode & stat.S_ISVTX))
+
+
+def _check_path_to(path: str, dir_fd: int) -> None:
+    """Nobody but this user or root can swap the store directory for another: no symbolic
+    link on the way that someone else owns, and every real ancestor of the opened directory is
+    owned by this user or root and writable by nobody else (a sticky directory such as /tmp is
+    fine: others cannot rename what is ours in it)."""
+    me = os.geteuid()
+    prefix = os.sep
+    for part in path.split(os.sep):
+        if not part:
+            continue
+        prefix = os.path.join(prefix, part)
+        try:
+            st = os.lstat(prefix)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise StorageError(
+                f"storage path {path} goes through {prefix}, a symbolic link owned by "
+                f"{_user(st.st_uid)}: that user could point it at another store, so krepis does "
+                "not follow it. Use the real path", path)
+    cur = os.dup(dir_fd)
+    try:
+        here = os.fstat(cur)
+        while True:
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = parent
+            st = os.fstat(cur)
+            if (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
+                return  # the root of the file system
+            here = st
+            if not _trusted(st):
+                where = os.readlink(f"/proc/self/fd/{cur}") if os.path.exists(
+                    f"/proc/self/fd/{cur}") else "a parent directory"
+                mode = stat.S_IMODE(st.st_mode)
+                raise StorageError(
+                    f"storage directory {path} is inside {where} (owner {_user(st.st_uid)}, mode "
+                    f"{mode:04o}), which users other than you and root can change: they could "
+                    "replace the store directory with another, so krepis does not open it. Move "
+                    "the store, or make that directory yours and chmod go-w it", path)
+    finally:
+        os.close(cur)
+
+
+def _make_dirs(path: str) -> None:
+    """Create the directory (mode 0700) and its missing parents (the umask's mode, but never
+    writable by group or others: such a parent would make the store refused)."""
+    missing = []
+    p = path
+    while not os.path.exists(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        leaf = d == path
+        try:
+            os.mkdir(d, _DIR_MODE if leaf else 0o755)
+        except FileExistsError:
+            continue  # created meanwhile by someone else; checked like any existing directory
+        if leaf:
+            os.chmod(d, _DIR_MODE)  # whatever the umask
+        else:
+            mode = stat.S_IMODE(os.stat(d).st_mode)
+            if mode & 0o022:
+                os.chmod(d, mode & ~0o022)
+
+
+def open_directory(path: str, create: bool) -> int:
+    """Create (if allowed and missing) and open the store directory; return a pinned fd.
+
+    The directory's owner and mode are checked on the opened descriptor. The path itself may
+    pass through symbolic links; the store's entries never do.
+    """
+    check_path(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StorageError(f"storage path {path} exists and is not a directory", path)
+    if not os.path.exists(path):
+        if not create:
+            raise StorageError(f"there is no krepis store at {path}", path)
+        try:
+            _make_dirs(path)
+        except OSError as exc:
+            raise StorageError(f"cannot create storage directory {path}: {exc.strerror}",
+                               path) from exc
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot open storage directory {path}: {exc.strerror}", path) from exc
+    try:
+        _check_directory(path, os.fstat(fd))
+        _check_path_to(path, fd)
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            if _read_only_fs(fd):
+                raise StorageError(
+                    f"storage directory {path} is on a read-only file system; krepis needs to "
+                    "write its lock file even to read", path)
+            raise StorageError(
+                f"storage directory {path} is not readable and writable by this user", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_only_fs(fd: int) -> bool:
+    try:
+        return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _check_entry(path: str, name: str, st: os.stat_result) -> None:
+    full = os.path.join(path, name)
+    if stat.S_ISLNK(st.st_mode):
+        raise StorageError(
+            f"storage at {path}: {name} is a symbolic link; krepis never follows links in a "
+            f"store directory (its target is left untouched). Remove {full} if it is not yours",
+            path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CorruptStorageError(f"storage at {path}: {name} is {kind}", path)
+    if st.st_nlink != 1:
+        raise StorageError(
+            f"storage at {path}: {name} has {st.st_nlink} hard links; a store's files must not "
+            "be shared with other paths (LMDB would write through them). Copy the store instead "
+            "of linking it", path)
+
+
+class StoreFiles:
+    """The pinned directory and ``data.mdb`` of one open environment, and its writer lock."""
+
+    def __init__(self, path: str, dir_fd: int, create: bool) -> None:
+        """Check the entries and create missing files; ``dir_fd`` is owned from now on."""
+        self.path = path
+        self.dir_fd = dir_fd
+        self.created: list[str] = []
+        self.data_fd = self.lock_fd = -1
+        self._writer = 0  # the thread inside writer_lock(), if any
+        self._thread_lock = threading.Lock()
+        self._ids: dict[str, tuple[int, int]] = {}
+        try:
+            self._prepare(create)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def lmdb_path(self) -> str:
+        """The directory as LMDB should open it: through the pinned descriptor where possible."""
+        proc = f"/proc/self/fd/{self.dir_fd}"
+        return proc if os.path.isdir(proc) else self.path
+
+    def _prepare(self, create: bool) -> None:
+        path, dfd = self.path, self.dir_fd
+        data = _lstat(DATA, dfd)
+        lock = _lstat(LOCK, dfd)
+        if lock is not None:
+            _check_entry(path, LOCK, lock)
+        if data is not None:
+            _check_entry(path, DATA, data)
+        elif not create:
+            raise StorageError(f"there is no krepis store at {path}", path)
+        else:
+            others = sorted(set(os.listdir(dfd)) - {LOCK, DATA, MIGRATE_DIR})
+            if others:
+                shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+                raise StorageError(
+                    f"storage directory {path} is not a krepis store and is not empty ({shown}); "
+                    "choose an empty or new directory", path)
+        for name in (DATA, LOCK):
+            if (data if name == DATA else lock) is None:
+                self._create(name)
+        try:
+            self.data_fd = os.open(DATA, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
+        except OSError as exc:
+            raise StorageError(f"cannot open {os.path.join(path, DATA)}: {exc.strerror}",
+                               path) from exc
+        st = os.fstat(self.data_fd)
+        _check_entry(path, DATA, st)
+        self._ids[DATA] = (st.st_dev, st.st_ino)
+        try:
+            # Held until the environment is closed, and closed only after it: closing any
+            # descriptor of lock.mdb drops this process's fcntl locks on it, LMDB's included.
+            self.lock_fd = os.open(LOCK, os.O_RDONLY | _NOFOLLOW, dir_fd=dfd)
+        except OSError as exc:
+            raise StorageError(f"cannot open {os.path.join(path, LOCK)}: {exc.strerror}",
+                               path) from exc
+        st = os.fstat(self.lock_fd)
+        _check_entry(path, LOCK, st)
+        self._ids[LOCK] = (st.st_dev, st.st_ino)
+
+    def _create(self, name: str) -> None:
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _FILE_MODE,
+                         dir_fd=self.dir_fd)
+        except FileExistsError:
+            st = _lstat(name, self.dir_fd)
+            if st is not None:  # appeared meanwhile: check it like any existing file
+                _check_entry(self.path, name, st)
+            return
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise StorageError(f"storage at {self.path} is on a read-only file system",
+                                   self.path) from exc
+            raise StorageError(f"cannot create {os.path.join(self.path, name)}: {exc.strerror}",
+                               self.path) from exc
+        try:
+            os.fchmod(fd, _FILE_MODE)  # whatever the umask
+        finally:
+            os.close(fd)  # nothing locks this file yet, so closing it drops no lock
+        self.created.append(name)
+
+    def check_data_file(self) -> None:
+        """Refuse an empty ``data.mdb`` (unless created by this open) or one shorter than its
+        newest meta page claims, before LMDB maps it (a mapping past the end is SIGBUS)."""
+        size = os.fstat(self.data_fd).st_size
+        full = os.path.join(self.path, DATA)
+        if size == 0:
+            if DATA in self.created:
+                return
+            raise CorruptStorageError(
+                f"storage at {self.path}: {full} is empty (0 bytes); krepis does not re-initialise "
+                "it, since it may be a store that lost its data. If you know it never held any, "
+                f"delete {full}", self.path)
+        if not _META_CHECKABLE:  # pragma: no cover - 32-bit builds lay the meta out differently
+            return
+        first = os.pread(self.data_fd, _PAGE_HEADER + _META.size, 0)
+        if len(first) < _PAGE_HEADER + _META.size:
+            raise CorruptStorageError(
+                f"storage at {self.path}: {full} is truncated ({size} bytes, shorter than one "
+                "LMDB meta page)", self.path)
+        magic, version, psize, last_pg, txnid = _META.unpack_from(first, _PAGE_HEADER)
+        if magic != _MAGIC or version != _DATA_VERSION or psize < 512 or psize & (psize - 1):
+            return  # not an LMDB data file: LMDB refuses it with its own error, nothing mapped
+        newest = (last_pg, txnid)
+        second = os.pread(self.data_fd, _PAGE_HEADER + _META.size, psize)
+        if len(second) == _PAGE_HEADER + _META.size:
+            m2, v2, _p2, last2, txn2 = _META.unpack_from(second, _PAGE_HEADER)
+            if m2 == _MAGIC and v2 == _DATA_VERSION and txn2 > txnid:
+                newest = (last2, txn2)
+        need = max(2 * psize, (newest[0] + 1) * psize)
+        if size < need:
+            raise CorruptStorageError(
+                f"storage at {self.path}: {full} is truncated: its meta page (transaction "
+                f"{newest[1]}) needs {need} bytes, the file has {size}. Restore it from a "
+                "backup; krepis will not map it", self.path)
+
+    def check_attached(self) -> None:
+        """Raise :class:`StorageError` unless ``data.mdb`` and ``lock.mdb`` are still linked in
+        the directory: deleting a file, or renaming another over it, leaves the inode this
+        process holds with no link (one ``fstat`` each; the inodes were single-link at open)."""
+        if os.fstat(self.data_fd).st_nlink == 0:
+            raise StorageError(self._detached_message(DATA), self.path)
+        if os.fstat(self.lock_fd).st_nlink == 0:
+            raise StorageError(self._detached_message(LOCK), self.path)
+
+    def check_reader(self) -> None:
+        """The check before a read: only the lock table matters (a deleted ``data.mdb`` still
+        reads consistently); skipped inside this thread's write transaction, checked there."""
+        if self._writer != threading.get_ident() and os.fstat(self.lock_fd).st_nlink == 0:
+            self.check_attached()  # names data.mdb when the whole store was deleted
+
+    def _detached_message(self, name: str) -> str:
+        if name == DATA:
+            return (f"storage at {self.path}: {DATA} was deleted or replaced while the store was "
+                    "open; krepis stopped using it so that no write is silently lost. Close the "
+                    "journal and check the store")
+        return (f"storage at {self.path}: {LOCK} was deleted or replaced while the store was "
+                "open, so another process may be using a different lock table; this journal "
+                "stopped reading and writing to protect the store. Close and reopen it, and never "
+                f"delete {LOCK} while krepis runs (see docs/storage-format.md)")
+
+    def verify_opened(self) -> None:
+        """After LMDB opened the directory: it must have found exactly the files checked here."""
+        for name in (DATA, LOCK):
+            st = _lstat(name, self.dir_fd)
+            if st is None or (st.st_dev, st.st_ino) != self._ids[name]:
+                raise StorageError(
+                    f"storage at {self.path}: {name} was replaced while the store was being "
+                    "opened; nothing was written. Check who else writes this directory",
+                    self.path)
+
+    def writer_lock(self) -> _WriterLock:
+        """Hold the store-wide writer lock: one write transaction at a time across threads and
+        processes, independent of ``lock.mdb``; under it, check the files are still ours."""
+        return _WriterLock(self)
+
+    def remove_created(self) -> None:
+        """Undo a failed open: remove only the files this open created."""
+        for name in self.created:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.dir_fd)
+        self.created = []
+
+    def close(self) -> None:
+        """Close the descriptors (after the LMDB environment is closed). Idempotent."""
+        for fd in (self.lock_fd, self.data_fd, self.dir_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.lock_fd = self.data_fd = self.dir_fd = -1
+
+
+class _WriterLock:
+    """``with files.writer_lock():`` — a class rather than a generator: it runs on every write."""
+
+    __slots__ = ("_files",)
+
+    def __init__(self, files: StoreFiles) -> None:
+        self._files = files
+
+    def __enter__(self) -> None:
+        files = self._files
+        files._thread_lock.acquire()  # flock is per open file: threads must be serialized first
+        try:
+            fcntl.flock(files.data_fd, fcntl.LOCK_EX)
+        except BaseException:
+            files._thread_lock.release()
+            raise
+        try:
+            files.check_attached()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        files._writer = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        files = self._files
+        files._writer = 0
+        try:
+            fcntl.flock(files.data_fd, fcntl.LOCK_UN)
+        finally:
+            files._thread_lock.release()
