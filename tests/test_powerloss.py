@@ -65,7 +65,8 @@ class Rig:
                        rng=self.rng, **writers)  # type: ignore[arg-type]
 
     def check(self, rnd: Round, policy: str) -> None:
-        self.survivors = check_store(self.fs, rnd, self.survivors, policy=policy, scratch=self.work)
+        self.survivors = check_store(self.fs, self.zygote, rnd, self.survivors, policy=policy,
+                                     scratch=self.work)
 
 
 @pytest.fixture
@@ -163,3 +164,88 @@ def test_harness_catches_a_disk_that_ignores_fsync(rig: Rig) -> None:
     rnd = rig.cut(0, mode="A", flush="sync", kind="threads", threads=1, min_acks=5)
     with pytest.raises(DurabilityViolation, match="acknowledged writes lost"):
         rig.check(rnd, "sync")
+
+
+# -- powerloss-fs itself --------------------------------------------------------------------------
+
+@pytest.fixture
+def plfs(fuse_ok: None, tmp_path: Path) -> Iterator[PowerLossMount]:
+    with PowerLossMount(tmp_path) as fs:
+        yield fs
+
+
+def _write(path: Path, data: bytes, offset: int = 0, *, flags: int = 0, sync: bool = False) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        os.pwrite(fd, data, offset)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_fs_drop_mode_keeps_exactly_the_synced_bytes(plfs: PowerLossMount) -> None:
+    f = plfs.mnt / "f"
+    _write(f, b"a" * 4096, sync=True)
+    _write(f, b"b" * 100, 10)  # not synced: lost
+    _write(f, b"c" * 4096, 4096)  # not synced, grows the file: lost, size too
+    assert f.read_bytes() == b"a" * 10 + b"b" * 100 + b"a" * (4096 - 110) + b"c" * 4096
+    assert plfs.stats()["fsyncs"]["f"] == 1
+    plfs.cut("A", seed=1)
+    assert f.read_bytes() == b"a" * 4096
+    assert (plfs.backing / "f").read_bytes() == b"a" * 4096
+
+
+def test_fs_a_dsync_write_is_durable_when_it_returns(plfs: PowerLossMount) -> None:
+    """An O_DSYNC write is durable on return — it alone, not the file's earlier pending writes;
+    and a pending write it overwrote cannot resurface in torn mode."""
+    f = plfs.mnt / "f"
+    _write(f, b"x" * 1024, sync=True)
+    _write(f, b"w" * 1024)  # pending
+    _write(f, b"z" * 512, 1024)  # pending
+    _write(f, b"y" * 512, flags=os.O_DSYNC)  # durable, over the first half of the "w" write
+    plfs.cut("A", seed=1)
+    assert f.read_bytes() == b"y" * 512 + b"x" * 512
+    for seed in range(10):
+        _write(f, b"w" * 1024)
+        _write(f, b"y" * 512, flags=os.O_DSYNC)
+        plfs.cut("B", seed=seed)
+        assert f.read_bytes()[:512] == b"y" * 512
+
+
+def test_fs_namespace_changes_wait_for_an_fsync(plfs: PowerLossMount) -> None:
+    (plfs.mnt / "d").mkdir()
+    _write(plfs.mnt / "d" / "kept", b"k", sync=True)  # the fsync commits mkdir and create
+    _write(plfs.mnt / "d" / "lost", b"l")  # created after the last fsync: gone
+    plfs.cut("A", seed=1)
+    assert sorted(p.name for p in (plfs.mnt / "d").iterdir()) == ["kept"]
+    assert (plfs.mnt / "d" / "kept").read_bytes() == b"k"
+
+
+def test_fs_torn_mode_keeps_a_random_subset_of_whole_sectors(plfs: PowerLossMount) -> None:
+    """Mode B: every 512-byte sector of an unsynced write is old or new on its own; over seeds
+    we see all-old, all-new and torn results; synced bytes are never touched."""
+    f = plfs.mnt / "f"
+    size = 32 * 512
+    outcomes = set()
+    for seed in range(40):
+        _write(f, b"\0" * size, sync=True)
+        _write(f, b"\xff" * size)
+        report = plfs.cut("B", seed=seed, sector=512)
+        data = f.read_bytes()
+        assert len(data) == size
+        sectors = [data[i:i + 512] for i in range(0, size, 512)]
+        assert all(s in (b"\0" * 512, b"\xff" * 512) for s in sectors), "a sector was torn inside"
+        kept = sum(s == b"\xff" * 512 for s in sectors)
+        assert kept == report["files"]["f"]["kept_pieces"]
+        outcomes.add("new" if kept == len(sectors) else "old" if kept == 0 else "torn")
+    assert "torn" in outcomes and len(outcomes) >= 2, outcomes
+
+
+def test_fs_ignoring_fsync_makes_nothing_durable(plfs: PowerLossMount) -> None:
+    f = plfs.mnt / "f"
+    _write(f, b"a", sync=True)
+    plfs.set_ignore_fsync(True)
+    _write(f, b"b", sync=True)
+    plfs.cut("A", seed=1)
+    assert f.read_bytes() == b"a"

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,20 +309,45 @@ def verify_store_hook(journal: Any) -> None:
         raise DurabilityViolation(f"store verification failed: {result!r}")
 
 
-def _entries(journal: Any) -> Iterator[str]:
-    for log in journal.iter_logs(newest_first=False):
-        yield log.request_id
+def inspect_store(path: str, probe_id: str) -> dict[str, Any]:
+    """Open the store at ``path`` and read what the checks need (runs in a forked child: a
+    corrupt LMDB file may crash the process that maps it).
+
+    Returns ``{"stage": "open"|"read", "error": ...}`` when it fails, else the counters,
+    ``journal_count()``, every request id in arrival order, and the counter and count after one
+    more write (a cut may break pages no read touches: the free list, another tree's branches).
+    """
+    from krepis import LogStatus, SovereignJournal, TransactionLog
+    from krepis._model import now_ms
+
+    try:
+        journal = SovereignJournal(path, flush="sync", create=False)
+    except Exception as exc:
+        return {"stage": "open", "error": f"{type(exc).__name__}: {exc}"}
+    with journal:
+        try:
+            verify_store_hook(journal)
+            counters = journal.op_counts()
+            count = journal.journal_count()
+            ids = [log.request_id for log in journal.iter_logs(newest_first=False)]
+            probe = journal.record(TransactionLog(now_ms(), "op", probe_id, LogStatus.Completed),
+                                   increment="op")
+            return {"counters": counters, "count": count, "ids": ids,
+                    "after_probe": [probe, journal.journal_count()]}
+        except Exception as exc:
+            return {"stage": "read", "error": f"{type(exc).__name__}: {exc}"}
 
 
-def check_store(fs: PowerLossMount, rnd: Round, survivors: set[str], *, policy: str,
+def check_store(fs: PowerLossMount, zygote: Zygote, rnd: Round, survivors: set[str], *, policy: str,
                 scratch: Path) -> set[str]:
     """Check the post-cut store against the promises of ``policy``; return the entries it holds.
 
-    On a copy of the post-cut files (nothing of the check touches the mount):
+    On a copy of the post-cut files, in a forked child (nothing of the check touches the mount):
 
-    * it opens (and :func:`verify_store_hook` passes), reads, and takes one more write;
+    * it opens (and :func:`verify_store_hook` passes), reads, and takes one more write — and the
+      process reading it does not crash;
     * counters equal entries: the ``op`` counter == ``journal_count()`` == the entries a full
-      scan reads, with no request id twice;
+      scan reads, with no request id twice, and still so after the extra write;
     * nothing durable before the cut was lost: every entry that survived an earlier cut;
     * ``sync``: every acknowledged write is there; ``interval``: every write acknowledged before
       the file system last made the data file durable is there (only the last window may be
@@ -333,37 +357,32 @@ def check_store(fs: PowerLossMount, rnd: Round, survivors: set[str], *, policy: 
 
     Raises :class:`DurabilityViolation` naming the round, mode, seed and what is wrong.
     """
-    from krepis import LogStatus, SovereignJournal, TransactionLog
-    from krepis._model import now_ms
-
     where = f"round {rnd.number} (mode {rnd.mode}, seed {rnd.seed}, sector {rnd.sector}, {policy})"
     copy = scratch / f"verify-{rnd.number}"
+    out = scratch / f"verify-{rnd.number}.json"
+    err = scratch / f"verify-{rnd.number}.err"
     shutil.copytree(fs.backing / STORE, copy, ignore=shutil.ignore_patterns("lock.mdb"))
     try:
-        try:
-            journal = SovereignJournal(copy, flush="sync", create=False)
-        except Exception as exc:
-            raise DurabilityViolation(
-                f"{where}: the store does not open: {type(exc).__name__}: {exc}") from exc
-        with journal:
-            try:
-                verify_store_hook(journal)
-                counters = journal.op_counts()
-                count = journal.journal_count()
-                ids = list(_entries(journal))
-                # the store must also take a write: a cut may break pages no read touches
-                # (free list, branch pages of another tree)
-                probe = journal.record(TransactionLog(now_ms(), "op", f"probe-{rnd.number}",
-                                                      LogStatus.Completed), increment="op")
-                after_probe = (probe, journal.journal_count())
-            except DurabilityViolation:
-                raise
-            except Exception as exc:
-                raise DurabilityViolation(
-                    f"{where}: the store opened but cannot be read or written: {type(exc).__name__}: "
-                    f"{exc}") from exc
+        pid = zygote.spawn({"kind": "inspect", "store": str(copy), "probe": f"probe-{rnd.number}",
+                            "out": str(out), "err": str(err)})
+        status = zygote.reap(pid)
+        if os.WIFSIGNALED(status):
+            raise DurabilityViolation(f"{where}: reading the store crashed the reader with signal "
+                                      f"{signal.Signals(os.WTERMSIG(status)).name}")
+        if not out.exists():
+            raise RuntimeError(f"{where}: the store inspector failed ({status}): "
+                               f"{err.read_text() if err.exists() else '?'}")
+        seen = json.loads(out.read_text())
     finally:
         shutil.rmtree(copy, ignore_errors=True)
+        out.unlink(missing_ok=True)
+    if "error" in seen:
+        what = "does not open" if seen["stage"] == "open" else "opened but cannot be read or written"
+        raise DurabilityViolation(f"{where}: the store {what}: {seen['error']}")
+    counters: dict[str, int] = seen["counters"]
+    count: int = seen["count"]
+    ids: list[str] = seen["ids"]
+    after_probe = tuple(seen["after_probe"])
     present = set(ids)
     problems: list[str] = []
     if counters.get("op", 0) != count or count != len(ids):

@@ -12,7 +12,11 @@ write call has RETURNED it appends ``"<request_id> <CLOCK_MONOTONIC ns>\\n"`` to
 (on a normal file system, not the one under test) with one ``write(2)``, so a line cut by the
 kill is incomplete and does not count.
 
-Spec keys: ``store`` (path on the mount), ``flush`` (policy), ``kind`` (``"threads"`` or
+A spec of kind ``"inspect"`` instead opens the (copied, post-cut) store at ``store`` and writes
+what :func:`powerloss.harness.inspect_store` saw to ``out`` as JSON — in a child, because a
+corrupt LMDB file can crash the process that reads it.
+
+Writer spec keys: ``store`` (path on the mount), ``flush`` (policy), ``kind`` (``"threads"`` or
 ``"async"``), ``threads`` (threads or asyncio tasks), ``tag`` (request-id prefix), ``ack`` (ack
 file), ``err`` (where a traceback goes), and ``broken`` (``"nosync"``: open LMDB without any
 sync, so every call is acknowledged before its data is durable — a deliberately broken design).
@@ -33,6 +37,7 @@ import lmdb
 
 from krepis import AsyncSovereignJournal, LogStatus, SovereignJournal, TransactionLog
 from krepis._model import now_ms
+from powerloss.harness import inspect_store
 
 OP = "op"
 
@@ -66,17 +71,24 @@ def _die(spec: dict[str, Any]) -> None:
 
 
 def run(spec: dict[str, Any]) -> None:
+    """Run the job ``spec`` describes: a writer (forever), or a store inspection (then return)."""
     if spec.get("broken") == "nosync":
         _break_sync()
     elif spec.get("broken"):
         raise ValueError(f"unknown broken variant {spec['broken']!r}")
-    ack = _ack_writer(spec["ack"])
-    tag = spec["tag"]
-    threads = int(spec["threads"])
 
     def entry(rid: str) -> TransactionLog:
         return TransactionLog(now_ms(), OP, rid, LogStatus.Completed)
 
+    if spec["kind"] == "inspect":
+        result = inspect_store(spec["store"], spec["probe"])
+        with open(spec["out"] + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.rename(spec["out"] + ".tmp", spec["out"])
+        return
+    ack = _ack_writer(spec["ack"])
+    tag = spec["tag"]
+    threads = int(spec["threads"])
     if spec["kind"] == "threads":
         journal = SovereignJournal(spec["store"], flush=spec["flush"])
 
