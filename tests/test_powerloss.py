@@ -14,8 +14,13 @@ or KREPIS_REQUIRE_POWERLOSS=1 (as in .ci/run), where missing support fails.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,3 +254,35 @@ def test_fs_ignoring_fsync_makes_nothing_durable(plfs: PowerLossMount) -> None:
     _write(f, b"b", sync=True)
     plfs.cut("A", seed=1)
     assert f.read_bytes() == b"a"
+
+
+def test_fs_freezes_at_the_armed_event_and_rejects_changes_until_resumed(plfs: PowerLossMount) -> None:
+    """``arm``: the N-th write/fsync of the file blocks (never happens); the cut runs while
+    frozen; after ``thaw`` changes fail with EIO until ``resume``."""
+    f = plfs.mnt / "f"
+    _write(f, b"a" * 8, sync=True)
+    plfs.request({"cmd": "arm", "file": "f", "events": 2})
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "os.pwrite(fd, b'b' * 8, 0)\n"  # event 1: happens (pending)
+        "os.fsync(fd)\n"  # event 2: freezes, never happens
+        "print('fsync returned', flush=True)\n"), str(f)], stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while plfs.stats()["state"] != "frozen":
+        assert time.monotonic() < deadline, "the armed fsync did not freeze the file system"
+        time.sleep(0.005)
+    assert (plfs.backing / "f").read_bytes() == b"b" * 8  # the first write went through
+    child.send_signal(signal.SIGKILL)
+    plfs.cut("A", seed=1)
+    plfs.request({"cmd": "thaw"})
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL and out == b""
+    assert plfs.stats()["state"] == "rejecting"
+    with pytest.raises(OSError) as exc:
+        _write(f, b"c")
+    assert exc.value.errno == errno.EIO
+    plfs.request({"cmd": "resume"})
+    assert f.read_bytes() == b"a" * 8  # the write before the frozen fsync was lost
+    _write(f, b"d", sync=True)
+    assert f.read_bytes() == b"d" + b"a" * 7

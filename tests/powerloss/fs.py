@@ -26,9 +26,16 @@ durable:
   on its own — the reordering and torn writes a real disk with a volatile cache may produce.
   Kept pieces are applied in their original order. Namespace changes are treated as in mode A.
 
-The control socket speaks one JSON object per line: ``{"cmd": "ping"}``, ``{"cmd": "stats"}``,
-``{"cmd": "cut", "mode": "A"|"B", "seed": int, "sector": int}``, ``{"cmd": "config",
-"ignore_fsync": bool}`` (a disk that lies: fsync returns without making anything durable).
+To cut at an exact moment, ``arm`` names a file and a count N: the N-th write or fsync of that
+file from then on does not happen; it blocks (the file system is "frozen": no other request is
+served, as the loop is single-threaded) until ``thaw``, then fails with EIO, and every later
+change fails with EIO until ``resume``. The harness kills the writers and cuts while frozen.
+
+The control socket speaks one JSON object per line: ``{"cmd": "ping"}``, ``{"cmd": "stats"}``
+(counters, and ``state``: live/frozen/rejecting), ``{"cmd": "cut", "mode": "A"|"B", "seed": int,
+"sector": int}``, ``{"cmd": "arm", "file": path, "events": N}``, ``{"cmd": "thaw"}``,
+``{"cmd": "resume"}``, ``{"cmd": "config", "ignore_fsync": bool}`` (a disk that lies: fsync
+returns without making anything durable).
 """
 
 from __future__ import annotations
@@ -63,6 +70,12 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         self.pending: dict[str, list[tuple[int, bytes] | tuple[int, None]]] = {}
         self.meta: list[tuple[str, ...]] = []
         self.ignore_fsync = False
+        # Cut at an exact I/O event: "live" → (the armed event) "frozen": that request blocks
+        # until the harness, having killed the writers and cut, sends "thaw" → "rejecting":
+        # every change fails with EIO until the writers are reaped and "resume" → "live".
+        self.state = "live"
+        self.arm: list[Any] | None = None  # [relative path, events left]
+        self.thaw = threading.Event()
         self.stats: dict[str, Any] = {"fsyncs": {}, "sync_writes": {}, "last_durable_ns": {},
                                       "writes": 0, "cuts": 0}
         _mirror(self.backing, self.shadow)  # what is on disk at mount time is durable
@@ -223,10 +236,23 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
                         elif cmd == "stats":
                             with self._mu:
                                 reply["stats"] = json.loads(json.dumps(self.stats))
+                                reply["stats"]["state"] = self.state
                                 reply["pending"] = {k: len(v) for k, v in self.pending.items()}
                         elif cmd == "cut":
                             reply["report"] = self.cut(msg["mode"], int(msg["seed"]),
                                                        int(msg.get("sector", 512)))
+                        elif cmd == "arm":
+                            with self._mu:
+                                self.arm = [str(msg["file"]), int(msg["events"])]
+                        elif cmd == "thaw":
+                            with self._mu:
+                                self.state = "rejecting"
+                                self.arm = None
+                            self.thaw.set()
+                        elif cmd == "resume":
+                            with self._mu:
+                                self.state = "live"
+                            self.thaw.clear()
                         elif cmd == "config":
                             with self._mu:
                                 self.ignore_fsync = bool(msg["ignore_fsync"])
@@ -236,6 +262,21 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
                         reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                     stream.write(json.dumps(reply).encode() + b"\n")
                     stream.flush()
+
+    def _live(self, rel: str | None = None) -> None:
+        """Refuse changes unless live; freeze at the armed event (a write or fsync of ``rel``)."""
+        with self._mu:
+            if self.state != "live":
+                raise fuse.FuseOSError(errno.EIO)
+            if self.arm is None or rel != self.arm[0]:
+                return
+            self.arm[1] -= 1
+            if self.arm[1] > 0:
+                return
+            self.arm = None
+            self.state = "frozen"
+        self.thaw.wait()  # meanwhile the harness kills every writer and cuts the power
+        raise fuse.FuseOSError(errno.EIO)
 
     # -- FUSE operations -------------------------------------------------------------------
     def init(self, path: str) -> None:
@@ -276,18 +317,21 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
+        self._live()
         with self._mu:
             os.mkdir(self._b(path), mode)
             self.meta.append(("mkdir", self._rel(path)))
         return 0
 
     def rmdir(self, path: str) -> int:
+        self._live()
         with self._mu:
             os.rmdir(self._b(path))
             self.meta.append(("rmdir", self._rel(path)))
         return 0
 
     def unlink(self, path: str) -> int:
+        self._live()
         with self._mu:
             os.unlink(self._b(path))
             self.pending.pop(self._rel(path), None)
@@ -295,6 +339,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def rename(self, old: str, new: str) -> int:
+        self._live()
         with self._mu:
             os.rename(self._b(old), self._b(new))
             ro, rn = self._rel(old), self._rel(new)
@@ -316,6 +361,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
             return self._register(fd, path, flags)
 
     def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
+        self._live()
         with self._mu:
             rel = self._rel(path)
             existed = os.path.exists(self._b(path))
@@ -330,6 +376,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return os.pread(self.files[fh][0], size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        self._live(self.files[fh][1] if fh in self.files else self._rel(path))
         with self._mu:
             fd, rel, sync = self.files[fh]
             written = os.pwrite(fd, data, offset)
@@ -346,6 +393,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
             self._make_durable(rel, "sync_writes")
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self._live()
         with self._mu:
             if fh is not None and fh in self.files:
                 fd, rel, sync = self.files[fh]
@@ -359,6 +407,8 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
+        if not (fh in self.files and self.files[fh][2]):
+            self._live(self.files[fh][1] if fh in self.files else self._rel(path))
         with self._mu:
             if fh in self.files and self.files[fh][2]:
                 # Linux follows every O_SYNC/O_DSYNC write to a FUSE file with an fsync of that
@@ -371,6 +421,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        self._live()
         with self._mu:
             if not self.ignore_fsync:
                 self._make_durable(None, "fsyncs")

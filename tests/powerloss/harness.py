@@ -213,7 +213,7 @@ class Round:
     fsyncs: int  # fsync/fdatasync/O_DSYNC writes of the data file during the round
     last_durable_ns: int  # when the data file was last made durable (0: never)
     cut_report: dict[str, Any] = field(default_factory=dict)
-    errors: str = ""
+    trigger: str = "time"
 
 
 def _read_acks(paths: list[Path]) -> list[Ack]:
@@ -247,49 +247,75 @@ def run_cut(
     rng: random.Random,
     broken: str | None = None,
     min_acks: int | None = None,
+    trigger: str | None = None,
 ) -> Round:
     """One power cut: start the writers, let them run to a random moment, SIGKILL them all, cut.
 
-    The moment is random: after ``min_acks`` acknowledgements (by default 0 in one round of eight,
-    else 1 to 40), plus 0 to 20 ms. Returns what the checks need.
+    The moment is random. ``trigger="time"``: after ``min_acks`` acknowledgements (by default 0
+    in one round of eight, else 1 to 40), plus 0 to 20 ms. ``trigger="event"``: right before the
+    N-th write or fsync of the data file (N from 1 to 120; the file system freezes there, see
+    :mod:`powerloss.fs`), which lands cuts inside commits, between a commit's page writes and its
+    fsync. By default one or the other at random (``"time"`` when ``min_acks`` is given).
+    Returns what the checks need.
     """
+    if trigger is None:
+        trigger = "time" if min_acks is not None else rng.choice(("time", "event"))
+    if trigger not in ("time", "event"):
+        raise ValueError(f"trigger must be 'time' or 'event', got {trigger!r}")
     if min_acks is None:
         min_acks = 0 if rng.random() < 0.125 else rng.randint(1, 40)
     delay = rng.uniform(0, 0.02)
+    events = rng.randint(1, 120)
     seed = rng.getrandbits(32)
     sector = rng.choice((512, 512, 4096))
     before = fs.stats()
     acks_files = [workdir / f"r{number}.p{p}.acks" for p in range(processes)]
     err = workdir / f"r{number}.err"
+    if trigger == "event":
+        fs.request({"cmd": "arm", "file": DATA_FILE, "events": events})
     pids = [zygote.spawn({"store": str(fs.mnt / STORE), "flush": flush, "kind": kind, "threads": threads,
                           "tag": f"r{number}p{p}", "ack": str(acks_files[p]), "err": str(err),
                           "broken": broken})
             for p in range(processes)]
     deadline = time.monotonic() + 60
+    after: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
     try:
-        while min_acks:
-            if sum(f.stat().st_size for f in acks_files if f.exists()) and \
-                    len(_read_acks(acks_files)) >= min_acks:
-                break
+        while True:
             if err.exists() and err.stat().st_size:
                 break
+            if trigger == "event":
+                if fs.stats()["state"] == "frozen":
+                    break
+            elif not min_acks or (sum(f.stat().st_size for f in acks_files if f.exists())
+                                  and len(_read_acks(acks_files)) >= min_acks):
+                time.sleep(delay)
+                break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"round {number}: writers acknowledged < {min_acks} writes in 60 s")
+                raise RuntimeError(f"round {number}: the writers did not reach the cut ({trigger}, "
+                                   f"{min_acks} acks / event {events}) in 60 s")
             time.sleep(0.001)
-        time.sleep(delay)
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
+        if trigger == "event":
+            if fs.stats()["state"] == "frozen":  # nothing moves: cut now, then let them die
+                after = fs.stats()
+                report = fs.cut(mode, seed, sector)
+            fs.request({"cmd": "thaw"})
         statuses = [zygote.reap(pid) for pid in pids]
+        if trigger == "event":
+            fs.request({"cmd": "resume"})
     errors = err.read_text() if err.exists() else ""
     if errors or any(not os.WIFSIGNALED(s) for s in statuses):
         raise RuntimeError(f"round {number}: a writer failed before the cut (statuses {statuses}):\n{errors}")
-    after = fs.stats()
-    acks = _read_acks(acks_files)  # read after the kill: complete lines only
-    report = fs.cut(mode, seed, sector)
+    if report is None or after is None:
+        after = fs.stats()
+        report = fs.cut(mode, seed, sector)
+    acks = _read_acks(acks_files)  # after the writers are gone: complete lines only
     return Round(number, mode, seed, sector, acks, threads * processes,
                  _durable_count(after) - _durable_count(before),
-                 int(after["last_durable_ns"].get(DATA_FILE, 0)), report)
+                 int(after["last_durable_ns"].get(DATA_FILE, 0)), report, trigger)
 
 
 def verify_store_hook(journal: Any) -> None:
@@ -357,7 +383,8 @@ def check_store(fs: PowerLossMount, zygote: Zygote, rnd: Round, survivors: set[s
 
     Raises :class:`DurabilityViolation` naming the round, mode, seed and what is wrong.
     """
-    where = f"round {rnd.number} (mode {rnd.mode}, seed {rnd.seed}, sector {rnd.sector}, {policy})"
+    where = (f"round {rnd.number} (mode {rnd.mode}, seed {rnd.seed}, sector {rnd.sector}, cut at "
+             f"{rnd.trigger}, {policy})")
     copy = scratch / f"verify-{rnd.number}"
     out = scratch / f"verify-{rnd.number}.json"
     err = scratch / f"verify-{rnd.number}.err"
