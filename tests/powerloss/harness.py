@@ -349,7 +349,7 @@ def inspect_store(path: str, probe_id: str) -> dict[str, Any]:
     try:
         journal = SovereignJournal(path, flush="sync", create=False)
     except Exception as exc:
-        return {"stage": "open", "error": f"{type(exc).__name__}: {exc}"}
+        return {"stage": "open", "error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
     with journal:
         try:
             verify_store_hook(journal)
@@ -365,8 +365,12 @@ def inspect_store(path: str, probe_id: str) -> dict[str, Any]:
 
 
 def check_store(fs: PowerLossMount, zygote: Zygote, rnd: Round, survivors: set[str], *, policy: str,
-                scratch: Path) -> set[str]:
+                scratch: Path, detected_ok: bool = False) -> set[str] | None:
     """Check the post-cut store against the promises of ``policy``; return the entries it holds.
+
+    With ``detected_ok``, a store that refuses to open with ``CorruptStorageError`` (it detected
+    the damage and says so) is accepted: the result is then ``None``. Anything else that goes
+    wrong after it opened is a silent inconsistency and fails.
 
     On a copy of the post-cut files, in a forked child (nothing of the check touches the mount):
 
@@ -403,6 +407,9 @@ def check_store(fs: PowerLossMount, zygote: Zygote, rnd: Round, survivors: set[s
     finally:
         shutil.rmtree(copy, ignore_errors=True)
         out.unlink(missing_ok=True)
+    if "error" in seen and detected_ok and seen["stage"] == "open" and \
+            seen["type"] == "CorruptStorageError":
+        return None
     if "error" in seen:
         what = "does not open" if seen["stage"] == "open" else "opened but cannot be read or written"
         raise DurabilityViolation(f"{where}: the store {what}: {seen['error']}")

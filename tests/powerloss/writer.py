@@ -80,6 +80,9 @@ def run(spec: dict[str, Any]) -> None:
     def entry(rid: str) -> TransactionLog:
         return TransactionLog(now_ms(), OP, rid, LogStatus.Completed)
 
+    if spec["kind"] == "create":  # a new, empty store (after a cut left one beyond repair)
+        SovereignJournal(spec["store"], flush="sync").close()
+        return
     if spec["kind"] == "inspect":
         result = inspect_store(spec["store"], spec["probe"])
         with open(spec["out"] + ".tmp", "w") as f:
