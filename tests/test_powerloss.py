@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,15 +68,23 @@ class Rig:
     rng: random.Random
     survivors: set[str]
 
+    note: str
+
     def cut(self, number: int, *, mode: str, flush: str, **writers: object) -> Round:
-        return run_cut(self.fs, self.zygote, self.work, number=number, mode=mode, flush=flush,
-                       rng=self.rng, **writers)  # type: ignore[arg-type]
+        try:
+            return run_cut(self.fs, self.zygote, self.work, number=number, mode=mode, flush=flush,
+                           rng=self.rng, **writers)  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} [{self.note}; powerloss-fs log: {self.fs.log_text()}]") from exc
 
     def check(self, rnd: Round, policy: str, *, detected_ok: bool = False) -> bool:
         """Check the post-cut store; False when it refused to open, detecting its damage
         (accepted only with ``detected_ok``: the store is then replaced by a new one)."""
-        present = check_store(self.fs, self.zygote, rnd, self.survivors, policy=policy,
-                              scratch=self.work, detected_ok=detected_ok)
+        try:
+            present = check_store(self.fs, self.zygote, rnd, self.survivors, policy=policy,
+                                  scratch=self.work, detected_ok=detected_ok)
+        except DurabilityViolation as exc:
+            raise DurabilityViolation(f"{exc} [{self.note}]") from exc
         if present is None:
             self.replace_store()
             return False
@@ -95,13 +104,9 @@ class Rig:
 def rig(fuse_ok: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     """A fresh store (durable before the first cut) on a mounted powerloss-fs, and a writer zygote."""
     make_store(tmp_path / "backing")
-    seed = SEED ^ (hash(request.node.name) & 0xFFFFFFFF)
+    seed = SEED ^ zlib.crc32(request.node.name.encode())
     with PowerLossMount(tmp_path) as fs, Zygote() as zygote:
-        try:
-            yield Rig(fs, zygote, tmp_path, random.Random(seed), set())
-        except BaseException:
-            print(f"KREPIS_POWERLOSS_SEED={SEED} (case seed {seed}); powerloss-fs log:\n{fs.log_text()}")
-            raise
+        yield Rig(fs, zygote, tmp_path, random.Random(seed), set(), f"KREPIS_POWERLOSS_SEED={SEED}")
 
 
 SYNC_WRITERS = {
