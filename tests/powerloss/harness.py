@@ -308,7 +308,11 @@ def run_cut(
             fs.request({"cmd": "resume"})
     errors = err.read_text() if err.exists() else ""
     if errors or any(not os.WIFSIGNALED(s) for s in statuses):
-        raise RuntimeError(f"round {number}: a writer failed before the cut (statuses {statuses}):\n{errors}")
+        message = f"round {number}: a writer failed before the cut (statuses {statuses}):\n{errors}"
+        if "CorruptStorageError" in errors or "MDB_CORRUPTED" in errors or "MDB_PAGE_NOTFOUND" in errors:
+            # the store passed the check after the previous cut, yet is damaged where it did not look
+            raise DurabilityViolation(f"{message}\n(the store left by the previous cut is corrupt)")
+        raise RuntimeError(message)
     if report is None or after is None:
         after = fs.stats()
         report = fs.cut(mode, seed, sector)
