@@ -354,6 +354,8 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return fd
 
     def open(self, path: str, flags: int) -> int:
+        if flags & os.O_TRUNC:
+            self._live()
         with self._mu:
             fd = os.open(self._b(path), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC))
             if flags & os.O_TRUNC:
