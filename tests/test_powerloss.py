@@ -322,3 +322,35 @@ def test_fs_freezes_at_the_armed_event_and_rejects_changes_until_resumed(plfs: P
     assert f.read_bytes() == b"a" * 8  # the write before the frozen fsync was lost
     _write(f, b"d", sync=True)
     assert f.read_bytes() == b"d" + b"a" * 7
+
+
+def test_fs_a_write_in_flight_at_the_cut_may_be_torn(plfs: PowerLossMount) -> None:
+    """The write an event cut lands on was in flight: mode A loses it, mode B keeps some of its
+    sectors — even for an O_DSYNC write, which never returned."""
+    f = plfs.mnt / "f"
+    size = 16 * 512
+    outcomes = set()
+    for seed in range(8):
+        _write(f, b"\0" * size, sync=True)
+        plfs.request({"cmd": "arm", "file": "f", "events": 1})
+        child = subprocess.Popen([sys.executable, "-c", (
+            "import os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DSYNC)\n"
+            f"os.pwrite(fd, b'\\xff' * {size}, 0)\n"), str(f)])
+        deadline = time.monotonic() + 30
+        while plfs.stats()["state"] != "frozen":
+            assert time.monotonic() < deadline, "the armed write did not freeze the file system"
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        plfs.cut("A" if seed == 0 else "B", seed=seed, sector=512)
+        plfs.request({"cmd": "thaw"})
+        child.wait(timeout=30)
+        plfs.request({"cmd": "resume"})
+        sectors = [f.read_bytes()[i:i + 512] for i in range(0, size, 512)]
+        assert all(s in (b"\0" * 512, b"\xff" * 512) for s in sectors)
+        kept = sum(s == b"\xff" * 512 for s in sectors)
+        if seed == 0:
+            assert kept == 0, "mode A kept part of a write that never completed"
+        else:
+            outcomes.add("new" if kept == len(sectors) else "old" if kept == 0 else "torn")
+    assert "torn" in outcomes, outcomes

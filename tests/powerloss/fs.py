@@ -27,7 +27,8 @@ durable:
   Kept pieces are applied in their original order. Namespace changes are treated as in mode A.
 
 To cut at an exact moment, ``arm`` names a file and a count N: the N-th write or fsync of that
-file from then on does not happen; it blocks (the file system is "frozen": no other request is
+file from then on does not complete (a write is in flight: its bytes are pending, so mode B may
+keep some of its sectors); it blocks (the file system is "frozen": no other request is
 served, as the loop is single-threaded) until ``thaw``, then fails with EIO, and every later
 change fails with EIO until ``resume``. The harness kills the writers and cuts while frozen.
 
@@ -263,8 +264,12 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
                     stream.write(json.dumps(reply).encode() + b"\n")
                     stream.flush()
 
-    def _live(self, rel: str | None = None) -> None:
-        """Refuse changes unless live; freeze at the armed event (a write or fsync of ``rel``)."""
+    def _live(self, rel: str | None = None, in_flight: tuple[int, bytes] | None = None) -> None:
+        """Refuse changes unless live; freeze at the armed event (a write or fsync of ``rel``).
+
+        A write the cut lands on is in flight: its bytes count as pending (not in the backing
+        file), so mode A drops it and mode B may keep some of its sectors — a torn last write.
+        """
         with self._mu:
             if self.state != "live":
                 raise fuse.FuseOSError(errno.EIO)
@@ -275,6 +280,8 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
                 return
             self.arm = None
             self.state = "frozen"
+            if in_flight is not None and rel is not None:
+                self.pending.setdefault(rel, []).append(in_flight)
         self.thaw.wait()  # meanwhile the harness kills every writer and cuts the power
         raise fuse.FuseOSError(errno.EIO)
 
@@ -378,7 +385,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         return os.pread(self.files[fh][0], size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        self._live(self.files[fh][1] if fh in self.files else self._rel(path))
+        self._live(self.files[fh][1] if fh in self.files else self._rel(path), (offset, bytes(data)))
         with self._mu:
             fd, rel, sync = self.files[fh]
             written = os.pwrite(fd, data, offset)
