@@ -24,7 +24,9 @@ durable:
 * mode ``B`` ("torn"): the durable image plus an arbitrary random subset of the pending writes,
   each split at sector boundaries (``sector`` bytes, default 512) with every sector kept or lost
   on its own — the reordering and torn writes a real disk with a volatile cache may produce.
-  Kept pieces are applied in their original order. Namespace changes are treated as in mode A.
+  The chance to keep a piece is drawn once per cut, so cuts range from keeping almost nothing
+  to almost everything. Kept pieces are applied in their original order. Namespace changes are
+  treated as in mode A.
 
 To cut at an exact moment, ``arm`` names a file and a count N: the N-th write or fsync of that
 file from then on does not complete (a write is in flight: its bytes are pending, so mode B may
