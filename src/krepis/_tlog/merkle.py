@@ -19,12 +19,19 @@ from hashlib import sha256
 __all__ = [
     "EMPTY_ROOT",
     "TILE_HEIGHT",
+    "NodeSource",
     "TreeChecker",
     "append_leaf",
+    "consistency_proof",
     "frontier_levels",
+    "inclusion_proof",
     "leaf_hash",
     "node_hash",
+    "range_hash",
     "root_from_frontier",
+    "root_from_inclusion",
+    "verify_consistency",
+    "verify_inclusion",
 ]
 
 TILE_HEIGHT = 8
@@ -124,3 +131,132 @@ class TreeChecker:
 def _subtree_start(size: int, level: int) -> int:
     """First leaf of the frontier subtree of height ``level`` in a tree of ``size`` leaves."""
     return size >> (level + 1) << (level + 1)
+
+
+# --- proofs (RFC 6962 §2.1.1–2.1.2, RFC 9162 §2.1.3–2.1.4) ----------------------------------------
+
+#: ``node(level, index)``: the hash of the perfect subtree of height ``level`` covering leaves
+#: ``index·2^level … (index+1)·2^level − 1`` — supplied by whoever holds the tree.
+NodeSource = Callable[[int, int], bytes]
+
+
+def _largest_power_of_two_below(n: int) -> int:
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def range_hash(node: NodeSource, start: int, end: int) -> bytes:
+    """MTH of leaves ``start … end−1`` (``start`` aligned as the RFC's recursion makes it)."""
+    size = end - start
+    if size <= 0:
+        raise ValueError(f"empty range {start}…{end}")
+    if size & (size - 1) == 0 and start % size == 0:
+        level = size.bit_length() - 1
+        return node(level, start >> level)
+    k = _largest_power_of_two_below(size)
+    return node_hash(range_hash(node, start, start + k), range_hash(node, start + k, end))
+
+
+def inclusion_proof(node: NodeSource, index: int, size: int) -> list[bytes]:
+    """The audit path of leaf ``index`` in the tree of ``size`` leaves (RFC 6962 PATH)."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    path: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _largest_power_of_two_below(end - start)
+        if index < start + k:
+            path.append(range_hash(node, start + k, end))
+            end = start + k
+        else:
+            path.append(range_hash(node, start, start + k))
+            start += k
+    path.reverse()  # leaf to root
+    return path
+
+
+def consistency_proof(node: NodeSource, old: int, new: int) -> list[bytes]:
+    """The proof that the tree of ``old`` leaves is a prefix of the tree of ``new`` leaves
+    (RFC 6962 PROOF / SUBPROOF)."""
+    if not 0 <= old <= new:
+        raise ValueError(f"no consistency proof from size {old} to size {new}")
+    if old == 0 or old == new:
+        return []
+    return _subproof(node, old, 0, new, True)
+
+
+def _subproof(node: NodeSource, m: int, start: int, end: int, whole: bool) -> list[bytes]:
+    if m == end - start:
+        return [] if whole else [range_hash(node, start, end)]
+    k = _largest_power_of_two_below(end - start)
+    if m <= k:
+        return [*_subproof(node, m, start, start + k, whole), range_hash(node, start + k, end)]
+    return [*_subproof(node, m - k, start + k, end, False), range_hash(node, start, start + k)]
+
+
+def root_from_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes]) -> bytes:
+    """The root an inclusion proof leads to (RFC 9162 §2.1.3.2); raises ``ValueError`` when the
+    proof has the wrong length for ``index`` and ``size``."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    fn, sn = index, size - 1
+    r = leaf
+    for p in proof:
+        if sn == 0:
+            raise ValueError("the inclusion proof is too long")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn & 1 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ValueError("the inclusion proof is too short")
+    return r
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:
+    """Whether ``proof`` shows leaf hash ``leaf`` at ``index`` in the tree of ``size`` with ``root``."""
+    try:
+        return root_from_inclusion(leaf, index, size, proof) == root
+    except ValueError:
+        return False
+
+
+def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:
+    """Whether ``proof`` shows the tree ``(old, old_root)`` is a prefix of ``(new, new_root)``
+    (RFC 9162 §2.1.4.2)."""
+    if not 0 <= old <= new:
+        return False
+    if old == new:
+        return not proof and old_root == new_root
+    if old == 0:
+        return not proof  # the empty tree is a prefix of every tree
+    if not proof:
+        return False
+    path = list(proof)
+    if old & (old - 1) == 0:  # old is a power of two: its root is the first node
+        path.insert(0, old_root)
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn & 1 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
