@@ -16,13 +16,13 @@ from ._model import (
     check_limit,
     check_op_name,
     check_text,
-    check_timestamp,
     decode_log,
     decode_logs,
     encode_log,
 )
 from ._policy import FlushPolicy
 from ._storage import EntryFilter, Storage, WriteRequest, open_storage
+from ._time import parse_time
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -377,10 +377,8 @@ class SovereignJournal:
         rid = None if request_id is None else check_text("request_id", request_id, MAX_REQUEST_ID_BYTES)
         if status is not None and not isinstance(status, LogStatus):
             raise InvalidTypeError(f"status must be a LogStatus, got {type(status).__name__} {status!r:.80}")
-        if since is not None:
-            check_timestamp(since)
-        if until is not None:
-            check_timestamp(until)
+        since = None if since is None else parse_time(since, param="since")  # int, datetime, ISO …
+        until = None if until is None else parse_time(until, param="until")
         if limit is not None:
             check_limit(limit)
         flt = EntryFilter(since=since, until=until, request_id=rid)
