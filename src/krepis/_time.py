@@ -60,7 +60,7 @@ _FORMS = ("use ISO-8601 (2026-01-31T12:00:00Z; no zone = local time), a relative
           "(1h, 30m, 2d, '2 hours ago', today, yesterday, now), Unix milliseconds, or @SECONDS")
 
 
-class _Unreadable(ValueError):
+class _Unreadable(ValidationError):
     """Why a value is not a time (without the parameter's name)."""
 
 
