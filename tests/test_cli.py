@@ -295,3 +295,64 @@ def test_logs_follow(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_write_side_settings_never_break_reading_commands(tmp_path: Path) -> None:
+    krepis("run", cwd=tmp_path)
+    bogus = {"KREPIS_FLUSH": "whenever"}
+    for command in (["stats"], ["logs"], ["export"], ["metrics"], ["logs", "--count"]):
+        krepis(*command, cwd=tmp_path, env=bogus)
+    krepis("clear", "--yes", cwd=tmp_path, env=bogus)
+    bad = krepis("run", cwd=tmp_path, env=bogus, ok=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "KREPIS_FLUSH='whenever': flush policy 'whenever' is not valid" in bad.stderr
+
+
+def test_errors_about_environment_values_name_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    proc = krepis("stats", cwd=tmp_path, env={"KREPIS_STORAGE": str(tmp_path / "file")}, ok=False)
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: storage path {tmp_path / 'file'} exists and is not a directory "
+        "(the storage location comes from KREPIS_STORAGE)"]
+    proc = krepis("--storage", str(tmp_path / "file"), "stats", cwd=tmp_path, ok=False)
+    assert "KREPIS_STORAGE" not in proc.stderr  # given on the command line: nothing to name
+
+
+def test_a_storage_path_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KREPIS_STORAGE"}
+    for args in ([b"--storage", b"s\xff", b"stats"], [b"logs", b"--storage", b"s\xff"]):
+        proc = subprocess.run([os.fsencode(KREPIS or ""), *args], cwd=tmp_path, env=env, capture_output=True,
+                              timeout=60)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "Traceback" not in err
+        assert "Error: Invalid value for --storage: b's\\xff' is not valid UTF-8" in err
+    proc = subprocess.run([os.fsencode(KREPIS or ""), b"stats"], cwd=tmp_path, capture_output=True,
+                          timeout=60, env={**{os.fsencode(k): os.fsencode(v) for k, v in env.items()},
+                               b"KREPIS_STORAGE": b"s\xff"})
+    assert proc.returncode == 2 and b"(from KREPIS_STORAGE) is not valid UTF-8" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/krepis_bench_must_not_be_touched"
+
+
+def test_bench_never_uses_krepis_storage_from_the_environment(tmp_path: Path) -> None:
+    proc = krepis("bench", "--seconds", "0.02", "--large", "1000", "--json", cwd=tmp_path,
+                  env={"KREPIS_STORAGE": UNREACHABLE})
+    result = json.loads(proc.stdout)
+    assert len(result["rows"]) == 8 and not any("PostgreSQL" in row["name"] for row in result["rows"])
+
+
+@pytest.mark.parametrize("storage", [UNREACHABLE, "./somewhere"])
+def test_bench_storage_before_or_after_the_command_is_the_same(tmp_path: Path, storage: str) -> None:
+    before = krepis("--storage", storage, "bench", "--seconds", "0.02", "--large", "1000", cwd=tmp_path,
+                    ok=False)
+    after = krepis("bench", "--seconds", "0.02", "--large", "1000", "--storage", storage, cwd=tmp_path,
+                   ok=False)
+    assert before.returncode == after.returncode != 0
+    errors = [[line for line in p.stderr.splitlines() if line.startswith("Error:")] for p in (before, after)]
+    assert errors[0] == errors[1] and len(errors[0]) == 1
+    if storage == UNREACHABLE:
+        assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/" in errors[0][0]
+    else:
+        assert "only a postgresql:// URL adds rows" in errors[0][0]

@@ -936,6 +936,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
         if not is_postgres_url(url):
             raise click.BadParameter(f"{inert(url)!r}: only a postgresql:// URL adds rows (the LMDB rows "
                                      "always run, in temporary stores)", param_hint="--storage")
+        _check_postgres(url)  # before the LMDB rows: a wrong URL fails at once, in one line
         cfg.postgres_url = url
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -984,6 +985,21 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
     con.print(targets)
 
 
+
+
+def _check_postgres(url: str) -> None:
+    from ._storage.postgres import redact
+
+    try:
+        import psycopg
+    except ImportError:
+        raise click.ClickException("PostgreSQL rows need psycopg: pip install 'krepis-journal[postgres]' "
+                                   "(or pip install '.[postgres]' in a checkout)") from None
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"cannot connect to PostgreSQL at {redact(url)}: {first}") from None
 
 
 @cli.command()
