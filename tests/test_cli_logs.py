@@ -320,7 +320,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("args", [["logs", "-n", "20000", "--json"],
                                   ["logs", "--all", "--reverse"], ["logs", "-n", "15000", "--reverse"],
-                                  ["logs", "--all", "--op", "op_[12]", "--status", "completed",
+                                  ["logs", "--all", "--op", "op_[1-6]", "--op", "op_0", "--status", "completed",
                                    "--status", "failed"],
                                   ["export"]])
 def test_output_is_streamed_in_flat_memory(big: Path, tmp_path: Path, args: list[str]) -> None:
@@ -330,7 +330,7 @@ def test_output_is_streamed_in_flat_memory(big: Path, tmp_path: Path, args: list
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) > 300_000
     peak = int(re.findall(r"PEAK (\d+)", proc.stderr)[-1])
-    assert peak < 6_000_000, f"{peak:,} bytes traced at the peak"
+    assert peak < 3_500_000, f"{peak:,} bytes traced at the peak"  # holding them all: ~8 MB
 
 
 @pytest.mark.parametrize("command", [["export"], ["logs", "--all"], ["logs", "--all", "--json"]])
