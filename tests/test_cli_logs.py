@@ -320,8 +320,8 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("args", [["logs", "-n", "20000", "--json"],
                                   ["logs", "--all", "--reverse"], ["logs", "-n", "15000", "--reverse"],
-                                  ["logs", "--all", "--op", "op_[1-6]", "--op", "op_0", "--status", "completed",
-                                   "--status", "failed"],
+                                  ["logs", "--all", "--op", "op_[1-6]", "--op", "op_0",
+                                   "--status", "completed", "--status", "failed"],
                                   ["export"]])
 def test_output_is_streamed_in_flat_memory(big: Path, tmp_path: Path, args: list[str]) -> None:
     """20,000 entries (about 3 MB of output) pass through in far less than holding them takes."""
