@@ -797,12 +797,11 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
          reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool) -> None:
     """Show journal entries, newest first, streamed as they are read.
 
-    \b
-    On a terminal: one line per entry fitted to its width (local time), through a pager
-    (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped: tab-separated lines
-    (UTC time, op, request id, status, duration in µs, error), or JSON Lines with --json.
-    Text from the journal is printed inert: control characters and escape sequences appear
-    as visible escapes (\\n, \\x1b).
+    On a terminal: one line per entry fitted to its width (local time), through
+    a pager (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped:
+    tab-separated lines (UTC time, op, request id, status, duration in µs,
+    error), or JSON Lines with --json. Text from the journal is printed inert:
+    control characters and escape sequences appear as visible escapes.
     """
     if show_all:
         limit = None
