@@ -356,3 +356,20 @@ def test_run_survives_a_closed_pipe(tmp_path: Path) -> None:
         assert journal.recover_op_count("js_ops_called") == 3  # the bootstrap ran to the end
         assert [e.op_name for e in journal.query(status=LogStatus.Failed)] == []
         assert journal.query(limit=1)[0].op_name == "kernel_shutdown"
+
+
+def test_script_text_reaches_the_terminal_inert(tmp_path: Path) -> None:
+    """What a script logs or throws is shown inert by `run`, and `logs` shows its error afterwards."""
+    script = tmp_path / "evil.js"
+    script.write_text('Krepis.ops.op_log_from_js("info", "\\x1b]0;pwned\\x07[/]\\nforged js line");\n'
+                      'throw new Error("\\x1b[31m[/]\\nError: forged");\n')
+    proc = krepis("run", str(script), cwd=tmp_path, ok=False)
+    assert proc.returncode == 1
+    assert RAW_CONTROL.search(proc.stderr) is None, repr(proc.stderr)
+    logged = [line for line in proc.stderr.splitlines() if line.startswith("js info:")]
+    assert logged == ["js info: \\x1b]0;pwned\\x07[/]\\nforged js line"]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "\\x1b[31m[/]\\nError: forged" in errors[0]
+    status, shown = on_terminal("logs", "--op", "kernel_error", cwd=tmp_path, cols=200)
+    assert status == 0 and "MarkupError" not in shown
+    assert RAW_CONTROL.search(visible(shown)) is None and "\\x1b[31m[/]\\nError: forged" in shown

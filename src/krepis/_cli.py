@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -630,9 +631,13 @@ class _Selection:
             return args, checks[0]
         return args, lambda entry: all(check(entry) for check in checks)
 
+    @functools.cached_property
+    def _split(self) -> tuple[dict[str, Any], Callable[[TransactionLog], bool] | None]:
+        return self.split()
+
     def matches(self, entry: TransactionLog) -> bool:
         """Every filter, checked on one entry (for entries read without the query)."""
-        args, rest = self.split()
+        args, rest = self._split
         return ((args.get("op_name") is None or entry.op_name == args["op_name"])
                 and (args.get("status") is None or entry.status is args["status"])
                 and (args.get("request_id") is None or entry.request_id == args["request_id"])
