@@ -51,34 +51,55 @@ def test_run_twice_carries_the_count_over(tmp_path: Path) -> None:
 def test_stats(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {
-        "contexts_created": 1, "js_ops_called": 3, "op_get_context": 1, "op_log_from_js": 2,
-        "op_check_permission": 1}
-    table = krepis("stats", cwd=tmp_path).stdout
-    assert "js_ops_called" in table and "13 journal entries" in table
+        "storage": str(tmp_path / ".krepis" / "storage"),
+        "journal_entries": 13,
+        "op_counts": {"contexts_created": 1, "js_ops_called": 3, "op_get_context": 1, "op_log_from_js": 2,
+                      "op_check_permission": 1}}
+    piped = krepis("stats", cwd=tmp_path)
+    assert "js_ops_called\t3" in piped.stdout.splitlines()  # plain lines when not a terminal
+    assert "13 journal entries, 5 counters" in piped.stderr
+
+
+def test_stats_on_an_empty_store_says_so(tmp_path: Path) -> None:
+    from krepis import SovereignJournal
+
+    SovereignJournal(tmp_path / "s").close()
+    out = krepis("stats", "--storage", str(tmp_path / "s"), cwd=tmp_path).stdout
+    assert out.startswith("no counters yet; 0 journal entries in ")
+    assert json.loads(krepis("stats", "--json", "--storage", str(tmp_path / "s"), cwd=tmp_path).stdout) == {
+        "storage": str(tmp_path / "s"), "journal_entries": 0, "op_counts": {}}
+
+
+def jsonl(out: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in out.splitlines()]
 
 
 def test_logs_filters_and_json(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     krepis("run", cwd=tmp_path)
-    logs = json.loads(krepis("logs", "-n", "100", "--json", cwd=tmp_path).stdout)
+    logs = jsonl(krepis("logs", "-n", "100", "--json", cwd=tmp_path).stdout)
     assert len(logs) == 26
-    assert len(json.loads(krepis("logs", "--json", cwd=tmp_path).stdout)) == 20  # default -n 20
+    assert len(jsonl(krepis("logs", "--json", cwd=tmp_path).stdout)) == 20  # default -n 20
     assert set(logs[0]) >= {"timestamp", "op_name", "request_id", "status"}
     assert logs[0]["op_name"] == "kernel_shutdown"
     assert [e["timestamp"] for e in logs] == sorted((e["timestamp"] for e in logs), reverse=True)
-    assert len(json.loads(krepis("logs", "-n", "2", "--json", cwd=tmp_path).stdout)) == 2
-    inits = json.loads(krepis("logs", "--op", "kernel_init", "--json", cwd=tmp_path).stdout)
+    assert len(jsonl(krepis("logs", "-n", "2", "--json", cwd=tmp_path).stdout)) == 2
+    inits = jsonl(krepis("logs", "--op", "kernel_init", "--json", cwd=tmp_path).stdout)
     assert [e["status"] for e in inits] == ["Started", "Started"]
     rid = inits[0]["request_id"]
-    mine = json.loads(krepis("logs", "--request-id", rid, "--json", cwd=tmp_path).stdout)
+    mine = jsonl(krepis("logs", "--request-id", rid, "--json", cwd=tmp_path).stdout)
     assert len(mine) == 13 and {e["request_id"] for e in mine} == {rid}
-    done = json.loads(krepis("logs", "--status", "Completed", "-n", "99", "--json", cwd=tmp_path).stdout)
+    done = jsonl(krepis("logs", "--status", "Completed", "-n", "99", "--json", cwd=tmp_path).stdout)
     assert len(done) == 16
     since = logs[0]["timestamp"]
-    recent = json.loads(krepis("logs", "--since", str(since), "--json", cwd=tmp_path).stdout)
+    recent = jsonl(krepis("logs", "--since", str(since), "--json", cwd=tmp_path).stdout)
     assert recent and all(e["timestamp"] >= since for e in recent)
-    people = krepis("logs", "-n", "3", cwd=tmp_path).stdout
-    assert "kernel_shutdown" in people and "Completed" in people
+    plain = krepis("logs", "-n", "3", cwd=tmp_path).stdout.splitlines()
+    assert len(plain) == 3 and plain[0].split("\t")[1:4] == ["kernel_shutdown", rid_of(logs[0]), "Completed"]
+
+
+def rid_of(entry: dict) -> str:  # type: ignore[type-arg]
+    return str(entry["request_id"])
 
 
 def test_export_jsonl_oldest_first(tmp_path: Path) -> None:
@@ -100,7 +121,7 @@ def test_storage_option_and_environment_variable(tmp_path: Path) -> None:
     a = json.loads(krepis("--storage", str(tmp_path / "a"), "stats", "--json", cwd=tmp_path).stdout)
     b_env = {"KREPIS_STORAGE": str(tmp_path / "b")}
     b = json.loads(krepis("stats", "--json", cwd=tmp_path, env=b_env).stdout)
-    assert (a["js_ops_called"], b["js_ops_called"]) == (3, 6)
+    assert (a["op_counts"]["js_ops_called"], b["op_counts"]["js_ops_called"]) == (3, 6)
     after = json.loads(krepis("stats", "--json", "--storage", str(tmp_path / "a"), cwd=tmp_path).stdout)
     assert after == a  # --storage may also follow the command
     assert not (tmp_path / ".krepis").exists()
@@ -110,10 +131,10 @@ def test_clear_needs_yes(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     refused = krepis("clear", cwd=tmp_path, ok=False)
     assert refused.returncode != 0 and "--yes" in refused.stderr
-    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["js_ops_called"] == 3
+    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["op_counts"]["js_ops_called"] == 3
     assert "cleared 13 entries" in krepis("clear", "--yes", cwd=tmp_path).stdout
-    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {}
-    assert json.loads(krepis("logs", "--json", cwd=tmp_path).stdout) == []
+    assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["op_counts"] == {}
+    assert krepis("logs", "--json", cwd=tmp_path).stdout == ""
 
 
 @pytest.mark.parametrize("command", ["run", "stats", "logs", "export", "clear", "metrics", "bench"])
@@ -128,8 +149,11 @@ def test_help_on_every_command(tmp_path: Path, command: str) -> None:
     [
         (["--storage", "{file}", "stats"], "{file} exists and is not a directory"),
         (["--storage", "{garbage}", "logs"], "{garbage} is corrupted"),
-        (["logs", "--since", "yesterday"], "neither Unix milliseconds nor an ISO-8601"),
-        (["logs", "-n", "-1"], "-1 is not in the range x>=0"),
+        (["logs", "--since", "soon"], "'soon' is not a time; use ISO-8601"),
+        (["logs", "--since", "²"], "'²' is not a time"),
+        (["logs", "--until", "1700000000"], "'1700000000' looks like Unix seconds (2023-11-14 22:13:20 UTC)"),
+        (["logs", "--since", "2026-02-30"], "'2026-02-30' is not a valid date/time"),
+        (["logs", "-n", "-1"], "'-1' is not a number of entries >= 0 or 'all'"),
         (["logs", "--status", "Done"], "'Done' is not one of"),
     ],
 )
@@ -209,9 +233,12 @@ def test_metrics_text_and_server(tmp_path: Path) -> None:
         journal.increment_op_count("plain")
         journal.increment_op_count("plain")
         text = prometheus_text(journal)
-    assert 'krepis_op_count{op="we\\"ird\\\\op\\nname"} 1' in text
-    assert 'krepis_op_count{op="plain"} 2' in text
-    assert "# TYPE krepis_op_count counter" in text and "krepis_journal_entries 0" in text
+    assert 'krepis_op_count_total{op="we\\"ird\\\\op\\nname"} 1' in text
+    assert 'krepis_op_count_total{op="plain"} 2' in text
+    assert "# TYPE krepis_op_count_total counter" in text and "krepis_journal_entries 0" in text
+    for line in text.splitlines():  # every counter family and sample ends in _total
+        if line.startswith("# TYPE") and line.endswith(" counter"):
+            assert line.split()[2].endswith("_total"), line
     assert krepis("metrics", "--storage", str(store), cwd=tmp_path).stdout == text
     proc = subprocess.Popen([KREPIS, "--storage", str(store), "metrics", "--serve", "127.0.0.1:0"],
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -223,11 +250,22 @@ def test_metrics_text_and_server(tmp_path: Path) -> None:
         base = match.group(1)
         with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            assert 'krepis_op_count{op="plain"} 2' in response.read().decode()
+            assert 'krepis_op_count_total{op="plain"} 2' in response.read().decode()
+        head = urllib.request.Request(base + "/metrics", method="HEAD")
+        with urllib.request.urlopen(head, timeout=10) as response:
+            assert response.status == 200 and response.read() == b""
+            assert int(response.headers["Content-Length"]) > 0
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        port = base.rsplit(":", 1)[1]
+        busy = krepis("metrics", "--storage", str(store), "--serve", f"127.0.0.1:{port}", cwd=tmp_path,
+                      ok=False)
+        assert busy.returncode == 1 and "Traceback" not in busy.stderr
+        assert busy.stderr.strip().splitlines() == [
+            f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"]
         with SovereignJournal(store) as journal:  # each scrape reads afresh
             journal.increment_op_count("plain")
         with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
-            assert 'krepis_op_count{op="plain"} 3' in response.read().decode()
+            assert 'krepis_op_count_total{op="plain"} 3' in response.read().decode()
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(base + "/other", timeout=10)
         assert info.value.code == 404
@@ -266,3 +304,64 @@ def test_logs_follow(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_write_side_settings_never_break_reading_commands(tmp_path: Path) -> None:
+    krepis("run", cwd=tmp_path)
+    bogus = {"KREPIS_FLUSH": "whenever"}
+    for command in (["stats"], ["logs"], ["export"], ["metrics"], ["logs", "--count"]):
+        krepis(*command, cwd=tmp_path, env=bogus)
+    krepis("clear", "--yes", cwd=tmp_path, env=bogus)
+    bad = krepis("run", cwd=tmp_path, env=bogus, ok=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "KREPIS_FLUSH='whenever': flush policy 'whenever' is not valid" in bad.stderr
+
+
+def test_errors_about_environment_values_name_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    proc = krepis("stats", cwd=tmp_path, env={"KREPIS_STORAGE": str(tmp_path / "file")}, ok=False)
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: storage path {tmp_path / 'file'} exists and is not a directory "
+        "(the storage location comes from KREPIS_STORAGE)"]
+    proc = krepis("--storage", str(tmp_path / "file"), "stats", cwd=tmp_path, ok=False)
+    assert "KREPIS_STORAGE" not in proc.stderr  # given on the command line: nothing to name
+
+
+def test_a_storage_path_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KREPIS_STORAGE"}
+    for args in ([b"--storage", b"s\xff", b"stats"], [b"logs", b"--storage", b"s\xff"]):
+        proc = subprocess.run([os.fsencode(KREPIS or ""), *args], cwd=tmp_path, env=env, capture_output=True,
+                              timeout=60)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "Traceback" not in err
+        assert "Error: Invalid value for --storage: b's\\xff' is not valid UTF-8" in err
+    proc = subprocess.run([os.fsencode(KREPIS or ""), b"stats"], cwd=tmp_path, capture_output=True,
+                          timeout=60, env={**{os.fsencode(k): os.fsencode(v) for k, v in env.items()},
+                               b"KREPIS_STORAGE": b"s\xff"})
+    assert proc.returncode == 2 and b"(from KREPIS_STORAGE) is not valid UTF-8" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/krepis_bench_must_not_be_touched"
+
+
+def test_bench_never_uses_krepis_storage_from_the_environment(tmp_path: Path) -> None:
+    proc = krepis("bench", "--seconds", "0.02", "--large", "1000", "--json", cwd=tmp_path,
+                  env={"KREPIS_STORAGE": UNREACHABLE})
+    result = json.loads(proc.stdout)
+    assert len(result["rows"]) == 9 and not any("PostgreSQL" in row["name"] for row in result["rows"])
+
+
+@pytest.mark.parametrize("storage", [UNREACHABLE, "./somewhere"])
+def test_bench_storage_before_or_after_the_command_is_the_same(tmp_path: Path, storage: str) -> None:
+    before = krepis("--storage", storage, "bench", "--seconds", "0.02", "--large", "1000", cwd=tmp_path,
+                    ok=False)
+    after = krepis("bench", "--seconds", "0.02", "--large", "1000", "--storage", storage, cwd=tmp_path,
+                   ok=False)
+    assert before.returncode == after.returncode != 0
+    errors = [[line for line in p.stderr.splitlines() if line.startswith("Error:")] for p in (before, after)]
+    assert errors[0] == errors[1] and len(errors[0]) == 1
+    if storage == UNREACHABLE:
+        assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/" in errors[0][0]
+    else:
+        assert "only a postgresql:// URL adds rows" in errors[0][0]

@@ -95,13 +95,14 @@ def test_kernel_cli_and_asyncio_on_postgres(pg_url: str, tmp_path: Path) -> None
     krepis = Path(sys.executable).with_name("krepis")
     out = subprocess.run([krepis, "--storage", pg_url, "stats", "--json"], capture_output=True, text=True,
                          check=True, cwd=tmp_path)
-    assert json.loads(out.stdout)["js_ops_called"] == 8
+    assert json.loads(out.stdout)["op_counts"]["js_ops_called"] == 8
     out = subprocess.run([krepis, "run", "--json"], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={**os.environ, "KREPIS_STORAGE": pg_url})
     assert json.loads(out.stdout.splitlines()[-1])["js_ops_called"] == 11
     env = {**os.environ, "KREPIS_STORAGE": pg_url}
-    logs = json.loads(subprocess.run([krepis, "logs", "-n", "5", "--op", "op_increment_stats", "--json"],
-                                     capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout)
+    logs = [json.loads(line) for line in subprocess.run(
+        [krepis, "logs", "-n", "5", "--op", "op_increment_stats", "--json"],
+        capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout.splitlines()]
     assert len(logs) == 5 and all(e["op_name"] == "op_increment_stats" for e in logs)
     lines = subprocess.run([krepis, "export"], capture_output=True, text=True, check=True, cwd=tmp_path,
                            env=env).stdout.splitlines()

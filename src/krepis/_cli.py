@@ -1,31 +1,145 @@
-"""The ``krepis`` command line: run the kernel, inspect and export the journal."""
+"""The ``krepis`` command line: run the kernel, inspect and export the journal.
+
+Output guarantees (every command but ``run``'s own messages):
+
+* Everything read from the journal — op names, request ids, error texts, counter names — is
+  printed as inert text: never interpreted as Rich markup, and control characters (newlines,
+  tabs, ANSI/OSC escape sequences, C1 controls), Unicode bidi controls and line separators are
+  shown as visible escapes (``\\n``, ``\\x1b``, ``\\u202e``), so no entry can forge a line, move
+  the cursor or retitle the operator's terminal.
+* A reader that goes away (``krepis logs | head -1``) ends the command quietly with status 0.
+* Expected errors are one line on stderr (``Error: …``) and a non-zero status, never a traceback;
+  an error about a value from an environment variable names the variable.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import functools
 import json
 import logging
 import os
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import IO, Any, TextIO, cast
 
 import click
+from click.core import ParameterSource
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from ._errors import JournalError
+from ._errors import JournalError, StorageError
 from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._model import LogStatus, TransactionLog
+from ._policy import FlushPolicy
+from ._time import parse_time_unnamed
 
 __all__ = ["cli", "main"]
 
-_STATUS_STYLE = {"Started": "yellow", "Completed": "green", "Failed": "bold red"}
+_STATUS_COLOR = {"Started": "yellow", "Completed": "green", "Failed": "red"}
+# Read-only commands never depend on the write-side KREPIS_FLUSH: they open with this policy.
+_READ_POLICY = "sync"
+
+
+# -- inert text ------------------------------------------------------------------------------
+
+# C0 and C1 controls, DEL, bidi embeddings/overrides/isolates and marks, line/paragraph
+# separators, and lone surrogates (not printable; only reachable through JSON escapes).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_UNSAFE_TSV = re.compile(_UNSAFE.pattern[:-1] + "\\\\]")
+_UNSAFE_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                          "\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def inert(text: str) -> str:
+    """``text`` safe to print on a terminal: every control/bidi character as a visible escape."""
+    return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_escape_char, text)
+
+
+def _inert_tsv(text: str) -> str:
+    """Like :func:`inert`, and backslashes doubled, so a tab-separated field is unambiguous."""
+    return text if _UNSAFE_TSV.search(text) is None else _UNSAFE_TSV.sub(_escape_char, text)
+
+
+def _inert_json(line: str) -> str:
+    """A JSON text with the characters JSON leaves raw but terminals act on written as ``\\uXXXX``."""
+    if _UNSAFE_JSON.search(line) is None:
+        return line
+    return _UNSAFE_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+# -- stdout that survives its reader going away ----------------------------------------------
+
+class _PipeGuard:
+    """Wraps ``sys.stdout``: once the reader has gone (EPIPE), writes are discarded quietly.
+
+    Commands that stream check :func:`_reader_gone` to stop early; ``run`` carries on (the
+    script's work matters more than its chatter) and still exits 0.
+    """
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if self.gone:
+            return len(text)
+        try:
+            return self._inner.write(text)
+        except BrokenPipeError:
+            self._reader_went_away()
+            return len(text)
+
+    def flush(self) -> None:
+        if self.gone:
+            return
+        try:
+            self._inner.flush()
+        except BrokenPipeError:
+            self._reader_went_away()
+
+    def _reader_went_away(self) -> None:
+        self.gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:  # what is still buffered drains into /dev/null instead of failing again at exit
+            os.dup2(devnull, self._inner.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _guard_stdout() -> None:
+    if not isinstance(sys.stdout, _PipeGuard) and sys.stdout is not None:
+        sys.stdout = cast(TextIO, _PipeGuard(sys.stdout))
+
+
+def _reader_gone() -> bool:
+    return isinstance(sys.stdout, _PipeGuard) and sys.stdout.gone
 
 
 class _Group(click.Group):
@@ -35,14 +149,22 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except JournalError as exc:
-            raise click.ClickException(str(exc)) from exc
+            message = str(exc)
+            source = (ctx.obj or {}).get("storage_source")
+            if isinstance(exc, StorageError) and source:
+                message += f" (the storage location comes from {source})"
+            raise click.ClickException(inert(message)) from exc
+        except click.ClickException as exc:
+            exc.message = inert(exc.message)  # type: ignore[misc]  # the text may quote journal data
+            raise
         except BrokenPipeError:
-            # The reader went away (e.g. `krepis export | head`): stop quietly.
+            # The reader went away (e.g. `krepis export | head`): stop quietly, successfully.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            sys.exit(1)
+            sys.exit(0)
         except OSError as exc:
-            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from exc
+            text = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+            raise click.ClickException(inert(text)) from exc
 
 
 def _console() -> Console:
@@ -51,16 +173,28 @@ def _console() -> Console:
 
 
 def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    click.echo(_inert_json(json.dumps(value, ensure_ascii=False, separators=(",", ":"))))
 
 
 def _storage(ctx: click.Context) -> str:
-    return str(ctx.find_root().obj["storage"])
+    """The storage location in force; a path that is not valid UTF-8 is a one-line error."""
+    obj = ctx.find_root().obj
+    location = str(obj["storage"])
+    try:
+        location.encode("utf-8")
+    except UnicodeEncodeError:
+        where = f" (from {obj['storage_source']})" if obj.get("storage_source") else ""
+        raise click.BadParameter(
+            f"{os.fsencode(location)!r}{where} is not valid UTF-8; krepis needs a UTF-8 storage path",
+            param_hint="--storage") from None
+    return location
 
 
 def _set_storage(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        ctx.find_root().obj["storage"] = value
+        obj = ctx.find_root().obj
+        obj["storage"] = obj["storage_explicit"] = value
+        obj["storage_source"] = None
 
 
 def _storage_option(fn: Any) -> Any:
@@ -70,30 +204,17 @@ def _storage_option(fn: Any) -> Any:
                         help="Storage directory or postgresql:// URL (as before the command).")(fn)
 
 
-def _parse_time(value: str | None, param: str) -> int | None:
-    """Unix milliseconds, or an ISO-8601 date/time (UTC unless it names an offset)."""
+def _flush_policy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Check ``--flush`` before anything opens; a bad KREPIS_FLUSH is named as such."""
     if value is None:
         return None
-    text = value.strip()
-    if text.isdigit():
-        return int(text)
     try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is neither Unix milliseconds nor an ISO-8601 time (e.g. 2026-01-31T12:00:00Z)",
-            param_hint=param) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp() * 1000)
-
-
-def _iso(ms: int) -> str:
-    try:
-        moment = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
-    except (OverflowError, ValueError, OSError):
-        return str(ms)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+        FlushPolicy.parse(value)
+    except JournalError as exc:
+        if ctx.get_parameter_source(param.name or "") is ParameterSource.ENVIRONMENT:
+            raise click.BadParameter(f"KREPIS_FLUSH={value!r}: {exc}", ctx, param) from None
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,14 +225,18 @@ def _iso(ms: int) -> str:
 def cli(ctx: click.Context, storage: str) -> None:
     """krepis — the Sovereign Journal: a durable audit trail and crash-safe op counters."""
     ctx.ensure_object(dict)
+    source = ctx.get_parameter_source("storage")
     ctx.obj["storage"] = storage
+    ctx.obj["storage_source"] = "KREPIS_STORAGE" if source is ParameterSource.ENVIRONMENT else None
+    # Given on the command line (before the command): what `bench` may use. KREPIS_STORAGE never is.
+    ctx.obj["storage_explicit"] = storage if source is ParameterSource.COMMANDLINE else None
 
 
 class _JsLogHandler(logging.Handler):
-    """Shows what scripts log through op_log_from_js, on stderr."""
+    """Shows what scripts log through op_log_from_js, on stderr, as inert text."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"js {record.levelname.lower()}: {record.getMessage()}", err=True)
+        click.echo(f"js {record.levelname.lower()}: {inert(record.getMessage())}", err=True)
 
 
 @cli.command()
@@ -125,7 +250,7 @@ class _JsLogHandler(logging.Handler):
 @click.option("--allow-net", "allow_net", multiple=True, metavar="HOST",
               help="Let op_check_permission('net', …) allow HOST or HOST:PORT (repeatable).")
 @click.option("--flush", "flush", metavar="POLICY", envvar="KREPIS_FLUSH", default="sync",
-              show_default=True, help="sync or interval:Nms (env: KREPIS_FLUSH).")
+              show_default=True, callback=_flush_policy, help="sync or interval:Nms (env: KREPIS_FLUSH).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @_storage_option
 @click.pass_context
@@ -195,128 +320,545 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, allow_rea
         raise click.ClickException(f"script failed: {failure}")
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object name → value.")
-@_storage_option
-@click.pass_context
-def stats(ctx: click.Context, as_json: bool) -> None:
-    """Show every op counter."""
-    with SovereignJournal(_storage(ctx), create=False) as journal:
-        counts = journal.op_counts()
-        entries = journal.journal_count()
-    if as_json:
-        _emit_json(counts)
+
+# -- time, width and colour helpers -----------------------------------------------------------
+
+class _TimeType(click.ParamType):  # type: ignore[type-arg]
+    """ISO-8601 (no zone = local time), relative (1h, '2 hours ago', today), Unix ms or @SECONDS."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time_unnamed(value)
+        except JournalError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _LimitType(click.ParamType):  # type: ignore[type-arg]
+    """A count of entries, or ``all``."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.lower() == "all":
+            return None
+        if text.isascii() and text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a number of entries >= 0 or 'all'", param, ctx)
+
+
+class _SecondCache:
+    """Formats the whole-second part of a timestamp once per second (rows come in time order)."""
+
+    def __init__(self, fmt: Callable[[int], str]) -> None:
+        self._fmt = fmt
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, ms: int) -> str:
+        second = ms // 1000
+        if second != self._second:
+            self._second, self._text = second, self._fmt(second)
+        return self._text
+
+
+def _utc_second(second: int) -> str:
+    try:
+        return dt.datetime.fromtimestamp(second, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    except (OverflowError, ValueError, OSError):
+        return f"@{second}."
+
+
+def _local_second(second: int, with_year: bool) -> str:
+    try:
+        moment = time.localtime(second)
+    except (OverflowError, ValueError, OSError):
+        return f"@{second}."
+    return time.strftime("%Y-%m-%d %H:%M:%S." if with_year else "%m-%d %H:%M:%S.", moment)
+
+
+_utc_prefix = _SecondCache(_utc_second)
+
+
+def _utc_iso(ms: int) -> str:
+    """``2026-01-31T12:00:00.250Z``: the unambiguous form for plain (piped) output."""
+    return f"{_utc_prefix(ms)}{ms % 1000:03d}Z"
+
+
+def _duration(us: int | None) -> str:
+    if us is None:
+        return ""
+    if us < 1000:
+        return f"{us}µs"
+    if us < 1_000_000:
+        return f"{us / 1000:.1f}ms"
+    if us < 100_000_000:
+        return f"{us / 1_000_000:.2f}s"
+    return f"{us // 1_000_000}s"
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` padded or cut (with …) to exactly ``width`` terminal cells."""
+    if width <= 0:
+        return ""
+    if text.isascii():
+        return text.ljust(width) if len(text) <= width else text[:width - 1] + "…"
+    if cell_len(text) <= width:
+        return set_cell_size(text, width)
+    return set_cell_size(text, width - 1) + "…"
+
+
+def _crop(text: str, width: int) -> str:
+    """``text`` cut (with …) to at most ``width`` cells, not padded."""
+    if (len(text) <= width if text.isascii() else cell_len(text) <= width):
+        return text
+    return _fit(text, width)
+
+
+def _use_color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def _width() -> int:
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+class _Columns:
+    """Entries as one terminal line each, fitted to ``width`` columns: never wraps.
+
+    80 columns: local time without the year, op names up to 19 cells, request ids shortened to
+    8 (a UUID's first group), status, duration and as much of the error as fits. Wider
+    terminals get the year, longer op names and whole request ids.
+    """
+
+    def __init__(self, width: int, color: bool) -> None:
+        self.with_year = width >= 100
+        time_w = 23 if self.with_year else 18
+        self.rid_w = 36 if width >= 130 else 8
+        self.op_w = max(8, min(40, 19 + max(0, width - 80) // 4))
+        fixed = time_w + 1 + self.op_w + 1 + self.rid_w + 1 + 9 + 1 + 7 + 1
+        self.error_w = max(0, width - fixed)
+        self.time_w = time_w
+        self.color = color
+        self._time = _SecondCache(lambda second: _local_second(second, self.with_year))
+
+    def header(self) -> str:
+        text = " ".join((_fit("TIME", self.time_w), _fit("OP", self.op_w), _fit("REQUEST", self.rid_w),
+                         _fit("STATUS", 9), "TOOK".rjust(7), "ERROR" if self.error_w >= 5 else ""))
+        text = text.rstrip()
+        return click.style(text, bold=True) if self.color else text
+
+    def line(self, entry: TransactionLog) -> str:
+        rid = entry.request_id
+        if self.rid_w == 8 and _UUID.match(rid):
+            rid = rid[:8]
+        status = entry.status.value.ljust(9)
+        if self.color:
+            status = click.style(status, fg=_STATUS_COLOR[entry.status.value])
+        ts = entry.timestamp
+        text = (f"{self._time(ts)}{ts % 1000:03d} {_fit(inert(entry.op_name), self.op_w)} "
+                f"{_fit(inert(rid), self.rid_w)} {status} {_duration(entry.duration_us).rjust(7)}")
+        if entry.error and self.error_w:
+            text += " " + _crop(inert(entry.error), self.error_w)
+        return text.rstrip()
+
+
+def _tsv_line(entry: TransactionLog) -> str:
+    """Tab-separated: UTC time, op, request id, status, duration in µs, error (escaped, one line)."""
+    return "\t".join((
+        _utc_iso(entry.timestamp), _inert_tsv(entry.op_name), _inert_tsv(entry.request_id),
+        entry.status.value, "" if entry.duration_us is None else str(entry.duration_us),
+        "" if entry.error is None else _inert_tsv(entry.error),
+    ))
+
+
+def _json_line(entry: TransactionLog) -> str:
+    return _inert_json(entry.to_json())
+
+
+# -- writing lines: stdout or a pager ----------------------------------------------------------
+
+_BATCH = 512
+
+
+def _to_stdout(lines: Iterable[str]) -> None:
+    """Write ``lines`` in batches; stop as soon as the reader has gone."""
+    batch: list[str] = []
+    out = sys.stdout
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= _BATCH:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+            if _reader_gone():
+                return
+    if batch:
+        out.write("\n".join(batch) + "\n")
+    out.flush()
+
+
+def _pager_command() -> list[str] | None:
+    """``KREPIS_PAGER``, else ``PAGER``, else ``less`` — or None when none is usable."""
+    raw = os.environ.get("KREPIS_PAGER", os.environ.get("PAGER", "less")).strip()
+    if not raw or raw == "cat":
+        return None
+    try:
+        argv = shlex.split(raw)
+    except ValueError:
+        return None
+    return argv if argv and shutil.which(argv[0]) else None
+
+
+def _to_pager(argv: list[str], lines: Iterable[str]) -> None:
+    env = dict(os.environ)
+    env.setdefault("LESS", "FRSX")  # quit if one screen, keep colours, chop long lines, no clear
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, encoding="utf-8", errors="replace")
+    except OSError:
+        _to_stdout(lines)
         return
-    table = Table(title="op counters")
-    table.add_column("op")
-    table.add_column("count", justify="right")
-    for name, value in sorted(counts.items()):
-        table.add_row(name, str(value))
-    con = _console()
-    con.print(table)
-    con.print(f"{entries} journal entries in {journal.path}")
+    assert proc.stdin is not None
+    batch: list[str] = []
+    try:
+        for line in lines:
+            batch.append(line)
+            if len(batch) >= _BATCH:
+                proc.stdin.write("\n".join(batch) + "\n")
+                batch.clear()
+        if batch:
+            proc.stdin.write("\n".join(batch) + "\n")
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass  # the pager was quit before the end
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        while True:
+            try:
+                proc.wait()
+                break
+            except KeyboardInterrupt:  # Ctrl-C belongs to the pager
+                continue
 
 
-def _filters(op: str | None, status: str | None, request_id: str | None,
-             since: str | None, until: str | None) -> dict[str, Any]:
-    return {
-        "op_name": op,
-        "status": LogStatus(status) if status else None,
-        "request_id": request_id,
-        "since": _parse_time(since, "--since"),
-        "until": _parse_time(until, "--until"),
-    }
+def _emit_lines(lines: Iterator[str], *, pager: bool) -> None:
+    """Print ``lines``; on a terminal, through a pager once they are longer than the screen."""
+    if pager:
+        rows = shutil.get_terminal_size((80, 24)).lines
+        head: list[str] = []
+        for line in lines:
+            head.append(line)
+            if len(head) >= rows:  # longer than the screen (keeping a line for the prompt)
+                break
+        else:
+            _to_stdout(head)
+            return
+        rest = _chain(head, lines)
+        argv = _pager_command()
+        if argv is not None:
+            _to_pager(argv, rest)
+            return
+        lines = rest
+    _to_stdout(lines)
+
+
+def _chain(first: list[str], rest: Iterator[str]) -> Iterator[str]:
+    yield from first
+    yield from rest
+
+
+# -- choosing entries ----------------------------------------------------------------------------
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which entries: every repeated filter means either-of; different filters must all hold.
+
+    ``ops`` are exact names or shell-style globs (``op_*``, ``kernel_[is]*``), matched
+    case-sensitively; ``since`` inclusive and ``until`` exclusive, in Unix ms.
+    """
+
+    ops: tuple[str, ...] = ()
+    statuses: tuple[LogStatus, ...] = ()
+    request_ids: tuple[str, ...] = ()
+    since: int | None = None
+    until: int | None = None
+
+    @property
+    def everything(self) -> bool:
+        filtered = self.ops or self.statuses or self.request_ids
+        return not filtered and self.since is None and self.until is None
+
+    def split(
+        self, journal: SovereignJournal
+    ) -> tuple[dict[str, Any], Callable[[TransactionLog], bool] | None]:
+        """The query the journal answers from its indexes, and the check left to do here (or None).
+
+        Globs are resolved against the op names the journal holds; either-of ops and statuses go
+        to the journal as lists; only several request ids are checked here, entry by entry.
+        """
+        args: dict[str, Any] = {"since": self.since, "until": self.until}
+        if self.ops:
+            globs = [op for op in self.ops if _GLOB.search(op)]
+            names = [op for op in self.ops if not _GLOB.search(op)]
+            if globs:
+                pattern = re.compile("|".join(fnmatch.translate(g) for g in globs)).match
+                names += [name for name in journal.op_names() if pattern(name)]
+            args["op_name"] = list(dict.fromkeys(names))
+        if self.statuses and len(set(self.statuses)) < len(LogStatus):
+            args["status"] = list(dict.fromkeys(self.statuses))
+        request_ids = frozenset(self.request_ids)
+        if len(request_ids) == 1:
+            args["request_id"] = self.request_ids[0]
+        elif request_ids:
+            return args, lambda entry: entry.request_id in request_ids
+        return args, None
+
+    @functools.cached_property
+    def _predicate(self) -> Callable[[TransactionLog], bool]:
+        exact = frozenset(op for op in self.ops if not _GLOB.search(op))
+        globs = [op for op in self.ops if _GLOB.search(op)]
+        pattern = re.compile("|".join(fnmatch.translate(g) for g in globs)).match if globs else None
+        statuses = frozenset(self.statuses)
+        request_ids = frozenset(self.request_ids)
+        since, until = self.since, self.until
+
+        def check(entry: TransactionLog) -> bool:
+            return ((not self.ops or entry.op_name in exact
+                     or (pattern is not None and pattern(entry.op_name) is not None))
+                    and (not statuses or entry.status in statuses)
+                    and (not request_ids or entry.request_id in request_ids)
+                    and (since is None or entry.timestamp >= since)
+                    and (until is None or entry.timestamp < until))
+        return check
+
+    def matches(self, entry: TransactionLog) -> bool:
+        """Every filter, checked on one entry (for entries read without the query)."""
+        return self._predicate(entry)
+
+
+def select_entries(journal: SovereignJournal, selection: _Selection, *, newest_first: bool,
+                   limit: int | None) -> Iterator[TransactionLog]:
+    """Stream the entries of ``selection`` (at most ``limit``), never holding them all.
+
+    Every filter but several request ids at once is answered by the journal's indexes.
+    Arguments are validated before the first entry is read.
+    """
+    args, rest = selection.split(journal)
+    if args.get("op_name") == []:
+        return iter(())  # globs that match no op the journal has seen
+    if rest is None:
+        return journal.iter_logs(**args, newest_first=newest_first, limit=limit)
+    found = (entry for entry in journal.iter_logs(**args, newest_first=newest_first) if rest(entry))
+    if limit is None:
+        return found
+    return (entry for _, entry in zip(range(limit), found, strict=False))
+
+
+def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
+                         limit: int | None) -> Iterator[TransactionLog]:
+    """The ``limit`` newest matches, oldest first (``git log -n N --reverse``), in flat memory.
+
+    Two streaming passes: newest first to find where the ``limit``-th newest match is, then
+    oldest first from there.
+    """
+    if limit is None:
+        yield from select_entries(journal, selection, newest_first=False, limit=None)
+        return
+    if limit == 0:
+        return
+    taken, boundary, skip = 0, -1, 0
+    for entry in select_entries(journal, selection, newest_first=True, limit=None):
+        if taken < limit:
+            taken, boundary = taken + 1, entry.timestamp
+        elif entry.timestamp == boundary:
+            skip += 1  # an older arrival with the boundary's timestamp: not among the newest
+        else:
+            break
+    if taken < limit:
+        yield from select_entries(journal, selection, newest_first=False, limit=limit)
+        return
+    later = _Selection(selection.ops, selection.statuses, selection.request_ids, boundary, selection.until)
+    shown = 0
+    for entry in select_entries(journal, later, newest_first=False, limit=None):
+        if skip and entry.timestamp == boundary:
+            skip -= 1
+            continue
+        yield entry
+        shown += 1
+        if shown >= limit:
+            return
+
+
+def _selection(op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
+               since: int | None, until: int | None) -> _Selection:
+    return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until)
 
 
 def _filter_options(fn: Any) -> Any:
     for option in reversed([
-        click.option("--op", "op", metavar="NAME", help="Only entries of this op."),
-        click.option("--status", type=click.Choice([s.value for s in LogStatus]),
-                     help="Only entries with this status."),
-        click.option("--request-id", metavar="ID", help="Only entries of this request."),
-        click.option("--since", metavar="TIME",
-                     help="From this time on (Unix ms or ISO-8601, inclusive)."),
-        click.option("--until", metavar="TIME", help="Before this time (Unix ms or ISO-8601, exclusive)."),
+        click.option("--op", "op", metavar="NAME", multiple=True,
+                     help="Only entries of this op; a shell-style glob (op_*) matches several. "
+                          "Repeat for either-of."),
+        click.option("--status", multiple=True,
+                     type=click.Choice([s.value for s in LogStatus], case_sensitive=False),
+                     help="Only entries with this status (any case). Repeat for either-of."),
+        click.option("--request-id", metavar="ID", multiple=True,
+                     help="Only entries of this request. Repeat for either-of."),
+        click.option("--since", metavar="TIME", type=_TimeType(),
+                     help="From this time on, inclusive: ISO-8601 (no zone = local time), 1h, 30m, "
+                          "2d, '2 hours ago', today, yesterday, now, Unix ms or @SECONDS."),
+        click.option("--until", metavar="TIME", type=_TimeType(),
+                     help="Before this time (exclusive); the same forms as --since."),
     ]):
         fn = option(fn)
     return fn
 
 
-def _matches(entry: TransactionLog, filters: dict[str, Any]) -> bool:
-    return ((filters["op_name"] is None or entry.op_name == filters["op_name"])
-            and (filters["status"] is None or entry.status is filters["status"])
-            and (filters["request_id"] is None or entry.request_id == filters["request_id"])
-            and (filters["since"] is None or entry.timestamp >= filters["since"])
-            and (filters["until"] is None or entry.timestamp < filters["until"]))
+# -- commands -------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: storage, journal_entries and op_counts (name → value).")
+@_storage_option
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Show every op counter and how many entries the journal holds."""
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        counts = journal.op_counts()
+        entries = journal.journal_count()
+        path = journal.path
+    if as_json:
+        _emit_json({"storage": path, "journal_entries": entries, "op_counts": counts})
+        return
+    summary = f"{entries} journal entries, {len(counts)} counters in {inert(path)}"
+    if not counts:
+        click.echo(f"no counters yet; {entries} journal entries in {inert(path)}")
+        return
+    names = sorted(counts)
+    if not sys.stdout.isatty():
+        _to_stdout(f"{_inert_tsv(name)}\t{counts[name]}" for name in names)
+        click.echo(summary, err=True)
+        return
+    value_w = max(5, *(len(str(v)) for v in counts.values()))
+    name_w = min(max(7, *(cell_len(inert(n)) for n in names)), _width() - value_w - 2)
+    header = f"{_fit('COUNTER', name_w)}  {'VALUE'.rjust(value_w)}"
+    lines = [click.style(header, bold=True) if _use_color() else header]
+    lines += [f"{_fit(inert(name), name_w)}  {str(counts[name]).rjust(value_w)}" for name in names]
+    _to_stdout([*lines, summary])
 
 
-def _line(entry: TransactionLog) -> str:
-    duration = "" if entry.duration_us is None else f"  {entry.duration_us / 1000:.3f} ms"
-    error = f"  {entry.error}" if entry.error else ""
-    return (f"{_iso(entry.timestamp)}  {entry.op_name}  {entry.request_id}  "
-            f"[{_STATUS_STYLE[entry.status.value]}]{entry.status.value}[/]{duration}{error}")
-
-
-def _follow(journal: SovereignJournal, filters: dict[str, Any], limit: int, as_json: bool) -> None:
+def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
+            render: Callable[[TransactionLog], str]) -> None:
     """Print the last `limit` entries oldest first, then new ones as they are written."""
-    con = _console()
 
-    def show(entries: list[TransactionLog]) -> None:
-        for entry in reversed(entries):  # newest-first in, oldest-first out
-            if as_json:
-                click.echo(entry.to_json())
-            else:
-                con.print(_line(entry), markup=True, highlight=False)
+    def show(entries: Iterable[TransactionLog]) -> None:
+        _to_stdout(render(entry) for entry in entries)
         sys.stdout.flush()
 
-    seen = journal.journal_count()
-    show(journal.query(limit=limit, **filters))
+    # Follow by sequence number: every entry appended after the start is shown exactly once,
+    # whatever its timestamp and however many processes write.
+    start = journal.next_seq()
+    epoch = journal.tree_head().epoch
+    show(e for e in _newest_oldest_first(journal, selection, limit) if (e.seq or 0) < start)
+    cursor = start - 1
     try:
-        while True:
+        while not _reader_gone():
             time.sleep(0.25)
-            count = journal.journal_count()
-            if count < seen:
-                click.echo(f"(the journal was cleared: {seen} → {count} entries)", err=True)
-            elif count > seen:
-                show([e for e in journal.query(limit=count - seen) if _matches(e, filters)])
-            seen = count
+            head = journal.tree_head()
+            if head.epoch != epoch:
+                click.echo("(the journal was cleared)", err=True)
+                epoch = head.epoch
+            if head.first_seq + head.size - 1 > cursor:
+                new = journal.iter_logs(order="append", newest_first=False,
+                                        after=cursor if cursor >= 0 else None)
+                for entry in new:
+                    cursor = entry.seq if entry.seq is not None else cursor
+                    if selection.matches(entry):
+                        show((entry,))
     except KeyboardInterrupt:
         pass
 
 
 @cli.command()
-@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=0),
-              help="How many entries at most.")
+@click.option("-n", "--lines", "--limit", "limit", type=_LimitType(), default="20", show_default=True,
+              help="How many entries at most (the newest), or 'all'.")
+@click.option("--all", "show_all", is_flag=True, help="Every matching entry (the same as -n all).")
 @_filter_options
+@click.option("--reverse", is_flag=True,
+              help="Oldest first: the same entries (the N newest matches) in the order they were written.")
+@click.option("--count", "count_only", is_flag=True,
+              help="Print only how many entries match (ignores -n).")
 @click.option("-f", "--follow", is_flag=True,
               help="Print the last entries oldest first, then each new one as it is written "
-                   "(Ctrl-C stops); with --json, one object per line.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of entries.")
+                   "(Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines: one entry per line, in the stored form.")
+@click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
 @_storage_option
 @click.pass_context
-def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, request_id: str | None,
-         since: str | None, until: str | None, follow: bool, as_json: bool) -> None:
-    """Show journal entries, newest first (or follow them as they are written)."""
-    filters = _filters(op, status, request_id, since, until)
-    with SovereignJournal(_storage(ctx), create=False) as journal:
-        if follow:
-            _follow(journal, filters, limit, as_json)
+def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...],
+         status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
+         reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool) -> None:
+    """Show journal entries, newest first, streamed as they are read.
+
+    On a terminal: one line per entry fitted to its width (local time), through
+    a pager (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped:
+    tab-separated lines (UTC time, op, request id, status, duration in µs,
+    error), or JSON Lines with --json. Text from the journal is printed inert:
+    control characters and escape sequences appear as visible escapes.
+    """
+    if show_all:
+        limit = None
+    if count_only and follow:
+        raise click.UsageError("--count and --follow do not go together")
+    selection = _selection(op, status, request_id, since, until)
+    tty = sys.stdout.isatty()
+    columns = _Columns(_width(), _use_color()) if tty and not as_json else None
+    render = _json_line if as_json else columns.line if columns is not None else _tsv_line
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        if count_only:
+            if selection.everything:
+                total = journal.journal_count()
+            else:
+                total = sum(1 for _ in select_entries(journal, selection, newest_first=False, limit=None))
+            click.echo(json.dumps({"count": total}) if as_json else str(total))
             return
-        entries = journal.query(limit=limit, **filters)
-    if as_json:
-        _emit_json([e.to_dict() for e in entries])
+        if follow:
+            if columns is not None:
+                click.echo(columns.header())
+            _follow(journal, selection, limit, render)
+            return
+        if reverse:
+            entries = _newest_oldest_first(journal, selection, limit)
+        else:
+            entries = select_entries(journal, selection, newest_first=True, limit=limit)
+        lines: Iterator[str] = (render(entry) for entry in entries)
+        if columns is not None:
+            lines = _with_header(columns.header(), lines)
+        _emit_lines(lines, pager=tty and not no_pager)
+
+
+def _with_header(header: str, lines: Iterator[str]) -> Iterator[str]:
+    first = next(lines, None)
+    if first is None:
+        yield "-- no entries --"
         return
-    table = Table(title=f"{len(entries)} newest journal entries")
-    for col in ("time (UTC)", "op", "request_id", "status", "duration", "error"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        table.add_row(
-            _iso(e.timestamp), e.op_name, e.request_id,
-            f"[{_STATUS_STYLE[e.status.value]}]{e.status.value}[/]",
-            "" if e.duration_us is None else f"{e.duration_us / 1000:.3f} ms",
-            e.error or "",
-        )
-    _console().print(table)
+    yield header
+    yield first
+    yield from lines
 
 
 @cli.command()
@@ -325,19 +867,33 @@ def logs(ctx: click.Context, limit: int, op: str | None, status: str | None, req
               default="-", show_default=True, help="File to write (- for stdout).")
 @_storage_option
 @click.pass_context
-def export(ctx: click.Context, op: str | None, status: str | None, request_id: str | None,
-           since: str | None, until: str | None, output: str) -> None:
+def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
+           since: int | None, until: int | None, output: str) -> None:
     """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
-    filters = _filters(op, status, request_id, since, until)
-    with SovereignJournal(_storage(ctx), create=False) as journal:
-        logs_iter: Iterator[TransactionLog] = journal.iter_logs(newest_first=False, **filters)
+    selection = _selection(op, status, request_id, since, until)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        entries = select_entries(journal, selection, newest_first=False, limit=None)
+        if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes
+            to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
+            _to_stdout(to_text(entry) for entry in entries)
+            return
         with click.open_file(output, "w", encoding="utf-8") as out:
-            count = 0
-            for entry in logs_iter:
-                out.write(entry.to_json() + "\n")
-                count += 1
-    if output != "-":
-        click.echo(f"exported {count} entries to {output}", err=True)
+            count = _write_entries(cast(IO[str], out), entries)
+    click.echo(f"exported {count} entries to {inert(output)}", err=True)
+
+
+def _write_entries(out: IO[str], entries: Iterable[TransactionLog]) -> int:
+    count = 0
+    batch: list[str] = []
+    for entry in entries:
+        batch.append(entry.to_json())
+        count += 1
+        if len(batch) >= _BATCH:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
+    return count
 
 
 @cli.command()
@@ -350,11 +906,11 @@ def clear(ctx: click.Context, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError("refusing to clear the journal without --yes")
-        click.confirm(f"Delete every entry and counter in {os.path.abspath(path)}?", abort=True)
-    with SovereignJournal(path, create=False) as journal:
+        click.confirm(f"Delete every entry and counter in {inert(os.path.abspath(path))}?", abort=True)
+    with SovereignJournal(path, create=False, flush=_READ_POLICY) as journal:
         entries = journal.journal_count()
         journal.clear_all()
-    click.echo(f"cleared {entries} entries and all counters in {journal.path}")
+    click.echo(f"cleared {entries} entries and all counters in {inert(journal.path)}")
 
 
 @cli.command()
@@ -366,14 +922,16 @@ def clear(ctx: click.Context, yes: bool) -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
               help="Where the temporary stores go (default: the current directory's disk).")
 @click.option("--storage", "storage", metavar="URL", default=None,
-              help="A postgresql:// URL: adds PostgreSQL rows (in a temporary schema, dropped after).")
+              help="A postgresql:// URL: adds PostgreSQL rows (in a temporary schema, dropped after). "
+                   "KREPIS_STORAGE is not used.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.pass_context
 def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | None,
           directory: str | None, storage: str | None, as_json: bool) -> None:
     """Measure krepis against the disk's fsync limit, the spec's design and sqlite3.
 
-    All rows run side by side in one run on the same disk; compare the ratios, not the absolute
+    Runs in temporary stores (removed afterwards); KREPIS_STORAGE is ignored. All rows run side
+    by side in one run on the same disk; compare the ratios, not the absolute
     numbers, on a shared machine.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -387,11 +945,14 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
         cfg.large = large
     from ._storage.postgres import is_postgres_url
 
-    url = storage or _storage(ctx)
-    if storage is not None and not is_postgres_url(storage):
-        raise click.BadParameter("only a postgresql:// URL adds rows; LMDB rows always run",
-                                 param_hint="--storage")
-    if is_postgres_url(url):
+    # Temporary stores only, unless --storage is given on the command line (before or after
+    # `bench`, the same): an exported KREPIS_STORAGE never makes bench touch that database.
+    url = storage if storage is not None else ctx.find_root().obj.get("storage_explicit")
+    if url is not None:
+        if not is_postgres_url(url):
+            raise click.BadParameter(f"{inert(url)!r}: only a postgresql:// URL adds rows (the LMDB rows "
+                                     "always run, in temporary stores)", param_hint="--storage")
+        _check_postgres(url)  # before the LMDB rows: a wrong URL fails at once, in one line
         cfg.postgres_url = url
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -454,6 +1015,29 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
     con.print(targets)
 
 
+
+
+def _check_postgres(url: str) -> None:
+    from ._storage import _pgurl
+    from ._storage.postgres import _first_line, redact
+
+    try:
+        import psycopg
+    except ImportError:
+        raise click.ClickException("PostgreSQL rows need psycopg: pip install 'krepis-journal[postgres]' "
+                                   "(or pip install '.[postgres]' in a checkout)") from None
+    try:
+        params: dict[str, Any] = dict(_pgurl.parse(url).params)  # libpq never sees the URL
+    except _pgurl.UrlError as exc:
+        raise click.ClickException(f"{exc} ({redact(url)})") from None
+    params.setdefault("connect_timeout", "10")
+    try:
+        psycopg.connect(**params, autocommit=True).close()
+    except psycopg.Error as exc:
+        raise click.ClickException(
+            f"cannot connect to PostgreSQL at {redact(url)}: {_first_line(exc)}") from None
+
+
 @cli.command()
 @click.option("--serve", "serve", metavar="[HOST:]PORT", default=None,
               help="Serve /metrics over HTTP (default host 127.0.0.1) until interrupted.")
@@ -463,11 +1047,10 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
     """Print the counters and journal size in Prometheus' text format, or serve them."""
     from ._metrics import prometheus_text, serve_metrics
 
-    with SovereignJournal(_storage(ctx), create=False) as journal:
-        if serve is None:
-            click.echo(prometheus_text(journal), nl=False)
-            return
+    host, port = "", 0
+    if serve is not None:
         host, _, port_text = serve.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
         try:
             port = int(port_text)
             if not 0 <= port <= 65535:
@@ -475,11 +1058,15 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
         except ValueError:
             raise click.BadParameter(f"{serve!r} is not [HOST:]PORT with PORT 0–65535",
                                      param_hint="--serve") from None
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        if serve is None:
+            click.echo(prometheus_text(journal), nl=False)
+            return
 
         def ready(bound_host: str, bound_port: int) -> None:
             click.echo(f"serving http://{bound_host}:{bound_port}/metrics (Ctrl-C to stop)", err=True)
 
-        server = serve_metrics(journal, host or "127.0.0.1", port, ready=ready)
+        server = serve_metrics(journal, host, port, ready=ready)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
@@ -525,6 +1112,7 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    _guard_stdout()
     cli(prog_name="krepis")
 
 

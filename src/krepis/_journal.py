@@ -16,12 +16,12 @@ from ._model import (
     check_limit,
     check_op_name,
     check_text,
-    check_timestamp,
     encode_log,
     make_log,
 )
 from ._policy import FlushPolicy
 from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
+from ._time import TimeLike, parse_time
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -380,8 +380,8 @@ class SovereignJournal:
         op_name: str | Sequence[str] | None = None,
         request_id: str | None = None,
         status: LogStatus | str | Sequence[LogStatus | str] | None = None,
-        since: int | None = None,
-        until: int | None = None,
+        since: TimeLike | None = None,
+        until: TimeLike | None = None,
         limit: int | None = None,
         newest_first: bool = True,
         order: str = "time",
@@ -391,7 +391,8 @@ class SovereignJournal:
 
         * ``op_name`` and ``status`` take one value or a sequence of them (any of them matches);
           a status may be given as a :class:`LogStatus` or its name, in any letter case.
-        * ``since`` (inclusive) and ``until`` (exclusive) bound the timestamp in Unix ms.
+        * ``since`` (inclusive) and ``until`` (exclusive) bound the timestamp: Unix ms, a
+          ``datetime``, or text such as ISO-8601 or ``"2 hours ago"`` (see ``parse_time``).
         * ``limit=None`` returns every match.
         * ``order="time"`` (default) sorts by (timestamp, seq) and uses an index for every
           filter and combination: O(log n + results). ``order="append"`` sorts by ``seq`` (the
@@ -415,8 +416,8 @@ class SovereignJournal:
         op_name: str | Sequence[str] | None = None,
         request_id: str | None = None,
         status: LogStatus | str | Sequence[LogStatus | str] | None = None,
-        since: int | None = None,
-        until: int | None = None,
+        since: TimeLike | None = None,
+        until: TimeLike | None = None,
         limit: int | None = None,
         newest_first: bool = True,
         order: str = "time",
@@ -437,8 +438,8 @@ class SovereignJournal:
         op_name: str | Sequence[str] | None,
         request_id: str | None,
         status: LogStatus | str | Sequence[LogStatus | str] | None,
-        since: int | None,
-        until: int | None,
+        since: TimeLike | None,
+        until: TimeLike | None,
         limit: int | None,
         newest_first: bool,
         order: str,
@@ -455,10 +456,8 @@ class SovereignJournal:
         if request_id is not None:
             check_text("request_id", request_id, MAX_REQUEST_ID_BYTES)
         statuses = None if status is None else _statuses(status)
-        if since is not None:
-            check_timestamp(since)
-        if until is not None:
-            check_timestamp(until)
+        since = None if since is None else parse_time(since, param="since")  # int, datetime, ISO …
+        until = None if until is None else parse_time(until, param="until")
         if limit is not None:
             check_limit(limit)
         if type(newest_first) is not bool:
@@ -469,6 +468,8 @@ class SovereignJournal:
         query = Query(since=since, until=until, request_id=request_id, op_names=ops,
                       statuses=statuses, newest_first=newest_first,
                       order="append" if order == "append" else "time")
+        if ops == ():
+            return iter(())  # an empty either-of list matches nothing
         return self._iter(storage, query, limit, start)
 
     def _cursor(

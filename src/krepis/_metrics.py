@@ -18,13 +18,17 @@ def _label(value: str) -> str:
 
 
 def prometheus_text(journal: SovereignJournal) -> str:
-    """Every counter as ``krepis_op_count{op="…"}`` and the entry count, read now."""
+    """Every counter as ``krepis_op_count_total{op="…"}`` and the entry count, read now.
+
+    Counter names end in ``_total`` as the exposition conventions require; label values are
+    escaped (backslash, double quote, newline) so any op name yields a valid exposition.
+    """
     counts = journal.op_counts()
     entries = journal.journal_count()
     lines = [
-        "# HELP krepis_op_count Durable op counter op_count:{op} of the krepis journal.",
-        "# TYPE krepis_op_count counter",
-        *(f'krepis_op_count{{op="{_label(name)}"}} {value}' for name, value in sorted(counts.items())),
+        "# HELP krepis_op_count_total Durable op counter op_count:{op} of the krepis journal.",
+        "# TYPE krepis_op_count_total counter",
+        *(f'krepis_op_count_total{{op="{_label(name)}"}} {value}' for name, value in sorted(counts.items())),
         "# HELP krepis_journal_entries Entries in the krepis journal.",
         "# TYPE krepis_journal_entries gauge",
         f"krepis_journal_entries {entries}",
@@ -42,12 +46,19 @@ def serve_metrics(
     """Serve ``/metrics`` until the returned server is shut down; each scrape reads afresh.
 
     Runs the server in a daemon thread and returns it; ``ready(host, port)`` is called with the
-    bound address (useful with ``port=0``).
+    bound address (useful with ``port=0``). ``GET`` and ``HEAD /metrics`` are answered; a port
+    that cannot be bound raises ``OSError`` naming ``host:port``.
     """
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            self._respond(with_body=True)
+
+        def do_HEAD(self) -> None:
+            self._respond(with_body=False)
+
+        def _respond(self, *, with_body: bool) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404, "only /metrics is served")
                 return
@@ -61,12 +72,16 @@ def serve_metrics(
             self.send_header("Content-Type", CONTENT_TYPE)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if with_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:  # quiet
             return
 
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:  # e.g. "address already in use": say which address
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="krepis-metrics", daemon=True).start()
     if ready is not None:
