@@ -21,7 +21,7 @@ from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
-from ._plane import PermissionPolicy, ScriptError, ScriptResult
+from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "OpError",
     "PermissionPolicy",
     "ScriptError",
+    "ScriptInterrupted",
     "ScriptResult",
     "SovereignJournal",
     "SovereignStats",
