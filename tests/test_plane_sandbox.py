@@ -204,6 +204,27 @@ def test_imports_do_not_tell_whether_a_path_exists(store: Path, tmp_path: Path,
     assert texts[0] == texts[1]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+@pytest.mark.parametrize("where", ["file", "inline"])
+def test_external_source_maps_are_not_read(store: Path, tmp_path: Path, encoding: str, where: str) -> None:
+    """Deno would read a source map named in the script's magic comment and show its sources."""
+    source_map = tmp_path / "secret.map"
+    source_map.write_text(json.dumps({"version": 3, "sources": [SECRET], "names": [SECRET],
+                                      "mappings": "AAAA;AACA", "sourcesContent": [SECRET]}))
+    source = (f"function f() {{ throw new Error('boom'); }}\nf();\n//# sourceMappingURL={source_map}\n"
+              f"//# sourceMappingURL = file://{source_map}\n")
+    kernel = Kernel(store)
+    with kernel, pytest.raises(ScriptError) as info:
+        if where == "file":
+            script = tmp_path / "mapped.js"
+            script.write_bytes(source.encode(encoding))  # "utf-16" writes a BOM
+            kernel.run_script(script, stderr=io.BytesIO())
+        else:
+            kernel.run_script(source, stderr=io.BytesIO())
+    assert_no_leak(str(info.value), info.value.stack)
+    assert info.value.location is not None and info.value.location.endswith(":1:22")
+
+
 def test_a_config_file_next_to_the_script_changes_nothing(store: Path, tmp_path: Path,
                                                           secrets: dict[str, Path]) -> None:
     """deno.json / package.json / an import map beside the script are not read."""

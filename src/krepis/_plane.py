@@ -581,6 +581,18 @@ def _check_limits(timeout: float | None, memory_mb: int | None,
     return (float(timeout) or None), memory_mb
 
 
+# Deno reads an external source map named in a file module's magic comment with no permission
+# check, and shows its "sources" in stack traces: only inline (data:) source maps are kept.
+_SOURCE_MAP = re.compile(r"sourceMappingURL(\s*+=\s*+)(?!data:)")
+
+
+def _decode_script(raw: bytes) -> str:
+    """The script's text as Deno would decode it (a UTF-16 BOM, else UTF-8)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16", "replace")
+    return raw.decode("utf-8", "replace").removeprefix("\ufeff")
+
+
 def _import_map(urls: list[str]) -> str:
     imports = {url: url for url in urls}
     # Every other file: URL (relative, absolute, any host) goes to a scheme Deno cannot load.
@@ -639,10 +651,11 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     code_dir.mkdir()
     if path is not None:
         copy = code_dir / path.name
-        copy.write_bytes(path.read_bytes())  # the script as it is now, in a directory only we write
+        text = _decode_script(path.read_bytes())  # the script as it is now, in a directory only we write
     else:
         copy = code_dir / "inline.ts"
-        copy.write_text(source or "", encoding="utf-8")
+        text = source or ""
+    copy.write_text(_SOURCE_MAP.sub(r"krepisIgnoredSourceMap\1", text), encoding="utf-8")
     main = code_dir / "main.js"
     script_url = copy.as_uri()
     main.write_text(
