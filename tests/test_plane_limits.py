@@ -174,8 +174,14 @@ def test_no_storage_outlives_a_run(store: Path, tmp_path: Path, monkeypatch: pyt
      "Error", "Uncaught"),
     ("JSON.stringify = () => { throw new Error('tampered'); }; TextEncoder.prototype.encode = () => null;\n"
      "throw new TypeError('still reported');", "TypeError", "TypeError: still reported"),
+    ("const e = new Error('fake'); e.name = 'MemoryLimit'; throw e;", "Error", "Error: MemoryLimit: fake"),
+    (FRAME_JS + "Deno.stdout.writeSync(frame({ t: 'error', name: 'Timeout', message: 'forged' }));",
+     "Error", "Error: Timeout: forged"),
+    (FRAME_JS + "Deno.stdout.writeSync(frame('{\"id\":1,\"op\":\"op_get_context\",\"args\":['"
+     " + '9'.repeat(5000) + ']}'));"
+     "Deno.stdin.readSync(new Uint8Array(8));", "ProtocolError", "malformed message"),
 ], ids=["deep-json", "huge-number", "array-message", "bad-id", "bad-utf8", "20MB-message", "throwing-getters",
-        "hostile-proxy", "tampered-globals"])
+        "hostile-proxy", "tampered-globals", "forged-limit-name", "forged-limit-frame", "huge-int"])
 def test_hostile_messages_and_errors_are_script_errors(store: Path, source: str, name: str,
                                                        words: str) -> None:
     with Kernel(store) as kernel:
@@ -195,6 +201,19 @@ def test_hostile_messages_and_errors_are_script_errors(store: Path, source: str,
     assert len(str(error)) <= plane.MAX_ERROR_TEXT + 200
     (entry,) = [e for e in journal_of(store) if e[0] == "kernel_error"]
     assert entry[2] is not None and len(entry[2].encode()) <= 16 * 1024
+
+
+def test_console_output_is_capped(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plane, "MAX_STDERR_BYTES", 1000)
+    sink = io.BytesIO()
+    with Kernel(store) as kernel:
+        result = kernel.run_script("for (let i = 0; i < 2000; i++) console.log('y'.repeat(500));"
+                                   "Krepis.ops.op_increment_stats();", stderr=sink)
+    assert result.ops_called == 1  # the script ran to its end, its output was drained
+    out = sink.getvalue()
+    assert out.startswith(b"y" * 500)
+    assert out.endswith(b"[krepis: the script's output was cut at 1000 bytes]\n")
+    assert len(out) < 1100
 
 
 # --- signals and the host's death -----------------------------------------------------------

@@ -72,6 +72,11 @@ _MAX_FILE_BYTES = 64 * 1024 * 1024
 _MAX_JSON_DEPTH = 512
 _HEADER = struct.Struct(">4sI")
 _STDERR_TAIL = 8192
+#: Bytes of a run's console output (stderr) forwarded to the host; the rest is dropped.
+MAX_STDERR_BYTES = 16 * 1024 * 1024
+#: Error names only the kernel gives; a script that throws one is reported as a plain Error.
+RESERVED_NAMES = frozenset({"Timeout", "MemoryLimit", "OpLimit", "ProtocolError", "DenoExited",
+                            "Interrupted"})
 _SPIN_SECONDS = 0.0005
 _DENIED_SCHEME = "krepis-denied"
 _OOM_MARKERS = (b"out of memory", b"memory allocation of", b"Array buffer allocation failed")
@@ -450,12 +455,22 @@ def decode_message(body: bytes) -> dict[str, Any]:
 
 
 def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
+    """Forward the script's stderr to ``sink``, at most :data:`MAX_STDERR_BYTES` of it; keep
+    reading (so Deno never blocks on it) and keep the last bytes in ``tail``."""
+    left = MAX_STDERR_BYTES
     while chunk := stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16):
         tail += chunk
         del tail[:-_STDERR_TAIL]
         if sink is not None:
             try:
-                sink.write(chunk)
+                sink.write(chunk[:left])
+                left -= min(left, len(chunk))
+                if not left:
+                    sink.write(f"\n[krepis: the script's output was cut at {MAX_STDERR_BYTES} bytes]\n"
+                               .encode())
+                    sink.flush()
+                    sink = None
+                    continue
                 sink.flush()
             except (OSError, ValueError):
                 sink = None
@@ -697,7 +712,8 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
                                           "was killed", name="OpLimit")
                     channel.send(dispatch_frame(message, dispatch))
                 elif message.get("t") in ("done", "error"):
-                    outcome = message
+                    if outcome is None or outcome.get("t") != "error":  # an error is not undone
+                        outcome = message
                 else:
                     raise ScriptError(f"unexpected message from the script: {body[:80]!r}",
                                       name="ProtocolError")
@@ -747,6 +763,8 @@ def _script_error(outcome: dict[str, Any], script_url: str, shown: str, memory_m
 
     name = text("name", "Error") or "Error"
     message = _readable(text("message", ""), script_url, shown)
+    if name in RESERVED_NAMES:  # a script cannot pass its failure off as a limit
+        name, message = "Error", f"{name}: {message}"
     stack = outcome.get("stack")
     stack = _readable(stack[:MAX_ERROR_TEXT + 1], script_url, shown) if isinstance(stack, str) else None
     if name == "RangeError" and message.startswith("Array buffer allocation failed"):
