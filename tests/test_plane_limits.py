@@ -277,7 +277,7 @@ def test_signal_to_a_python_process_in_run_script(store: Path, tmp_path: Path,
     assert "kernel_shutdown" not in [e[0] for e in journal_of(store)]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_signal_to_krepis_run(tmp_path: Path, signum: signal.Signals) -> None:
     krepis = Path(sys.executable).with_name("krepis")
     script = tmp_path / "spin.js"

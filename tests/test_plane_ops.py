@@ -258,6 +258,7 @@ def test_a_file_without_a_script_suffix_is_refused(store: Path, tmp_path: Path) 
     proc = subprocess.run([krepis, "run", str(plain)], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode != 0 and "job.txt" in proc.stderr and "suffix" in proc.stderr
     assert "ReferenceError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / ".krepis").exists()  # refused before the kernel booted
 
 
 def test_cli_help_says_what_the_flags_grant() -> None:
@@ -285,6 +286,7 @@ def test_cli_allow_net_lets_deno_connect(tmp_path: Path) -> None:
     finally:
         server.close()
     assert denied.returncode == 1 and "NotCapable" in denied.stderr
+    assert "grant it with PermissionPolicy / krepis run --allow-net" in denied.stderr  # a flag that works
     assert allowed.returncode == 0 and "js info: connected" in allowed.stderr
     bad = subprocess.run([krepis, "run", str(script), "--allow-net", "host:99999"], cwd=tmp_path,
                          capture_output=True, text=True)

@@ -155,7 +155,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
     """
     from pathlib import Path
 
-    from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted
+    from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, resolve_script
 
     con = _console()
     policy = PermissionPolicy()
@@ -175,6 +175,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
     failure: ScriptError | None = None
     interrupted: BaseException | None = None
     target = Path(script) if script else resources.files("krepis").joinpath("_js/bootstrap.js")
+    resolve_script(str(target))  # a bad SCRIPT is an error before the kernel boots
     try:
         with SovereignJournal(_storage(ctx), flush=flush) as journal:
             kernel = Kernel(journal, permissions=policy)

@@ -747,11 +747,17 @@ _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
 
 
+_HINT = re.compile(r"run again with the --allow-([a-z-]+) flag")
+
+
 def _readable(text: str, script_url: str, shown: str) -> str:
     """Deno's text with the private copy's URL replaced by the script's path, and a refused
     import said as such."""
     text = _DENIED.sub(lambda m: f'import of "file:{m.group(1)}" refused: a script can import only '
                                  "itself (and data:/blob: modules)", text)
+    text = _HINT.sub(lambda m: (f"grant it with PermissionPolicy / krepis run --allow-{m.group(1)}"
+                                if m.group(1) in ("read", "write", "net")
+                                else f"krepis never grants --allow-{m.group(1)}"), text)
     prelude = script_url.rsplit("/", 1)[0] + "/main.js"
     return text.replace(script_url, shown).replace(prelude, "krepis:prelude")
 
