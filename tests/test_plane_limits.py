@@ -301,6 +301,30 @@ def test_signal_to_krepis_run(tmp_path: Path, signum: signal.Signals) -> None:
     assert len(errors) == 1 and errors[0][2] is not None and signum.name in errors[0][2]
 
 
+def test_setup_and_cleanup_are_not_cut_by_a_signal() -> None:
+    """A signal inside a shielded section is raised when the section is done, not in it."""
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    steps: list[str] = []
+    with pytest.raises(plane.ScriptInterrupted) as info, plane.interruptible():
+        with plane.shielded():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes, here
+                pass
+            steps.append("cleanup finished")
+            os.kill(os.getpid(), signal.SIGHUP)  # a second signal is ignored
+            for _ in range(1000):
+                pass
+            steps.append("still here")
+        steps.append("not reached")
+    assert info.value.signum == signal.SIGTERM
+    assert steps == ["cleanup finished", "still here"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    with pytest.raises(KeyboardInterrupt), plane.interruptible():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
+
+
 def test_deno_dies_with_a_killed_host(store: Path, tmp_path: Path) -> None:
     proc, deno_pid, _workdir = start([sys.executable, "-c", CHILD, str(store)], tmp_path)
     try:

@@ -314,10 +314,10 @@ class Kernel:
         ``MemoryLimit``, ``OpLimit``), Deno dying, a broken protocol — ``kernel_error``
         ``Failed`` is journaled once with the error text and :class:`ScriptError` is raised; on
         SIGTERM/SIGHUP/SIGINT (main thread) Deno is killed, ``kernel_error`` ``Failed`` with
-        ``Interrupted`` is journaled and :class:`ScriptInterrupted` (or ``KeyboardInterrupt``)
-        propagates. The ops the script completed before stay counted and journaled.
+        ``Interrupted`` is journaled and :class:`ScriptInterrupted` (``KeyboardInterrupt`` for
+        SIGINT) propagates. The ops the script completed before stay counted and journaled.
         """
-        from ._plane import ScriptError, ScriptInterrupted, interruptible, run_deno
+        from ._plane import ScriptError, ScriptInterrupted, interruptible, run_deno, shielded
 
         journal = self.journal
         self._require_running()
@@ -344,9 +344,10 @@ class Kernel:
                     else:
                         signum = getattr(exc, "signum", 2)
                         text = f"Interrupted: the host received {signal_name(signum)}; the script was killed"
-                    journal.log_transaction(TransactionLog.now(
-                        "kernel_error", request_id, LogStatus.Failed, error=text))
-                    exc.journaled = True  # type: ignore[union-attr]
+                    with shielded():  # a signal now waits until the failure is journaled
+                        journal.log_transaction(TransactionLog.now(
+                            "kernel_error", request_id, LogStatus.Failed, error=text))
+                        exc.journaled = True  # type: ignore[union-attr]
                     raise
         finally:
             _run_request_id.reset(token)

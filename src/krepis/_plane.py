@@ -104,7 +104,7 @@ class ScriptError(JournalError):
 
 
 class ScriptInterrupted(BaseException):
-    """The host process got SIGTERM, SIGHUP or SIGINT while a script ran.
+    """The host process got SIGTERM or SIGHUP while a script ran (SIGINT: ``KeyboardInterrupt``).
 
     Deno was killed and its directory removed before this was raised. Like
     ``KeyboardInterrupt``, it is not an ``Exception``: ``except Exception`` does not swallow a
@@ -514,41 +514,78 @@ def resolve_script(script: str | os.PathLike[str]) -> tuple[Path | None, str | N
 # --- signals and the parent-death signal ------------------------------------------------------
 
 _INTERRUPTS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-_interrupt_state = threading.local()
+
+
+class _InterruptState:
+    """Shared by the handlers of :func:`interruptible` (main thread only)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.fired = False
+        self.shielded = 0
+        self.pending: int | None = None
+
+
+_INT = _InterruptState()
+
+
+def _interruption(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else ScriptInterrupted(signum)
 
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Turn SIGTERM, SIGHUP and SIGINT into :class:`ScriptInterrupted` inside the block.
+    """Turn SIGTERM and SIGHUP into :class:`ScriptInterrupted`, SIGINT into ``KeyboardInterrupt``,
+    inside the block.
 
-    Only in the main thread (the only one Python delivers signals to) and only for signals
-    whose handler is the default one (a handler the application installed is left alone).
-    After the first signal the others are ignored until the block ends, so cleanup runs to
-    completion. Nested use is a no-op.
+    Only in the main thread (the only one Python runs handlers in) and only for signals whose
+    handler is the default one (a handler the application installed is left alone). Only the
+    first signal counts; later ones are ignored until the block ends. A signal that arrives
+    inside a :func:`shielded` section is raised when the section ends, so setting up and
+    cleaning up (killing Deno, removing its directory, journaling) always run whole.
+    Nested use is a no-op.
     """
-    if threading.current_thread() is not threading.main_thread() or getattr(_interrupt_state, "on", False):
+    if threading.current_thread() is not threading.main_thread() or _INT.active:
         yield
         return
-    fired: list[int] = []
 
     def handler(signum: int, _frame: Any) -> None:
-        if fired:
+        if _INT.fired:
             return
-        fired.append(signum)
-        raise ScriptInterrupted(signum)
+        _INT.fired = True
+        if _INT.shielded:
+            _INT.pending = signum
+            return
+        raise _interruption(signum)
 
     previous: dict[int, Any] = {}
-    for signum in _INTERRUPTS:
-        current = signal.getsignal(signum)
-        if current in (signal.SIG_DFL, signal.default_int_handler):
-            previous[signum] = signal.signal(signum, handler)
-    _interrupt_state.on = True
+    _INT.active, _INT.fired, _INT.shielded, _INT.pending = True, False, 0, None
+    try:
+        for signum in _INTERRUPTS:
+            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for restored, old in previous.items():
+            signal.signal(restored, old)
+        _INT.active = False
+    if _INT.pending is not None:  # left over from a shielded section that ended in an error
+        signum, _INT.pending = _INT.pending, None
+        raise _interruption(signum)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """A section no interruption breaks into: a signal that arrives inside it (under
+    :func:`interruptible`) is raised when the section ends normally."""
+    _INT.shielded += 1
     try:
         yield
     finally:
-        _interrupt_state.on = False
-        for restored, old in previous.items():
-            signal.signal(restored, old)
+        _INT.shielded -= 1
+    if not _INT.shielded and _INT.pending is not None:
+        signum, _INT.pending = _INT.pending, None
+        raise _interruption(signum)
 
 
 def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
@@ -637,8 +674,9 @@ def run_deno(
     (``None``: no cap); ``permissions``: what Deno is granted (default: nothing).
 
     Raises :class:`ScriptError` when the script fails in any way, with ``name`` ``"Timeout"``,
-    ``"MemoryLimit"`` or ``"OpLimit"`` for a limit, and :class:`ScriptInterrupted` on SIGTERM,
-    SIGHUP or SIGINT. Deno is always killed and reaped and its directory removed.
+    ``"MemoryLimit"`` or ``"OpLimit"`` for a limit, :class:`ScriptInterrupted` on SIGTERM or
+    SIGHUP and ``KeyboardInterrupt`` on SIGINT (see :func:`interruptible`). Deno is always
+    killed and reaped and its directory removed.
     """
     limit_s, memory_mb = _check_limits(timeout, memory_limit_mb, max_ops)
     if permissions is not None and not isinstance(permissions, PermissionPolicy):
@@ -650,12 +688,16 @@ def run_deno(
     started = time.monotonic()
     deadline = None if limit_s is None else started + limit_s
     with interruptible():
-        tmp = tempfile.mkdtemp(prefix="krepis-js-")
+        tmp: str | None = None
         try:
+            with shielded():
+                tmp = tempfile.mkdtemp(prefix="krepis-js-")
             return _run_in(Path(tmp), path, source, shown, dispatch, sink, grants, started, deadline,
                            limit_s, memory_mb, max_ops)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with shielded():
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
@@ -688,16 +730,20 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     cmd = [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
            "--quiet", f"--import-map={import_map}", f"--v8-flags=--max-old-space-size={memory_mb}",
            *grants, str(main)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd=tmp, start_new_session=True,
-                            preexec_fn=_child_setup(memory_mb, os.getpid()))
-    assert proc.stdin and proc.stdout and proc.stderr
+    setup = _child_setup(memory_mb, os.getpid())
     tail = bytearray()
-    drain = threading.Thread(target=_drain, args=(proc.stderr, sink, tail), daemon=True)
-    drain.start()
     calls = 0
     outcome: dict[str, Any] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    drain: threading.Thread | None = None
     try:
+        with shielded():  # an interruption waits until Deno is ours to kill
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, cwd=tmp, start_new_session=True,
+                                    preexec_fn=setup)
+            assert proc.stdin and proc.stdout and proc.stderr
+            drain = threading.Thread(target=_drain, args=(proc.stderr, sink, tail), daemon=True)
+            drain.start()
         channel = _Channel(proc.stdout.fileno(), proc.stdin.fileno(), deadline)
         try:
             while True:
@@ -722,11 +768,15 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
             raise ScriptError(f"the script timed out after {limit_s:g} s and was killed",
                               name="Timeout") from None
     finally:
-        _kill(proc)
-        drain.join(timeout=5)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            with contextlib.suppress(OSError):
-                pipe.close()
+        with shielded():
+            if proc is not None:
+                _kill(proc)
+                if drain is not None:
+                    drain.join(timeout=5)
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        with contextlib.suppress(OSError):
+                            pipe.close()
     elapsed = (time.monotonic() - started) * 1000
     stderr_tail = bytes(tail)
     if outcome is not None and outcome.get("t") == "error":
