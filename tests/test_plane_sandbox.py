@@ -256,3 +256,18 @@ def test_the_script_is_run_from_a_private_copy(store: Path, tmp_path: Path) -> N
     (url,) = urls
     assert isinstance(url, str) and url.startswith("file://") and "krepis-js-" in url
     assert not Path(url.removeprefix("file://")).exists()  # removed with the run
+
+
+@pytest.mark.parametrize("name", ["main.js", "my job (1) ü#?.ts", "import_map.json.js", "prelude.mjs"])
+def test_any_script_name_runs_as_itself(store: Path, tmp_path: Path, name: str) -> None:
+    """The script's copy never collides with the prelude, whatever its name."""
+    script = tmp_path / name
+    script.write_text("Krepis.ops.report(Krepis.ops.op_increment_stats()); throw new Error('here');")
+    kernel = Kernel(store)
+    seen: list[object] = []
+    kernel.op("report")(seen.append)
+    with kernel, pytest.raises(ScriptError) as info:
+        kernel.run_script(script, stderr=io.BytesIO())
+    assert seen == [1]
+    assert info.value.location == f"{script}:1:59"
+    assert info.value.stack is not None and f"at {script}:1:59" in info.value.stack

@@ -707,13 +707,16 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     code_dir = tmp / "code"
     code_dir.mkdir()
     if path is not None:
-        copy = code_dir / path.name
+        # a plain name (its suffix tells Deno the language): URLs need no escaping to match
+        copy = code_dir / ("script" + next(x for x in SCRIPT_SUFFIXES if path.name.endswith(x)))
         text = _decode_script(path.read_bytes())  # the script as it is now, in a directory only we write
     else:
         copy = code_dir / "inline.ts"
         text = source or ""
     copy.write_text(_SOURCE_MAP.sub(r"krepisIgnoredSourceMap\1", text), encoding="utf-8")
-    main = code_dir / "main.js"
+    prelude_dir = tmp / "prelude"  # apart from the script, whatever the script's name
+    prelude_dir.mkdir()
+    main = prelude_dir / "main.js"
     script_url = copy.as_uri()
     main.write_text(
         _prelude()
@@ -780,7 +783,7 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     elapsed = (time.monotonic() - started) * 1000
     stderr_tail = bytes(tail)
     if outcome is not None and outcome.get("t") == "error":
-        raise _script_error(outcome, script_url, shown, memory_mb)
+        raise _script_error(outcome, script_url, main.as_uri(), shown, memory_mb)
     if outcome is None or code != 0:
         if code != 0 and any(marker in stderr_tail for marker in _OOM_MARKERS):
             raise ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB and was ended",
@@ -792,7 +795,6 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
 
 
-_LOCATION = re.compile(r"(\S+?):(\d+):(\d+)\)?$")
 _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
 
@@ -800,7 +802,7 @@ _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "
 _HINT = re.compile(r"run again with the --allow-([a-z-]+) flag")
 
 
-def _readable(text: str, script_url: str, shown: str) -> str:
+def _readable(text: str, script_url: str, prelude_url: str, shown: str) -> str:
     """Deno's text with the private copy's URL replaced by the script's path, and a refused
     import said as such."""
     text = _DENIED.sub(lambda m: f'import of "file:{m.group(1)}" refused: a script can import only '
@@ -808,29 +810,31 @@ def _readable(text: str, script_url: str, shown: str) -> str:
     text = _HINT.sub(lambda m: (f"grant it with PermissionPolicy / krepis run --allow-{m.group(1)}"
                                 if m.group(1) in ("read", "write", "net")
                                 else f"krepis never grants --allow-{m.group(1)}"), text)
-    prelude = script_url.rsplit("/", 1)[0] + "/main.js"
-    return text.replace(script_url, shown).replace(prelude, "krepis:prelude")
+    return text.replace(script_url, shown).replace(prelude_url, "krepis:prelude")
 
 
-def _script_error(outcome: dict[str, Any], script_url: str, shown: str, memory_mb: int) -> ScriptError:
+def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, shown: str,
+                  memory_mb: int) -> ScriptError:
     def text(key: str, default: str) -> str:
         value = outcome.get(key)
         return (value if isinstance(value, str) else default)[:MAX_ERROR_TEXT + 1]
 
     name = text("name", "Error") or "Error"
-    message = _readable(text("message", ""), script_url, shown)
+    message = _readable(text("message", ""), script_url, prelude_url, shown)
     if name in RESERVED_NAMES:  # a script cannot pass its failure off as a limit
         name, message = "Error", f"{name}: {message}"
-    stack = outcome.get("stack")
-    stack = _readable(stack[:MAX_ERROR_TEXT + 1], script_url, shown) if isinstance(stack, str) else None
+    raw_stack = outcome.get("stack")
+    stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown)
+             if isinstance(raw_stack, str) else None)
     if name == "RangeError" and message.startswith("Array buffer allocation failed"):
         return ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB "
                            f"(RangeError: {message})", name="MemoryLimit", stack=stack)
     location = None
+    at_script = re.compile(re.escape(shown) + r":(\d+):(\d+)")
     for line in (stack or "").splitlines()[1:]:
-        found = _LOCATION.search(line.strip())
-        if found and found.group(1).endswith(shown):
-            location = f"{shown}:{found.group(2)}:{found.group(3)}"
+        found = at_script.search(line)
+        if found:
+            location = f"{shown}:{found.group(1)}:{found.group(2)}"
             break
     lines = message.splitlines() or [""]
     while len(lines) > 1 and lines[-1].strip().startswith("at "):
