@@ -65,7 +65,12 @@ def deno_alive(pid: int) -> bool:
     ("const a = []; for (;;) { const b = new Uint8Array(32 << 20); b.fill(1); a.push(b); }",
      "Array buffer allocation failed"),
     ("const a = []; for (;;) a.push({ x: Math.random(), y: 'k' + Math.random() });", "and was ended"),
-], ids=["8GiB-buffer", "buffers", "v8-heap"])
+    ("const m = new WebAssembly.Memory({ initial: 65536 }); new Uint8Array(m.buffer).fill(1);",
+     "WebAssembly.Memory(): could not allocate memory"),
+    ("const m = new WebAssembly.Memory({ initial: 1, maximum: 65536 });\n"
+     "for (let i = 1; i < 65536; i += 256) { m.grow(256); new Uint8Array(m.buffer).fill(1, i * 65536); }",
+     "Unable to grow"),
+], ids=["8GiB-buffer", "buffers", "v8-heap", "wasm-memory", "wasm-grow"])
 def test_memory_limit(store: Path, source: str, words: str) -> None:
     error = fails_with(store, source, memory_limit_mb=64, timeout=120)
     assert error.name == "MemoryLimit"

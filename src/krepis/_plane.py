@@ -795,6 +795,8 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
 
 
+_ALLOCATION_FAILED = re.compile(r"^(Array buffer allocation failed|WebAssembly\.Memory\(\): could not "
+                                r"allocate memory|WebAssembly\.Memory\.grow\(\): Unable to grow)")
 _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
 
@@ -826,7 +828,7 @@ def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, sh
     raw_stack = outcome.get("stack")
     stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown)
              if isinstance(raw_stack, str) else None)
-    if name == "RangeError" and message.startswith("Array buffer allocation failed"):
+    if name == "RangeError" and _ALLOCATION_FAILED.search(message):
         return ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB "
                            f"(RangeError: {message})", name="MemoryLimit", stack=stack)
     location = None
