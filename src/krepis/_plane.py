@@ -65,7 +65,8 @@ DEFAULT_TIMEOUT = 300.0
 #: MiB of memory a run may use when the caller gives no limit: V8 heap and array buffers.
 DEFAULT_MEMORY_LIMIT_MB = 512
 #: Address space V8 reserves writable at start-up (code range and friends): added to the memory
-#: limit for ``RLIMIT_DATA`` so that Deno starts; the script cannot use it for data.
+#: limit for ``RLIMIT_DATA`` so that Deno starts. Most of it never holds data: a run can hold the
+#: limit plus about 100 MiB at most.
 _DATA_RESERVE_MB = 640
 #: The largest file Deno may write (its own caches and localStorage, in the run's directory).
 _MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -601,17 +602,25 @@ def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
         if prctl is None:
             raise JournalError("cannot set a parent-death signal for Deno (prctl unavailable); "
                                "refusing to run a script that could outlive this process")
-    data = None if memory_mb is None else (memory_mb + _DATA_RESERVE_MB) * 1024 * 1024
+    def lowered(kind: int, value: int) -> tuple[int, int]:
+        hard = resource.getrlimit(kind)[1]  # never above what this process may use itself
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        return value, value
+
+    fsize = lowered(resource.RLIMIT_FSIZE, _MAX_FILE_BYTES)
+    data = None if memory_mb is None else lowered(resource.RLIMIT_DATA,
+                                                  (memory_mb + _DATA_RESERVE_MB) * 1024 * 1024)
 
     def setup() -> None:
         if prctl is not None:
-            prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+                os._exit(126)
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(125)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (_MAX_FILE_BYTES, _MAX_FILE_BYTES))
+        resource.setrlimit(resource.RLIMIT_FSIZE, fsize)
         if data is not None:
-            resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+            resource.setrlimit(resource.RLIMIT_DATA, data)
 
     return setup
 
