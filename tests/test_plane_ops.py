@@ -162,6 +162,18 @@ def test_policy_targets_and_hosts_are_validated(tmp_path: Path) -> None:
         PermissionPolicy(read="/srv")  # type: ignore[arg-type]
 
 
+def test_relative_roots_resolve_against_the_directory_at_grant_time(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    policy = PermissionPolicy(read=["data"])
+    policy.allow_write("data")
+    assert policy.read == [str(tmp_path / "data")] and policy.write == [str(tmp_path / "data")]
+    monkeypatch.chdir("/")
+    assert policy.check("read", str(tmp_path / "data" / "x")) and not policy.check("read", "/data/x")
+    assert policy.deno_flags() == [f"--allow-read={tmp_path / 'data'}", f"--allow-write={tmp_path / 'data'}"]
+
+
 def test_granted_paths_and_hosts_are_real_deno_permissions(store: Path, tmp_path: Path) -> None:
     granted = tmp_path / "granted"
     granted.mkdir()

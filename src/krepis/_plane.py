@@ -206,8 +206,8 @@ class PermissionPolicy:
             if isinstance(value, (str, bytes)) or not isinstance(value, list):
                 raise InvalidTypeError(
                     f"PermissionPolicy({kind}=...) takes a list, got {type(value).__name__}")
-        for root in (*self.read, *self.write):
-            self._root(root)
+        self.read = [self._root(root) for root in self.read]
+        self.write = [self._root(root) for root in self.write]
         for host in self.net:
             _split_host(host)
 
