@@ -143,7 +143,9 @@ def test_no_storage_outlives_a_run(store: Path, tmp_path: Path, monkeypatch: pyt
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))  # where Deno's default cache would be
     monkeypatch.setenv("DENO_DIR", str(home / "deno"))
-    before = set(os.listdir(tempfile.gettempdir()))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # other processes share /tmp
     seen: list[object] = []
     kernel = Kernel(store)
     kernel.op("report")(seen.append)
@@ -156,8 +158,7 @@ def test_no_storage_outlives_a_run(store: Path, tmp_path: Path, monkeypatch: pyt
             """)
     assert seen == [[None, "undefined", "undefined"]] * 2  # nothing carried over; no Cache API
     assert list(home.iterdir()) == []
-    leftover = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("krepis-js-")}
-    assert leftover == set()
+    assert list(private_tmp.iterdir()) == []  # each run's directory was removed
 
 
 # --- hostile messages and errors ------------------------------------------------------------
@@ -239,7 +240,9 @@ with kernel:
 
 
 def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], int, Path]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # the run's directory goes below tmp_path: a SIGKILLed host cannot remove it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line, proc.stderr.read() if proc.stderr else ""
@@ -289,7 +292,8 @@ def test_signal_to_krepis_run(tmp_path: Path, signum: signal.Signals) -> None:
     script.write_text("Krepis.ops.op_log_from_js('info', `${Deno.pid} ${import.meta.url}`);\n"
                       "console.error('spinning'); for (;;) {}")
     proc = subprocess.Popen([krepis, "run", str(script), "--timeout", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.stderr is not None
     try:
         line = proc.stderr.readline()
