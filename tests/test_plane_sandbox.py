@@ -271,3 +271,29 @@ def test_any_script_name_runs_as_itself(store: Path, tmp_path: Path, name: str) 
     assert seen == [1]
     assert info.value.location == f"{script}:1:59"
     assert info.value.stack is not None and f"at {script}:1:59" in info.value.stack
+
+
+def test_commonjs_require_reads_nothing(store: Path, tmp_path: Path, secrets: dict[str, Path]) -> None:
+    """A .cjs script has `require`: it is held to the read permissions like Deno.readFile."""
+    here = tmp_path / "scripts"
+    here.mkdir()
+    (here / "secrets").symlink_to(secrets["json"].parent)
+    j, js = json.dumps(str(secrets["json"])), json.dumps(str(secrets["js"]))
+    source = f"""
+        const out = {{}};
+        const tries = {{
+          abs: () => require({j}),
+          rel: () => require("./secrets/secret.json"),
+          code: () => require({js}),
+          resolve: () => require.resolve({j}),
+          proc: () => require("/proc/self/environ"),
+        }};
+        for (const [k, f] of Object.entries(tries)) {{
+          try {{ out[k] = "ALLOWED " + JSON.stringify(f()); }} catch (e) {{ out[k] = e.name; }}
+        }}
+        Krepis.ops.report(out);
+    """
+    reported, failure, stderr, errors = run(store, source, here, "probe.cjs")
+    assert failure is None, failure
+    assert_no_leak(reported, stderr, errors)
+    assert reported == [dict.fromkeys(("abs", "rel", "code", "resolve", "proc"), "NotCapable")]
