@@ -146,6 +146,14 @@ def test_dynamic_imports_and_other_routes_read_nothing(store: Path, tmp_path: Pa
             return createRequire(import.meta.url)({j});
           }},
           nodeFs: async () => (await import("node:fs")).readFileSync({j}, "utf8"),
+          nodeWorker: async () => {{
+            const {{ Worker: NodeWorker }} = await import("node:worker_threads");
+            return await new Promise((resolve, reject) => {{
+              const w = new NodeWorker({js});
+              w.on("message", resolve);
+              w.on("error", reject);
+            }});
+          }},
           processEnv: async () => (await import("node:process")).env.KREPIS_TEST_ENV_SECRET,
           denoEnv: () => Deno.env.get("KREPIS_TEST_ENV_SECRET"),
           jsr: () => import("jsr:@std/path"),
