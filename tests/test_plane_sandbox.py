@@ -26,12 +26,12 @@ def secrets(tmp_path: Path) -> dict[str, Path]:
         "json": root / "secret.json",
         "text": root / "secret.txt",
         "js": root / "secret.js",
-        "firstline": root / "firstline.conf",
+        "firstline": root / "shadow",  # no suffix: Deno parses it as JavaScript
     }
     files["json"].write_text(json.dumps({"key": SECRET}))
     files["text"].write_text(SECRET + "\n")
     files["js"].write_text(f"export default {json.dumps(SECRET)};\n")
-    files["firstline"].write_text(f"{SECRET} = hunter2\nsecond line\n")  # a SyntaxError would quote it
+    files["firstline"].write_text(f"{SECRET}:$6$hunter2:19000:0:99999:7:::\n")  # a SyntaxError quotes it
     link = root / "link.json"
     link.symlink_to(files["json"])
     files["link"] = link
