@@ -131,6 +131,8 @@ def test_dynamic_imports_and_other_routes_read_nothing(store: Path, tmp_path: Pa
           computed: () => import([{j}][0], {{ with: {{ type: "json" }} }}),
           ppidEnviron: () => import(`/proc/${{Deno.ppid}}/environ`, {{ with: {{ type: "text" }} }}),
           literalPpidEnviron: () => import("/proc/{pid}/environ", {{ with: {{ type: "text" }} }}),
+          literalPpidEnvironAsJs: () => import("/proc/{pid}/environ"),
+          literalPpidEnvironFileUrl: () => import("file:///proc/{pid}/environ"),
           selfEnviron: () => import("/proc/self/environ", {{ with: {{ type: "text" }} }}),
           devStdin: () => import("/dev/stdin"),
           metaResolve: () => import(import.meta.resolve({j}), {{ with: {{ type: "json" }} }}),
@@ -184,6 +186,10 @@ def test_dynamic_imports_and_other_routes_read_nothing(store: Path, tmp_path: Pa
     assert isinstance(outcome, dict)
     allowed = {name: text for name, text in outcome.items() if str(text).startswith("ALLOWED")}
     assert allowed == {}, allowed
+    # a SyntaxError's code frame would show the start of this process's environment
+    first = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")[0].decode("utf-8", "replace")
+    shown = json.dumps(outcome, ensure_ascii=False) + stderr + json.dumps(errors)
+    assert len(first) < 8 or first[:40] not in shown, first
 
 
 def test_imports_do_not_tell_whether_a_path_exists(store: Path, tmp_path: Path,
