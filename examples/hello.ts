@@ -16,11 +16,12 @@ for (let i = 0; i < 3; i++) {
 }
 Krepis.ops.op_log_from_js("info", `js_ops_called is now ${total}`);
 
-// The sandbox: there are no permissions, so this throws; the op below only asks the policy.
+// The sandbox: nothing is granted unless `krepis run --allow-read PATH`, so this throws.
 try {
   Deno.readTextFileSync("/etc/hostname");
 } catch (e) {
   Krepis.ops.op_log_from_js("warn", `direct file access refused: ${(e as Error).name}`);
 }
+// The policy answers what Deno was granted (try `--allow-read /tmp/krepis/`).
 const allowed = Krepis.ops.op_check_permission("read", "/tmp/krepis/input.json");
 Krepis.ops.op_log_from_js("info", `policy allows reading /tmp/krepis/input.json: ${allowed}`);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def entries(store: Path) -> list[tuple[str, LogStatus, str | None]]:
 
 def test_builtin_ops(kernel: Kernel, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="krepis.js")
+    kernel.permissions.allow_read("/tmp/krepis/")
     result = kernel.run_script("""
         const ctx = Krepis.ops.op_get_context();
         Krepis.ops.report(ctx);
@@ -73,7 +75,7 @@ def test_builtin_ops(kernel: Kernel, caplog: pytest.LogCaptureFixture) -> None:
         ]);
     """)
     ctx, counts, perms = kernel.results  # type: ignore[attr-defined]
-    assert ctx == {**kernel.context.to_dict()}
+    assert ctx == {**kernel.context.to_dict(), "request_id": result.request_id}  # the run's own id
     assert set(ctx) == {"request_id", "tenant_id", "priority", "is_turbo_mode", "trace_id", "timestamp",
                         "metadata"}
     assert counts == [1, 2] and kernel.stats.js_ops_called == 2
@@ -141,13 +143,13 @@ def test_script_argument_rules(kernel: Kernel, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="empty"):
         kernel.run_script("   ")
     with pytest.raises(ValidationError, match="timeout"):
-        kernel.run_script("1", timeout=0)
+        kernel.run_script("1", timeout=-1)
 
 
 # --- failure is journaled, never lost ---------------------------------------------------------
 
 FAILURES = [
-    ("syntax", "Krepis.ops.op_increment_stats(;", "SyntaxError", 0),
+    ("syntax", "Krepis.ops.op_increment_stats(;", "SyntaxError: Expression expected (at <inline>:1:31)", 0),
     ("throw", "Krepis.ops.op_increment_stats(); throw new RangeError('out of range');",
      "RangeError: out of range", 1),
     ("reject", "Krepis.ops.op_increment_stats(); Krepis.ops.op_increment_stats(); "
@@ -176,7 +178,7 @@ def test_failures_are_journaled(store: Path, source: str, words: str, completed:
     def kill_me(pid: int) -> None:
         os.kill(pid, 9)
 
-    with pytest.raises(ScriptError, match=words.replace("(", r"\(")), kernel:
+    with pytest.raises(ScriptError, match=re.escape(words)), kernel:
         kernel.run_script(source, timeout=60)
     log = entries(store)
     last = log[-1]
@@ -208,9 +210,10 @@ def test_script_error_message_and_stack(kernel: Kernel, tmp_path: Path) -> None:
     script.write_text("function deep() { throw new Error('from deep'); }\ndeep();\n")
     with pytest.raises(ScriptError) as info:
         kernel.run_script(script)
-    assert str(info.value) == "Error: from deep"
-    assert info.value.name == "Error"
-    assert info.value.stack is not None and "thrower.js:1" in info.value.stack
+    assert str(info.value) == f"Error: from deep (at {script}:1:25)"
+    assert info.value.name == "Error" and info.value.location == f"{script}:1:25"
+    assert info.value.stack is not None and f"{script}:1:25" in info.value.stack
+    assert "krepis-js-" not in info.value.stack  # the private copy's path is not shown
 
 
 # --- restart recovery, as in the spec's own test ------------------------------------------------
@@ -270,10 +273,6 @@ def test_sandbox_denies_files_env_net_and_processes(kernel: Kernel, tmp_path: Pa
               net: async () => {{ const c = await Deno.connect({{ hostname: "127.0.0.1", port: {port} }}); c.close(); }},
               fetch: async () => await fetch("http://127.0.0.1:{port}/"),
               run: () => new Deno.Command("/bin/sh", {{ args: ["-c", "echo pwned"] }}).outputSync(),
-              importDynamic: async () => {{
-                try {{ await import("file://" + {json.dumps(str(secret))}); }}
-                catch (e) {{ throw (/Requires read access/.test(e.message) ? Object.assign(e, {{name: "NotCapable"}}) : e); }}
-              }},
             }};
             const outcome = {{}};
             for (const [name, attempt] of Object.entries(attempts)) {{
@@ -289,7 +288,7 @@ def test_sandbox_denies_files_env_net_and_processes(kernel: Kernel, tmp_path: Pa
         server.close()
     outcome, count = kernel.results  # type: ignore[attr-defined]
     assert outcome == {name: "NotCapable" for name in
-                       ("read", "write", "env", "net", "fetch", "run", "importDynamic")}, outcome
+                       ("read", "write", "env", "net", "fetch", "run")}, outcome
     assert count == 1
     assert accepted == []  # the connection never reached the listener
     assert not (tmp_path / "out.txt").exists()
@@ -298,7 +297,8 @@ def test_sandbox_denies_files_env_net_and_processes(kernel: Kernel, tmp_path: Pa
 # --- the permission policy ----------------------------------------------------------------------
 
 def test_permission_policy(tmp_path: Path) -> None:
-    policy = PermissionPolicy()
+    assert not PermissionPolicy().check("read", "/tmp/krepis/a/b.json")  # nothing by default
+    policy = PermissionPolicy(read=["/tmp/krepis/"])
     assert policy.check("read", "/tmp/krepis/a/b.json")
     assert policy.check("read", "/tmp/krepis")
     assert not policy.check("read", "/tmp/krepis-other/x")  # a prefix is not a parent

@@ -22,7 +22,7 @@ from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
-from ._plane import PermissionPolicy, ScriptError, ScriptResult
+from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "OpError",
     "PermissionPolicy",
     "ScriptError",
+    "ScriptInterrupted",
     "ScriptResult",
     "SovereignJournal",
     "SovereignStats",

@@ -250,7 +250,7 @@ def bench_js_ops(path: str, seconds: float, flush: str) -> Row:
               lat.push((t1 - t0) * 1000);
             }}
             Krepis.ops.bench_report({{ ops: lat.length, seconds: (t1 - start) / 1000, lat }});
-        """)
+        """, timeout=seconds + 120)
     result = reported[0]
     return Row("", int(result["ops"]), float(result["seconds"]), [float(x) for x in result["lat"]])
 

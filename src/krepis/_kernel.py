@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import inspect
 import logging
 import os
 import re
+import signal
 import time
+import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -34,6 +38,21 @@ BUILTIN_OPS = frozenset({"op_increment_stats", "op_get_context", "op_log_from_js
 _JS_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
                   "warning": logging.WARNING, "error": logging.ERROR}
 js_logger = logging.getLogger("krepis.js")
+#: The request id of the script run this thread is serving (None outside ``run_script``).
+_run_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("krepis_run_request_id",
+                                                                             default=None)
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__ too
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, call))
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def error_text(exc: BaseException) -> str:
@@ -214,7 +233,8 @@ class Kernel:
         """
         context = self.context
         count = self.journal.record(
-            TransactionLog.now("op_increment_stats", context.request_id, LogStatus.Completed),
+            TransactionLog.now("op_increment_stats", _run_request_id.get() or context.request_id,
+                               LogStatus.Completed),
             increment=JS_OPS_COUNTER,
         )
         assert count is not None
@@ -235,6 +255,11 @@ class Kernel:
         def register(fn: F) -> F:
             if not callable(fn):
                 raise InvalidTypeError(f"op {name!r} must be callable, got {type(fn).__name__}")
+            if _is_coroutine_function(fn):
+                raise InvalidTypeError(
+                    f"op {name!r} is an async function; ops are synchronous (a script's call "
+                    "blocks until the reply) — register a plain function, e.g. one that runs "
+                    "the coroutine with asyncio.run()")
             self._ops[name] = fn
             return fn
 
@@ -247,7 +272,11 @@ class Kernel:
 
     # -- built-in ops for scripts -------------------------------------------------------------
     def _op_get_context(self) -> dict[str, Any]:
-        return self.context.to_dict()
+        context = self.context.to_dict()
+        run_id = _run_request_id.get()
+        if run_id is not None:
+            context["request_id"] = run_id
+        return context
 
     def _op_log_from_js(self, level: str, message: str) -> None:
         if not isinstance(level, str) or level.lower() not in _JS_LOG_LEVELS:
@@ -262,54 +291,109 @@ class Kernel:
         script: str | os.PathLike[str],
         *,
         timeout: float | None = None,
+        memory_limit_mb: int | None = None,
+        max_ops: int | None = None,
+        request_id: str | None = None,
         stderr: BinaryIO | None = None,
     ) -> ScriptResult:
-        """Run a JavaScript/TypeScript file (or source code) in Deno with no permissions.
+        """Run a JavaScript/TypeScript file (or source code) in the confined Deno plane.
 
         The script calls ops as ``Krepis.ops.<name>(...)``: the built-ins and every
-        ``@kernel.op``, each counted and journaled as by :meth:`call`. Its console output goes
-        to ``stderr`` (default: this process's). On failure — syntax error, uncaught exception or
-        rejection, timeout (Deno is killed), Deno dying, a broken protocol — ``kernel_error``
-        ``Failed`` is journaled with the error text and :class:`ScriptError` is raised; the ops
-        the script completed before stay counted and journaled.
+        ``@kernel.op``, each counted and journaled as by :meth:`call`. Deno gets exactly the
+        permissions of :attr:`permissions` (none by default) and its module graph is the script
+        alone (docs/execution-plane.md). Its console output goes to ``stderr`` (default: this
+        process's).
+
+        Each run has its own request id (``request_id``, default a fresh uuid4): every entry the
+        run journals carries it, ``op_get_context()`` returns it, and :class:`ScriptResult`
+        reports it. Limits: ``timeout`` seconds (default ``krepis._plane.DEFAULT_TIMEOUT``,
+        ``0`` for none), ``memory_limit_mb`` (default ``DEFAULT_MEMORY_LIMIT_MB``), ``max_ops``
+        op calls (default no cap).
+
+        On failure — syntax error, uncaught exception or rejection, a limit hit (``Timeout``,
+        ``MemoryLimit``, ``OpLimit``), Deno dying, a broken protocol — ``kernel_error``
+        ``Failed`` is journaled once with the error text and :class:`ScriptError` is raised; on
+        SIGTERM/SIGHUP/SIGINT (main thread) Deno is killed, ``kernel_error`` ``Failed`` with
+        ``Interrupted`` is journaled and :class:`ScriptInterrupted` (``KeyboardInterrupt`` for
+        SIGINT) propagates. The ops the script completed before stay counted and journaled.
         """
-        from ._plane import ScriptError, run_deno
+        from ._plane import ScriptError, ScriptInterrupted, interruptible, run_deno, shielded
 
-        context, journal = self.context, self.journal
+        journal = self.journal
+        self._require_running()
+        if request_id is None:
+            request_id = str(uuid.uuid4())
+        TransactionLog(0, "kernel_error", request_id, LogStatus.Failed)  # validates request_id
 
-        def dispatch(name: str, args: list[Any]) -> Any:
+        def dispatch(name: str, args: list[Any], encode: Callable[[Any], bytes]) -> bytes:
             if name not in BUILTIN_OPS and name not in self._ops:
                 raise OpError(f"unknown op {name!r}; available: {', '.join(self.ops)}")
-            return self.call(name, *args)
+            frame: list[bytes] = []
+            self._call(name, args, {}, lambda value: frame.append(encode(value)))
+            return frame[0]
 
+        token = _run_request_id.set(request_id)
         try:
-            return run_deno(script, dispatch, timeout=timeout, stderr=stderr)
-        except ScriptError as exc:
-            journal.log_transaction(TransactionLog.now(
-                "kernel_error", context.request_id, LogStatus.Failed, error=error_text(exc)))
-            exc.journaled = True  # type: ignore[attr-defined]
-            raise
+            with interruptible():
+                try:
+                    result = run_deno(script, dispatch, timeout=timeout, memory_limit_mb=memory_limit_mb,
+                                      max_ops=max_ops, permissions=self.permissions, stderr=stderr)
+                except (ScriptError, ScriptInterrupted, KeyboardInterrupt) as exc:
+                    if isinstance(exc, ScriptError):
+                        text = error_text(exc)
+                    else:
+                        signum = getattr(exc, "signum", 2)
+                        text = f"Interrupted: the host received {signal_name(signum)}; the script was killed"
+                    with shielded():  # a signal now waits until the failure is journaled
+                        journal.log_transaction(TransactionLog.now(
+                            "kernel_error", request_id, LogStatus.Failed, error=text))
+                        exc.journaled = True  # type: ignore[union-attr]
+                    raise
+        finally:
+            _run_request_id.reset(token)
+        return dataclasses.replace(result, request_id=request_id)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run op ``name``: counted in ``op_count:{name}`` and journaled as it happens.
 
         ``Started`` is written together with the count before the op runs; then ``Completed``
         (with ``duration_us``) or ``Failed`` (with the error text). The op's own exception
-        propagates unchanged.
+        propagates unchanged. An op that returns a coroutine or other awaitable is ``Failed``
+        (``OpError``): its work never ran, so ``Completed`` would be a lie.
         """
+        return self._call(name, args, kwargs, None)
+
+    def _call(self, name: str, args: Any, kwargs: dict[str, Any],
+              deliver: Callable[[Any], None] | None) -> Any:
+        """:meth:`call`, with ``deliver(result)`` run before ``Completed`` is journaled: if it
+        raises (the result cannot reach the script), the op is ``Failed`` with that reason."""
         if name == "op_increment_stats":
             if args or kwargs:
                 raise InvalidTypeError("op_increment_stats takes no arguments")
-            return self.increment_stats()
+            count = self.increment_stats()
+            if deliver is not None:
+                deliver(count)
+            return count
         fn = self._ops.get(name)
         if fn is None:
             raise OpError(f"unknown op {name!r}; registered ops: {', '.join(self.ops)}")
         context, journal = self.context, self.journal
-        rid = context.request_id
+        rid = _run_request_id.get() or context.request_id
         journal.record(TransactionLog.now(name, rid, LogStatus.Started), increment=name)
         started = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: close it rather than leak a warning
+                raise OpError(f"op {name!r} returned {type(result).__name__}, an awaitable: ops must "
+                              "return their result, not a coroutine")
+            if deliver is not None:
+                try:
+                    deliver(result)
+                except (TypeError, ValueError, RecursionError) as exc:
+                    raise OpError(f"op {name!r} returned a value that is not JSON: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
         except BaseException as exc:
             elapsed = int((time.perf_counter() - started) * 1_000_000)
             journal.log_transaction(TransactionLog.now(

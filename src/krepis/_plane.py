@@ -1,14 +1,31 @@
-"""The execution plane: JavaScript/TypeScript in a Deno process with no permissions.
+"""The execution plane: JavaScript/TypeScript in a confined Deno process.
 
 The script reaches the host only through kernel ops: the prelude (``_js/prelude.js``) gives it
 ``Krepis.ops.<name>(...)``, which sends a frame on stdout and blocks on stdin for the reply.
 This module runs the process and the protocol; the kernel supplies ``dispatch``.
+
+What confines a run (docs/execution-plane.md has the threat model):
+
+* Deno permissions: none, except the exact paths and hosts of the :class:`PermissionPolicy`.
+* The module graph: the script is copied into a private directory and run with an import map
+  that sends every ``file:`` specifier but the script's own copy to a scheme Deno refuses, so no
+  import — static, dynamic, JSON, text, bytes, in a Worker, a ``data:`` or ``blob:`` module —
+  reads a file or tells whether one exists. Remote, ``jsr:`` and ``npm:`` modules are off.
+* Resources: a memory cap (V8 heap flag plus ``RLIMIT_DATA``), a wall-clock timeout, an
+  optional cap on op calls, no core dumps, a per-file size cap, and a fresh ``DENO_DIR``
+  (cache, localStorage) that is deleted with the run.
+* Lifetime: on Linux Deno gets a parent-death signal, so it dies with the host process; SIGTERM,
+  SIGHUP and SIGINT end the run (Deno killed, the directory removed) before they end the host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
+import re
+import resource
 import select
 import shutil
 import signal
@@ -18,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,9 +44,12 @@ from typing import Any, BinaryIO
 from ._errors import InvalidTypeError, JournalError, ValidationError
 
 __all__ = [
+    "DEFAULT_MEMORY_LIMIT_MB",
+    "DEFAULT_TIMEOUT",
     "MAX_MESSAGE",
     "PermissionPolicy",
     "ScriptError",
+    "ScriptInterrupted",
     "ScriptResult",
     "deno_binary",
     "run_deno",
@@ -37,23 +57,64 @@ __all__ = [
 
 MAGIC = b"KRP1"
 MAX_MESSAGE = 16 * 1024 * 1024
+#: Longest error message or stack the prelude reports (characters); longer ones are cut.
+MAX_ERROR_TEXT = 16 * 1024
 SCRIPT_SUFFIXES = (".js", ".mjs", ".cjs", ".ts", ".mts", ".jsx", ".tsx")
+#: Seconds a run may take when the caller gives no timeout (``0`` means no limit).
+DEFAULT_TIMEOUT = 300.0
+#: MiB of memory a run may use when the caller gives no limit: V8 heap and array buffers.
+DEFAULT_MEMORY_LIMIT_MB = 512
+#: Address space V8 reserves writable at start-up (code range and friends): added to the memory
+#: limit for ``RLIMIT_DATA`` so that Deno starts. Most of it never holds data: a run can hold the
+#: limit plus about 100 MiB at most.
+_DATA_RESERVE_MB = 640
+#: The largest file Deno may write (its own caches and localStorage, in the run's directory).
+_MAX_FILE_BYTES = 64 * 1024 * 1024
+_MAX_JSON_DEPTH = 512
 _HEADER = struct.Struct(">4sI")
 _STDERR_TAIL = 8192
+#: Bytes of a run's console output (stderr) forwarded to the host; the rest is dropped.
+MAX_STDERR_BYTES = 16 * 1024 * 1024
+#: Error names only the kernel gives; a script that throws one is reported as a plain Error.
+RESERVED_NAMES = frozenset({"Timeout", "MemoryLimit", "OpLimit", "ProtocolError", "DenoExited",
+                            "Interrupted"})
 _SPIN_SECONDS = 0.0005
+_DENIED_SCHEME = "krepis-denied"
+_OOM_MARKERS = (b"out of memory", b"memory allocation of", b"Array buffer allocation failed")
+
+
+#: ``dispatch(name, args, encode)``: runs op ``name`` and returns ``encode(result)``.
+Dispatch = Callable[[str, list[Any], Callable[[Any], bytes]], bytes]
 
 
 class ScriptError(JournalError):
-    """A script failed: it threw, did not parse, timed out, broke the protocol, or Deno died.
+    """A script failed: it threw, did not parse, hit a limit, broke the protocol, or Deno died.
 
-    ``name`` is the JS error's name (``"SyntaxError"``, ``"TypeError"``, …, or ``"Timeout"``,
-    ``"ProtocolError"``, ``"DenoExited"``); ``stack`` the JS stack when there is one.
+    ``name`` is the JS error's name (``"SyntaxError"``, ``"TypeError"``, …) or one of the
+    kernel's: ``"Timeout"``, ``"MemoryLimit"``, ``"OpLimit"``, ``"ProtocolError"``,
+    ``"DenoExited"``. ``stack`` is the JS stack when there is one (with the script's own path),
+    ``location`` the ``path:line:column`` where it was thrown when known.
     """
 
-    def __init__(self, message: str, *, name: str = "Error", stack: str | None = None) -> None:
+    def __init__(self, message: str, *, name: str = "Error", stack: str | None = None,
+                 location: str | None = None) -> None:
         super().__init__(message)
         self.name = name
         self.stack = stack
+        self.location = location
+
+
+class ScriptInterrupted(BaseException):
+    """The host process got SIGTERM or SIGHUP while a script ran (SIGINT: ``KeyboardInterrupt``).
+
+    Deno was killed and its directory removed before this was raised. Like
+    ``KeyboardInterrupt``, it is not an ``Exception``: ``except Exception`` does not swallow a
+    request to stop. ``signum`` is the signal; the CLI exits with ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
 @dataclass(frozen=True)
@@ -63,53 +124,176 @@ class ScriptResult:
     ops_called: int
     duration_ms: float
     exit_code: int = 0
+    request_id: str | None = None
 
 
-def _as_root(path: str | os.PathLike[str]) -> str:
-    real = os.path.realpath(os.fspath(path))
-    return real if real.endswith(os.sep) else real + os.sep
+# --- the permission policy ------------------------------------------------------------------
+
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+
+
+def _split_host(entry: str) -> tuple[str, int | None]:
+    """``host`` / ``host:port`` / ``[v6]:port`` → (host, port), validated."""
+    if not isinstance(entry, str):
+        raise InvalidTypeError(f"a net target must be a str, got {type(entry).__name__}")
+    text = entry.strip()
+    port: str | None = None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValidationError(f"net target {entry!r}: unclosed '[' in an IPv6 address")
+        host, rest = text[1:close], text[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValidationError(f"net target {entry!r}: expected ':port' after ']'")
+            port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValidationError(f"net target {entry!r}: {host!r} is not an IPv6 address") from None
+        host = f"[{host}]"
+    else:
+        if text.count(":") > 1:
+            raise ValidationError(f"net target {entry!r}: write an IPv6 address as [addr] or [addr]:port")
+        host, _, port_text = text.partition(":")
+        port = port_text if ":" in text else None
+        if not _HOST.match(host):
+            raise ValidationError(f"net target {entry!r}: {host!r} is not a host name or address")
+        host = host.lower()
+    if port is None:
+        return host, None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValidationError(f"net target {entry!r}: port {port!r} is not a number in 1…65535")
+    return host, int(port)
+
+
+def _absolute(path: str | os.PathLike[str], what: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidTypeError(f"{what} must be a path, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise ValidationError(f"{what} {text!r} is not a usable path")
+    if "," in text:
+        raise ValidationError(f"{what} {text!r} contains ',', which Deno's permission lists cannot hold")
+    return os.path.abspath(os.path.expanduser(text))
 
 
 @dataclass
 class PermissionPolicy:
-    """What ``op_check_permission(permission, path)`` answers.
+    """What a script may touch: the real Deno permissions of a run, and what
+    ``op_check_permission(permission, target)`` answers — one and the same thing.
 
-    ``read`` is allowed under the ``read`` roots (default ``/tmp/krepis/``); ``write`` under the
-    ``write`` roots; ``net`` for the listed hosts (``host`` or ``host:port``). Everything else is
-    denied. Paths are resolved (``..`` and symlinks) before they are compared, so
-    ``/tmp/krepis/../../etc`` is not under ``/tmp/krepis/``.
+    ``read`` and ``write`` are path roots, ``net`` hosts (``host``, ``host:port``,
+    ``[v6]:port``); all empty by default, which is Deno with no permission at all. Roots are
+    resolved (``..``, symlinks; relative roots against the current directory) when first used,
+    and that resolution is pinned: a root that later becomes a symlink elsewhere grants nothing
+    rather than the new target, and a root that resolves to ``/`` is refused. Targets must be
+    absolute; they are resolved before being compared, so ``/srv/data/../../etc`` and a
+    symlink out of a root are not under it.
+
+    Deno itself compares paths without following symlinks: grant only directories whose
+    contents you control (see docs/execution-plane.md).
     """
 
-    read: list[str] = field(default_factory=lambda: ["/tmp/krepis/"])
+    read: list[str] = field(default_factory=list)
     write: list[str] = field(default_factory=list)
     net: list[str] = field(default_factory=list)
+    _pinned: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for kind in ("read", "write", "net"):
+            value = getattr(self, kind)
+            if isinstance(value, (str, bytes)) or not isinstance(value, list):
+                raise InvalidTypeError(
+                    f"PermissionPolicy({kind}=...) takes a list, got {type(value).__name__}")
+        self.read = [self._root(root) for root in self.read]
+        self.write = [self._root(root) for root in self.write]
+        for host in self.net:
+            _split_host(host)
 
     def allow_read(self, path: str | os.PathLike[str]) -> None:
-        self.read.append(os.fspath(path))
+        """Grant reading below ``path`` (resolved now; see the class docstring)."""
+        self.read.append(self._root(path))
 
     def allow_write(self, path: str | os.PathLike[str]) -> None:
-        self.write.append(os.fspath(path))
+        """Grant writing below ``path`` (resolved now; see the class docstring)."""
+        self.write.append(self._root(path))
 
     def allow_net(self, host: str) -> None:
+        """Grant connections to ``host`` (any port) or ``host:port``."""
+        _split_host(host)
         self.net.append(host)
 
+    def _root(self, path: str | os.PathLike[str]) -> str:
+        """Validate a root, pin its resolution, and return it (absolute)."""
+        absolute = _absolute(path, "permission root")
+        real = os.path.realpath(absolute)
+        if real == os.sep:
+            raise ValidationError(f"permission root {os.fspath(path)!r} resolves to '/', which would "
+                                  "grant every path")
+        pinned = self._pinned.setdefault(absolute, real)
+        if pinned != real:
+            raise ValidationError(f"permission root {absolute!r} now resolves to {real!r}, not "
+                                  f"{pinned!r} as when it was granted")
+        return absolute
+
+    def _roots(self, kind: str) -> list[str]:
+        """The resolved roots of ``kind`` that still resolve as when they were granted."""
+        out = []
+        for root in self.read if kind == "read" else self.write:
+            try:
+                absolute = self._root(root)
+            except (ValidationError, InvalidTypeError):
+                continue
+            out.append(self._pinned[absolute])
+        return out
+
     def check(self, permission: str, target: str) -> bool:
+        """Whether the policy grants ``permission`` (``read``, ``write``, ``net``) on ``target``.
+
+        Raises ``ValidationError`` for an unknown permission, a relative path or a bad port.
+        """
         if not isinstance(permission, str) or not isinstance(target, str):
-            raise InvalidTypeError("op_check_permission(permission, path) takes two strings")
+            raise InvalidTypeError("op_check_permission(permission, target) takes two strings")
         if permission == "net":
-            host = target.rsplit(":", 1)[0] if target.count(":") == 1 else target
-            return target in self.net or host in self.net
+            host, port = _split_host(target)
+            for entry in self.net:
+                granted_host, granted_port = _split_host(entry)
+                if granted_host == host and (granted_port is None or granted_port == port):
+                    return True
+            return False
         if permission not in ("read", "write"):
             raise ValidationError(f"unknown permission {permission!r}; use 'read', 'write' or 'net'")
         if not target or "\x00" in target:
             return False
-        resolved = _as_root(target)
-        roots = self.read if permission == "read" else self.write
-        return any(resolved.startswith(_as_root(root)) for root in roots)
+        if not os.path.isabs(target):
+            raise ValidationError(f"path {target!r} is relative; op_check_permission takes an absolute path")
+        resolved = os.path.realpath(target)
+        for root in self._roots(permission):
+            if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
+                return True
+        return False
+
+    def deno_flags(self) -> list[str]:
+        """The ``--allow-*`` flags that grant Deno exactly this policy (resolved roots)."""
+        flags = []
+        for kind in ("read", "write"):
+            roots = sorted(set(self._roots(kind)))
+            if roots:
+                flags.append(f"--allow-{kind}={','.join(roots)}")
+        hosts = []
+        for entry in self.net:
+            host, port = _split_host(entry)
+            hosts.append(host if port is None else f"{host}:{port}")
+        if hosts:
+            flags.append(f"--allow-net={','.join(sorted(set(hosts)))}")
+        return flags
 
     def to_dict(self) -> dict[str, list[str]]:
         return {"read": list(self.read), "write": list(self.write), "net": list(self.net)}
 
+
+# --- Deno -----------------------------------------------------------------------------------
 
 def deno_binary() -> str:
     """The ``deno`` executable: the one the ``deno`` package ships, else one on PATH."""
@@ -132,14 +316,24 @@ def _prelude() -> str:
     return resources.files("krepis").joinpath("_js/prelude.js").read_text(encoding="utf-8")
 
 
-class _Reader:
-    """Frames from the script's stdout, with a deadline."""
+class _Channel:
+    """Frames from the script's stdout and replies to its stdin, never blocking past a deadline."""
 
-    def __init__(self, fd: int, deadline: float | None) -> None:
-        os.set_blocking(fd, False)
-        self._fd = fd
+    def __init__(self, out_fd: int, in_fd: int, deadline: float | None) -> None:
+        os.set_blocking(out_fd, False)
+        os.set_blocking(in_fd, False)
+        self._fd = out_fd
+        self._in = in_fd
         self._buf = bytearray()
         self._deadline = deadline
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return remaining
 
     def _fill(self, need: int) -> bool:
         while len(self._buf) < need:
@@ -155,10 +349,7 @@ class _Reader:
                     if time.perf_counter() >= spin_until:
                         break
             if chunk is None:
-                timeout = None if self._deadline is None else self._deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    raise TimeoutError
-                ready, _, _ = select.select([self._fd], [], [], timeout)
+                ready, _, _ = select.select([self._fd], [], [], self._remaining())
                 if not ready:
                     raise TimeoutError
                 try:
@@ -193,22 +384,94 @@ class _Reader:
         del self._buf[:_HEADER.size + length]
         return body
 
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the script, waiting for room only until the deadline.
+
+        A script that sends calls without reading the replies fills both pipes; the host then
+        waits here, and the timeout ends the run (it never blocks in ``write``).
+        """
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._in, view):]
+                continue
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                return  # Deno is gone; its end of stream tells how
+            _, ready, _ = select.select([], [self._in], [], self._remaining())
+            if not ready:
+                raise TimeoutError
+
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _frame(message: dict[str, Any]) -> bytes:
     body = _encode_json(message).encode()
+    if len(body) > MAX_MESSAGE:
+        raise ValueError(f"the reply is {len(body)} bytes; the limit is {MAX_MESSAGE}")
     return _HEADER.pack(MAGIC, len(body)) + body
 
 
+def _json_depth_ok(body: bytes) -> bool:
+    """Whether JSON text nests at most ``_MAX_JSON_DEPTH`` deep (a cheap pre-check on raw bytes)."""
+    if body.count(b"[") + body.count(b"{") <= _MAX_JSON_DEPTH:
+        return True
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > _MAX_JSON_DEPTH:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def decode_message(body: bytes) -> dict[str, Any]:
+    """One message from the script as a dict; anything malformed is a ``ProtocolError``."""
+    if not _json_depth_ok(body):
+        raise ScriptError(f"malformed message from the script: JSON nested deeper than {_MAX_JSON_DEPTH}",
+                          name="ProtocolError")
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ScriptError(f"malformed message from the script: {str(exc)[:200]}",
+                          name="ProtocolError") from None
+    if not isinstance(message, dict):
+        raise ScriptError(f"malformed message from the script: not an object: {body[:80]!r}",
+                          name="ProtocolError")
+    return message
+
+
 def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
+    """Forward the script's stderr to ``sink``, at most :data:`MAX_STDERR_BYTES` of it; keep
+    reading (so Deno never blocks on it) and keep the last bytes in ``tail``."""
+    left = MAX_STDERR_BYTES
     while chunk := stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16):
         tail += chunk
         del tail[:-_STDERR_TAIL]
         if sink is not None:
             try:
-                sink.write(chunk)
+                sink.write(chunk[:left])
+                left -= min(left, len(chunk))
+                if not left:
+                    sink.write(f"\n[krepis: the script's output was cut at {MAX_STDERR_BYTES} bytes]\n"
+                               .encode())
+                    sink.flush()
+                    sink = None
+                    continue
                 sink.flush()
             except (OSError, ValueError):
                 sink = None
@@ -217,15 +480,30 @@ def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
 def resolve_script(script: str | os.PathLike[str]) -> tuple[Path | None, str | None]:
     """(path, None) for a script file, (None, source) for source code.
 
-    A ``PathLike``, or a one-line ``str`` ending in a script suffix, is a path (it must exist);
-    any other ``str`` is source code.
+    A ``PathLike`` is a path: it must be a file with a script suffix (``.js``, ``.ts``, …). A
+    one-line ``str`` ending in a script suffix is a path too (it must exist); a one-line ``str``
+    naming an existing file without such a suffix is refused rather than run as code. Any other
+    ``str`` is source code.
     """
+    if isinstance(script, str) and "\n" not in script and not script.strip().endswith(SCRIPT_SUFFIXES):
+        try:
+            names_file = os.path.isfile(os.path.expanduser(script.strip()))
+        except (OSError, ValueError):
+            names_file = False
+        if names_file:
+            raise ValidationError(f"script {script!r} is a file without a script suffix "
+                                  f"({', '.join(SCRIPT_SUFFIXES)}); rename it, or pass its text")
     if isinstance(script, os.PathLike) or (
         isinstance(script, str) and "\n" not in script and script.strip().endswith(SCRIPT_SUFFIXES)
     ):
-        path = Path(os.fspath(script)).expanduser()
+        text = os.fspath(script)
+        if not isinstance(text, str):
+            raise InvalidTypeError(f"script path must be a str path, got {type(text).__name__}")
+        path = Path(text.strip()).expanduser()
         if not path.is_file():
-            raise ValidationError(f"script {os.fspath(script)!r} does not exist or is not a file")
+            raise ValidationError(f"script {text!r} does not exist or is not a file")
+        if not path.name.endswith(SCRIPT_SUFFIXES):
+            raise ValidationError(f"script {text!r} has no script suffix ({', '.join(SCRIPT_SUFFIXES)})")
         return path.resolve(), None
     if isinstance(script, str):
         if not script.strip():
@@ -234,137 +512,389 @@ def resolve_script(script: str | os.PathLike[str]) -> tuple[Path | None, str | N
     raise InvalidTypeError(f"script must be a path or source code, got {type(script).__name__}")
 
 
+# --- signals and the parent-death signal ------------------------------------------------------
+
+_INTERRUPTS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class _InterruptState:
+    """Shared by the handlers of :func:`interruptible` (main thread only)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.fired = False
+        self.shielded = 0
+        self.pending: int | None = None
+
+
+_INT = _InterruptState()
+
+
+def _interruption(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else ScriptInterrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`ScriptInterrupted`, SIGINT into ``KeyboardInterrupt``,
+    inside the block.
+
+    Only in the main thread (the only one Python runs handlers in) and only for signals whose
+    handler is the default one (a handler the application installed is left alone). Only the
+    first signal counts; later ones are ignored until the block ends. A signal that arrives
+    inside a :func:`shielded` section is raised when the section ends, so setting up and
+    cleaning up (killing Deno, removing its directory, journaling) always run whole.
+    Nested use is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread() or _INT.active:
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if _INT.fired:
+            return
+        _INT.fired = True
+        if _INT.shielded:
+            _INT.pending = signum
+            return
+        raise _interruption(signum)
+
+    previous: dict[int, Any] = {}
+    _INT.active, _INT.fired, _INT.shielded, _INT.pending = True, False, 0, None
+    try:
+        for signum in _INTERRUPTS:
+            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for restored, old in previous.items():
+            signal.signal(restored, old)
+        _INT.active = False
+    if _INT.pending is not None:  # left over from a shielded section that ended in an error
+        signum, _INT.pending = _INT.pending, None
+        raise _interruption(signum)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """A section no interruption breaks into: a signal that arrives inside it (under
+    :func:`interruptible`) is raised when the section ends normally."""
+    _INT.shielded += 1
+    try:
+        yield
+    finally:
+        _INT.shielded -= 1
+    if not _INT.shielded and _INT.pending is not None:
+        signum, _INT.pending = _INT.pending, None
+        raise _interruption(signum)
+
+
+def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
+    """What runs in the child between fork and exec: limits and the parent-death signal."""
+    prctl: Any = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+        if prctl is None:
+            raise JournalError("cannot set a parent-death signal for Deno (prctl unavailable); "
+                               "refusing to run a script that could outlive this process")
+    def lowered(kind: int, value: int) -> tuple[int, int]:
+        hard = resource.getrlimit(kind)[1]  # never above what this process may use itself
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        return value, value
+
+    fsize = lowered(resource.RLIMIT_FSIZE, _MAX_FILE_BYTES)
+    data = None if memory_mb is None else lowered(resource.RLIMIT_DATA,
+                                                  (memory_mb + _DATA_RESERVE_MB) * 1024 * 1024)
+
+    def setup() -> None:
+        if prctl is not None:
+            if prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+                os._exit(126)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(125)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, fsize)
+        if data is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, data)
+
+    return setup
+
+
+# --- a run ----------------------------------------------------------------------------------
+
+def _check_limits(timeout: float | None, memory_mb: int | None,
+                  max_ops: int | None) -> tuple[float | None, int]:
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidTypeError(f"timeout must be a number of seconds or None, got "
+                               f"{type(timeout).__name__} {timeout!r:.80}")
+    if not 0 <= timeout < float("inf"):  # also refuses NaN
+        raise ValidationError(f"timeout must be a finite number of seconds >= 0 (0: none), got {timeout!r}")
+    if memory_mb is None:
+        memory_mb = DEFAULT_MEMORY_LIMIT_MB
+    if type(memory_mb) is not int or memory_mb < 16:
+        raise ValidationError(f"memory_limit_mb must be an int >= 16 (MiB), got {memory_mb!r}")
+    if max_ops is not None and (type(max_ops) is not int or max_ops < 0):
+        raise ValidationError(f"max_ops must be an int >= 0 or None, got {max_ops!r}")
+    return (float(timeout) or None), memory_mb
+
+
+# Deno reads an external source map named in a file module's magic comment with no permission
+# check, and shows its "sources" in stack traces: only inline (data:) source maps are kept.
+_SOURCE_MAP = re.compile(r"sourceMappingURL(\s*+=\s*+)(?!data:)")
+
+
+def _decode_script(raw: bytes) -> str:
+    """The script's text as Deno would decode it (a UTF-16 BOM, else UTF-8)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16", "replace")
+    return raw.decode("utf-8", "replace").removeprefix("\ufeff")
+
+
+def _import_map(urls: list[str]) -> str:
+    imports = {url: url for url in urls}
+    # Every other file: URL (relative, absolute, any host) goes to a scheme Deno cannot load.
+    imports["file://"] = f"{_DENIED_SCHEME}://"
+    imports["file:///"] = f"{_DENIED_SCHEME}:///"
+    return json.dumps({"imports": imports})
+
+
 def run_deno(
     script: str | os.PathLike[str],
-    dispatch: Callable[[str, list[Any]], Any],
+    dispatch: Dispatch,
     *,
     timeout: float | None = None,
+    memory_limit_mb: int | None = None,
+    max_ops: int | None = None,
+    permissions: PermissionPolicy | None = None,
     stderr: BinaryIO | None = None,
 ) -> ScriptResult:
-    """Run ``script`` in ``deno run --no-prompt`` with no permissions, serving its op calls.
+    """Run ``script`` in a confined Deno (see the module docstring), serving its op calls.
 
-    ``dispatch(name, args)`` runs one op and returns a JSON value or raises; its exception is
-    thrown inside JS as an ``Error`` with the same message. Raises :class:`ScriptError` when the
-    script fails in any way; the Deno process is always reaped.
+    ``dispatch(name, args, encode)`` runs one op and returns ``encode(value)``, the reply frame
+    (``encode`` raises if the value is not JSON, so the op can be journaled as failed); its
+    exception is thrown inside JS as an ``Error`` with the same name and message.
+
+    ``timeout``: seconds (default :data:`DEFAULT_TIMEOUT`, ``0`` for none);
+    ``memory_limit_mb``: default :data:`DEFAULT_MEMORY_LIMIT_MB`; ``max_ops``: op calls per run
+    (``None``: no cap); ``permissions``: what Deno is granted (default: nothing).
+
+    Raises :class:`ScriptError` when the script fails in any way, with ``name`` ``"Timeout"``,
+    ``"MemoryLimit"`` or ``"OpLimit"`` for a limit, :class:`ScriptInterrupted` on SIGTERM or
+    SIGHUP and ``KeyboardInterrupt`` on SIGINT (see :func:`interruptible`). Deno is always
+    killed and reaped and its directory removed.
     """
-    if timeout is not None:
-        if type(timeout) not in (int, float):  # bool (an int subclass) is refused too
-            raise InvalidTypeError(f"timeout must be a number of seconds or None, got "
-                                   f"{type(timeout).__name__} {timeout!r:.80}")
-        if not 0 < timeout < float("inf"):  # also refuses NaN
-            raise ValidationError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    limit_s, memory_mb = _check_limits(timeout, memory_limit_mb, max_ops)
+    if permissions is not None and not isinstance(permissions, PermissionPolicy):
+        raise InvalidTypeError(f"permissions must be a PermissionPolicy, got {type(permissions).__name__}")
     path, source = resolve_script(script)
+    shown = str(path) if path is not None else "<inline>"
     sink = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
+    grants = permissions.deno_flags() if permissions is not None else []
     started = time.monotonic()
-    deadline = None if timeout is None else started + timeout
-    with tempfile.TemporaryDirectory(prefix="krepis-js-") as tmp:
-        if path is None:
-            path = Path(tmp) / "inline.ts"
-            path.write_text(source or "", encoding="utf-8")
-        main = Path(tmp) / "main.js"
-        main.write_text(
-            _prelude()
-            .replace("__KREPIS_SCRIPT_URL__", json.dumps(path.as_uri()))
-            .replace("__KREPIS_MAX_MESSAGE__", str(MAX_MESSAGE)),
-            encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DENO_") or k == "DENO_DIR"}
-        env.update(DENO_NO_UPDATE_CHECK="1", NO_COLOR="1", DENO_NO_PROMPT="1")
-        cmd = [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote",
-               "--no-npm", "--quiet", str(main)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, cwd=tmp)
-        assert proc.stdin and proc.stdout and proc.stderr
-        tail = bytearray()
-        drain = threading.Thread(target=_drain, args=(proc.stderr, sink, tail), daemon=True)
-        drain.start()
-        calls = 0
+    deadline = None if limit_s is None else started + limit_s
+    with interruptible():
+        tmp: str | None = None
         try:
-            reader = _Reader(proc.stdout.fileno(), deadline)
-            stdin_fd = proc.stdin.fileno()
-            outcome: dict[str, Any] | None = None
+            with shielded():
+                tmp = tempfile.mkdtemp(prefix="krepis-js-")
+            return _run_in(Path(tmp), path, source, shown, dispatch, sink, grants, started, deadline,
+                           limit_s, memory_mb, max_ops)
+        finally:
+            with shielded():
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
+            dispatch: Dispatch, sink: BinaryIO | None, grants: list[str],
+            started: float, deadline: float | None, limit_s: float | None, memory_mb: int,
+            max_ops: int | None) -> ScriptResult:
+    code_dir = tmp / "code"
+    code_dir.mkdir()
+    if path is not None:
+        # a plain name (its suffix tells Deno the language): URLs need no escaping to match
+        copy = code_dir / ("script" + next(x for x in SCRIPT_SUFFIXES if path.name.endswith(x)))
+        text = _decode_script(path.read_bytes())  # the script as it is now, in a directory only we write
+    else:
+        copy = code_dir / "inline.ts"
+        text = source or ""
+    copy.write_text(_SOURCE_MAP.sub(r"krepisIgnoredSourceMap\1", text), encoding="utf-8")
+    prelude_dir = tmp / "prelude"  # apart from the script, whatever the script's name
+    prelude_dir.mkdir()
+    main = prelude_dir / "main.js"
+    script_url = copy.as_uri()
+    main.write_text(
+        _prelude()
+        .replace("__KREPIS_SCRIPT_URL__", json.dumps(script_url))
+        .replace("__KREPIS_MAX_MESSAGE__", str(MAX_MESSAGE))
+        .replace("__KREPIS_MAX_ERROR_TEXT__", str(MAX_ERROR_TEXT)),
+        encoding="utf-8")
+    import_map = tmp / "import_map.json"
+    import_map.write_text(_import_map([script_url, main.as_uri()]), encoding="utf-8")
+    deno_dir = tmp / "deno"
+    deno_dir.mkdir()
+    env = {"DENO_DIR": str(deno_dir), "HOME": str(tmp), "TMPDIR": str(tmp), "PATH": "/usr/bin:/bin",
+           "DENO_NO_UPDATE_CHECK": "1", "DENO_NO_PROMPT": "1", "DENO_NO_PACKAGE_JSON": "1", "NO_COLOR": "1"}
+    cmd = [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
+           "--quiet", f"--import-map={import_map}", f"--v8-flags=--max-old-space-size={memory_mb}",
+           *grants, str(main)]
+    setup = _child_setup(memory_mb, os.getpid())
+    tail = bytearray()
+    calls = 0
+    outcome: dict[str, Any] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    drain: threading.Thread | None = None
+    try:
+        with shielded():  # an interruption waits until Deno is ours to kill
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, cwd=tmp, start_new_session=True,
+                                    preexec_fn=setup)
+            assert proc.stdin and proc.stdout and proc.stderr
+            drain = threading.Thread(target=_drain, args=(proc.stderr, sink, tail), daemon=True)
+            drain.start()
+        channel = _Channel(proc.stdout.fileno(), proc.stdin.fileno(), deadline)
+        try:
             while True:
-                try:
-                    body = reader.frame()
-                except TimeoutError:
-                    raise ScriptError(f"the script timed out after {timeout:g} s and was killed",
-                                      name="Timeout") from None
+                body = channel.frame()
                 if body is None:
                     break
-                try:
-                    message = json.loads(body)
-                    if not isinstance(message, dict):
-                        raise ValueError("not an object")
-                except ValueError as exc:
-                    raise ScriptError(f"malformed message from the script: {exc}",
-                                      name="ProtocolError") from None
+                message = decode_message(body)
                 if "id" in message:
                     calls += 1
-                    reply = memoryview(_reply(message, dispatch))
-                    try:
-                        while reply:
-                            reply = reply[os.write(stdin_fd, reply):]
-                    except BrokenPipeError:
-                        pass  # Deno is gone; its end of stream tells how
+                    if max_ops is not None and calls > max_ops:
+                        raise ScriptError(f"the script exceeded its limit of {max_ops} op calls and "
+                                          "was killed", name="OpLimit")
+                    channel.send(dispatch_frame(message, dispatch))
                 elif message.get("t") in ("done", "error"):
-                    outcome = message
+                    if outcome is None or outcome.get("t") != "error":  # an error is not undone
+                        outcome = message
                 else:
                     raise ScriptError(f"unexpected message from the script: {body[:80]!r}",
                                       name="ProtocolError")
-            code = _wait(proc, deadline, timeout)
-        except BaseException:
-            _kill(proc)
-            raise
-        finally:
-            _kill(proc)
-            drain.join(timeout=5)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+            code = _wait(proc, deadline)
+        except TimeoutError:
+            raise ScriptError(f"the script timed out after {limit_s:g} s and was killed",
+                              name="Timeout") from None
+    finally:
+        with shielded():
+            if proc is not None:
+                _kill(proc)
+                if drain is not None:
+                    drain.join(timeout=5)
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        with contextlib.suppress(OSError):
+                            pipe.close()
     elapsed = (time.monotonic() - started) * 1000
+    stderr_tail = bytes(tail)
     if outcome is not None and outcome.get("t") == "error":
-        name = str(outcome.get("name") or "Error")
-        message = str(outcome.get("message") or "")
-        text = message if message.startswith(name) else f"{name}: {message}"
-        raise ScriptError(text, name=name, stack=outcome.get("stack"))
+        raise _script_error(outcome, script_url, main.as_uri(), shown, memory_mb)
     if outcome is None or code != 0:
-        detail = bytes(tail).decode("utf-8", "replace").strip().splitlines()
-        last = detail[-1] if detail else "no output"
+        if code != 0 and any(marker in stderr_tail for marker in _OOM_MARKERS):
+            raise ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB and was ended",
+                              name="MemoryLimit")
+        detail = stderr_tail.decode("utf-8", "replace").strip().splitlines()
+        last = detail[-1][:500] if detail else "no output"
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise ScriptError(f"Deno {how} before the script finished: {last}", name="DenoExited")
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
 
 
-def _reply(message: dict[str, Any], dispatch: Callable[[str, list[Any]], Any]) -> bytes:
+_ALLOCATION_FAILED = re.compile(r"^(Array buffer allocation failed|WebAssembly\.Memory\(\): could not "
+                                r"allocate memory|WebAssembly\.Memory\.grow\(\): Unable to grow)")
+_DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
+                     + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
+
+
+_HINT = re.compile(r"run again with the --allow-([a-z-]+) flag")
+
+
+def _readable(text: str, script_url: str, prelude_url: str, shown: str) -> str:
+    """Deno's text with the private copy's URL replaced by the script's path, and a refused
+    import said as such."""
+    text = _DENIED.sub(lambda m: f'import of "file:{m.group(1)}" refused: a script can import only '
+                                 "itself (and data:/blob: modules)", text)
+    text = _HINT.sub(lambda m: (f"grant it with PermissionPolicy / krepis run --allow-{m.group(1)}"
+                                if m.group(1) in ("read", "write", "net")
+                                else f"krepis never grants --allow-{m.group(1)}"), text)
+    return text.replace(script_url, shown).replace(prelude_url, "krepis:prelude")
+
+
+def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, shown: str,
+                  memory_mb: int) -> ScriptError:
+    def text(key: str, default: str) -> str:
+        value = outcome.get(key)
+        return (value if isinstance(value, str) else default)[:MAX_ERROR_TEXT + 1]
+
+    name = text("name", "Error") or "Error"
+    message = _readable(text("message", ""), script_url, prelude_url, shown)
+    if name in RESERVED_NAMES:  # a script cannot pass its failure off as a limit
+        name, message = "Error", f"{name}: {message}"
+    raw_stack = outcome.get("stack")
+    stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown)
+             if isinstance(raw_stack, str) else None)
+    if name == "RangeError" and _ALLOCATION_FAILED.search(message):
+        return ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB "
+                           f"(RangeError: {message})", name="MemoryLimit", stack=stack)
+    location = None
+    at_script = re.compile(re.escape(shown) + r":(\d+):(\d+)")
+    for line in (stack or "").splitlines()[1:]:
+        found = at_script.search(line)
+        if found:
+            location = f"{shown}:{found.group(1)}:{found.group(2)}"
+            break
+    lines = message.splitlines() or [""]
+    while len(lines) > 1 and lines[-1].strip().startswith("at "):
+        lines.pop()  # Deno repeats the location inside some messages; it is added once below
+    message = "\n".join(lines)
+    head = message if message.startswith(name) else f"{name}: {message}"
+    return ScriptError(head + (f" (at {location})" if location else ""), name=name, stack=stack,
+                       location=location)
+
+
+def reply_frame(call_id: Any, ok: Any = None, error: BaseException | None = None) -> bytes:
+    """The encoded reply to call ``call_id``: its value, or the error the script sees.
+
+    Raises ``ValueError``/``TypeError``/``RecursionError`` if ``ok`` is not JSON that fits in a
+    message: the caller decides what that means for the op (it failed).
+    """
+    if error is not None:
+        return _frame({"id": call_id, "error": {"name": type(error).__name__,
+                                                "message": str(error)[:MAX_ERROR_TEXT]}})
+    return _frame({"id": call_id, "ok": ok})
+
+
+def dispatch_frame(message: dict[str, Any], dispatch: Dispatch) -> bytes:
+    """The reply frame to one call message: ``dispatch``'s frame, or an error frame."""
     call_id = message.get("id")
+    if not isinstance(call_id, int) or isinstance(call_id, bool):
+        raise ScriptError(f"malformed op call: id {call_id!r:.40} is not an integer", name="ProtocolError")
     name, args = message.get("op"), message.get("args")
     if not isinstance(name, str) or not isinstance(args, list):
-        return _frame({"id": call_id, "error": {"name": "TypeError", "message": "malformed op call"}})
+        return reply_frame(call_id, error=TypeError("malformed op call"))
     try:
-        value = dispatch(name, args)
+        return dispatch(name, args, lambda value: reply_frame(call_id, ok=value))
     except Exception as exc:
-        return _frame({"id": call_id, "error": {"name": type(exc).__name__, "message": str(exc)}})
-    try:
-        return _frame({"id": call_id, "ok": value})
-    except (TypeError, ValueError) as exc:
-        return _frame({"id": call_id, "error": {
-            "name": "TypeError", "message": f"op {name!r} returned a value that is not JSON: {exc}"}})
+        return reply_frame(call_id, error=exc)
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float | None, timeout: float | None) -> int:
-    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> int:
+    remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
     try:
-        return proc.wait(timeout=remaining if remaining is None else max(remaining, 0.001))
+        return proc.wait(timeout=remaining)
     except subprocess.TimeoutExpired:
-        raise ScriptError(f"the script timed out after {timeout:g} s and was killed",
-                          name="Timeout") from None
+        raise TimeoutError from None
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
