@@ -53,7 +53,8 @@ def run(store: Path, source: str, script_dir: Path | None = None, name: str = "p
         target.write_text(source)
     with kernel:
         try:
-            kernel.run_script(target, stderr=err, timeout=60)
+            # Workers reserve V8 address space of their own: more room than one isolate needs.
+            kernel.run_script(target, stderr=err, timeout=60, memory_limit_mb=1536)
         except ScriptError as exc:
             failure = exc
     with SovereignJournal(store) as journal:
