@@ -365,3 +365,42 @@ def test_bench_storage_before_or_after_the_command_is_the_same(tmp_path: Path, s
         assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/" in errors[0][0]
     else:
         assert "only a postgresql:// URL adds rows" in errors[0][0]
+
+
+def test_logs_follow_prints_every_entry_of_several_writer_processes_once(tmp_path: Path) -> None:
+    """Following goes by sequence number: whatever the timestamps (here: out of order on
+    purpose) and however the writers interleave, every appended entry is printed exactly once,
+    in append order."""
+    import queue
+    import threading
+
+    from krepis import LogStatus, SovereignJournal, TransactionLog
+
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(TransactionLog(1, "op", "ready", LogStatus.Completed))
+    cmd = [KREPIS, "logs", "--storage", str(store), "-f", "--json", "-n", "1"]
+    follower = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    lines: queue.Queue[str] = queue.Queue()
+    assert follower.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout],  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    assert json.loads(lines.get(timeout=30))["request_id"] == "ready"  # following from here on
+    writers = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "workers.py"), "skewed",
+                                 str(store), f"w{n}", "150"]) for n in range(4)]
+    try:
+        for w in writers:
+            assert w.wait(timeout=120) == 0
+        with SovereignJournal(store) as journal:
+            appended = [e.request_id for e in journal.iter_logs(order="append", newest_first=False, after=0)]
+        assert len(appended) == 600
+        printed = [json.loads(lines.get(timeout=30))["request_id"] for _ in appended]
+        assert printed == appended  # each once, in append order
+        with pytest.raises(queue.Empty):
+            lines.get(timeout=0.6)  # and nothing twice
+    finally:
+        for w in writers:
+            w.kill()
+        follower.terminate()
+        follower.wait(timeout=10)

@@ -19,6 +19,18 @@ def append(path: str, tag: str, count: int, flush: str = "sync") -> None:
             journal.increment_op_count("plain")
 
 
+def skewed(path: str, tag: str, count: int) -> None:
+    """Append ``count`` entries whose timestamps lag the clock by 0–50 ms at random (as entries
+    stamped before a slow commit do), under an interval policy."""
+    import random
+
+    with SovereignJournal(path, flush="interval:5ms") as journal:
+        for i in range(count):
+            ts = now_ms_for_tests() - random.randrange(50)
+            entry = TransactionLog(ts, "proc_op", f"{tag}-{i}", LogStatus.Completed)
+            journal.record(entry, increment="shared")
+
+
 def crash_loop(path: str, tag: str, threads: int, flush: str) -> None:
     """Write forever from ``threads`` threads, reporting each acknowledged write on stdout as one
     line written with a single write(2); the parent SIGKILLs us."""
@@ -42,6 +54,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "append":
         append(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
+    elif mode == "skewed":
+        skewed(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif mode == "crash":
         crash_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
