@@ -171,7 +171,7 @@ def open_storage(
     """Choose the adapter from the location: a ``postgresql://`` (or ``postgres://``) URL selects
     PostgreSQL, anything else is a directory for LMDB. ``create=False`` refuses to start a new
     store where there is none."""
-    from .postgres import is_postgres_url
+    from ._pgurl import is_postgres_url  # (without importing the PostgreSQL adapter)
 
     if is_postgres_url(location):
         from .postgres import PostgresStorage

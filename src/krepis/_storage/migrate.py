@@ -50,7 +50,7 @@ class MigrationResult:
 
 def migrate(location: str | os.PathLike[str], *, progress: Progress | None = None) -> MigrationResult:
     """Convert the store at ``location`` to the current storage format (see the module docs)."""
-    from .postgres import is_postgres_url
+    from ._pgurl import is_postgres_url
 
     if is_postgres_url(location):
         return _migrate_postgres(str(location), progress)
