@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 from . import _journal as _journal_module
 from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
-from ._model import LogStatus, TransactionLog, check_op_name
+from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
-from ._storage import WriteRequest
+from ._storage import TreeHead, VerifyReport, WriteRequest
+from ._tlog.log import ConsistencyProof, InclusionProof
 
 __all__ = ["AsyncSovereignJournal"]
 
@@ -143,20 +144,33 @@ class AsyncSovereignJournal:
     async def get_recent_logs(self, limit: int) -> list[TransactionLog]:
         return await self._read(self._journal.get_recent_logs, limit)
 
-    async def query(
-        self,
-        *,
-        op_name: str | None = None,
-        request_id: str | None = None,
-        status: LogStatus | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int | None = None,
-        newest_first: bool = True,
-    ) -> list[TransactionLog]:
-        return await self._read(self._journal.query, op_name=op_name, request_id=request_id,
-                                status=status, since=since, until=until, limit=limit,
-                                newest_first=newest_first)
+    async def query(self, **filters: Any) -> list[TransactionLog]:
+        """:meth:`SovereignJournal.query` with the same keyword arguments, in a worker thread."""
+        return await self._read(self._journal.query, **filters)
+
+    async def entry(self, seq: int) -> TransactionLog:
+        return await self._read(self._journal.entry, seq)
+
+    async def next_seq(self) -> int:
+        return await self._read(self._journal.next_seq)
+
+    async def op_names(self) -> list[str]:
+        return await self._read(self._journal.op_names)
+
+    async def tree_head(self) -> TreeHead:
+        return await self._read(self._journal.tree_head)
+
+    async def tree_root(self, size: int | None = None) -> bytes:
+        return await self._read(self._journal.tree_root, size)
+
+    async def inclusion_proof(self, seq: int, *, tree_size: int | None = None) -> InclusionProof:
+        return await self._read(self._journal.inclusion_proof, seq, tree_size=tree_size)
+
+    async def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+        return await self._read(self._journal.consistency_proof, old_size, new_size)
+
+    async def verify(self) -> VerifyReport:
+        return await self._read(self._journal.verify)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def close(self) -> None:

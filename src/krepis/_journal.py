@@ -22,6 +22,7 @@ from ._model import (
 from ._policy import FlushPolicy
 from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
 from ._time import TimeLike, parse_time
+from ._tlog.log import ConsistencyProof, InclusionProof, TreeReader
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -362,6 +363,30 @@ class SovereignJournal:
     def tree_head(self) -> TreeHead:
         """The RFC 6962 Merkle tree head over the entries in append order since the last clear."""
         return self._live().tree_head()
+
+    def tree_root(self, size: int | None = None) -> bytes:
+        """The RFC 6962 tree head of the first ``size`` leaves of the current log (default: all).
+        Any earlier size costs O(log n) reads."""
+        storage = self._live()
+        reader = TreeReader(storage, storage.tree_head())
+        return reader.root(reader.head.size if size is None else size)
+
+    def inclusion_proof(self, seq: int, *, tree_size: int | None = None) -> InclusionProof:
+        """Proof that entry ``seq`` is in the tree of ``tree_size`` leaves (default: the current
+        tree). Verify it with :func:`krepis.tlog.verify_inclusion`; O(log n) reads."""
+        if type(seq) is not int:
+            raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
+        storage = self._live()
+        reader = TreeReader(storage, storage.tree_head())
+        return reader.inclusion(seq, reader.head.size if tree_size is None else tree_size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+        """Proof that the tree of ``old_size`` leaves is a prefix of the tree of ``new_size``
+        leaves (default: the current tree). Verify it with
+        :func:`krepis.tlog.verify_consistency`; O(log n) reads."""
+        storage = self._live()
+        reader = TreeReader(storage, storage.tree_head())
+        return reader.consistency(old_size, reader.head.size if new_size is None else new_size)
 
     def verify(self) -> VerifyReport:
         """Check the whole store: every entry decodes, sequence numbers have no gap, the Merkle

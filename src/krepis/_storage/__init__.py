@@ -145,6 +145,16 @@ class Storage(abc.ABC):
         """Every op name that has entries (or had, before a clear), sorted."""
 
     @abc.abstractmethod
+    def tree_node(self, level: int, index: int) -> bytes | None:
+        """The stored hash of the perfect subtree of height ``level`` (a positive multiple of 8)
+        and index ``index`` of the current log, or ``None`` when it is not complete."""
+
+    @abc.abstractmethod
+    def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
+        """Leaf hashes of leaves ``start … start+count−1`` of the log that begins at
+        ``first_seq`` (recomputed from the entries where the engine does not store them)."""
+
+    @abc.abstractmethod
     def verify(self) -> VerifyReport:
         """Read everything once and check it agrees: every entry decodes, the sequence has no gap,
         every leaf recomputed from its entry matches the stored tree (tile nodes and frontier),

@@ -419,6 +419,43 @@ class LmdbStorage(Storage):
                 text = name.decode("utf-8", "strict")
                 self._shared.op_names[op_id] = text
 
+    def tree_node(self, level: int, index: int) -> bytes | None:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(_NODE_KEY.pack(level, index), db=self._tree)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+        return None if raw is None else bytes(raw)
+
+    def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
+        self._check()
+        out: list[bytes] = []
+        if count <= 0:
+            return out
+        try:
+            with self._env.begin() as txn:
+                cur = txn.cursor(db=self._entries)
+                seq = first_seq + start
+                if not cur.set_key(_SEQ.pack(seq)):
+                    raise CorruptStorageError(f"storage at {self.location}: entry {seq} is missing",
+                                              self.location)
+                for key, raw in cur:
+                    at = _SEQ.unpack(key)[0]
+                    if at != seq:
+                        raise CorruptStorageError(f"storage at {self.location}: entry {seq} is missing",
+                                                  self.location)
+                    out.append(sha256(b"\x00" + encode_log(self._decode(txn, at, raw))).digest())
+                    seq += 1
+                    if len(out) == count:
+                        break
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the journal") from exc
+        if len(out) != count:
+            raise CorruptStorageError(f"storage at {self.location}: entry {first_seq + start + len(out)} "
+                                      "is missing", self.location)
+        return out
+
     def verify(self) -> VerifyReport:
         self._check()
         try:

@@ -451,6 +451,23 @@ class PostgresStorage(Storage):
         rows = self._run("reading the journal", sql, all_params)
         return [self._decode(r) for r in rows]
 
+    def tree_node(self, level: int, index: int) -> bytes | None:
+        rows = self._run("reading the tree", "SELECT hash FROM krepis_tree WHERE level = %s AND idx = %s",
+                         (level, index))
+        return bytes(rows[0][0]) if rows else None
+
+    def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
+        if count <= 0:
+            return []
+        lo = first_seq + start
+        rows = self._run("reading the journal",
+                         "SELECT seq, leaf FROM krepis_entries WHERE seq >= %s AND seq < %s ORDER BY seq",
+                         (lo, lo + count))
+        if [int(seq) for seq, _ in rows] != list(range(lo, lo + count)):
+            raise CorruptStorageError(f"PostgreSQL at {self.location}: entries {lo}…{lo + count - 1} "
+                                      "are not all there", self.location)
+        return [bytes(leaf) for _, leaf in rows]
+
     def verify(self) -> VerifyReport:
         where = f"PostgreSQL at {self.location}"
         if self._closed:

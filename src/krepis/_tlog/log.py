@@ -1,0 +1,112 @@
+"""The journal's Merkle tree read from a store: any node, any earlier root, proofs.
+
+Perfect subtrees of height 8, 16, … are stored; leaf hashes come from the entries in tiles of
+256; everything else is computed from those, so any node costs at most one tile of reads per 8
+levels: a root or a proof reads O(log n) tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._errors import CorruptStorageError, ValidationError
+from .._storage import Storage, TreeHead
+from .merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, node_hash, range_hash
+
+__all__ = ["ConsistencyProof", "InclusionProof", "TreeReader"]
+
+_WIDTH = 1 << TILE_HEIGHT
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """Entry ``seq`` is leaf ``index`` of the tree of ``tree_size`` leaves whose head is ``root``
+    (RFC 6962 audit path, leaf to root). Check it with :func:`krepis.tlog.verify_inclusion`."""
+
+    seq: int
+    index: int
+    tree_size: int
+    leaf_hash: bytes
+    path: list[bytes]
+    root: bytes
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    """The tree of ``old_size`` leaves (head ``old_root``) is a prefix of the tree of
+    ``new_size`` leaves (head ``new_root``). Check it with :func:`krepis.tlog.verify_consistency`."""
+
+    old_size: int
+    new_size: int
+    old_root: bytes
+    new_root: bytes
+    path: list[bytes]
+
+
+class TreeReader:
+    """Nodes of one store's current log, cached for the life of the reader (one proof)."""
+
+    def __init__(self, storage: Storage, head: TreeHead) -> None:
+        self._storage = storage
+        self.head = head
+        self._leaves: dict[int, list[bytes]] = {}
+        self._nodes: dict[tuple[int, int], bytes] = {}
+
+    def node(self, level: int, index: int) -> bytes:
+        if (index + 1) << level > self.head.size:
+            raise ValidationError(f"subtree {level}/{index} is beyond the tree of size {self.head.size}")
+        if level == 0:
+            tile = index >> TILE_HEIGHT
+            leaves = self._leaves.get(tile)
+            if leaves is None:
+                start = tile * _WIDTH
+                count = min(_WIDTH, self.head.size - start)
+                leaves = self._leaves[tile] = self._storage.leaf_hashes(self.head.first_seq, start, count)
+            return leaves[index - (tile << TILE_HEIGHT)]
+        key = (level, index)
+        found = self._nodes.get(key)
+        if found is not None:
+            return found
+        if level % TILE_HEIGHT == 0:
+            stored = self._storage.tree_node(level, index)
+            if stored is None:
+                raise CorruptStorageError(
+                    f"storage at {self._storage.location}: the Merkle hash of entries "
+                    f"{(index << level) + self.head.first_seq}… (height {level}) is missing",
+                    self._storage.location)
+            found = stored
+        else:
+            found = node_hash(self.node(level - 1, 2 * index), self.node(level - 1, 2 * index + 1))
+        self._nodes[key] = found
+        return found
+
+    def root(self, size: int) -> bytes:
+        """The tree head of the first ``size`` leaves (``size`` ≤ the current size)."""
+        self._check_size(size, "size")
+        if size == 0:
+            from .merkle import EMPTY_ROOT
+
+            return EMPTY_ROOT
+        return range_hash(self.node, 0, size)
+
+    def inclusion(self, seq: int, tree_size: int) -> InclusionProof:
+        self._check_size(tree_size, "tree_size")
+        index = seq - self.head.first_seq
+        if not 0 <= index < tree_size:
+            raise ValidationError(
+                f"entry {seq} is not in the tree of size {tree_size} (the log holds entries "
+                f"{self.head.first_seq}…{self.head.first_seq + self.head.size - 1})")
+        return InclusionProof(seq, index, tree_size, self.node(0, index),
+                              inclusion_proof(self.node, index, tree_size), self.root(tree_size))
+
+    def consistency(self, old_size: int, new_size: int) -> ConsistencyProof:
+        self._check_size(new_size, "new_size")
+        if not 0 <= old_size <= new_size:
+            raise ValidationError(f"old_size must be in 0 … {new_size}, got {old_size}")
+        return ConsistencyProof(old_size, new_size, self.root(old_size), self.root(new_size),
+                                consistency_proof(self.node, old_size, new_size))
+
+    def _check_size(self, size: int, what: str) -> None:
+        if type(size) is not int or not 0 <= size <= self.head.size:
+            raise ValidationError(f"{what} must be an int in 0 … {self.head.size} (the current tree "
+                                  f"size), got {size!r}")

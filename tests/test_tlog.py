@@ -1,0 +1,107 @@
+"""The journal as a verifiable log: roots of any earlier size, inclusion and consistency proofs
+read from a real store (LMDB and PostgreSQL), checked with the public verifier functions."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from krepis import AsyncSovereignJournal, LogStatus, SovereignJournal, TransactionLog, ValidationError
+from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
+
+from storage_conformance import mth
+
+
+@pytest.fixture(params=["lmdb", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "lmdb":
+        return str(tmp_path / "store")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def _fill(journal: SovereignJournal, n: int, start: int = 0) -> list[bytes]:
+    data = []
+    for i in range(start, start + n):
+        log = TransactionLog(1000 - i % 17, f"op{i % 5}", f"r{i}", LogStatus.Completed, duration_us=i)
+        journal.log_transaction(log)
+        data.append(log.to_json().encode())
+    return data
+
+
+def test_roots_and_proofs_of_every_kind_verify(location: str) -> None:
+    rnd = random.Random(5)
+    with SovereignJournal(location, flush="interval:50ms") as journal:
+        data = _fill(journal, 600)
+        n = journal.tree_head().size
+        assert n == 600
+        roots = {m: mth(data[:m]) for m in (0, 1, 2, 3, 255, 256, 257, 300, 511, 512, 513, 599, 600)}
+        for m, root in roots.items():
+            assert journal.tree_root(m) == root
+        assert journal.tree_root() == journal.tree_head().root == roots[600]
+        for seq in [0, 1, 255, 256, 511, 512, 599, *rnd.sample(range(600), 10)]:
+            for size in {600, seq + 1, 513}:
+                if seq >= size:
+                    continue
+                proof = journal.inclusion_proof(seq, tree_size=size)
+                assert proof.leaf_hash == leaf_hash(data[seq])
+                assert proof.root == mth(data[:size])
+                assert verify_inclusion(leaf_hash(data[seq]), proof.index, size, proof.path, proof.root)
+                assert not verify_inclusion(leaf_hash(data[seq] + b" "), proof.index, size, proof.path,
+                                            proof.root)
+        for old in [0, 1, 7, 255, 256, 257, 512, 599, 600]:
+            proof = journal.consistency_proof(old)
+            assert (proof.old_root, proof.new_root) == (mth(data[:old]), roots[600])
+            assert verify_consistency(old, 600, proof.old_root, proof.new_root, proof.path)
+        with pytest.raises(ValidationError, match="entry 600 is not in the tree of size 600"):
+            journal.inclusion_proof(600)
+        with pytest.raises(ValidationError, match="tree_size must be an int in 0 … 600"):
+            journal.inclusion_proof(3, tree_size=601)
+        with pytest.raises(ValidationError, match="old_size must be in 0 … 600, got 601"):
+            journal.consistency_proof(601)
+
+
+def test_a_checkpoint_before_more_writes_stays_provable(location: str) -> None:
+    """A verifier who saw an old tree head can check the new one extends it."""
+    with SovereignJournal(location) as journal:
+        _fill(journal, 40)
+        old = journal.tree_head()
+        more = _fill(journal, 300, start=40)
+        proof = journal.consistency_proof(old.size)
+        assert proof.old_root == old.root
+        assert verify_consistency(old.size, 340, old.root, journal.tree_head().root, proof.path)
+        last = journal.inclusion_proof(339)
+        assert verify_inclusion(leaf_hash(more[-1]), 339, 340, last.path, journal.tree_head().root)
+
+
+def test_after_a_clear_the_new_log_starts_at_the_next_seq(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "s") as journal:
+        _fill(journal, 10)
+        journal.clear_all()
+        data = _fill(journal, 3, start=10)
+        head = journal.tree_head()
+        assert (head.size, head.first_seq, head.epoch) == (3, 10, 1)
+        proof = journal.inclusion_proof(11)
+        assert proof.index == 1
+        assert verify_inclusion(leaf_hash(data[1]), 1, 3, proof.path, head.root)
+        with pytest.raises(ValidationError, match=r"entry 5 is not in the tree .* entries 10…12"):
+            journal.inclusion_proof(5)
+
+
+def test_the_async_journal_offers_the_same(tmp_path: Path) -> None:
+    asyncio.run(_async_checks(tmp_path))
+
+
+async def _async_checks(tmp_path: Path) -> None:
+    async with AsyncSovereignJournal(tmp_path / "s") as journal:
+        await journal.log_transaction(TransactionLog(1, "a", "r", LogStatus.Started))
+        await journal.log_transaction(TransactionLog(2, "a", "r", LogStatus.Completed))
+        head = await journal.tree_head()
+        proof = await journal.inclusion_proof(1)
+        assert verify_inclusion(proof.leaf_hash, 1, 2, proof.path, head.root)
+        assert (await journal.consistency_proof(1)).new_root == head.root
+        assert (await journal.verify()).entries == 2
+        assert (await journal.entry(0)).status is LogStatus.Started
+        assert [e.seq for e in await journal.query(order="append", newest_first=False)] == [0, 1]
