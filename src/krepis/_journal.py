@@ -23,6 +23,7 @@ from ._policy import FlushPolicy
 from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
 from ._time import TimeLike, parse_time
 from ._tlog.log import ConsistencyProof, InclusionProof, TreeReader
+from ._tlog.note import Checkpoint, Signer, format_checkpoint, sign_note
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -387,6 +388,26 @@ class SovereignJournal:
         storage = self._live()
         reader = TreeReader(storage, storage.tree_head())
         return reader.consistency(old_size, reader.head.size if new_size is None else new_size)
+
+    def sign_checkpoint(self, signer: Signer | str) -> str:
+        """Sign a C2SP checkpoint of the current tree with ``signer`` (a :class:`Signer`, or its
+        ``PRIVATE+KEY+…`` text), keep it in the store and return the signed note.
+
+        The origin line is the key's name. A clear ends a log: a key (origin) that signed a
+        checkpoint of an earlier log is refused for the new one, so two checkpoints under one
+        origin are always consistent with each other."""
+        key = Signer.parse(signer) if isinstance(signer, str) else signer
+        if not isinstance(key, Signer):
+            raise InvalidTypeError(f"signer must be a Signer or its text, got {type(signer).__name__}")
+        storage = self._live()
+        head = storage.tree_head()
+        note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
+        storage.add_checkpoint(head.epoch, head.size, key.name, note)
+        return note
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
+        return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
 
     def verify(self) -> VerifyReport:
         """Check the whole store: every entry decodes, sequence numbers have no gap, the Merkle

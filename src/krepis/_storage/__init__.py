@@ -155,6 +155,17 @@ class Storage(abc.ABC):
         ``first_seq`` (recomputed from the entries where the engine does not store them)."""
 
     @abc.abstractmethod
+    def add_checkpoint(self, epoch: int, size: int, origin: str, note: str) -> None:
+        """Keep a signed checkpoint of the log of ``epoch`` at ``size`` leaves, atomically
+        refusing it (:class:`ValidationError`) when the log was cleared since (another epoch)
+        or when ``origin`` already named the log of another epoch: two checkpoints under one
+        origin are always of one append-only log, hence consistent."""
+
+    @abc.abstractmethod
+    def checkpoints(self) -> list[tuple[int, int, str, str]]:
+        """Every kept checkpoint as ``(epoch, size, origin, note)``, by epoch then size."""
+
+    @abc.abstractmethod
     def verify(self) -> VerifyReport:
         """Read everything once and check it agrees: every entry decodes, the sequence has no gap,
         every leaf recomputed from its entry matches the stored tree (tile nodes and frontier),

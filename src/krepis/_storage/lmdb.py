@@ -23,7 +23,14 @@ from typing import Any
 
 import lmdb
 
-from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
+from .._errors import (
+    ClosedError,
+    CorruptStorageError,
+    JournalError,
+    NeedsMigrationError,
+    StorageError,
+    ValidationError,
+)
 from .._model import LogStatus, TransactionLog, encode_log
 from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
 from . import Query, Storage, TreeHead, VerifyReport, WriteRequest
@@ -54,7 +61,7 @@ _STATUS_KEY = {code: b"s" + bytes((code,)) for code in (1, 2, 3)}
 # (name, dupsort) of every named database of format 2
 _DBS = (
     (b"entries", False), (b"index", True), (b"ops", False), (b"stats", False), (b"tree", False),
-    (b"meta", False),
+    (b"checkpoints", False), (b"meta", False),
 )
 _DB_NAMES = {name for name, _ in _DBS}
 
@@ -132,6 +139,7 @@ class LmdbStorage(Storage):
         self._ops = dbs[b"ops"]
         self._stats = dbs[b"stats"]
         self._tree = dbs[b"tree"]
+        self._checkpoints = dbs[b"checkpoints"]
         self._meta = dbs[b"meta"]
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -419,6 +427,40 @@ class LmdbStorage(Storage):
                 text = name.decode("utf-8", "strict")
                 self._shared.op_names[op_id] = text
 
+    def add_checkpoint(self, epoch: int, size: int, origin: str, note: str) -> None:
+        if self._closed or self._generation != _generation:
+            self._check()
+        with _writer_lock(self._shared):
+            self._check()
+            try:
+                with self._env.begin(write=True) as txn:
+                    seq, first_seq, current, _frontier = self._read_tree(txn)
+                    _check_checkpoint(epoch, size, origin, current, seq - first_seq,
+                                      self._read_checkpoints(txn))
+                    txn.put(_SEQ.pack(epoch) + _SEQ.pack(size) + origin.encode("utf-8"),
+                            note.encode("utf-8"), db=self._checkpoints)
+            except lmdb.Error as exc:
+                raise _wrap(exc, self.location, "storing a checkpoint") from exc
+
+    def checkpoints(self) -> list[tuple[int, int, str, str]]:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                return self._read_checkpoints(txn)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading checkpoints") from exc
+
+    def _read_checkpoints(self, txn: Any) -> list[tuple[int, int, str, str]]:
+        out = []
+        try:
+            for key, note in txn.cursor(db=self._checkpoints):
+                out.append((_SEQ.unpack(key[:8])[0], _SEQ.unpack(key[8:16])[0], key[16:].decode("utf-8"),
+                            bytes(note).decode("utf-8")))
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed checkpoint record ({exc})",
+                                      self.location) from None
+        return out
+
     def tree_node(self, level: int, index: int) -> bytes | None:
         self._check()
         try:
@@ -627,6 +669,18 @@ class LmdbStorage(Storage):
         return out
 
 
+def _check_checkpoint(epoch: int, size: int, origin: str, current_epoch: int, current_size: int,
+                      kept: list[tuple[int, int, str, str]]) -> None:
+    """The rule every engine applies before keeping a checkpoint (see ``Storage.add_checkpoint``)."""
+    if epoch != current_epoch or size > current_size:
+        raise ValidationError("the journal was cleared while the checkpoint was being signed; sign again")
+    for other_epoch, _size, other_origin, _note in kept:
+        if other_origin == origin and other_epoch != epoch:
+            raise ValidationError(
+                f"origin {origin!r} already named the log before a clear (epoch {other_epoch}); a "
+                "checkpoint of this log under it would contradict those: sign with a new origin")
+
+
 def _next16(key: bytes) -> bytes:
     """The smallest 16-byte key greater than ``key``."""
     value = int.from_bytes(key, "big") + 1
@@ -796,7 +850,9 @@ def _open_dbs(env: lmdb.Environment, path: str) -> dict[bytes, Any]:
         # Handles opened in a read-only transaction are not kept by py-lmdb; a write transaction
         # that changes nothing commits without writing or syncing.
         with env.begin(write=True) as txn:
-            return {n: env.open_db(n, txn=txn, create=False, dupsort=d, dupfixed=d) for n, d in _DBS}
+            # (checkpoints came later in format 2: a store without that database gets it here)
+            return {n: env.open_db(n, txn=txn, create=n == b"checkpoints", dupsort=d, dupfixed=d)
+                    for n, d in _DBS}
     with env.begin(write=True) as txn:
         # Another process may have initialised it meanwhile: create=True is idempotent.
         dbs = {n: env.open_db(n, txn=txn, create=True, dupsort=d, dupfixed=d) for n, d in _DBS}
@@ -824,7 +880,7 @@ def _check_layout(env: lmdb.Environment, names: list[bytes], path: str) -> None:
         raise CorruptStorageError(
             f"storage at {path} has format version {fmt!r}; this krepis reads version "
             f"{FORMAT_VERSION}", path)
-    missing = _DB_NAMES - set(names)
+    missing = _DB_NAMES - set(names) - {b"checkpoints"}
     if missing:
         raise CorruptStorageError(
             f"storage at {path} is an LMDB store but not a krepis store (missing databases: "

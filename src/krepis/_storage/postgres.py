@@ -38,7 +38,7 @@ __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
 FORMAT_VERSION = 2
 _LOCK_ID = 0x6B726570  # advisory lock serializing schema creation ("krep")
 _CONNECT_TIMEOUT = 10
-_TABLES = ("krepis_entries", "krepis_log", "krepis_tree", "krepis_stats")
+_TABLES = ("krepis_entries", "krepis_log", "krepis_tree", "krepis_checkpoints", "krepis_stats")
 _POOL_MAX = 8
 
 SCHEMA = """
@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS krepis_tree (
     idx bigint NOT NULL,
     hash bytea NOT NULL,
     PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS krepis_checkpoints (
+    epoch bigint NOT NULL,
+    size bigint NOT NULL,
+    origin text NOT NULL,
+    note text NOT NULL,
+    PRIMARY KEY (epoch, size, origin)
 );
 CREATE TABLE IF NOT EXISTS krepis_stats (
     name text PRIMARY KEY,
@@ -450,6 +457,28 @@ class PostgresStorage(Storage):
             all_params = [p for _, ps in branches for p in ps] + [limit]
         rows = self._run("reading the journal", sql, all_params)
         return [self._decode(r) for r in rows]
+
+    def add_checkpoint(self, epoch: int, size: int, origin: str, note: str) -> None:
+        from .lmdb import _check_checkpoint
+
+        def body(cur: Any) -> None:
+            cur.execute(_LOCK_LOG)  # serialized with writers and clears
+            row = cur.fetchone()
+            if row is None:
+                raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                          self.location)
+            cur.execute("SELECT epoch, size, origin, note FROM krepis_checkpoints")
+            kept = [(int(e), int(n), o, t) for e, n, o, t in cur.fetchall()]
+            _check_checkpoint(epoch, size, origin, int(row[2]), int(row[0]) - int(row[1]), kept)
+            cur.execute("INSERT INTO krepis_checkpoints VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (epoch, size, origin, note))
+
+        self._transaction("storing a checkpoint", body)
+
+    def checkpoints(self) -> list[tuple[int, int, str, str]]:
+        rows = self._run("reading checkpoints", "SELECT epoch, size, origin, note FROM krepis_checkpoints "
+                                                "ORDER BY epoch, size, origin")
+        return [(int(e), int(n), o, t) for e, n, o, t in rows]
 
     def tree_node(self, level: int, index: int) -> bytes | None:
         rows = self._run("reading the tree", "SELECT hash FROM krepis_tree WHERE level = %s AND idx = %s",
