@@ -1142,6 +1142,11 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
                    f"{result.to_format}: {result.entries} entries, {result.counters} counters")
 
 
+from . import _cli_tlog  # noqa: E402  (registers keygen, checkpoint, prove, verify, tlog)
+
+del _cli_tlog
+
+
 def main() -> None:
     """Console-script entry point."""
     _guard_stdout()

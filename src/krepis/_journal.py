@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
-from ._errors import ClosedError, InvalidTypeError, StorageError, ValidationError
+from ._errors import ClosedError, CorruptStorageError, InvalidTypeError, StorageError, ValidationError
 from ._model import (
     MAX_REQUEST_ID_BYTES,
     LogStatus,
@@ -23,7 +23,7 @@ from ._policy import FlushPolicy
 from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
 from ._time import TimeLike, parse_time
 from ._tlog.log import ConsistencyProof, InclusionProof, TreeReader
-from ._tlog.note import Checkpoint, Signer, format_checkpoint, sign_note
+from ._tlog.note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
 
 __all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -404,6 +404,55 @@ class SovereignJournal:
         note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
         storage.add_checkpoint(head.epoch, head.size, key.name, note)
         return note
+
+    def latest_checkpoint(self) -> str | None:
+        """The signed note of the largest checkpoint kept for the current log, or ``None``."""
+        storage = self._live()
+        epoch = storage.tree_head().epoch
+        mine = [(size, note) for e, size, _origin, note in storage.checkpoints() if e == epoch]
+        return max(mine)[1] if mine else None
+
+    def tile_sources(self) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
+        """What a tile server or exporter reads: tree nodes, and leaf data by leaf number."""
+        storage = self._live()
+        reader = TreeReader(storage, storage.tree_head())
+        first = reader.head.first_seq
+
+        def entries(start: int, count: int) -> list[bytes]:
+            seq = first + start
+            logs = self.query(order="append", newest_first=False, limit=count,
+                              after=seq - 1 if seq > 0 else None)
+            if [log.seq for log in logs] != list(range(seq, seq + count)):
+                raise CorruptStorageError(f"storage at {self.path}: entries {seq}…{seq + count - 1} "
+                                          "are not all there", self.path)
+            return [encode_log(log) for log in logs]
+
+        return reader, entries
+
+    def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None) -> int:
+        """Write the log as a static C2SP tlog-tiles tree into ``directory``: a checkpoint
+        (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
+        Incremental: full tiles already there are kept. Returns how many files were written."""
+        from ._tlog.tiles import export_tiles
+
+        note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
+        if note is None:
+            raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log "
+                                  "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
+        size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
+        target = os.fspath(directory)
+        reader, entries = self.tile_sources()
+        marker = os.path.join(target, ".krepis-log")
+        mine = f"{self.path}\nfirst_seq {reader.head.first_seq}\nepoch {reader.head.epoch}\n"
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as f:
+                if f.read() != mine:
+                    raise ValidationError(f"{target} holds the tiles of another log (see {marker}); "
+                                          "export into a new directory")
+        os.makedirs(target, exist_ok=True)
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write(mine)
+        return export_tiles(target, note, size, reader.node, entries)
 
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""

@@ -1,0 +1,303 @@
+"""``krepis keygen | checkpoint | prove | verify | tlog``: the journal as a verifiable log."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import os
+import threading
+from typing import Any
+
+import click
+
+from ._cli import _READ_POLICY, _emit_json, _storage, _storage_option, cli
+from ._errors import JournalError, ValidationError
+from ._journal import SovereignJournal
+from ._tlog.note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
+from .tlog import verify_consistency
+
+__all__: list[str] = []
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise click.ClickException(f"cannot read {what} {path}: {reason}") from None
+
+
+def _signer(path: str) -> Signer:
+    try:
+        return Signer.parse(_read_text(path, "the signer key"))
+    except NoteError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def _verifiers(paths: tuple[str, ...]) -> list[Verifier]:
+    out = []
+    for path in paths:
+        text = _read_text(path, "the verifier key") if os.path.exists(path) else path
+        try:
+            out.append(Verifier.parse(text))
+        except NoteError as exc:
+            raise click.ClickException(f"{path}: {exc}") from None
+    return out
+
+
+def _note_text(note: str) -> str:
+    split = note.rfind("\n\n")
+    if split < 0:
+        raise ValidationError("not a signed note (no blank line before the signatures)")
+    return note[:split + 1]
+
+
+@cli.command()
+@click.argument("origin")
+@click.option("--key", "key_file", required=True, metavar="FILE",
+              help="Where to write the signer (private) key; never overwritten, mode 0600.")
+def keygen(origin: str, key_file: str) -> None:
+    """Make an Ed25519 signer key for checkpoints of ORIGIN (a name such as example.com/log).
+
+    Writes the signer key (signed-note format, PRIVATE+KEY+…) to FILE and prints the verifier
+    key — <name>+<key ID>+<key> — which verifiers and witnesses need, on one line.
+    """
+    try:
+        signer = generate_signer(origin)
+    except NoteError as exc:
+        raise click.BadParameter(str(exc), param_hint="ORIGIN") from None
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{key_file} exists; krepis never overwrites a key") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {key_file}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"{signer}\n")
+    click.echo(str(signer.verifier()))
+
+
+@cli.command()
+@click.option("--key", "key_file", required=True, metavar="FILE", help="The signer key (from keygen).")
+@_storage_option
+@click.pass_context
+def checkpoint(ctx: click.Context, key_file: str) -> None:
+    """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it."""
+    signer = _signer(key_file)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        click.echo(journal.sign_checkpoint(signer), nl=False)
+
+
+@cli.command()
+@click.argument("seq", type=int, required=False)
+@click.option("--tree-size", type=int, default=None, metavar="N",
+              help="Prove against the tree of N leaves (default: the latest checkpoint's).")
+@click.option("--consistency", "old_file", metavar="OLD_CHECKPOINT_FILE", default=None,
+              help="Instead: prove that this older checkpoint's tree is a prefix of today's.")
+@_storage_option
+@click.pass_context
+def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None) -> None:
+    """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
+
+    Against the latest checkpoint kept for the current log (it is part of the output), or the
+    current tree when there is none or --tree-size is given.
+    """
+    if (seq is None) == (old_file is None):
+        raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        note = journal.latest_checkpoint()
+        head = journal.tree_head()
+        size = head.size
+        if old_file is not None:  # to the current tree
+            if note is not None and parse_checkpoint(_note_text(note)).size != size:
+                note = None
+        elif tree_size is not None:
+            size, note = tree_size, None
+        elif note is not None:
+            size = parse_checkpoint(_note_text(note)).size
+        if old_file is not None:
+            old = parse_checkpoint(_note_text(_read_text(old_file, "the old checkpoint")))
+            cproof = journal.consistency_proof(old.size, size)
+            if cproof.old_root != old.root:
+                raise click.ClickException(
+                    f"{old_file}: its root for tree size {old.size} is not this journal's; the log it "
+                    "signed is not a prefix of this one")
+            _emit_json({"old_size": old.size, "new_size": size, "old_root": _b64(cproof.old_root),
+                        "new_root": _b64(cproof.new_root), "proof": [_b64(p) for p in cproof.path],
+                        "checkpoint": note})
+            return
+        assert seq is not None
+        proof = journal.inclusion_proof(seq, tree_size=size)
+        entry = journal.entry(seq)
+        _emit_json({"seq": seq, "index": proof.index, "tree_size": proof.tree_size,
+                    "leaf_hash": _b64(proof.leaf_hash), "entry": entry.to_json(),
+                    "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),
+                    "checkpoint": note})
+
+
+@cli.command()
+@click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
+              help="A verifier key (file or the key itself): checkpoint signatures must verify.")
+@click.option("--tlog", "tlog_dir", metavar="DIR", default=None,
+              help="Check an exported tiles tree in DIR instead of the store (needs --vkey).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_storage_option
+@click.pass_context
+def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool) -> None:
+    """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
+    was edited, deleted, reordered or inserted.
+
+    Recomputes every leaf from the stored entries against the stored Merkle tree, checks every
+    index row, and each kept checkpoint: its signature (with --vkey), its root against the
+    tree, and its consistency with the next one.
+    """
+    verifiers = _verifiers(vkeys)
+    if tlog_dir is not None:
+        from ._tlog.tiles import check_tiles
+
+        if not verifiers:
+            raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
+        try:
+            result = check_tiles(tlog_dir, verifiers)
+        except (ValidationError, OSError) as exc:
+            raise click.ClickException(f"{tlog_dir}: {exc}") from None
+        out = {"tlog": tlog_dir, "origin": result.checkpoint.origin, "tree_size": result.checkpoint.size,
+               "root": _b64(result.checkpoint.root), "tiles": result.tiles, "ok": True}
+        _emit_json(out) if as_json else click.echo(
+            f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
+            f"{result.checkpoint.origin} (tree size {result.checkpoint.size})")
+        return
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        report = journal.verify()
+        head = journal.tree_head()
+        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers)
+    out = {"entries": report.entries, "tree_size": report.tree_size, "root": _b64(report.root),
+           "checkpoints": checked, "checkpoints_of_earlier_logs": earlier, "ok": True}
+    if as_json:
+        _emit_json(out)
+    else:
+        click.echo(f"ok: {report.entries} entries, tree of {report.tree_size} leaves, "
+                   f"{checked} checkpoint(s) consistent"
+                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else ""))
+
+
+def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier]) -> tuple[int, int]:
+    checked = earlier = 0
+    previous: tuple[int, bytes] | None = None
+    for note_epoch, note in journal.checkpoints():
+        if note_epoch != epoch:
+            earlier += 1
+            continue
+        try:
+            text = open_note(note, verifiers) if verifiers else _note_text(note)
+            cp = parse_checkpoint(text)
+        except ValidationError as exc:
+            raise JournalError(f"a stored checkpoint is bad: {exc}") from None
+        root = journal.tree_root(cp.size)
+        if root != cp.root:
+            raise JournalError(f"the stored checkpoint of tree size {cp.size} does not match the tree: "
+                               f"an entry before seq {journal.tree_head().first_seq + cp.size} changed")
+        if previous is not None:
+            proof = journal.consistency_proof(previous[0], cp.size)
+            if not verify_consistency(previous[0], cp.size, previous[1], cp.root, proof.path):
+                raise JournalError(f"checkpoints of sizes {previous[0]} and {cp.size} are inconsistent")
+        previous = (cp.size, cp.root)
+        checked += 1
+    return checked, earlier
+
+
+@cli.group()
+def tlog() -> None:
+    """Publish the journal as a C2SP tlog-tiles tree (static files or HTTP)."""
+
+
+@tlog.command("export")
+@click.argument("directory", metavar="DIR")
+@click.option("--key", "key_file", metavar="FILE", default=None,
+              help="Sign a new checkpoint now (default: the latest kept checkpoint).")
+@_storage_option
+@click.pass_context
+def tlog_export(ctx: click.Context, directory: str, key_file: str | None) -> None:
+    """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
+    DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export."""
+    signer = _signer(key_file) if key_file else None
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+        written = journal.export_tiles(directory, signer)
+    click.echo(f"{written} file(s) written to {directory}", err=True)
+
+
+@tlog.command("serve")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="Address to serve on.")
+@_storage_option
+@click.pass_context
+def tlog_serve(ctx: click.Context, listen: str) -> None:
+    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops)."""
+    from ._tlog.tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
+
+    host, _, port_text = listen.rpartition(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY)
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            try:
+                body = self._body(self.path.split("?")[0])
+            except LookupError:
+                self.send_error(404)
+                return
+            except JournalError as exc:
+                self.send_error(500, str(exc))
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8" if self.path == "/checkpoint"
+                             else "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _body(self, path: str) -> bytes:
+            with lock:
+                note = journal.latest_checkpoint()
+                if note is None:
+                    raise LookupError(path)
+                if path == "/checkpoint":
+                    return note.encode()
+                try:
+                    level, index, width = parse_tile_path(path)
+                except ValueError:
+                    raise LookupError(path) from None
+                size = parse_checkpoint(_note_text(note)).size
+                reader, entries = journal.tile_sources()
+                count = size if level == "entries" else size >> (8 * int(level))
+                if (index + 1) * WIDTH > count and (width == WIDTH or index * WIDTH + width > count):
+                    raise LookupError(path)
+                if level == "entries":
+                    return bundle_bytes(index, width, entries)
+                return tile_bytes(int(level), index, width, reader.node)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    try:
+        server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port_text)), Handler)
+    except OSError as exc:
+        journal.close()
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"serving http://{bound_host!s}:{bound_port}/checkpoint (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        journal.close()
+
