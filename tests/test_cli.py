@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,7 +135,10 @@ def test_clear_needs_yes(tmp_path: Path) -> None:
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["op_counts"]["js_ops_called"] == 3
     assert "cleared 13 entries" in krepis("clear", "--yes", cwd=tmp_path).stdout
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout)["op_counts"] == {}
-    assert krepis("logs", "--json", cwd=tmp_path).stdout == ""
+    [trace] = [json.loads(line) for line in krepis("logs", "--json", cwd=tmp_path).stdout.splitlines()]
+    assert trace["op_name"] == "journal_cleared"
+    assert re.fullmatch(r"cleared 13 entries, \d+ counters \(log 0 ended, log 1 begins\)",
+                        trace["request_id"])
 
 
 @pytest.mark.parametrize("command", ["run", "stats", "logs", "export", "clear", "metrics", "bench"])

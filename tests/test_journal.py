@@ -15,6 +15,7 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
+from krepis._journal import CLEAR_OP
 
 from conftest import tree_snapshot
 
@@ -112,13 +113,21 @@ def test_iter_logs_streams_past_chunk_boundaries(store: Path) -> None:
 def test_clear_all_is_durable_and_keeps_store_usable(store: Path) -> None:
     with SovereignJournal(store) as journal:
         journal.record(log(1), increment="op")
+        journal.record(log(1), increment="op2")
         journal.clear_all()
-        assert journal.journal_count() == 0
+        # only the trace of the clear is left, as the new log's first entry
+        [trace] = journal.query()
+        assert (trace.op_name, trace.status, trace.seq) == (CLEAR_OP, LogStatus.Completed, 2)
+        assert trace.request_id == "cleared 2 entries, 2 counters (log 0 ended, log 1 begins)"
         assert journal.op_counts() == {}
         assert journal.record(log(2), increment="op") == 1
     with SovereignJournal(store) as journal:
-        assert journal.journal_count() == 1
-        assert journal.get_recent_logs(5) == [log(2)]
+        assert journal.journal_count() == 2
+        assert journal.get_recent_logs(5) == [log(2), trace] if log(2).timestamp > trace.timestamp \
+            else [trace, log(2)]
+        head = journal.tree_head()
+        assert (head.size, head.first_seq, head.epoch) == (2, 2, 1)
+        journal.verify()
 
 
 def test_default_location_and_directory_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

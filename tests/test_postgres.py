@@ -71,7 +71,9 @@ def test_journal_api_and_format(pg_url: str) -> None:
     with SovereignJournal(pg_url) as journal:  # reopen: schema creation is idempotent
         assert journal.recover_op_count("a") == 2
         journal.clear_all()
-        assert journal.journal_count() == 0 and journal.op_counts() == {}
+        assert journal.journal_count() == 1 and journal.op_counts() == {}
+        assert journal.query()[0].request_id == "cleared 4 entries, 1 counters (log 0 ended, log 1 begins)"
+        journal.verify()
 
 
 def test_kernel_cli_and_asyncio_on_postgres(pg_url: str, tmp_path: Path) -> None:
@@ -111,7 +113,8 @@ def test_kernel_cli_and_asyncio_on_postgres(pg_url: str, tmp_path: Path) -> None
         assert [json.loads(line)["timestamp"] for line in lines] == sorted(json.loads(line)["timestamp"] for line in lines)
     subprocess.run([krepis, "clear", "--yes"], capture_output=True, check=True, cwd=tmp_path, env=env)
     with SovereignJournal(pg_url) as journal:
-        assert journal.journal_count() == 0 and journal.op_counts() == {}
+        assert journal.journal_count() == 1 and journal.op_counts() == {}  # the trace of the clear
+        assert journal.query()[0].op_name == "journal_cleared"
     assert not (tmp_path / ".krepis").exists()
 
 

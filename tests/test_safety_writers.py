@@ -75,7 +75,7 @@ def check_store(store: Path) -> tuple[set[str], int]:
     finally:
         env.close()
     # no record leaked into the main database
-    assert names == [b"entries", b"index", b"meta", b"ops", b"stats", b"tree"]
+    assert names == [b"checkpoints", b"entries", b"index", b"meta", b"ops", b"stats", b"tree"]
     return {log.request_id for log in logs}, counts.get("shared", 0)
 
 

@@ -79,14 +79,15 @@ def test_a_checkpoint_before_more_writes_stays_provable(location: str) -> None:
 def test_after_a_clear_the_new_log_starts_at_the_next_seq(tmp_path: Path) -> None:
     with SovereignJournal(tmp_path / "s") as journal:
         _fill(journal, 10)
-        journal.clear_all()
+        journal.clear_all()  # the new log begins with the trace of the clear, seq 10
         data = _fill(journal, 3, start=10)
         head = journal.tree_head()
-        assert (head.size, head.first_seq, head.epoch) == (3, 10, 1)
-        proof = journal.inclusion_proof(11)
-        assert proof.index == 1
-        assert verify_inclusion(leaf_hash(data[1]), 1, 3, proof.path, head.root)
-        with pytest.raises(ValidationError, match=r"entry 5 is not in the tree .* entries 10…12"):
+        assert (head.size, head.first_seq, head.epoch) == (4, 10, 1)
+        assert journal.entry(10).op_name == "journal_cleared"
+        proof = journal.inclusion_proof(12)
+        assert proof.index == 2
+        assert verify_inclusion(leaf_hash(data[1]), 2, 4, proof.path, head.root)
+        with pytest.raises(ValidationError, match=r"entry 5 is not in the tree .* entries 10…13"):
             journal.inclusion_proof(5)
 
 

@@ -25,9 +25,11 @@ from ._time import TimeLike, parse_time
 from ._tlog.log import ConsistencyProof, InclusionProof, TreeReader
 from ._tlog.note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
 
-__all__ = ["DEFAULT_STORAGE", "SovereignJournal"]
+__all__ = ["CLEAR_OP", "DEFAULT_STORAGE", "SovereignJournal"]
 
 DEFAULT_STORAGE = os.path.join(".krepis", "storage")
+#: The op name of the entry :meth:`SovereignJournal.clear_all` leaves as the new log's first.
+CLEAR_OP = "journal_cleared"
 _SCAN_CHUNK = 512
 _GATHER_YIELDS = 3
 
@@ -321,9 +323,21 @@ class SovereignJournal:
         return self._write((), (check_op_name(op_name),))[0]
 
     def clear_all(self) -> None:
-        """Remove every entry and counter, durably under every policy. The journal stays usable."""
+        """Remove every entry and counter, durably under every policy. The journal stays usable.
+
+        An audit trail keeps a trace: in the same transaction, the new (otherwise empty) log gets
+        one entry, op :data:`CLEAR_OP` (``journal_cleared``), ``Completed``, whose request id
+        says how many entries and counters were removed (``cleared 305 entries, 9 counters``).
+        Sequence numbers keep counting; the Merkle log starts again (see ``tree_head().epoch``).
+        """
         storage = self._live()
-        storage.clear()
+
+        def trace(entries: int, counters: int, epoch: int) -> TransactionLog:
+            return TransactionLog.now(CLEAR_OP, f"cleared {entries} entries, {counters} counters "
+                                                f"(log {epoch - 1} ended, log {epoch} begins)",
+                                      LogStatus.Completed)
+
+        storage.clear(trace)
         if not self._policy.durable:
             storage.sync()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -173,9 +173,13 @@ class Storage(abc.ABC):
         naming the first entry (or range of entries) found wrong. O(n)."""
 
     @abc.abstractmethod
-    def clear(self) -> None:
-        """Remove every entry and counter and end the Merkle log (a new one starts, empty,
-        with the next sequence number), durably. The store stays usable."""
+    def clear(self, trace: Callable[[int, int, int], TransactionLog] | None = None) -> None:
+        """Remove every entry and counter and end the Merkle log (a new one starts with the next
+        sequence number), durably. The store stays usable.
+
+        ``trace(entries, counters, epoch)`` — told how many entries and counters were removed
+        and the new log's epoch — returns an entry that becomes, in the same transaction, the
+        first entry of the new log: an audit trail shows that it was cleared."""
 
     @abc.abstractmethod
     def sync(self) -> None:

@@ -17,7 +17,7 @@ import heapq
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from hashlib import sha256
 from typing import Any
 
@@ -303,21 +303,34 @@ class LmdbStorage(Storage):
                 f"{len(raw)} bytes, not 8", self.location)
         return int(_U64.unpack(raw)[0])
 
-    def clear(self) -> None:
+    def clear(self, trace: Callable[[int, int, int], TransactionLog] | None = None) -> None:
         if self._closed or self._generation != _generation:
             self._check()
         with _writer_lock(self._shared):
-            self._clear()
+            self._clear(trace)
 
-    def _clear(self) -> None:
+    def _clear(self, trace: Callable[[int, int, int], TransactionLog] | None) -> None:
+        new_ops: dict[str, int] = {}
         try:
             with self._env.begin(write=True) as txn:
+                self._check()
                 seq, _first, epoch, _frontier = self._read_tree(txn)
+                removed = int(txn.stat(self._entries)["entries"])
+                counters = int(txn.stat(self._stats)["entries"])
                 for db in (self._entries, self._index, self._stats, self._tree):
                     txn.drop(db, delete=False)
-                txn.put(b"tree", _TREE_HDR.pack(seq, epoch + 1), db=self._meta)
+                frontier: list[bytes] = []
+                if trace is not None:
+                    log = trace(removed, counters, epoch + 1)
+                    request = WriteRequest([(log, encode_log(log))], ())
+                    txn.put(b"seq", _U64.pack(self._append(txn, [request], seq, seq, frontier, new_ops)),
+                            db=self._meta)
+                txn.put(b"tree", _TREE_HDR.pack(seq, epoch + 1) + b"".join(frontier), db=self._meta)
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "clearing") from exc
+        if new_ops:
+            self._shared.op_ids.update(new_ops)
+            self._shared.op_names.update((i, n) for n, i in new_ops.items())
 
     # -- reads -----------------------------------------------------------------------------
     def get_count(self, name: bytes) -> int:

@@ -23,7 +23,7 @@ retried, so no entry is ever stored twice.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import Any
 
@@ -560,11 +560,23 @@ class PostgresStorage(Storage):
                                       f"entries make {checker.nodes}", self.location)
         return VerifyReport(count, count, root, checker.nodes)
 
-    def clear(self) -> None:
-        self._run("clearing", "BEGIN; LOCK TABLE krepis_log IN EXCLUSIVE MODE; "
-                              "TRUNCATE krepis_entries, krepis_stats, krepis_tree; "
-                              "UPDATE krepis_log SET first_seq = next_seq, epoch = epoch + 1, "
-                              "frontier = '', entries = 0 WHERE id = 1; COMMIT")
+    def clear(self, trace: Callable[[int, int, int], TransactionLog] | None = None) -> None:
+        def body(cur: Any) -> None:
+            cur.execute("LOCK TABLE krepis_log IN EXCLUSIVE MODE")
+            cur.execute("SELECT entries, epoch, (SELECT count(*) FROM krepis_stats) FROM krepis_log "
+                        "WHERE id = 1")
+            row = cur.fetchone()
+            if row is None:
+                raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                          self.location)
+            cur.execute("TRUNCATE krepis_entries, krepis_stats, krepis_tree")
+            cur.execute("UPDATE krepis_log SET first_seq = next_seq, epoch = epoch + 1, frontier = '', "
+                        "entries = 0 WHERE id = 1")
+            if trace is not None:
+                log = trace(int(row[0]), int(row[2]), int(row[1]) + 1)
+                self._append(cur, [WriteRequest([(log, encode_log(log))], ())], {"names": [], "ks": []})
+
+        self._transaction("clearing", body)
 
     def sync(self) -> None:
         # A transaction that writes nothing still flushes the WAL written before it when it
