@@ -199,7 +199,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["rows"][0]["name"].startswith("physical limit")
     assert result["rows"][1]["name"].startswith("append ~100 B + fdatasync")
-    assert len(result["rows"]) == 9
+    assert len(result["rows"]) == 11
     assert all(row["ops"] > 0 and row["ops_per_s"] > 0 for row in result["rows"])
     assert result["reads"]["large_entries"] == 3000
     # the query rows ran on both sides (the bench itself checks both gave the same answers)
@@ -209,6 +209,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
                  "op + 1-second window", "get_recent_logs(100)"):
         assert queries["3000"][name]["krepis_us"] > 0 and queries["3000"][name]["sqlite_us"] > 0
     assert queries["3000"]["bytes_per_entry"]["krepis"] > 0
+    # the Merkle tree's cost rows ran, and only they ran without the tree's hashing
+    assert [r["name"].startswith("[Merkle hashing off") for r in result["rows"]] == [False] * 9 + [True] * 2
+    assert 0 < queries["3000"]["bytes_per_entry"]["tree"] < 5  # one page for 3,000 entries
     assert queries["rss"]["after_lookup_mib"] > 0
     assert {t["target"] for t in result["targets"]} >= {"recover_op_count", "get_recent_logs(100)"}
     assert [p.name for p in tmp_path.iterdir()] == []  # temporary stores removed
@@ -353,7 +356,7 @@ def test_bench_never_uses_krepis_storage_from_the_environment(tmp_path: Path) ->
     proc = krepis("bench", "--seconds", "0.02", "--large", "1000", "--json", cwd=tmp_path,
                   env={"KREPIS_STORAGE": UNREACHABLE})
     result = json.loads(proc.stdout)
-    assert len(result["rows"]) == 9 and not any("PostgreSQL" in row["name"] for row in result["rows"])
+    assert len(result["rows"]) == 11 and not any("PostgreSQL" in row["name"] for row in result["rows"])
 
 
 @pytest.mark.parametrize("storage", [UNREACHABLE, "./somewhere"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from krepis import AsyncSovereignJournal, LogStatus, SovereignJournal, TransactionLog, ValidationError
+from krepis._tlog.note import generate_signer
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
 
 from storage_conformance import mth
@@ -105,4 +106,6 @@ async def _async_checks(tmp_path: Path) -> None:
         assert (await journal.consistency_proof(1)).new_root == head.root
         assert (await journal.verify()).entries == 2
         assert (await journal.entry(0)).status is LogStatus.Started
+        note = await journal.sign_checkpoint(generate_signer("example.com/async"))
+        assert note.startswith("example.com/async\n2\n") and (await journal.checkpoints()) == [(0, note)]
         assert [e.seq for e in await journal.query(order="append", newest_first=False)] == [0, 1]

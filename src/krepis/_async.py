@@ -17,6 +17,7 @@ from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
 from ._storage import TreeHead, VerifyReport, WriteRequest
 from ._tlog.log import ConsistencyProof, InclusionProof
+from ._tlog.note import Signer
 
 __all__ = ["AsyncSovereignJournal"]
 
@@ -171,6 +172,14 @@ class AsyncSovereignJournal:
 
     async def verify(self) -> VerifyReport:
         return await self._read(self._journal.verify)
+
+    async def sign_checkpoint(self, signer: Signer | str) -> str:
+        """:meth:`SovereignJournal.sign_checkpoint`, in the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._journal.sign_checkpoint, signer)
+
+    async def checkpoints(self) -> list[tuple[int, str]]:
+        return await self._read(self._journal.checkpoints)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def close(self) -> None:

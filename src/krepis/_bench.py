@@ -473,6 +473,59 @@ def _sqlite_bytes(path: str) -> int:
     return int(pages) * int(size)
 
 
+NO_TREE = "[Merkle hashing off, for its cost] "
+
+
+@contextmanager
+def _no_tree_hashing() -> Iterator[None]:
+    """Leaves unhashed and no subtree hashes (the frontier keeps its shape): only to measure what
+    the tree costs a write. The store it writes is useless and is thrown away."""
+    from ._storage import lmdb as adapter
+
+    class _Zero:
+        def digest(self) -> bytes:
+            return bytes(32)
+
+    def no_hash(_data: bytes = b"") -> _Zero:
+        return _Zero()
+
+    def no_nodes(frontier: list[bytes], size: int, leaf: bytes, on_node: Any = None) -> int:
+        n = size
+        while n & 1:
+            frontier.pop()
+            n >>= 1
+        frontier.append(leaf)
+        return size + 1
+
+    names = ("sha256", "append_leaf")
+    saved = [getattr(adapter, name) for name in names]
+    for name, stub in zip(names, (no_hash, no_nodes), strict=True):
+        setattr(adapter, name, stub)
+    try:
+        yield
+    finally:
+        for name, original in zip(names, saved, strict=True):
+            setattr(adapter, name, original)
+
+
+def _without_tree(fn: Callable[[], Row]) -> Row:
+    with _no_tree_hashing():
+        return fn()
+
+
+def _tree_bytes(path: str, entries: int) -> float:
+    """Bytes per entry of the Merkle tree's own records: the tile-hash database and the frontier."""
+    env = lmdb.open(path, max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            stat = txn.stat(env.open_db(b"tree", txn=txn, create=False))
+            pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+            frontier = len(txn.get(b"tree", db=env.open_db(b"meta", txn=txn, create=False)) or b"")
+    finally:
+        env.close()
+    return (pages * 4096 + frontier) / entries
+
+
 def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], None]) -> dict[str, Any]:
     """The read section: each query on krepis and sqlite3 at ``small`` and ``large`` entries."""
     out: dict[str, Any] = {"sizes": [small, large]}
@@ -485,7 +538,8 @@ def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], 
         apparent, allocated = _disk_bytes(k)
         out[str(n)]["bytes_per_entry"] = {"krepis": round(apparent / n, 1),
                                           "krepis_allocated": round(allocated / n, 1),
-                                          "sqlite": round(_sqlite_bytes(s) / n, 1)}
+                                          "sqlite": round(_sqlite_bytes(s) / n, 1),
+                                          "tree": round(_tree_bytes(k, n), 2)}
         if n == large:
             with SovereignJournal(k, create=False) as journal:
                 rid = journal.entry(n // 3).request_id
@@ -627,6 +681,11 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
              lambda: bench_record(path("kint"), s, flush=f"interval:{cfg.interval_ms}ms")),
             (f"JS op_increment_stats() loop in Deno, interval:{cfg.interval_ms}ms",
              lambda: bench_js_ops(path("kjs"), s, f"interval:{cfg.interval_ms}ms")),
+            (f"{NO_TREE}krepis record(), interval:{cfg.interval_ms}ms, 1 thread",
+             lambda: _without_tree(lambda: bench_record(path("kint-nt"), s,
+                                                        flush=f"interval:{cfg.interval_ms}ms"))),
+            (f"{NO_TREE}krepis asyncio record(), sync, {cfg.tasks} tasks",
+             lambda: _without_tree(lambda: bench_asyncio(path("kasync-nt"), s, cfg.tasks))),
         ]
         if cfg.postgres_url:
             plan += _postgres_plan(cfg)
@@ -660,7 +719,8 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     table = [r.summary(base) for r in rows]
     by_name = {r.name: r.ops_per_s for r in rows}
     names = [r.name for r in rows]
-    physical, _append, spec, sqlite_, sync1, sync16, asyncio_, interval, js = (by_name[n] for n in names[:9])
+    physical, _append, spec, sqlite_, sync1, sync16, asyncio_, interval, js, interval_nt, asyncio_nt = (
+        by_name[n] for n in names[:11])
     fsync = physical
     reads = {
         "recover_op_count_us": round(recover_us, 2),
@@ -693,6 +753,12 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
         target(f"open+recover {cfg.large:,} / {cfg.small:,} entries", open_large / open_small, 2,
                lower=True),
     ]
+    targets.append(target(f"Merkle tree cost: interval:{cfg.interval_ms}ms 1 thread with / without",
+                          interval / interval_nt, 0.9))
+    targets.append(target(f"Merkle tree cost: asyncio {cfg.tasks} tasks with / without",
+                          asyncio_ / asyncio_nt, 0.9))
+    targets.append(target("Merkle tree bytes per entry (tile hashes and frontier)",
+                          queries[str(cfg.large)]["bytes_per_entry"]["tree"], 40, "B", lower=True))
     big, little = queries[str(cfg.large)], queries[str(query_small)]
     for name in QUERY_NAMES:
         targets.append(target(f"{name}: krepis / sqlite3 time, {cfg.large:,} entries",

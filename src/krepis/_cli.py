@@ -989,7 +989,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmark", total=13 + (3 if cfg.postgres_url else 0))
+        task = progress.add_task("benchmark", total=15 + (3 if cfg.postgres_url else 0))
 
         def step(label: str, advance: int) -> None:
             progress.update(task, description=label, advance=advance)
