@@ -149,7 +149,8 @@ class PostgresStorage(Storage):
             import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
-            raise StorageError("a postgresql:// storage needs psycopg: pip install 'krepis[postgres]'",
+            raise StorageError("a postgresql:// storage needs psycopg: pip install "
+                               "'krepis-journal[postgres]' (or '.[postgres]' in a checkout)",
                                redact(url)) from exc
         self._psycopg = psycopg
         self.location = redact(url)
