@@ -19,6 +19,7 @@ Guarantees (tested with a corpus of passwords in ``tests/test_safety_secrets.py`
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -43,10 +44,14 @@ _SECRET_KEYS = ("password", "sslpassword")
 
 _HOST = r"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~%-]*)(?::[0-9]*)?"
 _KEY = "(?:" + "|".join(sorted(_KEYWORDS, key=len, reverse=True)) + ")"
-_REST = re.compile(
-    rf"(?P<hosts>{_HOST}(?:,{_HOST})*)"
-    r"(?:/(?P<db>[^?@]*))?"
-    rf"(?:\?(?P<query>{_KEY}=[^&]*(?:&{_KEY}=[^&]*)*)?)?\Z")
+@functools.cache
+def _rest() -> re.Pattern[str]:
+    """The URL's part after the credentials (compiled on first use: opening an LMDB store, which
+    only asks whether a location is a URL, need not pay for it)."""
+    return re.compile(
+        rf"(?P<hosts>{_HOST}(?:,{_HOST})*)"
+        r"(?:/(?P<db>[^?@]*))?"
+        rf"(?:\?(?P<query>{_KEY}=[^&]*(?:&{_KEY}=[^&]*)*)?)?\Z")
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -97,7 +102,7 @@ def _split_userinfo(rest: str) -> tuple[str | None, re.Match[str]]:
     password, yet ``@``, ``/`` or ``?`` in it). One candidate: taken. Several: the URL is
     ambiguous and refused (fail closed: guessing could send part of a password to a host)."""
     if "@" not in rest:
-        m = _REST.match(rest)
+        m = _rest().match(rest)
         if m is None:
             raise UrlError("invalid PostgreSQL URL: expected postgresql://user:password@host:port/"
                            "dbname?key=value with libpq's parameter names")
@@ -108,7 +113,7 @@ def _split_userinfo(rest: str) -> tuple[str | None, re.Match[str]]:
         userinfo = rest[:at]
         if ":" not in userinfo and any(c in userinfo for c in "@/?"):
             continue
-        m = _REST.match(rest, at + 1)
+        m = _rest().match(rest, at + 1)
         if m is not None:
             found.append((userinfo, m))
     if len(found) == 1:
