@@ -1,0 +1,157 @@
+"""Hot backups and restores of an LMDB store.
+
+A backup is a consistent copy taken from one read transaction while writers keep writing
+(LMDB's copy; its compacting variant crashes on stores with duplicate-sorted databases in the
+LMDB that py-lmdb bundles, so the copy keeps free pages), written to a new directory, made durable and
+checked (``verify()``) before it is reported done. A restore checks the backup the same way —
+and, when given verifier keys, its latest checkpoint's signature and root — before it brings it
+into place; it never replaces a live store unless told to, and then only when no process has it
+open.
+
+PostgreSQL journals are backed up with PostgreSQL's own tools (``pg_dump``/``pg_basebackup``);
+see ``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+
+from .._errors import StorageError, ValidationError
+from ._pgurl import is_postgres_url
+
+__all__ = ["BackupResult", "backup", "restore"]
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What a backup or restore holds: ``entries``, the Merkle tree's ``tree_size`` and
+    ``root``, and the newest checkpoint of the current log (or ``None``)."""
+
+    path: str
+    entries: int
+    tree_size: int
+    root: bytes
+    checkpoint: str | None
+
+
+def _no_postgres(location: object) -> None:
+    if is_postgres_url(location):
+        raise StorageError("a PostgreSQL journal is backed up with PostgreSQL's tools (pg_dump -t "
+                           "'krepis_*', or pg_basebackup); see docs/operations.md")
+
+
+def _check(path: str, verifiers: list[object] | None) -> BackupResult:
+    """Open the store at ``path`` read-only in effect and check everything in it."""
+    from .._journal import SovereignJournal
+    from .._tlog.note import Verifier, open_note, parse_checkpoint
+
+    with SovereignJournal(path, create=False) as journal:
+        report = journal.verify()
+        note = journal.latest_checkpoint()
+        if note is not None:
+            keys = [v for v in verifiers or [] if isinstance(v, Verifier)]
+            text = open_note(note, keys) if keys else note[:note.rfind("\n\n") + 1]
+            cp = parse_checkpoint(text)
+            if journal.tree_root(cp.size) != cp.root:
+                raise ValidationError(f"{path}: the newest checkpoint (tree size {cp.size}) does not "
+                                      "match the entries")
+        elif verifiers:
+            raise ValidationError(f"{path} holds no checkpoint of its current log to check the keys against")
+        return BackupResult(path, report.entries, report.tree_size, report.root, note)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> BackupResult:
+    """Copy the store at ``source`` into the new directory ``destination`` (its parent must
+    exist; the directory itself must not, or be empty) while writers keep writing."""
+    from .._journal import SovereignJournal
+
+    _no_postgres(source)
+    dest = os.path.abspath(os.fspath(destination))
+    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
+        raise StorageError(f"backup destination {dest} exists and is not an empty directory", dest)
+    created = not os.path.exists(dest)
+    try:
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        os.chmod(dest, 0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot create backup directory {dest}: {exc.strerror}", dest) from None
+    try:
+        with SovereignJournal(source, create=False) as journal:
+            env = journal._storage._env  # type: ignore[attr-defined]  # the LMDB adapter's
+            env.copy(dest)
+        data = os.path.join(dest, "data.mdb")
+        os.chmod(data, 0o600)
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(dest)
+        return _check(dest, None)
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def restore(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    verifiers: list[object] | None = None,
+) -> BackupResult:
+    """Check the backup at ``source``, then make it the store at ``destination``.
+
+    A destination that holds a store is replaced only with ``force=True``, and only when no
+    process has it open; the replacement is one atomic rename of ``data.mdb``."""
+    from .migrate import _exclusive_lmdb_lock
+
+    _no_postgres(destination)
+    src = os.path.abspath(os.fspath(source))
+    checked = _check(src, verifiers)
+    dest = os.path.abspath(os.fspath(destination))
+    data = os.path.join(dest, "data.mdb")
+    if os.path.lexists(dest) and os.listdir(dest) and not force:
+        raise StorageError(f"{dest} already holds a store; restoring over it needs --force (and no "
+                           "process using it)", dest)
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    dir_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    lock_fd = -1
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(dest, "lock.mdb")):
+            lock_fd = _exclusive_lmdb_lock(dest)
+        tmp = os.path.join(dest, ".restore.mdb")
+        shutil.copyfile(os.path.join(src, "data.mdb"), tmp)
+        os.chmod(tmp, 0o600)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, data)
+        os.fsync(dir_fd)
+        if lock_fd >= 0:
+            import lmdb
+
+            # the lock table describes the replaced file: this process holds the exclusive lock,
+            # so its open rebuilds the table
+            lmdb.open(dest, max_dbs=16, map_size=1 << 20, subdir=True).close()
+            lock_fd = -1
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        os.close(dir_fd)
+    return BackupResult(dest, checked.entries, checked.tree_size, checked.root, checked.checkpoint)
