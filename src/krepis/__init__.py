@@ -24,12 +24,14 @@ from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
+from ._storage.backup import BackupResult, backup, restore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_STORAGE",
     "AsyncSovereignJournal",
+    "BackupResult",
     "ClosedError",
     "CorruptStorageError",
     "FlushPolicy",
@@ -50,6 +52,8 @@ __all__ = [
     "TransactionLog",
     "ValidationError",
     "__version__",
+    "backup",
     "prometheus_text",
+    "restore",
     "serve_metrics",
 ]
