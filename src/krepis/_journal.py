@@ -437,6 +437,7 @@ class SovereignJournal:
             logs = self.query(order="append", newest_first=False, limit=count,
                               after=seq - 1 if seq > 0 else None)
             if [log.seq for log in logs] != list(range(seq, seq + count)):
+                reader.check_same_log()  # cleared meanwhile: a JournalError, not corruption
                 raise CorruptStorageError(f"storage at {self.path}: entries {seq}…{seq + count - 1} "
                                           "are not all there", self.path)
             return [encode_log(log) for log in logs]
@@ -456,17 +457,30 @@ class SovereignJournal:
         size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
         target = os.fspath(directory)
         reader, entries = self.tile_sources()
+        # The directory's tiles must be of this log: the tree exported last time (recorded in the
+        # marker) must be a prefix of today's — not so after a clear, or a restore from an older
+        # backup, and then full tiles on disk would belong to another history.
         marker = os.path.join(target, ".krepis-log")
-        mine = f"{self.path}\nfirst_seq {reader.head.first_seq}\nepoch {reader.head.epoch}\n"
         if os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
-                if f.read() != mine:
-                    raise ValidationError(f"{target} holds the tiles of another log (see {marker}); "
-                                          "export into a new directory")
+                fields = dict(line.split(" ", 1) for line in f.read().splitlines() if " " in line)
+            try:
+                old_size, old_root = int(fields["size"]), bytes.fromhex(fields["root"])
+                same = (int(fields["first_seq"]), int(fields["epoch"])) == (
+                    reader.head.first_seq, reader.head.epoch) and old_size <= size \
+                    and reader.root(old_size) == old_root
+            except (KeyError, ValueError):
+                same = False
+            if not same:
+                raise ValidationError(f"{target} holds the tiles of another log, or of another history "
+                                      f"of this one (see {marker}); export into a new directory")
         os.makedirs(target, exist_ok=True)
+        written = export_tiles(target, note, size, reader.node, entries)
+        reader.check_same_log()
         with open(marker, "w", encoding="utf-8") as f:
-            f.write(mine)
-        return export_tiles(target, note, size, reader.node, entries)
+            f.write(f"store {self.path}\nfirst_seq {reader.head.first_seq}\nepoch {reader.head.epoch}\n"
+                    f"size {size}\nroot {reader.root(size).hex()}\n")
+        return written
 
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
@@ -577,7 +591,7 @@ class SovereignJournal:
         query = Query(since=since, until=until, request_id=request_id, op_names=ops,
                       statuses=statuses, newest_first=newest_first,
                       order="append" if order == "append" else "time")
-        if ops == ():
+        if ops == () or statuses == ():
             return iter(())  # an empty either-of list matches nothing
         return self._iter(storage, query, limit, start)
 
@@ -642,8 +656,18 @@ def _statuses(value: object) -> tuple[LogStatus, ...]:
 _STATUS_NAMES = {s.value.lower(): s for s in LogStatus}
 
 
+#: The longest canonical form an entry may have: a C2SP entry bundle stores its length in 16 bits.
+MAX_ENTRY_BYTES = 65535
+
+
 def _encode_entry(log: TransactionLog) -> tuple[TransactionLog, bytes]:
     if not isinstance(log, TransactionLog):
         raise InvalidTypeError(f"log must be a TransactionLog, got {type(log).__name__} {log!r:.80}")
-    return (log, encode_log(log))
+    canonical = encode_log(log)
+    if len(canonical) > MAX_ENTRY_BYTES:
+        raise ValidationError(
+            f"the entry's canonical JSON is {len(canonical)} bytes; the limit is {MAX_ENTRY_BYTES} "
+            "(a transparency-log entry bundle's): shorten the error text (control characters are "
+            "escaped as 6 bytes each)")
+    return (log, canonical)
 

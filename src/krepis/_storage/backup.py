@@ -74,8 +74,6 @@ def _fsync_dir(path: str) -> None:
 def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> BackupResult:
     """Copy the store at ``source`` into the new directory ``destination`` (its parent must
     exist; the directory itself must not, or be empty) while writers keep writing."""
-    from .._journal import SovereignJournal
-
     _no_postgres(source)
     dest = os.path.abspath(os.fspath(destination))
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
@@ -87,9 +85,15 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
     except OSError as exc:
         raise StorageError(f"cannot create backup directory {dest}: {exc.strerror}", dest) from None
     try:
-        with SovereignJournal(source, create=False) as journal:
-            env = journal._storage._env  # type: ignore[attr-defined]  # the LMDB adapter's
-            env.copy(dest)
+        from . import open_storage
+
+        # Read only: no flush policy of our own, so a process that has the journal open under
+        # an interval policy can back it up too.
+        storage = open_storage(source, durable=False, create=False)
+        try:
+            storage._env.copy(dest)  # type: ignore[attr-defined]  # the LMDB adapter's
+        finally:
+            storage.close()
         data = os.path.join(dest, "data.mdb")
         os.chmod(data, 0o600)
         fd = os.open(data, os.O_RDONLY)
@@ -102,6 +106,13 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
     except BaseException:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
+        else:  # it was an empty directory: leave it empty
+            for name in os.listdir(dest):
+                path = os.path.join(dest, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
         raise
 
 
@@ -123,9 +134,14 @@ def restore(
     checked = _check(src, verifiers)
     dest = os.path.abspath(os.fspath(destination))
     data = os.path.join(dest, "data.mdb")
+    from .lmdb import open_in_this_process
+
     if os.path.lexists(dest) and os.listdir(dest) and not force:
         raise StorageError(f"{dest} already holds a store; restoring over it needs --force (and no "
                            "process using it)", dest)
+    if open_in_this_process(dest):
+        raise StorageError(f"storage at {dest} is open in this process; close it before restoring "
+                           "over it", dest)
     os.makedirs(dest, mode=0o700, exist_ok=True)
     dir_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     lock_fd = -1

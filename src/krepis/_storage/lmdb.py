@@ -598,7 +598,7 @@ class LmdbStorage(Storage):
         cur = txn.cursor(db=self._entries)
         out: list[TransactionLog] = []
         if query.newest_first:
-            if after is None or after.seq is None:
+            if after is None or after.seq is None or after.seq > _MAX_U64:
                 ok = cur.last()
             elif cur.set_range(_SEQ.pack(after.seq)):
                 ok = cur.prev()
@@ -726,6 +726,16 @@ def _dup_stream(
             if hi is not None and value >= hi:
                 return
             yield value
+
+
+def open_in_this_process(path: str) -> bool:
+    """Whether this process has the store at ``path`` open (or inherited it through fork)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    return key in _registry or any(old.key == key for old in _inherited)
 
 
 def _closed_error(path: str) -> JournalError:

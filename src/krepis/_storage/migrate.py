@@ -23,6 +23,7 @@ import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
 
 from .._errors import CorruptStorageError, JournalError, StorageError
@@ -77,6 +78,10 @@ def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
     lock_fd = -1
     try:
         # Openers take this lock while they open the store: none can start meanwhile.
+        from .lmdb import open_in_this_process
+
+        if open_in_this_process(path):
+            raise StorageError(f"storage at {path} is open in this process; close it first", path)
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
         lock_fd = _exclusive_lmdb_lock(path)
         fmt = _lmdb_format(path)
@@ -87,7 +92,11 @@ def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
                                       f"migrates format 1 to {FORMAT_VERSION}", path)
         work = os.path.join(path, MIGRATE_DIR)
         shutil.rmtree(work, ignore_errors=True)  # what a crashed migration left behind
-        entries, counters = _build_lmdb(path, work, progress)
+        try:
+            entries, counters = _build_lmdb(path, work, progress)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         os.replace(os.path.join(work, "data.mdb"), data)  # the one atomic step
         os.fsync(dir_fd)
         shutil.rmtree(work, ignore_errors=True)
@@ -247,16 +256,41 @@ def _migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
             conn.execute("LOCK TABLE krepis_journal, krepis_stats, krepis_state IN EXCLUSIVE MODE")
             conn.execute(SCHEMA)
             total = conn.execute("SELECT count(*) FROM krepis_journal").fetchone()[0]  # type: ignore[index]
+            # New sequence numbers: format 1's order, numbered from 0 without gaps.
+            conn.execute("CREATE TEMP TABLE krepis_renumber ON COMMIT DROP AS SELECT seq AS old, "
+                         "row_number() OVER (ORDER BY seq) - 1 AS new FROM krepis_journal")
+            # PostgreSQL's JSON operators cannot produce a text holding NUL (\u0000): entries whose
+            # JSON has one are decoded here instead.
             conn.execute("""
                 INSERT INTO krepis_entries (seq, timestamp, op_name, request_id, status, duration_us,
                                             error, leaf)
-                SELECT row_number() OVER (ORDER BY seq) - 1, timestamp, e->>'op_name', request_id,
+                SELECT m.new, timestamp, e->>'op_name', request_id,
                        CASE e->>'status' WHEN 'Started' THEN 1 WHEN 'Completed' THEN 2
                                          WHEN 'Failed' THEN 3 END,
                        (e->>'duration_us')::bigint, convert_to(e->>'error', 'UTF8'),
                        sha256('\\x00'::bytea || convert_to(entry, 'UTF8'))
-                FROM (SELECT seq, timestamp, request_id, entry, entry::json AS e FROM krepis_journal) j
+                FROM (SELECT seq, timestamp, request_id, entry, entry::json AS e FROM krepis_journal
+                      WHERE strpos(entry, '\\u0000') = 0) j
+                JOIN krepis_renumber m ON m.old = j.seq
             """)
+            special = conn.execute(
+                "SELECT m.new, entry FROM krepis_journal j JOIN krepis_renumber m ON m.old = j.seq "
+                "WHERE strpos(entry, '\\u0000') > 0").fetchall()
+            if special:
+                from .._model import decode_log, encode_log
+                from ._codec import STATUS_CODE
+
+                rows = []
+                for new_seq, text in special:
+                    log = decode_log(text.encode("utf-8"))
+                    rows.append((new_seq, log.timestamp, log.op_name, log.request_id,
+                                 STATUS_CODE[log.status], log.duration_us,
+                                 None if log.error is None else log.error.encode("utf-8"),
+                                 sha256(b"\x00" + encode_log(log)).digest()))
+                with conn.cursor() as plain:
+                    plain.executemany("INSERT INTO krepis_entries (seq, timestamp, op_name, request_id, "
+                                      "status, duration_us, error, leaf) VALUES "
+                                      "(%s, %s, %s, %s, %s, %s, %s, %s)", rows)
             frontier: list[bytes] = []
             size = 0
             nodes: list[tuple[int, int, bytes]] = []

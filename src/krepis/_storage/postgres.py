@@ -38,7 +38,8 @@ __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
 FORMAT_VERSION = 2
 _LOCK_ID = 0x6B726570  # advisory lock serializing schema creation ("krep")
 _CONNECT_TIMEOUT = 10
-_TABLES = ("krepis_entries", "krepis_log", "krepis_tree", "krepis_checkpoints", "krepis_stats")
+_TABLES = ("krepis_entries", "krepis_log", "krepis_tree", "krepis_checkpoints", "krepis_ops",
+           "krepis_stats")
 _POOL_MAX = 8
 
 SCHEMA = """
@@ -81,6 +82,9 @@ CREATE TABLE IF NOT EXISTS krepis_checkpoints (
     origin text NOT NULL,
     note text NOT NULL,
     PRIMARY KEY (epoch, size, origin)
+);
+CREATE TABLE IF NOT EXISTS krepis_ops (
+    name text PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS krepis_stats (
     name text PRIMARY KEY,
@@ -369,7 +373,8 @@ class PostgresStorage(Storage):
                         int(epoch))
 
     def op_names(self) -> list[str]:
-        return sorted(name for (name,) in self._run("reading op names", _OP_NAMES))
+        rows = self._run("reading op names", f"{_OP_NAMES} UNION SELECT name FROM krepis_ops")
+        return sorted(name for (name,) in rows)
 
     def get_entry(self, seq: int) -> TransactionLog | None:
         if not 0 <= seq < 2**63:
@@ -393,7 +398,7 @@ class PostgresStorage(Storage):
                         int(seq))
 
     def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
-        if limit <= 0:
+        if limit <= 0 or query.op_names == () or query.statuses == ():
             return []
         desc = query.newest_first
         order = "DESC" if desc else "ASC"
@@ -570,6 +575,8 @@ class PostgresStorage(Storage):
             if row is None:
                 raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
                                           self.location)
+            # the op names of the cleared entries stay known (as LMDB's op table keeps them)
+            cur.execute(f"INSERT INTO krepis_ops (name) {_OP_NAMES} ON CONFLICT DO NOTHING")
             cur.execute("TRUNCATE krepis_entries, krepis_stats, krepis_tree")
             cur.execute("UPDATE krepis_log SET first_seq = next_seq, epoch = epoch + 1, frontier = '', "
                         "entries = 0 WHERE id = 1")

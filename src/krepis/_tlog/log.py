@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._errors import CorruptStorageError, ValidationError
+from .._errors import CorruptStorageError, JournalError, ValidationError
 from .._storage import Storage, TreeHead
 from .merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, node_hash, range_hash
 
@@ -61,7 +61,13 @@ class TreeReader:
             if leaves is None:
                 start = tile * _WIDTH
                 count = min(_WIDTH, self.head.size - start)
-                leaves = self._leaves[tile] = self._storage.leaf_hashes(self.head.first_seq, start, count)
+                try:
+                    leaves = self._storage.leaf_hashes(self.head.first_seq, start, count)
+                except CorruptStorageError:
+                    self.check_same_log()  # a clear meanwhile is not corruption
+                    raise
+                self.check_same_log()
+                self._leaves[tile] = leaves
             return leaves[index - (tile << TILE_HEIGHT)]
         key = (level, index)
         found = self._nodes.get(key)
@@ -69,6 +75,7 @@ class TreeReader:
             return found
         if level % TILE_HEIGHT == 0:
             stored = self._storage.tree_node(level, index)
+            self.check_same_log()
             if stored is None:
                 raise CorruptStorageError(
                     f"storage at {self._storage.location}: the Merkle hash of entries "
@@ -79,6 +86,14 @@ class TreeReader:
             found = node_hash(self.node(level - 1, 2 * index), self.node(level - 1, 2 * index + 1))
         self._nodes[key] = found
         return found
+
+    def check_same_log(self) -> None:
+        """Raise :class:`JournalError` if the journal was cleared since this reader began: the
+        store's nodes then belong to another log, and must not be mixed with this one's."""
+        now = self._storage.tree_head()
+        if (now.epoch, now.first_seq) != (self.head.epoch, self.head.first_seq):
+            raise JournalError(f"the journal at {self._storage.location} was cleared while its tree "
+                               "was being read (a new log began); read again")
 
     def root(self, size: int) -> bytes:
         """The tree head of the first ``size`` leaves (``size`` ≤ the current size)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from hashlib import sha256
 
@@ -175,8 +176,10 @@ def open_note(note: str, verifiers: list[Verifier]) -> str:
     split = note.rfind("\n\n")
     if split < 0 or not note.endswith("\n"):
         raise NoteError("not a signed note (no blank line before the signatures)")
-    text, lines = note[:split + 1], note[split + 2:].splitlines()
+    text, lines = note[:split + 1], note[split + 2:-1].split("\n")
     _check_text(text)
+    if any(ord(c) < 0x20 and c != "\n" for c in note):
+        raise NoteError("a signed note must not contain control characters other than newline")
     known = {(v.name, v.key_id): v for v in verifiers}
     verified = False
     for line in lines:
@@ -221,7 +224,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if len(lines) < 4 or lines[-1] != "":
         raise NoteError("a checkpoint has an origin, a tree size and a root hash, each on a line")
     origin, size_text, root_text = lines[:3]
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+    if not re.fullmatch(r"0|[1-9][0-9]*", size_text):
         raise NoteError(f"checkpoint tree size {size_text!r:.40} is not a decimal number")
     root = _b64(root_text, "the checkpoint's root hash")
     if len(root) != 32:

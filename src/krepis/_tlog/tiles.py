@@ -10,6 +10,7 @@ length). ``N`` is written in groups of three digits, all but the last prefixed w
 from __future__ import annotations
 
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,18 +48,18 @@ def parse_tile_path(rel: str) -> tuple[int | str, int, int]:
         raise ValueError(rel)
     level: int | str = parts[1]
     if level != "entries":
-        if not parts[1].isdigit() or len(parts[1]) > 2:
+        if not re.fullmatch(r"0|[1-9][0-9]?", parts[1]):  # ASCII, no leading zero
             raise ValueError(rel)
         level = int(parts[1])
     rest = parts[2:]
     width = WIDTH
     if len(rest) >= 2 and rest[-2].endswith(".p"):
-        if not rest[-1].isdigit() or not 1 <= int(rest[-1]) < WIDTH or rest[-1] != str(int(rest[-1])):
+        if not re.fullmatch(r"[1-9][0-9]*", rest[-1]) or not int(rest[-1]) < WIDTH:
             raise ValueError(rel)
         width = int(rest[-1])
         rest = [*rest[:-2], rest[-2][:-2]]
-    if not rest or any(len(g) != 4 or g[0] != "x" or not g[1:].isdigit() for g in rest[:-1]) \
-            or len(rest[-1]) != 3 or not rest[-1].isdigit():
+    if not rest or any(not re.fullmatch(r"x[0-9]{3}", g) for g in rest[:-1]) \
+            or not re.fullmatch(r"[0-9]{3}", rest[-1]):
         raise ValueError(rel)
     index = int("".join(g.lstrip("x") for g in rest))
     if encode_index(index) != "/".join(rest):
