@@ -134,3 +134,66 @@ def test_proofs_refuse_impossible_positions() -> None:
     with pytest.raises(ValueError, match="from size 9 to size 8"):
         consistency_proof(node, 9, 8)
     assert not verify_consistency(9, 8, b"", b"", [])
+
+
+def test_frontier_levels_and_the_checker_name_what_differs() -> None:
+    from krepis._tlog.merkle import TreeChecker, frontier_levels, range_hash, root_from_inclusion
+
+    assert frontier_levels(0) == [] and frontier_levels(1) == [0]
+    assert frontier_levels(13) == [3, 2, 0] and frontier_levels(256) == [8]
+    with pytest.raises(ValueError, match="empty range 3…3"):
+        range_hash(nodes_of(LEAVES), 3, 3)
+    with pytest.raises(ValueError, match="leaf 8 is not in a tree of size 8"):
+        root_from_inclusion(leaf_hash(b""), 8, 8, [])
+    with pytest.raises(ValueError, match="the inclusion proof is too short"):
+        root_from_inclusion(leaf_hash(b""), 0, 8, [])
+    with pytest.raises(ValueError, match="the inclusion proof is too long"):
+        root_from_inclusion(leaf_hash(b""), 0, 2, [bytes(32)] * 2)
+
+    data = [b"%d" % i for i in range(300)]
+
+    def good_node(level: int, i: int) -> bytes:
+        return mth(data[i << level:(i + 1) << level])
+
+    # a stored tile hash that differs, or is missing: named by its entries, offset by the
+    # log's first seq
+    bad = TreeChecker(lambda level, i: bytes(32), 1000)
+    with pytest.raises(ValueError, match=r"entries 1000…1255 \(height 8\) does not match"):
+        for d in data:
+            bad.add(d)
+    missing = TreeChecker(lambda level, i: None, 1000)
+    with pytest.raises(ValueError, match=r"entries 1000…1255 \(height 8\) is missing"):
+        for d in data:
+            missing.add(d)
+    # a frontier that differs: named by the subtree it covers
+    checker = TreeChecker(good_node, 1000)
+    for d in data:
+        checker.add(d)
+    assert checker.nodes == 1
+    assert checker.finish(list(checker.frontier)) == mth(data)
+    for k, level in enumerate(frontier_levels(300)):  # 300 = 256 + 32 + 8 + 4
+        broken = list(checker.frontier)
+        broken[k] = bytes(32)
+        first = 1000 + (300 >> (level + 1) << (level + 1))
+        with pytest.raises(ValueError, match=rf"does not match entries {first}…{first + (1 << level) - 1}$"):
+            checker.finish(broken)
+    with pytest.raises(ValueError, match="the stored tree head has 3 subtrees; the 300 entries make 4"):
+        checker.finish(list(checker.frontier)[:3])
+
+
+def test_consistency_refuses_a_proof_with_one_hash_too_many_or_for_equal_sizes() -> None:
+    root = bytes.fromhex(ROOTS[4])
+    assert verify_consistency(5, 5, root, root, [])
+    assert not verify_consistency(5, 5, root, root, [bytes(32)])  # equal sizes take no proof
+    proof = consistency_proof(nodes_of(LEAVES), 3, 8)
+    assert verify_consistency(3, 8, bytes.fromhex(ROOTS[2]), bytes.fromhex(ROOTS[7]), proof)
+    assert not verify_consistency(3, 8, bytes.fromhex(ROOTS[2]), bytes.fromhex(ROOTS[7]), [*proof, bytes(32)])
+
+
+def test_the_checker_counts_entries_from_zero_by_default() -> None:
+    from krepis._tlog.merkle import TreeChecker
+
+    checker = TreeChecker(lambda level, i: None)
+    with pytest.raises(ValueError, match=r"entries 0…255 \(height 8\) is missing"):
+        for i in range(256):
+            checker.add(b"%d" % i)
