@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .._errors import CorruptStorageError, ValidationError
 from .._model import LogStatus, TransactionLog
 
-__all__ = ["Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest", "open_storage"]
+__all__ = ["LogAudit", "Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest", "check_checkpoint",
+           "open_storage"]
 
 #: the order a scan returns entries in: by (timestamp, seq), or by seq alone
 Order = Literal["time", "append"]
@@ -87,6 +89,60 @@ class VerifyReport:
     tree_size: int
     root: bytes
     tree_nodes: int
+
+
+class LogAudit:
+    """The engine-independent half of :meth:`Storage.verify`: the entries come in sequence,
+    each leaf matches the stored tree, the end matches the stored frontier and node count."""
+
+    def __init__(self, where: str, location: str, first_seq: int,
+                 stored_node: Callable[[int, int], bytes | None]) -> None:
+        from .._tlog.merkle import TreeChecker
+
+        self._where, self._location, self._first = where, location, first_seq
+        self.expected = first_seq
+        self._checker = TreeChecker(stored_node, first_seq)
+
+    def _corrupt(self, what: str) -> CorruptStorageError:
+        return CorruptStorageError(f"{self._where}: {what}", self._location)
+
+    def add(self, seq: int, data: bytes) -> None:
+        """The next entry, by its sequence number and canonical bytes."""
+        if seq != self.expected:
+            what = f"entry {self.expected} is missing" if seq > self.expected else \
+                f"entry {seq} precedes the log"
+            raise self._corrupt(f"{what} (the log starts at seq {self._first})")
+        try:
+            self._checker.add(data)
+        except ValueError as exc:
+            raise self._corrupt(str(exc)) from None
+        self.expected += 1
+
+    def finish(self, next_seq: int, frontier: list[bytes], stored_nodes: int) -> VerifyReport:
+        if self.expected != next_seq:
+            raise self._corrupt(f"the entries end before seq {self.expected}; the sequence record "
+                                f"says {next_seq}")
+        try:
+            root = self._checker.finish(frontier)
+        except ValueError as exc:
+            raise self._corrupt(str(exc)) from None
+        if stored_nodes != self._checker.nodes:
+            raise self._corrupt(f"the tree holds {stored_nodes} subtree hashes; the entries make "
+                                f"{self._checker.nodes}")
+        size = next_seq - self._first
+        return VerifyReport(size, size, root, self._checker.nodes)
+
+
+def check_checkpoint(epoch: int, size: int, origin: str, current_epoch: int, current_size: int,
+                     kept: list[tuple[int, int, str, str]]) -> None:
+    """The rule every engine applies before keeping a checkpoint (see ``Storage.add_checkpoint``)."""
+    if epoch != current_epoch or size > current_size:
+        raise ValidationError("the journal was cleared while the checkpoint was being signed; sign again")
+    for other_epoch, _size, other_origin, _note in kept:
+        if other_origin == origin and other_epoch != epoch:
+            raise ValidationError(
+                f"origin {origin!r} already named the log before a clear (epoch {other_epoch}); a "
+                "checkpoint of this log under it would contradict those: sign with a new origin")
 
 
 class Storage(abc.ABC):

@@ -450,3 +450,23 @@ class _WriterLock:
             fcntl.flock(files.data_fd, fcntl.LOCK_UN)
         finally:
             files._thread_lock.release()
+
+
+def exclusive_lmdb_lock(path: str) -> int:
+    """Hold LMDB's own exclusive-environment lock (byte 0 of lock.mdb), or refuse: every process
+    with the environment open holds a shared lock there."""
+    lock = os.path.join(path, "lock.mdb")
+    if os.path.islink(lock):
+        raise StorageError(f"storage at {path}: lock.mdb is a symbolic link; refusing to use it", path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot open {lock}: {exc.strerror}", path) from exc
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise StorageError(
+            f"storage at {path} is open in another process; stop every process using it, then run "
+            "krepis migrate again", path) from None
+    return fd

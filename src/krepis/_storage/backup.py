@@ -63,8 +63,9 @@ def _check(path: str, verifiers: list[object] | None) -> BackupResult:
         return BackupResult(path, report.entries, report.tree_size, report.root, note)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: str) -> None:
+    """Make a file (or a directory's entries) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -96,12 +97,8 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
             storage.close()
         data = os.path.join(dest, "data.mdb")
         os.chmod(data, 0o600)
-        fd = os.open(data, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(dest)
+        _fsync(data)
+        _fsync(dest)
         return _check(dest, None)
     except BaseException:
         if created:
@@ -127,7 +124,7 @@ def restore(
 
     A destination that holds a store is replaced only with ``force=True``, and only when no
     process has it open; the replacement is one atomic rename of ``data.mdb``."""
-    from .migrate import _exclusive_lmdb_lock
+    from ._files import exclusive_lmdb_lock
 
     _no_postgres(destination)
     src = os.path.abspath(os.fspath(source))
@@ -148,15 +145,11 @@ def restore(
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(dest, "lock.mdb")):
-            lock_fd = _exclusive_lmdb_lock(dest)
+            lock_fd = exclusive_lmdb_lock(dest)
         tmp = os.path.join(dest, ".restore.mdb")
         shutil.copyfile(os.path.join(src, "data.mdb"), tmp)
         os.chmod(tmp, 0o600)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, data)
         os.fsync(dir_fd)
         if lock_fd >= 0:

@@ -29,11 +29,10 @@ from .._errors import (
     JournalError,
     NeedsMigrationError,
     StorageError,
-    ValidationError,
 )
 from .._model import LogStatus, TransactionLog, encode_log
-from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
-from . import Query, Storage, TreeHead, VerifyReport, WriteRequest
+from .._tlog.merkle import append_leaf, root_from_frontier
+from . import LogAudit, Query, Storage, TreeHead, VerifyReport, WriteRequest, check_checkpoint
 from ._codec import STATUS_CODE, decode_value, encode_value, rid_hash
 from ._files import StoreFiles, open_directory
 
@@ -448,7 +447,7 @@ class LmdbStorage(Storage):
             try:
                 with self._env.begin(write=True) as txn:
                     seq, first_seq, current, _frontier = self._read_tree(txn)
-                    _check_checkpoint(epoch, size, origin, current, seq - first_seq,
+                    check_checkpoint(epoch, size, origin, current, seq - first_seq,
                                       self._read_checkpoints(txn))
                     txn.put(_SEQ.pack(epoch) + _SEQ.pack(size) + origin.encode("utf-8"),
                             note.encode("utf-8"), db=self._checkpoints)
@@ -523,20 +522,13 @@ class LmdbStorage(Storage):
         where = f"storage at {self.location}"
         seq, first_seq, _epoch, frontier = self._read_tree(txn)
         tree, index = self._tree, self._index
-        checker = TreeChecker(lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree), first_seq)
+        audit = LogAudit(where, self.location, first_seq,
+                         lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree))
         idx = txn.cursor(db=index)
-        expected = first_seq
         for key, raw in txn.cursor(db=self._entries):
             at = _SEQ.unpack(key)[0]
-            if at != expected:
-                what = f"entry {expected} is missing" if at > expected else f"entry {at} precedes the log"
-                raise CorruptStorageError(f"{where}: {what} (the log starts at seq {first_seq})",
-                                          self.location)
             log = self._decode(txn, at, raw)
-            try:
-                checker.add(encode_log(log))
-            except ValueError as exc:
-                raise CorruptStorageError(f"{where}: {exc}", self.location) from None
+            audit.add(at, encode_log(log))
             ts_seq = _TS_SEQ.pack(log.timestamp, at)
             status = STATUS_CODE[log.status]
             op_id = self._shared.op_ids.get(log.op_name)
@@ -550,14 +542,7 @@ class LmdbStorage(Storage):
                 if not idx.set_key_dup(ikey, ts_seq):
                     raise CorruptStorageError(f"{where}: entry {at} has no row in the {name} index",
                                               self.location)
-            expected += 1
-        if expected != seq:
-            raise CorruptStorageError(f"{where}: the entries end before seq {expected}; the sequence "
-                                      f"record says {seq}", self.location)
-        try:
-            root = checker.finish(frontier)
-        except ValueError as exc:
-            raise CorruptStorageError(f"{where}: {exc}", self.location) from None
+        report = audit.finish(seq, frontier, int(txn.stat(tree)["entries"]))
         n = seq - first_seq
         rows = {b"t": 0, b"s": 0, b"o": 0, b"r": 0}
         keys = idx.iternext_nodup(keys=True, values=False) if idx.first() else iter(())
@@ -571,11 +556,7 @@ class LmdbStorage(Storage):
             if count != n:
                 raise CorruptStorageError(f"{where}: the {names[kind]} index holds {count} rows for "
                                           f"{n} entries", self.location)
-        stored_nodes = int(txn.stat(tree)["entries"])
-        if stored_nodes != checker.nodes:
-            raise CorruptStorageError(f"{where}: the tree holds {stored_nodes} subtree hashes; the "
-                                      f"entries make {checker.nodes}", self.location)
-        return VerifyReport(n, n, root, checker.nodes)
+        return report
 
     def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
         self._check()
@@ -680,18 +661,6 @@ class LmdbStorage(Storage):
             if len(out) >= limit:
                 break
         return out
-
-
-def _check_checkpoint(epoch: int, size: int, origin: str, current_epoch: int, current_size: int,
-                      kept: list[tuple[int, int, str, str]]) -> None:
-    """The rule every engine applies before keeping a checkpoint (see ``Storage.add_checkpoint``)."""
-    if epoch != current_epoch or size > current_size:
-        raise ValidationError("the journal was cleared while the checkpoint was being signed; sign again")
-    for other_epoch, _size, other_origin, _note in kept:
-        if other_origin == origin and other_epoch != epoch:
-            raise ValidationError(
-                f"origin {origin!r} already named the log before a clear (epoch {other_epoch}); a "
-                "checkpoint of this log under it would contradict those: sign with a new origin")
 
 
 def _next16(key: bytes) -> bytes:

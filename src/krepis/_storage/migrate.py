@@ -78,12 +78,13 @@ def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
     lock_fd = -1
     try:
         # Openers take this lock while they open the store: none can start meanwhile.
+        from ._files import exclusive_lmdb_lock
         from .lmdb import open_in_this_process
 
         if open_in_this_process(path):
             raise StorageError(f"storage at {path} is open in this process; close it first", path)
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        lock_fd = _exclusive_lmdb_lock(path)
+        lock_fd = exclusive_lmdb_lock(path)
         fmt = _lmdb_format(path)
         if fmt == FORMAT_VERSION:
             return MigrationResult(path, fmt, fmt, 0, 0)
@@ -110,26 +111,6 @@ def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
         if lock_fd >= 0:
             os.close(lock_fd)
         os.close(dir_fd)
-
-
-def _exclusive_lmdb_lock(path: str) -> int:
-    """Hold LMDB's own exclusive-environment lock (byte 0 of lock.mdb), or refuse: every process
-    with the environment open holds a shared lock there."""
-    lock = os.path.join(path, "lock.mdb")
-    if os.path.islink(lock):
-        raise StorageError(f"storage at {path}: lock.mdb is a symbolic link; refusing to use it", path)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StorageError(f"cannot open {lock}: {exc.strerror}", path) from exc
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
-    except OSError:
-        os.close(fd)
-        raise StorageError(
-            f"storage at {path} is open in another process; stop every process using it, then run "
-            "krepis migrate again", path) from None
-    return fd
 
 
 def _lmdb_format(path: str) -> int:

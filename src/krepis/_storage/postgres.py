@@ -29,8 +29,17 @@ from typing import Any
 
 from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
 from .._model import LogStatus, TransactionLog, encode_log, make_log
-from .._tlog.merkle import TreeChecker, append_leaf, root_from_frontier
-from . import Query, Storage, TreeHead, VerifyReport, WriteRequest, _pgurl
+from .._tlog.merkle import append_leaf, root_from_frontier
+from . import (
+    LogAudit,
+    Query,
+    Storage,
+    TreeHead,
+    VerifyReport,
+    WriteRequest,
+    _pgurl,
+    check_checkpoint,
+)
 from ._codec import STATUS_CODE, STATUS_OF
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
@@ -465,8 +474,6 @@ class PostgresStorage(Storage):
         return [self._decode(r) for r in rows]
 
     def add_checkpoint(self, epoch: int, size: int, origin: str, note: str) -> None:
-        from .lmdb import _check_checkpoint
-
         def body(cur: Any) -> None:
             cur.execute(_LOCK_LOG)  # serialized with writers and clears
             row = cur.fetchone()
@@ -475,7 +482,7 @@ class PostgresStorage(Storage):
                                           self.location)
             cur.execute("SELECT epoch, size, origin, note FROM krepis_checkpoints")
             kept = [(int(e), int(n), o, t) for e, n, o, t in cur.fetchall()]
-            _check_checkpoint(epoch, size, origin, int(row[2]), int(row[0]) - int(row[1]), kept)
+            check_checkpoint(epoch, size, origin, int(row[2]), int(row[0]) - int(row[1]), kept)
             cur.execute("INSERT INTO krepis_checkpoints VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         (epoch, size, origin, note))
 
@@ -530,41 +537,21 @@ class PostgresStorage(Storage):
         frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
         nodes = {(int(level), int(idx)): bytes(h) for level, idx, h in
                  conn.execute("SELECT level, idx, hash FROM krepis_tree").fetchall()}
-        checker = TreeChecker(lambda level, i: nodes.get((level, i)), first_seq)
-        expected = first_seq
+        audit = LogAudit(where, self.location, first_seq, lambda level, i: nodes.get((level, i)))
         with conn.cursor(name="krepis_verify") as cur:
             cur.itersize = 5000
             cur.execute(f"SELECT {_COLUMNS}, leaf FROM krepis_entries ORDER BY seq")
             for *cols, leaf in cur:
                 log = self._decode(tuple(cols))
-                if log.seq != expected:
-                    what = (f"entry {expected} is missing" if (log.seq or 0) > expected
-                            else f"entry {log.seq} precedes the log")
-                    raise CorruptStorageError(f"{where}: {what} (the log starts at seq {first_seq})",
-                                              self.location)
                 data = encode_log(log)
-                if sha256(b"\x00" + data).digest() != bytes(leaf):
-                    raise CorruptStorageError(f"{where}: entry {expected} does not match its leaf hash",
+                if log.seq == audit.expected and sha256(b"\x00" + data).digest() != bytes(leaf):
+                    raise CorruptStorageError(f"{where}: entry {log.seq} does not match its leaf hash",
                                               self.location)
-                try:
-                    checker.add(data)
-                except ValueError as exc:
-                    raise CorruptStorageError(f"{where}: {exc}", self.location) from None
-                expected += 1
-        if expected != seq:
-            raise CorruptStorageError(f"{where}: the entries end before seq {expected}; the sequence "
-                                      f"record says {seq}", self.location)
+                audit.add(int(log.seq or 0), data)
         if count != seq - first_seq:
             raise CorruptStorageError(f"{where}: the entry count says {count}; there are "
                                       f"{seq - first_seq}", self.location)
-        try:
-            root = checker.finish(frontier)
-        except ValueError as exc:
-            raise CorruptStorageError(f"{where}: {exc}", self.location) from None
-        if len(nodes) != checker.nodes:
-            raise CorruptStorageError(f"{where}: the tree holds {len(nodes)} subtree hashes; the "
-                                      f"entries make {checker.nodes}", self.location)
-        return VerifyReport(count, count, root, checker.nodes)
+        return audit.finish(seq, frontier, len(nodes))
 
     def clear(self, trace: Callable[[int, int, int], TransactionLog] | None = None) -> None:
         def body(cur: Any) -> None:
