@@ -17,6 +17,7 @@ import pytest
 from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog, ValidationError
 from krepis._storage.backup import backup, restore
 from krepis._tlog.note import generate_signer
+from rawlmdb import forget_commit_log
 
 WORKERS = str(Path(__file__).parent / "workers.py")
 
@@ -38,7 +39,9 @@ def test_a_backup_taken_while_four_processes_write_restores_complete_and_verifie
     for r in readers:
         r.start()
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # every writer is under way (however loaded the machine)
+        while min(len(a) for a in acked) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
         before = set().union(*acked)  # acknowledged before the backup started
         result = backup(store, tmp_path / "backup")
         time.sleep(0.3)  # writers keep writing after it
@@ -114,6 +117,7 @@ def test_a_tampered_or_wrongly_signed_backup_is_not_restored(tmp_path: Path) -> 
         value[-1] ^= 1
         txn.put((3).to_bytes(8, "big"), bytes(value), db=db)
     env.close()
+    forget_commit_log(tmp_path / "bk")
     with pytest.raises(Exception, match="does not match entries 0"):
         restore(tmp_path / "bk", tmp_path / "bad")
     assert not (tmp_path / "bad" / "data.mdb").exists()

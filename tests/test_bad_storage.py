@@ -18,6 +18,7 @@ from krepis import (
     StorageError,
     TransactionLog,
 )
+from rawlmdb import forget_commit_log
 
 from conftest import tree_snapshot
 
@@ -91,6 +92,7 @@ def _poke(store: Path, db: bytes, key: bytes, value: bytes) -> None:
     with env.begin(write=True) as txn:
         txn.put(key, value, db=env.open_db(db, txn=txn))
     env.close()
+    forget_commit_log(store)
 
 
 def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
@@ -158,6 +160,7 @@ def test_index_naming_a_missing_entry_is_reported(tmp_path: Path) -> None:
             txn.delete((1).to_bytes(8, "big"), db=env.open_db(b"entries", txn=txn, create=False))
     finally:
         env.close()
+        forget_commit_log(store)
     with SovereignJournal(store) as journal, \
             pytest.raises(CorruptStorageError, match=rf"{store}: an index names entry 1, which is missing"):
         journal.get_recent_logs(10)

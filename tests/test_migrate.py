@@ -66,15 +66,45 @@ def test_a_store_written_by_the_previous_release_migrates_exactly(tmp_path: Path
     # refusing changed nothing
     assert hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest() == before
     result = migrate(store)
-    assert (result.from_format, result.to_format, result.entries, result.counters) == (1, 2, 305, 9)
+    assert (result.from_format, result.to_format, result.entries, result.counters) == (1, 3, 305, 9)
     _check_migrated(store, logs, counters)
-    assert sorted(os.listdir(store)) == ["data.mdb", "lock.mdb"]
+    assert sorted(os.listdir(store)) == ["commit.log", "data.mdb", "lock.mdb"]
     again = migrate(store)  # a second run has nothing to do
-    assert (again.from_format, again.to_format, again.entries) == (2, 2, 0)
+    assert (again.from_format, again.to_format, again.entries) == (3, 3, 0)
     with SovereignJournal(store) as journal:  # and the migrated store takes new writes
         new = TransactionLog(1, "charge", "new", LogStatus.Completed)
         assert journal.record(new, increment="charge") == 2
         assert journal.entry(305).request_id == "new"
+
+
+FORMAT2_ROOT = "e1690ba8fb0843934ed86d3b9d1ae7b68cc5978dceb5048ec949640476d11b64"
+
+
+def test_a_format2_store_written_before_the_commit_log_migrates_in_place(tmp_path: Path) -> None:
+    # tests/fixtures/format2-store was written by the last code of format 2
+    # (tests/fixtures/make_format2_store.py): two logs, a non-ASCII request id, errors, a checkpoint.
+    store = tmp_path / "store"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "format2-store", store)
+    before = hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest()
+    with pytest.raises(NeedsMigrationError, match=rf"format 2 .* krepis migrate --storage {store}"):
+        SovereignJournal(store)
+    assert hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest() == before
+    assert not (store / "commit.log").exists()
+    result = migrate(store)
+    assert (result.from_format, result.to_format, result.entries, result.counters) == (2, 3, 180, 5)
+    with SovereignJournal(store) as journal:
+        report = journal.verify()
+        assert (report.entries, report.root.hex()) == (180, FORMAT2_ROOT)
+        assert journal.next_seq() == 300
+        assert journal.op_counts() == {"op0": 36, "op1": 36, "op2": 36, "op3": 36, "op4": 35}
+        assert journal.entry(150) == TransactionLog(1_700_000_100_029, "op4", "räq-29", LogStatus.Started,
+                                                    seq=150)
+        assert journal.entry(128).error == "boom ✗"
+        assert (journal.latest_checkpoint() or "").startswith("example.com/format2\n180\n")
+        assert journal.record(TransactionLog(1, "op0", "new", LogStatus.Completed), increment="op0") == 37
+        assert journal.entry(300).request_id == "new"
+    assert (store / "commit.log").exists()
+    assert migrate(store).from_format == 3  # nothing left to do
 
 
 def test_cli_names_the_command_and_migrates(tmp_path: Path) -> None:
@@ -86,11 +116,11 @@ def test_cli_names_the_command_and_migrates(tmp_path: Path) -> None:
     assert "Traceback" not in stats.stderr
     done = subprocess.run([KREPIS, "migrate", "--storage", str(store), "--json"], capture_output=True,
                           text=True, check=True)
-    assert json.loads(done.stdout) == {"storage": str(store), "from_format": 1, "to_format": 2,
+    assert json.loads(done.stdout) == {"storage": str(store), "from_format": 1, "to_format": 3,
                                        "entries": 305, "counters": 9}
     text = subprocess.run([KREPIS, "migrate", "--storage", str(store)], capture_output=True, text=True,
                           check=True)
-    assert "already in storage format 2" in text.stdout
+    assert "already in storage format 3" in text.stdout
 
 
 def _bulk(n: int, seed: int = 1) -> tuple[list[TransactionLog], dict[str, int]]:

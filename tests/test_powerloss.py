@@ -147,13 +147,6 @@ def test_interval_drop_mode_loses_only_the_last_window(rig: Rig) -> None:
     assert CUTS < 5 or (fsyncs > 0 and must > 0), (fsyncs, must)
 
 
-ISSUE_15 = (
-    "issue 15: under interval:Nms, a power cut that keeps a random, partly torn subset of the "
-    "unsynced LMDB writes leaves a store that opens without error while its counter and entries "
-    "disagree, or whose pages are corrupt; the storage adapter's design change is pending")
-
-
-@pytest.mark.xfail(strict=True, raises=DurabilityViolation, reason=ISSUE_15)
 def test_interval_torn_mode_is_never_silently_inconsistent(rig: Rig) -> None:
     """``interval:10ms``, mode B, the minimum: a store that OPENS is consistent — readable,
     writable, counter == entries, only the last window missing. Refusing to open with
@@ -164,11 +157,10 @@ def test_interval_torn_mode_is_never_silently_inconsistent(rig: Rig) -> None:
         rig.check(rnd, "interval", detected_ok=True)
 
 
-@pytest.mark.xfail(strict=True, raises=DurabilityViolation, reason=ISSUE_15)
 def test_interval_torn_mode_opens_intact(rig: Rig) -> None:
-    """``interval:10ms``, mode B, the goal of issue 15: the store always opens intact with
-    counter == entries, only the last window missing. (If the fix chosen is detection on open
-    instead, this stays expected to fail, and the test above is the one that must pass.)"""
+    """``interval:10ms``, mode B: the store always opens intact with counter == entries, only
+    the last window missing (the commit log's checkpoint and records, not LMDB's unsynced
+    pages, are what recovery trusts)."""
     for n in range(max(CUTS, 40)):
         rnd = rig.cut(n, mode="B", flush="interval:10ms", kind="threads", threads=4)
         rig.check(rnd, "interval")
@@ -177,13 +169,21 @@ def test_interval_torn_mode_opens_intact(rig: Rig) -> None:
 # -- the harness catches broken designs ---------------------------------------------------------
 
 def test_harness_catches_acknowledging_before_sync(rig: Rig) -> None:
-    """A writer whose LMDB commits without any sync (acknowledges before its data is durable,
-    no log) fails the durability check after a drop-mode cut, and the fsync check sees that no
-    fsync reached the file system."""
+    """A writer that never flushes its commit log (acknowledges before its data is durable)
+    fails the durability check after a drop-mode cut, and the fsync check sees that no flush of
+    the log reached the file system."""
     rnd = rig.cut(0, mode="A", flush="sync", kind="threads", threads=1, broken="nosync", min_acks=5)
     assert rnd.fsyncs == 0
     with pytest.raises(DurabilityViolation, match=r"only 0 fsync"):
         check_fsyncs_reached(rnd)
+    with pytest.raises(DurabilityViolation, match="acknowledged writes lost"):
+        rig.check(rnd, "sync")
+
+
+def test_harness_catches_committing_without_sync_or_log(rig: Rig) -> None:
+    """A writer that commits LMDB without sync and writes no log loses acknowledged writes at
+    a drop-mode cut."""
+    rnd = rig.cut(0, mode="A", flush="sync", kind="threads", threads=1, broken="nolog", min_acks=5)
     with pytest.raises(DurabilityViolation, match="acknowledged writes lost"):
         rig.check(rnd, "sync")
 

@@ -21,6 +21,7 @@ from krepis._tlog.note import (
     sign_note,
 )
 from krepis._tlog.tiles import parse_tile_path
+from rawlmdb import forget_commit_log
 
 from format1 import PG_SCHEMA_1
 
@@ -162,6 +163,7 @@ def test_a_failed_backup_into_an_existing_empty_directory_leaves_it_empty(tmp_pa
         assert cur.set_key(b"t")
         cur.delete()
     env.close()
+    forget_commit_log(src)
     dest.mkdir()
     with pytest.raises(JournalError):
         backup(src, dest)

@@ -6,6 +6,7 @@ import pytest
 
 from krepis._storage import Storage
 from krepis._storage.lmdb import LmdbStorage
+from rawlmdb import forget_commit_log
 
 from storage_conformance import StorageConformance
 
@@ -47,6 +48,7 @@ def _tamper(store: Path, fn) -> None:  # type: ignore[no-untyped-def]
             fn(txn, dbs)
     finally:
         env.close()
+        forget_commit_log(store)
 
 
 def _key(seq: int) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 
 from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
+from rawlmdb import forget_commit_log
 
 KREPIS = str(Path(sys.executable).parent / "krepis")
 WORKERS = str(Path(__file__).parent / "workers.py")
@@ -164,6 +165,7 @@ def test_verify_names_the_first_bad_entry_and_a_clear_needs_a_new_origin(tmp_pat
         value[-1] ^= 1  # the duration of entry 7
         txn.put((7).to_bytes(8, "big"), bytes(value), db=db)
     env.close()
+    forget_commit_log(store)
     bad = krepis("verify", "--storage", str(store), cwd=tmp_path, ok=False)
     assert bad.returncode == 1 and "entries 0" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -28,6 +28,7 @@ from typing import Any
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
 STORE = "store"  # the store's directory, relative to the mount
 DATA_FILE = f"{STORE}/data.mdb"
+LOG_FILE = f"{STORE}/commit.log"  # a commit is durable once its record here is flushed
 
 
 class DurabilityViolation(AssertionError):
@@ -210,8 +211,8 @@ class Round:
     sector: int
     acks: list[Ack]
     writers: int  # threads/tasks in all writer processes: at most this many writes in flight
-    fsyncs: int  # fsync/fdatasync/O_DSYNC writes of the data file during the round
-    last_durable_ns: int  # when the data file was last made durable (0: never)
+    fsyncs: int  # fsync/fdatasync/O_DSYNC writes of the commit log during the round
+    last_durable_ns: int  # when the commit log was last made durable (0: never)
     cut_report: dict[str, Any] = field(default_factory=dict)
     trigger: str = "time"
 
@@ -230,7 +231,7 @@ def _read_acks(paths: list[Path]) -> list[Ack]:
 
 
 def _durable_count(stats: dict[str, Any]) -> int:
-    return int(stats["fsyncs"].get(DATA_FILE, 0)) + int(stats["sync_writes"].get(DATA_FILE, 0))
+    return int(stats["fsyncs"].get(LOG_FILE, 0)) + int(stats["sync_writes"].get(LOG_FILE, 0))
 
 
 def run_cut(
@@ -253,9 +254,11 @@ def run_cut(
 
     The moment is random. ``trigger="time"``: after ``min_acks`` acknowledgements (by default 0
     in one round of eight, else 1 to 40), plus 0 to 20 ms. ``trigger="event"``: right before the
-    N-th write or fsync of the data file (N from 1 to 120; the file system freezes there, see
-    :mod:`powerloss.fs`), which lands cuts inside commits, between a commit's page writes and its
-    fsync. By default one or the other at random (``"time"`` when ``min_acks`` is given).
+    N-th write or fsync of the data file or of the commit log (either at random; N from 1 to 120;
+    the file system freezes there, see :mod:`powerloss.fs`), which lands cuts inside commits and
+    checkpoints: between a record's write and its flush, among a commit's page writes, inside a
+    checkpoint's flush of the data file or its write of a slot. By default one trigger or the
+    other at random (``"time"`` when ``min_acks`` is given).
     Returns what the checks need.
     """
     if trigger is None:
@@ -266,13 +269,14 @@ def run_cut(
         min_acks = 0 if rng.random() < 0.125 else rng.randint(1, 40)
     delay = rng.uniform(0, 0.02)
     events = rng.randint(1, 120)
+    armed = rng.choice((DATA_FILE, LOG_FILE))
     seed = rng.getrandbits(32)
     sector = rng.choice((512, 512, 4096))
     before = fs.stats()
     acks_files = [workdir / f"r{number}.p{p}.acks" for p in range(processes)]
     err = workdir / f"r{number}.err"
     if trigger == "event":
-        fs.request({"cmd": "arm", "file": DATA_FILE, "events": events})
+        fs.request({"cmd": "arm", "file": armed, "events": events})
     pids = [zygote.spawn({"store": str(fs.mnt / STORE), "flush": flush, "kind": kind, "threads": threads,
                           "tag": f"r{number}p{p}", "ack": str(acks_files[p]), "err": str(err),
                           "broken": broken})
@@ -319,7 +323,7 @@ def run_cut(
     acks = _read_acks(acks_files)  # after the writers are gone: complete lines only
     return Round(number, mode, seed, sector, acks, threads * processes,
                  _durable_count(after) - _durable_count(before),
-                 int(after["last_durable_ns"].get(DATA_FILE, 0)), report, trigger)
+                 int(after["last_durable_ns"].get(LOG_FILE, 0)), report, trigger)
 
 
 def verify_store_hook(journal: Any) -> None:
@@ -462,7 +466,7 @@ def check_store(fs: PowerLossMount, zygote: Zygote, rnd: Round, survivors: set[s
 
 
 def check_fsyncs_reached(rnd: Round) -> None:
-    """Under ``sync``: acknowledged writes imply fsyncs of the data file reached the file system.
+    """Under ``sync``: acknowledged writes imply flushes of the commit log reached the file system.
 
     One writer thread commits alone, so it needs at least one durable point per acknowledged
     write; concurrent writers share commits, so at least one in all.
@@ -471,7 +475,7 @@ def check_fsyncs_reached(rnd: Round) -> None:
     if rnd.fsyncs < need:
         raise DurabilityViolation(
             f"round {rnd.number}: {len(rnd.acks)} writes acknowledged under 'sync' but only "
-            f"{rnd.fsyncs} fsync/fdatasync/O_DSYNC writes of {DATA_FILE} reached the file system "
+            f"{rnd.fsyncs} fsync/fdatasync/O_DSYNC writes of {LOG_FILE} reached the file system "
             f"(need >= {need})")
 
 

@@ -18,8 +18,9 @@ corrupt LMDB file can crash the process that reads it.
 
 Writer spec keys: ``store`` (path on the mount), ``flush`` (policy), ``kind`` (``"threads"`` or
 ``"async"``), ``threads`` (threads or asyncio tasks), ``tag`` (request-id prefix), ``ack`` (ack
-file), ``err`` (where a traceback goes), and ``broken`` (``"nosync"``: open LMDB without any
-sync, so every call is acknowledged before its data is durable — a deliberately broken design).
+file), ``err`` (where a traceback goes), and ``broken`` (deliberately broken designs: ``"nosync"``,
+the commit log never flushed, so every call is acknowledged before its data is durable;
+``"nolog"``, LMDB committed without sync and without a log).
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ import threading
 import time
 import traceback
 from typing import Any
-
-import lmdb
 
 from krepis import AsyncSovereignJournal, LogStatus, SovereignJournal, TransactionLog
 from krepis._model import now_ms
@@ -52,15 +51,19 @@ def _ack_writer(path: str) -> Any:
 
 
 def _break_sync() -> None:
-    """Make every LMDB environment of this process commit without fsync (and no log)."""
-    real_open = lmdb.open
+    """Acknowledge before syncing: the commit log is written but never flushed (checkpoints
+    still flush now and then, so only the writes since the last one are at risk)."""
+    from krepis._storage._commitlog import CommitLog
 
-    def open_without_sync(*args: Any, **kwargs: Any) -> Any:
-        kwargs["sync"] = False
-        kwargs["metasync"] = False
-        return real_open(*args, **kwargs)
+    CommitLog.flush = lambda self: None  # type: ignore[method-assign]
 
-    lmdb.open = open_without_sync
+
+def _break_log() -> None:
+    """Commit LMDB without sync and without a log: no record is written or flushed."""
+    from krepis._storage._commitlog import CommitLog
+
+    CommitLog.flush = lambda self: None  # type: ignore[method-assign]
+    CommitLog.write = lambda self, position, record: None  # type: ignore[method-assign]
 
 
 def _die(spec: dict[str, Any]) -> None:
@@ -74,6 +77,8 @@ def run(spec: dict[str, Any]) -> None:
     """Run the job ``spec`` describes: a writer (forever), or a store inspection (then return)."""
     if spec.get("broken") == "nosync":
         _break_sync()
+    elif spec.get("broken") == "nolog":
+        _break_log()
     elif spec.get("broken"):
         raise ValueError(f"unknown broken variant {spec['broken']!r}")
 

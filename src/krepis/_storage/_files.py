@@ -44,6 +44,7 @@ __all__ = ["StoreFiles", "check_path", "open_directory"]
 
 DATA = "data.mdb"
 LOCK = "lock.mdb"
+LOG = "commit.log"  # see _commitlog.py
 MIGRATE_DIR = ".migrate"  # where `krepis migrate` builds the new store before swapping it in
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
@@ -57,6 +58,17 @@ _META = struct.Struct("<II8x8xI44x48xQQ")
 _MAGIC = 0xBEEFC0DE
 _DATA_VERSION = 1
 _META_CHECKABLE = struct.calcsize("P") == 8
+
+
+def meta_txnid(pages: bytes, page_size: int) -> int:
+    """The newest transaction id of LMDB's two meta pages in ``pages`` (-1 if neither is one)."""
+    newest = -1
+    for at in (0, page_size):
+        if len(pages) >= at + _PAGE_HEADER + _META.size:
+            magic, version, _psize, _last, txnid = _META.unpack_from(pages, at + _PAGE_HEADER)
+            if magic == _MAGIC and version == _DATA_VERSION:
+                newest = max(newest, txnid)
+    return newest
 
 
 def check_path(path: str) -> None:
@@ -280,7 +292,7 @@ class StoreFiles:
         elif not create:
             raise StorageError(f"there is no krepis store at {path}", path)
         else:
-            others = sorted(set(os.listdir(dfd)) - {LOCK, DATA, MIGRATE_DIR})
+            others = sorted(set(os.listdir(dfd)) - {LOCK, DATA, LOG, LOG + ".new", MIGRATE_DIR})
             if others:
                 shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
                 raise StorageError(
@@ -329,9 +341,10 @@ class StoreFiles:
             os.close(fd)  # nothing locks this file yet, so closing it drops no lock
         self.created.append(name)
 
-    def check_data_file(self) -> None:
+    def check_data_file(self, metas: bytes | None = None) -> None:
         """Refuse an empty ``data.mdb`` (unless created by this open) or one shorter than its
-        newest meta page claims, before LMDB maps it (a mapping past the end is SIGBUS)."""
+        newest meta page claims, before LMDB maps it (a mapping past the end is SIGBUS).
+        ``metas``: check against these meta pages (a checkpoint's) instead of the file's."""
         size = os.fstat(self.data_fd).st_size
         full = os.path.join(self.path, DATA)
         if size == 0:
@@ -343,7 +356,8 @@ class StoreFiles:
                 f"delete {full}", self.path)
         if not _META_CHECKABLE:  # pragma: no cover - 32-bit builds lay the meta out differently
             return
-        first = os.pread(self.data_fd, _PAGE_HEADER + _META.size, 0)
+        first = metas[:_PAGE_HEADER + _META.size] if metas is not None else \
+            os.pread(self.data_fd, _PAGE_HEADER + _META.size, 0)
         if len(first) < _PAGE_HEADER + _META.size:
             raise CorruptStorageError(
                 f"storage at {self.path}: {full} is truncated ({size} bytes, shorter than one "
@@ -352,7 +366,8 @@ class StoreFiles:
         if magic != _MAGIC or version != _DATA_VERSION or psize < 512 or psize & (psize - 1):
             return  # not an LMDB data file: LMDB refuses it with its own error, nothing mapped
         newest = (last_pg, txnid)
-        second = os.pread(self.data_fd, _PAGE_HEADER + _META.size, psize)
+        second = metas[psize:psize + _PAGE_HEADER + _META.size] if metas is not None else \
+            os.pread(self.data_fd, _PAGE_HEADER + _META.size, psize)
         if len(second) == _PAGE_HEADER + _META.size:
             m2, v2, _p2, last2, txn2 = _META.unpack_from(second, _PAGE_HEADER)
             if m2 == _MAGIC and v2 == _DATA_VERSION and txn2 > txnid:
@@ -398,6 +413,60 @@ class StoreFiles:
                     f"storage at {self.path}: {name} was replaced while the store was being "
                     "opened; nothing was written. Check who else writes this directory",
                     self.path)
+
+    def open_log(self) -> int | None:
+        """A read-write descriptor of ``commit.log`` (checked like the other files), or ``None``
+        when there is none."""
+        st = _lstat(LOG, self.dir_fd)
+        if st is None:
+            return None
+        _check_entry(self.path, LOG, st)
+        try:
+            fd = os.open(LOG, os.O_RDWR | _NOFOLLOW, dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise StorageError(f"cannot open {os.path.join(self.path, LOG)}: {exc.strerror}",
+                               self.path) from exc
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise StorageError(f"storage at {self.path}: {LOG} was replaced while being opened",
+                               self.path)
+        return fd
+
+    def meta_pages(self, page_size: int) -> bytes:
+        """The two meta pages of ``data.mdb`` as they are now."""
+        return os.pread(self.data_fd, 2 * page_size, 0)
+
+    def restore_meta_pages(self, pages: bytes) -> None:
+        """Write ``pages`` over ``data.mdb``'s meta pages and flush them (commit-log recovery,
+        before LMDB opens the file)."""
+        fd = os.open(DATA, os.O_RDWR | _NOFOLLOW, dir_fd=self.dir_fd)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._ids[DATA]:
+                raise StorageError(f"storage at {self.path}: {DATA} was replaced while being opened",
+                                   self.path)
+            os.pwrite(fd, pages, 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)  # data.mdb carries no fcntl lock (the writer lock is an flock)
+
+    def alone(self) -> bool:
+        """Whether no other process has the environment open (nobody holds LMDB's shared lock on
+        byte 0 of ``lock.mdb``). Only meaningful before this process opens it, under the
+        directory lock that every opener takes."""
+        try:
+            fd = os.open(LOCK, os.O_RDWR | _NOFOLLOW, dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise StorageError(f"cannot open {os.path.join(self.path, LOCK)}: {exc.strerror}",
+                               self.path) from exc
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # this process holds no other fcntl lock on lock.mdb yet
+        return True
 
     def writer_lock(self) -> _WriterLock:
         """Hold the store-wide writer lock: one write transaction at a time across threads and

@@ -1,11 +1,18 @@
 """The LMDB adapter: the default engine, one environment per storage directory.
 
-Layout (storage format 2, see ``docs/storage-format.md``): entries keyed by their sequence
+Layout (storage format 3, see ``docs/storage-format.md``): entries keyed by their sequence
 number (append order), an index per lookup (time, status, op, request id) written in the same
 transaction, the Merkle tree's frontier and tile nodes, the counters. LMDB serializes writers
-across threads and processes with a robust mutex in ``lock.mdb``, so several processes may share
-one directory; commits are copy-on-write, so a crash at any point leaves the last committed
-state.
+across threads and processes with a robust mutex in ``lock.mdb`` (and krepis with an flock on
+``data.mdb``), so several processes may share one directory.
+
+The commit path (``_commitlog.py``): LMDB commits without syncing; a commit is made durable by
+its record in ``commit.log``, written before the LMDB commit and flushed by one ``fdatasync``
+that runs on a helper thread while the commit is applied. Checkpoints (a background thread, a
+few per second at most) flush ``data.mdb`` and record its meta pages in the log. Every process
+that commits holds a read transaction no newer than the newest checkpoint (its *pin*), so LMDB
+never reuses a page of the last durable snapshot: after a power cut, the first opener writes the
+checkpoint's meta pages back and applies the logged commits that follow it again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import heapq
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from hashlib import sha256
 from typing import Any
@@ -30,15 +38,21 @@ from .._errors import (
     NeedsMigrationError,
     StorageError,
 )
-from .._model import LogStatus, TransactionLog, encode_log
+from .._model import LogStatus, TransactionLog, decode_log, encode_log
 from .._tlog.merkle import append_leaf, root_from_frontier
 from . import LogAudit, Query, Storage, TreeHead, VerifyReport, WriteRequest, check_checkpoint
 from ._codec import STATUS_CODE, decode_value, encode_value, rid_hash
-from ._files import StoreFiles, open_directory
+from ._commitlog import LOG, CommitLog, Flusher, Slot, decode_payload, encode_payload
+from ._files import StoreFiles, meta_txnid, open_directory
 
 __all__ = ["FORMAT_VERSION", "LmdbStorage"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# A background checkpoint follows this many commits by one process, or a second with any, or a
+# ring more than half full; a process that has not written for _IDLE_SECONDS drops its pin.
+_CHECKPOINT_COMMITS = 256
+_CHECKPOINT_SECONDS = 1.0
+_IDLE_SECONDS = 2.0
 COUNTER_PREFIX = b"op_count:"
 _U64 = struct.Struct("<Q")
 _SEQ = struct.Struct(">Q")
@@ -65,21 +79,70 @@ _DBS = (
 _DB_NAMES = {name for name, _ in _DBS}
 
 
+class _Refused(StorageError):
+    """A write the store refuses whatever the moment (a counter at 2**64-1, the op table full):
+    applying its logged batch again in recovery refuses it again, so it never committed."""
+
+
 class _SharedEnv:
-    """One LMDB environment per directory per process (LMDB forbids opening one twice)."""
+    """One LMDB environment per directory per process (LMDB forbids opening one twice), with
+    this process's side of the commit path: the log, its flusher, the pin, the checkpointer."""
 
-    __slots__ = ("dbs", "durable", "env", "files", "key", "op_ids", "op_names", "refs")
+    __slots__ = (
+        "ckpt_lock",
+        "ckpt_thread",
+        "ckpt_wake",
+        "closing",
+        "commits",
+        "dbs",
+        "env",
+        "failed",
+        "files",
+        "flusher",
+        "key",
+        "last_ckpt",
+        "last_write",
+        "log",
+        "op_ids",
+        "op_names",
+        "page_size",
+        "pin",
+        "pin_txnid",
+        "refs",
+        "tail",
+    )
 
-    def __init__(self, env: lmdb.Environment, durable: bool, dbs: dict[bytes, Any], key: Any):
-        self.files: StoreFiles | None = None
+    def __init__(self, env: lmdb.Environment, dbs: dict[bytes, Any], key: Any, files: StoreFiles,
+                 log: CommitLog):
+        self.files = files
         self.env = env
-        self.durable = durable
         self.refs = 0
         self.dbs = dbs
         self.key = key
         # The op table is append-only: a name's id never changes once committed.
         self.op_ids: dict[str, int] = {}
         self.op_names: dict[int, str] = {}
+        self.log = log
+        self.page_size = log.page_size
+        self.tail = log.checkpoint().tail  # ring position the newest known checkpoint needs kept
+        self.pin: Any = None  # a read transaction no newer than the newest checkpoint
+        self.pin_txnid = -1
+        self.commits = 0  # by this process since its last checkpoint
+        self.last_ckpt = self.last_write = time.monotonic()
+        self.failed: BaseException | None = None
+        self.closing = False
+        self.ckpt_lock = threading.Lock()
+        self.ckpt_wake = threading.Event()
+        self.flusher: Flusher | None = None
+        self.ckpt_thread: threading.Thread | None = None
+
+    def start_threads(self, path: str) -> None:
+        """The flusher and checkpointer of this process (started with the first write)."""
+        if self.flusher is None:
+            self.flusher = Flusher(self.log, f"krepis-flush:{path}")
+            self.ckpt_thread = threading.Thread(target=_checkpointer, args=(self, path),
+                                                name=f"krepis-checkpoint:{path}", daemon=True)
+            self.ckpt_thread.start()
 
 
 _registry: dict[tuple[int, int], _SharedEnv] = {}
@@ -118,9 +181,10 @@ def _wrap(exc: BaseException, path: str, doing: str) -> JournalError:
 class LmdbStorage(Storage):
     """The journal in an LMDB environment at a directory.
 
-    ``durable=True`` opens LMDB with full sync: each commit is on stable storage (data and meta
-    page both fsynced) before it returns. ``durable=False`` commits to the OS page cache only —
-    safe against a process crash, not against a machine crash — and relies on :meth:`sync`.
+    ``durable=True``: each commit is on stable storage before it returns (its record in the
+    commit log is flushed). ``durable=False`` commits to the OS page cache only — safe against a
+    process crash; after a machine crash the store opens intact at an earlier commit — and
+    relies on :meth:`sync`, which flushes every commit made so far.
     """
 
     def __init__(
@@ -129,10 +193,14 @@ class LmdbStorage(Storage):
         path = os.path.abspath(os.path.expanduser(os.fspath(location)))
         self.location = path
         self._closed = False
-        self._shared = _acquire(path, durable, create)
+        self._durable = durable
+        self._bind(_acquire(path, create))
         self._generation = _generation
-        self._env = self._shared.env
-        dbs = self._shared.dbs
+
+    def _bind(self, shared: _SharedEnv) -> None:
+        self._shared = shared
+        self._env = shared.env
+        dbs = shared.dbs
         self._entries = dbs[b"entries"]
         self._index = dbs[b"index"]
         self._ops = dbs[b"ops"]
@@ -158,56 +226,184 @@ class LmdbStorage(Storage):
             _release(self._shared)
 
     def sync(self) -> None:
+        """Make every commit so far durable: one flush of the commit log."""
         self._check()
         try:
-            self._env.sync(True)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "syncing") from exc
+            self._shared.log.flush()
+        except OSError as exc:
+            raise StorageError(f"storage at {self.location} failed while syncing {LOG}: "
+                               f"{exc.strerror or exc}", self.location) from exc
+
+    def checkpoint(self) -> None:
+        """Flush ``data.mdb`` itself and record the checkpoint, so that the store's data file
+        alone holds every commit so far (for copies that leave the commit log behind)."""
+        self._check()
+        try:
+            _checkpoint(self._shared, self.location, locked=False)
+        except (lmdb.Error, OSError) as exc:
+            raise _wrap(exc, self.location, "checkpointing") from exc
 
     # -- writes ----------------------------------------------------------------------------
     def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
         if self._closed or self._generation != _generation:
             self._check()
-        with _writer_lock(self._shared):
-            return self._write_batch(requests)
+        shared = self._shared
+        payload = encode_payload([([c for _, c in req.entries], req.increments) for req in requests])
+        with _writer_lock(shared):
+            results, ticket = self._write_batch(requests, payload)
+        if ticket:
+            assert shared.flusher is not None
+            try:
+                shared.flusher.wait(ticket)
+            except StorageError as exc:
+                shared.failed = exc
+                raise
+        return results
 
-    def _write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
+    def _before_commit(self) -> _SharedEnv:
+        """Under the writer lock, before any commit: the store is usable and this process holds
+        a pin under the newest checkpoint (taking a checkpoint for it if not)."""
         self._check()
-        stats, meta = self._stats, self._meta
-        results: list[list[int]] = []
-        new_ops: dict[str, int] = {}
+        shared = self._shared
+        if shared.failed is not None:
+            raise StorageError(f"storage at {self.location} refuses writes after an earlier failure "
+                               f"of its commit path ({shared.failed}); close and reopen it",
+                               self.location)
+        if shared.flusher is None:
+            shared.start_threads(self.location)
+        if shared.pin is None:
+            _checkpoint(shared, self.location, locked=True)
+        return shared
+
+    def _write_batch(self, requests: Sequence[WriteRequest], payload: bytes) -> tuple[list[list[int]], int]:
+        """Log, apply and commit one batch; returns its results and the flush ticket to wait for
+        (0 when the batch need not or cannot wait for one)."""
         try:
-            with self._env.begin(write=True) as txn:
-                put = txn.put
-                seq, first_seq, epoch, frontier = self._read_tree(txn)
-                if any(req.entries for req in requests):
-                    seq = self._append(txn, requests, seq, first_seq, frontier, new_ops)
-                    put(b"seq", _U64.pack(seq), db=meta)
-                    put(b"tree", _TREE_HDR.pack(first_seq, epoch) + b"".join(frontier), db=meta)
-                counters: dict[bytes, int] = {}
-                for req in requests:
-                    values = []
-                    for name in req.increments:
-                        key = COUNTER_PREFIX + name
-                        current = counters.get(key)
-                        if current is None:
-                            current = self._counter(txn.get(key, db=stats), name)
-                        if current >= _MAX_U64:
-                            raise StorageError(
-                                f"counter {name.decode('utf-8', 'replace')!r} at {self.location} "
-                                f"would overflow 2**64-1", self.location)
-                        current += 1
-                        counters[key] = current
-                        values.append(current)
-                    results.append(values)
-                for key, count in counters.items():
-                    put(key, _U64.pack(count), db=stats)
+            shared = self._before_commit()
         except (lmdb.Error, OSError) as exc:
             raise _wrap(exc, self.location, "writing") from exc
+        log = shared.log
+        size = log.record_size(len(payload))
+        new_ops: dict[str, int] = {}
+        written = -1
+        ticket = 0
+        try:
+            txn = self._env.begin(write=True)
+            try:
+                at = log.place(_position(txn.get(b"log", db=self._meta), self.location), size)
+                if not log.fits(at, size, shared.tail):
+                    shared.tail = log.checkpoint().tail  # another process may have advanced it
+                    if not log.fits(at, size, shared.tail) and size <= log.ring:
+                        _checkpoint(shared, self.location, locked=True)
+                if log.fits(at, size, shared.tail):
+                    log.write(at, log.record(txn.id(), at, payload))
+                    written = at
+                    if self._durable:
+                        assert shared.flusher is not None
+                        ticket = shared.flusher.request()  # flushes while the batch is applied
+                results = self._apply(txn, requests, new_ops)
+                if written >= 0:
+                    txn.put(b"log", _U64.pack(at + size), db=self._meta)
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+        except BaseException as exc:
+            if written >= 0:
+                try:
+                    log.erase(written)  # never applied again by a recovery
+                except OSError as erase_exc:
+                    shared.failed = erase_exc
+            if isinstance(exc, (lmdb.Error, OSError)):
+                raise _wrap(exc, self.location, "writing") from exc
+            raise
         if new_ops:  # committed: the ids are now the store's
-            self._shared.op_ids.update(new_ops)
-            self._shared.op_names.update((i, n) for n, i in new_ops.items())
+            shared.op_ids.update(new_ops)
+            shared.op_names.update((i, n) for n, i in new_ops.items())
+        if written < 0:  # too large for the ring: durable through a checkpoint instead
+            try:
+                _checkpoint(shared, self.location, locked=True)
+            except (lmdb.Error, OSError) as exc:
+                shared.failed = exc
+                raise _wrap(exc, self.location, "writing") from exc
+        else:
+            shared.commits += 1
+            shared.last_write = time.monotonic()
+            if shared.commits >= _CHECKPOINT_COMMITS or (at + size - shared.tail) * 2 > log.ring:
+                shared.ckpt_wake.set()
+        return results, ticket
+
+    def _apply(self, txn: Any, requests: Sequence[WriteRequest], new_ops: dict[str, int]) -> list[list[int]]:
+        """Every change of one batch, inside ``txn``: entries, indexes, tree, counters."""
+        stats, meta = self._stats, self._meta
+        put = txn.put
+        results: list[list[int]] = []
+        seq, first_seq, epoch, frontier = self._read_tree(txn)
+        if any(req.entries for req in requests):
+            seq = self._append(txn, requests, seq, first_seq, frontier, new_ops)
+            put(b"seq", _U64.pack(seq), db=meta)
+            put(b"tree", _TREE_HDR.pack(first_seq, epoch) + b"".join(frontier), db=meta)
+        counters: dict[bytes, int] = {}
+        for req in requests:
+            values = []
+            for name in req.increments:
+                key = COUNTER_PREFIX + name
+                current = counters.get(key)
+                if current is None:
+                    current = self._counter(txn.get(key, db=stats), name)
+                if current >= _MAX_U64:
+                    raise _Refused(
+                        f"counter {name.decode('utf-8', 'replace')!r} at {self.location} "
+                        f"would overflow 2**64-1", self.location)
+                current += 1
+                counters[key] = current
+                values.append(current)
+            results.append(values)
+        for key, count in counters.items():
+            put(key, _U64.pack(count), db=stats)
         return results
+
+    def _replay(self, slot: Slot) -> int:
+        """Apply the logged commits after ``slot`` again, in order (recovery); their count."""
+        shared = self._shared
+        count = 0
+        for txnid, _at, payload, after in shared.log.records(slot):
+            try:
+                requests = [WriteRequest([(_canonical_log(c), c) for c in entries], tuple(increments))
+                            for entries, increments in decode_payload(payload)]
+            except ValueError as exc:
+                raise CorruptStorageError(f"storage at {self.location}: the {LOG} record of transaction "
+                                          f"{txnid} is malformed ({exc})", self.location) from None
+            new_ops: dict[str, int] = {}
+            with self._env.begin(write=True) as txn:
+                if txn.id() != txnid:
+                    raise CorruptStorageError(
+                        f"storage at {self.location}: {LOG} holds transaction {txnid} where the "
+                        f"store is at transaction {txn.id() - 1}", self.location)
+                try:
+                    self._apply(txn, requests, new_ops)
+                except _Refused:
+                    txn.abort()  # refused when it was first written too: it never committed
+                    break
+                txn.put(b"log", _U64.pack(after), db=self._meta)
+            shared.op_ids.update(new_ops)
+            shared.op_names.update((i, n) for n, i in new_ops.items())
+            count += 1
+        return count
+
+    def _unlogged_commit(self, body: Callable[[Any], None], doing: str) -> None:
+        """A rare change outside the commit log (clearing, a checkpoint note): committed under
+        the writer lock and made durable by a checkpoint before the lock is released, so the
+        log never holds a commit that follows one it does not hold."""
+        with _writer_lock(self._shared):
+            try:
+                shared = self._before_commit()
+                with self._env.begin(write=True) as txn:
+                    self._check()
+                    body(txn)
+                _checkpoint(shared, self.location, locked=True)
+            except (lmdb.Error, OSError) as exc:
+                raise _wrap(exc, self.location, doing) from exc
 
     def _append(
         self,
@@ -267,7 +463,7 @@ class LmdbStorage(Storage):
         raw_next = txn.get(b"next_op", db=self._meta)
         op_id = _U64.unpack(raw_next)[0] if raw_next and len(raw_next) == 8 else 0
         if op_id >= 2**32:
-            raise StorageError(f"storage at {self.location} holds 2**32 op names; no more fit",
+            raise _Refused(f"storage at {self.location} holds 2**32 op names; no more fit",
                                self.location)
         txn.put(b"n" + raw_name, op_id.to_bytes(4, "little"), db=self._ops)
         txn.put(b"i" + op_id.to_bytes(4, "big"), raw_name, db=self._ops)
@@ -305,28 +501,23 @@ class LmdbStorage(Storage):
     def clear(self, trace: Callable[[int, int, int], TransactionLog] | None = None) -> None:
         if self._closed or self._generation != _generation:
             self._check()
-        with _writer_lock(self._shared):
-            self._clear(trace)
-
-    def _clear(self, trace: Callable[[int, int, int], TransactionLog] | None) -> None:
         new_ops: dict[str, int] = {}
-        try:
-            with self._env.begin(write=True) as txn:
-                self._check()
-                seq, _first, epoch, _frontier = self._read_tree(txn)
-                removed = int(txn.stat(self._entries)["entries"])
-                counters = int(txn.stat(self._stats)["entries"])
-                for db in (self._entries, self._index, self._stats, self._tree):
-                    txn.drop(db, delete=False)
-                frontier: list[bytes] = []
-                if trace is not None:
-                    log = trace(removed, counters, epoch + 1)
-                    request = WriteRequest([(log, encode_log(log))], ())
-                    txn.put(b"seq", _U64.pack(self._append(txn, [request], seq, seq, frontier, new_ops)),
-                            db=self._meta)
-                txn.put(b"tree", _TREE_HDR.pack(seq, epoch + 1) + b"".join(frontier), db=self._meta)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "clearing") from exc
+
+        def body(txn: Any) -> None:
+            seq, _first, epoch, _frontier = self._read_tree(txn)
+            removed = int(txn.stat(self._entries)["entries"])
+            counters = int(txn.stat(self._stats)["entries"])
+            for db in (self._entries, self._index, self._stats, self._tree):
+                txn.drop(db, delete=False)
+            frontier: list[bytes] = []
+            if trace is not None:
+                log = trace(removed, counters, epoch + 1)
+                request = WriteRequest([(log, encode_log(log))], ())
+                txn.put(b"seq", _U64.pack(self._append(txn, [request], seq, seq, frontier, new_ops)),
+                        db=self._meta)
+            txn.put(b"tree", _TREE_HDR.pack(seq, epoch + 1) + b"".join(frontier), db=self._meta)
+
+        self._unlogged_commit(body, "clearing")
         if new_ops:
             self._shared.op_ids.update(new_ops)
             self._shared.op_names.update((i, n) for n, i in new_ops.items())
@@ -442,17 +633,14 @@ class LmdbStorage(Storage):
     def add_checkpoint(self, epoch: int, size: int, origin: str, note: str) -> None:
         if self._closed or self._generation != _generation:
             self._check()
-        with _writer_lock(self._shared):
-            self._check()
-            try:
-                with self._env.begin(write=True) as txn:
-                    seq, first_seq, current, _frontier = self._read_tree(txn)
-                    check_checkpoint(epoch, size, origin, current, seq - first_seq,
-                                      self._read_checkpoints(txn))
-                    txn.put(_SEQ.pack(epoch) + _SEQ.pack(size) + origin.encode("utf-8"),
-                            note.encode("utf-8"), db=self._checkpoints)
-            except lmdb.Error as exc:
-                raise _wrap(exc, self.location, "storing a checkpoint") from exc
+
+        def body(txn: Any) -> None:
+            seq, first_seq, current, _frontier = self._read_tree(txn)
+            check_checkpoint(epoch, size, origin, current, seq - first_seq, self._read_checkpoints(txn))
+            txn.put(_SEQ.pack(epoch) + _SEQ.pack(size) + origin.encode("utf-8"), note.encode("utf-8"),
+                    db=self._checkpoints)
+
+        self._unlogged_commit(body, "storing a checkpoint")
 
     def checkpoints(self) -> list[tuple[int, int, str, str]]:
         self._check()
@@ -663,6 +851,112 @@ class LmdbStorage(Storage):
         return out
 
 
+def _position(raw: bytes | None, path: str) -> int:
+    """The commit log's next ring position, as the store records it (0 before the first)."""
+    if raw is None:
+        return 0
+    if len(raw) != 8:
+        raise CorruptStorageError(f"storage at {path}: malformed commit-log position record", path)
+    return int(_U64.unpack(raw)[0])
+
+
+def _canonical_log(raw: bytes) -> TransactionLog:
+    """An entry from its canonical bytes, which it must reproduce exactly."""
+    try:
+        log = decode_log(raw)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"an entry does not decode: {exc}") from None
+    if encode_log(log) != raw:
+        raise ValueError("an entry is not in canonical form")
+    return log
+
+
+# -- checkpoints and pins -------------------------------------------------------------------------
+
+def _capture(shared: _SharedEnv, path: str) -> tuple[Any, int, int, bytes]:
+    """Under the writer lock: a read transaction at the newest commit (the next pin), its id,
+    its commit-log position and ``data.mdb``'s meta pages as that commit left them."""
+    pin = shared.env.begin()
+    try:
+        txnid = int(pin.id())
+        position = _position(pin.get(b"log", db=shared.dbs[b"meta"]), path)
+        assert shared.files is not None
+        metas = shared.files.meta_pages(shared.page_size)
+        if meta_txnid(metas, shared.page_size) != txnid:
+            raise CorruptStorageError(
+                f"storage at {path}: the meta pages of data.mdb name transaction "
+                f"{meta_txnid(metas, shared.page_size)}, LMDB {txnid}", path)
+    except BaseException:
+        pin.abort()
+        raise
+    return pin, txnid, position, metas
+
+
+def _checkpoint(shared: _SharedEnv, path: str, *, locked: bool) -> None:
+    """Make the newest commit the durable snapshot: flush ``data.mdb``, then record its meta
+    pages in the log's older slot; the new snapshot's read transaction becomes the pin.
+    ``locked``: the caller holds the writer lock (every step then happens under it)."""
+    if locked:
+        shared.ckpt_lock.acquire()
+        captured = _capture(shared, path)
+    else:
+        with _writer_lock(shared):
+            captured = _capture(shared, path)
+        shared.ckpt_lock.acquire()
+    pin, txnid, position, metas = captured
+    try:
+        try:
+            shared.env.sync(True)
+            log = shared.log
+            fcntl.flock(log.fd, fcntl.LOCK_EX)  # slot writers of other processes
+            try:
+                log.write_checkpoint(txnid, position, metas)
+                shared.tail = log.checkpoint().tail
+            finally:
+                fcntl.flock(log.fd, fcntl.LOCK_UN)
+        except BaseException:
+            pin.abort()
+            raise
+        # A checkpoint at least as new as the pin is durable now: the pin may protect it.
+        if shared.pin is None or shared.pin_txnid < txnid:
+            old, shared.pin, shared.pin_txnid = shared.pin, pin, txnid
+            if old is not None:
+                old.abort()
+        else:
+            pin.abort()
+        shared.commits = 0
+        shared.last_ckpt = time.monotonic()
+    finally:
+        shared.ckpt_lock.release()
+
+
+def _drop_pin(shared: _SharedEnv) -> None:
+    """An idle process lets LMDB reuse the pages its pin holds; its next write takes a new one."""
+    with _writer_lock(shared), shared.ckpt_lock:
+        if shared.commits == 0 and shared.pin is not None:
+            shared.pin.abort()
+            shared.pin, shared.pin_txnid = None, -1
+
+
+def _checkpointer(shared: _SharedEnv, path: str) -> None:
+    """The background thread of one environment: checkpoints when due, drops an idle pin."""
+    while True:
+        woke = shared.ckpt_wake.wait(_CHECKPOINT_SECONDS / 2)
+        shared.ckpt_wake.clear()
+        if shared.closing:
+            return
+        now = time.monotonic()
+        try:
+            if shared.commits and (woke or now - shared.last_ckpt >= _CHECKPOINT_SECONDS):
+                _checkpoint(shared, path, locked=False)
+            elif shared.pin is not None and not shared.commits \
+                    and now - shared.last_write >= _IDLE_SECONDS:
+                _drop_pin(shared)
+        except BaseException as exc:  # writes refuse from now on, naming it
+            shared.failed = exc
+            return
+
+
 def _next16(key: bytes) -> bytes:
     """The smallest 16-byte key greater than ``key``."""
     value = int.from_bytes(key, "big") + 1
@@ -717,7 +1011,7 @@ def _forked_error(path: str) -> JournalError:
     )
 
 
-def _acquire(path: str, durable: bool, create: bool) -> _SharedEnv:
+def _acquire(path: str, create: bool) -> _SharedEnv:
     dir_fd = _prepare_directory(path, create)
     try:
         st = os.fstat(dir_fd)
@@ -732,16 +1026,8 @@ def _acquire(path: str, durable: bool, create: bool) -> _SharedEnv:
             if shared is None:
                 pinned, dir_fd = dir_fd, -1
                 files = StoreFiles(path, pinned, create)  # owns the descriptor from here on
-                shared = _open_env(path, durable, key, files)
+                shared = _open_env(path, key, files)
                 _registry[key] = shared
-            elif durable and not shared.durable:
-                # LMDB's sync mode belongs to the environment, which one process opens once. A
-                # deferred-sync handle may share a fully synced environment (it only gains), but
-                # a durable handle cannot be served by a deferred one.
-                raise StorageError(
-                    f"storage at {path} is already open in this process under an interval flush "
-                    "policy, so it cannot also be opened with 'sync' here; use the same interval "
-                    "policy, or close the other journal first", path)
             shared.refs += 1
             return shared
     finally:
@@ -776,9 +1062,29 @@ def _release(shared: _SharedEnv) -> None:
         if shared.refs > 0 or _registry.get(shared.key) is not shared:
             return
         del _registry[shared.key]
-        shared.env.close()
-        if shared.files is not None:
-            shared.files.close()  # after LMDB's own descriptors are closed
+        _shut_down(shared)
+
+
+def _shut_down(shared: _SharedEnv) -> None:
+    """Stop the threads, leave a checkpoint behind when this process wrote since its last one
+    (so the next open replays nothing), then close everything."""
+    shared.closing = True
+    shared.ckpt_wake.set()
+    if shared.ckpt_thread is not None:
+        shared.ckpt_thread.join()
+    if shared.commits and shared.failed is None:
+        with contextlib.suppress(JournalError, lmdb.Error, OSError):
+            _checkpoint(shared, shared.files.path if shared.files else "", locked=False)
+    if shared.flusher is not None:
+        shared.flusher.stop()
+    if shared.pin is not None:
+        shared.pin.abort()
+        shared.pin = None
+    shared.env.close()
+    with contextlib.suppress(OSError):
+        os.close(shared.log.fd)  # an flock only: closing it drops no LMDB lock
+    if shared.files is not None:
+        shared.files.close()  # after LMDB's own descriptors are closed
 
 
 def _prepare_directory(path: str, create: bool = True) -> int:
@@ -787,16 +1093,20 @@ def _prepare_directory(path: str, create: bool = True) -> int:
     return open_directory(path, create)
 
 
-def _open_env(path: str, durable: bool, key: Any, files: StoreFiles) -> _SharedEnv:
+def _open_env(path: str, key: Any, files: StoreFiles) -> _SharedEnv:
     """Open LMDB on the checked files, holding the writer lock so that the lock table it sets
-    up starts from the newest committed transaction."""
+    up starts from the newest committed transaction; recover from the commit log first when
+    this is the only process with the store open."""
     lmdb_path = files.lmdb_path
+    log: CommitLog | None = None
     try:
         with files.writer_lock():
+            alone = files.alone()
+            log, slot, restored = _recover_meta(path, files, alone)
             files.check_data_file()
             try:
                 env = lmdb.open(lmdb_path, map_size=_MAP_SIZE, max_dbs=_MAX_DBS, max_readers=_MAX_READERS,
-                                sync=durable, metasync=durable, mode=0o600, create=True, subdir=True)
+                                sync=False, metasync=False, mode=0o600, create=True, subdir=True)
             except lmdb.Error as exc:
                 raise _wrap(_relabel(exc, lmdb_path, path), path, "opening") from exc
             except OSError as exc:
@@ -805,19 +1115,102 @@ def _open_env(path: str, durable: bool, key: Any, files: StoreFiles) -> _SharedE
                 files.verify_opened()
                 env.reader_check()  # free reader slots left by crashed processes
                 dbs = _open_dbs(env, path)
+                if log is None:
+                    log = _new_log(path, env, dbs, files)
+                elif log.page_size != env.stat()["psize"]:
+                    raise CorruptStorageError(f"storage at {path}: {LOG} was written for pages of "
+                                              f"{log.page_size} bytes, data.mdb has {env.stat()['psize']}",
+                                              path)
+                shared = _SharedEnv(env, dbs, key, files, log)
+                if slot is not None:
+                    _replay(shared, path, slot, restored)
             except BaseException as exc:
                 env.close()
                 if isinstance(exc, lmdb.Error):
                     raise _wrap(_relabel(exc, lmdb_path, path), path, "opening") from exc
                 raise
     except BaseException:
+        if log is not None:
+            with contextlib.suppress(OSError):
+                os.close(log.fd)
         files.remove_created()
         files.close()
         raise
     files.created = []
-    shared = _SharedEnv(env, durable, dbs, key)
-    shared.files = files
     return shared
+
+
+def _recover_meta(path: str, files: StoreFiles, alone: bool) -> tuple[CommitLog | None, Slot | None, bool]:
+    """Before LMDB maps the file: the commit log (``None`` if there is none: a new one is made),
+    the checkpoint to replay from (only when no other process has the store open) and whether
+    its meta pages had to be written back."""
+    fd = files.open_log()
+    if fd is None:
+        if not alone:
+            raise StorageError(f"storage at {path}: {LOG} is missing while other processes use the "
+                               f"store; never delete {LOG} (see docs/storage-format.md)", path)
+        return None, None, False
+    try:
+        log = CommitLog(path, fd)
+        if not alone:
+            return log, None, False
+        slot = log.checkpoint()
+        current = files.meta_pages(log.page_size)
+        restored = current != slot.metas
+        if restored:
+            # The file only moves forward from a checkpoint (its meta pages were flushed before
+            # the slot was written): an older file is not this log's, e.g. a copy put in place.
+            at = meta_txnid(current, log.page_size)
+            if at < slot.txnid:
+                raise CorruptStorageError(
+                    f"storage at {path}: data.mdb is at transaction {at}, older than the checkpoint "
+                    f"of its {LOG} (transaction {slot.txnid}): the file was replaced by an older "
+                    f"copy. Restore copies with krepis restore (or remove {LOG} if this file is "
+                    "known to be complete)", path)
+            files.check_data_file(slot.metas)  # a truncated file is refused, not written to
+            files.restore_meta_pages(slot.metas)
+        return log, slot, restored
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _new_log(path: str, env: lmdb.Environment, dbs: dict[bytes, Any], files: StoreFiles) -> CommitLog:
+    """A commit log for a store that has none (new, migrated or restored): its data file is
+    flushed first, and the log starts with that snapshot as its checkpoint."""
+    env.sync(True)
+    page_size = int(env.stat()["psize"])
+    with env.begin() as txn:
+        txnid = int(txn.id())
+        position = _position(txn.get(b"log", db=dbs[b"meta"]), path)
+        metas = files.meta_pages(page_size)
+    try:
+        CommitLog.create(files.dir_fd, path, page_size, Slot(txnid, position, metas))
+    except OSError as exc:
+        raise StorageError(f"storage at {path}: cannot create {LOG}: {exc.strerror or exc}", path) from exc
+    fd = files.open_log()
+    assert fd is not None
+    return CommitLog(path, fd)
+
+
+def _replay(shared: _SharedEnv, path: str, slot: Slot, restored: bool) -> None:
+    """Recovery, with the writer lock held and no other process: apply the logged commits that
+    follow the checkpoint again, then take a new checkpoint. The checkpoint's snapshot stays
+    pinned meanwhile, so a power cut during recovery finds it intact again."""
+    shared.pin = shared.env.begin()
+    shared.pin_txnid = int(shared.pin.id())
+    if shared.pin_txnid != slot.txnid:
+        raise CorruptStorageError(f"storage at {path}: data.mdb is at transaction {shared.pin_txnid}, "
+                                  f"its {LOG} checkpoint at {slot.txnid}", path)
+    storage = LmdbStorage.__new__(LmdbStorage)
+    storage.location = path
+    storage._closed = False
+    storage._durable = True
+    storage._generation = _generation
+    storage._bind(shared)
+    if storage._replay(slot) or restored:
+        _checkpoint(shared, path, locked=True)
 
 
 def _relabel(exc: lmdb.Error, lmdb_path: str, path: str) -> lmdb.Error:
@@ -864,10 +1257,12 @@ def _check_layout(env: lmdb.Environment, names: list[bytes], path: str) -> None:
     with env.begin() as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
         fmt = txn.get(b"format", db=meta)
-    if fmt == b"1":
+    if fmt in (b"1", b"2"):
         raise NeedsMigrationError(
-            f"storage at {path} is in format 1 (written by krepis 0.1); this krepis reads format "
-            f"{FORMAT_VERSION}. Convert it once with: krepis migrate --storage {path}", path)
+            f"storage at {path} is in format {fmt.decode()} (written by "
+            f"{'krepis 0.1' if fmt == b'1' else 'a krepis without the commit log'}); this krepis "
+            f"reads format {FORMAT_VERSION}. "
+            f"Convert it once with: krepis migrate --storage {path}", path)
     if fmt != b"%d" % FORMAT_VERSION:
         raise CorruptStorageError(
             f"storage at {path} has format version {fmt!r}; this krepis reads version "

@@ -1,13 +1,16 @@
-"""``krepis migrate``: convert a store of storage format 1 (krepis 0.1) to format 2.
+"""``krepis migrate``: convert an LMDB store of storage format 1 (krepis 0.1) or 2 to format 3,
+and a PostgreSQL journal of format 1 to format 2.
 
 A migration never leaves a half-converted store: after a crash at any point (SIGKILL included)
-the store is either the untouched format-1 store or the complete format-2 store.
+the store is either the untouched old store or the complete new one.
 
-* **LMDB**: the new store is built in ``<store>/.migrate/`` and made durable, then its
+* **LMDB, format 1**: the new store is built in ``<store>/.migrate/`` and made durable, then its
   ``data.mdb`` replaces the old one with one atomic ``rename`` (and the directory is fsynced).
   The old ``data.mdb`` is never written. The store must not be open anywhere else meanwhile:
   the migration holds the directory lock and LMDB's exclusive lock on ``lock.mdb``, and refuses
   to start when another process has the store open.
+* **LMDB, format 2**: the databases stay; one durable commit sets the version, and the first
+  open creates the commit log (``commit.log``) from the store as it is. Same locks.
 * **PostgreSQL**: one transaction creates the format-2 tables, copies every row, builds the
   Merkle tree, drops the format-1 tables and sets the format; it commits entirely or not at all.
 
@@ -88,9 +91,13 @@ def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
         fmt = _lmdb_format(path)
         if fmt == FORMAT_VERSION:
             return MigrationResult(path, fmt, fmt, 0, 0)
+        if fmt == 2:
+            entries, counters = _format2_to_3(path, dir_fd)
+            lock_fd = -1  # closing the environment dropped this process's locks on lock.mdb
+            return MigrationResult(path, 2, FORMAT_VERSION, entries, counters)
         if fmt != 1:
             raise CorruptStorageError(f"storage at {path} has format version {fmt}; krepis "
-                                      f"migrates format 1 to {FORMAT_VERSION}", path)
+                                      f"migrates formats 1 and 2 to {FORMAT_VERSION}", path)
         work = os.path.join(path, MIGRATE_DIR)
         shutil.rmtree(work, ignore_errors=True)  # what a crashed migration left behind
         try:
@@ -113,6 +120,34 @@ def _migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
         os.close(dir_fd)
 
 
+def _format2_to_3(path: str, dir_fd: int) -> tuple[int, int]:
+    """Format 3 keeps format 2's databases and adds the commit log (``commit.log``), which the
+    first open creates from the store as it is: set the version in one durable commit. A
+    ``commit.log`` already there cannot describe this file; it goes first."""
+    import lmdb
+
+    from ._files import LOG
+    from .lmdb import FORMAT_VERSION
+
+    try:
+        os.unlink(LOG, dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except FileNotFoundError:
+        pass
+    env = lmdb.open(path, max_dbs=16, map_size=1 << 40, subdir=True)  # fully synced commits
+    try:
+        with env.begin(write=True) as txn:
+            entries = int(txn.stat(env.open_db(b"entries", txn=txn, create=False))["entries"])
+            counters = int(txn.stat(env.open_db(b"stats", txn=txn, create=False))["entries"])
+            env.open_db(b"checkpoints", txn=txn)  # (added late in format 2)
+            txn.put(b"format", b"%d" % FORMAT_VERSION, db=env.open_db(b"meta", txn=txn, create=False))
+    except lmdb.Error as exc:
+        raise CorruptStorageError(f"storage at {path} cannot be migrated: {exc}", path) from exc
+    finally:
+        env.close()
+    return entries, counters
+
+
 def _lmdb_format(path: str) -> int:
     import lmdb
 
@@ -133,7 +168,7 @@ def _lmdb_format(path: str) -> int:
 
 
 def _build_lmdb(path: str, work: str, progress: Progress | None) -> tuple[int, int]:
-    """Write the format-2 store into ``work`` from the format-1 store at ``path``; durable."""
+    """Write the new store into ``work`` from the format-1 store at ``path``; durable."""
     import lmdb
 
     from .lmdb import LmdbStorage
@@ -196,7 +231,7 @@ def _build_lmdb(path: str, work: str, progress: Progress | None) -> tuple[int, i
                 raise StorageError(f"migration of {path} copied {done} of {total} entries", path)
             if progress:
                 progress(done, total)
-        new.sync()
+        new.checkpoint()  # data.mdb alone holds it all: it moves without its commit log
         return total, n_counters
     except lmdb.Error as exc:
         raise CorruptStorageError(f"storage at {path} cannot be read for migration: {exc}", path) from exc
