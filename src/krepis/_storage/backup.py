@@ -123,7 +123,8 @@ def restore(
     """Check the backup at ``source``, then make it the store at ``destination``.
 
     A destination that holds a store is replaced only with ``force=True``, and only when no
-    process has it open; the replacement is one atomic rename of ``data.mdb``."""
+    process has it open; the replacement is one atomic rename of ``data.mdb`` (its old commit
+    log is removed first: it describes the file being replaced)."""
     from ._files import exclusive_lmdb_lock
 
     _no_postgres(destination)
@@ -146,6 +147,13 @@ def restore(
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(dest, "lock.mdb")):
             lock_fd = exclusive_lmdb_lock(dest)
+        # The destination's commit log describes the data file being replaced: it goes first
+        # (the first open makes a new one for the restored file).
+        try:
+            os.unlink("commit.log", dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except FileNotFoundError:
+            pass
         tmp = os.path.join(dest, ".restore.mdb")
         shutil.copyfile(os.path.join(src, "data.mdb"), tmp)
         os.chmod(tmp, 0o600)
