@@ -69,7 +69,7 @@ def test_lock_file_symlink_alone_is_not_followed(tmp_path: Path, opener: str) ->
     assert sorted(os.listdir(store)) == ["lock.mdb"]  # no data.mdb created beside it
 
 
-@pytest.mark.parametrize("name", ["lock.mdb", "data.mdb"])
+@pytest.mark.parametrize("name", ["lock.mdb", "data.mdb", "commit.log"])
 def test_symlink_in_an_existing_store_is_not_followed(tmp_path: Path, name: str) -> None:
     victim = tmp_path / "victim"
     store = tmp_path / "store"
@@ -114,11 +114,12 @@ def test_dangling_lock_symlink_does_not_create_its_target(tmp_path: Path) -> Non
     assert not (tmp_path / "created-by-link").exists()
 
 
+@pytest.mark.parametrize("name", ["lock.mdb", "commit.log"])
 @pytest.mark.parametrize("kind", ["directory", "fifo", "hard link"])
-def test_store_files_must_be_plain_unshared_files(tmp_path: Path, kind: str) -> None:
+def test_store_files_must_be_plain_unshared_files(tmp_path: Path, kind: str, name: str) -> None:
     store = tmp_path / "store"
     make_store(store)
-    lock = store / "lock.mdb"
+    lock = store / name
     lock.unlink()
     if kind == "directory":
         lock.mkdir()
@@ -128,7 +129,7 @@ def test_store_files_must_be_plain_unshared_files(tmp_path: Path, kind: str) -> 
         victim = tmp_path / "victim"
         victim.write_bytes(VICTIM)
         os.link(victim, lock)
-    with pytest.raises(StorageError, match=r"lock\.mdb"):
+    with pytest.raises(StorageError, match=name.replace(".", r"\.")):
         SovereignJournal(store)
     if kind == "hard link":
         assert (tmp_path / "victim").read_bytes() == VICTIM
@@ -196,7 +197,7 @@ def test_new_store_gets_private_modes_whatever_the_umask(tmp_path: Path) -> None
     assert stat.S_IMODE(os.stat(store).st_mode) == 0o700
     for parent in (tmp_path / "a", tmp_path / "a" / "b"):  # created, never writable by others
         assert stat.S_IMODE(os.stat(parent).st_mode) == 0o755
-    for name in ("data.mdb", "lock.mdb"):
+    for name in ("data.mdb", "lock.mdb", "commit.log"):
         assert stat.S_IMODE(os.lstat(store / name).st_mode) == 0o600
 
 

@@ -745,7 +745,8 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
                 "lower": lower}
 
     targets = [
-        target("sync 1 thread / physical limit", sync1 / fsync, 0.5),
+        target("sync 1 thread / physical limit", sync1 / fsync, 0.8),
+        target("sync 1 thread / sqlite3 WAL FULL", sync1 / sqlite_, 1.2),
         target("sync 1 thread / spec design", sync1 / spec, 1.5),
         target(f"sync {cfg.threads} threads / sync 1 thread", sync16 / sync1, 4),
         target(f"sync {cfg.threads} threads / sqlite3", sync16 / sqlite_, 2),

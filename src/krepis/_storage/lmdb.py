@@ -1158,6 +1158,7 @@ def _recover_meta(path: str, files: StoreFiles, alone: bool) -> tuple[CommitLog 
         current = files.meta_pages(log.page_size)
         restored = current != slot.metas
         if restored:
+            files.check_data_file(slot.metas)  # an empty or truncated file is refused, unwritten
             # The file only moves forward from a checkpoint (its meta pages were flushed before
             # the slot was written): an older file is not this log's, e.g. a copy put in place.
             at = meta_txnid(current, log.page_size)
@@ -1167,7 +1168,6 @@ def _recover_meta(path: str, files: StoreFiles, alone: bool) -> tuple[CommitLog 
                     f"of its {LOG} (transaction {slot.txnid}): the file was replaced by an older "
                     f"copy. Restore copies with krepis restore (or remove {LOG} if this file is "
                     "known to be complete)", path)
-            files.check_data_file(slot.metas)  # a truncated file is refused, not written to
             files.restore_meta_pages(slot.metas)
         return log, slot, restored
     except BaseException:
