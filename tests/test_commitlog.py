@@ -82,7 +82,7 @@ def test_a_damaged_record_ends_the_replay_there(tmp_path: Path) -> None:
         log = CommitLog(str(store), fd)
         records = list(log.records(slot))
         assert len(records) == 50
-        txnid, position, payload, _after = records[20]
+        _txnid, position, payload, _after = records[20]
         offset = log.start + position % log.ring + 24 + len(payload) // 2
         os.pwrite(fd, bytes([os.pread(fd, 1, offset)[0] ^ 0xFF]), offset)  # one flipped bit field
     finally:
@@ -130,7 +130,7 @@ def test_a_data_file_older_than_the_checkpoint_is_refused(tmp_path: Path) -> Non
     size = (store / "data.mdb").stat().st_size
     old = old.ljust(size, b"\0")  # as long as the newer file: only its age gives it away
     (store / "data.mdb").write_bytes(old)  # an older copy put in place by hand
-    with pytest.raises(CorruptStorageError, match="older than the checkpoint of its commit.log"):
+    with pytest.raises(CorruptStorageError, match=r"older than the checkpoint of its commit\.log"):
         SovereignJournal(store)
     assert (store / "data.mdb").read_bytes() == old
 
