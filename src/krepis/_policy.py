@@ -23,7 +23,8 @@ class FlushPolicy:
     * ``FlushPolicy.interval(ms=10)`` — ``"interval:10ms"``: a call returns once its transaction
       is committed to the engine (it survives a crash of the process); a background sync makes it
       durable within ``ms`` milliseconds. A machine crash or power loss may lose the writes of
-      that last window. ``flush()`` and ``close()`` make everything durable.
+      that last window, and only those: the store opens intact at an earlier commit, counters
+      and entries agreeing. ``flush()`` and ``close()`` make everything durable.
     """
 
     interval_ms: int | None = None
