@@ -50,7 +50,11 @@ __all__ = ["FORMAT_VERSION", "LmdbStorage"]
 FORMAT_VERSION = 3
 # A background checkpoint follows this many commits by one process, or a second with any, or a
 # ring more than half full; a process that has not written for _IDLE_SECONDS drops its pin.
-_CHECKPOINT_COMMITS = 256
+# Pages freed after the pin are reused only after the next checkpoint, so a writer that gets
+# _CHECKPOINT_BACKLOG commits ahead of the checkpoints takes one itself (bounding the free pages
+# data.mdb must hold: about 17 pages, 68 KiB, per commit of a one-entry batch).
+_CHECKPOINT_COMMITS = 64
+_CHECKPOINT_BACKLOG = 256
 _CHECKPOINT_SECONDS = 1.0
 _IDLE_SECONDS = 2.0
 COUNTER_PREFIX = b"op_count:"
@@ -271,7 +275,7 @@ class LmdbStorage(Storage):
                                self.location)
         if shared.flusher is None:
             shared.start_threads(self.location)
-        if shared.pin is None:
+        if shared.pin is None or shared.commits >= _CHECKPOINT_BACKLOG:
             _checkpoint(shared, self.location, locked=True)
         return shared
 
@@ -873,9 +877,10 @@ def _canonical_log(raw: bytes) -> TransactionLog:
 
 # -- checkpoints and pins -------------------------------------------------------------------------
 
-def _capture(shared: _SharedEnv, path: str) -> tuple[Any, int, int, bytes]:
+def _capture(shared: _SharedEnv, path: str) -> tuple[Any, int, int, bytes, int]:
     """Under the writer lock: a read transaction at the newest commit (the next pin), its id,
-    its commit-log position and ``data.mdb``'s meta pages as that commit left them."""
+    its commit-log position, ``data.mdb``'s meta pages as that commit left them, and how many
+    of this process's commits it covers."""
     pin = shared.env.begin()
     try:
         txnid = int(pin.id())
@@ -889,7 +894,7 @@ def _capture(shared: _SharedEnv, path: str) -> tuple[Any, int, int, bytes]:
     except BaseException:
         pin.abort()
         raise
-    return pin, txnid, position, metas
+    return pin, txnid, position, metas, shared.commits
 
 
 def _checkpoint(shared: _SharedEnv, path: str, *, locked: bool) -> None:
@@ -903,7 +908,7 @@ def _checkpoint(shared: _SharedEnv, path: str, *, locked: bool) -> None:
         with _writer_lock(shared):
             captured = _capture(shared, path)
         shared.ckpt_lock.acquire()
-    pin, txnid, position, metas = captured
+    pin, txnid, position, metas, covered = captured
     try:
         try:
             shared.env.sync(True)
@@ -924,7 +929,7 @@ def _checkpoint(shared: _SharedEnv, path: str, *, locked: bool) -> None:
                 old.abort()
         else:
             pin.abort()
-        shared.commits = 0
+        shared.commits = max(0, shared.commits - covered)  # those since the capture remain
         shared.last_ckpt = time.monotonic()
     finally:
         shared.ckpt_lock.release()
