@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _journal as _journal_module
+from ._archive import RetentionPolicy
 from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
 from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
@@ -43,8 +44,10 @@ class AsyncSovereignJournal:
         path: str | os.PathLike[str] = DEFAULT_STORAGE,
         *,
         flush: str | FlushPolicy | None = None,
+        retention: str | RetentionPolicy | None = None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._journal = SovereignJournal(path, flush=flush)
+        self._journal = SovereignJournal(path, flush=flush, retention=retention, archive=archive)
         self._lock = threading.Lock()
         self._queue: list[_Item] = []
         self._draining = False

@@ -768,7 +768,7 @@ def _filter_options(fn: Any) -> Any:
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Show every op counter and how many entries the journal holds."""
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         counts = journal.op_counts()
         entries = journal.journal_count()
         path = journal.path
@@ -860,7 +860,7 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
     tty = sys.stdout.isatty()
     columns = _Columns(_width(), _use_color()) if tty and not as_json else None
     render = _json_line if as_json else columns.line if columns is not None else _tsv_line
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if count_only:
             if selection.everything:
                 total = journal.journal_count()
@@ -903,7 +903,7 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
            since: int | None, until: int | None, output: str) -> None:
     """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
     selection = _selection(op, status, request_id, since, until)
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         entries = select_entries(journal, selection, newest_first=False, limit=None)
         if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes
             to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
@@ -939,7 +939,7 @@ def clear(ctx: click.Context, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise click.UsageError("refusing to clear the journal without --yes")
         click.confirm(f"Delete every entry and counter in {inert(os.path.abspath(path))}?", abort=True)
-    with SovereignJournal(path, create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(path, create=False, flush=_READ_POLICY, retention="off") as journal:
         entries = journal.journal_count()
         journal.clear_all()
     click.echo(f"cleared {entries} entries and all counters in {inert(journal.path)}")
@@ -1090,7 +1090,7 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
         except ValueError:
             raise click.BadParameter(f"{serve!r} is not [HOST:]PORT with PORT 0–65535",
                                      param_hint="--serve") from None
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if serve is None:
             click.echo(prometheus_text(journal), nl=False)
             return

@@ -90,7 +90,7 @@ def keygen(origin: str, key_file: str) -> None:
 def checkpoint(ctx: click.Context, key_file: str) -> None:
     """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it."""
     signer = _signer(key_file)
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         click.echo(journal.sign_checkpoint(signer), nl=False)
 
 
@@ -110,7 +110,7 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
     """
     if (seq is None) == (old_file is None):
         raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         note = journal.latest_checkpoint()
         head = journal.tree_head()
         size = head.size
@@ -173,7 +173,7 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_
             f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
             f"{result.checkpoint.origin} (tree size {result.checkpoint.size})")
         return
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         report = journal.verify()
         head = journal.tree_head()
         checked, earlier = _check_checkpoints(journal, head.epoch, verifiers)
@@ -227,7 +227,7 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None) -> Non
     """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
     DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export."""
     signer = _signer(key_file) if key_file else None
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         written = journal.export_tiles(directory, signer)
     click.echo(f"{written} file(s) written to {directory}", err=True)
 
@@ -244,7 +244,7 @@ def tlog_serve(ctx: click.Context, listen: str) -> None:
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY)
+    journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off")
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -520,10 +520,11 @@ class LmdbStorage(Storage):
 
     def _verify(self, txn: Any) -> VerifyReport:
         where = f"storage at {self.location}"
-        seq, first_seq, _epoch, frontier = self._read_tree(txn)
+        seq, first_seq, epoch, frontier = self._read_tree(txn)
         tree, index = self._tree, self._index
+        live = self._live_first(txn, first_seq, epoch)
         audit = LogAudit(where, self.location, first_seq,
-                         lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree))
+                         lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree), live)
         idx = txn.cursor(db=index)
         for key, raw in txn.cursor(db=self._entries):
             at = _SEQ.unpack(key)[0]
@@ -543,7 +544,7 @@ class LmdbStorage(Storage):
                     raise CorruptStorageError(f"{where}: entry {at} has no row in the {name} index",
                                               self.location)
         report = audit.finish(seq, frontier, int(txn.stat(tree)["entries"]))
-        n = seq - first_seq
+        n = seq - live
         rows = {b"t": 0, b"s": 0, b"o": 0, b"r": 0}
         keys = idx.iternext_nodup(keys=True, values=False) if idx.first() else iter(())
         for key in keys:
@@ -661,6 +662,85 @@ class LmdbStorage(Storage):
             if len(out) >= limit:
                 break
         return out
+
+    # -- archive: the live store's prefix moves out ------------------------------------------
+    def live_first_seq(self) -> int:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                _seq, first_seq, epoch, _frontier = self._read_tree(txn)
+                return self._live_first(txn, first_seq, epoch)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+
+    def _live_first(self, txn: Any, first_seq: int, epoch: int) -> int:
+        """``meta["live"]`` (``LE8(epoch) ‖ LE8(seq)``) when it is of the current log, else the
+        log's first seq: a clear starts a new log whose prefix was never archived."""
+        raw = txn.get(b"live", db=self._meta)
+        if raw is None:
+            return first_seq
+        if len(raw) != 16:
+            raise CorruptStorageError(f"storage at {self.location}: malformed live record", self.location)
+        live_epoch, live = _TREE_HDR.unpack(raw)
+        return int(live) if live_epoch == epoch and live > first_seq else first_seq
+
+    def drop_prefix(self, epoch: int, upto_seq: int) -> int:
+        if self._closed or self._generation != _generation:
+            self._check()
+        with _writer_lock(self._shared):
+            return self._drop_prefix(epoch, upto_seq)
+
+    def _drop_prefix(self, epoch: int, upto_seq: int) -> int:
+        from .._errors import ValidationError
+
+        removed = 0
+        try:
+            with self._env.begin(write=True) as txn:
+                self._check()
+                seq, first_seq, current, _frontier = self._read_tree(txn)
+                if current != epoch:
+                    raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} "
+                                          f"ended, log {current} began); nothing was removed")
+                if upto_seq > seq:
+                    raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
+                                          f"{self.location} ends before seq {seq}")
+                live = self._live_first(txn, first_seq, epoch)
+                if upto_seq <= live:
+                    return 0
+                entries, index = self._entries, self._index
+                delete = txn.delete
+                op_ids = self._shared.op_ids
+                cur = txn.cursor(db=entries)
+                positioned = cur.set_range(_SEQ.pack(live))
+                while positioned:
+                    key = cur.key()
+                    if not key:
+                        break
+                    at = _SEQ.unpack(key)[0]
+                    if at >= upto_seq:
+                        break
+                    log = self._decode(txn, at, cur.value())
+                    ts_seq = _TS_SEQ.pack(log.timestamp, at)
+                    status = STATUS_CODE[log.status]
+                    op_id = op_ids.get(log.op_name)
+                    if op_id is None:
+                        raw_id = txn.get(b"n" + log.op_name.encode("utf-8"), db=self._ops)
+                        if raw_id is None or len(raw_id) != 4:
+                            raise CorruptStorageError(f"storage at {self.location}: entry {at} names "
+                                                      "an op missing from the op table", self.location)
+                        op_id = int.from_bytes(raw_id, "little")
+                    rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
+                    for ikey in (_TIME_KEY, _STATUS_KEY[status], _OP_KEY.pack(b"o", op_id, status), rid_key):
+                        delete(ikey, ts_seq, db=index)
+                    removed += 1
+                    positioned = cur.delete()  # (and moves to the next entry)
+                if removed != upto_seq - live:
+                    raise CorruptStorageError(f"storage at {self.location}: entries {live}…{upto_seq - 1} "
+                                              f"are not all there ({removed} found)", self.location)
+                txn.put(b"live", _TREE_HDR.pack(epoch, upto_seq), db=self._meta)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "removing archived entries") from exc
+        return removed
 
 
 def _next16(key: bytes) -> bytes:
