@@ -146,10 +146,14 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
               help="A verifier key (file or the key itself): checkpoint signatures must verify.")
 @click.option("--tlog", "tlog_dir", metavar="DIR", default=None,
               help="Check an exported tiles tree in DIR instead of the store (needs --vkey).")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Also check the archive in DIR: every file against the manifest's checksum, every "
+                   "archived bundle against the Merkle tree.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_storage_option
 @click.pass_context
-def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool) -> None:
+def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool,
+           archive: str | None) -> None:
     """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
     was edited, deleted, reordered or inserted.
 
@@ -175,16 +179,23 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_
         return
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         report = journal.verify()
+        archived = None if archive is None else journal.verify_archive(archive)
         head = journal.tree_head()
         checked, earlier = _check_checkpoints(journal, head.epoch, verifiers)
     out = {"entries": report.entries, "tree_size": report.tree_size, "root": _b64(report.root),
            "checkpoints": checked, "checkpoints_of_earlier_logs": earlier, "ok": True}
+    if archived is not None:
+        out["archive"] = {"directory": archived.directory, "segments": archived.segments,
+                          "bundles": archived.bundles, "entries": archived.entries}
     if as_json:
         _emit_json(out)
     else:
         click.echo(f"ok: {report.entries} entries, tree of {report.tree_size} leaves, "
                    f"{checked} checkpoint(s) consistent"
-                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else ""))
+                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
+                   + ("" if archived is None else
+                      f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
+                      f"{archived.segments} segment(s) match"))
 
 
 def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier]) -> tuple[int, int]:
