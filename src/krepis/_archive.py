@@ -415,8 +415,8 @@ class ArchiveReader:
     def __init__(self, directory: str | os.PathLike[str], epoch: int, first_seq: int) -> None:
         self.directory = _check_directory(directory, create=False)
         manifest = _read_manifest(self.directory)
-        if manifest is None:
-            raise ValidationError(f"{self.directory} is not a krepis archive (no {MANIFEST})")
+        if manifest is None:  # nothing archived into it yet (or a run crashed before its first step)
+            manifest = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "logs": []}
         self._zstd = _zstd()
         self.manifest = manifest
         log = _log_of(manifest, epoch)
@@ -858,8 +858,15 @@ def verify_archive(directory: str | os.PathLike[str], storage: Storage | None) -
     path = _check_directory(directory, create=False)
     manifest = _read_manifest(path)
     if manifest is None:
-        raise ValidationError(f"{path} is not a krepis archive (no {MANIFEST})")
+        manifest = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "logs": []}
     head = None if storage is None else storage.tree_head()
+    if storage is not None and head is not None:
+        live = storage.live_first_seq()
+        cur = _log_of(manifest, head.epoch)
+        end = head.first_seq + (0 if cur is None else cur["bundles"] * WIDTH)
+        if end < live:
+            raise ValidationError(f"the store's entries before seq {live} are not in the archive at {path} "
+                                  f"(it ends at seq {end}): is it the store's archive directory?")
     segments = bundles = entries = 0
     for ident, meta in manifest["dictionaries"].items():
         file = os.path.join(path, meta["file"])

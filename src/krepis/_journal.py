@@ -691,6 +691,11 @@ class SovereignJournal:
         head = storage.tree_head()
         if head.epoch != reader.epoch:
             raise JournalError(f"the journal at {self.path} was cleared while it was being read; read again")
+        if reader.first_seq + reader.bundles * 256 < live_first:
+            end = reader.first_seq + reader.bundles * 256
+            raise ValidationError(
+                f"the journal at {self.path} starts at seq {live_first}; the archive at {reader.directory} "
+                f"ends at seq {end}: is it this store's archive directory?")
 
         def live() -> Iterator[TransactionLog]:
             for chunk in self._iter(storage, query, None, after):
