@@ -552,6 +552,9 @@ def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], 
                           "ratio": round(after / opened, 2)}
             cli_ms, start_ms = _cli_lookup_ms(k, rid)
             out["cli"] = {"logs_request_id_ms": round(cli_ms, 1), "process_start_ms": round(start_ms, 1)}
+            note(f"archiving {n:,} entries", 0)
+            out["archive"] = bench_archive(k, os.path.join(work, "archive"), rid)
+            note(f"archiving {n:,} entries", 0)
         for name in (k, s, s + "-wal", s + "-shm"):
             if os.path.isdir(name):
                 shutil.rmtree(name, ignore_errors=True)
@@ -559,6 +562,30 @@ def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], 
                 os.unlink(name)
         note(f"querying {n:,} entries", 1)
     return out
+
+
+def bench_archive(path: str, directory: str, rid: str) -> dict[str, Any]:
+    """Archive every full bundle of the journal at ``path`` into ``directory``: entries per
+    second (the dictionary's training included), bytes per archived entry (every file of the
+    archive: segments with their indexes, the dictionary, the manifest), a request-id lookup in
+    the archive, and the live store's size before and after."""
+    with SovereignJournal(path, create=False, retention="off") as journal:
+        before = journal.journal_count()
+        start = time.perf_counter()
+        report = journal.archive(directory, keep_last=0)
+        seconds = time.perf_counter() - start
+        files = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
+        lookup_ms = _per_call_us(lambda: journal.query(request_id=rid, archive=directory), 5) / 1000
+        found = journal.query(request_id=rid, archive=directory)
+        if not found:
+            raise AssertionError(f"request id {rid} not found in the archive")
+        after = journal.journal_count()
+    shutil.rmtree(directory, ignore_errors=True)
+    return {"entries": report.entries, "entries_per_s": round(report.entries / seconds),
+            "bytes_per_entry": round(files / max(1, report.entries), 2),
+            "segment_bytes_per_entry": round(report.bytes / max(1, report.entries), 2),
+            "request_id_lookup_ms": round(lookup_ms, 2), "live_entries_before": before,
+            "live_entries_after": after}
 
 
 def _per_call_us(fn: Callable[[], object], repeat: int) -> float:
@@ -778,6 +805,10 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     targets.append(target("krepis logs --request-id, minus process start",
                           queries["cli"]["logs_request_id_ms"] - queries["cli"]["process_start_ms"], 10,
                           "ms", lower=True))
+    archived = queries["archive"]
+    targets.append(target("archive: bytes per archived entry (segments, index, dictionary)",
+                          archived["bytes_per_entry"], 20, "B", lower=True))
+    targets.append(target("archive: entries archived per second", archived["entries_per_s"], 200_000, "/s"))
     config = asdict(cfg)
     if config.get("postgres_url"):  # never print a password
         from ._storage.postgres import redact
