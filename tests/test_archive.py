@@ -370,3 +370,33 @@ def test_cli_archive_logs_export(tmp_path: Path) -> None:
     assert len(res.output.splitlines()) == 800
     res = runner.invoke(cli, [*base, "verify", "--archive", str(arch), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["archive"]["entries"] == 512
+
+
+def test_tiles_of_archived_entries_export_from_the_archive(tmp_path: Path) -> None:
+    import asyncio
+
+    from krepis import AsyncSovereignJournal
+    from krepis._tlog.tiles import check_tiles
+
+    arch, store = tmp_path / "archive", tmp_path / "s"
+    signer = generate_signer("example.com/tiles")
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        fill(journal, realistic(700))
+        journal.export_tiles(tmp_path / "before", signer)
+
+    async def archive_async() -> int:
+        async with AsyncSovereignJournal(store, flush="interval:20ms", retention="off") as journal:
+            report = await journal.archive(arch, keep_last=0)
+            await journal.verify_archive(arch)
+            return report.entries
+
+    assert asyncio.run(archive_async()) == 512
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        with pytest.raises(ValidationError, match="archived"):
+            journal.export_tiles(tmp_path / "without", signer)
+        journal.export_tiles(tmp_path / "after", signer, archive=arch)
+    check = check_tiles(str(tmp_path / "after"), [signer.verifier()])
+    assert check.entries == 700
+    for k in (0, 1):  # the archive's bundles are the exported bundles, byte for byte
+        rel = Path("tile/entries") / f"{k:03d}"
+        assert (tmp_path / "after" / rel).read_bytes() == (tmp_path / "before" / rel).read_bytes()

@@ -232,14 +232,16 @@ def tlog() -> None:
 @click.argument("directory", metavar="DIR")
 @click.option("--key", "key_file", metavar="FILE", default=None,
               help="Sign a new checkpoint now (default: the latest kept checkpoint).")
+@click.option("--archive", "archive", metavar="ADIR", default=None,
+              help="Take the bundles of archived entries from the archive ADIR (krepis archive).")
 @_storage_option
 @click.pass_context
-def tlog_export(ctx: click.Context, directory: str, key_file: str | None) -> None:
+def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archive: str | None) -> None:
     """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
     DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export."""
     signer = _signer(key_file) if key_file else None
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        written = journal.export_tiles(directory, signer)
+        written = journal.export_tiles(directory, signer, archive=archive)
     click.echo(f"{written} file(s) written to {directory}", err=True)
 
 

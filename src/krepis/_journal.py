@@ -467,14 +467,29 @@ class SovereignJournal:
         mine = [(size, note) for e, size, _origin, note in storage.checkpoints() if e == epoch]
         return max(mine)[1] if mine else None
 
-    def tile_sources(self) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
-        """What a tile server or exporter reads: tree nodes, and leaf data by leaf number."""
+    def tile_sources(
+        self, archive: str | os.PathLike[str] | None = None
+    ) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
+        """What a tile server or exporter reads: tree nodes, and leaf data by leaf number
+        (archived leaves from ``archive``)."""
         storage = self._live()
-        reader = TreeReader(storage, storage.tree_head())
+        head = storage.tree_head()
+        archived = None
+        if archive is not None:
+            from ._archive import ArchiveReader
+
+            archived = ArchiveReader(archive, head.epoch, head.first_seq)
+        reader = TreeReader(storage, head, None if archived is None else archived.leaf_data)
         first = reader.head.first_seq
 
         def entries(start: int, count: int) -> list[bytes]:
             seq = first + start
+            if seq < storage.live_first_seq():
+                if archived is None:
+                    raise ValidationError(
+                        f"entries {seq}…{seq + count - 1} of the journal at {self.path} are archived: "
+                        "pass the archive directory (archive=DIR, --archive DIR)")
+                return archived.leaf_data(start, count)
             logs = self.query(order="append", newest_first=False, limit=count,
                               after=seq - 1 if seq > 0 else None)
             if [log.seq for log in logs] != list(range(seq, seq + count)):
@@ -485,10 +500,13 @@ class SovereignJournal:
 
         return reader, entries
 
-    def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None) -> int:
+    def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None, *,
+                     archive: str | os.PathLike[str] | None = None) -> int:
         """Write the log as a static C2SP tlog-tiles tree into ``directory``: a checkpoint
         (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
-        Incremental: full tiles already there are kept. Returns how many files were written."""
+        Incremental: full tiles already there are kept. Returns how many files were written.
+        Bundles of archived entries come from ``archive`` (needed only for those not exported
+        before they were archived)."""
         from ._tlog.tiles import export_tiles
 
         note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
@@ -497,7 +515,7 @@ class SovereignJournal:
                                   "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
         size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
         target = os.fspath(directory)
-        reader, entries = self.tile_sources()
+        reader, entries = self.tile_sources(archive)
         # The directory's tiles must be of this log: the tree exported last time (recorded in the
         # marker) must be a prefix of today's — not so after a clear, or a restore from an older
         # backup, and then full tiles on disk would belong to another history.

@@ -709,7 +709,7 @@ class LmdbStorage(Storage):
                     return 0
                 entries, index = self._entries, self._index
                 delete = txn.delete
-                op_ids = self._shared.op_ids
+                hdr, ts_seq_pack, op_key = _DROP_HDR.unpack_from, _TS_SEQ.pack, _OP_KEY.pack
                 cur = txn.cursor(db=entries)
                 positioned = cur.set_range(_SEQ.pack(live))
                 while positioned:
@@ -719,18 +719,26 @@ class LmdbStorage(Storage):
                     at = _SEQ.unpack(key)[0]
                     if at >= upto_seq:
                         break
-                    log = self._decode(txn, at, cur.value())
-                    ts_seq = _TS_SEQ.pack(log.timestamp, at)
-                    status = STATUS_CODE[log.status]
-                    op_id = op_ids.get(log.op_name)
-                    if op_id is None:
-                        raw_id = txn.get(b"n" + log.op_name.encode("utf-8"), db=self._ops)
-                        if raw_id is None or len(raw_id) != 4:
-                            raise CorruptStorageError(f"storage at {self.location}: entry {at} names "
-                                                      "an op missing from the op table", self.location)
-                        op_id = int.from_bytes(raw_id, "little")
-                    rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
-                    for ikey in (_TIME_KEY, _STATUS_KEY[status], _OP_KEY.pack(b"o", op_id, status), rid_key):
+                    # only what the index keys need: status, timestamp, op id, request id
+                    raw = cur.value()
+                    try:
+                        flags, timestamp, op_id = hdr(raw)
+                        status = flags & 3
+                        if flags & 4:
+                            h = raw[13:29].hex()
+                            if len(h) != 32:
+                                raise ValueError("truncated request id")
+                            rid = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+                        else:
+                            rid = raw[14:15 + raw[13]]
+                        if not status:
+                            raise ValueError(f"bad header (flags {flags:#x})")
+                    except (ValueError, IndexError, struct.error) as exc:
+                        raise CorruptStorageError(f"storage at {self.location}: entry {at} is not a valid "
+                                                  f"TransactionLog ({exc})", self.location) from None
+                    ts_seq = ts_seq_pack(timestamp, at)
+                    for ikey in (_TIME_KEY, _STATUS_KEY[status], op_key(b"o", op_id, status),
+                                 b"r" + rid_hash(rid) + _STATUS_BYTE[status]):
                         delete(ikey, ts_seq, db=index)
                     removed += 1
                     positioned = cur.delete()  # (and moves to the next entry)
@@ -741,6 +749,9 @@ class LmdbStorage(Storage):
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "removing archived entries") from exc
         return removed
+
+
+_DROP_HDR = struct.Struct("<BQI")  # an entry's flags, timestamp and op id (see ``_codec``)
 
 
 def _next16(key: bytes) -> bytes:
