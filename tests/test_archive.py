@@ -4,6 +4,7 @@ verifiable segment files; reads, proofs and verify include it; crashes lose noth
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -242,6 +243,18 @@ def test_corrupt_or_missing_archive_files_are_named(tmp_path: Path) -> None:
             journal.query(archive=arch, order="append", newest_first=False)
 
 
+def test_an_archive_of_other_entries_fails_against_the_tree(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "a", flush="interval:20ms") as a, \
+            SovereignJournal(tmp_path / "b", flush="interval:20ms") as b:
+        fill(a, realistic(600, seed=1))
+        fill(b, realistic(600, seed=2))
+        a.archive(tmp_path / "arch-a", keep_last=0)
+        b.archive(tmp_path / "arch-b", keep_last=0)
+        assert b.verify_archive(tmp_path / "arch-b").bundles == 2
+        with pytest.raises(CorruptStorageError, match="does not match the store's Merkle tree"):
+            a.verify_archive(tmp_path / "arch-b")   # well-formed, checksums fine: the tree says no
+
+
 def test_clear_starts_a_new_log_in_the_same_archive(tmp_path: Path) -> None:
     arch = tmp_path / "archive"
     with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
@@ -400,3 +413,23 @@ def test_tiles_of_archived_entries_export_from_the_archive(tmp_path: Path) -> No
     for k in (0, 1):  # the archive's bundles are the exported bundles, byte for byte
         rel = Path("tile/entries") / f"{k:03d}"
         assert (tmp_path / "after" / rel).read_bytes() == (tmp_path / "before" / rel).read_bytes()
+
+
+def test_a_store_whose_last_pages_were_freed_still_opens(tmp_path: Path) -> None:
+    """LMDB never writes pages a transaction allocated and freed again, so removing entries can
+    leave data.mdb shorter than its meta page's last page: that store opens; a truncated one
+    does not."""
+    from krepis._storage._files import _META, _PAGE_HEADER
+
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:100ms") as journal:
+        fill(journal, realistic(3000, seed=0))
+        journal.archive(tmp_path / "arch", keep_last=0)
+    data = (store / "data.mdb").read_bytes()
+    meta = max((_META.unpack_from(data, off + _PAGE_HEADER) for off in (0, 4096)), key=lambda m: m[4])
+    assert len(data) < (meta[3] + 1) * meta[2]  # (the situation this test is about)
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.verify().entries == 3000 - 2816
+    os.truncate(store / "data.mdb", len(data) // 2)
+    with pytest.raises(CorruptStorageError, match="truncated"):
+        SovereignJournal(store, create=False)
