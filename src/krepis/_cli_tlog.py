@@ -100,9 +100,12 @@ def checkpoint(ctx: click.Context, key_file: str) -> None:
               help="Prove against the tree of N leaves (default: the latest checkpoint's).")
 @click.option("--consistency", "old_file", metavar="OLD_CHECKPOINT_FILE", default=None,
               help="Instead: prove that this older checkpoint's tree is a prefix of today's.")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Read archived entries (krepis archive) from DIR when the proof needs them.")
 @_storage_option
 @click.pass_context
-def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None) -> None:
+def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None,
+          archive: str | None) -> None:
     """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
 
     Against the latest checkpoint kept for the current log (it is part of the output), or the
@@ -123,7 +126,7 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
             size = parse_checkpoint(_note_text(note)).size
         if old_file is not None:
             old = parse_checkpoint(_note_text(_read_text(old_file, "the old checkpoint")))
-            cproof = journal.consistency_proof(old.size, size)
+            cproof = journal.consistency_proof(old.size, size, archive=archive)
             if cproof.old_root != old.root:
                 raise click.ClickException(
                     f"{old_file}: its root for tree size {old.size} is not this journal's; the log it "
@@ -133,8 +136,8 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
                         "checkpoint": note})
             return
         assert seq is not None
-        proof = journal.inclusion_proof(seq, tree_size=size)
-        entry = journal.entry(seq)
+        proof = journal.inclusion_proof(seq, tree_size=size, archive=archive)
+        entry = journal.entry(seq, archive=archive)
         _emit_json({"seq": seq, "index": proof.index, "tree_size": proof.tree_size,
                     "leaf_hash": _b64(proof.leaf_hash), "entry": entry.to_json(),
                     "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),

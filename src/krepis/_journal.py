@@ -386,15 +386,19 @@ class SovereignJournal:
         """The ``limit`` newest entries, newest first (by numeric timestamp, then arrival)."""
         return self.query(limit=check_limit(limit))
 
-    def entry(self, seq: int) -> TransactionLog:
-        """The entry with store-wide sequence number ``seq`` (O(log n)).
+    def entry(self, seq: int, *, archive: str | os.PathLike[str] | None = None) -> TransactionLog:
+        """The entry with store-wide sequence number ``seq`` (O(log n)); an archived one of the
+        current log from ``archive`` (one bundle decompressed).
 
-        Raises :class:`LookupError` (a ``KeyError``) when there is none: never written, or
-        removed by :meth:`clear_all`.
+        Raises :class:`LookupError` (a ``KeyError``) when there is none: never written, removed
+        by :meth:`clear_all`, or archived (and no ``archive`` given).
         """
         if type(seq) is not int:
             raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
-        log = self._live().get_entry(seq)
+        storage = self._live()
+        log = storage.get_entry(seq)
+        if log is None and archive is not None and seq < storage.live_first_seq():
+            log = self._archive_reader(storage, archive).get(seq)
         if log is None:
             raise KeyError(f"the journal at {self.path} has no entry with seq {seq}")
         return log
