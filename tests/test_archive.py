@@ -281,13 +281,22 @@ def test_clear_starts_a_new_log_in_the_same_archive(tmp_path: Path) -> None:
         assert journal.verify().entries == 701 - 512
 
 
-def test_retention_policy_runs_in_the_background(tmp_path: Path) -> None:
+def test_retention_policy_runs_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import krepis._archive
+
     arch = tmp_path / "archive"
     with Kernel(tmp_path / "s", flush="interval:20ms", retention="keep-last:256,every:0.05s",
                 archive=arch) as kernel:
         journal = kernel.journal
         assert journal.retention == RetentionPolicy(keep_last=256, every=0.05)
         fill(journal, realistic(1000))
+        thread = journal._retention
+        runs = thread.runs  # type: ignore[attr-defined]
+        while thread.runs < runs + 2:  # type: ignore[attr-defined]
+            time.sleep(0.02)
+        assert thread.error is None  # type: ignore[attr-defined]
+        assert journal.live_first_seq() == 0  # fewer than RETENTION_MIN_BUNDLES due: nothing moves
+        monkeypatch.setattr(krepis._archive, "RETENTION_MIN_BUNDLES", 2)
         deadline = time.monotonic() + 30
         while journal.live_first_seq() < 512 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -453,3 +462,15 @@ def test_a_store_whose_last_pages_were_freed_still_opens(tmp_path: Path) -> None
     os.truncate(store / "data.mdb", len(data) // 2)
     with pytest.raises(CorruptStorageError, match="truncated"):
         SovereignJournal(store, create=False)
+
+
+def test_a_minimum_step_archives_all_due_bundles_or_none(tmp_path: Path) -> None:
+    arch = tmp_path / "archive"
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
+        fill_fast(journal, realistic(1000))
+        logs = journal.query(order="append", newest_first=False)
+        young = logs[600].timestamp  # bundles 0 and 1 are older, bundle 2 is not
+        assert journal._archive_step(arch, before=young, min_bundles=3).entries == 0
+        assert journal._archive_step(arch, keep_last=0, min_bundles=4).entries == 0
+        assert journal._archive_step(arch, before=young, min_bundles=2).entries == 512
+        assert journal._archive_step(arch, keep_last=0, min_bundles=1).entries == 256

@@ -53,6 +53,9 @@ SEGMENT_MAGIC = b"KRPSEG1\n"
 INDEX_MAGIC = b"KRPIDX1\n"
 #: at most this many bundles (1,048,576 entries) go into one segment file: one archive step
 MAX_SEGMENT_BUNDLES = 4096
+#: a retention run archives at least this many bundles (16,384 entries) at once, or nothing: few,
+#: large segments keep the manifest small and lookups fast
+RETENTION_MIN_BUNDLES = 64
 #: the dictionary is trained once enough of the journal exists (this many bundles)
 DICT_MIN_BUNDLES = 16
 DICT_SIZE = 16384
@@ -196,8 +199,9 @@ class RetentionThread:
         log = logging.getLogger("krepis.retention")
         while not self._stop.wait(self.policy.every):
             try:
-                self._journal.archive(self.directory, keep_last=self.policy.keep_last,
-                                      keep_days=self.policy.keep_days)
+                self._journal._archive_step(self.directory, keep_last=self.policy.keep_last,
+                                            keep_days=self.policy.keep_days,
+                                            min_bundles=RETENTION_MIN_BUNDLES)
                 self.error = None
             except BaseException as exc:  # kept and logged; the journal keeps working
                 self.error = exc
@@ -678,11 +682,11 @@ _COMPLETED = _completed()
 
 def archive_journal(journal: SovereignJournal, storage: Storage, directory: str | os.PathLike[str], *,
                     before: int | None, keep_last: int | None, max_bundles: int | None = None,
-                    on_step: Callable[[str], None] | None = None) -> ArchiveReport:
+                    min_bundles: int = 1, on_step: Callable[[str], None] | None = None) -> ArchiveReport:
     """Move whole bundles of the current log, oldest first, into ``directory``: every bundle
     whose entries are all older than ``before`` (Unix ms), or all but the newest ``keep_last``
-    entries. See the module's guarantees. ``on_step(name)`` is called after each durable step
-    (for crash tests)."""
+    entries — nothing when fewer than ``min_bundles`` are due. See the module's guarantees.
+    ``on_step(name)`` is called after each durable step (for crash tests)."""
     from ._model import encode_log
 
     path = _check_directory(directory, create=True)
@@ -737,6 +741,8 @@ def archive_journal(journal: SovereignJournal, storage: Storage, directory: str 
         target = full if keep_last is None else max(0, (size - keep_last) // WIDTH)
         if max_bundles is not None:
             target = min(target, log["bundles"] + max_bundles)
+        if min_bundles > 1 and not _due(storage, first, log["bundles"], target, before, min_bundles):
+            target = log["bundles"]
         source = _Source(storage, live)
         bundle = log["bundles"]
         written = entries = nbytes = segments = 0
@@ -782,7 +788,8 @@ def archive_journal(journal: SovereignJournal, storage: Storage, directory: str 
                 manifest["logs"].append(log)
                 manifest["logs"].sort(key=lambda x: x["epoch"])
                 fresh = False
-            _write_durable(path, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            text = json.dumps(manifest, separators=(",", ":"), sort_keys=True)
+            _write_durable(path, MANIFEST, text.encode())
             step("manifest")
             upto = first + bundle * WIDTH
             storage.drop_prefix(epoch, upto)
@@ -796,6 +803,19 @@ def archive_journal(journal: SovereignJournal, storage: Storage, directory: str 
             segments += 1
         return ArchiveReport(path, epoch, entries, written, segments, nbytes, live,
                              log["bundles"] * WIDTH, completed)
+
+
+def _due(storage: Storage, first: int, done: int, target: int, before: int | None, count: int) -> bool:
+    """Whether at least ``count`` bundles from bundle ``done`` are due (for ``before``: the
+    ``count``-th one is entirely older; the run itself still stops at the first that is not)."""
+    if target - done < count:
+        return False
+    if before is None:
+        return True
+    last = first + (done + count) * WIDTH - 1
+    cursor = make_log(0, "-", "-", _COMPLETED, None, None, last - WIDTH)
+    logs = storage.scan(Query(order="append", newest_first=False), after=cursor, limit=WIDTH)
+    return len(logs) == WIDTH and max(x.timestamp for x in logs) < before
 
 
 def _remove_strays(path: str, manifest: dict[str, Any]) -> None:

@@ -767,12 +767,18 @@ class SovereignJournal:
         Counters and the Merkle tree's stored hashes do not change: checkpoints and proofs keep
         working. Bad input raises ``ValueError``/``TypeError`` and changes nothing; so does an
         archive directory of another store. See ``docs/archive.md``."""
+        return self._archive_step(directory, before=before, keep_last=keep_last, keep_days=keep_days)
+
+    def _archive_step(
+        self, directory: str | os.PathLike[str] | None, *, before: TimeLike | None = None,
+        keep_last: int | None = None, keep_days: float | None = None, min_bundles: int = 1,
+    ) -> ArchiveReport:
         from ._archive import archive_journal, parse_before
 
         cutoff, keep = parse_before(before, keep_days, keep_last)
         target = self._archive_target(directory)
         storage = self._live()
-        return archive_journal(self, storage, target, before=cutoff, keep_last=keep)
+        return archive_journal(self, storage, target, before=cutoff, keep_last=keep, min_bundles=min_bundles)
 
     def _archive_target(self, directory: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
         if directory is None:
