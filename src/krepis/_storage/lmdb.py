@@ -691,63 +691,71 @@ class LmdbStorage(Storage):
             return self._drop_prefix(epoch, upto_seq)
 
     def _drop_prefix(self, epoch: int, upto_seq: int) -> int:
-        from .._errors import ValidationError
-
-        removed = 0
+        """The commit of :meth:`drop_prefix` (under the writer lock), shaped like ``_clear``: one
+        write transaction running :meth:`_drop_prefix_body`."""
         try:
             with self._env.begin(write=True) as txn:
                 self._check()
-                seq, first_seq, current, _frontier = self._read_tree(txn)
-                if current != epoch:
-                    raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} "
-                                          f"ended, log {current} began); nothing was removed")
-                if upto_seq > seq:
-                    raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
-                                          f"{self.location} ends before seq {seq}")
-                live = self._live_first(txn, first_seq, epoch)
-                if upto_seq <= live:
-                    return 0
-                entries, index = self._entries, self._index
-                delete = txn.delete
-                hdr, ts_seq_pack, op_key = _DROP_HDR.unpack_from, _TS_SEQ.pack, _OP_KEY.pack
-                cur = txn.cursor(db=entries)
-                positioned = cur.set_range(_SEQ.pack(live))
-                while positioned:
-                    key = cur.key()
-                    if not key:
-                        break
-                    at = _SEQ.unpack(key)[0]
-                    if at >= upto_seq:
-                        break
-                    # only what the index keys need: status, timestamp, op id, request id
-                    raw = cur.value()
-                    try:
-                        flags, timestamp, op_id = hdr(raw)
-                        status = flags & 3
-                        if flags & 4:
-                            h = raw[13:29].hex()
-                            if len(h) != 32:
-                                raise ValueError("truncated request id")
-                            rid = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
-                        else:
-                            rid = raw[14:15 + raw[13]]
-                        if not status:
-                            raise ValueError(f"bad header (flags {flags:#x})")
-                    except (ValueError, IndexError, struct.error) as exc:
-                        raise CorruptStorageError(f"storage at {self.location}: entry {at} is not a valid "
-                                                  f"TransactionLog ({exc})", self.location) from None
-                    ts_seq = ts_seq_pack(timestamp, at)
-                    for ikey in (_TIME_KEY, _STATUS_KEY[status], op_key(b"o", op_id, status),
-                                 b"r" + rid_hash(rid) + _STATUS_BYTE[status]):
-                        delete(ikey, ts_seq, db=index)
-                    removed += 1
-                    positioned = cur.delete()  # (and moves to the next entry)
-                if removed != upto_seq - live:
-                    raise CorruptStorageError(f"storage at {self.location}: entries {live}…{upto_seq - 1} "
-                                              f"are not all there ({removed} found)", self.location)
-                txn.put(b"live", _TREE_HDR.pack(epoch, upto_seq), db=self._meta)
+                return self._drop_prefix_body(txn, epoch, upto_seq)
         except lmdb.Error as exc:
             raise _wrap(exc, self.location, "removing archived entries") from exc
+
+    def _drop_prefix_body(self, txn: Any, epoch: int, upto_seq: int) -> int:
+        """Inside a write transaction: remove the entries ``live … upto_seq − 1`` and their index
+        rows, record ``live``; return how many were removed (raising leaves the transaction to
+        be aborted)."""
+        from .._errors import ValidationError
+
+        removed = 0
+        seq, first_seq, current, _frontier = self._read_tree(txn)
+        if current != epoch:
+            raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} "
+                                  f"ended, log {current} began); nothing was removed")
+        if upto_seq > seq:
+            raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
+                                  f"{self.location} ends before seq {seq}")
+        live = self._live_first(txn, first_seq, epoch)
+        if upto_seq <= live:
+            return 0
+        entries, index = self._entries, self._index
+        delete = txn.delete
+        hdr, ts_seq_pack, op_key = _DROP_HDR.unpack_from, _TS_SEQ.pack, _OP_KEY.pack
+        cur = txn.cursor(db=entries)
+        positioned = cur.set_range(_SEQ.pack(live))
+        while positioned:
+            key = cur.key()
+            if not key:
+                break
+            at = _SEQ.unpack(key)[0]
+            if at >= upto_seq:
+                break
+            # only what the index keys need: status, timestamp, op id, request id
+            raw = cur.value()
+            try:
+                flags, timestamp, op_id = hdr(raw)
+                status = flags & 3
+                if flags & 4:
+                    h = raw[13:29].hex()
+                    if len(h) != 32:
+                        raise ValueError("truncated request id")
+                    rid = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+                else:
+                    rid = raw[14:15 + raw[13]]
+                if not status:
+                    raise ValueError(f"bad header (flags {flags:#x})")
+            except (ValueError, IndexError, struct.error) as exc:
+                raise CorruptStorageError(f"storage at {self.location}: entry {at} is not a valid "
+                                          f"TransactionLog ({exc})", self.location) from None
+            ts_seq = ts_seq_pack(timestamp, at)
+            for ikey in (_TIME_KEY, _STATUS_KEY[status], op_key(b"o", op_id, status),
+                         b"r" + rid_hash(rid) + _STATUS_BYTE[status]):
+                delete(ikey, ts_seq, db=index)
+            removed += 1
+            positioned = cur.delete()  # (and moves to the next entry)
+        if removed != upto_seq - live:
+            raise CorruptStorageError(f"storage at {self.location}: entries {live}…{upto_seq - 1} "
+                                      f"are not all there ({removed} found)", self.location)
+        txn.put(b"live", _TREE_HDR.pack(epoch, upto_seq), db=self._meta)
         return removed
 
 
