@@ -216,6 +216,10 @@ def test_bad_input_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             with pytest.raises(ValueError, match="another store"):
                 other.archive(arch, keep_last=0)
             assert other.live_first_seq() == 0 and other.journal_count() == 600
+            for read in (lambda: other.query(archive=arch), lambda: other.tree_root(archive=arch),
+                         lambda: other.inclusion_proof(0, archive=arch)):
+                with pytest.raises(ValueError, match="another store"):
+                    read()
     monkeypatch.setenv("KREPIS_RETENTION", "keep-weeks:3")
     with pytest.raises(ValueError, match="KREPIS_RETENTION"):
         SovereignJournal(tmp_path / "s")

@@ -430,6 +430,8 @@ class ArchiveReader:
         self.epoch, self.first_seq = epoch, first_seq
         self.segments: list[dict[str, Any]] = [] if log is None else list(log["segments"])
         self.bundles = 0 if log is None else int(log["bundles"])
+        #: the recorded hash of the last archived bundle (the tree's height-8 node there)
+        self.last_hash = b"" if log is None or not log["last_hash"] else bytes.fromhex(log["last_hash"])
         self._starts = [s["first_bundle"] for s in self.segments]
         self._indexes: dict[str, _SegmentIndex] = {}
         self._dicts: dict[str, Any] = {}

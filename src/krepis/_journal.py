@@ -415,9 +415,7 @@ class SovereignJournal:
         head = storage.tree_head()
         if archive is None:
             return TreeReader(storage, head)
-        from ._archive import ArchiveReader
-
-        return TreeReader(storage, head, ArchiveReader(archive, head.epoch, head.first_seq).leaf_data)
+        return TreeReader(storage, head, self._archive_reader(storage, archive, head).leaf_data)
 
     def tree_root(self, size: int | None = None, *, archive: str | os.PathLike[str] | None = None) -> bytes:
         """The RFC 6962 tree head of the first ``size`` leaves of the current log (default: all).
@@ -480,9 +478,7 @@ class SovereignJournal:
         head = storage.tree_head()
         archived = None
         if archive is not None:
-            from ._archive import ArchiveReader
-
-            archived = ArchiveReader(archive, head.epoch, head.first_seq)
+            archived = self._archive_reader(storage, archive, head)
         reader = TreeReader(storage, head, None if archived is None else archived.leaf_data)
         first = reader.head.first_seq
 
@@ -696,11 +692,18 @@ class SovereignJournal:
                 "order the cursor must be an existing entry")
         return found
 
-    def _archive_reader(self, storage: Storage, directory: str | os.PathLike[str]) -> ArchiveReader:
+    def _archive_reader(self, storage: Storage, directory: str | os.PathLike[str],
+                        head: TreeHead | None = None) -> ArchiveReader:
+        """A reader of the current log's archived bundles, refused (``ValidationError``) when
+        the archive is of another store: its last bundle must be the tree's stored hash."""
         from ._archive import ArchiveReader
 
-        head = storage.tree_head()
-        return ArchiveReader(directory, head.epoch, head.first_seq)
+        head = storage.tree_head() if head is None else head
+        reader = ArchiveReader(directory, head.epoch, head.first_seq)
+        if reader.bundles and storage.tree_node(8, reader.bundles - 1) != reader.last_hash:
+            raise ValidationError(f"the archive at {reader.directory} is of another store: its bundle "
+                                  f"{reader.bundles - 1} does not match this journal's Merkle tree")
+        return reader
 
     def _iter_archived(
         self, storage: Storage, reader: ArchiveReader, query: Query, limit: int | None,
