@@ -75,6 +75,7 @@ class TreeReader:
                             f"entries {first}…{first + count - 1} of the journal at {self._storage.location} "
                             "are archived: pass the archive directory (archive=DIR, --archive DIR)")
                     leaves = [leaf_hash(d) for d in self._archive(start, count)]
+                    self.check_same_log()
                     self._leaves[tile] = leaves
                     return leaves[index - (tile << TILE_HEIGHT)]
                 try:
