@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CorruptStorageError, InvalidTypeError, JournalError, ValidationError
@@ -317,12 +318,17 @@ def split_bundle(raw: bytes, where: str) -> list[bytes]:
 
 
 def bundle_hash(data: list[bytes]) -> bytes:
-    """The Merkle hash of a full bundle: the tree's height-8 node over its 256 leaves."""
-    frontier: list[bytes] = []
-    size = 0
-    for d in data:
-        size = append_leaf(frontier, size, leaf_hash(d))
-    return root_from_frontier(frontier)
+    """The Merkle hash of a bundle: over 256 leaves, the tree's height-8 node (RFC 6962)."""
+    if len(data) != WIDTH:  # (a partial bundle: the general fold)
+        frontier: list[bytes] = []
+        size = 0
+        for d in data:
+            size = append_leaf(frontier, size, leaf_hash(d))
+        return root_from_frontier(frontier)
+    level = [sha256(b"\x00" + d).digest() for d in data]
+    while len(level) > 1:  # a perfect tree: hash pairs, level by level
+        level = [sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return level[0]
 
 
 @dataclass
