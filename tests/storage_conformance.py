@@ -291,3 +291,36 @@ class StorageConformance:
         storage.clear()
         storage.write_batch([WriteRequest([entry(1, "a", 1)], [])])
         assert storage.verify().entries == 1
+
+    def test_drop_prefix_removes_entries_and_keeps_tree_and_counters(self, storage: Storage) -> None:
+        from krepis import ValidationError
+
+        batch = [entry(1000 - i % 50, f"r{i}", i, op=f"op{i % 3}", status=(S, C, F)[i % 3])
+                 for i in range(600)]
+        storage.write_batch([WriteRequest(batch, [b"x"])])
+        head, node, counts = storage.tree_head(), storage.tree_node(8, 0), storage.get_counts()
+        assert storage.live_first_seq() == 0
+        for bad_epoch, upto in ((1, 512), (0, 601)):
+            with pytest.raises(ValidationError):
+                storage.drop_prefix(bad_epoch, upto)
+            assert storage.entry_count() == 600 and storage.live_first_seq() == 0
+        assert storage.drop_prefix(0, 512) == 512
+        assert storage.live_first_seq() == 512
+        assert storage.drop_prefix(0, 512) == 0 and storage.drop_prefix(0, 256) == 0  # reruns: no-ops
+        assert storage.entry_count() == 88
+        assert storage.get_entry(0) is None and storage.get_entry(512) is not None
+        assert (storage.tree_head(), storage.tree_node(8, 0), storage.get_counts()) == (head, node, counts)
+        for q in (ALL, Query(newest_first=False), Query(order="append"), Query(request_id="r3"),
+                  Query(op_names=("op1",)), Query(statuses=(F,)), Query(since=960, until=1000)):
+            got = scan_all(storage, q)
+            if q.request_id == "r3":  # an archived entry's request id: nothing live
+                assert got == []
+            else:
+                assert got and all((log.seq or 0) >= 512 for log in got)
+        assert len(scan_all(storage, ALL)) == 88
+        assert storage.verify().entries == 88
+        assert "op0" in storage.op_names()
+        storage.write_batch([WriteRequest([entry(5, "after", 0)], [b"x"])])
+        assert storage.next_seq() == 601 and storage.verify().entries == 89
+        storage.clear()
+        assert storage.live_first_seq() == storage.tree_head().first_seq == 601

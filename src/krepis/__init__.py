@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ._archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from ._async import AsyncSovereignJournal
 from ._errors import (
     ClosedError,
@@ -30,6 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "ArchiveReport",
+    "ArchiveVerifyReport",
     "AsyncSovereignJournal",
     "BackupResult",
     "ClosedError",
@@ -43,6 +46,7 @@ __all__ = [
     "NeedsMigrationError",
     "OpError",
     "PermissionPolicy",
+    "RetentionPolicy",
     "ScriptError",
     "ScriptInterrupted",
     "ScriptResult",

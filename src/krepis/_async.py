@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _journal as _journal_module
+from ._archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
 from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
@@ -43,8 +44,10 @@ class AsyncSovereignJournal:
         path: str | os.PathLike[str] = DEFAULT_STORAGE,
         *,
         flush: str | FlushPolicy | None = None,
+        retention: str | RetentionPolicy | None = None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._journal = SovereignJournal(path, flush=flush)
+        self._journal = SovereignJournal(path, flush=flush, retention=retention, archive=archive)
         self._lock = threading.Lock()
         self._queue: list[_Item] = []
         self._draining = False
@@ -172,6 +175,18 @@ class AsyncSovereignJournal:
 
     async def verify(self) -> VerifyReport:
         return await self._read(self._journal.verify)
+
+    async def archive(
+        self, directory: str | os.PathLike[str] | None = None, **selector: Any
+    ) -> ArchiveReport:
+        """:meth:`SovereignJournal.archive`, in a worker thread."""
+        return await self._read(self._journal.archive, directory, **selector)
+
+    async def verify_archive(
+        self, directory: str | os.PathLike[str] | None = None
+    ) -> ArchiveVerifyReport:
+        """:meth:`SovereignJournal.verify_archive`, in a worker thread."""
+        return await self._read(self._journal.verify_archive, directory)
 
     async def sign_checkpoint(self, signer: Signer | str) -> str:
         """:meth:`SovereignJournal.sign_checkpoint`, in the writer thread."""

@@ -157,7 +157,7 @@ def bench_fsync(path: str, seconds: float) -> Row:
 
 def bench_spec_design(path: str, seconds: float) -> Row:
     """The spec's kernel: write+flush the log, then update+flush the counter (two commits)."""
-    with SovereignJournal(path, flush="sync") as journal:
+    with SovereignJournal(path, flush="sync", retention="off") as journal:
         def op(i: int) -> None:
             journal.log_transaction(_entry(i))
             journal.increment_op_count("bench_op")
@@ -194,7 +194,7 @@ def bench_sqlite(path: str, seconds: float) -> tuple[Row, float]:
 
 
 def bench_record(path: str, seconds: float, *, flush: str, threads: int = 1) -> Row:
-    with SovereignJournal(path, flush=flush) as journal:
+    with SovereignJournal(path, flush=flush, retention="off") as journal:
         def op(i: int) -> None:
             journal.record(_entry(i), increment="bench_op")
 
@@ -205,7 +205,7 @@ def bench_record(path: str, seconds: float, *, flush: str, threads: int = 1) -> 
 
 def bench_asyncio(path: str, seconds: float, tasks: int) -> Row:
     async def main() -> Row:
-        async with AsyncSovereignJournal(path, flush="sync") as journal:
+        async with AsyncSovereignJournal(path, flush="sync", retention="off") as journal:
             lat: list[float] = []
             counts = [0] * tasks
             end = time.perf_counter() + seconds
@@ -257,7 +257,7 @@ def bench_js_ops(path: str, seconds: float, flush: str) -> Row:
 
 def fill(path: str, entries: int, progress: Callable[[int], None] | None = None) -> None:
     """Write `entries` realistic entries quickly: big transactions, synced once at the end."""
-    with SovereignJournal(path, flush="interval:1000ms") as journal:
+    with SovereignJournal(path, flush="interval:1000ms", retention="off") as journal:
         storage = journal._storage
         base = now_ms() - entries
         ops = ("kernel_init", "op_increment_stats", "op_log_from_js", "kernel_shutdown")
@@ -326,7 +326,7 @@ def fill_pair(krepis_path: str, sqlite_path: str, entries: int,
     db.executescript(_SQLITE_SCHEMA)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")  # filling only; the krepis side does not sync either
-    with SovereignJournal(krepis_path, flush="interval:1000ms") as journal:
+    with SovereignJournal(krepis_path, flush="interval:1000ms", retention="off") as journal:
         storage = journal._storage
         batch: list[TransactionLog] = []
         written = [storage.next_seq()]  # the same sequence numbers on both sides
@@ -404,7 +404,7 @@ def _same_answers(pairs: list[tuple[str, Callable[[], object], Callable[[], obje
 
 
 def _query_times(path: str, sqlite_path: str, entries: int) -> dict[str, dict[str, float]]:
-    with SovereignJournal(path, create=False) as journal:
+    with SovereignJournal(path, create=False, retention="off") as journal:
         sql = _SqliteReader(sqlite_path)
         try:
             pairs = _query_pairs(journal, sql, entries)
@@ -427,7 +427,7 @@ def rss():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * 4096
 from krepis import SovereignJournal
-j = SovereignJournal(sys.argv[1], create=False)
+j = SovereignJournal(sys.argv[1], create=False, retention="off")
 j.journal_count()
 opened = rss()
 j.query(request_id=sys.argv[2])
@@ -545,13 +545,16 @@ def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], 
                                           "sqlite": round(_sqlite_bytes(s) / n, 1),
                                           "tree": round(_tree_bytes(k, n), 2)}
         if n == large:
-            with SovereignJournal(k, create=False) as journal:
+            with SovereignJournal(k, create=False, retention="off") as journal:
                 rid = journal.entry(n // 3).request_id
             opened, after = _rss_after_lookup(k, rid)
             out["rss"] = {"opened_mib": round(opened / 2**20, 1), "after_lookup_mib": round(after / 2**20, 1),
                           "ratio": round(after / opened, 2)}
             cli_ms, start_ms = _cli_lookup_ms(k, rid)
             out["cli"] = {"logs_request_id_ms": round(cli_ms, 1), "process_start_ms": round(start_ms, 1)}
+            note(f"archiving {n:,} entries", 0)
+            out["archive"] = bench_archive(k, os.path.join(work, "archive"), rid)
+            note(f"archiving {n:,} entries", 0)
         for name in (k, s, s + "-wal", s + "-shm"):
             if os.path.isdir(name):
                 shutil.rmtree(name, ignore_errors=True)
@@ -559,6 +562,30 @@ def bench_queries(work: str, large: int, small: int, note: Callable[[str, int], 
                 os.unlink(name)
         note(f"querying {n:,} entries", 1)
     return out
+
+
+def bench_archive(path: str, directory: str, rid: str) -> dict[str, Any]:
+    """Archive every full bundle of the journal at ``path`` into ``directory``: entries per
+    second (the dictionary's training included), bytes per archived entry (every file of the
+    archive: segments with their indexes, the dictionary, the manifest), a request-id lookup in
+    the archive, and the live store's size before and after."""
+    with SovereignJournal(path, create=False, retention="off") as journal:
+        before = journal.journal_count()
+        start = time.perf_counter()
+        report = journal.archive(directory, keep_last=0)
+        seconds = time.perf_counter() - start
+        files = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
+        lookup_ms = _per_call_us(lambda: journal.query(request_id=rid, archive=directory), 5) / 1000
+        found = journal.query(request_id=rid, archive=directory)
+        if not found:
+            raise AssertionError(f"request id {rid} not found in the archive")
+        after = journal.journal_count()
+    shutil.rmtree(directory, ignore_errors=True)
+    return {"entries": report.entries, "entries_per_s": round(report.entries / seconds),
+            "bytes_per_entry": round(files / max(1, report.entries), 2),
+            "segment_bytes_per_entry": round(report.bytes / max(1, report.entries), 2),
+            "request_id_lookup_ms": round(lookup_ms, 2), "live_entries_before": before,
+            "live_entries_after": after}
 
 
 def _per_call_us(fn: Callable[[], object], repeat: int) -> float:
@@ -576,7 +603,7 @@ def _open_and_recover_us(path: str) -> float:
     samples = []
     for _ in range(15):
         t0 = time.perf_counter()
-        with SovereignJournal(path) as journal:
+        with SovereignJournal(path, retention="off") as journal:
             journal.recover_op_count("bench_op")
             journal.journal_count()
         samples.append((time.perf_counter() - t0) * 1e6)
@@ -707,7 +734,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
         fill(small, cfg.small)
         note(f"filling a journal of {cfg.large:,} entries")
         note("reads", 0)
-        with SovereignJournal(large) as journal:
+        with SovereignJournal(large, retention="off") as journal:
             recover_us = _per_call_us(lambda: journal.recover_op_count("bench_op"), 2000)
             recent_us = _per_call_us(lambda: journal.get_recent_logs(100), 200)
             count_us = _per_call_us(journal.journal_count, 2000)
@@ -779,6 +806,10 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     targets.append(target("krepis logs --request-id, minus process start",
                           queries["cli"]["logs_request_id_ms"] - queries["cli"]["process_start_ms"], 10,
                           "ms", lower=True))
+    archived = queries["archive"]
+    targets.append(target("archive: bytes per archived entry (segments, index, dictionary)",
+                          archived["bytes_per_entry"], 20, "B", lower=True))
+    targets.append(target("archive: entries archived per second", archived["entries_per_s"], 200_000, "/s"))
     config = asdict(cfg)
     if config.get("postgres_url"):  # never print a password
         from ._storage.postgres import redact

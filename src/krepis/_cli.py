@@ -627,11 +627,12 @@ class _Selection:
     request_ids: tuple[str, ...] = ()
     since: int | None = None
     until: int | None = None
+    archive: str | None = None  # an archive directory whose entries are included
 
     @property
     def everything(self) -> bool:
         filtered = self.ops or self.statuses or self.request_ids
-        return not filtered and self.since is None and self.until is None
+        return not filtered and self.since is None and self.until is None and self.archive is None
 
     def split(
         self, journal: SovereignJournal
@@ -642,6 +643,8 @@ class _Selection:
         to the journal as lists; only several request ids are checked here, entry by entry.
         """
         args: dict[str, Any] = {"since": self.since, "until": self.until}
+        if self.archive is not None:
+            args["archive"] = self.archive
         if self.ops:
             globs = [op for op in self.ops if _GLOB.search(op)]
             names = [op for op in self.ops if not _GLOB.search(op)]
@@ -722,7 +725,8 @@ def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
     if taken < limit:
         yield from select_entries(journal, selection, newest_first=False, limit=limit)
         return
-    later = _Selection(selection.ops, selection.statuses, selection.request_ids, boundary, selection.until)
+    later = _Selection(selection.ops, selection.statuses, selection.request_ids, boundary, selection.until,
+                       selection.archive)
     shown = 0
     for entry in select_entries(journal, later, newest_first=False, limit=None):
         if skip and entry.timestamp == boundary:
@@ -735,8 +739,15 @@ def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
 
 
 def _selection(op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
-               since: int | None, until: int | None) -> _Selection:
-    return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until)
+               since: int | None, until: int | None, archive: str | None = None) -> _Selection:
+    return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until,
+                      archive)
+
+
+def _archive_option(fn: Any) -> Any:
+    return click.option("--archive", "archive", metavar="DIR", default=None,
+                        help="Include the entries archived into DIR (krepis archive), with the same "
+                             "filters and order.")(fn)
 
 
 def _filter_options(fn: Any) -> Any:
@@ -768,7 +779,7 @@ def _filter_options(fn: Any) -> Any:
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Show every op counter and how many entries the journal holds."""
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         counts = journal.op_counts()
         entries = journal.journal_count()
         path = journal.path
@@ -839,11 +850,13 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one entry per line, in the stored form.")
 @click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
+@_archive_option
 @_storage_option
 @click.pass_context
 def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...],
          status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
-         reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool) -> None:
+         reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool,
+         archive: str | None) -> None:
     """Show journal entries, newest first, streamed as they are read.
 
     On a terminal: one line per entry fitted to its width (local time), through
@@ -856,11 +869,11 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         limit = None
     if count_only and follow:
         raise click.UsageError("--count and --follow do not go together")
-    selection = _selection(op, status, request_id, since, until)
+    selection = _selection(op, status, request_id, since, until, archive)
     tty = sys.stdout.isatty()
     columns = _Columns(_width(), _use_color()) if tty and not as_json else None
     render = _json_line if as_json else columns.line if columns is not None else _tsv_line
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if count_only:
             if selection.everything:
                 total = journal.journal_count()
@@ -897,13 +910,14 @@ def _with_header(header: str, lines: Iterator[str]) -> Iterator[str]:
 @_filter_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
               default="-", show_default=True, help="File to write (- for stdout).")
+@_archive_option
 @_storage_option
 @click.pass_context
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
-           since: int | None, until: int | None, output: str) -> None:
+           since: int | None, until: int | None, output: str, archive: str | None) -> None:
     """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
-    selection = _selection(op, status, request_id, since, until)
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    selection = _selection(op, status, request_id, since, until, archive)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         entries = select_entries(journal, selection, newest_first=False, limit=None)
         if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes
             to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
@@ -939,7 +953,7 @@ def clear(ctx: click.Context, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise click.UsageError("refusing to clear the journal without --yes")
         click.confirm(f"Delete every entry and counter in {inert(os.path.abspath(path))}?", abort=True)
-    with SovereignJournal(path, create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(path, create=False, flush=_READ_POLICY, retention="off") as journal:
         entries = journal.journal_count()
         journal.clear_all()
     click.echo(f"cleared {entries} entries and all counters in {inert(journal.path)}")
@@ -1090,7 +1104,7 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
         except ValueError:
             raise click.BadParameter(f"{serve!r} is not [HOST:]PORT with PORT 0–65535",
                                      param_hint="--serve") from None
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if serve is None:
             click.echo(prometheus_text(journal), nl=False)
             return
@@ -1142,9 +1156,9 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
                    f"{result.to_format}: {result.entries} entries, {result.counters} counters")
 
 
-from . import _cli_tlog  # noqa: E402  (registers keygen, checkpoint, prove, verify, tlog)
+from . import _cli_archive, _cli_tlog  # noqa: E402  (register archive; keygen, checkpoint, prove, verify, tlog)
 
-del _cli_tlog
+del _cli_tlog, _cli_archive
 
 
 def main() -> None:

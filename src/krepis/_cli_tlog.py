@@ -90,7 +90,7 @@ def keygen(origin: str, key_file: str) -> None:
 def checkpoint(ctx: click.Context, key_file: str) -> None:
     """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it."""
     signer = _signer(key_file)
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         click.echo(journal.sign_checkpoint(signer), nl=False)
 
 
@@ -100,9 +100,12 @@ def checkpoint(ctx: click.Context, key_file: str) -> None:
               help="Prove against the tree of N leaves (default: the latest checkpoint's).")
 @click.option("--consistency", "old_file", metavar="OLD_CHECKPOINT_FILE", default=None,
               help="Instead: prove that this older checkpoint's tree is a prefix of today's.")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Read archived entries (krepis archive) from DIR when the proof needs them.")
 @_storage_option
 @click.pass_context
-def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None) -> None:
+def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None,
+          archive: str | None) -> None:
     """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
 
     Against the latest checkpoint kept for the current log (it is part of the output), or the
@@ -110,7 +113,7 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
     """
     if (seq is None) == (old_file is None):
         raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         note = journal.latest_checkpoint()
         head = journal.tree_head()
         size = head.size
@@ -123,7 +126,7 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
             size = parse_checkpoint(_note_text(note)).size
         if old_file is not None:
             old = parse_checkpoint(_note_text(_read_text(old_file, "the old checkpoint")))
-            cproof = journal.consistency_proof(old.size, size)
+            cproof = journal.consistency_proof(old.size, size, archive=archive)
             if cproof.old_root != old.root:
                 raise click.ClickException(
                     f"{old_file}: its root for tree size {old.size} is not this journal's; the log it "
@@ -133,8 +136,8 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
                         "checkpoint": note})
             return
         assert seq is not None
-        proof = journal.inclusion_proof(seq, tree_size=size)
-        entry = journal.entry(seq)
+        proof = journal.inclusion_proof(seq, tree_size=size, archive=archive)
+        entry = journal.entry(seq, archive=archive)
         _emit_json({"seq": seq, "index": proof.index, "tree_size": proof.tree_size,
                     "leaf_hash": _b64(proof.leaf_hash), "entry": entry.to_json(),
                     "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),
@@ -146,10 +149,14 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
               help="A verifier key (file or the key itself): checkpoint signatures must verify.")
 @click.option("--tlog", "tlog_dir", metavar="DIR", default=None,
               help="Check an exported tiles tree in DIR instead of the store (needs --vkey).")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Also check the archive in DIR: every file against the manifest's checksum, every "
+                   "archived bundle against the Merkle tree.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_storage_option
 @click.pass_context
-def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool) -> None:
+def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool,
+           archive: str | None) -> None:
     """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
     was edited, deleted, reordered or inserted.
 
@@ -173,18 +180,25 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_
             f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
             f"{result.checkpoint.origin} (tree size {result.checkpoint.size})")
         return
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         report = journal.verify()
+        archived = None if archive is None else journal.verify_archive(archive)
         head = journal.tree_head()
         checked, earlier = _check_checkpoints(journal, head.epoch, verifiers)
     out = {"entries": report.entries, "tree_size": report.tree_size, "root": _b64(report.root),
            "checkpoints": checked, "checkpoints_of_earlier_logs": earlier, "ok": True}
+    if archived is not None:
+        out["archive"] = {"directory": archived.directory, "segments": archived.segments,
+                          "bundles": archived.bundles, "entries": archived.entries}
     if as_json:
         _emit_json(out)
     else:
         click.echo(f"ok: {report.entries} entries, tree of {report.tree_size} leaves, "
                    f"{checked} checkpoint(s) consistent"
-                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else ""))
+                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
+                   + ("" if archived is None else
+                      f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
+                      f"{archived.segments} segment(s) match"))
 
 
 def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier]) -> tuple[int, int]:
@@ -221,14 +235,16 @@ def tlog() -> None:
 @click.argument("directory", metavar="DIR")
 @click.option("--key", "key_file", metavar="FILE", default=None,
               help="Sign a new checkpoint now (default: the latest kept checkpoint).")
+@click.option("--archive", "archive", metavar="ADIR", default=None,
+              help="Take the bundles of archived entries from the archive ADIR (krepis archive).")
 @_storage_option
 @click.pass_context
-def tlog_export(ctx: click.Context, directory: str, key_file: str | None) -> None:
+def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archive: str | None) -> None:
     """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
     DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export."""
     signer = _signer(key_file) if key_file else None
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY) as journal:
-        written = journal.export_tiles(directory, signer)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+        written = journal.export_tiles(directory, signer, archive=archive)
     click.echo(f"{written} file(s) written to {directory}", err=True)
 
 
@@ -244,7 +260,7 @@ def tlog_serve(ctx: click.Context, listen: str) -> None:
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY)
+    journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off")
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):

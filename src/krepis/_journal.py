@@ -7,8 +7,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from ._errors import ClosedError, CorruptStorageError, InvalidTypeError, StorageError, ValidationError
+from ._errors import (
+    ClosedError,
+    CorruptStorageError,
+    InvalidTypeError,
+    JournalError,
+    StorageError,
+    ValidationError,
+)
 from ._model import (
     MAX_REQUEST_ID_BYTES,
     LogStatus,
@@ -24,6 +32,9 @@ from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open
 from ._time import TimeLike, parse_time
 from ._tlog.log import ConsistencyProof, InclusionProof, TreeReader
 from ._tlog.note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
+
+if TYPE_CHECKING:
+    from ._archive import ArchiveReader, ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 
 __all__ = ["CLEAR_OP", "DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -205,6 +216,11 @@ class SovereignJournal:
     see :class:`FlushPolicy`. ``flush=None`` reads ``KREPIS_FLUSH``, else uses ``"sync"``.
     ``create=False`` raises :class:`StorageError` instead of starting a new, empty store.
 
+    ``retention`` (a :class:`~krepis.RetentionPolicy` or its text, e.g. ``"keep-days:30"``;
+    ``None`` reads ``KREPIS_RETENTION``; ``"off"`` none) archives the oldest entries into
+    ``archive`` (a directory; ``None`` reads ``KREPIS_ARCHIVE``) in a background thread, as
+    :meth:`archive` does.
+
     Opening is O(1) in the number of entries. Use as a context manager or call :meth:`close`.
     """
 
@@ -214,6 +230,8 @@ class SovereignJournal:
         *,
         flush: str | FlushPolicy | None = None,
         create: bool = True,
+        retention: str | RetentionPolicy | None = None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> None:
         self._closed = True  # until fully open
         if not isinstance(path, (str, os.PathLike)):
@@ -221,6 +239,8 @@ class SovereignJournal:
         if not os.fspath(path):
             raise StorageError("storage path must not be empty", "")
         self._policy = FlushPolicy.parse(flush)
+        self._retention_policy, self._archive_dir = _retention(retention, archive)
+        self._retention: object = None
         self._storage: Storage = open_storage(path, durable=self._policy.durable, create=create)
         self._syncer: _Syncer | None = None
         if self._policy.interval_ms is not None:
@@ -228,6 +248,11 @@ class SovereignJournal:
         self._commit = _GroupCommit(self._storage, self._syncer.mark_dirty if self._syncer else None)
         self._generation = _fork_generation
         self._closed = False
+        if self._retention_policy is not None:
+            from ._archive import RetentionThread
+
+            assert self._archive_dir is not None
+            self._retention = RetentionThread(self, self._retention_policy, self._archive_dir)
 
     @property
     def policy(self) -> FlushPolicy:
@@ -255,6 +280,9 @@ class SovereignJournal:
         """Make everything durable and release the store. Idempotent."""
         if self._closed:
             return
+        if self._retention is not None and self._generation == _fork_generation:
+            self._retention.stop()  # type: ignore[attr-defined]  # (a run in progress ends first)
+            self._retention = None
         self._closed = True
         if self._generation != _fork_generation:
             return  # the parent's store, threads and connections: nothing here to release
@@ -358,15 +386,19 @@ class SovereignJournal:
         """The ``limit`` newest entries, newest first (by numeric timestamp, then arrival)."""
         return self.query(limit=check_limit(limit))
 
-    def entry(self, seq: int) -> TransactionLog:
-        """The entry with store-wide sequence number ``seq`` (O(log n)).
+    def entry(self, seq: int, *, archive: str | os.PathLike[str] | None = None) -> TransactionLog:
+        """The entry with store-wide sequence number ``seq`` (O(log n)); an archived one of the
+        current log from ``archive`` (one bundle decompressed).
 
-        Raises :class:`LookupError` (a ``KeyError``) when there is none: never written, or
-        removed by :meth:`clear_all`.
+        Raises :class:`LookupError` (a ``KeyError``) when there is none: never written, removed
+        by :meth:`clear_all`, or archived (and no ``archive`` given).
         """
         if type(seq) is not int:
             raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
-        log = self._live().get_entry(seq)
+        storage = self._live()
+        log = storage.get_entry(seq)
+        if log is None and archive is not None and seq < storage.live_first_seq():
+            log = self._archive_reader(storage, archive).get(seq)
         if log is None:
             raise KeyError(f"the journal at {self.path} has no entry with seq {seq}")
         return log
@@ -379,28 +411,39 @@ class SovereignJournal:
         """The RFC 6962 Merkle tree head over the entries in append order since the last clear."""
         return self._live().tree_head()
 
-    def tree_root(self, size: int | None = None) -> bytes:
+    def _tree_reader(self, storage: Storage, archive: str | os.PathLike[str] | None) -> TreeReader:
+        head = storage.tree_head()
+        if archive is None:
+            return TreeReader(storage, head)
+        return TreeReader(storage, head, self._archive_reader(storage, archive, head).leaf_data)
+
+    def tree_root(self, size: int | None = None, *, archive: str | os.PathLike[str] | None = None) -> bytes:
         """The RFC 6962 tree head of the first ``size`` leaves of the current log (default: all).
-        Any earlier size costs O(log n) reads."""
+        Any earlier size costs O(log n) reads. A size inside the archived prefix that is not a
+        multiple of 256 needs the ``archive``."""
         storage = self._live()
-        reader = TreeReader(storage, storage.tree_head())
+        reader = self._tree_reader(storage, archive)
         return reader.root(reader.head.size if size is None else size)
 
-    def inclusion_proof(self, seq: int, *, tree_size: int | None = None) -> InclusionProof:
+    def inclusion_proof(self, seq: int, *, tree_size: int | None = None,
+                        archive: str | os.PathLike[str] | None = None) -> InclusionProof:
         """Proof that entry ``seq`` is in the tree of ``tree_size`` leaves (default: the current
-        tree). Verify it with :func:`krepis.tlog.verify_inclusion`; O(log n) reads."""
+        tree). Verify it with :func:`krepis.tlog.verify_inclusion`; O(log n) reads. An archived
+        entry's proof reads its bundle from ``archive``."""
         if type(seq) is not int:
             raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
         storage = self._live()
-        reader = TreeReader(storage, storage.tree_head())
+        reader = self._tree_reader(storage, archive)
         return reader.inclusion(seq, reader.head.size if tree_size is None else tree_size)
 
-    def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+    def consistency_proof(self, old_size: int, new_size: int | None = None, *,
+                          archive: str | os.PathLike[str] | None = None) -> ConsistencyProof:
         """Proof that the tree of ``old_size`` leaves is a prefix of the tree of ``new_size``
         leaves (default: the current tree). Verify it with
-        :func:`krepis.tlog.verify_consistency`; O(log n) reads."""
+        :func:`krepis.tlog.verify_consistency`; O(log n) reads (a size inside the archived
+        prefix that is not a multiple of 256 reads one bundle from ``archive``)."""
         storage = self._live()
-        reader = TreeReader(storage, storage.tree_head())
+        reader = self._tree_reader(storage, archive)
         return reader.consistency(old_size, reader.head.size if new_size is None else new_size)
 
     def sign_checkpoint(self, signer: Signer | str) -> str:
@@ -426,14 +469,27 @@ class SovereignJournal:
         mine = [(size, note) for e, size, _origin, note in storage.checkpoints() if e == epoch]
         return max(mine)[1] if mine else None
 
-    def tile_sources(self) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
-        """What a tile server or exporter reads: tree nodes, and leaf data by leaf number."""
+    def tile_sources(
+        self, archive: str | os.PathLike[str] | None = None
+    ) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
+        """What a tile server or exporter reads: tree nodes, and leaf data by leaf number
+        (archived leaves from ``archive``)."""
         storage = self._live()
-        reader = TreeReader(storage, storage.tree_head())
+        head = storage.tree_head()
+        archived = None
+        if archive is not None:
+            archived = self._archive_reader(storage, archive, head)
+        reader = TreeReader(storage, head, None if archived is None else archived.leaf_data)
         first = reader.head.first_seq
 
         def entries(start: int, count: int) -> list[bytes]:
             seq = first + start
+            if seq < storage.live_first_seq():
+                if archived is None:
+                    raise ValidationError(
+                        f"entries {seq}…{seq + count - 1} of the journal at {self.path} are archived: "
+                        "pass the archive directory (archive=DIR, --archive DIR)")
+                return archived.leaf_data(start, count)
             logs = self.query(order="append", newest_first=False, limit=count,
                               after=seq - 1 if seq > 0 else None)
             if [log.seq for log in logs] != list(range(seq, seq + count)):
@@ -444,10 +500,13 @@ class SovereignJournal:
 
         return reader, entries
 
-    def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None) -> int:
+    def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None, *,
+                     archive: str | os.PathLike[str] | None = None) -> int:
         """Write the log as a static C2SP tlog-tiles tree into ``directory``: a checkpoint
         (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
-        Incremental: full tiles already there are kept. Returns how many files were written."""
+        Incremental: full tiles already there are kept. Returns how many files were written.
+        Bundles of archived entries come from ``archive`` (needed only for those not exported
+        before they were archived)."""
         from ._tlog.tiles import export_tiles
 
         note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
@@ -456,7 +515,7 @@ class SovereignJournal:
                                   "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
         size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
         target = os.fspath(directory)
-        reader, entries = self.tile_sources()
+        reader, entries = self.tile_sources(archive)
         # The directory's tiles must be of this log: the tree exported last time (recorded in the
         # marker) must be a prefix of today's — not so after a clear, or a restore from an older
         # backup, and then full tiles on disk would belong to another history.
@@ -509,6 +568,7 @@ class SovereignJournal:
         newest_first: bool = True,
         order: str = "time",
         after: TransactionLog | int | None = None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> list[TransactionLog]:
         """Entries matching every given filter, newest first unless ``newest_first=False``.
 
@@ -524,12 +584,18 @@ class SovereignJournal:
         * ``after`` resumes past an entry: a :class:`TransactionLog` returned earlier (its
           ``seq`` and ``timestamp`` are the cursor) or, a sequence number.
 
+        * ``archive`` (a directory written by :meth:`archive`) includes the archived entries of
+          the current log, with the same filters and order: each entry exactly once (archived
+          seqs below the store's live first seq come from the archive, the rest from the store).
+          A request-id lookup reads the archive's per-segment index and only the bundles it
+          names; other filters decompress the archived bundles in the time range.
+
         Every returned entry has its ``seq`` set.
         """
         out: list[TransactionLog] = []
         for logs in self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
                                  until=until, limit=limit, newest_first=newest_first, order=order,
-                                 after=after):
+                                 after=after, archive=archive):
             out += logs
         return out
 
@@ -545,6 +611,7 @@ class SovereignJournal:
         newest_first: bool = True,
         order: str = "time",
         after: TransactionLog | int | None = None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> Iterator[TransactionLog]:
         """Like :meth:`query`, streaming: reads the journal in chunks, never all at once.
 
@@ -552,7 +619,7 @@ class SovereignJournal:
         """
         chunks = self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
                               until=until, limit=limit, newest_first=newest_first, order=order,
-                              after=after)
+                              after=after, archive=archive)
         return (log for logs in chunks for log in logs)
 
     def _chunks(
@@ -567,6 +634,7 @@ class SovereignJournal:
         newest_first: bool,
         order: str,
         after: TransactionLog | int | None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> Iterator[list[TransactionLog]]:
         """Validate the arguments now; return a generator of matching entries, a chunk at a time."""
         storage = self._live()
@@ -587,16 +655,20 @@ class SovereignJournal:
             raise InvalidTypeError(f"newest_first must be a bool, got {type(newest_first).__name__}")
         if order not in ("time", "append"):
             raise ValidationError(f"order must be 'time' or 'append', got {order!r:.80}")
-        start = self._cursor(storage, after, order)
+        reader = None if archive is None else self._archive_reader(storage, archive)
+        start = self._cursor(storage, after, order, reader)
         query = Query(since=since, until=until, request_id=request_id, op_names=ops,
                       statuses=statuses, newest_first=newest_first,
                       order="append" if order == "append" else "time")
         if ops == () or statuses == ():
             return iter(())  # an empty either-of list matches nothing
+        if reader is not None:
+            return self._iter_archived(storage, reader, query, limit, start)
         return self._iter(storage, query, limit, start)
 
     def _cursor(
-        self, storage: Storage, after: TransactionLog | int | None, order: str
+        self, storage: Storage, after: TransactionLog | int | None, order: str,
+        reader: ArchiveReader | None = None,
     ) -> TransactionLog | None:
         if after is None:
             return None
@@ -612,11 +684,130 @@ class SovereignJournal:
         if order == "append":
             return make_log(0, "-", "-", LogStatus.Completed, None, None, after)
         found = storage.get_entry(after)
+        if found is None and reader is not None and after < storage.live_first_seq():
+            found = reader.get(after)
         if found is None:
             raise ValidationError(
                 f"after={after}: the journal at {self.path} has no entry with that seq; in time "
                 "order the cursor must be an existing entry")
         return found
+
+    def _archive_reader(self, storage: Storage, directory: str | os.PathLike[str],
+                        head: TreeHead | None = None) -> ArchiveReader:
+        """A reader of the current log's archived bundles, refused (``ValidationError``) when
+        the archive is of another store: its last bundle must be the tree's stored hash."""
+        from ._archive import ArchiveReader
+
+        head = storage.tree_head() if head is None else head
+        reader = ArchiveReader(directory, head.epoch, head.first_seq)
+        if reader.bundles and storage.tree_node(8, reader.bundles - 1) != reader.last_hash:
+            raise ValidationError(f"the archive at {reader.directory} is of another store: its bundle "
+                                  f"{reader.bundles - 1} does not match this journal's Merkle tree")
+        return reader
+
+    def _iter_archived(
+        self, storage: Storage, reader: ArchiveReader, query: Query, limit: int | None,
+        after: TransactionLog | None,
+    ) -> Iterator[list[TransactionLog]]:
+        """The archive's entries (seq < the live first seq) merged with the store's."""
+        import heapq
+
+        live_first = storage.live_first_seq()
+        head = storage.tree_head()
+        if head.epoch != reader.epoch:
+            raise JournalError(f"the journal at {self.path} was cleared while it was being read; read again")
+        if reader.first_seq + reader.bundles * 256 < live_first:
+            end = reader.first_seq + reader.bundles * 256
+            raise ValidationError(
+                f"the journal at {self.path} starts at seq {live_first}; the archive at {reader.directory} "
+                f"ends at seq {end}: is it this store's archive directory?")
+
+        def live() -> Iterator[TransactionLog]:
+            for chunk in self._iter(storage, query, None, after):
+                if storage.live_first_seq() != live_first:
+                    raise JournalError(f"entries of the journal at {self.path} were archived while it "
+                                       "was being read; read again")
+                yield from chunk
+
+        archived = reader.iterate(query, after, live_first)
+        merged: Iterator[TransactionLog]
+        if query.order == "append":
+            merged = heapq.merge(archived, live(), key=lambda log: log.seq or 0, reverse=query.newest_first)
+        else:
+            merged = heapq.merge(archived, live(), key=lambda log: (log.timestamp, log.seq or 0),
+                                 reverse=query.newest_first)
+        remaining = limit
+        chunk: list[TransactionLog] = []
+        for log in merged:
+            if remaining is not None:
+                if remaining <= 0:
+                    break
+                remaining -= 1
+            chunk.append(log)
+            if len(chunk) >= _SCAN_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    # -- archive ---------------------------------------------------------------------------
+    def archive(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        before: TimeLike | None = None,
+        keep_last: int | None = None,
+        keep_days: float | None = None,
+    ) -> ArchiveReport:
+        """Move the oldest entries of the current log, in whole bundles of 256 in append order,
+        into ``directory`` (default: the journal's ``archive``) and remove them from the store.
+
+        Exactly one selector: ``before`` (a time: every bundle whose entries are all older
+        goes), ``keep_last`` (keep at least the newest N entries) or ``keep_days`` (keep entries
+        younger than D days). Guarantees: each step (a segment file, then the manifest naming it)
+        is durable before any entry leaves the store; a crash at any point loses no entry and
+        never shows one twice in reads with ``archive=``; a rerun completes an interrupted one.
+        Counters and the Merkle tree's stored hashes do not change: checkpoints and proofs keep
+        working. Bad input raises ``ValueError``/``TypeError`` and changes nothing; so does an
+        archive directory of another store. See ``docs/archive.md``."""
+        return self._archive_step(directory, before=before, keep_last=keep_last, keep_days=keep_days)
+
+    def _archive_step(
+        self, directory: str | os.PathLike[str] | None, *, before: TimeLike | None = None,
+        keep_last: int | None = None, keep_days: float | None = None, min_bundles: int = 1,
+    ) -> ArchiveReport:
+        from ._archive import archive_journal, parse_before
+
+        cutoff, keep = parse_before(before, keep_days, keep_last)
+        target = self._archive_target(directory)
+        storage = self._live()
+        return archive_journal(self, storage, target, before=cutoff, keep_last=keep, min_bundles=min_bundles)
+
+    def _archive_target(self, directory: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+        if directory is None:
+            if self._archive_dir is None:
+                raise ValidationError("no archive directory: pass one, or open the journal with archive=DIR")
+            return self._archive_dir
+        return directory
+
+    def verify_archive(self, directory: str | os.PathLike[str] | None = None) -> ArchiveVerifyReport:
+        """Check an archive: every file against the manifest's checksum, every bundle's entries
+        against its recorded hash and, for the current log, the tree's stored hash (so a bundle
+        decompresses to exactly the entries the tree commits to). Raises
+        :class:`CorruptStorageError` naming the file (and bundle) at fault."""
+        from ._archive import verify_archive
+
+        return verify_archive(self._archive_target(directory), self._live())
+
+    @property
+    def retention(self) -> RetentionPolicy | None:
+        """The background retention policy in force, or ``None``."""
+        return self._retention_policy
+
+    def live_first_seq(self) -> int:
+        """The oldest sequence number the store itself still holds for the current log (entries
+        before it were archived). O(1)."""
+        return self._live().live_first_seq()
 
     def _iter(
         self, storage: Storage, query: Query, limit: int | None, after: TransactionLog | None
@@ -671,3 +862,30 @@ def _encode_entry(log: TransactionLog) -> tuple[TransactionLog, bytes]:
             "escaped as 6 bytes each)")
     return (log, canonical)
 
+
+
+def _retention(
+    retention: object, archive: str | os.PathLike[str] | None
+) -> tuple[RetentionPolicy | None, str | None]:
+    """The retention policy (``None``: ``KREPIS_RETENTION``; ``"off"``: none) and the archive
+    directory (``None``: ``KREPIS_ARCHIVE``), checked before anything is opened."""
+    from ._archive import RetentionPolicy
+
+    source = ""
+    if retention is None:
+        retention = os.environ.get("KREPIS_RETENTION") or None
+        source = " (from KREPIS_RETENTION)"
+    if archive is not None and not isinstance(archive, (str, os.PathLike)):
+        raise InvalidTypeError(f"archive must be a directory path, got {type(archive).__name__}")
+    directory = os.fspath(archive) if archive is not None else None
+    if retention is None or (isinstance(retention, str) and retention.strip() == "off"):
+        return None, directory
+    policy = RetentionPolicy.parse(retention, source)  # type: ignore[arg-type]
+    if directory is None:
+        directory = os.environ.get("KREPIS_ARCHIVE") or None
+        if directory is None:
+            raise ValidationError(f"retention policy {policy}{source} needs an archive directory: pass "
+                                  "archive=DIR or set KREPIS_ARCHIVE")
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise ValidationError(f"the archive directory {directory} exists and is not a directory")
+    return policy, directory

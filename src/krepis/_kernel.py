@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+from ._archive import RetentionPolicy
 from ._errors import InvalidTypeError, OpError, ValidationError
 from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._model import (
@@ -91,6 +92,8 @@ class Kernel:
         metadata: dict[str, Any] | None = None,
         flush: str | FlushPolicy | None = None,
         permissions: PermissionPolicy | None = None,
+        retention: str | RetentionPolicy | None = None,
+        archive: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(storage, (str, os.PathLike, SovereignJournal)):
             raise InvalidTypeError(
@@ -106,6 +109,10 @@ class Kernel:
         if isinstance(storage, SovereignJournal) and flush is not None:
             raise ValidationError("flush applies when the kernel opens the journal; set it on the "
                                   "SovereignJournal you pass instead")
+        if isinstance(storage, SovereignJournal) and (retention is not None or archive is not None):
+            raise ValidationError("retention and archive apply when the kernel opens the journal; set "
+                                  "them on the SovereignJournal you pass instead")
+        self._retention, self._archive = retention, archive
         self._flush = None if flush is None else FlushPolicy.parse(flush)
         self._storage = storage
         self._context_args: dict[str, Any] = {
@@ -163,7 +170,9 @@ class Kernel:
         if isinstance(self._storage, SovereignJournal):
             journal, self._owns_journal = self._storage, False
         else:
-            journal, self._owns_journal = SovereignJournal(self._storage, flush=self._flush), True
+            journal, self._owns_journal = SovereignJournal(self._storage, flush=self._flush,
+                                                                retention=self._retention,
+                                                                archive=self._archive), True
         try:
             recovered = SovereignStats(
                 js_ops_called=journal.recover_op_count(JS_OPS_COUNTER),

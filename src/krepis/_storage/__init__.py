@@ -96,12 +96,18 @@ class LogAudit:
     each leaf matches the stored tree, the end matches the stored frontier and node count."""
 
     def __init__(self, where: str, location: str, first_seq: int,
-                 stored_node: Callable[[int, int], bytes | None]) -> None:
+                 stored_node: Callable[[int, int], bytes | None], live_first: int | None = None) -> None:
         from .._tlog.merkle import TreeChecker
 
         self._where, self._location, self._first = where, location, first_seq
-        self.expected = first_seq
+        start = first_seq if live_first is None else live_first
+        self.expected = self._start = start
         self._checker = TreeChecker(stored_node, first_seq)
+        if start > first_seq:  # an archived prefix: its leaves are gone, its stored nodes stay
+            try:
+                self._checker.resume(start - first_seq)
+            except ValueError as exc:
+                raise self._corrupt(str(exc)) from None
 
     def _corrupt(self, what: str) -> CorruptStorageError:
         return CorruptStorageError(f"{self._where}: {what}", self._location)
@@ -130,7 +136,7 @@ class LogAudit:
             raise self._corrupt(f"the tree holds {stored_nodes} subtree hashes; the entries make "
                                 f"{self._checker.nodes}")
         size = next_seq - self._first
-        return VerifyReport(size, size, root, self._checker.nodes)
+        return VerifyReport(next_seq - self._start, size, root, self._checker.nodes)
 
 
 def check_checkpoint(epoch: int, size: int, origin: str, current_epoch: int, current_size: int,
@@ -236,6 +242,23 @@ class Storage(abc.ABC):
         ``trace(entries, counters, epoch)`` — told how many entries and counters were removed
         and the new log's epoch — returns an entry that becomes, in the same transaction, the
         first entry of the new log: an audit trail shows that it was cleared."""
+
+    @abc.abstractmethod
+    def live_first_seq(self) -> int:
+        """The sequence number of the oldest entry the store still holds for the current log:
+        ``first_seq`` of the tree head, unless :meth:`drop_prefix` moved it on (entries before it
+        were archived). O(1)."""
+
+    @abc.abstractmethod
+    def drop_prefix(self, epoch: int, upto_seq: int) -> int:
+        """Remove the entries with ``live_first_seq() <= seq < upto_seq`` of the log of ``epoch``
+        and their index rows, in ONE durable transaction (when the store was opened durable), and
+        record ``upto_seq`` as the new live first sequence number; return how many were removed.
+
+        Nothing else changes: counters, the tree's stored nodes and frontier, the sequence. A call
+        whose ``upto_seq`` is not past the current live first seq removes nothing (so a rerun is
+        harmless). Raises :class:`ValidationError` and changes nothing when ``epoch`` is not the
+        current log's (it was cleared meanwhile) or ``upto_seq`` is past the last entry."""
 
     @abc.abstractmethod
     def sync(self) -> None:

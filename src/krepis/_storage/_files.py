@@ -366,14 +366,18 @@ class StoreFiles:
         if magic != _MAGIC or version != _DATA_VERSION or psize < 512 or psize & (psize - 1):
             return  # not an LMDB data file: LMDB refuses it with its own error, nothing mapped
         newest = (last_pg, txnid)
+        newest_offset = 0
         second = metas[psize:psize + _PAGE_HEADER + _META.size] if metas is not None else \
             os.pread(self.data_fd, _PAGE_HEADER + _META.size, psize)
         if len(second) == _PAGE_HEADER + _META.size:
             m2, v2, _p2, last2, txn2 = _META.unpack_from(second, _PAGE_HEADER)
             if m2 == _MAGIC and v2 == _DATA_VERSION and txn2 > txnid:
                 newest = (last2, txn2)
+                newest_offset = psize
         need = max(2 * psize, (newest[0] + 1) * psize)
-        if size < need:
+        root_at = newest_offset + _PAGE_HEADER + 64  # the free database's root page number
+        root = metas[root_at:root_at + 8] if metas is not None else os.pread(self.data_fd, 8, root_at)
+        if size < need and not _tail_is_free(self.data_fd, psize, root, size, newest[0]):
             raise CorruptStorageError(
                 f"storage at {self.path}: {full} is truncated: its meta page (transaction "
                 f"{newest[1]}) needs {need} bytes, the file has {size}. Restore it from a "
@@ -539,3 +543,66 @@ def exclusive_lmdb_lock(path: str) -> int:
             f"storage at {path} is open in another process; stop every process using it, then run "
             "krepis migrate again", path) from None
     return fd
+
+
+_FREE_ROOT = struct.Struct("<Q")  # the free database's root page, at offset 64 of the meta
+_NO_PAGE = 2**64 - 1
+
+
+def _tail_is_free(fd: int, psize: int, raw: bytes, size: int, last_pg: int) -> bool:
+    """Whether every page between the end of ``data.mdb`` and the meta page's last page is on
+    LMDB's free list (so LMDB never reads it: a free page is rewritten before use).
+
+    LMDB does not write the pages a transaction allocated and freed again ("loose" pages), so a
+    commit that deletes data can leave the file shorter than its last page number claims. The
+    free list is walked from the newest meta page; any page of it past the end of the file, or
+    any malformed page, means the file was truncated."""
+    first_missing = size // psize
+    missing = set(range(first_missing, last_pg + 1))
+    if len(missing) > 1 << 20:
+        return False
+    if len(raw) != 8:
+        return False
+    (root,) = _FREE_ROOT.unpack(raw)
+    if root == _NO_PAGE:
+        return False
+    stack, seen = [root], 0
+    try:
+        while stack:
+            pgno = stack.pop()
+            seen += 1
+            if pgno >= first_missing or seen > 1 << 20:
+                return False
+            page = os.pread(fd, psize, pgno * psize)
+            if len(page) != psize:
+                return False
+            flags, lower = struct.unpack_from("<HH", page, 10)
+            nodes = [struct.unpack_from("<H", page, _PAGE_HEADER + 2 * i)[0]
+                     for i in range((lower - _PAGE_HEADER) >> 1)]
+            for off in nodes:
+                lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, off)
+                if flags & 0x01:  # a branch page: the node holds a child page number
+                    stack.append(lo | hi << 16 | nflags << 32)
+                    continue
+                if not flags & 0x02:
+                    return False
+                dsize = lo | hi << 16
+                data_at = off + 8 + ksize
+                if nflags & 0x01:  # F_BIGDATA: the page list is on an overflow page
+                    (ovpg,) = struct.unpack_from("<Q", page, data_at)
+                    if ovpg >= first_missing:
+                        return False
+                    data = os.pread(fd, dsize, ovpg * psize + _PAGE_HEADER)
+                else:
+                    data = page[data_at:data_at + dsize]
+                if len(data) != dsize or dsize < 8:
+                    return False
+                count = struct.unpack_from("<Q", data)[0]
+                if 8 * (count + 1) > dsize:
+                    return False
+                missing.difference_update(struct.unpack_from(f"<{count}Q", data, 8))
+                if not missing:
+                    return True
+    except struct.error:
+        return False
+    return not missing

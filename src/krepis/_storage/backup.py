@@ -48,7 +48,7 @@ def _check(path: str, verifiers: list[object] | None) -> BackupResult:
     from .._journal import SovereignJournal
     from .._tlog.note import Verifier, open_note, parse_checkpoint
 
-    with SovereignJournal(path, create=False) as journal:
+    with SovereignJournal(path, create=False, retention="off") as journal:
         report = journal.verify()
         note = journal.latest_checkpoint()
         if note is not None:

@@ -395,6 +395,14 @@ class LmdbStorage(Storage):
             count += 1
         return count
 
+    def _free_now(self) -> None:
+        """One more commit that changes nothing, so that the checkpoint after it pins a snapshot
+        newer than the commit before: the pages that commit freed (a clear, an archived prefix)
+        are reusable at once rather than after the next checkpoint."""
+        with self._env.begin(write=True) as txn:
+            meta = self._meta
+            txn.put(b"log", txn.get(b"log", db=meta) or _U64.pack(0), db=meta)
+
     def _unlogged_commit(self, body: Callable[[Any], None], doing: str) -> None:
         """A rare change outside the commit log (clearing, a checkpoint note): committed under
         the writer lock and made durable by a checkpoint before the lock is released, so the
@@ -405,6 +413,7 @@ class LmdbStorage(Storage):
                 with self._env.begin(write=True) as txn:
                     self._check()
                     body(txn)
+                self._free_now()
                 _checkpoint(shared, self.location, locked=True)
             except (lmdb.Error, OSError) as exc:
                 raise _wrap(exc, self.location, doing) from exc
@@ -712,10 +721,11 @@ class LmdbStorage(Storage):
 
     def _verify(self, txn: Any) -> VerifyReport:
         where = f"storage at {self.location}"
-        seq, first_seq, _epoch, frontier = self._read_tree(txn)
+        seq, first_seq, epoch, frontier = self._read_tree(txn)
         tree, index = self._tree, self._index
+        live = self._live_first(txn, first_seq, epoch)
         audit = LogAudit(where, self.location, first_seq,
-                         lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree))
+                         lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree), live)
         idx = txn.cursor(db=index)
         for key, raw in txn.cursor(db=self._entries):
             at = _SEQ.unpack(key)[0]
@@ -735,7 +745,7 @@ class LmdbStorage(Storage):
                     raise CorruptStorageError(f"{where}: entry {at} has no row in the {name} index",
                                               self.location)
         report = audit.finish(seq, frontier, int(txn.stat(tree)["entries"]))
-        n = seq - first_seq
+        n = seq - live
         rows = {b"t": 0, b"s": 0, b"o": 0, b"r": 0}
         keys = idx.iternext_nodup(keys=True, values=False) if idx.first() else iter(())
         for key in keys:
@@ -853,6 +863,96 @@ class LmdbStorage(Storage):
             if len(out) >= limit:
                 break
         return out
+
+    # -- archive: the live store's prefix moves out ------------------------------------------
+    def live_first_seq(self) -> int:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                _seq, first_seq, epoch, _frontier = self._read_tree(txn)
+                return self._live_first(txn, first_seq, epoch)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+
+    def _live_first(self, txn: Any, first_seq: int, epoch: int) -> int:
+        """``meta["live"]`` (``LE8(epoch) ‖ LE8(seq)``) when it is of the current log, else the
+        log's first seq: a clear starts a new log whose prefix was never archived."""
+        raw = txn.get(b"live", db=self._meta)
+        if raw is None:
+            return first_seq
+        if len(raw) != 16:
+            raise CorruptStorageError(f"storage at {self.location}: malformed live record", self.location)
+        live_epoch, live = _TREE_HDR.unpack(raw)
+        return int(live) if live_epoch == epoch and live > first_seq else first_seq
+
+    def drop_prefix(self, epoch: int, upto_seq: int) -> int:
+        if self._closed or self._generation != _generation:
+            self._check()
+        removed: list[int] = []
+        self._unlogged_commit(lambda txn: removed.append(self._drop_prefix_body(txn, epoch, upto_seq)),
+                              "removing archived entries")
+        return removed[0]
+
+    def _drop_prefix_body(self, txn: Any, epoch: int, upto_seq: int) -> int:
+        """Inside a write transaction: remove the entries ``live … upto_seq − 1`` and their index
+        rows, record ``live``; return how many were removed (raising leaves the transaction to
+        be aborted)."""
+        from .._errors import ValidationError
+
+        removed = 0
+        seq, first_seq, current, _frontier = self._read_tree(txn)
+        if current != epoch:
+            raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} "
+                                  f"ended, log {current} began); nothing was removed")
+        if upto_seq > seq:
+            raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
+                                  f"{self.location} ends before seq {seq}")
+        live = self._live_first(txn, first_seq, epoch)
+        if upto_seq <= live:
+            return 0
+        entries, index = self._entries, self._index
+        delete = txn.delete
+        hdr, ts_seq_pack, op_key = _DROP_HDR.unpack_from, _TS_SEQ.pack, _OP_KEY.pack
+        cur = txn.cursor(db=entries)
+        positioned = cur.set_range(_SEQ.pack(live))
+        while positioned:
+            key = cur.key()
+            if not key:
+                break
+            at = _SEQ.unpack(key)[0]
+            if at >= upto_seq:
+                break
+            # only what the index keys need: status, timestamp, op id, request id
+            raw = cur.value()
+            try:
+                flags, timestamp, op_id = hdr(raw)
+                status = flags & 3
+                if flags & 4:
+                    h = raw[13:29].hex()
+                    if len(h) != 32:
+                        raise ValueError("truncated request id")
+                    rid = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+                else:
+                    rid = raw[14:15 + raw[13]]
+                if not status:
+                    raise ValueError(f"bad header (flags {flags:#x})")
+            except (ValueError, IndexError, struct.error) as exc:
+                raise CorruptStorageError(f"storage at {self.location}: entry {at} is not a valid "
+                                          f"TransactionLog ({exc})", self.location) from None
+            ts_seq = ts_seq_pack(timestamp, at)
+            for ikey in (_TIME_KEY, _STATUS_KEY[status], op_key(b"o", op_id, status),
+                         b"r" + rid_hash(rid) + _STATUS_BYTE[status]):
+                delete(ikey, ts_seq, db=index)
+            removed += 1
+            positioned = cur.delete()  # (and moves to the next entry)
+        if removed != upto_seq - live:
+            raise CorruptStorageError(f"storage at {self.location}: entries {live}…{upto_seq - 1} "
+                                      f"are not all there ({removed} found)", self.location)
+        txn.put(b"live", _TREE_HDR.pack(epoch, upto_seq), db=self._meta)
+        return removed
+
+
+_DROP_HDR = struct.Struct("<BQI")  # an entry's flags, timestamp and op id (see ``_codec``)
 
 
 def _position(raw: bytes | None, path: str) -> int:

@@ -529,15 +529,17 @@ class PostgresStorage(Storage):
             raise self._error(exc, "verifying") from None
 
     def _verify(self, conn: Any, where: str) -> VerifyReport:
-        row = conn.execute("SELECT next_seq, first_seq, frontier, entries FROM krepis_log WHERE id = 1"
-                           ).fetchone()
+        row = conn.execute("SELECT next_seq, first_seq, frontier, entries, epoch FROM krepis_log "
+                           "WHERE id = 1").fetchone()
         if row is None:
             raise CorruptStorageError(f"{where}: the krepis_log row is missing", self.location)
         seq, first_seq, raw, count = int(row[0]), int(row[1]), bytes(row[2]), int(row[3])
         frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
         nodes = {(int(level), int(idx)): bytes(h) for level, idx, h in
                  conn.execute("SELECT level, idx, hash FROM krepis_tree").fetchall()}
-        audit = LogAudit(where, self.location, first_seq, lambda level, i: nodes.get((level, i)))
+        live = self._live_mark(conn.execute("SELECT value FROM krepis_meta WHERE key = 'live'").fetchone(),
+                               int(row[4]), first_seq)
+        audit = LogAudit(where, self.location, first_seq, lambda level, i: nodes.get((level, i)), live)
         with conn.cursor(name="krepis_verify") as cur:
             cur.itersize = 5000
             cur.execute(f"SELECT {_COLUMNS}, leaf FROM krepis_entries ORDER BY seq")
@@ -548,9 +550,9 @@ class PostgresStorage(Storage):
                     raise CorruptStorageError(f"{where}: entry {log.seq} does not match its leaf hash",
                                               self.location)
                 audit.add(int(log.seq or 0), data)
-        if count != seq - first_seq:
+        if count != seq - live:
             raise CorruptStorageError(f"{where}: the entry count says {count}; there are "
-                                      f"{seq - first_seq}", self.location)
+                                      f"{seq - live}", self.location)
         return audit.finish(seq, frontier, len(nodes))
 
     def clear(self, trace: Callable[[int, int, int], TransactionLog] | None = None) -> None:
@@ -585,6 +587,64 @@ class PostgresStorage(Storage):
                 return
             self._closed = True
         self._pool.close()
+
+    # -- archive: the live table's prefix moves out ------------------------------------------
+    def _live_mark(self, row: tuple[Any, ...] | None, epoch: int, first_seq: int) -> int:
+        """``krepis_meta['live']`` (``"epoch:seq"``) when it is of the current log, else the
+        log's first seq."""
+        if row is None:
+            return first_seq
+        try:
+            live_epoch, live = (int(part) for part in str(row[0]).split(":"))
+        except ValueError:
+            raise CorruptStorageError(f"PostgreSQL at {self.location}: malformed live record "
+                                      f"{row[0]!r:.40}", self.location) from None
+        return live if live_epoch == epoch and live > first_seq else first_seq
+
+    def live_first_seq(self) -> int:
+        rows = self._run("reading the tree",
+                         "SELECT l.first_seq, l.epoch, (SELECT value FROM krepis_meta WHERE key = 'live') "
+                         "FROM krepis_log l WHERE id = 1")
+        if not rows:
+            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                      self.location)
+        first_seq, epoch, mark = rows[0]
+        return self._live_mark(None if mark is None else (mark,), int(epoch), int(first_seq))
+
+    def drop_prefix(self, epoch: int, upto_seq: int) -> int:
+        from .._errors import ValidationError
+
+        def body(cur: Any) -> int:
+            cur.execute(_LOCK_LOG)  # serialized with writers and clears
+            row = cur.fetchone()
+            if row is None:
+                raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                          self.location)
+            seq, first_seq, current = int(row[0]), int(row[1]), int(row[2])
+            if current != epoch:
+                raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} ended, "
+                                      f"log {current} began); nothing was removed")
+            if upto_seq > seq:
+                raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
+                                      f"{self.location} ends before seq {seq}")
+            cur.execute("SELECT value FROM krepis_meta WHERE key = 'live'")
+            live = self._live_mark(cur.fetchone(), epoch, first_seq)
+            if upto_seq <= live:
+                return 0
+            # the op names of archived entries stay known (as LMDB's op table keeps them)
+            cur.execute("INSERT INTO krepis_ops (name) SELECT DISTINCT op_name FROM krepis_entries "
+                        "WHERE seq >= %s AND seq < %s ON CONFLICT DO NOTHING", (live, upto_seq))
+            cur.execute("DELETE FROM krepis_entries WHERE seq >= %s AND seq < %s", (live, upto_seq))
+            removed = int(cur.rowcount)
+            if removed != upto_seq - live:
+                raise CorruptStorageError(f"PostgreSQL at {self.location}: entries {live}…{upto_seq - 1} "
+                                          f"are not all there ({removed} found)", self.location)
+            cur.execute("UPDATE krepis_log SET entries = entries - %s WHERE id = 1", (removed,))
+            cur.execute("INSERT INTO krepis_meta (key, value) VALUES ('live', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (f"{epoch}:{upto_seq}",))
+            return removed
+
+        return int(self._transaction("removing archived entries", body))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,11 +7,12 @@ levels: a root or a proof reads O(log n) tiles.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._errors import CorruptStorageError, JournalError, ValidationError
 from .._storage import Storage, TreeHead
-from .merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, node_hash, range_hash
+from .merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, leaf_hash, node_hash, range_hash
 
 __all__ = ["ConsistencyProof", "InclusionProof", "TreeReader"]
 
@@ -46,9 +47,13 @@ class ConsistencyProof:
 class TreeReader:
     """Nodes of one store's current log, cached for the life of the reader (one proof)."""
 
-    def __init__(self, storage: Storage, head: TreeHead) -> None:
+    def __init__(self, storage: Storage, head: TreeHead,
+                 archive: Callable[[int, int], list[bytes]] | None = None) -> None:
         self._storage = storage
         self.head = head
+        #: leaf data of archived leaves (start, count), from the archive's bundles
+        self._archive = archive
+        self._live_leaf: int | None = None
         self._leaves: dict[int, list[bytes]] = {}
         self._nodes: dict[tuple[int, int], bytes] = {}
 
@@ -61,6 +66,18 @@ class TreeReader:
             if leaves is None:
                 start = tile * _WIDTH
                 count = min(_WIDTH, self.head.size - start)
+                if self._live_leaf is None:
+                    self._live_leaf = self._storage.live_first_seq() - self.head.first_seq
+                if start < self._live_leaf:
+                    if self._archive is None:
+                        first = self.head.first_seq + start
+                        raise ValidationError(
+                            f"entries {first}…{first + count - 1} of the journal at {self._storage.location} "
+                            "are archived: pass the archive directory (archive=DIR, --archive DIR)")
+                    leaves = [leaf_hash(d) for d in self._archive(start, count)]
+                    self.check_same_log()
+                    self._leaves[tile] = leaves
+                    return leaves[index - (tile << TILE_HEIGHT)]
                 try:
                     leaves = self._storage.leaf_hashes(self.head.first_seq, start, count)
                 except CorruptStorageError:

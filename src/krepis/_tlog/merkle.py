@@ -103,6 +103,31 @@ class TreeChecker:
         self.size = 0
         self.nodes = 0
 
+    def resume(self, size: int) -> None:
+        """Start after the first ``size`` leaves (a multiple of 256, e.g. an archived prefix)
+        without their data: the frontier is rebuilt from the stored tile-height hashes, which are
+        counted as checked only in so far as they exist."""
+        if size % (1 << TILE_HEIGHT) or size < 0:
+            raise ValueError(f"a tree can resume only after whole tiles of leaves, not after {size}")
+
+        def node(level: int, index: int) -> bytes:
+            if level % TILE_HEIGHT == 0:
+                found = self._stored(level, index)
+                if found is None:
+                    first = (index << level) + self._offset
+                    raise ValueError(f"the stored Merkle hash of entries {first}…"
+                                     f"{first + (1 << level) - 1} (height {level}) is missing")
+                return found
+            return node_hash(node(level - 1, 2 * index), node(level - 1, 2 * index + 1))
+
+        frontier = []
+        start = 0
+        for level in frontier_levels(size):
+            frontier.append(node(level, start >> level))
+            start += 1 << level
+        self.frontier, self.size = frontier, size
+        self.nodes = sum(size >> level for level in range(TILE_HEIGHT, size.bit_length() + 1, TILE_HEIGHT))
+
     def add(self, data: bytes) -> None:
         self.size = append_leaf(self.frontier, self.size, leaf_hash(data), self._check)
 
