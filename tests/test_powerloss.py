@@ -188,6 +188,17 @@ def test_harness_catches_committing_without_sync_or_log(rig: Rig) -> None:
         rig.check(rnd, "sync")
 
 
+def test_harness_catches_an_unprotected_durable_snapshot(rig: Rig) -> None:
+    """Writers that let LMDB reuse the pages of the last checkpoint (no pin) leave, after torn
+    cuts, a checkpoint whose tree was partly overwritten: recovery then builds on damaged pages,
+    and the check fails within a few cuts (a random subset may keep everything once)."""
+    with pytest.raises(DurabilityViolation):
+        for n in range(12):  # the first violation ends it: the store may be broken for good
+            rnd = rig.cut(n, mode="B", flush="interval:10ms", kind="threads", threads=4,
+                          broken="nopin", min_acks=40)
+            rig.check(rnd, "interval")
+
+
 def test_harness_catches_acknowledging_before_sync_in_torn_mode(rig: Rig) -> None:
     """The same broken writer fails in mode B too (within a few cuts: a random subset may keep
     everything once)."""

@@ -20,7 +20,8 @@ Writer spec keys: ``store`` (path on the mount), ``flush`` (policy), ``kind`` (`
 ``"async"``), ``threads`` (threads or asyncio tasks), ``tag`` (request-id prefix), ``ack`` (ack
 file), ``err`` (where a traceback goes), and ``broken`` (deliberately broken designs: ``"nosync"``,
 the commit log never flushed, so every call is acknowledged before its data is durable;
-``"nolog"``, LMDB committed without sync and without a log).
+``"nolog"``, LMDB committed without sync and without a log; ``"nopin"``, the last durable snapshot
+left unprotected, so later commits may overwrite its pages).
 """
 
 from __future__ import annotations
@@ -66,6 +67,26 @@ def _break_log() -> None:
     CommitLog.write = lambda self, position, record: None  # type: ignore[method-assign]
 
 
+def _break_pin() -> None:
+    """Commit without protecting the last durable snapshot: every checkpoint's pin (the read
+    transaction that keeps LMDB from reusing the snapshot's pages) is dropped at once."""
+    import krepis._storage.lmdb as adapter
+
+    real = adapter._checkpoint
+
+    class NoPin:
+        def abort(self) -> None:
+            pass
+
+    def checkpoint_without_pin(shared: Any, path: str, *, locked: bool) -> None:
+        real(shared, path, locked=locked)
+        if shared.pin is not None and not isinstance(shared.pin, NoPin):
+            shared.pin.abort()
+            shared.pin = NoPin()
+
+    adapter._checkpoint = checkpoint_without_pin
+
+
 def _die(spec: dict[str, Any]) -> None:
     """A writer that fails reports why and ends its process (no thread dies silently)."""
     with open(spec["err"], "a") as f:
@@ -79,6 +100,8 @@ def run(spec: dict[str, Any]) -> None:
         _break_sync()
     elif spec.get("broken") == "nolog":
         _break_log()
+    elif spec.get("broken") == "nopin":
+        _break_pin()
     elif spec.get("broken"):
         raise ValueError(f"unknown broken variant {spec['broken']!r}")
 
