@@ -1,0 +1,425 @@
+"""Guarantees the README and docs state, each with a test that fails when it is broken.
+
+Every test here was seen failing against a copy of the code with that guarantee deliberately
+broken (docs/testing.md lists them). Failures are real: a counter at its largest value makes
+the engine refuse the write; a PostgreSQL backend is terminated while it waits for a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from krepis import (
+    AsyncSovereignJournal,
+    Kernel,
+    LogStatus,
+    SovereignJournal,
+    SovereignStats,
+    StorageError,
+    TransactionLog,
+)
+from krepis._storage import WriteRequest
+from krepis._storage.lmdb import LmdbStorage
+from test_bad_storage import _poke
+
+MAX_U64 = struct.pack("<Q", 2**64 - 1)
+
+
+def _full_counter(store: Path, name: str) -> None:
+    """Set counter ``name`` of the (closed) LMDB store to 2**64-1: its next increment fails."""
+    _poke(store, b"stats", b"op_count:" + name.encode(), MAX_U64)
+
+
+def _new_store(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.record(TransactionLog(1, "setup", "r", LogStatus.Completed), increment="setup")
+
+
+# --- the kernel: one transaction per step, memory after storage ----------------------------------
+
+class Recording(LmdbStorage):
+    """The real LMDB adapter, recording every batch of write requests it commits."""
+
+    batches: ClassVar[list[list[WriteRequest]]] = []
+
+    def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
+        type(self).batches.append(list(requests))
+        return super().write_batch(requests)
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> type[Recording]:
+    import krepis._storage as port
+
+    Recording.batches = []
+
+    def open_recording(loc: str, durable: bool = True, create: bool = True) -> Recording:
+        return Recording(loc, durable=durable, create=create)
+
+    monkeypatch.setattr(port, "open_storage", open_recording)
+    monkeypatch.setattr("krepis._journal.open_storage", open_recording)
+    return Recording
+
+
+def _requests(recording: type[Recording]) -> list[tuple[list[str], list[str]]]:
+    """Each committed request as ([op names of its entries], [counters it bumps])."""
+    return [([log.op_name for log, _ in req.entries], [n.decode() for n in req.increments])
+            for batch in recording.batches for req in batch]
+
+
+def test_kernel_writes_entry_and_counter_in_one_request(store: Path, recording: type[Recording]) -> None:
+    kernel = Kernel(store)
+
+    @kernel.op("resize")
+    def resize(n: int) -> int:
+        return n * 2
+
+    with kernel:
+        kernel.increment_stats()
+        assert kernel.call("resize", 21) == 42
+    assert _requests(recording) == [
+        (["kernel_init"], ["contexts_created"]),           # boot: the entry and its counter
+        (["op_increment_stats"], ["js_ops_called"]),       # increment_stats: both, one request
+        (["resize"], ["resize"]),                          # call: Started with its count
+        (["resize"], []),                                  # Completed
+        (["kernel_shutdown"], []),
+    ]
+
+
+def test_increment_stats_that_fails_writes_nothing_and_changes_nothing(store: Path) -> None:
+    _new_store(store)
+    _full_counter(store, "js_ops_called")
+    with Kernel(store) as kernel:
+        before = kernel.journal.journal_count()
+        assert kernel.stats.js_ops_called == 2**64 - 1
+        with pytest.raises(StorageError, match="would overflow"):
+            kernel.increment_stats()
+        assert kernel.journal.journal_count() == before  # no entry without its counter
+        assert kernel.stats.js_ops_called == 2**64 - 1   # memory follows storage only
+        with pytest.raises(StorageError, match="would overflow"):
+            kernel.call("op_increment_stats")
+        assert kernel.journal.journal_count() == before
+
+
+def test_a_call_whose_count_fails_journals_nothing(store: Path) -> None:
+    _new_store(store)
+    _full_counter(store, "resize")
+    kernel = Kernel(store)
+    ran: list[int] = []
+
+    @kernel.op("resize")
+    def resize(n: int) -> int:
+        ran.append(n)
+        return n
+
+    with kernel:
+        before = kernel.journal.journal_count()
+        with pytest.raises(StorageError, match="would overflow"):
+            kernel.call("resize", 1)
+        assert ran == []  # the op never ran: its Started entry and count were refused together
+        assert kernel.journal.journal_count() == before
+        assert kernel.journal.query(op_name="resize") == []
+
+
+def test_a_boot_whose_write_fails_leaves_stats_and_storage_untouched(store: Path) -> None:
+    _new_store(store)
+    _full_counter(store, "contexts_created")
+    with SovereignJournal(store) as journal:
+        before = journal.journal_count()
+        kernel = Kernel(journal)
+        with pytest.raises(StorageError, match="would overflow"):
+            kernel.boot()
+        assert not kernel.running
+        assert kernel.stats == SovereignStats() and kernel.recovered == SovereignStats()
+        assert journal.journal_count() == before  # no kernel_init without its count
+        assert journal.query(op_name="kernel_init") == []
+
+
+def test_the_original_error_survives_a_failure_to_journal_it(store: Path) -> None:
+    journal = SovereignJournal(store)
+    with pytest.raises(ZeroDivisionError) as info:
+        with Kernel(journal):
+            journal.close()  # journaling kernel_error will fail
+            1 / 0  # noqa: B018
+    notes = getattr(info.value, "__notes__", [])
+    assert any("journaling kernel_error failed as well" in n and "closed" in n for n in notes), notes
+
+
+# --- asyncio ---------------------------------------------------------------------------------
+
+class Slow(LmdbStorage):
+    """The real adapter, taking a little longer per commit: an await that returned before its
+    commit finished would be caught in the act (the check does not depend on the delay)."""
+
+    def write_batch(self, requests: Sequence[WriteRequest]) -> list[list[int]]:
+        time.sleep(0.05)
+        return super().write_batch(requests)
+
+
+@pytest.fixture
+def slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def open_slow(loc: str, durable: bool = True, create: bool = True) -> Slow:
+        return Slow(loc, durable=durable, create=create)
+
+    monkeypatch.setattr("krepis._journal.open_storage", open_slow)
+
+
+def test_an_awaited_write_is_committed_when_it_returns(store: Path, slow: None) -> None:
+    async def main() -> None:
+        async with AsyncSovereignJournal(store) as journal:
+            sync = journal.sync_journal
+            await journal.log_transaction(TransactionLog(1, "a", "r1", LogStatus.Completed))
+            assert sync.journal_count() == 1  # read at once, without yielding to the writer
+            assert await journal.record(TransactionLog(2, "a", "r2", LogStatus.Completed)) is None
+            assert sync.journal_count() == 2
+            assert await journal.record(TransactionLog(3, "a", "r3", LogStatus.Completed), increment="a") == 1
+            assert sync.journal_count() == 3 and sync.recover_op_count("a") == 1
+            assert await journal.increment_op_count("a") == 2
+            assert sync.recover_op_count("a") == 2
+
+    asyncio.run(main())
+
+
+def test_a_write_cancelled_before_the_writer_took_it_still_lands(store: Path) -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        async with AsyncSovereignJournal(store) as journal:
+            busy = journal._writer.submit(gate.wait)  # the writer thread is busy: nothing is taken
+            task = asyncio.create_task(
+                journal.record(TransactionLog(1, "a", "cancelled", LogStatus.Completed), increment="a"))
+            for _ in range(1000):
+                await asyncio.sleep(0)
+                if journal._queue:
+                    break
+            assert journal._queue and not busy.done()  # queued, and not yet taken by the writer
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gate.set()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+    with SovereignJournal(store) as journal:
+        assert [e.request_id for e in journal.query()] == ["cancelled"]
+        assert journal.recover_op_count("a") == 1
+
+
+# --- the interval syncer -------------------------------------------------------------------
+
+def test_the_background_sync_waits_at_most_the_interval(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float | None] = []
+    real_event = threading.Event
+
+    class RecordingEvent(real_event):  # type: ignore[valid-type,misc]
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread().name.startswith("krepis-sync"):
+                waits.append(timeout)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(threading, "Event", RecordingEvent)
+    journal = SovereignJournal(store, flush="interval:250ms")
+    try:
+        journal.increment_op_count("x")
+        deadline = time.monotonic() + 30
+        while not waits:
+            assert time.monotonic() < deadline, "the syncer never waited"
+            time.sleep(0.01)
+    finally:
+        journal.close()
+    assert waits and all(w == pytest.approx(0.25) for w in waits), waits
+
+
+def test_a_failed_background_sync_is_reported_by_the_next_call(store: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = threading.Event()
+
+    class FailingSync(LmdbStorage):
+        def sync(self) -> None:
+            if threading.current_thread().name.startswith("krepis-sync"):
+                failed.set()
+                raise OSError(5, "Input/output error")
+            super().sync()
+
+    def open_failing(loc: str, durable: bool = True, create: bool = True) -> FailingSync:
+        return FailingSync(loc, durable=durable, create=create)
+
+    monkeypatch.setattr("krepis._journal.open_storage", open_failing)
+    journal = SovereignJournal(store, flush="interval:5ms")
+    try:
+        journal.increment_op_count("x")
+        assert failed.wait(30)
+        syncer = journal._syncer
+        assert syncer is not None
+        deadline = time.monotonic() + 30
+        while syncer.error is None:  # the syncer records the failure right after raising it
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for call in (lambda: journal.increment_op_count("x"), journal.flush):
+            with pytest.raises(StorageError, match=r"background sync of .* failed: .*Input/output error"):
+                call()
+    finally:
+        with pytest.raises(StorageError, match="background sync"):
+            journal.close()
+
+
+# --- the sandbox ---------------------------------------------------------------------------
+
+def test_deno_is_granted_no_permission_at_all(store: Path) -> None:
+    kernel = Kernel(store)
+    states: dict[str, str] = {}
+
+    @kernel.op("report")
+    def report(name: str, state: str) -> None:
+        states[name] = state
+
+    names = ["read", "write", "net", "env", "sys", "run", "ffi", "import"]
+    with kernel:
+        kernel.run_script(
+            f"for (const name of {names!r}) Krepis.ops.report(name, "
+            "Deno.permissions.querySync({ name }).state);\n")
+    assert set(states) == set(names)
+    assert {n: s for n, s in states.items() if s == "granted"} == {}
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+def _pg(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def slow_walwriter(pg_cluster: Any) -> Iterator[None]:
+    """The WAL writer flushes asynchronous commits only every 10 s (the most PostgreSQL allows)."""
+    pg_cluster.sql("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    pg_cluster.sql("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        pg_cluster.sql("ALTER SYSTEM RESET wal_writer_delay")
+        pg_cluster.sql("SELECT pg_reload_conf()")
+
+
+def test_postgres_flush_makes_interval_writes_durable(pg_url: str, slow_walwriter: None) -> None:
+    with SovereignJournal(pg_url, flush="interval:3600000ms") as journal:
+        journal.increment_op_count("warm")  # the WAL writer may flush this one
+        for i in range(5):
+            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+        written = _pg(pg_url, "SELECT pg_current_wal_insert_lsn()")[0][0]
+        journal.flush()
+        flushed = _pg(pg_url, "SELECT pg_current_wal_flush_lsn()")[0][0]
+        diff = _pg(pg_url, "SELECT pg_wal_lsn_diff(%s, %s)", (flushed, written))[0][0]
+        assert diff >= 0, f"flush() returned with WAL up to {written} written but only {flushed} on disk"
+
+
+def test_postgres_write_broken_mid_transaction_is_not_retried(pg_url: str) -> None:
+    import psycopg
+
+    with SovereignJournal(pg_url) as journal:
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                journal.record(TransactionLog(1, "op", "lost", LogStatus.Completed), increment="op")
+            except BaseException as exc:
+                errors.append(exc)
+
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute("SELECT * FROM krepis_log WHERE id = 1 FOR UPDATE")  # the writer waits
+            writer = threading.Thread(target=write)
+            writer.start()
+            deadline = time.monotonic() + 30
+            while True:
+                waiting = _pg(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'krepis' "
+                                      "AND wait_event_type = 'Lock'")
+                if waiting:
+                    break
+                assert time.monotonic() < deadline, "the write never waited for the lock"
+                time.sleep(0.01)
+            _pg(pg_url, "SELECT pg_terminate_backend(%s)", (waiting[0][0],))
+            time.sleep(0.2)  # a retry (which must not happen) would now be waiting again
+            blocker.rollback()
+        writer.join(30)
+        assert not writer.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
+        message = str(errors[0])
+        assert "whether this write committed is unknown" in message and "not retried" in message
+        assert journal.journal_count() == 0 and journal.recover_op_count("op") == 0  # never stored
+
+
+def test_postgres_journal_count_does_not_read_the_entries(pg_url: str, pg_cluster: Any) -> None:
+    with SovereignJournal(pg_url) as journal:
+        for i in range(3):
+            journal.log_transaction(TransactionLog(i, "op", f"r{i}", LogStatus.Completed))
+    db = pg_url.rsplit("/", 1)[1]
+    role = f"counter_{db}"
+    _pg(pg_url, f"CREATE ROLE {role} LOGIN")
+    _pg(pg_url, f"GRANT SELECT ON krepis_meta, krepis_log TO {role}")  # not krepis_entries
+    with SovereignJournal(pg_cluster.url(db, user=role), create=False) as reader:
+        assert reader.journal_count() == 3  # O(1): the count kept with the log, no scan
+        with pytest.raises(StorageError, match="permission denied"):
+            reader.get_recent_logs(1)  # the entries really are out of reach
+
+
+def test_postgres_counters_are_locked_in_name_order(pg_url: str) -> None:
+    """Two batches bumping the same counters in opposite orders: each pauses after locking its
+    first counter row until both have got that far. Locking in name order, the second waits for
+    the first row instead, and both commit; locking in request order would deadlock."""
+    from krepis._storage.postgres import PostgresStorage
+
+    storage = PostgresStorage(pg_url)
+    try:
+        storage.write_batch([WriteRequest((), [b"a", b"b"])])  # both rows exist: updates lock them
+        _pg(pg_url, """
+            CREATE FUNCTION pause_after_first() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF current_setting('krepis_test.paused', true) IS DISTINCT FROM 'yes' THEN
+                    PERFORM set_config('krepis_test.paused', 'yes', true);
+                    PERFORM pg_advisory_xact_lock_shared(4242);
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER pause AFTER UPDATE ON krepis_stats
+                FOR EACH ROW EXECUTE FUNCTION pause_after_first();
+        """)
+        import psycopg
+
+        errors: list[BaseException] = []
+
+        def bump(order: list[bytes]) -> None:
+            try:
+                storage.write_batch([WriteRequest((), [name]) for name in order])
+            except BaseException as exc:
+                errors.append(exc)
+
+        with psycopg.connect(pg_url, autocommit=True) as gate:
+            gate.execute("SELECT pg_advisory_lock(4242)")
+            threads = [threading.Thread(target=bump, args=(order,)) for order in ([b"a", b"b"], [b"b", b"a"])]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            while len(_pg(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'krepis' "
+                                  "AND wait_event_type = 'Lock'")) < 2:
+                assert time.monotonic() < deadline, "the two batches never both waited"
+                time.sleep(0.01)
+            gate.execute("SELECT pg_advisory_unlock(4242)")
+            for t in threads:
+                t.join(60)
+        assert errors == []
+        assert storage.get_counts() == {"a": 3, "b": 3}
+    finally:
+        storage.close()
