@@ -423,3 +423,37 @@ def test_postgres_counters_are_locked_in_name_order(pg_url: str) -> None:
         assert storage.get_counts() == {"a": 3, "b": 3}
     finally:
         storage.close()
+
+
+def test_postgres_schema_is_created_under_its_advisory_lock(pg_url: str) -> None:
+    """Nodes opening a new database at once create the tables one at a time: each takes the
+    schema lock first (a racing CREATE ... IF NOT EXISTS can fail on the catalog's unique index)."""
+    import psycopg
+
+    from krepis._storage.postgres import _LOCK_ID
+
+    opened: list[BaseException | None] = []
+
+    def open_store() -> None:
+        try:
+            SovereignJournal(pg_url).close()
+            opened.append(None)
+        except BaseException as exc:
+            opened.append(exc)
+
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        opener = threading.Thread(target=open_store)
+        opener.start()
+        deadline = time.monotonic() + 30
+        while not _pg(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'krepis' "
+                              "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"):
+            assert opener.is_alive(), "the store was opened without waiting for the schema lock"
+            assert time.monotonic() < deadline, "the opener never waited for the schema lock"
+            time.sleep(0.01)
+        assert _pg(pg_url, "SELECT to_regclass('krepis_entries') IS NULL")[0][0]  # nothing yet
+        holder.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+        opener.join(30)
+    assert opened == [None]
+    with SovereignJournal(pg_url, create=False) as journal:
+        assert journal.journal_count() == 0
