@@ -292,6 +292,19 @@ def test_deno_is_granted_no_permission_at_all(store: Path) -> None:
     assert {n: s for n, s in states.items() if s == "granted"} == {}
 
 
+def test_console_output_goes_to_stderr_never_into_the_protocol(store: Path) -> None:
+    import io
+
+    sink = io.BytesIO()
+    with Kernel(store) as kernel:
+        result = kernel.run_script(
+            "console.log('to-log'); console.info('to-info'); console.debug('to-debug');"
+            "console.warn('to-warn'); console.error('to-error'); Krepis.ops.op_increment_stats();",
+            stderr=sink)  # type: ignore[arg-type]
+    assert result.ops_called == 1
+    assert sink.getvalue().decode().split() == ["to-log", "to-info", "to-debug", "to-warn", "to-error"]
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 def _pg(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -457,3 +470,27 @@ def test_postgres_schema_is_created_under_its_advisory_lock(pg_url: str) -> None
     assert opened == [None]
     with SovereignJournal(pg_url, create=False) as journal:
         assert journal.journal_count() == 0
+
+
+# --- stored data: never overwritten, never created where not asked -----------------------------
+
+def test_create_false_on_an_existing_empty_directory_creates_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StorageError, match=f"there is no krepis store at {empty}"):
+        SovereignJournal(empty, create=False)
+    assert list(empty.iterdir()) == []
+
+
+def test_an_entry_is_never_overwritten_when_the_sequence_is_behind(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        for i in range(4):
+            journal.log_transaction(TransactionLog(i, "op", f"r{i}", LogStatus.Completed))
+    _poke(store, b"meta", b"seq", struct.pack("<Q", 2))  # as if entries 2 and 3 were never counted
+    with SovereignJournal(store) as journal:
+        with pytest.raises(Exception, match="sequence 2 is already used"):
+            journal.log_transaction(TransactionLog(9, "op", "overwriter", LogStatus.Completed))
+    _poke(store, b"meta", b"seq", struct.pack("<Q", 4))
+    with SovereignJournal(store) as journal:
+        assert [e.request_id for e in journal.query(order="append", newest_first=False)] == [
+            "r0", "r1", "r2", "r3"]
