@@ -494,3 +494,77 @@ def test_an_entry_is_never_overwritten_when_the_sequence_is_behind(store: Path) 
     with SovereignJournal(store) as journal:
         assert [e.request_id for e in journal.query(order="append", newest_first=False)] == [
             "r0", "r1", "r2", "r3"]
+
+
+# --- the plane and the CLI -----------------------------------------------------------------
+
+def test_krepis_call_passes_each_argument(store: Path) -> None:
+    kernel = Kernel(store)
+    seen: list[tuple[Any, ...]] = []
+
+    @kernel.op("collect")
+    def collect(*args: Any) -> int:
+        seen.append(args)
+        return len(args)
+
+    @kernel.op("report")
+    def report(value: Any) -> None:
+        seen.append(("report", value))
+
+    with kernel:
+        kernel.run_script("Krepis.ops.report(Krepis.call('collect', 1, 'two', [3], {four: 4}));"
+                          "Krepis.ops.report(Krepis.call('collect'));"
+                          "Krepis.ops.report(Krepis.call('op_increment_stats'));")
+    assert seen == [(1, "two", [3], {"four": 4}), ("report", 4), (), ("report", 0), ("report", 1)]
+
+
+def _cli(*args: str, cwd: Path, ok: bool = True) -> Any:
+    from test_cli import krepis
+
+    return krepis(*args, cwd=cwd, ok=ok)
+
+
+def test_cli_export_applies_every_filter(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        for i, (op, status) in enumerate([("a", LogStatus.Completed), ("a", LogStatus.Failed),
+                                          ("b", LogStatus.Failed), ("a", LogStatus.Failed)]):
+            journal.log_transaction(TransactionLog(1_700_000_000_000 + i, op, f"r{i}", status))
+
+    def export(*filters: str) -> list[str]:
+        out = _cli("export", "--storage", str(store), *filters, cwd=tmp_path).stdout
+        return [line.split('"request_id":"')[1].split('"')[0] for line in out.splitlines()]
+
+    assert export() == ["r0", "r1", "r2", "r3"]
+    assert export("--op", "a") == ["r0", "r1", "r3"]
+    assert export("--status", "failed") == ["r1", "r2", "r3"]
+    assert export("--op", "a", "--status", "failed") == ["r1", "r3"]
+    assert export("--request-id", "r2") == ["r2"]
+    assert export("--since", "1700000000001", "--until", "1700000000003") == ["r1", "r2"]
+
+
+def test_cli_since_digits_are_milliseconds(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(TransactionLog(1_700_000_000_000, "op", "early", LogStatus.Completed))
+        journal.log_transaction(TransactionLog(1_700_000_000_500, "op", "late", LogStatus.Completed))
+    out = _cli("export", "--storage", str(store), "--since", "1700000000400", cwd=tmp_path).stdout
+    assert [line.split('"request_id":"')[1].split('"')[0] for line in out.splitlines()] == ["late"]
+    refused = _cli("logs", "--storage", str(store), "--since", "1700000000", cwd=tmp_path, ok=False)
+    assert refused.returncode != 0 and "looks like Unix seconds" in refused.stderr
+
+
+def test_cli_allow_write_grants_exactly_that_directory(tmp_path: Path) -> None:
+    out, other = tmp_path / "out", tmp_path / "other"
+    out.mkdir()
+    other.mkdir()
+    script = tmp_path / "write.ts"
+    script.write_text(f"Deno.writeTextFileSync({str(out / 'f.txt')!r}, 'written');\n"
+                      f"try {{ Deno.writeTextFileSync({str(other / 'f.txt')!r}, 'x'); }} "
+                      "catch (e) { console.error('denied: ' + e.name); }\n")
+    _cli("run", str(script), "--storage", str(tmp_path / "s"), "--allow-write", str(out), cwd=tmp_path)
+    assert (out / "f.txt").read_text() == "written"
+    assert not (other / "f.txt").exists()
+    (out / "f.txt").unlink()
+    denied = _cli("run", str(script), "--storage", str(tmp_path / "s"), cwd=tmp_path, ok=False)
+    assert denied.returncode == 1 and not (out / "f.txt").exists()
