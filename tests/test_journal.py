@@ -250,3 +250,78 @@ def test_create_false_refuses_to_start_a_store(store: Path) -> None:
     SovereignJournal(store).close()
     with SovereignJournal(store, create=False) as journal:  # an existing store opens as usual
         assert journal.journal_count() == 0
+
+
+# --- query arguments, each one reaching the engine (found by mutation testing) ----------------
+
+def test_iter_logs_and_query_apply_the_same_filters(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        for ts in range(30):
+            journal.log_transaction(log(ts, f"op{ts % 3}", f"r{ts % 2}", [S, C, F][ts % 3]))
+        middle = journal.entry(12)
+        cases = [dict(op_name="op1"), dict(request_id="r1"), dict(status="failed"), dict(since=10),
+                 dict(until=5), dict(after=middle), dict(after=12), dict(limit=3, newest_first=False),
+                 dict(order="append", after=20, newest_first=False),
+                 dict(op_name=["op0", "op2"], status=[C, "STARTED"], since=3, until=25)]
+        for filters in cases:
+            streamed = [e.seq for e in journal.iter_logs(**filters)]  # type: ignore[arg-type]
+            assert streamed == [e.seq for e in journal.query(**filters)], filters  # type: ignore[arg-type]
+            assert 0 < len(streamed) < 30, filters
+        assert [e.seq for e in journal.query(after=middle, limit=3)] == [11, 10, 9]
+        assert [e.seq for e in journal.query(order="append", after=0, newest_first=False, limit=2)] == [1, 2]
+        assert [e.seq for e in journal.query(order="append", after=3)] == [2, 1, 0]
+        assert journal.query(op_name=[]) == [] and journal.query(status=[]) == []
+
+
+def test_a_query_longer_than_one_chunk_returns_everything(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal._write([(log(ts), log(ts).to_json().encode()) for ts in range(1100)], ())
+        assert [e.timestamp for e in journal.query(newest_first=False)] == list(range(1100))
+        assert len(journal.query(limit=1030)) == 1030
+
+
+@pytest.mark.parametrize("status", ["failed", "FAILED", "Failed", "fAiLeD", F, ["failed"], ("FAILED", F)])
+def test_status_names_in_any_case(store: Path, status: object) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(log(1, status=C))
+        journal.log_transaction(log(2, status=F))
+        assert [e.timestamp for e in journal.query(status=status)] == [2]  # type: ignore[arg-type]
+
+
+def test_query_argument_errors_name_the_value(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(log(1))
+        with pytest.raises(InvalidTypeError, match="status must be a str or a sequence of str, got int"):
+            journal.query(status=5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match="op_name must be a str or a sequence of str, got dict"):
+            journal.query(op_name={"a": 1})  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="status must be a LogStatus or one of Started, Completed, "
+                                                  "Failed; got 'done'"):
+            journal.query(status="done")
+        with pytest.raises(ValidationError, match=r"after must be a sequence number >= 0, got -1"):
+            journal.query(after=-1)
+        with pytest.raises(InvalidTypeError, match="after must be a TransactionLog or a sequence number, "
+                                                   "got str"):
+            journal.query(after="0")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError,
+                           match=r"after must be an entry read from a journal \(its seq is None\)"):
+            journal.query(after=log(1))
+        with pytest.raises(ValidationError, match=r"after=7: the journal at .* has no entry with that seq"):
+            journal.query(after=7)
+        with pytest.raises(InvalidTypeError, match="seq must be an int, got str '0'"):
+            journal.entry("0")  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match=r"seq must be an int, got float 0\.0"):
+            journal.inclusion_proof(0.0)  # type: ignore[arg-type]
+        with pytest.raises(KeyError, match="has no entry with seq 5"):
+            journal.entry(5)
+
+
+def test_repr_and_a_syncer_that_never_keeps_the_process_alive(store: Path) -> None:
+    journal = SovereignJournal(store, flush="interval:50ms")
+    assert repr(journal) == f"<SovereignJournal {str(store)!r} flush=interval:50ms open>"
+    syncer = journal._syncer
+    assert syncer is not None and syncer._thread.daemon  # a journal left open never blocks exit
+    journal.close()
+    assert repr(journal) == f"<SovereignJournal {str(store)!r} flush=interval:50ms closed>"
+    unopened = SovereignJournal.__new__(SovereignJournal)
+    assert repr(unopened) == "<SovereignJournal (not opened)>"

@@ -124,7 +124,8 @@ def test_tiles_exported_in_process_check_after_a_clear_and_grow_incrementally(tm
         journal.clear_all()  # the new log: the clear's trace (seq 6) and what follows
         _fill(journal, 300, start=6)
         assert journal.latest_checkpoint() is None
-        with pytest.raises(ValidationError, match="no checkpoint of its current log"):
+        with pytest.raises(ValidationError, match=r"no checkpoint of its current log yet: sign one \(krepis "
+                                                  r"checkpoint --key FILE, or pass a signer\)"):
             journal.export_tiles(out)
         with pytest.raises(InvalidTypeError, match="signer must be a Signer or its text, got int"):
             journal.sign_checkpoint(5)  # type: ignore[arg-type]
@@ -140,7 +141,17 @@ def test_tiles_exported_in_process_check_after_a_clear_and_grow_incrementally(tm
         journal.export_tiles(out, signer)
         assert check_tiles(str(out), [signer.verifier()]).entries == 601
         assert journal.latest_checkpoint().startswith("example.com/tiles\n601\n")  # type: ignore[union-attr]
+        assert journal.export_tiles(out) >= 1  # again at the same size, from the kept checkpoint
+        marker = out / ".krepis-log"
+        assert "size 601\n" in marker.read_text()
+        good = marker.read_text()
+        marker.write_text("not a marker\n")
+        with pytest.raises(ValidationError, match="holds the tiles of another log"):
+            journal.export_tiles(out)
+        marker.write_text(good)
         journal.clear_all()
         journal.sign_checkpoint(generate_signer("example.com/other"))
-        with pytest.raises(ValidationError, match="holds the tiles of another log"):
+        assert journal.latest_checkpoint().startswith("example.com/other\n1\n")  # type: ignore[union-attr]
+        with pytest.raises(ValidationError, match=r"holds the tiles of another log, or of another history "
+                                                  r"of this one \(see .*\.krepis-log\); export into a new"):
             journal.export_tiles(out)
