@@ -83,6 +83,6 @@ _db_counter = [0]
 def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
     """A fresh, empty database on the session's server."""
     _db_counter[0] += 1
-    name = f"krepis_test_{os.getpid()}_{_db_counter[0]}"
+    name = f"krepis_test_{os.getpid()}_{_db_counter[0]}_{os.urandom(4).hex()}"  # unique on a reused server
     pg_cluster.sql(f"CREATE DATABASE {name}")
     return str(pg_cluster.url(name))
