@@ -19,6 +19,7 @@ import pytest
 
 from krepis import (
     AsyncSovereignJournal,
+    CorruptStorageError,
     Kernel,
     LogStatus,
     SovereignJournal,
@@ -568,3 +569,22 @@ def test_cli_allow_write_grants_exactly_that_directory(tmp_path: Path) -> None:
     (out / "f.txt").unlink()
     denied = _cli("run", str(script), "--storage", str(tmp_path / "s"), cwd=tmp_path, ok=False)
     assert denied.returncode == 1 and not (out / "f.txt").exists()
+
+
+def test_postgres_a_refused_write_is_a_definite_failure(pg_url: str) -> None:
+    """Only a broken connection leaves a write's outcome unknown; a write the server refused
+    (here: a counter at the largest bigint) is a plain failure, and nothing of it is stored."""
+    with SovereignJournal(pg_url) as journal:
+        journal.record(TransactionLog(1, "op", "r0", LogStatus.Completed), increment="full")
+        _pg(pg_url, "UPDATE krepis_stats SET value = 9223372036854775807 WHERE name = 'full'")
+        with pytest.raises(StorageError, match=r"failed while writing: .*out of range") as info:
+            journal.record(TransactionLog(2, "op", "r1", LogStatus.Completed), increment="full")
+        assert "unknown" not in str(info.value) and info.value.path == journal.path
+        assert journal.journal_count() == 1 and [e.request_id for e in journal.query()] == ["r0"]
+        for seq in (2**63 - 1, 2**63, 2**64):
+            with pytest.raises(KeyError, match=f"no entry with seq {seq}"):
+                journal.entry(seq)
+        _pg(pg_url, "DROP TABLE krepis_entries")
+        with pytest.raises(CorruptStorageError, match="the krepis tables are missing") as missing:
+            journal.get_recent_logs(1)
+        assert missing.value.path == journal.path
