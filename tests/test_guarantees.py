@@ -267,8 +267,10 @@ def test_a_failed_background_sync_is_reported_by_the_next_call(store: Path,
             assert time.monotonic() < deadline
             time.sleep(0.001)
         for call in (lambda: journal.increment_op_count("x"), journal.flush):
-            with pytest.raises(StorageError, match=r"background sync of .* failed: .*Input/output error"):
+            with pytest.raises(StorageError,
+                               match=r"background sync of .* failed: .*Input/output error") as info:
                 call()
+            assert info.value.path == journal.path
     finally:
         with pytest.raises(StorageError, match="background sync"):
             journal.close()
