@@ -155,4 +155,3 @@ def test_tiles_exported_in_process_check_after_a_clear_and_grow_incrementally(tm
         with pytest.raises(ValidationError, match=r"holds the tiles of another log, or of another history "
                                                   r"of this one \(see .*\.krepis-log\); export into a new"):
             journal.export_tiles(out)
-
