@@ -325,3 +325,26 @@ def test_repr_and_a_syncer_that_never_keeps_the_process_alive(store: Path) -> No
     assert repr(journal) == f"<SovereignJournal {str(store)!r} flush=interval:50ms closed>"
     unopened = SovereignJournal.__new__(SovereignJournal)
     assert repr(unopened) == "<SovereignJournal (not opened)>"
+
+
+def test_the_longest_exportable_entry_is_accepted_and_one_byte_more_refused(store: Path) -> None:
+    from krepis._model import encode_log
+
+    def entry(extra: int) -> TransactionLog:
+        base = TransactionLog(1, "op", "r", F, error="\x01" * 10000)
+        size = len(encode_log(base))
+        return TransactionLog(1, "op", "r", F, error="\x01" * 10000 + "a" * (65535 - size + extra))
+
+    assert len(encode_log(entry(0))) == 65535
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(entry(0))
+        with pytest.raises(ValidationError, match=r"^the entry's canonical JSON is 65536 bytes; the limit is "
+                                                  r"65535 \(a transparency-log entry bundle's\): shorten the "
+                                                  r"error text \(control characters are escaped as 6 bytes "
+                                                  r"each\)$"):
+            journal.log_transaction(entry(1))
+        with pytest.raises(InvalidTypeError, match=r"^log must be a TransactionLog, got str 'x'$"):
+            journal.log_transaction("x")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"in time order the cursor must be an existing entry$"):
+            journal.query(after=9)
+        assert journal.journal_count() == 1
