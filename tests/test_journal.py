@@ -348,3 +348,57 @@ def test_the_longest_exportable_entry_is_accepted_and_one_byte_more_refused(stor
         with pytest.raises(ValidationError, match=r"in time order the cursor must be an existing entry$"):
             journal.query(after=9)
         assert journal.journal_count() == 1
+
+
+def test_each_bad_argument_is_named(store: Path) -> None:
+    with pytest.raises(StorageError, match=r"^storage path must not be empty$") as empty:
+        SovereignJournal("")
+    assert empty.value.path == ""
+    with pytest.raises(InvalidTypeError, match=r"^path must be a str or os\.PathLike, got int$"):
+        SovereignJournal(5)  # type: ignore[arg-type]
+    with SovereignJournal(store) as journal:
+        with pytest.raises(ValidationError, match=r"^request_id must not be empty"):
+            journal.query(request_id="")
+        for param in ("since", "until"):
+            with pytest.raises(ValidationError, match=rf"^{param} 'whenever' is not a time"):
+                journal.query(**{param: "whenever"})  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match=r"^newest_first must be a bool, got int$"):
+            journal.query(newest_first=1)  # type: ignore[arg-type]
+
+
+def test_concurrent_writers_share_one_commit(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one commit runs, callers queue and sleep; the next leader commits them together."""
+    import threading
+
+    from krepis._storage.lmdb import LmdbStorage
+
+    gate = threading.Event()
+    batches: list[int] = []
+
+    class Gated(LmdbStorage):
+        def write_batch(self, requests):  # type: ignore[no-untyped-def]
+            batches.append(len(requests))
+            if len(batches) == 1:
+                gate.wait(60)
+            return super().write_batch(requests)
+
+    monkeypatch.setattr("krepis._journal.open_storage",
+                        lambda loc, durable=True, create=True: Gated(loc, durable=durable, create=create))
+    with SovereignJournal(store) as journal:
+        threads = [threading.Thread(target=journal.increment_op_count, args=("c",)) for _ in range(6)]
+        threads[0].start()
+        while not batches:
+            threads[0].join(0.001)
+        for t in threads[1:]:
+            t.start()
+        try:
+            for _ in range(60_000):
+                if len(journal._commit._queue) == 5:
+                    break
+                threads[0].join(0.001)
+            assert len(journal._commit._queue) == 5, "the callers did not wait for the running commit"
+        finally:
+            gate.set()
+        for t in threads:
+            t.join()
+        assert batches == [1, 5] and journal.recover_op_count("c") == 6
