@@ -289,3 +289,59 @@ def test_a_result_that_is_not_json_fails_the_op_with_the_reason(store: Path) -> 
     reason = "Object of type Odd" + "d" * 400 + " is not JSON serializable"
     assert str(info.value) == f"op 'make' returned a value that is not JSON: TypeError: {reason[:300]}"
     assert failed.error == f"OpError: {info.value}"
+
+
+def test_kernel_defaults_options_and_argument_errors(store: Path) -> None:
+    from krepis import PermissionPolicy
+
+    with Kernel(store) as kernel:
+        context = kernel.context
+        assert (context.tenant_id, context.priority, context.is_turbo_mode) == ("default", 0, False)
+        with pytest.raises(OpError, match=r"^the kernel is already running$"):
+            kernel.boot()
+    with Kernel(store, trace_id="trace-1", flush="interval:9ms") as kernel:
+        assert kernel.context.trace_id == "trace-1"
+        assert str(kernel.journal.policy) == "interval:9ms"
+    with pytest.raises(OpError, match=r"^the kernel is not running; use `with Kernel\(\.\.\.\) as kernel:` "
+                                      r"or boot\(\)$"):
+        kernel.call("op_get_context")
+    for kwargs, exc, message in [
+        ({"storage": 5}, InvalidTypeError, r"^storage must be a path or a SovereignJournal, got int$"),
+        ({"priority": "1"}, InvalidTypeError, r"^priority must be an int, got str$"),
+        ({"trace_id": ""}, ValidationError, r"^trace_id must be a non-empty str, got ''$"),
+        ({"trace_id": 7}, ValidationError, r"^trace_id must be a non-empty str, got 7$"),
+        ({"metadata": []}, InvalidTypeError, r"^metadata must be a dict, got list$"),
+        ({"permissions": {}}, InvalidTypeError, r"^permissions must be a PermissionPolicy, got dict$"),
+    ]:
+        with pytest.raises(exc, match=message):
+            Kernel(**{"storage": store, **kwargs})  # type: ignore[arg-type]
+    Kernel(store, trace_id="t", permissions=PermissionPolicy())
+    with SovereignJournal(store) as journal:
+        with pytest.raises(ValidationError, match=r"^flush applies when the kernel opens the journal; set it "
+                                                  r"on the SovereignJournal you pass instead$"):
+            Kernel(journal, flush="sync")
+
+
+def test_shutdown_and_error_entries_carry_the_uptime(store: Path) -> None:
+    import time
+
+    with Kernel(store):
+        time.sleep(0.02)
+    with pytest.raises(KeyError), Kernel(store):
+        time.sleep(0.02)
+        raise KeyError("gone")
+    with SovereignJournal(store) as journal:
+        shutdown = journal.query(op_name="kernel_shutdown")[0]
+        error = journal.query(op_name="kernel_error")[0]
+    for entry in (shutdown, error):
+        assert entry.duration_us is not None and 20_000 <= entry.duration_us < 3_600_000_000
+    assert error.error == "KeyError: 'gone'"
+
+
+def test_error_text_cut_exactly_at_the_limit() -> None:
+    from krepis._kernel import error_text
+
+    exact = "x" * (16 * 1024 - len("ValueError: "))
+    assert error_text(ValueError(exact)) == f"ValueError: {exact}"  # 16 KiB: kept whole
+    cut = error_text(ValueError(exact + "y"))
+    assert len(cut.encode()) == 16 * 1024 and cut.endswith("x…")
