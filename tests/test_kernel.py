@@ -345,3 +345,24 @@ def test_error_text_cut_exactly_at_the_limit() -> None:
     assert error_text(ValueError(exact)) == f"ValueError: {exact}"  # 16 KiB: kept whole
     cut = error_text(ValueError(exact + "y"))
     assert len(cut.encode()) == 16 * 1024 and cut.endswith("x…")
+
+
+def test_the_journal_a_kernel_opened_is_closed_at_shutdown(store: Path) -> None:
+    with Kernel(store) as kernel:
+        journal = kernel.journal
+        assert not journal.closed
+    assert journal.closed
+
+
+def test_a_script_calling_an_unknown_op_is_told_which_exist(store: Path) -> None:
+    kernel = Kernel(store)
+    said: list[str] = []
+
+    @kernel.op("report")
+    def report(text: str) -> None:
+        said.append(text)
+
+    with kernel:
+        kernel.run_script("try { Krepis.ops.nope(); } catch (e) { Krepis.ops.report(e.message); }")
+    assert said == ["unknown op 'nope'; available: op_check_permission, op_get_context, "
+                    "op_increment_stats, op_log_from_js, report"]
