@@ -590,3 +590,22 @@ def test_postgres_a_refused_write_is_a_definite_failure(pg_url: str) -> None:
         with pytest.raises(CorruptStorageError, match="the krepis tables are missing") as missing:
             journal.get_recent_logs(1)
         assert missing.value.path == journal.path
+
+
+def test_postgres_keeps_checkpoints_per_log(pg_url: str) -> None:
+    from krepis import ValidationError
+    from krepis._tlog.note import generate_signer
+
+    first, second = generate_signer("example.com/one"), generate_signer("example.com/two")
+    with SovereignJournal(pg_url) as journal:
+        journal.log_transaction(TransactionLog(1, "op", "r0", LogStatus.Completed))
+        one = journal.sign_checkpoint(first)
+        journal.log_transaction(TransactionLog(2, "op", "r1", LogStatus.Completed))
+        two = journal.sign_checkpoint(first)
+        assert journal.checkpoints() == [(0, one), (0, two)] and journal.latest_checkpoint() == two
+        journal.clear_all()
+        with pytest.raises(ValidationError, match=r"example\.com/one"):
+            journal.sign_checkpoint(first)  # that origin signed a checkpoint of the log that ended
+        three = journal.sign_checkpoint(second)
+        assert journal.checkpoints() == [(0, one), (0, two), (1, three)]
+        assert journal.latest_checkpoint() == three and three.startswith("example.com/two\n1\n")
