@@ -310,6 +310,11 @@ def test_console_output_goes_to_stderr_never_into_the_protocol(store: Path) -> N
 
 # --- PostgreSQL ----------------------------------------------------------------------------
 
+#: The krepis backends of the test's own database that wait for a lock (the server may be shared).
+_WAITING = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'krepis' AND wait_event_type = 'Lock'")
+
+
 def _pg(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     import psycopg
 
@@ -360,8 +365,7 @@ def test_postgres_write_broken_mid_transaction_is_not_retried(pg_url: str) -> No
             writer.start()
             deadline = time.monotonic() + 30
             while True:
-                waiting = _pg(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'krepis' "
-                                      "AND wait_event_type = 'Lock'")
+                waiting = _pg(pg_url, _WAITING)
                 if waiting:
                     break
                 assert time.monotonic() < deadline, "the write never waited for the lock"
@@ -374,6 +378,8 @@ def test_postgres_write_broken_mid_transaction_is_not_retried(pg_url: str) -> No
         assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
         message = str(errors[0])
         assert "whether this write committed is unknown" in message and "not retried" in message
+        assert message.endswith("terminating connection due to administrator command")  # the reason
+        assert errors[0].path == journal.path  # type: ignore[attr-defined]
         assert journal.journal_count() == 0 and journal.recover_op_count("op") == 0  # never stored
 
 
@@ -428,8 +434,7 @@ def test_postgres_counters_are_locked_in_name_order(pg_url: str) -> None:
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 30
-            while len(_pg(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'krepis' "
-                                  "AND wait_event_type = 'Lock'")) < 2:
+            while len(_pg(pg_url, _WAITING)) < 2:
                 assert time.monotonic() < deadline, "the two batches never both waited"
                 time.sleep(0.01)
             gate.execute("SELECT pg_advisory_unlock(4242)")
@@ -462,8 +467,7 @@ def test_postgres_schema_is_created_under_its_advisory_lock(pg_url: str) -> None
         opener = threading.Thread(target=open_store)
         opener.start()
         deadline = time.monotonic() + 30
-        while not _pg(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'krepis' "
-                              "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"):
+        while not _pg(pg_url, _WAITING + " AND wait_event = 'advisory'"):
             assert opener.is_alive(), "the store was opened without waiting for the schema lock"
             assert time.monotonic() < deadline, "the opener never waited for the schema lock"
             time.sleep(0.01)
@@ -586,8 +590,12 @@ def test_postgres_a_refused_write_is_a_definite_failure(pg_url: str) -> None:
         for seq in (2**63 - 1, 2**63, 2**64):
             with pytest.raises(KeyError, match=f"no entry with seq {seq}"):
                 journal.entry(seq)
+        for i in range(2, 201):
+            journal.log_transaction(TransactionLog(i, "op", f"r{i}", LogStatus.Completed))
+        assert journal.entry(199).request_id == "r200"  # a seq past 126 (2 * 63) is found too
         _pg(pg_url, "DROP TABLE krepis_entries")
-        with pytest.raises(CorruptStorageError, match="the krepis tables are missing") as missing:
+        with pytest.raises(CorruptStorageError, match=r"the krepis tables are missing "
+                                                      r"\(.*krepis_entries.* does not exist\)") as missing:
             journal.get_recent_logs(1)
         assert missing.value.path == journal.path
 
