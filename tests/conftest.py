@@ -54,6 +54,11 @@ def pg_cluster():  # type: ignore[no-untyped-def]
     missing, unless KREPIS_REQUIRE_POSTGRES=1, which .ci/run sets, turns that into a failure)."""
     import pg
 
+    reuse = os.environ.get(pg.REUSE_ENV)
+    if reuse:  # a server left running by `python tests/pg.py start DIR` (mutation runs)
+        base, _, port = reuse.rpartition(":")
+        yield pg.Cluster(Path(base), port=int(port))
+        return
     missing = pg.binaries_missing()
     if missing:
         reason = f"PostgreSQL server binaries not found on PATH: {missing}"
@@ -65,7 +70,7 @@ def pg_cluster():  # type: ignore[no-untyped-def]
         cluster.init()
         cluster.start()
         try:
-            cluster.sql("CREATE ROLE krepis_pw LOGIN PASSWORD 'right-password' SUPERUSER")
+            pg.create_roles(cluster)
             yield cluster
         finally:
             cluster.stop("immediate")
@@ -78,6 +83,6 @@ _db_counter = [0]
 def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
     """A fresh, empty database on the session's server."""
     _db_counter[0] += 1
-    name = f"krepis_test_{os.getpid()}_{_db_counter[0]}"
+    name = f"krepis_test_{os.getpid()}_{_db_counter[0]}_{os.urandom(4).hex()}"  # unique on a reused server
     pg_cluster.sql(f"CREATE DATABASE {name}")
     return str(pg_cluster.url(name))

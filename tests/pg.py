@@ -17,6 +17,9 @@ from pathlib import Path
 
 NOBODY = 65534
 REQUIRE_ENV = "KREPIS_REQUIRE_POSTGRES"
+#: ``DIR:PORT`` of a server started by ``python tests/pg.py start DIR``: the tests use it instead
+#: of starting their own (a mutation run starts a test session per mutant).
+REUSE_ENV = "KREPIS_TEST_POSTGRES"
 
 
 def binaries_missing() -> str | None:
@@ -124,3 +127,28 @@ def temporary_base() -> Iterator[Path]:
 
 
 
+
+
+def create_roles(cluster: Cluster) -> None:
+    """The roles the tests log in as."""
+    cluster.sql("CREATE ROLE krepis_pw LOGIN PASSWORD 'right-password' SUPERUSER")
+
+
+if __name__ == "__main__":  # python tests/pg.py start DIR | stop DIR
+    import sys
+
+    command, where = sys.argv[1], Path(sys.argv[2])
+    if command == "start":
+        where.mkdir(parents=True)
+        if os.geteuid() == 0:
+            os.chown(where, NOBODY, NOBODY)
+        os.chmod(where, 0o700)
+        server = Cluster(where)
+        server.init()
+        server.start()
+        create_roles(server)
+        print(f"export {REUSE_ENV}={where}:{server.port}")
+    else:
+        port = next(line.split("=")[1].strip() for line in (where / "primary" / "postgresql.conf")
+                    .read_text().splitlines() if line.startswith("port ="))
+        Cluster(where, port=int(port)).stop("immediate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from krepis import (
     ClosedError,
     LogStatus,
     SovereignJournal,
+    StorageError,
     TransactionLog,
     ValidationError,
 )
@@ -124,21 +126,6 @@ def test_validation_and_sync_journal_share_commits(store: Path) -> None:
     run(main())
 
 
-def test_cancelled_write_still_lands(store: Path) -> None:
-    async def main() -> int:
-        async with AsyncSovereignJournal(store) as journal:
-            task = asyncio.create_task(journal.increment_op_count("x"))
-            await asyncio.sleep(0)  # queued
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        return 0
-
-    run(main())
-    with SovereignJournal(store) as journal:
-        assert journal.recover_op_count("x") == 1
-
-
 def test_one_journal_across_event_loops_and_a_closed_loop(store: Path) -> None:
     journal = AsyncSovereignJournal(store)
 
@@ -163,3 +150,102 @@ def test_one_journal_across_event_loops_and_a_closed_loop(store: Path) -> None:
     with SovereignJournal(store) as sync:
         assert sync.recover_op_count("x") == 45
         assert sync.recover_op_count("y") <= 10
+
+
+def test_the_rest_of_the_api_and_the_flush_policy(store: Path) -> None:
+    async def main() -> None:
+        async with AsyncSovereignJournal(store, flush="interval:7ms") as journal:
+            assert str(journal.policy) == "interval:7ms" == str(journal.sync_journal.policy)
+            for i in range(5):
+                await journal.log_transaction(TransactionLog(i, "op", f"r{i}", LogStatus.Completed))
+            sync = journal.sync_journal
+            assert await journal.next_seq() == 5
+            assert await journal.op_names() == ["op"]
+            assert await journal.tree_root() == sync.tree_root()
+            assert await journal.tree_root(3) == sync.tree_root(3) != sync.tree_root()
+            assert (await journal.inclusion_proof(1, tree_size=3)).tree_size == 3
+            assert (await journal.consistency_proof(2, 4)).new_size == 4
+            names = {t.name.rsplit("_", 1)[0] for t in threading.enumerate()}
+            assert {"krepis-async-writer", "krepis-async-reader"} <= names
+
+    run(main())
+
+
+def test_a_failed_write_raises_in_the_task_that_awaited_it(store: Path) -> None:
+    from test_guarantees import _full_counter, _new_store
+
+    _new_store(store)
+    _full_counter(store, "full")
+
+    async def main() -> None:
+        async with AsyncSovereignJournal(store) as journal:
+            with pytest.raises(StorageError, match="would overflow"):
+                await journal.increment_op_count("full")
+            assert await journal.increment_op_count("other") == 1  # the journal goes on
+
+    run(main())
+
+
+def _gated(journal: AsyncSovereignJournal, gate: threading.Event) -> None:
+    """Keep the writer thread busy until ``gate`` is set: writes queue up, then go in one batch."""
+    journal._writer.submit(gate.wait)
+
+
+async def _until_queued(journal: AsyncSovereignJournal, n: int) -> None:
+    for _ in range(1000):
+        if len(journal._queue) >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{n} writes never got queued")
+
+
+def test_one_batch_mixing_entries_counters_and_a_cancelled_write(store: Path) -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        async with AsyncSovereignJournal(store) as journal:
+            _gated(journal, gate)
+            first = asyncio.create_task(
+                journal.log_transaction(TransactionLog(1, "a", "x", LogStatus.Completed)))
+            await _until_queued(journal, 1)
+            counter = asyncio.create_task(journal.increment_op_count("c"))
+            entry = asyncio.create_task(journal.record(TransactionLog(2, "a", "y", LogStatus.Completed),
+                                                       increment="a"))
+            await _until_queued(journal, 3)
+            first.cancel()  # the first of the batch: the writes after it are still answered
+            gate.set()
+            assert await asyncio.wait_for(counter, 60) == 1
+            assert await asyncio.wait_for(entry, 60) == 1
+            with pytest.raises(asyncio.CancelledError):
+                await first
+
+    try:
+        run(main())
+    finally:
+        gate.set()
+    with SovereignJournal(store) as journal:
+        assert [e.request_id for e in journal.query(newest_first=False)] == ["x", "y"]
+        assert journal.op_counts() == {"a": 1, "c": 1}
+
+
+def test_close_waits_for_queued_writes(store: Path) -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        journal = AsyncSovereignJournal(store)
+        _gated(journal, gate)
+        writes = [asyncio.create_task(journal.increment_op_count("q")) for _ in range(3)]
+        await _until_queued(journal, 3)
+        closing = asyncio.create_task(journal.close())
+        await asyncio.sleep(0)
+        gate.set()
+        assert sorted(await asyncio.gather(*writes)) == [1, 2, 3]
+        await closing
+        assert journal.closed
+
+    try:
+        run(main())
+    finally:
+        gate.set()
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("q") == 3

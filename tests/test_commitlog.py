@@ -135,23 +135,26 @@ def test_a_data_file_older_than_the_checkpoint_is_refused(tmp_path: Path) -> Non
     assert (store / "data.mdb").read_bytes() == old
 
 
-def _flushes(tmp_path: Path, flush: str) -> dict[str, int]:
-    """Flush system calls per file while a child makes 20 commits (traced with strace)."""
+def _flushes(tmp_path: Path, flush: str, then_flush: bool = False) -> dict[str, int]:
+    """Flush system calls per file while a child makes 20 commits (and, with ``then_flush``,
+    calls ``flush()``), traced with strace."""
     code = textwrap.dedent(f"""
         import os, sys
         import krepis._storage.lmdb as adapter
         adapter._CHECKPOINT_COMMITS = 10**9
         adapter._CHECKPOINT_SECONDS = 10**6
         from krepis import SovereignJournal, TransactionLog, LogStatus
-        j = SovereignJournal({str(tmp_path / flush.replace(":", "-"))!r}, flush={flush!r})
+        j = SovereignJournal({str(tmp_path / (flush.replace(":", "-") + str(then_flush)))!r}, flush={flush!r})
         j.record(TransactionLog(0, "op", "warm", LogStatus.Completed), increment="op")
         os.write(2, b"<commits>")
         for i in range(20):
             j.record(TransactionLog(i, "op", f"r{{i}}", LogStatus.Completed), increment="op")
+        if {then_flush}:
+            j.flush()
         os.write(2, b"</commits>")
         os._exit(0)
     """)
-    trace = tmp_path / f"{flush.replace(':', '-')}.trace"
+    trace = tmp_path / f"{flush.replace(':', '-')}{then_flush}.trace"
     subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e",
                     "trace=fsync,fdatasync,sync_file_range,msync,syncfs,write",
                     sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
@@ -175,6 +178,9 @@ def test_a_durable_commit_is_one_flush_of_the_commit_log(tmp_path: Path) -> None
     assert sync["data.mdb"] == sync["other"] == 0, sync
     assert 20 <= sync["commit.log"] <= 21, sync  # one per commit (a flush may serve two)
     assert _flushes(tmp_path, "interval:60000ms") == {"commit.log": 0, "data.mdb": 0, "other": 0}
+    # flush() under an interval policy: one flush of the log makes all 20 durable
+    assert _flushes(tmp_path, "interval:60000ms", then_flush=True) == \
+        {"commit.log": 1, "data.mdb": 0, "other": 0}
 
 
 def test_payloads_round_trip_and_malformed_ones_are_refused() -> None:

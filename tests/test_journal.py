@@ -250,3 +250,155 @@ def test_create_false_refuses_to_start_a_store(store: Path) -> None:
     SovereignJournal(store).close()
     with SovereignJournal(store, create=False) as journal:  # an existing store opens as usual
         assert journal.journal_count() == 0
+
+
+# --- query arguments, each one reaching the engine (found by mutation testing) ----------------
+
+def test_iter_logs_and_query_apply_the_same_filters(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        for ts in range(30):
+            journal.log_transaction(log(ts, f"op{ts % 3}", f"r{ts % 2}", [S, C, F][ts % 3]))
+        middle = journal.entry(12)
+        cases = [dict(op_name="op1"), dict(request_id="r1"), dict(status="failed"), dict(since=10),
+                 dict(until=5), dict(after=middle), dict(after=12), dict(limit=3, newest_first=False),
+                 dict(order="append", after=20, newest_first=False),
+                 dict(op_name=["op0", "op2"], status=[C, "STARTED"], since=3, until=25)]
+        for filters in cases:
+            streamed = [e.seq for e in journal.iter_logs(**filters)]  # type: ignore[arg-type]
+            assert streamed == [e.seq for e in journal.query(**filters)], filters  # type: ignore[arg-type]
+            assert 0 < len(streamed) < 30, filters
+        assert [e.seq for e in journal.query(after=middle, limit=3)] == [11, 10, 9]
+        assert [e.seq for e in journal.query(order="append", after=0, newest_first=False, limit=2)] == [1, 2]
+        assert [e.seq for e in journal.query(order="append", after=3)] == [2, 1, 0]
+        assert journal.query(op_name=[]) == [] and journal.query(status=[]) == []
+
+
+def test_a_query_longer_than_one_chunk_returns_everything(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal._write([(log(ts), log(ts).to_json().encode()) for ts in range(1100)], ())
+        assert [e.timestamp for e in journal.query(newest_first=False)] == list(range(1100))
+        assert len(journal.query(limit=1030)) == 1030
+
+
+@pytest.mark.parametrize("status", ["failed", "FAILED", "Failed", "fAiLeD", F, ["failed"], ("FAILED", F)])
+def test_status_names_in_any_case(store: Path, status: object) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(log(1, status=C))
+        journal.log_transaction(log(2, status=F))
+        assert [e.timestamp for e in journal.query(status=status)] == [2]  # type: ignore[arg-type]
+
+
+def test_query_argument_errors_name_the_value(store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(log(1))
+        with pytest.raises(InvalidTypeError, match="status must be a str or a sequence of str, got int"):
+            journal.query(status=5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match="op_name must be a str or a sequence of str, got dict"):
+            journal.query(op_name={"a": 1})  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="status must be a LogStatus or one of Started, Completed, "
+                                                  "Failed; got 'done'"):
+            journal.query(status="done")
+        with pytest.raises(ValidationError, match=r"after must be a sequence number >= 0, got -1"):
+            journal.query(after=-1)
+        with pytest.raises(InvalidTypeError, match="after must be a TransactionLog or a sequence number, "
+                                                   "got str"):
+            journal.query(after="0")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError,
+                           match=r"after must be an entry read from a journal \(its seq is None\)"):
+            journal.query(after=log(1))
+        with pytest.raises(ValidationError, match=r"after=7: the journal at .* has no entry with that seq"):
+            journal.query(after=7)
+        with pytest.raises(InvalidTypeError, match="seq must be an int, got str '0'"):
+            journal.entry("0")  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match=r"seq must be an int, got float 0\.0"):
+            journal.inclusion_proof(0.0)  # type: ignore[arg-type]
+        with pytest.raises(KeyError, match="has no entry with seq 5"):
+            journal.entry(5)
+
+
+def test_repr_and_a_syncer_that_never_keeps_the_process_alive(store: Path) -> None:
+    journal = SovereignJournal(store, flush="interval:50ms")
+    assert repr(journal) == f"<SovereignJournal {str(store)!r} flush=interval:50ms open>"
+    syncer = journal._syncer
+    assert syncer is not None and syncer._thread.daemon  # a journal left open never blocks exit
+    journal.close()
+    assert repr(journal) == f"<SovereignJournal {str(store)!r} flush=interval:50ms closed>"
+    unopened = SovereignJournal.__new__(SovereignJournal)
+    assert repr(unopened) == "<SovereignJournal (not opened)>"
+
+
+def test_the_longest_exportable_entry_is_accepted_and_one_byte_more_refused(store: Path) -> None:
+    from krepis._model import encode_log
+
+    def entry(extra: int) -> TransactionLog:
+        base = TransactionLog(1, "op", "r", F, error="\x01" * 10000)
+        size = len(encode_log(base))
+        return TransactionLog(1, "op", "r", F, error="\x01" * 10000 + "a" * (65535 - size + extra))
+
+    assert len(encode_log(entry(0))) == 65535
+    with SovereignJournal(store) as journal:
+        journal.log_transaction(entry(0))
+        with pytest.raises(ValidationError, match=r"^the entry's canonical JSON is 65536 bytes; the limit is "
+                                                  r"65535 \(a transparency-log entry bundle's\): shorten the "
+                                                  r"error text \(control characters are escaped as 6 bytes "
+                                                  r"each\)$"):
+            journal.log_transaction(entry(1))
+        with pytest.raises(InvalidTypeError, match=r"^log must be a TransactionLog, got str 'x'$"):
+            journal.log_transaction("x")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"in time order the cursor must be an existing entry$"):
+            journal.query(after=9)
+        assert journal.journal_count() == 1
+
+
+def test_each_bad_argument_is_named(store: Path) -> None:
+    with pytest.raises(StorageError, match=r"^storage path must not be empty$") as empty:
+        SovereignJournal("")
+    assert empty.value.path == ""
+    with pytest.raises(InvalidTypeError, match=r"^path must be a str or os\.PathLike, got int$"):
+        SovereignJournal(5)  # type: ignore[arg-type]
+    with SovereignJournal(store) as journal:
+        with pytest.raises(ValidationError, match=r"^request_id must not be empty"):
+            journal.query(request_id="")
+        for param in ("since", "until"):
+            with pytest.raises(ValidationError, match=rf"^{param} 'whenever' is not a time"):
+                journal.query(**{param: "whenever"})  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match=r"^newest_first must be a bool, got int$"):
+            journal.query(newest_first=1)  # type: ignore[arg-type]
+
+
+def test_concurrent_writers_share_one_commit(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one commit runs, callers queue and sleep; the next leader commits them together."""
+    import threading
+
+    from krepis._storage.lmdb import LmdbStorage
+
+    gate = threading.Event()
+    batches: list[int] = []
+
+    class Gated(LmdbStorage):
+        def write_batch(self, requests):  # type: ignore[no-untyped-def]
+            batches.append(len(requests))
+            if len(batches) == 1:
+                gate.wait(60)
+            return super().write_batch(requests)
+
+    monkeypatch.setattr("krepis._journal.open_storage",
+                        lambda loc, durable=True, create=True: Gated(loc, durable=durable, create=create))
+    with SovereignJournal(store) as journal:
+        threads = [threading.Thread(target=journal.increment_op_count, args=("c",)) for _ in range(6)]
+        threads[0].start()
+        while not batches:
+            threads[0].join(0.001)
+        for t in threads[1:]:
+            t.start()
+        try:
+            for _ in range(60_000):
+                if len(journal._commit._queue) == 5:
+                    break
+                threads[0].join(0.001)
+            assert len(journal._commit._queue) == 5, "the callers did not wait for the running commit"
+        finally:
+            gate.set()
+        for t in threads:
+            t.join()
+        assert batches == [1, 5] and journal.recover_op_count("c") == 6

@@ -67,6 +67,11 @@ GOOD = {"timestamp": 1, "op_name": "op", "request_id": "r", "status": LogStatus.
         ("timestamp", 2**63, ValidationError, "is outside 0 … 2**63-1"),
         ("status", "Completed", InvalidTypeError, "LogStatus"),
         ("status", None, InvalidTypeError, "LogStatus"),
+        ("duration_us", -1, ValidationError, "duration_us -1 is outside 0 … 2**63-1"),
+        ("duration_us", 2**63, ValidationError, "is outside 0 … 2**63-1"),
+        ("duration_us", 1.0, InvalidTypeError, "duration_us must be an int or None"),
+        ("error", "e" * (16 * 1024 + 1), ValidationError, "16385 bytes"),
+        ("error", "é" * (8 * 1024) + "e", ValidationError, "16385 bytes"),
     ],
 )
 def test_bad_fields_are_refused_with_a_clear_message(
@@ -81,3 +86,18 @@ def test_bad_fields_are_refused_with_a_clear_message(
 def test_limits_are_inclusive() -> None:
     TransactionLog(2**63 - 1, "x" * 200, "r" * 256, LogStatus.Completed)
     TransactionLog(0, "é" * 100, "r", LogStatus.Completed)
+    TransactionLog(0, "op", "r", LogStatus.Failed, duration_us=0, error="e" * 16 * 1024)
+    TransactionLog(0, "op", "r", LogStatus.Failed, duration_us=2**63 - 1, error="é" * 8 * 1024)
+
+
+def test_error_text_is_cut_to_the_16_kib_limit() -> None:
+    from krepis._kernel import error_text
+
+    for text in ("x" * 100_000, "é" * 50_000):
+        cut = error_text(ValueError(text))
+        assert cut.startswith("ValueError: ") and cut.endswith("…")
+        assert len(cut.encode()) <= 16 * 1024
+        assert len(cut.encode()) > 16 * 1024 - 8  # cut at the limit, not well before it
+        TransactionLog(0, "op", "r", LogStatus.Failed, error=cut)  # and it fits an entry
+    assert error_text(ValueError("short")) == "ValueError: short"
+    assert error_text(ValueError()) == "ValueError"

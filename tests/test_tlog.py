@@ -109,3 +109,49 @@ async def _async_checks(tmp_path: Path) -> None:
         note = await journal.sign_checkpoint(generate_signer("example.com/async"))
         assert note.startswith("example.com/async\n2\n") and (await journal.checkpoints()) == [(0, note)]
         assert [e.seq for e in await journal.query(order="append", newest_first=False)] == [0, 1]
+
+
+def test_tiles_exported_in_process_check_after_a_clear_and_grow_incrementally(tmp_path: Path) -> None:
+    """Bundles are read at the right entries (the log begins at seq 7 here, not 0), the export is
+    checked from its files alone, and a second export adds to the first."""
+    from krepis import InvalidTypeError
+    from krepis._tlog.tiles import check_tiles
+
+    signer = generate_signer("example.com/tiles")
+    out = tmp_path / "tiles"
+    with SovereignJournal(tmp_path / "s") as journal:
+        _fill(journal, 6)
+        journal.clear_all()  # the new log: the clear's trace (seq 6) and what follows
+        _fill(journal, 300, start=6)
+        assert journal.latest_checkpoint() is None
+        with pytest.raises(ValidationError, match=r"no checkpoint of its current log yet: sign one \(krepis "
+                                                  r"checkpoint --key FILE, or pass a signer\)"):
+            journal.export_tiles(out)
+        with pytest.raises(InvalidTypeError, match="signer must be a Signer or its text, got int"):
+            journal.sign_checkpoint(5)  # type: ignore[arg-type]
+        first = journal.export_tiles(out, str(signer))  # the key's text works as well
+        assert journal.latest_checkpoint() == journal.checkpoints()[-1][1]
+        assert journal.latest_checkpoint().startswith("example.com/tiles\n301\n")  # type: ignore[union-attr]
+        check = check_tiles(str(out), [signer.verifier()])
+        assert check.entries == 301 and check.checkpoint.size == 301
+        assert first >= 4  # checkpoint, two entry bundles, hash tiles
+        bundle = (out / "tile" / "entries" / "000").read_bytes()
+        assert bundle[2:2 + len(journal.entry(6).to_json())] == journal.entry(6).to_json().encode()
+        _fill(journal, 300, start=306)
+        journal.export_tiles(out, signer)
+        assert check_tiles(str(out), [signer.verifier()]).entries == 601
+        assert journal.latest_checkpoint().startswith("example.com/tiles\n601\n")  # type: ignore[union-attr]
+        assert journal.export_tiles(out) >= 1  # again at the same size, from the kept checkpoint
+        marker = out / ".krepis-log"
+        assert "size 601\n" in marker.read_text()
+        good = marker.read_text()
+        marker.write_text("not a marker\n")
+        with pytest.raises(ValidationError, match="holds the tiles of another log"):
+            journal.export_tiles(out)
+        marker.write_text(good)
+        journal.clear_all()
+        journal.sign_checkpoint(generate_signer("example.com/other"))
+        assert journal.latest_checkpoint().startswith("example.com/other\n1\n")  # type: ignore[union-attr]
+        with pytest.raises(ValidationError, match=r"holds the tiles of another log, or of another history "
+                                                  r"of this one \(see .*\.krepis-log\); export into a new"):
+            journal.export_tiles(out)
