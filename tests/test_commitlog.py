@@ -30,6 +30,7 @@ def _write_and_die(store: Path, n: int, *, overflow_last: bool = False) -> None:
         import krepis._storage.lmdb as adapter
         adapter._CHECKPOINT_COMMITS = 10**9
         adapter._CHECKPOINT_SECONDS = 10**6
+        adapter._CHECKPOINT_BACKLOG = adapter._CHECKPOINT_GROWTH = 10**9
         from krepis import SovereignJournal, TransactionLog, LogStatus, StorageError
         j = SovereignJournal({str(store)!r})
         for i in range({n}):
@@ -143,6 +144,7 @@ def _flushes(tmp_path: Path, flush: str, then_flush: bool = False) -> dict[str, 
         import krepis._storage.lmdb as adapter
         adapter._CHECKPOINT_COMMITS = 10**9
         adapter._CHECKPOINT_SECONDS = 10**6
+        adapter._CHECKPOINT_BACKLOG = adapter._CHECKPOINT_GROWTH = 10**9
         from krepis import SovereignJournal, TransactionLog, LogStatus
         j = SovereignJournal({str(tmp_path / (flush.replace(":", "-") + str(then_flush)))!r}, flush={flush!r})
         j.record(TransactionLog(0, "op", "warm", LogStatus.Completed), increment="op")

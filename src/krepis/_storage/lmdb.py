@@ -55,6 +55,10 @@ FORMAT_VERSION = 3
 # data.mdb must hold: about 17 pages, 68 KiB, per commit of a one-entry batch).
 _CHECKPOINT_COMMITS = 64
 _CHECKPOINT_BACKLOG = 256
+# The same in pages: data.mdb grown by this many pages since the last checkpoint (big batches
+# free many pages per commit) wakes the checkpointer, and four times as many make the writer
+# take a checkpoint itself.
+_CHECKPOINT_GROWTH = 256
 _CHECKPOINT_SECONDS = 1.0
 _IDLE_SECONDS = 2.0
 COUNTER_PREFIX = b"op_count:"
@@ -110,6 +114,7 @@ class _SharedEnv:
         "op_ids",
         "op_names",
         "page_size",
+        "pgno",
         "pin",
         "pin_txnid",
         "refs",
@@ -132,6 +137,7 @@ class _SharedEnv:
         self.pin: Any = None  # a read transaction no newer than the newest checkpoint
         self.pin_txnid = -1
         self.commits = 0  # by this process since its last checkpoint
+        self.pgno = int(env.info()["last_pgno"])  # data.mdb's last page at the last checkpoint
         self.last_ckpt = self.last_write = time.monotonic()
         self.failed: BaseException | None = None
         self.closing = False
@@ -275,7 +281,8 @@ class LmdbStorage(Storage):
                                self.location)
         if shared.flusher is None:
             shared.start_threads(self.location)
-        if shared.pin is None or shared.commits >= _CHECKPOINT_BACKLOG:
+        if shared.pin is None or shared.commits >= _CHECKPOINT_BACKLOG or \
+                self._env.info()["last_pgno"] - shared.pgno >= 4 * _CHECKPOINT_GROWTH:
             _checkpoint(shared, self.location, locked=True)
         return shared
 
@@ -331,9 +338,12 @@ class LmdbStorage(Storage):
                 shared.failed = exc
                 raise _wrap(exc, self.location, "writing") from exc
         else:
-            shared.commits += 1
+            # A big batch frees many pages (its request-id rows land all over their B-tree): it
+            # counts as one commit per four entries towards the next checkpoint.
+            shared.commits += 1 + sum(len(req.entries) for req in requests) // 4
             shared.last_write = time.monotonic()
-            if shared.commits >= _CHECKPOINT_COMMITS or (at + size - shared.tail) * 2 > log.ring:
+            if shared.commits >= _CHECKPOINT_COMMITS or (at + size - shared.tail) * 2 > log.ring \
+                    or self._env.info()["last_pgno"] - shared.pgno >= _CHECKPOINT_GROWTH:
                 shared.ckpt_wake.set()
         return results, ticket
 
@@ -1030,6 +1040,7 @@ def _checkpoint(shared: _SharedEnv, path: str, *, locked: bool) -> None:
         else:
             pin.abort()
         shared.commits = max(0, shared.commits - covered)  # those since the capture remain
+        shared.pgno = int(shared.env.info()["last_pgno"])
         shared.last_ckpt = time.monotonic()
     finally:
         shared.ckpt_lock.release()
