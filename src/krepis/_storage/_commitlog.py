@@ -285,6 +285,7 @@ class Flusher:
         self._log = log
         self._cv = threading.Condition(threading.Lock())
         self._wanted = 0
+        self._started = 0  # the ticket the flush now running (or last run) covers
         self._done = 0
         self._error: BaseException | None = None
         self._stopped = False
@@ -299,7 +300,8 @@ class Flusher:
                     cv.wait()
                 if self._stopped and self._wanted == self._done:
                     return
-                target = self._wanted
+                target = self._started = self._wanted
+                cv.notify_all()  # a requester waiting for the flush to start may go on now
             try:
                 self._log.flush()
             except BaseException as exc:  # every waiter learns it; nothing is durable any more
@@ -313,12 +315,24 @@ class Flusher:
                 cv.notify_all()
 
     def request(self) -> int:
+        """Ask for a flush of everything written so far; returns the ticket to wait for.
+
+        When the flusher is idle, this also waits (briefly) until its flush has started: the
+        requesting thread holds Python's GIL while it goes on applying the commit, and the
+        flusher needs the GIL for the moment it takes to enter ``fdatasync`` (which releases
+        it). Without this hand-over, the flush would start only when the requester next
+        blocks, and nothing would overlap."""
         with self._cv:
             if self._error is not None or self._stopped:
                 return -1
+            idle = self._started == self._done
             self._wanted += 1
+            ticket = self._wanted
             self._cv.notify_all()
-            return self._wanted
+            if idle:
+                while self._started < ticket and self._error is None and not self._stopped:
+                    self._cv.wait()
+            return ticket
 
     def wait(self, ticket: int) -> None:
         with self._cv:
