@@ -12,3 +12,22 @@ def forget_commit_log(store: str | os.PathLike[str]) -> None:
     would recover (write the checkpoint's meta pages back), undoing the direct change; without
     a log, krepis takes data.mdb as it is, which is what these tests examine."""
     Path(store, "commit.log").unlink(missing_ok=True)
+
+
+def needed_size(data: Path) -> int:
+    """The shortest length ``data.mdb`` can have: the pages past it are all on LMDB's free list
+    (LMDB never reads those, so a file without them is not damaged)."""
+    from krepis._storage._files import _META, _PAGE_HEADER, _tail_is_free
+
+    raw = data.read_bytes()
+    offset = max((0, 4096), key=lambda off: _META.unpack_from(raw, off + _PAGE_HEADER)[4])
+    psize, last_pg = _META.unpack_from(raw, offset + _PAGE_HEADER)[2:4]
+    root = raw[offset + _PAGE_HEADER + 64:offset + _PAGE_HEADER + 72]
+    size = min(len(raw), (last_pg + 1) * psize)
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        while size > 2 * psize and _tail_is_free(fd, psize, root, size - psize, last_pg):
+            size -= psize
+    finally:
+        os.close(fd)
+    return int(size)

@@ -32,6 +32,7 @@ from krepis._cli import cli
 from krepis._model import encode_log
 from krepis._tlog.note import generate_signer
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
+from rawlmdb import needed_size
 
 OPS = [f"op_{i:02d}" for i in range(20)]
 T0 = 1_764_424_000_000
@@ -455,7 +456,7 @@ def test_a_store_whose_last_pages_were_freed_still_opens(tmp_path: Path) -> None
     leave data.mdb shorter than its meta page's last page. Such a file is made here from a real
     store: cut to the shortest length whose missing pages are all on LMDB's free list. It opens
     and verifies (in a child: a page it needed would be SIGBUS); a truly truncated one does not."""
-    from krepis._storage._files import _META, _PAGE_HEADER, _tail_is_free
+    from krepis._storage._files import _META, _PAGE_HEADER
 
     store = tmp_path / "s"
     with SovereignJournal(store, flush="interval:100ms") as journal:
@@ -465,14 +466,7 @@ def test_a_store_whose_last_pages_were_freed_still_opens(tmp_path: Path) -> None
     data = (store / "data.mdb").read_bytes()
     offset = max((0, 4096), key=lambda off: _META.unpack_from(data, off + _PAGE_HEADER)[4])
     psize, last_pg = _META.unpack_from(data, offset + _PAGE_HEADER)[2:4]
-    root = data[offset + _PAGE_HEADER + 64:offset + _PAGE_HEADER + 72]
-    fd = os.open(store / "data.mdb", os.O_RDONLY)
-    try:
-        size = min(len(data), (last_pg + 1) * psize)
-        while size > 2 * psize and _tail_is_free(fd, psize, root, size - psize, last_pg):
-            size -= psize
-    finally:
-        os.close(fd)
+    size = needed_size(store / "data.mdb")
     assert size < (last_pg + 1) * psize  # (the situation this test is about)
     os.truncate(store / "data.mdb", size)
     check = ("import sys; from krepis import SovereignJournal\n"
