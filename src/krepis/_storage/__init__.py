@@ -139,6 +139,17 @@ class LogAudit:
         return VerifyReport(next_seq - self._start, size, root, self._checker.nodes)
 
 
+def check_drop_prefix(location: str, epoch: int, upto_seq: int, current_epoch: int, next_seq: int) -> None:
+    """The rule every engine applies before removing an archived prefix (``Storage.drop_prefix``):
+    the log it was archived from is still the current one, and the prefix lies within it."""
+    if current_epoch != epoch:
+        raise ValidationError(f"the journal at {location} was cleared (log {epoch} ended, log "
+                              f"{current_epoch} began); nothing was removed")
+    if upto_seq > next_seq:
+        raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at {location} "
+                              f"ends before seq {next_seq}")
+
+
 def check_checkpoint(epoch: int, size: int, origin: str, current_epoch: int, current_size: int,
                      kept: list[tuple[int, int, str, str]]) -> None:
     """The rule every engine applies before keeping a checkpoint (see ``Storage.add_checkpoint``)."""

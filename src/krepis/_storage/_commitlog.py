@@ -132,7 +132,7 @@ class CommitLog:
         self.slot_size = _slot_size(self.page_size)
         self.start = int(start)
         self.ring = int(ring)
-        self.lock = threading.Lock()  # one slot writer per process; flock across processes
+        self._size = 0  # the file's length as last seen (it only grows): fstat only past it
 
     # -- creation --------------------------------------------------------------------------
     @staticmethod
@@ -219,11 +219,13 @@ class CommitLog:
         """Write a record at its ring position, allocating the ring's file space first."""
         offset = self.start + position % self.ring
         end = offset + len(record)
-        size = os.fstat(self.fd).st_size
-        if end > size:
-            grow_to = min(self.start + self.ring, -(-end // _CHUNK) * _CHUNK)
-            os.pwrite(self.fd, bytes(grow_to - size), size)
-            os.fdatasync(self.fd)  # the new length is durable before any record relies on it
+        if end > self._size:
+            self._size = size = os.fstat(self.fd).st_size  # another process may have grown it
+            if end > size:
+                grow_to = min(self.start + self.ring, -(-end // _CHUNK) * _CHUNK)
+                os.pwrite(self.fd, bytes(grow_to - size), size)
+                os.fdatasync(self.fd)  # the new length is durable before any record relies on it
+                self._size = grow_to
         os.pwrite(self.fd, record, offset)
 
     def erase(self, position: int) -> None:

@@ -40,7 +40,16 @@ from .._errors import (
 )
 from .._model import LogStatus, TransactionLog, decode_log, encode_log
 from .._tlog.merkle import append_leaf, root_from_frontier
-from . import LogAudit, Query, Storage, TreeHead, VerifyReport, WriteRequest, check_checkpoint
+from . import (
+    LogAudit,
+    Query,
+    Storage,
+    TreeHead,
+    VerifyReport,
+    WriteRequest,
+    check_checkpoint,
+    check_drop_prefix,
+)
 from ._codec import STATUS_CODE, decode_value, encode_value, rid_hash
 from ._commitlog import LOG, CommitLog, Flusher, Slot, decode_payload, encode_payload
 from ._files import StoreFiles, meta_txnid, open_directory
@@ -907,16 +916,9 @@ class LmdbStorage(Storage):
         """Inside a write transaction: remove the entries ``live … upto_seq − 1`` and their index
         rows, record ``live``; return how many were removed (raising leaves the transaction to
         be aborted)."""
-        from .._errors import ValidationError
-
         removed = 0
         seq, first_seq, current, _frontier = self._read_tree(txn)
-        if current != epoch:
-            raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} "
-                                  f"ended, log {current} began); nothing was removed")
-        if upto_seq > seq:
-            raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
-                                  f"{self.location} ends before seq {seq}")
+        check_drop_prefix(self.location, epoch, upto_seq, current, seq)
         live = self._live_first(txn, first_seq, epoch)
         if upto_seq <= live:
             return 0

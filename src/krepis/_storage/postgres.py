@@ -39,6 +39,7 @@ from . import (
     WriteRequest,
     _pgurl,
     check_checkpoint,
+    check_drop_prefix,
 )
 from ._codec import STATUS_CODE, STATUS_OF
 
@@ -296,13 +297,18 @@ class PostgresStorage(Storage):
             results.append(values)
         return results
 
-    def _append(self, cur: Any, requests: Sequence[WriteRequest], bump: dict[str, Any]) -> list[Any]:
-        """Inside the write transaction: lock the log row, append, advance the tree, bump."""
+    def _lock_log(self, cur: Any) -> Any:
+        """Lock the one ``krepis_log`` row (appends, clears and checkpoints take it in turn)."""
         cur.execute(_LOCK_LOG)
         row = cur.fetchone()
         if row is None:
             raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
                                       self.location)
+        return row
+
+    def _append(self, cur: Any, requests: Sequence[WriteRequest], bump: dict[str, Any]) -> list[Any]:
+        """Inside the write transaction: lock the log row, append, advance the tree, bump."""
+        row = self._lock_log(cur)
         seq, first_seq, _epoch, raw_frontier = int(row[0]), int(row[1]), row[2], bytes(row[3])
         frontier = [raw_frontier[i:i + 32] for i in range(0, len(raw_frontier), 32)]
         size = seq - first_seq
@@ -475,11 +481,7 @@ class PostgresStorage(Storage):
 
     def add_checkpoint(self, epoch: int, size: int, origin: str, note: str) -> None:
         def body(cur: Any) -> None:
-            cur.execute(_LOCK_LOG)  # serialized with writers and clears
-            row = cur.fetchone()
-            if row is None:
-                raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
-                                          self.location)
+            row = self._lock_log(cur)  # serialized with writers and clears
             cur.execute("SELECT epoch, size, origin, note FROM krepis_checkpoints")
             kept = [(int(e), int(n), o, t) for e, n, o, t in cur.fetchall()]
             check_checkpoint(epoch, size, origin, int(row[2]), int(row[0]) - int(row[1]), kept)
@@ -614,21 +616,10 @@ class PostgresStorage(Storage):
         return self._live_mark(None if mark is None else (mark,), int(epoch), int(first_seq))
 
     def drop_prefix(self, epoch: int, upto_seq: int) -> int:
-        from .._errors import ValidationError
-
         def body(cur: Any) -> int:
-            cur.execute(_LOCK_LOG)  # serialized with writers and clears
-            row = cur.fetchone()
-            if row is None:
-                raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
-                                          self.location)
+            row = self._lock_log(cur)  # serialized with writers and clears
             seq, first_seq, current = int(row[0]), int(row[1]), int(row[2])
-            if current != epoch:
-                raise ValidationError(f"the journal at {self.location} was cleared (log {epoch} ended, "
-                                      f"log {current} began); nothing was removed")
-            if upto_seq > seq:
-                raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at "
-                                      f"{self.location} ends before seq {seq}")
+            check_drop_prefix(self.location, epoch, upto_seq, current, seq)
             cur.execute("SELECT value FROM krepis_meta WHERE key = 'live'")
             live = self._live_mark(cur.fetchone(), epoch, first_seq)
             if upto_seq <= live:
