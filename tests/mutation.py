@@ -10,6 +10,12 @@ committed code and tests are copied. See docs/testing.md for the scores and the 
 
 For ``postgres`` a PostgreSQL server is started once for the whole run (``tests/pg.py``) and
 shared by every mutant's test session (``KREPIS_TEST_POSTGRES``), then stopped.
+
+``PYTHONPATH`` points at the mutated copy (``mutants/src``), and mutmut names the active mutant
+in the environment (``MUTANT_UNDER_TEST``), so a child Python process a test starts (a writer
+killed by the power-loss tests, a ``krepis`` command) runs the same mutant. Tests are still
+chosen by what they call in-process. The power-loss tests make 8 cuts per case here
+(``KREPIS_POWERLOSS_CUTS``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,16 @@ MODULES: dict[str, tuple[str, list[str], str | None]] = {
                   "test_safety_parity.py", "test_backup.py", "test_migrate.py"],
                  "(postgres or pg or Postgres) and not restart and not failover and not bench and not cli "
                  "and not unreachable"),
+    "lmdb": ("src/krepis/_storage/lmdb.py",
+             ["test_storage_lmdb.py", "test_commitlog.py", "test_bad_storage.py", "test_journal.py",
+              "test_guarantees.py", "test_tlog.py", "test_archive.py", "test_safety_files.py",
+              "test_safety_held.py", "test_safety_writers.py", "test_migrate.py", "test_backup.py",
+              "test_review_findings.py", "test_flush.py", "test_concurrency.py", "test_powerloss.py"],
+             "not postgres and not pg and not deno and not bench"),
+    "commitlog": ("src/krepis/_storage/_commitlog.py",
+                  ["test_commitlog.py", "test_storage_lmdb.py", "test_bad_storage.py", "test_migrate.py",
+                   "test_backup.py", "test_powerloss.py", "test_safety_files.py"],
+                  "not postgres and not pg"),
 }
 
 
@@ -93,6 +109,10 @@ def main() -> int:
     if not (args.keep and target.exists()):
         target = prepare(args.module)
     env = dict(os.environ)
+    # child processes started by the tests import the mutated copy and run the same mutant
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target / "mutants" / "src"),
+                                                      env.get("PYTHONPATH")]))
+    env.setdefault("KREPIS_POWERLOSS_CUTS", "8")  # a surviving mutant runs every selected test
     server: Path | None = None
     if args.module == "postgres" and "KREPIS_TEST_POSTGRES" not in env:
         server = Path(tempfile.mkdtemp(prefix="krepis-mutation-pg-")) / "server"
