@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,10 +94,56 @@ def prepare(module: str) -> Path:
                f"pytest_add_cli_args_test_selection = {_toml_list([f'tests/{t}' for t in tests])}\n"
                # a mutant that deadlocks uses no CPU, so mutmut's CPU-time limit never ends it
                f"pytest_add_cli_args = {_toml_list(['--timeout=30'] + (['-k', select] if select else []))}\n"
-               'also_copy = ["src/krepis/", "tests/"]\n')
+               'also_copy = ["src/krepis/", "tests/"]\n'
+               # a mutant mypy --strict rejects is caught by CI (.ci/run) before any test runs
+               "type_check_command = " + _toml_list(["mypy", "--strict", "--no-warn-unused-ignores",
+                                                     "--output", "json", source]) + "\n")
     (target / "pyproject.toml").write_text(pyproject[:start] + section +
                                            (pyproject[end:] if end >= 0 else ""))
     return target
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|TRUNCATE|LOCK TABLE|FROM|WHERE|ORDER BY|VALUES|SET|"
+                  r"ON CONFLICT|RETURNING|UNION|LIMIT|CREATE|ALTER)\b", re.IGNORECASE)
+
+
+def sql_case_only(removed: list[str], added: list[str]) -> bool:
+    """True when a mutant only changes the letter case of SQL text: keywords and unquoted
+    identifiers are case-insensitive in SQL, so such a mutant is equivalent. A quoted literal
+    (``'format'``) whose case changed, or any other string, does not count."""
+    if not removed or len(removed) != len(added):
+        return False
+    for old, new in zip(removed, added, strict=True):
+        if old == new or old.lower() != new.lower():
+            return False
+        old_strings, new_strings = _STRING.findall(old), _STRING.findall(new)
+        if len(old_strings) != len(new_strings) or _STRING.sub("", old) != _STRING.sub("", new):
+            return False
+        for a, b in zip(old_strings, new_strings, strict=True):
+            if a != b and (not _SQL.search(a) or re.findall(r"'[^']*'", a) != re.findall(r"'[^']*'", b)):
+                return False
+    return True
+
+
+def survivors(target: Path, mutmut: str) -> int:
+    """Print every surviving mutant's changed lines, marking those that only change SQL case."""
+    listing = subprocess.run([mutmut, "results"], cwd=target, capture_output=True, text=True).stdout
+    names = [line.split(": ")[0].strip() for line in listing.splitlines() if line.endswith(": survived")]
+    sql = 0
+    for name in names:
+        diff = subprocess.run([mutmut, "show", name], cwd=target, capture_output=True, text=True).stdout
+        lines = diff.splitlines()
+        removed = [line[1:] for line in lines if line.startswith("-") and not line.startswith("---")]
+        added = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
+        equivalent = sql_case_only(removed, added)
+        sql += equivalent
+        print(f"{'equivalent (SQL case)' if equivalent else 'survived'}: {name}")
+        if not equivalent:
+            print("\n".join([f"  - {line.strip()}" for line in removed] +
+                            [f"  + {line.strip()}" for line in added]))
+    print(f"{len(names)} survived, of which {sql} only change the case of SQL text")
+    return 0
 
 
 def main() -> int:
@@ -104,14 +152,22 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--keep", action="store_true",
                         help="resume the run in .mutation/MODULE instead of starting afresh")
+    parser.add_argument("--survivors", action="store_true",
+                        help="list the survivors of the last run in .mutation/MODULE with their diffs")
     args = parser.parse_args()
     target = ROOT / ".mutation" / args.module
+    mutmut = shutil.which("mutmut", path=os.path.dirname(sys.executable)) or "mutmut"
+    if args.survivors:
+        return survivors(target, mutmut)
+    # a SIGTERM still stops the PostgreSQL server below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (args.keep and target.exists()):
         target = prepare(args.module)
     env = dict(os.environ)
     # child processes started by the tests import the mutated copy and run the same mutant
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target / "mutants" / "src"),
                                                       env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("KREPIS_POWERLOSS_CUTS", "8")  # a surviving mutant runs every selected test
     server: Path | None = None
     if args.module == "postgres" and "KREPIS_TEST_POSTGRES" not in env:
@@ -120,7 +176,6 @@ def main() -> int:
         started = subprocess.run([sys.executable, str(ROOT / "tests" / "pg.py"), "start", str(server)],
                                  check=True, capture_output=True, text=True).stdout
         env["KREPIS_TEST_POSTGRES"] = started.strip().split("=", 1)[1]
-    mutmut = shutil.which("mutmut", path=os.path.dirname(sys.executable)) or "mutmut"
     try:
         return subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=target,
                               env=env).returncode

@@ -292,6 +292,30 @@ class StorageConformance:
         storage.write_batch([WriteRequest([entry(1, "a", 1)], [])])
         assert storage.verify().entries == 1
 
+    def test_edges_of_a_log_that_does_not_start_at_seq_0(self, storage: Storage) -> None:
+        """After a clear the log starts at seq 3 in epoch 1: sizes, leaf positions and the archived
+        prefix are counted from there, not from 0; out-of-range lookups find nothing."""
+        from krepis import ValidationError
+
+        storage.write_batch([WriteRequest([entry(i, "old", i) for i in range(3)], [b"x"])])
+        storage.clear()
+        batch = [entry(10 + i, f"n{i}", i) for i in range(5)]  # seqs 3..7 of log 1
+        storage.write_batch([WriteRequest(batch, [b"x"])])
+        leaves = [sha256(b"\x00" + canonical).digest() for _, canonical in batch]
+        assert storage.leaf_hashes(3, 0, 1) == leaves[:1]
+        assert storage.leaf_hashes(3, 1, 4) == leaves[1:]
+        assert storage.leaf_hashes(3, 2, 0) == []
+        for seq in (-1, 2**63, 2**64):
+            assert storage.get_entry(seq) is None
+        assert storage.tree_node(0, 10**6) is None
+        with pytest.raises(ValidationError):
+            storage.add_checkpoint(1, 6, "example.com/log", "note")  # the log holds 5 entries
+        storage.add_checkpoint(1, 5, "example.com/log", "note")
+        assert storage.checkpoints() == [(1, 5, "example.com/log", "note")]
+        assert storage.drop_prefix(1, 5) == 2 and storage.live_first_seq() == 5
+        assert storage.drop_prefix(1, 7) == 2 and storage.live_first_seq() == 7
+        assert storage.entry_count() == 1 and [log.seq for log in scan_all(storage, ALL)] == [7]
+
     def test_drop_prefix_removes_entries_and_keeps_tree_and_counters(self, storage: Storage) -> None:
         from krepis import ValidationError
 

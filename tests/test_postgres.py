@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,9 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis._storage import Storage
-from krepis._storage.postgres import PostgresStorage, redact
+from krepis._model import encode_log
+from krepis._storage import Query, Storage, WriteRequest
+from krepis._storage.postgres import _TABLES, PostgresStorage, _first_line, redact
 
 from conftest import hammer_threads
 from storage_conformance import StorageConformance
@@ -389,3 +391,95 @@ def test_verify_names_what_was_tampered_with(pg_url: str, how: str, sql: str, me
             conn.execute(sql)  # type: ignore[arg-type]
         with pytest.raises(CorruptStorageError, match=message):
             journal.verify()
+
+
+#: Every operation of the adapter and the words its failure message uses for it.
+_OPERATIONS: list[tuple[str, Any]] = [
+    ("reading a counter", lambda s: s.get_count(b"x")),
+    ("reading counters", lambda s: s.get_counts()),
+    ("counting entries", lambda s: s.entry_count()),
+    ("reading the sequence", lambda s: s.next_seq()),
+    ("reading the tree", lambda s: s.tree_head()),
+    ("reading op names", lambda s: s.op_names()),
+    ("reading the journal", lambda s: s.get_entry(0)),
+    ("reading the journal", lambda s: s.scan(Query(), after=None, limit=5)),
+    ("reading the journal", lambda s: s.scan(Query(order="append"), after=None, limit=5)),
+    ("reading the journal", lambda s: s.leaf_hashes(0, 0, 1)),
+    ("storing a checkpoint", lambda s: s.add_checkpoint(0, 1, "example.com/log", "note")),
+    ("reading checkpoints", lambda s: s.checkpoints()),
+    ("reading the tree", lambda s: s.tree_node(0, 0)),
+    ("reading the tree", lambda s: s.live_first_seq()),
+    ("clearing", lambda s: s.clear()),
+    ("syncing", lambda s: s.sync()),
+    ("removing archived entries", lambda s: s.drop_prefix(0, 1)),
+    ("writing", lambda s: s.write_batch([WriteRequest([_entry()], [b"x"])])),
+]
+
+
+def _entry() -> tuple[TransactionLog, bytes]:
+    log = TransactionLog(1, "op", "r", LogStatus.Completed)
+    return (log, encode_log(log))
+
+
+def test_postgres_failures_name_the_operation_and_the_location(pg_url: str) -> None:
+    """A statement that fails (here: a lock held elsewhere past lock_timeout) is a StorageError
+    naming the location and what krepis was doing, for every operation of the adapter."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        db = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        conn.execute(f"ALTER DATABASE {db} SET lock_timeout = '100ms'")
+    storage = PostgresStorage(pg_url)
+    try:
+        storage.write_batch([WriteRequest([_entry()], [b"x"])])
+        with psycopg.connect(pg_url) as holder:
+            holder.execute(f"LOCK TABLE {', '.join(_TABLES)}, krepis_meta IN ACCESS EXCLUSIVE MODE")
+            for doing, call in _OPERATIONS:
+                with pytest.raises(StorageError) as caught:
+                    call(storage)
+                assert type(caught.value) is StorageError and caught.value.path == storage.location
+                assert str(caught.value).startswith(
+                    f"PostgreSQL at {storage.location} failed while {doing}: "), str(caught.value)
+                assert "lock timeout" in str(caught.value)
+            holder.rollback()
+        assert storage.entry_count() == 1 and storage.get_counts() == {"x": 1}  # nothing changed
+    finally:
+        storage.close()
+
+
+def test_postgres_a_missing_log_row_or_entry_is_corruption_naming_the_location(pg_url: str) -> None:
+    storage = PostgresStorage(pg_url)
+    try:
+        storage.write_batch([WriteRequest([_entry(), _entry(), _entry()], [b"x"])])
+        _sql(pg_url, "DELETE FROM krepis_entries WHERE seq = 1")
+        calls: list[tuple[Any, str]] = [
+            (lambda: storage.leaf_hashes(0, 0, 3), "entries 0…2 are not all there"),
+            (lambda: storage.drop_prefix(0, 3), "entries 0…2 are not all there (2 found)")]
+        for call, message in calls:
+            with pytest.raises(CorruptStorageError) as caught:
+                call()
+            assert caught.value.path == storage.location
+            assert str(caught.value) == f"PostgreSQL at {storage.location}: {message}"
+        assert storage.live_first_seq() == 0 and storage.leaf_hashes(0, 2, 1) != []  # nothing removed
+        _sql(pg_url, "DELETE FROM krepis_log")
+        reads: list[Any] = [storage.entry_count, storage.next_seq, storage.tree_head, storage.live_first_seq,
+                            storage.clear, lambda: storage.write_batch([WriteRequest([_entry()], [])])]
+        for call in reads:
+            with pytest.raises(CorruptStorageError) as caught:
+                call()
+            assert caught.value.path == storage.location
+            assert str(caught.value) == f"PostgreSQL at {storage.location}: the krepis_log row is missing"
+    finally:
+        storage.close()
+
+
+def _sql(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def test_postgres_an_engine_error_without_text_is_named_by_its_type() -> None:
+    assert _first_line(RuntimeError()) == "RuntimeError"
+    assert _first_line(RuntimeError("first\nsecond")) == "first"

@@ -207,7 +207,7 @@ class PostgresStorage(Storage):
         psycopg = self._psycopg
         if isinstance(exc, JournalError):
             return exc
-        if isinstance(exc, psycopg.OperationalError) and doing == "writing":
+        if isinstance(exc, psycopg.OperationalError) and doing == "writing" and _connection_lost(exc):
             return StorageError(
                 f"PostgreSQL at {self.location} failed while {doing}; the connection broke, so "
                 f"whether this write committed is unknown (it was not retried): {_first_line(exc)}",
@@ -300,11 +300,7 @@ class PostgresStorage(Storage):
     def _lock_log(self, cur: Any) -> Any:
         """Lock the one ``krepis_log`` row (appends, clears and checkpoints take it in turn)."""
         cur.execute(_LOCK_LOG)
-        row = cur.fetchone()
-        if row is None:
-            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
-                                      self.location)
-        return row
+        return self._log_row(cur.fetchone())
 
     def _append(self, cur: Any, requests: Sequence[WriteRequest], bump: dict[str, Any]) -> list[Any]:
         """Inside the write transaction: lock the log row, append, advance the tree, bump."""
@@ -369,19 +365,23 @@ class PostgresStorage(Storage):
 
     def entry_count(self) -> int:
         rows = self._run("counting entries", "SELECT entries FROM krepis_log WHERE id = 1")
-        return int(rows[0][0]) if rows else 0
+        return int(self._log_row(next(iter(rows), None))[0])
 
     def next_seq(self) -> int:
         rows = self._run("reading the sequence", "SELECT next_seq FROM krepis_log WHERE id = 1")
-        return int(rows[0][0]) if rows else 0
+        return int(self._log_row(next(iter(rows), None))[0])
+
+    def _log_row(self, row: tuple[Any, ...] | None) -> tuple[Any, ...]:
+        """The one krepis_log row; its absence is damage, never an empty journal."""
+        if row is None:
+            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
+                                      self.location)
+        return row
 
     def tree_head(self) -> TreeHead:
         rows = self._run("reading the tree",
                          "SELECT next_seq, first_seq, epoch, frontier FROM krepis_log WHERE id = 1")
-        if not rows:
-            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
-                                      self.location)
-        seq, first_seq, epoch, raw = rows[0]
+        seq, first_seq, epoch, raw = self._log_row(next(iter(rows), None))
         raw = bytes(raw)
         frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
         return TreeHead(int(seq) - int(first_seq), root_from_frontier(frontier), int(first_seq),
@@ -562,10 +562,7 @@ class PostgresStorage(Storage):
             cur.execute("LOCK TABLE krepis_log IN EXCLUSIVE MODE")
             cur.execute("SELECT entries, epoch, (SELECT count(*) FROM krepis_stats) FROM krepis_log "
                         "WHERE id = 1")
-            row = cur.fetchone()
-            if row is None:
-                raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
-                                          self.location)
+            row = self._log_row(cur.fetchone())
             # the op names of the cleared entries stay known (as LMDB's op table keeps them)
             cur.execute(f"INSERT INTO krepis_ops (name) {_OP_NAMES} ON CONFLICT DO NOTHING")
             cur.execute("TRUNCATE krepis_entries, krepis_stats, krepis_tree")
@@ -609,10 +606,7 @@ class PostgresStorage(Storage):
         rows = self._run("reading the tree",
                          "SELECT l.first_seq, l.epoch, (SELECT value FROM krepis_meta WHERE key = 'live') "
                          "FROM krepis_log l WHERE id = 1")
-        if not rows:
-            raise CorruptStorageError(f"PostgreSQL at {self.location}: the krepis_log row is missing",
-                                      self.location)
-        first_seq, epoch, mark = rows[0]
+        first_seq, epoch, mark = self._log_row(next(iter(rows), None))
         return self._live_mark(None if mark is None else (mark,), int(epoch), int(first_seq))
 
     def drop_prefix(self, epoch: int, upto_seq: int) -> int:
@@ -638,6 +632,14 @@ class PostgresStorage(Storage):
             return removed
 
         return int(self._transaction("removing archived entries", body))
+
+
+def _connection_lost(exc: Any) -> bool:
+    """The connection failed (no SQLSTATE: the client lost it; class 08: connection exception;
+    57P: the server is shutting the session down), so a COMMIT may or may not have happened.
+    Any other error was the server's answer to a statement: its transaction was rolled back."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(("08", "57P"))
 
 
 def _first_line(exc: BaseException) -> str:
