@@ -308,6 +308,10 @@ class StorageConformance:
         for seq in (-1, 2**63, 2**64):
             assert storage.get_entry(seq) is None
         assert storage.tree_node(0, 10**6) is None
+        for order in ("time", "append"):  # an empty choice matches nothing
+            assert storage.scan(Query(op_names=(), order=order), after=None, limit=5) == []
+            assert storage.scan(Query(statuses=(), order=order), after=None, limit=5) == []
+            assert storage.scan(Query(order=order), after=None, limit=0) == []
         with pytest.raises(ValidationError):
             storage.add_checkpoint(1, 6, "example.com/log", "note")  # the log holds 5 entries
         storage.add_checkpoint(1, 5, "example.com/log", "note")

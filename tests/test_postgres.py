@@ -18,6 +18,7 @@ import pytest
 import pg
 from krepis import (
     AsyncSovereignJournal,
+    ClosedError,
     CorruptStorageError,
     Kernel,
     LogStatus,
@@ -483,3 +484,57 @@ def _sql(url: str, sql: str) -> None:
 def test_postgres_an_engine_error_without_text_is_named_by_its_type() -> None:
     assert _first_line(RuntimeError()) == "RuntimeError"
     assert _first_line(RuntimeError("first\nsecond")) == "first"
+
+
+def test_postgres_verify_names_damage_and_leaves_the_connections_usable(pg_url: str) -> None:
+    storage = PostgresStorage(pg_url)
+    try:
+        storage.write_batch([WriteRequest([_entry() for _ in range(258)], [b"x"])])
+        assert storage.drop_prefix(0, 256) == 256  # verify resumes the tree after whole tiles
+        for _ in range(3):  # verify borrows a pooled connection; it goes back in autocommit mode
+            storage.verify()
+            storage.write_batch([WriteRequest([], [b"x"])])  # a counter-only write: one statement
+        storage.close()
+        storage = PostgresStorage(pg_url)
+        assert storage.get_count(b"x") == 4  # one per request
+        where = f"PostgreSQL at {storage.location}"
+        damage = [("UPDATE krepis_log SET entries = entries + 1", f"{where}: the entry count says 3; there are 2"),
+                  ("UPDATE krepis_meta SET value = 'x' WHERE key = 'live'", f"{where}: malformed live record 'x'"),
+                  ("DELETE FROM krepis_log", f"{where}: the krepis_log row is missing")]
+        for sql, message in damage:
+            _sql(pg_url, sql)
+            with pytest.raises(CorruptStorageError) as caught:
+                storage.verify()
+            assert (str(caught.value), caught.value.path) == (message, storage.location)
+    finally:
+        storage.close()
+
+
+def test_postgres_a_closed_storage_says_so(pg_url: str) -> None:
+    storage = PostgresStorage(pg_url)
+    storage.close()
+    for doing, call in [*_OPERATIONS, ("verifying", lambda s: s.verify())]:
+        with pytest.raises(ClosedError) as caught:
+            call(storage)
+        assert str(caught.value) == f"the journal at {storage.location} is closed", doing
+
+
+def test_postgres_no_connection_within_the_pool_timeout_names_the_location(pg_url: str) -> None:
+    """The server stops accepting connections to the database and the pooled one is gone: the
+    next read and the next write fail after the pool's timeout (connect_timeout + 5 s)."""
+    url = pg_url + "?connect_timeout=1"
+    storage = PostgresStorage(url)
+    db = url.rsplit("/", 1)[1].split("?")[0]
+    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
+    try:
+        _sql(admin, f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+        _sql(admin, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        for call in (storage.entry_count, lambda: storage.write_batch([WriteRequest([_entry()], [b"x"])])):
+            with pytest.raises(StorageError) as caught:
+                call()
+            assert str(caught.value) == (f"cannot connect to PostgreSQL at {storage.location} "
+                                         "(no connection within the pool timeout)")
+            assert caught.value.path == storage.location
+    finally:
+        storage.close()
+        _sql(admin, f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")

@@ -531,10 +531,8 @@ class PostgresStorage(Storage):
             raise self._error(exc, "verifying") from None
 
     def _verify(self, conn: Any, where: str) -> VerifyReport:
-        row = conn.execute("SELECT next_seq, first_seq, frontier, entries, epoch FROM krepis_log "
-                           "WHERE id = 1").fetchone()
-        if row is None:
-            raise CorruptStorageError(f"{where}: the krepis_log row is missing", self.location)
+        row = self._log_row(conn.execute("SELECT next_seq, first_seq, frontier, entries, epoch "
+                                         "FROM krepis_log WHERE id = 1").fetchone())
         seq, first_seq, raw, count = int(row[0]), int(row[1]), bytes(row[2]), int(row[3])
         frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
         nodes = {(int(level), int(idx)): bytes(h) for level, idx, h in
