@@ -104,45 +104,54 @@ def prepare(module: str) -> Path:
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|TRUNCATE|LOCK TABLE|FROM|WHERE|ORDER BY|VALUES|SET|"
-                  r"ON CONFLICT|RETURNING|UNION|LIMIT|CREATE|ALTER)\b", re.IGNORECASE)
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|TRUNCATE|LOCK|FROM|WHERE|ORDER BY|VALUES|SET|"
+                  r"ON CONFLICT|RETURNING|UNION|LIMIT|CREATE|ALTER|BEGIN|COMMIT|AND|ANY|ASC|DESC)\b")
 
 
-def sql_case_only(removed: list[str], added: list[str]) -> bool:
-    """True when a mutant only changes the letter case of SQL text: keywords and unquoted
-    identifiers are case-insensitive in SQL, so such a mutant is equivalent. A quoted literal
-    (``'format'``) whose case changed, or any other string, does not count."""
+def equivalent_by_rule(removed: list[str], added: list[str]) -> str | None:
+    """Why a mutant is equivalent when a mechanical rule shows it, else None. Two rules, both for
+    mutants that only change the letter case of one string: SQL text (keywords and unquoted
+    identifiers are case-insensitive; SQL text is a string holding an upper-case keyword, as
+    krepis writes its SQL, while its messages are lower case; a quoted literal like ``'format'``
+    must keep its case) and codec names (``"utf-8"``, which Python looks up case-insensitively)."""
     if not removed or len(removed) != len(added):
-        return False
+        return None
+    reasons = set()
     for old, new in zip(removed, added, strict=True):
         if old == new or old.lower() != new.lower():
-            return False
+            return None
         old_strings, new_strings = _STRING.findall(old), _STRING.findall(new)
         if len(old_strings) != len(new_strings) or _STRING.sub("", old) != _STRING.sub("", new):
-            return False
+            return None
         for a, b in zip(old_strings, new_strings, strict=True):
-            if a != b and (not _SQL.search(a) or re.findall(r"'[^']*'", a) != re.findall(r"'[^']*'", b)):
-                return False
-    return True
+            if a == b:
+                continue
+            if a.lower() == '"utf-8"':
+                reasons.add("codec name case")
+            elif _SQL.search(a) and re.findall(r"'[^']*'", a) == re.findall(r"'[^']*'", b):
+                reasons.add("SQL case")
+            else:
+                return None
+    return " and ".join(sorted(reasons)) or None
 
 
 def survivors(target: Path, mutmut: str) -> int:
-    """Print every surviving mutant's changed lines, marking those that only change SQL case."""
+    """Print every surviving mutant's changed lines, marking those a rule shows equivalent."""
     listing = subprocess.run([mutmut, "results"], cwd=target, capture_output=True, text=True).stdout
     names = [line.split(": ")[0].strip() for line in listing.splitlines() if line.endswith(": survived")]
-    sql = 0
+    by_rule = 0
     for name in names:
         diff = subprocess.run([mutmut, "show", name], cwd=target, capture_output=True, text=True).stdout
         lines = diff.splitlines()
         removed = [line[1:] for line in lines if line.startswith("-") and not line.startswith("---")]
         added = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
-        equivalent = sql_case_only(removed, added)
-        sql += equivalent
-        print(f"{'equivalent (SQL case)' if equivalent else 'survived'}: {name}")
-        if not equivalent:
+        rule = equivalent_by_rule(removed, added)
+        by_rule += rule is not None
+        print(f"equivalent ({rule}): {name}" if rule else f"survived: {name}")
+        if not rule:
             print("\n".join([f"  - {line.strip()}" for line in removed] +
                             [f"  + {line.strip()}" for line in added]))
-    print(f"{len(names)} survived, of which {sql} only change the case of SQL text")
+    print(f"{len(names)} survived, of which {by_rule} are equivalent by rule (letter case of SQL or codecs)")
     return 0
 
 

@@ -414,6 +414,7 @@ _OPERATIONS: list[tuple[str, Any]] = [
     ("syncing", lambda s: s.sync()),
     ("removing archived entries", lambda s: s.drop_prefix(0, 1)),
     ("writing", lambda s: s.write_batch([WriteRequest([_entry()], [b"x"])])),
+    ("writing", lambda s: s.write_batch([WriteRequest([], [b"x"])])),  # counters only: one statement
 ]
 
 
@@ -538,3 +539,57 @@ def test_postgres_no_connection_within_the_pool_timeout_names_the_location(pg_ur
     finally:
         storage.close()
         _sql(admin, f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+
+
+def test_postgres_damaged_rows_are_corruption_naming_the_location(pg_url: str) -> None:
+    """Each malformed entry column, and a tree record that does not fit the sequence."""
+    storage = PostgresStorage(pg_url)
+    where = f"PostgreSQL at {storage.location}"
+    try:
+        storage.write_batch([WriteRequest([_entry()], [])])
+        import psycopg
+
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # damage the schema's CHECKs forbid
+            for (name,) in conn.execute("SELECT conname FROM pg_constraint WHERE contype = 'c' "
+                                        "AND conrelid = 'krepis_entries'::regclass").fetchall():
+                conn.execute(f"ALTER TABLE krepis_entries DROP CONSTRAINT {name}")
+        for damage in ("status = 9", "op_name = ''", "request_id = ''", "error = '\\xff'::bytea",
+                       "error = ''::bytea"):
+            _sql(pg_url, f"UPDATE krepis_entries SET {damage} WHERE seq = 0")
+            with pytest.raises(CorruptStorageError) as caught:
+                storage.get_entry(0)
+            assert (str(caught.value), caught.value.path) == (
+                f"{where}: entry 0 is not a valid TransactionLog", storage.location), damage
+            _sql(pg_url, "UPDATE krepis_entries SET status = 2, op_name = 'op', request_id = 'r', error = NULL")
+            assert storage.get_entry(0) is not None
+        for damage in ("frontier = frontier || frontier",  # two hashes for one leaf
+                       "frontier = substring(frontier from 2)",  # not whole hashes
+                       "first_seq = next_seq + 1"):  # a negative size (-1 has one bit set, as has 1)
+            _sql(pg_url, f"UPDATE krepis_log SET {damage}")
+            with pytest.raises(CorruptStorageError) as caught:
+                storage.write_batch([WriteRequest([_entry()], [])])
+            assert (str(caught.value), caught.value.path) == (
+                f"{where}: the Merkle tree record does not match the sequence", storage.location), damage
+            _sql(pg_url, "UPDATE krepis_log SET first_seq = 0, frontier = (SELECT leaf FROM krepis_entries)")
+            assert storage.entry_count() == 1 and storage.next_seq() == 1
+    finally:
+        storage.close()
+
+
+def test_postgres_schema_checks_name_the_location(pg_url: str) -> None:
+    from krepis import NeedsMigrationError
+
+    where = redact(pg_url)
+    with pytest.raises(StorageError) as caught:
+        PostgresStorage(pg_url, create=False)
+    assert (str(caught.value), caught.value.path) == (f"there is no krepis journal at {where}", where)
+    PostgresStorage(pg_url).close()
+    _sql(pg_url, "DROP TABLE krepis_ops")
+    with pytest.raises(CorruptStorageError) as caught:
+        PostgresStorage(pg_url, create=False)
+    assert caught.value.path == where and "missing: krepis_ops" in str(caught.value)
+    for value, kind in (("1", NeedsMigrationError), ("9", CorruptStorageError)):
+        _sql(pg_url, f"UPDATE krepis_meta SET value = '{value}' WHERE key = 'format'")
+        with pytest.raises(kind) as caught:
+            PostgresStorage(pg_url)
+        assert caught.value.path == where and f"tables of format {value}" in str(caught.value)

@@ -305,7 +305,7 @@ class PostgresStorage(Storage):
     def _append(self, cur: Any, requests: Sequence[WriteRequest], bump: dict[str, Any]) -> list[Any]:
         """Inside the write transaction: lock the log row, append, advance the tree, bump."""
         row = self._lock_log(cur)
-        seq, first_seq, _epoch, raw_frontier = int(row[0]), int(row[1]), row[2], bytes(row[3])
+        seq, first_seq, raw_frontier = int(row[0]), int(row[1]), bytes(row[3])
         frontier = [raw_frontier[i:i + 32] for i in range(0, len(raw_frontier), 32)]
         size = seq - first_seq
         if size < 0 or len(frontier) != size.bit_count() or len(raw_frontier) % 32:
