@@ -584,12 +584,43 @@ def test_postgres_schema_checks_name_the_location(pg_url: str) -> None:
         PostgresStorage(pg_url, create=False)
     assert (str(caught.value), caught.value.path) == (f"there is no krepis journal at {where}", where)
     PostgresStorage(pg_url).close()
-    _sql(pg_url, "DROP TABLE krepis_ops")
+    _sql(pg_url, "DROP TABLE krepis_ops, krepis_stats")
     with pytest.raises(CorruptStorageError) as caught:
         PostgresStorage(pg_url, create=False)
-    assert caught.value.path == where and "missing: krepis_ops" in str(caught.value)
+    assert caught.value.path == where and "missing: krepis_ops, krepis_stats" in str(caught.value)
     for value, kind in (("1", NeedsMigrationError), ("9", CorruptStorageError)):
         _sql(pg_url, f"UPDATE krepis_meta SET value = '{value}' WHERE key = 'format'")
         with pytest.raises(kind) as caught:
             PostgresStorage(pg_url)
         assert caught.value.path == where and f"tables of format {value}" in str(caught.value)
+    _sql(pg_url, "DELETE FROM krepis_meta")
+    with pytest.raises(CorruptStorageError, match="tables of format unknown; this krepis reads format 2"):
+        PostgresStorage(pg_url)
+    _sql(pg_url, "DROP TABLE krepis_meta; CREATE TABLE krepis_meta (x int)")  # not krepis's table
+    with pytest.raises(StorageError) as caught:
+        PostgresStorage(pg_url)
+    assert caught.value.path == where
+    assert str(caught.value).startswith(f"cannot prepare the krepis tables at {where}: column")
+
+
+def test_postgres_durable_decides_synchronous_commit(pg_url: str) -> None:
+    for kwargs, expected in (({}, "on"), ({"durable": True}, "on"), ({"durable": False}, "off")):
+        storage = PostgresStorage(pg_url, **kwargs)
+        try:
+            assert storage._run("reading a setting", "SHOW synchronous_commit") == [(expected,)], kwargs
+        finally:
+            storage.close()
+
+
+def test_postgres_without_psycopg_or_with_a_bad_url_says_what_to_do(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(StorageError) as caught:
+        PostgresStorage(pg_url + "?bogus=1")
+    assert caught.value.path == redact(pg_url + "?bogus=1")  # libpq knows no parameter 'bogus'
+    assert str(caught.value).startswith("invalid PostgreSQL URL (not shown, it may contain a password)")
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
+    with pytest.raises(StorageError) as caught:
+        PostgresStorage(pg_url)
+    assert (str(caught.value), caught.value.path) == (
+        "a postgresql:// storage needs psycopg: pip install 'krepis-journal[postgres]' (or "
+        "'.[postgres]' in a checkout)", redact(pg_url))
