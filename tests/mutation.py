@@ -56,9 +56,8 @@ MODULES: dict[str, tuple[str, list[str], str | None]] = {
               "not postgres and not cli and not signal_to_krepis and not killed_host"),
     "postgres": ("src/krepis/_storage/postgres.py",
                  ["test_postgres.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
-                  "test_safety_parity.py", "test_backup.py", "test_migrate.py"],
-                 "(postgres or pg or Postgres) and not restart and not failover and not bench and not cli "
-                 "and not unreachable"),
+                  "test_safety_parity.py", "test_backup.py", "test_migrate.py", "test_archive.py"],
+                 "(postgres or pg or Postgres) and not restart and not failover and not bench and not cli"),
     "lmdb": ("src/krepis/_storage/lmdb.py",
              ["test_storage_lmdb.py", "test_commitlog.py", "test_bad_storage.py", "test_journal.py",
               "test_guarantees.py", "test_tlog.py", "test_archive.py", "test_safety_files.py",

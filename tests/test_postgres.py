@@ -295,6 +295,7 @@ def test_unreachable_server() -> None:
     with pytest.raises(StorageError, match=rf"cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:{port}/postgres") as info:
         SovereignJournal(url)
     assert "secret-pw" not in str(info.value)
+    assert info.value.path == f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
 
 def test_wrong_credentials(pg_cluster: pg.Cluster) -> None:
@@ -531,8 +532,10 @@ def test_postgres_no_connection_within_the_pool_timeout_names_the_location(pg_ur
         _sql(admin, f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
         _sql(admin, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
         for call in (storage.entry_count, lambda: storage.write_batch([WriteRequest([_entry()], [b"x"])])):
+            started = time.monotonic()
             with pytest.raises(StorageError) as caught:
                 call()
+            assert time.monotonic() - started >= 5.9  # the pool waits connect_timeout + 5 s
             assert str(caught.value) == (f"cannot connect to PostgreSQL at {storage.location} "
                                          "(no connection within the pool timeout)")
             assert caught.value.path == storage.location
@@ -624,3 +627,19 @@ def test_postgres_without_psycopg_or_with_a_bad_url_says_what_to_do(
     assert (str(caught.value), caught.value.path) == (
         "a postgresql:// storage needs psycopg: pip install 'krepis-journal[postgres]' (or "
         "'.[postgres]' in a checkout)", redact(pg_url))
+
+
+def test_postgres_a_connection_the_server_closed_is_replaced_before_use(pg_url: str) -> None:
+    """The pool checks a connection before lending it: a backend the server terminated while idle
+    costs nothing, for a read as for a write (which is then certain not to have been sent)."""
+    storage = PostgresStorage(pg_url)
+    db = pg_url.rsplit("/", 1)[1]
+    try:
+        for _ in range(2):
+            storage.write_batch([WriteRequest([_entry()], [b"x"])])
+            _sql(pg_url, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' "
+                         "AND application_name = 'krepis'")
+            assert storage.get_count(b"x") >= 1
+        assert storage.entry_count() == 2
+    finally:
+        storage.close()
