@@ -154,6 +154,16 @@ def survivors(target: Path, mutmut: str) -> int:
     return 0
 
 
+#: Imported by every child Python process a test starts (mutmut's own test processes are forked,
+#: so they never import it). While mutmut records which tests call which function
+#: (MUTANT_UNDER_TEST=stats), a child cannot report to it: it runs the original functions.
+_CHILD_SITE = """\
+import os
+if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    os.environ["MUTANT_UNDER_TEST"] = ""
+"""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=sorted(MODULES))
@@ -173,7 +183,10 @@ def main() -> int:
         target = prepare(args.module)
     env = dict(os.environ)
     # child processes started by the tests import the mutated copy and run the same mutant
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target / "mutants" / "src"),
+    site = target / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_CHILD_SITE)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), str(target / "mutants" / "src"),
                                                       env.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("KREPIS_POWERLOSS_CUTS", "8")  # a surviving mutant runs every selected test
