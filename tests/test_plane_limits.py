@@ -239,10 +239,17 @@ with kernel:
 """
 
 
+def default_signals() -> None:
+    """In the child: the default disposition of the signals under test, even where the suite runs
+    under ``nohup`` (an ignored SIGHUP is inherited, and krepis rightly leaves it ignored)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], int, Path]:
     # the run's directory goes below tmp_path: a SIGKILLed host cannot remove it
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, preexec_fn=default_signals)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line, proc.stderr.read() if proc.stderr else ""
@@ -293,7 +300,7 @@ def test_signal_to_krepis_run(tmp_path: Path, signum: signal.Signals) -> None:
                       "console.error('spinning'); for (;;) {}")
     proc = subprocess.Popen([krepis, "run", str(script), "--timeout", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, preexec_fn=default_signals)
     assert proc.stderr is not None
     try:
         line = proc.stderr.readline()
