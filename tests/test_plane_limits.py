@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -317,9 +318,23 @@ def test_signal_to_krepis_run(tmp_path: Path, signum: signal.Signals) -> None:
     assert len(errors) == 1 and errors[0][2] is not None and signum.name in errors[0][2]
 
 
-def test_setup_and_cleanup_are_not_cut_by_a_signal() -> None:
+@pytest.fixture
+def default_handlers() -> Iterator[None]:
+    """The default handlers of the signals krepis turns into interruptions (a test runner, such as
+    mutmut's worker, may have installed its own), restored afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    saved[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_setup_and_cleanup_are_not_cut_by_a_signal(default_handlers: None) -> None:
     """A signal inside a shielded section is raised when the section is done, not in it."""
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     steps: list[str] = []
     with pytest.raises(plane.ScriptInterrupted) as info, plane.interruptible():
         with plane.shielded():
