@@ -21,6 +21,7 @@ chosen by what they call in-process. The power-loss tests make 8 cuts per case h
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import re
 import shutil
@@ -107,12 +108,20 @@ _SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|TRUNCATE|LOCK|FROM|WHERE|ORDE
                   r"ON CONFLICT|RETURNING|UNION|LIMIT|CREATE|ALTER|BEGIN|COMMIT|AND|ANY|ASC|DESC)\b")
 
 
+def _codec(literal: str) -> str | None:
+    try:
+        return codecs.lookup(literal[1:-1]).name
+    except LookupError:
+        return None
+
+
 def equivalent_by_rule(removed: list[str], added: list[str]) -> str | None:
     """Why a mutant is equivalent when a mechanical rule shows it, else None. Two rules, both for
     mutants that only change the letter case of one string: SQL text (keywords and unquoted
     identifiers are case-insensitive; SQL text is a string holding an upper-case keyword, as
     krepis writes its SQL, while its messages are lower case; a quoted literal like ``'format'``
-    must keep its case) and codec names (``"utf-8"``, which Python looks up case-insensitively)."""
+    must keep its case) and codec names (``"UTF-16"`` is ``"utf-16"``: Python looks codecs up
+    case-insensitively)."""
     if not removed or len(removed) != len(added):
         return None
     reasons = set()
@@ -125,7 +134,7 @@ def equivalent_by_rule(removed: list[str], added: list[str]) -> str | None:
         for a, b in zip(old_strings, new_strings, strict=True):
             if a == b:
                 continue
-            if a.lower() == '"utf-8"':
+            if _codec(a) is not None and _codec(a) == _codec(b):
                 reasons.add("codec name case")
             elif _SQL.search(a) and re.findall(r"'[^']*'", a) == re.findall(r"'[^']*'", b):
                 reasons.add("SQL case")
@@ -134,23 +143,56 @@ def equivalent_by_rule(removed: list[str], added: list[str]) -> str | None:
     return " and ".join(sorted(reasons)) or None
 
 
-def survivors(target: Path, mutmut: str) -> int:
-    """Print every surviving mutant's changed lines, marking those a rule shows equivalent."""
+def _survivor_diffs(target: Path, mutmut: str) -> list[tuple[str, list[str], list[str]]]:
     listing = subprocess.run([mutmut, "results"], cwd=target, capture_output=True, text=True).stdout
     names = [line.split(": ")[0].strip() for line in listing.splitlines() if line.endswith(": survived")]
-    by_rule = 0
+    out = []
     for name in names:
         diff = subprocess.run([mutmut, "show", name], cwd=target, capture_output=True, text=True).stdout
         lines = diff.splitlines()
-        removed = [line[1:] for line in lines if line.startswith("-") and not line.startswith("---")]
-        added = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
+        out.append((name, [line[1:] for line in lines if line.startswith("-") and not line.startswith("---")],
+                    [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]))
+    return out
+
+
+def recheck(target: Path, mutmut: str, tests: list[str], env: dict[str, str]) -> int:
+    """Run TESTS (copied from the working tree) against each survivor of the last run that no
+    rule shows equivalent: mutmut's own check for one mutant (MUTANT_UNDER_TEST), for tests
+    written after the run. The tests must pass without a mutant first."""
+    for test in tests:
+        shutil.copy2(ROOT / test, target / "mutants" / test)
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+               "--timeout=60", *tests]
+    clean = subprocess.run(command, cwd=target / "mutants", env={**env, "MUTANT_UNDER_TEST": ""},
+                           capture_output=True, text=True)
+    if clean.returncode != 0:
+        print(clean.stdout[-3000:])
+        return 1
+    killed, left = [], []
+    for name, removed, added in _survivor_diffs(target, mutmut):
+        if equivalent_by_rule(removed, added):
+            continue
+        run = subprocess.run(command, cwd=target / "mutants", env={**env, "MUTANT_UNDER_TEST": name},
+                             capture_output=True, text=True)
+        (killed if run.returncode != 0 else left).append(name)
+        print(f"{'killed' if run.returncode != 0 else 'survived'}: {name}", flush=True)
+    print(f"{len(killed)} killed by {' '.join(tests)}, {len(left)} still survive")
+    return 0
+
+
+def survivors(target: Path, mutmut: str) -> int:
+    """Print every surviving mutant's changed lines, marking those a rule shows equivalent."""
+    by_rule = 0
+    survived = _survivor_diffs(target, mutmut)
+    for name, removed, added in survived:
         rule = equivalent_by_rule(removed, added)
         by_rule += rule is not None
         print(f"equivalent ({rule}): {name}" if rule else f"survived: {name}")
         if not rule:
             print("\n".join([f"  - {line.strip()}" for line in removed] +
                             [f"  + {line.strip()}" for line in added]))
-    print(f"{len(names)} survived, of which {by_rule} are equivalent by rule (letter case of SQL or codecs)")
+    print(f"{len(survived)} survived, of which {by_rule} are equivalent by rule "
+          "(letter case of SQL or codecs)")
     return 0
 
 
@@ -185,6 +227,8 @@ def main() -> int:
                         help="resume the run in .mutation/MODULE instead of starting afresh")
     parser.add_argument("--survivors", action="store_true",
                         help="list the survivors of the last run in .mutation/MODULE with their diffs")
+    parser.add_argument("--recheck", nargs="+", metavar="TEST",
+                        help="run these test files (tests/test_x.py) against each survivor of the last run")
     args = parser.parse_args()
     target = ROOT / ".mutation" / args.module
     mutmut = shutil.which("mutmut", path=os.path.dirname(sys.executable)) or "mutmut"
@@ -192,7 +236,7 @@ def main() -> int:
         return survivors(target, mutmut)
     # a SIGTERM still stops the PostgreSQL server below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if not (args.keep and target.exists()):
+    if not (args.keep or args.recheck) or not target.exists():
         target = prepare(args.module)
     env = dict(os.environ)
     # child processes started by the tests import the mutated copy and run the same mutant
@@ -213,6 +257,8 @@ def main() -> int:
                                  check=True, capture_output=True, text=True).stdout
         env["KREPIS_TEST_POSTGRES"] = started.strip().split("=", 1)[1]
     try:
+        if args.recheck:
+            return recheck(target, mutmut, args.recheck, env)
         return subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=target,
                               env=env).returncode
     finally:

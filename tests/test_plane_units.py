@@ -1,0 +1,160 @@
+"""The execution plane's pure functions, exactly: net targets, permission roots and checks,
+script decoding, and the text of a script's error. (The tests that start Deno are in
+test_plane*.py; these pin the messages and edge cases those cannot reach cheaply.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from krepis import InvalidTypeError, ValidationError
+from krepis import _plane as plane
+from krepis._plane import (
+    MAX_ERROR_TEXT,
+    PermissionPolicy,
+    _decode_script,
+    _readable,
+    _script_error,
+    _split_host,
+)
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ("example.com", ("example.com", None)),
+    (" Example.COM:443 ", ("example.com", 443)),
+    ("h:1", ("h", 1)),
+    ("h:65535", ("h", 65535)),
+    ("[::1]", ("[::1]", None)),
+    ("[::1]:80", ("[::1]", 80)),
+])
+def test_net_targets(entry: str, expected: tuple[str, int | None]) -> None:
+    assert _split_host(entry) == expected
+
+
+@pytest.mark.parametrize(("entry", "reason"), [
+    ("[::1", "unclosed '[' in an IPv6 address"),
+    ("[::1]x", "expected ':port' after ']'"),
+    ("[::1]]", "expected ':port' after ']'"),
+    ("[::1]:", "port '' is not a number in 1…65535"),
+    ("[nothost]", "'nothost' is not an IPv6 address"),
+    ("a:b:c", "write an IPv6 address as [addr] or [addr]:port"),
+    ("bad host!", "'bad host!' is not a host name or address"),
+    ("h:0", "port '0' is not a number in 1…65535"),
+    ("h:65536", "port '65536' is not a number in 1…65535"),
+    ("h:x", "port 'x' is not a number in 1…65535"),
+])
+def test_bad_net_targets_are_named(entry: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _split_host(entry)
+    assert str(caught.value) == f"net target {entry!r}: {reason}"
+
+
+def test_a_net_target_must_be_a_string() -> None:
+    with pytest.raises(InvalidTypeError) as caught:
+        PermissionPolicy().allow_net(5)  # type: ignore[arg-type]
+    assert str(caught.value) == "a net target must be a str, got int"
+
+
+@pytest.mark.parametrize(("root", "error", "message"), [
+    (5, InvalidTypeError, "permission root must be a path, got int"),
+    ("", ValidationError, "permission root '' is not a usable path"),
+    ("/tmp/a\x00b", ValidationError, "permission root '/tmp/a\\x00b' is not a usable path"),
+    ("/tmp/a,b", ValidationError, "permission root '/tmp/a,b' contains ',', which Deno's permission "
+                                  "lists cannot hold"),
+    ("/", ValidationError, "permission root '/' resolves to '/', which would grant every path"),
+])
+def test_bad_permission_roots_are_named(root: object, error: type[Exception], message: str) -> None:
+    policy = PermissionPolicy()
+    with pytest.raises(error) as caught:
+        policy.allow_read(root)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    assert policy.read == []
+
+
+def test_a_root_that_resolves_elsewhere_later_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "a")
+    policy = PermissionPolicy(read=[str(link)])
+    link.unlink()
+    link.symlink_to(tmp_path / "b")
+    with pytest.raises(ValidationError) as caught:
+        policy.allow_read(link)
+    assert str(caught.value) == (f"permission root {str(link)!r} now resolves to {str(tmp_path / 'b')!r}, "
+                                 f"not {str(tmp_path / 'a')!r} as when it was granted")
+    assert not policy.check("read", str(tmp_path / "b" / "f"))  # the moved root grants nothing
+
+
+def test_check_answers_and_refuses_exactly(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    policy = PermissionPolicy(read=[str(root)], net=["example.com:443", "[::1]"])
+    assert policy.check("read", str(root)) and policy.check("read", str(root / "x" / "y"))
+    assert not policy.check("read", str(tmp_path / "data2"))  # a sibling sharing the prefix
+    assert not policy.check("write", str(root / "x"))
+    for target in ("", str(root / "a\x00b")):  # never a grant, never an error
+        assert policy.check("read", target) is False
+    assert policy.check("net", "EXAMPLE.com:443") and not policy.check("net", "example.com:80")
+    assert policy.check("net", "[::1]:5") and not policy.check("net", "example.org")
+    for args in ((5, "/x"), ("read", 5)):
+        with pytest.raises(InvalidTypeError) as caught:
+            policy.check(*args)  # type: ignore[arg-type]
+        assert str(caught.value) == "op_check_permission(permission, target) takes two strings"
+    with pytest.raises(ValidationError, match=r"^unknown permission 'env'; use 'read', 'write' or 'net'$"):
+        policy.check("env", "/x")
+    with pytest.raises(ValidationError,
+                       match=r"^path 'x' is relative; op_check_permission takes an absolute path$"):
+        policy.check("read", "x")
+
+
+def test_scripts_decode_as_deno_decodes_them() -> None:
+    assert _decode_script("\ufeffa = 1\ufeff".encode()) == "a = 1\ufeff"  # only a leading BOM goes
+    assert _decode_script(b"\xff\xfe" + "é".encode("utf-16-le")) == "é"
+    assert _decode_script(b"\xfe\xff" + "é".encode("utf-16-be")) == "é"
+    assert _decode_script(b"a\xffb") == "a\ufffdb"  # invalid bytes become U+FFFD, never an error
+    assert _decode_script(b"\xff\xfe" + "é".encode("utf-16-le") + b"\x00") == "é\ufffd"
+
+
+URLS = ("file:///run/x/script.js", "file:///run/x/prelude.js", "job.js")
+
+
+def test_deno_texts_are_made_readable() -> None:
+    denied = ('Unsupported scheme "krepis-denied" for module "krepis-denied:///etc/passwd". Supported '
+              'schemes:\n - "blob"\n - "data"')
+    assert _readable(denied, *URLS) == ('import of "file:///etc/passwd" refused: a script can '
+                                                "import only itself (and data:/blob: modules)")
+    for kind in ("read", "write", "net"):
+        assert _readable(f"run again with the --allow-{kind} flag", *URLS) == (
+            f"grant it with PermissionPolicy / krepis run --allow-{kind}")
+    assert _readable("run again with the --allow-env flag", *URLS) == ("krepis never grants "
+                                                                        "--allow-env")
+    assert _readable("at file:///run/x/script.js:1:2 from file:///run/x/prelude.js", *URLS) == (
+        "at job.js:1:2 from krepis:prelude")
+
+
+def test_a_script_error_keeps_16_kib_of_text_and_a_name() -> None:
+    long = "x" * (MAX_ERROR_TEXT + 10)
+    error = _script_error({"name": "Error", "message": long, "stack": long}, *URLS, 64)
+    assert str(error) == "Error: " + "x" * (MAX_ERROR_TEXT + 1)  # the journal cuts it to 16 KiB
+    assert error.stack == "x" * (MAX_ERROR_TEXT + 1)
+    assert error.name == "Error"
+    for outcome in ({"message": "m"}, {"name": 5, "message": "m"}, {"name": "", "message": "m"}):
+        error = _script_error(outcome, *URLS, 64)
+        assert (error.name, str(error)) == ("Error", "Error: m")
+    error = _script_error({"name": "Timeout", "message": "m"}, *URLS, 64)
+    assert (error.name, str(error)) == ("Error", "Error: Timeout: m")  # a script cannot pose as a limit
+
+
+def test_an_interruption_names_its_signal() -> None:
+    assert str(plane.ScriptInterrupted(signal.SIGTERM)) == "interrupted by SIGTERM"
+    assert plane.ScriptInterrupted(signal.SIGHUP).signum == signal.SIGHUP
+
+
+def test_relative_roots_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    policy = PermissionPolicy(write=["out"])
+    assert policy.write == [os.path.join(str(tmp_path), "out")]
