@@ -158,3 +158,25 @@ def test_relative_roots_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     policy = PermissionPolicy(write=["out"])
     assert policy.write == [os.path.join(str(tmp_path), "out")]
+
+
+def test_a_script_error_says_where_and_drops_the_repeated_location() -> None:
+    stack = "Error: boom\n    at job.js:3:5\n    at job.js:9:1"
+    error = _script_error({"name": "Error", "message": "boom\n    at job.js:3:5", "stack": stack}, *URLS, 64)
+    assert (str(error), error.location, error.stack) == ("Error: boom (at job.js:3:5)", "job.js:3:5", stack)
+    cases = [("", "Error: "), ("at first", "Error: at first"), ("a\nb", "Error: a\nb"),
+             ("a\nb\n  at c", "Error: a\nb"), ("TypeError: x", "Error: TypeError: x")]
+    for message, expected in cases:
+        error = _script_error({"name": "Error", "message": message}, *URLS, 64)
+        assert (str(error), error.location) == (expected, None), message
+    assert str(_script_error({"name": "Error"}, *URLS, 64)) == "Error: "
+
+
+def test_running_out_of_memory_is_a_memory_limit_error() -> None:
+    outcome = {"name": "RangeError", "message": "Array buffer allocation failed", "stack": "RangeError: x"}
+    error = _script_error(outcome, *URLS, 64)
+    assert (error.name, str(error), error.stack) == (
+        "MemoryLimit", "the script ran out of its memory limit of 64 MiB (RangeError: Array buffer "
+        "allocation failed)", "RangeError: x")
+    for other in ({**outcome, "name": "TypeError"}, {**outcome, "message": "Invalid array length"}):
+        assert _script_error(other, *URLS, 64).name == other["name"]
