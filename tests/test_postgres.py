@@ -29,7 +29,7 @@ from krepis import (
 )
 from krepis._model import encode_log
 from krepis._storage import Query, Storage, WriteRequest
-from krepis._storage.postgres import _TABLES, PostgresStorage, _first_line, redact
+from krepis._storage.postgres import _TABLES, PostgresStorage, _connection_lost, _first_line, redact
 
 from conftest import hammer_threads
 from storage_conformance import StorageConformance
@@ -416,6 +416,7 @@ _OPERATIONS: list[tuple[str, Any]] = [
     ("removing archived entries", lambda s: s.drop_prefix(0, 1)),
     ("writing", lambda s: s.write_batch([WriteRequest([_entry()], [b"x"])])),
     ("writing", lambda s: s.write_batch([WriteRequest([], [b"x"])])),  # counters only: one statement
+    ("verifying", lambda s: s.verify()),
 ]
 
 
@@ -483,6 +484,17 @@ def _sql(url: str, sql: str) -> None:
         conn.execute(sql)
 
 
+def test_postgres_only_a_lost_connection_leaves_a_write_s_outcome_unknown() -> None:
+    class Failure(Exception):
+        def __init__(self, sqlstate: str | None) -> None:
+            self.sqlstate = sqlstate
+
+    for state, lost in ((None, True), ("08006", True), ("08003", True), ("57P01", True), ("57P03", True),
+                        ("55P03", False), ("40001", False), ("23505", False), ("57014", False)):
+        assert _connection_lost(Failure(state)) is lost, state
+    assert _connection_lost(Exception()) is True  # no SQLSTATE at all: the client lost the connection
+
+
 def test_postgres_an_engine_error_without_text_is_named_by_its_type() -> None:
     assert _first_line(RuntimeError()) == "RuntimeError"
     assert _first_line(RuntimeError("first\nsecond")) == "first"
@@ -500,7 +512,10 @@ def test_postgres_verify_names_damage_and_leaves_the_connections_usable(pg_url: 
         storage = PostgresStorage(pg_url)
         assert storage.get_count(b"x") == 4  # one per request
         where = f"PostgreSQL at {storage.location}"
-        damage = [("UPDATE krepis_log SET entries = entries + 1", f"{where}: the entry count says 3; there are 2"),
+        damage = [("UPDATE krepis_entries SET request_id = 'other' WHERE seq = 257",
+                   f"{where}: entry 257 does not match its leaf hash"),
+                  ("UPDATE krepis_entries SET request_id = 'r' WHERE seq = 257; "
+                   "UPDATE krepis_log SET entries = entries + 1", f"{where}: the entry count says 3; there are 2"),
                   ("UPDATE krepis_meta SET value = 'x' WHERE key = 'live'", f"{where}: malformed live record 'x'"),
                   ("DELETE FROM krepis_log", f"{where}: the krepis_log row is missing")]
         for sql, message in damage:
@@ -515,7 +530,7 @@ def test_postgres_verify_names_damage_and_leaves_the_connections_usable(pg_url: 
 def test_postgres_a_closed_storage_says_so(pg_url: str) -> None:
     storage = PostgresStorage(pg_url)
     storage.close()
-    for doing, call in [*_OPERATIONS, ("verifying", lambda s: s.verify())]:
+    for doing, call in _OPERATIONS:
         with pytest.raises(ClosedError) as caught:
             call(storage)
         assert str(caught.value) == f"the journal at {storage.location} is closed", doing
