@@ -314,3 +314,18 @@ def test_asyncio_is_still_usable_inside_a_sync_op(store: Path) -> None:
     with kernel:
         kernel.run_script("Krepis.ops.report(Krepis.ops.fetch_value());")
     assert seen == [1]
+
+
+def test_a_reply_larger_than_the_pipe_reaches_the_script_whole(store: Path) -> None:
+    """A reply of several MiB fills the pipe many times over: the host writes it in parts, waiting
+    for the script to read, and every byte arrives (a script's replies are not cut short)."""
+    kernel = Kernel(store)
+    seen: list[object] = []
+    kernel.op("report")(seen.append)
+    kernel.op("big")(lambda n: "é" * n)
+    with kernel:
+        kernel.run_script("""
+            const s = Krepis.ops.big(3000000);
+            Krepis.ops.report([s.length, s === "é".repeat(3000000)]);
+        """)
+    assert seen == [[3000000, True]]

@@ -89,6 +89,14 @@ def test_a_root_that_resolves_elsewhere_later_is_refused_by_name(tmp_path: Path)
     assert not policy.check("read", str(tmp_path / "b" / "f"))  # the moved root grants nothing
 
 
+def test_a_root_ending_in_a_space_grants_only_itself(tmp_path: Path) -> None:
+    (tmp_path / "data ").mkdir()
+    (tmp_path / "data").mkdir()
+    policy = PermissionPolicy(read=[str(tmp_path / "data ")])
+    assert policy.check("read", str(tmp_path / "data " / "f"))
+    assert not policy.check("read", str(tmp_path / "data" / "f"))
+
+
 def test_check_answers_and_refuses_exactly(tmp_path: Path) -> None:
     root = tmp_path / "data"
     root.mkdir()
@@ -170,6 +178,8 @@ def test_a_script_error_says_where_and_drops_the_repeated_location() -> None:
         error = _script_error({"name": "Error", "message": message}, *URLS, 64)
         assert (str(error), error.location) == (expected, None), message
     assert str(_script_error({"name": "Error"}, *URLS, 64)) == "Error: "
+    error = _script_error({"name": "TypeError", "message": "TypeError: x"}, *URLS, 64)
+    assert str(error) == "TypeError: x"  # the name is not said twice
 
 
 def test_running_out_of_memory_is_a_memory_limit_error() -> None:
