@@ -190,3 +190,13 @@ def test_running_out_of_memory_is_a_memory_limit_error() -> None:
         "allocation failed)", "RangeError: x")
     for other in ({**outcome, "name": "TypeError"}, {**outcome, "message": "Invalid array length"}):
         assert _script_error(other, *URLS, 64).name == other["name"]
+
+
+def test_a_policy_as_a_dict(tmp_path: Path) -> None:
+    policy = PermissionPolicy(read=[str(tmp_path)], net=["example.com:443"])
+    policy.allow_write(tmp_path / "out")
+    assert policy.to_dict() == {"read": [str(tmp_path)], "write": [str(tmp_path / "out")],
+                                "net": ["example.com:443"]}
+    copy = policy.to_dict()
+    copy["read"].append("/elsewhere")  # a copy: changing it changes nothing in the policy
+    assert policy.read == [str(tmp_path)]
