@@ -159,8 +159,8 @@ def recheck(target: Path, mutmut: str, tests: list[str], env: dict[str, str]) ->
     """Run TESTS (copied from the working tree) against each survivor of the last run that no
     rule shows equivalent: mutmut's own check for one mutant (MUTANT_UNDER_TEST), for tests
     written after the run. The tests must pass without a mutant first."""
-    for test in tests:
-        shutil.copy2(ROOT / test, target / "mutants" / test)
+    for test in tests:  # a file, or one test in it (tests/test_x.py::test_y)
+        shutil.copy2(ROOT / test.split("::")[0], target / "mutants" / test.split("::")[0])
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                "--timeout=60", *tests]
     clean = subprocess.run(command, cwd=target / "mutants", env={**env, "MUTANT_UNDER_TEST": ""},
