@@ -989,7 +989,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
         cfg.seconds = seconds
     if large is not None:
         cfg.large = large
-    from ._storage.postgres import is_postgres_url
+    from ._storage._pgurl import is_postgres_url
 
     # Temporary stores only, unless --storage is given on the command line (before or after
     # `bench`, the same): an exported KREPIS_STORAGE never makes bench touch that database.

@@ -43,7 +43,7 @@ from . import (
 )
 from ._codec import STATUS_CODE, STATUS_OF
 
-__all__ = ["FORMAT_VERSION", "PostgresStorage", "is_postgres_url", "redact"]
+__all__ = ["FORMAT_VERSION", "PostgresStorage", "redact"]
 
 FORMAT_VERSION = 2
 _LOCK_ID = 0x6B726570  # advisory lock serializing schema creation ("krep")
@@ -136,10 +136,6 @@ WITH RECURSIVE ops(name) AS (
 )
 SELECT name FROM ops WHERE name IS NOT NULL
 """
-
-
-def is_postgres_url(location: object) -> bool:
-    return _pgurl.is_postgres_url(location)
 
 
 def redact(url: str) -> str:
