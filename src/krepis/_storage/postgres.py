@@ -360,12 +360,10 @@ class PostgresStorage(Storage):
         return {name: int(value) for name, value in rows}
 
     def entry_count(self) -> int:
-        rows = self._run("counting entries", "SELECT entries FROM krepis_log WHERE id = 1")
-        return int(self._log_row(next(iter(rows), None))[0])
+        return int(self._read_log("counting entries", "SELECT entries FROM krepis_log WHERE id = 1")[0])
 
     def next_seq(self) -> int:
-        rows = self._run("reading the sequence", "SELECT next_seq FROM krepis_log WHERE id = 1")
-        return int(self._log_row(next(iter(rows), None))[0])
+        return int(self._read_log("reading the sequence", "SELECT next_seq FROM krepis_log WHERE id = 1")[0])
 
     def _log_row(self, row: tuple[Any, ...] | None) -> tuple[Any, ...]:
         """The one krepis_log row; its absence is damage, never an empty journal."""
@@ -374,10 +372,14 @@ class PostgresStorage(Storage):
                                       self.location)
         return row
 
+    def _read_log(self, doing: str, sql: str) -> tuple[Any, ...]:
+        """One autocommit read of the krepis_log row (``sql`` selects it)."""
+        rows = self._run(doing, sql)
+        return self._log_row(rows[0] if rows else None)
+
     def tree_head(self) -> TreeHead:
-        rows = self._run("reading the tree",
-                         "SELECT next_seq, first_seq, epoch, frontier FROM krepis_log WHERE id = 1")
-        seq, first_seq, epoch, raw = self._log_row(next(iter(rows), None))
+        seq, first_seq, epoch, raw = self._read_log(
+            "reading the tree", "SELECT next_seq, first_seq, epoch, frontier FROM krepis_log WHERE id = 1")
         raw = bytes(raw)
         frontier = [raw[i:i + 32] for i in range(0, len(raw), 32)]
         return TreeHead(int(seq) - int(first_seq), root_from_frontier(frontier), int(first_seq),
@@ -597,10 +599,9 @@ class PostgresStorage(Storage):
         return live if live_epoch == epoch and live > first_seq else first_seq
 
     def live_first_seq(self) -> int:
-        rows = self._run("reading the tree",
-                         "SELECT l.first_seq, l.epoch, (SELECT value FROM krepis_meta WHERE key = 'live') "
-                         "FROM krepis_log l WHERE id = 1")
-        first_seq, epoch, mark = self._log_row(next(iter(rows), None))
+        first_seq, epoch, mark = self._read_log(
+            "reading the tree", "SELECT l.first_seq, l.epoch, (SELECT value FROM krepis_meta "
+                                "WHERE key = 'live') FROM krepis_log l WHERE id = 1")
         return self._live_mark(None if mark is None else (mark,), int(epoch), int(first_seq))
 
     def drop_prefix(self, epoch: int, upto_seq: int) -> int:
