@@ -101,6 +101,22 @@ def test_unparsable_url_is_refused_without_quoting_it() -> None:
         assert "postgresql://(unparsable URL)" in str(info.value)
 
 
+def test_an_unparsable_url_error_names_the_fault_without_quoting_it() -> None:
+    unknown_key = "a query parameter is not one of libpq's connection keywords"
+    cases = {
+        "postgresql://host/db?nosuchkey=1": unknown_key,
+        "postgresql://user:sec-ret@host/db?sslmode=disable&nosuchkey=1": unknown_key,
+        "postgresql://user:sec-ret@host name/db": "no valid host part after the '@'",
+        "postgresql://host name/db": "no valid host part after the '@'",
+        "postgresql://user:sec-ret@host/db?sslmode": "no valid host part after the '@'",
+    }
+    for url, fault in cases.items():
+        with pytest.raises(_pgurl.UrlError) as info:
+            _pgurl.parse(url)
+        assert fault in str(info.value), url
+        assert "sec-ret" not in str(info.value) and "nosuchkey" not in str(info.value)
+
+
 @pytest.mark.parametrize("pw", PASSWORDS)
 def test_password_never_shown_and_unescaped_password_connects(
         pw: str, pg_cluster, pg_url: str, set_password, every_log_record: list[str]) -> None:  # type: ignore[no-untyped-def]

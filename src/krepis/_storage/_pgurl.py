@@ -53,6 +53,24 @@ def _rest() -> re.Pattern[str]:
         r"(?:/(?P<db>[^?@]*))?"
         rf"(?:\?(?P<query>{_KEY}=[^&]*(?:&{_KEY}=[^&]*)*)?)?\Z")
 
+
+@functools.cache
+def _rest_any_key() -> re.Pattern[str]:
+    """:func:`_rest` with any query key: tells an unknown parameter name from a bad host part."""
+    return re.compile(_rest().pattern.replace(_KEY, "[^&=]+"))
+
+
+def _refuse_unparsable(rest: str, starts: list[int]) -> UrlError:
+    """The error for a URL no reading of which parses; it names the likely fault, never a part."""
+    if any(_rest_any_key().match(rest, start) for start in starts):
+        return UrlError("invalid PostgreSQL URL (not shown, it may contain a password): a query "
+                        "parameter is not one of libpq's connection keywords (such as sslmode, "
+                        "connect_timeout, application_name)")
+    return UrlError("invalid PostgreSQL URL (not shown, it may contain a password): no valid "
+                    "host part after the '@'; expected postgresql://user:password@host:port/"
+                    "dbname?key=value")
+
+
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _MIN_SECRET = 3
@@ -104,15 +122,16 @@ def _split_userinfo(rest: str) -> tuple[str | None, re.Match[str]]:
     if "@" not in rest:
         m = _rest().match(rest)
         if m is None:
-            raise UrlError("invalid PostgreSQL URL: expected postgresql://user:password@host:port/"
-                           "dbname?key=value with libpq's parameter names")
+            raise _refuse_unparsable(rest, [0])
         return None, m
     found: list[tuple[str, re.Match[str]]] = []
+    candidates: list[int] = []
     at = -1
     while (at := rest.find("@", at + 1)) != -1:
         userinfo = rest[:at]
         if ":" not in userinfo and any(c in userinfo for c in "@/?"):
             continue
+        candidates.append(at + 1)
         m = _rest().match(rest, at + 1)
         if m is not None:
             found.append((userinfo, m))
@@ -122,9 +141,7 @@ def _split_userinfo(rest: str) -> tuple[str | None, re.Match[str]]:
         raise UrlError("ambiguous PostgreSQL URL (not shown, it may contain a password): it can "
                        "be read with more than one host; percent-encode '@' in the password "
                        "(%40) and in query values")
-    raise UrlError("invalid PostgreSQL URL (not shown, it may contain a password): no valid "
-                   "host part after the '@'; expected postgresql://user:password@host:port/"
-                   "dbname?key=value")
+    raise _refuse_unparsable(rest, candidates)
 
 
 def _host_port(item: str) -> tuple[str, str]:
