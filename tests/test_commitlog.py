@@ -93,6 +93,23 @@ def test_a_damaged_record_ends_the_replay_there(tmp_path: Path) -> None:
         assert journal.verify().entries == 20
 
 
+def test_a_record_whose_payload_is_malformed_is_refused_naming_it(tmp_path: Path) -> None:
+    # a record with a valid CRC but a payload krepis never writes (a bug, or a forged record)
+    store = tmp_path / "s"
+    SovereignJournal(store).close()
+    _write_and_die(store, 5)
+    fd = os.open(store / "commit.log", os.O_RDWR)
+    try:
+        log = CommitLog(str(store), fd)
+        txnid, position, payload, _after = list(log.records(_slot(store)))[2]
+        os.pwrite(fd, log.record(txnid, position, payload[:-1]), log.start + position % log.ring)
+    finally:
+        os.close(fd)
+    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: the commit\.log record of "
+                       rf"transaction {txnid} is malformed \(payload ends early\)$"):
+        SovereignJournal(store)
+
+
 def test_a_batch_refused_when_written_is_refused_again_in_recovery(tmp_path: Path) -> None:
     store = tmp_path / "s"
     SovereignJournal(store).close()

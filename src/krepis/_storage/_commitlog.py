@@ -253,19 +253,18 @@ class CommitLog:
     def records(self, slot: Slot) -> Iterator[tuple[int, int, bytes, int]]:
         """``(txnid, position, payload, next position)`` of the records after ``slot``, in
         order, up to the first missing or damaged one."""
+        # This ends: a record is taken only at the position written in it, and positions only
+        # grow, so each record in the file is taken at most once.
         position, txnid = slot.tail, slot.txnid + 1
-        read = 0
-        while read < self.ring:
+        while True:
             found = self._read_record(position, txnid)
-            if found is None:
-                lap = position - position % self.ring + self.ring
-                found = self._read_record(lap, txnid) if lap != position else None
+            if found is None:  # the record may have started the next lap instead
+                position += self.ring - position % self.ring
+                found = self._read_record(position, txnid)
                 if found is None:
                     return
-                position = lap
             payload, after = found
             yield txnid, position, payload, after
-            read += after - position
             position, txnid = after, txnid + 1
 
 

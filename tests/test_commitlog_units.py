@@ -1,0 +1,280 @@
+"""The commit log's parts on a real file: where records go in the ring, which bytes count as a
+record, erasing one, and the flusher's promise (a ticket is covered by a flush that started
+after it was requested; a failed flush fails every waiter and every later write).
+
+The stores' recovery through these parts is tested in tests/test_commitlog.py and, against lost
+writes, in tests/test_powerloss.py.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from krepis import StorageError
+from krepis._storage import _commitlog
+from krepis._storage._commitlog import CommitLog, Flusher, Slot, decode_payload, encode_payload
+
+PAGE = 4096
+SMALL_RING = 64 << 10
+_HEAD = struct.Struct("<IIQQ")  # the record header of docs/storage-format.md
+
+
+def _open(path: Path, ring: int | None, monkeypatch: pytest.MonkeyPatch, cls: type[CommitLog] = CommitLog,
+          txnid: int = 7, tail: int = 0) -> CommitLog:
+    if ring is not None:
+        monkeypatch.setattr(_commitlog, "RING_SIZE", ring)
+    path.mkdir(exist_ok=True)
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        CommitLog.create(dir_fd, str(path), PAGE, Slot(txnid, tail, b"m" * (2 * PAGE)))
+    finally:
+        os.close(dir_fd)
+    return cls(str(path), os.open(path / _commitlog.LOG, os.O_RDWR))
+
+
+@pytest.fixture
+def small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CommitLog]:
+    log = _open(tmp_path / "small", SMALL_RING, monkeypatch)
+    yield log
+    os.close(log.fd)
+
+
+@pytest.fixture
+def full_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CommitLog]:
+    log = _open(tmp_path / "full", None, monkeypatch)
+    yield log
+    os.close(log.fd)
+
+
+def _append(log: CommitLog, position: int, txnid: int, payload: bytes) -> tuple[int, int]:
+    """Write a record as the adapter does: placed, then written. (where, next free position)"""
+    at = log.place(position, log.record_size(len(payload)))
+    log.write(at, log.record(txnid, at, payload))
+    return at, at + log.record_size(len(payload))
+
+
+def _crafted(txnid: int, position: int, payload: bytes, magic: int = 0x4C43524B) -> bytes:
+    """A record with a valid CRC whatever its fields say."""
+    head = _HEAD.pack(magic, len(payload), txnid, position)
+    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+
+
+def test_the_layout_of_a_new_log(full_size: CommitLog) -> None:
+    log = full_size
+    assert (log.page_size, log.ring, log.slot_size) == (PAGE, 8 << 20, 3 * 4096)
+    assert log.start == 4096 + 2 * log.slot_size
+    assert os.fstat(log.fd).st_size == log.start + (1 << 20)  # the ring's first MiB is allocated
+    assert log.checkpoint() == Slot(7, 0, b"m" * (2 * PAGE), 0)
+    assert list(log.records(log.checkpoint())) == []
+
+
+def test_records_follow_in_order_and_start_the_next_lap_rather_than_straddle(small: CommitLog) -> None:
+    position, txnid = SMALL_RING - 3000, 100  # the checkpoint's tail, near the end of lap 0
+    tail = position
+    written = []
+    for size in (1000, 1500, 1200, 900, 40000):  # the third does not fit before the ring's end
+        payload = bytes([size % 251]) * size
+        at, after = _append(small, position, txnid + 1 + len(written), payload)
+        written.append((txnid + 1 + len(written), at, payload, after))
+        position = after
+    assert written[2][1] == SMALL_RING  # moved to the start of lap 1
+    assert [w[1] for w in written[:2]] == [tail, tail + 1028]
+    assert list(small.records(Slot(txnid, tail, b""))) == written
+    # from a checkpoint inside lap 1 the records of lap 1 alone follow
+    assert list(small.records(Slot(written[2][0], written[3][1], b""))) == written[3:]
+
+
+def test_a_record_counts_only_with_its_own_txnid_position_magic_and_crc(small: CommitLog) -> None:
+    assert _append(small, 200, 5, b"payload") == (200, 235)
+    assert small._read_record(200, 5) == (b"payload", 200 + 24 + 7 + 4)
+    assert small._read_record(200, 6) is None  # another transaction's record
+    assert small._read_record(200 + SMALL_RING, 5) is None  # the same place, one lap later
+    assert list(small.records(Slot(4, 200 + SMALL_RING, b""))) == []
+    os.pwrite(small.fd, _crafted(5, 200, b"payload", magic=0x4C43524C), small.start + 200)
+    assert small._read_record(200, 5) is None  # not a record, though its CRC matches
+    os.pwrite(small.fd, _crafted(5, 200, b"payload")[:-1] + b"\0", small.start + 200)
+    assert small._read_record(200, 5) is None  # a damaged CRC
+
+
+def test_a_record_that_ends_exactly_at_the_ring_end_is_read(full_size: CommitLog) -> None:
+    ring = full_size.ring
+    payload = b"x" * 100
+    at, after = _append(full_size, ring - full_size.record_size(100), 9, payload)
+    assert (at, after) == (ring - 128, ring)  # it fits: not moved to the next lap
+    assert os.fstat(full_size.fd).st_size == full_size.start + ring  # the file ends with it
+    assert full_size._read_record(at, 9) == (payload, ring)
+    assert [r[:2] for r in full_size.records(Slot(8, at, b""))] == [(9, at)]
+
+
+def test_a_record_that_straddles_the_ring_end_is_not_a_record(small: CommitLog) -> None:
+    # the file goes on past the ring (its space is allocated a MiB at a time): bytes there are
+    # outside the ring even when a record's CRC covers them
+    assert os.fstat(small.fd).st_size > small.start + SMALL_RING + 100
+    position = SMALL_RING - (24 + 20 + 4)  # a record of 20 payload bytes ends at the ring end
+    os.pwrite(small.fd, _crafted(3, position, b"p" * 20), small.start + position)
+    assert small._read_record(position, 3) == (b"p" * 20, SMALL_RING)
+    for over in (1, 8, 40):
+        os.pwrite(small.fd, _crafted(3, position, b"p" * (20 + over)), small.start + position)
+        assert small._read_record(position, 3) is None, over
+    position = 100  # and from lap 0's start, a length that runs past the end
+    os.pwrite(small.fd, _crafted(3, position, b"q" * SMALL_RING), small.start + position)
+    assert small._read_record(position, 3) is None
+
+
+def test_a_damaged_length_field_is_not_read_into_memory(small: CommitLog) -> None:
+    os.pwrite(small.fd, _HEAD.pack(0x4C43524B, 0xFFFFFFF0, 3, 64), small.start + 64)
+    tracemalloc.start()
+    try:
+        assert small._read_record(64, 3) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_a_record_cut_short_by_the_file_end_is_not_a_record(full_size: CommitLog) -> None:
+    ring = full_size.ring
+    at, _after = _append(full_size, ring - full_size.record_size(50), 4, b"y" * 50)
+    for cut in (1, 4, 30, 120):  # inside the CRC, the payload, the header
+        os.ftruncate(full_size.fd, full_size.start + ring - cut)
+        assert full_size._read_record(at, 4) is None, cut
+
+
+def test_an_erased_record_ends_the_records_and_nothing_else_is_touched(
+        small: CommitLog, tmp_path: Path) -> None:
+    head = os.pread(small.fd, small.start, 0)
+    position = 3 * SMALL_RING + 5000  # lap 3: its offset in the ring is 5000
+    written = []
+    for txnid in (11, 12, 13):
+        at, position = _append(small, position, txnid, b"r%d" % txnid * 300)
+        written.append(at)
+    small.erase(written[1])
+    assert [r[:2] for r in small.records(Slot(10, written[0], b""))] == [(11, written[0])]
+    assert os.pread(small.fd, small.start, 0) == head  # superblock and slots as they were
+    assert small._read_record(written[2], 13) is not None
+    assert CommitLog(small.path, small.fd).checkpoint() == small.checkpoint()
+
+
+def test_a_checkpoint_goes_to_the_older_slot_and_never_backwards(small: CommitLog) -> None:
+    metas = b"n" * (2 * PAGE)
+    assert small.write_checkpoint(7, 10, metas) is False  # not newer than the current one
+    assert small.write_checkpoint(8, 10, metas) is True
+    assert small.checkpoint() == Slot(8, 10, metas, 1)
+    assert small.write_checkpoint(9, 20, metas) is True
+    assert small.checkpoint() == Slot(9, 20, metas, 0)
+    assert small._read_slot(1) == Slot(8, 10, metas, 1)  # the previous one is kept
+
+
+def test_payload_errors_say_what_is_wrong() -> None:
+    raw = encode_payload([([b"entry"], [b"op"])])
+    with pytest.raises(ValueError, match=r"^payload ends early$"):
+        decode_payload(raw[:-1])
+    with pytest.raises(ValueError, match=r"^payload has trailing bytes$"):
+        decode_payload(raw + b"\0")
+
+
+class _GatedLog(CommitLog):
+    """A real commit log whose flushes are counted and can be held at their start."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        super().__init__(path, fd)
+        self.flushes = 0
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.entered.release()
+        self.gate.wait()
+        super().flush()
+
+
+@pytest.fixture
+def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_GatedLog]:
+    log = _open(tmp_path / "gated", SMALL_RING, monkeypatch, cls=_GatedLog)
+    assert isinstance(log, _GatedLog)
+    yield log
+    log.gate.set()
+    os.close(log.fd)
+
+
+def test_a_ticket_is_covered_only_by_a_flush_that_started_after_it(gated: _GatedLog) -> None:
+    flusher = Flusher(gated, "test-flusher")
+    try:
+        gated.gate.clear()
+        first = flusher.request()
+        assert gated.flushes == 1  # an idle flusher's flush has started when request() returns
+        second = flusher.request()  # while the first flush is running
+        assert second != first
+        waited = threading.Event()
+        waiter = threading.Thread(target=lambda: (flusher.wait(second), waited.set()))
+        waiter.start()
+        assert not waited.wait(0.3)  # the running flush may have missed the second's write
+        gated.gate.set()
+        flusher.wait(first)
+        waiter.join(10)
+        assert waited.is_set() and gated.flushes == 2
+        for _ in range(3):  # each later write has its own flush
+            flusher.wait(flusher.request())
+        assert gated.flushes == 5
+    finally:
+        flusher.stop()
+
+
+def test_wait_returns_only_when_the_flush_has_completed(gated: _GatedLog) -> None:
+    flusher = Flusher(gated, "test-flusher")
+    try:
+        gated.gate.clear()
+        ticket = flusher.request()
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: (flusher.wait(ticket), done.set()))
+        waiter.start()
+        assert not done.wait(0.3)
+        gated.gate.set()
+        waiter.join(10)
+        assert done.is_set()
+    finally:
+        flusher.stop()
+
+
+def test_a_failed_flush_fails_its_waiters_and_every_later_request(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    log = _open(tmp_path / "failing", SMALL_RING, monkeypatch)
+    flusher = Flusher(log, "test-flusher")
+    os.close(log.fd)  # the flush fails for real: fdatasync on a closed descriptor
+    expected = (rf"^storage at {tmp_path / 'failing'}: flushing commit\.log failed \(\[Errno 9\] Bad file "
+                r"descriptor\); the last writes may not be durable, and this journal refuses further writes$")
+    ticket = flusher.request()
+    with pytest.raises(StorageError, match=expected) as info:
+        flusher.wait(ticket)
+    assert info.value.path == str(tmp_path / "failing")
+    assert flusher.request() == -1  # nothing is written after a failure
+    with pytest.raises(StorageError, match=expected):
+        flusher.wait(-1)
+    flusher.stop()
+
+
+def test_a_stopped_flusher_finishes_the_flush_asked_for_and_takes_no_more(gated: _GatedLog) -> None:
+    flusher = Flusher(gated, "test-flusher")
+    gated.gate.clear()
+    ticket = flusher.request()
+    stopper = threading.Thread(target=flusher.stop)
+    stopper.start()
+    gated.gate.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    flusher.wait(ticket)  # flushed before the flusher ended
+    assert gated.flushes == 1
+    assert flusher.request() == -1
+    with pytest.raises(StorageError, match=r"flushing commit\.log failed \(the log is closed\)") as info:
+        flusher.wait(-1)
+    assert info.value.path == gated.path
