@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -168,7 +170,8 @@ def recheck(target: Path, mutmut: str, tests: list[str], env: dict[str, str]) ->
     if clean.returncode != 0:
         print(clean.stdout[-3000:])
         return 1
-    killed, left = [], []
+    killed: list[str] = []
+    left: list[str] = []
     for name, removed, added in _survivor_diffs(target, mutmut):
         if equivalent_by_rule(removed, added):
             continue
@@ -219,6 +222,40 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 """
 
 
+def score(target: Path, mutmut: str) -> int:
+    """Count the last run's mutants by status (mutmut's own statuses)."""
+    listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=target, capture_output=True,
+                             text=True).stdout
+    counts: dict[str, int] = {}
+    for line in listing.splitlines():
+        if ": " in line:
+            status = line.rsplit(": ", 1)[1].strip()
+            counts[status] = counts.get(status, 0) + 1
+    total = sum(counts.values())
+    print(", ".join(f"{status}: {n}" for status, n in sorted(counts.items())), f"(total {total})")
+    return 0
+
+
+def sample(target: Path, mutmut: str, source: str, env: dict[str, str], size: int, seed: int,
+           max_children: int) -> int:
+    """Run a seeded random sample of ``size`` of the module's mutants, for modules whose complete
+    run takes hours on a small machine. The first call generates the mutants and the coverage
+    stats (a run that selects nothing), then the sample runs; a sample of the same seed and a
+    larger size includes the smaller one's mutants."""
+    meta = target / "mutants" / (source + ".meta")
+    if not meta.exists():
+        subprocess.run([mutmut, "run", "--max-children", str(max_children), "generate-only"],
+                       cwd=target, env=env, capture_output=True)
+    if not meta.exists():
+        print(f"mutmut generated no mutants for {source}")
+        return 1
+    keys = sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    chosen = random.Random(seed).sample(keys, len(keys))[:size]
+    print(f"running {len(chosen)} of {len(keys)} mutants (seed {seed})", flush=True)
+    return subprocess.run([mutmut, "run", "--max-children", str(max_children), *chosen], cwd=target,
+                          env=env).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=sorted(MODULES))
@@ -229,11 +266,18 @@ def main() -> int:
                         help="list the survivors of the last run in .mutation/MODULE with their diffs")
     parser.add_argument("--recheck", nargs="+", metavar="TEST",
                         help="run these test files (tests/test_x.py) against each survivor of the last run")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="run a seeded random sample of N mutants (resumable with --keep)")
+    parser.add_argument("--seed", type=int, default=14, help="the seed of --sample")
+    parser.add_argument("--score", action="store_true",
+                        help="count the last run's mutants in .mutation/MODULE by status")
     args = parser.parse_args()
     target = ROOT / ".mutation" / args.module
     mutmut = shutil.which("mutmut", path=os.path.dirname(sys.executable)) or "mutmut"
     if args.survivors:
         return survivors(target, mutmut)
+    if args.score:
+        return score(target, mutmut)
     # a SIGTERM still stops the PostgreSQL server below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (args.keep or args.recheck) or not target.exists():
@@ -259,6 +303,9 @@ def main() -> int:
     try:
         if args.recheck:
             return recheck(target, mutmut, args.recheck, env)
+        if args.sample:
+            return sample(target, mutmut, MODULES[args.module][0], env, args.sample, args.seed,
+                          args.max_children)
         return subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=target,
                               env=env).returncode
     finally:
