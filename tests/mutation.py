@@ -240,8 +240,8 @@ def sample(target: Path, mutmut: str, source: str, env: dict[str, str], size: in
            max_children: int) -> int:
     """Run a seeded random sample of ``size`` of the module's mutants, for modules whose complete
     run takes hours on a small machine. The first call generates the mutants and the coverage
-    stats (a run that selects nothing), then the sample runs; a sample of the same seed and a
-    larger size includes the smaller one's mutants."""
+    stats (a run that selects nothing), then the sample runs. The sample is drawn from the
+    mutants not run yet, so a second call (``--keep``) adds more."""
     meta = target / "mutants" / (source + ".meta")
     if not meta.exists():
         subprocess.run([mutmut, "run", "--max-children", str(max_children), "generate-only"],
@@ -249,9 +249,11 @@ def sample(target: Path, mutmut: str, source: str, env: dict[str, str], size: in
     if not meta.exists():
         print(f"mutmut generated no mutants for {source}")
         return 1
-    keys = sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    keys = sorted(key for key, code in codes.items() if code is None)  # not run yet
     chosen = random.Random(seed).sample(keys, len(keys))[:size]
-    print(f"running {len(chosen)} of {len(keys)} mutants (seed {seed})", flush=True)
+    print(f"running {len(chosen)} of the {len(keys)} mutants not run yet ({len(codes)} in all; "
+          f"seed {seed})", flush=True)
     return subprocess.run([mutmut, "run", "--max-children", str(max_children), *chosen], cwd=target,
                           env=env).returncode
 
