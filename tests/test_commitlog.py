@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,35 @@ def test_both_slots_damaged_is_refused_naming_the_store(tmp_path: Path) -> None:
     data = (store / "data.mdb").read_bytes()
     with pytest.raises(CorruptStorageError, match=rf"{store}: both checkpoint slots of commit.log"):
         SovereignJournal(store)
+    assert (store / "data.mdb").read_bytes() == data
+
+
+def _superblock(version: int = 1, magic: bytes = b"KRPSCLOG") -> bytes:
+    head = struct.pack("<8sIIQQ", magic, version, 4096, 4096 + 2 * 12288, 8 << 20)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda raw: raw[:30], r"commit\.log is truncated \(no superblock\)"),
+    (lambda raw: b"", r"commit\.log is truncated \(no superblock\)"),
+    (lambda raw: _superblock(magic=b"KRPSCLOX") + raw[36:],
+     r"commit\.log is not a krepis commit log or its superblock is damaged"),
+    (lambda raw: raw[:20] + bytes([raw[20] ^ 1]) + raw[21:],  # the CRC no longer matches
+     r"commit\.log is not a krepis commit log or its superblock is damaged"),
+    (lambda raw: _superblock(version=2) + raw[36:],
+     r"commit\.log has version 2; this krepis reads version 1"),
+], ids=["truncated", "empty", "magic", "crc", "version"])
+def test_a_damaged_superblock_is_refused_naming_the_store(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
+    raw = (store / "commit.log").read_bytes()
+    assert raw[:36] == _superblock()  # the layout the damage is made against
+    (store / "commit.log").write_bytes(damage(raw))
+    data = (store / "data.mdb").read_bytes()
+    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: {message}") as info:
+        SovereignJournal(store)
+    assert info.value.path == str(store)
     assert (store / "data.mdb").read_bytes() == data
 
 
