@@ -173,6 +173,64 @@ def test_a_checkpoint_goes_to_the_older_slot_and_never_backwards(small: CommitLo
     assert small._read_slot(1) == Slot(8, 10, metas, 1)  # the previous one is kept
 
 
+def test_a_damaged_checkpoint_slot_is_passed_over(small: CommitLog) -> None:
+    metas = b"n" * (2 * PAGE)
+    assert small.write_checkpoint(8, 10, metas)  # slot 1 is now the newer one
+    good = os.pread(small.fd, small.slot_size, 4096 + small.slot_size)
+    damages = {
+        "magic": b"KRPSSLOX" + good[8:],
+        "meta length": good[:24] + struct.pack("<I", 2 * PAGE - 1) + good[28:],
+        "crc": good[:40] + bytes([good[40] ^ 1]) + good[41:],
+        "cut short": b"",
+    }
+    for what, raw in damages.items():
+        if raw:
+            os.pwrite(small.fd, raw, 4096 + small.slot_size)
+        else:  # a log whose file ends inside slot 1
+            os.ftruncate(small.fd, 4096 + small.slot_size + 100)
+        assert small._read_slot(1) is None, what
+        assert small.checkpoint() == Slot(7, 0, b"m" * (2 * PAGE), 0), what  # the older one
+        os.pwrite(small.fd, good, 4096 + small.slot_size)
+        assert small.checkpoint() == Slot(8, 10, metas, 1)
+
+
+def test_a_new_log_replaces_a_leftover_and_is_private(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "new"
+    store.mkdir()
+    (store / "commit.log.new").write_bytes(b"left by a crash during creation")
+    old = os.umask(0o377)  # the mode does not depend on the umask
+    try:
+        log = _open(store, SMALL_RING, monkeypatch)
+    finally:
+        os.umask(old)
+    try:
+        assert not (store / "commit.log.new").exists()
+        assert os.stat(store / "commit.log").st_mode & 0o777 == 0o600
+        assert log.checkpoint().txnid == 7
+    finally:
+        os.close(log.fd)
+
+
+def test_the_ring_space_is_allocated_a_mib_at_a_time_up_to_the_ring_end(full_size: CommitLog) -> None:
+    mib = 1 << 20
+    first = os.fstat(full_size.fd).st_size
+    assert first == full_size.start + mib
+    position = first - full_size.start - 50  # a record crossing the allocated end by 78 bytes
+    _append(full_size, position, 3, b"z" * 100)
+    st = os.fstat(full_size.fd)
+    assert st.st_size == 2 * mib  # up to the next MiB boundary of the file
+    assert st.st_blocks * 512 >= 2 * mib - 4096  # written, not a hole: a later write needs no space
+    assert full_size._read_record(position, 3) == (b"z" * 100, position + 128)
+    # another process grew the file meanwhile: this one sees it and does not zero its record
+    other = CommitLog(full_size.path, full_size.fd)
+    _append(other, 2 * mib, 4, b"w" * 10)
+    assert os.fstat(full_size.fd).st_size == 3 * mib
+    _append(full_size, 2 * mib + 100, 5, b"v" * 10)
+    assert os.fstat(full_size.fd).st_size == 3 * mib
+    assert full_size._read_record(2 * mib, 4) == (b"w" * 10, 2 * mib + 38)
+
+
 def test_payload_errors_say_what_is_wrong() -> None:
     raw = encode_payload([([b"entry"], [b"op"])])
     with pytest.raises(ValueError, match=r"^payload ends early$"):
