@@ -92,6 +92,16 @@ def test_records_follow_in_order_and_start_the_next_lap_rather_than_straddle(sma
     assert list(small.records(Slot(written[2][0], written[3][1], b""))) == written[3:]
 
 
+def test_a_record_fits_when_it_leaves_every_record_from_the_tail_intact(small: CommitLog) -> None:
+    ring, tail = SMALL_RING, 5 * SMALL_RING + 300
+    assert small.fits(tail, ring, tail)  # the whole ring, exactly
+    assert not small.fits(tail, ring + 1, tail)
+    assert small.fits(tail + ring - 20, 20, tail)  # ends where the tail's record starts
+    assert not small.fits(tail + ring - 10, 20, tail)  # would overwrite it
+    assert not small.fits(tail + ring, 20, tail)
+    assert small.fits(tail + 1000, 20, tail)
+
+
 def test_a_record_counts_only_with_its_own_txnid_position_magic_and_crc(small: CommitLog) -> None:
     assert _append(small, 200, 5, b"payload") == (200, 235)
     assert small._read_record(200, 5) == (b"payload", 200 + 24 + 7 + 4)
@@ -222,6 +232,9 @@ def test_the_ring_space_is_allocated_a_mib_at_a_time_up_to_the_ring_end(full_siz
     assert st.st_size == 2 * mib  # up to the next MiB boundary of the file
     assert st.st_blocks * 512 >= 2 * mib - 4096  # written, not a hole: a later write needs no space
     assert full_size._read_record(position, 3) == (b"z" * 100, position + 128)
+    # a record ending exactly at the allocated end allocates nothing more
+    _append(full_size, 2 * mib - full_size.start - 128, 6, b"u" * 100)
+    assert os.fstat(full_size.fd).st_size == 2 * mib
     # another process grew the file meanwhile: this one sees it and does not zero its record
     other = CommitLog(full_size.path, full_size.fd)
     _append(other, 2 * mib, 4, b"w" * 10)
@@ -321,17 +334,21 @@ def test_a_failed_flush_fails_its_waiters_and_every_later_request(tmp_path: Path
     flusher.stop()
 
 
-def test_a_stopped_flusher_finishes_the_flush_asked_for_and_takes_no_more(gated: _GatedLog) -> None:
+def test_a_stopped_flusher_finishes_the_flushes_asked_for_and_takes_no_more(gated: _GatedLog) -> None:
     flusher = Flusher(gated, "test-flusher")
     gated.gate.clear()
-    ticket = flusher.request()
+    running = flusher.request()
+    pending = flusher.request()  # asked for while the first flush runs: needs a flush of its own
     stopper = threading.Thread(target=flusher.stop)
     stopper.start()
     gated.gate.set()
     stopper.join(10)
     assert not stopper.is_alive()
-    flusher.wait(ticket)  # flushed before the flusher ended
-    assert gated.flushes == 1
+    waiter = threading.Thread(target=lambda: (flusher.wait(running), flusher.wait(pending)))
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive()  # both were flushed before the flusher ended
+    assert gated.flushes == 2
     assert flusher.request() == -1
     with pytest.raises(StorageError, match=r"flushing commit\.log failed \(the log is closed\)") as info:
         flusher.wait(-1)
