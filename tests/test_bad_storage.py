@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,6 +95,40 @@ def _poke(store: Path, db: bytes, key: bytes, value: bytes) -> None:
         txn.put(key, value, db=env.open_db(db, txn=txn))
     env.close()
     forget_commit_log(store)
+
+
+@pytest.mark.parametrize("value", [b"", b"\x01" * 7, b"\x01" * 9])
+def test_malformed_commit_log_position_is_refused(tmp_path: Path, value: bytes) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    _poke(store, b"meta", b"log", value)
+    before = tree_snapshot(store)
+    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: malformed commit-log position "
+                       r"record$") as info:
+        SovereignJournal(store)
+    assert info.value.path == str(store)
+    assert tree_snapshot(store) == before  # no commit.log made for it
+
+
+def test_a_commit_log_deleted_while_the_store_is_in_use_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom krepis import SovereignJournal\n"
+        f"j = SovereignJournal({str(store)!r})\nprint('open', flush=True)\nsys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        (store / "commit.log").unlink()
+        with pytest.raises(StorageError, match=rf"^storage at {store}: commit\.log is missing while other "
+                           r"processes use the store; never delete commit\.log"):
+            SovereignJournal(store)
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    with SovereignJournal(store) as journal:  # alone again: a new log is made
+        assert journal.journal_count() == 3
+    assert (store / "commit.log").exists()
 
 
 def test_unknown_format_version_is_refused(tmp_path: Path) -> None:

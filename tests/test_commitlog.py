@@ -94,7 +94,20 @@ def test_a_damaged_record_ends_the_replay_there(tmp_path: Path) -> None:
         assert journal.verify().entries == 20
 
 
-def test_a_record_whose_payload_is_malformed_is_refused_naming_it(tmp_path: Path) -> None:
+def _first_entry(payload: bytes, entry: bytes) -> bytes:
+    requests = decode_payload(payload)
+    requests[0][0][0] = entry
+    return encode_payload(requests)
+
+
+@pytest.mark.parametrize(("rewrite", "reason"), [
+    (lambda payload: payload[:-1], r"payload ends early"),
+    (lambda payload: _first_entry(payload, b" " + decode_payload(payload)[0][0][0]),
+     r"an entry is not in canonical form"),
+    (lambda payload: _first_entry(payload, b"{}"), r"an entry does not decode: '\w+'"),
+], ids=["cut", "not-canonical", "not-an-entry"])
+def test_a_record_whose_payload_is_malformed_is_refused_naming_it(  # type: ignore[no-untyped-def]
+        tmp_path: Path, rewrite, reason: str) -> None:
     # a record with a valid CRC but a payload krepis never writes (a bug, or a forged record)
     store = tmp_path / "s"
     SovereignJournal(store).close()
@@ -103,11 +116,11 @@ def test_a_record_whose_payload_is_malformed_is_refused_naming_it(tmp_path: Path
     try:
         log = CommitLog(str(store), fd)
         txnid, position, payload, _after = list(log.records(_slot(store)))[2]
-        os.pwrite(fd, log.record(txnid, position, payload[:-1]), log.start + position % log.ring)
+        os.pwrite(fd, log.record(txnid, position, rewrite(payload)), log.start + position % log.ring)
     finally:
         os.close(fd)
     with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: the commit\.log record of "
-                       rf"transaction {txnid} is malformed \(payload ends early\)$"):
+                       rf"transaction {txnid} is malformed \({reason}\)$"):
         SovereignJournal(store)
 
 
