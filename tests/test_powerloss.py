@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog
 from powerloss.harness import (
     DATA_FILE,
     STORE,
@@ -365,3 +367,46 @@ def test_fs_a_write_in_flight_at_the_cut_may_be_torn(plfs: PowerLossMount) -> No
         else:
             outcomes.add("new" if kept == len(sectors) else "old" if kept == 0 else "torn")
     assert "torn" in outcomes, outcomes
+
+
+def test_a_failed_flush_fails_the_write_and_the_journal_refuses_writes_until_reopened(
+        plfs: PowerLossMount) -> None:
+    """fsync reporting EIO (a disk error) during a durable write: that write raises, and the
+    journal refuses every later write — even once the disk works again, since what the failed
+    flush kept is unknown — until it is closed and reopened, which recovers a consistent store."""
+    store = plfs.mnt / "store"
+    journal = SovereignJournal(store)
+    for i in range(3):
+        journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+    # the next commit writes its commit.log record (event 1), then flushes it (event 2): frozen
+    plfs.request({"cmd": "arm", "file": "store/commit.log", "events": 2})
+    raised: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            journal.record(TransactionLog(3, "op", "r3", LogStatus.Completed), increment="op")
+        except BaseException as exc:
+            raised.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + 30
+    while plfs.stats()["state"] != "frozen":
+        assert time.monotonic() < deadline, "the armed flush did not freeze the file system"
+        time.sleep(0.005)
+    plfs.request({"cmd": "thaw"})  # the flush (and every change after it) fails with EIO
+    writer.join(30)
+    assert not writer.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], StorageError), raised
+    assert str(store) in str(raised[0]) and "Input/output error" in str(raised[0])
+    plfs.request({"cmd": "resume"})  # the disk works again; the journal still refuses
+    for _ in range(2):
+        with pytest.raises(StorageError, match=rf"^storage at {store} refuses writes after an earlier "
+                           r"failure of its commit path \(.*Input/output error.*\); close and reopen it$"):
+            journal.record(TransactionLog(4, "op", "r4", LogStatus.Completed), increment="op")
+    journal.close()
+    with SovereignJournal(store) as reopened:
+        assert reopened.journal_count() in (3, 4)  # the failed write's outcome is unknown
+        assert reopened.recover_op_count("op") == reopened.journal_count()
+        assert reopened.verify().entries == reopened.journal_count()
+        reopened.record(TransactionLog(5, "op", "r5", LogStatus.Completed), increment="op")
