@@ -263,6 +263,32 @@ def sample(target: Path, mutmut: str, source: str, env: dict[str, str], size: in
                           env=env).returncode
 
 
+#: A pytest plugin (``PYTEST_ADDOPTS=-p krepis_mutation_order``): mutmut hands pytest a mutant's
+#: tests in no particular order and stops at the first failure, so a mutant the fast unit tests
+#: kill could wait for minutes of power-loss cuts first. While a mutant is under test, the tests
+#: run fastest first (by the durations mutmut measured); the verdicts are the same.
+_ORDER_PLUGIN = """\
+import json
+import os
+
+_DURATIONS = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    global _DURATIONS
+    if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail", "list_all_tests",
+                                                   "mutant_generation"):
+        return
+    if _DURATIONS is None:
+        try:
+            with open("mutmut-stats.json") as f:
+                _DURATIONS = json.load(f)["duration_by_test"]
+        except (OSError, ValueError, KeyError):
+            _DURATIONS = {}
+    items.sort(key=lambda item: _DURATIONS.get(item.nodeid, 0.0))
+"""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=sorted(MODULES))
@@ -296,6 +322,8 @@ def main() -> int:
     # before mutmut starts: a PYTHONPATH entry missing at start-up is never searched later
     (target / "mutants" / "src").mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(_CHILD_SITE)
+    (site / "krepis_mutation_order.py").write_text(_ORDER_PLUGIN)
+    env["PYTEST_ADDOPTS"] = " ".join(filter(None, [env.get("PYTEST_ADDOPTS"), "-p krepis_mutation_order"]))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), str(target / "mutants" / "src"),
                                                       env.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
