@@ -146,8 +146,11 @@ def test_both_slots_damaged_is_refused_naming_the_store(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     data = (store / "data.mdb").read_bytes()
-    with pytest.raises(CorruptStorageError, match=rf"{store}: both checkpoint slots of commit.log"):
+    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: both checkpoint slots of "
+                       r"commit\.log are damaged; the store cannot be recovered safely\. Restore it "
+                       r"from a backup$") as info:
         SovereignJournal(store)
+    assert info.value.path == str(store)
     assert (store / "data.mdb").read_bytes() == data
 
 
