@@ -187,17 +187,25 @@ def test_a_damaged_checkpoint_slot_is_passed_over(small: CommitLog) -> None:
     metas = b"n" * (2 * PAGE)
     assert small.write_checkpoint(8, 10, metas)  # slot 1 is now the newer one
     good = os.pread(small.fd, small.slot_size, 4096 + small.slot_size)
-    damages = {
+    body = 28 + 2 * PAGE
+
+    def resealed(raw: bytes) -> bytes:  # the CRC made to match
+        return raw[:body] + struct.pack("<I", zlib.crc32(raw[:body])) + raw[body + 4:]
+
+    damages: dict[str, bytes | int] = {
         "magic": b"KRPSSLOX" + good[8:],
+        "magic, CRC matching": resealed(b"KRPSSLOX" + good[8:]),
         "meta length": good[:24] + struct.pack("<I", 2 * PAGE - 1) + good[28:],
         "crc": good[:40] + bytes([good[40] ^ 1]) + good[41:],
-        "cut short": b"",
+        "file ends in the header": 26,  # a log whose file ends inside slot 1
+        "file ends in the metas": 100,
+        "file ends in the CRC": body + 2,
     }
-    for what, raw in damages.items():
-        if raw:
-            os.pwrite(small.fd, raw, 4096 + small.slot_size)
-        else:  # a log whose file ends inside slot 1
-            os.ftruncate(small.fd, 4096 + small.slot_size + 100)
+    for what, damage in damages.items():
+        if isinstance(damage, bytes):
+            os.pwrite(small.fd, damage, 4096 + small.slot_size)
+        else:
+            os.ftruncate(small.fd, 4096 + small.slot_size + damage)
         assert small._read_slot(1) is None, what
         assert small.checkpoint() == Slot(7, 0, b"m" * (2 * PAGE), 0), what  # the older one
         os.pwrite(small.fd, good, 4096 + small.slot_size)
