@@ -286,6 +286,9 @@ def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_GatedLog
     os.close(log.fd)
 
 
+# Threads that wait on a flusher are daemons: a broken flusher fails the test, not the exit.
+
+
 def test_a_ticket_is_covered_only_by_a_flush_that_started_after_it(gated: _GatedLog) -> None:
     flusher = Flusher(gated, "test-flusher")
     try:
@@ -295,7 +298,7 @@ def test_a_ticket_is_covered_only_by_a_flush_that_started_after_it(gated: _Gated
         second = flusher.request()  # while the first flush is running
         assert second != first
         waited = threading.Event()
-        waiter = threading.Thread(target=lambda: (flusher.wait(second), waited.set()))
+        waiter = threading.Thread(target=lambda: (flusher.wait(second), waited.set()), daemon=True)
         waiter.start()
         assert not waited.wait(0.3)  # the running flush may have missed the second's write
         gated.gate.set()
@@ -315,7 +318,7 @@ def test_wait_returns_only_when_the_flush_has_completed(gated: _GatedLog) -> Non
         gated.gate.clear()
         ticket = flusher.request()
         done = threading.Event()
-        waiter = threading.Thread(target=lambda: (flusher.wait(ticket), done.set()))
+        waiter = threading.Thread(target=lambda: (flusher.wait(ticket), done.set()), daemon=True)
         waiter.start()
         assert not done.wait(0.3)
         gated.gate.set()
@@ -347,12 +350,12 @@ def test_a_stopped_flusher_finishes_the_flushes_asked_for_and_takes_no_more(gate
     gated.gate.clear()
     running = flusher.request()
     pending = flusher.request()  # asked for while the first flush runs: needs a flush of its own
-    stopper = threading.Thread(target=flusher.stop)
+    stopper = threading.Thread(target=flusher.stop, daemon=True)
     stopper.start()
     gated.gate.set()
     stopper.join(10)
     assert not stopper.is_alive()
-    waiter = threading.Thread(target=lambda: (flusher.wait(running), flusher.wait(pending)))
+    waiter = threading.Thread(target=lambda: (flusher.wait(running), flusher.wait(pending)), daemon=True)
     waiter.start()
     waiter.join(10)
     assert not waiter.is_alive()  # both were flushed before the flusher ended
