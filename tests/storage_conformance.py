@@ -13,7 +13,7 @@ from hashlib import sha256
 
 import pytest
 
-from krepis import LogStatus, TransactionLog
+from krepis import ClosedError, LogStatus, TransactionLog
 from krepis._model import encode_log
 from krepis._storage import Query, Storage, WriteRequest
 
@@ -57,12 +57,50 @@ def mth(leaves: list[bytes]) -> bytes:
 ALL = Query()
 
 
+def _one() -> tuple[TransactionLog, bytes]:
+    return entry(1, "r", 1)
+
+
+#: Every storage operation, with what its error message says it was doing.
+OPERATIONS: list[tuple[str, Callable[[Storage], object]]] = [
+    ("reading a counter", lambda s: s.get_count(b"x")),
+    ("reading counters", lambda s: s.get_counts()),
+    ("counting entries", lambda s: s.entry_count()),
+    ("reading the sequence", lambda s: s.next_seq()),
+    ("reading the tree", lambda s: s.tree_head()),
+    ("reading op names", lambda s: s.op_names()),
+    ("reading the journal", lambda s: s.get_entry(0)),
+    ("reading the journal", lambda s: s.scan(Query(), after=None, limit=5)),
+    ("reading the journal", lambda s: s.scan(Query(order="append"), after=None, limit=5)),
+    ("reading the journal", lambda s: s.leaf_hashes(0, 0, 1)),
+    ("storing a checkpoint", lambda s: s.add_checkpoint(0, 1, "example.com/log", "note")),
+    ("reading checkpoints", lambda s: s.checkpoints()),
+    ("reading the tree", lambda s: s.tree_node(0, 0)),
+    ("reading the tree", lambda s: s.live_first_seq()),
+    ("clearing", lambda s: s.clear()),
+    ("syncing", lambda s: s.sync()),
+    ("removing archived entries", lambda s: s.drop_prefix(0, 1)),
+    ("writing", lambda s: s.write_batch([WriteRequest([_one()], [b"x"])])),
+    ("writing", lambda s: s.write_batch([WriteRequest([], [b"x"])])),  # counters only: one statement
+    ("verifying", lambda s: s.verify()),
+]
+
+
 class StorageConformance:
     @pytest.fixture
     def storage(self, make_storage: Factory):  # type: ignore[no-untyped-def]
         s = make_storage()
         yield s
         s.close()
+
+    def test_a_closed_storage_says_so_for_every_operation(self, make_storage: Factory) -> None:
+        storage = make_storage()
+        storage.close()
+        for doing, call in OPERATIONS:
+            with pytest.raises(ClosedError) as caught:
+                call(storage)
+            assert str(caught.value) == f"the journal at {storage.location} is closed", doing
+        storage.close()  # a second close does nothing
 
     def test_empty(self, storage: Storage) -> None:
         assert storage.entry_count() == 0

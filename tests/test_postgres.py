@@ -18,7 +18,6 @@ import pytest
 import pg
 from krepis import (
     AsyncSovereignJournal,
-    ClosedError,
     CorruptStorageError,
     Kernel,
     LogStatus,
@@ -28,11 +27,16 @@ from krepis import (
     ValidationError,
 )
 from krepis._model import encode_log
-from krepis._storage import Query, Storage, WriteRequest
+from krepis._storage import Storage, WriteRequest
 from krepis._storage.postgres import _TABLES, PostgresStorage, _connection_lost, _first_line, redact
 
 from conftest import hammer_threads
-from storage_conformance import StorageConformance
+from storage_conformance import OPERATIONS, StorageConformance
+
+
+def _entry() -> tuple[TransactionLog, bytes]:
+    log = TransactionLog(1, "op", "r", LogStatus.Completed)
+    return (log, encode_log(log))
 
 WORKERS = str(Path(__file__).with_name("workers.py"))
 
@@ -396,35 +400,6 @@ def test_verify_names_what_was_tampered_with(pg_url: str, how: str, sql: str, me
 
 
 #: Every operation of the adapter and the words its failure message uses for it.
-_OPERATIONS: list[tuple[str, Any]] = [
-    ("reading a counter", lambda s: s.get_count(b"x")),
-    ("reading counters", lambda s: s.get_counts()),
-    ("counting entries", lambda s: s.entry_count()),
-    ("reading the sequence", lambda s: s.next_seq()),
-    ("reading the tree", lambda s: s.tree_head()),
-    ("reading op names", lambda s: s.op_names()),
-    ("reading the journal", lambda s: s.get_entry(0)),
-    ("reading the journal", lambda s: s.scan(Query(), after=None, limit=5)),
-    ("reading the journal", lambda s: s.scan(Query(order="append"), after=None, limit=5)),
-    ("reading the journal", lambda s: s.leaf_hashes(0, 0, 1)),
-    ("storing a checkpoint", lambda s: s.add_checkpoint(0, 1, "example.com/log", "note")),
-    ("reading checkpoints", lambda s: s.checkpoints()),
-    ("reading the tree", lambda s: s.tree_node(0, 0)),
-    ("reading the tree", lambda s: s.live_first_seq()),
-    ("clearing", lambda s: s.clear()),
-    ("syncing", lambda s: s.sync()),
-    ("removing archived entries", lambda s: s.drop_prefix(0, 1)),
-    ("writing", lambda s: s.write_batch([WriteRequest([_entry()], [b"x"])])),
-    ("writing", lambda s: s.write_batch([WriteRequest([], [b"x"])])),  # counters only: one statement
-    ("verifying", lambda s: s.verify()),
-]
-
-
-def _entry() -> tuple[TransactionLog, bytes]:
-    log = TransactionLog(1, "op", "r", LogStatus.Completed)
-    return (log, encode_log(log))
-
-
 def test_postgres_failures_name_the_operation_and_the_location(pg_url: str) -> None:
     """A statement that fails (here: a lock held elsewhere past lock_timeout) is a StorageError
     naming the location and what krepis was doing, for every operation of the adapter."""
@@ -438,7 +413,7 @@ def test_postgres_failures_name_the_operation_and_the_location(pg_url: str) -> N
         storage.write_batch([WriteRequest([_entry()], [b"x"])])
         with psycopg.connect(pg_url) as holder:
             holder.execute(f"LOCK TABLE {', '.join(_TABLES)}, krepis_meta IN ACCESS EXCLUSIVE MODE")
-            for doing, call in _OPERATIONS:
+            for doing, call in OPERATIONS:
                 with pytest.raises(StorageError) as caught:
                     call(storage)
                 assert type(caught.value) is StorageError and caught.value.path == storage.location
@@ -525,15 +500,6 @@ def test_postgres_verify_names_damage_and_leaves_the_connections_usable(pg_url: 
             assert (str(caught.value), caught.value.path) == (message, storage.location)
     finally:
         storage.close()
-
-
-def test_postgres_a_closed_storage_says_so(pg_url: str) -> None:
-    storage = PostgresStorage(pg_url)
-    storage.close()
-    for doing, call in _OPERATIONS:
-        with pytest.raises(ClosedError) as caught:
-            call(storage)
-        assert str(caught.value) == f"the journal at {storage.location} is closed", doing
 
 
 def test_postgres_no_connection_within_the_pool_timeout_names_the_location(pg_url: str) -> None:
