@@ -1,0 +1,180 @@
+"""The LMDB adapter on damaged or exhausted stores: every failure is an error naming the store and
+what was being done, and a refused change changes nothing.
+
+Stores are damaged with LMDB itself, behind krepis's back (tests/rawlmdb.py), as another tool or
+a failing disk would.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+
+import krepis._storage.lmdb as adapter
+from krepis import (
+    CorruptStorageError,
+    JournalError,
+    LogStatus,
+    SovereignJournal,
+    StorageError,
+    TransactionLog,
+)
+from krepis._storage.lmdb import LmdbStorage, _wrap
+from rawlmdb import forget_commit_log
+
+
+def _store(path: Path, n: int = 5) -> Path:
+    with SovereignJournal(path) as journal:
+        for i in range(n):
+            journal.record(TransactionLog(1000 + i, "op", f"r{i}", LogStatus.Completed), increment="op")
+    return path
+
+
+def _raw(store: Path, change: dict[int, bytes | None]) -> None:
+    """Delete (None) or overwrite entries by seq, then drop the commit log so that krepis takes
+    data.mdb as it now is."""
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            entries = env.open_db(b"entries", txn=txn, create=False)
+            for seq, value in change.items():
+                key = struct.pack(">Q", seq)
+                if value is None:
+                    assert txn.delete(key, db=entries)
+                else:
+                    txn.put(key, value, db=entries)
+    finally:
+        env.close()
+    forget_commit_log(store)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[LmdbStorage]:
+    s = LmdbStorage(_store(tmp_path / "s"))
+    yield s
+    s.close()
+
+
+def test_wrap_names_the_store_and_what_was_being_done() -> None:
+    for exc in (lmdb.CorruptedError("bad page"), lmdb.InvalidError("no"), lmdb.PageNotFoundError("p"),
+                lmdb.VersionMismatchError("v"), lmdb.BadChecksumError("c"), lmdb.PanicError("x")):
+        wrapped = _wrap(exc, "/s", "reading the journal")
+        assert type(wrapped) is CorruptStorageError
+        assert str(wrapped) == f"storage at /s is corrupted or not an LMDB store (reading the journal): {exc}"
+        assert wrapped.path == "/s"
+    full = _wrap(lmdb.MapFullError("full"), "/s", "writing")
+    assert type(full) is StorageError and full.path == "/s"
+    assert str(full) == f"storage at /s is full (LMDB map size {adapter._MAP_SIZE} bytes) while writing"
+    for other in (lmdb.Error("disk"), OSError(5, "Input/output error")):
+        wrapped = _wrap(other, "/s", "clearing")
+        assert type(wrapped) is StorageError and wrapped.path == "/s"
+        assert str(wrapped) == f"storage at /s failed while clearing: {other}"
+    already = CorruptStorageError("storage at /s: entry 3 is missing", "/s")
+    assert _wrap(already, "/other", "writing") is already  # an error of ours passes unchanged
+
+
+def test_leaf_hashes_name_the_missing_entry(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s")
+    _raw(store, {0: None, 3: None})
+    storage = LmdbStorage(store)
+    try:
+        for start, count, missing in ((0, 2, 0), (1, 3, 3), (4, 2, 5)):
+            with pytest.raises(CorruptStorageError) as caught:
+                storage.leaf_hashes(0, start, count)
+            assert str(caught.value) == f"storage at {store}: entry {missing} is missing", (start, count)
+            assert caught.value.path == str(store)
+        assert len(storage.leaf_hashes(0, 1, 2)) == 2  # entries 1 and 2 are there
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (None, None),
+    (b"\x00" + bytes(12) + b"\x00r", "bad header (flags 0x0)"),
+    (b"\x06" + bytes(12) + b"\x01\x02", "truncated request id"),
+    (b"\x02\x00", "unpack_from requires a buffer of at least 13 bytes"),
+], ids=["missing", "no-status", "short-uuid", "short"])
+def test_removing_archived_entries_names_the_damage_and_removes_nothing(
+        tmp_path: Path, value: bytes | None, reason: str | None) -> None:
+    store = _store(tmp_path / "s")
+    _raw(store, {2: value})
+    storage = LmdbStorage(store)
+    try:
+        before = storage.entry_count()
+        with pytest.raises(CorruptStorageError) as caught:
+            storage.drop_prefix(0, 4)
+        expected = (f"storage at {store}: entries 0…3 are not all there (3 found)" if reason is None else
+                    f"storage at {store}: entry 2 is not a valid TransactionLog ({reason}")
+        assert str(caught.value).startswith(expected) and caught.value.path == str(store)
+        assert storage.entry_count() == before and storage.live_first_seq() == 0
+    finally:
+        storage.close()
+
+
+def test_a_full_store_refuses_the_change_naming_it_and_keeps_what_it_has(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapter, "_MAP_SIZE", 1 << 20)  # a 1 MiB map fills quickly
+    store = tmp_path / "s"
+    journal = SovereignJournal(store)
+    try:
+        written = 0
+        with pytest.raises(StorageError) as caught:
+            for i in range(10_000):
+                journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed, error="e" * 500),
+                               increment="op")
+                written += 1
+        full = f"storage at {store} is full (LMDB map size {1 << 20} bytes)"
+        assert str(caught.value) == f"{full} while writing"
+        assert caught.value.path == str(store)
+        assert written > 10
+        assert journal.journal_count() == journal.recover_op_count("op") == written  # nothing partial
+        assert journal.verify().entries == written
+        storage = journal._storage
+        head = storage.tree_head()
+        with pytest.raises(JournalError) as caught:
+            storage.add_checkpoint(head.epoch, head.size, "example.com/log", "n" * (2 << 20))
+        assert str(caught.value) == f"{full} while storing a checkpoint"
+        assert storage.checkpoints() == []
+    finally:
+        journal.close()
+
+
+def test_a_damaged_page_is_reported_naming_the_store_and_the_read(tmp_path: Path) -> None:
+    """B-tree pages of the entries and of the counters overwritten on disk: every read through
+    them fails naming the store and what was being read."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        for i in range(40):
+            journal.record(TransactionLog(i, "op", f"entry-marker-{i:04d}", LogStatus.Completed),
+                           increment="counter-marker")
+    data = bytearray((store / "data.mdb").read_bytes())
+    damaged = 0
+    for page in range(2, len(data) // 4096):  # the two meta pages stay intact
+        body = data[page * 4096:(page + 1) * 4096]
+        if b"entry-marker-" in body or b"counter-marker" in body:
+            struct.pack_into("<H", data, page * 4096 + 10, 0x7FFF)  # mp_flags: no valid page type
+            damaged += 1
+    assert damaged >= 2
+    (store / "data.mdb").write_bytes(bytes(data))
+    storage = LmdbStorage(store)
+    try:
+        reads = [("reading the journal", lambda: storage.get_entry(0)),
+                 ("reading the journal", lambda: storage.leaf_hashes(0, 0, 40)),
+                 ("verifying", storage.verify),
+                 ("reading a counter", lambda: storage.get_count(b"counter-marker")),
+                 ("reading counters", storage.get_counts)]
+        for doing, read in reads:
+            with pytest.raises(StorageError) as caught:
+                read()
+            # LMDB reports the damage as MDB_CORRUPTED, or as MDB_BAD_TXN once its transaction
+            # was spoiled by it: "is corrupted … (doing)" or "failed while doing"
+            text = str(caught.value)
+            assert text.startswith(f"storage at {store} "), text
+            assert f"({doing}): " in text or f" failed while {doing}: " in text, text
+            assert caught.value.path == str(store)
+    finally:
+        storage.close()
