@@ -62,7 +62,7 @@ MODULES: dict[str, tuple[str, list[str], str | None]] = {
                   "test_safety_parity.py", "test_backup.py", "test_migrate.py", "test_archive.py"],
                  "(postgres or pg or Postgres) and not restart and not failover and not bench and not cli"),
     "lmdb": ("src/krepis/_storage/lmdb.py",
-             ["test_storage_lmdb.py", "test_commitlog_units.py", "test_commitlog.py",
+             ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog_units.py", "test_commitlog.py",
               "test_bad_storage.py", "test_journal.py", "test_guarantees.py", "test_tlog.py",
               "test_archive.py", "test_safety_files.py", "test_safety_held.py",
               "test_safety_writers.py", "test_migrate.py", "test_backup.py", "test_review_findings.py",
