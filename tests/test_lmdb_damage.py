@@ -1,5 +1,5 @@
 """The LMDB adapter on damaged or exhausted stores: every failure is an error naming the store and
-what was being done, and a refused change changes nothing.
+what was being done, and a refused change changes nothing. And checkpoints racing writers.
 
 Stores are damaged with LMDB itself, behind krepis's back (tests/rawlmdb.py), as another tool or
 a failing disk would.
@@ -8,6 +8,7 @@ a failing disk would.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,36 @@ def test_a_damaged_page_is_reported_naming_the_store_and_the_read(tmp_path: Path
             assert caught.value.path == str(store)
     finally:
         storage.close()
+
+
+def test_checkpoints_taken_while_another_thread_writes_are_consistent(tmp_path: Path) -> None:
+    """``checkpoint()`` captures the newest commit under the writer lock: a commit landing
+    meanwhile must not give it a snapshot whose meta pages name another transaction."""
+    store = tmp_path / "s"
+    journal = SovereignJournal(store)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                journal.record(TransactionLog(i, "op", f"w{i}", LogStatus.Completed), increment="op")
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            i += 1
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for _ in range(300):
+            journal._storage.checkpoint()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == []
+    count = journal.journal_count()
+    journal.close()
+    with SovereignJournal(store) as reopened:
+        assert reopened.journal_count() == reopened.recover_op_count("op") == count
