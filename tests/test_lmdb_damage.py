@@ -7,9 +7,10 @@ a failing disk would.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
@@ -24,6 +25,7 @@ from krepis import (
     StorageError,
     TransactionLog,
 )
+from krepis._storage import Query
 from krepis._storage.lmdb import LmdbStorage, _wrap
 from rawlmdb import forget_commit_log
 
@@ -144,33 +146,58 @@ def test_a_full_store_refuses_the_change_naming_it_and_keeps_what_it_has(
         journal.close()
 
 
-def test_a_damaged_page_is_reported_naming_the_store_and_the_read(tmp_path: Path) -> None:
-    """B-tree pages of the entries and of the counters overwritten on disk: every read through
-    them fails naming the store and what was being read."""
+def _damage_pages_holding(store: Path, *markers: bytes) -> None:
+    """Overwrite the header of every page (but the two meta pages) holding one of ``markers``
+    with a page type LMDB does not know."""
+    data = (store / "data.mdb").read_bytes()
+    damaged = 0
+    fd = os.open(store / "data.mdb", os.O_WRONLY)
+    try:
+        for page in range(2, len(data) // 4096):
+            if any(marker in data[page * 4096:(page + 1) * 4096] for marker in markers):
+                os.pwrite(fd, struct.pack("<H", 0x7FFF), page * 4096 + 10)  # mp_flags
+                damaged += 1
+    finally:
+        os.close(fd)
+    assert damaged >= len(markers)
+
+
+_READS: dict[str, list[tuple[str, Callable[[LmdbStorage], object]]]] = {
+    # the entries and the counters (their request ids and counter name are on their pages)
+    "entries": [("reading the journal", lambda s: s.get_entry(0)),
+                ("reading the journal", lambda s: s.leaf_hashes(0, 0, 40)),
+                ("reading the journal", lambda s: s.scan(Query(order="append"), after=None, limit=5)),
+                ("verifying", lambda s: s.verify()),
+                ("reading a counter", lambda s: s.get_count(b"counter-marker")),
+                ("reading counters", lambda s: s.get_counts())],
+    # the store's own records: sequence, tree head, archived prefix ("format" is among its keys)
+    "meta": [("reading the sequence", lambda s: s.next_seq()),
+             ("reading the tree", lambda s: s.tree_head()),
+             ("reading the tree", lambda s: s.live_first_seq())],
+    "checkpoints": [("reading checkpoints", lambda s: s.checkpoints())],
+}
+_MARKERS = {"entries": (b"entry-marker-", b"counter-marker"), "meta": (b"format",),
+            "checkpoints": (b"marker.example/log",)}
+
+
+@pytest.mark.parametrize("part", sorted(_READS))
+def test_a_damaged_page_is_reported_naming_the_store_and_the_read(tmp_path: Path, part: str) -> None:
+    """B-tree pages overwritten on disk while the store is open (LMDB reads through a shared
+    mapping of the file): every read through them fails naming the store and what was being
+    read."""
     store = tmp_path / "s"
     with SovereignJournal(store) as journal:
         for i in range(40):
             journal.record(TransactionLog(i, "op", f"entry-marker-{i:04d}", LogStatus.Completed),
                            increment="counter-marker")
-    data = bytearray((store / "data.mdb").read_bytes())
-    damaged = 0
-    for page in range(2, len(data) // 4096):  # the two meta pages stay intact
-        body = data[page * 4096:(page + 1) * 4096]
-        if b"entry-marker-" in body or b"counter-marker" in body:
-            struct.pack_into("<H", data, page * 4096 + 10, 0x7FFF)  # mp_flags: no valid page type
-            damaged += 1
-    assert damaged >= 2
-    (store / "data.mdb").write_bytes(bytes(data))
-    storage = LmdbStorage(store)
+        head = journal._storage.tree_head()
+        journal._storage.add_checkpoint(head.epoch, head.size, "marker.example/log", "note")
+    storage = LmdbStorage(store)  # damaged while open (opening reads some of these pages)
     try:
-        reads = [("reading the journal", lambda: storage.get_entry(0)),
-                 ("reading the journal", lambda: storage.leaf_hashes(0, 0, 40)),
-                 ("verifying", storage.verify),
-                 ("reading a counter", lambda: storage.get_count(b"counter-marker")),
-                 ("reading counters", storage.get_counts)]
-        for doing, read in reads:
+        _damage_pages_holding(store, *_MARKERS[part])
+        for doing, read in _READS[part]:
             with pytest.raises(StorageError) as caught:
-                read()
+                read(storage)
             # LMDB reports the damage as MDB_CORRUPTED, or as MDB_BAD_TXN once its transaction
             # was spoiled by it: "is corrupted … (doing)" or "failed while doing"
             text = str(caught.value)
