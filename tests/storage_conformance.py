@@ -136,6 +136,12 @@ class StorageConformance:
         assert [log.seq for log in storage.scan(Query(order="append", newest_first=False),
                                                 after=None, limit=10)] == [0, 1, 2]
         assert [log.seq for log in storage.scan(Query(order="append"), after=None, limit=10)] == [2, 1, 0]
+        # paging on from either end finds nothing more
+        down, up = Query(order="append"), Query(order="append", newest_first=False)
+        newest_first = storage.scan(down, after=None, limit=10)
+        assert storage.scan(down, after=newest_first[-1], limit=10) == []
+        assert [log.seq for log in storage.scan(down, after=newest_first[0], limit=10)] == [1, 0]
+        assert storage.scan(up, after=storage.scan(up, after=None, limit=10)[-1], limit=10) == []
 
     def test_entries_round_trip_every_field(self, storage: Storage) -> None:
         logs = [
