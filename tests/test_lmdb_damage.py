@@ -169,7 +169,8 @@ _READS: dict[str, list[tuple[str, Callable[[LmdbStorage], object]]]] = {
                 ("reading the journal", lambda s: s.scan(Query(order="append"), after=None, limit=5)),
                 ("verifying", lambda s: s.verify()),
                 ("reading a counter", lambda s: s.get_count(b"counter-marker")),
-                ("reading counters", lambda s: s.get_counts())],
+                ("reading counters", lambda s: s.get_counts()),
+                ("clearing", lambda s: s.clear())],
     # the store's own records: sequence, tree head, archived prefix ("format" is among its keys)
     "meta": [("reading the sequence", lambda s: s.next_seq()),
              ("reading the tree", lambda s: s.tree_head()),
@@ -239,3 +240,53 @@ def test_checkpoints_taken_while_another_thread_writes_are_consistent(tmp_path: 
     journal.close()
     with SovereignJournal(store) as reopened:
         assert reopened.journal_count() == reopened.recover_op_count("op") == count
+
+
+def _meta(storage: LmdbStorage) -> dict[bytes, bytes]:
+    with storage._env.begin() as txn:
+        return dict(txn.cursor(db=storage._meta))
+
+
+def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path) -> None:
+    """docs/storage-format.md lists the records of ``meta``; clearing and archiving (commits made
+    outside the commit log) write no other record and never move the log position back."""
+    store = _store(tmp_path / "s", 6)
+    documented = {b"format", b"seq", b"tree", b"next_op", b"log", b"live"}
+    storage = LmdbStorage(store)
+    try:
+        position = _meta(storage)[b"log"]
+        assert storage.drop_prefix(0, 3) == 3
+        after_archive = _meta(storage)
+        assert set(after_archive) <= documented and b"live" in after_archive
+        assert after_archive[b"log"] == position
+        storage.clear()
+        after_clear = _meta(storage)
+        assert set(after_clear) <= documented
+        assert after_clear[b"log"] == position
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize(("kind", "name"), [(b"t", "time"), (b"s", "status"), (b"o", "op"),
+                                            (b"r", "request id")])
+def test_verify_names_an_index_holding_a_row_too_many(tmp_path: Path, kind: bytes, name: str) -> None:
+    store = _store(tmp_path / "s", 3)
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            index = env.open_db(b"index", txn=txn, create=False, dupsort=True)
+            cur = txn.cursor(db=index)
+            assert cur.set_range(kind)
+            key = cur.key()
+            assert txn.put(key, struct.pack(">QQ", 1, 999), db=index, dupdata=True)
+    finally:
+        env.close()
+    forget_commit_log(store)
+    storage = LmdbStorage(store)
+    try:
+        with pytest.raises(CorruptStorageError) as caught:
+            storage.verify()
+        assert str(caught.value) == f"storage at {store}: the {name} index holds 4 rows for 3 entries"
+        assert caught.value.path == str(store)
+    finally:
+        storage.close()
