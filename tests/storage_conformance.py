@@ -204,6 +204,9 @@ class StorageConformance:
         assert ns(storage.scan(rng, after=None, limit=100)) == list(range(9, 4, -1))
         odd = Query(since=5, until=10, request_id="odd")
         assert ns(storage.scan(odd, after=None, limit=2)) == [9, 7]
+        # until is exclusive down to the first entry (timestamp 0, seq 0)
+        assert storage.scan(Query(until=0), after=None, limit=9) == []
+        assert ns(storage.scan(Query(since=0, until=1), after=None, limit=9)) == [0]
         # request_id matches exactly, not as a prefix or suffix
         assert storage.scan(Query(request_id="dd"), after=None, limit=9) == []
         assert storage.scan(Query(request_id="odd "), after=None, limit=9) == []

@@ -197,9 +197,10 @@ def test_index_naming_a_missing_entry_is_reported(tmp_path: Path) -> None:
     finally:
         env.close()
         forget_commit_log(store)
-    with SovereignJournal(store) as journal, \
-            pytest.raises(CorruptStorageError, match=rf"{store}: an index names entry 1, which is missing"):
+    missing = rf"{store}: an index names entry 1, which is missing"
+    with SovereignJournal(store) as journal, pytest.raises(CorruptStorageError, match=missing) as info:
         journal.get_recent_logs(10)
+    assert info.value.path == str(store)
 
 
 @pytest.mark.parametrize("value", [b"", b"\x01" * 7, b"\x01" * 9])

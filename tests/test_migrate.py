@@ -61,7 +61,8 @@ def test_a_store_written_by_the_previous_release_migrates_exactly(tmp_path: Path
     assert [(g.timestamp, g.request_id, g.status) for g in logs[:2]] == [
         (1000, "req-1", LogStatus.Started), (1000, "req-1", LogStatus.Completed)]
     before = hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest()
-    with pytest.raises(NeedsMigrationError, match=rf"format 1 .* krepis migrate --storage {store}"):
+    with pytest.raises(NeedsMigrationError, match=rf"format 1 \(written by krepis 0\.1\).* krepis migrate "
+                       rf"--storage {store}"):
         SovereignJournal(store)
     # refusing changed nothing
     assert hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest() == before
@@ -86,7 +87,8 @@ def test_a_format2_store_written_before_the_commit_log_migrates_in_place(tmp_pat
     store = tmp_path / "store"
     shutil.copytree(Path(__file__).parent / "fixtures" / "format2-store", store)
     before = hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest()
-    with pytest.raises(NeedsMigrationError, match=rf"format 2 .* krepis migrate --storage {store}"):
+    with pytest.raises(NeedsMigrationError, match=rf"format 2 \(written by a krepis without the commit "
+                       rf"log\).* krepis migrate --storage {store}"):
         SovereignJournal(store)
     assert hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest() == before
     assert not (store / "commit.log").exists()

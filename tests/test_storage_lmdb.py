@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from krepis._storage import Storage
+from krepis._storage import Query, Storage
 from krepis._storage.lmdb import LmdbStorage
 from rawlmdb import forget_commit_log
 
@@ -103,3 +105,19 @@ def test_verify_names_what_was_tampered_with(tmp_path: Path, how: str, change, m
     _tamper(store, change)
     with SovereignJournal(store) as journal, pytest.raises(CorruptStorageError, match=message):
         journal.verify()
+
+
+def test_an_op_first_journaled_by_another_process_is_found_by_name(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    storage = LmdbStorage(store)
+    try:
+        subprocess.run([sys.executable, "-c", (
+            "from krepis import SovereignJournal, TransactionLog, LogStatus\n"
+            f"with SovereignJournal({str(store)!r}) as j:\n"
+            "    j.record(TransactionLog(5, 'from-child', 'r', LogStatus.Completed))\n")],
+            check=True, timeout=60)
+        found = storage.scan(Query(op_names=("from-child",)), after=None, limit=5)
+        assert [(log.op_name, log.timestamp) for log in found] == [("from-child", 5)]
+        assert storage.scan(Query(op_names=("never-journaled",)), after=None, limit=5) == []
+    finally:
+        storage.close()
