@@ -4,8 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lmdb
 import pytest
 
+from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis._storage import Query, Storage
 from krepis._storage.lmdb import LmdbStorage
 from rawlmdb import forget_commit_log
@@ -119,5 +121,27 @@ def test_an_op_first_journaled_by_another_process_is_found_by_name(tmp_path: Pat
         found = storage.scan(Query(op_names=("from-child",)), after=None, limit=5)
         assert [(log.op_name, log.timestamp) for log in found] == [("from-child", 5)]
         assert storage.scan(Query(op_names=("never-journaled",)), after=None, limit=5) == []
+    finally:
+        storage.close()
+
+
+def test_a_store_without_the_checkpoints_database_gets_it_on_open(tmp_path: Path) -> None:
+    # the checkpoints database came later in format 2: a store without it opens and takes one
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"checkpoints", txn=txn, create=False), delete=True)
+    finally:
+        env.close()
+    forget_commit_log(store)
+    storage = LmdbStorage(store)
+    try:
+        assert storage.checkpoints() == [] and storage.entry_count() == 1
+        head = storage.tree_head()
+        storage.add_checkpoint(head.epoch, head.size, "example.com/log", "note")
+        assert storage.checkpoints() == [(head.epoch, head.size, "example.com/log", "note")]
     finally:
         storage.close()
