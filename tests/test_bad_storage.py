@@ -217,6 +217,15 @@ def test_malformed_counter_is_corruption_everywhere(tmp_path: Path, value: bytes
         assert journal.journal_count() == 3  # the failed record() wrote nothing
 
 
+def test_a_malformed_counter_with_a_name_that_is_not_utf8_is_named_readably(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_store(store)
+    _poke(store, b"stats", b"op_count:op\xff", b"\x01" * 7)
+    with SovereignJournal(store) as journal, pytest.raises(CorruptStorageError) as info:
+        journal.op_counts()
+    assert str(info.value) == f"storage at {store}: counter 'op\ufffd' holds 7 bytes, not 8"
+
+
 # --- a directory this user may not write ------------------------------------------------------
 
 def _attempt_as_unprivileged(fn: Callable[[], None]) -> str:

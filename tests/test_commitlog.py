@@ -120,8 +120,9 @@ def test_a_record_whose_payload_is_malformed_is_refused_naming_it(  # type: igno
     finally:
         os.close(fd)
     with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: the commit\.log record of "
-                       rf"transaction {txnid} is malformed \({reason}\)$"):
+                       rf"transaction {txnid} is malformed \({reason}\)$") as info:
         SovereignJournal(store)
+    assert info.value.path == str(store)
 
 
 def test_a_batch_refused_when_written_is_refused_again_in_recovery(tmp_path: Path) -> None:
