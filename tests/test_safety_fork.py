@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from krepis import AsyncSovereignJournal, ClosedError, LogStatus, SovereignJournal, TransactionLog
+from krepis._storage.lmdb import LmdbStorage
+
+from storage_conformance import OPERATIONS
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -161,3 +164,17 @@ def test_postgres_journal_in_a_forked_child_gets_closed_error(pg_url: str) -> No
                                    "closed True"]
     assert journal.increment_op_count("op") == 2  # the parent's connections still work
     journal.close()
+
+
+def test_the_lmdb_storage_refuses_every_operation_in_a_forked_child(tmp_path: Path) -> None:
+    """Below the journal, too: each operation of a storage opened in the parent raises ClosedError
+    in the child (no lock of the parent's is taken, nothing is written), and the parent goes on."""
+    storage = LmdbStorage(tmp_path / "store")
+    calls = {f"{doing} #{i}": call for i, (doing, call) in enumerate(OPERATIONS)}
+    try:
+        report = in_child(lambda: every_call_is_closed(
+            {name: (lambda call=call: call(storage)) for name, call in calls.items()}))
+        assert report.splitlines() == [f"{name}: ClosedError True" for name in calls]
+        assert storage.entry_count() == 0 and storage.checkpoints() == []
+    finally:
+        storage.close()
