@@ -7,6 +7,7 @@ a failing disk would.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -26,7 +27,7 @@ from krepis import (
     TransactionLog,
 )
 from krepis._storage import Query
-from krepis._storage.lmdb import LmdbStorage, _wrap
+from krepis._storage.lmdb import LmdbStorage, _os_error, _wrap
 from rawlmdb import forget_commit_log
 
 
@@ -78,6 +79,13 @@ def test_wrap_names_the_store_and_what_was_being_done() -> None:
         assert str(wrapped) == f"storage at /s failed while clearing: {other}"
     already = CorruptStorageError("storage at /s: entry 3 is missing", "/s")
     assert _wrap(already, "/other", "writing") is already  # an error of ours passes unchanged
+
+
+def test_an_os_error_at_open_names_the_store() -> None:
+    rofs = _os_error(OSError(errno.EROFS, "Read-only file system"), "/s")
+    assert (str(rofs), rofs.path) == ("storage at /s is on a read-only file system", "/s")
+    denied = _os_error(OSError(errno.EACCES, "Permission denied"), "/s")
+    assert (str(denied), denied.path) == ("cannot open storage at /s: Permission denied", "/s")
 
 
 def test_leaf_hashes_name_the_missing_entry(tmp_path: Path) -> None:
