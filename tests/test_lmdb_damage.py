@@ -298,3 +298,20 @@ def test_verify_names_an_index_holding_a_row_too_many(tmp_path: Path, kind: byte
         assert caught.value.path == str(store)
     finally:
         storage.close()
+
+
+def test_a_malformed_op_table_entry_is_named_when_the_op_is_next_used(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s", 2)
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(b"nop", b"\x00\x00\x00", db=env.open_db(b"ops", txn=txn, create=False))
+    finally:
+        env.close()
+    forget_commit_log(store)
+    with SovereignJournal(store) as journal:
+        with pytest.raises(CorruptStorageError) as caught:
+            journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
+        assert str(caught.value) == f"storage at {store}: malformed op table entry for 'op'"
+        assert caught.value.path == str(store)
+        assert journal.journal_count() == 2  # nothing written
