@@ -401,9 +401,11 @@ def test_a_failed_flush_fails_the_write_and_the_journal_refuses_writes_until_reo
     assert str(store) in str(raised[0]) and "Input/output error" in str(raised[0])
     plfs.request({"cmd": "resume"})  # the disk works again; the journal still refuses
     for _ in range(2):
-        with pytest.raises(StorageError, match=rf"^storage at {store} refuses writes after an earlier "
-                           r"failure of its commit path \(.*Input/output error.*\); close and reopen it$"):
+        refused = (rf"^storage at {store} refuses writes after an earlier failure of its commit path "
+                   r"\(.*Input/output error.*\); close and reopen it$")
+        with pytest.raises(StorageError, match=refused) as info:
             journal.record(TransactionLog(4, "op", "r4", LogStatus.Completed), increment="op")
+        assert info.value.path == str(store)
     journal.close()
     with SovereignJournal(store) as reopened:
         assert reopened.journal_count() in (3, 4)  # the failed write's outcome is unknown

@@ -145,3 +145,13 @@ def test_a_store_without_the_checkpoints_database_gets_it_on_open(tmp_path: Path
         assert storage.checkpoints() == [(head.epoch, head.size, "example.com/log", "note")]
     finally:
         storage.close()
+
+
+def test_a_process_that_never_closes_its_journal_still_exits(tmp_path: Path) -> None:
+    # the background threads (flusher, checkpointer) are daemons: they never hold the exit up
+    code = ("from krepis import SovereignJournal, TransactionLog, LogStatus\n"
+            f"j = SovereignJournal({str(tmp_path / 's')!r})\n"
+            "j.record(TransactionLog(1, 'op', 'r', LogStatus.Completed), increment='op')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    with SovereignJournal(tmp_path / "s") as journal:
+        assert journal.journal_count() == journal.recover_op_count("op") == 1
