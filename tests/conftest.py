@@ -32,6 +32,17 @@ def hammer_threads(journal: Any, threads: int, per_thread: int) -> None:
         t.join()
 
 
+def make_store(path: Path, entries: int = 3) -> Path:
+    """An LMDB store at ``path`` holding ``entries`` completed entries of op "op" (request ids
+    r0, r1, …; timestamps 0, 1, …), each counted in ``op``."""
+    from krepis import LogStatus, SovereignJournal, TransactionLog
+
+    with SovereignJournal(path) as journal:
+        for i in range(entries):
+            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+    return path
+
+
 def tree_snapshot(root: Path) -> dict[str, bytes]:
     """Every file below root with its bytes, to prove nothing on disk changed.
 

@@ -22,13 +22,7 @@ from krepis import (
 )
 from rawlmdb import forget_commit_log
 
-from conftest import tree_snapshot
-
-
-def make_store(path: Path, entries: int = 3) -> None:
-    with SovereignJournal(path) as journal:
-        for i in range(entries):
-            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+from conftest import make_store, tree_snapshot
 
 
 def test_path_is_a_regular_file(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import errno
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -30,12 +30,7 @@ from krepis._storage import Query
 from krepis._storage.lmdb import LmdbStorage, _os_error, _wrap
 from rawlmdb import forget_commit_log
 
-
-def _store(path: Path, n: int = 5) -> Path:
-    with SovereignJournal(path) as journal:
-        for i in range(n):
-            journal.record(TransactionLog(1000 + i, "op", f"r{i}", LogStatus.Completed), increment="op")
-    return path
+from conftest import make_store
 
 
 def _raw(store: Path, change: dict[int, bytes | None]) -> None:
@@ -54,13 +49,6 @@ def _raw(store: Path, change: dict[int, bytes | None]) -> None:
     finally:
         env.close()
     forget_commit_log(store)
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[LmdbStorage]:
-    s = LmdbStorage(_store(tmp_path / "s"))
-    yield s
-    s.close()
 
 
 def test_wrap_names_the_store_and_what_was_being_done() -> None:
@@ -89,7 +77,7 @@ def test_an_os_error_at_open_names_the_store() -> None:
 
 
 def test_leaf_hashes_name_the_missing_entry(tmp_path: Path) -> None:
-    store = _store(tmp_path / "s")
+    store = make_store(tmp_path / "s", 5)
     _raw(store, {0: None, 3: None})
     storage = LmdbStorage(store)
     try:
@@ -111,7 +99,7 @@ def test_leaf_hashes_name_the_missing_entry(tmp_path: Path) -> None:
 ], ids=["missing", "no-status", "short-uuid", "short"])
 def test_removing_archived_entries_names_the_damage_and_removes_nothing(
         tmp_path: Path, value: bytes | None, reason: str | None) -> None:
-    store = _store(tmp_path / "s")
+    store = make_store(tmp_path / "s", 5)
     _raw(store, {2: value})
     storage = LmdbStorage(store)
     try:
@@ -258,7 +246,7 @@ def _meta(storage: LmdbStorage) -> dict[bytes, bytes]:
 def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path) -> None:
     """docs/storage-format.md lists the records of ``meta``; clearing and archiving (commits made
     outside the commit log) write no other record and never move the log position back."""
-    store = _store(tmp_path / "s", 6)
+    store = make_store(tmp_path / "s", 6)
     documented = {b"format", b"seq", b"tree", b"next_op", b"log", b"live"}
     storage = LmdbStorage(store)
     try:
@@ -278,7 +266,7 @@ def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path)
 @pytest.mark.parametrize(("kind", "name"), [(b"t", "time"), (b"s", "status"), (b"o", "op"),
                                             (b"r", "request id")])
 def test_verify_names_an_index_holding_a_row_too_many(tmp_path: Path, kind: bytes, name: str) -> None:
-    store = _store(tmp_path / "s", 3)
+    store = make_store(tmp_path / "s", 3)
     env = lmdb.open(str(store), max_dbs=16)
     try:
         with env.begin(write=True) as txn:
@@ -301,7 +289,7 @@ def test_verify_names_an_index_holding_a_row_too_many(tmp_path: Path, kind: byte
 
 
 def test_a_malformed_op_table_entry_is_named_when_the_op_is_next_used(tmp_path: Path) -> None:
-    store = _store(tmp_path / "s", 2)
+    store = make_store(tmp_path / "s", 2)
     env = lmdb.open(str(store), max_dbs=16)
     try:
         with env.begin(write=True) as txn:
