@@ -83,6 +83,20 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
+def _extract(target: Path, *paths: str) -> None:
+    archive = subprocess.run(["git", "-c", "tar.umask=0022", "archive", "HEAD", *paths], cwd=ROOT,
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+
+
+def refresh(target: Path) -> None:
+    """Before a resumed run (``--keep``): the committed code and tests replace the copy's, so the
+    mutants not run yet meet the current tests (mutmut copies them into ``mutants/`` and records
+    which functions new tests call). Mutants of functions whose source changed are made again
+    by mutmut; those already run keep their verdicts."""
+    _extract(target, "src", "tests")
+
+
 def prepare(module: str) -> Path:
     """A copy of the committed tree in .mutation/MODULE with that module's mutmut settings."""
     source, tests, select = MODULES[module]
@@ -90,9 +104,7 @@ def prepare(module: str) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    archive = subprocess.run(["git", "-c", "tar.umask=0022", "archive", "HEAD", "src", "tests",
-                              "pyproject.toml"], cwd=ROOT, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    _extract(target, "src", "tests", "pyproject.toml")
     pyproject = (target / "pyproject.toml").read_text()
     start = pyproject.index("[tool.mutmut]")
     end = pyproject.find("\n[", start + 1)
@@ -262,8 +274,10 @@ def sample(target: Path, mutmut: str, source: str, env: dict[str, str], size: in
            max_children: int) -> int:
     """Run a seeded random sample of ``size`` of the module's mutants, for modules whose complete
     run takes hours on a small machine. The first call generates the mutants and the coverage
-    stats (a run that selects nothing), then the sample runs. The sample is drawn from the
-    mutants not run yet, so a second call (``--keep``) adds more."""
+    stats (a run that selects nothing), then the sample runs. The sample is the first ``size``
+    of a seeded shuffle of all the module's mutants, so with ``--keep`` the same call finishes
+    an interrupted sample and a larger ``size`` extends it; those already run are not run again
+    and keep their verdicts."""
     meta = target / "mutants" / (source + ".meta")
     if not meta.exists():
         subprocess.run([mutmut, "run", "--max-children", str(max_children), "generate-only"],
@@ -272,10 +286,13 @@ def sample(target: Path, mutmut: str, source: str, env: dict[str, str], size: in
         print(f"mutmut generated no mutants for {source}")
         return 1
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    keys = sorted(key for key, code in codes.items() if code is None)  # not run yet
-    chosen = random.Random(seed).sample(keys, len(keys))[:size]
-    print(f"running {len(chosen)} of the {len(keys)} mutants not run yet ({len(codes)} in all; "
-          f"seed {seed})", flush=True)
+    keys = sorted(codes)
+    drawn = random.Random(seed).sample(keys, len(keys))[:size]
+    chosen = [key for key in drawn if codes[key] is None]  # not run yet
+    print(f"sample of {len(drawn)} of {len(keys)} mutants (seed {seed}): running the {len(chosen)} "
+          "not run yet", flush=True)
+    if not chosen:
+        return 0
     return subprocess.run([mutmut, "run", "--max-children", str(max_children), *chosen], cwd=target,
                           env=env).returncode
 
@@ -332,6 +349,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (args.keep or args.recheck) or not target.exists():
         target = prepare(args.module)
+    elif args.keep:
+        refresh(target)
     env = dict(os.environ)
     # child processes started by the tests import the mutated copy and run the same mutant
     site = target / "site"
