@@ -303,3 +303,62 @@ def test_a_malformed_op_table_entry_is_named_when_the_op_is_next_used(tmp_path: 
         assert str(caught.value) == f"storage at {store}: malformed op table entry for 'op'"
         assert caught.value.path == str(store)
         assert journal.journal_count() == 2  # nothing written
+
+
+@pytest.mark.parametrize(("seq", "tree", "expected"), [
+    (3, struct.pack("<QQ", 0, 0) + b"\x01" * 32 * 3,
+     "the Merkle tree record (3 subtrees) does not match the sequence (3 entries since seq 0)"),
+    (3, struct.pack("<QQ", 5, 0), "the Merkle tree record (0 subtrees) does not match the sequence "
+                                  "(-2 entries since seq 5)"),
+    (None, struct.pack("<QQ", 0, 0) + b"\x01" * 31, "malformed sequence or tree record"),
+])
+def test_a_tree_record_that_does_not_fit_the_sequence_is_named(
+        tmp_path: Path, seq: int | None, tree: bytes, expected: str) -> None:
+    store = make_store(tmp_path / "s", 3)
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            txn.put(b"tree", tree, db=meta)
+            if seq is not None:
+                txn.put(b"seq", struct.pack("<Q", seq), db=meta)
+    finally:
+        env.close()
+    forget_commit_log(store)
+    storage = LmdbStorage(store)
+    try:
+        with pytest.raises(CorruptStorageError) as caught:
+            storage.tree_head()
+        assert str(caught.value) == f"storage at {store}: {expected}"
+        assert caught.value.path == str(store)
+    finally:
+        storage.close()
+
+
+def test_a_checkpoint_refuses_meta_pages_that_are_not_lmdbs_newest_commit(tmp_path: Path) -> None:
+    """A checkpoint records data.mdb's meta pages as the commit it pins left them; if the file's
+    newest meta page names another transaction (the file changed behind LMDB's back), it records
+    nothing and says which transactions disagree."""
+    store = make_store(tmp_path / "s", 3)
+    storage = LmdbStorage(store)
+    data = store / "data.mdb"
+    try:
+        page_size = storage._shared.page_size
+        txnid = storage._env.info()["last_txnid"]
+        other = ((txnid + 1) % 2) * page_size + 16 + 128  # mm_txnid of the meta page LMDB is not reading
+        with open(data, "r+b") as f:
+            original = os.pread(f.fileno(), 8, other)
+            os.pwrite(f.fileno(), struct.pack("<Q", txnid + 5), other)
+            try:
+                slots_before = (store / "commit.log").read_bytes()
+                with pytest.raises(CorruptStorageError) as caught:
+                    storage.checkpoint()
+                assert str(caught.value) == (f"storage at {store}: the meta pages of data.mdb name "
+                                             f"transaction {txnid + 5}, LMDB {txnid}")
+                assert caught.value.path == str(store)
+                assert (store / "commit.log").read_bytes() == slots_before  # no checkpoint recorded
+            finally:
+                os.pwrite(f.fileno(), original, other)
+        storage.checkpoint()  # the file agrees again
+    finally:
+        storage.close()
