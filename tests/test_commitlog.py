@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from krepis import CorruptStorageError, LogStatus, SovereignJournal, TransactionLog
+from krepis import CorruptStorageError, LogStatus, SovereignJournal, StorageError, TransactionLog
 from krepis._storage import _commitlog
 from krepis._storage._commitlog import CommitLog, decode_payload, encode_payload
 
@@ -182,6 +182,23 @@ def test_a_damaged_superblock_is_refused_naming_the_store(tmp_path: Path, damage
         SovereignJournal(store)
     assert info.value.path == str(store)
     assert (store / "data.mdb").read_bytes() == data
+
+
+def test_a_commit_log_that_cannot_be_created_is_an_error_naming_the_store(tmp_path: Path) -> None:
+    # a store without a log (written by format 2, or restored) gets one on open; here its
+    # temporary name is taken by a directory, so the log cannot be made
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
+    (store / "commit.log").unlink()
+    (store / "commit.log.new").mkdir()
+    data = (store / "data.mdb").read_bytes()
+    with pytest.raises(StorageError) as info:
+        SovereignJournal(store)
+    assert str(info.value) == f"storage at {store}: cannot create commit.log: Is a directory"
+    assert info.value.path == str(store)
+    assert (store / "data.mdb").read_bytes() == data
+    assert not (store / "commit.log").exists()
 
 
 def test_a_data_file_older_than_the_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -234,8 +234,7 @@ class LmdbStorage(Storage):
             raise _closed_error(self.location)
         if self._generation != _generation:
             raise _forked_error(self.location)
-        if self._shared.files is not None:
-            self._shared.files.check_reader()  # lock.mdb not deleted meanwhile
+        self._shared.files.check_reader()  # lock.mdb not deleted meanwhile
 
     def close(self) -> None:
         if self._closed:
@@ -997,7 +996,6 @@ def _capture(shared: _SharedEnv, path: str) -> tuple[Any, int, int, bytes, int]:
     try:
         txnid = int(pin.id())
         position = _position(pin.get(b"log", db=shared.dbs[b"meta"]), path)
-        assert shared.files is not None
         metas = shared.files.meta_pages(shared.page_size)
         if meta_txnid(metas, shared.page_size) != txnid:
             raise CorruptStorageError(
@@ -1170,7 +1168,6 @@ def _directory_lock(dir_fd: int) -> Iterator[None]:
 
 def _writer_lock(shared: _SharedEnv) -> contextlib.AbstractContextManager[None]:
     """The store-wide writer lock of ``_files`` (an flock on data.mdb that outlives lock.mdb)."""
-    assert shared.files is not None
     return shared.files.writer_lock()
 
 
@@ -1192,7 +1189,7 @@ def _shut_down(shared: _SharedEnv) -> None:
         shared.ckpt_thread.join()
     if shared.commits and shared.failed is None:
         with contextlib.suppress(JournalError, lmdb.Error, OSError):
-            _checkpoint(shared, shared.files.path if shared.files else "", locked=False)
+            _checkpoint(shared, shared.files.path, locked=False)
     if shared.flusher is not None:
         shared.flusher.stop()
     if shared.pin is not None:
@@ -1201,8 +1198,7 @@ def _shut_down(shared: _SharedEnv) -> None:
     shared.env.close()
     with contextlib.suppress(OSError):
         os.close(shared.log.fd)  # an flock only: closing it drops no LMDB lock
-    if shared.files is not None:
-        shared.files.close()  # after LMDB's own descriptors are closed
+    shared.files.close()  # after LMDB's own descriptors are closed
 
 
 def _prepare_directory(path: str, create: bool = True) -> int:
