@@ -243,6 +243,27 @@ def _meta(storage: LmdbStorage) -> dict[bytes, bytes]:
         return dict(txn.cursor(db=storage._meta))
 
 
+def test_a_new_store_holds_the_documented_meta_records_and_numbers_ops_from_zero(tmp_path: Path) -> None:
+    storage = LmdbStorage(tmp_path / "s")
+    try:
+        assert _meta(storage) == {b"format": b"3", b"seq": bytes(8), b"tree": bytes(16), b"next_op": bytes(8)}
+    finally:
+        storage.close()
+    with SovereignJournal(tmp_path / "s") as journal:
+        for name in ("b", "a", "b", "c"):
+            journal.record(TransactionLog(1, name, "r", LogStatus.Completed))
+    storage = LmdbStorage(tmp_path / "s")
+    try:
+        with storage._env.begin() as txn:
+            rows = dict(txn.cursor(db=storage._ops))
+        assert rows == {b"nb": struct.pack("<I", 0), b"na": struct.pack("<I", 1), b"nc": struct.pack("<I", 2),
+                        b"i" + struct.pack(">I", 0): b"b", b"i" + struct.pack(">I", 1): b"a",
+                        b"i" + struct.pack(">I", 2): b"c"}
+        assert _meta(storage)[b"next_op"] == struct.pack("<Q", 3)
+    finally:
+        storage.close()
+
+
 def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path) -> None:
     """docs/storage-format.md lists the records of ``meta``; clearing and archiving (commits made
     outside the commit log) write no other record and never move the log position back."""
