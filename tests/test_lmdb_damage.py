@@ -264,6 +264,37 @@ def test_a_new_store_holds_the_documented_meta_records_and_numbers_ops_from_zero
         storage.close()
 
 
+@pytest.mark.parametrize(("next_op", "expected"), [
+    (None, "malformed next_op record"),
+    (b"\x01" * 7, "malformed next_op record"),
+    (struct.pack("<Q", 1), "the next_op record names op id 1, which is taken"),
+])
+def test_a_damaged_next_op_record_is_named_when_a_new_op_needs_an_id(
+        tmp_path: Path, next_op: bytes | None, expected: str) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        for name in ("a", "b"):
+            journal.record(TransactionLog(1, name, "r", LogStatus.Completed), increment=name)
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            if next_op is None:
+                assert txn.delete(b"next_op", db=meta)
+            else:
+                txn.put(b"next_op", next_op, db=meta)
+    finally:
+        env.close()
+    forget_commit_log(store)
+    with SovereignJournal(store) as journal:
+        journal.record(TransactionLog(2, "a", "r", LogStatus.Completed), increment="a")  # known ops work
+        with pytest.raises(CorruptStorageError) as caught:
+            journal.record(TransactionLog(3, "c", "r", LogStatus.Completed), increment="c")
+        assert str(caught.value) == f"storage at {store}: {expected}"
+        assert caught.value.path == str(store)
+        assert journal.journal_count() == 3 and journal.op_counts() == {"a": 2, "b": 1}  # nothing written
+
+
 def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path) -> None:
     """docs/storage-format.md lists the records of ``meta``; clearing and archiving (commits made
     outside the commit log) write no other record and never move the log position back."""

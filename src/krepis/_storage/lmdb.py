@@ -492,10 +492,16 @@ class LmdbStorage(Storage):
             self._shared.op_names[op_id] = name
             return op_id
         raw_next = txn.get(b"next_op", db=self._meta)
-        op_id = _U64.unpack(raw_next)[0] if raw_next and len(raw_next) == 8 else 0
+        if raw_next is None or len(raw_next) != 8:
+            raise CorruptStorageError(f"storage at {self.location}: malformed next_op record", self.location)
+        op_id = int(_U64.unpack(raw_next)[0])
         if op_id >= 2**32:
             raise _Refused(f"storage at {self.location} holds 2**32 op names; no more fit",
                                self.location)
+        if txn.get(b"i" + op_id.to_bytes(4, "big"), db=self._ops) is not None:
+            # ids are handed out in order: one already taken means the record went back
+            raise CorruptStorageError(f"storage at {self.location}: the next_op record names op id "
+                                      f"{op_id}, which is taken", self.location)
         txn.put(b"n" + raw_name, op_id.to_bytes(4, "little"), db=self._ops)
         txn.put(b"i" + op_id.to_bytes(4, "big"), raw_name, db=self._ops)
         txn.put(b"next_op", _U64.pack(op_id + 1), db=self._meta)
