@@ -200,3 +200,103 @@ def test_a_policy_as_a_dict(tmp_path: Path) -> None:
     copy = policy.to_dict()
     copy["read"].append("/elsewhere")  # a copy: changing it changes nothing in the policy
     assert policy.read == [str(tmp_path)]
+
+
+# --- the message layer: nesting pre-check, frames, malformed calls ----------------------------
+
+_DEPTH = plane._MAX_JSON_DEPTH
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    (b"[" * _DEPTH + b"]" * _DEPTH, True),                  # at the limit (few brackets: the fast path)
+    (b"[" * (_DEPTH + 1) + b"]" * (_DEPTH + 1), False),
+    (b"{" * (_DEPTH + 1) + b"}" * (_DEPTH + 1), False),    # objects count as arrays do
+    (b'{"a":' * (_DEPTH + 1) + b"1" + b"}" * (_DEPTH + 1), False),
+    # more brackets than the limit, nested no deeper than it: the byte scan decides
+    (b"[" * (_DEPTH - 1) + b"[],[]" + b"]" * (_DEPTH - 1), True),
+    (b"[" + b"[]," * (_DEPTH + 5) + b"[]]", True),         # siblings close what they open
+    (b"{" + b'"k":{},' * (_DEPTH + 5) + b'"z":{}}', True),
+    (b'["' + b"[" * (_DEPTH + 5) + b'"]', True),           # brackets inside a string are text
+    (b'["\\"' + b"[{" * (_DEPTH + 5) + b'"]', True),       # an escaped quote does not end it
+    (b'["\\\\"' + b"[" * (_DEPTH + 1) + b"]" * (_DEPTH + 1) + b"]", False),  # an escaped backslash does
+])
+def test_the_nesting_pre_check_counts_only_open_brackets_outside_strings(body: bytes, ok: bool) -> None:
+    assert plane._json_depth_ok(body) is ok
+
+
+def _unframe(frame: bytes) -> dict[str, object]:
+    import json
+    import struct
+
+    magic, length = struct.unpack(">4sI", frame[:8])
+    assert magic == plane.MAGIC and length == len(frame) - 8
+    decoded: dict[str, object] = json.loads(frame[8:])
+    return decoded
+
+
+def test_a_reply_of_exactly_the_message_limit_is_sent_and_one_byte_more_is_refused() -> None:
+    overhead = len(b'{"id":1,"ok":""}')
+    fits = plane._frame({"id": 1, "ok": "x" * (plane.MAX_MESSAGE - overhead)})
+    assert len(fits) == 8 + plane.MAX_MESSAGE
+    with pytest.raises(ValueError, match=rf"^the reply is {plane.MAX_MESSAGE + 1} bytes; the limit is "
+                                         rf"{plane.MAX_MESSAGE}$"):
+        plane._frame({"id": 1, "ok": "x" * (plane.MAX_MESSAGE - overhead + 1)})
+
+
+@pytest.mark.parametrize("message", [{"id": 3, "op": 5, "args": []}, {"id": 3, "op": "x", "args": {}},
+                                     {"id": 3, "args": []}, {"id": 3, "op": "x"}])
+def test_a_malformed_op_call_is_answered_with_a_type_error(message: dict[str, object]) -> None:
+    def dispatch(name: str, args: list[object], encode):  # type: ignore[no-untyped-def]
+        raise AssertionError("a malformed call reaches no op")
+
+    assert _unframe(plane.dispatch_frame(message, dispatch)) == {
+        "id": 3, "error": {"name": "TypeError", "message": "malformed op call"}}
+
+
+def test_a_message_that_is_not_an_object_is_named_with_its_first_80_bytes() -> None:
+    body = b"[" + b"1," * 60 + b"1]"
+    with pytest.raises(plane.ScriptError) as caught:
+        plane.decode_message(body)
+    assert str(caught.value) == f"malformed message from the script: not an object: {body[:80]!r}"
+    assert caught.value.name == "ProtocolError"
+
+
+def test_a_script_error_is_named_error_unless_told() -> None:
+    error = plane.ScriptError("m")
+    assert (error.name, error.stack, error.location, str(error)) == ("Error", None, None, "m")
+
+
+def test_waiting_for_deno_ends_at_the_deadline() -> None:
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(TimeoutError):
+            plane._wait(proc, time.monotonic() + 0.2)
+        with pytest.raises(TimeoutError):
+            plane._wait(proc, time.monotonic() - 5)  # already past: a last look, not a wait
+    finally:
+        proc.kill()
+        assert plane._wait(proc, None) == -signal.SIGKILL
+
+
+def test_the_deno_binary_is_the_packaged_one_else_the_one_on_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deno
+
+    packaged = str(deno.find_deno_bin())
+    assert plane.deno_binary() == packaged
+    on_path = tmp_path / "deno"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert plane.deno_binary() == packaged  # the package's first
+    monkeypatch.setattr(deno, "find_deno_bin", lambda: tmp_path / "missing")
+    assert plane.deno_binary() == str(on_path)
+    on_path.unlink()
+    with pytest.raises(plane.JournalError, match=r"^the deno binary was not found: install krepis "
+                                                 r"with its dependencies \(pip install krepis brings "
+                                                 r"the 'deno' package\)$"):
+        plane.deno_binary()
