@@ -4,8 +4,16 @@ test_plane*.py; these pin the messages and edge cases those cannot reach cheaply
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import resource
 import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -225,8 +233,6 @@ def test_the_nesting_pre_check_counts_only_open_brackets_outside_strings(body: b
 
 
 def _unframe(frame: bytes) -> dict[str, object]:
-    import json
-    import struct
 
     magic, length = struct.unpack(">4sI", frame[:8])
     assert magic == plane.MAGIC and length == len(frame) - 8
@@ -267,9 +273,6 @@ def test_a_script_error_is_named_error_unless_told() -> None:
 
 
 def test_waiting_for_deno_ends_at_the_deadline() -> None:
-    import subprocess
-    import sys
-    import time
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -284,7 +287,7 @@ def test_waiting_for_deno_ends_at_the_deadline() -> None:
 
 def test_the_deno_binary_is_the_packaged_one_else_the_one_on_path(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import deno
+    import deno  # the package krepis depends on
 
     packaged = str(deno.find_deno_bin())
     assert plane.deno_binary() == packaged
@@ -300,3 +303,134 @@ def test_the_deno_binary_is_the_packaged_one_else_the_one_on_path(
                                                  r"with its dependencies \(pip install krepis brings "
                                                  r"the 'deno' package\)$"):
         plane.deno_binary()
+
+
+# --- the channel: frames read from a real pipe ------------------------------------------------
+
+@pytest.fixture
+def channel():  # type: ignore[no-untyped-def]
+    """A channel reading the read end of a pipe (the script's stdout) and the write end to
+    feed it; replies go to a second pipe."""
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    feed = os.fdopen(out_w, "wb", buffering=0)
+    made: list[plane._Channel] = []
+
+    def make(deadline: float | None = None) -> plane._Channel:
+        made.append(plane._Channel(out_r, in_w, deadline))
+        return made[0]
+
+    yield make, feed
+    if not feed.closed:
+        feed.close()
+    for fd in (out_r, in_r, in_w):
+        os.close(fd)
+
+
+def _header(length: int, magic: bytes = b"KRP1") -> bytes:
+
+    return struct.pack(">4sI", magic, length)
+
+
+def _later(seconds: float, *actions) -> threading.Thread:  # type: ignore[no-untyped-def]
+
+    def run() -> None:
+        time.sleep(seconds)
+        for action in actions:
+            action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_frame_arriving_in_parts_is_read_whole(channel) -> None:  # type: ignore[no-untyped-def]
+    make, feed = channel
+    chan = make()
+    feed.write(_header(10) + b"01234")
+    thread = _later(0.2, lambda: feed.write(b"56789" + _header(2)), lambda: feed.write(b"ab"), feed.close)
+    try:
+        assert chan.frame() == b"0123456789"
+        assert chan.frame() == b"ab"
+        assert chan.frame() is None  # a clean end
+    finally:
+        thread.join()
+
+
+def test_a_frame_of_exactly_the_message_limit_is_read(channel) -> None:  # type: ignore[no-untyped-def]
+    make, feed = channel
+    chan = make()
+    thread = _later(0, lambda: feed.write(_header(plane.MAX_MESSAGE) + b"x" * plane.MAX_MESSAGE), feed.close)
+    try:
+        assert chan.frame() == b"x" * plane.MAX_MESSAGE
+    finally:
+        thread.join()
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"KRP", "the script's output ended inside a message: b'KRP'"),
+    (_header(10) + b"0123", "the script's output ended inside a message"),
+    (b"hello from console.log\n",
+     "malformed message from the script (stdout is reserved for the kernel protocol; use "
+     "console.log): b'hello from console.log\\n'"),
+    (_header(0, b"KRP2") + b"x" * 50, "malformed message from the script (stdout is reserved for the "
+                                      "kernel protocol; use console.log): b'KRP2\\x00\\x00\\x00\\x00"
+                                      + "x" * 32 + "'"),
+    (_header(plane.MAX_MESSAGE + 1), f"message of {plane.MAX_MESSAGE + 1} bytes exceeds the "
+                                     f"{plane.MAX_MESSAGE}-byte limit"),
+], ids=["cut-header", "cut-body", "console", "magic", "too-long"])
+def test_a_broken_frame_is_a_protocol_error(channel, data: bytes, message: str) -> None:  # type: ignore[no-untyped-def]
+    make, feed = channel
+    chan = make()
+    feed.write(data)
+    feed.close()
+    with pytest.raises(plane.ScriptError) as caught:
+        chan.frame()
+    assert (caught.value.name, str(caught.value)) == ("ProtocolError", message)
+
+
+def test_a_channel_waits_for_a_frame_only_until_its_deadline(channel) -> None:  # type: ignore[no-untyped-def]
+
+    make, feed = channel
+    chan = make(time.monotonic() + 0.2)
+    feed.write(_header(4) + b"ab")
+    with pytest.raises(TimeoutError):
+        chan.frame()
+
+
+# --- the child's set-up between fork and exec -----------------------------------------------------
+
+def test_without_prctl_no_script_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+
+    def no_libc(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("no libc")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    with pytest.raises(plane.JournalError) as caught:
+        plane._child_setup(64, os.getpid())
+    assert str(caught.value) == ("cannot set a parent-death signal for Deno (prctl unavailable); "
+                                 "refusing to run a script that could outlive this process")
+
+
+def test_the_child_limits_never_exceed_this_process_hard_limits() -> None:
+    """Run in a forked child, as subprocess runs it: the file-size and data limits are krepis's,
+    lowered to the hard limits the child inherits (raising them would fail)."""
+
+    data_hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    data = (64 + plane._DATA_RESERVE_MB) << 20
+    if data_hard != resource.RLIM_INFINITY:
+        data = min(data, data_hard)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # below krepis's file limit
+            plane._child_setup(64, os.getppid())()
+            ok = (resource.getrlimit(resource.RLIMIT_FSIZE) == (4096, 4096)
+                  and resource.getrlimit(resource.RLIMIT_DATA) == (data, data)
+                  and resource.getrlimit(resource.RLIMIT_CORE) == (0, 0))
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
