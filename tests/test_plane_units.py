@@ -5,6 +5,7 @@ test_plane*.py; these pin the messages and edge cases those cannot reach cheaply
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import os
 import resource
@@ -434,3 +435,23 @@ def test_the_child_limits_never_exceed_this_process_hard_limits() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_console_output_is_forwarded_as_it_comes_not_at_the_end() -> None:
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(read_end, "rb")
+    sink, tail = io.BytesIO(), bytearray()
+    thread = threading.Thread(target=plane._drain, args=(stream, sink, tail))
+    thread.start()
+    try:
+        os.write(write_end, b"first line\n")
+        deadline = time.monotonic() + 10
+        while sink.getvalue() != b"first line\n" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sink.getvalue() == b"first line\n"  # while the script still runs (its stderr is open)
+        os.write(write_end, b"second\n")
+    finally:
+        os.close(write_end)
+        thread.join(10)
+        stream.close()
+    assert sink.getvalue() == b"first line\nsecond\n" and bytes(tail) == b"first line\nsecond\n"
