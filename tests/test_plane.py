@@ -137,6 +137,24 @@ def test_typescript_file_and_inline_source(kernel: Kernel, tmp_path: Path) -> No
     assert kernel.results == [42, 42, "inline ts"]  # type: ignore[attr-defined]
 
 
+def test_a_non_ascii_script_runs_whatever_the_hosts_locale(store: Path, tmp_path: Path) -> None:
+    # The files a run writes for Deno (the script's copy, the prelude, which has "→" and "…"
+    # in it, the import map) are UTF-8, as Deno reads them, also under an ASCII locale.
+    code = (
+        "import json, sys\n"
+        "from krepis import Kernel\n"
+        f"with Kernel({str(store)!r}) as k:\n"
+        "    seen = []\n"
+        "    k.op('report')(seen.append)\n"
+        "    k.run_script(\"Krepis.ops.report('h\\u00e9 \\u2192 \\u4e16');\")\n"
+        "    print(json.dumps(seen))\n")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == ["h\u00e9 \u2192 \u4e16"]
+
+
 def test_script_argument_rules(kernel: Kernel, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="does not exist"):
         kernel.run_script(str(tmp_path / "missing.js"))
