@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -355,3 +356,45 @@ def test_cli_allow_read_timeout_and_failure(tmp_path: Path) -> None:
     assert json.loads(proc.stdout.splitlines()[-1])["ok"] is False
     assert "Error: script failed: the script timed out after 1 s" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- how a run that goes wrong is named ---------------------------------------------------------
+
+_FRAME = "(b) => { const n = new TextEncoder().encode(b); const f = new Uint8Array(8 + n.length); " \
+         "f.set([0x4b, 0x52, 0x50, 0x31]); new DataView(f.buffer).setUint32(4, n.length); f.set(n, 8); " \
+         "Deno.stdout.writeSync(f); }"
+
+
+@pytest.mark.parametrize(("source", "limits", "name", "message"), [
+    ("console.error('first'); console.error('last words'); Deno.exit(3);", {}, "DenoExited",
+     "Deno exited with code 3 before the script finished: last words"),
+    ("Deno.exit(4);", {}, "DenoExited", "Deno exited with code 4 before the script finished: no output"),
+    ("console.error('x'.repeat(600)); Deno.exit(5);", {}, "DenoExited",
+     "Deno exited with code 5 before the script finished: " + "x" * 500),
+    ("Deno.stderr.writeSync(new Uint8Array([0x62, 0xff, 0x0a])); Deno.exit(6);", {}, "DenoExited",
+     "Deno exited with code 6 before the script finished: b\ufffd"),
+    (f"({_FRAME})('{{\"x\":1}}'); await new Promise((r) => setTimeout(r, 60000));", {}, "ProtocolError",
+     "unexpected message from the script: b'{\"x\":1}'"),
+    ("for (let i = 0; i < 5; i++) Krepis.ops.op_increment_stats();", {"max_ops": 3}, "OpLimit",
+     "the script exceeded its limit of 3 op calls and was killed"),
+], ids=["last-line", "no-output", "long-line", "not-utf8", "unexpected", "op-limit"])
+def test_a_failed_run_is_named_exactly(kernel: Kernel, source: str, limits: dict[str, int], name: str,
+                                       message: str) -> None:
+    with pytest.raises(ScriptError) as caught:
+        kernel.run_script(source, stderr=io.BytesIO(), timeout=60, **limits)  # type: ignore[arg-type]
+    assert (caught.value.name, str(caught.value)) == (name, message)
+
+
+def test_console_output_goes_to_this_process_stderr_by_default(kernel: Kernel,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    kernel.run_script("console.log('hello from js'); console.error('and again');")
+    err = capfd.readouterr().err
+    assert "hello from js\n" in err and "and again\n" in err
+
+
+def test_a_host_whose_stderr_has_no_bytes_layer_drops_console_output(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    text_only = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", text_only)
+    assert kernel.run_script("console.log('dropped'); Krepis.ops.op_increment_stats();").ops_called == 1
+    assert text_only.getvalue() == ""

@@ -455,3 +455,65 @@ def test_console_output_is_forwarded_as_it_comes_not_at_the_end() -> None:
         thread.join(10)
         stream.close()
     assert sink.getvalue() == b"first line\nsecond\n" and bytes(tail) == b"first line\nsecond\n"
+
+
+# --- what run_deno refuses before it starts Deno ------------------------------------------------
+
+def _no_dispatch(name: str, args: list[object], encode):  # type: ignore[no-untyped-def]
+    raise AssertionError("no op runs")
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"timeout": True}, InvalidTypeError, "timeout must be a number of seconds or None, got bool True"),
+    ({"timeout": "5"}, InvalidTypeError, "timeout must be a number of seconds or None, got str '5'"),
+    ({"timeout": float("nan")}, ValidationError,
+     "timeout must be a finite number of seconds >= 0 (0: none), got nan"),
+    ({"timeout": float("inf")}, ValidationError,
+     "timeout must be a finite number of seconds >= 0 (0: none), got inf"),
+    ({"timeout": -0.5}, ValidationError,
+     "timeout must be a finite number of seconds >= 0 (0: none), got -0.5"),
+    ({"memory_limit_mb": 15}, ValidationError, "memory_limit_mb must be an int >= 16 (MiB), got 15"),
+    ({"max_ops": -1}, ValidationError, "max_ops must be an int >= 0 or None, got -1"),
+    ({"permissions": {"read": []}}, InvalidTypeError, "permissions must be a PermissionPolicy, got dict"),
+])
+def test_run_deno_refuses_bad_limits_before_starting_deno(kwargs: dict[str, object], error: type[Exception],
+                                                         message: str) -> None:
+    with pytest.raises(error) as caught:
+        plane.run_deno("Krepis.ops.never();", _no_dispatch, **kwargs)  # type: ignore[arg-type]
+    assert type(caught.value) is error and str(caught.value) == message
+
+
+class _BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"/tmp/x.js"
+
+
+def test_what_counts_as_a_script_path_and_what_is_refused(tmp_path: Path) -> None:
+    suffixes = ", ".join(plane.SCRIPT_SUFFIXES)
+    notes = tmp_path / "notes"
+    notes.write_text("1")
+    cases: list[tuple[object, type[Exception], str]] = [
+        (str(notes), ValidationError,
+         f"script {str(notes)!r} is a file without a script suffix ({suffixes}); "
+         "rename it, or pass its text"),
+        (notes, ValidationError, f"script {str(notes)!r} has no script suffix ({suffixes})"),
+        (tmp_path / "missing.js", ValidationError,
+         f"script {str(tmp_path / 'missing.js')!r} does not exist or is not a file"),
+        (_BytesPath(), InvalidTypeError, "script path must be a str path, got bytes"),
+        ("  \t ", ValidationError, "script source is empty"),
+        (b"1", InvalidTypeError, "script must be a path or source code, got bytes"),
+    ]
+    for script, error, message in cases:
+        with pytest.raises(error) as caught:
+            plane.resolve_script(script)  # type: ignore[arg-type]
+        assert type(caught.value) is error and str(caught.value) == message, script
+    assert plane.resolve_script("notes") == (None, "notes")  # not a file here: source code
+    assert plane.resolve_script("a\0b") == (None, "a\0b")
+
+
+@pytest.mark.parametrize("kind", ["read", "write", "net"])
+def test_a_permission_list_must_be_a_list(kind: str) -> None:
+    for value, name in (("/tmp", "str"), ((), "tuple"), (b"x", "bytes")):
+        with pytest.raises(InvalidTypeError) as caught:
+            PermissionPolicy(**{kind: value})  # type: ignore[arg-type]
+        assert str(caught.value) == f"PermissionPolicy({kind}=...) takes a list, got {name}"
