@@ -399,6 +399,44 @@ def test_a_channel_waits_for_a_frame_only_until_its_deadline(channel) -> None:  
         chan.frame()
 
 
+def test_a_reply_larger_than_the_pipe_is_sent_whole_as_the_script_reads() -> None:
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    data = os.urandom(1 << 20)  # 16 pipe buffers
+    received = bytearray()
+
+    def read_slowly() -> None:
+        time.sleep(0.2)  # the pipe fills first: the host must wait for room, not give up
+        while chunk := os.read(in_r, 1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        plane._Channel(out_r, in_w, time.monotonic() + 30).send(data)
+    finally:
+        os.close(in_w)
+        reader.join(30)
+        for fd in (out_r, out_w, in_r):
+            os.close(fd)
+    assert bytes(received) == data
+
+
+def test_a_script_that_never_reads_its_replies_ends_the_send_at_the_deadline() -> None:
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    try:
+        with pytest.raises(TimeoutError):
+            plane._Channel(out_r, in_w, time.monotonic() + 0.3).send(b"x" * (1 << 20))
+        os.close(in_r)  # the script is gone: what is left is dropped, its end of stream tells how
+        in_r = -1
+        plane._Channel(out_r, in_w, time.monotonic() + 0.3).send(b"y" * 10)
+    finally:
+        for fd in (out_r, out_w, in_r, in_w):
+            if fd >= 0:
+                os.close(fd)
+
+
 # --- the child's set-up between fork and exec -----------------------------------------------------
 
 def test_without_prctl_no_script_runs(monkeypatch: pytest.MonkeyPatch) -> None:
