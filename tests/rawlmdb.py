@@ -31,3 +31,17 @@ def needed_size(data: Path) -> int:
     finally:
         os.close(fd)
     return int(size)
+
+
+def edit(store: str | os.PathLike[str], change) -> None:  # type: ignore[no-untyped-def]
+    """Change a store with LMDB itself, in one write transaction: ``change(txn, db)``, where
+    ``db(name, **flags)`` opens one of its named databases. Then forget the commit log (above)."""
+    import lmdb
+
+    env = lmdb.open(str(store), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            change(txn, lambda name, **flags: env.open_db(name, txn=txn, create=False, **flags))
+    finally:
+        env.close()
+    forget_commit_log(store)

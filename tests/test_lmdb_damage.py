@@ -28,7 +28,7 @@ from krepis import (
 )
 from krepis._storage import Query
 from krepis._storage.lmdb import LmdbStorage, _os_error, _wrap
-from rawlmdb import forget_commit_log
+from rawlmdb import edit
 
 from conftest import make_store
 
@@ -36,19 +36,16 @@ from conftest import make_store
 def _raw(store: Path, change: dict[int, bytes | None]) -> None:
     """Delete (None) or overwrite entries by seq, then drop the commit log so that krepis takes
     data.mdb as it now is."""
-    env = lmdb.open(str(store), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            entries = env.open_db(b"entries", txn=txn, create=False)
-            for seq, value in change.items():
-                key = struct.pack(">Q", seq)
-                if value is None:
-                    assert txn.delete(key, db=entries)
-                else:
-                    txn.put(key, value, db=entries)
-    finally:
-        env.close()
-    forget_commit_log(store)
+    def apply(txn, db) -> None:  # type: ignore[no-untyped-def]
+        entries = db(b"entries")
+        for seq, value in change.items():
+            key = struct.pack(">Q", seq)
+            if value is None:
+                assert txn.delete(key, db=entries)
+            else:
+                txn.put(key, value, db=entries)
+
+    edit(store, apply)
 
 
 def test_wrap_names_the_store_and_what_was_being_done() -> None:
@@ -275,17 +272,13 @@ def test_a_damaged_next_op_record_is_named_when_a_new_op_needs_an_id(
     with SovereignJournal(store) as journal:
         for name in ("a", "b"):
             journal.record(TransactionLog(1, name, "r", LogStatus.Completed), increment=name)
-    env = lmdb.open(str(store), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            meta = env.open_db(b"meta", txn=txn, create=False)
-            if next_op is None:
-                assert txn.delete(b"next_op", db=meta)
-            else:
-                txn.put(b"next_op", next_op, db=meta)
-    finally:
-        env.close()
-    forget_commit_log(store)
+    def apply(txn, db) -> None:  # type: ignore[no-untyped-def]
+        if next_op is None:
+            assert txn.delete(b"next_op", db=db(b"meta"))
+        else:
+            txn.put(b"next_op", next_op, db=db(b"meta"))
+
+    edit(store, apply)
     with SovereignJournal(store) as journal:
         journal.record(TransactionLog(2, "a", "r", LogStatus.Completed), increment="a")  # known ops work
         with pytest.raises(CorruptStorageError) as caught:
@@ -319,17 +312,13 @@ def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path)
                                             (b"r", "request id")])
 def test_verify_names_an_index_holding_a_row_too_many(tmp_path: Path, kind: bytes, name: str) -> None:
     store = make_store(tmp_path / "s", 3)
-    env = lmdb.open(str(store), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            index = env.open_db(b"index", txn=txn, create=False, dupsort=True)
-            cur = txn.cursor(db=index)
-            assert cur.set_range(kind)
-            key = cur.key()
-            assert txn.put(key, struct.pack(">QQ", 1, 999), db=index, dupdata=True)
-    finally:
-        env.close()
-    forget_commit_log(store)
+    def apply(txn, db) -> None:  # type: ignore[no-untyped-def]
+        index = db(b"index", dupsort=True)
+        cur = txn.cursor(db=index)
+        assert cur.set_range(kind)
+        assert txn.put(cur.key(), struct.pack(">QQ", 1, 999), db=index, dupdata=True)
+
+    edit(store, apply)
     storage = LmdbStorage(store)
     try:
         with pytest.raises(CorruptStorageError) as caught:
@@ -342,13 +331,7 @@ def test_verify_names_an_index_holding_a_row_too_many(tmp_path: Path, kind: byte
 
 def test_a_malformed_op_table_entry_is_named_when_the_op_is_next_used(tmp_path: Path) -> None:
     store = make_store(tmp_path / "s", 2)
-    env = lmdb.open(str(store), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            txn.put(b"nop", b"\x00\x00\x00", db=env.open_db(b"ops", txn=txn, create=False))
-    finally:
-        env.close()
-    forget_commit_log(store)
+    edit(store, lambda txn, db: txn.put(b"nop", b"\x00\x00\x00", db=db(b"ops")))
     with SovereignJournal(store) as journal:
         with pytest.raises(CorruptStorageError) as caught:
             journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
@@ -367,16 +350,12 @@ def test_a_malformed_op_table_entry_is_named_when_the_op_is_next_used(tmp_path: 
 def test_a_tree_record_that_does_not_fit_the_sequence_is_named(
         tmp_path: Path, seq: int | None, tree: bytes, expected: str) -> None:
     store = make_store(tmp_path / "s", 3)
-    env = lmdb.open(str(store), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            meta = env.open_db(b"meta", txn=txn, create=False)
-            txn.put(b"tree", tree, db=meta)
-            if seq is not None:
-                txn.put(b"seq", struct.pack("<Q", seq), db=meta)
-    finally:
-        env.close()
-    forget_commit_log(store)
+    def apply(txn, db) -> None:  # type: ignore[no-untyped-def]
+        txn.put(b"tree", tree, db=db(b"meta"))
+        if seq is not None:
+            txn.put(b"seq", struct.pack("<Q", seq), db=db(b"meta"))
+
+    edit(store, apply)
     storage = LmdbStorage(store)
     try:
         with pytest.raises(CorruptStorageError) as caught:

@@ -10,7 +10,7 @@ import pytest
 from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis._storage import Query, Storage
 from krepis._storage.lmdb import LmdbStorage
-from rawlmdb import forget_commit_log
+from rawlmdb import edit, forget_commit_log
 
 from storage_conformance import StorageConformance
 
@@ -42,17 +42,8 @@ def test_two_handles_in_one_process_share_one_environment(tmp_path: Path) -> Non
 # --- tampering: every change made with LMDB's own tools is found by verify() ----------------------
 
 def _tamper(store: Path, fn) -> None:  # type: ignore[no-untyped-def]
-    import lmdb
-
-    env = lmdb.open(str(store), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            dbs = {n: env.open_db(n, txn=txn, create=False, dupsort=n == b"index", dupfixed=n == b"index")
-                   for n in (b"entries", b"index", b"tree", b"meta", b"ops")}
-            fn(txn, dbs)
-    finally:
-        env.close()
-        forget_commit_log(store)
+    edit(store, lambda txn, db: fn(txn, {n: db(n, dupsort=n == b"index", dupfixed=n == b"index")
+                                         for n in (b"entries", b"index", b"tree", b"meta", b"ops")}))
 
 
 def _key(seq: int) -> bytes:
