@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: in-process ones (mutmut never sees code run by a subprocess such as the `krepis` CLI);
 #: tests that restart servers, send signals or only drive the CLI are left out to keep runs short.
 MODULES: dict[str, tuple[str, list[str], str | None]] = {
-    "merkle": ("src/krepis/_tlog/merkle.py",
+    "merkle": ("src/krepis/tlog/_merkle.py",
                ["test_merkle.py", "test_tlog.py", "test_storage_lmdb.py"], None),
     "codec": ("src/krepis/_storage/_codec.py", ["test_codec.py", "test_storage_lmdb.py",
                                                  "test_bad_storage.py", "test_tlog.py"], None),

@@ -30,8 +30,8 @@ from krepis import (
 from krepis._archive import ArchiveReader
 from krepis._cli import cli
 from krepis._model import encode_log
-from krepis._tlog.note import generate_signer
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
+from krepis.tlog._note import generate_signer
 from rawlmdb import needed_size
 
 OPS = [f"op_{i:02d}" for i in range(20)]
@@ -425,7 +425,7 @@ def test_tiles_of_archived_entries_export_from_the_archive(tmp_path: Path) -> No
     import asyncio
 
     from krepis import AsyncSovereignJournal
-    from krepis._tlog.tiles import check_tiles
+    from krepis.tlog._tiles import check_tiles
 
     arch, store = tmp_path / "archive", tmp_path / "s"
     signer = generate_signer("example.com/tiles")

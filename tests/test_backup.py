@@ -16,7 +16,7 @@ import pytest
 
 from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog, ValidationError
 from krepis._storage.backup import backup, restore
-from krepis._tlog.note import generate_signer
+from krepis.tlog._note import generate_signer
 from rawlmdb import forget_commit_log
 
 WORKERS = str(Path(__file__).parent / "workers.py")

@@ -605,7 +605,7 @@ def test_postgres_a_refused_write_is_a_definite_failure(pg_url: str) -> None:
 
 def test_postgres_keeps_checkpoints_per_log(pg_url: str) -> None:
     from krepis import ValidationError
-    from krepis._tlog.note import generate_signer
+    from krepis.tlog._note import generate_signer
 
     first, second = generate_signer("example.com/one"), generate_signer("example.com/two")
     with SovereignJournal(pg_url) as journal:

@@ -8,7 +8,7 @@ from hashlib import sha256
 
 import pytest
 
-from krepis._tlog.merkle import (
+from krepis.tlog._merkle import (
     append_leaf,
     consistency_proof,
     inclusion_proof,
@@ -137,7 +137,7 @@ def test_proofs_refuse_impossible_positions() -> None:
 
 
 def test_frontier_levels_and_the_checker_name_what_differs() -> None:
-    from krepis._tlog.merkle import TreeChecker, frontier_levels, range_hash, root_from_inclusion
+    from krepis.tlog._merkle import TreeChecker, frontier_levels, range_hash, root_from_inclusion
 
     assert frontier_levels(0) == [] and frontier_levels(1) == [0]
     assert frontier_levels(13) == [3, 2, 0] and frontier_levels(256) == [8]
@@ -191,7 +191,7 @@ def test_consistency_refuses_a_proof_with_one_hash_too_many_or_for_equal_sizes()
 
 
 def test_the_checker_counts_entries_from_zero_by_default() -> None:
-    from krepis._tlog.merkle import TreeChecker
+    from krepis.tlog._merkle import TreeChecker
 
     checker = TreeChecker(lambda level, i: None)
     with pytest.raises(ValueError, match=r"entries 0…255 \(height 8\) is missing"):

@@ -11,7 +11,7 @@ import lmdb
 import pytest
 
 from krepis import JournalError, LogStatus, SovereignJournal, StorageError, TransactionLog
-from krepis._tlog.note import (
+from krepis.tlog._note import (
     Checkpoint,
     NoteError,
     format_checkpoint,
@@ -20,7 +20,7 @@ from krepis._tlog.note import (
     parse_checkpoint,
     sign_note,
 )
-from krepis._tlog.tiles import parse_tile_path
+from krepis.tlog._tiles import parse_tile_path
 from rawlmdb import forget_commit_log
 
 from format1 import PG_SCHEMA_1
@@ -184,7 +184,7 @@ def test_hot_backup_from_a_process_writing_under_an_interval_policy(tmp_path: Pa
         assert backup(src, tmp_path / "copy").entries == 1
 
 
-# --- _tlog/tiles.py and export ----------------------------------------------------------------
+# --- tlog/_tiles.py and export ----------------------------------------------------------------
 
 def test_an_entry_longer_than_a_bundle_can_hold_is_refused_on_write(store: Path, tmp_path: Path) -> None:
     # An error text of 12000 control characters is valid (<= 16 KiB of UTF-8), but its canonical
@@ -213,7 +213,7 @@ def test_parse_tile_path_refuses_non_canonical_paths(path: str) -> None:
         parse_tile_path(path)
 
 
-# --- _tlog/note.py ----------------------------------------------------------------------------
+# --- tlog/_note.py ----------------------------------------------------------------------------
 
 _ROOT = base64.b64encode(b"\0" * 32).decode()
 
@@ -246,7 +246,7 @@ def test_export_after_a_restore_does_not_keep_tiles_of_the_replaced_log(tmp_path
     # does not verify. Expected: the export refuses (or rewrites the tiles) so that what it
     # writes matches the checkpoint it writes.
     from krepis._storage.backup import backup, restore
-    from krepis._tlog.tiles import check_tiles
+    from krepis.tlog._tiles import check_tiles
 
     live, copy, out = tmp_path / "live", tmp_path / "copy", tmp_path / "tiles"
     key = generate_signer("example.com/log")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from krepis import AsyncSovereignJournal, LogStatus, SovereignJournal, TransactionLog, ValidationError
-from krepis._tlog.note import generate_signer
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
+from krepis.tlog._note import generate_signer
 
 from storage_conformance import mth
 
@@ -115,7 +115,7 @@ def test_tiles_exported_in_process_check_after_a_clear_and_grow_incrementally(tm
     """Bundles are read at the right entries (the log begins at seq 7 here, not 0), the export is
     checked from its files alone, and a second export adds to the first."""
     from krepis import InvalidTypeError
-    from krepis._tlog.tiles import check_tiles
+    from krepis.tlog._tiles import check_tiles
 
     signer = generate_signer("example.com/tiles")
     out = tmp_path / "tiles"

@@ -38,7 +38,7 @@ from ._errors import CorruptStorageError, InvalidTypeError, JournalError, Valida
 from ._model import TransactionLog, decode_logs, make_log
 from ._storage import Query, Storage
 from ._storage._codec import rid_hash
-from ._tlog.merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
+from .tlog._merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
 
 if TYPE_CHECKING:
     from ._journal import SovereignJournal

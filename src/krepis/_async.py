@@ -17,8 +17,8 @@ from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
 from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
 from ._storage import TreeHead, VerifyReport, WriteRequest
-from ._tlog.log import ConsistencyProof, InclusionProof
-from ._tlog.note import Signer
+from .tlog._note import Signer
+from .tlog._reader import ConsistencyProof, InclusionProof
 
 __all__ = ["AsyncSovereignJournal"]
 

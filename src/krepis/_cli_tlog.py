@@ -14,8 +14,8 @@ import click
 from ._cli import _READ_POLICY, _emit_json, _storage, _storage_option, cli
 from ._errors import JournalError, ValidationError
 from ._journal import SovereignJournal
-from ._tlog.note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
 from .tlog import verify_consistency
+from .tlog._note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
 
 __all__: list[str] = []
 
@@ -166,7 +166,7 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_
     """
     verifiers = _verifiers(vkeys)
     if tlog_dir is not None:
-        from ._tlog.tiles import check_tiles
+        from .tlog._tiles import check_tiles
 
         if not verifiers:
             raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
@@ -255,7 +255,7 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
 @click.pass_context
 def tlog_serve(ctx: click.Context, listen: str) -> None:
     """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops)."""
-    from ._tlog.tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
+    from .tlog._tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
 
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:

@@ -30,8 +30,8 @@ from ._model import (
 from ._policy import FlushPolicy
 from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
 from ._time import TimeLike, parse_time
-from ._tlog.log import ConsistencyProof, InclusionProof, TreeReader
-from ._tlog.note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
+from .tlog._note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
+from .tlog._reader import ConsistencyProof, InclusionProof, TreeReader
 
 if TYPE_CHECKING:
     from ._archive import ArchiveReader, ArchiveReport, ArchiveVerifyReport, RetentionPolicy
@@ -507,7 +507,7 @@ class SovereignJournal:
         Incremental: full tiles already there are kept. Returns how many files were written.
         Bundles of archived entries come from ``archive`` (needed only for those not exported
         before they were archived)."""
-        from ._tlog.tiles import export_tiles
+        from .tlog._tiles import export_tiles
 
         note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
         if note is None:

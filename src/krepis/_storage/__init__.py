@@ -3,7 +3,7 @@
 The journal validates, encodes and batches; an adapter only stores. One call,
 :meth:`Storage.write_batch`, applies a list of write requests in ONE atomic transaction: the
 entries (each given its store-wide sequence number), every index row, the Merkle tree over the
-append order (RFC 6962, see :mod:`krepis._tlog.merkle`) and the counters.
+append order (RFC 6962, see :mod:`krepis.tlog._merkle`) and the counters.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Literal
 
 from .._errors import CorruptStorageError, ValidationError
 from .._model import LogStatus, TransactionLog
+from ..tlog._reader import TreeHead
 
 __all__ = ["LogAudit", "Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest", "check_checkpoint",
            "open_storage"]
@@ -68,20 +69,6 @@ class Query:
 
 
 @dataclass(frozen=True, slots=True)
-class TreeHead:
-    """The Merkle tree over the journal's append order since the log began (see ``clear``).
-
-    ``size`` leaves; ``first_seq`` is the sequence number of leaf 0; ``root`` the RFC 6962 tree
-    head; ``epoch`` counts clears (a clear ends a log and starts a new one).
-    """
-
-    size: int
-    root: bytes
-    first_seq: int
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
 class VerifyReport:
     """What :meth:`Storage.verify` checked: every entry, its index rows and the Merkle tree."""
 
@@ -97,7 +84,7 @@ class LogAudit:
 
     def __init__(self, where: str, location: str, first_seq: int,
                  stored_node: Callable[[int, int], bytes | None], live_first: int | None = None) -> None:
-        from .._tlog.merkle import TreeChecker
+        from ..tlog._merkle import TreeChecker
 
         self._where, self._location, self._first = where, location, first_seq
         start = first_seq if live_first is None else live_first

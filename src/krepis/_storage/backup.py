@@ -46,7 +46,7 @@ def _no_postgres(location: object) -> None:
 def _check(path: str, verifiers: list[object] | None) -> BackupResult:
     """Open the store at ``path`` read-only in effect and check everything in it."""
     from .._journal import SovereignJournal
-    from .._tlog.note import Verifier, open_note, parse_checkpoint
+    from ..tlog._note import Verifier, open_note, parse_checkpoint
 
     with SovereignJournal(path, create=False, retention="off") as journal:
         report = journal.verify()

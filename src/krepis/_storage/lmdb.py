@@ -39,7 +39,7 @@ from .._errors import (
     StorageError,
 )
 from .._model import LogStatus, TransactionLog, decode_log, encode_log
-from .._tlog.merkle import append_leaf, root_from_frontier
+from ..tlog._merkle import append_leaf, root_from_frontier
 from . import (
     LogAudit,
     Query,

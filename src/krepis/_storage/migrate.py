@@ -247,7 +247,7 @@ def _migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
         import psycopg
     except ImportError as exc:  # pragma: no cover - the postgres extra is missing
         raise StorageError("a postgresql:// storage needs psycopg (the 'postgres' extra)") from exc
-    from .._tlog.merkle import append_leaf
+    from ..tlog._merkle import append_leaf
     from .postgres import _LOCK_ID, FORMAT_VERSION, SCHEMA, _first_line, _params, redact
 
     where = redact(url)

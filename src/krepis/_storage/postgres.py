@@ -29,7 +29,7 @@ from typing import Any
 
 from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
 from .._model import LogStatus, TransactionLog, encode_log, make_log
-from .._tlog.merkle import append_leaf, root_from_frontier
+from ..tlog._merkle import append_leaf, root_from_frontier
 from . import (
     LogAudit,
     Query,

@@ -11,8 +11,7 @@ proof, and tree heads it trusts.
 
 from __future__ import annotations
 
-from ._tlog.log import ConsistencyProof, InclusionProof
-from ._tlog.merkle import (
+from ._merkle import (
     EMPTY_ROOT,
     leaf_hash,
     node_hash,
@@ -20,6 +19,7 @@ from ._tlog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from ._reader import ConsistencyProof, InclusionProof
 
 __all__ = [
     "EMPTY_ROOT",

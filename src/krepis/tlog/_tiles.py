@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .._errors import ValidationError
-from .merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
-from .note import Checkpoint, NoteError, Verifier, open_note, parse_checkpoint
+from ._merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
+from ._note import Checkpoint, NoteError, Verifier, open_note, parse_checkpoint
 
 __all__ = ["TileCheck", "bundle_bytes", "check_tiles", "encode_index", "export_tiles", "parse_tile_path",
            "tile_bytes", "tile_path"]

@@ -9,14 +9,43 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .._errors import CorruptStorageError, JournalError, ValidationError
-from .._storage import Storage, TreeHead
-from .merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, leaf_hash, node_hash, range_hash
+from ._merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, leaf_hash, node_hash, range_hash
 
-__all__ = ["ConsistencyProof", "InclusionProof", "TreeReader"]
+__all__ = ["ConsistencyProof", "InclusionProof", "TreeHead", "TreeReader", "TreeSource"]
 
 _WIDTH = 1 << TILE_HEIGHT
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """The Merkle tree over the journal's append order since the log began (see ``clear``).
+
+    ``size`` leaves; ``first_seq`` is the sequence number of leaf 0; ``root`` the RFC 6962 tree
+    head; ``epoch`` counts clears (a clear ends a log and starts a new one).
+    """
+
+    size: int
+    root: bytes
+    first_seq: int
+    epoch: int
+
+
+class TreeSource(Protocol):
+    """What a :class:`TreeReader` reads: a store's stored tree (the storage port provides it)."""
+
+    @property
+    def location(self) -> str: ...
+
+    def tree_head(self) -> TreeHead: ...
+
+    def tree_node(self, level: int, index: int) -> bytes | None: ...
+
+    def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]: ...
+
+    def live_first_seq(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +76,7 @@ class ConsistencyProof:
 class TreeReader:
     """Nodes of one store's current log, cached for the life of the reader (one proof)."""
 
-    def __init__(self, storage: Storage, head: TreeHead,
+    def __init__(self, storage: TreeSource, head: TreeHead,
                  archive: Callable[[int, int], list[bytes]] | None = None) -> None:
         self._storage = storage
         self.head = head
@@ -116,7 +145,7 @@ class TreeReader:
         """The tree head of the first ``size`` leaves (``size`` ≤ the current size)."""
         self._check_size(size, "size")
         if size == 0:
-            from .merkle import EMPTY_ROOT
+            from ._merkle import EMPTY_ROOT
 
             return EMPTY_ROOT
         return range_hash(self.node, 0, size)
