@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES: dict[str, tuple[str, list[str], str | None]] = {
     "merkle": ("src/krepis/tlog/_merkle.py",
                ["test_merkle.py", "test_tlog.py", "test_storage_lmdb.py"], None),
-    "codec": ("src/krepis/_storage/_codec.py", ["test_codec.py", "test_storage_lmdb.py",
+    "codec": ("src/krepis/storage/_codec.py", ["test_codec.py", "test_storage_lmdb.py",
                                                  "test_bad_storage.py", "test_tlog.py"], None),
     "journal": ("src/krepis/_journal.py",
                 ["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
@@ -57,11 +57,11 @@ MODULES: dict[str, tuple[str, list[str], str | None]] = {
               ["test_plane_units.py", "test_plane.py", "test_plane_ops.py", "test_plane_limits.py",
                "test_plane_sandbox.py", "test_guarantees.py"],
               "not postgres and not cli and not signal_to_krepis and not killed_host"),
-    "postgres": ("src/krepis/_storage/postgres.py",
+    "postgres": ("src/krepis/storage/postgres/_store.py",
                  ["test_postgres.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
                   "test_safety_parity.py", "test_backup.py", "test_migrate.py", "test_archive.py"],
                  "(postgres or pg or Postgres) and not restart and not failover and not bench and not cli"),
-    "lmdb": ("src/krepis/_storage/lmdb.py",
+    "lmdb": ("src/krepis/storage/lmdb/_store.py",
              ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog_units.py", "test_commitlog.py",
               "test_bad_storage.py", "test_journal.py", "test_guarantees.py", "test_tlog.py",
               "test_archive.py", "test_safety_files.py", "test_safety_held.py",
@@ -71,7 +71,7 @@ MODULES: dict[str, tuple[str, list[str], str | None]] = {
              # between them and only repeat what the sync cases and the migration tests check
              "not postgres and not pg and not deno and not bench and not interval_torn "
              "and not killed_at_random_points"),
-    "commitlog": ("src/krepis/_storage/_commitlog.py",
+    "commitlog": ("src/krepis/storage/lmdb/_commitlog.py",
                   ["test_commitlog_units.py", "test_commitlog.py", "test_storage_lmdb.py",
                    "test_bad_storage.py", "test_migrate.py", "test_backup.py", "test_powerloss.py",
                    "test_safety_files.py"],

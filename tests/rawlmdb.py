@@ -17,7 +17,7 @@ def forget_commit_log(store: str | os.PathLike[str]) -> None:
 def needed_size(data: Path) -> int:
     """The shortest length ``data.mdb`` can have: the pages past it are all on LMDB's free list
     (LMDB never reads those, so a file without them is not damaged)."""
-    from krepis._storage._files import _META, _PAGE_HEADER, _tail_is_free
+    from krepis.storage.lmdb._files import _META, _PAGE_HEADER, _tail_is_free
 
     raw = data.read_bytes()
     offset = max((0, 4096), key=lambda off: _META.unpack_from(raw, off + _PAGE_HEADER)[4])

@@ -15,7 +15,7 @@ import pytest
 
 from krepis import ClosedError, LogStatus, TransactionLog
 from krepis._model import encode_log
-from krepis._storage import Query, Storage, WriteRequest
+from krepis.storage import Query, Storage, WriteRequest
 
 Factory = Callable[[], Storage]
 S, C, F = LogStatus.Started, LogStatus.Completed, LogStatus.Failed

@@ -67,7 +67,7 @@ def fill(journal: SovereignJournal, logs: list[TransactionLog]) -> None:
 
 def fill_fast(journal: SovereignJournal, logs: list[TransactionLog]) -> None:
     """The same entries in transactions of 1,000 (the write path is not what these tests test)."""
-    from krepis._storage import WriteRequest
+    from krepis.storage import WriteRequest
 
     for i in range(0, len(logs), 1000):
         journal._storage.write_batch([WriteRequest([(x, encode_log(x))], [x.op_name.encode()])
@@ -182,7 +182,7 @@ def test_compression_and_request_id_index(tmp_path: Path) -> None:
         seg = reader.segments[0]
         idx = reader.segment_index(seg)
         rid = logs[12345].request_id
-        from krepis._storage._codec import rid_hash
+        from krepis.storage._codec import rid_hash
 
         assert idx.bundles_of(rid_hash(rid.encode())[:4]) == sorted({12345 // 256, *(
             i // 256 for i, x in enumerate(logs) if x.request_id == rid)})
@@ -333,7 +333,7 @@ _CHILD = textwrap.dedent("""
     from krepis import SovereignJournal
     from krepis._archive import archive_journal
     from krepis._model import encode_log
-    from krepis._storage import WriteRequest
+    from krepis.storage import WriteRequest
     from test_archive import realistic
     krepis._archive.DICT_MIN_BUNDLES = 2
     store, arch, kill_at, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -456,7 +456,7 @@ def test_a_store_whose_last_pages_were_freed_still_opens(tmp_path: Path) -> None
     leave data.mdb shorter than its meta page's last page. Such a file is made here from a real
     store: cut to the shortest length whose missing pages are all on LMDB's free list. It opens
     and verifies (in a child: a page it needed would be SIGBUS); a truly truncated one does not."""
-    from krepis._storage._files import _META, _PAGE_HEADER
+    from krepis.storage.lmdb._files import _META, _PAGE_HEADER
 
     store = tmp_path / "s"
     with SovereignJournal(store, flush="interval:100ms") as journal:

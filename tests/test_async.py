@@ -51,7 +51,7 @@ def test_every_method(store: Path) -> None:
 
 @pytest.mark.parametrize("flush", ["sync", "interval:5ms"])
 def test_many_tasks_exact_and_coalesced(store: Path, flush: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from krepis._storage.lmdb import LmdbStorage
+    from krepis.storage.lmdb import LmdbStorage
 
     commits = 0
     original = LmdbStorage.write_batch

@@ -15,7 +15,7 @@ import lmdb
 import pytest
 
 from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog, ValidationError
-from krepis._storage.backup import backup, restore
+from krepis.storage import backup, restore
 from krepis.tlog._note import generate_signer
 from rawlmdb import forget_commit_log
 

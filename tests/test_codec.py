@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from krepis import LogStatus, TransactionLog
-from krepis._storage._codec import decode_value, encode_value, rid_hash
+from krepis.storage._codec import decode_value, encode_value, rid_hash
 
 NAMES = {0: "op", 7: "ö"}
 HDR = struct.Struct("<BQI")

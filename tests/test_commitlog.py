@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 
 from krepis import CorruptStorageError, LogStatus, SovereignJournal, StorageError, TransactionLog
-from krepis._storage import _commitlog
-from krepis._storage._commitlog import CommitLog, decode_payload, encode_payload
+from krepis.storage.lmdb import _commitlog
+from krepis.storage.lmdb._commitlog import CommitLog, decode_payload, encode_payload
 
 
 def _write_and_die(store: Path, n: int, *, overflow_last: bool = False) -> None:
     """In a child: n committed records after one checkpoint, then exit without closing."""
     code = textwrap.dedent(f"""
         import os, struct
-        import krepis._storage.lmdb as adapter
+        import krepis.storage.lmdb._env as adapter
         adapter._CHECKPOINT_COMMITS = 10**9
         adapter._CHECKPOINT_SECONDS = 10**6
         adapter._CHECKPOINT_BACKLOG = adapter._CHECKPOINT_GROWTH = 10**9
@@ -222,7 +222,7 @@ def _flushes(tmp_path: Path, flush: str, then_flush: bool = False) -> dict[str, 
     calls ``flush()``), traced with strace."""
     code = textwrap.dedent(f"""
         import os, sys
-        import krepis._storage.lmdb as adapter
+        import krepis.storage.lmdb._env as adapter
         adapter._CHECKPOINT_COMMITS = 10**9
         adapter._CHECKPOINT_SECONDS = 10**6
         adapter._CHECKPOINT_BACKLOG = adapter._CHECKPOINT_GROWTH = 10**9

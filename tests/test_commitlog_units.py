@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from krepis import StorageError
-from krepis._storage import _commitlog
-from krepis._storage._commitlog import CommitLog, Flusher, Slot, decode_payload, encode_payload
+from krepis.storage.lmdb import _commitlog
+from krepis.storage.lmdb._commitlog import CommitLog, Flusher, Slot, decode_payload, encode_payload
 
 PAGE = 4096
 SMALL_RING = 64 << 10

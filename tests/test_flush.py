@@ -18,7 +18,7 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis._storage.lmdb import LmdbStorage
+from krepis.storage.lmdb import LmdbStorage
 
 from conftest import hammer_threads
 
@@ -91,7 +91,7 @@ class SyncCounting(LmdbStorage):
 
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> type[SyncCounting]:
-    import krepis._storage as port
+    import krepis.storage as port
 
     SyncCounting.syncs = 0
     def open_counting(loc: str, durable: bool = True, create: bool = True) -> SyncCounting:

@@ -27,8 +27,8 @@ from krepis import (
     StorageError,
     TransactionLog,
 )
-from krepis._storage import WriteRequest
-from krepis._storage.lmdb import LmdbStorage
+from krepis.storage import WriteRequest
+from krepis.storage.lmdb import LmdbStorage
 from test_bad_storage import _poke
 
 MAX_U64 = struct.pack("<Q", 2**64 - 1)
@@ -58,7 +58,7 @@ class Recording(LmdbStorage):
 
 @pytest.fixture
 def recording(monkeypatch: pytest.MonkeyPatch) -> type[Recording]:
-    import krepis._storage as port
+    import krepis.storage as port
 
     Recording.batches = []
 
@@ -401,7 +401,7 @@ def test_postgres_counters_are_locked_in_name_order(pg_url: str) -> None:
     """Two batches bumping the same counters in opposite orders: each pauses after locking its
     first counter row until both have got that far. Locking in name order, the second waits for
     the first row instead, and both commit; locking in request order would deadlock."""
-    from krepis._storage.postgres import PostgresStorage
+    from krepis.storage.postgres._store import PostgresStorage
 
     storage = PostgresStorage(pg_url)
     try:
@@ -451,7 +451,7 @@ def test_postgres_schema_is_created_under_its_advisory_lock(pg_url: str) -> None
     schema lock first (a racing CREATE ... IF NOT EXISTS can fail on the catalog's unique index)."""
     import psycopg
 
-    from krepis._storage.postgres import _LOCK_ID
+    from krepis.storage.postgres._store import _LOCK_ID
 
     opened: list[BaseException | None] = []
 

@@ -370,7 +370,7 @@ def test_concurrent_writers_share_one_commit(store: Path, monkeypatch: pytest.Mo
     """While one commit runs, callers queue and sleep; the next leader commits them together."""
     import threading
 
-    from krepis._storage.lmdb import LmdbStorage
+    from krepis.storage.lmdb import LmdbStorage
 
     gate = threading.Event()
     batches: list[int] = []

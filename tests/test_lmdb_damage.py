@@ -17,7 +17,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-import krepis._storage.lmdb as adapter
+import krepis.storage.lmdb._layout as adapter
 from krepis import (
     CorruptStorageError,
     JournalError,
@@ -26,8 +26,9 @@ from krepis import (
     StorageError,
     TransactionLog,
 )
-from krepis._storage import Query
-from krepis._storage.lmdb import LmdbStorage, _os_error, _wrap
+from krepis.storage import Query
+from krepis.storage.lmdb import LmdbStorage
+from krepis.storage.lmdb._layout import _os_error, _wrap
 from rawlmdb import edit
 
 from conftest import make_store

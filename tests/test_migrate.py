@@ -25,7 +25,7 @@ from krepis import (
     TransactionLog,
 )
 from krepis._model import encode_log
-from krepis._storage.migrate import migrate
+from krepis.storage import migrate
 
 from format1 import PG_SCHEMA_1, read_lmdb_store, write_lmdb_store
 from storage_conformance import mth

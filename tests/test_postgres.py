@@ -27,8 +27,8 @@ from krepis import (
     ValidationError,
 )
 from krepis._model import encode_log
-from krepis._storage import Storage, WriteRequest
-from krepis._storage.postgres import _TABLES, PostgresStorage, _connection_lost, _first_line, redact
+from krepis.storage import Storage, WriteRequest
+from krepis.storage.postgres._store import _TABLES, PostgresStorage, _connection_lost, _first_line, redact
 
 from conftest import hammer_threads
 from storage_conformance import OPERATIONS, StorageConformance

@@ -30,7 +30,7 @@ def _log(ts: int, rid: str = "r", op: str = "op", **kw: object) -> TransactionLo
     return TransactionLog(ts, op, rid, LogStatus.Completed, **kw)  # type: ignore[arg-type]
 
 
-# --- _storage/lmdb.py: append-order scan ----------------------------------------------------
+# --- storage/lmdb: append-order scan ----------------------------------------------------
 
 def test_append_order_newest_first_after_a_seq_beyond_u64(store: Path) -> None:
     # lmdb.py:596 packs after.seq with ">Q" unguarded (the oldest-first branch checks
@@ -42,7 +42,7 @@ def test_append_order_newest_first_after_a_seq_beyond_u64(store: Path) -> None:
         assert [g.seq for g in j.query(order="append", after=2**64)] == [2, 1, 0]
 
 
-# --- _storage/postgres.py -------------------------------------------------------------------
+# --- storage/postgres -------------------------------------------------------------------
 
 def test_postgres_op_names_keep_names_cleared_since(pg_url: str, store: Path) -> None:
     # Storage.op_names and SovereignJournal.op_names promise every op name "including ones since
@@ -73,7 +73,7 @@ def test_postgres_time_scan_with_an_empty_status_list(
     assert answers == [[], []]
 
 
-# --- _storage/migrate.py --------------------------------------------------------------------
+# --- storage migrate --------------------------------------------------------------------
 
 def test_postgres_migration_of_an_error_text_holding_nul(pg_url: str) -> None:
     # TransactionLog allows NUL in `error` (check_text(..., nul=True)); format 1 kept it as
@@ -82,7 +82,7 @@ def test_postgres_migration_of_an_error_text_holding_nul(pg_url: str) -> None:
     # ("unsupported Unicode escape sequence"), so such a journal can never be migrated.
     import psycopg
 
-    from krepis._storage.migrate import migrate
+    from krepis.storage import migrate
 
     logs = [_log(1, "a"), TransactionLog(2, "op", "b", LogStatus.Failed, error="bad\0byte")]
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -104,7 +104,7 @@ def test_a_failed_lmdb_migration_removes_its_work_directory(tmp_path: Path) -> N
     import shutil
 
     from krepis import CorruptStorageError
-    from krepis._storage.migrate import migrate
+    from krepis.storage import migrate
 
     store = tmp_path / "store"
     shutil.copytree(Path(__file__).parent / "fixtures" / "format1-store", store)
@@ -119,7 +119,7 @@ def test_a_failed_lmdb_migration_removes_its_work_directory(tmp_path: Path) -> N
     assert not (store / ".migrate").exists()
 
 
-# --- _storage/backup.py ---------------------------------------------------------------------
+# --- storage/lmdb/_backup.py ---------------------------------------------------------------------
 
 def test_restore_over_a_store_open_in_this_process_changes_nothing(tmp_path: Path) -> None:
     # restore() promises to replace a store "only when no process has it open". Its check
@@ -127,7 +127,7 @@ def test_restore_over_a_store_open_in_this_process_changes_nothing(tmp_path: Pat
     # it swaps data.mdb in (backup.py:144) and only then fails in lmdb.open with a raw
     # lmdb.Error ("already open in this process"): the caller is told the restore failed, yet
     # the store was replaced and the entry written after the backup is gone.
-    from krepis._storage.backup import backup, restore
+    from krepis.storage import backup, restore
 
     live, copy = tmp_path / "live", tmp_path / "copy"
     j = SovereignJournal(live)
@@ -151,7 +151,7 @@ def test_a_failed_backup_into_an_existing_empty_directory_leaves_it_empty(tmp_pa
     # backup() accepts an existing empty directory, but on failure removes only a directory it
     # created (backup.py:103): the copied data.mdb/lock.mdb stay behind, and the next backup to
     # the same place is refused ("exists and is not an empty directory").
-    from krepis._storage.backup import backup
+    from krepis.storage import backup
 
     src, dest = tmp_path / "src", tmp_path / "dest"
     with SovereignJournal(src) as j:
@@ -176,7 +176,7 @@ def test_hot_backup_from_a_process_writing_under_an_interval_policy(tmp_path: Pa
     # flush="interval:…" that open is refused (lmdb.py:758), and backup() has no way to choose
     # the policy, so an application cannot back up its own journal in-process. Reading needs no
     # particular flush policy: expected, the backup succeeds.
-    from krepis._storage.backup import backup
+    from krepis.storage import backup
 
     src = tmp_path / "src"
     with SovereignJournal(src, flush="interval:50ms") as j:
@@ -245,7 +245,7 @@ def test_export_after_a_restore_does_not_keep_tiles_of_the_replaced_log(tmp_path
     # silently mixes the old log's full tiles with the new checkpoint, and the published tree
     # does not verify. Expected: the export refuses (or rewrites the tiles) so that what it
     # writes matches the checkpoint it writes.
-    from krepis._storage.backup import backup, restore
+    from krepis.storage import backup, restore
     from krepis.tlog._tiles import check_tiles
 
     live, copy, out = tmp_path / "live", tmp_path / "copy", tmp_path / "tiles"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from krepis import AsyncSovereignJournal, ClosedError, LogStatus, SovereignJournal, TransactionLog
-from krepis._storage.lmdb import LmdbStorage
+from krepis.storage.lmdb import LmdbStorage
 
 from storage_conformance import OPERATIONS
 

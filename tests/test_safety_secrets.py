@@ -18,8 +18,8 @@ import pytest
 
 import pg
 from krepis import SovereignJournal, StorageError
-from krepis._storage import _pgurl
-from krepis._storage.postgres import redact
+from krepis.storage.postgres import _url as _pgurl
+from krepis.storage.postgres._store import redact
 
 PASSWORDS = [
     "pa%ss-word", "pa/ss/word", "pa ss word", "pa@ss@word", "pa:ss:word", "pa?ss?word",

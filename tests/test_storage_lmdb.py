@@ -8,8 +8,8 @@ import lmdb
 import pytest
 
 from krepis import LogStatus, SovereignJournal, TransactionLog
-from krepis._storage import Query, Storage
-from krepis._storage.lmdb import LmdbStorage
+from krepis.storage import Query, Storage
+from krepis.storage.lmdb import LmdbStorage
 from rawlmdb import edit, forget_commit_log
 
 from storage_conformance import StorageConformance
@@ -28,7 +28,7 @@ def test_two_handles_in_one_process_share_one_environment(tmp_path: Path) -> Non
     a = LmdbStorage(tmp_path / "s")
     b = LmdbStorage(tmp_path / "s")
     try:
-        from krepis._storage import WriteRequest
+        from krepis.storage import WriteRequest
 
         a.write_batch([WriteRequest([], [b"x"])])
         assert b.get_count(b"x") == 1

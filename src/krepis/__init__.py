@@ -25,7 +25,7 @@ from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
-from ._storage.backup import BackupResult, backup, restore
+from .storage import BackupResult, backup, restore
 
 __version__ = "0.1.0"
 

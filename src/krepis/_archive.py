@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import CorruptStorageError, InvalidTypeError, JournalError, ValidationError
 from ._model import TransactionLog, decode_logs, make_log
-from ._storage import Query, Storage
-from ._storage._codec import rid_hash
+from .storage import Query, Storage
+from .storage._codec import rid_hash
 from .tlog._merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
 
 if TYPE_CHECKING:

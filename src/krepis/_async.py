@@ -16,7 +16,7 @@ from ._archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
 from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
-from ._storage import TreeHead, VerifyReport, WriteRequest
+from .storage import TreeHead, VerifyReport, WriteRequest
 from .tlog._note import Signer
 from .tlog._reader import ConsistencyProof, InclusionProof
 

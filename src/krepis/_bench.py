@@ -26,7 +26,7 @@ from . import __version__
 from ._async import AsyncSovereignJournal
 from ._journal import SovereignJournal
 from ._model import LogStatus, TransactionLog, encode_log, make_log, now_ms
-from ._storage import WriteRequest
+from .storage import WriteRequest
 
 __all__ = ["BenchConfig", "Row", "run_bench"]
 
@@ -484,7 +484,7 @@ NO_TREE = "[Merkle hashing off, for its cost] "
 def _no_tree_hashing() -> Iterator[None]:
     """Leaves unhashed and no subtree hashes (the frontier keeps its shape): only to measure what
     the tree costs a write. The store it writes is useless and is thrown away."""
-    from ._storage import lmdb as adapter
+    from .storage.lmdb import _store as adapter
 
     class _Zero:
         def digest(self) -> bytes:
@@ -621,7 +621,7 @@ def _postgres_schema(url: str) -> Iterator[str]:
     """A URL whose tables live in a new, temporary schema of the database; dropped afterwards."""
     import psycopg
 
-    from ._storage import _pgurl
+    from .storage.postgres import _url as _pgurl
 
     params: dict[str, Any] = dict(_pgurl.parse(url).params)  # libpq never sees the URL
     schema = f"krepis_bench_{os.getpid()}_{int(time.time())}"
@@ -812,7 +812,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     targets.append(target("archive: entries archived per second", archived["entries_per_s"], 200_000, "/s"))
     config = asdict(cfg)
     if config.get("postgres_url"):  # never print a password
-        from ._storage.postgres import redact
+        from .storage.postgres._store import redact
 
         config["postgres_url"] = redact(config["postgres_url"])
     return {"machine": machine(), "config": config, "rows": table, "reads": reads,

@@ -989,7 +989,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
         cfg.seconds = seconds
     if large is not None:
         cfg.large = large
-    from ._storage._pgurl import is_postgres_url
+    from .storage.postgres import is_postgres_url
 
     # Temporary stores only, unless --storage is given on the command line (before or after
     # `bench`, the same): an exported KREPIS_STORAGE never makes bench touch that database.
@@ -1064,8 +1064,8 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
 
 
 def _check_postgres(url: str) -> None:
-    from ._storage import _pgurl
-    from ._storage.postgres import _first_line, redact
+    from .storage.postgres import _url as _pgurl
+    from .storage.postgres._store import _first_line, redact
 
     try:
         import psycopg
@@ -1133,7 +1133,7 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
     point leaves either the old store untouched or the complete new one. Stop every process
     using the store first; a store already in the current format is left as it is.
     """
-    from ._storage.migrate import migrate as run_migration
+    from .storage import migrate as run_migration
 
     location = _storage(ctx)
     if as_json or not sys.stderr.isatty():

@@ -341,7 +341,7 @@ def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
     (every entry, index and the Merkle tree) before this returns. PostgreSQL journals are
     backed up with pg_dump or pg_basebackup (docs/operations.md).
     """
-    from ._storage.backup import backup as run_backup
+    from .storage import backup as run_backup
 
     _summary("backed up to", run_backup(_storage(ctx), destination), as_json)
 
@@ -360,7 +360,7 @@ def restore(ctx: click.Context, source: str, force: bool, vkeys: tuple[str, ...]
     The backup is checked first (entries, indexes, Merkle tree, and its newest checkpoint —
     signature too with --vkey); a store already there is replaced only with --force.
     """
-    from ._storage.backup import restore as run_restore
+    from .storage import restore as run_restore
 
     result = run_restore(source, _storage(ctx), force=force, verifiers=list(_verifiers(vkeys)))
     _summary("restored into", result, as_json)

@@ -28,8 +28,8 @@ from ._model import (
     make_log,
 )
 from ._policy import FlushPolicy
-from ._storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
 from ._time import TimeLike, parse_time
+from .storage import Query, Storage, TreeHead, VerifyReport, WriteRequest, open_storage
 from .tlog._note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
 from .tlog._reader import ConsistencyProof, InclusionProof, TreeReader
 

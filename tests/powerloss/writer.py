@@ -54,14 +54,14 @@ def _ack_writer(path: str) -> Any:
 def _break_sync() -> None:
     """Acknowledge before syncing: the commit log is written but never flushed (checkpoints
     still flush now and then, so only the writes since the last one are at risk)."""
-    from krepis._storage._commitlog import CommitLog
+    from krepis.storage.lmdb._commitlog import CommitLog
 
     CommitLog.flush = lambda self: None  # type: ignore[method-assign]
 
 
 def _break_log() -> None:
     """Commit LMDB without sync and without a log: no record is written or flushed."""
-    from krepis._storage._commitlog import CommitLog
+    from krepis.storage.lmdb._commitlog import CommitLog
 
     CommitLog.flush = lambda self: None  # type: ignore[method-assign]
     CommitLog.write = lambda self, position, record: None  # type: ignore[method-assign]
@@ -70,7 +70,7 @@ def _break_log() -> None:
 def _break_pin() -> None:
     """Commit without protecting the last durable snapshot: every checkpoint's pin (the read
     transaction that keeps LMDB from reusing the snapshot's pages) is dropped at once."""
-    import krepis._storage.lmdb as adapter
+    import krepis.storage.lmdb._env as adapter
 
     real = adapter._checkpoint
 

@@ -27,21 +27,21 @@ from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import Any
 
-from .._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
-from .._model import LogStatus, TransactionLog, encode_log, make_log
-from ..tlog._merkle import append_leaf, root_from_frontier
-from . import (
+from ..._errors import ClosedError, CorruptStorageError, JournalError, NeedsMigrationError, StorageError
+from ..._model import LogStatus, TransactionLog, encode_log, make_log
+from ...tlog._merkle import append_leaf, root_from_frontier
+from .._codec import STATUS_CODE, STATUS_OF
+from .._port import (
     LogAudit,
     Query,
     Storage,
     TreeHead,
     VerifyReport,
     WriteRequest,
-    _pgurl,
     check_checkpoint,
     check_drop_prefix,
 )
-from ._codec import STATUS_CODE, STATUS_OF
+from . import _url as _pgurl
 
 __all__ = ["FORMAT_VERSION", "PostgresStorage", "redact"]
 

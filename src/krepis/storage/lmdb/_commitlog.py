@@ -36,7 +36,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .._errors import CorruptStorageError, StorageError
+from ..._errors import CorruptStorageError, StorageError
 
 __all__ = ["LOG", "CommitLog", "Flusher", "Slot", "decode_payload", "encode_payload"]
 

@@ -19,8 +19,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .._errors import StorageError, ValidationError
-from ._pgurl import is_postgres_url
+from ..._errors import StorageError, ValidationError
+from ..postgres._url import is_postgres_url
 
 __all__ = ["BackupResult", "backup", "restore"]
 
@@ -45,22 +45,28 @@ def _no_postgres(location: object) -> None:
 
 def _check(path: str, verifiers: list[object] | None) -> BackupResult:
     """Open the store at ``path`` read-only in effect and check everything in it."""
-    from .._journal import SovereignJournal
-    from ..tlog._note import Verifier, open_note, parse_checkpoint
+    from ...tlog._note import Verifier, open_note, parse_checkpoint
+    from ...tlog._reader import TreeReader
+    from ._store import LmdbStorage
 
-    with SovereignJournal(path, create=False, retention="off") as journal:
-        report = journal.verify()
-        note = journal.latest_checkpoint()
+    storage = LmdbStorage(path, durable=False, create=False)
+    try:
+        report = storage.verify()
+        head = storage.tree_head()
+        mine = [(size, note) for epoch, size, _origin, note in storage.checkpoints() if epoch == head.epoch]
+        note = max(mine)[1] if mine else None
         if note is not None:
             keys = [v for v in verifiers or [] if isinstance(v, Verifier)]
             text = open_note(note, keys) if keys else note[:note.rfind("\n\n") + 1]
             cp = parse_checkpoint(text)
-            if journal.tree_root(cp.size) != cp.root:
+            if cp.size > head.size or TreeReader(storage, head).root(cp.size) != cp.root:
                 raise ValidationError(f"{path}: the newest checkpoint (tree size {cp.size}) does not "
                                       "match the entries")
         elif verifiers:
             raise ValidationError(f"{path} holds no checkpoint of its current log to check the keys against")
         return BackupResult(path, report.entries, report.tree_size, report.root, note)
+    finally:
+        storage.close()
 
 
 def _fsync(path: str) -> None:
@@ -86,7 +92,7 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
     except OSError as exc:
         raise StorageError(f"cannot create backup directory {dest}: {exc.strerror}", dest) from None
     try:
-        from . import open_storage
+        from .. import open_storage
 
         # Read only: no flush policy of our own, so a process that has the journal open under
         # an interval policy can back it up too.
@@ -132,7 +138,7 @@ def restore(
     checked = _check(src, verifiers)
     dest = os.path.abspath(os.fspath(destination))
     data = os.path.join(dest, "data.mdb")
-    from .lmdb import open_in_this_process
+    from ._env import open_in_this_process
 
     if os.path.lexists(dest) and os.listdir(dest) and not force:
         raise StorageError(f"{dest} already holds a store; restoring over it needs --force (and no "

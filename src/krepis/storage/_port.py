@@ -9,7 +9,6 @@ append order (RFC 6962, see :mod:`krepis.tlog._merkle`) and the counters.
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -18,8 +17,8 @@ from .._errors import CorruptStorageError, ValidationError
 from .._model import LogStatus, TransactionLog
 from ..tlog._reader import TreeHead
 
-__all__ = ["LogAudit", "Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest", "check_checkpoint",
-           "open_storage"]
+__all__ = ["LogAudit", "Order", "Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest",
+           "check_checkpoint", "check_drop_prefix"]
 
 #: the order a scan returns entries in: by (timestamp, seq), or by seq alone
 Order = Literal["time", "append"]
@@ -265,20 +264,3 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the engine. Idempotent."""
-
-
-def open_storage(
-    location: str | os.PathLike[str], *, durable: bool = True, create: bool = True
-) -> Storage:
-    """Choose the adapter from the location: a ``postgresql://`` (or ``postgres://``) URL selects
-    PostgreSQL, anything else is a directory for LMDB. ``create=False`` refuses to start a new
-    store where there is none."""
-    from ._pgurl import is_postgres_url  # (without importing the PostgreSQL adapter)
-
-    if is_postgres_url(location):
-        from .postgres import PostgresStorage
-
-        return PostgresStorage(str(location), durable=durable, create=create)
-    from .lmdb import LmdbStorage
-
-    return LmdbStorage(location, durable=durable, create=create)

@@ -1,0 +1,419 @@
+"""Reading an LMDB store: counters, entries, the indexes, the tree and verification (the
+read half of :class:`~krepis.storage.lmdb.LmdbStorage`)."""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Iterator
+from hashlib import sha256
+from typing import Any
+
+import lmdb
+
+from ..._errors import CorruptStorageError
+from ..._model import TransactionLog, encode_log
+from ...tlog._merkle import root_from_frontier
+from .._codec import STATUS_CODE, decode_value, rid_hash
+from .._port import LogAudit, Query, TreeHead, VerifyReport
+from ._env import _SharedEnv
+from ._layout import (
+    _ALL_STATUSES,
+    _MAX_U64,
+    _NODE_KEY,
+    _OP_KEY,
+    _SEQ,
+    _STATUS_BYTE,
+    _STATUS_KEY,
+    _TIME_KEY,
+    _TREE_HDR,
+    _TS_SEQ,
+    _U64,
+    COUNTER_PREFIX,
+    _dup_stream,
+    _next16,
+    _wrap,
+)
+
+
+class _Reads:
+    """The read operations, over the environment and databases the store binds."""
+
+    location: str
+    _shared: _SharedEnv
+    _env: Any
+    _entries: Any
+    _index: Any
+    _ops: Any
+    _stats: Any
+    _tree: Any
+    _checkpoints: Any
+    _meta: Any
+
+    def _check(self) -> None:
+        raise NotImplementedError
+
+    def _read_tree(self, txn: Any) -> tuple[int, int, int, list[bytes]]:
+        """(next seq, first seq of the log, epoch, frontier), checked against each other."""
+        raw_seq = txn.get(b"seq", db=self._meta)
+        raw_tree = txn.get(b"tree", db=self._meta)
+        if raw_seq is None or len(raw_seq) != 8 or raw_tree is None or len(raw_tree) < 16 \
+                or (len(raw_tree) - 16) % 32:
+            raise CorruptStorageError(f"storage at {self.location}: malformed sequence or tree record",
+                                      self.location)
+        seq = _U64.unpack(raw_seq)[0]
+        first_seq, epoch = _TREE_HDR.unpack_from(raw_tree)
+        size = seq - first_seq
+        frontier = [raw_tree[i:i + 32] for i in range(16, len(raw_tree), 32)]
+        if size < 0 or len(frontier) != size.bit_count():
+            raise CorruptStorageError(
+                f"storage at {self.location}: the Merkle tree record ({len(frontier)} subtrees) does "
+                f"not match the sequence ({size} entries since seq {first_seq})", self.location)
+        return seq, first_seq, epoch, frontier
+
+    def _counter(self, raw: bytes | None, name: bytes) -> int:
+        if raw is None:
+            return 0
+        if len(raw) != 8:
+            raise CorruptStorageError(
+                f"storage at {self.location}: counter {name.decode('utf-8', 'replace')!r} holds "
+                f"{len(raw)} bytes, not 8", self.location)
+        return int(_U64.unpack(raw)[0])
+
+    # -- reads -----------------------------------------------------------------------------
+    def get_count(self, name: bytes) -> int:
+        self._check()
+        try:
+            with self._env.begin(db=self._stats) as txn:
+                raw = txn.get(COUNTER_PREFIX + name)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading a counter") from exc
+        return self._counter(raw, name)
+
+    def get_counts(self) -> dict[str, int]:
+        self._check()
+        out: dict[str, int] = {}
+        try:
+            with self._env.begin(db=self._stats) as txn:
+                cur = txn.cursor()
+                if cur.set_range(COUNTER_PREFIX):
+                    for key, raw in cur:
+                        if not key.startswith(COUNTER_PREFIX):
+                            break
+                        name = key[len(COUNTER_PREFIX):]
+                        out[name.decode("utf-8")] = self._counter(raw, name)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading counters") from exc
+        except UnicodeDecodeError as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed counter name: {exc}",
+                                      self.location) from exc
+        return out
+
+    def entry_count(self) -> int:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                return int(txn.stat(self._entries)["entries"])
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "counting entries") from exc
+
+    def next_seq(self) -> int:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                return self._read_tree(txn)[0]
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the sequence") from exc
+
+    def tree_head(self) -> TreeHead:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                seq, first_seq, epoch, frontier = self._read_tree(txn)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+        return TreeHead(seq - first_seq, root_from_frontier(frontier), first_seq, epoch)
+
+    def op_names(self) -> list[str]:
+        self._check()
+        try:
+            with self._env.begin(db=self._ops) as txn:
+                cur = txn.cursor()
+                names = []
+                if cur.set_range(b"n"):
+                    for key in cur.iternext(keys=True, values=False):
+                        if not key.startswith(b"n"):
+                            break
+                        names.append(key[1:].decode("utf-8"))
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading op names") from exc
+        except UnicodeDecodeError as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed op table: {exc}",
+                                      self.location) from exc
+        return sorted(names)
+
+    def get_entry(self, seq: int) -> TransactionLog | None:
+        self._check()
+        if not 0 <= seq <= _MAX_U64:
+            return None
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(_SEQ.pack(seq), db=self._entries)
+                return None if raw is None else self._decode(txn, seq, raw)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the journal") from exc
+
+    def _decode(self, txn: Any, seq: int, raw: bytes) -> TransactionLog:
+        names = self._shared.op_names
+        try:
+            try:
+                return decode_value(raw, seq, names)
+            except KeyError:
+                self._load_op_names(txn)
+                return decode_value(raw, seq, names)
+        except (ValueError, KeyError, struct.error) as exc:
+            raise CorruptStorageError(
+                f"storage at {self.location}: entry {seq} is not a valid TransactionLog "
+                f"({type(exc).__name__}: {exc})", self.location) from None
+
+    def _load_op_names(self, txn: Any) -> None:
+        cur = txn.cursor(db=self._ops)
+        if not cur.set_range(b"i"):
+            return
+        for key, name in cur:
+            if not key.startswith(b"i"):
+                break
+            if len(key) == 5:
+                op_id = int.from_bytes(key[1:], "big")
+                text = name.decode("utf-8", "strict")
+                self._shared.op_names[op_id] = text
+
+    def checkpoints(self) -> list[tuple[int, int, str, str]]:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                return self._read_checkpoints(txn)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading checkpoints") from exc
+
+    def _read_checkpoints(self, txn: Any) -> list[tuple[int, int, str, str]]:
+        out = []
+        try:
+            for key, note in txn.cursor(db=self._checkpoints):
+                out.append((_SEQ.unpack(key[:8])[0], _SEQ.unpack(key[8:16])[0], key[16:].decode("utf-8"),
+                            bytes(note).decode("utf-8")))
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed checkpoint record ({exc})",
+                                      self.location) from None
+        return out
+
+    def tree_node(self, level: int, index: int) -> bytes | None:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(_NODE_KEY.pack(level, index), db=self._tree)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+        return None if raw is None else bytes(raw)
+
+    def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
+        self._check()
+        out: list[bytes] = []
+        if count <= 0:
+            return out
+        try:
+            with self._env.begin() as txn:
+                cur = txn.cursor(db=self._entries)
+                seq = first_seq + start
+                if not cur.set_key(_SEQ.pack(seq)):
+                    raise CorruptStorageError(f"storage at {self.location}: entry {seq} is missing",
+                                              self.location)
+                for key, raw in cur:
+                    at = _SEQ.unpack(key)[0]
+                    if at != seq:
+                        raise CorruptStorageError(f"storage at {self.location}: entry {seq} is missing",
+                                                  self.location)
+                    out.append(sha256(b"\x00" + encode_log(self._decode(txn, at, raw))).digest())
+                    seq += 1
+                    if len(out) == count:
+                        break
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the journal") from exc
+        if len(out) != count:
+            raise CorruptStorageError(f"storage at {self.location}: entry {first_seq + start + len(out)} "
+                                      "is missing", self.location)
+        return out
+
+    def verify(self) -> VerifyReport:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                return self._verify(txn)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "verifying") from exc
+
+    def _verify(self, txn: Any) -> VerifyReport:
+        where = f"storage at {self.location}"
+        seq, first_seq, epoch, frontier = self._read_tree(txn)
+        tree, index = self._tree, self._index
+        live = self._live_first(txn, first_seq, epoch)
+        audit = LogAudit(where, self.location, first_seq,
+                         lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree), live)
+        idx = txn.cursor(db=index)
+        for key, raw in txn.cursor(db=self._entries):
+            at = _SEQ.unpack(key)[0]
+            log = self._decode(txn, at, raw)
+            audit.add(at, encode_log(log))
+            ts_seq = _TS_SEQ.pack(log.timestamp, at)
+            status = STATUS_CODE[log.status]
+            op_id = self._shared.op_ids.get(log.op_name)
+            if op_id is None:
+                raw_id = txn.get(b"n" + log.op_name.encode("utf-8"), db=self._ops)
+                op_id = int.from_bytes(raw_id or b"\xff\xff\xff\xff\xff", "little")
+            rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
+            for name, ikey in (("time", _TIME_KEY), ("status", _STATUS_KEY[status]),
+                               ("op", _OP_KEY.pack(b"o", op_id & 0xFFFFFFFF, status)),
+                               ("request id", rid_key)):
+                if not idx.set_key_dup(ikey, ts_seq):
+                    raise CorruptStorageError(f"{where}: entry {at} has no row in the {name} index",
+                                              self.location)
+        report = audit.finish(seq, frontier, int(txn.stat(tree)["entries"]))
+        n = seq - live
+        rows = {b"t": 0, b"s": 0, b"o": 0, b"r": 0}
+        keys = idx.iternext_nodup(keys=True, values=False) if idx.first() else iter(())
+        for key in keys:
+            kind = key[:1]
+            if kind not in rows:
+                raise CorruptStorageError(f"{where}: unknown index key {key[:20]!r}", self.location)
+            rows[kind] += idx.count()  # (positioned on the key's first duplicate)
+        names = {b"t": "time", b"s": "status", b"o": "op", b"r": "request id"}
+        for kind, count in rows.items():
+            if count != n:
+                raise CorruptStorageError(f"{where}: the {names[kind]} index holds {count} rows for "
+                                          f"{n} entries", self.location)
+        return report
+
+    def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
+        self._check()
+        if limit <= 0:
+            return []
+        try:
+            with self._env.begin() as txn:
+                if query.order == "append":
+                    return self._scan_append(txn, query, after, limit)
+                return self._scan_time(txn, query, after, limit)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the journal") from exc
+        except UnicodeDecodeError as exc:
+            raise CorruptStorageError(f"storage at {self.location}: malformed op table: {exc}",
+                                      self.location) from exc
+
+    def _scan_append(
+        self, txn: Any, query: Query, after: TransactionLog | None, limit: int
+    ) -> list[TransactionLog]:
+        cur = txn.cursor(db=self._entries)
+        out: list[TransactionLog] = []
+        if query.newest_first:
+            if after is None or after.seq is None or after.seq > _MAX_U64:
+                ok = cur.last()
+            elif cur.set_range(_SEQ.pack(after.seq)):
+                ok = cur.prev()
+            else:
+                ok = cur.last()
+            items = cur.iterprev() if ok else iter(())
+        else:
+            start = 0 if after is None or after.seq is None else after.seq + 1
+            ok = start <= _MAX_U64 and cur.set_range(_SEQ.pack(start))
+            items = cur.iternext() if ok else iter(())
+        for key, raw in items:
+            log = self._decode(txn, _SEQ.unpack(key)[0], raw)
+            if query.matches(log):
+                out.append(log)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _scan_time(
+        self, txn: Any, query: Query, after: TransactionLog | None, limit: int
+    ) -> list[TransactionLog]:
+        desc = query.newest_first
+        lo = None if query.since is None else _TS_SEQ.pack(query.since, 0)
+        hi = None if query.until is None else _TS_SEQ.pack(query.until, 0)
+        if after is not None and after.seq is not None:
+            cursor_pos = _TS_SEQ.pack(after.timestamp, after.seq)
+            if desc:  # resume strictly below the cursor
+                hi = cursor_pos if hi is None else min(hi, cursor_pos)
+            else:
+                lo = _next16(cursor_pos) if lo is None else max(lo, _next16(cursor_pos))
+        statuses = query.statuses if query.statuses is not None else _ALL_STATUSES
+        streams: list[Iterator[bytes]] = []
+        check_rid = query.request_id is not None
+        check_op = False
+        if query.request_id is not None:
+            prefix = b"r" + rid_hash(query.request_id.encode("utf-8"))
+            for status in statuses:
+                streams.append(_dup_stream(txn.cursor(db=self._index),
+                                           prefix + _STATUS_BYTE[STATUS_CODE[status]], lo, hi, desc))
+            check_op = query.op_names is not None
+        elif query.op_names is not None:
+            op_ids = self._shared.op_ids
+            for name in query.op_names:
+                op_id = op_ids.get(name)
+                if op_id is None:
+                    raw = txn.get(b"n" + name.encode("utf-8"), db=self._ops)
+                    if raw is None or len(raw) != 4:
+                        continue  # never journaled: nothing matches
+                    op_id = int.from_bytes(raw, "little")
+                for status in statuses:
+                    streams.append(_dup_stream(txn.cursor(db=self._index),
+                                               _OP_KEY.pack(b"o", op_id, STATUS_CODE[status]), lo, hi, desc))
+        elif query.statuses is not None:
+            for status in statuses:
+                streams.append(_dup_stream(txn.cursor(db=self._index),
+                                           _STATUS_KEY[STATUS_CODE[status]], lo, hi, desc))
+        else:
+            streams.append(_dup_stream(txn.cursor(db=self._index), _TIME_KEY, lo, hi, desc))
+        merged: Iterator[bytes]
+        if len(streams) == 1:
+            merged = streams[0]
+        else:
+            merged = heapq.merge(*streams, reverse=desc)
+        out: list[TransactionLog] = []
+        get, entries = txn.get, self._entries
+        for ts_seq in merged:
+            key = ts_seq[8:]
+            raw = get(key, db=entries)
+            seq = _SEQ.unpack(key)[0]
+            if raw is None:
+                raise CorruptStorageError(
+                    f"storage at {self.location}: an index names entry {seq}, which is missing",
+                    self.location)
+            log = self._decode(txn, seq, raw)
+            if (check_rid and log.request_id != query.request_id) or \
+                    (check_op and log.op_name not in query.op_names):  # type: ignore[operator]
+                continue
+            out.append(log)
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- archive: the live store's prefix moves out ------------------------------------------
+    def live_first_seq(self) -> int:
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                _seq, first_seq, epoch, _frontier = self._read_tree(txn)
+                return self._live_first(txn, first_seq, epoch)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading the tree") from exc
+
+    def _live_first(self, txn: Any, first_seq: int, epoch: int) -> int:
+        """``meta["live"]`` (``LE8(epoch) ‖ LE8(seq)``) when it is of the current log, else the
+        log's first seq: a clear starts a new log whose prefix was never archived."""
+        raw = txn.get(b"live", db=self._meta)
+        if raw is None:
+            return first_seq
+        if len(raw) != 16:
+            raise CorruptStorageError(f"storage at {self.location}: malformed live record", self.location)
+        live_epoch, live = _TREE_HDR.unpack(raw)
+        return int(live) if live_epoch == epoch and live > first_seq else first_seq
