@@ -27,7 +27,7 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis._archive import ArchiveReader
+from krepis.archive import ArchiveReader
 from krepis._cli import cli
 from krepis._model import encode_log
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
@@ -289,7 +289,7 @@ def test_clear_starts_a_new_log_in_the_same_archive(tmp_path: Path) -> None:
 
 
 def test_retention_policy_runs_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import krepis._archive
+    import krepis._retention
 
     arch = tmp_path / "archive"
     with Kernel(tmp_path / "s", flush="interval:20ms", retention="keep-last:256,every:0.05s",
@@ -303,7 +303,7 @@ def test_retention_policy_runs_in_the_background(tmp_path: Path, monkeypatch: py
             time.sleep(0.02)
         assert thread.error is None  # type: ignore[attr-defined]
         assert journal.live_first_seq() == 0  # fewer than RETENTION_MIN_BUNDLES due: nothing moves
-        monkeypatch.setattr(krepis._archive, "RETENTION_MIN_BUNDLES", 2)
+        monkeypatch.setattr(krepis._retention, "RETENTION_MIN_BUNDLES", 2)
         deadline = time.monotonic() + 30
         while journal.live_first_seq() < 512 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -329,13 +329,13 @@ def test_space_comes_back(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    import krepis._archive
+    import krepis.archive._writer
     from krepis import SovereignJournal
-    from krepis._archive import archive_journal
+    from krepis.archive import archive_store
     from krepis._model import encode_log
     from krepis.storage import WriteRequest
     from test_archive import realistic
-    krepis._archive.DICT_MIN_BUNDLES = 2
+    krepis.archive._writer.DICT_MIN_BUNDLES = 2
     store, arch, kill_at, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     with SovereignJournal(store, flush="interval:5ms", retention="off") as journal:
         n = journal.next_seq()
@@ -347,8 +347,8 @@ _CHILD = textwrap.dedent("""
             if name == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         while True:
-            archive_journal(journal, journal._storage, arch, before=None, keep_last=0, max_bundles=1,
-                            on_step=step)
+            archive_store(journal._storage, arch, durable=False, before=None, keep_last=0, max_bundles=1,
+                          on_step=step)
             if kill_at == "never":
                 break
 """)

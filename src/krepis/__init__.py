@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from ._archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from ._async import AsyncSovereignJournal
 from ._errors import (
     ClosedError,
@@ -25,6 +24,7 @@ from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
+from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from .storage import BackupResult, backup, restore
 
 __version__ = "0.1.0"

@@ -12,10 +12,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _journal as _journal_module
-from ._archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
 from ._model import TransactionLog, check_op_name
 from ._policy import FlushPolicy
+from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from .storage import TreeHead, VerifyReport, WriteRequest
 from .tlog._note import Signer
 from .tlog._reader import ConsistencyProof, InclusionProof

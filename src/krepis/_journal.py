@@ -34,7 +34,7 @@ from .tlog._note import Checkpoint, Signer, format_checkpoint, parse_checkpoint,
 from .tlog._reader import ConsistencyProof, InclusionProof, TreeReader
 
 if TYPE_CHECKING:
-    from ._archive import ArchiveReader, ArchiveReport, ArchiveVerifyReport, RetentionPolicy
+    from .archive import ArchiveReader, ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 
 __all__ = ["CLEAR_OP", "DEFAULT_STORAGE", "SovereignJournal"]
 
@@ -249,7 +249,7 @@ class SovereignJournal:
         self._generation = _fork_generation
         self._closed = False
         if self._retention_policy is not None:
-            from ._archive import RetentionThread
+            from ._retention import RetentionThread
 
             assert self._archive_dir is not None
             self._retention = RetentionThread(self, self._retention_policy, self._archive_dir)
@@ -696,7 +696,7 @@ class SovereignJournal:
                         head: TreeHead | None = None) -> ArchiveReader:
         """A reader of the current log's archived bundles, refused (``ValidationError``) when
         the archive is of another store: its last bundle must be the tree's stored hash."""
-        from ._archive import ArchiveReader
+        from .archive import ArchiveReader
 
         head = storage.tree_head() if head is None else head
         reader = ArchiveReader(directory, head.epoch, head.first_seq)
@@ -776,12 +776,13 @@ class SovereignJournal:
         self, directory: str | os.PathLike[str] | None, *, before: TimeLike | None = None,
         keep_last: int | None = None, keep_days: float | None = None, min_bundles: int = 1,
     ) -> ArchiveReport:
-        from ._archive import archive_journal, parse_before
+        from .archive import archive_store, parse_before
 
         cutoff, keep = parse_before(before, keep_days, keep_last)
         target = self._archive_target(directory)
         storage = self._live()
-        return archive_journal(self, storage, target, before=cutoff, keep_last=keep, min_bundles=min_bundles)
+        return archive_store(storage, target, durable=self._policy.durable, before=cutoff, keep_last=keep,
+                             min_bundles=min_bundles)
 
     def _archive_target(self, directory: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
         if directory is None:
@@ -795,7 +796,7 @@ class SovereignJournal:
         against its recorded hash and, for the current log, the tree's stored hash (so a bundle
         decompresses to exactly the entries the tree commits to). Raises
         :class:`CorruptStorageError` naming the file (and bundle) at fault."""
-        from ._archive import verify_archive
+        from .archive import verify_archive
 
         return verify_archive(self._archive_target(directory), self._live())
 
@@ -869,7 +870,7 @@ def _retention(
 ) -> tuple[RetentionPolicy | None, str | None]:
     """The retention policy (``None``: ``KREPIS_RETENTION``; ``"off"``: none) and the archive
     directory (``None``: ``KREPIS_ARCHIVE``), checked before anything is opened."""
-    from ._archive import RetentionPolicy
+    from .archive import RetentionPolicy
 
     source = ""
     if retention is None:

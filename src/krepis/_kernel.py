@@ -15,7 +15,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from ._archive import RetentionPolicy
 from ._errors import InvalidTypeError, OpError, ValidationError
 from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._model import (
@@ -28,6 +27,7 @@ from ._model import (
 )
 from ._plane import PermissionPolicy, ScriptResult
 from ._policy import FlushPolicy
+from .archive import RetentionPolicy
 
 __all__ = ["Kernel", "error_text"]
 
