@@ -27,9 +27,9 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis.archive import ArchiveReader
 from krepis._cli import cli
 from krepis._model import encode_log
+from krepis.archive import ArchiveReader
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
 from krepis.tlog._note import generate_signer
 from rawlmdb import needed_size
@@ -289,7 +289,7 @@ def test_clear_starts_a_new_log_in_the_same_archive(tmp_path: Path) -> None:
 
 
 def test_retention_policy_runs_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import krepis._retention
+    import krepis.journal._retention
 
     arch = tmp_path / "archive"
     with Kernel(tmp_path / "s", flush="interval:20ms", retention="keep-last:256,every:0.05s",
@@ -303,7 +303,7 @@ def test_retention_policy_runs_in_the_background(tmp_path: Path, monkeypatch: py
             time.sleep(0.02)
         assert thread.error is None  # type: ignore[attr-defined]
         assert journal.live_first_seq() == 0  # fewer than RETENTION_MIN_BUNDLES due: nothing moves
-        monkeypatch.setattr(krepis._retention, "RETENTION_MIN_BUNDLES", 2)
+        monkeypatch.setattr(krepis.journal._retention, "RETENTION_MIN_BUNDLES", 2)
         deadline = time.monotonic() + 30
         while journal.live_first_seq() < 512 and time.monotonic() < deadline:
             time.sleep(0.02)

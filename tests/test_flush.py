@@ -98,7 +98,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> type[SyncCounting]:
         return SyncCounting(loc, durable=durable, create=create)
 
     monkeypatch.setattr(port, "open_storage", open_counting)
-    monkeypatch.setattr("krepis._journal.open_storage", port.open_storage)
+    monkeypatch.setattr("krepis.journal._journal.open_storage", port.open_storage)
     return SyncCounting
 
 

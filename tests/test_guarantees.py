@@ -66,7 +66,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> type[Recording]:
         return Recording(loc, durable=durable, create=create)
 
     monkeypatch.setattr(port, "open_storage", open_recording)
-    monkeypatch.setattr("krepis._journal.open_storage", open_recording)
+    monkeypatch.setattr("krepis.journal._journal.open_storage", open_recording)
     return Recording
 
 
@@ -170,7 +170,7 @@ def slow(monkeypatch: pytest.MonkeyPatch) -> None:
     def open_slow(loc: str, durable: bool = True, create: bool = True) -> Slow:
         return Slow(loc, durable=durable, create=create)
 
-    monkeypatch.setattr("krepis._journal.open_storage", open_slow)
+    monkeypatch.setattr("krepis.journal._journal.open_storage", open_slow)
 
 
 def test_an_awaited_write_is_committed_when_it_returns(store: Path, slow: None) -> None:
@@ -255,7 +255,7 @@ def test_a_failed_background_sync_is_reported_by_the_next_call(store: Path,
     def open_failing(loc: str, durable: bool = True, create: bool = True) -> FailingSync:
         return FailingSync(loc, durable=durable, create=create)
 
-    monkeypatch.setattr("krepis._journal.open_storage", open_failing)
+    monkeypatch.setattr("krepis.journal._journal.open_storage", open_failing)
     journal = SovereignJournal(store, flush="interval:5ms")
     try:
         journal.increment_op_count("x")

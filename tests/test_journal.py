@@ -15,7 +15,7 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis._journal import CLEAR_OP
+from krepis.journal import CLEAR_OP
 
 from conftest import tree_snapshot
 
@@ -382,7 +382,7 @@ def test_concurrent_writers_share_one_commit(store: Path, monkeypatch: pytest.Mo
                 gate.wait(60)
             return super().write_batch(requests)
 
-    monkeypatch.setattr("krepis._journal.open_storage",
+    monkeypatch.setattr("krepis.journal._journal.open_storage",
                         lambda loc, durable=True, create=True: Gated(loc, durable=durable, create=create))
     with SovereignJournal(store) as journal:
         threads = [threading.Thread(target=journal.increment_op_count, args=("c",)) for _ in range(6)]

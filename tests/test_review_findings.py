@@ -240,7 +240,7 @@ def test_open_note_refuses_a_signature_line_ending_in_cr() -> None:
 
 def test_export_after_a_restore_does_not_keep_tiles_of_the_replaced_log(tmp_path: Path) -> None:
     # export_tiles keeps every full tile already in the directory (tiles.py:116/123) and only
-    # checks the marker (path, first_seq, epoch; _journal.py:460). A store restored from an older
+    # checks the marker (path, first_seq, epoch; journal/_tree.py). A store restored from an older
     # backup has the same three, but a different log past the backup point: the next export
     # silently mixes the old log's full tiles with the new checkpoint, and the published tree
     # does not verify. Expected: the export refuses (or rewrites the tiles) so that what it

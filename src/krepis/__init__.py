@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from ._async import AsyncSovereignJournal
 from ._errors import (
     ClosedError,
     CorruptStorageError,
@@ -18,13 +17,13 @@ from ._errors import (
     StorageError,
     ValidationError,
 )
-from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
 from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
+from .journal import DEFAULT_STORAGE, AsyncSovereignJournal, SovereignJournal
 from .storage import BackupResult, backup, restore
 
 __version__ = "0.1.0"

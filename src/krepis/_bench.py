@@ -23,9 +23,8 @@ from typing import Any
 import lmdb
 
 from . import __version__
-from ._async import AsyncSovereignJournal
-from ._journal import SovereignJournal
 from ._model import LogStatus, TransactionLog, encode_log, make_log, now_ms
+from .journal import AsyncSovereignJournal, SovereignJournal
 from .storage import WriteRequest
 
 __all__ = ["BenchConfig", "Row", "run_bench"]

@@ -40,11 +40,11 @@ from rich.table import Table
 
 from . import __version__
 from ._errors import JournalError, StorageError
-from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._kernel import Kernel
 from ._model import LogStatus, TransactionLog
 from ._policy import FlushPolicy
 from ._time import parse_time_unnamed
+from .journal import DEFAULT_STORAGE, SovereignJournal
 
 __all__ = ["cli", "main"]
 

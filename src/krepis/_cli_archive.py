@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._cli import _READ_POLICY, _emit_json, _storage, _storage_option, _TimeType, cli, inert
-from ._journal import SovereignJournal
+from .journal import SovereignJournal
 
 __all__: list[str] = []
 

@@ -13,7 +13,7 @@ import click
 
 from ._cli import _READ_POLICY, _emit_json, _storage, _storage_option, cli
 from ._errors import JournalError, ValidationError
-from ._journal import SovereignJournal
+from .journal import SovereignJournal
 from .tlog import verify_consistency
 from .tlog._note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
 

@@ -16,7 +16,6 @@ from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
 from ._errors import InvalidTypeError, OpError, ValidationError
-from ._journal import DEFAULT_STORAGE, SovereignJournal
 from ._model import (
     MAX_ERROR_BYTES,
     KernelContext,
@@ -28,6 +27,7 @@ from ._model import (
 from ._plane import PermissionPolicy, ScriptResult
 from ._policy import FlushPolicy
 from .archive import RetentionPolicy
+from .journal import DEFAULT_STORAGE, SovereignJournal
 
 __all__ = ["Kernel", "error_text"]
 

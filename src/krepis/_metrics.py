@@ -6,7 +6,7 @@ import http.server
 import threading
 from collections.abc import Callable
 
-from ._journal import SovereignJournal
+from .journal import SovereignJournal
 
 __all__ = ["CONTENT_TYPE", "prometheus_text", "serve_metrics"]
 

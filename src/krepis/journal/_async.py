@@ -11,14 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _journal as _journal_module
-from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry, _Pending
-from ._model import TransactionLog, check_op_name
-from ._policy import FlushPolicy
-from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
-from .storage import TreeHead, VerifyReport, WriteRequest
-from .tlog._note import Signer
-from .tlog._reader import ConsistencyProof, InclusionProof
+from .._model import TransactionLog, check_op_name
+from .._policy import FlushPolicy
+from ..archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
+from ..storage import TreeHead, VerifyReport, WriteRequest
+from ..tlog._note import Signer
+from ..tlog._reader import ConsistencyProof, InclusionProof
+from . import _fork
+from ._commit import _Pending
+from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry
 
 __all__ = ["AsyncSovereignJournal"]
 
@@ -201,7 +202,7 @@ class AsyncSovereignJournal:
         """Wait for queued writes, make everything durable, release the store. Idempotent."""
         if self._journal.closed:
             return
-        if self._journal._generation != _journal_module._fork_generation:
+        if self._journal._generation != _fork.generation():
             self._journal.close()  # forked child: the writer thread is the parent's; just let go
             return
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from .archive import RETENTION_MIN_BUNDLES, RetentionPolicy
+from ..archive import RETENTION_MIN_BUNDLES, RetentionPolicy
 
 if TYPE_CHECKING:
     from ._journal import SovereignJournal

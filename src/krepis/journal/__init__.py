@@ -1,0 +1,9 @@
+"""The journal: :class:`SovereignJournal` (validate, encode, group-commit, read) and its asyncio
+twin, over the storage port; retention runs beside it."""
+
+from __future__ import annotations
+
+from ._async import AsyncSovereignJournal
+from ._journal import CLEAR_OP, DEFAULT_STORAGE, MAX_ENTRY_BYTES, SovereignJournal
+
+__all__ = ["CLEAR_OP", "DEFAULT_STORAGE", "MAX_ENTRY_BYTES", "AsyncSovereignJournal", "SovereignJournal"]

@@ -1,0 +1,183 @@
+"""The journal's verifiable log: tree heads, proofs, signed checkpoints and tiles (the tree
+half of :class:`~krepis.SovereignJournal`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .._errors import (
+    CorruptStorageError,
+    InvalidTypeError,
+    ValidationError,
+)
+from .._model import (
+    TransactionLog,
+    encode_log,
+)
+from .._policy import FlushPolicy
+from ..archive import ArchiveReader, RetentionPolicy
+from ..storage import Storage, TreeHead
+from ..tlog._note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
+from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader
+
+
+class _TreeMethods:
+    """Tree heads, proofs, checkpoints and tiles of the current log."""
+
+    if TYPE_CHECKING:  # provided by SovereignJournal or the other mixin
+        _policy: FlushPolicy
+        _archive_dir: str | None
+        _retention_policy: RetentionPolicy | None
+
+        @property
+        def path(self) -> str:
+            raise NotImplementedError
+
+        def _live(self) -> Storage:
+            raise NotImplementedError
+
+        def _archive_reader(self, storage: Storage, directory: str | os.PathLike[str],
+                            head: TreeHead | None = None) -> ArchiveReader:
+            raise NotImplementedError
+
+        query: Callable[..., list[TransactionLog]]
+
+    def tree_head(self) -> TreeHead:
+        """The RFC 6962 Merkle tree head over the entries in append order since the last clear."""
+        return self._live().tree_head()
+
+    def _tree_reader(self, storage: Storage, archive: str | os.PathLike[str] | None) -> TreeReader:
+        head = storage.tree_head()
+        if archive is None:
+            return TreeReader(storage, head)
+        return TreeReader(storage, head, self._archive_reader(storage, archive, head).leaf_data)
+
+    def tree_root(self, size: int | None = None, *, archive: str | os.PathLike[str] | None = None) -> bytes:
+        """The RFC 6962 tree head of the first ``size`` leaves of the current log (default: all).
+        Any earlier size costs O(log n) reads. A size inside the archived prefix that is not a
+        multiple of 256 needs the ``archive``."""
+        storage = self._live()
+        reader = self._tree_reader(storage, archive)
+        return reader.root(reader.head.size if size is None else size)
+
+    def inclusion_proof(self, seq: int, *, tree_size: int | None = None,
+                        archive: str | os.PathLike[str] | None = None) -> InclusionProof:
+        """Proof that entry ``seq`` is in the tree of ``tree_size`` leaves (default: the current
+        tree). Verify it with :func:`krepis.tlog.verify_inclusion`; O(log n) reads. An archived
+        entry's proof reads its bundle from ``archive``."""
+        if type(seq) is not int:
+            raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
+        storage = self._live()
+        reader = self._tree_reader(storage, archive)
+        return reader.inclusion(seq, reader.head.size if tree_size is None else tree_size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None, *,
+                          archive: str | os.PathLike[str] | None = None) -> ConsistencyProof:
+        """Proof that the tree of ``old_size`` leaves is a prefix of the tree of ``new_size``
+        leaves (default: the current tree). Verify it with
+        :func:`krepis.tlog.verify_consistency`; O(log n) reads (a size inside the archived
+        prefix that is not a multiple of 256 reads one bundle from ``archive``)."""
+        storage = self._live()
+        reader = self._tree_reader(storage, archive)
+        return reader.consistency(old_size, reader.head.size if new_size is None else new_size)
+
+    def sign_checkpoint(self, signer: Signer | str) -> str:
+        """Sign a C2SP checkpoint of the current tree with ``signer`` (a :class:`Signer`, or its
+        ``PRIVATE+KEY+…`` text), keep it in the store and return the signed note.
+
+        The origin line is the key's name. A clear ends a log: a key (origin) that signed a
+        checkpoint of an earlier log is refused for the new one, so two checkpoints under one
+        origin are always consistent with each other."""
+        key = Signer.parse(signer) if isinstance(signer, str) else signer
+        if not isinstance(key, Signer):
+            raise InvalidTypeError(f"signer must be a Signer or its text, got {type(signer).__name__}")
+        storage = self._live()
+        head = storage.tree_head()
+        note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
+        storage.add_checkpoint(head.epoch, head.size, key.name, note)
+        return note
+
+    def latest_checkpoint(self) -> str | None:
+        """The signed note of the largest checkpoint kept for the current log, or ``None``."""
+        storage = self._live()
+        epoch = storage.tree_head().epoch
+        mine = [(size, note) for e, size, _origin, note in storage.checkpoints() if e == epoch]
+        return max(mine)[1] if mine else None
+
+    def tile_sources(
+        self, archive: str | os.PathLike[str] | None = None
+    ) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
+        """What a tile server or exporter reads: tree nodes, and leaf data by leaf number
+        (archived leaves from ``archive``)."""
+        storage = self._live()
+        head = storage.tree_head()
+        archived = None
+        if archive is not None:
+            archived = self._archive_reader(storage, archive, head)
+        reader = TreeReader(storage, head, None if archived is None else archived.leaf_data)
+        first = reader.head.first_seq
+
+        def entries(start: int, count: int) -> list[bytes]:
+            seq = first + start
+            if seq < storage.live_first_seq():
+                if archived is None:
+                    raise ValidationError(
+                        f"entries {seq}…{seq + count - 1} of the journal at {self.path} are archived: "
+                        "pass the archive directory (archive=DIR, --archive DIR)")
+                return archived.leaf_data(start, count)
+            logs = self.query(order="append", newest_first=False, limit=count,
+                              after=seq - 1 if seq > 0 else None)
+            if [log.seq for log in logs] != list(range(seq, seq + count)):
+                reader.check_same_log()  # cleared meanwhile: a JournalError, not corruption
+                raise CorruptStorageError(f"storage at {self.path}: entries {seq}…{seq + count - 1} "
+                                          "are not all there", self.path)
+            return [encode_log(log) for log in logs]
+
+        return reader, entries
+
+    def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None, *,
+                     archive: str | os.PathLike[str] | None = None) -> int:
+        """Write the log as a static C2SP tlog-tiles tree into ``directory``: a checkpoint
+        (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
+        Incremental: full tiles already there are kept. Returns how many files were written.
+        Bundles of archived entries come from ``archive`` (needed only for those not exported
+        before they were archived)."""
+        from ..tlog._tiles import export_tiles
+
+        note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
+        if note is None:
+            raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log "
+                                  "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
+        size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
+        target = os.fspath(directory)
+        reader, entries = self.tile_sources(archive)
+        # The directory's tiles must be of this log: the tree exported last time (recorded in the
+        # marker) must be a prefix of today's — not so after a clear, or a restore from an older
+        # backup, and then full tiles on disk would belong to another history.
+        marker = os.path.join(target, ".krepis-log")
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as f:
+                fields = dict(line.split(" ", 1) for line in f.read().splitlines() if " " in line)
+            try:
+                old_size, old_root = int(fields["size"]), bytes.fromhex(fields["root"])
+                same = (int(fields["first_seq"]), int(fields["epoch"])) == (
+                    reader.head.first_seq, reader.head.epoch) and old_size <= size \
+                    and reader.root(old_size) == old_root
+            except (KeyError, ValueError):
+                same = False
+            if not same:
+                raise ValidationError(f"{target} holds the tiles of another log, or of another history "
+                                      f"of this one (see {marker}); export into a new directory")
+        os.makedirs(target, exist_ok=True)
+        written = export_tiles(target, note, size, reader.node, entries)
+        reader.check_same_log()
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write(f"store {self.path}\nfirst_seq {reader.head.first_seq}\nepoch {reader.head.epoch}\n"
+                    f"size {size}\nroot {reader.root(size).hex()}\n")
+        return written
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
+        return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
