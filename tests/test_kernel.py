@@ -254,7 +254,7 @@ def test_an_op_returning_a_coroutine_fails_and_the_coroutine_is_closed(store: Pa
 
 def test_error_text_forms() -> None:
     from krepis import ScriptError
-    from krepis._kernel import error_text, signal_name
+    from krepis.kernel._kernel import error_text, signal_name
 
     assert error_text(ScriptError("SyntaxError: bad token", name="SyntaxError")) == "SyntaxError: bad token"
     assert error_text(ScriptError("")) == "ScriptError"
@@ -339,7 +339,7 @@ def test_shutdown_and_error_entries_carry_the_uptime(store: Path) -> None:
 
 
 def test_error_text_cut_exactly_at_the_limit() -> None:
-    from krepis._kernel import error_text
+    from krepis.kernel._kernel import error_text
 
     exact = "x" * (16 * 1024 - len("ValueError: "))
     assert error_text(ValueError(exact)) == f"ValueError: {exact}"  # 16 KiB: kept whole

@@ -91,7 +91,7 @@ def test_limits_are_inclusive() -> None:
 
 
 def test_error_text_is_cut_to_the_16_kib_limit() -> None:
-    from krepis._kernel import error_text
+    from krepis.kernel._kernel import error_text
 
     for text in ("x" * 100_000, "é" * 50_000):
         cut = error_text(ValueError(text))

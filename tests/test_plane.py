@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from krepis import Kernel, LogStatus, SovereignJournal, ValidationError
-from krepis._plane import PermissionPolicy, ScriptError
+from krepis.kernel import PermissionPolicy, ScriptError
 
 
 def deno_children() -> list[int]:

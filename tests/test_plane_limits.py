@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import krepis._plane as plane
+import krepis.kernel._plane as plane
 from krepis import Kernel, LogStatus, SovereignJournal
-from krepis._plane import ScriptError
+from krepis.kernel import ScriptError
 
 FRAME_JS = """
 const frame = (message) => {

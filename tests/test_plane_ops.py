@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from krepis import InvalidTypeError, Kernel, LogStatus, OpError, SovereignJournal, ValidationError
-from krepis._plane import PermissionPolicy, ScriptError
+from krepis.kernel import PermissionPolicy, ScriptError
 
 
 def journal_of(store: Path) -> list[tuple[str, LogStatus, str | None, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from krepis import Kernel, SovereignJournal
-from krepis._plane import ScriptError
+from krepis.kernel import ScriptError
 
 SECRET = f"KREPIS_TOPSECRET_{uuid.uuid4().hex}"
 

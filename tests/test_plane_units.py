@@ -20,15 +20,12 @@ from pathlib import Path
 import pytest
 
 from krepis import InvalidTypeError, ValidationError
-from krepis import _plane as plane
-from krepis._plane import (
-    MAX_ERROR_TEXT,
-    PermissionPolicy,
-    _decode_script,
-    _readable,
-    _script_error,
-    _split_host,
-)
+from krepis.kernel import PermissionPolicy
+from krepis.kernel import _channel as wire
+from krepis.kernel import _plane as plane
+from krepis.kernel._outcome import MAX_ERROR_TEXT
+from krepis.kernel._permissions import _split_host
+from krepis.kernel._plane import _decode_script, _readable, _script_error
 
 
 @pytest.mark.parametrize(("entry", "expected"), [
@@ -213,7 +210,7 @@ def test_a_policy_as_a_dict(tmp_path: Path) -> None:
 
 # --- the message layer: nesting pre-check, frames, malformed calls ----------------------------
 
-_DEPTH = plane._MAX_JSON_DEPTH
+_DEPTH = wire._MAX_JSON_DEPTH
 
 
 @pytest.mark.parametrize(("body", "ok"), [
@@ -230,24 +227,24 @@ _DEPTH = plane._MAX_JSON_DEPTH
     (b'["\\\\"' + b"[" * (_DEPTH + 1) + b"]" * (_DEPTH + 1) + b"]", False),  # an escaped backslash does
 ])
 def test_the_nesting_pre_check_counts_only_open_brackets_outside_strings(body: bytes, ok: bool) -> None:
-    assert plane._json_depth_ok(body) is ok
+    assert wire._json_depth_ok(body) is ok
 
 
 def _unframe(frame: bytes) -> dict[str, object]:
 
     magic, length = struct.unpack(">4sI", frame[:8])
-    assert magic == plane.MAGIC and length == len(frame) - 8
+    assert magic == wire.MAGIC and length == len(frame) - 8
     decoded: dict[str, object] = json.loads(frame[8:])
     return decoded
 
 
 def test_a_reply_of_exactly_the_message_limit_is_sent_and_one_byte_more_is_refused() -> None:
     overhead = len(b'{"id":1,"ok":""}')
-    fits = plane._frame({"id": 1, "ok": "x" * (plane.MAX_MESSAGE - overhead)})
-    assert len(fits) == 8 + plane.MAX_MESSAGE
-    with pytest.raises(ValueError, match=rf"^the reply is {plane.MAX_MESSAGE + 1} bytes; the limit is "
-                                         rf"{plane.MAX_MESSAGE}$"):
-        plane._frame({"id": 1, "ok": "x" * (plane.MAX_MESSAGE - overhead + 1)})
+    fits = wire._frame({"id": 1, "ok": "x" * (wire.MAX_MESSAGE - overhead)})
+    assert len(fits) == 8 + wire.MAX_MESSAGE
+    with pytest.raises(ValueError, match=rf"^the reply is {wire.MAX_MESSAGE + 1} bytes; the limit is "
+                                         rf"{wire.MAX_MESSAGE}$"):
+        wire._frame({"id": 1, "ok": "x" * (wire.MAX_MESSAGE - overhead + 1)})
 
 
 @pytest.mark.parametrize("message", [{"id": 3, "op": 5, "args": []}, {"id": 3, "op": "x", "args": {}},
@@ -256,14 +253,14 @@ def test_a_malformed_op_call_is_answered_with_a_type_error(message: dict[str, ob
     def dispatch(name: str, args: list[object], encode):  # type: ignore[no-untyped-def]
         raise AssertionError("a malformed call reaches no op")
 
-    assert _unframe(plane.dispatch_frame(message, dispatch)) == {
+    assert _unframe(wire.dispatch_frame(message, dispatch)) == {
         "id": 3, "error": {"name": "TypeError", "message": "malformed op call"}}
 
 
 def test_a_message_that_is_not_an_object_is_named_with_its_first_80_bytes() -> None:
     body = b"[" + b"1," * 60 + b"1]"
     with pytest.raises(plane.ScriptError) as caught:
-        plane.decode_message(body)
+        wire.decode_message(body)
     assert str(caught.value) == f"malformed message from the script: not an object: {body[:80]!r}"
     assert caught.value.name == "ProtocolError"
 
@@ -315,10 +312,10 @@ def channel():  # type: ignore[no-untyped-def]
     out_r, out_w = os.pipe()
     in_r, in_w = os.pipe()
     feed = os.fdopen(out_w, "wb", buffering=0)
-    made: list[plane._Channel] = []
+    made: list[wire._Channel] = []
 
-    def make(deadline: float | None = None) -> plane._Channel:
-        made.append(plane._Channel(out_r, in_w, deadline))
+    def make(deadline: float | None = None) -> wire._Channel:
+        made.append(wire._Channel(out_r, in_w, deadline))
         return made[0]
 
     yield make, feed
@@ -361,9 +358,9 @@ def test_a_frame_arriving_in_parts_is_read_whole(channel) -> None:  # type: igno
 def test_a_frame_of_exactly_the_message_limit_is_read(channel) -> None:  # type: ignore[no-untyped-def]
     make, feed = channel
     chan = make()
-    thread = _later(0, lambda: feed.write(_header(plane.MAX_MESSAGE) + b"x" * plane.MAX_MESSAGE), feed.close)
+    thread = _later(0, lambda: feed.write(_header(wire.MAX_MESSAGE) + b"x" * wire.MAX_MESSAGE), feed.close)
     try:
-        assert chan.frame() == b"x" * plane.MAX_MESSAGE
+        assert chan.frame() == b"x" * wire.MAX_MESSAGE
     finally:
         thread.join()
 
@@ -377,8 +374,8 @@ def test_a_frame_of_exactly_the_message_limit_is_read(channel) -> None:  # type:
     (_header(0, b"KRP2") + b"x" * 50, "malformed message from the script (stdout is reserved for the "
                                       "kernel protocol; use console.log): b'KRP2\\x00\\x00\\x00\\x00"
                                       + "x" * 32 + "'"),
-    (_header(plane.MAX_MESSAGE + 1), f"message of {plane.MAX_MESSAGE + 1} bytes exceeds the "
-                                     f"{plane.MAX_MESSAGE}-byte limit"),
+    (_header(wire.MAX_MESSAGE + 1), f"message of {wire.MAX_MESSAGE + 1} bytes exceeds the "
+                                     f"{wire.MAX_MESSAGE}-byte limit"),
 ], ids=["cut-header", "cut-body", "console", "magic", "too-long"])
 def test_a_broken_frame_is_a_protocol_error(channel, data: bytes, message: str) -> None:  # type: ignore[no-untyped-def]
     make, feed = channel
@@ -413,7 +410,7 @@ def test_a_reply_larger_than_the_pipe_is_sent_whole_as_the_script_reads() -> Non
     reader = threading.Thread(target=read_slowly)
     reader.start()
     try:
-        plane._Channel(out_r, in_w, time.monotonic() + 30).send(data)
+        wire._Channel(out_r, in_w, time.monotonic() + 30).send(data)
     finally:
         os.close(in_w)
         reader.join(30)
@@ -427,10 +424,10 @@ def test_a_script_that_never_reads_its_replies_ends_the_send_at_the_deadline() -
     in_r, in_w = os.pipe()
     try:
         with pytest.raises(TimeoutError):
-            plane._Channel(out_r, in_w, time.monotonic() + 0.3).send(b"x" * (1 << 20))
+            wire._Channel(out_r, in_w, time.monotonic() + 0.3).send(b"x" * (1 << 20))
         os.close(in_r)  # the script is gone: what is left is dropped, its end of stream tells how
         in_r = -1
-        plane._Channel(out_r, in_w, time.monotonic() + 0.3).send(b"y" * 10)
+        wire._Channel(out_r, in_w, time.monotonic() + 0.3).send(b"y" * 10)
     finally:
         for fd in (out_r, out_w, in_r, in_w):
             if fd >= 0:

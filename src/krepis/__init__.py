@@ -17,13 +17,12 @@ from ._errors import (
     StorageError,
     ValidationError,
 )
-from ._kernel import Kernel
 from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
-from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from ._policy import FlushPolicy
 from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from .journal import DEFAULT_STORAGE, AsyncSovereignJournal, SovereignJournal
+from .kernel import Kernel, PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from .storage import BackupResult, backup, restore
 
 __version__ = "0.1.0"

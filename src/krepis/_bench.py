@@ -231,7 +231,7 @@ def bench_asyncio(path: str, seconds: float, tasks: int) -> Row:
 
 def bench_js_ops(path: str, seconds: float, flush: str) -> Row:
     """A Deno script calling op_increment_stats in one loop: the full op round trip, journaled."""
-    from ._kernel import Kernel
+    from .kernel import Kernel
 
     reported: list[Any] = []
     kernel = Kernel(path, flush=flush)

@@ -40,11 +40,11 @@ from rich.table import Table
 
 from . import __version__
 from ._errors import JournalError, StorageError
-from ._kernel import Kernel
 from ._model import LogStatus, TransactionLog
 from ._policy import FlushPolicy
 from ._time import parse_time_unnamed
 from .journal import DEFAULT_STORAGE, SovereignJournal
+from .kernel import Kernel
 
 __all__ = ["cli", "main"]
 
@@ -280,7 +280,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
     """
     from pathlib import Path
 
-    from ._plane import PermissionPolicy, ScriptError, ScriptInterrupted, resolve_script
+    from .kernel import PermissionPolicy, ScriptError, ScriptInterrupted, resolve_script
 
     con = _console()
     policy = PermissionPolicy()
@@ -299,7 +299,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
     js_log.setLevel(logging.DEBUG)
     failure: ScriptError | None = None
     interrupted: BaseException | None = None
-    target = Path(script) if script else resources.files("krepis").joinpath("_js/bootstrap.js")
+    target = Path(script) if script else resources.files("krepis.kernel").joinpath("bootstrap.js")
     resolve_script(str(target))  # a bad SCRIPT is an error before the kernel boots
     try:
         with SovereignJournal(_storage(ctx), flush=flush) as journal:

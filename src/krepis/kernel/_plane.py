@@ -1,6 +1,6 @@
 """The execution plane: JavaScript/TypeScript in a confined Deno process.
 
-The script reaches the host only through kernel ops: the prelude (``_js/prelude.js``) gives it
+The script reaches the host only through kernel ops: the prelude (``prelude.js`` beside this module) gives it
 ``Krepis.ops.<name>(...)``, which sends a frame on stdout and blocks on stdin for the reply.
 This module runs the process and the protocol; the kernel supplies ``dispatch``.
 
@@ -21,27 +21,38 @@ What confines a run (docs/execution-plane.md has the threat model):
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
 import resource
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ._errors import InvalidTypeError, JournalError, ValidationError
+from .._errors import InvalidTypeError, JournalError, ValidationError
+from ._channel import (
+    MAX_MESSAGE,
+    Dispatch,
+    _Channel,
+    decode_message,
+    dispatch_frame,
+)
+from ._outcome import (
+    MAX_ERROR_TEXT,
+    RESERVED_NAMES,
+    ScriptError,
+    ScriptInterrupted,
+    ScriptResult,
+)
+from ._permissions import PermissionPolicy
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_MB",
@@ -55,245 +66,30 @@ __all__ = [
     "run_deno",
 ]
 
-MAGIC = b"KRP1"
-MAX_MESSAGE = 16 * 1024 * 1024
-#: Longest error message or stack the prelude reports (characters); longer ones are cut.
-MAX_ERROR_TEXT = 16 * 1024
 SCRIPT_SUFFIXES = (".js", ".mjs", ".cjs", ".ts", ".mts", ".jsx", ".tsx")
+
 #: Seconds a run may take when the caller gives no timeout (``0`` means no limit).
 DEFAULT_TIMEOUT = 300.0
+
 #: MiB of memory a run may use when the caller gives no limit: V8 heap and array buffers.
 DEFAULT_MEMORY_LIMIT_MB = 512
+
 #: Address space V8 reserves writable at start-up (code range and friends): added to the memory
 #: limit for ``RLIMIT_DATA`` so that Deno starts. Most of it never holds data: a run can hold the
 #: limit plus about 100 MiB at most.
 _DATA_RESERVE_MB = 640
+
 #: The largest file Deno may write (its own caches and localStorage, in the run's directory).
 _MAX_FILE_BYTES = 64 * 1024 * 1024
-_MAX_JSON_DEPTH = 512
-_HEADER = struct.Struct(">4sI")
+
 _STDERR_TAIL = 8192
+
 #: Bytes of a run's console output (stderr) forwarded to the host; the rest is dropped.
 MAX_STDERR_BYTES = 16 * 1024 * 1024
-#: Error names only the kernel gives; a script that throws one is reported as a plain Error.
-RESERVED_NAMES = frozenset({"Timeout", "MemoryLimit", "OpLimit", "ProtocolError", "DenoExited",
-                            "Interrupted"})
-_SPIN_SECONDS = 0.0005
+
 _DENIED_SCHEME = "krepis-denied"
+
 _OOM_MARKERS = (b"out of memory", b"memory allocation of", b"Array buffer allocation failed")
-
-
-#: ``dispatch(name, args, encode)``: runs op ``name`` and returns ``encode(result)``.
-Dispatch = Callable[[str, list[Any], Callable[[Any], bytes]], bytes]
-
-
-class ScriptError(JournalError):
-    """A script failed: it threw, did not parse, hit a limit, broke the protocol, or Deno died.
-
-    ``name`` is the JS error's name (``"SyntaxError"``, ``"TypeError"``, …) or one of the
-    kernel's: ``"Timeout"``, ``"MemoryLimit"``, ``"OpLimit"``, ``"ProtocolError"``,
-    ``"DenoExited"``. ``stack`` is the JS stack when there is one (with the script's own path),
-    ``location`` the ``path:line:column`` where it was thrown when known.
-    """
-
-    def __init__(self, message: str, *, name: str = "Error", stack: str | None = None,
-                 location: str | None = None) -> None:
-        super().__init__(message)
-        self.name = name
-        self.stack = stack
-        self.location = location
-
-
-class ScriptInterrupted(BaseException):
-    """The host process got SIGTERM or SIGHUP while a script ran (SIGINT: ``KeyboardInterrupt``).
-
-    Deno was killed and its directory removed before this was raised. Like
-    ``KeyboardInterrupt``, it is not an ``Exception``: ``except Exception`` does not swallow a
-    request to stop. ``signum`` is the signal; the CLI exits with ``128 + signum``.
-    """
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-
-
-@dataclass(frozen=True)
-class ScriptResult:
-    """What a successful run did."""
-
-    ops_called: int
-    duration_ms: float
-    exit_code: int = 0
-    request_id: str | None = None
-
-
-# --- the permission policy ------------------------------------------------------------------
-
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
-
-
-def _split_host(entry: str) -> tuple[str, int | None]:
-    """``host`` / ``host:port`` / ``[v6]:port`` → (host, port), validated."""
-    if not isinstance(entry, str):
-        raise InvalidTypeError(f"a net target must be a str, got {type(entry).__name__}")
-    text = entry.strip()
-    port: str | None = None
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ValidationError(f"net target {entry!r}: unclosed '[' in an IPv6 address")
-        host, rest = text[1:close], text[close + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValidationError(f"net target {entry!r}: expected ':port' after ']'")
-            port = rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValidationError(f"net target {entry!r}: {host!r} is not an IPv6 address") from None
-        host = f"[{host}]"
-    else:
-        if text.count(":") > 1:
-            raise ValidationError(f"net target {entry!r}: write an IPv6 address as [addr] or [addr]:port")
-        host, _, port_text = text.partition(":")
-        port = port_text if ":" in text else None
-        if not _HOST.match(host):
-            raise ValidationError(f"net target {entry!r}: {host!r} is not a host name or address")
-        host = host.lower()
-    if port is None:
-        return host, None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValidationError(f"net target {entry!r}: port {port!r} is not a number in 1…65535")
-    return host, int(port)
-
-
-def _absolute(path: str | os.PathLike[str], what: str) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidTypeError(f"{what} must be a path, got {type(path).__name__}")
-    text = os.fspath(path)
-    if not isinstance(text, str) or not text or "\x00" in text:
-        raise ValidationError(f"{what} {text!r} is not a usable path")
-    if "," in text:
-        raise ValidationError(f"{what} {text!r} contains ',', which Deno's permission lists cannot hold")
-    return os.path.abspath(os.path.expanduser(text))
-
-
-@dataclass
-class PermissionPolicy:
-    """What a script may touch: the real Deno permissions of a run, and what
-    ``op_check_permission(permission, target)`` answers — one and the same thing.
-
-    ``read`` and ``write`` are path roots, ``net`` hosts (``host``, ``host:port``,
-    ``[v6]:port``); all empty by default, which is Deno with no permission at all. Roots are
-    resolved (``..``, symlinks; relative roots against the current directory) when first used,
-    and that resolution is pinned: a root that later becomes a symlink elsewhere grants nothing
-    rather than the new target, and a root that resolves to ``/`` is refused. Targets must be
-    absolute; they are resolved before being compared, so ``/srv/data/../../etc`` and a
-    symlink out of a root are not under it.
-
-    Deno itself compares paths without following symlinks: grant only directories whose
-    contents you control (see docs/execution-plane.md).
-    """
-
-    read: list[str] = field(default_factory=list)
-    write: list[str] = field(default_factory=list)
-    net: list[str] = field(default_factory=list)
-    _pinned: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        for kind in ("read", "write", "net"):
-            value = getattr(self, kind)
-            if isinstance(value, (str, bytes)) or not isinstance(value, list):
-                raise InvalidTypeError(
-                    f"PermissionPolicy({kind}=...) takes a list, got {type(value).__name__}")
-        self.read = [self._root(root) for root in self.read]
-        self.write = [self._root(root) for root in self.write]
-        for host in self.net:
-            _split_host(host)
-
-    def allow_read(self, path: str | os.PathLike[str]) -> None:
-        """Grant reading below ``path`` (resolved now; see the class docstring)."""
-        self.read.append(self._root(path))
-
-    def allow_write(self, path: str | os.PathLike[str]) -> None:
-        """Grant writing below ``path`` (resolved now; see the class docstring)."""
-        self.write.append(self._root(path))
-
-    def allow_net(self, host: str) -> None:
-        """Grant connections to ``host`` (any port) or ``host:port``."""
-        _split_host(host)
-        self.net.append(host)
-
-    def _root(self, path: str | os.PathLike[str]) -> str:
-        """Validate a root, pin its resolution, and return it (absolute)."""
-        absolute = _absolute(path, "permission root")
-        real = os.path.realpath(absolute)
-        if real == os.sep:
-            raise ValidationError(f"permission root {os.fspath(path)!r} resolves to '/', which would "
-                                  "grant every path")
-        pinned = self._pinned.setdefault(absolute, real)
-        if pinned != real:
-            raise ValidationError(f"permission root {absolute!r} now resolves to {real!r}, not "
-                                  f"{pinned!r} as when it was granted")
-        return absolute
-
-    def _roots(self, kind: str) -> list[str]:
-        """The resolved roots of ``kind`` that still resolve as when they were granted."""
-        out = []
-        for root in self.read if kind == "read" else self.write:
-            try:
-                absolute = self._root(root)
-            except (ValidationError, InvalidTypeError):
-                continue
-            out.append(self._pinned[absolute])
-        return out
-
-    def check(self, permission: str, target: str) -> bool:
-        """Whether the policy grants ``permission`` (``read``, ``write``, ``net``) on ``target``.
-
-        Raises ``ValidationError`` for an unknown permission, a relative path or a bad port.
-        """
-        if not isinstance(permission, str) or not isinstance(target, str):
-            raise InvalidTypeError("op_check_permission(permission, target) takes two strings")
-        if permission == "net":
-            host, port = _split_host(target)
-            for entry in self.net:
-                granted_host, granted_port = _split_host(entry)
-                if granted_host == host and (granted_port is None or granted_port == port):
-                    return True
-            return False
-        if permission not in ("read", "write"):
-            raise ValidationError(f"unknown permission {permission!r}; use 'read', 'write' or 'net'")
-        if not target or "\x00" in target:
-            return False
-        if not os.path.isabs(target):
-            raise ValidationError(f"path {target!r} is relative; op_check_permission takes an absolute path")
-        resolved = os.path.realpath(target)
-        for root in self._roots(permission):
-            if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
-                return True
-        return False
-
-    def deno_flags(self) -> list[str]:
-        """The ``--allow-*`` flags that grant Deno exactly this policy (resolved roots)."""
-        flags = []
-        for kind in ("read", "write"):
-            roots = sorted(set(self._roots(kind)))
-            if roots:
-                flags.append(f"--allow-{kind}={','.join(roots)}")
-        hosts = []
-        for entry in self.net:
-            host, port = _split_host(entry)
-            hosts.append(host if port is None else f"{host}:{port}")
-        if hosts:
-            flags.append(f"--allow-net={','.join(sorted(set(hosts)))}")
-        return flags
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {"read": list(self.read), "write": list(self.write), "net": list(self.net)}
-
-
-# --- Deno -----------------------------------------------------------------------------------
 
 def deno_binary() -> str:
     """The ``deno`` executable: the one the ``deno`` package ships, else one on PATH."""
@@ -311,149 +107,8 @@ def deno_binary() -> str:
     raise JournalError("the deno binary was not found: install krepis with its dependencies "
                        "(pip install krepis brings the 'deno' package)")
 
-
 def _prelude() -> str:
-    return resources.files("krepis").joinpath("_js/prelude.js").read_text(encoding="utf-8")
-
-
-class _Channel:
-    """Frames from the script's stdout and replies to its stdin, never blocking past a deadline."""
-
-    def __init__(self, out_fd: int, in_fd: int, deadline: float | None) -> None:
-        os.set_blocking(out_fd, False)
-        os.set_blocking(in_fd, False)
-        self._fd = out_fd
-        self._in = in_fd
-        self._buf = bytearray()
-        self._deadline = deadline
-
-    def _remaining(self) -> float | None:
-        if self._deadline is None:
-            return None
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        return remaining
-
-    def _fill(self, need: int) -> bool:
-        while len(self._buf) < need:
-            # A script calling ops in a loop answers within microseconds: poll briefly before
-            # sleeping in select(), since waking a sleeping process costs far more than that.
-            chunk = None
-            spin_until = time.perf_counter() + _SPIN_SECONDS
-            while True:
-                try:
-                    chunk = os.read(self._fd, 1 << 16)
-                    break
-                except BlockingIOError:
-                    if time.perf_counter() >= spin_until:
-                        break
-            if chunk is None:
-                ready, _, _ = select.select([self._fd], [], [], self._remaining())
-                if not ready:
-                    raise TimeoutError
-                try:
-                    chunk = os.read(self._fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-            if not chunk:
-                return False
-            self._buf += chunk
-            if self._deadline is not None and time.monotonic() > self._deadline:
-                raise TimeoutError
-        return True
-
-    def frame(self) -> bytes | None:
-        """The next frame's body, or None at a clean end of stream."""
-        if not self._fill(_HEADER.size):
-            if self._buf:
-                raise ScriptError(f"the script's output ended inside a message: {bytes(self._buf[:80])!r}",
-                                  name="ProtocolError")
-            return None
-        magic, length = _HEADER.unpack_from(self._buf)
-        if magic != MAGIC:
-            raise ScriptError(
-                "malformed message from the script (stdout is reserved for the kernel protocol; "
-                f"use console.log): {bytes(self._buf[:40])!r}", name="ProtocolError")
-        if length > MAX_MESSAGE:
-            raise ScriptError(f"message of {length} bytes exceeds the {MAX_MESSAGE}-byte limit",
-                              name="ProtocolError")
-        if not self._fill(_HEADER.size + length):
-            raise ScriptError("the script's output ended inside a message", name="ProtocolError")
-        body = bytes(self._buf[_HEADER.size:_HEADER.size + length])
-        del self._buf[:_HEADER.size + length]
-        return body
-
-    def send(self, data: bytes) -> None:
-        """Write ``data`` to the script, waiting for room only until the deadline.
-
-        A script that sends calls without reading the replies fills both pipes; the host then
-        waits here, and the timeout ends the run (it never blocks in ``write``).
-        """
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._in, view):]
-                continue
-            except BlockingIOError:
-                pass
-            except BrokenPipeError:
-                return  # Deno is gone; its end of stream tells how
-            _, ready, _ = select.select([], [self._in], [], self._remaining())
-            if not ready:
-                raise TimeoutError
-
-
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-def _frame(message: dict[str, Any]) -> bytes:
-    body = _encode_json(message).encode()
-    if len(body) > MAX_MESSAGE:
-        raise ValueError(f"the reply is {len(body)} bytes; the limit is {MAX_MESSAGE}")
-    return _HEADER.pack(MAGIC, len(body)) + body
-
-
-def _json_depth_ok(body: bytes) -> bool:
-    """Whether JSON text nests at most ``_MAX_JSON_DEPTH`` deep (a cheap pre-check on raw bytes)."""
-    if body.count(b"[") + body.count(b"{") <= _MAX_JSON_DEPTH:
-        return True
-    depth = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > _MAX_JSON_DEPTH:
-                return False
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return True
-
-
-def decode_message(body: bytes) -> dict[str, Any]:
-    """One message from the script as a dict; anything malformed is a ``ProtocolError``."""
-    if not _json_depth_ok(body):
-        raise ScriptError(f"malformed message from the script: JSON nested deeper than {_MAX_JSON_DEPTH}",
-                          name="ProtocolError")
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ScriptError(f"malformed message from the script: {str(exc)[:200]}",
-                          name="ProtocolError") from None
-    if not isinstance(message, dict):
-        raise ScriptError(f"malformed message from the script: not an object: {body[:80]!r}",
-                          name="ProtocolError")
-    return message
-
+    return resources.files("krepis.kernel").joinpath("prelude.js").read_text(encoding="utf-8")
 
 def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
     """Forward the script's stderr to ``sink``, at most :data:`MAX_STDERR_BYTES` of it; keep
@@ -475,7 +130,6 @@ def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
                 sink.flush()
             except (OSError, ValueError):
                 sink = None
-
 
 def resolve_script(script: str | os.PathLike[str]) -> tuple[Path | None, str | None]:
     """(path, None) for a script file, (None, source) for source code.
@@ -511,11 +165,7 @@ def resolve_script(script: str | os.PathLike[str]) -> tuple[Path | None, str | N
         return None, script
     raise InvalidTypeError(f"script must be a path or source code, got {type(script).__name__}")
 
-
-# --- signals and the parent-death signal ------------------------------------------------------
-
 _INTERRUPTS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-
 
 class _InterruptState:
     """Shared by the handlers of :func:`interruptible` (main thread only)."""
@@ -526,13 +176,10 @@ class _InterruptState:
         self.shielded = 0
         self.pending: int | None = None
 
-
 _INT = _InterruptState()
-
 
 def _interruption(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else ScriptInterrupted(signum)
-
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
@@ -574,7 +221,6 @@ def interruptible() -> Iterator[None]:
         signum, _INT.pending = _INT.pending, None
         raise _interruption(signum)
 
-
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
     """A section no interruption breaks into: a signal that arrives inside it (under
@@ -587,7 +233,6 @@ def shielded() -> Iterator[None]:
     if not _INT.shielded and _INT.pending is not None:
         signum, _INT.pending = _INT.pending, None
         raise _interruption(signum)
-
 
 def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
     """What runs in the child between fork and exec: limits and the parent-death signal."""
@@ -624,9 +269,6 @@ def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
 
     return setup
 
-
-# --- a run ----------------------------------------------------------------------------------
-
 def _check_limits(timeout: float | None, memory_mb: int | None,
                   max_ops: int | None) -> tuple[float | None, int]:
     if timeout is None:
@@ -644,11 +286,9 @@ def _check_limits(timeout: float | None, memory_mb: int | None,
         raise ValidationError(f"max_ops must be an int >= 0 or None, got {max_ops!r}")
     return (float(timeout) or None), memory_mb
 
-
 # Deno reads an external source map named in a file module's magic comment with no permission
 # check, and shows its "sources" in stack traces: only inline (data:) source maps are kept.
 _SOURCE_MAP = re.compile(r"sourceMappingURL(\s*+=\s*+)(?!data:)")
-
 
 def _decode_script(raw: bytes) -> str:
     """The script's text as Deno would decode it (a UTF-16 BOM, else UTF-8)."""
@@ -656,14 +296,12 @@ def _decode_script(raw: bytes) -> str:
         return raw.decode("utf-16", "replace")
     return raw.decode("utf-8", "replace").removeprefix("\ufeff")
 
-
 def _import_map(urls: list[str]) -> str:
     imports = {url: url for url in urls}
     # Every other file: URL (relative, absolute, any host) goes to a scheme Deno cannot load.
     imports["file://"] = f"{_DENIED_SCHEME}://"
     imports["file:///"] = f"{_DENIED_SCHEME}:///"
     return json.dumps({"imports": imports})
-
 
 def run_deno(
     script: str | os.PathLike[str],
@@ -710,7 +348,6 @@ def run_deno(
             with shielded():
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
-
 
 def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
             dispatch: Dispatch, sink: BinaryIO | None, grants: list[str],
@@ -806,15 +443,13 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
         raise ScriptError(f"Deno {how} before the script finished: {last}", name="DenoExited")
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
 
-
 _ALLOCATION_FAILED = re.compile(r"^(Array buffer allocation failed|WebAssembly\.Memory\(\): could not "
                                 r"allocate memory|WebAssembly\.Memory\.grow\(\): Unable to grow)")
+
 _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
 
-
 _HINT = re.compile(r"run again with the --allow-([a-z-]+) flag")
-
 
 def _readable(text: str, script_url: str, prelude_url: str, shown: str) -> str:
     """Deno's text with the private copy's URL replaced by the script's path, and a refused
@@ -825,7 +460,6 @@ def _readable(text: str, script_url: str, prelude_url: str, shown: str) -> str:
                                 if m.group(1) in ("read", "write", "net")
                                 else f"krepis never grants --allow-{m.group(1)}"), text)
     return text.replace(script_url, shown).replace(prelude_url, "krepis:prelude")
-
 
 def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, shown: str,
                   memory_mb: int) -> ScriptError:
@@ -858,40 +492,12 @@ def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, sh
     return ScriptError(head + (f" (at {location})" if location else ""), name=name, stack=stack,
                        location=location)
 
-
-def reply_frame(call_id: Any, ok: Any = None, error: BaseException | None = None) -> bytes:
-    """The encoded reply to call ``call_id``: its value, or the error the script sees.
-
-    Raises ``ValueError``/``TypeError``/``RecursionError`` if ``ok`` is not JSON that fits in a
-    message: the caller decides what that means for the op (it failed).
-    """
-    if error is not None:
-        return _frame({"id": call_id, "error": {"name": type(error).__name__,
-                                                "message": str(error)[:MAX_ERROR_TEXT]}})
-    return _frame({"id": call_id, "ok": ok})
-
-
-def dispatch_frame(message: dict[str, Any], dispatch: Dispatch) -> bytes:
-    """The reply frame to one call message: ``dispatch``'s frame, or an error frame."""
-    call_id = message.get("id")
-    if not isinstance(call_id, int) or isinstance(call_id, bool):
-        raise ScriptError(f"malformed op call: id {call_id!r:.40} is not an integer", name="ProtocolError")
-    name, args = message.get("op"), message.get("args")
-    if not isinstance(name, str) or not isinstance(args, list):
-        return reply_frame(call_id, error=TypeError("malformed op call"))
-    try:
-        return dispatch(name, args, lambda value: reply_frame(call_id, ok=value))
-    except Exception as exc:
-        return reply_frame(call_id, error=exc)
-
-
 def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> int:
     remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
     try:
         return proc.wait(timeout=remaining)
     except subprocess.TimeoutExpired:
         raise TimeoutError from None
-
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from ._errors import InvalidTypeError, OpError, ValidationError
-from ._model import (
+from .._errors import InvalidTypeError, OpError, ValidationError
+from .._model import (
     MAX_ERROR_BYTES,
     KernelContext,
     LogStatus,
@@ -24,10 +24,11 @@ from ._model import (
     TransactionLog,
     check_op_name,
 )
-from ._plane import PermissionPolicy, ScriptResult
-from ._policy import FlushPolicy
-from .archive import RetentionPolicy
-from .journal import DEFAULT_STORAGE, SovereignJournal
+from .._policy import FlushPolicy
+from ..archive import RetentionPolicy
+from ..journal import DEFAULT_STORAGE, SovereignJournal
+from ._outcome import ScriptResult
+from ._permissions import PermissionPolicy
 
 __all__ = ["Kernel", "error_text"]
 
@@ -326,7 +327,8 @@ class Kernel:
         ``Interrupted`` is journaled and :class:`ScriptInterrupted` (``KeyboardInterrupt`` for
         SIGINT) propagates. The ops the script completed before stay counted and journaled.
         """
-        from ._plane import ScriptError, ScriptInterrupted, interruptible, run_deno, shielded
+        from ._outcome import ScriptError, ScriptInterrupted
+        from ._plane import interruptible, run_deno, shielded
 
         journal = self.journal
         self._require_running()
