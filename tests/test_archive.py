@@ -27,7 +27,7 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis._cli import cli
+from krepis.cli import cli
 from krepis._model import encode_log
 from krepis.archive import ArchiveReader
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion

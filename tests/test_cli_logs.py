@@ -300,7 +300,7 @@ def many(store: Path, n: int) -> None:
 _PEAK = textwrap.dedent("""
     import sys, tracemalloc
     tracemalloc.start()
-    from krepis._cli import main
+    from krepis.cli import main
     base = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
     sys.argv = ["krepis", *sys.argv[1:]]

@@ -20,12 +20,11 @@ from ._errors import (
 from ._metrics import prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._policy import FlushPolicy
+from ._version import __version__
 from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
 from .journal import DEFAULT_STORAGE, AsyncSovereignJournal, SovereignJournal
 from .kernel import Kernel, PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from .storage import BackupResult, backup, restore
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_STORAGE",

@@ -22,8 +22,8 @@ from typing import Any
 
 import lmdb
 
-from . import __version__
 from ._model import LogStatus, TransactionLog, encode_log, make_log, now_ms
+from ._version import __version__
 from .journal import AsyncSovereignJournal, SovereignJournal
 from .storage import WriteRequest
 

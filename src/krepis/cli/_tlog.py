@@ -11,18 +11,15 @@ from typing import Any
 
 import click
 
-from ._cli import _READ_POLICY, _emit_json, _storage, _storage_option, cli
-from ._errors import JournalError, ValidationError
-from .journal import SovereignJournal
-from .tlog import verify_consistency
-from .tlog._note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
-
-__all__: list[str] = []
+from .._errors import JournalError, ValidationError
+from ..journal import SovereignJournal
+from ..tlog import verify_consistency
+from ..tlog._note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
+from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
 
 def _read_text(path: str, what: str) -> str:
     try:
@@ -32,13 +29,11 @@ def _read_text(path: str, what: str) -> str:
         reason = getattr(exc, "strerror", None) or exc
         raise click.ClickException(f"cannot read {what} {path}: {reason}") from None
 
-
 def _signer(path: str) -> Signer:
     try:
         return Signer.parse(_read_text(path, "the signer key"))
     except NoteError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
-
 
 def _verifiers(paths: tuple[str, ...]) -> list[Verifier]:
     out = []
@@ -50,13 +45,11 @@ def _verifiers(paths: tuple[str, ...]) -> list[Verifier]:
             raise click.ClickException(f"{path}: {exc}") from None
     return out
 
-
 def _note_text(note: str) -> str:
     split = note.rfind("\n\n")
     if split < 0:
         raise ValidationError("not a signed note (no blank line before the signatures)")
     return note[:split + 1]
-
 
 @cli.command()
 @click.argument("origin")
@@ -82,7 +75,6 @@ def keygen(origin: str, key_file: str) -> None:
         f.write(f"{signer}\n")
     click.echo(str(signer.verifier()))
 
-
 @cli.command()
 @click.option("--key", "key_file", required=True, metavar="FILE", help="The signer key (from keygen).")
 @_storage_option
@@ -92,7 +84,6 @@ def checkpoint(ctx: click.Context, key_file: str) -> None:
     signer = _signer(key_file)
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         click.echo(journal.sign_checkpoint(signer), nl=False)
-
 
 @cli.command()
 @click.argument("seq", type=int, required=False)
@@ -143,7 +134,6 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
                     "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),
                     "checkpoint": note})
 
-
 @cli.command()
 @click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
               help="A verifier key (file or the key itself): checkpoint signatures must verify.")
@@ -166,7 +156,7 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_
     """
     verifiers = _verifiers(vkeys)
     if tlog_dir is not None:
-        from .tlog._tiles import check_tiles
+        from ..tlog._tiles import check_tiles
 
         if not verifiers:
             raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
@@ -200,7 +190,6 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_
                       f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
                       f"{archived.segments} segment(s) match"))
 
-
 def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier]) -> tuple[int, int]:
     checked = earlier = 0
     previous: tuple[int, bytes] | None = None
@@ -225,11 +214,9 @@ def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Ve
         checked += 1
     return checked, earlier
 
-
 @cli.group()
 def tlog() -> None:
     """Publish the journal as a C2SP tlog-tiles tree (static files or HTTP)."""
-
 
 @tlog.command("export")
 @click.argument("directory", metavar="DIR")
@@ -247,7 +234,6 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
         written = journal.export_tiles(directory, signer, archive=archive)
     click.echo(f"{written} file(s) written to {directory}", err=True)
 
-
 @tlog.command("serve")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Address to serve on.")
@@ -255,7 +241,7 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
 @click.pass_context
 def tlog_serve(ctx: click.Context, listen: str) -> None:
     """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops)."""
-    from .tlog._tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
+    from ..tlog._tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
 
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -317,50 +303,3 @@ def tlog_serve(ctx: click.Context, listen: str) -> None:
     finally:
         server.server_close()
         journal.close()
-
-
-
-def _summary(what: str, result: Any, as_json: bool) -> None:
-    if as_json:
-        _emit_json({"path": result.path, "entries": result.entries, "tree_size": result.tree_size,
-                    "root": _b64(result.root), "checkpoint": result.checkpoint})
-    else:
-        click.echo(f"{what} {result.path}: {result.entries} entries, tree of {result.tree_size} leaves "
-                   f"(root {_b64(result.root)}), verified")
-
-
-@cli.command()
-@click.argument("destination", metavar="DEST")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@_storage_option
-@click.pass_context
-def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
-    """Copy the store into the new directory DEST while writers keep writing.
-
-    The copy is consistent (one read transaction), made durable, and verified
-    (every entry, index and the Merkle tree) before this returns. PostgreSQL journals are
-    backed up with pg_dump or pg_basebackup (docs/operations.md).
-    """
-    from .storage import backup as run_backup
-
-    _summary("backed up to", run_backup(_storage(ctx), destination), as_json)
-
-
-@cli.command()
-@click.argument("source", metavar="SRC")
-@click.option("--force", is_flag=True, help="Replace the store at --storage (no process may have it open).")
-@click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
-              help="Check the backup's newest checkpoint with this verifier key first.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@_storage_option
-@click.pass_context
-def restore(ctx: click.Context, source: str, force: bool, vkeys: tuple[str, ...], as_json: bool) -> None:
-    """Verify the backup SRC, then make it the store at --storage.
-
-    The backup is checked first (entries, indexes, Merkle tree, and its newest checkpoint —
-    signature too with --vkey); a store already there is replaced only with --force.
-    """
-    from .storage import restore as run_restore
-
-    result = run_restore(source, _storage(ctx), force=force, verifiers=list(_verifiers(vkeys)))
-    _summary("restored into", result, as_json)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._cli import _READ_POLICY, _emit_json, _storage, _storage_option, _TimeType, cli, inert
-from .journal import SovereignJournal
+from ..journal import SovereignJournal
+from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, _TimeType, cli, inert
 
 __all__: list[str] = []
 

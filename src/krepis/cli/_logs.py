@@ -1,0 +1,218 @@
+"""Reading the journal: ``stats``, ``logs`` (with ``--follow``), ``export``, and ``clear``."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, cast
+
+import click
+from rich.cells import cell_len
+
+from .._model import TransactionLog
+from ..journal import SovereignJournal
+from ._common import (
+    _READ_POLICY,
+    _emit_json,
+    _inert_tsv,
+    _LimitType,
+    _reader_gone,
+    _storage,
+    _storage_option,
+    cli,
+    inert,
+)
+from ._output import (
+    _BATCH,
+    _Columns,
+    _emit_lines,
+    _fit,
+    _json_line,
+    _to_stdout,
+    _tsv_line,
+    _use_color,
+    _width,
+    _with_header,
+)
+from ._select import (
+    _archive_option,
+    _filter_options,
+    _newest_oldest_first,
+    _Selection,
+    _selection,
+    select_entries,
+)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: storage, journal_entries and op_counts (name → value).")
+@_storage_option
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Show every op counter and how many entries the journal holds."""
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+        counts = journal.op_counts()
+        entries = journal.journal_count()
+        path = journal.path
+    if as_json:
+        _emit_json({"storage": path, "journal_entries": entries, "op_counts": counts})
+        return
+    summary = f"{entries} journal entries, {len(counts)} counters in {inert(path)}"
+    if not counts:
+        click.echo(f"no counters yet; {entries} journal entries in {inert(path)}")
+        return
+    names = sorted(counts)
+    if not sys.stdout.isatty():
+        _to_stdout(f"{_inert_tsv(name)}\t{counts[name]}" for name in names)
+        click.echo(summary, err=True)
+        return
+    value_w = max(5, *(len(str(v)) for v in counts.values()))
+    name_w = min(max(7, *(cell_len(inert(n)) for n in names)), _width() - value_w - 2)
+    header = f"{_fit('COUNTER', name_w)}  {'VALUE'.rjust(value_w)}"
+    lines = [click.style(header, bold=True) if _use_color() else header]
+    lines += [f"{_fit(inert(name), name_w)}  {str(counts[name]).rjust(value_w)}" for name in names]
+    _to_stdout([*lines, summary])
+
+def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
+            render: Callable[[TransactionLog], str]) -> None:
+    """Print the last `limit` entries oldest first, then new ones as they are written."""
+
+    def show(entries: Iterable[TransactionLog]) -> None:
+        _to_stdout(render(entry) for entry in entries)
+        sys.stdout.flush()
+
+    # Follow by sequence number: every entry appended after the start is shown exactly once,
+    # whatever its timestamp and however many processes write.
+    start = journal.next_seq()
+    epoch = journal.tree_head().epoch
+    show(e for e in _newest_oldest_first(journal, selection, limit) if (e.seq or 0) < start)
+    cursor = start - 1
+    try:
+        while not _reader_gone():
+            time.sleep(0.25)
+            head = journal.tree_head()
+            if head.epoch != epoch:
+                click.echo("(the journal was cleared)", err=True)
+                epoch = head.epoch
+            if head.first_seq + head.size - 1 > cursor:
+                new = journal.iter_logs(order="append", newest_first=False,
+                                        after=cursor if cursor >= 0 else None)
+                for entry in new:
+                    cursor = entry.seq if entry.seq is not None else cursor
+                    if selection.matches(entry):
+                        show((entry,))
+    except KeyboardInterrupt:
+        pass
+
+@cli.command()
+@click.option("-n", "--lines", "--limit", "limit", type=_LimitType(), default="20", show_default=True,
+              help="How many entries at most (the newest), or 'all'.")
+@click.option("--all", "show_all", is_flag=True, help="Every matching entry (the same as -n all).")
+@_filter_options
+@click.option("--reverse", is_flag=True,
+              help="Oldest first: the same entries (the N newest matches) in the order they were written.")
+@click.option("--count", "count_only", is_flag=True,
+              help="Print only how many entries match (ignores -n).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Print the last entries oldest first, then each new one as it is written "
+                   "(Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines: one entry per line, in the stored form.")
+@click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
+@_archive_option
+@_storage_option
+@click.pass_context
+def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...],
+         status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
+         reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool,
+         archive: str | None) -> None:
+    """Show journal entries, newest first, streamed as they are read.
+
+    On a terminal: one line per entry fitted to its width (local time), through
+    a pager (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped:
+    tab-separated lines (UTC time, op, request id, status, duration in µs,
+    error), or JSON Lines with --json. Text from the journal is printed inert:
+    control characters and escape sequences appear as visible escapes.
+    """
+    if show_all:
+        limit = None
+    if count_only and follow:
+        raise click.UsageError("--count and --follow do not go together")
+    selection = _selection(op, status, request_id, since, until, archive)
+    tty = sys.stdout.isatty()
+    columns = _Columns(_width(), _use_color()) if tty and not as_json else None
+    render = _json_line if as_json else columns.line if columns is not None else _tsv_line
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+        if count_only:
+            if selection.everything:
+                total = journal.journal_count()
+            else:
+                total = sum(1 for _ in select_entries(journal, selection, newest_first=False, limit=None))
+            click.echo(json.dumps({"count": total}) if as_json else str(total))
+            return
+        if follow:
+            if columns is not None:
+                click.echo(columns.header())
+            _follow(journal, selection, limit, render)
+            return
+        if reverse:
+            entries = _newest_oldest_first(journal, selection, limit)
+        else:
+            entries = select_entries(journal, selection, newest_first=True, limit=limit)
+        lines: Iterator[str] = (render(entry) for entry in entries)
+        if columns is not None:
+            lines = _with_header(columns.header(), lines)
+        _emit_lines(lines, pager=tty and not no_pager)
+
+@cli.command()
+@_filter_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              default="-", show_default=True, help="File to write (- for stdout).")
+@_archive_option
+@_storage_option
+@click.pass_context
+def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
+           since: int | None, until: int | None, output: str, archive: str | None) -> None:
+    """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
+    selection = _selection(op, status, request_id, since, until, archive)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+        entries = select_entries(journal, selection, newest_first=False, limit=None)
+        if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes
+            to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
+            _to_stdout(to_text(entry) for entry in entries)
+            return
+        with click.open_file(output, "w", encoding="utf-8") as out:
+            count = _write_entries(cast(IO[str], out), entries)
+    click.echo(f"exported {count} entries to {inert(output)}", err=True)
+
+def _write_entries(out: IO[str], entries: Iterable[TransactionLog]) -> int:
+    count = 0
+    batch: list[str] = []
+    for entry in entries:
+        batch.append(entry.to_json())
+        count += 1
+        if len(batch) >= _BATCH:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
+    return count
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_storage_option
+@click.pass_context
+def clear(ctx: click.Context, yes: bool) -> None:
+    """Delete every journal entry and counter (durable; cannot be undone)."""
+    path = _storage(ctx)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("refusing to clear the journal without --yes")
+        click.confirm(f"Delete every entry and counter in {inert(os.path.abspath(path))}?", abort=True)
+    with SovereignJournal(path, create=False, flush=_READ_POLICY, retention="off") as journal:
+        entries = journal.journal_count()
+        journal.clear_all()
+    click.echo(f"cleared {entries} entries and all counters in {inert(journal.path)}")

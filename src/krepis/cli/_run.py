@@ -1,0 +1,139 @@
+"""``krepis run``: boot the kernel and run a script (or the built-in bootstrap) in the Deno plane."""
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+
+import click
+
+from ..journal import SovereignJournal
+from ..kernel import Kernel
+from ._common import (
+    _console,
+    _emit_json,
+    _flush_policy,
+    _storage,
+    _storage_option,
+    cli,
+    inert,
+)
+
+
+class _JsLogHandler(logging.Handler):
+    """Shows what scripts log through op_log_from_js, on stderr, as inert text."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"js {record.levelname.lower()}: {inert(record.getMessage())}", err=True)
+
+@cli.command()
+@click.argument("script", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="End the script after S seconds (default 300; 0: no limit). Journaled as "
+                   "kernel_error Timeout.")
+@click.option("--memory-limit", "memory_limit", type=click.IntRange(min=16), default=None,
+              metavar="MIB", help="Memory for the script, V8 heap and array buffers, in MiB "
+                                  "(default 512). Exceeding it ends the run (MemoryLimit).")
+@click.option("--max-ops", "max_ops", type=click.IntRange(min=0), default=None, metavar="N",
+              help="End the script at its N+1-th op call (OpLimit; default: no cap).")
+@click.option("--allow-read", "allow_read", multiple=True, metavar="PATH",
+              help="Let the script read files below PATH: Deno's --allow-read for exactly that "
+                   "path (resolved now), and what op_check_permission('read', …) answers. "
+                   "Repeatable; default: nothing. Imports stay limited to the script itself.")
+@click.option("--allow-write", "allow_write", multiple=True, metavar="PATH",
+              help="Let the script write below PATH (Deno's --allow-write for that path; "
+                   "op_check_permission('write', …)). Repeatable; default: nothing.")
+@click.option("--allow-net", "allow_net", multiple=True, metavar="HOST",
+              help="Let the script connect to HOST or HOST:PORT (Deno's --allow-net for it; "
+                   "op_check_permission('net', …)). Repeatable; default: nothing.")
+@click.option("--flush", "flush", metavar="POLICY", envvar="KREPIS_FLUSH", default="sync",
+              show_default=True, callback=_flush_policy, help="sync or interval:Nms (env: KREPIS_FLUSH).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@_storage_option
+@click.pass_context
+def run(ctx: click.Context, script: str | None, timeout: float | None, memory_limit: int | None,
+        max_ops: int | None, allow_read: tuple[str, ...], allow_write: tuple[str, ...],
+        allow_net: tuple[str, ...], flush: str, as_json: bool) -> None:
+    """Boot the kernel and run SCRIPT (JavaScript/TypeScript) in a sandboxed Deno.
+
+    SCRIPT must have a script suffix (.js, .ts, .mjs, …). It runs with no permissions but the
+    --allow-* ones, may import nothing but itself (no other file, not even next to it), and
+    is ended at its limits (--timeout, --memory-limit, --max-ops). SIGTERM, SIGHUP or Ctrl-C
+    kill it and are journaled. See docs/execution-plane.md.
+
+    Without SCRIPT, runs the built-in bootstrap: it reads the context, logs through
+    op_log_from_js, calls op_increment_stats 3 times and checks a read permission. Counters
+    carry over between runs: the second run recovers what the first one counted.
+    """
+    from pathlib import Path
+
+    from ..kernel import PermissionPolicy, ScriptError, ScriptInterrupted, resolve_script
+
+    con = _console()
+    policy = PermissionPolicy()
+    try:
+        for path in allow_read:
+            policy.allow_read(path)
+        for path in allow_write:
+            policy.allow_write(path)
+        for host in allow_net:
+            policy.allow_net(host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    handler = _JsLogHandler()
+    js_log = logging.getLogger("krepis.js")
+    js_log.addHandler(handler)
+    js_log.setLevel(logging.DEBUG)
+    failure: ScriptError | None = None
+    interrupted: BaseException | None = None
+    target = Path(script) if script else resources.files("krepis.kernel").joinpath("bootstrap.js")
+    resolve_script(str(target))  # a bad SCRIPT is an error before the kernel boots
+    try:
+        with SovereignJournal(_storage(ctx), flush=flush) as journal:
+            kernel = Kernel(journal, permissions=policy)
+            ops_called: int | None = None
+            try:
+                with kernel:  # a failing script ends the kernel with kernel_error
+                    recovered = kernel.recovered.js_ops_called
+                    request_id = kernel.context.request_id
+                    if not as_json:
+                        con.print(f"[bold]krepis kernel booted[/] storage={journal.path}")
+                        con.print(f"  request_id        {request_id}")
+                        con.print(f"  recovered         js_ops_called={recovered} "
+                                  f"contexts_created={kernel.recovered.contexts_created}")
+                        con.print(f"  running           {script or 'built-in bootstrap'}")
+                    ops_called = kernel.run_script(
+                        str(target), timeout=timeout, memory_limit_mb=memory_limit,
+                        max_ops=max_ops, request_id=request_id).ops_called
+            except ScriptError as exc:
+                failure = exc
+            except (ScriptInterrupted, KeyboardInterrupt) as exc:
+                interrupted = exc  # Deno is dead and the interruption journaled
+            stats = kernel.stats
+            entries = journal.journal_count()
+    finally:
+        js_log.removeHandler(handler)
+    if interrupted is not None:
+        signum = getattr(interrupted, "signum", 2)
+        click.echo(f"Error: interrupted by signal {signum}; the script was killed", err=True)
+        sys.exit(128 + signum)
+    summary = {
+        "ok": failure is None,
+        "recovered": recovered,
+        "js_ops_called": stats.js_ops_called,
+        "contexts_created": stats.contexts_created,
+        "journal_entries": entries,
+        "request_id": request_id,
+        "storage": journal.path,
+        "script": script,
+        "ops_called": ops_called,
+        "error": None if failure is None else str(failure),
+        "error_name": None if failure is None else failure.name,
+    }
+    if as_json:
+        _emit_json(summary)
+    elif failure is None:
+        con.print(f"[bold green]done[/]: js_ops_called {recovered} → {stats.js_ops_called}, "
+                  f"{ops_called} op calls, journal entries {entries}")
+    if failure is not None:
+        raise click.ClickException(f"script failed: {failure}")

@@ -1,0 +1,170 @@
+"""Choosing entries: the filter options every reading command shares (op globs, status,
+request id, time range, archive) and the selection they build."""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from .._model import LogStatus, TransactionLog
+from ..journal import SovereignJournal
+from ._common import (
+    _TimeType,
+)
+
+_GLOB = re.compile(r"[*?\[]")
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which entries: every repeated filter means either-of; different filters must all hold.
+
+    ``ops`` are exact names or shell-style globs (``op_*``, ``kernel_[is]*``), matched
+    case-sensitively; ``since`` inclusive and ``until`` exclusive, in Unix ms.
+    """
+
+    ops: tuple[str, ...] = ()
+    statuses: tuple[LogStatus, ...] = ()
+    request_ids: tuple[str, ...] = ()
+    since: int | None = None
+    until: int | None = None
+    archive: str | None = None  # an archive directory whose entries are included
+
+    @property
+    def everything(self) -> bool:
+        filtered = self.ops or self.statuses or self.request_ids
+        return not filtered and self.since is None and self.until is None and self.archive is None
+
+    def split(
+        self, journal: SovereignJournal
+    ) -> tuple[dict[str, Any], Callable[[TransactionLog], bool] | None]:
+        """The query the journal answers from its indexes, and the check left to do here (or None).
+
+        Globs are resolved against the op names the journal holds; either-of ops and statuses go
+        to the journal as lists; only several request ids are checked here, entry by entry.
+        """
+        args: dict[str, Any] = {"since": self.since, "until": self.until}
+        if self.archive is not None:
+            args["archive"] = self.archive
+        if self.ops:
+            globs = [op for op in self.ops if _GLOB.search(op)]
+            names = [op for op in self.ops if not _GLOB.search(op)]
+            if globs:
+                pattern = re.compile("|".join(fnmatch.translate(g) for g in globs)).match
+                names += [name for name in journal.op_names() if pattern(name)]
+            args["op_name"] = list(dict.fromkeys(names))
+        if self.statuses and len(set(self.statuses)) < len(LogStatus):
+            args["status"] = list(dict.fromkeys(self.statuses))
+        request_ids = frozenset(self.request_ids)
+        if len(request_ids) == 1:
+            args["request_id"] = self.request_ids[0]
+        elif request_ids:
+            return args, lambda entry: entry.request_id in request_ids
+        return args, None
+
+    @functools.cached_property
+    def _predicate(self) -> Callable[[TransactionLog], bool]:
+        exact = frozenset(op for op in self.ops if not _GLOB.search(op))
+        globs = [op for op in self.ops if _GLOB.search(op)]
+        pattern = re.compile("|".join(fnmatch.translate(g) for g in globs)).match if globs else None
+        statuses = frozenset(self.statuses)
+        request_ids = frozenset(self.request_ids)
+        since, until = self.since, self.until
+
+        def check(entry: TransactionLog) -> bool:
+            return ((not self.ops or entry.op_name in exact
+                     or (pattern is not None and pattern(entry.op_name) is not None))
+                    and (not statuses or entry.status in statuses)
+                    and (not request_ids or entry.request_id in request_ids)
+                    and (since is None or entry.timestamp >= since)
+                    and (until is None or entry.timestamp < until))
+        return check
+
+    def matches(self, entry: TransactionLog) -> bool:
+        """Every filter, checked on one entry (for entries read without the query)."""
+        return self._predicate(entry)
+
+def select_entries(journal: SovereignJournal, selection: _Selection, *, newest_first: bool,
+                   limit: int | None) -> Iterator[TransactionLog]:
+    """Stream the entries of ``selection`` (at most ``limit``), never holding them all.
+
+    Every filter but several request ids at once is answered by the journal's indexes.
+    Arguments are validated before the first entry is read.
+    """
+    args, rest = selection.split(journal)
+    if args.get("op_name") == []:
+        return iter(())  # globs that match no op the journal has seen
+    if rest is None:
+        return journal.iter_logs(**args, newest_first=newest_first, limit=limit)
+    found = (entry for entry in journal.iter_logs(**args, newest_first=newest_first) if rest(entry))
+    if limit is None:
+        return found
+    return (entry for _, entry in zip(range(limit), found, strict=False))
+
+def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
+                         limit: int | None) -> Iterator[TransactionLog]:
+    """The ``limit`` newest matches, oldest first (``git log -n N --reverse``), in flat memory.
+
+    Two streaming passes: newest first to find where the ``limit``-th newest match is, then
+    oldest first from there.
+    """
+    if limit is None:
+        yield from select_entries(journal, selection, newest_first=False, limit=None)
+        return
+    if limit == 0:
+        return
+    taken, boundary, skip = 0, -1, 0
+    for entry in select_entries(journal, selection, newest_first=True, limit=None):
+        if taken < limit:
+            taken, boundary = taken + 1, entry.timestamp
+        elif entry.timestamp == boundary:
+            skip += 1  # an older arrival with the boundary's timestamp: not among the newest
+        else:
+            break
+    if taken < limit:
+        yield from select_entries(journal, selection, newest_first=False, limit=limit)
+        return
+    later = _Selection(selection.ops, selection.statuses, selection.request_ids, boundary, selection.until,
+                       selection.archive)
+    shown = 0
+    for entry in select_entries(journal, later, newest_first=False, limit=None):
+        if skip and entry.timestamp == boundary:
+            skip -= 1
+            continue
+        yield entry
+        shown += 1
+        if shown >= limit:
+            return
+
+def _selection(op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
+               since: int | None, until: int | None, archive: str | None = None) -> _Selection:
+    return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until,
+                      archive)
+
+def _archive_option(fn: Any) -> Any:
+    return click.option("--archive", "archive", metavar="DIR", default=None,
+                        help="Include the entries archived into DIR (krepis archive), with the same "
+                             "filters and order.")(fn)
+
+def _filter_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("--op", "op", metavar="NAME", multiple=True,
+                     help="Only entries of this op; a shell-style glob (op_*) matches several. "
+                          "Repeat for either-of."),
+        click.option("--status", multiple=True,
+                     type=click.Choice([s.value for s in LogStatus], case_sensitive=False),
+                     help="Only entries with this status (any case). Repeat for either-of."),
+        click.option("--request-id", metavar="ID", multiple=True,
+                     help="Only entries of this request. Repeat for either-of."),
+        click.option("--since", metavar="TIME", type=_TimeType(),
+                     help="From this time on, inclusive: ISO-8601 (no zone = local time), 1h, 30m, "
+                          "2d, '2 hours ago', today, yesterday, now, Unix ms or @SECONDS."),
+        click.option("--until", metavar="TIME", type=_TimeType(),
+                     help="Before this time (exclusive); the same forms as --since."),
+    ]):
+        fn = option(fn)
+    return fn
