@@ -44,7 +44,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .._bench import BenchConfig, run_bench
+    from ..bench import BenchConfig, run_bench
 
     cfg = BenchConfig.quick(directory) if quick else BenchConfig(directory=directory)
     if seconds is not None:
