@@ -27,9 +27,9 @@ from krepis import (
     TransactionLog,
     ValidationError,
 )
-from krepis.cli import cli
 from krepis._model import encode_log
 from krepis.archive import ArchiveReader
+from krepis.cli import cli
 from krepis.tlog import leaf_hash, verify_consistency, verify_inclusion
 from krepis.tlog._note import generate_signer
 from rawlmdb import needed_size

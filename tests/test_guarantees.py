@@ -451,7 +451,7 @@ def test_postgres_schema_is_created_under_its_advisory_lock(pg_url: str) -> None
     schema lock first (a racing CREATE ... IF NOT EXISTS can fail on the catalog's unique index)."""
     import psycopg
 
-    from krepis.storage.postgres._store import _LOCK_ID
+    from krepis.storage.postgres._schema import _LOCK_ID
 
     opened: list[BaseException | None] = []
 

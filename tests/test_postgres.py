@@ -28,7 +28,8 @@ from krepis import (
 )
 from krepis._model import encode_log
 from krepis.storage import Storage, WriteRequest
-from krepis.storage.postgres._store import _TABLES, PostgresStorage, _connection_lost, _first_line, redact
+from krepis.storage.postgres import PostgresStorage
+from krepis.storage.postgres._schema import _TABLES, _connection_lost, _first_line, redact
 
 from conftest import hammer_threads
 from storage_conformance import OPERATIONS, StorageConformance

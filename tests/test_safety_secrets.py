@@ -19,7 +19,7 @@ import pytest
 import pg
 from krepis import SovereignJournal, StorageError
 from krepis.storage.postgres import _url as _pgurl
-from krepis.storage.postgres._store import redact
+from krepis.storage.postgres._schema import redact
 
 PASSWORDS = [
     "pa%ss-word", "pa/ss/word", "pa ss word", "pa@ss@word", "pa:ss:word", "pa?ss?word",

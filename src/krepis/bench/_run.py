@@ -196,7 +196,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str, int], None] | None = None) 
     targets.append(target("archive: entries archived per second", archived["entries_per_s"], 200_000, "/s"))
     config = asdict(cfg)
     if config.get("postgres_url"):  # never print a password
-        from ..storage.postgres._store import redact
+        from ..storage.postgres._schema import redact
 
         config["postgres_url"] = redact(config["postgres_url"])
     return {"machine": machine(), "config": config, "rows": table, "reads": reads,

@@ -124,7 +124,7 @@ def bench(ctx: click.Context, quick: bool, seconds: float | None, large: int | N
 
 def _check_postgres(url: str) -> None:
     from ..storage.postgres import _url as _pgurl
-    from ..storage.postgres._store import _first_line, redact
+    from ..storage.postgres._schema import _first_line, redact
 
     try:
         import psycopg

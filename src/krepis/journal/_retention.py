@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..archive import RETENTION_MIN_BUNDLES, RetentionPolicy
 
-if TYPE_CHECKING:
-    from ._journal import SovereignJournal
+
+class _Archiver(Protocol):
+    """What retention needs of a journal: its path, and one archive step."""
+
+    @property
+    def path(self) -> str: ...
+
+    def _archive_step(self, directory: str, *, keep_last: int | None = None,
+                      keep_days: float | None = None, min_bundles: int = 1) -> object: ...
 
 __all__ = ["RetentionThread"]
 
@@ -18,7 +25,7 @@ class RetentionThread:
     """Applies a retention policy every ``policy.every`` seconds until stopped. A failed run is
     logged (``krepis.retention``) and kept in :attr:`error`; the next run tries again."""
 
-    def __init__(self, journal: SovereignJournal, policy: RetentionPolicy, directory: str) -> None:
+    def __init__(self, journal: _Archiver, policy: RetentionPolicy, directory: str) -> None:
         self._journal, self.policy, self.directory = journal, policy, directory
         self._stop = threading.Event()
         self.error: BaseException | None = None

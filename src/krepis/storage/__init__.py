@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._migrate import MigrationResult, migrate
+from ._migration import MigrationResult, Progress
 from ._port import (
     LogAudit,
     Order,
@@ -23,9 +23,24 @@ from ._port import (
 )
 from .lmdb import BackupResult, backup, restore
 
-__all__ = ["BackupResult", "LogAudit", "MigrationResult", "Order", "Query", "Storage", "TreeHead",
-           "VerifyReport", "WriteRequest", "backup", "check_checkpoint", "check_drop_prefix", "migrate",
-           "open_storage", "restore"]
+__all__ = [
+    "BackupResult",
+    "LogAudit",
+    "MigrationResult",
+    "Order",
+    "Progress",
+    "Query",
+    "Storage",
+    "TreeHead",
+    "VerifyReport",
+    "WriteRequest",
+    "backup",
+    "check_checkpoint",
+    "check_drop_prefix",
+    "migrate",
+    "open_storage",
+    "restore",
+]
 
 def open_storage(
     location: str | os.PathLike[str], *, durable: bool = True, create: bool = True
@@ -42,3 +57,16 @@ def open_storage(
     from .lmdb import LmdbStorage
 
     return LmdbStorage(location, durable=durable, create=create)
+
+
+def migrate(location: str | os.PathLike[str], *, progress: Progress | None = None) -> MigrationResult:
+    """Convert the store at ``location`` to the current storage format (see the module docs)."""
+    from .postgres import is_postgres_url  # (without importing the PostgreSQL driver)
+
+    if is_postgres_url(location):
+        from .postgres import migrate_postgres
+
+        return migrate_postgres(str(location), progress)
+    from .lmdb import migrate_lmdb
+
+    return migrate_lmdb(os.path.abspath(os.path.expanduser(os.fspath(location))), progress)

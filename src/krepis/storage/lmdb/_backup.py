@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..._errors import StorageError, ValidationError
 from ..postgres._url import is_postgres_url
+from ._store import LmdbStorage
 
 __all__ = ["BackupResult", "backup", "restore"]
 
@@ -47,8 +48,6 @@ def _check(path: str, verifiers: list[object] | None) -> BackupResult:
     """Open the store at ``path`` read-only in effect and check everything in it."""
     from ...tlog._note import Verifier, open_note, parse_checkpoint
     from ...tlog._reader import TreeReader
-    from ._store import LmdbStorage
-
     storage = LmdbStorage(path, durable=False, create=False)
     try:
         report = storage.verify()
@@ -92,13 +91,11 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
     except OSError as exc:
         raise StorageError(f"cannot create backup directory {dest}: {exc.strerror}", dest) from None
     try:
-        from .. import open_storage
-
         # Read only: no flush policy of our own, so a process that has the journal open under
         # an interval policy can back it up too.
-        storage = open_storage(source, durable=False, create=False)
+        storage = LmdbStorage(source, durable=False, create=False)
         try:
-            storage._env.copy(dest)  # type: ignore[attr-defined]  # the LMDB adapter's
+            storage._env.copy(dest)
         finally:
             storage.close()
         data = os.path.join(dest, "data.mdb")

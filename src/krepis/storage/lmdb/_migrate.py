@@ -11,7 +11,7 @@ from typing import Any
 
 from ..._errors import CorruptStorageError, StorageError
 from ..._model import decode_log, encode_log
-from .._migrate import MigrationResult, Progress
+from .._migration import MigrationResult, Progress
 from .._port import WriteRequest
 
 __all__ = ["migrate_lmdb"]

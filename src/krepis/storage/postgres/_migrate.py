@@ -7,7 +7,7 @@ import struct
 from hashlib import sha256
 
 from ..._errors import CorruptStorageError, JournalError, StorageError
-from .._migrate import MigrationResult, Progress
+from .._migration import MigrationResult, Progress
 
 __all__ = ["migrate_postgres"]
 
@@ -23,7 +23,7 @@ def migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
     except ImportError as exc:  # pragma: no cover - the postgres extra is missing
         raise StorageError("a postgresql:// storage needs psycopg (the 'postgres' extra)") from exc
     from ...tlog._merkle import append_leaf
-    from ._store import _LOCK_ID, FORMAT_VERSION, SCHEMA, _first_line, _params, redact
+    from ._schema import _LOCK_ID, FORMAT_VERSION, SCHEMA, _first_line, _params, redact
 
     where = redact(url)
     try:

@@ -20,11 +20,10 @@ sequence numbers 0, 1, 2, … in that order; counters are copied exactly.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["MigrationResult", "Progress", "migrate"]
+__all__ = ["MigrationResult", "Progress"]
 
 Progress = Callable[[int, int], None]  # (entries done, entries in all)
 
@@ -37,15 +36,3 @@ class MigrationResult:
     to_format: int
     entries: int
     counters: int
-
-def migrate(location: str | os.PathLike[str], *, progress: Progress | None = None) -> MigrationResult:
-    """Convert the store at ``location`` to the current storage format (see the module docs)."""
-    from .postgres import is_postgres_url
-
-    if is_postgres_url(location):
-        from .postgres import migrate_postgres
-
-        return migrate_postgres(str(location), progress)
-    from .lmdb import migrate_lmdb
-
-    return migrate_lmdb(os.path.abspath(os.path.expanduser(os.fspath(location))), progress)
