@@ -7,11 +7,11 @@ from pathlib import Path
 
 
 def forget_commit_log(store: str | os.PathLike[str]) -> None:
-    """After writing ``data.mdb`` directly with LMDB: remove ``commit.log``, whose checkpoint no
-    longer describes the file. Otherwise the next open, finding data.mdb past its checkpoint,
-    would recover (write the checkpoint's meta pages back), undoing the direct change; without
-    a log, krepis takes data.mdb as it is, which is what these tests examine."""
+    """After writing ``data.mdb`` directly with LMDB (the store closed cleanly before, so its
+    log holds nothing LMDB lacks): remove ``commit.log`` and ``commit.state``, so the next open
+    makes a new, empty log for data.mdb as it is, which is what these tests examine."""
     Path(store, "commit.log").unlink(missing_ok=True)
+    Path(store, "commit.state").unlink(missing_ok=True)
 
 
 def needed_size(data: Path) -> int:

@@ -91,14 +91,14 @@ def _poke(store: Path, db: bytes, key: bytes, value: bytes) -> None:
     forget_commit_log(store)
 
 
-@pytest.mark.parametrize("value", [b"", b"\x01" * 7, b"\x01" * 9])
-def test_malformed_commit_log_position_is_refused(tmp_path: Path, value: bytes) -> None:
+@pytest.mark.parametrize("value", [b"", b"\x01" * 27, b"\x01" * 29])
+def test_malformed_commit_log_pointer_is_refused(tmp_path: Path, value: bytes) -> None:
     store = tmp_path / "store"
     make_store(store)
     _poke(store, b"meta", b"log", value)
     before = tree_snapshot(store)
-    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: malformed commit-log position "
-                       r"record$") as info:
+    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: malformed commit-log pointer "
+                       rf"record \({len(value)} bytes, not 28\)$") as info:
         SovereignJournal(store)
     assert info.value.path == str(store)
     assert tree_snapshot(store) == before  # no commit.log made for it

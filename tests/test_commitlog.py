@@ -1,16 +1,16 @@
-"""The commit log (storage format 3): recovery by replay, and what recovery refuses.
+"""The commit log as the write path (storage format 4): what a write costs, what readers see before
+LMDB applies it, and what recovery applies — and refuses.
 
-A child writes with checkpoints held off and dies without closing (``os._exit``), so the
-commits since the last checkpoint exist only in ``data.mdb``'s page cache and in ``commit.log``.
-The next open is alone: it writes the checkpoint's meta pages back and applies the records
-again. The power-loss tests (tests/test_powerloss.py) check the same against lost writes.
+A child writes with LMDB's background application held off and dies without closing
+(``os._exit``, as a SIGKILL leaves it), so its writes exist only as records in ``commit.log``.
+The power-loss tests (tests/test_powerloss.py) check the same against lost writes; the damage
+campaign (tests/test_commitlog_damage.py) against every damaged byte and swapped file.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
@@ -21,213 +21,91 @@ import pytest
 
 from krepis import CorruptStorageError, LogStatus, SovereignJournal, StorageError, TransactionLog
 from krepis.storage.lmdb import _commitlog
-from krepis.storage.lmdb._commitlog import CommitLog, decode_payload, encode_payload
+from krepis.storage.lmdb._commitlog import CommitLog, encode_payload
+from logtools import HOLD_OFF, flip, pointer, ring_offset, stored_entries, unapplied, write_and_die
+
+from conftest import tree_snapshot
 
 
-def _write_and_die(store: Path, n: int, *, overflow_last: bool = False) -> None:
-    """In a child: n committed records after one checkpoint, then exit without closing."""
-    code = textwrap.dedent(f"""
-        import os, struct
-        import krepis.storage.lmdb._env as adapter
-        adapter._CHECKPOINT_COMMITS = 10**9
-        adapter._CHECKPOINT_SECONDS = 10**6
-        adapter._CHECKPOINT_BACKLOG = adapter._CHECKPOINT_GROWTH = 10**9
-        from krepis import SovereignJournal, TransactionLog, LogStatus, StorageError
-        j = SovereignJournal({str(store)!r})
-        for i in range({n}):
-            j.record(TransactionLog(i, "op", f"r{{i}}", LogStatus.Completed, duration_us=i), increment="op")
-        if {overflow_last}:
-            storage = j._storage
-            with storage._env.begin(write=True) as txn:  # a counter at its limit, outside the log
-                txn.put(b"op_count:full", struct.pack("<Q", 2**64 - 1), db=storage._stats)
-            storage._shared.log  # (the raw commit above is not logged: checkpoint it)
-            adapter._checkpoint(storage._shared, storage.location, locked=False)
-            try:
-                j.record(TransactionLog(1, "op", "refused", LogStatus.Completed), increment="full")
-            except StorageError:
-                pass
-        os._exit(0)
-    """)
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+def _expect(store: Path, n: int) -> None:
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.journal_count() == journal.recover_op_count("op") == n
+        assert [e.request_id for e in journal.query(order="append", newest_first=False)] == \
+            [f"r{i}" for i in range(n)]
+        assert journal.verify().entries == n
 
 
-def _slot(store: Path) -> _commitlog.Slot:
-    fd = os.open(store / "commit.log", os.O_RDONLY)
-    try:
-        return CommitLog(str(store), fd).checkpoint()
-    finally:
-        os.close(fd)
+def test_a_write_is_a_record_in_the_log_and_lmdb_follows_at_the_next_open(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    write_and_die(store, 300)
+    assert stored_entries(store) == 0 and len(unapplied(store)) == 300  # in the log only
+    _expect(store, 300)
+    assert stored_entries(store) == 300 and unapplied(store) == []  # applied, and the pointer moved on
 
 
-def test_commits_after_the_checkpoint_are_replayed(tmp_path: Path) -> None:
+def test_reads_in_another_process_see_every_acknowledged_write_before_lmdb_applies_it(tmp_path: Path) -> None:
+    """Counters, counts, every query, entries, the tree head: exact in a process that did not
+    write them, while the writer keeps them in its log only."""
     store = tmp_path / "s"
     SovereignJournal(store).close()
-    _write_and_die(store, 300)
-    before = _slot(store)
-    with SovereignJournal(store) as journal:
-        assert journal.journal_count() == journal.recover_op_count("op") == 300
-        assert [e.request_id for e in journal.query(order="append", limit=1000, newest_first=False)] == \
-            [f"r{i}" for i in range(300)]
-        assert journal.verify().entries == 300
-        journal.record(TransactionLog(1, "op", "after", LogStatus.Completed), increment="op")
-    after = _slot(store)
-    assert after.txnid > before.txnid  # recovery (and close) took new checkpoints
-
-
-def test_a_damaged_record_ends_the_replay_there(tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    SovereignJournal(store).close()
-    _write_and_die(store, 50)
-    slot = _slot(store)
-    fd = os.open(store / "commit.log", os.O_RDWR)
-    try:
-        log = CommitLog(str(store), fd)
-        records = list(log.records(slot))
-        assert len(records) == 50
-        _txnid, position, payload, _after = records[20]
-        offset = log.start + position % log.ring + 24 + len(payload) // 2
-        os.pwrite(fd, bytes([os.pread(fd, 1, offset)[0] ^ 0xFF]), offset)  # one flipped bit field
-    finally:
-        os.close(fd)
-    with SovereignJournal(store) as journal:  # the first 20 commits only, consistent
-        assert journal.journal_count() == journal.recover_op_count("op") == 20
-        assert journal.verify().entries == 20
-
-
-def _first_entry(payload: bytes, entry: bytes) -> bytes:
-    requests = decode_payload(payload)
-    requests[0][0][0] = entry
-    return encode_payload(requests)
-
-
-@pytest.mark.parametrize(("rewrite", "reason"), [
-    (lambda payload: payload[:-1], r"payload ends early"),
-    (lambda payload: _first_entry(payload, b" " + decode_payload(payload)[0][0][0]),
-     r"an entry is not in canonical form"),
-    (lambda payload: _first_entry(payload, b"{}"), r"an entry does not decode: '\w+'"),
-], ids=["cut", "not-canonical", "not-an-entry"])
-def test_a_record_whose_payload_is_malformed_is_refused_naming_it(  # type: ignore[no-untyped-def]
-        tmp_path: Path, rewrite, reason: str) -> None:
-    # a record with a valid CRC but a payload krepis never writes (a bug, or a forged record)
-    store = tmp_path / "s"
-    SovereignJournal(store).close()
-    _write_and_die(store, 5)
-    fd = os.open(store / "commit.log", os.O_RDWR)
-    try:
-        log = CommitLog(str(store), fd)
-        txnid, position, payload, _after = list(log.records(_slot(store)))[2]
-        os.pwrite(fd, log.record(txnid, position, rewrite(payload)), log.start + position % log.ring)
-    finally:
-        os.close(fd)
-    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: the commit\.log record of "
-                       rf"transaction {txnid} is malformed \({reason}\)$") as info:
-        SovereignJournal(store)
-    assert info.value.path == str(store)
-
-
-def test_a_batch_refused_when_written_is_refused_again_in_recovery(tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    SovereignJournal(store).close()
-    _write_and_die(store, 5, overflow_last=True)
-    with SovereignJournal(store) as journal:
-        assert journal.journal_count() == journal.recover_op_count("op") == 5
-        assert journal.recover_op_count("full") == 2**64 - 1
-
-
-def test_both_slots_damaged_is_refused_naming_the_store(tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    with SovereignJournal(store) as journal:
-        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
-    _write_and_die(store, 3)
-    fd = os.open(store / "commit.log", os.O_RDWR)
-    try:
-        log = CommitLog(str(store), fd)
-        for index in (0, 1):
-            os.pwrite(fd, b"\0" * 8, 4096 + index * log.slot_size)
-    finally:
-        os.close(fd)
-    data = (store / "data.mdb").read_bytes()
-    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: both checkpoint slots of "
-                       r"commit\.log are damaged; the store cannot be recovered safely\. Restore it "
-                       r"from a backup$") as info:
-        SovereignJournal(store)
-    assert info.value.path == str(store)
-    assert (store / "data.mdb").read_bytes() == data
-
-
-def _superblock(version: int = 1, magic: bytes = b"KRPSCLOG") -> bytes:
-    head = struct.pack("<8sIIQQ", magic, version, 4096, 4096 + 2 * 12288, 8 << 20)
-    return head + struct.pack("<I", zlib.crc32(head))
-
-
-@pytest.mark.parametrize(("damage", "message"), [
-    (lambda raw: raw[:30], r"commit\.log is truncated \(no superblock\)"),
-    (lambda raw: b"", r"commit\.log is truncated \(no superblock\)"),
-    (lambda raw: _superblock(magic=b"KRPSCLOX") + raw[36:],
-     r"commit\.log is not a krepis commit log or its superblock is damaged"),
-    (lambda raw: raw[:20] + bytes([raw[20] ^ 1]) + raw[21:],  # the CRC no longer matches
-     r"commit\.log is not a krepis commit log or its superblock is damaged"),
-    (lambda raw: _superblock(version=2) + raw[36:],
-     r"commit\.log has version 2; this krepis reads version 1"),
-], ids=["truncated", "empty", "magic", "crc", "version"])
-def test_a_damaged_superblock_is_refused_naming_the_store(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
-    store = tmp_path / "s"
-    with SovereignJournal(store) as journal:
-        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
-    raw = (store / "commit.log").read_bytes()
-    assert raw[:36] == _superblock()  # the layout the damage is made against
-    (store / "commit.log").write_bytes(damage(raw))
-    data = (store / "data.mdb").read_bytes()
-    with pytest.raises(CorruptStorageError, match=rf"^storage at {store}: {message}") as info:
-        SovereignJournal(store)
-    assert info.value.path == str(store)
-    assert (store / "data.mdb").read_bytes() == data
-
-
-def test_a_commit_log_that_cannot_be_created_is_an_error_naming_the_store(tmp_path: Path) -> None:
-    # a store without a log (written by format 2, or restored) gets one on open; here its
-    # temporary name is taken by a directory, so the log cannot be made
-    store = tmp_path / "s"
-    with SovereignJournal(store) as journal:
-        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
-    (store / "commit.log").unlink()
-    (store / "commit.log.new").mkdir()
-    data = (store / "data.mdb").read_bytes()
-    with pytest.raises(StorageError) as info:
-        SovereignJournal(store)
-    assert str(info.value) == f"storage at {store}: cannot create commit.log: Is a directory"
-    assert info.value.path == str(store)
-    assert (store / "data.mdb").read_bytes() == data
-    assert not (store / "commit.log").exists()
-
-
-def test_a_data_file_older_than_the_checkpoint_is_refused(tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    with SovereignJournal(store) as journal:
-        journal.record(TransactionLog(1, "op", "r", LogStatus.Completed), increment="op")
-    old = (store / "data.mdb").read_bytes()
-    with SovereignJournal(store) as journal:
-        for i in range(10):
-            journal.record(TransactionLog(i, "op", f"n{i}", LogStatus.Completed), increment="op")
-    size = (store / "data.mdb").stat().st_size
-    old = old.ljust(size, b"\0")  # as long as the newer file: only its age gives it away
-    (store / "data.mdb").write_bytes(old)  # an older copy put in place by hand
-    with pytest.raises(CorruptStorageError, match=r"older than the checkpoint of its commit\.log"):
-        SovereignJournal(store)
-    assert (store / "data.mdb").read_bytes() == old
-
-
-def _flushes(tmp_path: Path, flush: str, then_flush: bool = False) -> dict[str, int]:
-    """Flush system calls per file while a child makes 20 commits (and, with ``then_flush``,
-    calls ``flush()``), traced with strace."""
-    code = textwrap.dedent(f"""
-        import os, sys
-        import krepis.storage.lmdb._env as adapter
-        adapter._CHECKPOINT_COMMITS = 10**9
-        adapter._CHECKPOINT_SECONDS = 10**6
-        adapter._CHECKPOINT_BACKLOG = adapter._CHECKPOINT_GROWTH = 10**9
+    script = HOLD_OFF + textwrap.dedent(f"""
+        import sys
         from krepis import SovereignJournal, TransactionLog, LogStatus
-        j = SovereignJournal({str(tmp_path / (flush.replace(":", "-") + str(then_flush)))!r}, flush={flush!r})
+        j = SovereignJournal({str(store)!r})
+        for line in sys.stdin:
+            n = int(line)
+            for i in range(n):
+                j.record(TransactionLog(1_700_000_000_000 + i, "op", f"w{{n}}-{{i}}", LogStatus.Completed),
+                         increment="op")
+            print("done", flush=True)
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        with SovereignJournal(store) as reader:
+            total = 0
+            for n in (5, 40):
+                writer.stdin.write(f"{n}\n")
+                writer.stdin.flush()
+                assert writer.stdout.readline() == "done\n"
+                total += n
+                storage = reader._storage
+                with storage._env.begin() as txn:  # type: ignore[attr-defined]
+                    assert txn.stat(storage._entries)["entries"] == 0  # type: ignore[attr-defined]
+                assert reader.journal_count() == reader.recover_op_count("op") == total
+                assert reader.op_counts() == {"op": total}
+                assert reader.next_seq() == total
+                newest = reader.get_recent_logs(3)
+                assert [e.request_id for e in newest] == [f"w{n}-{i}" for i in (n - 1, n - 2, n - 3)]
+                assert reader.entry(total - 1).request_id == f"w{n}-{n - 1}"
+                assert len(reader.query(request_id=f"w{n}-2")) == 1
+                assert len(reader.query(op_name="op", status="Completed")) == total
+                assert reader.tree_head().size == total
+                assert reader.verify().entries == total
+            proof = reader.inclusion_proof(total - 1)
+            assert proof.tree_size == total
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=60)
+
+
+def test_a_durable_write_is_one_flush_of_the_commit_log(tmp_path: Path) -> None:
+    """Counted with strace: under ``sync`` each write flushes the commit log once, and nothing
+    else; under ``interval`` the writes flush nothing (the background sync does, later), and
+    ``flush()`` once."""
+    for flush, then_flush, per_write in (("sync", False, 1), ("interval:60000ms", True, 0)):
+        counts = _flushes(tmp_path, flush, then_flush)
+        assert counts.get("commit.log", 0) == 20 * per_write + then_flush, (flush, counts)
+        assert counts.get("data.mdb", 0) == 0, (flush, counts)
+
+
+def _flushes(tmp_path: Path, flush: str, then_flush: bool) -> dict[str, int]:
+    store = tmp_path / flush.replace(":", "-")
+    code = HOLD_OFF + textwrap.dedent(f"""
+        import os
+        from krepis import SovereignJournal, TransactionLog, LogStatus
+        j = SovereignJournal({str(store)!r}, flush={flush!r})
         j.record(TransactionLog(0, "op", "warm", LogStatus.Completed), increment="op")
         os.write(2, b"<commits>")
         for i in range(20):
@@ -237,39 +115,220 @@ def _flushes(tmp_path: Path, flush: str, then_flush: bool = False) -> dict[str, 
         os.write(2, b"</commits>")
         os._exit(0)
     """)
-    trace = tmp_path / f"{flush.replace(':', '-')}{then_flush}.trace"
-    subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e",
-                    "trace=fsync,fdatasync,sync_file_range,msync,syncfs,write",
-                    sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
-    text = trace.read_text()
-    inside = text[text.index("<commits>"):text.index("</commits>")]
-    counts = {"commit.log": 0, "data.mdb": 0, "other": 0}
-    for line in inside.splitlines():
-        if any(f" {call}(" in line or line.startswith(call) for call in
-               ("fsync", "fdatasync", "sync_file_range", "msync", "syncfs")):
-            name = "commit.log" if "commit.log>" in line else "data.mdb" if "data.mdb>" in line else "other"
-            counts[name] += 1
+    trace = subprocess.run(["strace", "-f", "-y", "-e", "trace=fsync,fdatasync,write", sys.executable, "-c",
+                            code], capture_output=True, text=True, timeout=120)
+    assert trace.returncode == 0, trace.stderr[-2000:]
+    inside = trace.stderr.split("<commits>", 1)[1].split("</commits>", 1)[0]
+    counts: dict[str, int] = {}
+    for name in re.findall(r"f(?:data)?sync\(\d+<[^>]*/([^/>]+)>\)", inside):
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-@pytest.mark.skipif(not shutil.which("strace") and os.environ.get("CI") != "true",
-                    reason="strace is not installed (.ci/run installs it)")
-def test_a_durable_commit_is_one_flush_of_the_commit_log(tmp_path: Path) -> None:
-    # Counted at the system call, so an adapter that stopped flushing (LMDB opened without
-    # sync and no log, a flush turned into a no-op) fails here, not only in the power-loss tests.
-    sync = _flushes(tmp_path, "sync")
-    assert sync["data.mdb"] == sync["other"] == 0, sync
-    assert 20 <= sync["commit.log"] <= 21, sync  # one per commit (a flush may serve two)
-    assert _flushes(tmp_path, "interval:60000ms") == {"commit.log": 0, "data.mdb": 0, "other": 0}
-    # flush() under an interval policy: one flush of the log makes all 20 durable
-    assert _flushes(tmp_path, "interval:60000ms", then_flush=True) == \
-        {"commit.log": 1, "data.mdb": 0, "other": 0}
+@pytest.fixture
+def died(tmp_path: Path) -> Path:
+    """A store whose writer died with 40 synced writes in its log, none applied."""
+    store = tmp_path / "s"
+    write_and_die(store, 40)
+    return store
 
 
-def test_payloads_round_trip_and_malformed_ones_are_refused() -> None:
-    requests = [([b'{"a":1}', b"x" * 70000], [b"op", "é".encode()]), ([], [])]
-    assert decode_payload(encode_payload(requests)) == [(list(e), list(i)) for e, i in requests]
-    raw = encode_payload(requests)
-    for bad in (raw[:-1], raw + b"\0", struct.pack("<I", 5)):
-        with pytest.raises(ValueError):
-            decode_payload(bad)
+def _refused(store: Path, pattern: str) -> None:
+    before = tree_snapshot(store)
+    with pytest.raises(CorruptStorageError, match=pattern) as info:
+        SovereignJournal(store)
+    assert info.value.path == str(store)
+    assert tree_snapshot(store) == before  # nothing written, by the open that refused
+
+
+def test_a_damaged_record_followed_by_durable_ones_is_refused_naming_the_position(died: Path) -> None:
+    records = unapplied(died)
+    at = records[2]
+    offset = ring_offset(died, at.position) + 40 + len(at.payload) // 2
+    with open(died / "commit.log", "r+b") as f:  # one flipped byte in the third record's payload
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    _refused(died, rf"^storage at {died}: commit\.log has no valid record at position {at.position}, .* "
+                   rf"durable up to position {records[-1].end} \(37 valid record\(s\) lie beyond\)")
+
+
+def test_the_last_record_damaged_after_it_was_acknowledged_is_refused(died: Path) -> None:
+    """No record follows it, but the marker (written after the flush that acknowledged it) says
+    it was durable: not a torn tail."""
+    last = unapplied(died)[-1]
+    with open(died / "commit.log", "r+b") as f:
+        f.seek(ring_offset(died, last.position) + 41)
+        f.write(b"\x7f")
+    _refused(died, rf"no valid record at position {last.position}, .* durable up to position {last.end}")
+
+
+def test_a_torn_tail_that_was_never_flushed_is_dropped(tmp_path: Path) -> None:
+    """Writes under an interval policy that were never flushed, the last one damaged as a power
+    cut may leave it: it and nothing else is dropped (it was never promised durable), the rest
+    are applied."""
+    store = tmp_path / "s"
+    write_and_die(store, 10, flush="interval:600000ms")
+    last = unapplied(store)[-1]
+    flip(store / "commit.log", ring_offset(store, last.position) + 60)
+    _expect(store, 9)
+
+
+def test_valid_records_of_an_older_lap_are_never_evidence(tmp_path: Path) -> None:
+    """A record left over from a lap before LMDB's pointer is old news: recovery ignores it."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        for i in range(50):
+            journal.record(TransactionLog(1_700_000_000_000 + i, "op", f"r{i}", LogStatus.Completed,
+                                          duration_us=i), increment="op")
+    _expect(store, 50)  # (all applied at the close; the old records stay in the ring)
+
+
+def test_a_record_whose_payload_is_malformed_is_refused_naming_it(died: Path) -> None:
+    """A record with a valid CRC but a payload krepis never writes (a bug, or a forged record)."""
+    records = unapplied(died)
+    at = records[-1]
+    entry = at.payload[12:12 + int.from_bytes(at.payload[8:12], "little")]
+    payload = encode_payload([([b" " + entry], [b"op"])])
+    raw, _crc = CommitLog.encode(at.kind, at.position, at.durable, at.first_seq, at.link, payload)
+    with open(died / "commit.log", "r+b") as f:
+        f.seek(ring_offset(died, at.position))
+        f.write(raw)
+    _refused(died, rf"^storage at {died}: the commit\.log record at position {at.position} is malformed \(an "
+                   r"entry is not in canonical form\)$")
+
+
+def test_a_foreign_commit_log_is_refused_and_nothing_changes(died: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_and_die(other, 5)
+    shutil.copy(other / "commit.log", died / "commit.log")
+    _refused(died, rf"^storage at {died}: commit\.log does not belong to this data\.mdb")
+
+
+def test_an_older_copy_of_the_commit_log_is_refused(tmp_path: Path) -> None:
+    """Put back an older copy of the log: commit.state's marker says the log was durable past
+    where the copy ends."""
+    store = tmp_path / "s"
+    write_and_die(store, 10)
+    old = (store / "commit.log").read_bytes()
+    write_and_die(store, 30, start=10)
+    (store / "commit.log").write_bytes(old)
+    _refused(store, r"no valid record at position \d+, .* but the log was durable up to")
+
+
+def test_commit_state_missing_or_damaged_is_remade_by_the_first_open(died: Path) -> None:
+    (died / "commit.state").unlink()
+    _expect(died, 40)
+    assert (died / "commit.state").stat().st_size == 4096
+
+
+def test_a_commit_log_deleted_behind_an_open_journal_refuses_the_next_write(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        journal.record(TransactionLog(1, "op", "r1", LogStatus.Completed), increment="op")
+        (store / "commit.log").unlink()
+        with pytest.raises(StorageError, match=rf"^storage at {store}: commit\.log was deleted or replaced"):
+            journal.record(TransactionLog(2, "op", "r2", LogStatus.Completed), increment="op")
+
+
+def test_a_data_file_older_than_its_log_is_brought_up_to_date_while_the_log_has_its_records(
+        tmp_path: Path) -> None:
+    """data.mdb put back from before the last writes, the log still holding every record since:
+    the chain from data.mdb's own pointer is applied."""
+    store = tmp_path / "s"
+    write_and_die(store, 10)
+    SovereignJournal(store).close()  # applied
+    old_data = (store / "data.mdb").read_bytes()
+    write_and_die(store, 20, start=10)
+    SovereignJournal(store).close()
+    (store / "data.mdb").write_bytes(old_data)
+    _expect(store, 30)
+
+
+def test_a_data_file_older_than_a_change_made_outside_the_log_is_refused(tmp_path: Path) -> None:
+    """A clear is committed in LMDB, not logged: its barrier record in the log says so. A data.mdb
+    from before it cannot be brought up to date by the log."""
+    store = tmp_path / "s"
+    write_and_die(store, 10)
+    SovereignJournal(store).close()
+    old_data = (store / "data.mdb").read_bytes()
+    with SovereignJournal(store) as journal:
+        journal.clear_all()
+    (store / "data.mdb").write_bytes(old_data)
+    _refused(store, r"a change made outside the log \(a clear, an archive or a checkpoint\) that data\.mdb "
+                    r"does not have: data\.mdb is older than its commit log")
+
+
+def _superblock(store: Path) -> bytearray:
+    return bytearray((store / "commit.log").read_bytes()[:4096])
+
+
+@pytest.mark.parametrize("copy", [0, 2048])
+def test_one_damaged_copy_of_the_superblock_is_survived(died: Path, copy: int) -> None:
+    with open(died / "commit.log", "r+b") as f:
+        f.seek(copy + 20)
+        f.write(b"\x00\x01\x02")
+    _expect(died, 40)
+
+
+def _rewrite_superblock(store: Path, ring: int | None = None, start: int | None = None,
+                        version: int | None = None) -> None:
+    import struct
+
+    raw = _superblock(store)
+    magic, old_version, log_id, old_start, old_ring = struct.unpack_from("<8sI4x16sQQ", raw, 0)
+    body = struct.pack("<8sI4x16sQQ", magic, old_version if version is None else version, log_id,
+                       old_start if start is None else start, old_ring if ring is None else ring)
+    block = body + struct.pack("<I", zlib.crc32(body))
+    with open(store / "commit.log", "r+b") as f:
+        for at in (0, 2048):
+            f.seek(at)
+            f.write(block)
+
+
+@pytest.mark.parametrize(("ring", "start"), [(1, None), (0, None), (3 << 20, None), (None, 0),
+                                             (None, 2**62)],
+                         ids=["ring=1", "ring=0", "ring-not-a-power-of-two", "start=0", "start=2^62"])
+def test_a_superblock_with_impossible_values_is_refused(died: Path, ring: int | None,
+                                                        start: int | None) -> None:
+    _rewrite_superblock(died, ring=ring, start=start)
+    _refused(died, rf"^storage at {died}: the superblock of commit\.log places the ring at")
+
+
+def test_both_copies_of_the_superblock_damaged_are_refused(died: Path) -> None:
+    with open(died / "commit.log", "r+b") as f:
+        for at in (0, 2048):
+            f.seek(at + 30)
+            f.write(b"\xff")
+    _refused(died, rf"^storage at {died}: commit\.log is not a krepis commit log or both copies of its "
+                   r"superblock are damaged$")
+
+
+def test_a_log_of_a_newer_version_is_refused(died: Path) -> None:
+    _rewrite_superblock(died, version=3)
+    _refused(died, rf"^storage at {died}: commit\.log has version 3; this krepis reads version 2$")
+
+
+def test_a_commit_log_that_cannot_be_created_is_an_error_naming_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    SovereignJournal(store).close()
+    (store / "commit.log").unlink()
+    (store / "commit.log.new").mkdir()  # where the new log would be written
+    with pytest.raises(StorageError, match=rf"^storage at {store}: cannot create commit\.log: ") as info:
+        SovereignJournal(store)
+    assert info.value.path == str(store)
+
+
+def test_a_small_ring_laps_many_times_and_loses_nothing(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a 64 KiB ring the log's space is reused dozens of times: LMDB applies before a record
+    would overwrite one it has not applied."""
+    monkeypatch.setattr(_commitlog, "RING_SIZE", 64 << 10)
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:50ms") as journal:
+        for i in range(5000):
+            journal.record(TransactionLog(1_700_000_000_000 + i, "op", f"r{i}", LogStatus.Completed,
+                                          duration_us=i), increment="op")
+    assert pointer(store)[1] > 10 * (64 << 10)
+    _expect(store, 5000)

@@ -228,6 +228,7 @@ BAD_CALLS = [
 def test_bad_input_raises_and_writes_nothing(store: Path, name: str, call, exc: type, words: str) -> None:  # type: ignore[no-untyped-def]
     with SovereignJournal(store) as journal:
         journal.record(log(1), increment="op")
+        journal._storage.checkpoint()  # (data.mdb up to date: only a bad call could change it now)
         before = tree_snapshot(store)
         with pytest.raises(exc, match=words) as info:
             call(journal)
@@ -236,6 +237,7 @@ def test_bad_input_raises_and_writes_nothing(store: Path, name: str, call, exc: 
         assert journal.op_counts() == {"op": 1}
     after = tree_snapshot(store)
     assert after["data.mdb"] == before["data.mdb"]
+    assert after["commit.log"] == before["commit.log"]
 
 
 def test_bad_path_type(tmp_path: Path) -> None:

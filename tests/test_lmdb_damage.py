@@ -11,6 +11,7 @@ import errno
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -244,7 +245,12 @@ def _meta(storage: LmdbStorage) -> dict[bytes, bytes]:
 def test_a_new_store_holds_the_documented_meta_records_and_numbers_ops_from_zero(tmp_path: Path) -> None:
     storage = LmdbStorage(tmp_path / "s")
     try:
-        assert _meta(storage) == {b"format": b"3", b"seq": bytes(8), b"tree": bytes(16), b"next_op": bytes(8)}
+        meta = _meta(storage)
+        log_id, position, link = struct.unpack("<16sQI", meta.pop(b"log"))
+        assert meta == {b"format": b"4", b"seq": bytes(8), b"tree": bytes(16), b"next_op": bytes(8)}
+        assert log_id != bytes(16) and position == 0  # the commit log that continues data.mdb
+        assert (store_log := (tmp_path / "s" / "commit.log").read_bytes())[16:32] == log_id
+        assert link == zlib.crc32(log_id, zlib.crc32(b"KRPSLINK")) and store_log[:8] == b"KRPSCLOG"
     finally:
         storage.close()
     with SovereignJournal(tmp_path / "s") as journal:
@@ -291,20 +297,23 @@ def test_a_damaged_next_op_record_is_named_when_a_new_op_needs_an_id(
 
 def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path) -> None:
     """docs/storage-format.md lists the records of ``meta``; clearing and archiving (commits made
-    outside the commit log) write no other record and never move the log position back."""
+    outside the commit log) write no other record, keep the log's id and only move its position
+    on (past the barrier record they leave in the log)."""
     store = make_store(tmp_path / "s", 6)
     documented = {b"format", b"seq", b"tree", b"next_op", b"log", b"live"}
     storage = LmdbStorage(store)
     try:
-        position = _meta(storage)[b"log"]
+        log_id, position, _link = struct.unpack("<16sQI", _meta(storage)[b"log"])
         assert storage.drop_prefix(0, 3) == 3
         after_archive = _meta(storage)
         assert set(after_archive) <= documented and b"live" in after_archive
-        assert after_archive[b"log"] == position
+        archived_id, archived_at, _ = struct.unpack("<16sQI", after_archive[b"log"])
+        assert archived_id == log_id and archived_at > position
         storage.clear()
         after_clear = _meta(storage)
         assert set(after_clear) <= documented
-        assert after_clear[b"log"] == position
+        cleared_id, cleared_at, _ = struct.unpack("<16sQI", after_clear[b"log"])
+        assert cleared_id == log_id and cleared_at > archived_at
     finally:
         storage.close()
 
@@ -366,31 +375,3 @@ def test_a_tree_record_that_does_not_fit_the_sequence_is_named(
     finally:
         storage.close()
 
-
-def test_a_checkpoint_refuses_meta_pages_that_are_not_lmdbs_newest_commit(tmp_path: Path) -> None:
-    """A checkpoint records data.mdb's meta pages as the commit it pins left them; if the file's
-    newest meta page names another transaction (the file changed behind LMDB's back), it records
-    nothing and says which transactions disagree."""
-    store = make_store(tmp_path / "s", 3)
-    storage = LmdbStorage(store)
-    data = store / "data.mdb"
-    try:
-        page_size = storage._shared.page_size
-        txnid = storage._env.info()["last_txnid"]
-        other = ((txnid + 1) % 2) * page_size + 16 + 128  # mm_txnid of the meta page LMDB is not reading
-        with open(data, "r+b") as f:
-            original = os.pread(f.fileno(), 8, other)
-            os.pwrite(f.fileno(), struct.pack("<Q", txnid + 5), other)
-            try:
-                slots_before = (store / "commit.log").read_bytes()
-                with pytest.raises(CorruptStorageError) as caught:
-                    storage.checkpoint()
-                assert str(caught.value) == (f"storage at {store}: the meta pages of data.mdb name "
-                                             f"transaction {txnid + 5}, LMDB {txnid}")
-                assert caught.value.path == str(store)
-                assert (store / "commit.log").read_bytes() == slots_before  # no checkpoint recorded
-            finally:
-                os.pwrite(f.fileno(), original, other)
-        storage.checkpoint()  # the file agrees again
-    finally:
-        storage.close()

@@ -67,11 +67,11 @@ def test_a_store_written_by_the_previous_release_migrates_exactly(tmp_path: Path
     # refusing changed nothing
     assert hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest() == before
     result = migrate(store)
-    assert (result.from_format, result.to_format, result.entries, result.counters) == (1, 3, 305, 9)
+    assert (result.from_format, result.to_format, result.entries, result.counters) == (1, 4, 305, 9)
     _check_migrated(store, logs, counters)
-    assert sorted(os.listdir(store)) == ["commit.log", "data.mdb", "lock.mdb"]
+    assert sorted(os.listdir(store)) == ["commit.log", "commit.state", "data.mdb", "lock.mdb"]
     again = migrate(store)  # a second run has nothing to do
-    assert (again.from_format, again.to_format, again.entries) == (3, 3, 0)
+    assert (again.from_format, again.to_format, again.entries) == (4, 4, 0)
     with SovereignJournal(store) as journal:  # and the migrated store takes new writes
         new = TransactionLog(1, "charge", "new", LogStatus.Completed)
         assert journal.record(new, increment="charge") == 2
@@ -93,7 +93,7 @@ def test_a_format2_store_written_before_the_commit_log_migrates_in_place(tmp_pat
     assert hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest() == before
     assert not (store / "commit.log").exists()
     result = migrate(store)
-    assert (result.from_format, result.to_format, result.entries, result.counters) == (2, 3, 180, 5)
+    assert (result.from_format, result.to_format, result.entries, result.counters) == (2, 4, 180, 5)
     with SovereignJournal(store) as journal:
         report = journal.verify()
         assert (report.entries, report.root.hex()) == (180, FORMAT2_ROOT)
@@ -106,7 +106,7 @@ def test_a_format2_store_written_before_the_commit_log_migrates_in_place(tmp_pat
         assert journal.record(TransactionLog(1, "op0", "new", LogStatus.Completed), increment="op0") == 37
         assert journal.entry(300).request_id == "new"
     assert (store / "commit.log").exists()
-    assert migrate(store).from_format == 3  # nothing left to do
+    assert migrate(store).from_format == 4  # nothing left to do
 
 
 def test_cli_names_the_command_and_migrates(tmp_path: Path) -> None:
@@ -118,11 +118,11 @@ def test_cli_names_the_command_and_migrates(tmp_path: Path) -> None:
     assert "Traceback" not in stats.stderr
     done = subprocess.run([KREPIS, "migrate", "--storage", str(store), "--json"], capture_output=True,
                           text=True, check=True)
-    assert json.loads(done.stdout) == {"storage": str(store), "from_format": 1, "to_format": 3,
+    assert json.loads(done.stdout) == {"storage": str(store), "from_format": 1, "to_format": 4,
                                        "entries": 305, "counters": 9}
     text = subprocess.run([KREPIS, "migrate", "--storage", str(store)], capture_output=True, text=True,
                           check=True)
-    assert "already in storage format 3" in text.stdout
+    assert "already in storage format 4" in text.stdout
 
 
 def _bulk(n: int, seed: int = 1) -> tuple[list[TransactionLog], dict[str, int]]:

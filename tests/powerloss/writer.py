@@ -18,10 +18,12 @@ corrupt LMDB file can crash the process that reads it.
 
 Writer spec keys: ``store`` (path on the mount), ``flush`` (policy), ``kind`` (``"threads"`` or
 ``"async"``), ``threads`` (threads or asyncio tasks), ``tag`` (request-id prefix), ``ack`` (ack
-file), ``err`` (where a traceback goes), and ``broken`` (deliberately broken designs: ``"nosync"``,
+file), ``err`` (where a traceback goes), and ``broken`` (deliberately broken designs, each with
+LMDB's background application held off, so that what they break decides the outcome: ``"nosync"``,
 the commit log never flushed, so every call is acknowledged before its data is durable;
-``"nolog"``, LMDB committed without sync and without a log; ``"nopin"``, the last durable snapshot
-left unprotected, so later commits may overwrite its pages).
+``"nolog"``, no record written at all, the writes held in memory only; ``"noapplysync"``, LMDB's
+applications of the log committed without sync while the log's space is reused as if they were
+durable).
 """
 
 from __future__ import annotations
@@ -51,40 +53,47 @@ def _ack_writer(path: str) -> Any:
     return ack
 
 
+def _hold_off_applying() -> None:
+    """LMDB applies the log only when the ring has no room left (never in the background)."""
+    import krepis.storage.lmdb._apply as apply
+    import krepis.storage.lmdb._store as store
+
+    apply.APPLY_SECONDS = 10**9
+    apply.APPLY_ENTRIES = store.APPLY_ENTRIES = 10**9
+
+
 def _break_sync() -> None:
-    """Acknowledge before syncing: the commit log is written but never flushed (checkpoints
-    still flush now and then, so only the writes since the last one are at risk)."""
+    """Acknowledge before syncing: the commit log is written but never flushed (no fsync of it
+    at all, so the file system counts none)."""
     from krepis.storage.lmdb._commitlog import CommitLog
 
+    _hold_off_applying()
     CommitLog.flush = lambda self: None  # type: ignore[method-assign]
+    os.fdatasync = lambda fd: None  # (the ring's growth flushes too)
 
 
 def _break_log() -> None:
-    """Commit LMDB without sync and without a log: no record is written or flushed."""
+    """Write no record: every write lives in this process's memory only until LMDB applies it."""
     from krepis.storage.lmdb._commitlog import CommitLog
 
+    _hold_off_applying()
     CommitLog.flush = lambda self: None  # type: ignore[method-assign]
     CommitLog.write = lambda self, position, record: None  # type: ignore[method-assign]
 
 
-def _break_pin() -> None:
-    """Commit without protecting the last durable snapshot: every checkpoint's pin (the read
-    transaction that keeps LMDB from reusing the snapshot's pages) is dropped at once."""
-    import krepis.storage.lmdb._env as adapter
+def _break_apply_sync() -> None:
+    """LMDB commits its applications of the log without syncing, and the log's space is reused
+    as soon as they committed, as if they were durable."""
+    import lmdb
 
-    real = adapter._checkpoint
+    _hold_off_applying()
+    real = lmdb.open
 
-    class NoPin:
-        def abort(self) -> None:
-            pass
+    def open_without_sync(*args: Any, **kwargs: Any) -> Any:
+        kwargs["sync"] = kwargs["metasync"] = False
+        return real(*args, **kwargs)
 
-    def checkpoint_without_pin(shared: Any, path: str, *, locked: bool) -> None:
-        real(shared, path, locked=locked)
-        if shared.pin is not None and not isinstance(shared.pin, NoPin):
-            shared.pin.abort()
-            shared.pin = NoPin()
-
-    adapter._checkpoint = checkpoint_without_pin
+    lmdb.open = open_without_sync
 
 
 def _die(spec: dict[str, Any]) -> None:
@@ -100,8 +109,8 @@ def run(spec: dict[str, Any]) -> None:
         _break_sync()
     elif spec.get("broken") == "nolog":
         _break_log()
-    elif spec.get("broken") == "nopin":
-        _break_pin()
+    elif spec.get("broken") == "noapplysync":
+        _break_apply_sync()
     elif spec.get("broken"):
         raise ValueError(f"unknown broken variant {spec['broken']!r}")
 
@@ -109,6 +118,10 @@ def run(spec: dict[str, Any]) -> None:
         return TransactionLog(now_ms(), OP, rid, LogStatus.Completed)
 
     if spec["kind"] == "create":  # a new, empty store (after a cut left one beyond repair)
+        if spec.get("ring"):  # a smaller commit-log ring than the default (it laps sooner)
+            from krepis.storage.lmdb import _commitlog
+
+            _commitlog.RING_SIZE = int(spec["ring"])
         SovereignJournal(spec["store"], flush="sync").close()
         return
     if spec["kind"] == "inspect":

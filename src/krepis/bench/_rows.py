@@ -230,7 +230,7 @@ NO_TREE = "[Merkle hashing off, for its cost] "
 def _no_tree_hashing() -> Iterator[None]:
     """Leaves unhashed and no subtree hashes (the frontier keeps its shape): only to measure what
     the tree costs a write. The store it writes is useless and is thrown away."""
-    from ..storage.lmdb import _store as adapter
+    from ..storage.lmdb import _apply, _tail, _views
 
     class _Zero:
         def digest(self) -> bytes:
@@ -247,15 +247,16 @@ def _no_tree_hashing() -> Iterator[None]:
         frontier.append(leaf)
         return size + 1
 
-    names = ("sha256", "append_leaf")
-    saved = [getattr(adapter, name) for name in names]
-    for name, stub in zip(names, (no_hash, no_nodes), strict=True):
-        setattr(adapter, name, stub)
+    places: list[tuple[Any, str, Any]] = [(_tail, "sha256", no_hash), (_apply, "append_leaf", no_nodes),
+                                          (_views, "append_leaf", no_nodes)]
+    saved = [getattr(module, name) for module, name, _stub in places]
+    for module, name, stub in places:
+        setattr(module, name, stub)
     try:
         yield
     finally:
-        for name, original in zip(names, saved, strict=True):
-            setattr(adapter, name, original)
+        for (module, name, _stub), original in zip(places, saved, strict=True):
+            setattr(module, name, original)
 
 def _without_tree(fn: Callable[[], Row]) -> Row:
     with _no_tree_hashing():

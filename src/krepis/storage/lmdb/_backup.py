@@ -95,6 +95,7 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
         # an interval policy can back it up too.
         storage = LmdbStorage(source, durable=False, create=False)
         try:
+            storage.checkpoint()  # every write acknowledged so far, applied to data.mdb (synced)
             storage._env.copy(dest)
         finally:
             storage.close()

@@ -1,59 +1,91 @@
-"""The commit log of an LMDB store: one flush per durable commit.
+"""The commit log of an LMDB store (``commit.log``, version 2): the write path.
 
-LMDB makes a commit durable with two flushes, one after the other (the data pages, then the
-meta page). krepis commits LMDB without syncing and makes each commit durable by one small
-write to this file instead, flushed with one ``fdatasync`` that runs while the commit is being
-applied. The layout and the recovery rules are a contract (``docs/storage-format.md``):
+A durable write is one record appended here and one ``fdatasync`` (shared by every caller
+waiting: group commit). LMDB is brought up to date behind the log, many records per LMDB
+transaction, each such transaction synced by LMDB itself; the log's space is reused once the
+records in it are durable in LMDB. Nothing ever writes ``data.mdb`` but LMDB, so no state of
+the log — damaged, stale, foreign — can damage ``data.mdb``. The layout and the recovery rules
+are a contract (``docs/storage-format.md``, "The commit log"):
 
-* ``commit.log`` starts with a **superblock** (page 0): magic, version, LMDB's page size, where
-  the ring starts and how long it is.
-* Two **checkpoint slots** follow. A slot holds a copy of ``data.mdb``'s two meta pages taken
-  right after a commit, once the data pages of that commit were flushed: a *durable snapshot*.
-  A slot is written only after that flush, alternately into the older slot, and carries a CRC;
-  the valid slot with the higher transaction id is the checkpoint.
-* The **ring** holds one record per commit since (and around) the checkpoint, at increasing
-  *virtual positions* (physical offset = ring start + position mod ring length; a record never
-  straddles the ring's end, it starts the next lap instead). A record carries its transaction
-  id, its position and a CRC; its payload is the commit's write requests (entries in canonical
-  bytes, counter names), enough to apply it again.
-* Nothing overwrites the durable snapshot while it is needed: every process that commits holds
-  an LMDB read transaction opened at a snapshot no newer than the newest checkpoint, so LMDB
-  never reuses the pages of that snapshot (see ``lmdb.py``).
+* **Superblock**, twice (bytes 0 and 2048): magic, version, the log's 16-byte id, where the ring
+  starts and how long it is, a CRC. ``data.mdb`` names the id of the log that continues it.
+* **Ring** (from byte 4096): records at increasing *virtual positions*, 8-byte aligned; a
+  record at position ``p`` lies at ``ring start + p mod ring size`` and never straddles the
+  ring's end (it starts the next lap instead). Each record carries its own position, the CRC of
+  the record before it (a chain: a record left over from before a crash cannot join it), how far
+  the log was durable when it was written, the sequence number of its first entry, and a CRC.
 
-**Recovery** (by the first process that opens the store after every other closed or died): the
-checkpoint's meta pages are written back into ``data.mdb`` (the snapshot's pages are intact),
-then the records following the checkpoint — transaction ids ``t+1, t+2, …`` in a row, each with
-a valid CRC — are applied again in order, and a new checkpoint is taken. A torn or missing
-record ends the replay: it and everything after it were never acknowledged as durable.
+Beside it, ``commit.state`` holds what the processes sharing the store tell each other and is
+never flushed (so that a flush of the log writes the log's pages only): the **head**, the end of
+the last complete record (never trusted after a crash: recovery walks the records), and the
+**marker**, how far the log is known to be durable (written after each flush).
+
+**Recovery** (by the first process to open the store after every other closed or died): walk
+the chain from the position ``data.mdb`` says it has applied, and apply the records found, in
+order. The first missing or damaged record ends the chain — but only if nothing proves it was
+ever durable: when the marker, or any valid record found further on, says the log was durable
+past that point, the break is damage, and the open is refused (naming the position) before
+anything is written.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
+import stat
 import struct
-import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..._errors import CorruptStorageError, StorageError
 
-__all__ = ["LOG", "CommitLog", "Flusher", "Slot", "decode_payload", "encode_payload"]
+__all__ = ["LOG", "STATE", "CommitLog", "Record", "decode_payload", "encode_payload"]
 
 LOG = "commit.log"
-_VERSION = 1
-_SUPER = struct.Struct("<8sIIQQ")  # magic, version, page size, ring start, ring size
+STATE = "commit.state"
+VERSION = 2
+#: bytes of the ring of a new log: once a lap is written the file stays this size (plus the
+#: 4 KiB superblock page). A log states its own ring size: any power of two in 64 KiB … 1 GiB.
+RING_SIZE = 4 << 20
+_RING_MIN, _RING_MAX = 64 << 10, 1 << 30
+_SUPER = struct.Struct("<8sI4x16sQQ")  # magic, version, log id, ring start, ring size
 _SUPER_MAGIC = b"KRPSCLOG"
-_SLOT = struct.Struct("<8sQQI")  # magic, txnid, ring position of the next record, meta length
-_SLOT_MAGIC = b"KRPSSLOT"
-_REC = struct.Struct("<IIQQ")  # magic, payload length, txnid, ring position
-_REC_MAGIC = 0x4C43524B  # "KRCL"
+_SUPER_AT = (0, 2048)
+#: commit.state: the head at 0 (end, end ^ 2**64-1: a torn read shows as a mismatch), the marker
+#: at 64 (magic, the log's id, the durable end, a CRC)
+_HEAD_AT = 0
+_HEAD = struct.Struct("<QQ")
+_MARK_AT = 64
+_MARK = struct.Struct("<8s16sQ")
+_MARK_MAGIC = b"KRPSMARK"
+_STATE_SIZE = 4096
+RING_START = 4096
+#: magic, payload length, position, durable end, first seq, link (CRC of the previous record), kind
+_REC = struct.Struct("<IIQQQIB3x")
+_REC_MAGIC = 0x3243524B  # "KRC2"
+REC_HEADER = _REC.size
 _CRC = struct.Struct("<I")
-_HEADER_PAGE = 4096
-RING_SIZE = 8 << 20
-_CHUNK = 1 << 20  # the ring's file space is zero-filled (allocated) a chunk at a time
+_CHUNK = 64 << 10  # the ring's file space is zero-filled (allocated) a chunk at a time
+_SCAN = 1 << 20  # recovery reads the ring this much at a time
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
+_ALL = 2**64 - 1
+
+#: record kinds
+BATCH = 1     # entries and counter increments of one or more write requests
+BARRIER = 2   # a change made to data.mdb outside the log (clear, archive, checkpoint note)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` all of ``data``, or raise (a short write on a full disk is an ``OSError``)."""
+    done = os.pwrite(fd, data, offset)
+    while done < len(data):
+        more = os.pwrite(fd, data[done:], offset + done)
+        if more <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += more
 
 
 def _crc(*parts: bytes) -> int:
@@ -63,19 +95,48 @@ def _crc(*parts: bytes) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class Slot:
-    """A checkpoint: LMDB transaction ``txnid`` is durable in ``data.mdb``; ``metas`` are its two
-    meta pages; the first record after it is at ring position ``tail``."""
+def read_state(fd: int) -> tuple[bytes, int, int] | None:
+    """What a ``commit.state`` says without its log: (the log's id, head, durable end), or
+    ``None`` when its marker is not valid."""
+    raw = os.pread(fd, _STATE_SIZE, 0)
+    if len(raw) < _MARK_AT + _MARK.size + 4:
+        return None
+    mark = raw[_MARK_AT:_MARK_AT + _MARK.size]
+    if _CRC.unpack_from(raw, _MARK_AT + _MARK.size)[0] != _crc(mark):
+        return None
+    magic, log_id, durable = _MARK.unpack(mark)
+    end, check = _HEAD.unpack_from(raw, _HEAD_AT)
+    if magic != _MARK_MAGIC:
+        return None
+    return bytes(log_id), end if end ^ check == _ALL else 0, int(durable)
 
-    txnid: int
-    tail: int
-    metas: bytes
-    index: int = 0
+
+def record_size(payload: int) -> int:
+    """Bytes a record with ``payload`` bytes takes in the ring (8-byte aligned)."""
+    return (REC_HEADER + payload + 4 + 7) & ~7
+
+
+def seed_link(log_id: bytes) -> int:
+    """The link of the first record of a log: the previous record's CRC when there is none."""
+    return _crc(b"KRPSLINK", log_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record read back from the ring."""
+
+    position: int
+    end: int          # the position of the next record (before any lap skip)
+    kind: int
+    first_seq: int
+    durable: int      # how far the log was durable (by its writer's knowledge) when written
+    link: int         # the CRC of the record before it
+    crc: int          # its own CRC: the next record's link
+    payload: bytes
 
 
 def encode_payload(requests: Sequence[tuple[Sequence[bytes], Sequence[bytes]]]) -> bytes:
-    """A commit's write requests: per request, its entries' canonical bytes and counter names."""
+    """A batch's write requests: per request, its entries' canonical bytes and counter names."""
     out = [_U32.pack(len(requests))]
     for entries, increments in requests:
         out.append(_U32.pack(len(entries)))
@@ -113,241 +174,284 @@ def decode_payload(payload: bytes) -> list[tuple[list[bytes], list[bytes]]]:
 
 
 class CommitLog:
-    """The open commit log of one store in this process (a descriptor and the layout)."""
+    """The open commit log of one store in this process: a descriptor and the layout."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, state_fd: int = -1) -> None:
+        """``state_fd``: ``commit.state`` (-1: none yet; the head then reads as unknown and the
+        marker as 0); it is mapped, and the descriptor closed in every case."""
         self.path = path  # the store's directory, for messages
         self.fd = fd
-        raw = os.pread(fd, _SUPER.size + 4, 0)
-        if len(raw) < _SUPER.size + 4:
-            raise CorruptStorageError(f"storage at {path}: {LOG} is truncated (no superblock)", path)
-        magic, version, psize, start, ring = _SUPER.unpack_from(raw)
-        if magic != _SUPER_MAGIC or _CRC.unpack_from(raw, _SUPER.size)[0] != _crc(raw[:_SUPER.size]):
-            raise CorruptStorageError(f"storage at {path}: {LOG} is not a krepis commit log or its "
-                                      "superblock is damaged", path)
-        if version != _VERSION:
+        self._state: mmap.mmap | None = None
+        try:
+            self._read_superblock(path, fd)
+            if state_fd >= 0:
+                self._map_state(state_fd)
+        finally:
+            if state_fd >= 0:
+                os.close(state_fd)
+
+    def _read_superblock(self, path: str, fd: int) -> None:
+        self.file = os.path.join(path, LOG)
+        copies = []
+        for at in _SUPER_AT:
+            raw = os.pread(fd, _SUPER.size + 4, at)
+            body = raw[:_SUPER.size]
+            if len(raw) == _SUPER.size + 4 and _CRC.unpack_from(raw, _SUPER.size)[0] == _crc(body):
+                copies.append(raw[:_SUPER.size])
+        if not copies:
+            head = os.pread(fd, 12, 0)
+            if len(head) < 12:
+                raise CorruptStorageError(f"storage at {path}: {LOG} is truncated (no superblock)", path)
+            if head[:8] == _SUPER_MAGIC and head[8:12] == b"\x01\x00\x00\x00":
+                raise CorruptStorageError(
+                    f"storage at {path}: {LOG} is of version 1 (krepis storage format 3), not {VERSION}",
+                    path)
+            raise CorruptStorageError(f"storage at {path}: {LOG} is not a krepis commit log or both "
+                                      "copies of its superblock are damaged", path)
+        if len(copies) == 2 and copies[0] != copies[1]:
+            raise CorruptStorageError(f"storage at {path}: the two superblocks of {LOG} differ (both "
+                                      "with a valid checksum): the file was edited", path)
+        magic, version, log_id, start, ring = _SUPER.unpack(copies[0])
+        if magic != _SUPER_MAGIC:
+            raise CorruptStorageError(f"storage at {path}: {LOG} is not a krepis commit log", path)
+        if version != VERSION:
             raise CorruptStorageError(f"storage at {path}: {LOG} has version {version}; this krepis "
-                                      f"reads version {_VERSION}", path)
-        self.page_size = int(psize)
-        self.slot_size = _slot_size(self.page_size)
-        self.start = int(start)
+                                      f"reads version {VERSION}", path)
+        if start != RING_START or not _RING_MIN <= ring <= _RING_MAX or ring & (ring - 1):
+            raise CorruptStorageError(
+                f"storage at {path}: the superblock of {LOG} places the ring at {start} with {ring} "
+                f"bytes; version {VERSION} has it at {RING_START}, with a power of two of "
+                f"{_RING_MIN} … {_RING_MAX} bytes", path)
+        self.log_id = bytes(log_id)
+        self.start = RING_START
         self.ring = int(ring)
         self._size = 0  # the file's length as last seen (it only grows): fstat only past it
 
     # -- creation --------------------------------------------------------------------------
     @staticmethod
-    def create(dir_fd: int, path: str, page_size: int, slot: Slot) -> None:
-        """Write a new log holding ``slot`` and make it durable, replacing any old one with one
-        rename (a crash leaves either the old log or the complete new one)."""
-        slot_size = _slot_size(page_size)
-        start = _HEADER_PAGE + 2 * slot_size
+    def create(dir_fd: int, path: str, log_id: bytes, position: int, *, rename: bool = True) -> None:
+        """Write a new, empty log whose records start at ``position`` as ``commit.log.new`` and
+        make it durable; with ``rename``, it then replaces any old log with one rename (a crash
+        leaves the old log or the new one)."""
         tmp = LOG + ".new"
         try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except FileNotFoundError:
+            os.unlink(tmp, dir_fd=dir_fd)  # (a directory there stays: the create fails, naming it)
+        except (FileNotFoundError, IsADirectoryError):
             pass
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
         try:
             os.fchmod(fd, 0o600)
-            head = _SUPER.pack(_SUPER_MAGIC, _VERSION, page_size, start, RING_SIZE)
-            head += _CRC.pack(_crc(head))
-            os.pwrite(fd, head.ljust(_HEADER_PAGE, b"\0"), 0)
-            os.pwrite(fd, _slot_bytes(slot).ljust(slot_size, b"\0"), _HEADER_PAGE)
-            os.pwrite(fd, bytes(slot_size + _CHUNK), _HEADER_PAGE + slot_size)
+            body = _SUPER.pack(_SUPER_MAGIC, VERSION, log_id, RING_START, RING_SIZE)
+            if not _RING_MIN <= RING_SIZE <= _RING_MAX or RING_SIZE & (RING_SIZE - 1):
+                raise ValueError(f"ring size {RING_SIZE}")
+            block = body + _CRC.pack(_crc(body))
+            page = bytearray(RING_START)
+            for at in _SUPER_AT:
+                page[at:at + len(block)] = block
+            os.pwrite(fd, bytes(page), 0)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, LOG, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if rename:
+            os.rename(tmp, LOG, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.fsync(dir_fd)
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def _read_slot(self, index: int) -> Slot | None:
-        raw = os.pread(self.fd, _SLOT.size + 2 * self.page_size + 4, _HEADER_PAGE + index * self.slot_size)
-        if len(raw) < _SLOT.size + 4:
-            return None
-        magic, txnid, tail, length = _SLOT.unpack_from(raw)
-        if magic != _SLOT_MAGIC or length != 2 * self.page_size or len(raw) < _SLOT.size + length + 4:
-            return None
-        body = raw[:_SLOT.size + length]
-        if _CRC.unpack_from(raw, _SLOT.size + length)[0] != _crc(body):
-            return None
-        return Slot(txnid, tail, bytes(raw[_SLOT.size:_SLOT.size + length]), index)
+    # -- the shared end and the marker (commit.state) ---------------------------------------
+    @staticmethod
+    def create_state(dir_fd: int, log_id: bytes, head: int, durable: int) -> int:
+        """(Re)write ``commit.state`` for the log ``log_id``; returns a descriptor of it. Never a
+        planted link: ``O_NOFOLLOW``, and a regular file with one link only."""
+        fd = os.open(STATE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise StorageError(f"{STATE} is not a plain file with one link; refusing to use it", "")
+            os.fchmod(fd, 0o600)
+            body = _MARK.pack(_MARK_MAGIC, log_id, durable)
+            page = bytearray(_STATE_SIZE)
+            page[_HEAD_AT:_HEAD_AT + _HEAD.size] = _HEAD.pack(head, head ^ _ALL)
+            page[_MARK_AT:_MARK_AT + _MARK.size + 4] = body + _CRC.pack(_crc(body))
+            os.pwrite(fd, bytes(page), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    def checkpoint(self) -> Slot:
-        """The newest valid checkpoint slot."""
-        slots = [s for s in (self._read_slot(0), self._read_slot(1)) if s is not None]
-        if not slots:
-            raise CorruptStorageError(
-                f"storage at {self.path}: both checkpoint slots of {LOG} are damaged; the store "
-                "cannot be recovered safely. Restore it from a backup", self.path)
-        return max(slots, key=lambda s: s.txnid)
+    def _map_state(self, fd: int) -> None:
+        """Map ``commit.state`` (a page): the head and the marker are read and written as memory,
+        with no system call, and seen by every process that maps it."""
+        if os.fstat(fd).st_size >= _STATE_SIZE:  # (a truncated one is as good as none: remade)
+            self._state = mmap.mmap(fd, _STATE_SIZE)
 
-    def write_checkpoint(self, txnid: int, tail: int, metas: bytes) -> bool:
-        """Record a durable snapshot (its data pages must already be flushed) in the older slot
-        and flush it; ``False`` (nothing written) when a checkpoint at least as new exists."""
-        current = self.checkpoint()
-        if current.txnid >= txnid:
-            return False
-        other = 1 - current.index
-        os.pwrite(self.fd, _slot_bytes(Slot(txnid, tail, metas)), _HEADER_PAGE + other * self.slot_size)
-        os.fdatasync(self.fd)
-        return True
+    def read_head(self) -> int:
+        """The end of the last complete record, as the processes sharing the store last wrote
+        it (-1 when unknown, or when the two copies disagree: a write is in progress; read again)."""
+        state = self._state
+        if state is None:
+            return -1
+        end, check = _HEAD.unpack_from(state, _HEAD_AT)
+        return end if end ^ check == _ALL else -1
+
+    def write_head(self, end: int) -> None:
+        if self._state is not None:
+            _HEAD.pack_into(self._state, _HEAD_AT, end, end ^ _ALL)
+
+    def write_marker(self, durable: int) -> None:
+        """Record that the log is durable up to ``durable`` (after a flush that made it so). Not
+        flushed itself: it says something true whether or not it survives a power cut."""
+        if self._state is not None:
+            body = _MARK.pack(_MARK_MAGIC, self.log_id, durable)
+            self._state[_MARK_AT:_MARK_AT + _MARK.size + 4] = body + _CRC.pack(_crc(body))
+
+    def _marker(self) -> tuple[bytes, bytes, int] | None:
+        state = self._state
+        if state is None:
+            return None
+        raw = bytes(state[_MARK_AT:_MARK_AT + _MARK.size + 4])
+        if _CRC.unpack_from(raw, _MARK.size)[0] != _crc(raw[:_MARK.size]):
+            return None
+        magic, log_id, durable = _MARK.unpack_from(raw)
+        return magic, log_id, int(durable)
+
+    def state_belongs(self) -> bool:
+        """Whether ``commit.state`` is this log's (its marker names this log's id)."""
+        found = self._marker()
+        return found is not None and found[0] == _MARK_MAGIC and found[1] == self.log_id
+
+    def read_marker(self) -> int:
+        """How far the marker says the log was durable (0 when there is no valid one)."""
+        return self._marker()[2] if self.state_belongs() else 0  # type: ignore[index]
+
+    def reset_state(self, dir_fd: int, head: int) -> None:
+        """A fresh ``commit.state`` for this log: head and marker at ``head`` (after a recovery,
+        everything before it is durable in LMDB)."""
+        fd = CommitLog.create_state(dir_fd, self.log_id, head, head)
+        try:
+            if self._state is not None:
+                self._state.close()
+            self._map_state(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self.fd = -1
 
     # -- records ---------------------------------------------------------------------------
-    def place(self, position: int, length: int) -> int:
-        """Where a record of ``length`` bytes goes when the next free position is ``position``:
+    def place(self, position: int, size: int) -> int:
+        """Where a record of ``size`` bytes goes when the next free position is ``position``:
         the same position, or the start of the next lap when it would straddle the ring's end."""
         offset = position % self.ring
-        if offset + length > self.ring:
+        if offset + size > self.ring:
             return position - offset + self.ring
         return position
 
-    def fits(self, position: int, length: int, tail: int) -> bool:
-        """Whether a record at ``position`` leaves every record from ``tail`` on intact."""
-        return length <= self.ring and position + length - tail <= self.ring
-
-    def record(self, txnid: int, position: int, payload: bytes) -> bytes:
-        head = _REC.pack(_REC_MAGIC, len(payload), txnid, position)
-        return head + payload + _CRC.pack(_crc(head, payload))
-
     @staticmethod
-    def record_size(payload_size: int) -> int:
-        return int(_REC.size + payload_size + 4)
+    def encode(kind: int, position: int, durable: int, first_seq: int, link: int,
+               payload: bytes) -> tuple[bytes, int]:
+        """A record's bytes (padded to its size) and its CRC (the next record's link)."""
+        head = _REC.pack(_REC_MAGIC, len(payload), position, durable, first_seq, link, kind)
+        crc = _crc(head, payload)
+        raw = head + payload + _CRC.pack(crc)
+        return raw + bytes(record_size(len(payload)) - len(raw)), crc
 
     def write(self, position: int, record: bytes) -> None:
-        """Write a record at its ring position, allocating the ring's file space first."""
+        """Write a record at its ring position, allocating the ring's file space first. An
+        ``OSError`` (a full disk) leaves no valid record there."""
         offset = self.start + position % self.ring
         end = offset + len(record)
         if end > self._size:
             self._size = size = os.fstat(self.fd).st_size  # another process may have grown it
             if end > size:
                 grow_to = min(self.start + self.ring, -(-end // _CHUNK) * _CHUNK)
-                os.pwrite(self.fd, bytes(grow_to - size), size)
+                _write_all(self.fd, bytes(grow_to - size), size)
                 os.fdatasync(self.fd)  # the new length is durable before any record relies on it
                 self._size = grow_to
-        os.pwrite(self.fd, record, offset)
-
-    def erase(self, position: int) -> None:
-        """Make the record at ``position`` invalid (its transaction did not commit), durably."""
-        os.pwrite(self.fd, bytes(_REC.size), self.start + position % self.ring)
-        os.fdatasync(self.fd)
+        _write_all(self.fd, record, offset)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
-    def _read_record(self, position: int, txnid: int) -> tuple[bytes, int] | None:
+    def read(self, position: int, link: int | None) -> Record | None:
+        """The record at ``position`` (or at the start of the next lap, where one that did not
+        fit went), or ``None`` when there is no valid one there. ``link``: it must follow the
+        record whose CRC that is (``None``: any)."""
+        found = self._read_at(position, link)
+        if found is None and position % self.ring:
+            found = self._read_at(position + self.ring - position % self.ring, link)
+        return found
+
+    def _read_at(self, position: int, link: int | None) -> Record | None:
         offset = self.start + position % self.ring
-        head = os.pread(self.fd, _REC.size, offset)
-        if len(head) < _REC.size:
+        head = os.pread(self.fd, REC_HEADER, offset)
+        if len(head) < REC_HEADER:
             return None
-        magic, length, rec_txnid, rec_pos = _REC.unpack(head)
-        if magic != _REC_MAGIC or rec_txnid != txnid or rec_pos != position \
-                or position % self.ring + _REC.size + length + 4 > self.ring:
+        magic, length, rec_pos, durable, first_seq, rec_link, kind = _REC.unpack(head)
+        if magic != _REC_MAGIC or rec_pos != position or (link is not None and rec_link != link) \
+                or position % self.ring + record_size(length) > self.ring or kind not in (BATCH, BARRIER):
             return None
-        rest = os.pread(self.fd, length + 4, offset + _REC.size)
-        if len(rest) < length + 4 or _CRC.unpack_from(rest, length)[0] != _crc(head, rest[:length]):
+        rest = os.pread(self.fd, length + 4, offset + REC_HEADER)
+        if len(rest) < length + 4:
             return None
-        return rest[:length], position + _REC.size + length + 4
+        crc = _CRC.unpack_from(rest, length)[0]
+        if crc != _crc(head, rest[:length]):
+            return None
+        return Record(position, position + record_size(length), kind, first_seq, durable, rec_link, crc,
+                      bytes(rest[:length]))
 
-    def records(self, slot: Slot) -> Iterator[tuple[int, int, bytes, int]]:
-        """``(txnid, position, payload, next position)`` of the records after ``slot``, in
-        order, up to the first missing or damaged one."""
-        # This ends: a record is taken only at the position written in it, and positions only
-        # grow, so each record in the file is taken at most once.
-        position, txnid = slot.tail, slot.txnid + 1
+    def chain(self, position: int, link: int) -> Iterator[Record]:
+        """The records from ``position`` on, each following the one before, up to the first
+        missing or damaged one."""
         while True:
-            found = self._read_record(position, txnid)
-            if found is None:  # the record may have started the next lap instead
-                position += self.ring - position % self.ring
-                found = self._read_record(position, txnid)
-                if found is None:
-                    return
-            payload, after = found
-            yield txnid, position, payload, after
-            position, txnid = after, txnid + 1
-
-
-def _slot_size(page_size: int) -> int:
-    return -(-(_SLOT.size + 2 * page_size + 4) // _HEADER_PAGE) * _HEADER_PAGE
-
-
-def _slot_bytes(slot: Slot) -> bytes:
-    body = _SLOT.pack(_SLOT_MAGIC, slot.txnid, slot.tail, len(slot.metas)) + slot.metas
-    return body + _CRC.pack(_crc(body))
-
-
-class Flusher:
-    """A thread that flushes the commit log on request, so that a commit's flush runs while the
-    commit is applied to LMDB. ``request()`` returns a ticket; ``wait(ticket)`` returns once a
-    flush that *started after* the request completed (so it covers everything written before)."""
-
-    def __init__(self, log: CommitLog, name: str) -> None:
-        self._log = log
-        self._cv = threading.Condition(threading.Lock())
-        self._wanted = 0
-        self._started = 0  # the ticket the flush now running (or last run) covers
-        self._done = 0
-        self._error: BaseException | None = None
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        cv = self._cv
-        while True:
-            with cv:
-                while self._wanted == self._done and not self._stopped:
-                    cv.wait()
-                if self._stopped and self._wanted == self._done:
-                    return
-                target = self._started = self._wanted
-                cv.notify_all()  # a requester waiting for the flush to start may go on now
-            try:
-                self._log.flush()
-            except BaseException as exc:  # every waiter learns it; nothing is durable any more
-                with cv:
-                    self._error = exc
-                    self._done = target
-                    cv.notify_all()
+            record = self.read(position, link)
+            if record is None:
                 return
-            with cv:
-                self._done = target
-                cv.notify_all()
+            yield record
+            position, link = record.end, record.crc
 
-    def request(self) -> int:
-        """Ask for a flush of everything written so far; returns the ticket to wait for.
+    def durable_evidence(self, after: int) -> tuple[int, int]:
+        """How far the log is known to have been durable, from the marker and from every valid
+        record in the ring positioned after ``after`` (a record of a later lap counts too; one
+        left over from a lap before it does not): ``(durable end, records found after 'after')``.
+        Reads the ring a chunk at a time (memory stays flat), and a record's body only when its
+        header places it after
+        ``after``."""
+        best = self.read_marker()
+        found = 0
+        limit = min(os.fstat(self.fd).st_size, self.start + self.ring) - self.start
+        magic = _U32.pack(_REC_MAGIC)
+        for base in range(0, max(limit, 0), _SCAN):
+            data = os.pread(self.fd, min(_SCAN, limit - base), self.start + base)
+            at = data.find(magic)
+            while at >= 0:
+                if at % 8 == 0:
+                    head = data[at:at + REC_HEADER]
+                    if len(head) < REC_HEADER:
+                        head = os.pread(self.fd, REC_HEADER, self.start + base + at)
+                    if len(head) == REC_HEADER:
+                        _m, length, pos, durable, _first, _link, kind = _REC.unpack(head)
+                        offset = base + at
+                        if pos > after and pos % self.ring == offset \
+                                and kind in (BATCH, BARRIER) and offset + record_size(length) <= self.ring:
+                            body = os.pread(self.fd, length + 4, self.start + offset + REC_HEADER)
+                            if len(body) == length + 4 and \
+                                    _CRC.unpack_from(body, length)[0] == _crc(head, body[:length]):
+                                found += 1
+                                best = max(best, int(durable))
+                at = data.find(magic, at + 1)
+        return best, found
 
-        When the flusher is idle, this also waits (briefly) until its flush has started: the
-        requesting thread holds Python's GIL while it goes on applying the commit, and the
-        flusher needs the GIL for the moment it takes to enter ``fdatasync`` (which releases
-        it). Without this hand-over, the flush would start only when the requester next
-        blocks, and nothing would overlap."""
-        with self._cv:
-            if self._error is not None or self._stopped:
-                return -1
-            idle = self._started == self._done
-            self._wanted += 1
-            ticket = self._wanted
-            self._cv.notify_all()
-            if idle:
-                while self._started < ticket and self._error is None and not self._stopped:
-                    self._cv.wait()
-            return ticket
-
-    def wait(self, ticket: int) -> None:
-        with self._cv:
-            while self._done < ticket and self._error is None:
-                self._cv.wait()
-            if self._error is not None or ticket < 0:
-                error = self._error
-                raise StorageError(
-                    f"storage at {self._log.path}: flushing {LOG} failed "
-                    f"({error if error is not None else 'the log is closed'}); the last writes may "
-                    "not be durable, and this journal refuses further writes", self._log.path)
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify_all()
-        self._thread.join()
+    def check_attached(self) -> None:
+        """Refuse to acknowledge writes into a ``commit.log`` that was deleted or replaced."""
+        if os.fstat(self.fd).st_nlink == 0:
+            raise StorageError(f"storage at {self.path}: {LOG} was deleted or replaced while the store "
+                               "was open; krepis stopped writing so that no write is silently lost. "
+                               "Close the journal and check the store", self.path)

@@ -1,130 +1,54 @@
-"""One LMDB environment per store per process, and this process's side of the commit path: the
-registry (fork-aware), opening and recovery, the commit log's checkpoints and the pin that
-protects the last durable snapshot."""
+"""Opening and closing an LMDB store in this process: one environment per directory (LMDB forbids
+two), kept in a fork-aware registry; the commit log bound to it (or made for it); recovery when
+this process is the first to open the store; the background applier; and, at the last close,
+LMDB brought fully up to date so the next open finds nothing to apply.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import secrets
+import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import lmdb
 
 from ..._errors import CorruptStorageError, JournalError, NeedsMigrationError, StorageError
 from . import _layout
-from ._commitlog import LOG, CommitLog, Flusher, Slot
-from ._files import StoreFiles, meta_txnid
+from ._apply import applier, apply_tail
+from ._catchup import catch_up
+from ._commitlog import LOG, STATE, CommitLog, read_state
+from ._files import StoreFiles
 from ._layout import (
     _DB_NAMES,
     _DBS,
     _MAX_DBS,
     _MAX_READERS,
+    _SEQ,
     _TREE_HDR,
     _U64,
     FORMAT_VERSION,
     _os_error,
-    _position,
     _relabel,
     _wrap,
 )
 from ._paths import open_directory
+from ._recovery import recover
+from ._state import NO_LOG, LogPointer, Shared, read_log_pointer, read_seq
 
-#: recovery: apply the logged commits after a checkpoint (``_store._replay``)
-Replay = Callable[["_SharedEnv", str, Slot, bool], None]
+__all__ = ["acquire", "open_in_this_process", "release"]
 
-# A background checkpoint follows this many commits by one process, or a second with any, or a
-# ring more than half full; a process that has not written for _IDLE_SECONDS drops its pin.
-# Pages freed after the pin are reused only after the next checkpoint, so a writer that gets
-# _CHECKPOINT_BACKLOG commits ahead of the checkpoints takes one itself (bounding the free pages
-# data.mdb must hold: about 17 pages, 68 KiB, per commit of a one-entry batch).
-_CHECKPOINT_COMMITS = 64
-
-_CHECKPOINT_BACKLOG = 256
-
-# The same in pages: data.mdb grown by this many pages since the last checkpoint (big batches
-# free many pages per commit) wakes the checkpointer, and four times as many make the writer
-# take a checkpoint itself.
-_CHECKPOINT_GROWTH = 256
-
-_CHECKPOINT_SECONDS = 1.0
-
-_IDLE_SECONDS = 2.0
-
-class _SharedEnv:
-    """One LMDB environment per directory per process (LMDB forbids opening one twice), with
-    this process's side of the commit path: the log, its flusher, the pin, the checkpointer."""
-
-    __slots__ = (
-        "ckpt_lock",
-        "ckpt_thread",
-        "ckpt_wake",
-        "closing",
-        "commits",
-        "dbs",
-        "env",
-        "failed",
-        "files",
-        "flusher",
-        "key",
-        "last_ckpt",
-        "last_write",
-        "log",
-        "op_ids",
-        "op_names",
-        "page_size",
-        "pgno",
-        "pin",
-        "pin_txnid",
-        "refs",
-        "tail",
-    )
-
-    def __init__(self, env: lmdb.Environment, dbs: dict[bytes, Any], key: Any, files: StoreFiles,
-                 log: CommitLog):
-        self.files = files
-        self.env = env
-        self.refs = 0
-        self.dbs = dbs
-        self.key = key
-        # The op table is append-only: a name's id never changes once committed.
-        self.op_ids: dict[str, int] = {}
-        self.op_names: dict[int, str] = {}
-        self.log = log
-        self.page_size = log.page_size
-        self.tail = log.checkpoint().tail  # ring position the newest known checkpoint needs kept
-        self.pin: Any = None  # a read transaction no newer than the newest checkpoint
-        self.pin_txnid = -1
-        self.commits = 0  # by this process since its last checkpoint
-        self.pgno = int(env.info()["last_pgno"])  # data.mdb's last page at the last checkpoint
-        self.last_ckpt = self.last_write = time.monotonic()
-        self.failed: BaseException | None = None
-        self.closing = False
-        self.ckpt_lock = threading.Lock()
-        self.ckpt_wake = threading.Event()
-        self.flusher: Flusher | None = None
-        self.ckpt_thread: threading.Thread | None = None
-
-    def start_threads(self, path: str) -> None:
-        """The flusher and checkpointer of this process (started with the first write)."""
-        if self.flusher is None:
-            self.flusher = Flusher(self.log, f"krepis-flush:{path}")
-            self.ckpt_thread = threading.Thread(target=_checkpointer, args=(self, path),
-                                                name=f"krepis-checkpoint:{path}", daemon=True)
-            self.ckpt_thread.start()
-
-_registry: dict[tuple[int, int], _SharedEnv] = {}
-
+_registry: dict[tuple[int, int], Shared] = {}
 _registry_lock = threading.Lock()
-
 _generation = 0
-
 # Environments inherited through fork() must never be closed by the child: closing their file
 # descriptors would drop the parent's fcntl locks. They are kept alive here instead.
-_inherited: list[_SharedEnv] = []
+_inherited: list[Shared] = []
+
 
 def _after_fork_in_child() -> None:
     global _registry_lock, _generation
@@ -133,89 +57,15 @@ def _after_fork_in_child() -> None:
     _registry_lock = threading.Lock()
     _generation += 1
 
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
-def _capture(shared: _SharedEnv, path: str) -> tuple[Any, int, int, bytes, int]:
-    """Under the writer lock: a read transaction at the newest commit (the next pin), its id,
-    its commit-log position, ``data.mdb``'s meta pages as that commit left them, and how many
-    of this process's commits it covers."""
-    pin = shared.env.begin()
-    try:
-        txnid = int(pin.id())
-        position = _position(pin.get(b"log", db=shared.dbs[b"meta"]), path)
-        metas = shared.files.meta_pages(shared.page_size)
-        if meta_txnid(metas, shared.page_size) != txnid:
-            raise CorruptStorageError(
-                f"storage at {path}: the meta pages of data.mdb name transaction "
-                f"{meta_txnid(metas, shared.page_size)}, LMDB {txnid}", path)
-    except BaseException:
-        pin.abort()
-        raise
-    return pin, txnid, position, metas, shared.commits
 
-def _checkpoint(shared: _SharedEnv, path: str, *, locked: bool) -> None:
-    """Make the newest commit the durable snapshot: flush ``data.mdb``, then record its meta
-    pages in the log's older slot; the new snapshot's read transaction becomes the pin.
-    ``locked``: the caller holds the writer lock (every step then happens under it)."""
-    if locked:
-        shared.ckpt_lock.acquire()
-        captured = _capture(shared, path)
-    else:
-        with _writer_lock(shared):
-            captured = _capture(shared, path)
-        shared.ckpt_lock.acquire()
-    pin, txnid, position, metas, covered = captured
-    try:
-        try:
-            shared.env.sync(True)
-            log = shared.log
-            fcntl.flock(log.fd, fcntl.LOCK_EX)  # slot writers of other processes
-            try:
-                log.write_checkpoint(txnid, position, metas)
-                shared.tail = log.checkpoint().tail
-            finally:
-                fcntl.flock(log.fd, fcntl.LOCK_UN)
-        except BaseException:
-            pin.abort()
-            raise
-        # A checkpoint at least as new as the pin is durable now: the pin may protect it.
-        if shared.pin is None or shared.pin_txnid < txnid:
-            old, shared.pin, shared.pin_txnid = shared.pin, pin, txnid
-            if old is not None:
-                old.abort()
-        else:
-            pin.abort()
-        shared.commits = max(0, shared.commits - covered)  # those since the capture remain
-        shared.pgno = int(shared.env.info()["last_pgno"])
-        shared.last_ckpt = time.monotonic()
-    finally:
-        shared.ckpt_lock.release()
+def generation() -> int:
+    """How many times this process's ancestors forked since krepis was imported."""
+    return _generation
 
-def _drop_pin(shared: _SharedEnv) -> None:
-    """An idle process lets LMDB reuse the pages its pin holds; its next write takes a new one."""
-    with _writer_lock(shared), shared.ckpt_lock:
-        if shared.commits == 0 and shared.pin is not None:
-            shared.pin.abort()
-            shared.pin, shared.pin_txnid = None, -1
-
-def _checkpointer(shared: _SharedEnv, path: str) -> None:
-    """The background thread of one environment: checkpoints when due, drops an idle pin."""
-    while True:
-        woke = shared.ckpt_wake.wait(_CHECKPOINT_SECONDS / 2)
-        shared.ckpt_wake.clear()
-        if shared.closing:
-            return
-        now = time.monotonic()
-        try:
-            if shared.commits and (woke or now - shared.last_ckpt >= _CHECKPOINT_SECONDS):
-                _checkpoint(shared, path, locked=False)
-            elif shared.pin is not None and not shared.commits \
-                    and now - shared.last_write >= _IDLE_SECONDS:
-                _drop_pin(shared)
-        except BaseException as exc:  # writes refuse from now on, naming it
-            shared.failed = exc
-            return
 
 def open_in_this_process(path: str) -> bool:
     """Whether this process has the store at ``path`` open (or inherited it through fork)."""
@@ -226,8 +76,9 @@ def open_in_this_process(path: str) -> bool:
     key = (st.st_dev, st.st_ino)
     return key in _registry or any(old.key == key for old in _inherited)
 
-def _acquire(path: str, create: bool, replay: Replay) -> _SharedEnv:
-    dir_fd = _prepare_directory(path, create)
+
+def acquire(path: str, create: bool) -> Shared:
+    dir_fd = open_directory(path, create)
     try:
         st = os.fstat(dir_fd)
         key = (st.st_dev, st.st_ino)
@@ -241,13 +92,14 @@ def _acquire(path: str, create: bool, replay: Replay) -> _SharedEnv:
             if shared is None:
                 pinned, dir_fd = dir_fd, -1
                 files = StoreFiles(path, pinned, create)  # owns the descriptor from here on
-                shared = _open_env(path, key, files, replay)
+                shared = _open(path, key, files)
                 _registry[key] = shared
             shared.refs += 1
             return shared
     finally:
         if dir_fd >= 0:
             os.close(dir_fd)
+
 
 @contextlib.contextmanager
 def _directory_lock(dir_fd: int) -> Iterator[None]:
@@ -263,11 +115,8 @@ def _directory_lock(dir_fd: int) -> Iterator[None]:
     finally:
         os.close(fd)  # releases the lock
 
-def _writer_lock(shared: _SharedEnv) -> contextlib.AbstractContextManager[None]:
-    """The store-wide writer lock of ``_files`` (an flock on data.mdb that outlives lock.mdb)."""
-    return shared.files.writer_lock()
 
-def _release(shared: _SharedEnv) -> None:
+def release(shared: Shared) -> None:
     with _registry_lock:
         shared.refs -= 1
         if shared.refs > 0 or _registry.get(shared.key) is not shared:
@@ -275,45 +124,50 @@ def _release(shared: _SharedEnv) -> None:
         del _registry[shared.key]
         _shut_down(shared)
 
-def _shut_down(shared: _SharedEnv) -> None:
-    """Stop the threads, leave a checkpoint behind when this process wrote since its last one
-    (so the next open replays nothing), then close everything."""
+
+def start_applier(shared: Shared) -> None:
+    """The background applier of this process (started with its first write)."""
+    if shared.applier is None:
+        shared.applier = threading.Thread(target=applier, args=(shared,), name=f"krepis-apply:{shared.path}",
+                                          daemon=True)
+        shared.applier.start()
+
+
+def _shut_down(shared: Shared) -> None:
+    """Stop the applier, bring LMDB up to date with everything this process knows of the log (so
+    the next open applies nothing), then close everything. If that fails, the log is flushed:
+    what it holds is recovered by the next open."""
     shared.closing = True
-    shared.ckpt_wake.set()
-    if shared.ckpt_thread is not None:
-        shared.ckpt_thread.join()
-    if shared.commits and shared.failed is None:
-        with contextlib.suppress(JournalError, lmdb.Error, OSError):
-            _checkpoint(shared, shared.files.path, locked=False)
-    if shared.flusher is not None:
-        shared.flusher.stop()
-    if shared.pin is not None:
-        shared.pin.abort()
-        shared.pin = None
+    shared.wake.set()
+    if shared.applier is not None:
+        shared.applier.join()
+    if shared.wrote and shared.failed is None:
+        try:
+            with shared.writer_lock():
+                apply_tail(shared)
+        except (JournalError, lmdb.Error, OSError):
+            with contextlib.suppress(OSError):
+                shared.log.flush()
     shared.env.close()
-    with contextlib.suppress(OSError):
-        os.close(shared.log.fd)  # an flock only: closing it drops no LMDB lock
+    shared.log.close()  # (an flock only: closing it drops no LMDB lock)
     shared.files.close()  # after LMDB's own descriptors are closed
 
-def _prepare_directory(path: str, create: bool = True) -> int:
-    """Create the directory (parents too, leaf mode 0700) or check the existing one: owned by
-    this user (or root), writable by nobody else. Returns a descriptor pinning it."""
-    return open_directory(path, create)
 
-def _open_env(path: str, key: Any, files: StoreFiles, replay: Replay) -> _SharedEnv:
-    """Open LMDB on the checked files, holding the writer lock so that the lock table it sets
-    up starts from the newest committed transaction; recover from the commit log first when
-    this is the only process with the store open."""
+def _open(path: str, key: Any, files: StoreFiles) -> Shared:
+    """Open LMDB on the checked files, holding the writer lock so that the lock table it sets up
+    starts from the newest committed transaction; bind the commit log; recover when this is the
+    only process with the store open."""
     lmdb_path = files.lmdb_path
-    log: CommitLog | None = None
+    opened: CommitLog | None = None
     try:
         with files.writer_lock():
             alone = files.alone()
-            log, slot, restored = _recover_meta(path, files, alone)
             files.check_data_file()
             try:
+                # Every LMDB commit is an application of the log (or a rare change outside it):
+                # LMDB syncs each one itself, data pages first, then the meta page.
                 env = lmdb.open(lmdb_path, map_size=_layout._MAP_SIZE, max_dbs=_MAX_DBS,
-                                max_readers=_MAX_READERS, sync=False, metasync=False, mode=0o600,
+                                max_readers=_MAX_READERS, sync=True, metasync=True, mode=0o600,
                                 create=True, subdir=True)
             except lmdb.Error as exc:
                 raise _wrap(_relabel(exc, lmdb_path, path), path, "opening") from exc
@@ -323,81 +177,154 @@ def _open_env(path: str, key: Any, files: StoreFiles, replay: Replay) -> _Shared
                 files.verify_opened()
                 env.reader_check()  # free reader slots left by crashed processes
                 dbs = _open_dbs(env, path)
-                if log is None:
-                    log = _new_log(path, env, dbs, files)
-                elif log.page_size != env.stat()["psize"]:
-                    raise CorruptStorageError(f"storage at {path}: {LOG} was written for pages of "
-                                              f"{log.page_size} bytes, data.mdb has {env.stat()['psize']}",
-                                              path)
-                shared = _SharedEnv(env, dbs, key, files, log)
-                if slot is not None:
-                    replay(shared, path, slot, restored)
+                log = _bind_log(path, env, dbs, files, alone)
+                opened = log
+                with env.begin() as txn:
+                    pointer = read_log_pointer(txn, dbs[b"meta"], path)
+                    seq = read_seq(txn, dbs[b"meta"], path)
+                    last = txn.cursor(db=dbs[b"entries"])
+                    if last.last() and _SEQ.unpack(last.key())[0] >= seq:
+                        # appends take their sequence numbers from here: never one that is taken
+                        raise CorruptStorageError(
+                            f"storage at {path}: the sequence record says {seq}, but entry "
+                            f"{_SEQ.unpack(last.key())[0]} exists; the meta sequence is behind the "
+                            "entries", path)
+                shared = Shared(env, dbs, key, files, log, pointer, seq)
+                if alone:
+                    recover(shared)
+                else:
+                    if not log.state_belongs():
+                        raise StorageError(f"storage at {path}: {STATE} is missing or not this log's while "
+                                           f"other processes use the store; never delete the store's files "
+                                           "(see docs/storage-format.md)", path)
+                    with shared.mu:
+                        catch_up(shared)
             except BaseException as exc:
                 env.close()
                 if isinstance(exc, lmdb.Error):
                     raise _wrap(_relabel(exc, lmdb_path, path), path, "opening") from exc
                 raise
     except BaseException:
-        if log is not None:
-            with contextlib.suppress(OSError):
-                os.close(log.fd)
+        if opened is not None:
+            opened.close()
         files.remove_created()
         files.close()
         raise
     files.created = []
     return shared
 
-def _recover_meta(path: str, files: StoreFiles, alone: bool) -> tuple[CommitLog | None, Slot | None, bool]:
-    """Before LMDB maps the file: the commit log (``None`` if there is none: a new one is made),
-    the checkpoint to replay from (only when no other process has the store open) and whether
-    its meta pages had to be written back."""
+
+def _bind_log(path: str, env: lmdb.Environment, dbs: dict[bytes, Any], files: StoreFiles,
+              alone: bool) -> CommitLog:
+    """The commit log that continues this ``data.mdb``: the one whose id ``data.mdb`` names.
+    A store without one (new, restored, migrated — or whose log was deleted) gets a new, empty
+    log when no other process has it open; a log of another id is refused, both files untouched."""
+    with env.begin() as txn:
+        pointer = read_log_pointer(txn, dbs[b"meta"], path)
+    _finish_rename(path, files, pointer)
     fd = files.open_log()
     if fd is None:
         if not alone:
             raise StorageError(f"storage at {path}: {LOG} is missing while other processes use the "
                                f"store; never delete {LOG} (see docs/storage-format.md)", path)
-        return None, None, False
+        _check_no_log_was_lost(path, files, pointer)
+        return _new_log(path, env, dbs, files)
     try:
-        log = CommitLog(path, fd)
-        if not alone:
-            return log, None, False
-        slot = log.checkpoint()
-        current = files.meta_pages(log.page_size)
-        restored = current != slot.metas
-        if restored:
-            files.check_data_file(slot.metas)  # an empty or truncated file is refused, unwritten
-            # The file only moves forward from a checkpoint (its meta pages were flushed before
-            # the slot was written): an older file is not this log's, e.g. a copy put in place.
-            at = meta_txnid(current, log.page_size)
-            if at < slot.txnid:
-                raise CorruptStorageError(
-                    f"storage at {path}: data.mdb is at transaction {at}, older than the checkpoint "
-                    f"of its {LOG} (transaction {slot.txnid}): the file was replaced by an older "
-                    f"copy. Restore copies with krepis restore (or remove {LOG} if this file is "
-                    "known to be complete)", path)
-            files.restore_meta_pages(slot.metas)
-        return log, slot, restored
+        found = files.open_log(STATE)
+        try:
+            log = CommitLog(path, fd, -1 if found is None else found)  # (it closes the state's fd)
+        except CorruptStorageError:
+            if pointer.log_id == NO_LOG and alone:  # a format-3 log left by a migration: replaced
+                os.close(fd)
+                fd = -1
+                return _new_log(path, env, dbs, files)
+            raise
+        if log.log_id != pointer.log_id:
+            if pointer.log_id == NO_LOG and alone:
+                log.close()
+                fd = -1
+                return _new_log(path, env, dbs, files)
+            raise CorruptStorageError(
+                f"storage at {path}: {LOG} does not belong to this data.mdb (the log's id is "
+                f"{log.log_id.hex()}, data.mdb continues log {pointer.log_id.hex()}): it was copied "
+                f"from another store or another copy of this one. Nothing was written; put the right "
+                f"{LOG} back, or restore the store with krepis restore", path)
+        return log
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         raise
 
-def _new_log(path: str, env: lmdb.Environment, dbs: dict[bytes, Any], files: StoreFiles) -> CommitLog:
-    """A commit log for a store that has none (new, migrated or restored): its data file is
-    flushed first, and the log starts with that snapshot as its checkpoint."""
-    env.sync(True)
-    page_size = int(env.stat()["psize"])
-    with env.begin() as txn:
-        txnid = int(txn.id())
-        position = _position(txn.get(b"log", db=dbs[b"meta"]), path)
-        metas = files.meta_pages(page_size)
+
+def _check_no_log_was_lost(path: str, files: StoreFiles, pointer: LogPointer) -> None:
+    """``commit.log`` is missing: a new one is made only if nothing says the old one held
+    records ``data.mdb`` has not applied — ``commit.state`` still naming it and ending past
+    ``data.mdb``'s pointer says exactly that (the log was deleted), and the open is refused."""
+    fd = files.open_log(STATE)
+    if fd is None:
+        return
     try:
-        CommitLog.create(files.dir_fd, path, page_size, Slot(txnid, position, metas))
+        said = read_state(fd)
+    finally:
+        os.close(fd)
+    if said is None or said[0] != pointer.log_id or pointer.log_id == NO_LOG:
+        return
+    end = max(said[1], said[2])
+    if end > pointer.position:
+        raise CorruptStorageError(
+            f"storage at {path}: {LOG} is missing, but {STATE} says it held records up to position "
+            f"{end} that data.mdb has not applied (data.mdb is at {pointer.position}): acknowledged "
+            f"writes would be lost. Nothing was written; put {LOG} back, or restore the store from a "
+            "backup", path)
+
+
+def _finish_rename(path: str, files: StoreFiles, pointer: LogPointer) -> None:
+    """A new log is written as ``commit.log.new``, then ``data.mdb`` names it, then it is renamed
+    into place: after a crash between the last two steps, the rename is finished here."""
+    new = LOG + ".new"
+    try:
+        fd = os.open(new, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=files.dir_fd)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        try:
+            pending = CommitLog(path, fd)
+        except (CorruptStorageError, OSError):
+            return
+        if pending.log_id != pointer.log_id or pointer.log_id == NO_LOG:
+            return
+    finally:
+        os.close(fd)
+    os.rename(new, LOG, src_dir_fd=files.dir_fd, dst_dir_fd=files.dir_fd)
+    os.fsync(files.dir_fd)
+
+
+def _new_log(path: str, env: lmdb.Environment, dbs: dict[bytes, Any], files: StoreFiles) -> CommitLog:
+    """A new, empty commit log for this ``data.mdb``: written aside and made durable, named by
+    ``data.mdb`` (one synced LMDB commit), then renamed into place."""
+    log_id = secrets.token_bytes(16)
+    pointer = LogPointer.fresh(log_id)
+    try:
+        CommitLog.create(files.dir_fd, path, log_id, pointer.position, rename=False)
+    except OSError as exc:
+        raise StorageError(f"storage at {path}: cannot create {LOG}: {exc.strerror or exc}", path) from exc
+    with env.begin(write=True) as txn:
+        txn.put(b"log", pointer.pack(), db=dbs[b"meta"])
+    try:
+        os.rename(LOG + ".new", LOG, src_dir_fd=files.dir_fd, dst_dir_fd=files.dir_fd)
+        os.fsync(files.dir_fd)
     except OSError as exc:
         raise StorageError(f"storage at {path}: cannot create {LOG}: {exc.strerror or exc}", path) from exc
     fd = files.open_log()
-    assert fd is not None
-    return CommitLog(path, fd)
+    if fd is None:
+        raise StorageError(f"storage at {path}: {LOG} vanished while it was created", path)
+    log = CommitLog(path, fd)
+    log.reset_state(files.dir_fd, pointer.position)
+    return log
+
 
 def _open_dbs(env: lmdb.Environment, path: str) -> dict[bytes, Any]:
     """Open the named databases; initialise an empty environment in one write transaction."""
@@ -420,7 +347,13 @@ def _open_dbs(env: lmdb.Environment, path: str) -> dict[bytes, Any]:
             txn.put(b"seq", _U64.pack(0), db=meta)
             txn.put(b"tree", _TREE_HDR.pack(0, 0), db=meta)
             txn.put(b"next_op", _U64.pack(0), db=meta)
+            txn.put(b"log", LogPointer(NO_LOG, 0, 0).pack(), db=meta)
     return dbs
+
+
+_WRITTEN_BY = {b"1": "krepis 0.1", b"2": "a krepis without the commit log",
+               b"3": "a krepis whose commit log was not yet the write path"}
+
 
 def _check_layout(env: lmdb.Environment, names: list[bytes], path: str) -> None:
     if b"meta" not in names:
@@ -429,12 +362,11 @@ def _check_layout(env: lmdb.Environment, names: list[bytes], path: str) -> None:
     with env.begin() as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
         fmt = txn.get(b"format", db=meta)
-    if fmt in (b"1", b"2"):
+    if fmt in _WRITTEN_BY:
         raise NeedsMigrationError(
-            f"storage at {path} is in format {fmt.decode()} (written by "
-            f"{'krepis 0.1' if fmt == b'1' else 'a krepis without the commit log'}); this krepis "
-            f"reads format {FORMAT_VERSION}. "
-            f"Convert it once with: krepis migrate --storage {path}", path)
+            f"storage at {path} is in format {fmt.decode()} (written by {_WRITTEN_BY[fmt]}); this "
+            f"krepis reads format {FORMAT_VERSION}. Convert it once with: krepis migrate --storage "
+            f"{path}", path)
     if fmt != b"%d" % FORMAT_VERSION:
         raise CorruptStorageError(
             f"storage at {path} has format version {fmt!r}; this krepis reads version "

@@ -45,6 +45,8 @@ LOCK = "lock.mdb"
 
 LOG = "commit.log"  # see _commitlog.py
 
+STATE = "commit.state"  # (the processes' shared head and marker, beside the log)
+
 MIGRATE_DIR = ".migrate"  # where `krepis migrate` builds the new store before swapping it in
 
 # LMDB's meta page (mdb.c, MDB_meta after the 16-byte page header, 64-bit build):
@@ -105,7 +107,7 @@ class StoreFiles:
         elif not create:
             raise StorageError(f"there is no krepis store at {path}", path)
         else:
-            others = sorted(set(os.listdir(dfd)) - {LOCK, DATA, LOG, LOG + ".new", MIGRATE_DIR})
+            others = sorted(set(os.listdir(dfd)) - {LOCK, DATA, LOG, LOG + ".new", STATE, MIGRATE_DIR})
             if others:
                 shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
                 raise StorageError(
@@ -231,22 +233,22 @@ class StoreFiles:
                     "opened; nothing was written. Check who else writes this directory",
                     self.path)
 
-    def open_log(self) -> int | None:
-        """A read-write descriptor of ``commit.log`` (checked like the other files), or ``None``
-        when there is none."""
-        st = _lstat(LOG, self.dir_fd)
+    def open_log(self, name: str = LOG) -> int | None:
+        """A read-write descriptor of ``commit.log`` (or ``name``: ``commit.state``), checked
+        like the other files, or ``None`` when there is none."""
+        st = _lstat(name, self.dir_fd)
         if st is None:
             return None
-        _check_entry(self.path, LOG, st)
+        _check_entry(self.path, name, st)
         try:
-            fd = os.open(LOG, os.O_RDWR | _NOFOLLOW, dir_fd=self.dir_fd)
+            fd = os.open(name, os.O_RDWR | _NOFOLLOW, dir_fd=self.dir_fd)
         except OSError as exc:
-            raise StorageError(f"cannot open {os.path.join(self.path, LOG)}: {exc.strerror}",
+            raise StorageError(f"cannot open {os.path.join(self.path, name)}: {exc.strerror}",
                                self.path) from exc
         opened = os.fstat(fd)
         if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
             os.close(fd)
-            raise StorageError(f"storage at {self.path}: {LOG} was replaced while being opened",
+            raise StorageError(f"storage at {self.path}: {name} was replaced while being opened",
                                self.path)
         return fd
 

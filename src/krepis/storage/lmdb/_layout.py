@@ -14,7 +14,7 @@ import lmdb
 from ..._errors import ClosedError, CorruptStorageError, JournalError, StorageError
 from ..._model import LogStatus, TransactionLog, decode_log, encode_log
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 COUNTER_PREFIX = b"op_count:"
 

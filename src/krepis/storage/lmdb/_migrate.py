@@ -1,4 +1,4 @@
-"""``krepis migrate`` for LMDB stores: formats 1 and 2 to the current format (see
+"""``krepis migrate`` for LMDB stores: formats 1, 2 and 3 to the current format (see
 :mod:`krepis.storage._migrate` for the guarantees)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ..._errors import CorruptStorageError, StorageError
 from ..._model import decode_log, encode_log
 from .._migration import MigrationResult, Progress
 from .._port import WriteRequest
+from ._state import NO_LOG, LogPointer
 
 __all__ = ["migrate_lmdb"]
 
@@ -54,9 +55,15 @@ def migrate_lmdb(path: str, progress: Progress | None) -> MigrationResult:
             entries, counters = _format2_to_3(path, dir_fd)
             lock_fd = -1  # closing the environment dropped this process's locks on lock.mdb
             return MigrationResult(path, 2, FORMAT_VERSION, entries, counters)
+        if fmt == 3:
+            from ._migrate3 import format3_to_4
+
+            entries, counters = format3_to_4(path, dir_fd)
+            lock_fd = -1  # closing the environment dropped this process's locks on lock.mdb
+            return MigrationResult(path, 3, FORMAT_VERSION, entries, counters)
         if fmt != 1:
             raise CorruptStorageError(f"storage at {path} has format version {fmt}; krepis "
-                                      f"migrates formats 1 and 2 to {FORMAT_VERSION}", path)
+                                      f"migrates formats 1, 2 and 3 to {FORMAT_VERSION}", path)
         work = os.path.join(path, MIGRATE_DIR)
         shutil.rmtree(work, ignore_errors=True)  # what a crashed migration left behind
         try:
@@ -98,7 +105,9 @@ def _format2_to_3(path: str, dir_fd: int) -> tuple[int, int]:
             entries = int(txn.stat(env.open_db(b"entries", txn=txn, create=False))["entries"])
             counters = int(txn.stat(env.open_db(b"stats", txn=txn, create=False))["entries"])
             env.open_db(b"checkpoints", txn=txn)  # (added late in format 2)
-            txn.put(b"format", b"%d" % FORMAT_VERSION, db=env.open_db(b"meta", txn=txn, create=False))
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            txn.put(b"format", b"%d" % FORMAT_VERSION, db=meta)
+            txn.put(b"log", LogPointer(NO_LOG, 0, 0).pack(), db=meta)  # (the first open makes the log)
     except lmdb.Error as exc:
         raise CorruptStorageError(f"storage at {path} cannot be migrated: {exc}", path) from exc
     finally:

@@ -6,17 +6,12 @@ from __future__ import annotations
 import heapq
 import struct
 from collections.abc import Iterator
-from hashlib import sha256
 from typing import Any
-
-import lmdb
 
 from ..._errors import CorruptStorageError
 from ..._model import TransactionLog, encode_log
-from ...tlog._merkle import root_from_frontier
 from .._codec import STATUS_CODE, decode_value, rid_hash
-from .._port import LogAudit, Query, TreeHead, VerifyReport
-from ._env import _SharedEnv
+from .._port import LogAudit, Query, VerifyReport
 from ._layout import (
     _ALL_STATUSES,
     _MAX_U64,
@@ -29,18 +24,18 @@ from ._layout import (
     _TREE_HDR,
     _TS_SEQ,
     _U64,
-    COUNTER_PREFIX,
     _dup_stream,
     _next16,
-    _wrap,
 )
+from ._state import Shared
 
 
 class _Reads:
-    """The read operations, over the environment and databases the store binds."""
+    """Reads of LMDB itself, each inside a given read transaction (:mod:`._views` adds the
+    commit log's tail to them)."""
 
     location: str
-    _shared: _SharedEnv
+    _shared: Shared
     _env: Any
     _entries: Any
     _index: Any
@@ -55,21 +50,7 @@ class _Reads:
 
     def _read_tree(self, txn: Any) -> tuple[int, int, int, list[bytes]]:
         """(next seq, first seq of the log, epoch, frontier), checked against each other."""
-        raw_seq = txn.get(b"seq", db=self._meta)
-        raw_tree = txn.get(b"tree", db=self._meta)
-        if raw_seq is None or len(raw_seq) != 8 or raw_tree is None or len(raw_tree) < 16 \
-                or (len(raw_tree) - 16) % 32:
-            raise CorruptStorageError(f"storage at {self.location}: malformed sequence or tree record",
-                                      self.location)
-        seq = _U64.unpack(raw_seq)[0]
-        first_seq, epoch = _TREE_HDR.unpack_from(raw_tree)
-        size = seq - first_seq
-        frontier = [raw_tree[i:i + 32] for i in range(16, len(raw_tree), 32)]
-        if size < 0 or len(frontier) != size.bit_count():
-            raise CorruptStorageError(
-                f"storage at {self.location}: the Merkle tree record ({len(frontier)} subtrees) does "
-                f"not match the sequence ({size} entries since seq {first_seq})", self.location)
-        return seq, first_seq, epoch, frontier
+        return self._shared.read_tree(txn)
 
     def _counter(self, raw: bytes | None, name: bytes) -> int:
         if raw is None:
@@ -81,88 +62,6 @@ class _Reads:
         return int(_U64.unpack(raw)[0])
 
     # -- reads -----------------------------------------------------------------------------
-    def get_count(self, name: bytes) -> int:
-        self._check()
-        try:
-            with self._env.begin(db=self._stats) as txn:
-                raw = txn.get(COUNTER_PREFIX + name)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading a counter") from exc
-        return self._counter(raw, name)
-
-    def get_counts(self) -> dict[str, int]:
-        self._check()
-        out: dict[str, int] = {}
-        try:
-            with self._env.begin(db=self._stats) as txn:
-                cur = txn.cursor()
-                if cur.set_range(COUNTER_PREFIX):
-                    for key, raw in cur:
-                        if not key.startswith(COUNTER_PREFIX):
-                            break
-                        name = key[len(COUNTER_PREFIX):]
-                        out[name.decode("utf-8")] = self._counter(raw, name)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading counters") from exc
-        except UnicodeDecodeError as exc:
-            raise CorruptStorageError(f"storage at {self.location}: malformed counter name: {exc}",
-                                      self.location) from exc
-        return out
-
-    def entry_count(self) -> int:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                return int(txn.stat(self._entries)["entries"])
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "counting entries") from exc
-
-    def next_seq(self) -> int:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                return self._read_tree(txn)[0]
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the sequence") from exc
-
-    def tree_head(self) -> TreeHead:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                seq, first_seq, epoch, frontier = self._read_tree(txn)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the tree") from exc
-        return TreeHead(seq - first_seq, root_from_frontier(frontier), first_seq, epoch)
-
-    def op_names(self) -> list[str]:
-        self._check()
-        try:
-            with self._env.begin(db=self._ops) as txn:
-                cur = txn.cursor()
-                names = []
-                if cur.set_range(b"n"):
-                    for key in cur.iternext(keys=True, values=False):
-                        if not key.startswith(b"n"):
-                            break
-                        names.append(key[1:].decode("utf-8"))
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading op names") from exc
-        except UnicodeDecodeError as exc:
-            raise CorruptStorageError(f"storage at {self.location}: malformed op table: {exc}",
-                                      self.location) from exc
-        return sorted(names)
-
-    def get_entry(self, seq: int) -> TransactionLog | None:
-        self._check()
-        if not 0 <= seq <= _MAX_U64:
-            return None
-        try:
-            with self._env.begin() as txn:
-                raw = txn.get(_SEQ.pack(seq), db=self._entries)
-                return None if raw is None else self._decode(txn, seq, raw)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the journal") from exc
-
     def _decode(self, txn: Any, seq: int, raw: bytes) -> TransactionLog:
         names = self._shared.op_names
         try:
@@ -188,14 +87,6 @@ class _Reads:
                 text = name.decode("utf-8", "strict")
                 self._shared.op_names[op_id] = text
 
-    def checkpoints(self) -> list[tuple[int, int, str, str]]:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                return self._read_checkpoints(txn)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading checkpoints") from exc
-
     def _read_checkpoints(self, txn: Any) -> list[tuple[int, int, str, str]]:
         out = []
         try:
@@ -206,51 +97,6 @@ class _Reads:
             raise CorruptStorageError(f"storage at {self.location}: malformed checkpoint record ({exc})",
                                       self.location) from None
         return out
-
-    def tree_node(self, level: int, index: int) -> bytes | None:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                raw = txn.get(_NODE_KEY.pack(level, index), db=self._tree)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the tree") from exc
-        return None if raw is None else bytes(raw)
-
-    def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
-        self._check()
-        out: list[bytes] = []
-        if count <= 0:
-            return out
-        try:
-            with self._env.begin() as txn:
-                cur = txn.cursor(db=self._entries)
-                seq = first_seq + start
-                if not cur.set_key(_SEQ.pack(seq)):
-                    raise CorruptStorageError(f"storage at {self.location}: entry {seq} is missing",
-                                              self.location)
-                for key, raw in cur:
-                    at = _SEQ.unpack(key)[0]
-                    if at != seq:
-                        raise CorruptStorageError(f"storage at {self.location}: entry {seq} is missing",
-                                                  self.location)
-                    out.append(sha256(b"\x00" + encode_log(self._decode(txn, at, raw))).digest())
-                    seq += 1
-                    if len(out) == count:
-                        break
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the journal") from exc
-        if len(out) != count:
-            raise CorruptStorageError(f"storage at {self.location}: entry {first_seq + start + len(out)} "
-                                      "is missing", self.location)
-        return out
-
-    def verify(self) -> VerifyReport:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                return self._verify(txn)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "verifying") from exc
 
     def _verify(self, txn: Any) -> VerifyReport:
         where = f"storage at {self.location}"
@@ -292,21 +138,6 @@ class _Reads:
                 raise CorruptStorageError(f"{where}: the {names[kind]} index holds {count} rows for "
                                           f"{n} entries", self.location)
         return report
-
-    def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
-        self._check()
-        if limit <= 0:
-            return []
-        try:
-            with self._env.begin() as txn:
-                if query.order == "append":
-                    return self._scan_append(txn, query, after, limit)
-                return self._scan_time(txn, query, after, limit)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the journal") from exc
-        except UnicodeDecodeError as exc:
-            raise CorruptStorageError(f"storage at {self.location}: malformed op table: {exc}",
-                                      self.location) from exc
 
     def _scan_append(
         self, txn: Any, query: Query, after: TransactionLog | None, limit: int
@@ -398,15 +229,6 @@ class _Reads:
         return out
 
     # -- archive: the live store's prefix moves out ------------------------------------------
-    def live_first_seq(self) -> int:
-        self._check()
-        try:
-            with self._env.begin() as txn:
-                _seq, first_seq, epoch, _frontier = self._read_tree(txn)
-                return self._live_first(txn, first_seq, epoch)
-        except lmdb.Error as exc:
-            raise _wrap(exc, self.location, "reading the tree") from exc
-
     def _live_first(self, txn: Any, first_seq: int, epoch: int) -> int:
         """``meta["live"]`` (``LE8(epoch) ‖ LE8(seq)``) when it is of the current log, else the
         log's first seq: a clear starts a new log whose prefix was never archived."""
