@@ -228,9 +228,16 @@ class ArchiveReader:
         return out
 
     def get(self, seq: int) -> TransactionLog | None:
+        """Archived entry ``seq`` of this log; ``None`` for a seq before the log. A seq past the
+        archive's end — asked for because the store no longer holds it — is a
+        ``ValidationError``: the archive is not (or no longer) the one the store was archived to."""
         leaf = seq - self.first_seq
-        if not 0 <= leaf < self.bundles * WIDTH:
+        if leaf < 0:
             return None
+        if leaf >= self.bundles * WIDTH:
+            raise ValidationError(f"entry {seq} is not in the archive at {self.directory} ({MANIFEST} ends "
+                                  f"at seq {self.first_seq + self.bundles * WIDTH}): is it this store's "
+                                  "archive directory, or an older copy of it?")
         return self.bundle_logs(leaf // WIDTH)[leaf % WIDTH]
 
     # one candidate bundle with what ordering needs: (min ts, max ts, bundle)
