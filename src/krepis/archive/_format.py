@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from hashlib import sha256
+from itertools import accumulate
 from typing import Any
 
 from .._errors import CorruptStorageError, JournalError, ValidationError
@@ -186,8 +187,8 @@ def decode_trailer(trailer: bytes, size: int, where: str) -> tuple[int, int]:
 def decode_index(zstd: Any, head: bytes, packed: bytes, offset: int, bundles: int,
                  where: str) -> _SegmentIndex:
     """A segment's index from its first 8 bytes and its compressed index (at ``offset``), for a
-    segment of at most ``bundles`` bundles: every count, length and bundle number checked (the
-    order of the request-id keys is the checksum's to vouch for)."""
+    segment of at most ``bundles`` bundles: every count and length checked (the request-id keys
+    are the checksum's to vouch for; a lookup refuses a key naming a bundle past the segment)."""
     if head != SEGMENT_MAGIC:
         raise CorruptStorageError(f"archive segment {where} is damaged: it does not begin with "
                                   f"{SEGMENT_MAGIC!r}", where)
@@ -197,28 +198,23 @@ def decode_index(zstd: Any, head: bytes, packed: bytes, offset: int, bundles: in
         epoch, first, count, nkeys = _IDX_HEAD.unpack_from(index)
         if count > bundles or nkeys > count * WIDTH:
             raise ValueError(f"it counts {count} bundles and {nkeys} keys")
-        pos = _IDX_HEAD.size
-        offsets, lengths, mins, maxs, hashes = [], [], [], [], []
-        at = len(SEGMENT_MAGIC)
-        for _ in range(count):
-            flen, lo, hi, hash_ = _IDX_BUNDLE.unpack_from(index, pos)
-            pos += _IDX_BUNDLE.size
-            if lo > hi:
-                raise ValueError("a bundle's timestamps are out of order")
-            offsets.append(at)
-            lengths.append(flen)
-            mins.append(lo)
-            maxs.append(hi)
-            hashes.append(hash_)
-            at += flen
-        if at != offset:
+        pos = _IDX_HEAD.size + count * _IDX_BUNDLE.size
+        if pos > len(index):
+            raise ValueError("the index is cut off")
+        rows = list(_IDX_BUNDLE.iter_unpack(index[_IDX_HEAD.size:pos]))
+        lengths = [r[0] for r in rows]
+        mins = [r[1] for r in rows]
+        maxs = [r[2] for r in rows]
+        hashes = [r[3] for r in rows]
+        offsets = list(accumulate(lengths, initial=len(SEGMENT_MAGIC)))[:-1]
+        if any(lo > hi for lo, hi in zip(mins, maxs, strict=True)):
+            raise ValueError("a bundle's timestamps are out of order")
+        if len(SEGMENT_MAGIC) + sum(lengths) != offset:
             raise ValueError("the index does not match the frames")
         keys = index[pos:pos + nkeys * _KEY]
         key_bundles = index[pos + nkeys * _KEY:pos + nkeys * (_KEY + 2)]
         if len(key_bundles) != 2 * nkeys or pos + nkeys * (_KEY + 2) != len(index):
             raise ValueError("the request-id index is cut off")
-        if nkeys and max(struct.unpack(f">{nkeys}H", key_bundles)) >= count:
-            raise ValueError("the request-id index names a bundle the segment does not hold")
     except (ValueError, struct.error) as exc:
         raise CorruptStorageError(f"archive segment {where} is damaged: {exc}", where) from None
     return _SegmentIndex(epoch, first, offsets, lengths, mins, maxs, hashes, keys, key_bundles)

@@ -256,6 +256,10 @@ class ArchiveReader:
             idx = self.segment_index(seg)
             numbers = idx.bundles_of(key) if key is not None else range(len(idx.offsets))
             for i in numbers:
+                if i >= len(idx.offsets):
+                    path = self._path(seg["file"])
+                    raise CorruptStorageError(f"archive segment {path} is damaged: its request-id index "
+                                              f"names bundle {i} of {len(idx.offsets)}", path)
                 if first + i >= nbundles:
                     continue
                 if query.since is not None and idx.max_ts[i] < query.since:
