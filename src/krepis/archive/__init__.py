@@ -20,7 +20,8 @@ The archive works on the storage port and the tree (``tlog``), never on the jour
 
 from __future__ import annotations
 
-from ._format import MANIFEST, RETENTION_MIN_BUNDLES, bundle_hash, bundle_of, split_bundle
+from ._format import RETENTION_MIN_BUNDLES, bundle_hash, bundle_of, split_bundle
+from ._manifest import MANIFEST
 from ._policy import ArchiveReport, ArchiveVerifyReport, RetentionPolicy, parse_before
 from ._reader import ArchiveReader
 from ._verify import verify_archive

@@ -1,24 +1,22 @@
-"""The archive's files: segments (zstd frames of C2SP entry bundles with an index), the
-manifest, and the durable way each is written (format: ``docs/archive.md``)."""
+"""The archive's segments: zstd frames of C2SP entry bundles with an index (format:
+``docs/archive.md``), encoded and decoded — every decompression bounded by the size the format
+allows, every count and offset of an index checked."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import struct
 from dataclasses import dataclass
 from hashlib import sha256
+from itertools import accumulate
 from typing import Any
 
-from .._errors import CorruptStorageError, InvalidTypeError, JournalError, ValidationError
+from .._errors import CorruptStorageError, JournalError, ValidationError
 from ..tlog._merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
 
 FORMAT = "krepis-archive"
 
-VERSION = 1
-
-MANIFEST = "MANIFEST.json"
+#: the format this krepis writes (it reads 1 and 2: see ``_manifest.READABLE``)
+VERSION = 2
 
 WIDTH = 1 << TILE_HEIGHT
 
@@ -67,78 +65,12 @@ def _zstd() -> Any:
                            "krepis-journal): pip install zstandard") from exc
     return zstandard
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-def _write_durable(directory: str, name: str, data: bytes) -> None:
-    """``directory/name`` written to a temporary file, fsynced, renamed, the directory fsynced."""
-    tmp = os.path.join(directory, f".tmp-{name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, os.path.join(directory, name))
-    _fsync_dir(directory)
-
-def _check_directory(directory: str | os.PathLike[str], create: bool) -> str:
-    if not isinstance(directory, (str, os.PathLike)):
-        raise InvalidTypeError(f"the archive directory must be a path, got {type(directory).__name__}")
-    path = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-    if not os.fspath(directory):
-        raise ValidationError("the archive directory must not be empty")
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise ValidationError(f"the archive directory {path} exists and is not a directory")
-    if not os.path.isdir(path):
-        if not create:
-            raise ValidationError(f"there is no archive at {path}")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-def _read_manifest(path: str) -> dict[str, Any] | None:
-    file = os.path.join(path, MANIFEST)
-    try:
-        with open(file, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(raw)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError("not a krepis archive manifest")
-        if data.get("version") != VERSION:
-            raise ValueError(f"archive format version {data.get('version')!r}; this krepis reads {VERSION}")
-        if not isinstance(data.get("logs"), list) or not isinstance(data.get("dictionaries"), dict):
-            raise ValueError("malformed manifest")
-    except ValueError as exc:
-        raise CorruptStorageError(f"{file}: {exc}", file) from None
-    return data
-
-def _log_of(manifest: dict[str, Any] | None, epoch: int) -> dict[str, Any] | None:
-    if manifest is None:
-        return None
-    for log in manifest["logs"]:
-        if log["epoch"] == epoch:
-            return log  # type: ignore[no-any-return]
-    return None
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 def bundle_of(data: list[bytes]) -> bytes:
-    """The C2SP entry bundle of these entries' canonical bytes."""
+    """The C2SP entry bundle of these entries' canonical bytes (each at most 65,535 bytes)."""
     pack = _LEN.pack
+    if any(len(d) > 0xFFFF for d in data):
+        raise ValidationError("an entry's canonical bytes are longer than 65,535 bytes, the most a C2SP "
+                              "entry bundle holds: this bundle cannot be archived")
     return b"".join([pack(len(d)) + d for d in data])
 
 def split_bundle(raw: bytes, where: str) -> list[bytes]:
@@ -219,36 +151,74 @@ def _encode_segment(zstd: Any, dictionary: Any, epoch: int, first_bundle: int,
     parts += [packed, _TRAILER.pack(offset, len(packed), INDEX_MAGIC)]
     return b"".join(parts)
 
-def _decode_index(zstd: Any, raw: bytes, where: str) -> _SegmentIndex:
+def index_limit(bundles: int) -> int:
+    """The largest index a segment of ``bundles`` bundles can have (every entry its own key)."""
+    return _IDX_HEAD.size + bundles * (_IDX_BUNDLE.size + WIDTH * (_KEY + 2))
+
+
+def decompress(zstd: Any, dctx: Any, frame: bytes, limit: int, where: str) -> bytes:
+    """One zstd frame decompressed, never more than ``limit`` bytes: a frame that does not
+    declare its size, declares more, or holds more is a ``CorruptStorageError`` — refused before
+    anything that large is allocated."""
     try:
-        if len(raw) < len(SEGMENT_MAGIC) + _TRAILER.size or raw[:len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
-            raise ValueError("not a krepis archive segment")
-        offset, length, magic = _TRAILER.unpack_from(raw, len(raw) - _TRAILER.size)
-        if magic != INDEX_MAGIC or offset + length + _TRAILER.size != len(raw):
-            raise ValueError("the segment's trailer is damaged")
-        index = zstd.ZstdDecompressor().decompress(raw[offset:offset + length])
+        size = zstd.get_frame_parameters(frame).content_size
+        if size == zstd.CONTENTSIZE_UNKNOWN or size == zstd.CONTENTSIZE_ERROR:
+            raise CorruptStorageError(f"{where} does not declare its size", where)
+        if size > limit:
+            raise CorruptStorageError(f"{where} declares {size} bytes; at most {limit} are possible", where)
+        out = dctx.decompress(frame, max_output_size=limit)
+    except zstd.ZstdError as exc:
+        raise CorruptStorageError(f"{where} does not decompress ({exc})", where) from None
+    if len(out) != size:
+        raise CorruptStorageError(f"{where} decompresses to {len(out)} bytes, not the {size} it declares",
+                                  where)
+    return bytes(out)
+
+
+def decode_trailer(trailer: bytes, size: int, where: str) -> tuple[int, int]:
+    """The index's (offset, length) from a segment's last 20 bytes (the file is ``size`` long)."""
+    offset, length, magic = _TRAILER.unpack(trailer)
+    if magic != INDEX_MAGIC or offset < len(SEGMENT_MAGIC) or offset + length + _TRAILER.size != size:
+        raise CorruptStorageError(f"archive segment {where} is damaged: its trailer is not a krepis "
+                                  "segment trailer", where)
+    return offset, length
+
+
+def decode_index(zstd: Any, head: bytes, packed: bytes, offset: int, bundles: int,
+                 where: str) -> _SegmentIndex:
+    """A segment's index from its first 8 bytes and its compressed index (at ``offset``), for a
+    segment of at most ``bundles`` bundles: every count and length checked (the request-id keys
+    are the checksum's to vouch for; a lookup refuses a key naming a bundle past the segment)."""
+    if head != SEGMENT_MAGIC:
+        raise CorruptStorageError(f"archive segment {where} is damaged: it does not begin with "
+                                  f"{SEGMENT_MAGIC!r}", where)
+    index = decompress(zstd, zstd.ZstdDecompressor(), packed, index_limit(bundles),
+                       f"archive segment {where}: the index")
+    try:
         epoch, first, count, nkeys = _IDX_HEAD.unpack_from(index)
-        pos = _IDX_HEAD.size
-        offsets, lengths, mins, maxs, hashes = [], [], [], [], []
-        at = len(SEGMENT_MAGIC)
-        for _ in range(count):
-            flen, lo, hi, hash_ = _IDX_BUNDLE.unpack_from(index, pos)
-            pos += _IDX_BUNDLE.size
-            offsets.append(at)
-            lengths.append(flen)
-            mins.append(lo)
-            maxs.append(hi)
-            hashes.append(hash_)
-            at += flen
-        if at != offset:
+        if count > bundles or nkeys > count * WIDTH:
+            raise ValueError(f"it counts {count} bundles and {nkeys} keys")
+        pos = _IDX_HEAD.size + count * _IDX_BUNDLE.size
+        if pos > len(index):
+            raise ValueError("the index is cut off")
+        rows = list(_IDX_BUNDLE.iter_unpack(index[_IDX_HEAD.size:pos]))
+        lengths = [r[0] for r in rows]
+        mins = [r[1] for r in rows]
+        maxs = [r[2] for r in rows]
+        hashes = [r[3] for r in rows]
+        offsets = list(accumulate(lengths, initial=len(SEGMENT_MAGIC)))[:-1]
+        if any(lo > hi for lo, hi in zip(mins, maxs, strict=True)):
+            raise ValueError("a bundle's timestamps are out of order")
+        if len(SEGMENT_MAGIC) + sum(lengths) != offset:
             raise ValueError("the index does not match the frames")
         keys = index[pos:pos + nkeys * _KEY]
         key_bundles = index[pos + nkeys * _KEY:pos + nkeys * (_KEY + 2)]
         if len(key_bundles) != 2 * nkeys or pos + nkeys * (_KEY + 2) != len(index):
             raise ValueError("the request-id index is cut off")
-    except (ValueError, struct.error, zstd.ZstdError) as exc:
+    except (ValueError, struct.error) as exc:
         raise CorruptStorageError(f"archive segment {where} is damaged: {exc}", where) from None
     return _SegmentIndex(epoch, first, offsets, lengths, mins, maxs, hashes, keys, key_bundles)
 
-def _segment_name(epoch: int, first_bundle: int) -> str:
+
+def segment_name(epoch: int, first_bundle: int) -> str:
     return f"log{epoch:06d}-{first_bundle:012d}.kseg"

@@ -1,5 +1,13 @@
 """Reading archived entries: by seq, as leaf data for proofs, and by query (a request-id
-lookup reads only the bundles the segment indexes name)."""
+lookup reads only the bundles the segment indexes name).
+
+Guarantees: nothing is returned that was not checked. A segment's index is checked against
+the checksum the manifest records for it (format 1: the whole file's), its counts and times
+against the manifest; every bundle read is decompressed within the size a bundle can have and
+its RFC 6962 hash compared with the tree's stored height-8 node (with ``tree``; without it, the
+hash the checked index records). A mismatch is a :class:`CorruptStorageError` naming the file
+(and bundle); files are opened only by the names the format derives, inside the directory.
+"""
 
 from __future__ import annotations
 
@@ -7,52 +15,95 @@ import bisect
 import hashlib
 import heapq
 import os
-import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import CorruptStorageError, ValidationError
 from .._model import TransactionLog, decode_logs, make_log
 from ..storage import Query
 from ..storage._codec import rid_hash
+from ._files import ArchiveDir
 from ._format import (
     _KEY,
     _MAX_BUNDLE_BYTES,
     _TRAILER,
-    FORMAT,
-    INDEX_MAGIC,
-    MANIFEST,
     SEGMENT_MAGIC,
-    VERSION,
     WIDTH,
-    _check_directory,
-    _decode_index,
-    _log_of,
-    _read_manifest,
     _SegmentIndex,
     _zstd,
+    bundle_hash,
+    decode_index,
+    decode_trailer,
+    decompress,
+    index_limit,
     split_bundle,
 )
+from ._manifest import MANIFEST, MAX_DICT_BYTES, MAX_MANIFEST_BYTES, log_of, new_manifest, parse_manifest
+
+#: the tree's stored height-8 node ``k`` of the log being read (``Storage.tree_node(8, k)``)
+TreeNodes = Callable[[int], "bytes | None"]
+
+
+def read_manifest(adir: ArchiveDir) -> dict[str, Any] | None:
+    """The archive's manifest, every field checked; ``None`` when there is none."""
+    raw = adir.read(MANIFEST, MAX_MANIFEST_BYTES, missing_ok=True)
+    return None if raw is None else parse_manifest(raw, adir.where(MANIFEST))
+
+
+def load_index(adir: ArchiveDir, zstd: Any, name: str, bundles: int, index_sha256: str | None,
+               sha256: str | None) -> tuple[_SegmentIndex, int]:
+    """Segment ``name``'s index (at most ``bundles`` bundles) and the file's size, checked
+    against ``index_sha256`` (the compressed index's) or, if given instead, ``sha256`` (the
+    whole file's, format 1)."""
+    where = adir.where(name)
+    fd = adir.open_file(name)
+    assert fd is not None
+    try:
+        size = os.fstat(fd).st_size
+        if size < len(SEGMENT_MAGIC) + _TRAILER.size:
+            raise CorruptStorageError(f"archive segment {where} is damaged: it is cut off ({size} bytes)",
+                                      where)
+        trailer = adir.pread(fd, size - _TRAILER.size, _TRAILER.size, name)
+        offset, length = decode_trailer(trailer, size, where)
+        if length > index_limit(bundles) or length == 0:
+            raise CorruptStorageError(f"archive segment {where} is damaged: an index of {length} bytes",
+                                      where)
+        head = adir.pread(fd, 0, len(SEGMENT_MAGIC), name)
+        packed = adir.pread(fd, offset, length, name)
+        if index_sha256 is not None and hashlib.sha256(packed).hexdigest() != index_sha256:
+            raise CorruptStorageError(f"archive segment {where} is damaged: its index does not match the "
+                                      "checksum the manifest records", where)
+        if sha256 is not None and adir.sha256(fd, name) != (sha256, size):
+            raise CorruptStorageError(f"archive file {where} does not match its checksum", where)
+    finally:
+        os.close(fd)
+    return decode_index(zstd, head, packed, offset, bundles, where), size
 
 
 class ArchiveReader:
     """The archived bundles of one log (``epoch``, ``first_seq``) in an archive directory.
 
     Segments are immutable once named by the manifest, so a reader needs no lock; it reads the
-    manifest once, when created."""
+    manifest once, when created. ``tree``: the store's stored height-8 nodes of this log, which
+    every bundle read is checked against (``None``: against the segment's checked index)."""
 
-    def __init__(self, directory: str | os.PathLike[str], epoch: int, first_seq: int) -> None:
-        self.directory = _check_directory(directory, create=False)
-        manifest = _read_manifest(self.directory)
+    def __init__(self, directory: str | os.PathLike[str] | ArchiveDir, epoch: int, first_seq: int,
+                 tree: TreeNodes | None = None, manifest: dict[str, Any] | None = None) -> None:
+        self._dir = directory if isinstance(directory, ArchiveDir) else \
+            ArchiveDir.open(directory, create=False)
+        self.directory = self._dir.path
+        if manifest is None:  # (a caller that read it already passes it)
+            manifest = read_manifest(self._dir)
         if manifest is None:  # nothing archived into it yet (or a run crashed before its first step)
-            manifest = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "logs": []}
+            manifest = new_manifest("")
         self._zstd = _zstd()
         self.manifest = manifest
-        log = _log_of(manifest, epoch)
+        self.version: int = manifest["version"]
+        log = log_of(manifest, epoch)
         if log is not None and log["first_seq"] != first_seq:
             raise ValidationError(f"the archive at {self.directory} holds another log (log {epoch} begins "
                                   f"at seq {log['first_seq']} there, at seq {first_seq} in this store)")
-        self.epoch, self.first_seq = epoch, first_seq
+        self.epoch, self.first_seq, self.tree = epoch, first_seq, tree
         self.segments: list[dict[str, Any]] = [] if log is None else list(log["segments"])
         self.bundles = 0 if log is None else int(log["bundles"])
         #: the recorded hash of the last archived bundle (the tree's height-8 node there)
@@ -61,31 +112,19 @@ class ArchiveReader:
         self._indexes: dict[str, _SegmentIndex] = {}
         self._dicts: dict[str, Any] = {}
         self._cache: tuple[int, list[TransactionLog]] | None = None
+        self._raw: tuple[int, bytes, list[bytes]] | None = None
 
     def _path(self, name: str) -> str:
-        if "/" in name or name.startswith("."):
-            raise CorruptStorageError(f"{self.directory}/{MANIFEST}: bad file name {name!r:.80}",
-                                      self.directory)
-        return os.path.join(self.directory, name)
-
-    def _read(self, name: str) -> bytes:
-        path = self._path(name)
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise CorruptStorageError(f"archive file {path} is missing", path) from None
+        return self._dir.where(name)
 
     def dictionary(self, ident: str | None) -> Any:
         if ident is None:
             return None
         found = self._dicts.get(ident)
         if found is None:
-            meta = self.manifest["dictionaries"].get(ident)
-            if meta is None:
-                raise CorruptStorageError(f"{self.directory}/{MANIFEST}: dictionary {ident} is not listed",
-                                          self.directory)
-            raw = self._read(meta["file"])
+            meta = self.manifest["dictionaries"][ident]  # (the manifest's check: every one named is listed)
+            raw = self._dir.read(meta["file"], MAX_DICT_BYTES)
+            assert raw is not None
             if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
                 path = self._path(meta["file"])
                 raise CorruptStorageError(f"archive file {path} does not match its checksum", path)
@@ -94,28 +133,24 @@ class ArchiveReader:
         return found
 
     def segment_index(self, seg: dict[str, Any]) -> _SegmentIndex:
+        """The segment's index, checked (see the class) and matched against the manifest."""
         found = self._indexes.get(seg["file"])
         if found is None:
             path = self._path(seg["file"])
-            try:
-                with open(path, "rb") as f:
-                    f.seek(-_TRAILER.size, os.SEEK_END)
-                    offset, length, _magic = _TRAILER.unpack(f.read(_TRAILER.size))
-                    f.seek(0)
-                    head = f.read(len(SEGMENT_MAGIC))
-                    f.seek(offset)
-                    body = f.read(length)
-            except FileNotFoundError:
-                raise CorruptStorageError(f"archive file {path} is missing", path) from None
-            except (OSError, struct.error):
-                raise CorruptStorageError(f"archive segment {path} is damaged", path) from None
-            # (frames are not read: a stand-in of the right length lets the decoder check offsets)
-            fake = head + b"\0" * (offset - len(head)) + body + _TRAILER.pack(offset, length, INDEX_MAGIC)
-            found = _decode_index(self._zstd, fake, path)
+            v1 = "index_sha256" not in seg
+            found, size = load_index(self._dir, self._zstd, seg["file"], seg["bundles"],
+                                     None if v1 else seg["index_sha256"], seg["sha256"] if v1 else None)
             if (found.epoch, found.first_bundle, len(found.offsets)) != (
                     self.epoch, seg["first_bundle"], seg["bundles"]):
                 raise CorruptStorageError(f"archive segment {path} does not hold the bundles the manifest "
-                                          "says", path)
+                                          f"says (log {self.epoch}, bundles {seg['first_bundle']}… "
+                                          f"{seg['first_bundle'] + seg['bundles'] - 1})", path)
+            if (min(found.min_ts), max(found.max_ts), size) != (seg["min_ts"], seg["max_ts"], seg["bytes"]):
+                raise CorruptStorageError(f"archive segment {path} does not match what {MANIFEST} records "
+                                          "of it (its size or time range)", path)
+            if seg["first_bundle"] + seg["bundles"] == self.bundles and found.hashes[-1] != self.last_hash:
+                raise CorruptStorageError(f"archive segment {path}: its last bundle is not the last_hash "
+                                          f"{MANIFEST} records", path)
             self._indexes[seg["file"]] = found
         return found
 
@@ -126,26 +161,42 @@ class ArchiveReader:
                                   f"{self.directory}")
         return self.segments[i]
 
-    def bundle_bytes(self, bundle: int) -> bytes:
-        """Bundle ``bundle`` decompressed: exactly the C2SP entry bundle ``tile/entries/<bundle>``."""
+    def _bundle(self, bundle: int) -> tuple[bytes, list[bytes]]:
+        """Bundle ``bundle``'s bytes and entries, checked against the tree (or the index)."""
+        if self._raw is not None and self._raw[0] == bundle:
+            return self._raw[1], self._raw[2]
         seg = self._segment_of(bundle)
         idx = self.segment_index(seg)
         i = bundle - seg["first_bundle"]
-        path = self._path(seg["file"])
-        with open(path, "rb") as f:
-            f.seek(idx.offsets[i])
-            frame = f.read(idx.lengths[i])
+        name = seg["file"]
+        where = f"archive segment {self._path(name)}: bundle {bundle}"
+        fd = self._dir.open_file(name)
+        assert fd is not None
         try:
-            dctx = self._zstd.ZstdDecompressor(dict_data=self.dictionary(seg.get("dictionary"))) \
-                if seg.get("dictionary") else self._zstd.ZstdDecompressor()
-            return bytes(dctx.decompress(frame, max_output_size=_MAX_BUNDLE_BYTES))
-        except self._zstd.ZstdError as exc:
-            raise CorruptStorageError(f"archive segment {path}: bundle {bundle} does not decompress "
-                                      f"({exc})", path) from None
+            frame = self._dir.pread(fd, idx.offsets[i], idx.lengths[i], name)
+        finally:
+            os.close(fd)
+        dctx = self._zstd.ZstdDecompressor(dict_data=self.dictionary(seg["dictionary"])) \
+            if seg["dictionary"] else self._zstd.ZstdDecompressor()
+        raw = decompress(self._zstd, dctx, frame, _MAX_BUNDLE_BYTES, where)
+        data = split_bundle(raw, where)
+        got = bundle_hash(data)
+        want = idx.hashes[i] if self.tree is None else self.tree(bundle)
+        if got != want or got != idx.hashes[i]:
+            against = "the hash its index records" if self.tree is None else "the store's Merkle tree"
+            raise CorruptStorageError(f"{where} does not match {against}: the segment is damaged "
+                                      "(run krepis verify --archive)", self._path(name))
+        self._raw = (bundle, raw, data)
+        return raw, data
+
+    def bundle_bytes(self, bundle: int) -> bytes:
+        """Bundle ``bundle`` decompressed and checked: exactly the C2SP entry bundle
+        ``tile/entries/<bundle>``."""
+        return self._bundle(bundle)[0]
 
     def bundle_data(self, bundle: int) -> list[bytes]:
-        seg = self._segment_of(bundle)
-        return split_bundle(self.bundle_bytes(bundle), f"{self._path(seg['file'])} bundle {bundle}")
+        """The canonical bytes of bundle ``bundle``'s 256 entries (checked)."""
+        return self._bundle(bundle)[1]
 
     def bundle_logs(self, bundle: int) -> list[TransactionLog]:
         if self._cache is not None and self._cache[0] == bundle:
@@ -157,7 +208,7 @@ class ArchiveReader:
             seg = self._segment_of(bundle)
             raise CorruptStorageError(f"archive segment {self._path(seg['file'])}: bundle {bundle} holds "
                                       f"an entry that is not a TransactionLog ({exc})",
-                                      self.directory) from None
+                                      self._path(seg["file"])) from None
         base = self.first_seq + bundle * WIDTH
         logs = [make_log(p.timestamp, p.op_name, p.request_id, p.status, p.duration_us, p.error, base + i)
                 for i, p in enumerate(plain)]
@@ -177,9 +228,16 @@ class ArchiveReader:
         return out
 
     def get(self, seq: int) -> TransactionLog | None:
+        """Archived entry ``seq`` of this log; ``None`` for a seq before the log. A seq past the
+        archive's end — asked for because the store no longer holds it — is a
+        ``ValidationError``: the archive is not (or no longer) the one the store was archived to."""
         leaf = seq - self.first_seq
-        if not 0 <= leaf < self.bundles * WIDTH:
+        if leaf < 0:
             return None
+        if leaf >= self.bundles * WIDTH:
+            raise ValidationError(f"entry {seq} is not in the archive at {self.directory} ({MANIFEST} ends "
+                                  f"at seq {self.first_seq + self.bundles * WIDTH}): is it this store's "
+                                  "archive directory, or an older copy of it?")
         return self.bundle_logs(leaf // WIDTH)[leaf % WIDTH]
 
     # one candidate bundle with what ordering needs: (min ts, max ts, bundle)
@@ -190,13 +248,18 @@ class ArchiveReader:
             first = seg["first_bundle"]
             if first >= nbundles:
                 break
-            if query.since is not None and seg["max_ts"] < query.since:
+            # (a format-1 manifest has no checksum: its time ranges are used once checked, below)
+            if self.version >= 2 and query.since is not None and seg["max_ts"] < query.since:
                 continue
-            if query.until is not None and seg["min_ts"] >= query.until:
+            if self.version >= 2 and query.until is not None and seg["min_ts"] >= query.until:
                 continue
             idx = self.segment_index(seg)
             numbers = idx.bundles_of(key) if key is not None else range(len(idx.offsets))
             for i in numbers:
+                if i >= len(idx.offsets):
+                    path = self._path(seg["file"])
+                    raise CorruptStorageError(f"archive segment {path} is damaged: its request-id index "
+                                              f"names bundle {i} of {len(idx.offsets)}", path)
                 if first + i >= nbundles:
                     continue
                 if query.since is not None and idx.max_ts[i] < query.since:

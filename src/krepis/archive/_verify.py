@@ -8,80 +8,60 @@ import os
 from .._errors import CorruptStorageError, ValidationError
 from ..storage import Storage
 from ..tlog._merkle import TILE_HEIGHT
-from ._format import (
-    FORMAT,
-    MANIFEST,
-    VERSION,
-    WIDTH,
-    _check_directory,
-    _log_of,
-    _read_manifest,
-    _sha256_file,
-    bundle_hash,
-)
+from ._files import ArchiveDir
+from ._format import WIDTH
+from ._manifest import log_of, new_manifest
 from ._policy import ArchiveVerifyReport
-from ._reader import ArchiveReader
+from ._reader import ArchiveReader, read_manifest
+
+
+def _check_file(adir: ArchiveDir, name: str, sha256: str, size: int | None, what: str = "") -> None:
+    fd = adir.open_file(name)
+    assert fd is not None
+    try:
+        got, length = adir.sha256(fd, name)
+    finally:
+        os.close(fd)
+    if got != sha256 or (size is not None and length != size):
+        where = adir.where(name)
+        raise CorruptStorageError(f"archive file {where} does not match its checksum{what}", where)
 
 
 def verify_archive(directory: str | os.PathLike[str], storage: Storage | None) -> ArchiveVerifyReport:
     """Check every file the manifest names against its checksum, every bundle's entries against
     the hash recorded for it, and — for the store's current log — against the tree's stored
-    height-8 node. Raises :class:`CorruptStorageError` naming the file (and bundle) at fault."""
-    path = _check_directory(directory, create=False)
-    manifest = _read_manifest(path)
-    if manifest is None:
-        manifest = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "logs": []}
-    head = None if storage is None else storage.tree_head()
-    if storage is not None and head is not None:
-        live = storage.live_first_seq()
-        cur = _log_of(manifest, head.epoch)
-        end = head.first_seq + (0 if cur is None else cur["bundles"] * WIDTH)
-        if end < live:
-            raise ValidationError(f"the store's entries before seq {live} are not in the archive at {path} "
-                                  f"(it ends at seq {end}): is it the store's archive directory?")
-    segments = bundles = entries = 0
-    for ident, meta in manifest["dictionaries"].items():
-        file = os.path.join(path, meta["file"])
-        if not os.path.exists(file):
-            raise CorruptStorageError(f"archive file {file} is missing", file)
-        if _sha256_file(file) != meta["sha256"]:
-            raise CorruptStorageError(f"archive file {file} does not match its checksum (dictionary {ident})",
-                                      file)
-    for log in manifest["logs"]:
-        if head is not None and log["epoch"] == head.epoch and log["first_seq"] != head.first_seq:
-            raise ValidationError(f"the archive at {path} holds another log {head.epoch} than the store's")
-        current = head is not None and log["epoch"] == head.epoch
-        reader = ArchiveReader(path, log["epoch"], log["first_seq"])
-        expect = 0
-        for seg in log["segments"]:
-            file = os.path.join(path, seg["file"])
-            if not os.path.exists(file):
-                raise CorruptStorageError(f"archive file {file} is missing", file)
-            if _sha256_file(file) != seg["sha256"]:
-                raise CorruptStorageError(f"archive file {file} does not match its checksum", file)
-            if seg["first_bundle"] != expect:
-                raise CorruptStorageError(f"archive file {file} starts at bundle {seg['first_bundle']}; "
-                                          f"bundle {expect} is missing", file)
-            idx = reader.segment_index(seg)
-            for i in range(seg["bundles"]):
-                k = seg["first_bundle"] + i
-                data = reader.bundle_data(k)
-                got = bundle_hash(data)
-                if got != idx.hashes[i]:
-                    raise CorruptStorageError(f"archive file {file}: bundle {k} does not match its "
-                                              "recorded hash", file)
-                if current:
-                    assert storage is not None
-                    stored = storage.tree_node(TILE_HEIGHT, k)
-                    if stored != got:
-                        raise CorruptStorageError(
-                            f"archive file {file}: bundle {k} (entries {log['first_seq'] + k * WIDTH}…) "
-                            "does not match the store's Merkle tree", file)
-                bundles += 1
-                entries += len(data)
-            expect += seg["bundles"]
-            segments += 1
-        if expect != log["bundles"]:
-            raise CorruptStorageError(f"{path}/{MANIFEST}: log {log['epoch']} lists {log['bundles']} "
-                                      f"bundles; its segments hold {expect}", path)
-    return ArchiveVerifyReport(path, segments, bundles, entries)
+    height-8 node. Only the files the manifest names (by the names the format derives) are
+    opened, inside the directory. Raises :class:`CorruptStorageError` naming the file (and
+    bundle) at fault."""
+    with ArchiveDir.open(directory, create=False) as adir:
+        path = adir.path
+        manifest = read_manifest(adir) or new_manifest("")
+        head = None if storage is None else storage.tree_head()
+        if storage is not None and head is not None:
+            live = storage.live_first_seq()
+            cur = log_of(manifest, head.epoch)
+            end = head.first_seq + (0 if cur is None else cur["bundles"] * WIDTH)
+            if end < live:
+                raise ValidationError(f"the store's entries before seq {live} are not in the archive at "
+                                      f"{path} (it ends at seq {end}): is it the store's archive directory?")
+        segments = bundles = entries = 0
+        for ident, meta in manifest["dictionaries"].items():
+            _check_file(adir, meta["file"], meta["sha256"], meta["bytes"], f" (dictionary {ident})")
+        for log in manifest["logs"]:
+            if head is not None and log["epoch"] == head.epoch and log["first_seq"] != head.first_seq:
+                raise ValidationError(f"the archive at {path} holds another log {head.epoch} than the "
+                                      "store's")
+            current = head is not None and log["epoch"] == head.epoch
+            tree = None
+            if current:
+                assert storage is not None
+                tree = lambda k, s=storage: s.tree_node(TILE_HEIGHT, k)  # noqa: E731
+            reader = ArchiveReader(adir, log["epoch"], log["first_seq"], tree, manifest)
+            for seg in log["segments"]:
+                _check_file(adir, seg["file"], seg["sha256"], seg["bytes"])
+                reader.segment_index(seg)
+                for k in range(seg["first_bundle"], seg["first_bundle"] + seg["bundles"]):
+                    entries += len(reader.bundle_data(k))  # (checked against the tree / the index)
+                    bundles += 1
+                segments += 1
+        return ArchiveVerifyReport(path, segments, bundles, entries)

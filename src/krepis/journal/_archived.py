@@ -45,11 +45,12 @@ class _ArchiveMethods:
     def _archive_reader(self, storage: Storage, directory: str | os.PathLike[str],
                         head: TreeHead | None = None) -> ArchiveReader:
         """A reader of the current log's archived bundles, refused (``ValidationError``) when
-        the archive is of another store: its last bundle must be the tree's stored hash."""
+        the archive is of another store: its last bundle must be the tree's stored hash. Every
+        bundle it reads is checked against the tree's stored node (``CorruptStorageError``)."""
         from ..archive import ArchiveReader
 
         head = storage.tree_head() if head is None else head
-        reader = ArchiveReader(directory, head.epoch, head.first_seq)
+        reader = ArchiveReader(directory, head.epoch, head.first_seq, lambda k: storage.tree_node(8, k))
         if reader.bundles and storage.tree_node(8, reader.bundles - 1) != reader.last_hash:
             raise ValidationError(f"the archive at {reader.directory} is of another store: its bundle "
                                   f"{reader.bundles - 1} does not match this journal's Merkle tree")
