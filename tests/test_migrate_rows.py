@@ -139,6 +139,18 @@ def test_a_key_that_disagrees_with_its_entry_is_refused(tmp_path: Path) -> None:
     _refused(store, r"format-1 entry 2 .* its key says timestamp 999 and request id b'r1', its value 11")
 
 
+@pytest.mark.parametrize(("key", "says"), [
+    (b"0000000000000000011:99999999999999999999:r1", r"sequence number 99999999999999999999, past 2\*\*64-1"),
+    (b"0000000000000000011:0000000000000000000x:r1", r"malformed format-1 key"),
+    (b"0000000000000000011:+0000000000000000002:r1", r"malformed format-1 key"),
+    (b"short", r"malformed format-1 key"),
+])
+def test_a_malformed_format1_key_is_refused_naming_it(tmp_path: Path, key: bytes, says: str) -> None:
+    store = tmp_path / "store"
+    _write_format1(store, [g.to_json().encode() for g in GOOD], [], keys={2: key})
+    _refused(store, says)
+
+
 #: valid entries whose JSON is not the canonical form, each with the entry it holds
 CARRIED: list[tuple[bytes, TransactionLog]] = [
     (b'{ "timestamp": 20, "op_name": "sp", "request_id": "a", "status": "Started" }',

@@ -132,7 +132,11 @@ def _format1_key(path: str, key: bytes) -> tuple[int, int, bytes]:
             or not key[20:40].isdigit():
         raise CorruptStorageError(f"storage at {path}: malformed format-1 key {key[:60]!r} (not "
                                   "timestamp:sequence:request id); nothing was changed", path)
-    return int(key[20:40]), int(key[:19]), key[41:]
+    seq = int(key[20:40])
+    if seq >= 2**64:
+        raise CorruptStorageError(f"storage at {path}: format-1 key {key[:60]!r} holds sequence number "
+                                  f"{seq}, past 2**64-1; nothing was changed", path)
+    return seq, int(key[:19]), key[41:]
 
 
 def _bad_entry(path: str, seq: int, what: str) -> CorruptStorageError:
@@ -199,8 +203,8 @@ def _build_lmdb(path: str, dir_fd: int, work: str, work_fd: int,
         new = LmdbStorage(work, durable=False)
         order_path = os.path.join(work, _ORDER)
         os.close(create_exclusive(_ORDER, work_fd, order_path))  # never through a link
-        order_env = lmdb.open(order_path, subdir=False, lock=False, sync=False, metasync=False,
-                              map_size=1 << 40, create=False)
+        order_env = lmdb.open(f"/proc/self/fd/{work_fd}/{_ORDER}", subdir=False, lock=False,
+                              sync=False, metasync=False, map_size=1 << 40, create=False)
         with old.begin() as src:
             try:
                 journal = old.open_db(b"journal", txn=src, create=False)

@@ -34,7 +34,6 @@ class Offline:
         from ._env import open_in_this_process
 
         self.path = path
-        self.created = create and not os.path.lexists(path)
         self.dir_fd = open_directory(path, create)
         self._lock_fd = -1
         try:
