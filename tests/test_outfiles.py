@@ -130,6 +130,9 @@ def test_backup_refuses_a_destination_others_can_write(tmp_path: Path, mode: int
     with pytest.raises(StorageError, match=rf"{dest} is writable by"):
         backup(tmp_path / "live", dest)
     assert os.listdir(dest) == [] and stat.S_IMODE(dest.stat().st_mode) == mode
+    with pytest.raises(StorageError, match="which users other than you and root can change"):
+        backup(tmp_path / "live", dest / "inside")  # a new directory in it: refused, removed
+    assert os.listdir(dest) == []
 
 
 def test_backup_never_writes_through_a_link_and_makes_private_files(tmp_path: Path) -> None:

@@ -164,7 +164,11 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
     dest = os.path.abspath(os.fspath(destination))
     check_path(dest)
     missing = _missing_dirs(dest)
-    dir_fd = open_directory(dest, create=True)
+    try:
+        dir_fd = open_directory(dest, create=True)
+    except BaseException:
+        _remove_created(dest, missing)
+        raise
     made_data = False
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)  # openers wait until the copy is whole
@@ -192,14 +196,19 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
         if made_data:  # the destination was empty: everything in it is this backup's
             for name in (DATA, LOCK, LOG, LOG + ".new"):
                 remove_at(name, dir_fd)
-        if missing:
-            try:
-                os.rmdir(dest)
-            except OSError:
-                pass
+        _remove_created(dest, missing)
         raise
     finally:
         os.close(dir_fd)
+
+
+def _remove_created(dest: str, missing: list[str]) -> None:
+    """Undo the creation of ``dest`` (only when this call created it, and it is empty)."""
+    if missing:
+        try:
+            os.rmdir(dest)
+        except OSError:
+            pass
 
 
 def _same_or_inside(inner: str, outer: str) -> bool:
@@ -276,11 +285,7 @@ def restore(
                     remove_at(STAGE, dir_fd)
                 raise
     except BaseException:
-        if missing:  # created by this restore: gone again (it is empty)
-            try:
-                os.rmdir(dest)
-            except OSError:
-                pass
+        _remove_created(dest, missing)
         raise
     return BackupResult(dest, checked.entries, checked.tree_size, checked.root, checked.checkpoint,
                         checked.signed_size, checked.signed_origin)
