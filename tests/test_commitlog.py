@@ -332,3 +332,57 @@ def test_a_small_ring_laps_many_times_and_loses_nothing(tmp_path: Path,
                                           duration_us=i), increment="op")
     assert pointer(store)[1] > 10 * (64 << 10)
     _expect(store, 5000)
+
+
+_DIE_IN_A_CLEAR = """
+import os
+from krepis.storage.lmdb import _commitlog
+real_pending, real_write = _commitlog.CommitLog.write_pending, _commitlog.CommitLog.write
+def write_pending(self, end):
+    real_pending(self, end)
+    if end and {when!r} == "before the commit":
+        os._exit(0)
+def write(self, position, record):
+    if int.from_bytes(record[36:37], "little") == _commitlog.BARRIER and {when!r} == "after the commit":
+        os._exit(0)  # committed in LMDB, the barrier not written, the head not moved
+    real_write(self, position, record)
+_commitlog.CommitLog.write_pending, _commitlog.CommitLog.write = write_pending, write
+j.clear_all()
+"""
+
+
+@pytest.mark.parametrize("when", ["before the commit", "after the commit"])
+def test_a_process_killed_inside_a_change_outside_the_log_leaves_the_store_whole(tmp_path: Path,
+                                                                                  when: str) -> None:
+    """A clear is committed in LMDB, not logged: killed before its commit, it never happened;
+    after it, it did — and the writes before it are there either way."""
+    store = tmp_path / "s"
+    write_and_die(store, 10, code=_DIE_IN_A_CLEAR.format(when=when))
+    with SovereignJournal(store) as journal:
+        ops = [e.op_name for e in journal.query(order="append", newest_first=False)]
+        if when == "before the commit":
+            assert ops == ["op"] * 10 and journal.recover_op_count("op") == 10
+        else:
+            assert ops == ["journal_cleared"] and journal.recover_op_count("op") == 0
+        assert journal.verify().entries == len(ops)
+        journal.record(TransactionLog(1, "op", "after", LogStatus.Completed), increment="op")
+
+
+@pytest.mark.parametrize("when", ["before the commit", "after the commit"])
+def test_a_writer_in_another_process_goes_on_after_one_died_inside_a_change_outside_the_log(
+        tmp_path: Path, when: str) -> None:
+    """The surviving process learns from commit.state that a change was pending: committed (LMDB
+    says so) it starts again from LMDB's pointer, else it clears the announcement. Its writes
+    land in both cases, and the counter stays equal to the entries."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as survivor:
+        survivor.record(TransactionLog(1, "op", "first", LogStatus.Completed), increment="op")
+        write_and_die(store, 10, code=_DIE_IN_A_CLEAR.format(when=when))
+        assert survivor.recover_op_count("op") == (11 if when == "before the commit" else 0)
+        survivor.record(TransactionLog(2, "op", "second", LogStatus.Completed), increment="op")
+        count = survivor.journal_count()
+        assert survivor.recover_op_count("op") == (12 if when == "before the commit" else 1)
+        assert survivor.verify().entries == count
+    with SovereignJournal(store) as reopened:
+        assert reopened.journal_count() == count and reopened.verify().entries == count
+        assert reopened.query(order="append", newest_first=True, limit=1)[0].request_id == "second"

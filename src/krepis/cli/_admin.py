@@ -186,9 +186,12 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
 def migrate(ctx: click.Context, as_json: bool) -> None:
     """Convert a store written by an older krepis to the current storage format.
 
-    Entries (every field, in their append order) and counters are kept exactly. A crash at any
-    point leaves either the old store untouched or the complete new one. Stop every process
-    using the store first; a store already in the current format is left as it is.
+    Entries (every field, in their append order) and counters are kept exactly. Every row is
+    checked by the rules of a write first: a malformed one stops the migration, named by its
+    format-1 sequence number, and nothing changes. The new store must pass verify() before it
+    replaces the old one; a crash at any point leaves either the old store untouched or the
+    complete new one. Stop every process using the store first; a store already in the current
+    format is left as it is.
     """
     from ..storage import migrate as run_migration
 

@@ -5,17 +5,39 @@ from typing import Any
 
 import click
 
-from ._common import _emit_json, _storage, _storage_option, cli
+from ._common import _emit_json, _storage, _storage_option, cli, inert
 from ._tlog import _b64, _verifiers
 
 
-def _summary(what: str, result: Any, as_json: bool) -> None:
+def _summary(what: str, result: Any, as_json: bool, signatures: bool) -> None:
     if as_json:
-        _emit_json({"path": result.path, "entries": result.entries, "tree_size": result.tree_size,
-                    "root": _b64(result.root), "checkpoint": result.checkpoint})
-    else:
-        click.echo(f"{what} {result.path}: {result.entries} entries, tree of {result.tree_size} leaves "
-                   f"(root {_b64(result.root)}), verified")
+        out = {"path": result.path, "entries": result.entries, "tree_size": result.tree_size,
+               "root": _b64(result.root), "checkpoint": result.checkpoint}
+        if signatures:
+            out.update(signed_size=result.signed_size, signed_origin=result.signed_origin,
+                       unsigned=result.unsigned)
+        _emit_json(out)
+        return
+    click.echo(f"{what} {inert(result.path)}: {result.entries} entries, tree of {result.tree_size} "
+               f"leaves (root {_b64(result.root)}), verified")
+    if signatures:
+        click.echo(_proved(result))
+
+
+def _proved(result: Any) -> str:
+    """What the signatures prove, in one line."""
+    size, total = result.signed_size, result.tree_size
+    if result.signed_origin is not None:
+        origin = inert(result.signed_origin)
+        if result.unsigned == 0:
+            return f"signed: the checkpoint of {origin} covers all {total} leaves"
+        covered = f"leaves 0–{size - 1}" if size else "no leaf"
+        return (f"signed: the checkpoint of {origin} covers {covered} ({size} of {total}); the "
+                f"{result.unsigned} leaves after it are covered by no signature")
+    if result.checkpoint is not None:
+        return ("no signature checked (give --vkey): the newest checkpoint matches the tree, but "
+                f"nothing proves who wrote any of the {total} leaves")
+    return f"no signature checked (no checkpoint kept): nothing proves who wrote any of the {total} leaves"
 
 @cli.command()
 @click.argument("destination", metavar="DEST")
@@ -31,7 +53,7 @@ def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
     """
     from ..storage import backup as run_backup
 
-    _summary("backed up to", run_backup(_storage(ctx), destination), as_json)
+    _summary("backed up to", run_backup(_storage(ctx), destination), as_json, signatures=False)
 
 @cli.command()
 @click.argument("source", metavar="SRC")
@@ -44,10 +66,13 @@ def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
 def restore(ctx: click.Context, source: str, force: bool, vkeys: tuple[str, ...], as_json: bool) -> None:
     """Verify the backup SRC, then make it the store at --storage.
 
-    The backup is checked first (entries, indexes, Merkle tree, and its newest checkpoint —
-    signature too with --vkey); a store already there is replaced only with --force.
+    A copy of the backup is checked first (entries, indexes, Merkle tree, every kept checkpoint
+    against the tree; with --vkey, the newest checkpoint's signature, which must verify), then
+    brought into place; a store already there is replaced only with --force. The output says
+    what the signatures prove: the leaves the newest checked checkpoint covers, and how many
+    after it no signature covers.
     """
     from ..storage import restore as run_restore
 
     result = run_restore(source, _storage(ctx), force=force, verifiers=list(_verifiers(vkeys)))
-    _summary("restored into", result, as_json)
+    _summary("restored into", result, as_json, signatures=True)

@@ -6,13 +6,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, cast
+from typing import IO
 
 import click
 from rich.cells import cell_len
 
 from .._model import TransactionLog
 from ..journal import SovereignJournal
+from ..storage._outfiles import atomic_output
 from ._common import (
     _READ_POLICY,
     _emit_json,
@@ -176,7 +177,11 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
 @click.pass_context
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
            since: int | None, until: int | None, output: str, archive: str | None) -> None:
-    """Export the journal as JSON Lines, oldest first (one entry per line, stored form)."""
+    """Export the journal as JSON Lines, oldest first (one entry per line, stored form).
+
+    -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
+    if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
+    """
     selection = _selection(op, status, request_id, since, until, archive)
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         entries = select_entries(journal, selection, newest_first=False, limit=None)
@@ -184,8 +189,10 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
             to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
             _to_stdout(to_text(entry) for entry in entries)
             return
-        with click.open_file(output, "w", encoding="utf-8") as out:
-            count = _write_entries(cast(IO[str], out), entries)
+        # A file is replaced whole (written beside it, flushed, renamed over it) or left as it
+        # was; a FIFO or a terminal is written as the stream it is.
+        with atomic_output(output) as out:
+            count = _write_entries(out, entries)
     click.echo(f"exported {count} entries to {inert(output)}", err=True)
 
 def _write_entries(out: IO[str], entries: Iterable[TransactionLog]) -> int:

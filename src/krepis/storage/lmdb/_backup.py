@@ -2,11 +2,21 @@
 
 A backup is a consistent copy taken from one read transaction while writers keep writing
 (LMDB's copy; its compacting variant crashes on stores with duplicate-sorted databases in the
-LMDB that py-lmdb bundles, so the copy keeps free pages), written to a new directory, made durable and
-checked (``verify()``) before it is reported done. A restore checks the backup the same way —
-and, when given verifier keys, its latest checkpoint's signature and root — before it brings it
-into place; it never replaces a live store unless told to, and then only when no process has it
-open.
+LMDB that py-lmdb bundles, so the copy keeps free pages), written into a new directory, flushed
+(the file, then the directory) and checked (``verify()``) before it is reported done.
+
+A restore copies the backup into a staging directory inside the destination, checks that copy —
+``verify()``, every kept checkpoint of the current log against the tree, and, when given verifier
+keys, the newest checkpoint's signature — and only then renames its ``data.mdb`` into place. What
+it reports is what it proved: the newest checkpoint whose signature was checked covers the first
+``signed_size`` leaves of the tree; the ``unsigned`` leaves after it are covered by no signature
+(anyone who could write the backup could have rewritten them consistently). It never replaces a
+live store unless told to, and then only when no process has it open.
+
+Both apply the checks of opening a store to the destination (owner, modes, the path to it: see
+``_paths.open_directory``), work relative to the pinned directory and create every file with
+``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600 (``.._outfiles``): a symbolic link planted under a
+name krepis writes is never followed.
 
 PostgreSQL journals are backed up with PostgreSQL's own tools (``pg_dump``/``pg_basebackup``);
 see ``docs/operations.md``.
@@ -16,26 +26,53 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..._errors import StorageError, ValidationError
+from ..._errors import InvalidTypeError, JournalError, StorageError, ValidationError
+from .._outfiles import create_exclusive, fsync_dir, fsync_fd, make_private_dir, remove_at
 from ..postgres._url import is_postgres_url
+from ._commitlog import STATE
+from ._offline import DATA, LOCK, LOG, Offline
+from ._paths import check_path, open_directory
+from ._state import NO_LOG, LogPointer
 from ._store import LmdbStorage
 
+if TYPE_CHECKING:
+    from ...tlog._note import Verifier
+
 __all__ = ["BackupResult", "backup", "restore"]
+
+#: the staging directory of a restore, inside the destination (removed when it is done; a
+#: restore that was killed leaves it behind, and the next one removes it)
+STAGE = ".restore"
 
 
 @dataclass(frozen=True)
 class BackupResult:
-    """What a backup or restore holds: ``entries``, the Merkle tree's ``tree_size`` and
-    ``root``, and the newest checkpoint of the current log (or ``None``)."""
+    """What a backup or restore holds and what was proved about it.
+
+    ``entries`` (in the store), the Merkle tree's ``tree_size`` and ``root`` — all checked by
+    ``verify()`` — and ``checkpoint``, the newest kept checkpoint of the current log (or
+    ``None``), whose root matches the tree. ``signed_size``: how many leaves (from the first)
+    the newest checkpoint covers when its signature was checked with the verifier keys given,
+    else 0; ``signed_origin`` names its log. ``unsigned`` = ``tree_size - signed_size``: the
+    leaves after it, which no checked signature covers.
+    """
 
     path: str
     entries: int
     tree_size: int
     root: bytes
     checkpoint: str | None
+    signed_size: int = 0
+    signed_origin: str | None = None
+
+    @property
+    def unsigned(self) -> int:
+        """Leaves of the tree that no checked signature covers."""
+        return self.tree_size - self.signed_size
 
 
 def _no_postgres(location: object) -> None:
@@ -44,77 +81,152 @@ def _no_postgres(location: object) -> None:
                            "'krepis_*', or pg_basebackup); see docs/operations.md")
 
 
-def _check(path: str, verifiers: list[object] | None) -> BackupResult:
-    """Open the store at ``path`` read-only in effect and check everything in it."""
-    from ...tlog._note import Verifier, open_note, parse_checkpoint
+def _keys(verifiers: Sequence[Verifier] | None) -> list[Verifier]:
+    from ...tlog._note import Verifier
+
+    keys = list(verifiers or [])
+    for key in keys:
+        if not isinstance(key, Verifier):
+            raise InvalidTypeError(f"verifiers must be krepis.tlog.Verifier keys (Verifier.parse(text)), "
+                                   f"got {type(key).__name__} {key!r:.60}")
+    return keys
+
+
+def _check(path: str, keys: list[Verifier]) -> BackupResult:
+    """Open the store at ``path`` and check everything in it (see :class:`BackupResult`)."""
+    from ...tlog._note import NoteError, open_note, parse_checkpoint
     from ...tlog._reader import TreeReader
+
     storage = LmdbStorage(path, durable=False, create=False)
     try:
         report = storage.verify()
         head = storage.tree_head()
-        mine = [(size, note) for epoch, size, _origin, note in storage.checkpoints() if epoch == head.epoch]
-        note = max(mine)[1] if mine else None
-        if note is not None:
-            keys = [v for v in verifiers or [] if isinstance(v, Verifier)]
-            text = open_note(note, keys) if keys else note[:note.rfind("\n\n") + 1]
-            cp = parse_checkpoint(text)
-            if cp.size > head.size or TreeReader(storage, head).root(cp.size) != cp.root:
-                raise ValidationError(f"{path}: the newest checkpoint (tree size {cp.size}) does not "
-                                      "match the entries")
-        elif verifiers:
-            raise ValidationError(f"{path} holds no checkpoint of its current log to check the keys against")
-        return BackupResult(path, report.entries, report.tree_size, report.root, note)
+        mine = sorted((size, note) for epoch, size, _origin, note in storage.checkpoints()
+                      if epoch == head.epoch)
+        reader = TreeReader(storage, head)
+        for size, note in mine:
+            try:
+                cp = parse_checkpoint(note[:note.rfind("\n\n") + 1])
+            except NoteError as exc:
+                raise ValidationError(f"{path}: the kept checkpoint of tree size {size} is malformed "
+                                      f"({exc})") from None
+            if cp.size != size or cp.size > head.size or reader.root(cp.size) != cp.root:
+                raise ValidationError(f"{path}: the checkpoint of tree size {cp.size} does not match "
+                                      f"the entries (one before seq {head.first_seq + cp.size} "
+                                      "changed)")
+        newest = mine[-1] if mine else None
+        signed, origin = 0, None
+        if keys:
+            if newest is None:
+                raise ValidationError(f"{path} holds no checkpoint of its current log to check the "
+                                      "keys against")
+            try:
+                cp = parse_checkpoint(open_note(newest[1], keys))
+            except NoteError as exc:
+                raise ValidationError(f"{path}: its newest checkpoint (tree size {newest[0]}) does not "
+                                      f"verify with the keys given: {exc}") from None
+            signed, origin = cp.size, cp.origin
+        return BackupResult(path, report.entries, report.tree_size, report.root,
+                            newest[1] if newest else None, signed, origin)
     finally:
         storage.close()
 
 
-def _fsync(path: str) -> None:
-    """Make a file (or a directory's entries) durable."""
-    fd = os.open(path, os.O_RDONLY)
+def _copy(storage: LmdbStorage, fd: int, where: str) -> None:
+    """LMDB's consistent copy of the open store (one read transaction) into ``fd``, flushed —
+    after LMDB was brought up to date with the commit log, so the copy holds every write
+    acknowledged before it began."""
+    import lmdb
+
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        storage.checkpoint()
+        storage._env.copyfd(fd)
+    except lmdb.Error as exc:
+        raise StorageError(f"copying {storage.location} into {where} failed: {exc}", where) from exc
+    fsync_fd(fd, where)
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, innermost first."""
+    out = []
+    while not os.path.lexists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
 
 
 def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> BackupResult:
-    """Copy the store at ``source`` into the new directory ``destination`` (its parent must
-    exist; the directory itself must not, or be empty) while writers keep writing."""
+    """Copy the store at ``source`` into the new directory ``destination`` (created with its
+    parents, mode 0700; an existing one must be empty and pass the checks of a store directory)
+    while writers keep writing. The copy is durable — its file, its directory and the new
+    directories' parents flushed — and checked before this returns; on failure, what this
+    created is removed."""
     _no_postgres(source)
+    _no_postgres(destination)
     dest = os.path.abspath(os.fspath(destination))
-    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
-        raise StorageError(f"backup destination {dest} exists and is not an empty directory", dest)
-    created = not os.path.exists(dest)
+    check_path(dest)
+    missing = _missing_dirs(dest)
     try:
-        os.makedirs(dest, mode=0o700, exist_ok=True)
-        os.chmod(dest, 0o700)
-    except OSError as exc:
-        raise StorageError(f"cannot create backup directory {dest}: {exc.strerror}", dest) from None
+        dir_fd = open_directory(dest, create=True)
+    except BaseException:
+        _remove_created(dest, missing)
+        raise
+    made_data = False
     try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # openers wait until the copy is whole
+        if os.listdir(dir_fd):
+            raise StorageError(f"backup destination {dest} exists and is not an empty directory", dest)
         # Read only: no flush policy of our own, so a process that has the journal open under
         # an interval policy can back it up too.
         storage = LmdbStorage(source, durable=False, create=False)
         try:
-            storage.checkpoint()  # every write acknowledged so far, applied to data.mdb (synced)
-            storage._env.copy(dest)
+            data = os.path.join(dest, DATA)
+            fd = create_exclusive(DATA, dir_fd, data)
+            made_data = True
+            try:
+                _copy(storage, fd, data)
+            finally:
+                os.close(fd)
         finally:
             storage.close()
-        data = os.path.join(dest, "data.mdb")
-        os.chmod(data, 0o600)
-        _fsync(data)
-        _fsync(dest)
-        return _check(dest, None)
+        fsync_fd(dir_fd, dest)
+        for created in missing:  # their entries in their parents
+            fsync_dir(os.path.dirname(created))
+        fcntl.flock(dir_fd, fcntl.LOCK_UN)
+        checked = _check(dest, [])
+        # the check's open gave the copy a commit log of its own (a synced LMDB commit, partly
+        # through LMDB's O_DSYNC descriptor): flush the file once more, by this process's own hand
+        fd = os.open(DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            fsync_fd(fd, os.path.join(dest, DATA))
+        finally:
+            os.close(fd)
+        return checked
     except BaseException:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        else:  # it was an empty directory: leave it empty
-            for name in os.listdir(dest):
-                path = os.path.join(dest, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+        if made_data:  # the destination was empty: everything in it is this backup's
+            for name in (DATA, LOCK, LOG, LOG + ".new", STATE):
+                remove_at(name, dir_fd)
+        _remove_created(dest, missing)
         raise
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_created(dest: str, missing: list[str]) -> None:
+    """Undo the creation of ``dest`` (only when this call created it, and it is empty)."""
+    if missing:
+        try:
+            os.rmdir(dest)
+        except OSError:
+            pass
+
+
+def _same_or_inside(inner: str, outer: str) -> bool:
+    a, b = os.path.realpath(inner), os.path.realpath(outer)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
 def restore(
@@ -122,57 +234,121 @@ def restore(
     destination: str | os.PathLike[str],
     *,
     force: bool = False,
-    verifiers: list[object] | None = None,
+    verifiers: Sequence[Verifier] | None = None,
 ) -> BackupResult:
     """Check the backup at ``source``, then make it the store at ``destination``.
 
-    A destination that holds a store is replaced only with ``force=True``, and only when no
-    process has it open; the replacement is one atomic rename of ``data.mdb`` (its old commit
-    log is removed first: it describes the file being replaced)."""
-    from ._files import exclusive_lmdb_lock
-
+    The destination gets the checks of a store directory (created with its parents when
+    missing). A destination that holds a store is replaced only with ``force=True``, and only
+    when no process has it open; a directory holding anything but a store is never used. The
+    backup is copied into ``destination/.restore/`` and that copy is checked (see
+    :class:`BackupResult`; with ``verifiers``, the newest checkpoint must carry a valid signature
+    of one of them, else :class:`ValidationError`); then the destination's commit log (which
+    describes the file being replaced) is removed and the copy's ``data.mdb`` renamed into
+    place: one atomic, durable step. Nothing at the destination changes when a check fails."""
+    _no_postgres(source)
     _no_postgres(destination)
+    keys = _keys(verifiers)
     src = os.path.abspath(os.fspath(source))
-    checked = _check(src, verifiers)
     dest = os.path.abspath(os.fspath(destination))
-    data = os.path.join(dest, "data.mdb")
-    from ._env import open_in_this_process
-
-    if os.path.lexists(dest) and os.listdir(dest) and not force:
-        raise StorageError(f"{dest} already holds a store; restoring over it needs --force (and no "
-                           "process using it)", dest)
-    if open_in_this_process(dest):
-        raise StorageError(f"storage at {dest} is open in this process; close it before restoring "
-                           "over it", dest)
-    os.makedirs(dest, mode=0o700, exist_ok=True)
-    dir_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    lock_fd = -1
+    check_path(src)
+    check_path(dest)
+    if os.path.lexists(dest) and _same_or_inside(src, dest):
+        raise StorageError(f"the backup {src} is the destination {dest} or inside it; restore it "
+                           "elsewhere", dest)
+    missing = _missing_dirs(dest)
+    staged = False
     try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        if os.path.exists(os.path.join(dest, "lock.mdb")):
-            lock_fd = exclusive_lmdb_lock(dest)
-        # The destination's commit log describes the data file being replaced: it goes first
-        # (the first open makes a new one for the restored file).
-        try:
-            os.unlink("commit.log", dir_fd=dir_fd)
-            os.fsync(dir_fd)
-        except FileNotFoundError:
-            pass
-        tmp = os.path.join(dest, ".restore.mdb")
-        shutil.copyfile(os.path.join(src, "data.mdb"), tmp)
-        os.chmod(tmp, 0o600)
-        _fsync(tmp)
-        os.replace(tmp, data)
-        os.fsync(dir_fd)
-        if lock_fd >= 0:
-            import lmdb
+        with Offline(dest, create=True, command="krepis restore") as off:
+            dir_fd = off.dir_fd
+            try:
+                names = set(os.listdir(dir_fd))
+                if DATA in names and not force:
+                    raise StorageError(f"{dest} already holds a store; restoring over it needs "
+                                       "--force (and no process using it)", dest)
+                # a directory that is neither empty nor a store is not restored into (the
+                # careless `--storage ~`); other names beside a store's data.mdb are left alone
+                others = sorted(names - {DATA, LOCK, LOG, LOG + ".new", STATE, STAGE, ".migrate"})
+                if others and DATA not in names:
+                    shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+                    raise StorageError(f"{dest} is not a krepis store and is not empty ({shown}); "
+                                       "restore into an empty or new directory", dest)
+                stage = os.path.join(dest, STAGE)
+                remove_at(STAGE, dir_fd)  # what a killed restore left behind
+                stage_fd = make_private_dir(STAGE, dir_fd, stage)
+                staged = True
+                try:
+                    checked = _stage(src, stage, stage_fd, keys)
+                    # The restored data.mdb names no commit log: swapped in first, it makes the
+                    # destination's old log (which describes the file being replaced) a
+                    # leftover the first open replaces — so a crash at any point leaves either
+                    # the old store whole, with its log, or the restored one.
+                    os.rename(DATA, DATA, src_dir_fd=stage_fd, dst_dir_fd=dir_fd)
+                    fsync_fd(dir_fd, dest)
+                    for name in (LOG, LOG + ".new", STATE):
+                        remove_at(name, dir_fd)
+                    fsync_fd(dir_fd, dest)
+                finally:
+                    os.close(stage_fd)
+                off.rebuild_lock_table()
+                remove_at(STAGE, dir_fd)
+                fsync_fd(dir_fd, dest)
+                for created in missing:  # their entries in their parents
+                    fsync_dir(os.path.dirname(created))
+            except BaseException:
+                if staged:
+                    remove_at(STAGE, dir_fd)
+                raise
+    except BaseException:
+        _remove_created(dest, missing)
+        raise
+    return BackupResult(dest, checked.entries, checked.tree_size, checked.root, checked.checkpoint,
+                        checked.signed_size, checked.signed_origin)
 
-            # the lock table describes the replaced file: this process holds the exclusive lock,
-            # so its open rebuilds the table
-            lmdb.open(dest, max_dbs=16, map_size=1 << 20, subdir=True).close()
-            lock_fd = -1
+
+def _name_no_log(dir_fd: int, where: str) -> None:
+    """Make the checked copy's ``data.mdb`` name no commit log (one synced LMDB commit): it moves
+    without the log its check made, and the first open makes one for it."""
+    import lmdb
+
+    env = lmdb.open(f"/proc/self/fd/{dir_fd}", max_dbs=16, map_size=1 << 40, subdir=True,
+                    create=False)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            txn.put(b"log", LogPointer(NO_LOG, 0, 0).pack(), db=meta)
+    except lmdb.Error as exc:
+        raise StorageError(f"cannot prepare {where} to be restored: {exc}", where) from exc
     finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)
-        os.close(dir_fd)
-    return BackupResult(dest, checked.entries, checked.tree_size, checked.root, checked.checkpoint)
+        env.close()
+
+
+def _stage(src: str, stage: str, stage_fd: int, keys: list[Verifier]) -> BackupResult:
+    """Copy the backup into the staging directory, flush it and check the copy; errors name the
+    backup."""
+    data = os.path.join(stage, DATA)
+    try:
+        storage = LmdbStorage(src, durable=False, create=False)
+        try:
+            fd = create_exclusive(DATA, stage_fd, data)
+            try:
+                _copy(storage, fd, data)
+            finally:
+                os.close(fd)
+        finally:
+            storage.close()
+        checked = _check(stage, keys)
+    except JournalError as exc:
+        text = str(exc).replace(stage, src)
+        if isinstance(exc, StorageError):
+            raise type(exc)(text, src) from None
+        raise type(exc)(text) from None
+    _name_no_log(stage_fd, stage)
+    # the check's open may have written the file (never its data): flush again before the rename
+    fd = os.open(DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stage_fd)
+    try:
+        fsync_fd(fd, data)
+    finally:
+        os.close(fd)
+    fsync_fd(stage_fd, stage)
+    return checked

@@ -16,7 +16,7 @@ import lmdb
 from ..._errors import CorruptStorageError
 from ._commitlog import BARRIER, LOG, Record, decode_payload
 from ._layout import _wrap
-from ._state import Shared, read_log_pointer, read_seq
+from ._state import LogPointer, Shared, read_log_pointer, read_seq
 from ._tail import TailRecord, decode_entries
 
 __all__ = ["catch_up", "to_tail_record"]
@@ -40,10 +40,24 @@ def to_tail_record(record: Record, path: str) -> TailRecord:
                       increments)
 
 
-def catch_up(shared: Shared) -> None:
+def catch_up(shared: Shared, *, appending: bool = False) -> None:
     """Add to the tail the records other processes appended since this process last looked
-    (the caller holds ``mu``)."""
+    (the caller holds ``mu``; with ``appending``, the log's append lock too).
+
+    A change outside the log announced as pending (``_store._outside_log``) was made by a
+    process that holds the append lock — or died holding it. If LMDB's pointer says it was
+    committed, the tail starts again from there; if not and this caller holds the append lock,
+    its process died before committing: the announcement is cleared, and nothing happened."""
     log, tail = shared.log, shared.tail
+    pending = log.read_pending()
+    if pending:
+        pointer = _pointer(shared)[0]
+        if pointer.position >= pending > 0 and pointer.position > tail.end:
+            _resync(shared)
+        if appending:
+            if pointer.position >= pending > 0:
+                log.write_head(pointer.position)
+            log.write_pending(0)
     head = log.read_head()
     tries = 0
     while head < 0 and tries < 100:  # a head being written: read it again
@@ -74,16 +88,21 @@ def catch_up(shared: Shared) -> None:
         tail.add(record)
 
 
-def _resync(shared: Shared) -> bool:
-    """This process fell behind: when LMDB has applied past its tail (the records it missed may
-    be overwritten by now), restart the tail from LMDB's pointer. ``False`` when not so."""
-    tail = shared.tail
+def _pointer(shared: Shared) -> tuple[LogPointer, int]:
+    """LMDB's commit-log pointer and next seq, now."""
     try:
         with shared.env.begin() as txn:
-            pointer = read_log_pointer(txn, shared.meta, shared.path)
-            seq = read_seq(txn, shared.meta, shared.path)
+            return read_log_pointer(txn, shared.meta, shared.path), read_seq(txn, shared.meta, shared.path)
     except lmdb.Error as exc:
         raise _wrap(exc, shared.path, "reading the commit-log pointer") from exc
+
+
+def _resync(shared: Shared) -> bool:
+    """This process fell behind: when LMDB has applied past its tail (the records it missed may
+    be overwritten by now, or a change was made outside the log), restart the tail from LMDB's
+    pointer. ``False`` when not so."""
+    tail = shared.tail
+    pointer, seq = _pointer(shared)
     if pointer.position <= tail.end:
         return False
     tail.reset(pointer.position, pointer.link, seq)

@@ -53,9 +53,11 @@ _RING_MIN, _RING_MAX = 64 << 10, 1 << 30
 _SUPER = struct.Struct("<8sI4x16sQQ")  # magic, version, log id, ring start, ring size
 _SUPER_MAGIC = b"KRPSCLOG"
 _SUPER_AT = (0, 2048)
-#: commit.state: the head at 0 (end, end ^ 2**64-1: a torn read shows as a mismatch), the marker
-#: at 64 (magic, the log's id, the durable end, a CRC)
+#: commit.state: the head at 0 (end, end ^ 2**64-1: a torn read shows as a mismatch), a pending
+#: change made outside the log at 16 (the same shape; 0: none), the marker at 64 (magic, the
+#: log's id, the durable end, a CRC)
 _HEAD_AT = 0
+_PENDING_AT = 16
 _HEAD = struct.Struct("<QQ")
 _MARK_AT = 64
 _MARK = struct.Struct("<8s16sQ")
@@ -271,6 +273,7 @@ class CommitLog:
             body = _MARK.pack(_MARK_MAGIC, log_id, durable)
             page = bytearray(_STATE_SIZE)
             page[_HEAD_AT:_HEAD_AT + _HEAD.size] = _HEAD.pack(head, head ^ _ALL)
+            page[_PENDING_AT:_PENDING_AT + _HEAD.size] = _HEAD.pack(0, _ALL)
             page[_MARK_AT:_MARK_AT + _MARK.size + 4] = body + _CRC.pack(_crc(body))
             os.pwrite(fd, bytes(page), 0)
         except BaseException:
@@ -296,6 +299,19 @@ class CommitLog:
     def write_head(self, end: int) -> None:
         if self._state is not None:
             _HEAD.pack_into(self._state, _HEAD_AT, end, end ^ _ALL)
+
+    def read_pending(self) -> int:
+        """Where the log continues after a change outside it that its process began and may or
+        may not have committed (see ``_store._outside_log``); 0: none, -1: being written."""
+        state = self._state
+        if state is None:
+            return 0
+        end, check = _HEAD.unpack_from(state, _PENDING_AT)
+        return end if end ^ check == _ALL else -1
+
+    def write_pending(self, end: int) -> None:
+        if self._state is not None:
+            _HEAD.pack_into(self._state, _PENDING_AT, end, end ^ _ALL)
 
     def write_marker(self, durable: int) -> None:
         """Record that the log is durable up to ``durable`` (after a flush that made it so). Not

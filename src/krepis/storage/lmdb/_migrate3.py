@@ -26,11 +26,13 @@ from typing import Any, cast
 import lmdb
 
 from ..._errors import CorruptStorageError, JournalError, StorageError
+from .._outfiles import create_exclusive, fsync_fd, make_private_dir, remove_at
 from ._apply import put_entries
 from ._commitlog import decode_payload
 from ._files import DATA, LOG, MIGRATE_DIR, meta_txnid
 from ._layout import _MAX_U64, _TREE_HDR, _U64, COUNTER_PREFIX, FORMAT_VERSION
 from ._legacy_log import LegacyLog
+from ._offline import Offline
 from ._state import NO_LOG, LogPointer, Shared
 from ._tail import decode_entries
 
@@ -39,9 +41,10 @@ __all__ = ["format3_to_4"]
 _DBS = (b"entries", b"index", b"ops", b"stats", b"tree", b"checkpoints", b"meta")
 
 
-def format3_to_4(path: str, dir_fd: int) -> tuple[int, int]:
-    """Convert the format-3 store at ``path`` (the caller holds the directory lock and LMDB's
-    exclusive lock); returns (entries, counters)."""
+def format3_to_4(path: str, off: Offline) -> tuple[int, int]:
+    """Convert the format-3 store at ``path``, held offline by ``off`` (the directory lock and
+    LMDB's exclusive lock, the directory pinned); returns (entries, counters)."""
+    dir_fd = off.dir_fd
     try:
         log_fd = os.open(LOG, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -57,7 +60,7 @@ def format3_to_4(path: str, dir_fd: int) -> tuple[int, int]:
         pending = list(log.records(slot))
         if metas == slot.metas and not pending:
             return _in_place(path, dir_fd)
-        return _via_copy(path, dir_fd, log, slot, metas, pending)
+        return _via_copy(path, off, log, slot, metas, pending)
     finally:
         if log_fd >= 0:
             os.close(log_fd)
@@ -86,62 +89,57 @@ def _convert(env: lmdb.Environment, path: str) -> tuple[int, int]:
 
 
 def _in_place(path: str, dir_fd: int) -> tuple[int, int]:
-    env = lmdb.open(path, max_dbs=16, map_size=1 << 40, subdir=True)  # fully synced commits
+    # fully synced commits, through the pinned directory
+    env = lmdb.open(f"/proc/self/fd/{dir_fd}", max_dbs=16, map_size=1 << 40, subdir=True, create=False)
     try:
         done = _convert(env, path)
     finally:
-        env.close()
-    try:
-        os.unlink(LOG, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    os.fsync(dir_fd)
+        env.close()  # (drops this process's locks on lock.mdb: the directory lock remains)
+    remove_at(LOG, dir_fd)
+    fsync_fd(dir_fd, path)
     return done
 
 
-def _via_copy(path: str, dir_fd: int, log: LegacyLog, slot: Any, metas: bytes,
+def _via_copy(path: str, off: Offline, log: LegacyLog, slot: Any, metas: bytes,
               pending: list[tuple[int, int, bytes, int]]) -> tuple[int, int]:
+    dir_fd = off.dir_fd
     at = meta_txnid(metas, log.page_size)
     if metas != slot.metas and at < slot.txnid:
         raise CorruptStorageError(
             f"storage at {path}: data.mdb is at transaction {at}, older than the checkpoint of its "
             f"{LOG} (transaction {slot.txnid}): they do not belong together. Nothing was changed", path)
     work = os.path.join(path, MIGRATE_DIR)
-    shutil.rmtree(work, ignore_errors=True)  # what a crashed migration left behind
-    os.mkdir(work, 0o700)
+    remove_at(MIGRATE_DIR, dir_fd)  # what a killed migration left behind (a link: not followed)
+    work_fd = make_private_dir(MIGRATE_DIR, dir_fd, work)
     try:
         copy = os.path.join(work, DATA)
-        with open(os.path.join(path, DATA), "rb") as src, \
-                open(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as dst:
+        src_fd = os.open(DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        with open(src_fd, "rb") as src, open(create_exclusive(DATA, work_fd, copy), "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
-            os.fsync(dst.fileno())
+            fsync_fd(dst.fileno(), copy)
         if metas != slot.metas:  # the checkpoint's snapshot, as format 3's recovery does it
-            fd = os.open(copy, os.O_RDWR | os.O_NOFOLLOW)
+            fd = os.open(DATA, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work_fd)
             try:
                 os.pwrite(fd, slot.metas, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        env = lmdb.open(work, max_dbs=16, map_size=1 << 40, subdir=True)
+        env = lmdb.open(f"/proc/self/fd/{work_fd}", max_dbs=16, map_size=1 << 40, subdir=True)
         try:
             _replay(env, path, slot, pending)
             entries, counters = _convert(env, path)
         finally:
             env.close()
         _verify(work, path)
-        os.replace(copy, os.path.join(path, DATA))  # the one atomic step
-        os.fsync(dir_fd)
-        try:
-            os.unlink(LOG, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        os.fsync(dir_fd)
+        os.rename(DATA, DATA, src_dir_fd=work_fd, dst_dir_fd=dir_fd)  # the one atomic step
+        fsync_fd(dir_fd, path)
+        remove_at(LOG, dir_fd)  # (a crash before this: a leftover the first open replaces)
+        fsync_fd(dir_fd, path)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    # LMDB's lock table still describes the old file; an exclusive open rebuilds it (this
-    # process holds the exclusive lock, so its open is the exclusive one).
-    lmdb.open(path, max_dbs=16, map_size=1 << 20, subdir=True).close()
+        os.close(work_fd)
+        remove_at(MIGRATE_DIR, dir_fd)
+    off.rebuild_lock_table()  # LMDB's lock table still describes the old file
     return entries, counters
 
 

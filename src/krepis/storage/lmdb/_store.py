@@ -154,7 +154,7 @@ class LmdbStorage(_Views, Storage):
             shared.refuse_if_failed()
             shared.files.check_attached()  # never a write acknowledged into a deleted store
             log.check_attached()
-            catch_up(shared)
+            catch_up(shared, appending=True)
             tail = shared.tail
             at = log.place(tail.end, size)
             if at + size > shared.floor + log.ring:
@@ -268,9 +268,16 @@ class LmdbStorage(_Views, Storage):
 
     # -- changes outside the log -------------------------------------------------------------
     def _outside_log(self, body: Callable[[Any], Any], doing: str) -> Any:
-        """A change LMDB makes itself: with every writer of every process held off, apply the
-        whole log, commit ``body`` (synced), and leave a barrier record after it, so that other
-        processes drop what they hold of the tail and read LMDB afresh."""
+        """A change LMDB makes itself. With every writer of every process held off (the writer
+        lock, then the log's append lock): apply the whole log; announce the change as *pending*
+        in ``commit.state``; commit ``body`` in LMDB (synced) with the log's pointer moved past a
+        barrier record; only then write the barrier, move the head and clear the announcement.
+
+        So whatever instant the process dies at, the store stays whole: before the commit the
+        change never happened (the next writer finds LMDB's pointer where the log ends and clears
+        the announcement); after it, LMDB's pointer says so (the next writer, or reader, starts
+        again from there). And a barrier in the log always follows a committed change: recovery
+        finding one after LMDB's pointer knows ``data.mdb`` is older than the log."""
         if self._closed or self._generation != _env.generation():
             self._check()
         shared = self._shared
@@ -279,39 +286,35 @@ class LmdbStorage(_Views, Storage):
             with shared.writer_lock(), shared.appending():
                 shared.refuse_if_failed()
                 log.check_attached()
+                catch_up(shared, appending=True)
                 apply_tail(shared, locked=True, doing=doing)
                 tail = shared.tail
                 size = record_size(0)
                 at = log.place(tail.end, size)
-                with self._env.begin(write=True) as txn:
-                    self._check()
-                    result = body(txn)
-                    seq = self._read_tree(txn)[0]
-                    pointer = read_log_pointer(txn, self._meta, self.location)
-                    if pointer.position != tail.end:
-                        raise CorruptStorageError(f"storage at {self.location}: LMDB applied the log up to "
-                                                  f"{pointer.position}, not {tail.end}", self.location)
-                    raw, crc = CommitLog.encode(BARRIER, at, shared.durable, seq, tail.link, b"")
-                    after = LogPointer(pointer.log_id, at + size, crc)
-                    txn.put(b"log", after.pack(), db=self._meta)
-                    log.write(at, raw)  # before the commit: a failed commit erases it again
-                    written = True
+                log.write_pending(at + size)
                 try:
-                    log.write_head(at + size)
+                    with self._env.begin(write=True) as txn:
+                        self._check()
+                        result = body(txn)
+                        seq = self._read_tree(txn)[0]
+                        pointer = read_log_pointer(txn, self._meta, self.location)
+                        if pointer.position != tail.end:
+                            raise CorruptStorageError(f"storage at {self.location}: LMDB applied the log up "
+                                                      f"to {pointer.position}, not {tail.end}", self.location)
+                        raw, crc = CommitLog.encode(BARRIER, at, shared.durable, seq, tail.link, b"")
+                        after = LogPointer(pointer.log_id, at + size, crc)
+                        txn.put(b"log", after.pack(), db=self._meta)
                 except BaseException:
-                    shared.failed = StorageError(f"storage at {self.location}: the commit log's head could "
-                                                 "not be written after a change outside it", self.location)
+                    log.write_pending(0)  # (not committed: nothing happened)
                     raise
+                log.write(at, raw)
+                log.write_head(at + size)
+                log.write_pending(0)
                 tail.reset(after.position, after.link, seq)
                 shared.floor = after.position
                 shared.first_unapplied = 0.0
                 return result
         except BaseException as exc:
-            if "written" in locals() and "after" in locals() and shared.tail.end != after.position:
-                try:
-                    log.write(at, bytes(size))  # the commit failed: no barrier may follow it
-                except OSError as erase_exc:
-                    shared.failed = erase_exc
             if isinstance(exc, (lmdb.Error, OSError)):
                 raise _wrap(exc, self.location, doing) from exc
             raise

@@ -1,28 +1,46 @@
 """``krepis migrate`` for PostgreSQL journals: format 1 to the current format, in one
-transaction."""
+transaction (see :mod:`krepis.storage._migration` for the guarantees).
+
+Every format-1 row is read in sequence order and checked by the rules of a write; the entries
+are appended by the engine's own write path (``PostgresStorage._append``: rows, leaves over the
+canonical bytes, the tree), and the engine's ``verify()`` runs on the new tables inside the same
+transaction before it commits.
+"""
 
 from __future__ import annotations
 
-import struct
-from hashlib import sha256
+from typing import Any
 
 from ..._errors import CorruptStorageError, JournalError, StorageError
-from .._migration import MigrationResult, Progress
+from ..._model import TransactionLog, encode_log
+from ...tlog._merkle import append_leaf, leaf_hash, root_from_frontier
+from .._migration import MigrationResult, Progress, counter_name, format1_entry
+from .._port import WriteRequest
 
 __all__ = ["migrate_postgres"]
 
-_U64 = struct.Struct("<Q")
-
-_SEQ = struct.Struct(">Q")
-
 _CHUNK = 4096
+
+
+def _engine(where: str) -> Any:
+    """The engine's write and verify steps, run on the migration's own connection (its pool is
+    never opened: ``_append`` and ``_verify`` use only the cursor or connection given)."""
+    from ._store import PostgresStorage
+
+    engine = PostgresStorage.__new__(PostgresStorage)
+    engine.location = where
+    return engine
+
+
+def _bad(where: str, what: str) -> CorruptStorageError:
+    return CorruptStorageError(f"PostgreSQL at {where}: {what}; nothing was changed", where)
+
 
 def migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - the postgres extra is missing
         raise StorageError("a postgresql:// storage needs psycopg (the 'postgres' extra)") from exc
-    from ...tlog._merkle import append_leaf
     from ._schema import _LOCK_ID, FORMAT_VERSION, SCHEMA, _first_line, _params, redact
 
     where = redact(url)
@@ -45,69 +63,21 @@ def migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
                                           f"krepis migrates format 1 to {FORMAT_VERSION}", where)
             # No writer of either format can commit meanwhile.
             conn.execute("LOCK TABLE krepis_journal, krepis_stats, krepis_state IN EXCLUSIVE MODE")
-            conn.execute(SCHEMA)
-            total = conn.execute("SELECT count(*) FROM krepis_journal").fetchone()[0]  # type: ignore[index]
-            # New sequence numbers: format 1's order, numbered from 0 without gaps.
-            conn.execute("CREATE TEMP TABLE krepis_renumber ON COMMIT DROP AS SELECT seq AS old, "
-                         "row_number() OVER (ORDER BY seq) - 1 AS new FROM krepis_journal")
-            # PostgreSQL's JSON operators cannot produce a text holding NUL (\u0000): entries whose
-            # JSON has one are decoded here instead.
-            conn.execute("""
-                INSERT INTO krepis_entries (seq, timestamp, op_name, request_id, status, duration_us,
-                                            error, leaf)
-                SELECT m.new, timestamp, e->>'op_name', request_id,
-                       CASE e->>'status' WHEN 'Started' THEN 1 WHEN 'Completed' THEN 2
-                                         WHEN 'Failed' THEN 3 END,
-                       (e->>'duration_us')::bigint, convert_to(e->>'error', 'UTF8'),
-                       sha256('\\x00'::bytea || convert_to(entry, 'UTF8'))
-                FROM (SELECT seq, timestamp, request_id, entry, entry::json AS e FROM krepis_journal
-                      WHERE strpos(entry, '\\u0000') = 0) j
-                JOIN krepis_renumber m ON m.old = j.seq
-            """)
-            special = conn.execute(
-                "SELECT m.new, entry FROM krepis_journal j JOIN krepis_renumber m ON m.old = j.seq "
-                "WHERE strpos(entry, '\\u0000') > 0").fetchall()
-            if special:
-                from ..._model import decode_log, encode_log
-                from .._codec import STATUS_CODE
-
-                rows = []
-                for new_seq, text in special:
-                    log = decode_log(text.encode("utf-8"))
-                    rows.append((new_seq, log.timestamp, log.op_name, log.request_id,
-                                 STATUS_CODE[log.status], log.duration_us,
-                                 None if log.error is None else log.error.encode("utf-8"),
-                                 sha256(b"\x00" + encode_log(log)).digest()))
-                with conn.cursor() as plain:
-                    plain.executemany("INSERT INTO krepis_entries (seq, timestamp, op_name, request_id, "
-                                      "status, duration_us, error, leaf) VALUES "
-                                      "(%s, %s, %s, %s, %s, %s, %s, %s)", rows)
-            frontier: list[bytes] = []
-            size = 0
-            nodes: list[tuple[int, int, bytes]] = []
-
-            def on_node(level: int, index: int, node: bytes) -> None:
-                nodes.append((level, index, node))
-
-            with conn.cursor(name="krepis_migrate_leaves") as cur:
-                cur.itersize = 10000
-                cur.execute("SELECT leaf FROM krepis_entries ORDER BY seq")
-                for (leaf,) in cur:
-                    size = append_leaf(frontier, size, bytes(leaf), on_node)
-                    if progress and size % 10000 == 0:
-                        progress(size, int(total))
-            if size != total:
-                raise StorageError(f"migration of {where} copied {size} of {total} entries", where)
-            with conn.cursor() as plain:
-                plain.executemany("INSERT INTO krepis_tree (level, idx, hash) VALUES (%s, %s, %s)", nodes)
-            conn.execute("UPDATE krepis_log SET next_seq = %s, first_seq = 0, epoch = 0, frontier = %s, "
-                         "entries = %s WHERE id = 1", (size, b"".join(frontier), size))
-            n_counters = conn.execute("SELECT count(*) FROM krepis_stats").fetchone()[0]  # type: ignore[index]
+            counters = _counters(conn, where)
+            conn.execute(SCHEMA)  # (krepis_stats is the same table in both formats: it stays)
+            total = int(conn.execute("SELECT count(*) FROM krepis_journal").fetchone()[0])  # type: ignore[index]
+            engine = _engine(where)
+            size, root = _copy_entries(conn, engine, where, total, progress)
+            report = engine._verify(conn, f"PostgreSQL at {where}")
+            if (size, report.entries, report.tree_size) != (total, total, total) or report.root != root:
+                raise StorageError(f"migration of PostgreSQL at {where} went wrong: {size} of {total} "
+                                   f"entries read, the new tables hold {report.entries}; nothing was "
+                                   "changed", where)
             conn.execute("DROP TABLE krepis_journal, krepis_state")
             conn.execute("UPDATE krepis_meta SET value = %s WHERE key = 'format'", (str(FORMAT_VERSION),))
         if progress:
-            progress(int(total), int(total))
-        return MigrationResult(where, 1, FORMAT_VERSION, int(total), int(n_counters))
+            progress(total, total)
+        return MigrationResult(where, 1, FORMAT_VERSION, total, len(counters))
     except JournalError:
         raise
     except psycopg.Error as exc:
@@ -115,3 +85,47 @@ def migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
                            f"{_first_line(exc)}", where) from None
     finally:
         conn.close()
+
+
+def _counters(conn: Any, where: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, value in conn.execute("SELECT name, value FROM krepis_stats ORDER BY name").fetchall():
+        try:
+            out[counter_name(name)] = int(value)
+        except ValueError as exc:
+            raise _bad(where, f"format-1 counter {name!r:.60}: {exc}") from None
+    return out
+
+
+def _copy_entries(conn: Any, engine: Any, where: str, total: int,
+                  progress: Progress | None) -> tuple[int, bytes]:
+    """Append every format-1 entry, checked, in sequence order; the number read and the root of
+    the tree over their canonical bytes."""
+    frontier: list[bytes] = []
+    size = 0
+    no_counters: dict[str, Any] = {"names": [], "ks": []}
+    batch: list[tuple[TransactionLog, bytes]] = []
+    with conn.cursor(name="krepis_migrate_rows") as rows, conn.cursor() as cur:
+        rows.itersize = _CHUNK
+        rows.execute("SELECT seq, timestamp, request_id, entry FROM krepis_journal ORDER BY seq")
+        for seq, ts, rid, entry in rows:
+            try:
+                log = format1_entry(entry)
+            except ValueError as exc:
+                raise _bad(where, f"format-1 entry {seq} (its sequence number) is not a valid "
+                                  f"TransactionLog: {exc}") from None
+            if log.timestamp != ts or log.request_id != rid:
+                raise _bad(where, f"format-1 entry {seq} (its sequence number) is not a valid "
+                                  f"TransactionLog: its columns say timestamp {ts} and request id "
+                                  f"{rid[:60]!r}, its JSON {log.timestamp} and {log.request_id[:60]!r}")
+            canonical = encode_log(log)
+            batch.append((log, canonical))
+            size = append_leaf(frontier, size, leaf_hash(canonical))
+            if len(batch) >= _CHUNK:
+                engine._append(cur, [WriteRequest(batch, ())], no_counters)
+                batch = []
+                if progress:
+                    progress(size, total)
+        if batch:
+            engine._append(cur, [WriteRequest(batch, ())], no_counters)
+    return size, root_from_frontier(frontier)
