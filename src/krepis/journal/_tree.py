@@ -19,8 +19,17 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import ArchiveReader, RetentionPolicy
 from ..storage import Storage, TreeHead
-from ..tlog._note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
+from ..tlog._note import (
+    Checkpoint,
+    Signer,
+    format_checkpoint,
+    parse_checkpoint,
+    sign_note,
+)
 from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader
+
+#: the file in an export directory naming the tree exported into it last
+_MARKER = ".krepis-log"
 
 
 class _TreeMethods:
@@ -143,8 +152,13 @@ class _TreeMethods:
         (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
         Incremental: full tiles already there are kept. Returns how many files were written.
         Bundles of archived entries come from ``archive`` (needed only for those not exported
-        before they were archived)."""
-        from ..tlog._tiles import export_tiles
+        before they were archived).
+
+        Refused (``ValidationError``, nothing written): a directory holding another log or another
+        history of this one (its ``.krepis-log`` marker records the tree exported last), a
+        non-empty directory without a marker, and a symbolic link anywhere below the directory —
+        nothing is ever written through one. The checkpoint is written last, after every tile."""
+        from ..tlog._tiles import ExportDir, export_tiles
 
         note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
         if note is None:
@@ -155,29 +169,40 @@ class _TreeMethods:
         reader, entries = self.tile_sources(archive)
         # The directory's tiles must be of this log: the tree exported last time (recorded in the
         # marker) must be a prefix of today's — not so after a clear, or a restore from an older
-        # backup, and then full tiles on disk would belong to another history.
-        marker = os.path.join(target, ".krepis-log")
-        if os.path.exists(marker):
-            with open(marker, encoding="utf-8") as f:
-                fields = dict(line.split(" ", 1) for line in f.read().splitlines() if " " in line)
-            try:
-                old_size, old_root = int(fields["size"]), bytes.fromhex(fields["root"])
-                same = (int(fields["first_seq"]), int(fields["epoch"])) == (
-                    reader.head.first_seq, reader.head.epoch) and old_size <= size \
-                    and reader.root(old_size) == old_root
-            except (KeyError, ValueError):
-                same = False
-            if not same:
+        # backup, and then full tiles on disk would belong to another history. A directory with
+        # files but no marker may hold anything: refused too. The marker is written before the
+        # tiles, so an export cut short is resumed, not refused, by the next one.
+        with ExportDir(target) as out:
+            marker = os.path.join(target, _MARKER)
+            text = out.read(_MARKER, 4096)
+            if text is None:
+                if out.names():
+                    raise ValidationError(
+                        f"{target} is not empty and has no {_MARKER} marker of a krepis export: it may "
+                        "hold the tiles of another history; export into an empty or new directory")
+            elif not self._same_history(text, reader, size):
                 raise ValidationError(f"{target} holds the tiles of another log, or of another history "
                                       f"of this one (see {marker}); export into a new directory")
-        os.makedirs(target, exist_ok=True)
-        written = export_tiles(target, note, size, reader.node, entries)
+            out.write(_MARKER, (f"store {self.path}\nfirst_seq {reader.head.first_seq}\n"
+                                f"epoch {reader.head.epoch}\nsize {size}\n"
+                                f"root {reader.root(size).hex()}\n").encode())
+            written = export_tiles(out, note, size, reader.node, entries)
         reader.check_same_log()
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write(f"store {self.path}\nfirst_seq {reader.head.first_seq}\nepoch {reader.head.epoch}\n"
-                    f"size {size}\nroot {reader.root(size).hex()}\n")
         return written
+
+    @staticmethod
+    def _same_history(text: bytes, reader: TreeReader, size: int) -> bool:
+        """Whether the tree a marker records is a prefix of the reader's tree of ``size`` leaves."""
+        try:
+            fields = dict(line.split(" ", 1) for line in text.decode("utf-8").splitlines() if " " in line)
+            old_size, old_root = int(fields["size"]), bytes.fromhex(fields["root"])
+            return (int(fields["first_seq"]), int(fields["epoch"])) == (
+                reader.head.first_seq, reader.head.epoch) and 0 <= old_size <= size \
+                and reader.root(old_size) == old_root
+        except (KeyError, ValueError):
+            return False
 
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
         return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
+
