@@ -14,7 +14,14 @@ import click
 from .._errors import JournalError, ValidationError
 from ..journal import SovereignJournal
 from ..tlog import verify_consistency
-from ..tlog._note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
+from ..tlog._note import (
+    NoteError,
+    Signer,
+    Verifier,
+    generate_signer,
+    open_checkpoint,
+    parse_checkpoint,
+)
 from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
 
 
@@ -136,78 +143,143 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
 
 @cli.command()
 @click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
-              help="A verifier key (file or the key itself): checkpoint signatures must verify.")
+              help="A verifier key (file or the key itself): checkpoint signatures must verify. With "
+                   "--vkey, verify needs --trusted.")
+@click.option("--trusted", "trusted", metavar="FILE|DIR", default=None,
+              help="The newest checkpoint you trust: a signed checkpoint you kept (krepis checkpoint "
+                   "prints one), or a krepis tlog export directory (its checkpoint). Verify fails "
+                   "unless today's log extends it. Needs --vkey.")
 @click.option("--tlog", "tlog_dir", metavar="DIR", default=None,
               help="Check an exported tiles tree in DIR instead of the store (needs --vkey).")
 @click.option("--archive", "archive", metavar="DIR", default=None,
               help="Also check the archive in DIR: every file against the manifest's checksum, every "
-                   "archived bundle against the Merkle tree.")
+                   "archived entry against the Merkle tree.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_storage_option
 @click.pass_context
-def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool,
-           archive: str | None) -> None:
+def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
+           as_json: bool, archive: str | None) -> None:
     """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
     was edited, deleted, reordered or inserted.
 
     Recomputes every leaf from the stored entries against the stored Merkle tree, checks every
     index row, and each kept checkpoint: its signature (with --vkey), its root against the
-    tree, and its consistency with the next one.
+    tree, and its consistency with the next. With --vkey and --trusted, proves that today's log
+    extends the checkpoint you trust — the store's own checkpoints prove nothing alone, since
+    whoever can write the store can delete them; archived entries need --archive then.
     """
     verifiers = _verifiers(vkeys)
+    if trusted is not None and not verifiers:
+        raise click.UsageError("--trusted needs --vkey: the checkpoint is only as good as its signature")
+    trusted_note = None if trusted is None else _trusted_note(trusted)
     if tlog_dir is not None:
         from ..tlog._tiles import check_tiles
 
         if not verifiers:
             raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
         try:
-            result = check_tiles(tlog_dir, verifiers)
+            trusted_cp = None if trusted_note is None else open_checkpoint(trusted_note, verifiers)
+        except NoteError as exc:
+            raise click.ClickException(f"{trusted}: {exc}") from None
+        try:
+            result = check_tiles(tlog_dir, verifiers, trusted=trusted_cp)
         except (ValidationError, OSError) as exc:
             raise click.ClickException(f"{tlog_dir}: {exc}") from None
-        out = {"tlog": tlog_dir, "origin": result.checkpoint.origin, "tree_size": result.checkpoint.size,
-               "root": _b64(result.checkpoint.root), "tiles": result.tiles, "ok": True}
-        _emit_json(out) if as_json else click.echo(
+        found: dict[str, Any] = {"tlog": tlog_dir, "origin": result.checkpoint.origin,
+                                 "tree_size": result.checkpoint.size, "root": _b64(result.checkpoint.root),
+                                 "tiles": result.tiles, "ok": True}
+        if trusted_cp is not None:
+            found["trusted"] = {"origin": trusted_cp.origin, "tree_size": trusted_cp.size}
+        _emit_json(found) if as_json else click.echo(
             f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
-            f"{result.checkpoint.origin} (tree size {result.checkpoint.size})")
+            f"{result.checkpoint.origin} (tree size {result.checkpoint.size})"
+            + ("" if trusted_cp is None else
+               f", which extends the trusted checkpoint (tree size {trusted_cp.size})"))
         return
+    if verifiers and trusted_note is None:
+        raise click.ClickException(
+            "--vkey needs the newest checkpoint you trust: pass --trusted FILE (a signed checkpoint you "
+            "kept: krepis checkpoint prints one) or --trusted DIR (a krepis tlog export directory). "
+            "The checkpoints kept in the store prove nothing by themselves: whoever can write the store "
+            "can delete them")
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        report = journal.verify()
+        if trusted_note is not None:
+            try:
+                proved = journal.verify_extends(trusted_note, verifiers, archive=archive)
+            except NoteError as exc:
+                raise click.ClickException(f"{trusted}: {exc}") from None
+            entries, archived_entries, tree_size, root = (proved.entries, proved.archived, proved.tree_size,
+                                                          proved.root)
+        else:
+            report = journal.verify()
+            entries, archived_entries, tree_size, root = report.entries, 0, report.tree_size, report.root
         archived = None if archive is None else journal.verify_archive(archive)
         head = journal.tree_head()
-        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers)
-    out = {"entries": report.entries, "tree_size": report.tree_size, "root": _b64(report.root),
-           "checkpoints": checked, "checkpoints_of_earlier_logs": earlier, "ok": True}
+        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive)
+    out: dict[str, Any] = {"entries": entries, "tree_size": tree_size, "root": _b64(root),
+                           "checkpoints": checked, "checkpoints_of_earlier_logs": earlier,
+                           "signatures_checked": bool(verifiers), "ok": True}
+    if trusted_note is not None:
+        out["archived_entries"] = archived_entries
+        out["trusted"] = {"origin": proved.checkpoint.origin, "tree_size": proved.checkpoint.size}
     if archived is not None:
         out["archive"] = {"directory": archived.directory, "segments": archived.segments,
                           "bundles": archived.bundles, "entries": archived.entries}
     if as_json:
         _emit_json(out)
+        return
+    counted = f"{entries} entries" + (f" and {archived_entries} archived" if archived_entries else "")
+    if trusted_note is not None:
+        counted += (f", tree of {tree_size} leaves extends the trusted checkpoint of "
+                    f"{proved.checkpoint.origin} (tree size {proved.checkpoint.size})")
     else:
-        click.echo(f"ok: {report.entries} entries, tree of {report.tree_size} leaves, "
-                   f"{checked} checkpoint(s) consistent"
-                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
-                   + ("" if archived is None else
-                      f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
-                      f"{archived.segments} segment(s) match"))
+        counted += f", tree of {tree_size} leaves"
+    click.echo(f"ok: {counted}, {checked} checkpoint(s) consistent"
+               + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
+               + ("" if verifiers else " (signatures not checked: pass --vkey and --trusted)")
+               + ("" if archived is None else
+                  f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
+                  f"{archived.segments} segment(s) match"))
 
-def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier]) -> tuple[int, int]:
+#: the largest checkpoint note read (C2SP asks verifiers to take 16 signatures of up to ~5 kB)
+_MAX_NOTE = 1 << 20
+
+def _trusted_note(path: str) -> str:
+    """The signed checkpoint in the file ``path``, or in ``path/checkpoint`` for a tlog export
+    directory: a regular file (never a FIFO or device), at most 1 MiB of UTF-8."""
+    from ..tlog._tiles import read_regular
+
+    file = os.path.join(path, "checkpoint") if os.path.isdir(path) else path
+    try:
+        return read_regular(file, _MAX_NOTE).decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file}: the checkpoint is not UTF-8") from None
+    except ValidationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier],
+                       archive: str | None) -> tuple[int, int]:
     checked = earlier = 0
     previous: tuple[int, bytes] | None = None
-    for note_epoch, note in journal.checkpoints():
+    kept = journal.checkpoints()
+    size = journal.tree_head().size  # read after them: every kept checkpoint is of a tree no bigger
+    for note_epoch, note in kept:
         if note_epoch != epoch:
             earlier += 1
             continue
         try:
-            text = open_note(note, verifiers) if verifiers else _note_text(note)
-            cp = parse_checkpoint(text)
+            cp = open_checkpoint(note, verifiers) if verifiers else parse_checkpoint(_note_text(note))
         except ValidationError as exc:
             raise JournalError(f"a stored checkpoint is bad: {exc}") from None
-        root = journal.tree_root(cp.size)
+        if cp.size > size:
+            raise JournalError(f"the stored checkpoint of tree size {cp.size} is of a bigger tree than the "
+                               f"journal's ({size} leaves): entries were removed")
+        root = journal.tree_root(cp.size, archive=archive)
         if root != cp.root:
             raise JournalError(f"the stored checkpoint of tree size {cp.size} does not match the tree: "
                                f"an entry before seq {journal.tree_head().first_seq + cp.size} changed")
         if previous is not None:
-            proof = journal.consistency_proof(previous[0], cp.size)
+            proof = journal.consistency_proof(previous[0], cp.size, archive=archive)
             if not verify_consistency(previous[0], cp.size, previous[1], cp.root, proof.path):
                 raise JournalError(f"checkpoints of sizes {previous[0]} and {cp.size} are inconsistent")
         previous = (cp.size, cp.root)

@@ -4,12 +4,13 @@ half of :class:`~krepis.SovereignJournal`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import (
     CorruptStorageError,
     InvalidTypeError,
+    JournalError,
     ValidationError,
 )
 from .._model import (
@@ -19,14 +20,17 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import ArchiveReader, RetentionPolicy
 from ..storage import Storage, TreeHead
+from ..tlog._merkle import TILE_HEIGHT, TreeChecker, verify_consistency
 from ..tlog._note import (
     Checkpoint,
     Signer,
+    Verifier,
     format_checkpoint,
+    open_checkpoint,
     parse_checkpoint,
     sign_note,
 )
-from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader
+from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader, TrustReport
 
 #: the file in an export directory naming the tree exported into it last
 _MARKER = ".krepis-log"
@@ -202,7 +206,117 @@ class _TreeMethods:
         except (KeyError, ValueError):
             return False
 
+    def verify_extends(self, trusted: str, verifiers: Sequence[Verifier | str], *,
+                       archive: str | os.PathLike[str] | None = None) -> TrustReport:
+        """Prove that the journal's current log extends ``trusted``: the signed checkpoint note of
+        the newest tree you trust (one you kept — ``sign_checkpoint`` returns it, ``krepis
+        checkpoint`` prints it, a ``tlog export`` directory holds it). Nothing kept in the store
+        is taken on faith: whoever can write the store can rewrite it, tree and checkpoints too.
+
+        Checked, in this order: the note's signature by one of ``verifiers`` (:class:`Verifier`
+        objects or their ``<name>+<id>+<key>`` text), by the key named as the checkpoint's origin;
+        the whole store (as :meth:`verify`: every entry against the stored tree); every entry
+        already archived — its leaves are no longer in the store — read from ``archive`` and
+        hashed against the stored tree; that the origin signed no checkpoint of an earlier log
+        (else the journal was cleared since: the log it signed has ended); that the log has at
+        least the checkpoint's size; and a consistency proof from the checkpoint to the tree of
+        every leaf checked. O(n) reads, as :meth:`verify`.
+
+        Raises :class:`~krepis.tlog.NoteError` (a ``ValidationError``) for a checkpoint that is
+        malformed or not signed by the key of its origin; ``ValidationError`` naming the archived
+        entries when ``archive`` is missing (they were not checked); ``CorruptStorageError``
+        naming the store when its log does not extend the checkpoint (history rewritten, rolled
+        back, cleared) or disagrees with itself or with the archive."""
+        if not isinstance(trusted, str):
+            raise InvalidTypeError(f"trusted must be a signed checkpoint note (str), got "
+                                   f"{type(trusted).__name__}")
+        if isinstance(verifiers, str) or not isinstance(verifiers, Sequence):
+            raise InvalidTypeError("verifiers must be a list of Verifier keys (or their text)")
+        keys: list[Verifier] = []
+        for v in verifiers:
+            if isinstance(v, str):
+                v = Verifier.parse(v)
+            if not isinstance(v, Verifier):
+                raise InvalidTypeError(f"a verifier must be a Verifier or its text, got {type(v).__name__}")
+            keys.append(v)
+        if not keys:
+            raise ValidationError("verify_extends needs the verifier key of the log: the checkpoint is only "
+                                  "as good as its signature")
+        checkpoint = open_checkpoint(trusted, keys)
+        storage = self._live()
+        before = storage.tree_head()
+        report = storage.verify()
+        head = storage.tree_head()
+        if (head.epoch, head.first_seq) != (before.epoch, before.first_seq):
+            raise JournalError(f"the journal at {self.path} was cleared while it was being verified; "
+                               "verify again")
+        origin = checkpoint.origin
+        for epoch, size, other, _note in storage.checkpoints():
+            if other == origin and epoch != head.epoch:
+                raise CorruptStorageError(
+                    f"the journal at {self.path} was cleared after {origin} signed a checkpoint of it "
+                    f"(tree size {size}, log {epoch}): the log the trusted checkpoint signed has ended, "
+                    f"its entries are gone (the current log, log {head.epoch}, began at seq "
+                    f"{head.first_seq})", self.path)
+        cleared = "" if head.epoch == 0 else (
+            f", or the journal was cleared since (its current log, log {head.epoch}, began at seq "
+            f"{head.first_seq})")
+        if checkpoint.size > report.tree_size:
+            raise CorruptStorageError(
+                f"the log of the journal at {self.path} has {report.tree_size} entries, fewer than the "
+                f"{checkpoint.size} of the trusted checkpoint of {origin}: entries were removed (or "
+                f"rolled back, as by a restore from an older backup){cleared}", self.path)
+        archived = storage.live_first_seq() - head.first_seq
+        leaf_data: Callable[[int, int], list[bytes]] | None = None
+        if archived > 0:
+            if archive is None:
+                raise ValidationError(
+                    f"entries {head.first_seq}…{head.first_seq + archived - 1} of the journal at "
+                    f"{self.path} are not in the store (archived, or removed): they were not checked "
+                    "against the tree; pass the archive directory (archive=DIR, --archive DIR)")
+            reader = self._archive_reader(storage, archive, head)
+            _check_archived(storage, reader, head, archived, self.path)
+            leaf_data = reader.leaf_data
+        tree = TreeReader(storage, head, leaf_data)
+        proof = tree.consistency(checkpoint.size, report.tree_size)
+        if not verify_consistency(checkpoint.size, report.tree_size, checkpoint.root, report.root,
+                                  proof.path):
+            raise CorruptStorageError(
+                f"the log of the journal at {self.path} does not extend the trusted checkpoint of {origin} "
+                f"(tree size {checkpoint.size}): its entries before seq {head.first_seq + checkpoint.size} "
+                f"are not the ones that checkpoint signed — the history was rewritten{cleared}", self.path)
+        return TrustReport(checkpoint, report.tree_size, report.root, report.entries, archived)
+
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
         return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
 
+
+def _check_archived(storage: Storage, reader: ArchiveReader, head: TreeHead, archived: int,
+                    path: str) -> None:
+    """Hash the ``archived`` leaves of the log from the archive's bundles and compare every stored
+    tree hash they complete, and the frontier they end in, with the store's: the stored hashes
+    that stand in for the archived entries are then the entries' own."""
+    width = 1 << TILE_HEIGHT
+    where = f"the archive at {reader.directory} and the journal at {path} disagree"
+    if archived % width:
+        raise CorruptStorageError(f"the journal at {path} holds its log from leaf {archived} on: not a "
+                                  f"whole number of bundles of {width}", path)
+    ours = TreeChecker(storage.tree_node, head.first_seq)
+    for bundle in range(archived // width):
+        data = reader.bundle_data(bundle)
+        if len(data) != width:
+            raise CorruptStorageError(f"{where}: bundle {bundle} holds {len(data)} entries, not {width}",
+                                      reader.directory)
+        try:
+            for entry in data:
+                ours.add(entry)
+        except ValueError as exc:
+            raise CorruptStorageError(f"{where}: {exc}", reader.directory) from None
+    stored = TreeChecker(storage.tree_node, head.first_seq)
+    try:
+        stored.resume(archived)
+    except ValueError as exc:
+        raise CorruptStorageError(f"storage at {path}: {exc}", path) from None
+    if stored.frontier != ours.frontier:
+        raise CorruptStorageError(f"{where}: the tree of the archived entries is not the stored one", path)
