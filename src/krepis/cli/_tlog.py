@@ -98,40 +98,66 @@ def checkpoint(ctx: click.Context, key_file: str) -> None:
               help="Prove against the tree of N leaves (default: the latest checkpoint's).")
 @click.option("--consistency", "old_file", metavar="OLD_CHECKPOINT_FILE", default=None,
               help="Instead: prove that this older checkpoint's tree is a prefix of today's.")
+@click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
+              help="A verifier key (file or the key itself): the old checkpoint's signature, by the key "
+                   "named as its origin, and the latest checkpoint's must verify.")
 @click.option("--archive", "archive", metavar="DIR", default=None,
               help="Read archived entries (krepis archive) from DIR when the proof needs them.")
 @_storage_option
 @click.pass_context
 def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None,
-          archive: str | None) -> None:
+          vkeys: tuple[str, ...], archive: str | None) -> None:
     """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
 
     Against the latest checkpoint kept for the current log (it is part of the output), or the
-    current tree when there is none or --tree-size is given.
+    current tree when there is none or --tree-size is given. With --consistency, the old
+    checkpoint's signature and origin are checked first with --vkey; without it no signature is
+    checked, and the output says so ("signature_checked": false, and a line on stderr).
     """
     if (seq is None) == (old_file is None):
         raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
+    verifiers = _verifiers(vkeys)
+    old = None
+    if old_file is not None:  # checked before the store is even opened
+        old_note = _read_text(old_file, "the old checkpoint")
+        try:
+            old = open_checkpoint(old_note, verifiers) if verifiers else \
+                parse_checkpoint(_note_text(old_note))
+        except ValidationError as exc:
+            raise click.ClickException(f"{old_file}: {exc}") from None
+        if not verifiers:
+            click.echo(f"krepis: the signature of {old_file} was not checked (no --vkey): the proof shows "
+                       "only that its tree is a prefix of today's", err=True)
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         note = journal.latest_checkpoint()
         head = journal.tree_head()
+        if note is not None and verifiers:
+            try:
+                open_checkpoint(note, verifiers)
+            except NoteError as exc:
+                raise click.ClickException(f"the journal's latest checkpoint: {exc}") from None
         size = head.size
-        if old_file is not None:  # to the current tree
+        if old is not None:  # to the current tree
             if note is not None and parse_checkpoint(_note_text(note)).size != size:
                 note = None
         elif tree_size is not None:
             size, note = tree_size, None
         elif note is not None:
             size = parse_checkpoint(_note_text(note)).size
-        if old_file is not None:
-            old = parse_checkpoint(_note_text(_read_text(old_file, "the old checkpoint")))
+        if old is not None:
+            if old.size > size:
+                raise click.ClickException(
+                    f"{old_file}: its tree of {old.size} leaves is bigger than the journal's ({size}): "
+                    "entries were removed, or it is a checkpoint of another log")
             cproof = journal.consistency_proof(old.size, size, archive=archive)
-            if cproof.old_root != old.root:
+            if cproof.old_root != old.root or not verify_consistency(
+                    old.size, size, old.root, cproof.new_root, cproof.path):
                 raise click.ClickException(
                     f"{old_file}: its root for tree size {old.size} is not this journal's; the log it "
                     "signed is not a prefix of this one")
             _emit_json({"old_size": old.size, "new_size": size, "old_root": _b64(cproof.old_root),
                         "new_root": _b64(cproof.new_root), "proof": [_b64(p) for p in cproof.path],
-                        "checkpoint": note})
+                        "checkpoint": note, "signature_checked": bool(verifiers)})
             return
         assert seq is not None
         proof = journal.inclusion_proof(seq, tree_size=size, archive=archive)
