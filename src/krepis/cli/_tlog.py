@@ -4,9 +4,7 @@ verifiable log, and copies of it that can be trusted."""
 from __future__ import annotations
 
 import base64
-import http.server
 import os
-import threading
 from typing import Any
 
 import click
@@ -335,69 +333,44 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
 @tlog.command("serve")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Address to serve on.")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Serve the tiles and bundles of archived entries from the archive DIR (krepis archive).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Time a client has to send its request, and again to take the response.")
+@click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=256, show_default=True,
+              metavar="N", help="Open connections at most; at the cap a new one closes the oldest.")
 @_storage_option
 @click.pass_context
-def tlog_serve(ctx: click.Context, listen: str) -> None:
-    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops)."""
-    from ..tlog._tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
+def tlog_serve(ctx: click.Context, listen: str, archive: str | None, timeout: float,
+               max_connections: int) -> None:
+    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops).
+
+    A fixed pool of threads answers; an idle client holds a connection (of at most N), not a
+    thread, and only until the timeout. Errors are answered in plain text.
+    """
+    from ._tlog_serve import TileServer, tile_responder
 
     host, _, port_text = listen.rpartition(":")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    host = host.strip("[]")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
     journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off")
-    lock = threading.Lock()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            try:
-                body = self._body(self.path.split("?")[0])
-            except LookupError:
-                self.send_error(404)
-                return
-            except JournalError as exc:
-                self.send_error(500, str(exc))
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8" if self.path == "/checkpoint"
-                             else "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _body(self, path: str) -> bytes:
-            with lock:
-                note = journal.latest_checkpoint()
-                if note is None:
-                    raise LookupError(path)
-                if path == "/checkpoint":
-                    return note.encode()
-                try:
-                    level, index, width = parse_tile_path(path)
-                except ValueError:
-                    raise LookupError(path) from None
-                size = parse_checkpoint(_note_text(note)).size
-                reader, entries = journal.tile_sources()
-                count = size if level == "entries" else size >> (8 * int(level))
-                if (index + 1) * WIDTH > count and (width == WIDTH or index * WIDTH + width > count):
-                    raise LookupError(path)
-                if level == "entries":
-                    return bundle_bytes(index, width, entries)
-                return tile_bytes(int(level), index, width, reader.node)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
     try:
-        server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port_text)), Handler)
+        if archive is not None:
+            journal.tile_sources(archive)  # an archive of another store is refused now, not per request
+        server = TileServer((host or "127.0.0.1", int(port_text)), tile_responder(journal, archive),
+                            max_connections=max_connections, timeout=timeout)
     except OSError as exc:
         journal.close()
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    bound_host, bound_port = server.server_address[:2]
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    except BaseException:
+        journal.close()
+        raise
+    bound_host, bound_port = server.address
     click.echo(f"serving http://{bound_host!s}:{bound_port}/checkpoint (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
         journal.close()

@@ -45,8 +45,9 @@ def tile_path(level: int | str, index: int, width: int = WIDTH) -> str:
 
 
 def parse_tile_path(rel: str) -> tuple[int | str, int, int]:
-    """``(level or "entries", index, width)`` of a tile path; ``ValueError`` if it is not one."""
-    parts = rel.strip("/").split("/")
+    """``(level or "entries", index, width)`` of a tile path (``tile/…``, or ``/tile/…``);
+    ``ValueError`` if it is not exactly one (so one tile has one path: no trailing slash)."""
+    parts = (rel[1:] if rel.startswith("/") else rel).split("/")
     if len(parts) < 3 or parts[0] != "tile":
         raise ValueError(rel)
     level: int | str = parts[1]
