@@ -210,3 +210,26 @@ def test_tlog_serve_serves_the_same_bytes_as_the_export(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_notes_signed_by_go_are_read_and_ours_are_the_same_bytes(tlogcheck: str) -> None:
+    """Go's note.Sign with our keys: Ed25519 is deterministic, so a note krepis signs is byte for
+    byte Go's; a note Go signs with the log's key and a witness's (and an extension line) opens
+    as the same checkpoint — what the specs allow, krepis accepts."""
+    from krepis.tlog._note import Checkpoint, format_checkpoint, generate_signer, open_checkpoint, sign_note
+
+    log, witness = generate_signer("example.com/go-log"), generate_signer("witness.example/w")
+    checkpoint = Checkpoint(log.name, 12345, bytes(range(32)), ("an extension line",))
+    text = format_checkpoint(checkpoint)
+
+    def go_sign(*keys: object) -> str:
+        proc = subprocess.run([tlogcheck, "sign", *map(str, keys)], input=text, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert go_sign(log) == sign_note(text, log)
+    both = go_sign(log, witness)
+    assert len(both.split("\n\n")[-1].splitlines()) == 2
+    assert open_checkpoint(both, [log.verifier()]) == checkpoint
+    assert open_checkpoint(both, [witness.verifier(), log.verifier()]) == checkpoint
