@@ -252,3 +252,18 @@ def test_verify_compares_a_stored_checkpoints_root_with_the_tree(tmp_path: Path)
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_a_trusted_checkpoint_of_the_empty_tree_must_have_the_empty_root(tmp_path: Path) -> None:
+    """Every tree extends the empty one — but a checkpoint of size 0 signing another root is not
+    of the empty tree (a consistency proof from size 0 never looks at the old root)."""
+    from krepis.tlog import EMPTY_ROOT
+
+    store = tmp_path / "store"
+    _fill(store, 3)
+    with SovereignJournal(store) as journal:
+        empty = sign_note(format_checkpoint(Checkpoint(SIGNER.name, 0, EMPTY_ROOT)), SIGNER)
+        assert journal.verify_extends(empty, [VKEY]).tree_size == 3
+        bogus = sign_note(format_checkpoint(Checkpoint(SIGNER.name, 0, b"\7" * 32)), SIGNER)
+        with pytest.raises(CorruptStorageError, match="does not extend the trusted checkpoint"):
+            journal.verify_extends(bogus, [VKEY])

@@ -265,17 +265,14 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
                   f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
                   f"{archived.segments} segment(s) match"))
 
-#: the largest checkpoint note read (C2SP asks verifiers to take 16 signatures of up to ~5 kB)
-_MAX_NOTE = 1 << 20
-
 def _trusted_note(path: str) -> str:
     """The signed checkpoint in the file ``path``, or in ``path/checkpoint`` for a tlog export
     directory: a regular file (never a FIFO or device), at most 1 MiB of UTF-8."""
-    from ..tlog._tiles import read_regular
+    from ..tlog._tiles import MAX_NOTE, read_regular
 
     file = os.path.join(path, "checkpoint") if os.path.isdir(path) else path
     try:
-        return read_regular(file, _MAX_NOTE).decode("utf-8")
+        return read_regular(file, MAX_NOTE).decode("utf-8")
     except UnicodeDecodeError:
         raise click.ClickException(f"{file}: the checkpoint is not UTF-8") from None
     except ValidationError as exc:

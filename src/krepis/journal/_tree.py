@@ -20,7 +20,7 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import ArchiveReader, RetentionPolicy
 from ..storage import Storage, TreeHead
-from ..tlog._merkle import TILE_HEIGHT, TreeChecker, verify_consistency
+from ..tlog._merkle import EMPTY_ROOT, TILE_HEIGHT, TreeChecker, verify_consistency
 from ..tlog._note import (
     Checkpoint,
     Signer,
@@ -280,7 +280,7 @@ class _TreeMethods:
         tree = TreeReader(storage, head, leaf_data)
         proof = tree.consistency(checkpoint.size, report.tree_size)
         if not verify_consistency(checkpoint.size, report.tree_size, checkpoint.root, report.root,
-                                  proof.path):
+                                  proof.path) or (checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT):
             raise CorruptStorageError(
                 f"the log of the journal at {self.path} does not extend the trusted checkpoint of {origin} "
                 f"(tree size {checkpoint.size}): its entries before seq {head.first_seq + checkpoint.size} "
