@@ -161,3 +161,14 @@ def test_verify_tlog_refuses_links_and_oversized_files(journal: SovereignJournal
         f.truncate((1 << 20) + 1)
     with pytest.raises(ValidationError, match="checkpoint is 1048577 bytes, more than the 1048576"):
         check_tiles(str(out), [SIGNER.verifier()])
+
+
+def test_a_refused_export_signs_no_checkpoint(journal: SovereignJournal, tmp_path: Path) -> None:
+    """The directory is checked before ``--key`` signs a checkpoint into the store."""
+    out = tmp_path / "tiles"
+    out.mkdir()
+    (out / "stray").write_text("not an export")
+    kept = journal.checkpoints()
+    with pytest.raises(ValidationError, match="is not empty and has no"):
+        journal.export_tiles(out, SIGNER)
+    assert journal.checkpoints() == kept

@@ -103,9 +103,7 @@ class _TreeMethods:
         The origin line is the key's name. A clear ends a log: a key (origin) that signed a
         checkpoint of an earlier log is refused for the new one, so two checkpoints under one
         origin are always consistent with each other."""
-        key = Signer.parse(signer) if isinstance(signer, str) else signer
-        if not isinstance(key, Signer):
-            raise InvalidTypeError(f"signer must be a Signer or its text, got {type(signer).__name__}")
+        key = _signer(signer)
         storage = self._live()
         head = storage.tree_head()
         note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
@@ -164,29 +162,37 @@ class _TreeMethods:
         nothing is ever written through one. The checkpoint is written last, after every tile."""
         from ..tlog._tiles import ExportDir, export_tiles
 
-        note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
-        if note is None:
+        key = None if signer is None else _signer(signer)
+        if key is None and self.latest_checkpoint() is None:
             raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log "
                                   "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
-        size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
         target = os.fspath(directory)
-        reader, entries = self.tile_sources(archive)
         # The directory's tiles must be of this log: the tree exported last time (recorded in the
         # marker) must be a prefix of today's — not so after a clear, or a restore from an older
         # backup, and then full tiles on disk would belong to another history. A directory with
-        # files but no marker may hold anything: refused too. The marker is written before the
-        # tiles, so an export cut short is resumed, not refused, by the next one.
+        # files but no marker may hold anything: refused too. All this is checked before a
+        # checkpoint is signed. The marker is written before the tiles, so an export cut short is
+        # continued, not refused, by the next one.
         with ExportDir(target) as out:
             marker = os.path.join(target, _MARKER)
+            reader, entries = self.tile_sources(archive)
             text = out.read(_MARKER, 4096)
-            if text is None:
-                if out.names():
-                    raise ValidationError(
-                        f"{target} is not empty and has no {_MARKER} marker of a krepis export: it may "
-                        "hold the tiles of another history; export into an empty or new directory")
-            elif not self._same_history(text, reader, size):
-                raise ValidationError(f"{target} holds the tiles of another log, or of another history "
-                                      f"of this one (see {marker}); export into a new directory")
+            if text is None and out.names():
+                raise ValidationError(
+                    f"{target} is not empty and has no {_MARKER} marker of a krepis export: it may "
+                    "hold the tiles of another history; export into an empty or new directory")
+            other = ValidationError(f"{target} holds the tiles of another log, or of another history "
+                                    f"of this one (see {marker}); export into a new directory")
+            if text is not None and not self._same_history(text, reader, reader.head.size):
+                raise other
+            note = self.sign_checkpoint(key) if key is not None else self.latest_checkpoint()
+            if note is None:  # (cleared meanwhile)
+                raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log")
+            size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
+            if size > reader.head.size:  # the log grew meanwhile: read today's tree
+                reader, entries = self.tile_sources(archive)
+            if text is not None and not self._same_history(text, reader, size):
+                raise other
             out.write(_MARKER, (f"store {self.path}\nfirst_seq {reader.head.first_seq}\n"
                                 f"epoch {reader.head.epoch}\nsize {size}\n"
                                 f"root {reader.root(size).hex()}\n").encode())
@@ -290,6 +296,13 @@ class _TreeMethods:
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
         return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
+
+
+def _signer(signer: object) -> Signer:
+    key = Signer.parse(signer) if isinstance(signer, str) else signer
+    if not isinstance(key, Signer):
+        raise InvalidTypeError(f"signer must be a Signer or its text, got {type(signer).__name__}")
+    return key
 
 
 def _check_archived(storage: Storage, reader: ArchiveReader, head: TreeHead, archived: int,
