@@ -168,6 +168,7 @@ def test_a_refused_export_signs_no_checkpoint(journal: SovereignJournal, tmp_pat
     out = tmp_path / "tiles"
     out.mkdir()
     (out / "stray").write_text("not an export")
+    _fill(journal, 1, start=1000)  # (a tree the fixture's checkpoint is not of)
     kept = journal.checkpoints()
     with pytest.raises(ValidationError, match="is not empty and has no"):
         journal.export_tiles(out, SIGNER)
