@@ -85,6 +85,7 @@ def test_keys_checkpoints_proofs_and_tiles_checked_by_an_independent_verifier(
     write_from_processes(location, "a")  # 180 entries from three processes
     first = krepis("checkpoint", "--key", str(key), "--storage", location, cwd=tmp_path).stdout
     assert first.splitlines()[:2] == ["example.com/krepis-test", "180"]
+    (tmp_path / "old.cp").write_text(first)  # what a verifier keeps
     krepis("tlog", "export", str(tmp_path / "old"), "--storage", location, cwd=tmp_path)
     assert go_check(tlogcheck, str(tmp_path / "old"), vkey).stdout == "ok 180\n"
 
@@ -93,13 +94,20 @@ def test_keys_checkpoints_proofs_and_tiles_checked_by_an_independent_verifier(
     shutil.copytree(tmp_path / "new", tmp_path / "new-before")
     assert go_check(tlogcheck, str(tmp_path / "new"), vkey, str(tmp_path / "old")).stdout == "ok 360\n"
     assert sorted(p.name for p in (tmp_path / "new" / "tile" / "0").iterdir()) == ["000", "001.p"]
-    out = krepis("verify", "--tlog", str(tmp_path / "new"), "--vkey", str(pub), cwd=tmp_path).stdout
-    assert "ok: 360 entries" in out
+    out = krepis("verify", "--tlog", str(tmp_path / "new"), "--vkey", str(pub), "--trusted",
+                 str(tmp_path / "old.cp"), cwd=tmp_path).stdout
+    assert "ok: 360 entries" in out and "extends the trusted checkpoint (tree size 180)" in out
 
-    # the store: every entry, the tree, both checkpoints, consistent
-    result = json.loads(krepis("verify", "--vkey", str(pub), "--json", "--storage", location,
-                               cwd=tmp_path).stdout)
+    # the store: every entry, the tree, both checkpoints, consistent, and extending the one kept
+    result = json.loads(krepis("verify", "--vkey", str(pub), "--trusted", str(tmp_path / "old.cp"), "--json",
+                               "--storage", location, cwd=tmp_path).stdout)
     assert (result["entries"], result["checkpoints"], result["ok"]) == (360, 2, True)
+    assert result["trusted"] == {"origin": "example.com/krepis-test", "tree_size": 180}
+    # an export directory holds the checkpoint to trust as well
+    out = krepis("verify", "--vkey", str(pub), "--trusted", str(tmp_path / "new"), "--storage", location,
+                 cwd=tmp_path).stdout
+    assert "tree of 360 leaves extends the trusted checkpoint of example.com/krepis-test (tree size 360)" \
+        in out
 
     # proofs printed by the CLI check with the public functions alone
     proof = json.loads(krepis("prove", "200", "--storage", location, cwd=tmp_path).stdout)
@@ -107,7 +115,6 @@ def test_keys_checkpoints_proofs_and_tiles_checked_by_an_independent_verifier(
     path = [__import__("base64").b64decode(p) for p in proof["proof"]]
     assert proof["tree_size"] == 360 and proof["checkpoint"].startswith("example.com/krepis-test\n360\n")
     assert verify_inclusion(leaf_hash(proof["entry"].encode()), 200, 360, path, root)
-    (tmp_path / "old.cp").write_text(first)
     cons = json.loads(krepis("prove", "--consistency", str(tmp_path / "old.cp"), "--storage", location,
                              cwd=tmp_path).stdout)
     b64 = __import__("base64").b64decode
@@ -203,3 +210,26 @@ def test_tlog_serve_serves_the_same_bytes_as_the_export(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_notes_signed_by_go_are_read_and_ours_are_the_same_bytes(tlogcheck: str) -> None:
+    """Go's note.Sign with our keys: Ed25519 is deterministic, so a note krepis signs is byte for
+    byte Go's; a note Go signs with the log's key and a witness's (and an extension line) opens
+    as the same checkpoint — what the specs allow, krepis accepts."""
+    from krepis.tlog._note import Checkpoint, format_checkpoint, generate_signer, open_checkpoint, sign_note
+
+    log, witness = generate_signer("example.com/go-log"), generate_signer("witness.example/w")
+    checkpoint = Checkpoint(log.name, 12345, bytes(range(32)), ("an extension line",))
+    text = format_checkpoint(checkpoint)
+
+    def go_sign(*keys: object) -> str:
+        proc = subprocess.run([tlogcheck, "sign", *map(str, keys)], input=text, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert go_sign(log) == sign_note(text, log)
+    both = go_sign(log, witness)
+    assert len(both.split("\n\n")[-1].splitlines()) == 2
+    assert open_checkpoint(both, [log.verifier()]) == checkpoint
+    assert open_checkpoint(both, [witness.verifier(), log.verifier()]) == checkpoint

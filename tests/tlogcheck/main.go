@@ -3,18 +3,23 @@
 // an implementation independent of krepis.
 //
 //	tlogcheck DIR VERIFIER_KEY [OLD_DIR]
+//	tlogcheck sign SIGNER_KEY... < TEXT
 //
 // It opens DIR/checkpoint with the verifier key, reads the hash tiles through
 // tlog.TileHashReader (which authenticates every tile against the signed tree head),
 // recomputes the tree head, checks an inclusion proof for every entry of every entry
 // bundle, and, given OLD_DIR, a consistency proof from the older checkpoint. It prints
 // "ok N" or exits 1 with the reason.
+//
+// "sign" signs the note text on stdin with each signer key (note.Sign) and prints the signed
+// note: what krepis must accept from another implementation of the same spec.
 package main
 
 import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -90,7 +95,31 @@ func checkpoint(dir string, verifier note.Verifier) (tlog.Tree, string) {
 	return tlog.Tree{N: size, Hash: h}, lines[0]
 }
 
+func sign(keys []string) {
+	text, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fail("%v", err)
+	}
+	var signers []note.Signer
+	for _, k := range keys {
+		s, err := note.NewSigner(strings.TrimSpace(k))
+		if err != nil {
+			fail("signer key: %v", err)
+		}
+		signers = append(signers, s)
+	}
+	msg, err := note.Sign(&note.Note{Text: string(text)}, signers...)
+	if err != nil {
+		fail("sign: %v", err)
+	}
+	os.Stdout.Write(msg)
+}
+
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "sign" {
+		sign(os.Args[2:])
+		return
+	}
 	if len(os.Args) < 3 {
 		fail("usage: tlogcheck DIR VERIFIER_KEY [OLD_DIR]")
 	}

@@ -4,9 +4,7 @@ verifiable log, and copies of it that can be trusted."""
 from __future__ import annotations
 
 import base64
-import http.server
 import os
-import threading
 from typing import Any
 
 import click
@@ -14,7 +12,14 @@ import click
 from .._errors import JournalError, ValidationError
 from ..journal import SovereignJournal
 from ..tlog import verify_consistency
-from ..tlog._note import NoteError, Signer, Verifier, generate_signer, open_note, parse_checkpoint
+from ..tlog._note import (
+    NoteError,
+    Signer,
+    Verifier,
+    generate_signer,
+    open_checkpoint,
+    parse_checkpoint,
+)
 from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
 
 
@@ -91,40 +96,66 @@ def checkpoint(ctx: click.Context, key_file: str) -> None:
               help="Prove against the tree of N leaves (default: the latest checkpoint's).")
 @click.option("--consistency", "old_file", metavar="OLD_CHECKPOINT_FILE", default=None,
               help="Instead: prove that this older checkpoint's tree is a prefix of today's.")
+@click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
+              help="A verifier key (file or the key itself): the old checkpoint's signature, by the key "
+                   "named as its origin, and the latest checkpoint's must verify.")
 @click.option("--archive", "archive", metavar="DIR", default=None,
               help="Read archived entries (krepis archive) from DIR when the proof needs them.")
 @_storage_option
 @click.pass_context
 def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None,
-          archive: str | None) -> None:
+          vkeys: tuple[str, ...], archive: str | None) -> None:
     """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
 
     Against the latest checkpoint kept for the current log (it is part of the output), or the
-    current tree when there is none or --tree-size is given.
+    current tree when there is none or --tree-size is given. With --consistency, the old
+    checkpoint's signature and origin are checked first with --vkey; without it no signature is
+    checked, and the output says so ("signature_checked": false, and a line on stderr).
     """
     if (seq is None) == (old_file is None):
         raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
+    verifiers = _verifiers(vkeys)
+    old = None
+    if old_file is not None:  # checked before the store is even opened
+        old_note = _read_text(old_file, "the old checkpoint")
+        try:
+            old = open_checkpoint(old_note, verifiers) if verifiers else \
+                parse_checkpoint(_note_text(old_note))
+        except ValidationError as exc:
+            raise click.ClickException(f"{old_file}: {exc}") from None
+        if not verifiers:
+            click.echo(f"krepis: the signature of {old_file} was not checked (no --vkey): the proof shows "
+                       "only that its tree is a prefix of today's", err=True)
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         note = journal.latest_checkpoint()
         head = journal.tree_head()
+        if note is not None and verifiers:
+            try:
+                open_checkpoint(note, verifiers)
+            except NoteError as exc:
+                raise click.ClickException(f"the journal's latest checkpoint: {exc}") from None
         size = head.size
-        if old_file is not None:  # to the current tree
+        if old is not None:  # to the current tree
             if note is not None and parse_checkpoint(_note_text(note)).size != size:
                 note = None
         elif tree_size is not None:
             size, note = tree_size, None
         elif note is not None:
             size = parse_checkpoint(_note_text(note)).size
-        if old_file is not None:
-            old = parse_checkpoint(_note_text(_read_text(old_file, "the old checkpoint")))
+        if old is not None:
+            if old.size > size:
+                raise click.ClickException(
+                    f"{old_file}: its tree of {old.size} leaves is bigger than the journal's ({size}): "
+                    "entries were removed, or it is a checkpoint of another log")
             cproof = journal.consistency_proof(old.size, size, archive=archive)
-            if cproof.old_root != old.root:
+            if cproof.old_root != old.root or not verify_consistency(
+                    old.size, size, old.root, cproof.new_root, cproof.path):
                 raise click.ClickException(
                     f"{old_file}: its root for tree size {old.size} is not this journal's; the log it "
                     "signed is not a prefix of this one")
             _emit_json({"old_size": old.size, "new_size": size, "old_root": _b64(cproof.old_root),
                         "new_root": _b64(cproof.new_root), "proof": [_b64(p) for p in cproof.path],
-                        "checkpoint": note})
+                        "checkpoint": note, "signature_checked": bool(verifiers)})
             return
         assert seq is not None
         proof = journal.inclusion_proof(seq, tree_size=size, archive=archive)
@@ -136,78 +167,140 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
 
 @cli.command()
 @click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
-              help="A verifier key (file or the key itself): checkpoint signatures must verify.")
+              help="A verifier key (file or the key itself): checkpoint signatures must verify. With "
+                   "--vkey, verify needs --trusted.")
+@click.option("--trusted", "trusted", metavar="FILE|DIR", default=None,
+              help="The newest checkpoint you trust: a signed checkpoint you kept (krepis checkpoint "
+                   "prints one), or a krepis tlog export directory (its checkpoint). Verify fails "
+                   "unless today's log extends it. Needs --vkey.")
 @click.option("--tlog", "tlog_dir", metavar="DIR", default=None,
               help="Check an exported tiles tree in DIR instead of the store (needs --vkey).")
 @click.option("--archive", "archive", metavar="DIR", default=None,
               help="Also check the archive in DIR: every file against the manifest's checksum, every "
-                   "archived bundle against the Merkle tree.")
+                   "archived entry against the Merkle tree.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_storage_option
 @click.pass_context
-def verify(ctx: click.Context, vkeys: tuple[str, ...], tlog_dir: str | None, as_json: bool,
-           archive: str | None) -> None:
+def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
+           as_json: bool, archive: str | None) -> None:
     """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
     was edited, deleted, reordered or inserted.
 
     Recomputes every leaf from the stored entries against the stored Merkle tree, checks every
     index row, and each kept checkpoint: its signature (with --vkey), its root against the
-    tree, and its consistency with the next one.
+    tree, and its consistency with the next. With --vkey and --trusted, proves that today's log
+    extends the checkpoint you trust — the store's own checkpoints prove nothing alone, since
+    whoever can write the store can delete them; archived entries need --archive then.
     """
     verifiers = _verifiers(vkeys)
+    if trusted is not None and not verifiers:
+        raise click.UsageError("--trusted needs --vkey: the checkpoint is only as good as its signature")
+    trusted_note = None if trusted is None else _trusted_note(trusted)
     if tlog_dir is not None:
         from ..tlog._tiles import check_tiles
 
         if not verifiers:
             raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
         try:
-            result = check_tiles(tlog_dir, verifiers)
+            trusted_cp = None if trusted_note is None else open_checkpoint(trusted_note, verifiers)
+        except NoteError as exc:
+            raise click.ClickException(f"{trusted}: {exc}") from None
+        try:
+            result = check_tiles(tlog_dir, verifiers, trusted=trusted_cp)
         except (ValidationError, OSError) as exc:
             raise click.ClickException(f"{tlog_dir}: {exc}") from None
-        out = {"tlog": tlog_dir, "origin": result.checkpoint.origin, "tree_size": result.checkpoint.size,
-               "root": _b64(result.checkpoint.root), "tiles": result.tiles, "ok": True}
-        _emit_json(out) if as_json else click.echo(
+        found: dict[str, Any] = {"tlog": tlog_dir, "origin": result.checkpoint.origin,
+                                 "tree_size": result.checkpoint.size, "root": _b64(result.checkpoint.root),
+                                 "tiles": result.tiles, "ok": True}
+        if trusted_cp is not None:
+            found["trusted"] = {"origin": trusted_cp.origin, "tree_size": trusted_cp.size}
+        _emit_json(found) if as_json else click.echo(
             f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
-            f"{result.checkpoint.origin} (tree size {result.checkpoint.size})")
+            f"{result.checkpoint.origin} (tree size {result.checkpoint.size})"
+            + ("" if trusted_cp is None else
+               f", which extends the trusted checkpoint (tree size {trusted_cp.size})"))
         return
+    if verifiers and trusted_note is None:
+        raise click.ClickException(
+            "--vkey needs the newest checkpoint you trust: pass --trusted FILE (a signed checkpoint you "
+            "kept: krepis checkpoint prints one) or --trusted DIR (a krepis tlog export directory). "
+            "The checkpoints kept in the store prove nothing by themselves: whoever can write the store "
+            "can delete them")
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        report = journal.verify()
+        if trusted_note is not None:
+            try:
+                proved = journal.verify_extends(trusted_note, verifiers, archive=archive)
+            except NoteError as exc:
+                raise click.ClickException(f"{trusted}: {exc}") from None
+            entries, archived_entries, tree_size, root = (proved.entries, proved.archived, proved.tree_size,
+                                                          proved.root)
+        else:
+            report = journal.verify()
+            entries, archived_entries, tree_size, root = report.entries, 0, report.tree_size, report.root
         archived = None if archive is None else journal.verify_archive(archive)
         head = journal.tree_head()
-        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers)
-    out = {"entries": report.entries, "tree_size": report.tree_size, "root": _b64(report.root),
-           "checkpoints": checked, "checkpoints_of_earlier_logs": earlier, "ok": True}
+        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive)
+    out: dict[str, Any] = {"entries": entries, "tree_size": tree_size, "root": _b64(root),
+                           "checkpoints": checked, "checkpoints_of_earlier_logs": earlier,
+                           "signatures_checked": bool(verifiers), "ok": True}
+    if trusted_note is not None:
+        out["archived_entries"] = archived_entries
+        out["trusted"] = {"origin": proved.checkpoint.origin, "tree_size": proved.checkpoint.size}
     if archived is not None:
         out["archive"] = {"directory": archived.directory, "segments": archived.segments,
                           "bundles": archived.bundles, "entries": archived.entries}
     if as_json:
         _emit_json(out)
+        return
+    counted = f"{entries} entries" + (f" and {archived_entries} archived" if archived_entries else "")
+    if trusted_note is not None:
+        counted += (f", tree of {tree_size} leaves extends the trusted checkpoint of "
+                    f"{proved.checkpoint.origin} (tree size {proved.checkpoint.size})")
     else:
-        click.echo(f"ok: {report.entries} entries, tree of {report.tree_size} leaves, "
-                   f"{checked} checkpoint(s) consistent"
-                   + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
-                   + ("" if archived is None else
-                      f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
-                      f"{archived.segments} segment(s) match"))
+        counted += f", tree of {tree_size} leaves"
+    click.echo(f"ok: {counted}, {checked} checkpoint(s) consistent"
+               + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
+               + ("" if verifiers else " (signatures not checked: pass --vkey and --trusted)")
+               + ("" if archived is None else
+                  f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
+                  f"{archived.segments} segment(s) match"))
 
-def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier]) -> tuple[int, int]:
+def _trusted_note(path: str) -> str:
+    """The signed checkpoint in the file ``path``, or in ``path/checkpoint`` for a tlog export
+    directory: a regular file (never a FIFO or device), at most 1 MiB of UTF-8."""
+    from ..tlog._tiles import MAX_NOTE, read_regular
+
+    file = os.path.join(path, "checkpoint") if os.path.isdir(path) else path
+    try:
+        return read_regular(file, MAX_NOTE).decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file}: the checkpoint is not UTF-8") from None
+    except ValidationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier],
+                       archive: str | None) -> tuple[int, int]:
     checked = earlier = 0
     previous: tuple[int, bytes] | None = None
-    for note_epoch, note in journal.checkpoints():
+    kept = journal.checkpoints()
+    size = journal.tree_head().size  # read after them: every kept checkpoint is of a tree no bigger
+    for note_epoch, note in kept:
         if note_epoch != epoch:
             earlier += 1
             continue
         try:
-            text = open_note(note, verifiers) if verifiers else _note_text(note)
-            cp = parse_checkpoint(text)
+            cp = open_checkpoint(note, verifiers) if verifiers else parse_checkpoint(_note_text(note))
         except ValidationError as exc:
             raise JournalError(f"a stored checkpoint is bad: {exc}") from None
-        root = journal.tree_root(cp.size)
+        if cp.size > size:
+            raise JournalError(f"the stored checkpoint of tree size {cp.size} is of a bigger tree than the "
+                               f"journal's ({size} leaves): entries were removed")
+        root = journal.tree_root(cp.size, archive=archive)
         if root != cp.root:
             raise JournalError(f"the stored checkpoint of tree size {cp.size} does not match the tree: "
                                f"an entry before seq {journal.tree_head().first_seq + cp.size} changed")
         if previous is not None:
-            proof = journal.consistency_proof(previous[0], cp.size)
+            proof = journal.consistency_proof(previous[0], cp.size, archive=archive)
             if not verify_consistency(previous[0], cp.size, previous[1], cp.root, proof.path):
                 raise JournalError(f"checkpoints of sizes {previous[0]} and {cp.size} are inconsistent")
         previous = (cp.size, cp.root)
@@ -237,69 +330,44 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
 @tlog.command("serve")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Address to serve on.")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Serve the tiles and bundles of archived entries from the archive DIR (krepis archive).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Time a client has to send its request, and again to take the response.")
+@click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=256, show_default=True,
+              metavar="N", help="Open connections at most; at the cap a new one closes the oldest.")
 @_storage_option
 @click.pass_context
-def tlog_serve(ctx: click.Context, listen: str) -> None:
-    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops)."""
-    from ..tlog._tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
+def tlog_serve(ctx: click.Context, listen: str, archive: str | None, timeout: float,
+               max_connections: int) -> None:
+    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops).
+
+    A fixed pool of threads answers; an idle client holds a connection (of at most N), not a
+    thread, and only until the timeout. Errors are answered in plain text.
+    """
+    from ._tlog_serve import TileServer, tile_responder
 
     host, _, port_text = listen.rpartition(":")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    host = host.strip("[]")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
     journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off")
-    lock = threading.Lock()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            try:
-                body = self._body(self.path.split("?")[0])
-            except LookupError:
-                self.send_error(404)
-                return
-            except JournalError as exc:
-                self.send_error(500, str(exc))
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8" if self.path == "/checkpoint"
-                             else "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _body(self, path: str) -> bytes:
-            with lock:
-                note = journal.latest_checkpoint()
-                if note is None:
-                    raise LookupError(path)
-                if path == "/checkpoint":
-                    return note.encode()
-                try:
-                    level, index, width = parse_tile_path(path)
-                except ValueError:
-                    raise LookupError(path) from None
-                size = parse_checkpoint(_note_text(note)).size
-                reader, entries = journal.tile_sources()
-                count = size if level == "entries" else size >> (8 * int(level))
-                if (index + 1) * WIDTH > count and (width == WIDTH or index * WIDTH + width > count):
-                    raise LookupError(path)
-                if level == "entries":
-                    return bundle_bytes(index, width, entries)
-                return tile_bytes(int(level), index, width, reader.node)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
     try:
-        server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port_text)), Handler)
+        if archive is not None:
+            journal.tile_sources(archive)  # an archive of another store is refused now, not per request
+        server = TileServer((host or "127.0.0.1", int(port_text)), tile_responder(journal, archive),
+                            max_connections=max_connections, timeout=timeout)
     except OSError as exc:
         journal.close()
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    bound_host, bound_port = server.server_address[:2]
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    except BaseException:
+        journal.close()
+        raise
+    bound_host, bound_port = server.address
     click.echo(f"serving http://{bound_host!s}:{bound_port}/checkpoint (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
         journal.close()

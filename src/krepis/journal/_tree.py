@@ -4,12 +4,13 @@ half of :class:`~krepis.SovereignJournal`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import (
     CorruptStorageError,
     InvalidTypeError,
+    JournalError,
     ValidationError,
 )
 from .._model import (
@@ -19,8 +20,20 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import ArchiveReader, RetentionPolicy
 from ..storage import Storage, TreeHead
-from ..tlog._note import Checkpoint, Signer, format_checkpoint, parse_checkpoint, sign_note
-from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader
+from ..tlog._merkle import EMPTY_ROOT, TILE_HEIGHT, TreeChecker, verify_consistency
+from ..tlog._note import (
+    Checkpoint,
+    Signer,
+    Verifier,
+    format_checkpoint,
+    open_checkpoint,
+    parse_checkpoint,
+    sign_note,
+)
+from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader, TrustReport
+
+#: the file in an export directory naming the tree exported into it last
+_MARKER = ".krepis-log"
 
 
 class _TreeMethods:
@@ -90,9 +103,7 @@ class _TreeMethods:
         The origin line is the key's name. A clear ends a log: a key (origin) that signed a
         checkpoint of an earlier log is refused for the new one, so two checkpoints under one
         origin are always consistent with each other."""
-        key = Signer.parse(signer) if isinstance(signer, str) else signer
-        if not isinstance(key, Signer):
-            raise InvalidTypeError(f"signer must be a Signer or its text, got {type(signer).__name__}")
+        key = _signer(signer)
         storage = self._live()
         head = storage.tree_head()
         note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
@@ -143,41 +154,182 @@ class _TreeMethods:
         (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
         Incremental: full tiles already there are kept. Returns how many files were written.
         Bundles of archived entries come from ``archive`` (needed only for those not exported
-        before they were archived)."""
-        from ..tlog._tiles import export_tiles
+        before they were archived).
 
-        note = self.sign_checkpoint(signer) if signer is not None else self.latest_checkpoint()
-        if note is None:
+        Refused (``ValidationError``, nothing written): a directory holding another log or another
+        history of this one (its ``.krepis-log`` marker records the tree exported last), a
+        non-empty directory without a marker, and a symbolic link anywhere below the directory —
+        nothing is ever written through one. The checkpoint is written last, after every tile."""
+        from ..tlog._tiles import ExportDir, export_tiles
+
+        key = None if signer is None else _signer(signer)
+        if key is None and self.latest_checkpoint() is None:
             raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log "
                                   "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
-        size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
         target = os.fspath(directory)
-        reader, entries = self.tile_sources(archive)
         # The directory's tiles must be of this log: the tree exported last time (recorded in the
         # marker) must be a prefix of today's — not so after a clear, or a restore from an older
-        # backup, and then full tiles on disk would belong to another history.
-        marker = os.path.join(target, ".krepis-log")
-        if os.path.exists(marker):
-            with open(marker, encoding="utf-8") as f:
-                fields = dict(line.split(" ", 1) for line in f.read().splitlines() if " " in line)
-            try:
-                old_size, old_root = int(fields["size"]), bytes.fromhex(fields["root"])
-                same = (int(fields["first_seq"]), int(fields["epoch"])) == (
-                    reader.head.first_seq, reader.head.epoch) and old_size <= size \
-                    and reader.root(old_size) == old_root
-            except (KeyError, ValueError):
-                same = False
-            if not same:
-                raise ValidationError(f"{target} holds the tiles of another log, or of another history "
-                                      f"of this one (see {marker}); export into a new directory")
-        os.makedirs(target, exist_ok=True)
-        written = export_tiles(target, note, size, reader.node, entries)
+        # backup, and then full tiles on disk would belong to another history. A directory with
+        # files but no marker may hold anything: refused too. All this is checked before a
+        # checkpoint is signed. The marker is written before the tiles, so an export cut short is
+        # continued, not refused, by the next one.
+        with ExportDir(target) as out:
+            marker = os.path.join(target, _MARKER)
+            reader, entries = self.tile_sources(archive)
+            text = out.read(_MARKER, 4096)
+            if text is None and out.names():
+                raise ValidationError(
+                    f"{target} is not empty and has no {_MARKER} marker of a krepis export: it may "
+                    "hold the tiles of another history; export into an empty or new directory")
+            other = ValidationError(f"{target} holds the tiles of another log, or of another history "
+                                    f"of this one (see {marker}); export into a new directory")
+            if text is not None and not self._same_history(text, reader, reader.head.size):
+                raise other
+            note = self.sign_checkpoint(key) if key is not None else self.latest_checkpoint()
+            if note is None:  # (cleared meanwhile)
+                raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log")
+            size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
+            if size > reader.head.size:  # the log grew meanwhile: read today's tree
+                reader, entries = self.tile_sources(archive)
+            if text is not None and not self._same_history(text, reader, size):
+                raise other
+            out.write(_MARKER, (f"store {self.path}\nfirst_seq {reader.head.first_seq}\n"
+                                f"epoch {reader.head.epoch}\nsize {size}\n"
+                                f"root {reader.root(size).hex()}\n").encode())
+            written = export_tiles(out, note, size, reader.node, entries)
         reader.check_same_log()
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write(f"store {self.path}\nfirst_seq {reader.head.first_seq}\nepoch {reader.head.epoch}\n"
-                    f"size {size}\nroot {reader.root(size).hex()}\n")
         return written
+
+    @staticmethod
+    def _same_history(text: bytes, reader: TreeReader, size: int) -> bool:
+        """Whether the tree a marker records is a prefix of the reader's tree of ``size`` leaves."""
+        try:
+            fields = dict(line.split(" ", 1) for line in text.decode("utf-8").splitlines() if " " in line)
+            old_size, old_root = int(fields["size"]), bytes.fromhex(fields["root"])
+            return (int(fields["first_seq"]), int(fields["epoch"])) == (
+                reader.head.first_seq, reader.head.epoch) and 0 <= old_size <= size \
+                and reader.root(old_size) == old_root
+        except (KeyError, ValueError):
+            return False
+
+    def verify_extends(self, trusted: str, verifiers: Sequence[Verifier | str], *,
+                       archive: str | os.PathLike[str] | None = None) -> TrustReport:
+        """Prove that the journal's current log extends ``trusted``: the signed checkpoint note of
+        the newest tree you trust (one you kept — ``sign_checkpoint`` returns it, ``krepis
+        checkpoint`` prints it, a ``tlog export`` directory holds it). Nothing kept in the store
+        is taken on faith: whoever can write the store can rewrite it, tree and checkpoints too.
+
+        Checked, in this order: the note's signature by one of ``verifiers`` (:class:`Verifier`
+        objects or their ``<name>+<id>+<key>`` text), by the key named as the checkpoint's origin;
+        the whole store (as :meth:`verify`: every entry against the stored tree); every entry
+        already archived — its leaves are no longer in the store — read from ``archive`` and
+        hashed against the stored tree; that the origin signed no checkpoint of an earlier log
+        (else the journal was cleared since: the log it signed has ended); that the log has at
+        least the checkpoint's size; and a consistency proof from the checkpoint to the tree of
+        every leaf checked. O(n) reads, as :meth:`verify`.
+
+        Raises :class:`~krepis.tlog.NoteError` (a ``ValidationError``) for a checkpoint that is
+        malformed or not signed by the key of its origin; ``ValidationError`` naming the archived
+        entries when ``archive`` is missing (they were not checked); ``CorruptStorageError``
+        naming the store when its log does not extend the checkpoint (history rewritten, rolled
+        back, cleared) or disagrees with itself or with the archive."""
+        if not isinstance(trusted, str):
+            raise InvalidTypeError(f"trusted must be a signed checkpoint note (str), got "
+                                   f"{type(trusted).__name__}")
+        if isinstance(verifiers, str) or not isinstance(verifiers, Sequence):
+            raise InvalidTypeError("verifiers must be a list of Verifier keys (or their text)")
+        keys: list[Verifier] = []
+        for v in verifiers:
+            if isinstance(v, str):
+                v = Verifier.parse(v)
+            if not isinstance(v, Verifier):
+                raise InvalidTypeError(f"a verifier must be a Verifier or its text, got {type(v).__name__}")
+            keys.append(v)
+        if not keys:
+            raise ValidationError("verify_extends needs the verifier key of the log: the checkpoint is only "
+                                  "as good as its signature")
+        checkpoint = open_checkpoint(trusted, keys)
+        storage = self._live()
+        before = storage.tree_head()
+        report = storage.verify()
+        head = storage.tree_head()
+        if (head.epoch, head.first_seq) != (before.epoch, before.first_seq):
+            raise JournalError(f"the journal at {self.path} was cleared while it was being verified; "
+                               "verify again")
+        origin = checkpoint.origin
+        for epoch, size, other, _note in storage.checkpoints():
+            if other == origin and epoch != head.epoch:
+                raise CorruptStorageError(
+                    f"the journal at {self.path} was cleared after {origin} signed a checkpoint of it "
+                    f"(tree size {size}, log {epoch}): the log the trusted checkpoint signed has ended, "
+                    f"its entries are gone (the current log, log {head.epoch}, began at seq "
+                    f"{head.first_seq})", self.path)
+        cleared = "" if head.epoch == 0 else (
+            f", or the journal was cleared since (its current log, log {head.epoch}, began at seq "
+            f"{head.first_seq})")
+        if checkpoint.size > report.tree_size:
+            raise CorruptStorageError(
+                f"the log of the journal at {self.path} has {report.tree_size} entries, fewer than the "
+                f"{checkpoint.size} of the trusted checkpoint of {origin}: entries were removed (or "
+                f"rolled back, as by a restore from an older backup){cleared}", self.path)
+        archived = storage.live_first_seq() - head.first_seq
+        leaf_data: Callable[[int, int], list[bytes]] | None = None
+        if archived > 0:
+            if archive is None:
+                raise ValidationError(
+                    f"entries {head.first_seq}…{head.first_seq + archived - 1} of the journal at "
+                    f"{self.path} are not in the store (archived, or removed): they were not checked "
+                    "against the tree; pass the archive directory (archive=DIR, --archive DIR)")
+            reader = self._archive_reader(storage, archive, head)
+            _check_archived(storage, reader, head, archived, self.path)
+            leaf_data = reader.leaf_data
+        tree = TreeReader(storage, head, leaf_data)
+        proof = tree.consistency(checkpoint.size, report.tree_size)
+        if not verify_consistency(checkpoint.size, report.tree_size, checkpoint.root, report.root,
+                                  proof.path) or (checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT):
+            raise CorruptStorageError(
+                f"the log of the journal at {self.path} does not extend the trusted checkpoint of {origin} "
+                f"(tree size {checkpoint.size}): its entries before seq {head.first_seq + checkpoint.size} "
+                f"are not the ones that checkpoint signed — the history was rewritten{cleared}", self.path)
+        return TrustReport(checkpoint, report.tree_size, report.root, report.entries, archived)
 
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
         return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
+
+
+def _signer(signer: object) -> Signer:
+    key = Signer.parse(signer) if isinstance(signer, str) else signer
+    if not isinstance(key, Signer):
+        raise InvalidTypeError(f"signer must be a Signer or its text, got {type(signer).__name__}")
+    return key
+
+
+def _check_archived(storage: Storage, reader: ArchiveReader, head: TreeHead, archived: int,
+                    path: str) -> None:
+    """Hash the ``archived`` leaves of the log from the archive's bundles and compare every stored
+    tree hash they complete, and the frontier they end in, with the store's: the stored hashes
+    that stand in for the archived entries are then the entries' own."""
+    width = 1 << TILE_HEIGHT
+    where = f"the archive at {reader.directory} and the journal at {path} disagree"
+    if archived % width:
+        raise CorruptStorageError(f"the journal at {path} holds its log from leaf {archived} on: not a "
+                                  f"whole number of bundles of {width}", path)
+    ours = TreeChecker(storage.tree_node, head.first_seq)
+    for bundle in range(archived // width):
+        data = reader.bundle_data(bundle)
+        if len(data) != width:
+            raise CorruptStorageError(f"{where}: bundle {bundle} holds {len(data)} entries, not {width}",
+                                      reader.directory)
+        try:
+            for entry in data:
+                ours.add(entry)
+        except ValueError as exc:
+            raise CorruptStorageError(f"{where}: {exc}", reader.directory) from None
+    stored = TreeChecker(storage.tree_node, head.first_seq)
+    try:
+        stored.resume(archived)
+    except ValueError as exc:
+        raise CorruptStorageError(f"storage at {path}: {exc}", path) from None
+    if stored.frontier != ours.frontier:
+        raise CorruptStorageError(f"{where}: the tree of the archived entries is not the stored one", path)

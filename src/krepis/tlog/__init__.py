@@ -1,7 +1,8 @@
 """Checking a krepis journal's Merkle tree from public data only (RFC 6962 / RFC 9162).
 
 A verifier needs no access to the store: a leaf's canonical bytes (the entry's spec JSON), a
-proof, and tree heads it trusts.
+proof, and tree heads it trusts — a signed checkpoint, opened with the log's verifier key by
+:func:`open_checkpoint` (``SovereignJournal.verify_extends`` checks a whole store against one).
 
 >>> from krepis.tlog import leaf_hash, verify_inclusion
 >>> proof = journal.inclusion_proof(seq)                                  # doctest: +SKIP
@@ -19,14 +20,23 @@ from ._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from ._reader import ConsistencyProof, InclusionProof
+from ._note import Checkpoint, NoteError, Signer, Verifier, generate_signer, open_checkpoint, open_note
+from ._reader import ConsistencyProof, InclusionProof, TrustReport
 
 __all__ = [
     "EMPTY_ROOT",
+    "Checkpoint",
     "ConsistencyProof",
     "InclusionProof",
+    "NoteError",
+    "Signer",
+    "TrustReport",
+    "Verifier",
+    "generate_signer",
     "leaf_hash",
     "node_hash",
+    "open_checkpoint",
+    "open_note",
     "root_from_inclusion",
     "verify_consistency",
     "verify_inclusion",

@@ -7,7 +7,11 @@
   ``<name>+<key ID, 8 hex digits>+base64(0x01 ‖ public key)``, signer
   ``PRIVATE+KEY+<name>+<key ID>+base64(0x01 ‖ 32-byte seed)``.
 * tlog-checkpoint: the note text is ``<origin>\\n<tree size>\\n<base64 root hash>\\n`` plus
-  optional extension lines.
+  optional, non-empty extension lines; :func:`open_checkpoint` also requires a verified
+  signature by the key named as the origin.
+
+Base64 is read in its canonical form only (RFC 4648 §4, padded, no stray bits): one value has
+one spelling, so a signature, key or hash cannot be re-spelt without being refused.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "Verifier",
     "format_checkpoint",
     "generate_signer",
+    "open_checkpoint",
     "open_note",
     "parse_checkpoint",
     "sign_note",
@@ -34,15 +39,21 @@ __all__ = [
 
 _ED25519 = 1
 _DASH = "\u2014"
+#: signature lines read at most (Go's note package stops at the same number; the spec asks for 16)
+MAX_SIGNATURES = 100
 
 
 class NoteError(ValidationError):
     """A key, note or checkpoint is malformed, or a signature does not verify."""
 
 
+def _valid_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and not any(
+        c.isspace() or c == "+" or ord(c) < 0x20 for c in name)
+
+
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not name or any(c.isspace() or c == "+" for c in name) \
-            or any(ord(c) < 0x20 for c in name):
+    if not _valid_name(name):
         raise NoteError(f"key name {name!r:.80} must be non-empty, without spaces or '+'")
     return name
 
@@ -52,16 +63,22 @@ def _key_id(name: str, public: bytes) -> int:
 
 
 def _hex_id(text: str) -> int:
-    if len(text) != 8 or any(c not in "0123456789abcdef" for c in text):
+    """The key ID of a key's text: 8 hex digits (either case, as Go's note package reads them)."""
+    if len(text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in text):
         return -1
     return int(text, 16)
 
 
 def _b64(data: str, what: str) -> bytes:
+    """``data`` decoded, if it is canonical standard base64 (RFC 4648 §4): padded with '=', no
+    stray bits in the last character, nothing else — so that the bytes have one spelling."""
     try:
-        return base64.b64decode(data, validate=True)
+        raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise NoteError(f"{what} is not valid base64") from None
+    if base64.b64encode(raw).decode("ascii") != data:
+        raise NoteError(f"{what} is not canonical base64 (RFC 4648 §4: padded, no stray bits)")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ class Verifier:
         public = raw[1:]
         if _hex_id(hex_id) != _key_id(name, public):
             raise NoteError(f"the verifier key's ID {hex_id!r:.20} does not match its name and key")
-        return cls(name, int(hex_id, 16), public)
+        return cls(name, _hex_id(hex_id), public)
 
     def __str__(self) -> str:
         return f"{self.name}+{self.key_id:08x}+{base64.b64encode(bytes((_ED25519,)) + self.public).decode()}"
@@ -168,11 +185,8 @@ def sign_note(text: str, signer: Signer) -> str:
     return f"{text}\n{_DASH} {signer.name} {base64.b64encode(signature).decode()}\n"
 
 
-def open_note(note: str, verifiers: list[Verifier]) -> str:
-    """The note's text, once a signature of one of ``verifiers`` has been checked.
-
-    Raises :class:`NoteError` when the note is malformed, when a known key's signature does not
-    verify, or when no known key signed it. Signatures of unknown keys are ignored."""
+def _open(note: str, verifiers: list[Verifier]) -> tuple[str, list[Verifier]]:
+    """The note's text and the known keys whose signatures verified (at least one)."""
     split = note.rfind("\n\n")
     if split < 0 or not note.endswith("\n"):
         raise NoteError("not a signed note (no blank line before the signatures)")
@@ -180,24 +194,48 @@ def open_note(note: str, verifiers: list[Verifier]) -> str:
     _check_text(text)
     if any(ord(c) < 0x20 and c != "\n" for c in note):
         raise NoteError("a signed note must not contain control characters other than newline")
+    if len(lines) > MAX_SIGNATURES:
+        raise NoteError(f"the note carries more than {MAX_SIGNATURES} signatures")
     known = {(v.name, v.key_id): v for v in verifiers}
-    verified = False
+    verified: list[Verifier] = []
     for line in lines:
         parts = line.split(" ")
-        if len(parts) != 3 or parts[0] != _DASH:
+        if len(parts) != 3 or parts[0] != _DASH or not _valid_name(parts[1]):
             raise NoteError(f"malformed signature line {line[:80]!r}")
         raw = _b64(parts[2], "a signature")
         if len(raw) < 5:
             raise NoteError("a signature is too short")
         verifier = known.get((parts[1], int.from_bytes(raw[:4], "big")))
         if verifier is None:
-            continue
+            continue  # an unknown key (the spec: ignored, even if its name or ID is a known key's)
         if not verifier.verify(text.encode(), raw[4:]):
             raise NoteError(f"the signature of {verifier.name} does not verify")
-        verified = True
+        if verifier not in verified:
+            verified.append(verifier)
     if not verified:
         raise NoteError("the note carries no signature of a known key")
-    return text
+    return text, verified
+
+
+def open_note(note: str, verifiers: list[Verifier]) -> str:
+    """The note's text, once a signature of one of ``verifiers`` has been checked.
+
+    Raises :class:`NoteError` when the note is malformed, when a known key's signature does not
+    verify, or when no known key signed it. Signatures of unknown keys are ignored."""
+    return _open(note, verifiers)[0]
+
+
+def open_checkpoint(note: str, verifiers: list[Verifier]) -> Checkpoint:
+    """The checkpoint of a signed note, once :func:`open_note` checked it and a key named as its
+    origin is among the keys whose signatures verified (a witness's cosignature alone does not
+    name the log). Raises :class:`NoteError` otherwise."""
+    text, signers = _open(note, verifiers)
+    checkpoint = parse_checkpoint(text)
+    if all(v.name != checkpoint.origin for v in signers):
+        names = ", ".join(v.name for v in signers)
+        raise NoteError(f"the checkpoint's origin {checkpoint.origin!r:.80} is not the name of a key that "
+                        f"signed it ({names}): a log signs its checkpoints with the key named as its origin")
+    return checkpoint
 
 
 @dataclass(frozen=True)
@@ -213,6 +251,7 @@ class Checkpoint:
 def format_checkpoint(checkpoint: Checkpoint) -> str:
     """The checkpoint's note text (to be signed)."""
     _check_origin(checkpoint.origin)
+    _check_extensions(checkpoint.extensions)
     lines = [checkpoint.origin, str(checkpoint.size), base64.b64encode(checkpoint.root).decode(),
              *checkpoint.extensions]
     return "\n".join(lines) + "\n"
@@ -229,10 +268,20 @@ def parse_checkpoint(text: str) -> Checkpoint:
     root = _b64(root_text, "the checkpoint's root hash")
     if len(root) != 32:
         raise NoteError("the checkpoint's root hash is not 32 bytes")
-    return Checkpoint(_check_origin(origin), int(size_text), root, tuple(lines[3:-1]))
+    return Checkpoint(_check_origin(origin), int(size_text), root, _check_extensions(tuple(lines[3:-1])))
+
+
+def _check_extensions(lines: tuple[str, ...]) -> tuple[str, ...]:
+    for n, line in enumerate(lines, 1):
+        if not isinstance(line, str) or not line or "\n" in line:
+            raise NoteError(f"checkpoint extension line {n} is empty (or not one line): extension lines "
+                            "must be non-empty (C2SP tlog-checkpoint)")
+    return lines
 
 
 def _check_origin(origin: str) -> str:
-    if not origin or origin != origin.strip() or "\n" in origin or any(ord(c) < 0x20 for c in origin):
+    # the spec's only rule (spaces are merely not recommended); open_checkpoint then requires
+    # the origin to be the name of the key that signed it
+    if not isinstance(origin, str) or not origin or any(ord(c) < 0x20 for c in origin):
         raise NoteError(f"checkpoint origin {origin!r:.80} must be one non-empty line")
     return origin

@@ -13,8 +13,9 @@ from typing import Protocol
 
 from .._errors import CorruptStorageError, JournalError, ValidationError
 from ._merkle import TILE_HEIGHT, consistency_proof, inclusion_proof, leaf_hash, node_hash, range_hash
+from ._note import Checkpoint
 
-__all__ = ["ConsistencyProof", "InclusionProof", "TreeHead", "TreeReader", "TreeSource"]
+__all__ = ["ConsistencyProof", "InclusionProof", "TreeHead", "TreeReader", "TreeSource", "TrustReport"]
 
 _WIDTH = 1 << TILE_HEIGHT
 
@@ -71,6 +72,20 @@ class ConsistencyProof:
     old_root: bytes
     new_root: bytes
     path: list[bytes]
+
+
+@dataclass(frozen=True)
+class TrustReport:
+    """What :meth:`SovereignJournal.verify_extends <krepis.SovereignJournal.verify_extends>`
+    proved: the journal's current log, a tree of ``tree_size`` leaves with head ``root``, extends
+    the trusted ``checkpoint`` (a consistency proof from it verified), and every leaf of it was
+    hashed from an entry — ``entries`` read from the store, ``archived`` from the archive."""
+
+    checkpoint: Checkpoint
+    tree_size: int
+    root: bytes
+    entries: int
+    archived: int
 
 
 class TreeReader:
