@@ -102,16 +102,25 @@ def put_entries(shared: Shared, txn: Any, entries: Sequence[tuple[TransactionLog
                 leaves: Sequence[bytes], seq: int, size: int, frontier: list[bytes],
                 new_ops: dict[str, int]) -> tuple[int, int]:
     """Put ``entries`` (from ``seq`` on) with their index rows, and extend the tree of ``size``
-    leaves (``frontier``, changed in place) with their ``leaves``; returns the next seq and size."""
+    leaves (``frontier``, changed in place) with their ``leaves``; returns the next seq and size.
+
+    The rows go in a few calls, not one per row: the entries appended in one call (their keys
+    only grow), the time index's rows appended in one (appends keep LMDB's pages full), every
+    other index row, sorted, in one more."""
     path = shared.path
     dbs = shared.dbs
-    entries_db, index, tree = dbs[b"entries"], dbs[b"index"], dbs[b"tree"]
     put = txn.put
+    tree = dbs[b"tree"]
     op_ids = shared.op_ids
+    first = seq
 
     def on_node(level: int, at: int, node: bytes) -> None:
         put(_NODE_KEY.pack(level, at), node, db=tree)
 
+    values: list[tuple[bytes, bytes]] = []
+    times: list[tuple[bytes, bytes]] = []
+    rows: list[tuple[bytes, bytes]] = []
+    seq_pack, ts_seq_pack, op_key_pack = _SEQ.pack, _TS_SEQ.pack, _OP_KEY.pack
     for (log, _canonical), leaf in zip(entries, leaves, strict=True):
         op = log.op_name
         op_id = op_ids.get(op)
@@ -119,18 +128,27 @@ def put_entries(shared: Shared, txn: Any, entries: Sequence[tuple[TransactionLog
             op_id = new_ops.get(op)
             if op_id is None:
                 op_id = new_op(shared, txn, op, new_ops)
-        if not put(_SEQ.pack(seq), encode_value(log, op_id), overwrite=False, append=True, db=entries_db):
-            raise CorruptStorageError(f"storage at {path}: sequence {seq} is already used; the meta "
-                                      "sequence is behind the entries", path)
-        ts_seq = _TS_SEQ.pack(log.timestamp, seq)
+        values.append((seq_pack(seq), encode_value(log, op_id)))
+        ts_seq = ts_seq_pack(log.timestamp, seq)
         status = STATUS_CODE[log.status]
-        rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
-        # Appends keep LMDB's pages full; an entry with an older timestamp goes in place.
-        for ikey in (_TIME_KEY, _STATUS_KEY[status], _OP_KEY.pack(b"o", op_id, status), rid_key):
-            if not put(ikey, ts_seq, append=True, db=index):
-                put(ikey, ts_seq, db=index)
+        times.append((_TIME_KEY, ts_seq))
+        rows.append((_STATUS_KEY[status], ts_seq))
+        rows.append((op_key_pack(b"o", op_id, status), ts_seq))
+        rows.append((b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status], ts_seq))
         size = append_leaf(frontier, size, leaf, on_node)
         seq += 1
+    if values:
+        _consumed, added = txn.cursor(db=dbs[b"entries"]).putmulti(values, overwrite=False, append=True)
+        if added != len(values):
+            raise CorruptStorageError(f"storage at {path}: a sequence number from {first} on is already "
+                                      "used; the meta sequence is behind the entries", path)
+        index = txn.cursor(db=dbs[b"index"])
+        times.sort()
+        _consumed, added = index.putmulti(times, append=True)
+        if added != len(times):  # an entry older than the newest: those go in place
+            index.putmulti(times)
+        rows.sort()
+        index.putmulti(rows)
     return seq, size
 
 

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import struct
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import lmdb
@@ -45,6 +44,31 @@ class LogPointer:
     @staticmethod
     def fresh(log_id: bytes) -> LogPointer:
         return LogPointer(log_id, 0, seed_link(log_id))
+
+
+class _Appending:
+    """``with shared.appending():`` — a class rather than a generator: it runs on every write."""
+
+    __slots__ = ("_shared",)
+
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+
+    def __enter__(self) -> None:
+        shared = self._shared
+        shared.mu.acquire()
+        try:
+            fcntl.flock(shared.log.fd, fcntl.LOCK_EX)
+        except BaseException:
+            shared.mu.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        shared = self._shared
+        try:
+            fcntl.flock(shared.log.fd, fcntl.LOCK_UN)
+        finally:
+            shared.mu.release()
 
 
 def read_log_pointer(txn: Any, meta: Any, path: str) -> LogPointer:
@@ -102,16 +126,9 @@ class Shared:
         self.applier: threading.Thread | None = None
         self.first_unapplied = 0.0  # monotonic time of the oldest record not applied yet
 
-    @contextlib.contextmanager
-    def appending(self) -> Iterator[None]:
+    def appending(self) -> _Appending:
         """Hold ``mu`` and the log's cross-process append lock."""
-        with self.mu:
-            fd = self.log.fd
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        return _Appending(self)
 
     def writer_lock(self) -> contextlib.AbstractContextManager[None]:
         """The store-wide writer lock (an flock on data.mdb that outlives lock.mdb)."""
