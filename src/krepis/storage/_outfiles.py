@@ -97,6 +97,16 @@ def fsync_fd(fd: int, where: str) -> None:
         raise StorageError(f"cannot make {where} durable (fsync failed: {_why(exc)})", where) from exc
 
 
+def fsync_file_at(name: str, dir_fd: int, where: str) -> None:
+    """Flush the file ``name`` of the directory ``dir_fd`` (opened without following a link);
+    ``where`` is its full path, for messages."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        fsync_fd(fd, where)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str) -> None:
     """Flush a directory's entries, by path (for a parent that holds no pinned descriptor)."""
     try:

@@ -1,9 +1,10 @@
 """Hot backups and restores of an LMDB store.
 
-A backup is a consistent copy taken from one read transaction while writers keep writing
-(LMDB's copy; its compacting variant crashes on stores with duplicate-sorted databases in the
-LMDB that py-lmdb bundles, so the copy keeps free pages), written into a new directory, flushed
-(the file, then the directory) and checked (``verify()``) before it is reported done.
+A backup is a consistent, compacted copy taken from one read transaction while writers keep
+writing (every database copied in key order, no free page: see ``_compact``), after the commit
+log was applied, so it holds every write acknowledged before it began; written into a new
+directory, flushed (the file, then the directory) and checked (``verify()``) before it is
+reported done.
 
 A restore copies the backup into a staging directory inside the destination, checks that copy —
 ``verify()``, every kept checkpoint of the current log against the tree, and, when given verifier
@@ -31,9 +32,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..._errors import InvalidTypeError, JournalError, StorageError, ValidationError
-from .._outfiles import create_exclusive, fsync_dir, fsync_fd, make_private_dir, remove_at
+from .._outfiles import fsync_dir, fsync_fd, fsync_file_at, make_private_dir, remove_at
 from ..postgres._url import is_postgres_url
 from ._commitlog import STATE
+from ._compact import copy_compacted
 from ._offline import DATA, LOCK, LOG, Offline
 from ._paths import check_path, open_directory
 from ._state import NO_LOG, LogPointer
@@ -132,18 +134,13 @@ def _check(path: str, keys: list[Verifier]) -> BackupResult:
         storage.close()
 
 
-def _copy(storage: LmdbStorage, fd: int, where: str) -> None:
-    """LMDB's consistent copy of the open store (one read transaction) into ``fd``, flushed —
-    after LMDB was brought up to date with the commit log, so the copy holds every write
-    acknowledged before it began."""
-    import lmdb
-
-    try:
-        storage.checkpoint()
-        storage._env.copyfd(fd)
-    except lmdb.Error as exc:
-        raise StorageError(f"copying {storage.location} into {where} failed: {exc}", where) from exc
-    fsync_fd(fd, where)
+def _copy(storage: LmdbStorage, dir_fd: int, where: str) -> None:
+    """A compacted copy of the open store (one read transaction: every database in key order,
+    no free page) as ``data.mdb`` in the directory ``dir_fd``, flushed — after LMDB was brought
+    up to date with the commit log, so the copy holds every write acknowledged before it began.
+    The copy names no commit log (it has none; its first open makes one)."""
+    storage.checkpoint()
+    copy_compacted(storage._env, dir_fd, where, name_no_log=True)
 
 
 def _missing_dirs(path: str) -> list[str]:
@@ -183,13 +180,8 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
         # an interval policy can back it up too.
         storage = LmdbStorage(source, durable=False, create=False)
         try:
-            data = os.path.join(dest, DATA)
-            fd = create_exclusive(DATA, dir_fd, data)
             made_data = True
-            try:
-                _copy(storage, fd, data)
-            finally:
-                os.close(fd)
+            _copy(storage, dir_fd, dest)
         finally:
             storage.close()
         fsync_fd(dir_fd, dest)
@@ -199,11 +191,7 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
         checked = _check(dest, [])
         # the check's open gave the copy a commit log of its own (a synced LMDB commit, partly
         # through LMDB's O_DSYNC descriptor): flush the file once more, by this process's own hand
-        fd = os.open(DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            fsync_fd(fd, os.path.join(dest, DATA))
-        finally:
-            os.close(fd)
+        fsync_file_at(DATA, dir_fd, os.path.join(dest, DATA))
         return checked
     except BaseException:
         if made_data:  # the destination was empty: everything in it is this backup's
@@ -330,11 +318,7 @@ def _stage(src: str, stage: str, stage_fd: int, keys: list[Verifier]) -> BackupR
     try:
         storage = LmdbStorage(src, durable=False, create=False)
         try:
-            fd = create_exclusive(DATA, stage_fd, data)
-            try:
-                _copy(storage, fd, data)
-            finally:
-                os.close(fd)
+            _copy(storage, stage_fd, stage)
         finally:
             storage.close()
         checked = _check(stage, keys)
@@ -345,10 +329,6 @@ def _stage(src: str, stage: str, stage_fd: int, keys: list[Verifier]) -> BackupR
         raise type(exc)(text) from None
     _name_no_log(stage_fd, stage)
     # the check's open may have written the file (never its data): flush again before the rename
-    fd = os.open(DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stage_fd)
-    try:
-        fsync_fd(fd, data)
-    finally:
-        os.close(fd)
+    fsync_file_at(DATA, stage_fd, data)
     fsync_fd(stage_fd, stage)
     return checked

@@ -21,7 +21,7 @@ from ..._errors import CorruptStorageError, StorageError
 from ..._model import TransactionLog, encode_log
 from ...tlog._merkle import append_leaf, root_from_frontier
 from .._migration import MigrationResult, Progress, counter_name, format1_entry
-from .._outfiles import create_exclusive, fsync_fd, make_private_dir, remove_at
+from .._outfiles import create_exclusive, fsync_fd, fsync_file_at, make_private_dir, remove_at
 from .._port import WriteRequest
 from ._offline import DATA, LOG, Offline
 from ._state import NO_LOG, LogPointer
@@ -261,11 +261,7 @@ def _build_lmdb(path: str, dir_fd: int, work: str, work_fd: int,
             new.close()
         if old is not None:
             old.close()
-    fd = os.open(DATA, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work_fd)
-    try:
-        fsync_fd(fd, os.path.join(work, DATA))  # (the checkpoint flushed it; this says so)
-    finally:
-        os.close(fd)
+    fsync_file_at(DATA, work_fd, os.path.join(work, DATA))  # (the checkpoint flushed it; this says so)
     fsync_fd(work_fd, work)
     return total, len(counters)
 

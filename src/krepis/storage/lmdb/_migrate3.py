@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import lmdb
 
-from ..._errors import CorruptStorageError, JournalError, StorageError
+from ..._errors import CorruptStorageError, StorageError
 from .._outfiles import create_exclusive, fsync_fd, make_private_dir, remove_at
 from ._apply import put_entries
 from ._commitlog import decode_payload
@@ -204,21 +204,6 @@ def _apply(shim: Shared, txn: Any, requests: list[tuple[list[tuple[Any, bytes]],
 
 def _verify(work: str, path: str) -> None:
     """The converted copy must pass a full verification before it replaces anything."""
-    from ._store import LmdbStorage
+    from ._compact import verify_copy
 
-    try:
-        storage = LmdbStorage(work, create=False)
-        try:
-            storage.verify()
-        finally:
-            storage.close()
-    except JournalError as exc:
-        raise CorruptStorageError(f"storage at {path}: the store recovered from its format-3 commit log "
-                                  f"does not verify ({exc}); nothing was changed", path) from exc
-    # The copy's check gave it a commit log of its own; data.mdb moves without it.
-    env = lmdb.open(work, max_dbs=16, map_size=1 << 40, subdir=True)
-    try:
-        with env.begin(write=True) as txn:
-            txn.put(b"log", LogPointer(NO_LOG, 0, 0).pack(), db=env.open_db(b"meta", txn=txn, create=False))
-    finally:
-        env.close()
+    verify_copy(work, path, "the store recovered from its format-3 commit log does not verify").close()

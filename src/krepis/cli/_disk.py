@@ -1,0 +1,82 @@
+"""``krepis du`` (what a store takes on disk) and ``krepis compact`` (give free pages back)."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ._common import _console, _emit_json, _storage, _storage_option, cli, inert
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def _lmdb_only(location: str, command: str) -> None:
+    from ..storage.postgres import is_postgres_url
+
+    if is_postgres_url(location):
+        raise click.UsageError(f"krepis {command} works on LMDB stores; a PostgreSQL journal's space is "
+                               "PostgreSQL's (VACUUM, pg_total_relation_size)")
+
+
+@cli.command("du")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object (bytes).")
+@_storage_option
+@click.pass_context
+def du(ctx: click.Context, as_json: bool) -> None:
+    """Show what the store takes on disk: data.mdb and its free pages, the commit log.
+
+    Free pages are space LMDB reuses but never returns to the file system (after an archive
+    or a clear, most of data.mdb may be free): krepis compact gives it back. Sizes are bytes
+    allocated on disk."""
+    from ..storage.lmdb import disk_use
+
+    location = _storage(ctx)
+    _lmdb_only(location, "du")
+    use = disk_use(location)
+    if as_json:
+        _emit_json({"storage": use.path, "data": use.data, "data_apparent": use.data_apparent,
+                    "free": use.free, "log": use.log, "state": use.state, "lock": use.lock,
+                    "total": use.total, "entries": use.entries})
+        return
+    table = Table(title=inert(use.path), show_header=True, title_justify="left")
+    table.add_column("file")
+    table.add_column("on disk", justify="right")
+    table.add_column("what it is")
+    table.add_row("data.mdb", _size(use.data), f"{use.entries:,} entries; {_size(use.free)} of it free pages")
+    table.add_row("commit.log", _size(use.log), "writes LMDB has not applied yet, in a ring")
+    table.add_row("commit.state", _size(use.state), "the log's head and durability marker")
+    table.add_row("lock.mdb", _size(use.lock), "LMDB's lock table (no data)")
+    table.add_row("total", _size(use.total), "")
+    _console().print(table)
+    if use.data and use.free * 4 > use.data:
+        click.echo(f"{_size(use.free)} of data.mdb is free: krepis compact returns it to the file system")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_storage_option
+@click.pass_context
+def compact(ctx: click.Context, as_json: bool) -> None:
+    """Rewrite data.mdb without its free pages, returning the space to the file system.
+
+    Every entry, index row, tree node, counter and checkpoint is kept byte for byte; the copy
+    is built beside the store, verified, and swapped in with one rename, so a crash at any point
+    leaves the old store or the new one, never less. Stop every process using the store first
+    (it is refused while one has it open)."""
+    from ..storage.lmdb import compact as run_compact
+
+    location = _storage(ctx)
+    _lmdb_only(location, "compact")
+    result = run_compact(location)
+    if as_json:
+        _emit_json({"storage": result.path, "before": result.before, "after": result.after,
+                    "entries": result.entries})
+        return
+    click.echo(f"compacted {inert(result.path)}: data.mdb {_size(result.before)} → {_size(result.after)} "
+               f"({result.entries:,} entries kept)")
