@@ -64,6 +64,9 @@ def apply_records(shared: Shared, txn: Any, records: Sequence[TailRecord],
     new_ops: dict[str, int] = {}
     increments: dict[bytes, int] = {}
     position, link = pointer.position, pointer.link
+    entries: list[tuple[TransactionLog, bytes]] = []
+    leaves: list[bytes] = []
+    next_seq = seq
     for record in records:
         if record.position != position and record.position != position + (-position % shared.log.ring):
             raise CorruptStorageError(f"storage at {path}: the commit log's record at {record.position} "
@@ -73,13 +76,17 @@ def apply_records(shared: Shared, txn: Any, records: Sequence[TailRecord],
                 f"storage at {path}: the commit log holds, at position {record.position}, a change made "
                 "outside the log (a clear, an archive or a checkpoint) that data.mdb does not have: "
                 "data.mdb is older than its commit log. Restore the store with krepis restore", path)
-        if record.first_seq != seq:
+        if record.first_seq != next_seq:
             raise CorruptStorageError(f"storage at {path}: the commit log's record at {record.position} "
-                                      f"begins at seq {record.first_seq}; the store is at seq {seq}", path)
-        seq, size = put_entries(shared, txn, record.entries, record.leaves(), seq, size, frontier, new_ops)
+                                      f"begins at seq {record.first_seq}; the store is at seq {next_seq}",
+                                      path)
+        entries += record.entries  # every record's rows go in together: a few calls per batch
+        leaves += record.leaves()
+        next_seq += len(record.entries)
         for name in record.increments:
             increments[name] = increments.get(name, 0) + 1
         position, link = record.end, record.crc
+    seq, size = put_entries(shared, txn, entries, leaves, seq, size, frontier, new_ops)
     for name, add in increments.items():
         key = COUNTER_PREFIX + name
         raw = txn.get(key, db=stats)
