@@ -1,15 +1,23 @@
 """Mutation testing one module at a time: ``python tests/mutation.py MODULE [--max-children N]``.
 
-mutmut reads a single ``[tool.mutmut]`` section, and a run over every module with every test
-would take hours on a small machine. This script runs one module against the in-process tests
-that exercise it: it copies the committed tree (``git archive HEAD``) to ``.mutation/MODULE/``,
-writes that module's ``[tool.mutmut]`` there and runs ``mutmut run`` in the copy, so the
-working tree is never touched and runs of different modules can be resumed independently
-(``mutmut results`` / ``mutmut show NAME`` inside ``.mutation/MODULE/``). Commit first: only
-committed code and tests are copied. See docs/testing.md for the scores and the equivalents.
+MODULE is a source file's path under ``src/krepis`` without ``.py`` (``tlog/_note``,
+``storage/lmdb/_recovery``). mutmut reads a single ``[tool.mutmut]`` section, and a run over
+every module with every test would take days on a small machine. This script runs one module
+against the in-process tests of its package (``SELECTIONS``): it copies the committed tree
+(``git archive HEAD``) to ``.mutation/MODULE/`` (slashes as ``.``), writes that module's
+``[tool.mutmut]`` there and runs ``mutmut run`` in the copy, so the working tree is never
+touched and runs of different modules can be resumed independently (``mutmut results`` /
+``mutmut show NAME`` inside the copy). Commit first: only committed code and tests are copied.
 
-For ``postgres`` a PostgreSQL server is started once for the whole run (``tests/pg.py``) and
-shared by every mutant's test session (``KREPIS_TEST_POSTGRES``), then stopped.
+``--record`` writes the run's counts into the score table of docs/testing.md (with the date and
+the commit whose code was mutated); ``--status`` prints that table with each module's state —
+*current*, *stale* (its source changed since the recorded run: git says so) or *never run* —
+and ``--status --write`` puts the states into the table (``tests/test_mutation_table.py``
+fails while the table disagrees with git). Survivors judged equivalent are listed, each with
+its reason, in ``tests/mutation_equivalents.txt``.
+
+For ``storage/postgres/*`` a PostgreSQL server is started once for the whole run (``tests/pg.py``)
+and shared by every mutant's test session (``KREPIS_TEST_POSTGRES``), then stopped.
 
 ``PYTHONPATH`` points at the mutated copy (``mutants/src``), and mutmut names the active mutant
 in the environment (``MUTANT_UNDER_TEST``), so a child Python process a test starts (a writer
@@ -35,48 +43,71 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: module → (source path, test files, pytest -k expression or None). The tests are the
-#: in-process ones (mutmut never sees code run by a subprocess such as the `krepis` CLI);
-#: tests that restart servers, send signals or only drive the CLI are left out to keep runs short.
-MODULES: dict[str, tuple[str, list[str], str | None]] = {
-    "merkle": ("src/krepis/tlog/_merkle.py",
-               ["test_merkle.py", "test_tlog.py", "test_storage_lmdb.py"], None),
-    "codec": ("src/krepis/storage/_codec.py", ["test_codec.py", "test_storage_lmdb.py",
-                                                 "test_bad_storage.py", "test_tlog.py"], None),
-    "journal": ("src/krepis/journal/_journal.py",
-                ["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
-                 "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
-                 "test_kernel.py"], "not postgres and not deno"),
-    "async": ("src/krepis/journal/_async.py", ["test_async.py", "test_guarantees.py", "test_tlog.py"],
-              "not postgres and not deno"),
-    "kernel": ("src/krepis/kernel/_kernel.py",
-               ["test_kernel.py", "test_guarantees.py", "test_plane.py", "test_plane_ops.py",
-                "test_plane_limits.py", "test_model.py"],
-               "not postgres and not cli and not signal and not killed_host"),
-    "plane": ("src/krepis/kernel/_plane.py",
-              ["test_plane_units.py", "test_plane.py", "test_plane_ops.py", "test_plane_limits.py",
-               "test_plane_sandbox.py", "test_guarantees.py"],
-              "not postgres and not cli and not signal_to_krepis and not killed_host"),
-    "postgres": ("src/krepis/storage/postgres/_store.py",
-                 ["test_postgres.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
-                  "test_safety_parity.py", "test_backup.py", "test_migrate.py", "test_archive.py"],
-                 "(postgres or pg or Postgres) and not restart and not failover and not bench and not cli"),
-    "lmdb": ("src/krepis/storage/lmdb/_store.py",
-             ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog_units.py", "test_commitlog.py",
-              "test_bad_storage.py", "test_journal.py", "test_guarantees.py", "test_tlog.py",
-              "test_archive.py", "test_safety_files.py", "test_safety_held.py",
-              "test_safety_writers.py", "test_migrate.py", "test_backup.py", "test_review_findings.py",
-              "test_flush.py", "test_concurrency.py", "test_powerloss.py"],
-             # the two torn interval-mode cases and the migration kill loop take a minute
-             # between them and only repeat what the sync cases and the migration tests check
-             "not postgres and not pg and not deno and not bench and not interval_torn "
-             "and not killed_at_random_points"),
-    "commitlog": ("src/krepis/storage/lmdb/_commitlog.py",
-                  ["test_commitlog_units.py", "test_commitlog.py", "test_storage_lmdb.py",
-                   "test_bad_storage.py", "test_migrate.py", "test_backup.py", "test_powerloss.py",
-                   "test_safety_files.py"],
-                  "not postgres and not pg"),
+SRC = ROOT / "src" / "krepis"
+DOC = ROOT / "docs" / "testing.md"
+EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
+
+_LMDB_TESTS = ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog*.py", "test_bad_storage.py",
+               "test_journal.py", "test_guarantees.py", "test_tlog.py", "test_archive.py", "test_safety_*.py",
+               "test_migrate*.py", "test_backup.py", "test_compact.py", "test_review_findings.py",
+               "test_flush.py", "test_concurrency.py", "test_powerloss.py", "test_durable_copies.py",
+               "test_outfiles.py", "test_gaps_storage.py", "test_gaps_commitlog.py"]
+_NO_PG = "not postgres and not pg and not Postgres"
+
+#: package prefix (under src/krepis; the longest that matches a module wins) → (test files,
+#: globs allowed, in tests/; pytest -k expression or None). The tests are the in-process ones
+#: of that package (mutmut never sees code run only by a subprocess); tests that restart servers
+#: or take minutes while repeating what others check are left out to keep runs short.
+SELECTIONS: dict[str, tuple[list[str], str | None]] = {
+    "": (["test_model.py", "test_cli_time.py", "test_journal.py", "test_safety_api.py", "test_codec.py",
+          "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
+    "tlog/": (["test_merkle.py", "test_tlog*.py", "test_witness*.py", "test_gaps_tlog.py", "test_backup.py",
+               "test_storage_lmdb.py"], _NO_PG),
+    "archive/": (["test_archive*.py", "test_gaps_archive.py"], _NO_PG),
+    "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
+                  "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
+                  "test_bad_storage.py", "test_tlog.py"], _NO_PG),
+    "storage/lmdb/": (_LMDB_TESTS,
+                      # the torn interval-mode cases and the migration kill loop take a minute
+                      # between them and only repeat what the sync cases and the migration tests check
+                      _NO_PG + " and not deno and not bench and not interval_torn "
+                      "and not killed_at_random_points"),
+    "storage/postgres/": (["test_postgres.py", "test_guarantees.py", "test_tlog.py",
+                           "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
+                           "test_migrate.py", "test_archive.py",
+                           "test_gaps_storage.py"],
+                          "(postgres or pg or Postgres) and not restart and not failover and not bench "
+                          "and not cli"),
+    "journal/": (["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
+                  "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
+                  "test_kernel.py", "test_archive.py"], _NO_PG + " and not deno"),
+    "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py"],
+                _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
+    "cli/": (["test_cli*.py", "test_tlog_cli.py", "test_tlog_serve.py", "test_archive.py", "test_compact.py",
+              "test_backup.py"], _NO_PG),
 }
+
+
+def modules() -> list[str]:
+    """Every source module that has code to mutate, as ``package/_name`` paths."""
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = path.relative_to(SRC).with_suffix("").as_posix()
+        if re.search(r"^\s*(def|class) ", path.read_text(), re.M):
+            out.append(name)
+    return out
+
+
+def selection(module: str) -> tuple[str, list[str], str | None]:
+    """``module``'s source path (relative to the root), its test files and -k expression."""
+    prefix = max((p for p in SELECTIONS if module.startswith(p)), key=len)
+    patterns, select = SELECTIONS[prefix]
+    tests = sorted({f.name for pattern in patterns for f in (ROOT / "tests").glob(pattern)})
+    return f"src/krepis/{module}.py", tests, select
+
+
+def _target(module: str) -> Path:
+    return ROOT / ".mutation" / module.replace("/", ".")
 
 
 def _toml_list(items: list[str]) -> str:
@@ -99,8 +130,8 @@ def refresh(target: Path) -> None:
 
 def prepare(module: str) -> Path:
     """A copy of the committed tree in .mutation/MODULE with that module's mutmut settings."""
-    source, tests, select = MODULES[module]
-    target = ROOT / ".mutation" / module
+    source, tests, select = selection(module)
+    target = _target(module)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -119,6 +150,9 @@ def prepare(module: str) -> Path:
                                                      "--output", "json", source]) + "\n")
     (target / "pyproject.toml").write_text(pyproject[:start] + section +
                                            (pyproject[end:] if end >= 0 else ""))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    (target / "COMMIT").write_text(commit + "\n")  # the code mutated: what --record names
     return target
 
 
@@ -256,17 +290,136 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 """
 
 
-def score(target: Path, mutmut: str) -> int:
-    """Count the last run's mutants by status (mutmut's own statuses)."""
+def _statuses(target: Path, mutmut: str) -> dict[str, str]:
+    """Every mutant of the last run in ``target`` → mutmut's status for it."""
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=target, capture_output=True,
                              text=True).stdout
-    counts: dict[str, int] = {}
+    out = {}
     for line in listing.splitlines():
         if ": " in line:
-            status = line.rsplit(": ", 1)[1].strip()
-            counts[status] = counts.get(status, 0) + 1
+            name, status = line.rsplit(": ", 1)
+            out[name.strip()] = status.strip()
+    return out
+
+
+def score(target: Path, mutmut: str) -> int:
+    """Count the last run's mutants by status (mutmut's own statuses)."""
+    counts: dict[str, int] = {}
+    for status in _statuses(target, mutmut).values():
+        counts[status] = counts.get(status, 0) + 1
     total = sum(counts.values())
     print(", ".join(f"{status}: {n}" for status, n in sorted(counts.items())), f"(total {total})")
+    return 0
+
+
+# -- the score table of docs/testing.md ------------------------------------------------------
+TABLE_START = "<!-- mutation-scores:start -->"
+TABLE_END = "<!-- mutation-scores:end -->"
+COLUMNS = ["module", "mutants", "run", "killed", "equivalent", "not killed", "score", "run on", "code of",
+           "status"]
+_KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+_NOT_RUN = {"not checked", "skipped"}
+
+
+def equivalents() -> dict[str, str]:
+    """``tests/mutation_equivalents.txt``: mutant name → why no caller can tell it apart."""
+    out = {}
+    for line in EQUIVALENTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition("#")
+            out[name.strip()] = reason.strip()
+    return out
+
+
+def read_table(text: str) -> dict[str, dict[str, str]]:
+    """The rows of the score table in ``text``, by module."""
+    body = text[text.index(TABLE_START) + len(TABLE_START):text.index(TABLE_END)]
+    rows = {}
+    for line in body.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        row = dict(zip(COLUMNS, cells, strict=True))
+        row["module"] = row["module"].strip("`")
+        rows[row["module"]] = row
+    return rows
+
+
+def _format_table(rows: dict[str, dict[str, str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * 6 + "---|---|---|"]
+    for module in sorted(rows):
+        row = rows[module]
+        lines.append("| " + " | ".join([f"`{module}`"] + [row[c] for c in COLUMNS[1:]]) + " |")
+    return "\n".join(lines)
+
+
+def state(module: str, commit: str) -> str:
+    """``current`` when the module's source is the same as in ``commit`` (the code its recorded
+    run mutated), ``stale`` when it changed since, ``never run`` without a run."""
+    if commit in ("", "—"):
+        return "never run"
+    known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True)
+    if known.returncode != 0:
+        return "unknown (commit not in this clone)"
+    same = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", f"src/krepis/{module}.py"],
+                          cwd=ROOT, capture_output=True)
+    return "current" if same.returncode == 0 else "stale"
+
+
+def table_rows() -> dict[str, dict[str, str]]:
+    """The table as it should read now: every module, recorded figures kept, states from git."""
+    recorded = read_table(DOC.read_text())
+    rows = {}
+    for module in modules():
+        row = recorded.get(module) or dict.fromkeys(COLUMNS[1:], "—")
+        row = {**row, "module": module}
+        row["status"] = state(module, row["code of"])
+        rows[module] = row
+    return rows
+
+
+def write_table(rows: dict[str, dict[str, str]]) -> None:
+    text = DOC.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    DOC.write_text(text[:start] + "\n" + _format_table(rows) + "\n" + text[end:])
+
+
+def status(write: bool) -> int:
+    rows = table_rows()
+    if write:
+        write_table(rows)
+    width = max(len(m) for m in rows)
+    for module, row in rows.items():
+        print(f"{module:<{width}}  {row['score']:>8}  {row['run on']:>10}  {row['status']}")
+    stale = [m for m, r in rows.items() if r["status"] != "current"]
+    print(f"{len(rows) - len(stale)} of {len(rows)} modules current; {len(stale)} stale or never run")
+    return 0
+
+
+def record(module: str, target: Path, mutmut: str) -> int:
+    """Write the last run's counts of ``module`` into the table (see ``COLUMNS``): the killed
+    include timeouts and mutants ``mypy --strict`` rejects; equivalents are survivors listed in
+    ``tests/mutation_equivalents.txt`` or shown by rule; the score is killed ÷ (run − equivalent)."""
+    statuses = _statuses(target, mutmut)
+    if not statuses:
+        print(f"no run of {module} in {target}")
+        return 1
+    listed = equivalents()
+    by_rule = {name for name, removed, added in _survivor_diffs(target, mutmut)
+               if equivalent_by_rule(removed, added)}
+    run = [n for n, st in statuses.items() if st not in _NOT_RUN]
+    killed = sum(statuses[n] in _KILLED for n in run)
+    equivalent = sum(statuses[n] not in _KILLED and (n in listed or n in by_rule) for n in run)
+    rest = len(run) - killed - equivalent
+    rows = table_rows()
+    commit = (target / "COMMIT").read_text().strip()
+    rows[module] = {
+        "module": module, "mutants": str(len(statuses)), "run": str(len(run)), "killed": str(killed),
+        "equivalent": str(equivalent), "not killed": str(rest),
+        "score": f"{100 * killed / max(1, len(run) - equivalent):.1f} %",
+        "run on": subprocess.run(["date", "-u", "+%Y-%m-%d"], capture_output=True, text=True).stdout.strip(),
+        "code of": commit[:12], "status": state(module, commit[:12]),
+    }
+    write_table(rows)
+    print(f"{module}: {rows[module]}")
     return 0
 
 
@@ -325,7 +478,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("module", choices=sorted(MODULES))
+    parser.add_argument("module", nargs="?", help="a source module, e.g. tlog/_note (see --status)")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--keep", action="store_true",
                         help="resume the run in .mutation/MODULE instead of starting afresh")
@@ -338,13 +491,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=14, help="the seed of --sample")
     parser.add_argument("--score", action="store_true",
                         help="count the last run's mutants in .mutation/MODULE by status")
+    parser.add_argument("--record", action="store_true",
+                        help="write the last run's counts into the score table of docs/testing.md")
+    parser.add_argument("--status", action="store_true",
+                        help="every module's last score and whether it is current, stale or never run")
+    parser.add_argument("--write", action="store_true", help="with --status: update the table's states")
     args = parser.parse_args()
-    target = ROOT / ".mutation" / args.module
+    if args.status:
+        return status(args.write)
+    if args.module not in modules():
+        parser.error(f"unknown module {args.module!r}; one of: {', '.join(modules())}")
+    target = _target(args.module)
     mutmut = shutil.which("mutmut", path=os.path.dirname(sys.executable)) or "mutmut"
     if args.survivors:
         return survivors(target, mutmut)
     if args.score:
         return score(target, mutmut)
+    if args.record:
+        return record(args.module, target, mutmut)
     # a SIGTERM still stops the PostgreSQL server below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (args.keep or args.recheck) or not target.exists():
@@ -365,7 +529,7 @@ def main() -> int:
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("KREPIS_POWERLOSS_CUTS", "8")  # a surviving mutant runs every selected test
     server: Path | None = None
-    if args.module == "postgres" and "KREPIS_TEST_POSTGRES" not in env:
+    if args.module.startswith("storage/postgres/") and "KREPIS_TEST_POSTGRES" not in env:
         server = Path(tempfile.mkdtemp(prefix="krepis-mutation-pg-")) / "server"
         server.parent.chmod(0o755)  # the server runs as 'nobody' when we are root
         started = subprocess.run([sys.executable, str(ROOT / "tests" / "pg.py"), "start", str(server)],
@@ -375,7 +539,7 @@ def main() -> int:
         if args.recheck:
             return recheck(target, mutmut, args.recheck, env)
         if args.sample:
-            return sample(target, mutmut, MODULES[args.module][0], env, args.sample, args.seed,
+            return sample(target, mutmut, selection(args.module)[0], env, args.sample, args.seed,
                           args.max_children)
         return subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=target,
                               env=env).returncode
