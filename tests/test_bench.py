@@ -165,8 +165,9 @@ def test_a_whole_run_reports_progress_to_the_end_and_renders(tmp_path: Path) -> 
     out = io.StringIO()
     render(result, Console(file=out, width=200))
     text = out.getvalue()
-    for words in ("writes: median of 2 interleaved rounds", "× sqlite3 FULL", "bulk paths on 1,000 entries",
-                  "bytes on disk per entry", "targets met", "ratios between rows are what counts"):
+    for words in ("writes: the median of 2 interleaved rounds", "× sqlite3 FULL",
+                  "bulk paths on 1,000 entries", "bytes on disk per entry", "targets met",
+                  "ratios between rows are what counts"):
         assert words in text
     verdicts = re.findall(r"│ (met|missed) +│", text)  # each target says met or missed
     assert verdicts == [t["status"] for t in result["targets"]]

@@ -21,7 +21,8 @@ def render(result: dict[str, Any], con: Console) -> None:
               f"{', '.join(str(x) for x in m['load_average'])}")
     con.print(result["note"])
 
-    writes = Table(title=f"writes: median of {cfg['rounds']} interleaved rounds of {cfg['seconds']:g} s")
+    rounds = "1 round" if cfg["rounds"] == 1 else f"the median of {cfg['rounds']} interleaved rounds"
+    writes = Table(title=f"writes: {rounds} of {cfg['seconds']:g} s")
     for col in ("", "ops/s", "min–max", "CPU µs/op", "p50 µs", "p99 µs", "× ceiling", "× sqlite3 FULL"):
         writes.add_column(col, justify="left" if not col else "right")
     for row in result["rows"]:
@@ -63,7 +64,7 @@ def render(result: dict[str, Any], con: Console) -> None:
     con.print(size)
 
     targets = Table(title="targets")
-    for col in ("target", "measured", ""):
+    for col in ("target", "measured", "verdict"):
         targets.add_column(col)
     for t in result["targets"]:
         targets.add_row(t["target"], t["figure"], "[green]met[/]" if t["met"] else "[yellow]missed[/]")
