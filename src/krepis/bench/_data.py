@@ -57,9 +57,9 @@ def realistic_entries(n: int, seed: int = 6962) -> Iterator[TransactionLog]:
 
 def fill_pair(krepis_path: str, sqlite_path: str, entries: int,
               progress: Callable[[int], None] | None = None) -> None:
-    """The same realistic entries into a krepis store and an sqlite3 database, 64 per commit
-    (bigger bulk transactions would leave LMDB's file with more free pages than a journal
-    written by ordinary commits has)."""
+    """The same realistic entries into a krepis store (each counted in ``bench_op``) and an
+    sqlite3 database, 64 per commit (bigger bulk transactions would leave LMDB's file with more
+    free pages than a journal written by ordinary commits has)."""
     db = sqlite3.connect(sqlite_path, isolation_level=None)
     db.executescript(SQLITE_QUERY_SCHEMA)
     db.execute("PRAGMA journal_mode=WAL")
