@@ -16,10 +16,21 @@ import pytest
 from rich.console import Console
 
 from krepis import SovereignJournal
-from krepis.bench import BenchConfig, Round, WriteRow, evaluate, interleaved, render, run_bench, summarise
+from krepis.bench import (
+    QUERY_NAMES,
+    BenchConfig,
+    Round,
+    WriteRow,
+    evaluate,
+    interleaved,
+    render,
+    run_bench,
+    summarise,
+)
 from krepis.bench._bulk import bench_migrate
 from krepis.bench._data import realistic_entries
 from krepis.bench._format1 import write_format1_store
+from krepis.bench._queries import query_rows
 from krepis.bench._rows import _children_cpu_seconds, bench_js_ops, bench_record
 from krepis.bench._size import allocated_bytes
 from krepis.storage import migrate
@@ -190,3 +201,11 @@ def test_a_whole_run_reports_progress_to_the_end_and_renders(tmp_path: Path) -> 
         assert words in text
     verdicts = re.findall(r"│ (met|missed) +│", text)  # each target says met or missed
     assert verdicts == [t["status"] for t in result["targets"]]
+
+
+@pytest.mark.parametrize("entries", [1, 2, 3])
+def test_the_query_rows_run_on_the_smallest_journals(tmp_path: Path, entries: int) -> None:
+    out = query_rows(str(tmp_path / "k"), str(tmp_path / "q.sqlite"), entries)
+    assert all(out[name]["krepis_us"] > 0 and out[name]["sqlite_us"] > 0 for name in QUERY_NAMES)
+    assert out["journal_count"]["krepis_us"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # the sqlite3 side removed
