@@ -29,8 +29,9 @@ from ._common import (
               help="Rounds of every write row, interleaved; the median is reported [default: 3, or 2 "
                    "with --quick].")
 @click.option("--large", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Entries of the journal of the query and bulk rows [default: 1,000,000]; the "
-                   "bytes-per-entry rows use min(N, 300,000) and a third of that.")
+              help="Entries of the journal of the query and bulk rows [default: 1,000,000, or "
+                   "100,000 with --quick]; the bytes-per-entry rows use min(N, 300,000) and a third "
+                   "of that.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default=None,
               help="Where the temporary stores go (default: the current directory's disk).")
 @click.option("--storage", "storage", metavar="URL", default=None,
