@@ -209,3 +209,13 @@ def test_the_query_rows_run_on_the_smallest_journals(tmp_path: Path, entries: in
     assert all(out[name]["krepis_us"] > 0 and out[name]["sqlite_us"] > 0 for name in QUERY_NAMES)
     assert out["journal_count"]["krepis_us"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # the sqlite3 side removed
+
+
+def test_a_format1_store_that_fails_midway_is_removed(tmp_path: Path) -> None:
+    def logs() -> Any:
+        yield from realistic_entries(300)
+        raise OSError("the source broke")
+
+    with pytest.raises(OSError, match="the source broke"):
+        write_format1_store(str(tmp_path / "old"), logs(), {}, chunk=100)
+    assert list(tmp_path.iterdir()) == []  # nothing partial left behind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from collections.abc import Iterable
 
@@ -19,8 +20,18 @@ def write_format1_store(path: str, logs: Iterable[TransactionLog], counters: dic
     Format 1: database ``journal`` keyed ``%019d(timestamp):%020d(seq):request_id`` holding the
     entry's JSON, ``stats`` keyed ``op_count:name`` holding ``LE8(count)``, ``meta`` holding
     ``format`` = ``1`` and ``seq`` = ``LE8(last seq)``. Written in transactions of ``chunk``
-    entries, synced once at the end."""
+    entries, synced once at the end. If anything fails, the directory is removed again."""
     os.mkdir(path)
+    try:
+        seq = _write(path, logs, counters, chunk)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    os.unlink(os.path.join(path, "lock.mdb"))
+    return seq
+
+
+def _write(path: str, logs: Iterable[TransactionLog], counters: dict[str, int], chunk: int) -> int:
     env = lmdb.open(path, map_size=1 << 36, max_dbs=8, sync=False)
     seq = 0
     try:
@@ -50,5 +61,4 @@ def write_format1_store(path: str, logs: Iterable[TransactionLog], counters: dic
         env.sync(True)
     finally:
         env.close()
-    os.unlink(os.path.join(path, "lock.mdb"))
     return seq
