@@ -193,30 +193,46 @@ def test_run_flush_option_and_environment(tmp_path: Path) -> None:
     assert "flush policy 'sometimes' is not valid" in bad.stderr
 
 
+WRITE_ROWS = ["ceiling", "sqlite_full", "sqlite_normal", "sync_1", "interval_1", "sync_threads", "asyncio",
+              "js_interval", "js_sync"]
+
+
 def test_bench_smoke(tmp_path: Path) -> None:
-    """The benchmark runs end to end (tiny sizes; speed itself is not tested here)."""
-    proc = krepis("bench", "--seconds", "0.05", "--large", "3000", "--json", cwd=tmp_path)
+    """The benchmark runs end to end (--quick, tiny sizes; speed itself is not tested here)."""
+    proc = krepis("bench", "--quick", "--seconds", "0.05", "--large", "3000", "--json", cwd=tmp_path)
     result = json.loads(proc.stdout)
-    assert result["rows"][0]["name"].startswith("physical limit")
-    assert result["rows"][1]["name"].startswith("append ~100 B + fdatasync")
-    assert len(result["rows"]) == 11
-    assert all(row["ops"] > 0 and row["ops_per_s"] > 0 for row in result["rows"])
-    assert result["reads"]["large_entries"] == 3000
+    rows = result["rows"]
+    assert [r["key"] for r in rows] == WRITE_ROWS
+    assert rows[0]["name"].startswith("disk ceiling")
+    for row in rows:  # --quick: two interleaved rounds; medians, spread, CPU and ratios for each
+        assert [r["round"] for r in row["rounds"]] == [1, 2]
+        assert all(r["ops"] > 0 and r["cpu_us_per_op"] > 0 for r in row["rounds"])
+        assert row["ops_per_s_min"] <= row["ops_per_s"] <= row["ops_per_s_max"]
+        assert row["cpu_us_per_op"] > 0 and row["ratio_ceiling"] > 0 and row["ratio_sqlite_full"] > 0
+    # round 1 of every row ran before round 2 of any
+    assert max(r["rounds"][0]["order"] for r in rows) < min(r["rounds"][1]["order"] for r in rows)
     # the query rows ran on both sides (the bench itself checks both gave the same answers)
     queries = result["queries"]
     assert queries["sizes"] == [3000, 3000]
     for name in ("request-id lookup", "rare op, all matches", "status=Failed, limit 20",
                  "op + 1-second window", "get_recent_logs(100)"):
         assert queries["3000"][name]["krepis_us"] > 0 and queries["3000"][name]["sqlite_us"] > 0
-    assert queries["3000"]["bytes_per_entry"]["krepis"] > 0
-    # the Merkle tree's cost rows ran, and only they ran without the tree's hashing
-    assert [r["name"].startswith("[Merkle hashing off") for r in result["rows"]] == [False] * 9 + [True] * 2
-    assert 0 < queries["3000"]["bytes_per_entry"]["tree"] < 5  # one page for 3,000 entries
-    assert queries["rss"]["after_lookup_mib"] > 0
-    assert {t["target"] for t in result["targets"]} >= {"recover_op_count", "get_recent_logs(100)"}
+    assert queries["3000"]["recover_op_count"]["krepis_us"] > 0
+    assert queries["3000"]["journal_count"]["krepis_us"] > 0
+    bulk = {b["key"]: b for b in result["bulk"]}
+    assert list(bulk) == ["verify", "export", "archive", "migrate"]
+    assert all(b["entries_per_s"] > 0 and b["cpu_us_per_entry"] > 0 for b in bulk.values())
+    assert bulk["verify"]["entries"] == bulk["export"]["entries"] == bulk["migrate"]["entries"] == 3000
+    assert bulk["archive"]["entries"] == 1792  # whole bundles of 256, the newest 1,000 kept
+    assert [s["entries"] for s in result["size"]] == [1000, 3000]
+    assert all("size-store/commit.log" in s["krepis_files"] for s in result["size"])
+    assert len(result["targets"]) == 16
+    assert all(t["status"] in ("met", "missed") and t["met"] == (t["status"] == "met")
+               for t in result["targets"])
     assert [p.name for p in tmp_path.iterdir()] == []  # temporary stores removed
-    people = krepis("bench", "--seconds", "0.05", "--large", "3000", cwd=tmp_path).stdout
-    assert "physical limit" in people and "targets" in people and "queries" in people
+    people = krepis("bench", "--rounds", "1", "--seconds", "0.02", "--large", "1000", cwd=tmp_path).stdout
+    assert "disk ceiling" in people and "targets" in people and "queries" in people
+    assert "ratios between rows are what counts" in people and "targets met" in people
 
 
 @pytest.mark.parametrize("command", [["stats"], ["logs"], ["export"], ["clear", "--yes"]])
@@ -356,7 +372,7 @@ def test_bench_never_uses_krepis_storage_from_the_environment(tmp_path: Path) ->
     proc = krepis("bench", "--seconds", "0.02", "--large", "1000", "--json", cwd=tmp_path,
                   env={"KREPIS_STORAGE": UNREACHABLE})
     result = json.loads(proc.stdout)
-    assert len(result["rows"]) == 11 and not any("PostgreSQL" in row["name"] for row in result["rows"])
+    assert [row["key"] for row in result["rows"]] == WRITE_ROWS
 
 
 @pytest.mark.parametrize("storage", [UNREACHABLE, "./somewhere"])

@@ -1,4 +1,5 @@
 """Journals to read: realistic entries, and the same rows in krepis and in sqlite3."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -9,32 +10,17 @@ from .._model import LogStatus, TransactionLog, encode_log, make_log, now_ms
 from ..journal import SovereignJournal
 from ..storage import WriteRequest
 
-
-def fill(path: str, entries: int, progress: Callable[[int], None] | None = None) -> None:
-    """Write `entries` realistic entries quickly: big transactions, synced once at the end."""
-    with SovereignJournal(path, flush="interval:1000ms", retention="off") as journal:
-        storage = journal._storage
-        base = now_ms() - entries
-        ops = ("kernel_init", "op_increment_stats", "op_log_from_js", "kernel_shutdown")
-        batch = 10_000
-        for start in range(0, entries, batch):
-            rows = []
-            for i in range(start, min(entries, start + batch)):
-                rid = f"{i:08x}-4c1e-4b6f-9a2e-5d3c7b8a{i % 9999:04d}"
-                log = TransactionLog(base + i, ops[i % 4], rid, LogStatus.Completed)
-                rows.append((log, encode_log(log)))
-            storage.write_batch([WriteRequest(rows, [b"bench_op"] * len(rows))])
-            if progress:
-                progress(len(rows))
-
 RARE_OP = "rare_op"
+COUNTER = b"bench_op"  # counted once per entry written by fill_pair
 
 _OPS = tuple(f"op_{name}" for name in (
     "charge", "refund", "login", "logout", "search", "upload", "download", "render", "notify",
     "sync", "auth", "invoice", "quote", "ship", "track", "review", "report", "export", "import",
     "audit"))
 
-_SQLITE_SCHEMA = """
+#: The query rows' sqlite3 table: the entry's columns and the indexes equivalent to krepis' four
+#: (request id; op and time; status and time; time).
+SQLITE_QUERY_SCHEMA = """
 CREATE TABLE journal (seq INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, op_name TEXT NOT NULL,
                       request_id TEXT NOT NULL, status TEXT NOT NULL, duration_us INTEGER, error TEXT);
 CREATE INDEX journal_request ON journal (request_id);
@@ -71,11 +57,11 @@ def realistic_entries(n: int, seed: int = 6962) -> Iterator[TransactionLog]:
 
 def fill_pair(krepis_path: str, sqlite_path: str, entries: int,
               progress: Callable[[int], None] | None = None) -> None:
-    """The same realistic entries into a krepis store and an sqlite3 database, 64 per commit
-    (bigger bulk transactions would leave LMDB's file with more free pages than a journal
-    written by ordinary commits has)."""
+    """The same realistic entries into a krepis store (each counted in ``bench_op``) and an
+    sqlite3 database, 64 per commit (bigger bulk transactions would leave LMDB's file with more
+    free pages than a journal written by ordinary commits has)."""
     db = sqlite3.connect(sqlite_path, isolation_level=None)
-    db.executescript(_SQLITE_SCHEMA)
+    db.executescript(SQLITE_QUERY_SCHEMA)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")  # filling only; the krepis side does not sync either
     with SovereignJournal(krepis_path, flush="interval:1000ms", retention="off") as journal:
@@ -84,7 +70,8 @@ def fill_pair(krepis_path: str, sqlite_path: str, entries: int,
         written = [storage.next_seq()]  # the same sequence numbers on both sides
 
         def flush() -> None:
-            storage.write_batch([WriteRequest([(log, encode_log(log)) for log in batch], ())])
+            storage.write_batch([WriteRequest([(log, encode_log(log)) for log in batch],
+                                              [COUNTER] * len(batch))])
             db.execute("BEGIN")
             first = written[0]
             db.executemany("INSERT INTO journal (seq, timestamp, op_name, request_id, status, duration_us, "
