@@ -66,12 +66,11 @@ def every_call_is_closed(calls: dict[str, Callable[[], object]]) -> str:
 
 
 HOLD_WRITER = textwrap.dedent("""
-    import sys, lmdb
-    env = lmdb.open(sys.argv[1], max_dbs=8)
-    txn = env.begin(write=True)   # LMDB's writer mutex, held until told to stop
+    import fcntl, os, sys
+    fd = os.open(os.path.join(sys.argv[1], "commit.log"), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)   # the commit log's append lock, held until told to stop
     print("holding", flush=True)
     sys.stdin.readline()
-    txn.abort()
 """)
 
 
@@ -80,16 +79,19 @@ def test_child_forked_during_a_write_gets_closed_error(tmp_path: Path, flush: st
     store = tmp_path / "store"
     journal = SovereignJournal(store, flush=flush)
     journal.record(ENTRY, increment="op")
-    # Make the parent's next commit stall inside the storage, as a slow fsync would: another
-    # process holds LMDB's writer mutex.
+    # Make the parent's next commit stall inside the storage, as a slow disk would: another
+    # process holds the commit log's append lock.
     holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(store)], text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert holder.stdout is not None and holder.stdin is not None
     assert holder.stdout.readline() == "holding\n"
     writer = threading.Thread(target=journal.record, args=(ENTRY,), kwargs={"increment": "op"})
     writer.start()
+    deadline = time.monotonic() + 60
     while not journal._commit._leading:  # the writer thread now leads a commit that waits
+        assert time.monotonic() < deadline, "the writer never started its commit"
         time.sleep(0.005)
+    time.sleep(0.05)  # (and is inside the storage, waiting for the lock)
     try:
         def child() -> str:
             report = every_call_is_closed({

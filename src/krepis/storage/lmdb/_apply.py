@@ -270,8 +270,12 @@ def applier(shared: Shared) -> None:
         if not due:
             continue
         try:
+            # what is there now, in as few LMDB transactions as it takes; records appended
+            # meanwhile wait for the next round (chasing a steady writer would make one small
+            # synced LMDB commit after another)
+            upto = shared.tail.end
             with shared.writer_lock():
-                apply_tail(shared)
+                apply_tail(shared, upto)
             shared.apply_error = None
         except CorruptStorageError as exc:  # writes refuse from now on, naming it
             shared.failed = exc
