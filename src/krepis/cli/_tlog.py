@@ -134,7 +134,7 @@ def checkpoint(ctx: click.Context, key_file: str, witness_specs: tuple[str, ...]
         except QuorumError as exc:
             for answer in exc.answers:
                 _said(answer)
-            raise click.ClickException(f"{exc}; nothing was kept") from None
+            raise click.ClickException(f"{exc.summary}; nothing was kept") from None
         for answer in result.answers:
             _said(answer)
         click.echo(result.note, nl=False)

@@ -78,8 +78,10 @@ class CosignResult:
 class QuorumError(JournalError):
     """Fewer witnesses cosigned than the quorum; ``answers`` says what each one answered."""
 
-    def __init__(self, message: str, answers: Sequence[WitnessAnswer]) -> None:
-        super().__init__(message)
+    def __init__(self, summary: str, answers: Sequence[WitnessAnswer]) -> None:
+        said = "; ".join(f"{a.witness.label}: {a.error}" for a in answers if a.cosignature is None)
+        super().__init__(f"{summary} — {said}")
+        self.summary = summary
         self.answers = list(answers)
 
 
@@ -179,7 +181,6 @@ def collect_cosignatures(note: str, witnesses: Sequence[WitnessEndpoint], *, quo
         pool.shutdown(wait=False, cancel_futures=True)
     good = [a for a in answers if a.cosignature is not None]
     if len(good) < need:
-        said = "; ".join(f"{a.witness.label}: {a.error}" for a in answers if a.cosignature is None)
         raise QuorumError(f"{len(good)} of {len(witnesses)} witness(es) cosigned the checkpoint of tree size "
-                          f"{size}, fewer than the quorum of {need} — {said}", answers)
+                          f"{size}, fewer than the quorum of {need}", answers)
     return note + "".join(a.cosignature.line for a in good if a.cosignature is not None), answers
