@@ -452,3 +452,35 @@ def test_a_witness_process_keeps_its_record_across_a_kill(tmp_path: Path, log: S
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_python_api_collects_cosignatures_in_time_or_raises(
+        tmp_path: Path, served: tuple[tuple[str, int], SovereignJournal]) -> None:
+    from krepis.tlog import QuorumError, WitnessEndpoint
+
+    address, _journal = served
+    url = f"http://{address[0]}:{address[1]}"
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: a hung witness
+    try:
+        hung = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        other = generate_cosigner("witness.example/w2").verifier()
+        with SovereignJournal(tmp_path / "log") as log:
+            grow(log, 30)
+            result = log.cosign_checkpoint(LOG, [f"w1={url}:{WITNESS.verifier()}"])
+            assert [c.witness for c in result.cosignatures] == ["witness.example/w1"]
+            assert log.latest_checkpoint() == result.note and result.checkpoint.size == 30
+            grow(log, 5, tag="more")
+            started = time.monotonic()
+            with pytest.raises(QuorumError) as info:
+                log.cosign_checkpoint(LOG, [WitnessEndpoint("w1", url, WITNESS.verifier()),
+                                            WitnessEndpoint("w2", hung, other)], quorum=2, timeout=1.0)
+            assert time.monotonic() - started < 30  # (the deadline holds; pytest-timeout is the net)
+            answers = {a.witness.label: a for a in info.value.answers}
+            assert answers["w1"].cosignature is not None and answers["w2"].cosignature is None
+            assert "no whole answer within 1.0 s" in (answers["w2"].error or "")
+            assert log.latest_checkpoint() == result.note  # nothing kept
+            # the witness did cosign size 35 in that round: the next round learns it from its 409
+            done = log.cosign_checkpoint(LOG, [f"w1={url}:{WITNESS.verifier()}"])
+            assert done.checkpoint.size == 35
+    finally:
+        silent.close()

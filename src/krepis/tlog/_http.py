@@ -103,7 +103,7 @@ def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout
         raise
     except (OSError, http.client.HTTPException) as exc:
         if expired.is_set() or isinstance(exc, TimeoutError):
-            raise HTTPError(f"{method} {url}: no whole answer within {timeout:g} s") from None
+            raise HTTPError(f"{method} {url}: no whole answer within {timeout:.1f} s") from None
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise HTTPError(f"{method} {url}: {reason}") from None
     finally:
