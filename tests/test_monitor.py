@@ -141,12 +141,34 @@ def test_the_alarm_names_both_checkpoints_of_a_rewritten_history(
         alarm = step(url, seen.state)
         assert isinstance(alarm, Alarm) and alarm.kind == "conflict"
         assert alarm.checkpoints == (a, copy.latest_checkpoint())
-    # a smaller tree: a rollback
-    with SovereignJournal(tmp_path / "short") as short:
-        grow(short, 250)
-        (root / "checkpoint").write_text(short.sign_checkpoint(LOG))
+
+
+def test_a_smaller_tree_is_a_stale_checkpoint_a_conflict_or_a_rollback(
+        tmp_path: Path, static: tuple[Path, str]) -> None:
+    root, url = static
+    with SovereignJournal(tmp_path / "log") as journal:
+        grow(journal, 300)
+        journal.export_tiles(root, LOG)
+        seen = step(url, None)
+        assert isinstance(seen, Advance)
+        a = journal.latest_checkpoint()
+    with SovereignJournal(tmp_path / "prefix") as prefix:  # the same first 250 entries
+        grow(prefix, 250)
+        (root / "checkpoint").write_text(prefix.sign_checkpoint(LOG))
+    assert step(url, seen.state) is None  # an older checkpoint of the same history (a stale cache)
+    with SovereignJournal(tmp_path / "short") as short:  # 250 other entries
+        grow(short, 250, tag="s")
+        b = short.sign_checkpoint(LOG)
+        (root / "checkpoint").write_text(b)
+        alarm = step(url, seen.state)  # the tiles of the tree of 300 say otherwise
+        assert isinstance(alarm, Alarm) and alarm.kind == "conflict" and alarm.checkpoints == (a, b)
+        import shutil
+
+        shutil.rmtree(root)
+        short.export_tiles(root)  # the log serves its smaller tree only: it went back
     alarm = step(url, seen.state)
-    assert isinstance(alarm, Alarm) and alarm.kind == "rollback" and alarm.checkpoints[0] == a
+    assert isinstance(alarm, Alarm) and alarm.kind == "rollback" and alarm.checkpoints == (a, b)
+    assert "no longer serves the tiles" in alarm.message
 
 
 def test_entries_that_do_not_match_the_tree_raise_the_alarm(tmp_path: Path, static: tuple[Path, str]) -> None:
@@ -174,6 +196,16 @@ def test_entries_that_do_not_match_the_tree_raise_the_alarm(tmp_path: Path, stat
     bundle.write_bytes(good[:-5])
     alarm = step(url, seen.state)
     assert isinstance(alarm, Alarm) and "cut off" in alarm.message
+    bundle.write_bytes(good)
+    # entries and tiles both changed: neither gives the checkpoint's root
+    tile = root / "tile" / "0" / "001.p" / "54"
+    tile_bytes = tile.read_bytes()
+    tile.write_bytes(tile_bytes[:-1] + bytes([tile_bytes[-1] ^ 1]))
+    bundle.write_bytes(good[:-3] + b"X" + good[-2:])
+    alarm = step(url, seen.state)
+    assert isinstance(alarm, Alarm) and alarm.kind == "entries" and "neither the entries nor the tiles" \
+        in alarm.message
+    tile.write_bytes(tile_bytes)
     bundle.write_bytes(good)
     assert isinstance(step(url, seen.state), Advance)
 

@@ -23,7 +23,12 @@ __all__ = ["HTTPError", "Response", "join", "reader", "request"]
 
 
 class HTTPError(JournalError):
-    """The request could not be made or answered in time (the message names the URL)."""
+    """The request could not be made or answered in time, or (from :func:`reader`) was answered
+    with another status than 200 — then ``status`` is that status. The message names the URL."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ def join(prefix: str, path: str) -> str:
 def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout: float = 10.0,
             limit: int = 1 << 20, content_type: str = "text/plain; charset=utf-8") -> Response:
     """Send one request and read the whole answer within ``timeout`` seconds (connecting
-    included); an answer longer than ``limit`` bytes is an error. Raises :class:`HTTPError`."""
+    included); a 200 answer longer than ``limit`` bytes is an error (of any other answer, the
+    first 4 KiB at most are read). Raises :class:`HTTPError`."""
     scheme, host, port, path = _split(url)
     deadline = time.monotonic() + timeout
     conn: http.client.HTTPConnection
@@ -83,8 +89,12 @@ def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout
             headers["Content-Type"] = content_type
         conn.request(method, path, body=body, headers=headers)
         reply = conn.getresponse()
+        if reply.status != 200:  # an error's text is only read for the message: the start will do
+            limit, cut = min(limit, 4096), True
+        else:
+            cut = False
         length = reply.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if not cut and length is not None and length.isdigit() and int(length) > limit:
             raise HTTPError(f"{method} {url}: the answer is {length} bytes, more than the {limit} read")
         chunks: list[bytes] = []
         total = 0
@@ -96,6 +106,9 @@ def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout
                 break
             total += len(chunk)
             if total > limit:
+                if cut:
+                    chunks.append(chunk[:limit - total])
+                    break
                 raise HTTPError(f"{method} {url}: the answer is more than the {limit} bytes read")
             chunks.append(chunk)
         return Response(reply.status, reply.getheader("Content-Type") or "", b"".join(chunks))
@@ -121,7 +134,7 @@ def reader(prefix: str, timeout: float = 30.0) -> Callable[[str, int], bytes]:
         reply = request(url, timeout=timeout, limit=limit)
         if reply.status != 200:
             said = reply.body[:200].decode("utf-8", "replace").strip().split("\n")[0]
-            raise HTTPError(f"GET {url}: {reply.status}" + (f" ({said})" if said else ""))
+            raise HTTPError(f"GET {url}: {reply.status}" + (f" ({said})" if said else ""), reply.status)
         return reply.body
 
     return read

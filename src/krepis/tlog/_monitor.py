@@ -9,12 +9,19 @@ then every new entry is fetched and appended to that frontier: the tree it build
 the new checkpoint's root. That proves at once that the new tree extends the old one and that
 the entries are the tree's leaves. Nothing is reported before the whole step has verified.
 
-When it does not hold — a smaller tree, another root at the same size, entries that do not lead
-from the old tree to the new root, or an entry bundle that changed entries seen before — the
-step is an :class:`Alarm`. If the log's own tiles yield no consistency proof from the old
-checkpoint to the new one, the two signed checkpoints contradict each other: that pair is the
-proof of misbehaviour, and the alarm carries both notes. (If the tiles do prove consistency,
-the log served entries that do not match its own tree; the alarm names the checkpoint.)
+When it does not hold, the step is an :class:`Alarm`, classified with the log's own hash tiles
+(first checked to give the root of the checkpoint they belong to):
+
+* ``conflict`` — another root at the same size, or tiles of the new tree that give another root
+  at the old size than the old checkpoint's (or, for a smaller tree, tiles of the old tree that
+  give another root at the new size): two signed checkpoints that contradict each other. That
+  pair is the proof of misbehaviour; the alarm carries both notes.
+* ``rollback`` — a smaller tree, and the log no longer serves the tiles of the bigger one it
+  signed (a smaller checkpoint whose tree is a prefix of the old one's, by the old tiles, is an
+  older checkpoint — a stale cache — and no step at all).
+* ``entries`` — the tiles prove the new tree extends the old one (or do not give the new root
+  either), yet the entries served do not lead to it, or changed entries seen before: the log
+  serves entries that are not its tree's leaves. The alarm names the new checkpoint.
 """
 
 from __future__ import annotations
@@ -30,15 +37,15 @@ from typing import IO
 
 from .._errors import ValidationError
 from ._cosig import CosignerKey, open_cosigned_checkpoint
+from ._http import HTTPError
 from ._merkle import (
     EMPTY_ROOT,
     TILE_HEIGHT,
     append_leaf,
-    consistency_proof,
     leaf_hash,
     node_hash,
+    range_hash,
     root_from_frontier,
-    verify_consistency,
 )
 from ._note import Checkpoint, NoteError, Verifier, open_checkpoint
 from ._tiles import MAX_NOTE, read_regular, tile_path
@@ -148,22 +155,63 @@ class _TileNodes:
         return data[32 * i:32 * i + 32]
 
 
-def _conflict(fetch: Fetch, old: MonitorState, new: Checkpoint, note: str, what: str) -> Alarm:
-    """The alarm for a step whose entries do not lead from ``old`` to ``new``."""
-    a, b = old.checkpoint, new
+def _tiles_of(fetch: Fetch, checkpoint: Checkpoint) -> _TileNodes | None:
+    """The log's tiles of the tree ``checkpoint`` signed, once they hash to its root; ``None``
+    when they do not, are malformed, or are not served (404, 410). Other fetch errors raise."""
+    nodes = _TileNodes(fetch, checkpoint.size)
     try:
-        proof = consistency_proof(_TileNodes(fetch, b.size).node, a.size, b.size)
-        proved = verify_consistency(a.size, b.size, a.root, b.root, proof)
-    except Exception:  # tiles missing or malformed: no proof either
-        proved = False
-    if proved:
+        if checkpoint.size and range_hash(nodes.node, 0, checkpoint.size) != checkpoint.root:
+            return None
+    except ValueError:
+        return None
+    except HTTPError as exc:
+        if exc.status in (404, 410):
+            return None
+        raise
+    return nodes
+
+
+def _prefix_root(nodes: _TileNodes, size: int) -> bytes:
+    return range_hash(nodes.node, 0, size) if size else EMPTY_ROOT
+
+
+def _conflict(fetch: Fetch, old: MonitorState, new: Checkpoint, note: str, what: str) -> Alarm:
+    """The alarm for a step whose entries do not lead from ``old`` to ``new``: a conflict when the
+    log's own tiles of the new tree (checked against its root) hold another tree at the old
+    size; else the entries (or tiles) it serves are not those of the tree it signed."""
+    a, b = old.checkpoint, new
+    nodes = _tiles_of(fetch, b)
+    if nodes is None:
+        return Alarm("entries", f"{what}; the log's tiles do not give its checkpoint's root either: it "
+                                f"serves neither the entries nor the tiles of the tree of size {b.size} it "
+                                "signed",
+                     (note,))
+    if _prefix_root(nodes, a.size) == a.root:
         return Alarm("entries", f"{what}; the log's tiles prove its checkpoints of tree sizes {a.size} and "
                                 f"{b.size} consistent, so the entries it serves are not its tree's leaves",
                      (note,))
-    return Alarm("conflict", f"{what}, and the log's tiles give no consistency proof from its checkpoint "
-                             f"of tree size {a.size} to the one of tree size {b.size}: two signed "
-                             f"checkpoints of {a.origin} that contradict each other (a rewritten history, "
-                             "or a split view)", _pair(old.note, note))
+    return Alarm("conflict", f"{what}: the log's tiles of its tree of size {b.size} (they give that "
+                             f"checkpoint's root) hold another tree of size {a.size} than the one it signed "
+                             f"before — two signed checkpoints of {a.origin} that contradict each other (a "
+                             "rewritten history, or a split view)", _pair(old.note, note))
+
+
+def _smaller(fetch: Fetch, old: MonitorState, new: Checkpoint, note: str) -> Alarm | None:
+    """A checkpoint of a smaller tree: ``None`` when it is an older checkpoint of the same history
+    (a stale cache: the log's tiles of the tree seen last still give its root at that size)."""
+    a = old.checkpoint
+    nodes = _tiles_of(fetch, a)
+    if nodes is None:
+        return Alarm("rollback", f"the log's checkpoint of tree size {new.size} is smaller than the one of "
+                                 f"tree size {a.size} it signed before, and it no longer serves the tiles of "
+                                 f"that tree: two signed checkpoints of {a.origin} — the log went back",
+                     _pair(old.note, note))
+    if _prefix_root(nodes, new.size) == new.root:
+        return None
+    return Alarm("conflict", f"the log's checkpoint of tree size {new.size} has another root than the tree "
+                             f"of size {a.size} it signed before has at that size: two signed checkpoints of "
+                             f"{a.origin} that contradict each other (a rewritten history, or a split view)",
+                 _pair(old.note, note))
 
 
 def _pair(old: str, new: str) -> tuple[str, ...]:
@@ -173,7 +221,8 @@ def _pair(old: str, new: str) -> tuple[str, ...]:
 def follow(fetch: Fetch, state: MonitorState | None, log_keys: Sequence[Verifier],
            witnesses: Sequence[CosignerKey] = (), quorum: int | None = None) -> Advance | Alarm | None:
     """One step: fetch the log's checkpoint and verify it against ``state`` (``None``: nothing
-    seen yet). Returns ``None`` when the tree did not grow, an :class:`Advance` (the new state
+    seen yet). Returns ``None`` when the tree did not grow (or the checkpoint is an older one of
+    the same history, as a stale cache serves), an :class:`Advance` (the new state
     and the new entries, all verified), or an :class:`Alarm`. Raises :class:`NoteError` for a
     checkpoint that does not verify (signature, cosignature quorum) — not proof of anything,
     since anyone can serve a bad note — and the fetch's errors."""
@@ -190,10 +239,7 @@ def follow(fetch: Fetch, state: MonitorState | None, log_keys: Sequence[Verifier
         raise NoteError(f"the log's checkpoint is of {new.origin!r:.80}, the monitor follows "
                         f"{old.origin!r:.80}")
     if new.size < old.size:
-        return Alarm("rollback", f"the log's checkpoint of tree size {new.size} is smaller than the one of "
-                                 f"tree size {old.size} it signed before: two signed checkpoints of "
-                                 f"{old.origin} that contradict each other (entries removed: a rollback)",
-                     _pair(state.note, note))
+        return _smaller(fetch, state, new, note)
     if new.size == old.size:
         if new.root == old.root:
             return None
