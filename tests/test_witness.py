@@ -156,12 +156,12 @@ def test_cosigning_follows_the_log_and_every_cosignature_is_a_provable_entry(
     assert (stale.status, stale.size) == (409, 5)
     second = core.add_checkpoint(request(log, 5, 12))
     assert second.timestamp >= first.timestamp
-    # the same checkpoint again (a fresh cosignature), then a bigger one
-    core.add_checkpoint(request(log, 12, 12))
+    # the same checkpoint again (within a minute: the same cosignature), then a bigger one
+    assert core.add_checkpoint(request(log, 12, 12)) == second
     core.add_checkpoint(request(log, 12, 20))
     entries = journal.query(op_name=COSIGNED_OP, order="append", newest_first=False)
-    assert [e.request_id for e in entries] == [LOG.name] * 4
-    assert [e.error.split("\n")[1] for e in entries] == ["5", "12", "12", "20"]  # type: ignore[union-attr]
+    assert [e.request_id for e in entries] == [LOG.name] * 3
+    assert [e.error.split("\n")[1] for e in entries] == ["5", "12", "20"]  # type: ignore[union-attr]
     latest = core.latest(LOG.name)
     assert latest is not None and latest.checkpoint.size == 20
     # each entry is the checkpoint with the log's signature and the cosignature: a signed note
@@ -299,6 +299,27 @@ def test_oversized_checkpoint_text_is_413(log: SovereignJournal,
     assert refused(core, f"old 0\n\n{sign_note(text, LOG)}".encode()).status == 413
     assert refused(core, b"old 0\n\n" + b"x" * MAX_BODY).status == 413
     assert journal.journal_count() == 0
+
+
+def test_the_latest_checkpoint_replayed_gets_its_cosignature_again_and_grows_nothing(
+        tmp_path: Path, log: SovereignJournal) -> None:
+    now = [2_000_000_000.0]
+    (tmp_path / "w").mkdir()
+    with SovereignJournal(tmp_path / "w" / "journal") as journal:
+        core = Witness(WITNESS, [LOG.verifier()], journal, str(tmp_path / "w" / "lock"), clock=lambda: now[0])
+        first = core.add_checkpoint(request(log, 0, 5))
+        for _ in range(20):  # anyone may replay it: no credentials
+            now[0] += 2
+            assert core.add_checkpoint(request(log, 5, 5)) == first
+        assert journal.journal_count() == 1
+        now[0] += 60  # a minute after the last cosignature: a fresh one
+        fresh = core.add_checkpoint(request(log, 5, 5))
+        assert fresh.timestamp == first.timestamp + 100 and journal.journal_count() == 2
+        # another text (an extension line) of the same tree is cosigned as what it is
+        text = format_checkpoint(Checkpoint(LOG.name, 5, log.tree_root(5), ("ext",)))
+        other = core.add_checkpoint(f"old 5\n\n{sign_note(text, LOG)}".encode())
+        assert other.line != fresh.line and journal.journal_count() == 3
+        core.close()
 
 
 def test_timestamps_never_go_back_for_a_log_whatever_the_clock(tmp_path: Path, log: SovereignJournal) -> None:

@@ -108,7 +108,8 @@ def check_record(state: Path, answered: list[tuple[int, str]]) -> None:
                                        max_future=None).cosignatures[0].timestamp for e in entries]
     assert stamps == sorted(stamps)
     lines = [(e.error or "").rstrip("\n").split("\n")[-1] for e in entries]
-    assert sorted(line for _size, line in answered) == sorted(lines)  # each answer recorded once
+    # each answer recorded (once: lines are unique), each record answered
+    assert len(set(lines)) == len(lines) and {line for _size, line in answered} == set(lines)
     assert answered and sizes[-1] == max(size for size, _line in answered)
 
 

@@ -11,6 +11,10 @@ no two requests, from any threads or processes sharing the store, interleave: th
 spec describes (a smaller checkpoint's cosignature recorded after a bigger one's, rolling the
 witness back) cannot happen. The entry is durable before the answer is sent.
 
+The checkpoint cosigned last, sent again within :data:`REUSE_SECONDS`, gets the same
+cosignature, and nothing is recorded: replaying a log's latest checkpoint — anyone can, requests
+carry no credentials — cannot make the record grow faster than one entry a minute per log.
+
 A checkpoint of the size the witness cosigned last with another root — two checkpoints of the
 log, both signed, that cannot both be true: proof of a split view — is refused (409) and kept as
 an entry too (op :data:`CONFLICT_OP`).
@@ -57,6 +61,8 @@ MAX_PROOF_LINES = 63
 MAX_BODY = 128 * 1024
 #: the largest checkpoint text (origin, size, root, extension lines) a witness cosigns
 MAX_TEXT = 8 * 1024
+#: the same checkpoint again within this many seconds gets the cosignature it got last time
+REUSE_SECONDS = 60
 
 
 class Refusal(ValidationError):
@@ -128,6 +134,8 @@ class WitnessRecord:
     timestamp: int
     note: str
     entry: TransactionLog
+    text: str = ""
+    line: str = ""
 
 
 class WitnessJournal(Protocol):
@@ -233,12 +241,14 @@ class Witness:
             raise CorruptStorageError(f"{where} is not a cosigned checkpoint: {exc}",
                                       self._journal.path) from None
         mine = self.key.verifier()
-        stamps = [mine.timestamp(text, s.signature) for s in lines
+        signed = [(mine.timestamp(text, s.signature), s.line) for s in lines
                   if (s.name, s.key_id) == (mine.name, mine.key_id)]
-        if checkpoint.origin != origin or not stamps or stamps[-1] is None:
+        if checkpoint.origin != origin or not signed or signed[-1][0] is None:
             raise CorruptStorageError(f"{where} does not hold a checkpoint of {origin} cosigned by this "
                                       "witness's key", self._journal.path)
-        return WitnessRecord(checkpoint, stamps[-1], entry.error or "", entry)
+        stamp, line = signed[-1]
+        assert stamp is not None
+        return WitnessRecord(checkpoint, stamp, entry.error or "", entry, text, line)
 
     def add_checkpoint(self, body: bytes) -> Cosigned:
         """Answer one ``add-checkpoint`` body: the cosignature, once the checkpoint proved
@@ -275,7 +285,12 @@ class Witness:
                 raise Refusal(409, f"the latest checkpoint cosigned for {checkpoint.origin} has tree size "
                                    f"{size}, not {request.old_size}", size)
             self._check_proof(request, checkpoint, latest, text + "\n" + log_lines)
-            stamp = max(int(self._clock()), 0 if latest is None else latest.timestamp)
+            now = int(self._clock())
+            if latest is not None and latest.text == text and 0 <= now - latest.timestamp < REUSE_SECONDS:
+                # the very checkpoint cosigned last, again, soon: its cosignature still says it all,
+                # and anyone replaying the latest checkpoint cannot make the record grow faster
+                return Cosigned(latest.line, checkpoint, latest.timestamp)
+            stamp = max(now, 0 if latest is None else latest.timestamp)
             line = self.key.cosign(text, stamp)
             record = text + "\n" + log_lines + line
             if len(record.encode()) > MAX_ERROR_BYTES:
