@@ -136,6 +136,17 @@ def test_a_cosigned_checkpoint_is_kept_published_and_verified(site: Path, tlogch
     lines = go.stdout.splitlines()
     assert lines[0] == "ok 300"
     assert sorted(lines[1:]) == sorted(f"{c.witness} {c.timestamp}" for c in cosigned.cosignatures)
+    # a cosignature made by Go is byte for byte the one krepis makes, and verifies
+    from krepis.tlog import Cosigner, find_cosignatures
+
+    text = note[:note.index("\n\n") + 1]
+    go = subprocess.run([tlogcheck, "cosign", (site / "w1.key").read_text().strip(), "1700000000"],
+                        input=text, capture_output=True, text=True, timeout=60)
+    assert go.returncode == 0, go.stderr
+    assert go.stdout == Cosigner.parse((site / "w1.key").read_text()).cosign(text, 1700000000)
+    assert find_cosignatures(note + go.stdout, keys(site, "w1"))[0].timestamp != 1700000000  # the first
+    assert find_cosignatures(note.split("\u2014 witness")[0] + go.stdout, keys(site, "w1"))[0].timestamp \
+        == 1700000000
     # a client asking for a third witness's cosignature does not accept it
     krepis("keygen", "witness.example/w3", "--witness", "--key", "w3.key", cwd=site)
     w3 = krepis("keygen", "witness.example/w3b", "--witness", "--key", "w3b.key", cwd=site).stdout.strip()

@@ -18,8 +18,8 @@ import click
 from .._errors import CorruptStorageError, JournalError, ValidationError
 from ..journal import SovereignJournal
 from ..tlog._cosig import Cosigner, CosignerKey
-from ..tlog._monitor import Alarm
-from ..tlog._note import NoteError
+from ..tlog._monitor import Alarm, MonitorState
+from ..tlog._note import NoteError, Verifier
 from ..tlog._witness import COSIGNED_OP, MAX_BODY, Refusal, Witness
 from ._common import _emit_json, cli, inert
 from ._tlog import _key_text, _read_text, _utc, _verifiers, tlog
@@ -244,7 +244,7 @@ def tlog_watch(url: str, vkeys: tuple[str, ...], witness_vkeys: tuple[str, ...],
     verify, is a warning on stderr (with --once: status 1); the watch goes on.
     """
     from ..tlog._http import reader
-    from ..tlog._monitor import Advance, follow, load_state, save_state
+    from ..tlog._monitor import load_state
 
     logs = _verifiers(vkeys)
     witnesses = []
@@ -265,31 +265,39 @@ def tlog_watch(url: str, vkeys: tuple[str, ...], witness_vkeys: tuple[str, ...],
         if state_file is not None:
             stack.enter_context(_state_lock(state_file))
             state = load_state(state_file, logs)
-        while True:
-            try:
-                step = follow(fetch, state, logs, witnesses, quorum)
-            except (JournalError, OSError) as exc:
-                click.echo(f"krepis: warning: {inert(str(exc))}", err=True)
-                if once:
-                    sys.exit(1)
-                time.sleep(interval)
-                continue
-            if isinstance(step, Alarm):
-                _alarm(step)
-                sys.exit(3)
-            if isinstance(step, Advance):
-                try:
-                    for index, data in step.entries():
-                        _emit_json(_entry_json(index, data))
-                    sys.stdout.flush()
-                finally:
-                    step.close()
-                state = step.state
-                if state_file is not None:
-                    save_state(state_file, state)
-                click.echo(f"krepis: checkpoint of tree size {state.checkpoint.size} verified "
-                           f"({step.count} new entries)", err=True)
-            if once:
-                return
-            time.sleep(interval)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the state is saved after each step
+            _watch(fetch, state, state_file, logs, witnesses, quorum, interval, once)
 
+
+def _watch(fetch: Callable[[str, int], bytes], state: MonitorState | None, state_file: str | None,
+           logs: list[Verifier], witnesses: list[CosignerKey], quorum: int | None, interval: float,
+           once: bool) -> None:
+    from ..tlog._monitor import Advance, follow, save_state
+
+    while True:
+        try:
+            step = follow(fetch, state, logs, witnesses, quorum)
+        except (JournalError, OSError) as exc:
+            click.echo(f"krepis: warning: {inert(str(exc))}", err=True)
+            if once:
+                sys.exit(1)
+            time.sleep(interval)
+            continue
+        if isinstance(step, Alarm):
+            _alarm(step)
+            sys.exit(3)
+        if isinstance(step, Advance):
+            try:
+                for index, data in step.entries():
+                    _emit_json(_entry_json(index, data))
+                sys.stdout.flush()
+            finally:
+                step.close()
+            state = step.state
+            if state_file is not None:
+                save_state(state_file, state)
+            click.echo(f"krepis: checkpoint of tree size {state.checkpoint.size} verified "
+                       f"({step.count} new entries)", err=True)
+        if once:
+            return
+        time.sleep(interval)
