@@ -505,3 +505,32 @@ def test_the_python_api_collects_cosignatures_in_time_or_raises(
             assert done.checkpoint.size == 35
     finally:
         silent.close()
+
+
+def test_cosigning_the_same_tree_again_keeps_the_other_witnesses_cosignatures(
+        tmp_path: Path, served: tuple[tuple[str, int], SovereignJournal]) -> None:
+    address, _journal = served
+    w2 = generate_cosigner("witness.example/w2")
+    core, journal = open_witness(tmp_path / "w2", key=w2)
+    get, post_ = witness_handlers(core, lambda _line: None)
+    server = TileServer(("127.0.0.1", 0), get, post=post_, max_body=MAX_BODY, timeout=5.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        first = f"w1=http://{address[0]}:{address[1]}:{WITNESS.verifier()}"
+        second = f"w2=http://127.0.0.1:{server.address[1]}:{w2.verifier()}"
+        with SovereignJournal(tmp_path / "log") as log:
+            grow(log, 12)
+            log.cosign_checkpoint(LOG, [first])
+            again = log.cosign_checkpoint(LOG, [second])  # the same tree, another witness
+            both = open_cosigned_checkpoint(log.latest_checkpoint() or "", [LOG.verifier()],
+                                            [WITNESS.verifier(), w2.verifier()])
+            assert sorted(c.witness for c in both.cosignatures) == ["witness.example/w1",
+                                                                    "witness.example/w2"]
+            assert log.latest_checkpoint() == again.note
+            assert len(log.checkpoints()) == 1
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        core.close()
+        journal.close()

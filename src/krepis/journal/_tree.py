@@ -24,6 +24,7 @@ from ..tlog._collect import CosignResult, WitnessEndpoint, collect_cosignatures
 from ..tlog._cosig import CosignerKey, find_cosignatures
 from ..tlog._merkle import EMPTY_ROOT, TILE_HEIGHT, TreeChecker, verify_consistency
 from ..tlog._note import (
+    MAX_SIGNATURES,
     Checkpoint,
     NoteError,
     Signer,
@@ -32,6 +33,7 @@ from ..tlog._note import (
     open_checkpoint,
     parse_checkpoint,
     sign_note,
+    split_note,
 )
 from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader, TrustReport
 
@@ -128,7 +130,9 @@ class _TreeMethods:
         checkpoint it cosigned, else learnt from its 409 answer; proofs from inside the archived
         prefix read ``archive``). Raises :class:`~krepis.tlog.QuorumError` naming each witness's
         answer when fewer than ``quorum`` (default: all of them) cosigned within ``timeout``
-        seconds: then nothing is kept, and the checkpoint published stays the one before."""
+        seconds: then nothing is kept, and the checkpoint published stays the one before. A
+        note of the same tree kept before keeps the cosignatures of witnesses that did not
+        answer this time."""
         key = _signer(signer)
         endpoints = [WitnessEndpoint.parse(w) if isinstance(w, str) else w for w in witnesses]
         if not all(isinstance(w, WitnessEndpoint) for w in endpoints):
@@ -153,6 +157,11 @@ class _TreeMethods:
             note, endpoints, quorum=quorum, timeout=timeout, guess=guess,
             proof=lambda old: reader.consistency(old, head.size).path)
         reader.check_same_log()
+        before = _kept_note(storage, head.epoch, head.size, key.name)
+        if before is not None and before.startswith(note):  # the same tree, cosigned before: keep
+            have = {(s.name, s.key_id) for s in split_note(cosigned)[1]}  # the others' cosignatures
+            older = [s.line for s in split_note(before)[1] if (s.name, s.key_id) not in have]
+            cosigned += "".join(older[:max(0, MAX_SIGNATURES - len(have))])
         storage.add_checkpoint(head.epoch, head.size, key.name, cosigned)
         kept = _kept_note(storage, head.epoch, head.size, key.name)
         if kept != cosigned:
