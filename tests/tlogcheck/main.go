@@ -13,13 +13,26 @@
 //
 // "sign" signs the note text on stdin with each signer key (note.Sign) and prints the signed
 // note: what krepis must accept from another implementation of the same spec.
+//
+//	tlogcheck cosig LOG_VKEY WITNESS_VKEY... < NOTE
+//	tlogcheck cosign WITNESS_SKEY TIMESTAMP < TEXT
+//
+// "cosig" opens the signed checkpoint on stdin with note.Open, given the log's verifier key and
+// one cosignature/v1 verifier per witness key written here from c2sp.org/tlog-cosignature with
+// Go's crypto/ed25519 (key ID over type 0x04, the signature over "cosignature/v1\ntime T\n" and
+// the note text, T a big-endian u64 before it); it fails unless the log's signature and every
+// witness's cosignature verify, and prints "ok SIZE" and one "WITNESS TIMESTAMP" line each.
+// "cosign" prints the cosignature line of the note text on stdin at TIMESTAMP.
 package main
 
 import (
+	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -115,9 +128,131 @@ func sign(keys []string) {
 	os.Stdout.Write(msg)
 }
 
+// cosigVerifier checks cosignature/v1 Ed25519 cosignatures (c2sp.org/tlog-cosignature).
+type cosigVerifier struct {
+	name string
+	hash uint32
+	key  ed25519.PublicKey
+}
+
+func (v cosigVerifier) Name() string    { return v.name }
+func (v cosigVerifier) KeyHash() uint32 { return v.hash }
+func (v cosigVerifier) Verify(msg, sig []byte) bool {
+	if len(sig) != 8+ed25519.SignatureSize {
+		return false
+	}
+	t := binary.BigEndian.Uint64(sig)
+	if t > math.MaxInt64 {
+		return false
+	}
+	return ed25519.Verify(v.key, cosigMessage(t, msg), sig[8:])
+}
+
+func cosigMessage(t uint64, text []byte) []byte {
+	return append([]byte(fmt.Sprintf("cosignature/v1\ntime %d\n", t)), text...)
+}
+
+func keyHash(name string, key []byte) uint32 {
+	h := sha256.Sum256(append([]byte(name+"\n"), key...))
+	return binary.BigEndian.Uint32(h[:4])
+}
+
+// cosigKey reads name+hash+base64(0x04 || key) (with prefix "PRIVATE+KEY+" for a signer key).
+func cosigKey(text string, private bool) (string, uint32, []byte) {
+	text = strings.TrimSpace(text)
+	if private {
+		if !strings.HasPrefix(text, "PRIVATE+KEY+") {
+			fail("not a signer key")
+		}
+		text = text[len("PRIVATE+KEY+"):]
+	}
+	parts := strings.SplitN(text, "+", 3)
+	if len(parts) != 3 {
+		fail("malformed witness key")
+	}
+	raw, err := base64.StdEncoding.DecodeString(parts[2])
+	if err != nil || len(raw) != 33 || raw[0] != 0x04 {
+		fail("not an Ed25519 cosignature key (type 0x04)")
+	}
+	hash, err := strconv.ParseUint(parts[1], 16, 32)
+	if err != nil {
+		fail("malformed key hash")
+	}
+	pub := raw
+	if private {
+		pub = append([]byte{0x04}, ed25519.NewKeyFromSeed(raw[1:]).Public().(ed25519.PublicKey)...)
+	}
+	if uint32(hash) != keyHash(parts[0], pub) {
+		fail("the key hash does not match the key")
+	}
+	return parts[0], uint32(hash), raw[1:]
+}
+
+func cosig(logKey string, witnessKeys []string) {
+	msg, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fail("%v", err)
+	}
+	log, err := note.NewVerifier(strings.TrimSpace(logKey))
+	if err != nil {
+		fail("log key: %v", err)
+	}
+	verifiers := []note.Verifier{log}
+	for _, k := range witnessKeys {
+		name, hash, key := cosigKey(k, false)
+		verifiers = append(verifiers, cosigVerifier{name, hash, ed25519.PublicKey(key)})
+	}
+	n, err := note.Open(msg, note.VerifierList(verifiers...))
+	if err != nil {
+		fail("%v", err)
+	}
+	found := map[string]note.Signature{}
+	for _, s := range n.Sigs {
+		found[s.Name] = s
+	}
+	if _, ok := found[log.Name()]; !ok {
+		fail("the log's signature is missing")
+	}
+	lines := strings.Split(n.Text, "\n")
+	fmt.Printf("ok %s\n", lines[1])
+	for _, v := range verifiers[1:] {
+		s, ok := found[v.Name()]
+		if !ok || s.Hash != v.KeyHash() {
+			fail("no cosignature of %s", v.Name())
+		}
+		raw, _ := base64.StdEncoding.DecodeString(s.Base64)
+		fmt.Printf("%s %d\n", v.Name(), binary.BigEndian.Uint64(raw[4:12]))
+	}
+}
+
+func cosign(skey string, timestamp string) {
+	text, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fail("%v", err)
+	}
+	name, hash, seed := cosigKey(skey, true)
+	t, err := strconv.ParseUint(timestamp, 10, 63)
+	if err != nil {
+		fail("timestamp: %v", err)
+	}
+	sig := make([]byte, 4, 4+8+ed25519.SignatureSize)
+	binary.BigEndian.PutUint32(sig, hash)
+	sig = binary.BigEndian.AppendUint64(sig, t)
+	sig = append(sig, ed25519.Sign(ed25519.NewKeyFromSeed(seed), cosigMessage(t, text))...)
+	fmt.Printf("\u2014 %s %s\n", name, base64.StdEncoding.EncodeToString(sig))
+}
+
 func main() {
 	if len(os.Args) > 2 && os.Args[1] == "sign" {
 		sign(os.Args[2:])
+		return
+	}
+	if len(os.Args) > 3 && os.Args[1] == "cosig" {
+		cosig(os.Args[2], os.Args[3:])
+		return
+	}
+	if len(os.Args) == 4 && os.Args[1] == "cosign" {
+		cosign(os.Args[2], os.Args[3])
 		return
 	}
 	if len(os.Args) < 3 {

@@ -4,6 +4,7 @@ verifiable log, and copies of it that can be trusted."""
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 from typing import Any
 
@@ -12,6 +13,8 @@ import click
 from .._errors import JournalError, ValidationError
 from ..journal import SovereignJournal
 from ..tlog import verify_consistency
+from ..tlog._collect import QuorumError, WitnessAnswer, WitnessEndpoint
+from ..tlog._cosig import Cosigner, CosignerKey, generate_cosigner
 from ..tlog._note import (
     NoteError,
     Signer,
@@ -60,14 +63,20 @@ def _note_text(note: str) -> str:
 @click.argument("origin")
 @click.option("--key", "key_file", required=True, metavar="FILE",
               help="Where to write the signer (private) key; never overwritten, mode 0600.")
-def keygen(origin: str, key_file: str) -> None:
+@click.option("--witness", "witness", is_flag=True,
+              help="Make a witness's cosignature key (C2SP tlog-cosignature, type 0x04) named ORIGIN "
+                   "instead of a log's key.")
+def keygen(origin: str, key_file: str, witness: bool) -> None:
     """Make an Ed25519 signer key for checkpoints of ORIGIN (a name such as example.com/log).
 
     Writes the signer key (signed-note format, PRIVATE+KEY+…) to FILE and prints the verifier
-    key — <name>+<key ID>+<key> — which verifiers and witnesses need, on one line.
+    key — <name>+<key ID>+<key> — which verifiers and witnesses need, on one line. With
+    --witness, the key is a witness's (krepis witness serve --key FILE), and the printed key is
+    what logs and clients give as the witness's key.
     """
+    signer: Signer | Cosigner
     try:
-        signer = generate_signer(origin)
+        signer = generate_cosigner(origin) if witness else generate_signer(origin)
     except NoteError as exc:
         raise click.BadParameter(str(exc), param_hint="ORIGIN") from None
     try:
@@ -82,13 +91,64 @@ def keygen(origin: str, key_file: str) -> None:
 
 @cli.command()
 @click.option("--key", "key_file", required=True, metavar="FILE", help="The signer key (from keygen).")
+@click.option("--witness", "witness_specs", multiple=True, metavar="NAME=URL:VKEY",
+              help="A witness to cosign the checkpoint: a name for messages, its URL (it answers POST "
+                   "URL/add-checkpoint) and, after the URL's last ':', its key (file or the key itself). "
+                   "Repeat for each witness.")
+@click.option("--quorum", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Cosignatures needed (default: every witness); fewer is an error and nothing is kept.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Time the witnesses have, together, to answer.")
+@click.option("--archive", "archive", metavar="DIR", default=None,
+              help="Read archived entries from DIR when a witness's consistency proof needs them.")
 @_storage_option
 @click.pass_context
-def checkpoint(ctx: click.Context, key_file: str) -> None:
-    """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it."""
+def checkpoint(ctx: click.Context, key_file: str, witness_specs: tuple[str, ...], quorum: int | None,
+               timeout: float, archive: str | None) -> None:
+    """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it.
+
+    With --witness, the checkpoint is sent to every witness (in parallel, with a consistency
+    proof from the size each cosigned last) and kept — with their cosignatures, as the
+    checkpoint tlog export and tlog serve publish — only once a quorum cosigned it; each
+    witness's answer is a line on stderr.
+    """
     signer = _signer(key_file)
+    if quorum is not None and not witness_specs:
+        raise click.UsageError("--quorum needs --witness")
+    witnesses = []
+    for spec in witness_specs:
+        try:
+            witnesses.append(WitnessEndpoint.parse(spec, _key_text))
+        except ValidationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--witness") from None
+    if quorum is not None and quorum > len(witnesses):
+        raise click.BadParameter(f"{quorum} is more than the {len(witnesses)} witness(es) given",
+                                 param_hint="--quorum")
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        click.echo(journal.sign_checkpoint(signer), nl=False)
+        if not witnesses:
+            click.echo(journal.sign_checkpoint(signer), nl=False)
+            return
+        try:
+            result = journal.cosign_checkpoint(signer, witnesses, quorum=quorum, timeout=timeout,
+                                               archive=archive)
+        except QuorumError as exc:
+            for answer in exc.answers:
+                _said(answer)
+            raise click.ClickException(f"{exc.summary}; nothing was kept") from None
+        for answer in result.answers:
+            _said(answer)
+        click.echo(result.note, nl=False)
+
+def _key_text(text: str) -> str:
+    """A key given on the command line: the key itself, or a file holding it."""
+    return _read_text(text, "the key") if os.path.exists(text) else text
+
+def _said(answer: WitnessAnswer) -> None:
+    if answer.cosignature is not None:
+        click.echo(f"krepis: witness {answer.witness.label} cosigned ({_utc(answer.cosignature.timestamp)})",
+                   err=True)
+    else:
+        click.echo(f"krepis: witness {answer.witness.label}: {answer.error}", err=True)
 
 @cli.command()
 @click.argument("seq", type=int, required=False)
@@ -173,8 +233,14 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
               help="The newest checkpoint you trust: a signed checkpoint you kept (krepis checkpoint "
                    "prints one), or a krepis tlog export directory (its checkpoint). Verify fails "
                    "unless today's log extends it. Needs --vkey.")
-@click.option("--tlog", "tlog_dir", metavar="DIR", default=None,
-              help="Check an exported tiles tree in DIR instead of the store (needs --vkey).")
+@click.option("--tlog", "tlog_dir", metavar="DIR|URL", default=None,
+              help="Check an exported tiles tree in DIR, or a tiles log served at URL (krepis tlog "
+                   "serve), instead of the store (needs --vkey).")
+@click.option("--witness-vkey", "witness_vkeys", multiple=True, metavar="FILE",
+              help="With --tlog: a witness's key (file or the key itself); the checkpoint is accepted "
+                   "only with valid cosignatures of a quorum of these witnesses.")
+@click.option("--quorum", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --witness-vkey: cosignatures needed (default: every witness given).")
 @click.option("--archive", "archive", metavar="DIR", default=None,
               help="Also check the archive in DIR: every file against the manifest's checksum, every "
                    "archived entry against the Merkle tree.")
@@ -182,7 +248,7 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
 @_storage_option
 @click.pass_context
 def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
-           as_json: bool, archive: str | None) -> None:
+           witness_vkeys: tuple[str, ...], quorum: int | None, as_json: bool, archive: str | None) -> None:
     """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
     was edited, deleted, reordered or inserted.
 
@@ -196,29 +262,9 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
     if trusted is not None and not verifiers:
         raise click.UsageError("--trusted needs --vkey: the checkpoint is only as good as its signature")
     trusted_note = None if trusted is None else _trusted_note(trusted)
+    witnesses = _witness_keys(witness_vkeys, quorum, tlog_dir)
     if tlog_dir is not None:
-        from ..tlog._tiles import check_tiles
-
-        if not verifiers:
-            raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
-        try:
-            trusted_cp = None if trusted_note is None else open_checkpoint(trusted_note, verifiers)
-        except NoteError as exc:
-            raise click.ClickException(f"{trusted}: {exc}") from None
-        try:
-            result = check_tiles(tlog_dir, verifiers, trusted=trusted_cp)
-        except (ValidationError, OSError) as exc:
-            raise click.ClickException(f"{tlog_dir}: {exc}") from None
-        found: dict[str, Any] = {"tlog": tlog_dir, "origin": result.checkpoint.origin,
-                                 "tree_size": result.checkpoint.size, "root": _b64(result.checkpoint.root),
-                                 "tiles": result.tiles, "ok": True}
-        if trusted_cp is not None:
-            found["trusted"] = {"origin": trusted_cp.origin, "tree_size": trusted_cp.size}
-        _emit_json(found) if as_json else click.echo(
-            f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
-            f"{result.checkpoint.origin} (tree size {result.checkpoint.size})"
-            + ("" if trusted_cp is None else
-               f", which extends the trusted checkpoint (tree size {trusted_cp.size})"))
+        _verify_tlog(tlog_dir, verifiers, trusted, trusted_note, witnesses, quorum, as_json)
         return
     if verifiers and trusted_note is None:
         raise click.ClickException(
@@ -264,6 +310,58 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
                + ("" if archived is None else
                   f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
                   f"{archived.segments} segment(s) match"))
+
+def _witness_keys(texts: tuple[str, ...], quorum: int | None, tlog_dir: str | None) -> list[CosignerKey]:
+    if (texts or quorum is not None) and tlog_dir is None:
+        raise click.UsageError("--witness-vkey and --quorum check the checkpoint of --tlog DIR|URL")
+    if quorum is not None and quorum > len(texts):
+        raise click.BadParameter(f"{quorum} is more than the {len(texts)} --witness-vkey given",
+                                 param_hint="--quorum")
+    keys = []
+    for text in texts:
+        try:
+            keys.append(CosignerKey.parse(_key_text(text)))
+        except NoteError as exc:
+            raise click.BadParameter(f"{text[:200]}: {exc}", param_hint="--witness-vkey") from None
+    return keys
+
+def _verify_tlog(tlog_dir: str, verifiers: list[Verifier], trusted: str | None, trusted_note: str | None,
+                 witnesses: list[CosignerKey], quorum: int | None, as_json: bool) -> None:
+    from ..tlog._http import reader
+    from ..tlog._tiles import check_tiles
+
+    if not verifiers:
+        raise click.UsageError("--tlog needs --vkey: an exported tree is only as good as its signature")
+    try:
+        trusted_cp = None if trusted_note is None else open_checkpoint(trusted_note, verifiers)
+    except NoteError as exc:
+        raise click.ClickException(f"{trusted}: {exc}") from None
+    try:
+        read = reader(tlog_dir) if tlog_dir.startswith(("http://", "https://")) else None
+        result = check_tiles(tlog_dir, verifiers, trusted=trusted_cp, read=read, witnesses=witnesses,
+                             quorum=quorum)
+    except (JournalError, OSError) as exc:
+        raise click.ClickException(f"{tlog_dir}: {exc}") from None
+    found: dict[str, Any] = {"tlog": tlog_dir, "origin": result.checkpoint.origin,
+                             "tree_size": result.checkpoint.size, "root": _b64(result.checkpoint.root),
+                             "tiles": result.tiles, "ok": True}
+    if trusted_cp is not None:
+        found["trusted"] = {"origin": trusted_cp.origin, "tree_size": trusted_cp.size}
+    if witnesses:
+        found["cosignatures"] = [{"witness": c.witness, "timestamp": c.timestamp}
+                                 for c in result.cosignatures]
+    if as_json:
+        _emit_json(found)
+        return
+    cosigned = ", ".join(f"{c.witness} at {_utc(c.timestamp)}" for c in result.cosignatures)
+    click.echo(f"ok: {result.entries} entries and {result.tiles} tiles match the checkpoint of "
+               f"{result.checkpoint.origin} (tree size {result.checkpoint.size})"
+               + ("" if trusted_cp is None else
+                  f", which extends the trusted checkpoint (tree size {trusted_cp.size})")
+               + ("" if not witnesses else f"; cosigned by {cosigned}"))
+
+def _utc(timestamp: int) -> str:
+    return f"{datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
 
 def _trusted_note(path: str) -> str:
     """The signed checkpoint in the file ``path``, or in ``path/checkpoint`` for a tlog export

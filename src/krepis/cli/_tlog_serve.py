@@ -32,9 +32,10 @@ __all__ = ["Reply", "TileServer", "tile_responder"]
 
 #: the largest request head read (request line and headers)
 MAX_REQUEST = 16 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
+            422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 _TEXT = "text/plain; charset=utf-8"
 
 
@@ -71,14 +72,18 @@ class _Conn:
 
 
 class TileServer:
-    """Serve ``respond(path)`` for every GET (and HEAD) at ``address``; see the module docs."""
+    """Serve ``respond(path)`` for every GET (and HEAD) at ``address`` — and, given ``post``,
+    ``post(path, body)`` for every POST with a ``Content-Length`` body of at most ``max_body``
+    bytes (413 beyond, 411 without one), read within the same ``timeout``; see the module docs."""
 
     def __init__(self, address: tuple[str, int], respond: Callable[[str], Reply], *, workers: int = 4,
                  max_connections: int = 256, timeout: float = 10.0,
-                 log: Callable[[str], None] | None = None) -> None:
-        if workers < 1 or max_connections < 1 or not timeout > 0:
-            raise ValueError("workers and max_connections must be >= 1 and timeout > 0")
+                 log: Callable[[str], None] | None = None,
+                 post: Callable[[str, bytes], Reply] | None = None, max_body: int = 0) -> None:
+        if workers < 1 or max_connections < 1 or not timeout > 0 or max_body < 0:
+            raise ValueError("workers and max_connections must be >= 1, timeout > 0, max_body >= 0")
         self._respond, self._max, self._timeout = respond, max_connections, timeout
+        self._post, self._max_body = post, max_body
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._listener = socket.create_server(address, family=family, backlog=128)
@@ -91,7 +96,7 @@ class TileServer:
         self._sel.register(self._listener, selectors.EVENT_READ, "accept")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._conns: dict[_Conn, None] = {}  # in the order they were opened
-        self._jobs: queue.Queue[tuple[_Conn, str, bool] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[_Conn, str, bool, bytes | None] | None] = queue.Queue()
         self._done: collections.deque[tuple[_Conn, bytes]] = collections.deque()
         self._stop = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"krepis-tiles-{i}", daemon=True)
@@ -161,7 +166,8 @@ class TileServer:
         end = conn.buf.find(b"\r\n\r\n")
         if end < 0:
             end = conn.buf.find(b"\n\n")
-        if end > MAX_REQUEST or (end < 0 and len(conn.buf) > MAX_REQUEST):
+        if end > MAX_REQUEST or (end < 0 and len(conn.buf) > MAX_REQUEST) \
+                or len(conn.buf) > MAX_REQUEST + self._max_body + 4:
             self._reply(conn, Reply.text(431, f"the request is longer than {MAX_REQUEST} bytes"))
             return
         if end < 0:
@@ -172,14 +178,45 @@ class TileServer:
             self._reply(conn, Reply.text(400, "a request is: GET /path HTTP/1.1"))
             return
         method = parts[0]
-        if method not in (b"GET", b"HEAD"):
-            self._reply(conn, Reply(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),)),
+        allowed = "GET, HEAD" if self._post is None else "GET, HEAD, POST"
+        if method not in (b"GET", b"HEAD") and (method != b"POST" or self._post is None):
+            self._reply(conn, Reply(405, f"only {allowed}\n".encode(), headers=(("Allow", allowed),)),
                         method == b"HEAD")
             return
+        body = None
+        if method == b"POST":
+            body = self._body(conn, end)
+            if body is None:
+                return
         path = parts[1].split(b"?", 1)[0].split(b"#", 1)[0].decode("latin-1")
         conn.state = "work"
         self._sel.unregister(conn.sock)
-        self._jobs.put((conn, path, method == b"HEAD"))
+        self._jobs.put((conn, path, method == b"HEAD", body))
+
+    def _body(self, conn: _Conn, end: int) -> bytes | None:
+        """A POST's whole body once it is all there; ``None`` while it is not (or when the
+        request was answered with an error)."""
+        head = bytes(conn.buf[:end]).decode("latin-1").split("\n")[1:]
+        fields: dict[str, str] = {}
+        for line in head:
+            name, colon, value = line.partition(":")
+            if colon:
+                fields[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in fields:
+            self._reply(conn, Reply.text(411, "send the body with a Content-Length, not a Transfer-Encoding"))
+            return None
+        length = fields.get("content-length")
+        if length is None or not length.isascii() or not length.isdigit() or len(length) > 12:
+            self._reply(conn, Reply.text(411, "a POST needs a Content-Length"))
+            return None
+        if int(length) > self._max_body:
+            self._reply(conn, Reply.text(413, f"the body is {length} bytes, more than the {self._max_body} "
+                                              "this server reads"))
+            return None
+        start = end + (4 if conn.buf[end:end + 4] == b"\r\n\r\n" else 2)
+        if len(conn.buf) < start + int(length):
+            return None
+        return bytes(conn.buf[start:start + int(length)])
 
     def _reply(self, conn: _Conn, reply: Reply, head_only: bool = False) -> None:
         """Start writing ``reply`` (the socket thread only)."""
@@ -263,9 +300,9 @@ class TileServer:
             job = self._jobs.get()
             if job is None:
                 return
-            conn, path, head_only = job
+            conn, path, head_only, body = job
             try:
-                reply = self._respond(path)
+                reply = self._respond(path) if body is None or self._post is None else self._post(path, body)
             except Exception as exc:  # a bug: one line on stderr, a 500 to the client
                 self._log(f"krepis tlog serve: {path[:200]!r}: {type(exc).__name__}: {exc}")
                 reply = Reply.text(500, "internal error")

@@ -20,15 +20,20 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import ArchiveReader, RetentionPolicy
 from ..storage import Storage, TreeHead
+from ..tlog._collect import CosignResult, WitnessEndpoint, collect_cosignatures
+from ..tlog._cosig import CosignerKey, find_cosignatures
 from ..tlog._merkle import EMPTY_ROOT, TILE_HEIGHT, TreeChecker, verify_consistency
 from ..tlog._note import (
+    MAX_SIGNATURES,
     Checkpoint,
+    NoteError,
     Signer,
     Verifier,
     format_checkpoint,
     open_checkpoint,
     parse_checkpoint,
     sign_note,
+    split_note,
 )
 from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader, TrustReport
 
@@ -107,8 +112,65 @@ class _TreeMethods:
         storage = self._live()
         head = storage.tree_head()
         note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
+        kept = _kept_note(storage, head.epoch, head.size, key.name)
+        if kept is not None and kept.startswith(note):
+            return kept  # the same note (Ed25519 signs alike), with witnesses' cosignatures: kept
         storage.add_checkpoint(head.epoch, head.size, key.name, note)
         return note
+
+    def cosign_checkpoint(self, signer: Signer | str, witnesses: Sequence[WitnessEndpoint | str], *,
+                          quorum: int | None = None, timeout: float = 10.0,
+                          archive: str | os.PathLike[str] | None = None) -> CosignResult:
+        """Sign a checkpoint of the current tree with ``signer``, have it cosigned by the
+        ``witnesses`` (C2SP tlog-witness, all asked in parallel; :class:`WitnessEndpoint` objects
+        or their ``NAME=URL:VKEY`` text), and keep it — with the cosignatures — in the store, as
+        the checkpoint ``latest_checkpoint()`` returns and ``tlog export``/``tlog serve`` publish.
+
+        Each witness is sent a consistency proof from the size it cosigned last (the newest kept
+        checkpoint it cosigned, else learnt from its 409 answer; proofs from inside the archived
+        prefix read ``archive``). Raises :class:`~krepis.tlog.QuorumError` naming each witness's
+        answer when fewer than ``quorum`` (default: all of them) cosigned within ``timeout``
+        seconds: then nothing is kept, and the checkpoint published stays the one before. A
+        note of the same tree kept before keeps the cosignatures of witnesses that did not
+        answer this time."""
+        key = _signer(signer)
+        endpoints = [WitnessEndpoint.parse(w) if isinstance(w, str) else w for w in witnesses]
+        if not all(isinstance(w, WitnessEndpoint) for w in endpoints):
+            raise InvalidTypeError("witnesses must be WitnessEndpoint objects or their NAME=URL:VKEY text")
+        storage = self._live()
+        reader = self._tree_reader(storage, archive)
+        head = reader.head  # the tree the note signs and every proof is made from
+        note = sign_note(format_checkpoint(Checkpoint(key.name, head.size, head.root)), key)
+        mine = sorted(((size, kept) for epoch, size, origin, kept in storage.checkpoints()
+                       if epoch == head.epoch and origin == key.name and size <= head.size), reverse=True)
+
+        def guess(witness: CosignerKey) -> int:
+            for size, kept in mine:
+                try:
+                    if find_cosignatures(kept, [witness]):
+                        return size
+                except NoteError:
+                    continue
+            return 0
+
+        cosigned, answers = collect_cosignatures(
+            note, endpoints, quorum=quorum, timeout=timeout, guess=guess,
+            proof=lambda old: reader.consistency(old, head.size).path)
+        reader.check_same_log()
+        before = _kept_note(storage, head.epoch, head.size, key.name)
+        if before is not None and before.startswith(note):  # the same tree, cosigned before: keep
+            have = {(s.name, s.key_id) for s in split_note(cosigned)[1]}  # the others' cosignatures
+            older = [s.line for s in split_note(before)[1] if (s.name, s.key_id) not in have]
+            cosigned += "".join(older[:max(0, MAX_SIGNATURES - len(have))])
+        storage.add_checkpoint(head.epoch, head.size, key.name, cosigned)
+        kept = _kept_note(storage, head.epoch, head.size, key.name)
+        if kept != cosigned:
+            raise JournalError(
+                f"the journal at {self.path} already keeps a checkpoint of tree size {head.size} signed by "
+                f"{key.name}, and its engine keeps the first note of a size: the cosigned one was not kept "
+                "(append an entry, then cosign again)")
+        good = tuple(a.cosignature for a in answers if a.cosignature is not None)
+        return CosignResult(cosigned, parse_checkpoint(_text(cosigned)), good, tuple(answers))
 
     def latest_checkpoint(self) -> str | None:
         """The signed note of the largest checkpoint kept for the current log, or ``None``."""
@@ -296,6 +358,18 @@ class _TreeMethods:
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every checkpoint the store keeps as ``(epoch, signed note)``, oldest first."""
         return [(epoch, note) for epoch, _size, _origin, note in self._live().checkpoints()]
+
+
+def _text(note: str) -> str:
+    return note[:note.rfind("\n\n") + 1]
+
+
+def _kept_note(storage: Storage, epoch: int, size: int, origin: str) -> str | None:
+    """The note the store keeps for ``(epoch, size, origin)``, if any."""
+    for e, n, o, note in storage.checkpoints():
+        if (e, n, o) == (epoch, size, origin):
+            return note
+    return None
 
 
 def _signer(signer: object) -> Signer:

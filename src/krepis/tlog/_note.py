@@ -27,6 +27,7 @@ from .._errors import ValidationError
 __all__ = [
     "Checkpoint",
     "NoteError",
+    "NoteSignature",
     "Signer",
     "Verifier",
     "format_checkpoint",
@@ -35,12 +36,16 @@ __all__ = [
     "open_note",
     "parse_checkpoint",
     "sign_note",
+    "split_note",
 ]
 
 _ED25519 = 1
+_COSIGNATURE_V1 = 4  # a witness's timestamped Ed25519 cosignature (c2sp.org/tlog-cosignature)
 _DASH = "\u2014"
 #: signature lines read at most (Go's note package stops at the same number; the spec asks for 16)
 MAX_SIGNATURES = 100
+#: the largest tree size a checkpoint may name
+MAX_TREE_SIZE = 2**63 - 1
 
 
 class NoteError(ValidationError):
@@ -98,6 +103,9 @@ class Verifier:
         name, hex_id, b64 = parts
         _check_name(name)
         raw = _b64(b64, "the verifier key")
+        if len(raw) == 33 and raw[0] == _COSIGNATURE_V1:
+            raise NoteError("the verifier key is a witness's cosignature key (type 0x04), not a log's "
+                            "signature key (type 0x01): give it as a witness key")
         if len(raw) != 33 or raw[0] != _ED25519:
             raise NoteError("the verifier key is not an Ed25519 key (type 0x01, 32 bytes)")
         public = raw[1:]
@@ -185,8 +193,20 @@ def sign_note(text: str, signer: Signer) -> str:
     return f"{text}\n{_DASH} {signer.name} {base64.b64encode(signature).decode()}\n"
 
 
-def _open(note: str, verifiers: list[Verifier]) -> tuple[str, list[Verifier]]:
-    """The note's text and the known keys whose signatures verified (at least one)."""
+@dataclass(frozen=True)
+class NoteSignature:
+    """One signature line of a signed note: the key's ``name`` and ``key_id``, the signature
+    bytes after the key ID, and the ``line`` as it was (with its newline)."""
+
+    name: str
+    key_id: int
+    signature: bytes = field(repr=False)
+    line: str = field(repr=False)
+
+
+def split_note(note: str) -> tuple[str, list[NoteSignature]]:
+    """The note's text and its signature lines, checked for form only (no signature is
+    verified). Raises :class:`NoteError` when the note is not a well-formed signed note."""
     split = note.rfind("\n\n")
     if split < 0 or not note.endswith("\n"):
         raise NoteError("not a signed note (no blank line before the signatures)")
@@ -196,8 +216,7 @@ def _open(note: str, verifiers: list[Verifier]) -> tuple[str, list[Verifier]]:
         raise NoteError("a signed note must not contain control characters other than newline")
     if len(lines) > MAX_SIGNATURES:
         raise NoteError(f"the note carries more than {MAX_SIGNATURES} signatures")
-    known = {(v.name, v.key_id): v for v in verifiers}
-    verified: list[Verifier] = []
+    out: list[NoteSignature] = []
     for line in lines:
         parts = line.split(" ")
         if len(parts) != 3 or parts[0] != _DASH or not _valid_name(parts[1]):
@@ -205,10 +224,20 @@ def _open(note: str, verifiers: list[Verifier]) -> tuple[str, list[Verifier]]:
         raw = _b64(parts[2], "a signature")
         if len(raw) < 5:
             raise NoteError("a signature is too short")
-        verifier = known.get((parts[1], int.from_bytes(raw[:4], "big")))
+        out.append(NoteSignature(parts[1], int.from_bytes(raw[:4], "big"), raw[4:], line + "\n"))
+    return text, out
+
+
+def _open(note: str, verifiers: list[Verifier]) -> tuple[str, list[Verifier]]:
+    """The note's text and the known keys whose signatures verified (at least one)."""
+    text, lines = split_note(note)
+    known = {(v.name, v.key_id): v for v in verifiers}
+    verified: list[Verifier] = []
+    for sig in lines:
+        verifier = known.get((sig.name, sig.key_id))
         if verifier is None:
             continue  # an unknown key (the spec: ignored, even if its name or ID is a known key's)
-        if not verifier.verify(text.encode(), raw[4:]):
+        if not verifier.verify(text.encode(), sig.signature):
             raise NoteError(f"the signature of {verifier.name} does not verify")
         if verifier not in verified:
             verified.append(verifier)
@@ -265,6 +294,9 @@ def parse_checkpoint(text: str) -> Checkpoint:
     origin, size_text, root_text = lines[:3]
     if not re.fullmatch(r"0|[1-9][0-9]*", size_text):
         raise NoteError(f"checkpoint tree size {size_text!r:.40} is not a decimal number")
+    if len(size_text) > 19 or int(size_text) > MAX_TREE_SIZE:
+        raise NoteError(f"checkpoint tree size {size_text:.40} is beyond 2**63-1 (what every tlog client "
+                        "holds in a signed 64-bit integer)")
     root = _b64(root_text, "the checkpoint's root hash")
     if len(root) != 32:
         raise NoteError("the checkpoint's root hash is not 32 bytes")

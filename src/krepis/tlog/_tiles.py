@@ -16,10 +16,11 @@ import re
 import secrets
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .._errors import ValidationError
+from ._cosig import Cosignature, CosignerKey, open_cosigned_checkpoint
 from ._merkle import TILE_HEIGHT, append_leaf, leaf_hash, root_from_frontier
 from ._note import Checkpoint, NoteError, Verifier, open_checkpoint
 
@@ -275,11 +276,13 @@ def export_tiles(
 
 @dataclass(frozen=True)
 class TileCheck:
-    """What :func:`check_tiles` found: the checkpoint and how many entries and tiles it read."""
+    """What :func:`check_tiles` found: the checkpoint and how many entries and tiles it read
+    (and, when witness keys were given, the valid cosignatures, with their timestamps)."""
 
     checkpoint: Checkpoint
     entries: int
     tiles: int
+    cosignatures: tuple[Cosignature, ...] = ()
 
 
 def _read(directory: str, rel: str, limit: int) -> bytes:
@@ -302,18 +305,31 @@ def _bundle(data: bytes, width: int, where: str) -> Iterator[bytes]:
         raise ValidationError(f"{where}: {len(data) - off} bytes after entry {width - 1}")
 
 
-def check_tiles(directory: str, verifiers: list[Verifier], *, trusted: Checkpoint | None = None) -> TileCheck:
+def check_tiles(directory: str, verifiers: list[Verifier], *, trusted: Checkpoint | None = None,
+                read: Callable[[str, int], bytes] | None = None,
+                witnesses: Sequence[CosignerKey] = (), quorum: int | None = None) -> TileCheck:
     """Check an exported tree from its files alone: the checkpoint's signature (by the key named
     as its origin), every entry of every bundle against every hash tile, and the root against
     the checkpoint; with ``trusted`` (a checkpoint the caller trusts, signature already
     checked), that the tree extends it: same origin, at least its size, and its root equal to
-    the root of the tree's first ``trusted.size`` entries. Raises :class:`ValidationError`
+    the root of the tree's first ``trusted.size`` entries; with ``witnesses``, that at least
+    ``quorum`` of them (default: all) cosigned the checkpoint. Raises :class:`ValidationError`
     naming the first entry (or tile) that does not fit. Files are read only if regular, not
-    through a link, and of bounded size."""
+    through a link, and of bounded size — or with ``read(path, limit)`` (a log served over
+    HTTP)."""
+    if read is None:
+        def read(rel: str, limit: int) -> bytes:
+            return _read(directory, rel, limit)
     try:
-        checkpoint = open_checkpoint(_read(directory, "checkpoint", MAX_NOTE).decode("utf-8"), verifiers)
+        note = read("checkpoint", MAX_NOTE).decode("utf-8")
     except UnicodeDecodeError:
         raise NoteError("the checkpoint is not UTF-8") from None
+    cosignatures: tuple[Cosignature, ...] = ()
+    if witnesses:
+        cosigned = open_cosigned_checkpoint(note, verifiers, witnesses, quorum)
+        checkpoint, cosignatures = cosigned.checkpoint, cosigned.cosignatures
+    else:
+        checkpoint = open_checkpoint(note, verifiers)
     size = checkpoint.size
     if trusted is not None:
         if trusted.origin != checkpoint.origin:
@@ -338,7 +354,7 @@ def check_tiles(directory: str, verifiers: list[Verifier], *, trusted: Checkpoin
     for n in range((size + WIDTH - 1) // WIDTH):
         width = min(WIDTH, size - n * WIDTH)
         rel = tile_path("entries", n, width)
-        for data in _bundle(_read(directory, rel, width * (2 + _MAX_ENTRY)), width, rel):
+        for data in _bundle(read(rel, width * (2 + _MAX_ENTRY)), width, rel):
             h = leaf_hash(data)
             leaves.append(h)
             done = append_leaf(frontier, done, h, on_node)
@@ -351,7 +367,7 @@ def check_tiles(directory: str, verifiers: list[Verifier], *, trusted: Checkpoin
         for n in range((count + WIDTH - 1) // WIDTH):
             width = min(WIDTH, count - n * WIDTH)
             rel = tile_path(level, n, width)
-            data = _read(directory, rel, 32 * width)
+            data = read(rel, 32 * width)
             want = b"".join(hashes[n * WIDTH:n * WIDTH + width])
             if data != want:
                 for i in range(width):
@@ -368,4 +384,4 @@ def check_tiles(directory: str, verifiers: list[Verifier], *, trusted: Checkpoin
     if trusted is not None and trusted_root != trusted.root:
         raise ValidationError(f"the tree does not extend the trusted checkpoint: its first {trusted.size} "
                               "entries are not the ones that checkpoint signed (the history was rewritten)")
-    return TileCheck(checkpoint, size, tiles)
+    return TileCheck(checkpoint, size, tiles, cosignatures)
