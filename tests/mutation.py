@@ -214,8 +214,10 @@ def equivalent_by_rule(removed: list[str], added: list[str]) -> str | None:
 
 
 def _survivor_diffs(target: Path, mutmut: str) -> list[tuple[str, list[str], list[str]]]:
+    """Each mutant that survived (or that no test reached) with the lines it removed and added."""
     listing = subprocess.run([mutmut, "results"], cwd=target, capture_output=True, text=True).stdout
-    names = [line.split(": ")[0].strip() for line in listing.splitlines() if line.endswith(": survived")]
+    names = [line.split(": ")[0].strip() for line in listing.splitlines()
+             if line.endswith((": survived", ": no tests"))]
     out = []
     for name in names:
         diff = subprocess.run([mutmut, "show", name], cwd=target, capture_output=True, text=True).stdout
@@ -248,7 +250,22 @@ def recheck(target: Path, mutmut: str, tests: list[str], env: dict[str, str]) ->
         (killed if run.returncode != 0 else left).append(name)
         print(f"{'killed' if run.returncode != 0 else 'survived'}: {name}", flush=True)
     print(f"{len(killed)} killed by {' '.join(tests)}, {len(left)} still survive")
+    _mark_killed(target, killed)
     return 0
+
+
+def _mark_killed(target: Path, names: list[str]) -> None:
+    """Record in mutmut's results that the tests written after the run kill ``names`` (so
+    ``--score`` and ``--record`` count them): mutmut keeps each mutant's exit code in the
+    mutated file's ``.meta``, 1 meaning a test failed."""
+    for meta in (target / "mutants" / "src").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        hits = [name for name in names if name in codes]
+        if hits:
+            for name in hits:
+                codes[name] = 1
+            meta.write_text(json.dumps(data, indent=4))
 
 
 def survivors(target: Path, mutmut: str) -> int:
