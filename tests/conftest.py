@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -58,6 +59,20 @@ def tree_snapshot(root: Path) -> dict[str, bytes]:
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def strace() -> str:
+    """The strace binary, for the tests that count system calls (flushes before renames, one
+    flush per durable write). Missing: a skip, or a failure with ``KREPIS_REQUIRE_STRACE=1`` or
+    ``CI=true`` (``.ci/run`` installs it)."""
+    found = shutil.which("strace")
+    if found is None:
+        message = "strace is not installed (Debian: strace)"
+        if os.environ.get("CI") == "true" or os.environ.get("KREPIS_REQUIRE_STRACE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
 
 @pytest.fixture(scope="session")
 def pg_cluster():  # type: ignore[no-untyped-def]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -117,8 +115,7 @@ _TRACED = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not shutil.which("strace") and os.environ.get("CI") != "true",
-                    reason="strace is not installed (.ci/run installs it)")
+@pytest.mark.usefixtures("strace")
 def test_every_archive_file_is_fsynced_before_its_rename_and_before_any_removal(tmp_path: Path) -> None:
     """Kills: segment files (and the manifest, the dictionary) not fsynced before their rename, the
     directory not fsynced after it, and the removal's commit made before the manifest is durable.

@@ -90,6 +90,7 @@ def test_reads_in_another_process_see_every_acknowledged_write_before_lmdb_appli
         writer.wait(timeout=60)
 
 
+@pytest.mark.usefixtures("strace")
 def test_a_durable_write_is_one_flush_of_the_commit_log(tmp_path: Path) -> None:
     """Counted with strace: under ``sync`` each write flushes the commit log once, and nothing
     else; under ``interval`` the writes flush nothing (the background sync does, later), and

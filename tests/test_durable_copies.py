@@ -5,9 +5,7 @@ flushing fails here, not only after a power cut."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +17,7 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 from conftest import make_store
 from format1 import write_lmdb_store
 
-pytestmark = pytest.mark.skipif(not shutil.which("strace") and os.environ.get("CI") != "true",
-                                reason="strace is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.usefixtures("strace")
 
 SYNCS = ("fsync", "fdatasync")
 WRITES = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
