@@ -11,6 +11,10 @@ What confines a run (docs/execution-plane.md has the threat model):
   that sends every ``file:`` specifier but the script's own copy to a scheme Deno refuses, so no
   import — static, dynamic, JSON, text, bytes, in a Worker, a ``data:`` or ``blob:`` module —
   reads a file or tells whether one exists. Remote, ``jsr:`` and ``npm:`` modules are off.
+* Files: on Linux with Landlock, the kernel lets Deno open only the run's directory, the
+  system's share and the granted roots (``_landlock``), so nothing Deno reads on its own — a
+  line of a file a source map names, for a Worker's error report — can be a secret. Without
+  Landlock, Deno's stderr is not shown at all.
 * Resources: a memory cap (V8 heap flag plus ``RLIMIT_DATA``), a wall-clock timeout, an
   optional cap on op calls, no core dumps, a per-file size cap, and a fresh ``DENO_DIR``
   (cache, localStorage) that is deleted with the run.
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._errors import InvalidTypeError, JournalError, ValidationError
+from . import _landlock
 from ._channel import (
     MAX_MESSAGE,
     Dispatch,
@@ -88,6 +93,9 @@ _STDERR_TAIL = 8192
 MAX_STDERR_BYTES = 16 * 1024 * 1024
 
 _DENIED_SCHEME = "krepis-denied"
+
+_WITHHELD_NOTE = (b"[krepis: this system has no Landlock, which keeps Deno from quoting files in its "
+                  b"own messages; the script's console output is not shown]\n")
 
 _OOM_MARKERS = (b"out of memory", b"memory allocation of", b"Array buffer allocation failed")
 
@@ -234,8 +242,10 @@ def shielded() -> Iterator[None]:
         signum, _INT.pending = _INT.pending, None
         raise _interruption(signum)
 
-def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
-    """What runs in the child between fork and exec: limits and the parent-death signal."""
+def _child_setup(memory_mb: int | None, parent: int,
+                 confinement: _landlock.Confinement | None = None) -> Callable[[], None]:
+    """What runs in the child between fork and exec: limits, the parent-death signal and, with
+    ``confinement``, the Landlock rules (last: nothing after them needs a file)."""
     prctl: Any = None
     if sys.platform.startswith("linux"):
         import ctypes
@@ -266,6 +276,8 @@ def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, fsize)
         if data is not None:
             resource.setrlimit(resource.RLIMIT_DATA, data)
+        if confinement is not None:
+            _landlock.restrict(confinement)  # raises (Popen then fails) rather than run unconfined
 
     return setup
 
@@ -334,7 +346,9 @@ def run_deno(
     path, source = resolve_script(script)
     shown = str(path) if path is not None else "<inline>"
     sink = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
-    grants = permissions.deno_flags() if permissions is not None else []
+    policy = permissions if permissions is not None else PermissionPolicy()
+    grants = policy.deno_flags()
+    roots = (policy.roots("read"), policy.roots("write"))
     started = time.monotonic()
     deadline = None if limit_s is None else started + limit_s
     with interruptible():
@@ -342,8 +356,8 @@ def run_deno(
         try:
             with shielded():
                 tmp = tempfile.mkdtemp(prefix="krepis-js-")
-            return _run_in(Path(tmp), path, source, shown, dispatch, sink, grants, started, deadline,
-                           limit_s, memory_mb, max_ops)
+            return _run_in(Path(tmp), path, source, shown, dispatch, sink, grants, roots, started,
+                           deadline, limit_s, memory_mb, max_ops)
         finally:
             with shielded():
                 if tmp is not None:
@@ -351,8 +365,8 @@ def run_deno(
 
 def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
             dispatch: Dispatch, sink: BinaryIO | None, grants: list[str],
-            started: float, deadline: float | None, limit_s: float | None, memory_mb: int,
-            max_ops: int | None) -> ScriptResult:
+            roots: tuple[list[str], list[str]], started: float, deadline: float | None,
+            limit_s: float | None, memory_mb: int, max_ops: int | None) -> ScriptResult:
     code_dir = tmp / "code"
     code_dir.mkdir()
     if path is not None:
@@ -379,10 +393,20 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     deno_dir.mkdir()
     env = {"DENO_DIR": str(deno_dir), "HOME": str(tmp), "TMPDIR": str(tmp), "PATH": "/usr/bin:/bin",
            "DENO_NO_UPDATE_CHECK": "1", "DENO_NO_PROMPT": "1", "DENO_NO_PACKAGE_JSON": "1", "NO_COLOR": "1"}
-    cmd = [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
+    deno = deno_binary()
+    confinement = (_landlock.Confinement.for_run(str(tmp), deno, *roots)
+                   if _landlock.abi_version() else None)
+    if confinement is None and sink is not None:
+        # Without Landlock nothing stops Deno from quoting a file in its own messages on stderr
+        # (a Worker's error report shows a line of any file a source map names): none is shown.
+        with contextlib.suppress(OSError, ValueError):
+            sink.write(_WITHHELD_NOTE)
+            sink.flush()
+        sink = None
+    cmd = [deno, "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
            "--quiet", f"--import-map={import_map}", f"--v8-flags=--max-old-space-size={memory_mb}",
            *grants, str(main)]
-    setup = _child_setup(memory_mb, os.getpid())
+    setup = _child_setup(memory_mb, os.getpid(), confinement)
     tail = bytearray()
     calls = 0
     outcome: dict[str, Any] | None = None
@@ -390,9 +414,13 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     drain: threading.Thread | None = None
     try:
         with shielded():  # an interruption waits until Deno is ours to kill
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, cwd=tmp, start_new_session=True,
-                                    preexec_fn=setup)
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env, cwd=tmp, start_new_session=True,
+                                        preexec_fn=setup)
+            except subprocess.SubprocessError as exc:  # the child's setup raised (Landlock)
+                raise JournalError(f"could not start Deno confined (Landlock ABI "
+                                   f"{_landlock.abi_version()}): {exc}") from None
             assert proc.stdin and proc.stdout and proc.stderr
             drain = threading.Thread(target=_drain, args=(proc.stderr, sink, tail), daemon=True)
             drain.start()
@@ -439,6 +467,8 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
                               name="MemoryLimit")
         detail = stderr_tail.decode("utf-8", "replace").strip().splitlines()
         last = detail[-1][:500] if detail else "no output"
+        if confinement is None:
+            last = "its output is not shown (no Landlock)"
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise ScriptError(f"Deno {how} before the script finished: {last}", name="DenoExited")
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
