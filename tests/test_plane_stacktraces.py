@@ -225,7 +225,8 @@ def test_landlock_lets_deno_open_only_its_share(store: Path, tmp_path: Path, sec
         kernel.run_script(f"""
             const out = {{}};
             for (const name of ["in.txt", "link.txt"]) {{
-              try {{ out[name] = Deno.readTextFileSync({g} + "/" + name); }} catch (e) {{ out[name] = e.name; }}
+              try {{ out[name] = Deno.readTextFileSync({g} + "/" + name); }}
+              catch (e) {{ out[name] = e.name; }}
             }}
             out.zone = typeof Intl.DateTimeFormat().resolvedOptions().timeZone;
             Krepis.ops.report(out);

@@ -310,7 +310,9 @@ def _decode_script(raw: bytes) -> str:
 
 def _import_map(urls: list[str]) -> str:
     imports = {url: url for url in urls}
-    # Every other file: URL (relative, absolute, any host) goes to a scheme Deno cannot load.
+    # Every other file: URL without a host (relative, absolute, file://localhost/) goes to a
+    # scheme Deno cannot load. ("file://" parses as "file:///": a URL with another host is out of
+    # any prefix's reach — Deno makes no path of it, and _readable says it was refused.)
     imports["file://"] = f"{_DENIED_SCHEME}://"
     imports["file:///"] = f"{_DENIED_SCHEME}:///"
     return json.dumps({"imports": imports})
@@ -479,13 +481,24 @@ _ALLOCATION_FAILED = re.compile(r"^(Array buffer allocation failed|WebAssembly\.
 _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
 
+# A file: URL with a host (file://HOST/…) is out of the import map's reach (its keys are
+# prefixes, and "file://" means "file:///"): Deno refuses to make a path of it, or takes it for
+# an unmapped bare name (with a port or user). Either way nothing is loaded; said as a refusal.
+_HOSTED = re.compile(r'(?:Could not convert URL to file path\.|Invalid file path\.)\s*'
+                     r'(?:URL|Specifier): (file:[^\s"]*)')
+_UNMAPPED = re.compile(r'Import "(file:[^"]*)" not a dependency and not in import map from "[^"]*"')
+
+_REFUSED = 'import of "{}" refused: a script can import only itself (and data:/blob: modules)'
+
 _HINT = re.compile(r"run again with the --allow-([a-z-]+) flag")
 
-def _readable(text: str, script_url: str, prelude_url: str, shown: str) -> str:
+def _readable(text: str, script_url: str, prelude_url: str, shown: str, imports: bool = True) -> str:
     """Deno's text with the private copy's URL replaced by the script's path, and a refused
-    import said as such."""
-    text = _DENIED.sub(lambda m: f'import of "file:{m.group(1)}" refused: a script can import only '
-                                 "itself (and data:/blob: modules)", text)
+    import said as such (``imports``: the text is about an import, not ``fetch``)."""
+    text = _DENIED.sub(lambda m: _REFUSED.format(f"file:{m.group(1)}"), text)
+    if imports:
+        text = _UNMAPPED.sub(lambda m: _REFUSED.format(m.group(1)), _HOSTED.sub(
+            lambda m: _REFUSED.format(m.group(1)), text))
     text = _HINT.sub(lambda m: (f"grant it with PermissionPolicy / krepis run --allow-{m.group(1)}"
                                 if m.group(1) in ("read", "write", "net")
                                 else f"krepis never grants --allow-{m.group(1)}"), text)
@@ -498,11 +511,12 @@ def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, sh
         return (value if isinstance(value, str) else default)[:MAX_ERROR_TEXT + 1]
 
     name = text("name", "Error") or "Error"
-    message = _readable(text("message", ""), script_url, prelude_url, shown)
+    imports = name != "URIError"  # fetch() of a file URL is not an import
+    message = _readable(text("message", ""), script_url, prelude_url, shown, imports)
     if name in RESERVED_NAMES:  # a script cannot pass its failure off as a limit
         name, message = "Error", f"{name}: {message}"
     raw_stack = outcome.get("stack")
-    stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown)
+    stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown, imports)
              if isinstance(raw_stack, str) else None)
     if name == "RangeError" and _ALLOCATION_FAILED.search(message):
         return ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB "
