@@ -137,6 +137,27 @@ def test_max_ops(store: Path) -> None:
             kernel.run_script("1", max_ops=-1)
 
 
+@pytest.mark.parametrize("limit", [0, 1, 3])
+def test_max_ops_allows_exactly_n_calls(store: Path, limit: int) -> None:
+    """max_ops=N: N calls run and the (N+1)-th — of any op — is OpLimit and never runs; so
+    max_ops=0 allows none: the first call ends the run."""
+    with Kernel(store) as kernel:  # exactly N calls: the run succeeds
+        ops = "Krepis.ops.op_increment_stats();" * limit
+        assert kernel.run_script(ops or "1", max_ops=limit, stderr=io.BytesIO()).ops_called == limit
+    ran: list[int] = []
+    with Kernel(store) as kernel, pytest.raises(ScriptError) as info:  # N + 1: OpLimit
+        kernel.op("user_op")(ran.append)
+        kernel.run_script("for (let i = 0; i < 10; i++) { Krepis.ops.op_increment_stats(); "
+                          "Krepis.ops.user_op(i); }", max_ops=limit, stderr=io.BytesIO())
+    assert info.value.name == "OpLimit" and f"limit of {limit} op calls" in str(info.value)
+    assert ran == list(range(limit // 2))  # the calls alternate: N of them ran, no more
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("js_ops_called") == limit + (limit + 1) // 2
+        assert journal.recover_op_count("user_op") == limit // 2
+    errors = [e for e in journal_of(store) if e[0] == "kernel_error"]
+    assert len(errors) == 1 and f"limit of {limit} op calls" in str(errors[0][2])
+
+
 # --- no storage outlives a run --------------------------------------------------------------
 
 def test_no_storage_outlives_a_run(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
