@@ -75,6 +75,7 @@ def deno_alive(pid: int) -> bool:
 def test_memory_limit(store: Path, source: str, words: str) -> None:
     error = fails_with(store, source, memory_limit_mb=64, timeout=120)
     assert error.name == "MemoryLimit"
+    assert str(journal_of(store)[-2][2]).startswith("MemoryLimit: the script ran out")  # named as documented
     assert "memory limit of 64 MiB" in str(error) and words in str(error)
     with SovereignJournal(store) as journal:
         assert journal.recover_op_count("js_ops_called") == 0
@@ -155,7 +156,8 @@ def test_max_ops_allows_exactly_n_calls(store: Path, limit: int) -> None:
         assert journal.recover_op_count("js_ops_called") == limit + (limit + 1) // 2
         assert journal.recover_op_count("user_op") == limit // 2
     errors = [e for e in journal_of(store) if e[0] == "kernel_error"]
-    assert len(errors) == 1 and f"limit of {limit} op calls" in str(errors[0][2])
+    assert len(errors) == 1 and str(errors[0][2]).startswith(f"OpLimit: the script exceeded its limit of "
+                                                             f"{limit} op calls")
 
 
 # --- no storage outlives a run --------------------------------------------------------------

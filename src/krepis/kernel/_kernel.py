@@ -27,7 +27,7 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import RetentionPolicy
 from ..journal import DEFAULT_STORAGE, SovereignJournal
-from ._outcome import ScriptResult
+from ._outcome import RESERVED_NAMES, ScriptResult
 from ._permissions import PermissionPolicy
 
 __all__ = ["Kernel", "error_text"]
@@ -58,9 +58,13 @@ def signal_name(signum: int) -> str:
 
 
 def error_text(exc: BaseException) -> str:
-    """``"TypeName: message"`` (a script's own error text for a ScriptError), cut to fit."""
+    """``"TypeName: message"`` (a script's own error text for a ScriptError, named by the
+    limit that ended it — ``"OpLimit: …"``), cut to fit."""
     if getattr(exc, "stack", False) is not False and str(exc):  # ScriptError: "SyntaxError: …"
         text = str(exc)
+        name = getattr(exc, "name", None)
+        if name in RESERVED_NAMES and not text.startswith(f"{name}:"):
+            text = f"{name}: {text}"
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     raw = text.encode("utf-8", "replace")
