@@ -187,12 +187,18 @@ class _InterruptState:
 _INT = _InterruptState()
 
 def _interruption(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else ScriptInterrupted(signum)
+    """The exception a signal becomes; it carries ``signum`` (an op's own ``KeyboardInterrupt``
+    does not), so what is journaled can tell the two apart."""
+    if signum != signal.SIGINT:
+        return ScriptInterrupted(signum)
+    exc = KeyboardInterrupt()
+    exc.signum = signum  # type: ignore[attr-defined]
+    return exc
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible(signals: tuple[int, ...] = _INTERRUPTS) -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into :class:`ScriptInterrupted`, SIGINT into ``KeyboardInterrupt``,
-    inside the block.
+    inside the block (``signals``: which of them; default all three).
 
     Only in the main thread (the only one Python runs handlers in) and only for signals whose
     handler is the default one (a handler the application installed is left alone). Only the
@@ -217,7 +223,7 @@ def interruptible() -> Iterator[None]:
     previous: dict[int, Any] = {}
     _INT.active, _INT.fired, _INT.shielded, _INT.pending = True, False, 0, None
     try:
-        for signum in _INTERRUPTS:
+        for signum in signals:
             if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 previous[signum] = signal.signal(signum, handler)
         yield
@@ -232,7 +238,13 @@ def interruptible() -> Iterator[None]:
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
     """A section no interruption breaks into: a signal that arrives inside it (under
-    :func:`interruptible`) is raised when the section ends normally."""
+    :func:`interruptible`) is raised when the section ends normally.
+
+    Only the main thread's sections count (handlers run there alone): another thread's section
+    neither delays the main thread's interruption nor receives it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _INT.shielded += 1
     try:
         yield
