@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import InvalidTypeError, OpError, ValidationError
 from .._model import (
@@ -30,6 +30,9 @@ from ..journal import DEFAULT_STORAGE, SovereignJournal
 from ._outcome import RESERVED_NAMES, ScriptResult
 from ._permissions import PermissionPolicy
 from ._plane import interruptible, shielded
+
+if TYPE_CHECKING:
+    from ._plane import Sink
 
 __all__ = ["Kernel", "error_text"]
 
@@ -309,7 +312,7 @@ class Kernel:
         memory_limit_mb: int | None = None,
         max_ops: int | None = None,
         request_id: str | None = None,
-        stderr: BinaryIO | None = None,
+        stderr: Sink | None = None,
     ) -> ScriptResult:
         """Run a JavaScript/TypeScript file (or source code) in the confined Deno plane.
 
@@ -378,8 +381,9 @@ class Kernel:
         (with ``duration_us``) or ``Failed`` (with the error text). The op's own exception
         propagates unchanged — ``KeyboardInterrupt`` and ``SystemExit`` too, after ``Failed``.
         In the main thread a SIGINT that lands while these entries are written waits until the
-        write is done, so an op is never left ``Started`` alone. An op that returns a coroutine or other awaitable is ``Failed``
-        (``OpError``): its work never ran, so ``Completed`` would be a lie.
+        write is done, so an op is never left ``Started`` alone. An op that returns a coroutine
+        or other awaitable is ``Failed`` (``OpError``): its work never ran, so ``Completed``
+        would be a lie.
         """
         return self._call(name, args, kwargs, None)
 

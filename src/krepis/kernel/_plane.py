@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from .._errors import InvalidTypeError, JournalError, ValidationError
 from . import _landlock
@@ -67,6 +67,7 @@ __all__ = [
     "ScriptError",
     "ScriptInterrupted",
     "ScriptResult",
+    "Sink",
     "deno_binary",
     "run_deno",
 ]
@@ -118,7 +119,15 @@ def deno_binary() -> str:
 def _prelude() -> str:
     return resources.files("krepis.kernel").joinpath("prelude.js").read_text(encoding="utf-8")
 
-def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
+class Sink(Protocol):
+    """Where a run's console output goes: a binary stream (``sys.stderr.buffer``, ``BytesIO``,
+    a file opened ``"wb"``) or anything with these two methods."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+def _drain(stream: BinaryIO, sink: Sink | None, tail: bytearray) -> None:
     """Forward the script's stderr to ``sink``, at most :data:`MAX_STDERR_BYTES` of it; keep
     reading (so Deno never blocks on it) and keep the last bytes in ``tail``."""
     left = MAX_STDERR_BYTES
@@ -337,7 +346,7 @@ def run_deno(
     memory_limit_mb: int | None = None,
     max_ops: int | None = None,
     permissions: PermissionPolicy | None = None,
-    stderr: BinaryIO | None = None,
+    stderr: Sink | None = None,
 ) -> ScriptResult:
     """Run ``script`` in a confined Deno (see the module docstring), serving its op calls.
 
@@ -359,7 +368,7 @@ def run_deno(
         raise InvalidTypeError(f"permissions must be a PermissionPolicy, got {type(permissions).__name__}")
     path, source = resolve_script(script)
     shown = str(path) if path is not None else "<inline>"
-    sink = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
+    sink: Sink | None = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
     policy = permissions if permissions is not None else PermissionPolicy()
     grants = policy.deno_flags()
     roots = (policy.roots("read"), policy.roots("write"))
@@ -378,7 +387,7 @@ def run_deno(
                     shutil.rmtree(tmp, ignore_errors=True)
 
 def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
-            dispatch: Dispatch, sink: BinaryIO | None, grants: list[str],
+            dispatch: Dispatch, sink: Sink | None, grants: list[str],
             roots: tuple[list[str], list[str]], started: float, deadline: float | None,
             limit_s: float | None, memory_mb: int, max_ops: int | None) -> ScriptResult:
     code_dir = tmp / "code"
