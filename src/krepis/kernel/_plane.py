@@ -25,10 +25,12 @@ What confines a run (docs/execution-plane.md has the threat model):
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -47,6 +49,7 @@ from ._channel import (
     MAX_MESSAGE,
     Dispatch,
     _Channel,
+    _frame,
     decode_message,
     dispatch_frame,
 )
@@ -99,6 +102,12 @@ _WITHHELD_NOTE = (b"[krepis: this system has no Landlock, which keeps Deno from 
                   b"own messages; the script's console output is not shown]\n")
 
 _OOM_MARKERS = (b"out of memory", b"memory allocation of", b"Array buffer allocation failed")
+
+#: How Deno dies when memory runs out: V8's fatal out-of-memory handler traps (SIGTRAP), a
+#: failed allocation in Deno's Rust code aborts (SIGABRT). A script cannot die by either
+#: without running out of memory (it cannot signal itself: --allow-run is never granted), so a
+#: marker on stderr counts only with one of them — printing one and exiting does not.
+_OOM_SIGNALS = frozenset({-signal.SIGTRAP, -signal.SIGABRT})
 
 def deno_binary() -> str:
     """The ``deno`` executable: the one the ``deno`` package ships, else one on PATH."""
@@ -432,6 +441,8 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     setup = _child_setup(memory_mb, os.getpid(), confinement)
     tail = bytearray()
     calls = 0
+    token = secrets.token_hex(16)  # vouches for the prelude's out-of-memory report
+    out_of_memory = False
     outcome: dict[str, Any] | None = None
     proc: subprocess.Popen[bytes] | None = None
     drain: threading.Thread | None = None
@@ -449,6 +460,7 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
             drain.start()
         channel = _Channel(proc.stdout.fileno(), proc.stdin.fileno(), deadline)
         try:
+            channel.send(_frame({"token": token}))  # the prelude reads it before the script runs
             while True:
                 body = channel.frame()
                 if body is None:
@@ -463,6 +475,10 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
                 elif message.get("t") in ("done", "error"):
                     if outcome is None or outcome.get("t") != "error":  # an error is not undone
                         outcome = message
+                elif message.get("t") == "memory" and outcome is None and isinstance(
+                        message.get("token"), str) and hmac.compare_digest(
+                            message["token"].encode("utf-8", "replace"), token.encode()):
+                    out_of_memory = True  # the next error is an allocation that failed at the cap
                 else:
                     raise ScriptError(f"unexpected message from the script: {body[:80]!r}",
                                       name="ProtocolError")
@@ -483,9 +499,9 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     elapsed = (time.monotonic() - started) * 1000
     stderr_tail = bytes(tail)
     if outcome is not None and outcome.get("t") == "error":
-        raise _script_error(outcome, script_url, main.as_uri(), shown, memory_mb)
+        raise _script_error(outcome, script_url, main.as_uri(), shown, memory_mb, out_of_memory)
     if outcome is None or code != 0:
-        if code != 0 and any(marker in stderr_tail for marker in _OOM_MARKERS):
+        if code in _OOM_SIGNALS and any(marker in stderr_tail for marker in _OOM_MARKERS):
             raise ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB and was ended",
                               name="MemoryLimit")
         detail = stderr_tail.decode("utf-8", "replace").strip().splitlines()
@@ -495,9 +511,6 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise ScriptError(f"Deno {how} before the script finished: {last}", name="DenoExited")
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
-
-_ALLOCATION_FAILED = re.compile(r"^(Array buffer allocation failed|WebAssembly\.Memory\(\): could not "
-                                r"allocate memory|WebAssembly\.Memory\.grow\(\): Unable to grow)")
 
 _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
@@ -526,7 +539,9 @@ def _readable(text: str, script_url: str, prelude_url: str, shown: str, imports:
     return text.replace(script_url, shown).replace(prelude_url, "krepis:prelude")
 
 def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, shown: str,
-                  memory_mb: int) -> ScriptError:
+                  memory_mb: int, out_of_memory: bool = False) -> ScriptError:
+    """The ScriptError of an error message; ``out_of_memory``: the prelude vouched (with the
+    run's token) that it is an allocation V8 refused at the cap — only then ``MemoryLimit``."""
     def text(key: str, default: str) -> str:
         value = outcome.get(key)
         return (value if isinstance(value, str) else default)[:MAX_ERROR_TEXT + 1]
@@ -539,7 +554,7 @@ def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, sh
     raw_stack = outcome.get("stack")
     stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown, imports)
              if isinstance(raw_stack, str) else None)
-    if name == "RangeError" and _ALLOCATION_FAILED.search(message):
+    if out_of_memory and name == "RangeError":
         return ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB "
                            f"(RangeError: {message})", name="MemoryLimit", stack=stack)
     location = None
