@@ -77,16 +77,24 @@ _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.preload", "/etc/localtime", "/e
 _SYSTEM_TREES = ("/usr/share/zoneinfo", "/sys/fs/cgroup", "/proc/self")
 
 
+_libc: Any = None
+
+
 def _syscall() -> Any:
-    """libc's ``syscall``, or None off Linux."""
+    """libc's ``syscall``, or None off Linux. Looked up in the parent (by :func:`abi_version`):
+    the child between fork and exec must not ``dlopen`` (another thread may have held the
+    loader's lock at the fork)."""
+    global _libc
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_long
-    return fn
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syscall.restype = ctypes.c_long
+            _libc.prctl  # noqa: B018 - resolved now, in the parent
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc.syscall if _libc else None
 
 
 _version: int | None = None
@@ -149,9 +157,10 @@ class LandlockError(OSError):
 
 def restrict(confinement: Confinement) -> None:
     """Confine the calling process (single-threaded: the child between fork and exec) to
-    ``confinement``. Paths that do not exist are skipped; any failure raises."""
-    fn = _syscall()
+    ``confinement``. Paths that do not exist are skipped; any failure raises. Call
+    :func:`abi_version` in the parent first (it loads what this needs)."""
     abi = abi_version()
+    fn = _syscall()
     if fn is None or abi < 1:
         raise LandlockError("Landlock is not available")
     handled = _handled(abi)
@@ -177,8 +186,7 @@ def restrict(confinement: Confinement) -> None:
                     raise LandlockError(ctypes.get_errno(), f"landlock_add_rule failed for {path!r}")
             finally:
                 os.close(fd)
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise LandlockError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if fn(_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
             raise LandlockError(ctypes.get_errno(), "landlock_restrict_self failed")
