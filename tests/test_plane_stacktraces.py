@@ -33,11 +33,22 @@ class Secret:
         self.map_file = root / "secret.map"  # an external map: its own text holds the token too
         self.map_file.write_text(json.dumps({**source_map, "sourcesContent": [TOKEN], "names": [TOKEN]}))
 
+    def inline(self, **fields: object) -> str:
+        """An inline source map (a data: URL) mapping lines 1-4 to the secret's lines 1-4."""
+        source_map = {"version": 3, "sources": [self.url], "names": [], "mappings": "AAAA;AACA;AACA;AACA",
+                      **fields}
+        return "data:application/json;base64," + base64.b64encode(json.dumps(source_map).encode()).decode()
+
     def throwers(self) -> dict[str, str]:
         """Module sources that throw with a file named for Deno to show (each throws on line 1)."""
         sourceurl = f"throw new Error('x');\n//# sourceURL={self.url}\n"
+        throw = "throw new Error('x');\n//# sourceMappingURL="
         return {
             "inline-map": f"throw new Error('x');\n//# sourceMappingURL={self.inline_map}\n",
+            "inline-map-path": throw + self.inline(sources=[str(self.path)]) + "\n",
+            "inline-map-source-root": throw + self.inline(sourceRoot="file:///",
+                                                          sources=[str(self.path).lstrip("/")]) + "\n",
+            "inline-map-null-content": throw + self.inline(sourcesContent=[None]) + "\n",
             "inline-map-promise": (f"await Promise.reject(new Error('p'));\n"
                                    f"//# sourceMappingURL={self.inline_map}\n"),
             "map-file-url": f"throw new Error('x');\n//# sourceMappingURL={self.map_file.as_uri()}\n",
@@ -142,8 +153,9 @@ def test_a_workers_uncaught_error_shows_no_file(store: Path, secret: Secret, how
 
 
 @pytest.mark.parametrize("name", [
-    "inline-map", "inline-map-promise", "map-file-url", "map-file-path", "eval-sourceurl",
-    "function-sourceurl", "sourceurl-self"])
+    "inline-map", "inline-map-path", "inline-map-source-root", "inline-map-null-content",
+    "inline-map-promise", "map-file-url", "map-file-path", "eval-sourceurl", "function-sourceurl",
+    "sourceurl-self"])
 @pytest.mark.parametrize("where", ["main", "data-import", "blob-import", "worker-unhandled"])
 def test_an_uncaught_error_shows_no_file(store: Path, secret: Secret, name: str, where: str,
                                         mode: str) -> None:
