@@ -249,3 +249,57 @@ def test_close_waits_for_queued_writes(store: Path) -> None:
         gate.set()
     with SovereignJournal(store) as journal:
         assert journal.recover_op_count("q") == 3
+
+
+def test_a_failed_background_sync_fails_the_next_awaited_write(tmp_path: Path) -> None:
+    """flush="interval:…": the background sync's fsync fails with EIO (the power-loss file
+    system's armed failure); the write that had returned stands, and the next awaited write —
+    and every one after, as with the synchronous journal — raises a StorageError naming it."""
+    import os
+    import time
+
+    from powerloss.harness import PowerLossMount, fuse_unavailable
+
+    reason = fuse_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true" or os.environ.get("KREPIS_REQUIRE_POWERLOSS") == "1":
+            pytest.fail(f"needs the power-loss file system: {reason}")
+        pytest.skip(f"needs the power-loss file system: {reason}")
+
+    with PowerLossMount(tmp_path) as plfs:
+        store = plfs.mnt / "store"
+
+        async def main() -> None:
+            journal = AsyncSovereignJournal(store, flush="interval:100ms")
+            for i in range(3):
+                await journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+            await journal.flush()
+            # the next write's commit.log record (event 1) returns at once; the background
+            # sync's fsync of it (event 2) freezes, then fails with EIO
+            plfs.request({"cmd": "arm", "file": "store/commit.log", "events": 2})
+            assert await journal.record(TransactionLog(3, "op", "r3", LogStatus.Completed),
+                                        increment="op") == 4
+            deadline = time.monotonic() + 30
+            while plfs.stats()["state"] != "frozen":
+                assert time.monotonic() < deadline, "the background sync never flushed"
+                await asyncio.sleep(0.01)
+            plfs.request({"cmd": "thaw"})
+            while journal.sync_journal._syncer is not None and journal.sync_journal._syncer.error is None:
+                assert time.monotonic() < deadline, "the failed sync was never noticed"
+                await asyncio.sleep(0.01)
+            plfs.request({"cmd": "resume"})  # the disk works again: the journal still refuses
+            for n in (4, 5):
+                with pytest.raises(StorageError, match=r"background sync of .* failed: .*Input/output "
+                                                       r"error") as info:
+                    await journal.record(TransactionLog(n, "op", f"r{n}", LogStatus.Completed),
+                                         increment="op")
+                assert info.value.path == str(store)
+            with pytest.raises(StorageError, match="background sync"):
+                await journal.log_transaction(TransactionLog(6, "op", "r6", LogStatus.Completed))
+            with pytest.raises(StorageError):
+                await journal.close()
+
+        run(main())
+        with SovereignJournal(store) as reopened:  # reopening recovers a consistent store
+            assert reopened.journal_count() in (3, 4)
+            assert reopened.recover_op_count("op") == reopened.journal_count()

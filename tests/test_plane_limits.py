@@ -75,6 +75,7 @@ def deno_alive(pid: int) -> bool:
 def test_memory_limit(store: Path, source: str, words: str) -> None:
     error = fails_with(store, source, memory_limit_mb=64, timeout=120)
     assert error.name == "MemoryLimit"
+    assert str(journal_of(store)[-2][2]).startswith("MemoryLimit: the script ran out")  # named as documented
     assert "memory limit of 64 MiB" in str(error) and words in str(error)
     with SovereignJournal(store) as journal:
         assert journal.recover_op_count("js_ops_called") == 0
@@ -135,6 +136,28 @@ def test_max_ops(store: Path) -> None:
         assert kernel.run_script("Krepis.ops.op_increment_stats();", max_ops=1).ops_called == 1
         with pytest.raises(ValueError, match="max_ops"):
             kernel.run_script("1", max_ops=-1)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3])
+def test_max_ops_allows_exactly_n_calls(store: Path, limit: int) -> None:
+    """max_ops=N: N calls run and the (N+1)-th — of any op — is OpLimit and never runs; so
+    max_ops=0 allows none: the first call ends the run."""
+    with Kernel(store) as kernel:  # exactly N calls: the run succeeds
+        ops = "Krepis.ops.op_increment_stats();" * limit
+        assert kernel.run_script(ops or "1", max_ops=limit, stderr=io.BytesIO()).ops_called == limit
+    ran: list[int] = []
+    with Kernel(store) as kernel, pytest.raises(ScriptError) as info:  # N + 1: OpLimit
+        kernel.op("user_op")(ran.append)
+        kernel.run_script("for (let i = 0; i < 10; i++) { Krepis.ops.op_increment_stats(); "
+                          "Krepis.ops.user_op(i); }", max_ops=limit, stderr=io.BytesIO())
+    assert info.value.name == "OpLimit" and f"limit of {limit} op calls" in str(info.value)
+    assert ran == list(range(limit // 2))  # the calls alternate: N of them ran, no more
+    with SovereignJournal(store) as journal:
+        assert journal.recover_op_count("js_ops_called") == limit + (limit + 1) // 2
+        assert journal.recover_op_count("user_op") == limit // 2
+    errors = [e for e in journal_of(store) if e[0] == "kernel_error"]
+    assert len(errors) == 1 and str(errors[0][2]).startswith(f"OpLimit: the script exceeded its limit of "
+                                                             f"{limit} op calls")
 
 
 # --- no storage outlives a run --------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib import resources
 
@@ -20,11 +21,63 @@ from ._common import (
 )
 
 
+class _Stderr:
+    """This process's stderr during a run, for the script's console output and its log lines.
+
+    A closed or failing stderr (``krepis run 2>&1 | head -1``) never ends the script: at the
+    first error, fd 2 is pointed at ``/dev/null`` (so nothing written later, at exit included,
+    fails again) and output is dropped from then on.
+    """
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def write(self, data: bytes) -> int:
+        """Binary writes: the script's console output (``run_script(stderr=…)``)."""
+        if not self.gone:
+            try:
+                sys.stderr.flush()  # keep the order of text already written
+                sys.stderr.buffer.write(data)
+            except (OSError, ValueError, AttributeError):
+                self._went_away()
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                sys.stderr.buffer.flush()
+            except (OSError, ValueError, AttributeError):
+                self._went_away()
+
+    def echo(self, text: str) -> None:
+        if not self.gone:
+            try:
+                click.echo(text, err=True)
+            except (OSError, ValueError):
+                self._went_away()
+
+    def _went_away(self) -> None:
+        self.gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, 2)
+            finally:
+                os.close(devnull)
+        except OSError:
+            pass
+
+
 class _JsLogHandler(logging.Handler):
-    """Shows what scripts log through op_log_from_js, on stderr, as inert text."""
+    """Shows what scripts log through op_log_from_js, on stderr, as inert text — and never fails
+    the op because stderr is closed."""
+
+    def __init__(self, out: _Stderr) -> None:
+        super().__init__()
+        self.out = out
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"js {record.levelname.lower()}: {inert(record.getMessage())}", err=True)
+        self.out.echo(f"js {record.levelname.lower()}: {inert(record.getMessage())}")
 
 @cli.command()
 @click.argument("script", required=False, type=click.Path(dir_okay=False, exists=True))
@@ -80,7 +133,8 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
             policy.allow_net(host)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    handler = _JsLogHandler()
+    err = _Stderr()
+    handler = _JsLogHandler(err)
     js_log = logging.getLogger("krepis.js")
     js_log.addHandler(handler)
     js_log.setLevel(logging.DEBUG)
@@ -104,7 +158,8 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
                         con.print(f"  running           {script or 'built-in bootstrap'}")
                     ops_called = kernel.run_script(
                         str(target), timeout=timeout, memory_limit_mb=memory_limit,
-                        max_ops=max_ops, request_id=request_id).ops_called
+                        max_ops=max_ops, request_id=request_id,
+                        stderr=err).ops_called
             except ScriptError as exc:
                 failure = exc
             except (ScriptInterrupted, KeyboardInterrupt) as exc:
@@ -115,7 +170,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
         js_log.removeHandler(handler)
     if interrupted is not None:
         signum = getattr(interrupted, "signum", 2)
-        click.echo(f"Error: interrupted by signal {signum}; the script was killed", err=True)
+        err.echo(f"Error: interrupted by signal {signum}; the script was killed")
         sys.exit(128 + signum)
     summary = {
         "ok": failure is None,
@@ -136,4 +191,6 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
         con.print(f"[bold green]done[/]: js_ops_called {recovered} → {stats.js_ops_called}, "
                   f"{ops_called} op calls, journal entries {entries}")
     if failure is not None:
+        if err.gone:  # nobody reads stderr any more: the status says it
+            sys.exit(1)
         raise click.ClickException(f"script failed: {failure}")

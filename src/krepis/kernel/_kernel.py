@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import InvalidTypeError, OpError, ValidationError
 from .._model import (
@@ -27,8 +27,12 @@ from .._model import (
 from .._policy import FlushPolicy
 from ..archive import RetentionPolicy
 from ..journal import DEFAULT_STORAGE, SovereignJournal
-from ._outcome import ScriptResult
+from ._outcome import RESERVED_NAMES, ScriptResult
 from ._permissions import PermissionPolicy
+from ._plane import interruptible, shielded
+
+if TYPE_CHECKING:
+    from ._plane import Sink
 
 __all__ = ["Kernel", "error_text"]
 
@@ -58,9 +62,13 @@ def signal_name(signum: int) -> str:
 
 
 def error_text(exc: BaseException) -> str:
-    """``"TypeName: message"`` (a script's own error text for a ScriptError), cut to fit."""
+    """``"TypeName: message"`` (a script's own error text for a ScriptError, named by the
+    limit that ended it — ``"OpLimit: …"``), cut to fit."""
     if getattr(exc, "stack", False) is not False and str(exc):  # ScriptError: "SyntaxError: …"
         text = str(exc)
+        name = getattr(exc, "name", None)
+        if name in RESERVED_NAMES and not text.startswith(f"{name}:"):
+            text = f"{name}: {text}"
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     raw = text.encode("utf-8", "replace")
@@ -304,7 +312,7 @@ class Kernel:
         memory_limit_mb: int | None = None,
         max_ops: int | None = None,
         request_id: str | None = None,
-        stderr: BinaryIO | None = None,
+        stderr: Sink | None = None,
     ) -> ScriptResult:
         """Run a JavaScript/TypeScript file (or source code) in the confined Deno plane.
 
@@ -328,7 +336,7 @@ class Kernel:
         SIGINT) propagates. The ops the script completed before stay counted and journaled.
         """
         from ._outcome import ScriptError, ScriptInterrupted
-        from ._plane import interruptible, run_deno, shielded
+        from ._plane import run_deno
 
         journal = self.journal
         self._require_running()
@@ -349,12 +357,14 @@ class Kernel:
                 try:
                     result = run_deno(script, dispatch, timeout=timeout, memory_limit_mb=memory_limit_mb,
                                       max_ops=max_ops, permissions=self.permissions, stderr=stderr)
-                except (ScriptError, ScriptInterrupted, KeyboardInterrupt) as exc:
+                except (ScriptError, ScriptInterrupted, KeyboardInterrupt, SystemExit) as exc:
+                    signum = getattr(exc, "signum", None)
                     if isinstance(exc, ScriptError):
                         text = error_text(exc)
-                    else:
-                        signum = getattr(exc, "signum", 2)
+                    elif signum is not None:
                         text = f"Interrupted: the host received {signal_name(signum)}; the script was killed"
+                    else:  # an op raised it (and was journaled Failed with it)
+                        text = f"Interrupted: an op raised {error_text(exc)}; the script was killed"
                     with shielded():  # a signal now waits until the failure is journaled
                         journal.log_transaction(TransactionLog.now(
                             "kernel_error", request_id, LogStatus.Failed, error=text))
@@ -369,8 +379,11 @@ class Kernel:
 
         ``Started`` is written together with the count before the op runs; then ``Completed``
         (with ``duration_us``) or ``Failed`` (with the error text). The op's own exception
-        propagates unchanged. An op that returns a coroutine or other awaitable is ``Failed``
-        (``OpError``): its work never ran, so ``Completed`` would be a lie.
+        propagates unchanged — ``KeyboardInterrupt`` and ``SystemExit`` too, after ``Failed``.
+        In the main thread a SIGINT that lands while these entries are written waits until the
+        write is done, so an op is never left ``Started`` alone. An op that returns a coroutine
+        or other awaitable is ``Failed`` (``OpError``): its work never ran, so ``Completed``
+        would be a lie.
         """
         return self._call(name, args, kwargs, None)
 
@@ -390,9 +403,22 @@ class Kernel:
             raise OpError(f"unknown op {name!r}; registered ops: {', '.join(self.ops)}")
         context, journal = self.context, self.journal
         rid = _run_request_id.get() or context.request_id
-        journal.record(TransactionLog.now(name, rid, LogStatus.Started), increment=name)
-        started = time.perf_counter()
+        # Ctrl-C (SIGINT) during the op's own journaling waits until that write is done: an op
+        # journaled Started always ends Failed or Completed. (In a script run, SIGTERM and SIGHUP
+        # too: the run's handlers are already in place.) The op itself stays interruptible.
+        with interruptible((signal.SIGINT,)):
+            return self._journaled(name, fn, args, kwargs, deliver, journal, rid)
+
+    def _journaled(self, name: str, fn: Callable[..., Any], args: Any, kwargs: dict[str, Any],
+                   deliver: Callable[[Any], None] | None, journal: SovereignJournal, rid: str) -> Any:
+        """Run ``fn`` between its ``Started`` and its ``Failed``/``Completed`` entry."""
+        written = False
+        started = 0.0
         try:
+            with shielded():  # a signal now is raised when Started is written: inside this try
+                journal.record(TransactionLog.now(name, rid, LogStatus.Started), increment=name)
+                written = True
+                started = time.perf_counter()
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 if inspect.iscoroutine(result):
@@ -405,14 +431,18 @@ class Kernel:
                 except (TypeError, ValueError, RecursionError) as exc:
                     raise OpError(f"op {name!r} returned a value that is not JSON: "
                                   f"{type(exc).__name__}: {str(exc)[:300]}") from None
-        except BaseException as exc:
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: Failed, then re-raised
+            if not written:
+                raise
             elapsed = int((time.perf_counter() - started) * 1_000_000)
-            journal.log_transaction(TransactionLog.now(
-                name, rid, LogStatus.Failed, duration_us=elapsed, error=error_text(exc)))
+            with shielded():
+                journal.log_transaction(TransactionLog.now(
+                    name, rid, LogStatus.Failed, duration_us=elapsed, error=error_text(exc)))
             raise
         elapsed = int((time.perf_counter() - started) * 1_000_000)
-        journal.log_transaction(
-            TransactionLog.now(name, rid, LogStatus.Completed, duration_us=elapsed))
+        with shielded():
+            journal.log_transaction(
+                TransactionLog.now(name, rid, LogStatus.Completed, duration_us=elapsed))
         return result
 
     def __repr__(self) -> str:

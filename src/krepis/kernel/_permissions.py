@@ -114,6 +114,13 @@ class PermissionPolicy:
                                   f"{pinned!r} as when it was granted")
         return absolute
 
+    def roots(self, kind: str) -> list[str]:
+        """The resolved ``read`` or ``write`` roots that still resolve as when they were granted:
+        what Deno is granted, and what the run's Landlock confinement opens to it."""
+        if kind not in ("read", "write"):
+            raise ValidationError(f"unknown root kind {kind!r}; use 'read' or 'write'")
+        return sorted(set(self._roots(kind)))
+
     def _roots(self, kind: str) -> list[str]:
         """The resolved roots of ``kind`` that still resolve as when they were granted."""
         out = []
@@ -155,7 +162,7 @@ class PermissionPolicy:
         """The ``--allow-*`` flags that grant Deno exactly this policy (resolved roots)."""
         flags = []
         for kind in ("read", "write"):
-            roots = sorted(set(self._roots(kind)))
+            roots = self.roots(kind)
             if roots:
                 flags.append(f"--allow-{kind}={','.join(roots)}")
         hosts = []

@@ -11,6 +11,10 @@ What confines a run (docs/execution-plane.md has the threat model):
   that sends every ``file:`` specifier but the script's own copy to a scheme Deno refuses, so no
   import — static, dynamic, JSON, text, bytes, in a Worker, a ``data:`` or ``blob:`` module —
   reads a file or tells whether one exists. Remote, ``jsr:`` and ``npm:`` modules are off.
+* Files: on Linux with Landlock, the kernel lets Deno open only the run's directory, the
+  system's share and the granted roots (``_landlock``), so nothing Deno reads on its own — a
+  line of a file a source map names, for a Worker's error report — can be a secret. Without
+  Landlock, Deno's stderr is not shown at all.
 * Resources: a memory cap (V8 heap flag plus ``RLIMIT_DATA``), a wall-clock timeout, an
   optional cap on op calls, no core dumps, a per-file size cap, and a fresh ``DENO_DIR``
   (cache, localStorage) that is deleted with the run.
@@ -21,10 +25,12 @@ What confines a run (docs/execution-plane.md has the threat model):
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,13 +41,15 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from .._errors import InvalidTypeError, JournalError, ValidationError
+from . import _landlock
 from ._channel import (
     MAX_MESSAGE,
     Dispatch,
     _Channel,
+    _frame,
     decode_message,
     dispatch_frame,
 )
@@ -62,6 +70,7 @@ __all__ = [
     "ScriptError",
     "ScriptInterrupted",
     "ScriptResult",
+    "Sink",
     "deno_binary",
     "run_deno",
 ]
@@ -89,7 +98,16 @@ MAX_STDERR_BYTES = 16 * 1024 * 1024
 
 _DENIED_SCHEME = "krepis-denied"
 
+_WITHHELD_NOTE = (b"[krepis: this system has no Landlock, which keeps Deno from quoting files in its "
+                  b"own messages; the script's console output is not shown]\n")
+
 _OOM_MARKERS = (b"out of memory", b"memory allocation of", b"Array buffer allocation failed")
+
+#: How Deno dies when memory runs out: V8's fatal out-of-memory handler traps (SIGTRAP), a
+#: failed allocation in Deno's Rust code aborts (SIGABRT). A script cannot die by either
+#: without running out of memory (it cannot signal itself: --allow-run is never granted), so a
+#: marker on stderr counts only with one of them — printing one and exiting does not.
+_OOM_SIGNALS = frozenset({-signal.SIGTRAP, -signal.SIGABRT})
 
 def deno_binary() -> str:
     """The ``deno`` executable: the one the ``deno`` package ships, else one on PATH."""
@@ -110,7 +128,15 @@ def deno_binary() -> str:
 def _prelude() -> str:
     return resources.files("krepis.kernel").joinpath("prelude.js").read_text(encoding="utf-8")
 
-def _drain(stream: BinaryIO, sink: BinaryIO | None, tail: bytearray) -> None:
+class Sink(Protocol):
+    """Where a run's console output goes: a binary stream (``sys.stderr.buffer``, ``BytesIO``,
+    a file opened ``"wb"``) or anything with these two methods."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+def _drain(stream: BinaryIO, sink: Sink | None, tail: bytearray) -> None:
     """Forward the script's stderr to ``sink``, at most :data:`MAX_STDERR_BYTES` of it; keep
     reading (so Deno never blocks on it) and keep the last bytes in ``tail``."""
     left = MAX_STDERR_BYTES
@@ -179,12 +205,18 @@ class _InterruptState:
 _INT = _InterruptState()
 
 def _interruption(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else ScriptInterrupted(signum)
+    """The exception a signal becomes; it carries ``signum`` (an op's own ``KeyboardInterrupt``
+    does not), so what is journaled can tell the two apart."""
+    if signum != signal.SIGINT:
+        return ScriptInterrupted(signum)
+    exc = KeyboardInterrupt()
+    exc.signum = signum  # type: ignore[attr-defined]
+    return exc
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible(signals: tuple[int, ...] = _INTERRUPTS) -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into :class:`ScriptInterrupted`, SIGINT into ``KeyboardInterrupt``,
-    inside the block.
+    inside the block (``signals``: which of them; default all three).
 
     Only in the main thread (the only one Python runs handlers in) and only for signals whose
     handler is the default one (a handler the application installed is left alone). Only the
@@ -209,7 +241,7 @@ def interruptible() -> Iterator[None]:
     previous: dict[int, Any] = {}
     _INT.active, _INT.fired, _INT.shielded, _INT.pending = True, False, 0, None
     try:
-        for signum in _INTERRUPTS:
+        for signum in signals:
             if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 previous[signum] = signal.signal(signum, handler)
         yield
@@ -224,7 +256,13 @@ def interruptible() -> Iterator[None]:
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
     """A section no interruption breaks into: a signal that arrives inside it (under
-    :func:`interruptible`) is raised when the section ends normally."""
+    :func:`interruptible`) is raised when the section ends normally.
+
+    Only the main thread's sections count (handlers run there alone): another thread's section
+    neither delays the main thread's interruption nor receives it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _INT.shielded += 1
     try:
         yield
@@ -234,8 +272,10 @@ def shielded() -> Iterator[None]:
         signum, _INT.pending = _INT.pending, None
         raise _interruption(signum)
 
-def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
-    """What runs in the child between fork and exec: limits and the parent-death signal."""
+def _child_setup(memory_mb: int | None, parent: int,
+                 confinement: _landlock.Confinement | None = None) -> Callable[[], None]:
+    """What runs in the child between fork and exec: limits, the parent-death signal and, with
+    ``confinement``, the Landlock rules (last: nothing after them needs a file)."""
     prctl: Any = None
     if sys.platform.startswith("linux"):
         import ctypes
@@ -266,6 +306,8 @@ def _child_setup(memory_mb: int | None, parent: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, fsize)
         if data is not None:
             resource.setrlimit(resource.RLIMIT_DATA, data)
+        if confinement is not None:
+            _landlock.restrict(confinement)  # raises (Popen then fails) rather than run unconfined
 
     return setup
 
@@ -298,7 +340,9 @@ def _decode_script(raw: bytes) -> str:
 
 def _import_map(urls: list[str]) -> str:
     imports = {url: url for url in urls}
-    # Every other file: URL (relative, absolute, any host) goes to a scheme Deno cannot load.
+    # Every other file: URL without a host (relative, absolute, file://localhost/) goes to a
+    # scheme Deno cannot load. ("file://" parses as "file:///": a URL with another host is out of
+    # any prefix's reach — Deno makes no path of it, and _readable says it was refused.)
     imports["file://"] = f"{_DENIED_SCHEME}://"
     imports["file:///"] = f"{_DENIED_SCHEME}:///"
     return json.dumps({"imports": imports})
@@ -311,7 +355,7 @@ def run_deno(
     memory_limit_mb: int | None = None,
     max_ops: int | None = None,
     permissions: PermissionPolicy | None = None,
-    stderr: BinaryIO | None = None,
+    stderr: Sink | None = None,
 ) -> ScriptResult:
     """Run ``script`` in a confined Deno (see the module docstring), serving its op calls.
 
@@ -333,8 +377,10 @@ def run_deno(
         raise InvalidTypeError(f"permissions must be a PermissionPolicy, got {type(permissions).__name__}")
     path, source = resolve_script(script)
     shown = str(path) if path is not None else "<inline>"
-    sink = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
-    grants = permissions.deno_flags() if permissions is not None else []
+    sink: Sink | None = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
+    policy = permissions if permissions is not None else PermissionPolicy()
+    grants = policy.deno_flags()
+    roots = (policy.roots("read"), policy.roots("write"))
     started = time.monotonic()
     deadline = None if limit_s is None else started + limit_s
     with interruptible():
@@ -342,17 +388,17 @@ def run_deno(
         try:
             with shielded():
                 tmp = tempfile.mkdtemp(prefix="krepis-js-")
-            return _run_in(Path(tmp), path, source, shown, dispatch, sink, grants, started, deadline,
-                           limit_s, memory_mb, max_ops)
+            return _run_in(Path(tmp), path, source, shown, dispatch, sink, grants, roots, started,
+                           deadline, limit_s, memory_mb, max_ops)
         finally:
             with shielded():
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
 
 def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
-            dispatch: Dispatch, sink: BinaryIO | None, grants: list[str],
-            started: float, deadline: float | None, limit_s: float | None, memory_mb: int,
-            max_ops: int | None) -> ScriptResult:
+            dispatch: Dispatch, sink: Sink | None, grants: list[str],
+            roots: tuple[list[str], list[str]], started: float, deadline: float | None,
+            limit_s: float | None, memory_mb: int, max_ops: int | None) -> ScriptResult:
     code_dir = tmp / "code"
     code_dir.mkdir()
     if path is not None:
@@ -379,25 +425,42 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     deno_dir.mkdir()
     env = {"DENO_DIR": str(deno_dir), "HOME": str(tmp), "TMPDIR": str(tmp), "PATH": "/usr/bin:/bin",
            "DENO_NO_UPDATE_CHECK": "1", "DENO_NO_PROMPT": "1", "DENO_NO_PACKAGE_JSON": "1", "NO_COLOR": "1"}
-    cmd = [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
+    deno = deno_binary()
+    confinement = (_landlock.Confinement.for_run(str(tmp), deno, *roots)
+                   if _landlock.abi_version() else None)
+    if confinement is None and sink is not None:
+        # Without Landlock nothing stops Deno from quoting a file in its own messages on stderr
+        # (a Worker's error report shows a line of any file a source map names): none is shown.
+        with contextlib.suppress(OSError, ValueError):
+            sink.write(_WITHHELD_NOTE)
+            sink.flush()
+        sink = None
+    cmd = [deno, "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
            "--quiet", f"--import-map={import_map}", f"--v8-flags=--max-old-space-size={memory_mb}",
            *grants, str(main)]
-    setup = _child_setup(memory_mb, os.getpid())
+    setup = _child_setup(memory_mb, os.getpid(), confinement)
     tail = bytearray()
     calls = 0
+    token = secrets.token_hex(16)  # vouches for the prelude's out-of-memory report
+    out_of_memory = False
     outcome: dict[str, Any] | None = None
     proc: subprocess.Popen[bytes] | None = None
     drain: threading.Thread | None = None
     try:
         with shielded():  # an interruption waits until Deno is ours to kill
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, cwd=tmp, start_new_session=True,
-                                    preexec_fn=setup)
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env, cwd=tmp, start_new_session=True,
+                                        preexec_fn=setup)
+            except subprocess.SubprocessError as exc:  # the child's setup raised (Landlock)
+                raise JournalError(f"could not start Deno confined (Landlock ABI "
+                                   f"{_landlock.abi_version()}): {exc}") from None
             assert proc.stdin and proc.stdout and proc.stderr
             drain = threading.Thread(target=_drain, args=(proc.stderr, sink, tail), daemon=True)
             drain.start()
         channel = _Channel(proc.stdout.fileno(), proc.stdin.fileno(), deadline)
         try:
+            channel.send(_frame({"token": token}))  # the prelude reads it before the script runs
             while True:
                 body = channel.frame()
                 if body is None:
@@ -412,6 +475,10 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
                 elif message.get("t") in ("done", "error"):
                     if outcome is None or outcome.get("t") != "error":  # an error is not undone
                         outcome = message
+                elif message.get("t") == "memory" and outcome is None and isinstance(
+                        message.get("token"), str) and hmac.compare_digest(
+                            message["token"].encode("utf-8", "replace"), token.encode()):
+                    out_of_memory = True  # the next error is an allocation that failed at the cap
                 else:
                     raise ScriptError(f"unexpected message from the script: {body[:80]!r}",
                                       name="ProtocolError")
@@ -432,49 +499,62 @@ def _run_in(tmp: Path, path: Path | None, source: str | None, shown: str,
     elapsed = (time.monotonic() - started) * 1000
     stderr_tail = bytes(tail)
     if outcome is not None and outcome.get("t") == "error":
-        raise _script_error(outcome, script_url, main.as_uri(), shown, memory_mb)
+        raise _script_error(outcome, script_url, main.as_uri(), shown, memory_mb, out_of_memory)
     if outcome is None or code != 0:
-        if code != 0 and any(marker in stderr_tail for marker in _OOM_MARKERS):
+        if code in _OOM_SIGNALS and any(marker in stderr_tail for marker in _OOM_MARKERS):
             raise ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB and was ended",
                               name="MemoryLimit")
         detail = stderr_tail.decode("utf-8", "replace").strip().splitlines()
         last = detail[-1][:500] if detail else "no output"
+        if confinement is None:
+            last = "its output is not shown (no Landlock)"
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise ScriptError(f"Deno {how} before the script finished: {last}", name="DenoExited")
     return ScriptResult(ops_called=calls, duration_ms=elapsed, exit_code=code)
 
-_ALLOCATION_FAILED = re.compile(r"^(Array buffer allocation failed|WebAssembly\.Memory\(\): could not "
-                                r"allocate memory|WebAssembly\.Memory\.grow\(\): Unable to grow)")
-
 _DENIED = re.compile(r'Unsupported scheme "' + _DENIED_SCHEME + r'" for module "' + _DENIED_SCHEME
                      + r':([^"]*)"\.(?: Supported schemes:(?:\s*- "[a-z]+")*)?')
 
+# A file: URL with a host (file://HOST/…) is out of the import map's reach (its keys are
+# prefixes, and "file://" means "file:///"): Deno refuses to make a path of it, or takes it for
+# an unmapped bare name (with a port or user). Either way nothing is loaded; said as a refusal.
+_HOSTED = re.compile(r'(?:Could not convert URL to file path\.|Invalid file path\.)\s*'
+                     r'(?:URL|Specifier): (file:[^\s"]*)')
+_UNMAPPED = re.compile(r'Import "(file:[^"]*)" not a dependency and not in import map from "[^"]*"')
+
+_REFUSED = 'import of "{}" refused: a script can import only itself (and data:/blob: modules)'
+
 _HINT = re.compile(r"run again with the --allow-([a-z-]+) flag")
 
-def _readable(text: str, script_url: str, prelude_url: str, shown: str) -> str:
+def _readable(text: str, script_url: str, prelude_url: str, shown: str, imports: bool = True) -> str:
     """Deno's text with the private copy's URL replaced by the script's path, and a refused
-    import said as such."""
-    text = _DENIED.sub(lambda m: f'import of "file:{m.group(1)}" refused: a script can import only '
-                                 "itself (and data:/blob: modules)", text)
+    import said as such (``imports``: the text is about an import, not ``fetch``)."""
+    text = _DENIED.sub(lambda m: _REFUSED.format(f"file:{m.group(1)}"), text)
+    if imports:
+        text = _UNMAPPED.sub(lambda m: _REFUSED.format(m.group(1)), _HOSTED.sub(
+            lambda m: _REFUSED.format(m.group(1)), text))
     text = _HINT.sub(lambda m: (f"grant it with PermissionPolicy / krepis run --allow-{m.group(1)}"
                                 if m.group(1) in ("read", "write", "net")
                                 else f"krepis never grants --allow-{m.group(1)}"), text)
     return text.replace(script_url, shown).replace(prelude_url, "krepis:prelude")
 
 def _script_error(outcome: dict[str, Any], script_url: str, prelude_url: str, shown: str,
-                  memory_mb: int) -> ScriptError:
+                  memory_mb: int, out_of_memory: bool = False) -> ScriptError:
+    """The ScriptError of an error message; ``out_of_memory``: the prelude vouched (with the
+    run's token) that it is an allocation V8 refused at the cap — only then ``MemoryLimit``."""
     def text(key: str, default: str) -> str:
         value = outcome.get(key)
         return (value if isinstance(value, str) else default)[:MAX_ERROR_TEXT + 1]
 
     name = text("name", "Error") or "Error"
-    message = _readable(text("message", ""), script_url, prelude_url, shown)
+    imports = name != "URIError"  # fetch() of a file URL is not an import
+    message = _readable(text("message", ""), script_url, prelude_url, shown, imports)
     if name in RESERVED_NAMES:  # a script cannot pass its failure off as a limit
         name, message = "Error", f"{name}: {message}"
     raw_stack = outcome.get("stack")
-    stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown)
+    stack = (_readable(raw_stack[:MAX_ERROR_TEXT + 1], script_url, prelude_url, shown, imports)
              if isinstance(raw_stack, str) else None)
-    if name == "RangeError" and _ALLOCATION_FAILED.search(message):
+    if out_of_memory and name == "RangeError":
         return ScriptError(f"the script ran out of its memory limit of {memory_mb} MiB "
                            f"(RangeError: {message})", name="MemoryLimit", stack=stack)
     location = None
