@@ -53,7 +53,7 @@ def test_stats(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {
         "storage": str(tmp_path / ".krepis" / "storage"),
-        "journal_entries": 13,
+        "journal_entries": 13, "entries": {"live": 13, "archived": 0, "total": 13}, "archive": None,
         "op_counts": {"contexts_created": 1, "js_ops_called": 3, "op_get_context": 1, "op_log_from_js": 2,
                       "op_check_permission": 1}}
     piped = krepis("stats", cwd=tmp_path)
@@ -68,7 +68,8 @@ def test_stats_on_an_empty_store_says_so(tmp_path: Path) -> None:
     out = krepis("stats", "--storage", str(tmp_path / "s"), cwd=tmp_path).stdout
     assert out.startswith("no counters yet; 0 journal entries in ")
     assert json.loads(krepis("stats", "--json", "--storage", str(tmp_path / "s"), cwd=tmp_path).stdout) == {
-        "storage": str(tmp_path / "s"), "journal_entries": 0, "op_counts": {}}
+        "storage": str(tmp_path / "s"), "journal_entries": 0,
+        "entries": {"live": 0, "archived": 0, "total": 0}, "archive": None, "op_counts": {}}
 
 
 def jsonl(out: str) -> list[dict]:  # type: ignore[type-arg]
