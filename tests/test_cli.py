@@ -240,6 +240,7 @@ def test_metrics_text_and_server(tmp_path: Path) -> None:
         journal.increment_op_count('we"ird\\op\nname')
         journal.increment_op_count("plain")
         journal.increment_op_count("plain")
+    with SovereignJournal(store) as journal:  # (as the command will find it: data.mdb up to date)
         text = prometheus_text(journal)
     assert 'krepis_op_count_total{op="we\\"ird\\\\op\\nname"} 1' in text
     assert 'krepis_op_count_total{op="plain"} 2' in text

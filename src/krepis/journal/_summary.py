@@ -231,34 +231,42 @@ def _scan(storage: Storage, query: Query) -> Iterable[TransactionLog]:
 
 
 def _tally(groups: dict[Any, _Group], keys: tuple[str, ...], logs: Iterable[TransactionLog]) -> int:
-    """Add ``logs`` to their groups; return how many there were."""
+    """Add ``logs`` to their groups; return how many there were. (The loop is the summary's hot
+    path: one dict lookup, one counter and at most one append per entry.)"""
     n = 0
-    get = groups.get
-    if keys == ("op",):
-        def key_of(log: TransactionLog) -> Any:
-            return log.op_name
-    elif keys == ():
-        def key_of(log: TransactionLog) -> Any:
-            return ()
-    else:
-        def key_of(log: TransactionLog) -> Any:
-            return tuple(log.op_name if k == "op" else log.status for k in keys)
+    # per group: [started, completed, failed] and the durations, keyed as ``groups`` will be
+    counts: dict[Any, tuple[list[int], list[int]]] = {}
+    get = counts.get
+    index = {_STARTED: 0, _COMPLETED: 1, _FAILED: 2}
+    by_op, by_status, op_status = keys == ("op",), keys == ("status",), keys == ("op", "status")
     for log in logs:
-        key = key_of(log)
-        group = get(key)
+        if by_op:
+            key: Any = log.op_name
+        elif op_status:
+            key = (log.op_name, log.status)
+        elif by_status:
+            key = log.status
+        elif keys:
+            key = (log.status, log.op_name)  # ("status", "op")
+        else:
+            key = ()
+        found = get(key)
+        if found is None:
+            found = counts[key] = ([0, 0, 0], [])
+        found[0][index[log.status]] += 1
+        duration = log.duration_us
+        if duration is not None:
+            found[1].append(duration)
+        n += 1
+    for key, (by, durations) in counts.items():
+        group = groups.get(key)
         if group is None:
             group = groups[key] = _Group()
-        group.entries += 1
-        status = log.status
-        if status is _STARTED:
-            group.started += 1
-        elif status is _COMPLETED:
-            group.completed += 1
-        else:
-            group.failed += 1
-        if log.duration_us is not None:
-            group.durations.append(log.duration_us)
-        n += 1
+        group.entries += by[0] + by[1] + by[2]
+        group.started += by[0]
+        group.completed += by[1]
+        group.failed += by[2]
+        group.durations += durations
     return n
 
 
