@@ -328,3 +328,28 @@ def test_a_copied_store_and_archive_are_moved_together(tmp_path: Path) -> None:
     shutil.rmtree(arch)
     with SovereignJournal(tmp_path / "s2") as journal:
         assert journal.query(order="append", newest_first=False) == everything
+
+
+def test_the_asyncio_journal_has_the_same_history_api(tmp_path: Path) -> None:
+    import asyncio
+
+    from krepis import AsyncSovereignJournal
+
+    store, arch = tmp_path / "s", tmp_path / "cold"
+    everything = _archived(str(store), arch)
+
+    async def use() -> None:
+        async with AsyncSovereignJournal(store, retention="off") as journal:
+            assert await journal.get_archive_dir() == str(arch)
+            assert (await journal.entry_counts()).archived == 2304
+            assert await journal.journal_count() == 3000
+            assert await journal.journal_count(live_only=True) == 696
+            assert await journal.entry(3) == everything[3]
+            assert (await journal.verify()).archived == 2304
+            assert (await journal.summary("status")).total.entries == 3000
+            assert await journal.check_archive() == str(arch)
+            assert await journal.set_archive_dir(arch) == str(arch)
+            proof = await journal.inclusion_proof(3)
+            assert proof.index == 3
+
+    asyncio.run(use())
