@@ -210,6 +210,7 @@ def test_newest_first_reads_open_no_archived_bundle_they_do_not_need(tmp_path: P
     with SovereignJournal(store) as journal:
         by_time = sorted(everything, key=lambda x: (x.timestamp, x.seq), reverse=True)
         assert journal.get_recent_logs(20) == by_time[:20]
+        assert journal.query(limit=600) == by_time[:600]  # (never a look past the limit)
         assert journal.query(order="append", limit=20) == everything[::-1][:20]
         assert journal.query(order="append", newest_first=False, after=2500) == everything[2501:]
         assert opened == []  # the newest entries are live: the archive's bundles stay shut

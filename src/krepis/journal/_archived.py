@@ -202,16 +202,17 @@ class _ArchiveMethods:
                                   f"{reader.bundles - 1} does not match this journal's Merkle tree")
         return reader
 
-    def _archived_span(self, storage: Storage) -> tuple[int, int]:
-        """``(first seq, live first seq)`` of the current log: entries between them are archived.
-        One read when nothing is: the live first seq equal to a first seq seen before proves it
-        (first seqs only grow, and the live first seq is never below the current one)."""
+    def _archived_span(self, storage: Storage) -> tuple[int, int, TreeHead | None]:
+        """``(first seq, live first seq, the tree head read or None)`` of the current log:
+        entries between the two are archived. One read when nothing is: the live first seq
+        equal to a first seq seen before proves it (first seqs only grow, and the live first seq
+        is never below the current one)."""
         live = storage.live_first_seq()
         if live == self._log_first:
-            return live, live
+            return live, live, None
         head = storage.tree_head()
         self._log_first = head.first_seq
-        return head.first_seq, max(head.first_seq, storage.live_first_seq())
+        return head.first_seq, max(head.first_seq, storage.live_first_seq()), head
 
     def _history_reader(self, storage: Storage, archive: str | os.PathLike[str] | None,
                         live_only: bool, head: TreeHead | None = None) -> ArchiveReader | None:
@@ -222,9 +223,10 @@ class _ArchiveMethods:
             return None
         if archive is not None:
             return self._cached_reader(storage, _directory(archive), head, explicit=True)
-        first, live = self._archived_span(storage)
+        first, live, seen = self._archived_span(storage)
         if live <= first:
             return None
+        head = seen if head is None else head
         directory = self._archive_dir or storage.get_setting(_SETTING)
         if directory is None:
             raise StorageError(
@@ -303,17 +305,20 @@ class _ArchiveMethods:
         import itertools
 
         live_first = storage.live_first_seq()
-        head = storage.tree_head()
-        if head.epoch != reader.epoch:
+        # cleared since the reader was made (its last bundle is no longer the tree's): not this log
+        if reader.bundles and storage.tree_node(8, reader.bundles - 1) != reader.last_hash:
             raise JournalError(f"the journal at {self.path} was cleared while it was being read; read again")
         if reader.first_seq + reader.bundles * _WIDTH < live_first:
+            if storage.tree_head().epoch != reader.epoch:  # (a clear moves the live first seq on)
+                raise JournalError(f"the journal at {self.path} was cleared while it was being read; "
+                                   "read again")
             end = reader.first_seq + reader.bundles * _WIDTH
             raise ValidationError(
                 f"the journal at {self.path} starts at seq {live_first}; the archive at {reader.directory} "
                 f"ends at seq {end}: is it this store's archive directory?")
 
-        def live() -> Iterator[TransactionLog]:
-            for chunk in self._iter(storage, query, None, after):
+        def live() -> Iterator[TransactionLog]:  # (at most ``limit`` of them are needed)
+            for chunk in self._iter(storage, query, limit, after):
                 if storage.live_first_seq() != live_first:
                     raise JournalError(f"entries of the journal at {self.path} were archived while it "
                                        "was being read; read again")
@@ -328,15 +333,17 @@ class _ArchiveMethods:
             merged = self._time_merge(reader, query, after, live_first, live())
         remaining = limit
         chunk: list[TransactionLog] = []
-        for log in merged:
-            if remaining is not None:
-                if remaining <= 0:
-                    break
-                remaining -= 1
+        if remaining == 0:
+            return
+        for log in merged:  # (never one more than asked: the next one may be a bundle to open)
             chunk.append(log)
             if len(chunk) >= _SCAN_CHUNK:
                 yield chunk
                 chunk = []
+            if remaining is not None:
+                remaining -= 1
+                if remaining <= 0:
+                    break
         if chunk:
             yield chunk
 

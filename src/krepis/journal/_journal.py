@@ -273,7 +273,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods, _SummaryMethods):
         if live_only:
             return storage.entry_count()
         while True:  # (an archive run between the reads: count again)
-            first, live_first = self._archived_span(storage)
+            first, live_first, _head = self._archived_span(storage)
             count = storage.entry_count()
             if storage.live_first_seq() == live_first:
                 return count + live_first - first
