@@ -354,3 +354,16 @@ def test_the_asyncio_journal_has_the_same_history_api(tmp_path: Path) -> None:
             assert proof.index == 3
 
     asyncio.run(use())
+
+
+def test_a_read_in_progress_keeps_its_archive_reader(tmp_path: Path) -> None:
+    """A journal keeps one archive reader; a read with another archive copy replaces it — while a
+    streaming read is still using the first one, which must go on reading whole."""
+    store, arch = tmp_path / "s", tmp_path / "cold"
+    everything = _archived(str(store), arch, n=3000, keep=0)
+    shutil.copytree(arch, tmp_path / "copy")
+    with SovereignJournal(store) as journal:
+        stream = journal.iter_logs(order="append", newest_first=False)
+        first = [next(stream) for _ in range(600)]  # (its reader: the store's archive)
+        assert journal.query(archive=tmp_path / "copy", limit=1)  # another reader is kept now
+        assert first + list(stream) == everything

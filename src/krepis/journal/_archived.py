@@ -263,18 +263,16 @@ class _ArchiveMethods:
                                    f"are archived, but its archive at {directory} holds {holds}: is it an "
                                    f"older copy, or another directory? {_MOVED}", directory)
             with self._readers_lock:
-                old = self._readers
-                self._readers = {key: reader}  # one kept: the current log's, of one directory
-            for stale in old.values():
-                if stale is not reader:
-                    stale.close()
+                # One kept: the current log's, of one directory. A reader it replaces is not
+                # closed here — a read in another thread may still be using it; it closes its
+                # directory once nothing refers to it.
+                self._readers = {key: reader}
         return reader
 
     def _close_readers(self) -> None:
+        """Forget the kept reader (it closes its directory once no read still holds it)."""
         with self._readers_lock:
-            old, self._readers = self._readers, {}
-        for reader in old.values():
-            reader.close()
+            self._readers = {}
 
     def _leaf_source(self, storage: Storage, archive: str | os.PathLike[str] | None, live_only: bool,
                      head: TreeHead) -> Callable[[int, int], list[bytes]] | None:
