@@ -83,6 +83,8 @@ OPERATIONS: list[tuple[str, Callable[[Storage], object]]] = [
     ("writing", lambda s: s.write_batch([WriteRequest([_one()], [b"x"])])),
     ("writing", lambda s: s.write_batch([WriteRequest([], [b"x"])])),  # counters only: one statement
     ("verifying", lambda s: s.verify()),
+    ("reading a setting", lambda s: s.get_setting("archive")),
+    ("storing a setting", lambda s: s.set_setting("archive", "/srv/archive")),
 ]
 
 
@@ -399,3 +401,59 @@ class StorageConformance:
         assert storage.next_seq() == 601 and storage.verify().entries == 89
         storage.clear()
         assert storage.live_first_seq() == storage.tree_head().first_seq == 601
+
+    def test_settings_are_kept_durably_beside_the_data(self, make_storage: Factory) -> None:
+        """A setting reads back in another instance after a reopen, is replaced or removed in
+        one step, survives a clear and changes nothing else (the sequence, the tree, counters)."""
+        s = make_storage()
+        try:
+            assert s.get_setting("archive") is None
+            s.write_batch([WriteRequest([entry(1, "a", 1)], [b"x"])])
+            head, counts = s.tree_head(), s.get_counts()
+            s.set_setting("archive", "/srv/cold ö")
+            assert s.get_setting("archive") == "/srv/cold ö"
+            assert (s.tree_head(), s.get_counts(), s.next_seq(), s.entry_count()) == (head, counts, 1, 1)
+            other = make_storage()  # another instance (on LMDB: sharing the environment)
+            try:
+                assert other.get_setting("archive") == "/srv/cold ö"
+                other.set_setting("archive", "/srv/warm")
+            finally:
+                other.close()
+            assert s.get_setting("archive") == "/srv/warm"
+            s.write_batch([WriteRequest([entry(2, "b", 2)], [b"x"])])  # writes go on around it
+        finally:
+            s.close()
+        s = make_storage()
+        try:
+            assert s.get_setting("archive") == "/srv/warm" and s.entry_count() == 2
+            s.clear()
+            assert s.get_setting("archive") == "/srv/warm"  # a clear keeps settings
+            s.set_setting("archive", None)
+            assert s.get_setting("archive") is None
+            s.set_setting("archive", None)  # removing what is not there: nothing to do
+            assert s.verify().entries == 0
+        finally:
+            s.close()
+
+    def test_a_bad_setting_is_refused_and_changes_nothing(self, storage: Storage) -> None:
+        from krepis import InvalidTypeError, ValidationError
+        from krepis.storage import MAX_SETTING_BYTES
+
+        storage.set_setting("archive", "/kept")
+        for name, value, error, words in (
+                ("format", "9", ValidationError, "'format' is not a setting a store keeps"),
+                ("live", None, ValidationError, "'live' is not a setting"),
+                ("", "x", ValidationError, "is not a setting"),
+                (b"archive", "x", InvalidTypeError, "name must be a str"),
+                ("archive", "", ValidationError, "must be 1 … 4096 bytes"),
+                ("archive", "a\0b", ValidationError, "with a NUL"),
+                ("archive", "x" * (MAX_SETTING_BYTES + 1), ValidationError, "got 4097 bytes"),
+                ("archive", "\ud800", ValidationError, "lone surrogate"),
+                ("archive", b"/x", InvalidTypeError, "must be a str or None")):
+            with pytest.raises(error, match=words):
+                storage.set_setting(name, value)  # type: ignore[arg-type]
+            assert storage.get_setting("archive") == "/kept"
+        with pytest.raises(ValidationError, match="'seq' is not a setting"):
+            storage.get_setting("seq")
+        storage.set_setting("archive", "é" * (MAX_SETTING_BYTES // 2))  # 4096 bytes: the longest
+        assert storage.get_setting("archive") == "é" * (MAX_SETTING_BYTES // 2)

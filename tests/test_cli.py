@@ -53,7 +53,7 @@ def test_stats(tmp_path: Path) -> None:
     krepis("run", cwd=tmp_path)
     assert json.loads(krepis("stats", "--json", cwd=tmp_path).stdout) == {
         "storage": str(tmp_path / ".krepis" / "storage"),
-        "journal_entries": 13,
+        "journal_entries": 13, "entries": {"live": 13, "archived": 0, "total": 13}, "archive": None,
         "op_counts": {"contexts_created": 1, "js_ops_called": 3, "op_get_context": 1, "op_log_from_js": 2,
                       "op_check_permission": 1}}
     piped = krepis("stats", cwd=tmp_path)
@@ -68,7 +68,8 @@ def test_stats_on_an_empty_store_says_so(tmp_path: Path) -> None:
     out = krepis("stats", "--storage", str(tmp_path / "s"), cwd=tmp_path).stdout
     assert out.startswith("no counters yet; 0 journal entries in ")
     assert json.loads(krepis("stats", "--json", "--storage", str(tmp_path / "s"), cwd=tmp_path).stdout) == {
-        "storage": str(tmp_path / "s"), "journal_entries": 0, "op_counts": {}}
+        "storage": str(tmp_path / "s"), "journal_entries": 0,
+        "entries": {"live": 0, "archived": 0, "total": 0}, "archive": None, "op_counts": {}}
 
 
 def jsonl(out: str) -> list[dict]:  # type: ignore[type-arg]
@@ -255,6 +256,7 @@ def test_metrics_text_and_server(tmp_path: Path) -> None:
         journal.increment_op_count('we"ird\\op\nname')
         journal.increment_op_count("plain")
         journal.increment_op_count("plain")
+    with SovereignJournal(store) as journal:  # (as the command will find it: data.mdb up to date)
         text = prometheus_text(journal)
     assert 'krepis_op_count_total{op="we\\"ird\\\\op\\nname"} 1' in text
     assert 'krepis_op_count_total{op="plain"} 2' in text

@@ -300,7 +300,7 @@ def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path)
     outside the commit log) write no other record, keep the log's id and only move its position
     on (past the barrier record they leave in the log)."""
     store = make_store(tmp_path / "s", 6)
-    documented = {b"format", b"seq", b"tree", b"next_op", b"log", b"live"}
+    documented = {b"format", b"seq", b"tree", b"next_op", b"log", b"live", b"archive"}
     storage = LmdbStorage(store)
     try:
         log_id, position, _link = struct.unpack("<16sQI", _meta(storage)[b"log"])
@@ -314,6 +314,11 @@ def test_clearing_and_archiving_keep_the_documented_meta_records(tmp_path: Path)
         assert set(after_clear) <= documented
         cleared_id, cleared_at, _ = struct.unpack("<16sQI", after_clear[b"log"])
         assert cleared_id == log_id and cleared_at > archived_at
+        storage.set_setting("archive", "/srv/cold")  # the archive directory: one record, outside the log
+        after_setting = _meta(storage)
+        assert set(after_setting) <= documented and after_setting[b"archive"] == b"/srv/cold"
+        set_id, set_at, _ = struct.unpack("<16sQI", after_setting[b"log"])
+        assert set_id == log_id and set_at > cleared_at
     finally:
         storage.close()
 

@@ -212,6 +212,45 @@ def test_tlog_serve_serves_the_same_bytes_as_the_export(tmp_path: Path) -> None:
         server.wait(timeout=10)
 
 
+def test_tlog_serve_of_an_archived_store_passes_the_independent_verifier(location: str, tmp_path: Path,
+                                                                        tlogcheck: str) -> None:
+    """After `krepis archive`, `krepis tlog serve` (no --archive: the store knows its archive)
+    serves the whole tree: Go's tlog code reads every tile and bundle over HTTP, checks every
+    entry's inclusion and the consistency with a checkpoint taken before the entries moved."""
+    key = tmp_path / "k"
+    vkey = krepis("keygen", "example.com/served", "--key", str(key), cwd=tmp_path).stdout.strip()
+    with SovereignJournal(location) as journal:
+        for i in range(700):
+            journal.log_transaction(TransactionLog(1000 + i, f"op{i % 7}", f"r{i}", LogStatus.Completed,
+                                                   duration_us=i))
+    krepis("tlog", "export", str(tmp_path / "before"), "--key", str(key), "--storage", location, cwd=tmp_path)
+    done = krepis("archive", str(tmp_path / "cold"), "--keep-last", "0", "--storage", location, cwd=tmp_path)
+    assert "archived 512 entries" in done.stdout
+    krepis("checkpoint", "--key", str(key), "--storage", location, cwd=tmp_path)
+    port = _free_port()
+    server = subprocess.Popen([KREPIS, "tlog", "serve", "--listen", f"127.0.0.1:{port}", "--storage",
+                               location], stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None and "serving" in server.stderr.readline()
+        url = f"http://127.0.0.1:{port}"
+        assert go_check(tlogcheck, url, vkey, str(tmp_path / "before")).stdout == "ok 700\n"
+        for rel in ("tile/entries/000", "tile/entries/001", "tile/0/000"):  # archived bytes, as exported
+            with urllib.request.urlopen(f"{url}/{rel}", timeout=10) as reply:
+                assert reply.read() == (tmp_path / "before" / rel).read_bytes(), rel
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    served = subprocess.Popen([KREPIS, "tlog", "serve", "--listen", f"127.0.0.1:{port}", "--live-only",
+                               "--storage", location], stderr=subprocess.PIPE, text=True)
+    try:  # the live store alone is not the tree: the verifier says so
+        assert served.stderr is not None and "serving" in served.stderr.readline()
+        bad = go_check(tlogcheck, f"http://127.0.0.1:{port}", vkey)
+        assert bad.returncode == 1 and "404" in bad.stderr
+    finally:
+        served.terminate()
+        served.wait(timeout=10)
+
+
 def test_notes_signed_by_go_are_read_and_ours_are_the_same_bytes(tlogcheck: str) -> None:
     """Go's note.Sign with our keys: Ed25519 is deterministic, so a note krepis signs is byte for
     byte Go's; a note Go signs with the log's key and a witness's (and an extension line) opens

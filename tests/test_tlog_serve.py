@@ -268,27 +268,54 @@ def test_no_checkpoint_is_a_404_with_a_hint(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
-def test_archived_tiles_are_served_with_the_archive_and_named_without(tmp_path: Path) -> None:
-    """The journal's reason ("entries 0…255 … are archived") holds a non-ASCII '…': it goes in
-    the body, the status line stays ASCII."""
+def test_archived_tiles_are_served_by_default_and_named_under_live_only(tmp_path: Path) -> None:
+    """Once the store knows its archive, its tiles and bundles are served as exported before the
+    entries moved. Under --live-only an archived bundle is a 404 whose reason ("entries 0…255 …
+    are archived") holds a non-ASCII '…': it goes in the body, the status line stays ASCII."""
     store, arch, out = tmp_path / "store", tmp_path / "archive", tmp_path / "tiles"
     _write(store, 700)
     with SovereignJournal(store) as journal:
         journal.export_tiles(out, SIGNER)
         journal.archive(arch, keep_last=0)
-    proc, address = _serve(store)
+    for args in ((), ("--archive", str(arch))):
+        proc, address = _serve(store, *args)
+        try:
+            for rel in _spec_paths(700):
+                assert _get(address, "/" + rel)[2] == (out / rel).read_bytes(), (args, rel)
+        finally:
+            err = _stop(proc)
+        assert "Traceback" not in err
+    proc, address = _serve(store, "--live-only")
     try:
         status, ctype, body = _get(address, "/tile/entries/000")
         assert (status, ctype) == (404, "text/plain; charset=utf-8")
-        assert "entries 0…255 of the journal at" in body.decode() and "--archive DIR" in body.decode()
+        assert "entries 0…255 of the journal at" in body.decode() and "live_only" in body.decode()
         assert _get(address, "/tile/0/001")[0] == 404
         assert _get(address, "/tile/1/000.p/2")[2] == (out / "tile/1/000.p/2").read_bytes()  # stored hashes
+        assert _get(address, "/tile/entries/002.p/188")[2] == (out / "tile/entries/002.p/188").read_bytes()
     finally:
         err = _stop(proc)
     assert "Traceback" not in err and "UnicodeEncodeError" not in err
-    proc, address = _serve(store, "--archive", str(arch))
+
+
+def test_serve_refuses_to_start_without_the_archive_it_needs(tmp_path: Path) -> None:
+    """A moved archive: `tlog serve` says so, naming it, before it listens — never a tree whose
+    archived tiles fail one by one; once the move is recorded, it serves them."""
+    store, arch, out = tmp_path / "store", tmp_path / "archive", tmp_path / "tiles"
+    _write(store, 700)
+    with SovereignJournal(store) as journal:
+        journal.export_tiles(out, SIGNER)
+        journal.archive(arch, keep_last=0)
+    arch.rename(tmp_path / "moved")
+    env = {k: v for k, v in os.environ.items() if k != "KREPIS_STORAGE"}
+    proc = subprocess.run([KREPIS, "tlog", "serve", "--listen", "127.0.0.1:0", "--storage", str(store)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and f"its archive at {arch}, which cannot be read" in proc.stderr
+    assert "--set-dir" in proc.stderr and "Traceback" not in proc.stderr
+    with SovereignJournal(store) as journal:
+        journal.set_archive_dir(tmp_path / "moved")
+    proc2, address = _serve(store)
     try:
-        for rel in _spec_paths(700):
-            assert _get(address, "/" + rel)[2] == (out / rel).read_bytes(), rel
+        assert _get(address, "/tile/entries/001")[2] == (out / "tile/entries/001").read_bytes()
     finally:
-        _stop(proc)
+        _stop(proc2)

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from krepis import CorruptStorageError, LogStatus, SovereignJournal, TransactionLog, ValidationError
+from krepis import (
+    CorruptStorageError,
+    LogStatus,
+    SovereignJournal,
+    StorageError,
+    TransactionLog,
+    ValidationError,
+)
 from krepis.cli import cli
 from krepis.storage import backup, open_storage, restore
 from krepis.tlog._note import Checkpoint, NoteError, format_checkpoint, generate_signer, sign_note
@@ -142,10 +149,17 @@ def test_entries_dropped_as_if_archived_are_named_unless_the_archive_is_checked(
     result = _trusting(location, kept)
     assert result.exit_code == 1
     assert "entries 0…511 of the journal at" in result.output
-    assert "are not in the store (archived, or removed): they were not checked against the tree; pass the " \
-           "archive directory (archive=DIR, --archive DIR)" in result.output
-    with SovereignJournal(location) as journal, pytest.raises(ValidationError, match="entries 0…511"):
-        journal.verify_extends(kept.read_text(), [VKEY])
+    assert "are archived, and the store records no archive directory" in result.output
+    result = _trusting(location, kept, "--live-only")
+    assert result.exit_code == 1
+    assert "entries 0…511 of the journal at" in result.output
+    assert "are not in the store (archived, or removed): they were not checked against the tree" \
+        in result.output
+    with SovereignJournal(location) as journal:
+        with pytest.raises(StorageError, match="entries 0…511"):
+            journal.verify_extends(kept.read_text(), [VKEY])
+        with pytest.raises(ValidationError, match="entries 0…511"):
+            journal.verify_extends(kept.read_text(), [VKEY], live_only=True)
 
 
 def test_archived_entries_are_checked_from_the_archive(tmp_path: Path) -> None:
@@ -164,7 +178,10 @@ def test_archived_entries_are_checked_from_the_archive(tmp_path: Path) -> None:
     result = _trusting(store, kept, "--archive", str(arch))
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok: 188 entries and 512 archived, tree of 700 leaves extends")
-    assert _trusting(store, kept).exit_code == 1
+    result = _trusting(store, kept)  # the archive the store records, by default
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 188 entries and 512 archived")
+    assert _trusting(store, kept, "--live-only").exit_code == 1
     # an archive of other entries (another store's, of the same length) is refused
     other = tmp_path / "other"
     _fill(other, 700, tag="other")

@@ -17,12 +17,20 @@ from ._errors import (
     StorageError,
     ValidationError,
 )
-from ._metrics import prometheus_text, serve_metrics
+from ._metrics import MetricsCollector, prometheus_text, serve_metrics
 from ._model import KernelContext, LogStatus, SovereignStats, TransactionLog
 from ._policy import FlushPolicy
 from ._version import __version__
 from .archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
-from .journal import DEFAULT_STORAGE, AsyncSovereignJournal, SovereignJournal
+from .journal import (
+    DEFAULT_STORAGE,
+    AsyncSovereignJournal,
+    EntryCounts,
+    JournalVerifyReport,
+    SovereignJournal,
+    Summary,
+    SummaryRow,
+)
 from .kernel import Kernel, PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
 from .storage import BackupResult, backup, restore
 
@@ -34,12 +42,15 @@ __all__ = [
     "BackupResult",
     "ClosedError",
     "CorruptStorageError",
+    "EntryCounts",
     "FlushPolicy",
     "InvalidTypeError",
     "JournalError",
+    "JournalVerifyReport",
     "Kernel",
     "KernelContext",
     "LogStatus",
+    "MetricsCollector",
     "NeedsMigrationError",
     "OpError",
     "PermissionPolicy",
@@ -50,6 +61,8 @@ __all__ = [
     "SovereignJournal",
     "SovereignStats",
     "StorageError",
+    "Summary",
+    "SummaryRow",
     "TransactionLog",
     "ValidationError",
     "__version__",

@@ -5,6 +5,8 @@
 //	tlogcheck DIR VERIFIER_KEY [OLD_DIR]
 //	tlogcheck sign SIGNER_KEY... < TEXT
 //
+// DIR (and OLD_DIR) may be an http:// URL instead: the tree is then read over HTTP, as a
+// client of a tile server (krepis tlog serve) reads it.
 // It opens DIR/checkpoint with the verifier key, reads the hash tiles through
 // tlog.TileHashReader (which authenticates every tile against the signed tree head),
 // recomputes the tree head, checks an inclusion proof for every entry of every entry
@@ -33,10 +35,12 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -64,6 +68,27 @@ func path(level string, n int64, w int) string {
 	return p
 }
 
+// read returns the file rel of a tree: below a directory, or below an http:// URL.
+func read(base, rel string) ([]byte, error) {
+	if !strings.HasPrefix(base, "http://") {
+		return os.ReadFile(filepath.Join(base, rel))
+	}
+	client := http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get(strings.TrimSuffix(base, "/") + "/" + rel)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", rel, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+
 type dirTiles struct{ dir string }
 
 func (d dirTiles) Height() int { return 8 }
@@ -71,7 +96,7 @@ func (d dirTiles) Height() int { return 8 }
 func (d dirTiles) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 	out := make([][]byte, len(tiles))
 	for i, t := range tiles {
-		data, err := os.ReadFile(filepath.Join(d.dir, path(strconv.Itoa(t.L), t.N, t.W)))
+		data, err := read(d.dir, path(strconv.Itoa(t.L), t.N, t.W))
 		if err != nil {
 			return nil, err
 		}
@@ -83,7 +108,7 @@ func (d dirTiles) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 func (d dirTiles) SaveTiles([]tlog.Tile, [][]byte) {}
 
 func checkpoint(dir string, verifier note.Verifier) (tlog.Tree, string) {
-	msg, err := os.ReadFile(filepath.Join(dir, "checkpoint"))
+	msg, err := read(dir, "checkpoint")
 	if err != nil {
 		fail("%v", err)
 	}
@@ -278,7 +303,7 @@ func main() {
 		if w > 256 {
 			w = 256
 		}
-		data, err := os.ReadFile(filepath.Join(dir, path("entries", b, w)))
+		data, err := read(dir, path("entries", b, w))
 		if err != nil {
 			fail("%v", err)
 		}

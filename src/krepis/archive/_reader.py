@@ -14,12 +14,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import CorruptStorageError, ValidationError
-from .._model import TransactionLog, decode_logs, make_log
+from .._model import MAX_TIMESTAMP, LogStatus, TransactionLog, make_log
 from ..storage import Query
 from ..storage._codec import rid_hash
 from ._files import ArchiveDir
@@ -39,6 +40,8 @@ from ._format import (
     split_bundle,
 )
 from ._manifest import MANIFEST, MAX_DICT_BYTES, MAX_MANIFEST_BYTES, log_of, new_manifest, parse_manifest
+
+_STATUS = {s.value: s for s in LogStatus}
 
 #: the tree's stored height-8 node ``k`` of the log being read (``Storage.tree_node(8, k)``)
 TreeNodes = Callable[[int], "bytes | None"]
@@ -116,6 +119,10 @@ class ArchiveReader:
 
     def _path(self, name: str) -> str:
         return self._dir.where(name)
+
+    def close(self) -> None:
+        """Release the directory (reads after this fail). Idempotent."""
+        self._dir.close()
 
     def dictionary(self, ident: str | None) -> Any:
         if ident is None:
@@ -199,19 +206,27 @@ class ArchiveReader:
         return self._bundle(bundle)[1]
 
     def bundle_logs(self, bundle: int) -> list[TransactionLog]:
+        """Bundle ``bundle``'s 256 entries (checked), each with its ``seq``: one JSON parse for
+        the bundle, one object per entry."""
         if self._cache is not None and self._cache[0] == bundle:
             return self._cache[1]
         data = self.bundle_data(bundle)
+        base = self.first_seq + bundle * WIDTH
         try:
-            plain = decode_logs(data)
+            rows = json.loads(b"[" + b",".join(data) + b"]")
+            logs = []
+            for i, d in enumerate(rows):
+                ts, op, rid, dur, err = (d["timestamp"], d["op_name"], d["request_id"], d.get("duration_us"),
+                                         d.get("error"))
+                if type(ts) is not int or type(op) is not str or type(rid) is not str or not (
+                        dur is None or type(dur) is int) or not (err is None or type(err) is str):
+                    raise TypeError("a field has the wrong type")
+                logs.append(make_log(ts, op, rid, _STATUS[d["status"]], dur, err, base + i))
         except (ValueError, KeyError, TypeError) as exc:
             seg = self._segment_of(bundle)
             raise CorruptStorageError(f"archive segment {self._path(seg['file'])}: bundle {bundle} holds "
                                       f"an entry that is not a TransactionLog ({exc})",
                                       self._path(seg["file"])) from None
-        base = self.first_seq + bundle * WIDTH
-        logs = [make_log(p.timestamp, p.op_name, p.request_id, p.status, p.duration_us, p.error, base + i)
-                for i, p in enumerate(plain)]
         self._cache = (bundle, logs)
         return logs
 
@@ -241,18 +256,37 @@ class ArchiveReader:
         return self.bundle_logs(leaf // WIDTH)[leaf % WIDTH]
 
     # one candidate bundle with what ordering needs: (min ts, max ts, bundle)
-    def _candidates(self, query: Query, nbundles: int) -> list[tuple[int, int, int]]:
+    def _candidates(self, query: Query, nbundles: int,
+                    after: TransactionLog | None = None) -> list[tuple[int, int, int]]:
+        """The bundles below ``nbundles`` that may hold a match past ``after``: by the segments'
+        time ranges (format 2: from the manifest, without reading an index) and, in append
+        order, by their sequence numbers (a segment wholly on the wrong side of the cursor is
+        never read); then by each bundle's time range and, for a request id, the index's keys."""
         out: list[tuple[int, int, int]] = []
         key = None if query.request_id is None else rid_hash(query.request_id.encode("utf-8"))[:_KEY]
+        desc = query.newest_first
+        cursor = None if after is None else after.seq
+        by_seq = query.order == "append" and cursor is not None
+        by_time = query.order == "time" and cursor is not None
         for seg in self.segments:
             first = seg["first_bundle"]
             if first >= nbundles:
                 break
+            if by_seq:
+                assert cursor is not None
+                lo_seq = self.first_seq + first * WIDTH
+                hi_seq = self.first_seq + (first + seg["bundles"]) * WIDTH - 1
+                if (lo_seq >= cursor) if desc else (hi_seq <= cursor):
+                    continue
             # (a format-1 manifest has no checksum: its time ranges are used once checked, below)
             if self.version >= 2 and query.since is not None and seg["max_ts"] < query.since:
                 continue
             if self.version >= 2 and query.until is not None and seg["min_ts"] >= query.until:
                 continue
+            if self.version >= 2 and by_time:
+                assert after is not None
+                if (seg["min_ts"] > after.timestamp) if desc else (seg["max_ts"] < after.timestamp):
+                    continue
             idx = self.segment_index(seg)
             numbers = idx.bundles_of(key) if key is not None else range(len(idx.offsets))
             for i in numbers:
@@ -266,8 +300,38 @@ class ArchiveReader:
                     continue
                 if query.until is not None and idx.min_ts[i] >= query.until:
                     continue
+                if by_seq:
+                    assert cursor is not None
+                    lo_seq = self.first_seq + (first + i) * WIDTH
+                    if (lo_seq >= cursor) if desc else (lo_seq + WIDTH - 1 <= cursor):
+                        continue
+                if by_time:
+                    assert after is not None
+                    if (idx.min_ts[i] > after.timestamp) if desc else (idx.max_ts[i] < after.timestamp):
+                        continue
                 out.append((idx.min_ts[i], idx.max_ts[i], first + i))
         return out
+
+    def time_bounds(self, query: Query, live_first: int) -> tuple[int, int] | None:
+        """The smallest and largest timestamp an archived entry below ``live_first`` matching
+        ``query``'s time range can have — from the manifest alone (format 2; format 1: every
+        timestamp) — or ``None`` when no archived bundle is in range. A merge with the live
+        store need not read the archive while the live entries lie outside these bounds."""
+        nbundles = min(self.bundles, max(0, (live_first - self.first_seq) // WIDTH))
+        if nbundles == 0 or query.op_names == () or query.statuses == ():
+            return None
+        if self.version < 2:
+            return (0, MAX_TIMESTAMP)
+        lo, hi = MAX_TIMESTAMP, -1
+        for seg in self.segments:
+            if seg["first_bundle"] >= nbundles:
+                break
+            if query.since is not None and seg["max_ts"] < query.since:
+                continue
+            if query.until is not None and seg["min_ts"] >= query.until:
+                continue
+            lo, hi = min(lo, seg["min_ts"]), max(hi, seg["max_ts"])
+        return None if hi < 0 else (lo, hi)
 
     def iterate(
         self, query: Query, after: TransactionLog | None, live_first: int
@@ -277,7 +341,7 @@ class ArchiveReader:
         if nbundles == 0 or query.op_names == () or query.statuses == ():
             return
         desc = query.newest_first
-        cands = self._candidates(query, nbundles)
+        cands = self._candidates(query, nbundles, after)
         matches = query.matches
         if query.order == "append":
             cursor = None if after is None else after.seq

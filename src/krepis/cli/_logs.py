@@ -1,4 +1,5 @@
-"""Reading the journal: ``stats``, ``logs`` (with ``--follow``), ``export``, and ``clear``."""
+"""Reading the journal: ``logs`` (with ``--follow``), ``export``, and ``clear`` (``stats`` is in
+``_stats``)."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 import click
-from rich.cells import cell_len
 
 from .._model import TransactionLog
 from ..journal import SovereignJournal
 from ..storage._outfiles import atomic_output
 from ._common import (
     _READ_POLICY,
-    _emit_json,
-    _inert_tsv,
     _LimitType,
     _reader_gone,
     _storage,
@@ -29,7 +27,6 @@ from ._output import (
     _BATCH,
     _Columns,
     _emit_lines,
-    _fit,
     _json_line,
     _to_stdout,
     _tsv_line,
@@ -38,44 +35,14 @@ from ._output import (
     _with_header,
 )
 from ._select import (
-    _archive_option,
     _filter_options,
+    _history_options,
     _newest_oldest_first,
     _Selection,
     _selection,
     select_entries,
 )
 
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: storage, journal_entries and op_counts (name → value).")
-@_storage_option
-@click.pass_context
-def stats(ctx: click.Context, as_json: bool) -> None:
-    """Show every op counter and how many entries the journal holds."""
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        counts = journal.op_counts()
-        entries = journal.journal_count()
-        path = journal.path
-    if as_json:
-        _emit_json({"storage": path, "journal_entries": entries, "op_counts": counts})
-        return
-    summary = f"{entries} journal entries, {len(counts)} counters in {inert(path)}"
-    if not counts:
-        click.echo(f"no counters yet; {entries} journal entries in {inert(path)}")
-        return
-    names = sorted(counts)
-    if not sys.stdout.isatty():
-        _to_stdout(f"{_inert_tsv(name)}\t{counts[name]}" for name in names)
-        click.echo(summary, err=True)
-        return
-    value_w = max(5, *(len(str(v)) for v in counts.values()))
-    name_w = min(max(7, *(cell_len(inert(n)) for n in names)), _width() - value_w - 2)
-    header = f"{_fit('COUNTER', name_w)}  {'VALUE'.rjust(value_w)}"
-    lines = [click.style(header, bold=True) if _use_color() else header]
-    lines += [f"{_fit(inert(name), name_w)}  {str(counts[name]).rjust(value_w)}" for name in names]
-    _to_stdout([*lines, summary])
 
 def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
             render: Callable[[TransactionLog], str]) -> None:
@@ -100,7 +67,8 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
                 epoch = head.epoch
             if head.first_seq + head.size - 1 > cursor:
                 new = journal.iter_logs(order="append", newest_first=False,
-                                        after=cursor if cursor >= 0 else None)
+                                        after=cursor if cursor >= 0 else None, archive=selection.archive,
+                                        live_only=selection.live_only)
                 for entry in new:
                     cursor = entry.seq if entry.seq is not None else cursor
                     if selection.matches(entry):
@@ -123,14 +91,15 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one entry per line, in the stored form.")
 @click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
-@_archive_option
+@_history_options
 @_storage_option
 @click.pass_context
 def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...],
          status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
          reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool,
-         archive: str | None) -> None:
-    """Show journal entries, newest first, streamed as they are read.
+         archive: str | None, live_only: bool) -> None:
+    """Show journal entries, newest first, streamed as they are read: the whole history,
+    archived entries included (--live-only: the live store alone).
 
     On a terminal: one line per entry fitted to its width (local time), through
     a pager (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped:
@@ -142,14 +111,16 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         limit = None
     if count_only and follow:
         raise click.UsageError("--count and --follow do not go together")
-    selection = _selection(op, status, request_id, since, until, archive)
+    selection = _selection(op, status, request_id, since, until, archive, live_only)
     tty = sys.stdout.isatty()
     columns = _Columns(_width(), _use_color()) if tty and not as_json else None
     render = _json_line if as_json else columns.line if columns is not None else _tsv_line
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if count_only:
             if selection.everything:
-                total = journal.journal_count()
+                if not live_only:
+                    journal.check_archive()  # (as every read: a missing archive is an error)
+                total = journal.journal_count(live_only=live_only)
             else:
                 total = sum(1 for _ in select_entries(journal, selection, newest_first=False, limit=None))
             click.echo(json.dumps({"count": total}) if as_json else str(total))
@@ -172,17 +143,18 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
 @_filter_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
               default="-", show_default=True, help="File to write (- for stdout).")
-@_archive_option
+@_history_options
 @_storage_option
 @click.pass_context
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
-           since: int | None, until: int | None, output: str, archive: str | None) -> None:
-    """Export the journal as JSON Lines, oldest first (one entry per line, stored form).
+           since: int | None, until: int | None, output: str, archive: str | None, live_only: bool) -> None:
+    """Export the journal as JSON Lines, oldest first (one entry per line, stored form): the
+    whole history, archived entries included (--live-only: the live store alone).
 
     -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
     if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
     """
-    selection = _selection(op, status, request_id, since, until, archive)
+    selection = _selection(op, status, request_id, since, until, archive, live_only)
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         entries = select_entries(journal, selection, newest_first=False, limit=None)
         if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes

@@ -1,5 +1,6 @@
 """Choosing entries: the filter options every reading command shares (op globs, status,
-request id, time range, archive) and the selection they build."""
+request id, time range, which history: the archive or the live store alone) and the selection
+they build."""
 from __future__ import annotations
 
 import fnmatch
@@ -32,10 +33,12 @@ class _Selection:
     request_ids: tuple[str, ...] = ()
     since: int | None = None
     until: int | None = None
-    archive: str | None = None  # an archive directory whose entries are included
+    archive: str | None = None  # the archive directory to read (None: the store's own)
+    live_only: bool = False  # the live store alone
 
     @property
     def everything(self) -> bool:
+        """No filter, and the journal's own history (a count needs no scan)."""
         filtered = self.ops or self.statuses or self.request_ids
         return not filtered and self.since is None and self.until is None and self.archive is None
 
@@ -50,6 +53,8 @@ class _Selection:
         args: dict[str, Any] = {"since": self.since, "until": self.until}
         if self.archive is not None:
             args["archive"] = self.archive
+        if self.live_only:
+            args["live_only"] = True
         if self.ops:
             globs = [op for op in self.ops if _GLOB.search(op)]
             names = [op for op in self.ops if not _GLOB.search(op)]
@@ -129,7 +134,7 @@ def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
         yield from select_entries(journal, selection, newest_first=False, limit=limit)
         return
     later = _Selection(selection.ops, selection.statuses, selection.request_ids, boundary, selection.until,
-                       selection.archive)
+                       selection.archive, selection.live_only)
     shown = 0
     for entry in select_entries(journal, later, newest_first=False, limit=None):
         if skip and entry.timestamp == boundary:
@@ -141,14 +146,24 @@ def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
             return
 
 def _selection(op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
-               since: int | None, until: int | None, archive: str | None = None) -> _Selection:
+               since: int | None, until: int | None, archive: str | None = None,
+               live_only: bool = False) -> _Selection:
+    _check_history(archive, live_only)
     return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until,
-                      archive)
+                      archive, live_only)
 
-def _archive_option(fn: Any) -> Any:
+def _check_history(archive: str | None, live_only: bool) -> None:
+    if archive is not None and live_only:
+        raise click.UsageError("--archive and --live-only do not go together")
+
+def _history_options(fn: Any) -> Any:
+    """``--archive DIR`` and ``--live-only``: which history a reading command covers (by
+    default the whole of it: the live store and the archive the store records)."""
+    fn = click.option("--live-only", "live_only", is_flag=True,
+                      help="Only the entries still in the live store, not the archived ones.")(fn)
     return click.option("--archive", "archive", metavar="DIR", default=None,
-                        help="Include the entries archived into DIR (krepis archive), with the same "
-                             "filters and order.")(fn)
+                        help="Read archived entries from DIR rather than from the archive the store "
+                             "records (krepis stats shows it).")(fn)
 
 def _filter_options(fn: Any) -> Any:
     for option in reversed([

@@ -24,6 +24,7 @@ from ..tlog._note import (
     parse_checkpoint,
 )
 from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
+from ._select import _check_history, _history_options
 
 
 def _b64(data: bytes) -> str:
@@ -159,19 +160,20 @@ def _said(answer: WitnessAnswer) -> None:
 @click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
               help="A verifier key (file or the key itself): the old checkpoint's signature, by the key "
                    "named as its origin, and the latest checkpoint's must verify.")
-@click.option("--archive", "archive", metavar="DIR", default=None,
-              help="Read archived entries (krepis archive) from DIR when the proof needs them.")
+@_history_options
 @_storage_option
 @click.pass_context
 def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None,
-          vkeys: tuple[str, ...], archive: str | None) -> None:
+          vkeys: tuple[str, ...], archive: str | None, live_only: bool) -> None:
     """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
 
     Against the latest checkpoint kept for the current log (it is part of the output), or the
     current tree when there is none or --tree-size is given. With --consistency, the old
     checkpoint's signature and origin are checked first with --vkey; without it no signature is
-    checked, and the output says so ("signature_checked": false, and a line on stderr).
+    checked, and the output says so ("signature_checked": false, and a line on stderr). An
+    archived entry (or leaf) is read from the archive the store records.
     """
+    _check_history(archive, live_only)
     if (seq is None) == (old_file is None):
         raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
     verifiers = _verifiers(vkeys)
@@ -207,7 +209,7 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
                 raise click.ClickException(
                     f"{old_file}: its tree of {old.size} leaves is bigger than the journal's ({size}): "
                     "entries were removed, or it is a checkpoint of another log")
-            cproof = journal.consistency_proof(old.size, size, archive=archive)
+            cproof = journal.consistency_proof(old.size, size, archive=archive, live_only=live_only)
             if cproof.old_root != old.root or not verify_consistency(
                     old.size, size, old.root, cproof.new_root, cproof.path):
                 raise click.ClickException(
@@ -218,8 +220,8 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
                         "checkpoint": note, "signature_checked": bool(verifiers)})
             return
         assert seq is not None
-        proof = journal.inclusion_proof(seq, tree_size=size, archive=archive)
-        entry = journal.entry(seq, archive=archive)
+        proof = journal.inclusion_proof(seq, tree_size=size, archive=archive, live_only=live_only)
+        entry = journal.entry(seq, archive=archive, live_only=live_only)
         _emit_json({"seq": seq, "index": proof.index, "tree_size": proof.tree_size,
                     "leaf_hash": _b64(proof.leaf_hash), "entry": entry.to_json(),
                     "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),
@@ -241,14 +243,13 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
                    "only with valid cosignatures of a quorum of these witnesses.")
 @click.option("--quorum", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --witness-vkey: cosignatures needed (default: every witness given).")
-@click.option("--archive", "archive", metavar="DIR", default=None,
-              help="Also check the archive in DIR: every file against the manifest's checksum, every "
-                   "archived entry against the Merkle tree.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_history_options
 @_storage_option
 @click.pass_context
 def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
-           witness_vkeys: tuple[str, ...], quorum: int | None, as_json: bool, archive: str | None) -> None:
+           witness_vkeys: tuple[str, ...], quorum: int | None, as_json: bool, archive: str | None,
+           live_only: bool) -> None:
     """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
     was edited, deleted, reordered or inserted.
 
@@ -256,8 +257,13 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
     index row, and each kept checkpoint: its signature (with --vkey), its root against the
     tree, and its consistency with the next. With --vkey and --trusted, proves that today's log
     extends the checkpoint you trust — the store's own checkpoints prove nothing alone, since
-    whoever can write the store can delete them; archived entries need --archive then.
+    whoever can write the store can delete them.
+
+    The archive is checked too when entries are archived (or --archive DIR is given): every
+    file against the manifest's checksum, every archived entry against the Merkle tree.
+    --live-only checks the store alone.
     """
+    _check_history(archive, live_only)
     verifiers = _verifiers(vkeys)
     if trusted is not None and not verifiers:
         raise click.UsageError("--trusted needs --vkey: the checkpoint is only as good as its signature")
@@ -275,22 +281,26 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if trusted_note is not None:
             try:
-                proved = journal.verify_extends(trusted_note, verifiers, archive=archive)
+                proved = journal.verify_extends(trusted_note, verifiers, archive=archive, live_only=live_only)
             except NoteError as exc:
                 raise click.ClickException(f"{trusted}: {exc}") from None
             entries, archived_entries, tree_size, root = (proved.entries, proved.archived, proved.tree_size,
                                                           proved.root)
+            archived = None
+            if not live_only and (archive is not None or archived_entries):
+                archived = journal.verify_archive(journal.check_archive(archive))
         else:
-            report = journal.verify()
-            entries, archived_entries, tree_size, root = report.entries, 0, report.tree_size, report.root
-        archived = None if archive is None else journal.verify_archive(archive)
+            report = journal.verify(archive=archive, live_only=live_only)
+            entries, archived_entries, tree_size, root = (report.entries, report.archived, report.tree_size,
+                                                          report.root)
+            archived = report.archive
         head = journal.tree_head()
-        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive)
+        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive, live_only)
     out: dict[str, Any] = {"entries": entries, "tree_size": tree_size, "root": _b64(root),
                            "checkpoints": checked, "checkpoints_of_earlier_logs": earlier,
                            "signatures_checked": bool(verifiers), "ok": True}
+    out["archived_entries"] = archived_entries
     if trusted_note is not None:
-        out["archived_entries"] = archived_entries
         out["trusted"] = {"origin": proved.checkpoint.origin, "tree_size": proved.checkpoint.size}
     if archived is not None:
         out["archive"] = {"directory": archived.directory, "segments": archived.segments,
@@ -377,7 +387,7 @@ def _trusted_note(path: str) -> str:
         raise click.ClickException(str(exc)) from None
 
 def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier],
-                       archive: str | None) -> tuple[int, int]:
+                       archive: str | None, live_only: bool) -> tuple[int, int]:
     checked = earlier = 0
     previous: tuple[int, bytes] | None = None
     kept = journal.checkpoints()
@@ -393,12 +403,12 @@ def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Ve
         if cp.size > size:
             raise JournalError(f"the stored checkpoint of tree size {cp.size} is of a bigger tree than the "
                                f"journal's ({size} leaves): entries were removed")
-        root = journal.tree_root(cp.size, archive=archive)
+        root = journal.tree_root(cp.size, archive=archive, live_only=live_only)
         if root != cp.root:
             raise JournalError(f"the stored checkpoint of tree size {cp.size} does not match the tree: "
                                f"an entry before seq {journal.tree_head().first_seq + cp.size} changed")
         if previous is not None:
-            proof = journal.consistency_proof(previous[0], cp.size, archive=archive)
+            proof = journal.consistency_proof(previous[0], cp.size, archive=archive, live_only=live_only)
             if not verify_consistency(previous[0], cp.size, previous[1], cp.root, proof.path):
                 raise JournalError(f"checkpoints of sizes {previous[0]} and {cp.size} are inconsistent")
         previous = (cp.size, cp.root)
@@ -413,47 +423,52 @@ def tlog() -> None:
 @click.argument("directory", metavar="DIR")
 @click.option("--key", "key_file", metavar="FILE", default=None,
               help="Sign a new checkpoint now (default: the latest kept checkpoint).")
-@click.option("--archive", "archive", metavar="ADIR", default=None,
-              help="Take the bundles of archived entries from the archive ADIR (krepis archive).")
+@_history_options
 @_storage_option
 @click.pass_context
-def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archive: str | None) -> None:
+def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archive: str | None,
+                live_only: bool) -> None:
     """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
-    DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export."""
+    DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export. Bundles of archived
+    entries come from the archive the store records (or --archive)."""
+    _check_history(archive, live_only)
     signer = _signer(key_file) if key_file else None
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        written = journal.export_tiles(directory, signer, archive=archive)
+        written = journal.export_tiles(directory, signer, archive=archive, live_only=live_only)
     click.echo(f"{written} file(s) written to {directory}", err=True)
 
 @tlog.command("serve")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Address to serve on.")
-@click.option("--archive", "archive", metavar="DIR", default=None,
-              help="Serve the tiles and bundles of archived entries from the archive DIR (krepis archive).")
+@_history_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="Time a client has to send its request, and again to take the response.")
 @click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=256, show_default=True,
               metavar="N", help="Open connections at most; at the cap a new one closes the oldest.")
 @_storage_option
 @click.pass_context
-def tlog_serve(ctx: click.Context, listen: str, archive: str | None, timeout: float,
+def tlog_serve(ctx: click.Context, listen: str, archive: str | None, live_only: bool, timeout: float,
                max_connections: int) -> None:
     """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops).
 
-    A fixed pool of threads answers; an idle client holds a connection (of at most N), not a
-    thread, and only until the timeout. Errors are answered in plain text.
+    The tiles and bundles of archived entries come from the archive the store records (or
+    --archive), checked before the server starts; --live-only answers them 404. A fixed pool
+    of threads answers; an idle client holds a connection (of at most N), not a thread, and
+    only until the timeout. Errors are answered in plain text.
     """
     from ._tlog_serve import TileServer, tile_responder
 
+    _check_history(archive, live_only)
     host, _, port_text = listen.rpartition(":")
     host = host.strip("[]")
     if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
     journal = SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off")
     try:
-        if archive is not None:
-            journal.tile_sources(archive)  # an archive of another store is refused now, not per request
-        server = TileServer((host or "127.0.0.1", int(port_text)), tile_responder(journal, archive),
+        if not live_only:  # a missing archive, or one of another store, is refused now, not per request
+            journal.check_archive(archive)
+        server = TileServer((host or "127.0.0.1", int(port_text)),
+                            tile_responder(journal, archive, live_only),
                             max_connections=max_connections, timeout=timeout)
     except OSError as exc:
         journal.close()

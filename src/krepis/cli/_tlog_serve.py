@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import CorruptStorageError, JournalError, ValidationError
+from .._errors import CorruptStorageError, JournalError, StorageError, ValidationError
 from ..tlog._note import parse_checkpoint
 from ..tlog._tiles import WIDTH, bundle_bytes, parse_tile_path, tile_bytes
 
@@ -310,10 +310,12 @@ class TileServer:
             self._poke()
 
 
-def tile_responder(journal: Any, archive: str | os.PathLike[str] | None = None) -> Callable[[str], Reply]:
+def tile_responder(journal: Any, archive: str | os.PathLike[str] | None = None,
+                   live_only: bool = False) -> Callable[[str], Reply]:
     """What ``krepis tlog serve`` answers, from a :class:`~krepis.SovereignJournal`: ``/checkpoint``
     (the latest kept for the current log) and every tile and entry bundle of its tree (archived
-    ones read from ``archive``); 404 with a plain-text reason for anything else."""
+    ones read from the journal's archive, or ``archive``; ``live_only``: none); 404 with a
+    plain-text reason for anything else, 500 for damage, 503 when the archive cannot be read."""
     lock = threading.Lock()
 
     def respond(path: str) -> Reply:
@@ -324,6 +326,8 @@ def tile_responder(journal: Any, archive: str | os.PathLike[str] | None = None) 
                 return Reply.text(404, str(exc))
             except CorruptStorageError as exc:
                 return Reply.text(500, str(exc))
+            except StorageError as exc:  # e.g. the archive moved away: not a shorter tree, an error
+                return Reply.text(503, str(exc))
             except JournalError as exc:  # e.g. cleared while the tile was read
                 return Reply.text(503, f"{exc}; try again")
 
@@ -343,7 +347,7 @@ def tile_responder(journal: Any, archive: str | os.PathLike[str] | None = None) 
         count = size if level == "entries" else size >> (8 * int(level))
         if (index + 1) * WIDTH > count and (width == WIDTH or index * WIDTH + width > count):
             return Reply.text(404, f"not found: the tree of the latest checkpoint has {size} entries")
-        reader, entries = journal.tile_sources(archive)
+        reader, entries = journal.tile_sources(archive, live_only=live_only)
         if level == "entries":
             body = bundle_bytes(index, width, entries)
         else:

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 from .._model import TransactionLog, check_op_name
 from .._policy import FlushPolicy
 from ..archive import ArchiveReport, ArchiveVerifyReport, RetentionPolicy
-from ..storage import TreeHead, VerifyReport, WriteRequest
+from ..storage import TreeHead, WriteRequest
 from ..tlog._note import Signer
 from ..tlog._reader import ConsistencyProof, InclusionProof
 from . import _fork
+from ._archived import EntryCounts
 from ._commit import _Pending
-from ._journal import DEFAULT_STORAGE, SovereignJournal, _encode_entry
+from ._journal import DEFAULT_STORAGE, JournalVerifyReport, SovereignJournal, _encode_entry
+from ._summary import Summary
 
 __all__ = ["AsyncSovereignJournal"]
 
@@ -143,8 +145,26 @@ class AsyncSovereignJournal:
     async def op_counts(self) -> dict[str, int]:
         return await self._read(self._journal.op_counts)
 
-    async def journal_count(self) -> int:
-        return await self._read(self._journal.journal_count)
+    async def journal_count(self, *, live_only: bool = False) -> int:
+        return await self._read(self._journal.journal_count, live_only=live_only)
+
+    async def entry_counts(self) -> EntryCounts:
+        """:meth:`SovereignJournal.entry_counts`: how many entries are live, archived, in all."""
+        return await self._read(self._journal.entry_counts)
+
+    async def summary(self, by: Sequence[str] | str = ("op",), **filters: Any) -> Summary:
+        """:meth:`SovereignJournal.summary` with the same arguments, in a worker thread."""
+        return await self._read(self._journal.summary, by, **filters)
+
+    async def get_archive_dir(self) -> str | None:
+        return await self._read(self._journal.get_archive_dir)
+
+    async def set_archive_dir(self, directory: str | os.PathLike[str]) -> str:
+        """:meth:`SovereignJournal.set_archive_dir`, in a worker thread."""
+        return await self._read(self._journal.set_archive_dir, directory)
+
+    async def check_archive(self, archive: str | os.PathLike[str] | None = None) -> str | None:
+        return await self._read(self._journal.check_archive, archive)
 
     async def get_recent_logs(self, limit: int) -> list[TransactionLog]:
         return await self._read(self._journal.get_recent_logs, limit)
@@ -153,8 +173,9 @@ class AsyncSovereignJournal:
         """:meth:`SovereignJournal.query` with the same keyword arguments, in a worker thread."""
         return await self._read(self._journal.query, **filters)
 
-    async def entry(self, seq: int) -> TransactionLog:
-        return await self._read(self._journal.entry, seq)
+    async def entry(self, seq: int, **history: Any) -> TransactionLog:
+        """:meth:`SovereignJournal.entry` (``archive=``, ``live_only=`` as there)."""
+        return await self._read(self._journal.entry, seq, **history)
 
     async def next_seq(self) -> int:
         return await self._read(self._journal.next_seq)
@@ -165,17 +186,20 @@ class AsyncSovereignJournal:
     async def tree_head(self) -> TreeHead:
         return await self._read(self._journal.tree_head)
 
-    async def tree_root(self, size: int | None = None) -> bytes:
-        return await self._read(self._journal.tree_root, size)
+    async def tree_root(self, size: int | None = None, **history: Any) -> bytes:
+        return await self._read(self._journal.tree_root, size, **history)
 
-    async def inclusion_proof(self, seq: int, *, tree_size: int | None = None) -> InclusionProof:
-        return await self._read(self._journal.inclusion_proof, seq, tree_size=tree_size)
+    async def inclusion_proof(self, seq: int, *, tree_size: int | None = None,
+                              **history: Any) -> InclusionProof:
+        return await self._read(self._journal.inclusion_proof, seq, tree_size=tree_size, **history)
 
-    async def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
-        return await self._read(self._journal.consistency_proof, old_size, new_size)
+    async def consistency_proof(self, old_size: int, new_size: int | None = None,
+                                **history: Any) -> ConsistencyProof:
+        return await self._read(self._journal.consistency_proof, old_size, new_size, **history)
 
-    async def verify(self) -> VerifyReport:
-        return await self._read(self._journal.verify)
+    async def verify(self, **history: Any) -> JournalVerifyReport:
+        """:meth:`SovereignJournal.verify` (``archive=``, ``live_only=`` as there)."""
+        return await self._read(self._journal.verify, **history)
 
     async def archive(
         self, directory: str | os.PathLike[str] | None = None, **selector: Any

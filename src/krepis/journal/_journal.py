@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
@@ -24,14 +26,17 @@ from .._model import (
 )
 from .._policy import FlushPolicy
 from .._time import TimeLike, parse_time
-from ..archive import ArchiveReader, RetentionPolicy
+from ..archive import ArchiveReader, ArchiveVerifyReport, RetentionPolicy
 from ..storage import Query, Storage, VerifyReport, WriteRequest, open_storage
 from . import _fork
-from ._archived import _SCAN_CHUNK, _ArchiveMethods
+from ._archived import _SCAN_CHUNK, EntryCounts, _ArchiveMethods, check_history
+from ._args import _sequence, _statuses
 from ._commit import _GroupCommit, _Syncer
+from ._summary import Summary, SummaryRow, _SummaryMethods
 from ._tree import _TreeMethods
 
-__all__ = ["CLEAR_OP", "DEFAULT_STORAGE", "SovereignJournal"]
+__all__ = ["CLEAR_OP", "DEFAULT_STORAGE", "EntryCounts", "JournalVerifyReport", "SovereignJournal", "Summary",
+           "SummaryRow"]
 
 DEFAULT_STORAGE = os.path.join(".krepis", "storage")
 
@@ -39,7 +44,17 @@ DEFAULT_STORAGE = os.path.join(".krepis", "storage")
 CLEAR_OP = "journal_cleared"
 
 
-class SovereignJournal(_TreeMethods, _ArchiveMethods):
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournalVerifyReport(VerifyReport):
+    """What :meth:`SovereignJournal.verify` checked: ``entries`` in the store (with their index
+    rows and the Merkle tree: ``tree_size`` leaves, head ``root``) and ``archived`` entries of
+    the current log in the archive, whose whole check (every log in it) is ``archive``."""
+
+    archived: int = 0
+    archive: ArchiveVerifyReport | None = None
+
+
+class SovereignJournal(_TreeMethods, _ArchiveMethods, _SummaryMethods):
     """A persistent transaction journal plus atomic, persistent op counters.
 
     Guarantees (default ``flush="sync"``):
@@ -61,8 +76,16 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
 
     ``retention`` (a :class:`~krepis.RetentionPolicy` or its text, e.g. ``"keep-days:30"``;
     ``None`` reads ``KREPIS_RETENTION``; ``"off"`` none) archives the oldest entries into
-    ``archive`` (a directory; ``None`` reads ``KREPIS_ARCHIVE``) in a background thread, as
-    :meth:`archive` does.
+    ``archive`` (a directory; ``None`` reads ``KREPIS_ARCHIVE``, else the archive the store
+    records) in a background thread, as :meth:`archive` does.
+
+    **The whole history.** Every read — :meth:`query`, :meth:`iter_logs`, :meth:`entry`,
+    :meth:`journal_count`, :meth:`summary`, :meth:`verify`, proofs and tiles — covers the
+    current log's entries live and archived: archived ones come from the archive directory the
+    store records (or ``archive=`` given to the journal or to the call, which overrides it).
+    A read that needs archived entries it cannot have — no archive recorded, the directory
+    missing, moved or of another store — raises :class:`StorageError` naming the directory;
+    it never returns a shorter history. ``live_only=True`` narrows a read to the live store.
 
     Opening is O(1) in the number of entries. Use as a context manager or call :meth:`close`.
     """
@@ -84,7 +107,21 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         self._policy = FlushPolicy.parse(flush)
         self._retention_policy, self._archive_dir = _retention(retention, archive)
         self._retention: object = None
-        self._storage: Storage = open_storage(path, durable=self._policy.durable, create=create)
+        self._log_first = -1  # a first seq of the current log seen before (see _archived_span)
+        self._readers: dict[tuple[str, int, int], ArchiveReader] = {}
+        self._readers_lock = threading.Lock()
+        # A policy without a directory takes the one the store records: a store that does not
+        # exist yet records none, so it is not made only to refuse the policy.
+        needs_record = self._retention_policy is not None and self._archive_dir is None
+        try:
+            self._storage: Storage = open_storage(path, durable=self._policy.durable,
+                                                  create=create and not needs_record)
+        except StorageError as exc:
+            if needs_record and str(exc).startswith("there is no krepis"):
+                raise ValidationError(f"retention policy {self._retention_policy} needs an archive "
+                                      f"directory: pass archive=DIR or set KREPIS_ARCHIVE ({exc}, so it "
+                                      "records none)") from None
+            raise
         self._syncer: _Syncer | None = None
         if self._policy.interval_ms is not None:
             self._syncer = _Syncer(self._storage, self._policy.interval_ms)
@@ -94,8 +131,13 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         if self._retention_policy is not None:
             from ._retention import RetentionThread
 
-            assert self._archive_dir is not None
-            self._retention = RetentionThread(self, self._retention_policy, self._archive_dir)
+            directory = self._archive_dir or self._storage.get_setting("archive")
+            if directory is None:
+                self.close()
+                raise ValidationError(f"retention policy {self._retention_policy} needs an archive "
+                                      "directory: pass archive=DIR or set KREPIS_ARCHIVE (the store at "
+                                      f"{self.path} records none yet)")
+            self._retention = RetentionThread(self, self._retention_policy, directory)
 
     @property
     def policy(self) -> FlushPolicy:
@@ -130,6 +172,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         if self._generation != _fork.generation():
             return  # the parent's store, threads and connections: nothing here to release
         try:
+            self._close_readers()
             if self._syncer is not None:
                 self._syncer.stop()
                 self._storage.sync()
@@ -221,27 +264,41 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         """Every counter, by op name."""
         return self._live().get_counts()
 
-    def journal_count(self) -> int:
-        """How many entries the journal holds (O(1): read from the engine, no scan)."""
-        return self._live().entry_count()
+    def journal_count(self, *, live_only: bool = False) -> int:
+        """How many entries the current log holds — live and archived (see
+        :meth:`entry_counts`); ``live_only=True``: in the store alone. O(1): read from the
+        engine's records, no scan, the archive not read."""
+        check_history(None, live_only)
+        storage = self._live()
+        if live_only:
+            return storage.entry_count()
+        while True:  # (an archive run between the reads: count again)
+            first, live_first, _head = self._archived_span(storage)
+            count = storage.entry_count()
+            if storage.live_first_seq() == live_first:
+                return count + live_first - first
 
     def get_recent_logs(self, limit: int) -> list[TransactionLog]:
         """The ``limit`` newest entries, newest first (by numeric timestamp, then arrival)."""
         return self.query(limit=check_limit(limit))
 
-    def entry(self, seq: int, *, archive: str | os.PathLike[str] | None = None) -> TransactionLog:
+    def entry(self, seq: int, *, archive: str | os.PathLike[str] | None = None,
+              live_only: bool = False) -> TransactionLog:
         """The entry with store-wide sequence number ``seq`` (O(log n)); an archived one of the
-        current log from ``archive`` (one bundle decompressed).
+        current log from the journal's archive, or ``archive`` (one bundle decompressed).
 
         Raises :class:`LookupError` (a ``KeyError``) when there is none: never written, removed
-        by :meth:`clear_all`, or archived (and no ``archive`` given).
+        by :meth:`clear_all`, or archived and ``live_only=True``.
         """
         if type(seq) is not int:
             raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
+        check_history(archive, live_only)
         storage = self._live()
         log = storage.get_entry(seq)
-        if log is None and archive is not None and seq < storage.live_first_seq():
-            log = self._archive_reader(storage, archive).get(seq)
+        if log is None and not live_only and 0 <= seq < storage.live_first_seq():
+            reader = self._history_reader(storage, archive, live_only)
+            if reader is not None:
+                log = reader.get(seq)
         if log is None:
             raise KeyError(f"the journal at {self.path} has no entry with seq {seq}")
         return log
@@ -250,12 +307,29 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         """The sequence number the next appended entry will get (entries ever appended, O(1))."""
         return self._live().next_seq()
 
-    def verify(self) -> VerifyReport:
-        """Check the whole store: every entry decodes, sequence numbers have no gap, the Merkle
-        tree recomputed from the entries matches the stored one, every index holds exactly one
-        row per entry. Raises :class:`CorruptStorageError` naming the first entry (or range of
-        entries) found wrong; returns what was checked. Reads everything once: O(n)."""
-        return self._live().verify()
+    def verify(self, *, archive: str | os.PathLike[str] | None = None,
+               live_only: bool = False) -> JournalVerifyReport:
+        """Check the whole history: the store — every entry decodes, sequence numbers have no
+        gap, the Merkle tree recomputed from the entries matches the stored one, every index
+        holds exactly one row per entry — and, when entries of the current log are archived,
+        the archive (:meth:`verify_archive`: every file against its checksum, every bundle
+        against the tree's stored hash). Raises :class:`CorruptStorageError` naming the first
+        entry (or file) found wrong; returns what was checked (``entries`` in the store,
+        ``archived`` in the archive). ``live_only=True`` checks the store alone. Reads
+        everything once: O(n)."""
+        check_history(archive, live_only)
+        storage = self._live()
+        report = storage.verify()
+        checked = None
+        archived = 0
+        if not live_only:
+            reader = self._history_reader(storage, archive, False)
+            if reader is not None:
+                head = storage.tree_head()
+                archived = max(0, storage.live_first_seq() - head.first_seq)
+                checked = self.verify_archive(reader.directory)
+        return JournalVerifyReport(report.entries, report.tree_size, report.root, report.tree_nodes,
+                                   archived, checked)
 
     def op_names(self) -> list[str]:
         """Every op name the journal has entries for (including ones since cleared), sorted."""
@@ -274,6 +348,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         order: str = "time",
         after: TransactionLog | int | None = None,
         archive: str | os.PathLike[str] | None = None,
+        live_only: bool = False,
     ) -> list[TransactionLog]:
         """Entries matching every given filter, newest first unless ``newest_first=False``.
 
@@ -289,18 +364,20 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         * ``after`` resumes past an entry: a :class:`TransactionLog` returned earlier (its
           ``seq`` and ``timestamp`` are the cursor) or, a sequence number.
 
-        * ``archive`` (a directory written by :meth:`archive`) includes the archived entries of
-          the current log, with the same filters and order: each entry exactly once (archived
-          seqs below the store's live first seq come from the archive, the rest from the store).
-          A request-id lookup reads the archive's per-segment index and only the bundles it
-          names; other filters decompress the archived bundles in the time range.
+        * The archived entries of the current log are included, with the same filters and order:
+          each entry exactly once (archived seqs below the store's live first seq come from the
+          archive, the rest from the store) — from the journal's archive, or ``archive`` (a
+          directory written by :meth:`archive`), which overrides it. ``live_only=True`` reads
+          the live store alone. A request-id lookup reads the archive's per-segment index and
+          only the bundles it names; other filters decompress the archived bundles in the time
+          range, and only once the merge reaches them.
 
         Every returned entry has its ``seq`` set.
         """
         out: list[TransactionLog] = []
         for logs in self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
                                  until=until, limit=limit, newest_first=newest_first, order=order,
-                                 after=after, archive=archive):
+                                 after=after, archive=archive, live_only=live_only):
             out += logs
         return out
 
@@ -317,6 +394,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         order: str = "time",
         after: TransactionLog | int | None = None,
         archive: str | os.PathLike[str] | None = None,
+        live_only: bool = False,
     ) -> Iterator[TransactionLog]:
         """Like :meth:`query`, streaming: reads the journal in chunks, never all at once.
 
@@ -324,7 +402,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         """
         chunks = self._chunks(op_name=op_name, request_id=request_id, status=status, since=since,
                               until=until, limit=limit, newest_first=newest_first, order=order,
-                              after=after, archive=archive)
+                              after=after, archive=archive, live_only=live_only)
         return (log for logs in chunks for log in logs)
 
     def _chunks(
@@ -340,6 +418,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
         order: str,
         after: TransactionLog | int | None,
         archive: str | os.PathLike[str] | None = None,
+        live_only: bool = False,
     ) -> Iterator[list[TransactionLog]]:
         """Validate the arguments now; return a generator of matching entries, a chunk at a time."""
         storage = self._live()
@@ -360,7 +439,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
             raise InvalidTypeError(f"newest_first must be a bool, got {type(newest_first).__name__}")
         if order not in ("time", "append"):
             raise ValidationError(f"order must be 'time' or 'append', got {order!r:.80}")
-        reader = None if archive is None else self._archive_reader(storage, archive)
+        reader = self._history_reader(storage, archive, live_only)
         start = self._cursor(storage, after, order, reader)
         query = Query(since=since, until=until, request_id=request_id, op_names=ops,
                       statuses=statuses, newest_first=newest_first,
@@ -411,26 +490,6 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods):
                 return
             after = logs[-1]
 
-def _sequence(what: str, value: object) -> list[str]:
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return list(value)
-    raise InvalidTypeError(f"{what} must be a str or a sequence of str, got {type(value).__name__}")
-
-def _statuses(value: object) -> tuple[LogStatus, ...]:
-    items = [value] if isinstance(value, (str, LogStatus)) else _sequence("status", value)
-    out: list[LogStatus] = []
-    for item in items:
-        if isinstance(item, LogStatus):
-            out.append(item)
-        elif isinstance(item, str) and item.lower() in _STATUS_NAMES:
-            out.append(_STATUS_NAMES[item.lower()])
-        else:
-            raise ValidationError(
-                f"status must be a LogStatus or one of Started, Completed, Failed; got {item!r:.80}")
-    return tuple(dict.fromkeys(out))
-
-_STATUS_NAMES = {s.value.lower(): s for s in LogStatus}
-
 #: The longest canonical form an entry may have: a C2SP entry bundle stores its length in 16 bits.
 MAX_ENTRY_BYTES = 65535
 
@@ -449,24 +508,21 @@ def _retention(
     retention: object, archive: str | os.PathLike[str] | None
 ) -> tuple[RetentionPolicy | None, str | None]:
     """The retention policy (``None``: ``KREPIS_RETENTION``; ``"off"``: none) and the archive
-    directory (``None``: ``KREPIS_ARCHIVE``), checked before anything is opened."""
+    directory, absolute (``None``: ``KREPIS_ARCHIVE`` under a policy, else the one the store
+    records, looked up once it is open), checked before anything is opened."""
     from ..archive import RetentionPolicy
+    from ._archived import _directory
 
     source = ""
     if retention is None:
         retention = os.environ.get("KREPIS_RETENTION") or None
         source = " (from KREPIS_RETENTION)"
-    if archive is not None and not isinstance(archive, (str, os.PathLike)):
-        raise InvalidTypeError(f"archive must be a directory path, got {type(archive).__name__}")
-    directory = os.fspath(archive) if archive is not None else None
+    directory = None if archive is None else _directory(archive, "archive")
     if retention is None or (isinstance(retention, str) and retention.strip() == "off"):
         return None, directory
     policy = RetentionPolicy.parse(retention, source)  # type: ignore[arg-type]
-    if directory is None:
-        directory = os.environ.get("KREPIS_ARCHIVE") or None
-        if directory is None:
-            raise ValidationError(f"retention policy {policy}{source} needs an archive directory: pass "
-                                  "archive=DIR or set KREPIS_ARCHIVE")
-    if os.path.lexists(directory) and not os.path.isdir(directory):
+    if directory is None and os.environ.get("KREPIS_ARCHIVE"):
+        directory = _directory(os.environ["KREPIS_ARCHIVE"], "KREPIS_ARCHIVE")
+    if directory is not None and os.path.lexists(directory) and not os.path.isdir(directory):
         raise ValidationError(f"the archive directory {directory} exists and is not a directory")
     return policy, directory

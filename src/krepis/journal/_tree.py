@@ -36,6 +36,7 @@ from ..tlog._note import (
     split_note,
 )
 from ..tlog._reader import ConsistencyProof, InclusionProof, TreeReader, TrustReport
+from ._archived import check_history
 
 #: the file in an export directory naming the tree exported into it last
 _MARKER = ".krepis-log"
@@ -56,8 +57,12 @@ class _TreeMethods:
         def _live(self) -> Storage:
             raise NotImplementedError
 
-        def _archive_reader(self, storage: Storage, directory: str | os.PathLike[str],
-                            head: TreeHead | None = None) -> ArchiveReader:
+        def _history_reader(self, storage: Storage, archive: str | os.PathLike[str] | None,
+                            live_only: bool, head: TreeHead | None = None) -> ArchiveReader | None:
+            raise NotImplementedError
+
+        def _leaf_source(self, storage: Storage, archive: str | os.PathLike[str] | None, live_only: bool,
+                         head: TreeHead) -> Callable[[int, int], list[bytes]] | None:
             raise NotImplementedError
 
         query: Callable[..., list[TransactionLog]]
@@ -66,39 +71,42 @@ class _TreeMethods:
         """The RFC 6962 Merkle tree head over the entries in append order since the last clear."""
         return self._live().tree_head()
 
-    def _tree_reader(self, storage: Storage, archive: str | os.PathLike[str] | None) -> TreeReader:
+    def _tree_reader(self, storage: Storage, archive: str | os.PathLike[str] | None,
+                     live_only: bool = False) -> TreeReader:
         head = storage.tree_head()
-        if archive is None:
-            return TreeReader(storage, head)
-        return TreeReader(storage, head, self._archive_reader(storage, archive, head).leaf_data)
+        return TreeReader(storage, head, self._leaf_source(storage, archive, live_only, head))
 
-    def tree_root(self, size: int | None = None, *, archive: str | os.PathLike[str] | None = None) -> bytes:
+    def tree_root(self, size: int | None = None, *, archive: str | os.PathLike[str] | None = None,
+                  live_only: bool = False) -> bytes:
         """The RFC 6962 tree head of the first ``size`` leaves of the current log (default: all).
         Any earlier size costs O(log n) reads. A size inside the archived prefix that is not a
-        multiple of 256 needs the ``archive``."""
+        multiple of 256 reads one bundle from the journal's archive (or ``archive``);
+        ``live_only=True`` refuses that (``ValidationError``)."""
         storage = self._live()
-        reader = self._tree_reader(storage, archive)
+        reader = self._tree_reader(storage, archive, live_only)
         return reader.root(reader.head.size if size is None else size)
 
     def inclusion_proof(self, seq: int, *, tree_size: int | None = None,
-                        archive: str | os.PathLike[str] | None = None) -> InclusionProof:
+                        archive: str | os.PathLike[str] | None = None,
+                        live_only: bool = False) -> InclusionProof:
         """Proof that entry ``seq`` is in the tree of ``tree_size`` leaves (default: the current
         tree). Verify it with :func:`krepis.tlog.verify_inclusion`; O(log n) reads. An archived
-        entry's proof reads its bundle from ``archive``."""
+        entry's proof reads its bundle from the journal's archive (or ``archive``)."""
         if type(seq) is not int:
             raise InvalidTypeError(f"seq must be an int, got {type(seq).__name__} {seq!r:.80}")
         storage = self._live()
-        reader = self._tree_reader(storage, archive)
+        reader = self._tree_reader(storage, archive, live_only)
         return reader.inclusion(seq, reader.head.size if tree_size is None else tree_size)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None, *,
-                          archive: str | os.PathLike[str] | None = None) -> ConsistencyProof:
+                          archive: str | os.PathLike[str] | None = None,
+                          live_only: bool = False) -> ConsistencyProof:
         """Proof that the tree of ``old_size`` leaves is a prefix of the tree of ``new_size``
         leaves (default: the current tree). Verify it with
         :func:`krepis.tlog.verify_consistency`; O(log n) reads (a size inside the archived
-        prefix that is not a multiple of 256 reads one bundle from ``archive``)."""
+        prefix that is not a multiple of 256 reads one bundle from the journal's archive)."""
         storage = self._live()
-        reader = self._tree_reader(storage, archive)
+        reader = self._tree_reader(storage, archive, live_only)
         return reader.consistency(old_size, reader.head.size if new_size is None else new_size)
 
     def sign_checkpoint(self, signer: Signer | str) -> str:
@@ -180,16 +188,15 @@ class _TreeMethods:
         return max(mine)[1] if mine else None
 
     def tile_sources(
-        self, archive: str | os.PathLike[str] | None = None
+        self, archive: str | os.PathLike[str] | None = None, *, live_only: bool = False
     ) -> tuple[TreeReader, Callable[[int, int], list[bytes]]]:
         """What a tile server or exporter reads: tree nodes, and leaf data by leaf number
-        (archived leaves from ``archive``)."""
+        (archived leaves from the journal's archive, or ``archive``, read when first needed;
+        ``live_only=True``: a ``ValidationError`` for them)."""
         storage = self._live()
         head = storage.tree_head()
-        archived = None
-        if archive is not None:
-            archived = self._archive_reader(storage, archive, head)
-        reader = TreeReader(storage, head, None if archived is None else archived.leaf_data)
+        archived = self._leaf_source(storage, archive, live_only, head)
+        reader = TreeReader(storage, head, archived)
         first = reader.head.first_seq
 
         def entries(start: int, count: int) -> list[bytes]:
@@ -198,12 +205,14 @@ class _TreeMethods:
                 if archived is None:
                     raise ValidationError(
                         f"entries {seq}…{seq + count - 1} of the journal at {self.path} are archived: "
-                        "pass the archive directory (archive=DIR, --archive DIR)")
-                return archived.leaf_data(start, count)
+                        "read without live_only (or pass the archive directory, archive=DIR, --archive DIR)")
+                return archived(start, count)
             logs = self.query(order="append", newest_first=False, limit=count,
-                              after=seq - 1 if seq > 0 else None)
+                              after=seq - 1 if seq > 0 else None, live_only=True)
             if [log.seq for log in logs] != list(range(seq, seq + count)):
                 reader.check_same_log()  # cleared meanwhile: a JournalError, not corruption
+                if storage.live_first_seq() > seq:  # archived meanwhile: from the archive
+                    return entries(start, count)
                 raise CorruptStorageError(f"storage at {self.path}: entries {seq}…{seq + count - 1} "
                                           "are not all there", self.path)
             return [encode_log(log) for log in logs]
@@ -211,12 +220,12 @@ class _TreeMethods:
         return reader, entries
 
     def export_tiles(self, directory: str | os.PathLike[str], signer: Signer | str | None = None, *,
-                     archive: str | os.PathLike[str] | None = None) -> int:
+                     archive: str | os.PathLike[str] | None = None, live_only: bool = False) -> int:
         """Write the log as a static C2SP tlog-tiles tree into ``directory``: a checkpoint
         (signed now with ``signer``, else the latest kept one), hash tiles and entry bundles.
         Incremental: full tiles already there are kept. Returns how many files were written.
-        Bundles of archived entries come from ``archive`` (needed only for those not exported
-        before they were archived).
+        Bundles of archived entries come from the journal's archive, or ``archive`` (read only
+        for those not exported before they were archived).
 
         Refused (``ValidationError``, nothing written): a directory holding another log or another
         history of this one (its ``.krepis-log`` marker records the tree exported last), a
@@ -225,6 +234,7 @@ class _TreeMethods:
         from ..tlog._tiles import ExportDir, export_tiles
 
         key = None if signer is None else _signer(signer)
+        self._history_reader(self._live(), archive, live_only)  # an archive it cannot read: refused now
         if key is None and self.latest_checkpoint() is None:
             raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log "
                                   "yet: sign one (krepis checkpoint --key FILE, or pass a signer)")
@@ -237,7 +247,7 @@ class _TreeMethods:
         # continued, not refused, by the next one.
         with ExportDir(target) as out:
             marker = os.path.join(target, _MARKER)
-            reader, entries = self.tile_sources(archive)
+            reader, entries = self.tile_sources(archive, live_only=live_only)
             text = out.read(_MARKER, 4096)
             if text is None and out.names():
                 raise ValidationError(
@@ -252,7 +262,7 @@ class _TreeMethods:
                 raise ValidationError(f"the journal at {self.path} has no checkpoint of its current log")
             size = parse_checkpoint(note[:note.rfind("\n\n") + 1]).size
             if size > reader.head.size:  # the log grew meanwhile: read today's tree
-                reader, entries = self.tile_sources(archive)
+                reader, entries = self.tile_sources(archive, live_only=live_only)
             if text is not None and not self._same_history(text, reader, size):
                 raise other
             out.write(_MARKER, (f"store {self.path}\nfirst_seq {reader.head.first_seq}\n"
@@ -275,7 +285,7 @@ class _TreeMethods:
             return False
 
     def verify_extends(self, trusted: str, verifiers: Sequence[Verifier | str], *,
-                       archive: str | os.PathLike[str] | None = None) -> TrustReport:
+                       archive: str | os.PathLike[str] | None = None, live_only: bool = False) -> TrustReport:
         """Prove that the journal's current log extends ``trusted``: the signed checkpoint note of
         the newest tree you trust (one you kept — ``sign_checkpoint`` returns it, ``krepis
         checkpoint`` prints it, a ``tlog export`` directory holds it). Nothing kept in the store
@@ -284,17 +294,19 @@ class _TreeMethods:
         Checked, in this order: the note's signature by one of ``verifiers`` (:class:`Verifier`
         objects or their ``<name>+<id>+<key>`` text), by the key named as the checkpoint's origin;
         the whole store (as :meth:`verify`: every entry against the stored tree); every entry
-        already archived — its leaves are no longer in the store — read from ``archive`` and
-        hashed against the stored tree; that the origin signed no checkpoint of an earlier log
-        (else the journal was cleared since: the log it signed has ended); that the log has at
-        least the checkpoint's size; and a consistency proof from the checkpoint to the tree of
-        every leaf checked. O(n) reads, as :meth:`verify`.
+        already archived — its leaves are no longer in the store — read from the journal's
+        archive (or ``archive``) and hashed against the stored tree; that the origin signed no
+        checkpoint of an earlier log (else the journal was cleared since: the log it signed has
+        ended); that the log has at least the checkpoint's size; and a consistency proof from
+        the checkpoint to the tree of every leaf checked. O(n) reads, as :meth:`verify`.
 
         Raises :class:`~krepis.tlog.NoteError` (a ``ValidationError``) for a checkpoint that is
         malformed or not signed by the key of its origin; ``ValidationError`` naming the archived
-        entries when ``archive`` is missing (they were not checked); ``CorruptStorageError``
+        entries under ``live_only=True`` (they were not checked), ``StorageError`` naming the
+        archive when it cannot be read; ``CorruptStorageError``
         naming the store when its log does not extend the checkpoint (history rewritten, rolled
         back, cleared) or disagrees with itself or with the archive."""
+        check_history(archive, live_only)
         if not isinstance(trusted, str):
             raise InvalidTypeError(f"trusted must be a signed checkpoint note (str), got "
                                    f"{type(trusted).__name__}")
@@ -337,12 +349,12 @@ class _TreeMethods:
         archived = storage.live_first_seq() - head.first_seq
         leaf_data: Callable[[int, int], list[bytes]] | None = None
         if archived > 0:
-            if archive is None:
+            reader = self._history_reader(storage, archive, live_only, head)
+            if reader is None:
                 raise ValidationError(
                     f"entries {head.first_seq}…{head.first_seq + archived - 1} of the journal at "
                     f"{self.path} are not in the store (archived, or removed): they were not checked "
-                    "against the tree; pass the archive directory (archive=DIR, --archive DIR)")
-            reader = self._archive_reader(storage, archive, head)
+                    "against the tree; read them from the archive (without --live-only, live_only=True)")
             _check_archived(storage, reader, head, archived, self.path)
             leaf_data = reader.leaf_data
         tree = TreeReader(storage, head, leaf_data)

@@ -11,6 +11,8 @@ import os
 
 from ._migration import MigrationResult, Progress
 from ._port import (
+    MAX_SETTING_BYTES,
+    SETTINGS,
     LogAudit,
     Order,
     Query,
@@ -20,10 +22,14 @@ from ._port import (
     WriteRequest,
     check_checkpoint,
     check_drop_prefix,
+    check_setting,
+    decode_setting,
 )
 from .lmdb import BackupResult, backup, restore
 
 __all__ = [
+    "MAX_SETTING_BYTES",
+    "SETTINGS",
     "BackupResult",
     "LogAudit",
     "MigrationResult",
@@ -37,6 +43,8 @@ __all__ = [
     "backup",
     "check_checkpoint",
     "check_drop_prefix",
+    "check_setting",
+    "decode_setting",
     "migrate",
     "open_storage",
     "restore",

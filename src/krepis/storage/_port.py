@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .._errors import CorruptStorageError, ValidationError
+from .._errors import CorruptStorageError, InvalidTypeError, ValidationError
 from .._model import LogStatus, TransactionLog
 from ..tlog._reader import TreeHead
 
-__all__ = ["LogAudit", "Order", "Query", "Storage", "TreeHead", "VerifyReport", "WriteRequest",
-           "check_checkpoint", "check_drop_prefix"]
+__all__ = ["MAX_SETTING_BYTES", "SETTINGS", "LogAudit", "Order", "Query", "Storage", "TreeHead",
+           "VerifyReport", "WriteRequest", "check_checkpoint", "check_drop_prefix", "check_setting",
+           "decode_setting"]
 
 #: the order a scan returns entries in: by (timestamp, seq), or by seq alone
 Order = Literal["time", "append"]
@@ -134,6 +135,53 @@ def check_drop_prefix(location: str, epoch: int, upto_seq: int, current_epoch: i
     if upto_seq > next_seq:
         raise ValidationError(f"cannot remove entries up to seq {upto_seq}: the journal at {location} "
                               f"ends before seq {next_seq}")
+
+
+#: the settings a store keeps beside its data (``Storage.get_setting``/``set_setting``), each a
+#: short UTF-8 text: ``archive`` is the absolute path of the store's archive directory
+#: (``docs/archive.md``). No other name is accepted, so a setting never touches the store's own
+#: records (the sequence, the tree, the format).
+SETTINGS = ("archive",)
+
+#: the longest value a setting may have, in UTF-8 bytes
+MAX_SETTING_BYTES = 4096
+
+
+def check_setting(name: object, value: object = None) -> bytes | None:
+    """The rule every engine applies to a setting before it reads or writes one: ``name`` is one
+    of :data:`SETTINGS`; ``value`` is ``None`` (remove it) or a non-empty ``str`` of at most
+    :data:`MAX_SETTING_BYTES` UTF-8 bytes without NUL. Returns the value's UTF-8 bytes.
+    Raises ``ValidationError``/``InvalidTypeError`` naming the name and the rule."""
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"a setting's name must be a str, got {type(name).__name__}")
+    if name not in SETTINGS:
+        raise ValidationError(f"{name!r:.80} is not a setting a store keeps; the settings are: "
+                              f"{', '.join(SETTINGS)}")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"setting {name!r} must be a str or None, got {type(value).__name__}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"setting {name!r} must be valid Unicode text (it holds a lone "
+                              "surrogate)") from None
+    nul = b"\0" in raw
+    if not raw or nul or len(raw) > MAX_SETTING_BYTES:
+        raise ValidationError(f"setting {name!r} must be 1 … {MAX_SETTING_BYTES} bytes of UTF-8 "
+                              f"without NUL, got {len(raw)} bytes" + (" with a NUL" if nul else ""))
+    return raw
+
+
+def decode_setting(raw: bytes, name: str, location: str, where: str) -> str:
+    """A stored setting's value, checked by :func:`check_setting`'s rule; anything else is a
+    :class:`CorruptStorageError` naming the store (``where`` is its message prefix)."""
+    try:
+        value = bytes(raw).decode("utf-8")
+        check_setting(name, value)
+    except (UnicodeDecodeError, ValidationError) as exc:
+        raise CorruptStorageError(f"{where}: the setting {name!r} is malformed ({exc})", location) from None
+    return value
 
 
 def check_checkpoint(epoch: int, size: int, origin: str, current_epoch: int, current_size: int,
@@ -256,6 +304,19 @@ class Storage(abc.ABC):
         whose ``upto_seq`` is not past the current live first seq removes nothing (so a rerun is
         harmless). Raises :class:`ValidationError` and changes nothing when ``epoch`` is not the
         current log's (it was cleared meanwhile) or ``upto_seq`` is past the last entry."""
+
+    @abc.abstractmethod
+    def get_setting(self, name: str) -> str | None:
+        """The value the store keeps for setting ``name`` (one of :data:`SETTINGS`), or ``None``
+        when it has none. Every process sees the last value set, in any process. A malformed
+        stored value is a :class:`CorruptStorageError` naming the store."""
+
+    @abc.abstractmethod
+    def set_setting(self, name: str, value: str | None) -> None:
+        """Keep ``value`` for setting ``name`` (``None``: remove it), durably (under ``durable``)
+        and in one transaction: the old or the new value, never a mix. Nothing else changes,
+        and a clear keeps settings. Bad input (:func:`check_setting`) raises before anything
+        is written."""
 
     @abc.abstractmethod
     def sync(self) -> None:

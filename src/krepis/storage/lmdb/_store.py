@@ -32,7 +32,7 @@ import lmdb
 from ..._errors import CorruptStorageError, StorageError
 from ..._model import TransactionLog, encode_log
 from .._codec import rid_hash
-from .._port import Storage, WriteRequest, check_checkpoint, check_drop_prefix
+from .._port import Storage, WriteRequest, check_checkpoint, check_drop_prefix, check_setting, decode_setting
 from . import _env
 from ._apply import APPLY_ENTRIES, apply_tail, put_entries
 from ._catchup import catch_up
@@ -388,6 +388,30 @@ class LmdbStorage(_Views, Storage):
                     db=self._checkpoints)
 
         self._outside_log(body, "storing a checkpoint")
+
+    # -- settings: a meta record each, written outside the log ---------------------------------
+    def get_setting(self, name: str) -> str | None:
+        check_setting(name)
+        self._check()
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(name.encode("ascii"), db=self._meta)
+        except lmdb.Error as exc:
+            raise _wrap(exc, self.location, "reading a setting") from exc
+        return None if raw is None else decode_setting(raw, name, self.location,
+                                                       f"storage at {self.location}")
+
+    def set_setting(self, name: str, value: str | None) -> None:
+        raw = check_setting(name, value)
+        key = name.encode("ascii")
+
+        def body(txn: Any) -> None:
+            if raw is None:
+                txn.delete(key, db=self._meta)
+            else:
+                txn.put(key, raw, db=self._meta)
+
+        self._outside_log(body, "storing a setting")
 
     def drop_prefix(self, epoch: int, upto_seq: int) -> int:
         removed: int = self._outside_log(lambda txn: self._drop_prefix_body(txn, epoch, upto_seq),

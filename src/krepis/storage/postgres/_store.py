@@ -40,6 +40,8 @@ from .._port import (
     WriteRequest,
     check_checkpoint,
     check_drop_prefix,
+    check_setting,
+    decode_setting,
 )
 from . import _url as _pgurl
 from ._schema import (
@@ -480,6 +482,22 @@ class PostgresStorage(Storage):
                 self._append(cur, [WriteRequest([(log, encode_log(log))], ())], {"names": [], "ks": []})
 
         self._transaction("clearing", body)
+
+    def get_setting(self, name: str) -> str | None:
+        check_setting(name)
+        rows = self._run("reading a setting", "SELECT value FROM krepis_meta WHERE key = %s", (name,))
+        if not rows:
+            return None
+        return decode_setting(str(rows[0][0]).encode("utf-8", "surrogatepass"), name, self.location,
+                              f"PostgreSQL at {self.location}")
+
+    def set_setting(self, name: str, value: str | None) -> None:
+        check_setting(name, value)
+        if value is None:
+            self._run("storing a setting", "DELETE FROM krepis_meta WHERE key = %s", (name,))
+            return
+        self._run("storing a setting", "INSERT INTO krepis_meta (key, value) VALUES (%s, %s) ON CONFLICT "
+                                       "(key) DO UPDATE SET value = EXCLUDED.value", (name, value))
 
     def sync(self) -> None:
         # A commit under synchronous_commit = on flushes the WAL up to its own commit record,
