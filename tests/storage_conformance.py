@@ -365,6 +365,8 @@ class StorageConformance:
             storage.add_checkpoint(1, 6, "example.com/log", "note")  # the log holds 5 entries
         storage.add_checkpoint(1, 5, "example.com/log", "note")
         assert storage.checkpoints() == [(1, 5, "example.com/log", "note")]
+        storage.add_checkpoint(1, 5, "example.com/log", "note, cosigned")  # the same tree again: replaced
+        assert storage.checkpoints() == [(1, 5, "example.com/log", "note, cosigned")]
         assert storage.drop_prefix(1, 5) == 2 and storage.live_first_seq() == 5
         assert storage.drop_prefix(1, 7) == 2 and storage.live_first_seq() == 7
         assert storage.entry_count() == 1 and [log.seq for log in scan_all(storage, ALL)] == [7]

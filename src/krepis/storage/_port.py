@@ -266,7 +266,8 @@ class Storage(abc.ABC):
         """Keep a signed checkpoint of the log of ``epoch`` at ``size`` leaves, atomically
         refusing it (:class:`ValidationError`) when the log was cleared since (another epoch)
         or when ``origin`` already named the log of another epoch: two checkpoints under one
-        origin are always of one append-only log, hence consistent."""
+        origin are always of one append-only log, hence consistent. A note kept before for the
+        same ``(epoch, size, origin)`` is replaced (the same tree, signed again or cosigned)."""
 
     @abc.abstractmethod
     def checkpoints(self) -> list[tuple[int, int, str, str]]:

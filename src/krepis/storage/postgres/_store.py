@@ -396,7 +396,8 @@ class PostgresStorage(Storage):
             cur.execute("SELECT epoch, size, origin, note FROM krepis_checkpoints")
             kept = [(int(e), int(n), o, t) for e, n, o, t in cur.fetchall()]
             check_checkpoint(epoch, size, origin, int(row[2]), int(row[0]) - int(row[1]), kept)
-            cur.execute("INSERT INTO krepis_checkpoints VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            cur.execute("INSERT INTO krepis_checkpoints VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (epoch, size, origin) DO UPDATE SET note = EXCLUDED.note",
                         (epoch, size, origin, note))
 
         self._transaction("storing a checkpoint", body)
