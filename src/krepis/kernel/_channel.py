@@ -155,7 +155,7 @@ def decode_message(body: bytes) -> dict[str, Any]:
         raise ScriptError(f"malformed message from the script: JSON nested deeper than {_MAX_JSON_DEPTH}",
                           name="ProtocolError")
     try:
-        message = json.loads(body)
+        message = json.loads(body.decode("utf-8"))  # (text: no encoding to detect)
     except (ValueError, RecursionError) as exc:
         raise ScriptError(f"malformed message from the script: {str(exc)[:200]}",
                           name="ProtocolError") from None
@@ -173,6 +173,9 @@ def reply_frame(call_id: Any, ok: Any = None, error: BaseException | None = None
     if error is not None:
         return _frame({"id": call_id, "error": {"name": type(error).__name__,
                                                 "message": str(error)[:MAX_ERROR_TEXT]}})
+    if type(ok) is int and type(call_id) is int:  # the common reply (a count): its JSON is its digits
+        body = b'{"id":%d,"ok":%d}' % (call_id, ok)
+        return _HEADER.pack(MAGIC, len(body)) + body
     return _frame({"id": call_id, "ok": ok})
 
 def dispatch_frame(message: dict[str, Any], dispatch: Dispatch) -> bytes:
