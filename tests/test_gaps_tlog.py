@@ -204,3 +204,40 @@ def test_a_forged_signature_with_the_right_key_id_is_refused(entry: str, tmp_pat
     with pytest.raises((ValidationError, AssertionError)) as caught:
         check(_world(tmp_path / "forged"), _forge)
     assert REFUSED in str(caught.value), f"{entry}: {caught.value}"
+
+
+def test_verify_tlog_refuses_a_tree_that_does_not_extend_the_trusted_checkpoint(tmp_path: Path) -> None:
+    """The exported tree is whole and signed, but its first 10 entries are not the ones the trusted
+    checkpoint (same key, same size) signed: another history. Only the comparison of the tree's
+    root at the trusted size with the trusted root catches it."""
+    w = _world(tmp_path / "w")
+    out = w.export(_same)
+    other = tmp_path / "other"
+    with SovereignJournal(other) as journal:
+        for i in range(10):
+            journal.log_transaction(TransactionLog(i, "op", f"other{i}", LogStatus.Completed))
+        rewritten = journal.sign_checkpoint(SIGNER)
+    key = [SIGNER.verifier()]
+    assert check_tiles(str(out), key, trusted=open_checkpoint(w.old, key)).entries == 20
+    with pytest.raises(ValidationError, match="the tree does not extend the trusted checkpoint: its first 10 "
+                                              "entries are not the ones that checkpoint signed"):
+        check_tiles(str(out), key, trusted=open_checkpoint(rewritten, key))
+    with pytest.raises(AssertionError, match="the tree does not extend the trusted checkpoint"):
+        _cli("verify", "--tlog", str(out), "--vkey", VKEY, "--trusted", str(w.file("r.cp", rewritten)))
+
+
+def test_verify_tlog_refuses_a_trusted_checkpoint_of_another_log(tmp_path: Path) -> None:
+    """A trusted checkpoint signed by another log's key, of the same size and root: the tree is of
+    example.com/gaps, the trust was placed in another log — refused, not taken as an extension."""
+    w = _world(tmp_path / "w")
+    out = w.export(_same)
+    stranger = generate_signer("example.com/stranger")
+    old = open_checkpoint(w.old, [SIGNER.verifier()])
+    theirs = sign_note(format_checkpoint(Checkpoint(stranger.name, old.size, old.root)), stranger)
+    keys = [SIGNER.verifier(), stranger.verifier()]
+    with pytest.raises(ValidationError, match=r"the tree is of 'example\.com/gaps', the trusted "
+                                              r"checkpoint of 'example\.com/stranger': another log"):
+        check_tiles(str(out), keys, trusted=open_checkpoint(theirs, keys))
+    with pytest.raises(AssertionError, match="another log"):
+        _cli("verify", "--tlog", str(out), "--vkey", VKEY, "--vkey", str(stranger.verifier()),
+             "--trusted", str(w.file("s.cp", theirs)))
