@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import struct
+import subprocess
+import sys
 from hashlib import blake2b
 from pathlib import Path
 
@@ -110,3 +115,57 @@ def test_verify_counts_the_stored_hashes_an_archived_prefix_needs(location: str)
             storage.verify()
     finally:
         storage.close()
+
+
+
+#: ``PID call(FD<path>, rest`` and, for an openat, its result ``= FD<path>`` (strace -f -y)
+_CALL = re.compile(r"^(\d+)\s+(\w+)\((-?\d+|AT_FDCWD)<([^>]*)>(.*)$")
+_RESULT = re.compile(r"= (\d+)<([^>]*)>$")
+
+
+def _flushes(tmp_path: Path, code: str, file: str, rename_from: str) -> tuple[list[str], bool]:
+    """Trace ``code``; return, for the writes to ``file`` after its last fsync/fdatasync before
+    its rename out of the directory ``rename_from``, how each was made durable (``"dsync"``
+    for a write through a descriptor opened with O_DSYNC, else ``"none"``), and whether the rename
+    was seen."""
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-y", "-o", str(trace), "-e",
+                    "trace=openat,fsync,fdatasync,write,pwrite64,writev,pwritev,pwritev2,rename,renameat,"
+                    "renameat2", sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+    dsync: dict[tuple[str, str], bool] = {}
+    pending: list[str] = []
+    for line in trace.read_text(errors="replace").splitlines():
+        m = _CALL.match(line)
+        if not m:
+            continue
+        pid, call, fd, path, rest = m.groups()
+        if call == "openat":
+            opened = _RESULT.search(rest)
+            if opened:
+                dsync[(pid, opened.group(1))] = "O_DSYNC" in rest
+        elif call in ("rename", "renameat", "renameat2") and path == rename_from and \
+                rest.split(",")[1].strip() == f'"{os.path.basename(file)}"':
+            return pending, True
+        elif path == file and call in ("fsync", "fdatasync"):
+            pending = []
+        elif path == file and "write" in call:
+            pending.append("dsync" if dsync.get((pid, fd)) else "none")
+    return pending, False
+
+
+@pytest.mark.skipif(not shutil.which("strace") and os.environ.get("CI") != "true",
+                    reason="strace is not installed (.ci/run installs it)")
+def test_a_format3_migration_flushes_its_copy_before_the_rename_that_swaps_it_in(tmp_path: Path) -> None:
+    """Kills: the recovered copy of a format-3 store whose writer died (``.migrate/data.mdb``,
+    storage/lmdb/_migrate3.py) renamed into place without being flushed after its last write —
+    counted at the system call, as test_durable_copies does for format 1."""
+    store = tmp_path / "store"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "format3-crashed", store)
+    os.chmod(store, 0o700)
+    work = f"{store}/.migrate"
+    unflushed, renamed = _flushes(tmp_path, f"from krepis.storage import migrate; migrate({str(store)!r})",
+                                  f"{work}/data.mdb", work)
+    assert renamed, "the recovered copy was not renamed into place"
+    assert set(unflushed) <= {"dsync"}, "the recovered data.mdb was not flushed before the rename"
+    with SovereignJournal(store, create=False) as journal:
+        journal.verify()
