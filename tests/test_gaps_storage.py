@@ -118,6 +118,29 @@ def test_verify_counts_the_stored_hashes_an_archived_prefix_needs(location: str)
 
 
 
+def test_verify_refuses_a_stored_hash_the_entries_do_not_make(location: str) -> None:
+    """Kills: verify accepting more stored tree hashes than the entries make (storage/_port.py
+    ``LogAudit.finish``: ``!=`` made ``<``). A hash stored for bundle 5 of a log of 300 entries
+    (one full bundle): no leaf reaches it, so only the count notices it."""
+    with SovereignJournal(location, flush="interval:20ms") as journal:
+        for i in range(300):
+            journal.log_transaction(TransactionLog(i, "op", f"r{i}", LogStatus.Completed))
+    if location.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute("INSERT INTO krepis_tree (level, idx, hash) VALUES (8, 5, %s)", (b"\x07" * 32,))
+    else:
+        node = struct.pack(">BQ", 8, 5)
+        rawlmdb.edit(location, lambda txn, db: txn.put(node, b"\x07" * 32, db=db(b"tree")))
+    storage = open_storage(location)
+    try:
+        with pytest.raises(CorruptStorageError, match="the tree holds 2 subtree hashes; the entries make 1"):
+            storage.verify()
+    finally:
+        storage.close()
+
+
 #: ``PID call(FD<path>, rest`` and, for an openat, its result ``= FD<path>`` (strace -f -y)
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((-?\d+|AT_FDCWD)<([^>]*)>(.*)$")
 _RESULT = re.compile(r"= (\d+)<([^>]*)>$")
