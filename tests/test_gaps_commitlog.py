@@ -1,0 +1,121 @@
+"""Checks of the commit log (storage format 4, docs/storage-format.md "The commit log") that the
+rest of the suite let through when they were removed one at a time (see each docstring for the
+bug it kills). Stores are changed through the public API, the storage port and raw file edits;
+a forged record is laid out with the log's own encoder, as tests/test_commitlog.py does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from krepis import CorruptStorageError, LogStatus, SovereignJournal, TransactionLog
+from krepis._model import encode_log
+from krepis.storage import WriteRequest, open_storage
+from krepis.storage.lmdb import _commitlog
+from krepis.storage.lmdb._commitlog import BATCH, CommitLog, encode_payload, record_size, seed_link
+
+_T0 = 1_700_000_000_000
+
+
+def _log_end(store: Path) -> tuple[int, int]:
+    """Where the log's chain ends (the position of the next record) and the CRC of its last
+    record (the next record's link), read as another program would: from the log's first record
+    (position 0, linked to the log's seed; the store is new, its ring never lapped)."""
+    fd = os.open(store / "commit.log", os.O_RDONLY)
+    try:
+        log = CommitLog(str(store), fd)
+        position, link = 0, seed_link(log.log_id)
+        for record in log.chain(position, link):
+            position, link = record.end, record.crc
+    finally:
+        os.close(fd)
+    return position, link
+
+
+def _append_forged(store: Path, first_seq: int, link: int | None = None) -> str:
+    """Append, as another process would, a record of one entry whose position and CRC are right;
+    its link is ``link`` (default: the right one) and it says it begins at ``first_seq``. The
+    head in commit.state moves past it. Returns the entry's request id."""
+    position, right_link = _log_end(store)
+    entry = TransactionLog(_T0 + 99, "op", "forged", LogStatus.Completed)
+    payload = encode_payload([([encode_log(entry)], [b"op"])])
+    log_fd = os.open(store / "commit.log", os.O_RDWR)
+    state_fd = os.open(store / "commit.state", os.O_RDWR)
+    log = CommitLog(str(store), log_fd, state_fd)
+    try:
+        assert log.read_head() == position  # nothing else was written meanwhile
+        raw, _crc = CommitLog.encode(BATCH, position, position, first_seq,
+                                     right_link if link is None else link, payload)
+        assert log.place(position, record_size(len(payload))) == position
+        log.write(position, raw)
+        log.write_head(position + len(raw))
+    finally:
+        log.close()
+    return entry.request_id
+
+
+def _three(journal: SovereignJournal) -> None:
+    for i in range(3):
+        journal.record(TransactionLog(_T0 + i, "op", f"r{i}", LogStatus.Completed), increment="op")
+
+
+def test_a_record_another_process_appended_must_begin_at_the_next_seq(tmp_path: Path) -> None:
+    """Kills: catching up with other processes' records without checking that each begins at
+    the sequence number the tail expects (storage/lmdb/_catchup.py ``catch_up``,
+    ``record.first_seq != tail.next_seq``). The record is whole and in the chain — its entry would
+    be served under a sequence number already taken."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        _three(journal)
+        _append_forged(store, first_seq=7)
+        with pytest.raises(CorruptStorageError, match=r"commit\.log record at position \d+ begins at seq 7, "
+                                                      r"where 3 was expected"):
+            journal.query()
+        with pytest.raises(CorruptStorageError, match="begins at seq 7"):
+            journal.record(TransactionLog(_T0 + 5, "op", "r5", LogStatus.Completed), increment="op")
+
+
+def test_a_record_another_process_appended_must_follow_the_record_before_it(tmp_path: Path) -> None:
+    """Kills: catching up without checking a record's link — the CRC of the record before it
+    (storage/lmdb/_catchup.py ``catch_up``: ``log.read(tail.end, tail.link)`` made
+    ``log.read(tail.end, None)``). A record at the right place, whole, of the right seq, but not
+    of this chain, is damage while the store is in use: refused, not served."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        _three(journal)
+        _position, link = _log_end(store)
+        _append_forged(store, first_seq=3, link=link ^ 1)
+        with pytest.raises(CorruptStorageError, match=r"commit\.log has no valid record at position \d+, "
+                                                      r"though other processes wrote up to \d+"):
+            journal.query()
+
+
+def test_recovery_refuses_a_barrier_before_it_applies_any_record(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kills: recovery not looking for a barrier (a change made outside the log) among the records
+    it is about to apply (storage/lmdb/_recovery.py ``recover``). Applying stops at the barrier
+    anyway — but recovery applies in transactions of 65,536 entries, so with more records than
+    that before the barrier, the first transaction would be committed before the refusal:
+    data.mdb changed, though the open is refused "before anything is written"."""
+    monkeypatch.setattr(_commitlog, "RING_SIZE", 16 << 20)  # (the log says its ring size itself)
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        _three(journal)
+    old = (store / "data.mdb").read_bytes()
+    storage = open_storage(store)
+    try:
+        n = 70_000
+        for start in range(3, n, 8192):
+            logs = [TransactionLog(_T0 + i, "op", f"r{i}", LogStatus.Completed)
+                    for i in range(start, min(n, start + 8192))]
+            storage.write_batch([WriteRequest([(x, encode_log(x)) for x in logs], [])])
+        storage.clear()
+    finally:
+        storage.close()
+    (store / "data.mdb").write_bytes(old)
+    with pytest.raises(CorruptStorageError, match=r"a change made outside the log \(a clear, an archive or a "
+                                                  r"checkpoint\) that data\.mdb does not have"):
+        SovereignJournal(store)
+    assert (store / "data.mdb").read_bytes() == old
