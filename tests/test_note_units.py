@@ -82,7 +82,8 @@ def test_a_key_id_is_eight_hex_digits_in_either_case_and_nothing_else() -> None:
     b64 = VKEY.split("+", 2)[2]
     assert Verifier.parse(f"PeterNeumann+C74F20A3+{b64}") == verifier
     # (int(…, 16) would read some of these: a space, "0x", "_")
-    for hex_id in ("c74f20a", "0c74f20a3", "c74f20ag", " c74f20a", "c74f20a ", "0xc74f20", "c74_f20a", ""):
+    for hex_id in ("c74f20a", "0c74f20a3", "c74f20ag", "c74f20aX", " c74f20a", "c74f20a ", "0xc74f20",
+                   "c74_f20a", ""):
         assert _refused(Verifier.parse, f"PeterNeumann+{hex_id}+{b64}") == (
             f"the verifier key's ID {hex_id!r} does not match its name and key")
     # the ID as shown is cut at 20 characters of its repr
