@@ -513,3 +513,39 @@ def test_check_with_witnesses_returns_their_cosignatures(tmp_path: Path) -> None
     with pytest.raises(NoteError, match="fewer than the quorum of 2"):
         check_tiles(str(out), [SIGNER.verifier()], witnesses=[w1.verifier(), w2.verifier()])
     assert check_tiles(str(out), [SIGNER.verifier()]).cosignatures == ()
+
+
+def test_read_regular_reads_on_after_short_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read`` may return fewer bytes than asked (POSIX allows it): the reader goes on until the
+    end of the file, and still refuses a file that holds more than the limit once read whole —
+    here one whose size says 0 (a /proc file), read 10 bytes at a time."""
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 10)))
+    f = tmp_path / "f"
+    f.write_bytes(bytes(range(45)))
+    assert read_regular(str(f), 45) == bytes(range(45))
+    status = "/proc/self/status"
+    assert _refused(read_regular, status, 20) == f"{status} is more than the 20 bytes it may hold"
+    assert _refused(read_regular, status, 30) == f"{status} is more than the 30 bytes it may hold"
+
+
+@pytest.mark.parametrize("n", [1, 2, 255, 257, 513])
+def test_check_reads_every_bundle_whatever_the_size(tmp_path: Path, n: int) -> None:
+    out, tree = _export(tmp_path, n)
+    check = check_tiles(str(out), [SIGNER.verifier()])
+    bundles, level0 = (n + 255) // 256, (n + 255) // 256
+    assert check == TileCheck(tree.checkpoint(), n, bundles + level0 + (1 if n >= 256 else 0), ())
+
+
+def test_an_empty_entry_is_an_entry(tmp_path: Path) -> None:
+    """Entries of zero bytes, last in their bundle too: a length of 0 and nothing after it."""
+    for data in ([b""], [b"a", b""], [b"", b"", b"b", b""]):
+        tree = MemTree(data)
+        out = tmp_path / f"tiles{len(data)}"
+        export_tiles(out, tree.note(), len(data), tree.node, tree.entries)
+        assert check_tiles(str(out), [SIGNER.verifier()]).entries == len(data)
+        bundle = out / "tile" / "entries" / f"000.p/{len(data)}"
+        assert bundle.read_bytes() == b"".join(len(d).to_bytes(2, "big") + d for d in data)
+        bundle.write_bytes(bundle.read_bytes()[:-1])  # the last length cut in half
+        assert _refused(check_tiles, str(out), [SIGNER.verifier()]) == (
+            f"tile/entries/000.p/{len(data)}: entry {len(data) - 1} is cut off")
