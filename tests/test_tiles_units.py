@@ -111,6 +111,7 @@ def test_a_partial_tile_and_a_bundle_carry_their_width() -> None:
     "tile/0/x001", "tile/0/001/x002", "tile/0/000.p/256", "tile/0/000.p/0", "tile/0/000.p/01",
     "tile/0/000.p/", "tile/0/000.p", "tile/0/000.p/1/", "tile/0/x001.p/5", "tile/0/000.q/5",
     "tile/0/x001/000.p/1000", "tile/0/\u0661\u0662\u0663", "tile/\u0661/000", "//tile/0/000",
+    "tile/0/xabc/000", "tile/0/xabc/x001/000", "tile/0/x0_1/000", "tile/0/X001/000",
 ])
 def test_anything_but_a_tile_s_one_path_is_refused(path: str) -> None:
     with pytest.raises(ValueError) as info:
@@ -208,8 +209,8 @@ def test_an_export_dir_writes_whole_files_and_reads_them_back(tmp_path: Path) ->
         assert out.read("a/b/missing", 4) is None
         assert out.kind("a/b/c") == "file" and out.kind("nothing") is None
         assert sorted(out.names()) == ["a", "top"]
-        with pytest.raises(ValidationError, match=r"c is 4 bytes, more than the 3"):
-            out.read("a/b/c", 3)
+        assert _refused(out.read, "a/b/c", 3) == (
+            f"{tmp_path}/new/out/a/b/c is 4 bytes, more than the 3 it may hold")
     assert (tmp_path / "new" / "out" / "top").read_bytes() == b"22"
     assert sorted(os.listdir(tmp_path / "new" / "out" / "a" / "b")) == ["c"]  # no temporary file left
     assert (tmp_path / "new" / "out" / "a" / "b" / "c").stat().st_mode & 0o777 == 0o644 & ~_umask()
@@ -549,3 +550,54 @@ def test_an_empty_entry_is_an_entry(tmp_path: Path) -> None:
         bundle.write_bytes(bundle.read_bytes()[:-1])  # the last length cut in half
         assert _refused(check_tiles, str(out), [SIGNER.verifier()]) == (
             f"tile/entries/000.p/{len(data)}: entry {len(data) - 1} is cut off")
+
+
+def _swap_for_a_link(directory: Path, elsewhere: Path) -> None:
+    """``directory`` moved aside and a link to ``elsewhere`` put in its place (an attacker's swap)."""
+    directory.rename(directory.with_name(directory.name + ".moved"))
+    directory.symlink_to(elsewhere, target_is_directory=True)
+
+
+def test_an_export_dir_reads_from_the_directory_it_checked(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory a file is read from is the one walked and checked (held open), not whatever
+    its path names by the time the file is opened: a link swapped in meanwhile is not followed."""
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "c").write_bytes(b"planted")
+    real_open = os.open
+    swapped: list[str] = []
+
+    def racing_open(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if path.endswith("c") and not swapped:
+            swapped.append(path)
+            _swap_for_a_link(root / "a" / "b", elsewhere)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    with ExportDir(root) as out:
+        out.write("a/b/c", b"mine")
+        monkeypatch.setattr(os, "open", racing_open)
+        assert out.read("a/b/c", 100) == b"mine"
+    assert swapped and (root / "a" / "b.moved" / "c").read_bytes() == b"mine"
+
+
+def test_an_export_dir_writes_into_the_directory_it_checked(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real_open = os.open
+    swapped: list[str] = []
+
+    def racing_open(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if ".tmp-" in path and not swapped:
+            swapped.append(path)
+            _swap_for_a_link(root / "a" / "b", elsewhere)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    with ExportDir(root) as out:
+        out.write("a/b/old", b"")
+        monkeypatch.setattr(os, "open", racing_open)
+        out.write("a/b/c", b"mine")
+    assert swapped and list(elsewhere.iterdir()) == []
+    assert sorted(os.listdir(root / "a" / "b.moved")) == ["c", "old"]
+    assert os.listdir(root) == ["a"]  # (and no temporary file anywhere)
