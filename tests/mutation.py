@@ -61,8 +61,10 @@ _NO_PG = "not postgres and not pg and not Postgres"
 SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "": (["test_model.py", "test_cli_time.py", "test_journal.py", "test_safety_api.py", "test_codec.py",
           "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
-    "tlog/": (["test_merkle.py", "test_tlog*.py", "test_witness*.py", "test_gaps_tlog.py", "test_backup.py",
-               "test_storage_lmdb.py"], _NO_PG),
+    "tlog/": (["test_merkle*.py", "test_tlog*.py", "test_witness*.py", "test_monitor*.py",
+               "test_gaps_tlog.py", "test_note_units.py", "test_tiles_units.py", "test_reader_units.py",
+               "test_cosig_units.py", "test_collect_units.py", "test_backup.py", "test_storage_lmdb.py"],
+              _NO_PG),
     "archive/": (["test_archive*.py", "test_gaps_archive.py"], _NO_PG),
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",

@@ -111,14 +111,21 @@ class TreeReader:
                 start = tile * _WIDTH
                 count = min(_WIDTH, self.head.size - start)
                 if self._live_leaf is None:
-                    self._live_leaf = self._storage.live_first_seq() - self.head.first_seq
+                    live = self._storage.live_first_seq() - self.head.first_seq
+                    self.check_same_log()  # (where another log's entries begin says nothing of this one)
+                    self._live_leaf = live
                 if start < self._live_leaf:
                     if self._archive is None:
                         first = self.head.first_seq + start
                         raise ValidationError(
                             f"entries {first}…{first + count - 1} of the journal at {self._storage.location} "
                             "are archived: pass the archive directory (archive=DIR, --archive DIR)")
-                    leaves = [leaf_hash(d) for d in self._archive(start, count)]
+                    try:
+                        data = self._archive(start, count)
+                    except CorruptStorageError:
+                        self.check_same_log()  # a clear meanwhile is not a damaged archive
+                        raise
+                    leaves = [leaf_hash(d) for d in data]
                     self.check_same_log()
                     self._leaves[tile] = leaves
                     return leaves[index - (tile << TILE_HEIGHT)]
