@@ -98,6 +98,35 @@ def test_a_bundle_of_another_count_is_refused(count: int) -> None:
     fails(info, f"{WHERE}: {count} entries, a bundle holds 256")
 
 
+def test_a_refusal_names_the_file_given_beside_what_the_bundle_is() -> None:
+    what = f"archive segment {WHERE}: bundle 3"
+    for raw, message in ((bundle_of(entries(255)), f"{what}: 255 entries, a bundle holds 256"),
+                         (bundle_of(entries(256))[:-1], f"{what}: an entry is cut off"),
+                         (bundle_of(entries(256)) + b"\x00", f"{what}: an entry is cut off"),
+                         (bundle_of(entries(256)) + b"\x00\x09", f"{what}: an entry is cut off")):
+        with pytest.raises(CorruptStorageError) as info:
+            split_bundle(raw, what, WHERE)
+        fails(info, message)
+    frame = zstandard.ZstdCompressor().compress(b"z" * 1000)
+    no_size = zstandard.ZstdCompressor(write_content_size=False).compress(b"z" * 1000)
+
+    class Short:
+        def decompress(self, frame: bytes, max_output_size: int) -> bytes:
+            return b"z"
+
+    dctx = zstandard.ZstdDecompressor()
+    for args, message in (((dctx, frame, 999), f"{what} declares 1000 bytes; at most 999 are possible"),
+                          ((dctx, no_size, 10**6), f"{what} does not declare its size"),
+                          ((Short(), frame, 10**6),
+                           f"{what} decompresses to 1 bytes, not the 1000 it declares")):
+        with pytest.raises(CorruptStorageError) as info:
+            decompress(zstandard, *args, what, WHERE)  # type: ignore[arg-type]
+        fails(info, message)
+    with pytest.raises(CorruptStorageError) as info:
+        decompress(zstandard, zstandard.ZstdDecompressor(), b"junk", 10**6, what, WHERE)
+    assert str(info.value).startswith(f"{what} does not decompress (") and info.value.path == WHERE
+
+
 @pytest.mark.parametrize("count", [256, 1, 2, 3, 100, 255, 257, 512])
 def test_a_bundles_hash_is_rfc_6962s(count: int) -> None:
     data = entries(count)
@@ -404,7 +433,7 @@ def test_an_index_larger_than_the_segment_may_hold_is_refused() -> None:
         decode_index(zstandard, MAGIC, packed, _offset(), 1, WHERE)
     want = f"archive segment {WHERE}: the index"
     assert str(info.value) == f"{want} declares {24 + 52 + 2000} bytes; at most 1612 are possible"
-    assert info.value.path == want
+    assert info.value.path == WHERE  # the file
 
 
 def test_segment_names_are_the_formats() -> None:
