@@ -55,10 +55,6 @@ def reader(arch: Path, tree: Callable[[int], bytes | None] | None = None) -> Arc
     return ArchiveReader(arch, 1, FIRST1, tree)
 
 
-def with_seq(logs: list[TransactionLog], first: int) -> list[TransactionLog]:
-    return [log.with_seq(first + i) if hasattr(log, "with_seq") else log for i, log in enumerate(logs)]
-
-
 def keys(bundle: list[TransactionLog]) -> list[bytes]:
     return sorted({rid_hash(x.request_id.encode())[:4] for x in bundle})
 
