@@ -12,6 +12,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -608,3 +609,26 @@ def test_a_lock_file_that_is_a_fifo_is_refused(adir: ArchiveDir) -> None:
     assert str(info.value) == f"the archive's lock file {adir.where(LOCK)} is not a regular file"
     assert info.value.path == adir.where(LOCK)
     assert open_fds() == before
+
+
+def test_a_file_that_cannot_be_opened_or_looked_at_is_named(adir: ArchiveDir,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader of a directory it may list but not search (mode 0600, not root): both the open and
+    the look at what is there fail with EACCES — an error naming the file, never a bare OSError."""
+    Path(adir.where("seg")).write_bytes(b"x")
+    real_open, real_stat = os.open, os.stat
+
+    def denied(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if path == "seg":
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", denied(real_open))
+    monkeypatch.setattr(os, "stat", denied(real_stat))
+    for call in (lambda: adir.open_file("seg"), lambda: adir.read("seg", 10)):
+        with pytest.raises(CorruptStorageError) as info:
+            call()
+        assert str(info.value) == f"cannot open archive file {adir.where('seg')}: {os.strerror(errno.EACCES)}"
+        assert info.value.path == adir.where("seg")
