@@ -181,3 +181,14 @@ def test_an_earlier_log_is_checked_against_the_hashes_the_archive_recorded(built
         assert journal.tree_head().epoch == 1
         assert journal.verify_archive(arch).bundles == 5
     assert MANIFEST in {p.name for p in arch.iterdir()}
+
+
+def test_verifying_a_missing_directory_is_refused_and_makes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "cold"
+    with pytest.raises(ValidationError) as info:
+        verify_archive(missing, None)
+    assert str(info.value) == f"there is no archive at {missing}"
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal, \
+            pytest.raises(ValidationError, match="there is no archive at"):
+        journal.verify_archive(missing)
+    assert not missing.exists()
