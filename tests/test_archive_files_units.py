@@ -217,14 +217,18 @@ def test_reading_needs_no_write_access(tmp_path: Path) -> None:
 
 
 # -- names ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["", "a/b", "/etc/passwd", ".", "..", "a\0b"])
-def test_a_name_that_is_not_a_plain_file_name_is_a_bug_refused(adir: ArchiveDir, name: str) -> None:
-    for call in (lambda: adir.open_file(name), lambda: adir.lstat(name), lambda: adir.unlink(name),
-                 lambda: adir.write_durable(name, b"x"), lambda: adir.read(name, 10)):
+@pytest.mark.parametrize("name", ["", "a/b", "<victim>", ".", "..", "a\0b"])
+def test_a_name_that_is_not_a_plain_file_name_is_a_bug_refused(adir: ArchiveDir, tmp_path: Path,
+                                                                name: str) -> None:
+    victim = tmp_path / "victim"  # (an absolute path: never one outside the test's own directory)
+    victim.write_bytes(b"keep")
+    name = str(victim) if name == "<victim>" else name
+    for call in (adir.open_file, adir.lstat, adir.unlink, lambda n: adir.write_durable(n, b"x"),
+                 lambda n: adir.read(n, 10)):
         with pytest.raises(ValueError) as info:
-            call()
-        assert str(info.value) == f"not a file name: {name!r}"
-    assert os.listdir(adir.path) == []
+            call(name)
+        assert str(info.value) == f"not a file name: {name!r:.80}"
+    assert os.listdir(adir.path) == [] and victim.read_bytes() == b"keep"
 
 
 def test_a_long_bad_name_is_cut_in_the_message(adir: ArchiveDir) -> None:
@@ -305,11 +309,8 @@ def test_what_is_not_a_regular_file_is_refused_saying_what_it_is(adir: ArchiveDi
         os.mknod(path, (stat.S_IFCHR if kind == "char" else stat.S_IFBLK) | 0o600, os.makedev(1, 3)
                  if kind == "char" else os.makedev(7, 200))
     before = open_fds()
-    try:
-        with pytest.raises(CorruptStorageError) as info:
-            adir.open_file("x")
-    except CorruptStorageError:
-        pass
+    with pytest.raises(CorruptStorageError) as info:
+        adir.open_file("x")
     if kind == "block" and str(info.value).startswith("cannot open"):
         pytest.skip("no such block device here")  # (opening it fails before it is looked at)
     assert str(info.value) == f"archive file {path} is {what}, not a regular file"
@@ -428,7 +429,7 @@ def test_sha256_is_of_the_whole_file_from_its_start(adir: ArchiveDir) -> None:
 def test_names_and_lstat(adir: ArchiveDir) -> None:
     for name in ("b", "a", ".hidden", "c"):
         Path(adir.where(name)).write_bytes(name.encode())
-    os.symlink("/etc/passwd", adir.where("link"))
+    os.symlink(adir.where("a"), adir.where("link"))
     assert adir.names() == [".hidden", "a", "b", "c", "link"]
     st = adir.lstat("link")
     assert st is not None and stat.S_ISLNK(st.st_mode)
@@ -491,16 +492,17 @@ def test_write_durable_syncs_the_file_before_its_rename_and_the_directory_after(
     assert events == ["file 5", "rename", "dir"]
 
 
-def test_the_temporary_file_is_fresh_and_exclusive(adir: ArchiveDir, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_temporary_file_is_fresh_and_exclusive(adir: ArchiveDir, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_files.secrets, "token_hex", lambda n: "ab" * n)
     tmp = ".tmp-f.abababababababab"
     assert TEMP_NAME.match(".tmp-MANIFEST.json." + "ab" * 8)
-    os.symlink("/nowhere", adir.where(tmp))  # a name taken (even by a link): refused, not followed
+    os.symlink(tmp_path / "nowhere", adir.where(tmp))  # a name taken (even by a link): refused, not followed
     with pytest.raises(StorageError) as info:
         adir.write_durable("f", b"x")
     assert str(info.value) == f"cannot create {adir.where(tmp)}: {os.strerror(errno.EEXIST)}"
     assert info.value.path == adir.where(tmp)
-    assert adir.names() == [tmp] and not os.path.exists("/nowhere")
+    assert adir.names() == [tmp] and not os.path.lexists(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("fails", ["write", "fsync", "rename"])
@@ -632,3 +634,18 @@ def test_a_file_that_cannot_be_opened_or_looked_at_is_named(adir: ArchiveDir,
             call()
         assert str(info.value) == f"cannot open archive file {adir.where('seg')}: {os.strerror(errno.EACCES)}"
         assert info.value.path == adir.where("seg")
+
+
+def test_a_parent_replaced_by_a_file_before_it_is_opened_is_refused(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nearest existing parent, a directory when looked at, is a file when opened (a race):
+    it is opened as a directory only, so the refusal names it."""
+    (tmp_path / "f").write_bytes(b"x")
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda p: p == str(tmp_path / "f") or real_isdir(p))
+    with pytest.raises(StorageError) as info:
+        ArchiveDir.open(tmp_path / "f" / "cold", create=True)
+    monkeypatch.undo()
+    assert str(info.value) == (f"krepis does not use {tmp_path / 'f' / 'cold'} as an archive directory: "
+                               f"cannot open {tmp_path / 'f'}: {os.strerror(errno.ENOTDIR)}")
+    assert (tmp_path / "f").read_bytes() == b"x"
