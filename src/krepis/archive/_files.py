@@ -143,7 +143,10 @@ class ArchiveDir:
                 return None
             raise CorruptStorageError(f"archive file {where} is missing", where) from None
         except OSError as exc:
-            st = self.lstat(name)
+            try:
+                st = self.lstat(name)
+            except OSError:  # (EACCES: a directory this reader may list but not search)
+                st = None
             if st is not None and stat.S_ISLNK(st.st_mode):
                 raise CorruptStorageError(f"archive file {where} is a symbolic link; krepis never follows "
                                           "links in an archive directory (its target is left untouched)",

@@ -73,20 +73,22 @@ def bundle_of(data: list[bytes]) -> bytes:
                               "entry bundle holds: this bundle cannot be archived")
     return b"".join([pack(len(d)) + d for d in data])
 
-def split_bundle(raw: bytes, where: str) -> list[bytes]:
-    """The canonical bytes of each entry of a (full) bundle."""
+def split_bundle(raw: bytes, where: str, path: str | None = None) -> list[bytes]:
+    """The canonical bytes of each entry of a (full) bundle. A refusal's message begins with
+    ``where``; its ``path`` is ``path`` (the file), or ``where`` without one."""
     out: list[bytes] = []
     off, n = 0, len(raw)
+    file = where if path is None else path
     while off < n:
         if off + 2 > n:
-            raise CorruptStorageError(f"{where}: an entry is cut off", where)
+            raise CorruptStorageError(f"{where}: an entry is cut off", file)
         (size,) = _LEN.unpack_from(raw, off)
         if off + 2 + size > n:
-            raise CorruptStorageError(f"{where}: an entry is cut off", where)
+            raise CorruptStorageError(f"{where}: an entry is cut off", file)
         out.append(raw[off + 2:off + 2 + size])
         off += 2 + size
     if len(out) != WIDTH:
-        raise CorruptStorageError(f"{where}: {len(out)} entries, a bundle holds {WIDTH}", where)
+        raise CorruptStorageError(f"{where}: {len(out)} entries, a bundle holds {WIDTH}", file)
     return out
 
 def bundle_hash(data: list[bytes]) -> bytes:
@@ -156,22 +158,24 @@ def index_limit(bundles: int) -> int:
     return _IDX_HEAD.size + bundles * (_IDX_BUNDLE.size + WIDTH * (_KEY + 2))
 
 
-def decompress(zstd: Any, dctx: Any, frame: bytes, limit: int, where: str) -> bytes:
+def decompress(zstd: Any, dctx: Any, frame: bytes, limit: int, where: str, path: str | None = None) -> bytes:
     """One zstd frame decompressed, never more than ``limit`` bytes: a frame that does not
     declare its size, declares more, or holds more is a ``CorruptStorageError`` — refused before
-    anything that large is allocated."""
+    anything that large is allocated. The message begins with ``where`` (what the frame is); the
+    error's ``path`` is ``path`` (the file holding it), or ``where`` without one."""
+    file = where if path is None else path
     try:
         size = zstd.get_frame_parameters(frame).content_size
         if size == zstd.CONTENTSIZE_UNKNOWN or size == zstd.CONTENTSIZE_ERROR:
-            raise CorruptStorageError(f"{where} does not declare its size", where)
+            raise CorruptStorageError(f"{where} does not declare its size", file)
         if size > limit:
-            raise CorruptStorageError(f"{where} declares {size} bytes; at most {limit} are possible", where)
+            raise CorruptStorageError(f"{where} declares {size} bytes; at most {limit} are possible", file)
         out = dctx.decompress(frame, max_output_size=limit)
     except zstd.ZstdError as exc:
-        raise CorruptStorageError(f"{where} does not decompress ({exc})", where) from None
+        raise CorruptStorageError(f"{where} does not decompress ({exc})", file) from None
     if len(out) != size:
         raise CorruptStorageError(f"{where} decompresses to {len(out)} bytes, not the {size} it declares",
-                                  where)
+                                  file)
     return bytes(out)
 
 
@@ -193,7 +197,7 @@ def decode_index(zstd: Any, head: bytes, packed: bytes, offset: int, bundles: in
         raise CorruptStorageError(f"archive segment {where} is damaged: it does not begin with "
                                   f"{SEGMENT_MAGIC!r}", where)
     index = decompress(zstd, zstd.ZstdDecompressor(), packed, index_limit(bundles),
-                       f"archive segment {where}: the index")
+                       f"archive segment {where}: the index", where)
     try:
         epoch, first, count, nkeys = _IDX_HEAD.unpack_from(index)
         if count > bundles or nkeys > count * WIDTH:

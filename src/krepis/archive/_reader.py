@@ -185,8 +185,8 @@ class ArchiveReader:
             os.close(fd)
         dctx = self._zstd.ZstdDecompressor(dict_data=self.dictionary(seg["dictionary"])) \
             if seg["dictionary"] else self._zstd.ZstdDecompressor()
-        raw = decompress(self._zstd, dctx, frame, _MAX_BUNDLE_BYTES, where)
-        data = split_bundle(raw, where)
+        raw = decompress(self._zstd, dctx, frame, _MAX_BUNDLE_BYTES, where, self._path(name))
+        data = split_bundle(raw, where, self._path(name))
         got = bundle_hash(data)
         want = idx.hashes[i] if self.tree is None else self.tree(bundle)
         if got != want or got != idx.hashes[i]:
