@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from krepis import CorruptStorageError, LogStatus, SovereignJournal, StorageError, TransactionLog
-from krepis.storage.lmdb import _commitlog
+from krepis.storage.lmdb import _commitlog, _layout
 from krepis.storage.lmdb._commitlog import CommitLog, encode_payload
 from logtools import HOLD_OFF, flip, pointer, ring_offset, stored_entries, unapplied, write_and_die
 
@@ -162,7 +162,10 @@ def test_the_last_record_damaged_after_it_was_acknowledged_is_refused(died: Path
     with open(died / "commit.log", "r+b") as f:
         f.seek(ring_offset(died, last.position) + 41)
         f.write(b"\x7f")
-    _refused(died, rf"no valid record at position {last.position}, .* durable up to position {last.end}")
+    _refused(died, rf"^storage at {died}: commit\.log has no valid record at position {last.position}, where "
+                   rf"data\.mdb and the log's readable records end, but the log was durable up to position "
+                   rf"{last.end}: acknowledged writes are damaged or missing \(or data\.mdb is older than "
+                   r"its log\)\. Nothing was written; restore the store from a backup$")
 
 
 def test_a_torn_tail_that_was_never_flushed_is_dropped(tmp_path: Path) -> None:
@@ -198,6 +201,29 @@ def test_a_record_whose_payload_is_malformed_is_refused_naming_it(died: Path) ->
         f.write(raw)
     _refused(died, rf"^storage at {died}: the commit\.log record at position {at.position} is malformed \(an "
                    r"entry is not in canonical form\)$")
+
+
+def test_a_recovery_that_fills_the_store_is_refused_naming_it_and_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LMDB's map cannot hold what the log holds: the open is a ``StorageError`` naming the store
+    and the recovery, and the store's files stay as they were (the next open, with room, applies
+    it all)."""
+    store = tmp_path / "s"
+    write_and_die(store, 0, flush="interval:600000ms", code="""
+        for i in range(3000):
+            j.record(TransactionLog(i, "op", f"big{i}", LogStatus.Completed, error="e" * 500), increment="op")
+    """)
+    before = tree_snapshot(store)
+    monkeypatch.setattr(_layout, "_MAP_SIZE", 1 << 20)  # 1 MiB: less than the log's 1.8 MB of entries
+    with pytest.raises(StorageError) as info:
+        SovereignJournal(store)
+    assert str(info.value) == (f"storage at {store} is full (LMDB map size {1 << 20} bytes) while recovering "
+                               "from the commit log")
+    assert info.value.path == str(store)
+    assert tree_snapshot(store) == before
+    monkeypatch.undo()
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.journal_count() == journal.recover_op_count("op") == 3000
 
 
 def test_a_foreign_commit_log_is_refused_and_nothing_changes(died: Path, tmp_path: Path) -> None:
@@ -257,8 +283,9 @@ def test_a_data_file_older_than_a_change_made_outside_the_log_is_refused(tmp_pat
     with SovereignJournal(store) as journal:
         journal.clear_all()
     (store / "data.mdb").write_bytes(old_data)
-    _refused(store, r"a change made outside the log \(a clear, an archive or a checkpoint\) that data\.mdb "
-                    r"does not have: data\.mdb is older than its commit log")
+    _refused(store, rf"^storage at {store}: the commit log holds, at position \d+, a change made outside the "
+                    r"log \(a clear, an archive or a checkpoint\) that data\.mdb does not have: data\.mdb is "
+                    r"older than its commit log\. Restore the store with krepis restore$")
 
 
 def _superblock(store: Path) -> bytearray:
@@ -337,7 +364,7 @@ def test_a_small_ring_laps_many_times_and_loses_nothing(tmp_path: Path,
 
 _DIE_IN_A_CLEAR = """
 import os
-from krepis.storage.lmdb import _commitlog
+from krepis.storage.lmdb import _commitlog, _layout
 real_pending, real_write = _commitlog.CommitLog.write_pending, _commitlog.CommitLog.write
 def write_pending(self, end):
     real_pending(self, end)

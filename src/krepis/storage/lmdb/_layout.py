@@ -12,7 +12,7 @@ from typing import Any
 import lmdb
 
 from ..._errors import ClosedError, CorruptStorageError, JournalError, StorageError
-from ..._model import LogStatus, TransactionLog, decode_log, encode_log
+from ..._model import LogStatus
 
 FORMAT_VERSION = 4
 
@@ -38,10 +38,6 @@ _MAX_READERS = 1024
 
 _MAX_DBS = 16
 
-_DATA = "data.mdb"
-
-_LOCK = "lock.mdb"
-
 # index keys: "t" (every entry), "s" + status, "o" + BE4(op id) + status, "r" + H8(rid) + status
 _TIME_KEY = b"t"
 
@@ -61,10 +57,6 @@ _DB_NAMES = {name for name, _ in _DBS}
 
 _DROP_HDR = struct.Struct("<BQI")  # an entry's flags, timestamp and op id (see ``_codec``)
 
-class _Refused(StorageError):
-    """A write the store refuses whatever the moment (a counter at 2**64-1, the op table full):
-    applying its logged batch again in recovery refuses it again, so it never committed."""
-
 def _wrap(exc: BaseException, path: str, doing: str) -> JournalError:
     if isinstance(exc, JournalError):
         return exc
@@ -76,24 +68,6 @@ def _wrap(exc: BaseException, path: str, doing: str) -> JournalError:
         return StorageError(f"storage at {path} is full (LMDB map size {_MAP_SIZE} bytes) "
                             f"while {doing}", path)
     return StorageError(f"storage at {path} failed while {doing}: {exc}", path)
-
-def _position(raw: bytes | None, path: str) -> int:
-    """The commit log's next ring position, as the store records it (0 before the first)."""
-    if raw is None:
-        return 0
-    if len(raw) != 8:
-        raise CorruptStorageError(f"storage at {path}: malformed commit-log position record", path)
-    return int(_U64.unpack(raw)[0])
-
-def _canonical_log(raw: bytes) -> TransactionLog:
-    """An entry from its canonical bytes, which it must reproduce exactly."""
-    try:
-        log = decode_log(raw)
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"an entry does not decode: {exc}") from None
-    if encode_log(log) != raw:
-        raise ValueError("an entry is not in canonical form")
-    return log
 
 def _next16(key: bytes) -> bytes:
     """The smallest 16-byte key greater than ``key``."""

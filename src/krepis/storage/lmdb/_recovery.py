@@ -14,10 +14,10 @@ import lmdb
 
 from ..._errors import CorruptStorageError
 from ._apply import apply_records
-from ._catchup import catch_up, to_tail_record
+from ._catchup import to_tail_record
 from ._commitlog import BARRIER, LOG
 from ._layout import _wrap
-from ._state import LogPointer, Shared, read_log_pointer, read_seq
+from ._state import Shared, read_log_pointer, read_seq
 from ._tail import TailRecord
 
 __all__ = ["recover"]
@@ -70,12 +70,3 @@ def recover(shared: Shared) -> int:
     log.reset_state(shared.files.dir_fd, end)
     return len(records)
 
-
-def join(shared: Shared) -> None:
-    """Another process has the store open: its records since LMDB's pointer are in the log."""
-    with shared.mu:
-        catch_up(shared)
-
-
-def pointer_after_create(log_id: bytes) -> LogPointer:
-    return LogPointer.fresh(log_id)

@@ -5,13 +5,12 @@ LMDB to catch up.
 A read combines one LMDB snapshot (which has applied the log up to some position ``P``) with
 the tail's records from ``P`` on: counters, counts, entries, queries and the tree head are all
 exact. Records written by other processes are read from the log when the shared head says there
-are some (see :meth:`Tail.catch_up` in ``_env``).
+are some (see ``_catchup``).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
 
@@ -135,7 +134,3 @@ class Tail:
         start = bisect.bisect_left(self._positions, position)
         return sum(r.increments.count(name) for r in self.records[start:])
 
-
-def tail_logs(records: list[TailRecord]) -> Iterator[TransactionLog]:
-    for record in records:
-        yield from record.logs()
