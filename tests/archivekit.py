@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from krepis import SovereignJournal, TransactionLog
+from krepis.storage import open_storage
 from test_archive import fill_fast, realistic
 from test_archive_safety import seal
 
@@ -36,10 +37,16 @@ class Built:
     log1: list[TransactionLog]    # every entry of log 1
     dictionary: str               # its file name
 
-    def copy(self, to: Path) -> tuple[Path, Path]:
-        """A copy of the store and its archive under ``to``: (store, archive)."""
+    def copy(self, to: Path, *, record: bool = True) -> tuple[Path, Path]:
+        """A copy of the store and its archive under ``to``: (store, archive). The copy records
+        the copied archive as its own (``record=False``: no archive at all)."""
         shutil.copytree(self.root / "s", to / "s")
         shutil.copytree(self.root / "cold", to / "cold")
+        storage = open_storage(to / "s", create=False)
+        try:
+            storage.set_setting("archive", str(to / "cold") if record else None)
+        finally:
+            storage.close()
         return to / "s", to / "cold"
 
 
