@@ -23,6 +23,7 @@ from ._common import (
     cli,
     inert,
 )
+from ._find import _grep_options, compile_grep, resolve_requests
 from ._output import (
     _BATCH,
     _Columns,
@@ -91,13 +92,14 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one entry per line, in the stored form.")
 @click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
+@_grep_options
 @_history_options
 @_storage_option
 @click.pass_context
 def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...],
          status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
          reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool,
-         archive: str | None, live_only: bool) -> None:
+         grep: str | None, ignore_case: bool, archive: str | None, live_only: bool) -> None:
     """Show journal entries, newest first, streamed as they are read: the whole history,
     archived entries included (--live-only: the live store alone).
 
@@ -111,11 +113,22 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         limit = None
     if count_only and follow:
         raise click.UsageError("--count and --follow do not go together")
-    selection = _selection(op, status, request_id, since, until, archive, live_only)
+    pattern = compile_grep(grep, ignore_case)
+    selection = _selection(op, status, request_id, since, until, archive, live_only, pattern)
     tty = sys.stdout.isatty()
     columns = _Columns(_width(), _use_color()) if tty and not as_json else None
     render = _json_line if as_json else columns.line if columns is not None else _tsv_line
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+        found, misses = resolve_requests(journal, selection, keep_misses=follow)
+        for miss in misses:
+            click.echo(miss, err=True)
+        if found is None:  # no --request-id value names a request: nothing matches
+            if count_only:
+                click.echo(json.dumps({"count": 0}) if as_json else "0")
+            elif columns is not None:
+                click.echo("-- no entries --")
+            return
+        selection = found
         if count_only:
             if selection.everything:
                 if not live_only:
@@ -141,22 +154,29 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
 
 @cli.command()
 @_filter_options
+@_grep_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
               default="-", show_default=True, help="File to write (- for stdout).")
 @_history_options
 @_storage_option
 @click.pass_context
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
-           since: int | None, until: int | None, output: str, archive: str | None, live_only: bool) -> None:
+           since: int | None, until: int | None, grep: str | None, ignore_case: bool, output: str,
+           archive: str | None, live_only: bool) -> None:
     """Export the journal as JSON Lines, oldest first (one entry per line, stored form): the
     whole history, archived entries included (--live-only: the live store alone).
 
     -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
     if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
     """
-    selection = _selection(op, status, request_id, since, until, archive, live_only)
+    selection = _selection(op, status, request_id, since, until, archive, live_only,
+                           compile_grep(grep, ignore_case))
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        entries = select_entries(journal, selection, newest_first=False, limit=None)
+        found, misses = resolve_requests(journal, selection)
+        for miss in misses:
+            click.echo(miss, err=True)
+        entries: Iterator[TransactionLog] = iter(()) if found is None else \
+            select_entries(journal, found, newest_first=False, limit=None)
         if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes
             to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
             _to_stdout(to_text(entry) for entry in entries)
