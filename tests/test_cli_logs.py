@@ -146,9 +146,10 @@ def test_journal_text_is_printed_inert(store: Path, tmp_path: Path, command: lis
         status, shown = proc.returncode, proc.stdout
     assert status == 0, shown
     assert "MarkupError" not in shown and "Traceback" not in shown
-    if command == ["export"] and where == "pipe":  # the stored form, byte for byte: JSON escapes C0
+    if command == ["export"] and where == "pipe":  # seq, then the stored form byte for byte: JSON escapes C0
         with SovereignJournal(store) as journal:
-            assert shown == "".join(e.to_json() + "\n" for e in journal.iter_logs(newest_first=False))
+            assert shown == "".join(f'{{"seq":{e.seq},' + e.to_json()[1:] + "\n"
+                                    for e in journal.iter_logs(order="append", newest_first=False))
         assert re.search("[\x00-\x08\x0b-\x1f]", shown) is None
     else:
         assert RAW_CONTROL.search(visible(shown)) is None, repr(shown)

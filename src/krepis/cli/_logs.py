@@ -28,12 +28,13 @@ from ._output import (
     _BATCH,
     _Columns,
     _emit_lines,
-    _json_line,
+    _json_seq_line,
     _to_stdout,
     _tsv_line,
     _use_color,
     _width,
     _with_header,
+    _with_seq,
 )
 from ._select import (
     _filter_options,
@@ -90,7 +91,8 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
               help="Print the last entries oldest first, then each new one as it is written "
                    "(Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True,
-              help="JSON Lines: one entry per line, in the stored form.")
+              help="JSON Lines: one entry per line, its sequence number first ({\"seq\":41,…}), "
+                   "then the stored form's fields.")
 @click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
 @_grep_options
 @_history_options
@@ -117,7 +119,7 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
     selection = _selection(op, status, request_id, since, until, archive, live_only, pattern)
     tty = sys.stdout.isatty()
     columns = _Columns(_width(), _use_color()) if tty and not as_json else None
-    render = _json_line if as_json else columns.line if columns is not None else _tsv_line
+    render = _json_seq_line if as_json else columns.line if columns is not None else _tsv_line
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         found, misses = resolve_requests(journal, selection, keep_misses=follow)
         for miss in misses:
@@ -163,8 +165,12 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
            since: int | None, until: int | None, grep: str | None, ignore_case: bool, output: str,
            archive: str | None, live_only: bool) -> None:
-    """Export the journal as JSON Lines, oldest first (one entry per line, stored form): the
-    whole history, archived entries included (--live-only: the live store alone).
+    """Export the journal as JSON Lines, oldest first.
+
+    One entry per line: its sequence number, then the stored form's fields
+    ({"seq":41,"timestamp":…}); without its "seq":N, a line is the stored form byte for byte,
+    what the Merkle tree hashes. The whole history, archived entries included (--live-only:
+    the live store alone).
 
     -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
     if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
@@ -177,8 +183,8 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
             click.echo(miss, err=True)
         entries: Iterator[TransactionLog] = iter(()) if found is None else \
             select_entries(journal, found, newest_first=False, limit=None)
-        if output == "-":  # the stored form; on a terminal, with C1/bidi controls as \\u escapes
-            to_text = _json_line if sys.stdout.isatty() else TransactionLog.to_json
+        if output == "-":  # seq and the stored form; on a terminal, with C1/bidi controls as \\u escapes
+            to_text = _json_seq_line if sys.stdout.isatty() else _with_seq
             _to_stdout(to_text(entry) for entry in entries)
             return
         # A file is replaced whole (written beside it, flushed, renamed over it) or left as it
@@ -191,7 +197,7 @@ def _write_entries(out: IO[str], entries: Iterable[TransactionLog]) -> int:
     count = 0
     batch: list[str] = []
     for entry in entries:
-        batch.append(entry.to_json())
+        batch.append(_with_seq(entry))
         count += 1
         if len(batch) >= _BATCH:
             out.write("\n".join(batch) + "\n")

@@ -147,6 +147,16 @@ def _tsv_line(entry: TransactionLog) -> str:
 def _json_line(entry: TransactionLog) -> str:
     return _inert_json(entry.to_json())
 
+def _with_seq(entry: TransactionLog) -> str:
+    """The stored form with the entry's sequence number in front: ``{"seq":41,"timestamp":…}``.
+    Without its ``"seq":N,`` the line is the stored form byte for byte (what the tree hashes)."""
+    text = entry.to_json()
+    return text if entry.seq is None else f'{{"seq":{entry.seq},{text[1:]}'
+
+def _json_seq_line(entry: TransactionLog) -> str:
+    """:func:`_with_seq`, with what terminals act on written as ``\\uXXXX``."""
+    return _inert_json(_with_seq(entry))
+
 _BATCH = 512
 
 def _to_stdout(lines: Iterable[str]) -> None:
