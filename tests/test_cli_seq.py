@@ -97,3 +97,45 @@ def test_prove_request_id_errors(store: Path) -> None:
     assert proc.returncode == 2 and "'other-3' is ambiguous" in proc.stderr  # other-30, other-31, …
     proc = krepis("prove", "--storage", str(store), "3", "--request-id", RID, cwd=store.parent, ok=False)
     assert proc.returncode == 2 and "SEQ, --request-id ID or --consistency" in proc.stderr
+
+
+# -- output formats ---------------------------------------------------------------------------
+
+CSV_HEADER = ["seq", "time", "op_name", "request_id", "status", "duration_us", "error"]
+
+
+def test_logs_and_export_in_every_format(store: Path, tmp_path: Path) -> None:
+    import csv
+    import io
+
+    stored = _stored(store)
+    args = ("--storage", str(store), "--all", "--reverse")
+    rows = list(csv.reader(io.StringIO(krepis("logs", *args, "-o", "csv", cwd=tmp_path).stdout)))
+    assert rows[0] == CSV_HEADER and len(rows) == 41
+    assert rows[1] == ["0", "1970-01-01T00:00:01.000Z", "op0", "other-0", "Completed", "", ""]
+    assert rows[11][6] == "é\\n\\u202e"  # inert, as in the tab-separated lines
+    assert krepis("logs", *args, "--format", "jsonl", cwd=tmp_path).stdout == \
+        krepis("logs", *args, "--json", cwd=tmp_path).stdout == \
+        krepis("logs", *args, "-o", "json", cwd=tmp_path).stdout
+    tsv = krepis("logs", *args, "-o", "tsv", cwd=tmp_path).stdout
+    assert tsv == krepis("logs", *args, cwd=tmp_path).stdout
+    table = krepis("logs", *args, "-o", "table", cwd=tmp_path, env={"COLUMNS": "80", "TZ": "UTC"}).stdout
+    lines = table.splitlines()
+    assert lines[0].split() == ["TIME", "OP", "REQUEST", "STATUS", "TOOK", "ERROR"] and len(lines) == 41
+    assert all(len(line) <= 80 for line in lines) and "\x1b" not in table  # piped: no colour
+    assert lines[1].startswith("01-01 00:00:01.000 op0")
+    # export: --format, and -o stays the file
+    out = tmp_path / "trail.csv"
+    krepis("export", "--storage", str(store), "--format", "csv", "-o", str(out), cwd=tmp_path)
+    assert list(csv.reader(io.StringIO(out.read_text())))[1:] == rows[1:]
+    assert krepis("export", "--storage", str(store), "--format", "tsv", cwd=tmp_path).stdout == \
+        krepis("logs", *args, "-o", "tsv", cwd=tmp_path).stdout
+    jsonl = krepis("export", "--storage", str(store), "--format", "jsonl", cwd=tmp_path).stdout
+    assert [json.loads(line)["seq"] for line in jsonl.splitlines()] == [e.seq for e in stored]
+
+
+def test_format_errors(store: Path, tmp_path: Path) -> None:
+    proc = krepis("logs", "--storage", str(store), "-o", "xml", cwd=tmp_path, ok=False)
+    assert proc.returncode == 2 and "'xml' is not one of" in proc.stderr
+    proc = krepis("logs", "--storage", str(store), "--json", "-o", "csv", cwd=tmp_path, ok=False)
+    assert proc.returncode == 2 and "--json is --format jsonl" in proc.stderr

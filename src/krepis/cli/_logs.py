@@ -26,13 +26,13 @@ from ._common import (
 from ._find import _grep_options, compile_grep, resolve_requests
 from ._output import (
     _BATCH,
-    _Columns,
     _emit_lines,
+    _format_option,
+    _headed,
     _json_seq_line,
+    _renderer,
     _to_stdout,
-    _tsv_line,
     _use_color,
-    _width,
     _with_header,
     _with_seq,
 )
@@ -92,7 +92,10 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
                    "(Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one entry per line, its sequence number first ({\"seq\":41,…}), "
-                   "then the stored form's fields.")
+                   "then the stored form's fields (the same as --format jsonl).")
+@_format_option("-o", "--format",
+                help="table (the terminal's default: columns fitted to the width), tsv (piped "
+                     "default), jsonl (as --json) or csv (with a header line).")
 @click.option("--no-pager", is_flag=True, help="Never pipe the output through a pager.")
 @_grep_options
 @_history_options
@@ -100,7 +103,7 @@ def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
 @click.pass_context
 def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...],
          status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
-         reverse: bool, count_only: bool, follow: bool, as_json: bool, no_pager: bool,
+         reverse: bool, count_only: bool, follow: bool, as_json: bool, fmt: str | None, no_pager: bool,
          grep: str | None, ignore_case: bool, archive: str | None, live_only: bool) -> None:
     """Show journal entries, newest first, streamed as they are read: the whole history,
     archived entries included (--live-only: the live store alone).
@@ -108,8 +111,9 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
     On a terminal: one line per entry fitted to its width (local time), through
     a pager (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped:
     tab-separated lines (UTC time, op, request id, status, duration in µs,
-    error), or JSON Lines with --json. Text from the journal is printed inert:
-    control characters and escape sequences appear as visible escapes.
+    error). --format (-o) chooses: table, tsv, jsonl (--json) or csv. Text from
+    the journal is printed inert: control characters and escape sequences
+    appear as visible escapes.
     """
     if show_all:
         limit = None
@@ -117,9 +121,12 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         raise click.UsageError("--count and --follow do not go together")
     pattern = compile_grep(grep, ignore_case)
     selection = _selection(op, status, request_id, since, until, archive, live_only, pattern)
+    if as_json and fmt is not None and fmt.lower() not in ("jsonl", "json"):
+        raise click.UsageError(f"--json is --format jsonl: it does not go with --format {fmt}")
     tty = sys.stdout.isatty()
-    columns = _Columns(_width(), _use_color()) if tty and not as_json else None
-    render = _json_seq_line if as_json else columns.line if columns is not None else _tsv_line
+    fmt = "jsonl" if as_json else fmt.lower() if fmt is not None else "table" if tty else "tsv"
+    as_json = fmt in ("jsonl", "json")  # (--count --json prints {"count": N})
+    header, render = _renderer(fmt, color=_use_color())
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         found, misses = resolve_requests(journal, selection, keep_misses=follow)
         for miss in misses:
@@ -127,8 +134,10 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         if found is None:  # no --request-id value names a request: nothing matches
             if count_only:
                 click.echo(json.dumps({"count": 0}) if as_json else "0")
-            elif columns is not None:
+            elif fmt == "table":
                 click.echo("-- no entries --")
+            elif header is not None:
+                click.echo(header)
             return
         selection = found
         if count_only:
@@ -141,8 +150,8 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
             click.echo(json.dumps({"count": total}) if as_json else str(total))
             return
         if follow:
-            if columns is not None:
-                click.echo(columns.header())
+            if header is not None:
+                click.echo(header)
             _follow(journal, selection, limit, render)
             return
         if reverse:
@@ -150,8 +159,10 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         else:
             entries = select_entries(journal, selection, newest_first=True, limit=limit)
         lines: Iterator[str] = (render(entry) for entry in entries)
-        if columns is not None:
-            lines = _with_header(columns.header(), lines)
+        if fmt == "table":
+            lines = _with_header(header or "", lines)  # ("-- no entries --" when there is none)
+        else:
+            lines = _headed(header, lines)
         _emit_lines(lines, pager=tty and not no_pager)
 
 @cli.command()
@@ -159,18 +170,20 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
 @_grep_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
               default="-", show_default=True, help="File to write (- for stdout).")
+@_format_option("--format", help="jsonl (default), csv (with a header line), tsv or table (columns "
+                                 "fitted to the terminal's width, or COLUMNS).")
 @_history_options
 @_storage_option
 @click.pass_context
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
            since: int | None, until: int | None, grep: str | None, ignore_case: bool, output: str,
-           archive: str | None, live_only: bool) -> None:
-    """Export the journal as JSON Lines, oldest first.
+           fmt: str | None, archive: str | None, live_only: bool) -> None:
+    """Export the journal as JSON Lines (or CSV, TSV), oldest first.
 
     One entry per line: its sequence number, then the stored form's fields
     ({"seq":41,"timestamp":…}); without its "seq":N, a line is the stored form byte for byte,
-    what the Merkle tree hashes. The whole history, archived entries included (--live-only:
-    the live store alone).
+    what the Merkle tree hashes. --format csv, tsv or table prints the columns of krepis logs
+    instead. The whole history, archived entries included (--live-only: the live store alone).
 
     -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
     if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
@@ -183,21 +196,31 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
             click.echo(miss, err=True)
         entries: Iterator[TransactionLog] = iter(()) if found is None else \
             select_entries(journal, found, newest_first=False, limit=None)
-        if output == "-":  # seq and the stored form; on a terminal, with C1/bidi controls as \\u escapes
-            to_text = _json_seq_line if sys.stdout.isatty() else _with_seq
-            _to_stdout(to_text(entry) for entry in entries)
+        fmt = (fmt or "jsonl").lower()
+        header: str | None
+        render: Callable[[TransactionLog], str]
+        if fmt in ("jsonl", "json"):  # seq and the stored form (inert JSON escapes on a terminal)
+            to_stdout = _json_seq_line if sys.stdout.isatty() else _with_seq
+            header, render = None, (to_stdout if output == "-" else _with_seq)
+        else:
+            header, render = _renderer(fmt, color=output == "-" and _use_color())
+        if output == "-":
+            _to_stdout(_headed(header, (render(entry) for entry in entries)))
             return
         # A file is replaced whole (written beside it, flushed, renamed over it) or left as it
         # was; a FIFO or a terminal is written as the stream it is.
         with atomic_output(output) as out:
-            count = _write_entries(out, entries)
+            if header is not None:
+                out.write(header + "\n")
+            count = _write_entries(out, entries, render)
     click.echo(f"exported {count} entries to {inert(output)}", err=True)
 
-def _write_entries(out: IO[str], entries: Iterable[TransactionLog]) -> int:
+def _write_entries(out: IO[str], entries: Iterable[TransactionLog],
+                   render: Callable[[TransactionLog], str]) -> int:
     count = 0
     batch: list[str] = []
     for entry in entries:
-        batch.append(_with_seq(entry))
+        batch.append(render(entry))
         count += 1
         if len(batch) >= _BATCH:
             out.write("\n".join(batch) + "\n")

@@ -147,6 +147,50 @@ def _tsv_line(entry: TransactionLog) -> str:
 def _json_line(entry: TransactionLog) -> str:
     return _inert_json(entry.to_json())
 
+#: The header line of ``--format csv``.
+_CSV_HEADER = "seq,time,op_name,request_id,status,duration_us,error"
+
+def _csv_field(text: str) -> str:
+    text = _inert_tsv(text)  # (no newline, tab or control character is left to quote)
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if ("," in text or '"' in text) else text
+
+def _csv_line(entry: TransactionLog) -> str:
+    """RFC 4180: seq, UTC time, op, request id, status, duration in µs, error (escaped as in TSV)."""
+    return ",".join((
+        "" if entry.seq is None else str(entry.seq), _utc_iso(entry.timestamp), _csv_field(entry.op_name),
+        _csv_field(entry.request_id), entry.status.value,
+        "" if entry.duration_us is None else str(entry.duration_us),
+        "" if entry.error is None else _csv_field(entry.error),
+    ))
+
+#: What ``--format`` takes (``json`` is ``jsonl``'s other name).
+FORMATS = ("table", "tsv", "jsonl", "json", "csv")
+
+def _format_option(*flags: str, help: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    """``--format table|tsv|jsonl|csv`` under ``flags`` (``-o`` too for ``logs``)."""
+    return click.option(*flags, "fmt", type=click.Choice(FORMATS, case_sensitive=False), default=None,
+                        metavar="table|tsv|jsonl|csv", help=help)
+
+def _renderer(fmt: str, *, color: bool) -> tuple[str | None, Callable[[TransactionLog], str]]:
+    """The header line (or None) and the line of each entry, for ``fmt`` (a ``--format`` value).
+
+    ``table`` is fitted to the terminal (or ``COLUMNS``, or 80 columns when there is none).
+    """
+    fmt = fmt.lower()
+    if fmt == "table":
+        columns = _Columns(_width(), color)
+        return columns.header(), columns.line
+    if fmt == "csv":
+        return _CSV_HEADER, _csv_line
+    if fmt in ("jsonl", "json"):
+        return None, _json_seq_line
+    return None, _tsv_line
+
+def _headed(header: str | None, lines: Iterator[str]) -> Iterator[str]:
+    if header is not None:
+        yield header
+    yield from lines
+
 def _with_seq(entry: TransactionLog) -> str:
     """The stored form with the entry's sequence number in front: ``{"seq":41,"timestamp":…}``.
     Without its ``"seq":N,`` the line is the stored form byte for byte (what the tree hashes)."""
