@@ -1,7 +1,6 @@
 """Operating a store: ``bench``, ``metrics``, ``migrate``."""
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
@@ -18,6 +17,7 @@ from ._common import (
     cli,
     inert,
 )
+from ._progress import _quiet_option, progress_bar
 
 
 @cli.command()
@@ -145,6 +145,7 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def migrate(ctx: click.Context, as_json: bool) -> None:
@@ -160,15 +161,8 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
     from ..storage import migrate as run_migration
 
     location = _storage(ctx)
-    if as_json or not sys.stderr.isatty():
-        result = run_migration(location)
-    else:
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("migrating", total=None)
-            result = run_migration(location, progress=lambda done, total: bar.update(
-                task, completed=done, total=total))
+    with progress_bar(ctx, "migrating") as bar:
+        result = run_migration(location, progress=bar)
     if as_json:
         _emit_json({"storage": result.location, "from_format": result.from_format,
                     "to_format": result.to_format, "entries": result.entries,

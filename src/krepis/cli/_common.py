@@ -175,11 +175,15 @@ def _flush_policy(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--storage", envvar="KREPIS_STORAGE", default=DEFAULT_STORAGE, show_default=True,
               metavar="PATH", help="Storage directory or postgresql:// URL (env: KREPIS_STORAGE).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars (long commands show one on stderr when it is a terminal).")
 @click.version_option(__version__, prog_name="krepis")
 @click.pass_context
-def cli(ctx: click.Context, storage: str) -> None:
+def cli(ctx: click.Context, storage: str, quiet: bool) -> None:
     """krepis — the Sovereign Journal: a durable audit trail and crash-safe op counters."""
     ctx.ensure_object(dict)
+    if quiet:
+        ctx.obj["quiet"] = True
     source = ctx.get_parameter_source("storage")
     ctx.obj["storage"] = storage
     ctx.obj["storage_source"] = "KREPIS_STORAGE" if source is ParameterSource.ENVIRONMENT else None

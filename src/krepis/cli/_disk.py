@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from ._common import _console, _emit_json, _storage, _storage_option, cli, inert
+from ._progress import _quiet_option, progress_bar
 
 
 def _size(n: int) -> str:
@@ -60,6 +61,7 @@ def du(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def compact(ctx: click.Context, as_json: bool) -> None:
@@ -73,7 +75,8 @@ def compact(ctx: click.Context, as_json: bool) -> None:
 
     location = _storage(ctx)
     _lmdb_only(location, "compact")
-    result = run_compact(location)
+    with progress_bar(ctx, "copying") as bar:
+        result = run_compact(location, progress=bar.then("verifying the copy"))
     if as_json:
         _emit_json({"storage": result.path, "before": result.before, "after": result.after,
                     "entries": result.entries})

@@ -36,6 +36,7 @@ from ._output import (
     _with_header,
     _with_seq,
 )
+from ._progress import Bar, _quiet_option, progress_bar
 from ._select import (
     _filter_options,
     _history_options,
@@ -173,6 +174,7 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
 @_format_option("--format", help="jsonl (default), csv (with a header line), tsv or table (columns "
                                  "fitted to the terminal's width, or COLUMNS).")
 @_history_options
+@_quiet_option
 @_storage_option
 @click.pass_context
 def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
@@ -190,12 +192,15 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
     """
     selection = _selection(op, status, request_id, since, until, archive, live_only,
                            compile_grep(grep, ignore_case))
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+    to_terminal = output == "-" and sys.stdout.isatty()  # (no bar over the entries themselves)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal, \
+            progress_bar(ctx, "exporting", unless=to_terminal) as bar:
         found, misses = resolve_requests(journal, selection)
         for miss in misses:
             click.echo(miss, err=True)
-        entries: Iterator[TransactionLog] = iter(()) if found is None else \
-            select_entries(journal, found, newest_first=False, limit=None)
+        entries: Iterator[TransactionLog] = iter(()) if found is None else _counted(
+            select_entries(journal, found, newest_first=False, limit=None), bar,
+            journal.journal_count(live_only=live_only) if found.everything else None)
         fmt = (fmt or "jsonl").lower()
         header: str | None
         render: Callable[[TransactionLog], str]
@@ -214,6 +219,16 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
                 out.write(header + "\n")
             count = _write_entries(out, entries, render)
     click.echo(f"exported {count} entries to {inert(output)}", err=True)
+
+def _counted(entries: Iterator[TransactionLog], bar: Bar, total: int | None) -> Iterator[TransactionLog]:
+    """``entries``, reported to ``bar`` as they pass (``total``: how many will, when known)."""
+    done = 0
+    for entry in entries:
+        yield entry
+        done += 1
+        if done % 4096 == 0:
+            bar(done, total)
+    bar(done, done)
 
 def _write_entries(out: IO[str], entries: Iterable[TransactionLog],
                    render: Callable[[TransactionLog], str]) -> int:

@@ -101,13 +101,14 @@ def prove(ctx: click.Context, seq: int | None, request_id: str | None, tree_size
             _prove_request(journal, request_id, size, note, archive, live_only)
             return
         assert seq is not None
-        _emit_json(_inclusion(journal, journal.entry(seq, archive=archive, live_only=live_only), seq, size,
-                              note, archive, live_only))
+        _emit_json(_inclusion(journal, None, seq, size, note, archive, live_only))
 
 
-def _inclusion(journal: SovereignJournal, entry: TransactionLog, seq: int, size: int, note: str | None,
-               archive: str | None, live_only: bool) -> dict[str, Any]:
+def _inclusion(journal: SovereignJournal, entry: TransactionLog | None, seq: int, size: int,
+               note: str | None, archive: str | None, live_only: bool) -> dict[str, Any]:
     proof = journal.inclusion_proof(seq, tree_size=size, archive=archive, live_only=live_only)
+    if entry is None:  # (after the proof: a seq outside the tree is its error, not a KeyError)
+        entry = journal.entry(seq, archive=archive, live_only=live_only)
     return {"seq": seq, "index": proof.index, "tree_size": proof.tree_size,
             "leaf_hash": _b64(proof.leaf_hash), "entry": entry.to_json(),
             "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),

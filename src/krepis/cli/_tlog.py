@@ -24,6 +24,7 @@ from ..tlog._note import (
     parse_checkpoint,
 )
 from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
+from ._progress import _quiet_option, progress_bar
 from ._select import _check_history, _history_options
 
 
@@ -169,6 +170,7 @@ def _said(answer: WitnessAnswer) -> None:
               help="With --witness-vkey: cosignatures needed (default: every witness given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_history_options
+@_quiet_option
 @_storage_option
 @click.pass_context
 def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
@@ -202,7 +204,8 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
             "kept: krepis checkpoint prints one) or --trusted DIR (a krepis tlog export directory). "
             "The checkpoints kept in the store prove nothing by themselves: whoever can write the store "
             "can delete them")
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal, \
+            progress_bar(ctx, "verifying") as bar:
         if trusted_note is not None:
             try:
                 proved = journal.verify_extends(trusted_note, verifiers, archive=archive, live_only=live_only)
@@ -212,13 +215,15 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
                                                           proved.root)
             archived = None
             if not live_only and (archive is not None or archived_entries):
-                archived = journal.verify_archive(journal.check_archive(archive))
+                bar.phase("verifying the archive")
+                archived = journal.verify_archive(journal.check_archive(archive), progress=bar)
         else:
-            report = journal.verify(archive=archive, live_only=live_only)
+            report = journal.verify(archive=archive, live_only=live_only, progress=bar)
             entries, archived_entries, tree_size, root = (report.entries, report.archived, report.tree_size,
                                                           report.root)
             archived = report.archive
         head = journal.tree_head()
+        bar.phase("checking the checkpoints")
         checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive, live_only)
     out: dict[str, Any] = {"entries": entries, "tree_size": tree_size, "root": _b64(root),
                            "checkpoints": checked, "checkpoints_of_earlier_logs": earlier,
