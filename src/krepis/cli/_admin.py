@@ -43,7 +43,11 @@ from ._progress import _quiet_option, progress_bar
 @click.pass_context
 def bench(ctx: click.Context, quick: bool, seconds: float | None, rounds: int | None, large: int | None,
           directory: str | None, storage: str | None, as_json: bool) -> None:
-    """Measure krepis against the disk's one-writer ceiling and sqlite3, and against its targets.
+    """Measure krepis against the disk, sqlite3 and its targets.
+
+    Each row says how fast krepis wrote (or read) and how that compares with the disk's
+    one-writer ceiling (fsync per write: no journal can be faster with the same durability) and
+    with sqlite3 holding the same rows; the targets section says, per target, "met" or "missed".
 
     Runs in temporary stores (removed afterwards); KREPIS_STORAGE is ignored. The write rows run
     in interleaved rounds on the same disk (round 1 of every row, then round 2, ...) and report
@@ -109,10 +113,15 @@ def _check_postgres(url: str) -> None:
 @cli.command()
 @click.option("--serve", "serve", metavar="[HOST:]PORT", default=None,
               help="Serve /metrics over HTTP (default host 127.0.0.1) until interrupted.")
+@click.option("--live-only", "live_only", is_flag=True,
+              help="Never read the archive (it may be missing): per-op series of the live store's "
+                   "entries alone, no archive size.")
 @_storage_option
 @click.pass_context
-def metrics(ctx: click.Context, serve: str | None) -> None:
-    """Print the counters and journal size in Prometheus' text format, or serve them."""
+def metrics(ctx: click.Context, serve: str | None, live_only: bool) -> None:
+    """Print the journal's metrics for Prometheus, or serve them.
+
+    Counters, entry counts, sizes and per-op series, in Prometheus' text format."""
     from .._metrics import prometheus_text, serve_metrics
 
     host, port = "", 0
@@ -128,13 +137,13 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
                                      param_hint="--serve") from None
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if serve is None:
-            click.echo(prometheus_text(journal), nl=False)
+            click.echo(prometheus_text(journal, live_only=live_only), nl=False)
             return
 
         def ready(bound_host: str, bound_port: int) -> None:
             click.echo(f"serving http://{bound_host}:{bound_port}/metrics (Ctrl-C to stop)", err=True)
 
-        server = serve_metrics(journal, host, port, ready=ready)
+        server = serve_metrics(journal, host, port, ready=ready, live_only=live_only)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
@@ -149,7 +158,7 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
 @_storage_option
 @click.pass_context
 def migrate(ctx: click.Context, as_json: bool) -> None:
-    """Convert a store written by an older krepis to the current storage format.
+    """Convert a store of an older krepis to the current format.
 
     Entries (every field, in their append order) and counters are kept exactly. Every row is
     checked by the rules of a write first: a malformed one stops the migration, named by its

@@ -30,7 +30,9 @@ __all__: list[str] = []
 @click.pass_context
 def archive(ctx: click.Context, directory: str | None, before: int | None, keep_last: int | None,
             keep_days: float | None, set_dir: str | None, as_json: bool) -> None:
-    """Move the oldest entries, in whole bundles of 256 in append order, into the archive DIR
+    """Move the oldest entries into a compressed, verifiable archive.
+
+    The oldest entries go, in whole bundles of 256 in append order, into the archive DIR
     (zstd-compressed segments, a dictionary trained on this journal, a manifest with
     checksums) and remove them from the store.
 

@@ -47,7 +47,7 @@ def _proved(result: Any) -> str:
 @_storage_option
 @click.pass_context
 def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
-    """Copy the store into the new directory DEST while writers keep writing.
+    """Copy the store into DEST while writers keep writing.
 
     The copy is consistent (one read transaction), made durable, and verified
     (every entry, index and the Merkle tree) before this returns. PostgreSQL journals are

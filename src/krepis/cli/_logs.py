@@ -38,6 +38,7 @@ from ._output import (
 )
 from ._progress import Bar, _quiet_option, progress_bar
 from ._select import (
+    _check_range,
     _filter_options,
     _history_options,
     _newest_oldest_first,
@@ -106,8 +107,10 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
          status: tuple[str, ...], request_id: tuple[str, ...], since: int | None, until: int | None,
          reverse: bool, count_only: bool, follow: bool, as_json: bool, fmt: str | None, no_pager: bool,
          grep: str | None, ignore_case: bool, archive: str | None, live_only: bool) -> None:
-    """Show journal entries, newest first, streamed as they are read: the whole history,
-    archived entries included (--live-only: the live store alone).
+    """Show journal entries, newest first.
+
+    Streamed as they are read: the whole history, archived entries included (--live-only: the
+    live store alone).
 
     On a terminal: one line per entry fitted to its width (local time), through
     a pager (KREPIS_PAGER, PAGER or less) when longer than the screen. Piped:
@@ -120,6 +123,7 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
         limit = None
     if count_only and follow:
         raise click.UsageError("--count and --follow do not go together")
+    _check_range(since, until)
     pattern = compile_grep(grep, ignore_case)
     selection = _selection(op, status, request_id, since, until, archive, live_only, pattern)
     if as_json and fmt is not None and fmt.lower() not in ("jsonl", "json"):
@@ -190,6 +194,7 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
     -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
     if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
     """
+    _check_range(since, until)
     selection = _selection(op, status, request_id, since, until, archive, live_only,
                            compile_grep(grep, ignore_case))
     to_terminal = output == "-" and sys.stdout.isatty()  # (no bar over the entries themselves)
@@ -249,7 +254,10 @@ def _write_entries(out: IO[str], entries: Iterable[TransactionLog],
 @_storage_option
 @click.pass_context
 def clear(ctx: click.Context, yes: bool) -> None:
-    """Delete every journal entry and counter (durable; cannot be undone)."""
+    """Delete every entry and counter; cannot be undone.
+
+    Durable: the store keeps only the trace of the clear (the new log's first entry).
+    Checkpoints of the old log stay, valid for it only."""
     path = _storage(ctx)
     if not yes:
         if not sys.stdin.isatty():

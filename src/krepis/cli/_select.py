@@ -183,6 +183,15 @@ def _selection(op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[s
     return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until,
                       archive, live_only, grep=grep)
 
+def _check_range(since: int | None, until: int | None) -> None:
+    """``--since`` must be before ``--until`` (inclusive, exclusive): an empty range is a
+    mistake to say, not a silent "nothing"."""
+    if since is not None and until is not None and since >= until:
+        from ._output import _utc_iso
+
+        raise click.UsageError(f"--since {_utc_iso(since)} is not before --until {_utc_iso(until)}: "
+                               "no entry can match (--since is inclusive, --until exclusive)")
+
 def _check_history(archive: str | None, live_only: bool) -> None:
     if archive is not None and live_only:
         raise click.UsageError("--archive and --live-only do not go together")

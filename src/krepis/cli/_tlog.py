@@ -69,7 +69,9 @@ def _note_text(note: str) -> str:
               help="Make a witness's cosignature key (C2SP tlog-cosignature, type 0x04) named ORIGIN "
                    "instead of a log's key.")
 def keygen(origin: str, key_file: str, witness: bool) -> None:
-    """Make an Ed25519 signer key for checkpoints of ORIGIN (a name such as example.com/log).
+    """Make an Ed25519 key for signing checkpoints of ORIGIN.
+
+    ORIGIN is the log's name, such as example.com/log.
 
     Writes the signer key (signed-note format, PRIVATE+KEY+…) to FILE and prints the verifier
     key — <name>+<key ID>+<key> — which verifiers and witnesses need, on one line. With
@@ -107,7 +109,9 @@ def keygen(origin: str, key_file: str, witness: bool) -> None:
 @click.pass_context
 def checkpoint(ctx: click.Context, key_file: str, witness_specs: tuple[str, ...], quorum: int | None,
                timeout: float, archive: str | None) -> None:
-    """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it.
+    """Sign a checkpoint of the current tree, keep it, print it.
+
+    A C2SP checkpoint of the journal's current tree, kept in the store.
 
     With --witness, the checkpoint is sent to every witness (in parallel, with a consistency
     proof from the size each cosigned last) and kept — with their cosignatures, as the
@@ -176,8 +180,10 @@ def _said(answer: WitnessAnswer) -> None:
 def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
            witness_vkeys: tuple[str, ...], quorum: int | None, as_json: bool, archive: str | None,
            live_only: bool) -> None:
-    """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
-    was edited, deleted, reordered or inserted.
+    """Check the journal end to end; exit 1 naming what is wrong.
+
+    Exits non-zero, naming the first bad entry, if anything was edited, deleted, reordered or
+    inserted.
 
     Recomputes every leaf from the stored entries against the stored Merkle tree, checks every
     index row, and each kept checkpoint: its signature (with --vkey), its root against the
@@ -346,7 +352,7 @@ def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Ve
 
 @cli.group()
 def tlog() -> None:
-    """Publish the journal as a C2SP tlog-tiles tree (static files or HTTP)."""
+    """Publish the journal as C2SP tiles (files or HTTP)."""
 
 @tlog.command("export")
 @click.argument("directory", metavar="DIR")
@@ -357,7 +363,9 @@ def tlog() -> None:
 @click.pass_context
 def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archive: str | None,
                 live_only: bool) -> None:
-    """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
+    """Write the log as static tiles into DIR.
+
+    Writes DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
     DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export. Bundles of archived
     entries come from the archive the store records (or --archive)."""
     _check_history(archive, live_only)
@@ -378,7 +386,9 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
 @click.pass_context
 def tlog_serve(ctx: click.Context, listen: str, archive: str | None, live_only: bool, timeout: float,
                max_connections: int) -> None:
-    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops).
+    """Serve the log's tiles over HTTP (Ctrl-C stops).
+
+    /checkpoint and /tile/…, straight from the store.
 
     The tiles and bundles of archived entries come from the archive the store records (or
     --archive), checked before the server starts; --live-only answers them 404. A fixed pool
