@@ -109,7 +109,7 @@ def test_export_jsonl_oldest_first(tmp_path: Path) -> None:
     lines = krepis("export", cwd=tmp_path).stdout.splitlines()
     assert len(lines) == 13
     assert json.loads(lines[0])["op_name"] == "kernel_init"
-    assert lines[1].startswith('{"timestamp":') and '"op_name":"op_get_context"' in lines[1]
+    assert lines[1].startswith('{"seq":1,"timestamp":') and '"op_name":"op_get_context"' in lines[1]
     out = tmp_path / "trail.jsonl"
     proc = krepis("export", "-o", str(out), cwd=tmp_path)
     assert "exported 13 entries" in proc.stderr

@@ -91,11 +91,12 @@ def test_terminal_view_fits_the_width_one_line_per_entry(store: Path, tmp_path: 
         assert cell_len(OUR_SGR.sub("", line)) <= cols, line
     plain = [OUR_SGR.sub("", line) for line in lines]
     assert plain[0].split() == ["TIME", "OP", "REQUEST", "STATUS", "TOOK", "ERROR"]
-    assert "op_check_permission" in plain[4] and "Failed" in plain[4] and "1.2ms" in plain[4]
+    assert "op_check_perm" in plain[4] and "Failed" in plain[4] and "1.2ms" in plain[4]
     assert plain[5].split()[2] == "kernel_init"  # newest first
     if cols == 80:
         assert plain[5].startswith("01-31 12:00:00.000 kernel_init")  # compact local time
-        assert f" {UUID[:8]} " in plain[5] and UUID not in shown  # a UUID's first group
+        assert f" {UUID[:8]}… " in plain[5] and UUID not in shown  # a UUID's first group, marked as cut
+        assert " op_check_permis… " in plain[4]  # the op name gives way to the request id
     if cols >= 100:
         assert plain[5].startswith("2026-01-31 12:00:00.000 kernel_init")
     if cols == 160:
@@ -145,9 +146,10 @@ def test_journal_text_is_printed_inert(store: Path, tmp_path: Path, command: lis
         status, shown = proc.returncode, proc.stdout
     assert status == 0, shown
     assert "MarkupError" not in shown and "Traceback" not in shown
-    if command == ["export"] and where == "pipe":  # the stored form, byte for byte: JSON escapes C0
+    if command == ["export"] and where == "pipe":  # seq, then the stored form byte for byte: JSON escapes C0
         with SovereignJournal(store) as journal:
-            assert shown == "".join(e.to_json() + "\n" for e in journal.iter_logs(newest_first=False))
+            assert shown == "".join(f'{{"seq":{e.seq},' + e.to_json()[1:] + "\n"
+                                    for e in journal.iter_logs(order="append", newest_first=False))
         assert re.search("[\x00-\x08\x0b-\x1f]", shown) is None
     else:
         assert RAW_CONTROL.search(visible(shown)) is None, repr(shown)

@@ -212,7 +212,7 @@ def test_export_replaces_the_file_whole_or_not_at_all(tmp_path: Path) -> None:
     done = _krepis("--storage", str(good), "export", "-o", str(out))
     assert done.returncode == 0, done.stderr
     lines = out.read_text().splitlines()
-    assert len(lines) == 3 and lines[0].startswith('{"timestamp":0,')
+    assert len(lines) == 3 and lines[0].startswith('{"seq":0,"timestamp":0,')
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert sorted(os.listdir(tmp_path)) == ["good", "store", "trail.jsonl"]
 

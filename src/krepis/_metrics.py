@@ -57,9 +57,13 @@ class MetricsCollector:
     :meth:`update` reads the entries appended since the last call, in append order, and counts
     each exactly once: progress is kept entry by entry, so a read cut short (an error, a slow
     client gone) is continued by the next call. Not thread-safe: callers serialize (as
-    :func:`serve_metrics` does)."""
+    :func:`serve_metrics` does).
 
-    def __init__(self) -> None:
+    ``live_only=True``: the entries of the live store alone — the archive is never read; entries
+    archived before they were counted are left out."""
+
+    def __init__(self, *, live_only: bool = False) -> None:
+        self.live_only = live_only
         self._epoch: int | None = None
         self._next = 0  # the sequence number of the next entry to count
         self._ops: dict[str, _OpSeries] = {}
@@ -73,13 +77,18 @@ class MetricsCollector:
         if head.epoch != self._epoch:
             self._epoch, self._next, self._ops, self.last_timestamp = head.epoch, head.first_seq, {}, None
         end = head.first_seq + head.size
-        for live_only in (True, False):
+        if self.live_only:
+            self._next = max(self._next, journal.live_first_seq())
+        for live_only in (True,) if self.live_only else (True, False):
             if self._next >= end:
                 return
             # the live store alone when it holds everything still to count; archived meanwhile
             # (the first entry read is not the next one): again, with the archive
             if live_only and journal.live_first_seq() > self._next:
-                continue
+                if self.live_only:
+                    self._next = journal.live_first_seq()  # (archived meanwhile: left out)
+                else:
+                    continue
             logs = journal.iter_logs(order="append", newest_first=False, limit=end - self._next,
                                      after=self._next - 1 if self._next > 0 else None, live_only=live_only)
             ops, bounds = self._ops, BUCKETS_US
@@ -152,7 +161,8 @@ def _directory_bytes(path: str) -> int:
     return total
 
 
-def prometheus_text(journal: SovereignJournal, collector: MetricsCollector | None = None) -> str:
+def prometheus_text(journal: SovereignJournal, collector: MetricsCollector | None = None, *,
+                    live_only: bool = False) -> str:
     """The journal's metrics, read now:
 
     * every counter as ``krepis_op_count_total{op="…"}``;
@@ -168,9 +178,16 @@ def prometheus_text(journal: SovereignJournal, collector: MetricsCollector | Non
     Counters end in ``_total`` as the exposition conventions require; label values are escaped
     (backslash, double quote, newline) so any op name yields a valid exposition. An archive the
     history needs and cannot have is an error naming it, as for every read.
+
+    ``live_only=True`` never reads the archive (it may be missing): the per-op series count the
+    live store's entries alone (a collector given must be made with ``live_only=True``), there
+    is no ``krepis_archive_bytes``; the entry counts, from the store's records, stay.
     """
-    collector = MetricsCollector() if collector is None else collector
-    archive = journal.check_archive()
+    collector = MetricsCollector(live_only=live_only) if collector is None else collector
+    if collector.live_only != live_only:
+        raise ValueError(f"the collector is made with live_only={collector.live_only}, the text is asked "
+                         f"with live_only={live_only}")
+    archive = None if live_only else journal.check_archive()
     counts = journal.op_counts()
     where = journal.entry_counts()
     collector.update(journal)
@@ -212,6 +229,7 @@ def serve_metrics(
     port: int = 9464,
     *,
     ready: Callable[[str, int], None] | None = None,
+    live_only: bool = False,
 ) -> http.server.ThreadingHTTPServer:
     """Serve ``/metrics`` until the returned server is shut down; each scrape reads afresh.
 
@@ -219,10 +237,11 @@ def serve_metrics(
     bound address (useful with ``port=0``). ``GET`` and ``HEAD /metrics`` are answered; a port
     that cannot be bound raises ``OSError`` naming ``host:port``. The per-op series are kept
     between scrapes (a scrape reads only the entries appended since the last); reading the
-    history they start from begins at once, in the background.
+    history they start from begins at once, in the background. ``live_only``: as for
+    :func:`prometheus_text`.
     """
     lock = threading.Lock()
-    collector = MetricsCollector()
+    collector = MetricsCollector(live_only=live_only)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -237,7 +256,7 @@ def serve_metrics(
                 return
             try:
                 with lock:
-                    body = prometheus_text(journal, collector).encode("utf-8")
+                    body = prometheus_text(journal, collector, live_only=live_only).encode("utf-8")
                 status, ctype = 200, CONTENT_TYPE
             except Exception as exc:  # the reason in the body: it may hold any character
                 body = f"journal unavailable: {exc}\n".encode("utf-8", "replace")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from .._errors import CorruptStorageError, ValidationError
-from ..storage import Storage
+from ..storage import Progress, Storage
 from ..tlog._merkle import TILE_HEIGHT
 from ._files import ArchiveDir
 from ._format import WIDTH
@@ -27,12 +27,14 @@ def _check_file(adir: ArchiveDir, name: str, sha256: str, size: int | None, what
         raise CorruptStorageError(f"archive file {where} does not match its checksum{what}", where)
 
 
-def verify_archive(directory: str | os.PathLike[str], storage: Storage | None) -> ArchiveVerifyReport:
+def verify_archive(directory: str | os.PathLike[str], storage: Storage | None, *,
+                   progress: Progress | None = None) -> ArchiveVerifyReport:
     """Check every file the manifest names against its checksum, every bundle's entries against
     the hash recorded for it, and — for the store's current log — against the tree's stored
     height-8 node. Only the files the manifest names (by the names the format derives) are
     opened, inside the directory. Raises :class:`CorruptStorageError` naming the file (and
-    bundle) at fault."""
+    bundle) at fault. ``progress(entries, total)`` is called after each bundle checked (total:
+    the entries the manifest names)."""
     with ArchiveDir.open(directory, create=False) as adir:
         path = adir.path
         manifest = read_manifest(adir) or new_manifest("")
@@ -45,6 +47,7 @@ def verify_archive(directory: str | os.PathLike[str], storage: Storage | None) -
                 raise ValidationError(f"the store's entries before seq {live} are not in the archive at "
                                       f"{path} (it ends at seq {end}): is it the store's archive directory?")
         segments = bundles = entries = 0
+        total = sum(log["bundles"] for log in manifest["logs"]) * WIDTH
         for ident, meta in manifest["dictionaries"].items():
             _check_file(adir, meta["file"], meta["sha256"], meta["bytes"], f" (dictionary {ident})")
         for log in manifest["logs"]:
@@ -63,5 +66,7 @@ def verify_archive(directory: str | os.PathLike[str], storage: Storage | None) -
                 for k in range(seg["first_bundle"], seg["first_bundle"] + seg["bundles"]):
                     entries += len(reader.bundle_data(k))  # (checked against the tree / the index)
                     bundles += 1
+                    if progress is not None:
+                        progress(entries, total)
                 segments += 1
         return ArchiveVerifyReport(path, segments, bundles, entries)

@@ -33,7 +33,7 @@ from typing import Any
 
 from .._errors import CorruptStorageError, JournalError, ValidationError
 from .._model import LogStatus, TransactionLog, encode_log, make_log
-from ..storage import Query, Storage
+from ..storage import Progress, Query, Storage
 from ..storage._codec import rid_hash
 from ..tlog._merkle import TILE_HEIGHT
 from ._files import LOCK, TEMP_NAME, ArchiveDir
@@ -94,12 +94,15 @@ _COMPLETED = LogStatus.Completed
 
 def archive_store(storage: Storage, directory: str | os.PathLike[str], *, durable: bool,
                   before: int | None, keep_last: int | None, max_bundles: int | None = None,
-                  min_bundles: int = 1, on_step: Callable[[str], None] | None = None) -> ArchiveReport:
+                  min_bundles: int = 1, on_step: Callable[[str], None] | None = None,
+                  progress: Progress | None = None) -> ArchiveReport:
     """Move whole bundles of the current log, oldest first, into ``directory``: every bundle
     whose entries are all older than ``before`` (Unix ms), or all but the newest ``keep_last``
     entries — nothing when fewer than ``min_bundles`` are due. See the module's guarantees.
     ``durable=False`` (a store written under an interval policy): each removal is synced before
-    the next step. ``on_step(name)`` is called after each durable step (for crash tests).
+    the next step. ``on_step(name)`` is called after each durable step (for crash tests);
+    ``progress(entries, total)`` after each bundle read and compressed (total: the entries due
+    when the run began; the last call has done == total).
 
     Entries leave the store only once the archive on disk — its manifest and segment files,
     re-read just before — holds exactly them, each bundle's hash equal to the tree's stored
@@ -110,12 +113,13 @@ def archive_store(storage: Storage, directory: str | os.PathLike[str], *, durabl
     with ArchiveDir.open(directory, create=True) as adir:
         _refuse_foreign(adir, zstd, storage)  # before the lock file is made: nothing changes there
         with adir.lock():
-            return _archive(adir, zstd, storage, durable, before, keep_last, max_bundles, min_bundles, step)
+            return _archive(adir, zstd, storage, durable, before, keep_last, max_bundles, min_bundles, step,
+                            (lambda _done, _total: None) if progress is None else progress)
 
 
 def _archive(adir: ArchiveDir, zstd: Any, storage: Storage, durable: bool, before: int | None,
              keep_last: int | None, max_bundles: int | None, min_bundles: int,
-             step: Callable[[str], None]) -> ArchiveReport:
+             step: Callable[[str], None], progress: Progress) -> ArchiveReport:
     path = adir.path
     manifest = read_manifest(adir)
     if manifest is None:
@@ -171,6 +175,7 @@ def _archive(adir: ArchiveDir, zstd: Any, storage: Storage, durable: bool, befor
         target = log["bundles"]
     source = _Source(storage, live)
     bundle = log["bundles"]
+    due = max(0, target - bundle) * WIDTH
     written = entries = nbytes = segments = 0
     dictionary = _dictionary_for(zstd, adir, manifest, storage, live, target - bundle, step) \
         if bundle < target else None
@@ -201,6 +206,7 @@ def _archive(adir: ArchiveDir, zstd: Any, storage: Storage, durable: bool, befor
             rids = {rid_hash(x.request_id.encode("utf-8"))[:_KEY] for x in logs}
             batch.append((raw, hash_, min(stamps), max(stamps), sorted(rids)))
             bundle += 1
+            progress(entries + len(batch) * WIDTH, due)
         if not batch:
             break
         if manifest["version"] < 2:
@@ -237,6 +243,7 @@ def _archive(adir: ArchiveDir, zstd: Any, storage: Storage, durable: bool, befor
         entries += len(batch) * WIDTH
         nbytes += len(raw)
         segments += 1
+    progress(entries, entries)
     return ArchiveReport(path, epoch, entries, written, segments, nbytes, live,
                          log["bundles"] * WIDTH, completed)
 

@@ -70,4 +70,6 @@ def render(result: dict[str, Any], con: Console) -> None:
         targets.add_row(t["target"], t["figure"], "[green]met[/]" if t["met"] else "[yellow]missed[/]")
     con.print(targets)
     met = sum(t["met"] for t in result["targets"])
-    con.print(f"{met} of {len(result['targets'])} targets met.")
+    con.print(f"{met} of {len(result['targets'])} targets met. A target is the issue's goal for this "
+              "row; missed means this run measured less (or, for bytes and CPU, more) on this machine "
+              "— docs/performance.md has a reference run, and tiny --large sizes measure little.")

@@ -1,7 +1,6 @@
 """Operating a store: ``bench``, ``metrics``, ``migrate``."""
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
@@ -18,6 +17,7 @@ from ._common import (
     cli,
     inert,
 )
+from ._progress import _quiet_option, progress_bar
 
 
 @cli.command()
@@ -43,7 +43,11 @@ from ._common import (
 @click.pass_context
 def bench(ctx: click.Context, quick: bool, seconds: float | None, rounds: int | None, large: int | None,
           directory: str | None, storage: str | None, as_json: bool) -> None:
-    """Measure krepis against the disk's one-writer ceiling and sqlite3, and against its targets.
+    """Measure krepis against the disk, sqlite3 and its targets.
+
+    Each row says how fast krepis wrote (or read) and how that compares with the disk's
+    one-writer ceiling (fsync per write: no journal can be faster with the same durability) and
+    with sqlite3 holding the same rows; the targets section says, per target, "met" or "missed".
 
     Runs in temporary stores (removed afterwards); KREPIS_STORAGE is ignored. The write rows run
     in interleaved rounds on the same disk (round 1 of every row, then round 2, ...) and report
@@ -109,10 +113,15 @@ def _check_postgres(url: str) -> None:
 @cli.command()
 @click.option("--serve", "serve", metavar="[HOST:]PORT", default=None,
               help="Serve /metrics over HTTP (default host 127.0.0.1) until interrupted.")
+@click.option("--live-only", "live_only", is_flag=True,
+              help="Never read the archive (it may be missing): per-op series of the live store's "
+                   "entries alone, no archive size.")
 @_storage_option
 @click.pass_context
-def metrics(ctx: click.Context, serve: str | None) -> None:
-    """Print the counters and journal size in Prometheus' text format, or serve them."""
+def metrics(ctx: click.Context, serve: str | None, live_only: bool) -> None:
+    """Print the journal's metrics for Prometheus, or serve them.
+
+    Counters, entry counts, sizes and per-op series, in Prometheus' text format."""
     from .._metrics import prometheus_text, serve_metrics
 
     host, port = "", 0
@@ -128,13 +137,13 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
                                      param_hint="--serve") from None
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         if serve is None:
-            click.echo(prometheus_text(journal), nl=False)
+            click.echo(prometheus_text(journal, live_only=live_only), nl=False)
             return
 
         def ready(bound_host: str, bound_port: int) -> None:
             click.echo(f"serving http://{bound_host}:{bound_port}/metrics (Ctrl-C to stop)", err=True)
 
-        server = serve_metrics(journal, host, port, ready=ready)
+        server = serve_metrics(journal, host, port, ready=ready, live_only=live_only)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
@@ -145,10 +154,11 @@ def metrics(ctx: click.Context, serve: str | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def migrate(ctx: click.Context, as_json: bool) -> None:
-    """Convert a store written by an older krepis to the current storage format.
+    """Convert a store of an older krepis to the current format.
 
     Entries (every field, in their append order) and counters are kept exactly. Every row is
     checked by the rules of a write first: a malformed one stops the migration, named by its
@@ -160,15 +170,8 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
     from ..storage import migrate as run_migration
 
     location = _storage(ctx)
-    if as_json or not sys.stderr.isatty():
-        result = run_migration(location)
-    else:
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("migrating", total=None)
-            result = run_migration(location, progress=lambda done, total: bar.update(
-                task, completed=done, total=total))
+    with progress_bar(ctx, "migrating") as bar:
+        result = run_migration(location, progress=bar)
     if as_json:
         _emit_json({"storage": result.location, "from_format": result.from_format,
                     "to_format": result.to_format, "entries": result.entries,

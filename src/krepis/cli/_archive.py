@@ -7,6 +7,7 @@ import click
 
 from ..journal import SovereignJournal
 from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, _TimeType, cli, inert
+from ._progress import _quiet_option, progress_bar
 
 __all__: list[str] = []
 
@@ -24,11 +25,14 @@ __all__: list[str] = []
               help="Archive nothing: record DIR as the store's archive (after moving it there), once "
                    "checked to hold every archived entry.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def archive(ctx: click.Context, directory: str | None, before: int | None, keep_last: int | None,
             keep_days: float | None, set_dir: str | None, as_json: bool) -> None:
-    """Move the oldest entries, in whole bundles of 256 in append order, into the archive DIR
+    """Move the oldest entries into a compressed, verifiable archive.
+
+    The oldest entries go, in whole bundles of 256 in append order, into the archive DIR
     (zstd-compressed segments, a dictionary trained on this journal, a manifest with
     checksums) and remove them from the store.
 
@@ -62,8 +66,10 @@ def archive(ctx: click.Context, directory: str | None, before: int | None, keep_
         raise click.UsageError("give exactly one of --before, --keep-last and --keep-days"
                                + (f" (got {' and '.join(given)})" if given else "")
                                + ", or --set-dir DIR")
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        report = journal.archive(directory, before=before, keep_last=keep_last, keep_days=keep_days)
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal, \
+            progress_bar(ctx, "archiving") as bar:
+        report = journal.archive(directory, before=before, keep_last=keep_last, keep_days=keep_days,
+                                 progress=bar)
     if as_json:
         _emit_json(report.to_dict())
         return

@@ -6,6 +6,7 @@ from typing import Any
 import click
 
 from ._common import _emit_json, _storage, _storage_option, cli, inert
+from ._progress import _quiet_option, progress_bar
 from ._tlog import _b64, _verifiers
 
 
@@ -42,10 +43,11 @@ def _proved(result: Any) -> str:
 @cli.command()
 @click.argument("destination", metavar="DEST")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
-    """Copy the store into the new directory DEST while writers keep writing.
+    """Copy the store into DEST while writers keep writing.
 
     The copy is consistent (one read transaction), made durable, and verified
     (every entry, index and the Merkle tree) before this returns. PostgreSQL journals are
@@ -53,7 +55,9 @@ def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
     """
     from ..storage import backup as run_backup
 
-    _summary("backed up to", run_backup(_storage(ctx), destination), as_json, signatures=False)
+    with progress_bar(ctx, "copying") as bar:
+        result = run_backup(_storage(ctx), destination, progress=bar.then("verifying the copy"))
+    _summary("backed up to", result, as_json, signatures=False)
 
 @cli.command()
 @click.argument("source", metavar="SRC")
@@ -61,6 +65,7 @@ def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
 @click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
               help="Check the backup's newest checkpoint with this verifier key first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def restore(ctx: click.Context, source: str, force: bool, vkeys: tuple[str, ...], as_json: bool) -> None:
@@ -74,5 +79,7 @@ def restore(ctx: click.Context, source: str, force: bool, vkeys: tuple[str, ...]
     """
     from ..storage import restore as run_restore
 
-    result = run_restore(source, _storage(ctx), force=force, verifiers=list(_verifiers(vkeys)))
+    keys = list(_verifiers(vkeys))
+    with progress_bar(ctx, "verifying and restoring"):
+        result = run_restore(source, _storage(ctx), force=force, verifiers=keys)
     _summary("restored into", result, as_json, signatures=True)

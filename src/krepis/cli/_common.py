@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, TextIO, cast
+from typing import IO, Any, TextIO, cast
 
 import click
 from click.core import ParameterSource
@@ -104,18 +104,68 @@ def _guard_stdout() -> None:
 def _reader_gone() -> bool:
     return isinstance(sys.stdout, _PipeGuard) and sys.stdout.gone
 
+class _UsageError(click.UsageError):
+    """A usage error in one line: ``Error: <what is wrong> (see krepis CMD --help)``."""
+
+    def __init__(self, message: str, ctx: click.Context | None, command_path: str | None) -> None:
+        super().__init__(message, ctx)
+        self.command_path = command_path
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        hint = "" if self.command_path is None else f" (see {self.command_path} --help)"
+        out = sys.stderr if file is None else file
+        text = f"Error: {self.format_message()}{hint}"
+        click.echo(text, file=out, color=None if self.ctx is None else self.ctx.color)
+
+
+def _one_line(exc: click.UsageError, ctx: click.Context | None) -> _UsageError:
+    """``exc`` as a :class:`_UsageError`; ``ctx`` (the group's) names the command when the
+    error does not (an option's missing argument)."""
+    path = None
+    if exc.ctx is not None:
+        path = exc.ctx.command_path
+    elif ctx is not None:
+        path = ctx.command_path + (f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "")
+    return _UsageError(inert(exc.format_message()), exc.ctx, path)  # (the text may quote journal data)
+
+
+def _about_the_store(exc: StorageError, location: str | None) -> bool:
+    """Whether ``exc`` is about the storage location (not, say, a backup's destination)."""
+    if exc.path is None or location is None:
+        return True
+    try:
+        store, path = os.path.abspath(location), os.path.abspath(exc.path)
+    except (TypeError, ValueError):
+        return True
+    return path == store or path.startswith(store.rstrip(os.sep) + os.sep)
+
+
 class _Group(click.Group):
     """Turns expected errors into one line on stderr and a non-zero exit, without a traceback."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, _UsageError):
+                raise
+            raise _one_line(exc, parent) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except JournalError as exc:
             message = str(exc)
-            source = (ctx.obj or {}).get("storage_source")
-            if isinstance(exc, StorageError) and source:
+            obj = ctx.obj or {}
+            source = obj.get("storage_source")
+            if isinstance(exc, StorageError) and source and _about_the_store(exc, obj.get("storage")):
                 message += f" (the storage location comes from {source})"
             raise click.ClickException(inert(message)) from exc
+        except click.UsageError as exc:
+            if isinstance(exc, _UsageError):
+                raise
+            raise _one_line(exc, ctx) from None
         except click.ClickException as exc:
             exc.message = inert(exc.message)  # type: ignore[misc]  # the text may quote journal data
             raise
@@ -175,11 +225,15 @@ def _flush_policy(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--storage", envvar="KREPIS_STORAGE", default=DEFAULT_STORAGE, show_default=True,
               metavar="PATH", help="Storage directory or postgresql:// URL (env: KREPIS_STORAGE).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars (long commands show one on stderr when it is a terminal).")
 @click.version_option(__version__, prog_name="krepis")
 @click.pass_context
-def cli(ctx: click.Context, storage: str) -> None:
+def cli(ctx: click.Context, storage: str, quiet: bool) -> None:
     """krepis — the Sovereign Journal: a durable audit trail and crash-safe op counters."""
     ctx.ensure_object(dict)
+    if quiet:
+        ctx.obj["quiet"] = True
     source = ctx.get_parameter_source("storage")
     ctx.obj["storage"] = storage
     ctx.obj["storage_source"] = "KREPIS_STORAGE" if source is ParameterSource.ENVIRONMENT else None

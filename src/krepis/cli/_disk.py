@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import click
 from rich.table import Table
 
-from ._common import _console, _emit_json, _storage, _storage_option, cli, inert
+from ._common import _READ_POLICY, _console, _emit_json, _storage, _storage_option, cli, inert
+from ._progress import _quiet_option, progress_bar
 
 
 def _size(n: int) -> str:
@@ -24,12 +28,34 @@ def _lmdb_only(location: str, command: str) -> None:
                                "PostgreSQL's (VACUUM, pg_total_relation_size)")
 
 
+def _archive_use(location: str) -> dict[str, Any] | None:
+    """The archive the store records: its directory, the bytes its files take on disk (None when
+    it is missing) and the current log's entries in it; None when the store records none."""
+    from ..journal import SovereignJournal
+
+    with SovereignJournal(location, create=False, flush=_READ_POLICY, retention="off") as journal:
+        counts = journal.entry_counts()
+    if counts.archive is None:
+        return None
+    try:
+        with os.scandir(counts.archive) as found:
+            size = sum(entry.stat(follow_symlinks=False).st_blocks * 512 for entry in found
+                       if entry.is_file(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        size = None
+    return {"directory": counts.archive, "bytes": size, "entries": counts.archived}
+
+
 @cli.command("du")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object (bytes).")
 @_storage_option
 @click.pass_context
 def du(ctx: click.Context, as_json: bool) -> None:
-    """Show what the store takes on disk: data.mdb and its free pages, the commit log.
+    """Show what the store and its archive take on disk.
+
+    data.mdb and its free pages, the commit log and its state, the lock table; and the archive
+    directory the store records, with how many entries it holds (a missing archive is shown as
+    such, not an error: du reads no entry).
 
     Free pages are space LMDB reuses but never returns to the file system (after an archive
     or a clear, most of data.mdb may be free): krepis compact gives it back. Sizes are bytes
@@ -39,10 +65,11 @@ def du(ctx: click.Context, as_json: bool) -> None:
     location = _storage(ctx)
     _lmdb_only(location, "du")
     use = disk_use(location)
+    archive = _archive_use(location)
     if as_json:
         _emit_json({"storage": use.path, "data": use.data, "data_apparent": use.data_apparent,
                     "free": use.free, "log": use.log, "state": use.state, "lock": use.lock,
-                    "total": use.total, "entries": use.entries})
+                    "total": use.total, "entries": use.entries, "archive": archive})
         return
     table = Table(title=inert(use.path), show_header=True, title_justify="left")
     table.add_column("file")
@@ -52,7 +79,15 @@ def du(ctx: click.Context, as_json: bool) -> None:
     table.add_row("commit.log", _size(use.log), "writes LMDB has not applied yet, in a ring")
     table.add_row("commit.state", _size(use.state), "the log's head and durability marker")
     table.add_row("lock.mdb", _size(use.lock), "LMDB's lock table (no data)")
-    table.add_row("total", _size(use.total), "")
+    table.add_row("total", _size(use.total), "the store")
+    if archive is not None:
+        where = inert(archive["directory"])
+        if archive["bytes"] is None:
+            table.add_row("archive", "missing",
+                          f"{archive['entries']:,} archived entries should be in {where}")
+        else:
+            table.add_row("archive", _size(archive["bytes"]),
+                          f"{archive['entries']:,} archived entries in {where}")
     _console().print(table)
     if use.data and use.free * 4 > use.data:
         click.echo(f"{_size(use.free)} of data.mdb is free: krepis compact returns it to the file system")
@@ -60,10 +95,13 @@ def du(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_quiet_option
 @_storage_option
 @click.pass_context
 def compact(ctx: click.Context, as_json: bool) -> None:
-    """Rewrite data.mdb without its free pages, returning the space to the file system.
+    """Give data.mdb's free pages back to the file system.
+
+    Rewrites data.mdb without its free pages.
 
     Every entry, index row, tree node, counter and checkpoint is kept byte for byte; the copy
     is built beside the store, verified, and swapped in with one rename, so a crash at any point
@@ -73,7 +111,8 @@ def compact(ctx: click.Context, as_json: bool) -> None:
 
     location = _storage(ctx)
     _lmdb_only(location, "compact")
-    result = run_compact(location)
+    with progress_bar(ctx, "copying") as bar:
+        result = run_compact(location, progress=bar.then("verifying the copy"))
     if as_json:
         _emit_json({"storage": result.path, "before": result.before, "after": result.after,
                     "entries": result.entries})

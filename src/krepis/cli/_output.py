@@ -96,18 +96,22 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 class _Columns:
     """Entries as one terminal line each, fitted to ``width`` columns: never wraps.
 
-    80 columns: local time without the year, op names up to 19 cells, request ids shortened to
-    8 (a UUID's first group), status, duration and as much of the error as fits. Wider
-    terminals get the year, longer op names and whole request ids.
+    No value is ever cut silently: what does not fit its column ends in ``…``. The request id
+    keeps priority over the op name: it is shown whole (36 cells, a UUID) as soon as the line
+    leaves op names 16 cells and errors 12; narrower, a UUID shows its first group and ``…``
+    (``ab64ab48…``) and another id its first 11 characters and ``…`` — either is a prefix
+    ``--request-id`` finds the request by. 80 columns: local time without the year, op names
+    up to 16 cells; wider terminals get the year, longer op names (up to 40) and longer errors.
     """
 
     def __init__(self, width: int, color: bool) -> None:
         self.with_year = width >= 100
         time_w = 23 if self.with_year else 18
-        self.rid_w = 36 if width >= 130 else 8
-        self.op_w = max(8, min(40, 19 + max(0, width - 80) // 4))
-        fixed = time_w + 1 + self.op_w + 1 + self.rid_w + 1 + 9 + 1 + 7 + 1
-        self.error_w = max(0, width - fixed)
+        rest = width - (time_w + 9 + 7 + 6)  # for the op, the request id and the error
+        self.rid_w = 36 if rest >= 36 + 16 + 12 else 12
+        left = rest - self.rid_w
+        self.op_w = max(8, min(40, left - max(12, left // 3)))
+        self.error_w = max(0, left - self.op_w)
         self.time_w = time_w
         self.color = color
         self._time = _SecondCache(lambda second: _local_second(second, self.with_year))
@@ -120,8 +124,8 @@ class _Columns:
 
     def line(self, entry: TransactionLog) -> str:
         rid = entry.request_id
-        if self.rid_w == 8 and _UUID.match(rid):
-            rid = rid[:8]
+        if self.rid_w < 36 and _UUID.match(rid):
+            rid = rid[:8] + "…"  # (a UUID's first group: unique enough to search by)
         status = entry.status.value.ljust(9)
         if self.color:
             status = click.style(status, fg=_STATUS_COLOR[entry.status.value])
@@ -142,6 +146,60 @@ def _tsv_line(entry: TransactionLog) -> str:
 
 def _json_line(entry: TransactionLog) -> str:
     return _inert_json(entry.to_json())
+
+#: The header line of ``--format csv``.
+_CSV_HEADER = "seq,time,op_name,request_id,status,duration_us,error"
+
+def _csv_field(text: str) -> str:
+    text = _inert_tsv(text)  # (no newline, tab or control character is left to quote)
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if ("," in text or '"' in text) else text
+
+def _csv_line(entry: TransactionLog) -> str:
+    """RFC 4180: seq, UTC time, op, request id, status, duration in µs, error (escaped as in TSV)."""
+    return ",".join((
+        "" if entry.seq is None else str(entry.seq), _utc_iso(entry.timestamp), _csv_field(entry.op_name),
+        _csv_field(entry.request_id), entry.status.value,
+        "" if entry.duration_us is None else str(entry.duration_us),
+        "" if entry.error is None else _csv_field(entry.error),
+    ))
+
+#: What ``--format`` takes (``json`` is ``jsonl``'s other name).
+FORMATS = ("table", "tsv", "jsonl", "json", "csv")
+
+def _format_option(*flags: str, help: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    """``--format table|tsv|jsonl|csv`` under ``flags`` (``-o`` too for ``logs``)."""
+    return click.option(*flags, "fmt", type=click.Choice(FORMATS, case_sensitive=False), default=None,
+                        metavar="table|tsv|jsonl|csv", help=help)
+
+def _renderer(fmt: str, *, color: bool) -> tuple[str | None, Callable[[TransactionLog], str]]:
+    """The header line (or None) and the line of each entry, for ``fmt`` (a ``--format`` value).
+
+    ``table`` is fitted to the terminal (or ``COLUMNS``, or 80 columns when there is none).
+    """
+    fmt = fmt.lower()
+    if fmt == "table":
+        columns = _Columns(_width(), color)
+        return columns.header(), columns.line
+    if fmt == "csv":
+        return _CSV_HEADER, _csv_line
+    if fmt in ("jsonl", "json"):
+        return None, _json_seq_line
+    return None, _tsv_line
+
+def _headed(header: str | None, lines: Iterator[str]) -> Iterator[str]:
+    if header is not None:
+        yield header
+    yield from lines
+
+def _with_seq(entry: TransactionLog) -> str:
+    """The stored form with the entry's sequence number in front: ``{"seq":41,"timestamp":…}``.
+    Without its ``"seq":N,`` the line is the stored form byte for byte (what the tree hashes)."""
+    text = entry.to_json()
+    return text if entry.seq is None else f'{{"seq":{entry.seq},{text[1:]}'
+
+def _json_seq_line(entry: TransactionLog) -> str:
+    """:func:`_with_seq`, with what terminals act on written as ``\\uXXXX``."""
+    return _inert_json(_with_seq(entry))
 
 _BATCH = 512
 

@@ -79,8 +79,32 @@ class _JsLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.out.echo(f"js {record.levelname.lower()}: {inert(record.getMessage())}")
 
+#: The longest script ``krepis run -`` reads from stdin.
+MAX_STDIN_SCRIPT = 64 << 20
+
+
+def _inline_source(script: str | None, code: str | None) -> str | None:
+    """The source of ``run -`` (stdin) or ``--eval CODE``, as the kernel takes source text
+    (never a path: it holds a newline); None for a script file or the bootstrap."""
+    if code is not None and script is not None:
+        raise click.UsageError("give SCRIPT or --eval CODE, not both")
+    if script == "-":
+        raw = sys.stdin.buffer.read(MAX_STDIN_SCRIPT + 1)
+        if len(raw) > MAX_STDIN_SCRIPT:
+            raise click.BadParameter(f"the script on stdin is longer than {MAX_STDIN_SCRIPT >> 20} MiB",
+                                     param_hint="SCRIPT")
+        code = raw.decode("utf-8", "replace").removeprefix("\ufeff")
+    if code is None:
+        return None
+    if not code.strip():
+        raise click.BadParameter("the script is empty", param_hint="--eval" if script is None else "SCRIPT")
+    return code if "\n" in code else code + "\n"
+
+
 @cli.command()
-@click.argument("script", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.argument("script", required=False, type=click.Path(dir_okay=False, exists=True, allow_dash=True))
+@click.option("--eval", "code", metavar="CODE", default=None,
+              help="Run CODE (JavaScript/TypeScript source) instead of a script file.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="S",
               help="End the script after S seconds (default 300; 0: no limit). Journaled as "
                    "kernel_error Timeout.")
@@ -104,12 +128,16 @@ class _JsLogHandler(logging.Handler):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @_storage_option
 @click.pass_context
-def run(ctx: click.Context, script: str | None, timeout: float | None, memory_limit: int | None,
+def run(ctx: click.Context, script: str | None, code: str | None, timeout: float | None,
+        memory_limit: int | None,
         max_ops: int | None, allow_read: tuple[str, ...], allow_write: tuple[str, ...],
         allow_net: tuple[str, ...], flush: str, as_json: bool) -> None:
-    """Boot the kernel and run SCRIPT (JavaScript/TypeScript) in a sandboxed Deno.
+    """Run a script in the sandbox (or the built-in bootstrap).
 
-    SCRIPT must have a script suffix (.js, .ts, .mjs, …). It runs with no permissions but the
+    Boots the kernel and runs SCRIPT (JavaScript/TypeScript) in a sandboxed Deno: a file, - for
+    the source on stdin, or the source given with --eval CODE.
+
+    A SCRIPT file must have a script suffix (.js, .ts, .mjs, …). It runs with no permissions but the
     --allow-* ones, may import nothing but itself (no other file, not even next to it), and
     is ended at its limits (--timeout, --memory-limit, --max-ops). SIGTERM, SIGHUP or Ctrl-C
     kill it and are journaled. See docs/execution-plane.md.
@@ -140,8 +168,11 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
     js_log.setLevel(logging.DEBUG)
     failure: ScriptError | None = None
     interrupted: BaseException | None = None
-    target = Path(script) if script else resources.files("krepis.kernel").joinpath("bootstrap.js")
-    resolve_script(str(target))  # a bad SCRIPT is an error before the kernel boots
+    source = _inline_source(script, code)
+    shown = "--eval" if code is not None else script
+    target: str = source if source is not None else str(
+        Path(script) if script else resources.files("krepis.kernel").joinpath("bootstrap.js"))
+    resolve_script(target)  # a bad SCRIPT is an error before the kernel boots
     try:
         with SovereignJournal(_storage(ctx), flush=flush) as journal:
             kernel = Kernel(journal, permissions=policy)
@@ -155,9 +186,10 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
                         con.print(f"  request_id        {request_id}")
                         con.print(f"  recovered         js_ops_called={recovered} "
                                   f"contexts_created={kernel.recovered.contexts_created}")
-                        con.print(f"  running           {script or 'built-in bootstrap'}")
+                        running = "stdin" if shown == "-" else shown or "built-in bootstrap"
+                        con.print(f"  running           {inert(running)}", markup=False)
                     ops_called = kernel.run_script(
-                        str(target), timeout=timeout, memory_limit_mb=memory_limit,
+                        target, timeout=timeout, memory_limit_mb=memory_limit,
                         max_ops=max_ops, request_id=request_id,
                         stderr=err).ops_called
             except ScriptError as exc:
@@ -180,7 +212,7 @@ def run(ctx: click.Context, script: str | None, timeout: float | None, memory_li
         "journal_entries": entries,
         "request_id": request_id,
         "storage": journal.path,
-        "script": script,
+        "script": shown,
         "ops_called": ops_called,
         "error": None if failure is None else str(failure),
         "error_name": None if failure is None else failure.name,

@@ -3,6 +3,7 @@ request id, time range, which history: the archive or the live store alone) and 
 they build."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import re
@@ -25,7 +26,9 @@ class _Selection:
     """Which entries: every repeated filter means either-of; different filters must all hold.
 
     ``ops`` are exact names or shell-style globs (``op_*``, ``kernel_[is]*``), matched
-    case-sensitively; ``since`` inclusive and ``until`` exclusive, in Unix ms.
+    case-sensitively; ``since`` inclusive and ``until`` exclusive, in Unix ms. ``request_ids``
+    are exact ids, ``request_globs`` shell-style globs over the request id (either-of with
+    ``request_ids``); ``grep`` must find a match in the op name, the request id or the error.
     """
 
     ops: tuple[str, ...] = ()
@@ -35,11 +38,13 @@ class _Selection:
     until: int | None = None
     archive: str | None = None  # the archive directory to read (None: the store's own)
     live_only: bool = False  # the live store alone
+    request_globs: tuple[str, ...] = ()
+    grep: re.Pattern[str] | None = None
 
     @property
     def everything(self) -> bool:
         """No filter, and the journal's own history (a count needs no scan)."""
-        filtered = self.ops or self.statuses or self.request_ids
+        filtered = self.ops or self.statuses or self.request_ids or self.request_globs or self.grep
         return not filtered and self.since is None and self.until is None and self.archive is None
 
     def split(
@@ -48,7 +53,8 @@ class _Selection:
         """The query the journal answers from its indexes, and the check left to do here (or None).
 
         Globs are resolved against the op names the journal holds; either-of ops and statuses go
-        to the journal as lists; only several request ids are checked here, entry by entry.
+        to the journal as lists; only several request ids (or request-id globs) and ``grep`` are
+        checked here, entry by entry.
         """
         args: dict[str, Any] = {"since": self.since, "until": self.until}
         if self.archive is not None:
@@ -65,11 +71,26 @@ class _Selection:
         if self.statuses and len(set(self.statuses)) < len(LogStatus):
             args["status"] = list(dict.fromkeys(self.statuses))
         request_ids = frozenset(self.request_ids)
-        if len(request_ids) == 1:
+        checks: list[Callable[[TransactionLog], bool]] = []
+        if len(request_ids) == 1 and not self.request_globs:
             args["request_id"] = self.request_ids[0]
-        elif request_ids:
-            return args, lambda entry: entry.request_id in request_ids
-        return args, None
+        elif request_ids or self.request_globs:
+            checks.append(self._request_check)
+        if self.grep is not None:
+            checks.append(_grep_check(self.grep))
+        if not checks:
+            return args, None
+        if len(checks) == 1:
+            return args, checks[0]
+        return args, lambda entry: all(check(entry) for check in checks)
+
+    @functools.cached_property
+    def _request_check(self) -> Callable[[TransactionLog], bool]:
+        request_ids = frozenset(self.request_ids)
+        if not self.request_globs:
+            return lambda entry: entry.request_id in request_ids
+        glob = re.compile("|".join(fnmatch.translate(g) for g in self.request_globs)).match
+        return lambda entry: entry.request_id in request_ids or glob(entry.request_id) is not None
 
     @functools.cached_property
     def _predicate(self) -> Callable[[TransactionLog], bool]:
@@ -77,21 +98,32 @@ class _Selection:
         globs = [op for op in self.ops if _GLOB.search(op)]
         pattern = re.compile("|".join(fnmatch.translate(g) for g in globs)).match if globs else None
         statuses = frozenset(self.statuses)
-        request_ids = frozenset(self.request_ids)
+        requested = self.request_ids or self.request_globs
+        request_check = self._request_check
+        grep = None if self.grep is None else _grep_check(self.grep)
         since, until = self.since, self.until
 
         def check(entry: TransactionLog) -> bool:
             return ((not self.ops or entry.op_name in exact
                      or (pattern is not None and pattern(entry.op_name) is not None))
                     and (not statuses or entry.status in statuses)
-                    and (not request_ids or entry.request_id in request_ids)
+                    and (not requested or request_check(entry))
                     and (since is None or entry.timestamp >= since)
-                    and (until is None or entry.timestamp < until))
+                    and (until is None or entry.timestamp < until)
+                    and (grep is None or grep(entry)))
         return check
 
     def matches(self, entry: TransactionLog) -> bool:
         """Every filter, checked on one entry (for entries read without the query)."""
         return self._predicate(entry)
+
+def _grep_check(pattern: re.Pattern[str]) -> Callable[[TransactionLog], bool]:
+    search = pattern.search
+
+    def check(entry: TransactionLog) -> bool:
+        return (search(entry.op_name) is not None or search(entry.request_id) is not None
+                or (entry.error is not None and search(entry.error) is not None))
+    return check
 
 def select_entries(journal: SovereignJournal, selection: _Selection, *, newest_first: bool,
                    limit: int | None) -> Iterator[TransactionLog]:
@@ -133,8 +165,7 @@ def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
     if taken < limit:
         yield from select_entries(journal, selection, newest_first=False, limit=limit)
         return
-    later = _Selection(selection.ops, selection.statuses, selection.request_ids, boundary, selection.until,
-                       selection.archive, selection.live_only)
+    later = dataclasses.replace(selection, since=boundary)
     shown = 0
     for entry in select_entries(journal, later, newest_first=False, limit=None):
         if skip and entry.timestamp == boundary:
@@ -147,10 +178,19 @@ def _newest_oldest_first(journal: SovereignJournal, selection: _Selection,
 
 def _selection(op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
                since: int | None, until: int | None, archive: str | None = None,
-               live_only: bool = False) -> _Selection:
+               live_only: bool = False, grep: re.Pattern[str] | None = None) -> _Selection:
     _check_history(archive, live_only)
     return _Selection(tuple(op), tuple(LogStatus(s) for s in status), tuple(request_id), since, until,
-                      archive, live_only)
+                      archive, live_only, grep=grep)
+
+def _check_range(since: int | None, until: int | None) -> None:
+    """``--since`` must be before ``--until`` (inclusive, exclusive): an empty range is a
+    mistake to say, not a silent "nothing"."""
+    if since is not None and until is not None and since >= until:
+        from ._output import _utc_iso
+
+        raise click.UsageError(f"--since {_utc_iso(since)} is not before --until {_utc_iso(until)}: "
+                               "no entry can match (--since is inclusive, --until exclusive)")
 
 def _check_history(archive: str | None, live_only: bool) -> None:
     if archive is not None and live_only:
@@ -174,7 +214,9 @@ def _filter_options(fn: Any) -> Any:
                      type=click.Choice([s.value for s in LogStatus], case_sensitive=False),
                      help="Only entries with this status (any case). Repeat for either-of."),
         click.option("--request-id", metavar="ID", multiple=True,
-                     help="Only entries of this request. Repeat for either-of."),
+                     help="Only entries of this request: its id, a prefix of it that no other request "
+                          "id has (what a narrow terminal shows), or a glob (req-*). Repeat for "
+                          "either-of."),
         click.option("--since", metavar="TIME", type=_TimeType(),
                      help="From this time on, inclusive: ISO-8601 (no zone = local time), 1h, 30m, "
                           "2d, '2 hours ago', today, yesterday, now, Unix ms or @SECONDS."),

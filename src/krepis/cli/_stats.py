@@ -23,7 +23,7 @@ from ._common import (
     inert,
 )
 from ._output import _duration, _fit, _to_stdout, _use_color, _utc_iso, _width
-from ._select import _check_history, _history_options
+from ._select import _check_history, _check_range, _history_options
 
 __all__: list[str] = []
 
@@ -80,8 +80,10 @@ class _ByType(click.ParamType):  # type: ignore[type-arg]
 def stats(ctx: click.Context, by: tuple[str, ...] | None, since: int | None, until: int | None,
           op: tuple[str, ...], status: tuple[str, ...], sort: str, limit: int | None, as_json: bool,
           as_csv: bool, archive: str | None, live_only: bool) -> None:
-    """Show every op counter and how many journal entries there are: live in the store,
-    archived, and in all (the archive directory the store records is checked).
+    """Show the counters and entry counts, or a summary per op.
+
+    Every op counter and how many journal entries there are: live in the store, archived, and
+    in all (the archive directory the store records is checked).
 
     With --by op (or op,status, status), summarize the whole history instead — or the entries
     between --since and --until: per group, how many entries, how many failed, the failure rate
@@ -90,6 +92,7 @@ def stats(ctx: click.Context, by: tuple[str, ...] | None, since: int | None, unt
     tab-separated lines with a header; --csv, --json for programs.
     """
     _check_history(archive, live_only)
+    _check_range(since, until)
     if as_json and as_csv:
         raise click.UsageError("--json and --csv do not go together")
     if by is None and (since is not None or until is not None or op or status):

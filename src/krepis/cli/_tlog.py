@@ -24,6 +24,7 @@ from ..tlog._note import (
     parse_checkpoint,
 )
 from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
+from ._progress import _quiet_option, progress_bar
 from ._select import _check_history, _history_options
 
 
@@ -68,7 +69,9 @@ def _note_text(note: str) -> str:
               help="Make a witness's cosignature key (C2SP tlog-cosignature, type 0x04) named ORIGIN "
                    "instead of a log's key.")
 def keygen(origin: str, key_file: str, witness: bool) -> None:
-    """Make an Ed25519 signer key for checkpoints of ORIGIN (a name such as example.com/log).
+    """Make an Ed25519 key for signing checkpoints of ORIGIN.
+
+    ORIGIN is the log's name, such as example.com/log.
 
     Writes the signer key (signed-note format, PRIVATE+KEY+…) to FILE and prints the verifier
     key — <name>+<key ID>+<key> — which verifiers and witnesses need, on one line. With
@@ -106,7 +109,9 @@ def keygen(origin: str, key_file: str, witness: bool) -> None:
 @click.pass_context
 def checkpoint(ctx: click.Context, key_file: str, witness_specs: tuple[str, ...], quorum: int | None,
                timeout: float, archive: str | None) -> None:
-    """Sign a C2SP checkpoint of the journal's current tree, keep it in the store, print it.
+    """Sign a checkpoint of the current tree, keep it, print it.
+
+    A C2SP checkpoint of the journal's current tree, kept in the store.
 
     With --witness, the checkpoint is sent to every witness (in parallel, with a consistency
     proof from the size each cosigned last) and kept — with their cosignatures, as the
@@ -152,82 +157,6 @@ def _said(answer: WitnessAnswer) -> None:
         click.echo(f"krepis: witness {answer.witness.label}: {answer.error}", err=True)
 
 @cli.command()
-@click.argument("seq", type=int, required=False)
-@click.option("--tree-size", type=int, default=None, metavar="N",
-              help="Prove against the tree of N leaves (default: the latest checkpoint's).")
-@click.option("--consistency", "old_file", metavar="OLD_CHECKPOINT_FILE", default=None,
-              help="Instead: prove that this older checkpoint's tree is a prefix of today's.")
-@click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
-              help="A verifier key (file or the key itself): the old checkpoint's signature, by the key "
-                   "named as its origin, and the latest checkpoint's must verify.")
-@_history_options
-@_storage_option
-@click.pass_context
-def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: str | None,
-          vkeys: tuple[str, ...], archive: str | None, live_only: bool) -> None:
-    """Print an inclusion proof for entry SEQ, or a consistency proof (JSON, hashes base64).
-
-    Against the latest checkpoint kept for the current log (it is part of the output), or the
-    current tree when there is none or --tree-size is given. With --consistency, the old
-    checkpoint's signature and origin are checked first with --vkey; without it no signature is
-    checked, and the output says so ("signature_checked": false, and a line on stderr). An
-    archived entry (or leaf) is read from the archive the store records.
-    """
-    _check_history(archive, live_only)
-    if (seq is None) == (old_file is None):
-        raise click.UsageError("give SEQ, or --consistency OLD_CHECKPOINT_FILE")
-    verifiers = _verifiers(vkeys)
-    old = None
-    if old_file is not None:  # checked before the store is even opened
-        old_note = _read_text(old_file, "the old checkpoint")
-        try:
-            old = open_checkpoint(old_note, verifiers) if verifiers else \
-                parse_checkpoint(_note_text(old_note))
-        except ValidationError as exc:
-            raise click.ClickException(f"{old_file}: {exc}") from None
-        if not verifiers:
-            click.echo(f"krepis: the signature of {old_file} was not checked (no --vkey): the proof shows "
-                       "only that its tree is a prefix of today's", err=True)
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
-        note = journal.latest_checkpoint()
-        head = journal.tree_head()
-        if note is not None and verifiers:
-            try:
-                open_checkpoint(note, verifiers)
-            except NoteError as exc:
-                raise click.ClickException(f"the journal's latest checkpoint: {exc}") from None
-        size = head.size
-        if old is not None:  # to the current tree
-            if note is not None and parse_checkpoint(_note_text(note)).size != size:
-                note = None
-        elif tree_size is not None:
-            size, note = tree_size, None
-        elif note is not None:
-            size = parse_checkpoint(_note_text(note)).size
-        if old is not None:
-            if old.size > size:
-                raise click.ClickException(
-                    f"{old_file}: its tree of {old.size} leaves is bigger than the journal's ({size}): "
-                    "entries were removed, or it is a checkpoint of another log")
-            cproof = journal.consistency_proof(old.size, size, archive=archive, live_only=live_only)
-            if cproof.old_root != old.root or not verify_consistency(
-                    old.size, size, old.root, cproof.new_root, cproof.path):
-                raise click.ClickException(
-                    f"{old_file}: its root for tree size {old.size} is not this journal's; the log it "
-                    "signed is not a prefix of this one")
-            _emit_json({"old_size": old.size, "new_size": size, "old_root": _b64(cproof.old_root),
-                        "new_root": _b64(cproof.new_root), "proof": [_b64(p) for p in cproof.path],
-                        "checkpoint": note, "signature_checked": bool(verifiers)})
-            return
-        assert seq is not None
-        proof = journal.inclusion_proof(seq, tree_size=size, archive=archive, live_only=live_only)
-        entry = journal.entry(seq, archive=archive, live_only=live_only)
-        _emit_json({"seq": seq, "index": proof.index, "tree_size": proof.tree_size,
-                    "leaf_hash": _b64(proof.leaf_hash), "entry": entry.to_json(),
-                    "proof": [_b64(p) for p in proof.path], "root": _b64(proof.root),
-                    "checkpoint": note})
-
-@cli.command()
 @click.option("--vkey", "vkeys", multiple=True, metavar="FILE",
               help="A verifier key (file or the key itself): checkpoint signatures must verify. With "
                    "--vkey, verify needs --trusted.")
@@ -245,13 +174,16 @@ def prove(ctx: click.Context, seq: int | None, tree_size: int | None, old_file: 
               help="With --witness-vkey: cosignatures needed (default: every witness given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_history_options
+@_quiet_option
 @_storage_option
 @click.pass_context
 def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog_dir: str | None,
            witness_vkeys: tuple[str, ...], quorum: int | None, as_json: bool, archive: str | None,
            live_only: bool) -> None:
-    """Check the journal end to end and exit non-zero, naming the first bad entry, if anything
-    was edited, deleted, reordered or inserted.
+    """Check the journal end to end; exit 1 naming what is wrong.
+
+    Exits non-zero, naming the first bad entry, if anything was edited, deleted, reordered or
+    inserted.
 
     Recomputes every leaf from the stored entries against the stored Merkle tree, checks every
     index row, and each kept checkpoint: its signature (with --vkey), its root against the
@@ -278,7 +210,8 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
             "kept: krepis checkpoint prints one) or --trusted DIR (a krepis tlog export directory). "
             "The checkpoints kept in the store prove nothing by themselves: whoever can write the store "
             "can delete them")
-    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+    with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal, \
+            progress_bar(ctx, "verifying") as bar:
         if trusted_note is not None:
             try:
                 proved = journal.verify_extends(trusted_note, verifiers, archive=archive, live_only=live_only)
@@ -288,13 +221,15 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
                                                           proved.root)
             archived = None
             if not live_only and (archive is not None or archived_entries):
-                archived = journal.verify_archive(journal.check_archive(archive))
+                bar.phase("verifying the archive")
+                archived = journal.verify_archive(journal.check_archive(archive), progress=bar)
         else:
-            report = journal.verify(archive=archive, live_only=live_only)
+            report = journal.verify(archive=archive, live_only=live_only, progress=bar)
             entries, archived_entries, tree_size, root = (report.entries, report.archived, report.tree_size,
                                                           report.root)
             archived = report.archive
         head = journal.tree_head()
+        bar.phase("checking the checkpoints")
         checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive, live_only)
     out: dict[str, Any] = {"entries": entries, "tree_size": tree_size, "root": _b64(root),
                            "checkpoints": checked, "checkpoints_of_earlier_logs": earlier,
@@ -417,7 +352,7 @@ def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Ve
 
 @cli.group()
 def tlog() -> None:
-    """Publish the journal as a C2SP tlog-tiles tree (static files or HTTP)."""
+    """Publish the journal as C2SP tiles (files or HTTP)."""
 
 @tlog.command("export")
 @click.argument("directory", metavar="DIR")
@@ -428,7 +363,9 @@ def tlog() -> None:
 @click.pass_context
 def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archive: str | None,
                 live_only: bool) -> None:
-    """Write DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
+    """Write the log as static tiles into DIR.
+
+    Writes DIR/checkpoint, hash tiles DIR/tile/<L>/<N>[.p/<W>] and entry bundles
     DIR/tile/entries/<N>[.p/<W>]; only what changed since the last export. Bundles of archived
     entries come from the archive the store records (or --archive)."""
     _check_history(archive, live_only)
@@ -449,7 +386,9 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
 @click.pass_context
 def tlog_serve(ctx: click.Context, listen: str, archive: str | None, live_only: bool, timeout: float,
                max_connections: int) -> None:
-    """Serve /checkpoint and /tile/… over HTTP straight from the store (Ctrl-C stops).
+    """Serve the log's tiles over HTTP (Ctrl-C stops).
+
+    /checkpoint and /tile/…, straight from the store.
 
     The tiles and bundles of archived entries come from the archive the store records (or
     --archive), checked before the server starts; --live-only answers them 404. A fixed pool

@@ -91,7 +91,10 @@ def witness_handlers(witness: Witness, log: Callable[[str], None]) -> tuple[
 
 @cli.group()
 def witness() -> None:
-    """A C2SP tlog witness: cosign logs' checkpoints, each only when consistent with the last."""
+    """Run a witness: cosign logs' consistent checkpoints.
+
+    A C2SP tlog witness: it cosigns each log's checkpoint only when it is consistent with the
+    last one it cosigned."""
 
 
 @witness.command("serve")
@@ -111,7 +114,9 @@ def witness() -> None:
               metavar="N", help="Open connections at most; at the cap a new one closes the oldest.")
 def witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: str, timeout: float,
                   max_connections: int) -> None:
-    """Answer POST /add-checkpoint (C2SP tlog-witness) with cosignature/v1 cosignatures (Ctrl-C stops).
+    """Serve the witness over HTTP (Ctrl-C stops).
+
+    Answers POST /add-checkpoint (C2SP tlog-witness) with cosignature/v1 cosignatures.
 
     A checkpoint is cosigned only when signed by a log's key and consistent with the latest one
     this witness cosigned for its origin (the request's old size and consistency proof). Each
@@ -158,7 +163,9 @@ def witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: 
               help="The witness's directory (as given to witness serve).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per log.")
 def witness_status(state: str, as_json: bool) -> None:
-    """The latest checkpoint the witness cosigned for each log: origin, tree size, time."""
+    """Show the latest checkpoint cosigned for each log.
+
+    Per log: its origin, the tree size and when it was cosigned."""
     store = os.path.join(state, "journal")
     seen: set[str] = set()
     with SovereignJournal(store, create=False, flush="sync", retention="off") as journal:
@@ -231,7 +238,9 @@ def _alarm(alarm: Alarm) -> None:
               help="Time each fetch has.")
 def tlog_watch(url: str, vkeys: tuple[str, ...], witness_vkeys: tuple[str, ...], quorum: int | None,
                state_file: str | None, interval: float, once: bool, timeout: float) -> None:
-    """Follow the tiles log at URL (krepis tlog serve, or any C2SP tiles log): verify every new
+    """Follow a tiles log: check and print every new entry.
+
+    Follows the tiles log at URL (krepis tlog serve, or any C2SP tiles log): verifies every new
     checkpoint and every new entry against the tree, and print each new entry as a JSON line.
 
     Each new checkpoint must carry the log's signature (and a quorum of witness cosignatures

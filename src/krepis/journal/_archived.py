@@ -28,7 +28,7 @@ from .._model import (
 from .._policy import FlushPolicy
 from .._time import TimeLike
 from ..archive import ArchiveReader, ArchiveReport, ArchiveVerifyReport, RetentionPolicy
-from ..storage import Query, Storage, TreeHead
+from ..storage import Progress, Query, Storage, TreeHead
 
 #: entries read from the engine per scan
 _SCAN_CHUNK = 512
@@ -377,6 +377,7 @@ class _ArchiveMethods:
         before: TimeLike | None = None,
         keep_last: int | None = None,
         keep_days: float | None = None,
+        progress: Progress | None = None,
     ) -> ArchiveReport:
         """Move the oldest entries of the current log, in whole bundles of 256 in append order,
         into ``directory`` (default: the journal's archive — the one it was opened with, else
@@ -392,12 +393,15 @@ class _ArchiveMethods:
         twice in reads; a rerun completes an interrupted one. Counters and the Merkle tree's
         stored hashes do not change: checkpoints and proofs keep working. Bad input raises
         ``ValueError``/``TypeError`` and changes nothing; so does an archive directory of another
-        store. See ``docs/archive.md``."""
-        return self._archive_step(directory, before=before, keep_last=keep_last, keep_days=keep_days)
+        store. ``progress(entries, total)`` is called as bundles are read and compressed (the
+        last call has ``entries == total``). See ``docs/archive.md``."""
+        return self._archive_step(directory, before=before, keep_last=keep_last, keep_days=keep_days,
+                                  progress=progress)
 
     def _archive_step(
         self, directory: str | os.PathLike[str] | None, *, before: TimeLike | None = None,
         keep_last: int | None = None, keep_days: float | None = None, min_bundles: int = 1,
+        progress: Progress | None = None,
     ) -> ArchiveReport:
         from ..archive import archive_store, parse_before
 
@@ -412,7 +416,7 @@ class _ArchiveMethods:
                 recorded[0] = True
 
         report = archive_store(storage, target, durable=self._policy.durable, before=cutoff, keep_last=keep,
-                               min_bundles=min_bundles, on_step=record)
+                               min_bundles=min_bundles, on_step=record, progress=progress)
         record()
         return report
 
@@ -442,11 +446,13 @@ class _ArchiveMethods:
                 "first: krepis archive --set-dir DIR (journal.set_archive_dir(DIR))")
         return path
 
-    def verify_archive(self, directory: str | os.PathLike[str] | None = None) -> ArchiveVerifyReport:
+    def verify_archive(self, directory: str | os.PathLike[str] | None = None, *,
+                       progress: Progress | None = None) -> ArchiveVerifyReport:
         """Check an archive (default: the journal's): every file against the manifest's checksum,
         every bundle's entries against its recorded hash and, for the current log, the tree's
         stored hash (so a bundle decompresses to exactly the entries the tree commits to). Raises
-        :class:`CorruptStorageError` naming the file (and bundle) at fault."""
+        :class:`CorruptStorageError` naming the file (and bundle) at fault. ``progress(entries,
+        total)`` is called after each bundle checked."""
         from ..archive import verify_archive
 
         storage = self._live()
@@ -454,7 +460,7 @@ class _ArchiveMethods:
             directory = self._archive_dir or storage.get_setting(_SETTING)
             if directory is None:
                 raise ValidationError(f"the journal at {self.path} records no archive directory: pass one")
-        return verify_archive(directory, storage)
+        return verify_archive(directory, storage, progress=progress)
 
     @property
     def retention(self) -> RetentionPolicy | None:

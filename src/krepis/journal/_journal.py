@@ -27,7 +27,7 @@ from .._model import (
 from .._policy import FlushPolicy
 from .._time import TimeLike, parse_time
 from ..archive import ArchiveReader, ArchiveVerifyReport, RetentionPolicy
-from ..storage import Query, Storage, VerifyReport, WriteRequest, open_storage
+from ..storage import Progress, Query, Storage, VerifyReport, WriteRequest, open_storage
 from . import _fork
 from ._archived import _SCAN_CHUNK, EntryCounts, _ArchiveMethods, check_history
 from ._args import _sequence, _statuses
@@ -308,7 +308,7 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods, _SummaryMethods):
         return self._live().next_seq()
 
     def verify(self, *, archive: str | os.PathLike[str] | None = None,
-               live_only: bool = False) -> JournalVerifyReport:
+               live_only: bool = False, progress: Progress | None = None) -> JournalVerifyReport:
         """Check the whole history: the store — every entry decodes, sequence numbers have no
         gap, the Merkle tree recomputed from the entries matches the stored one, every index
         holds exactly one row per entry — and, when entries of the current log are archived,
@@ -316,18 +316,31 @@ class SovereignJournal(_TreeMethods, _ArchiveMethods, _SummaryMethods):
         against the tree's stored hash). Raises :class:`CorruptStorageError` naming the first
         entry (or file) found wrong; returns what was checked (``entries`` in the store,
         ``archived`` in the archive). ``live_only=True`` checks the store alone. Reads
-        everything once: O(n)."""
+        everything once: O(n).
+
+        ``progress(entries, total)`` is called as the check goes: with 0 before the store is
+        checked (the storage port reports nothing while it checks), with the store's entries once
+        it is, then after each archived bundle; ``total`` counts the live and archived entries
+        (those of earlier logs in the archive too, once its check begins)."""
         check_history(archive, live_only)
         storage = self._live()
+        report_progress = (lambda _done, _total: None) if progress is None else progress
+        if progress is not None:
+            due = 0 if live_only else max(0, storage.live_first_seq() - storage.tree_head().first_seq)
+            progress(0, storage.entry_count() + due)
         report = storage.verify()
         checked = None
         archived = 0
-        if not live_only:
-            reader = self._history_reader(storage, archive, False)
-            if reader is not None:
-                head = storage.tree_head()
-                archived = max(0, storage.live_first_seq() - head.first_seq)
-                checked = self.verify_archive(reader.directory)
+        reader = None if live_only else self._history_reader(storage, archive, False)
+        if reader is not None:
+            head = storage.tree_head()
+            archived = max(0, storage.live_first_seq() - head.first_seq)
+        total = report.entries + archived
+        report_progress(report.entries, total)
+        if reader is not None:
+            checked = self.verify_archive(
+                reader.directory,
+                progress=lambda done, due: report_progress(report.entries + done, report.entries + due))
         return JournalVerifyReport(report.entries, report.tree_size, report.root, report.tree_nodes,
                                    archived, checked)
 

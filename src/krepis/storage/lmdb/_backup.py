@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..._errors import InvalidTypeError, JournalError, StorageError, ValidationError
+from .._migration import Progress
 from .._outfiles import fsync_dir, fsync_fd, fsync_file_at, make_private_dir, remove_at
 from ..postgres._url import is_postgres_url
 from ._commitlog import STATE
@@ -134,13 +135,13 @@ def _check(path: str, keys: list[Verifier]) -> BackupResult:
         storage.close()
 
 
-def _copy(storage: LmdbStorage, dir_fd: int, where: str) -> None:
+def _copy(storage: LmdbStorage, dir_fd: int, where: str, progress: Progress | None = None) -> None:
     """A compacted copy of the open store (one read transaction: every database in key order,
     no free page) as ``data.mdb`` in the directory ``dir_fd``, flushed — after LMDB was brought
     up to date with the commit log, so the copy holds every write acknowledged before it began.
     The copy names no commit log (it has none; its first open makes one)."""
     storage.checkpoint()
-    copy_compacted(storage._env, dir_fd, where, name_no_log=True)
+    copy_compacted(storage._env, dir_fd, where, name_no_log=True, progress=progress)
 
 
 def _missing_dirs(path: str) -> list[str]:
@@ -155,12 +156,14 @@ def _missing_dirs(path: str) -> list[str]:
     return out
 
 
-def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> BackupResult:
+def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str], *,
+           progress: Progress | None = None) -> BackupResult:
     """Copy the store at ``source`` into the new directory ``destination`` (created with its
     parents, mode 0700; an existing one must be empty and pass the checks of a store directory)
     while writers keep writing. The copy is durable — its file, its directory and the new
     directories' parents flushed — and checked before this returns; on failure, what this
-    created is removed."""
+    created is removed. ``progress(rows, total)`` is called as the copy is written (its check
+    afterwards reports nothing)."""
     _no_postgres(source)
     _no_postgres(destination)
     dest = os.path.abspath(os.fspath(destination))
@@ -181,7 +184,7 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) 
         storage = LmdbStorage(source, durable=False, create=False)
         try:
             made_data = True
-            _copy(storage, dir_fd, dest)
+            _copy(storage, dir_fd, dest, progress)
         finally:
             storage.close()
         fsync_fd(dir_fd, dest)

@@ -34,6 +34,7 @@ from typing import Any
 import lmdb
 
 from ..._errors import CorruptStorageError, JournalError, StorageError
+from .._migration import Progress
 from .._outfiles import create_exclusive, fsync_fd, fsync_file_at, make_private_dir, remove_at
 from ._commitlog import LOG, STATE, CommitLog
 from ._layout import _DBS, _MAX_DBS
@@ -86,11 +87,14 @@ def _allocated(dir_fd: int, name: str) -> tuple[int, int]:
     return st.st_blocks * 512, st.st_size
 
 
-def copy_compacted(env: lmdb.Environment, dest_fd: int, where: str, *, name_no_log: bool) -> int:
+def copy_compacted(env: lmdb.Environment, dest_fd: int, where: str, *, name_no_log: bool,
+                   progress: Progress | None = None) -> int:
     """Copy the store open in ``env`` into a new ``data.mdb`` in the directory ``dest_fd``
     (``where`` names it in messages): one read transaction of ``env``, every named database
     copied in key order with append mode, flushed. With ``name_no_log`` the copy's commit-log
-    pointer names no log (it moves without one). Returns the entries copied."""
+    pointer names no log (it moves without one). Returns the entries copied.
+    ``progress(rows, total)`` is called after each chunk of rows written (every database's rows:
+    entries, index rows, tree nodes, …)."""
     fd = create_exclusive(DATA, dest_fd, os.path.join(where, DATA))
     os.close(fd)
     try:
@@ -103,16 +107,20 @@ def copy_compacted(env: lmdb.Environment, dest_fd: int, where: str, *, name_no_l
     entries = 0
     try:
         with env.begin() as src:
+            found = []
             for name, dupsort in _DBS:
                 try:
                     db = env.open_db(name, txn=src, create=False, dupsort=dupsort, dupfixed=dupsort)
                 except lmdb.NotFoundError:
                     continue
+                found.append((name, dupsort, db))
+            rows = _Rows(sum(int(src.stat(db)["entries"]) for _, _, db in found), progress)
+            for name, dupsort, db in found:
                 with out.begin(write=True) as dst:
                     target = out.open_db(name, txn=dst, create=True, dupsort=dupsort, dupfixed=dupsort)
                 if name == b"entries":
                     entries = int(src.stat(db)["entries"])
-                _copy_db(src, db, out, target, dupsort, name, where)
+                _copy_db(src, db, out, target, dupsort, name, where, rows)
         if name_no_log:
             with out.begin(write=True) as dst:
                 meta = out.open_db(b"meta", txn=dst, create=False)
@@ -126,8 +134,20 @@ def copy_compacted(env: lmdb.Environment, dest_fd: int, where: str, *, name_no_l
     return entries
 
 
+class _Rows:
+    """Rows copied so far, reported to a ``progress`` callback."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, max(self.done, self.total))
+
+
 def _copy_db(src: Any, db: Any, out: lmdb.Environment, target: Any, dupsort: bool, name: bytes,
-             where: str) -> None:
+             where: str, copied: _Rows) -> None:
     """Every row of ``db`` into ``target``, in order, appended, a chunk per write transaction."""
     cursor = src.cursor(db=db)
     rows = iter(cursor.iternext(keys=True, values=True))
@@ -140,6 +160,7 @@ def _copy_db(src: Any, db: Any, out: lmdb.Environment, target: Any, dupsort: boo
         if added != len(chunk):
             raise StorageError(f"copying {name.decode()} into {where}: {len(chunk) - added} rows out of "
                                "order", where)
+        copied.add(len(chunk))
 
 
 def _unapplied(path: str, dir_fd: int) -> int:
@@ -165,9 +186,10 @@ def _unapplied(path: str, dir_fd: int) -> int:
         log.close()
 
 
-def compact(location: str | os.PathLike[str]) -> CompactResult:
+def compact(location: str | os.PathLike[str], *, progress: Progress | None = None) -> CompactResult:
     """Swap a compacted copy in for the store's ``data.mdb`` (see the module's guarantees).
-    Refuses (``StorageError``) while another process has the store open."""
+    Refuses (``StorageError``) while another process has the store open. ``progress(rows,
+    total)`` is called as the copy is written (its check afterwards reports nothing)."""
     from ._store import LmdbStorage
 
     path = os.path.abspath(os.path.expanduser(os.fspath(location)))
@@ -185,7 +207,7 @@ def compact(location: str | os.PathLike[str]) -> CompactResult:
             env = lmdb.open(f"/proc/self/fd/{dir_fd}", max_dbs=_MAX_DBS, map_size=1 << 40, subdir=True,
                             readonly=True, lock=False, create=False)
             try:
-                entries = copy_compacted(env, work_fd, work, name_no_log=True)
+                entries = copy_compacted(env, work_fd, work, name_no_log=True, progress=progress)
                 expected = _summary(env, path)
             finally:
                 env.close()
