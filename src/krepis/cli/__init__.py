@@ -14,7 +14,18 @@ Output guarantees (every command but ``run``'s own messages):
 
 from __future__ import annotations
 
-from . import _admin, _archive, _backup, _disk, _logs, _run, _stats, _tlog, _witness  # noqa: F401  (each registers its commands)
+from . import (  # noqa: F401  (each registers its commands)
+    _admin,
+    _archive,
+    _backup,
+    _disk,
+    _logs,
+    _run,
+    _serve,
+    _stats,
+    _tlog,
+    _witness,
+)
 from ._common import _guard_stdout, cli
 
 __all__ = ["cli", "main"]

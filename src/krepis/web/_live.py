@@ -1,0 +1,236 @@
+"""The live feed: new entries pushed to every open trail tab as server-sent events.
+
+One poller per console looks for new entries by sequence number every ``live_poll`` seconds
+(the store's next sequence number: O(1)), reads them once in append order and hands each
+subscriber the ones its filters match. A subscriber holds at most ``live_backlog`` entries
+not yet sent: a tab that cannot keep up (a slow network, a sleeping laptop) has its queue
+dropped and is told how many entries, which sequence numbers, it missed — the poller, the
+other tabs and the journal's writers never wait for it. The journal itself is the backlog: a
+reconnecting tab (``Last-Event-ID``) is caught up from it, up to the same bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from .._model import TransactionLog
+from ..journal import SovereignJournal
+from ._views import Limits, entry_dict
+
+__all__ = ["Feed", "FeedFull", "Subscriber"]
+
+T = TypeVar("T")
+RunSync = Callable[[Callable[[], T]], Awaitable[T]]
+
+#: entries read from the journal per look
+_READ_CHUNK = 2000
+#: seconds between keep-alive comments on a quiet stream
+PING_SECONDS = 15.0
+#: entries sent in one event at most
+_EVENT_ENTRIES = 1000
+
+
+class FeedFull(Exception):
+    """As many live connections are open as the console serves."""
+
+
+class Subscriber:
+    """One tab's queue: the encoded entries its filters match, not yet sent (``backlog`` at
+    most), and what it missed when it overflowed."""
+
+    def __init__(self, check: Callable[[TransactionLog], bool] | None, backlog: int, start: int) -> None:
+        self.check = check
+        self.backlog = backlog
+        self.start = start  # entries below this seq were on the page already
+        self.pending: collections.deque[tuple[int, str]] = collections.deque()
+        self.skipped = 0
+        self.skipped_range: tuple[int, int] | None = None
+        self.cleared = False
+        self.closed = False
+        self.wake = asyncio.Event()
+
+    def push(self, batch: list[tuple[TransactionLog, str]]) -> None:
+        woken = False
+        for entry, text in batch:
+            seq = _seq(entry)
+            if seq < self.start or (self.check is not None and not self.check(entry)):
+                continue
+            if len(self.pending) >= self.backlog:  # fell behind: drop the queue, remember the gap
+                low = self.pending[0][0] if self.pending else seq
+                if self.skipped_range is not None:
+                    low = min(low, self.skipped_range[0])
+                self.skipped += len(self.pending) + 1
+                self.skipped_range = (low, seq)
+                self.pending.clear()
+            else:
+                self.pending.append((seq, text))
+            woken = True
+        if woken:
+            self.wake.set()
+
+    def take(self) -> tuple[list[tuple[int, str]], int, tuple[int, int] | None]:
+        """What to send now: up to an event's worth of entries, and what was missed."""
+        out = [self.pending.popleft() for _ in range(min(len(self.pending), _EVENT_ENTRIES))]
+        skipped, span = self.skipped, self.skipped_range
+        self.skipped, self.skipped_range = 0, None
+        if not self.pending:
+            self.wake.clear()
+        return out, skipped, span
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+
+def _seq(entry: TransactionLog) -> int:
+    assert entry.seq is not None  # (entries read from a journal have one)
+    return entry.seq
+
+
+def _encode(entry: TransactionLog) -> str:
+    return json.dumps(entry_dict(entry), separators=(",", ":"))
+
+
+class Feed:
+    """The console's one poller and its subscribers (see the module)."""
+
+    def __init__(self, journal: SovereignJournal, history: dict[str, Any], limits: Limits,
+                 run_sync: RunSync[Any]) -> None:
+        self._journal = journal
+        self._history = history
+        self._limits = limits
+        self._run = run_sync
+        self._subs: set[Subscriber] = set()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._cursor = -1  # the last seq read
+        self._epoch = 0
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def count(self) -> int:
+        """Open live connections."""
+        return len(self._subs)
+
+    def _read(self, after: int, limit: int) -> list[tuple[TransactionLog, str]]:
+        logs = self._journal.query(order="append", newest_first=False, after=after if after >= 0 else None,
+                                   limit=limit, **self._history)
+        return [(log, _encode(log)) for log in logs]
+
+    def _look(self) -> tuple[list[tuple[TransactionLog, str]], int | None]:
+        """New entries since the cursor (a chunk at most), and the epoch when it changed."""
+        if self._journal.next_seq() - 1 <= self._cursor:
+            return [], None
+        epoch = self._journal.tree_head().epoch
+        return self._read(self._cursor, _READ_CHUNK), (epoch if epoch != self._epoch else None)
+
+    async def subscribe(self, check: Callable[[TransactionLog], bool] | None,
+                        start: int | None) -> Subscriber:
+        """A new subscriber for the entries from seq ``start`` on (``None``: from now), caught
+        up from the journal; raises :class:`FeedFull` at ``live_max`` subscribers."""
+        if self._closed or len(self._subs) >= self._limits.live_max:
+            raise FeedFull(f"{len(self._subs)} live connections are open, the most this console serves")
+        self._loop = asyncio.get_running_loop()
+        async with self._lock:
+            if self._task is None:
+                self._cursor = await self._run(self._journal.next_seq) - 1
+                self._epoch = (await self._run(self._journal.tree_head)).epoch
+                self._task = asyncio.ensure_future(self._poll())
+            begin = self._cursor + 1 if start is None else min(start, self._cursor + 1)
+            sub = Subscriber(check, self._limits.live_backlog, begin)
+            after = begin - 1
+            if self._cursor - after > self._limits.live_backlog:  # too far back: say so, not read it all
+                after = self._cursor - self._limits.live_backlog
+                sub.skipped, sub.skipped_range = after - begin + 1, (begin, after)
+                sub.wake.set()
+            while after < self._cursor:  # catch up from the journal, within the backlog
+                cursor = self._cursor
+                read = functools.partial(self._read, after, min(_READ_CHUNK, cursor - after))
+                batch = await self._run(read)
+                if not batch:
+                    break
+                sub.push(batch)
+                after = _seq(batch[-1][0])
+            self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+
+    async def _poll(self) -> None:
+        try:
+            while self._subs and not self._closed:
+                await asyncio.sleep(self._limits.live_poll)
+                async with self._lock:
+                    while True:
+                        batch, epoch = await self._run(self._look)
+                        if epoch is not None:
+                            self._epoch = epoch
+                            for sub in self._subs:
+                                sub.cleared = True
+                                sub.wake.set()
+                        if not batch:
+                            break
+                        self._cursor = _seq(batch[-1][0])
+                        for sub in list(self._subs):
+                            sub.push(batch)
+                        if len(batch) < _READ_CHUNK:
+                            break
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        """End every stream (the server is stopping); from any thread."""
+        self._closed = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._close_all()
+        else:
+            try:
+                loop.call_soon_threadsafe(self._close_all)
+            except RuntimeError:  # the loop closed meanwhile: nothing is streaming
+                pass
+
+    def _close_all(self) -> None:
+        for sub in list(self._subs):
+            sub.close()
+
+    async def stream(self, sub: Subscriber,
+                     is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[bytes]:
+        """The server-sent events of ``sub``: ``entries`` (a JSON array, oldest first, the last
+        seq as the event's id), ``behind`` (what was missed), ``cleared``, and keep-alive comments."""
+        try:
+            yield b"retry: 2000\n: krepis live\n\n"
+            while not sub.closed:
+                try:
+                    await asyncio.wait_for(sub.wake.wait(), PING_SECONDS)
+                except asyncio.TimeoutError:
+                    if await is_disconnected():
+                        return
+                    yield b": ping\n\n"
+                    continue
+                if sub.closed:
+                    return
+                if sub.cleared:
+                    sub.cleared = False
+                    yield b"event: cleared\ndata: {}\n\n"
+                entries, skipped, span = sub.take()
+                if skipped and span is not None:
+                    data = json.dumps({"skipped": skipped, "from": span[0], "to": span[1]})
+                    yield f"event: behind\ndata: {data}\n\n".encode()
+                if entries:
+                    body = "[" + ",".join(text for _, text in entries) + "]"
+                    yield f"id: {entries[-1][0]}\nevent: entries\ndata: {body}\n\n".encode()
+        finally:
+            self.unsubscribe(sub)
