@@ -14,9 +14,11 @@ import asyncio
 import collections
 import functools
 import json
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._errors import ClosedError, JournalError
 from .._model import TransactionLog
 from ..journal import SovereignJournal
 from ._views import Limits, entry_dict
@@ -59,15 +61,14 @@ class Subscriber:
             seq = _seq(entry)
             if seq < self.start or (self.check is not None and not self.check(entry)):
                 continue
-            if len(self.pending) >= self.backlog:  # fell behind: drop the queue, remember the gap
-                low = self.pending[0][0] if self.pending else seq
+            if len(self.pending) >= self.backlog:  # fell behind: drop what waits, keep the newest
+                low, high = self.pending[0][0], self.pending[-1][0]
                 if self.skipped_range is not None:
-                    low = min(low, self.skipped_range[0])
-                self.skipped += len(self.pending) + 1
-                self.skipped_range = (low, seq)
+                    low = self.skipped_range[0]
+                self.skipped += len(self.pending)
+                self.skipped_range = (low, high)
                 self.pending.clear()
-            else:
-                self.pending.append((seq, text))
+            self.pending.append((seq, text))
             woken = True
         if woken:
             self.wake.set()
@@ -166,23 +167,32 @@ class Feed:
         try:
             while self._subs and not self._closed:
                 await asyncio.sleep(self._limits.live_poll)
-                async with self._lock:
-                    while True:
-                        batch, epoch = await self._run(self._look)
-                        if epoch is not None:
-                            self._epoch = epoch
-                            for sub in self._subs:
-                                sub.cleared = True
-                                sub.wake.set()
-                        if not batch:
-                            break
-                        self._cursor = _seq(batch[-1][0])
-                        for sub in list(self._subs):
-                            sub.push(batch)
-                        if len(batch) < _READ_CHUNK:
-                            break
+                try:
+                    await self._tick()
+                except ClosedError:
+                    return
+                except JournalError as exc:  # e.g. the archive moved away: say so, look again later
+                    print(f"krepis serve: live feed: {exc}", file=sys.stderr, flush=True)
+                    await asyncio.sleep(1.0)
         finally:
             self._task = None
+
+    async def _tick(self) -> None:
+        async with self._lock:
+            while not self._closed:
+                batch, epoch = await self._run(self._look)
+                if epoch is not None:
+                    self._epoch = epoch
+                    for sub in self._subs:
+                        sub.cleared = True
+                        sub.wake.set()
+                if not batch:
+                    return
+                self._cursor = _seq(batch[-1][0])
+                for sub in list(self._subs):
+                    sub.push(batch)
+                if len(batch) < _READ_CHUNK:
+                    return
 
     def close(self) -> None:
         """End every stream (the server is stopping); from any thread."""
@@ -205,6 +215,8 @@ class Feed:
     def _close_all(self) -> None:
         for sub in list(self._subs):
             sub.close()
+        if self._task is not None:
+            self._task.cancel()
 
     async def stream(self, sub: Subscriber,
                      is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[bytes]:
