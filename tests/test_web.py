@@ -390,3 +390,24 @@ def test_cli_serve_without_the_extra_says_how_to_install_it(store: tuple[Path, o
     proc = subprocess.run([sys.executable, "-c", code, str(store[0])], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
     assert proc.returncode == 1 and "pip install 'krepis-journal[web]'" in proc.stderr
+
+
+def test_mounted_under_a_prefix_the_console_links_and_redirects_within_it(store: tuple[Path, object]) -> None:
+    """``create_app`` mounted in an application of one's own: the shell's links, the token's
+    redirect and the cookie's path all stay under the mount's prefix."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    console = create_app(store[0], token=TOKEN)
+    parent = Starlette(routes=[Mount("/audit", console)])
+    parent.close = console.close  # type: ignore[attr-defined]  # (what Served stops)
+    with served(parent) as server:
+        code, headers, _ = get(server, "audit/ops", {"token": TOKEN, "since": "1h"})
+        assert code == 303 and headers["location"] == "/audit/ops?since=1h"
+        assert "Path=/audit;" in headers["set-cookie"]
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        code, _, body = get(server, "audit/ops", headers=auth)
+        assert code == 200 and b'src="/audit/static/app.js"' in body and b'href="/audit/ops"' in body
+        assert get(server, "audit/static/app.js", headers=auth)[0] == 200
+        assert get(server, "audit/api/counters", headers=auth)[0] == 200
+        assert get(server, "ops", headers=auth)[0] == 404

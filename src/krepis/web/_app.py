@@ -153,8 +153,8 @@ class _Guard:
         assert self.session is not None
         pairs = [(k, v) for k, v in urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                                             keep_blank_values=True) if k != "token"]
-        root = scope.get("root_path", "")
-        location = root + scope["path"] + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+        root = scope.get("root_path", "")  # (a mount's prefix; "path" is the whole path, prefix included)
+        location = scope["path"] + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = (f"{SESSION_COOKIE}={self.session.decode()}; Path={root or '/'}; HttpOnly; "
                   f"SameSite=Strict{secure}")
