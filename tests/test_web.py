@@ -411,3 +411,20 @@ def test_mounted_under_a_prefix_the_console_links_and_redirects_within_it(store:
         assert get(server, "audit/static/app.js", headers=auth)[0] == 200
         assert get(server, "audit/api/counters", headers=auth)[0] == 200
         assert get(server, "ops", headers=auth)[0] == 404
+
+
+def test_the_bench_rows_measure_a_served_console(store: tuple[Path, object], tmp_path: Path) -> None:
+    """``krepis bench``'s web rows, small: page server times from Server-Timing, and live viewers
+    that each receive every entry written while they watch, with their lag."""
+    from krepis.bench._targets import web_targets
+    from krepis.bench._web import bench_web_live, bench_web_reads
+
+    reads = bench_web_reads(str(store[0]), ENTRIES, repeat=3)
+    assert reads[0]["name"] == "trail, first page (100 entries)"
+    assert all(0 < r["server_ms_p50"] <= r["server_ms_p99"] for r in reads)
+    live = bench_web_live(str(tmp_path), viewers=3, rate=300, seconds=0.5, rounds=1)
+    assert live["entries_per_viewer_min"] == live["entries_per_round"] == 150
+    assert live["lag_ms_p50"] is not None and live["behind_events"] == 0
+    targets = web_targets({"reads": reads, "live": live})
+    assert [t["key"] for t in targets] == ["web_page_0", "web_page_1", "web_page_2", "web_page_3",
+                                           "web_live_lag", "web_live_writer"]

@@ -46,8 +46,8 @@ class Listen:
 
     def hosts(self, port: int) -> list[str]:
         """The ``Host`` header values a loopback console answers to, on ``port``."""
-        names = {self.host.lower(), "localhost", "127.0.0.1", "[::1]"}
-        return sorted(f"{'[' + n + ']' if ':' in n and not n.startswith('[') else n}:{port}" for n in names)
+        names = {f"[{n}]" if ":" in n else n for n in (self.host.lower(), "localhost", "127.0.0.1", "::1")}
+        return sorted({f"{n}:{port}" for n in names} | (names if port == 80 else set()))
 
 
 def parse_listen(text: str) -> Listen:
