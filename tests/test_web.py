@@ -327,11 +327,15 @@ def test_the_live_feed_sends_new_matching_entries(tmp_path: Path) -> None:
 def test_a_tab_that_falls_behind_is_told_what_it_missed() -> None:
     entries = [TransactionLog(T0, "op", f"r{i}", LogStatus.Completed, seq=i) for i in range(10)]
     sub = Subscriber(None, 3, 2)
-    sub.push([(e, e.to_json()) for e in entries])
+    sub.push([(e, e.to_json()) for e in entries[:6]])  # 2…5: four for a queue of three
+    sub.push([(e, e.to_json()) for e in entries[6:8]])  # 6, 7: what waits (3…5) is dropped
     sent, skipped, span = sub.take()
-    assert skipped == 6 and span == (2, 7)  # 2…4, then 5…7 dropped; the newest kept
-    assert [seq for seq, _ in sent] == [8, 9]
+    assert skipped == 4 and span == (2, 5)  # the newest kept
+    assert [(c.first, c.last, c.count) for c in sent] == [(6, 7, 2)]
+    assert sent[0].event.startswith(b"id: 7\nevent: entries\ndata: [{")
     assert sub.take()[1:] == (0, None)
+    sub.push([(e, e.to_json()) for e in entries[8:]])
+    assert [c.last for c in sub.take()[0]] == [9]
 
 
 def test_live_connections_are_bounded(store: tuple[Path, object]) -> None:

@@ -66,6 +66,10 @@ class _Console:
         timing = response.getheader("server-timing", "app;dur=0")
         return float(timing.split("dur=")[1]), took
 
+    def cpu_seconds(self) -> float:
+        """The server process's CPU time so far (Linux: /proc)."""
+        return _cpu_seconds(self.proc.pid)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -74,6 +78,15 @@ class _Console:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_web_reads(path: str, entries: int, repeat: int = 50) -> list[dict[str, Any]]:
@@ -131,6 +144,7 @@ def bench_web_live(directory: str, *, viewers: int = 50, rate: int = 5000, secon
     lags: list[float] = []
     received: list[int] = []
     behind = 0
+    server_cpu = viewers_cpu = 0.0
     try:
         for _ in range(rounds):
             alone.append(_write(path, rate, seconds))
@@ -142,8 +156,11 @@ def bench_web_live(directory: str, *, viewers: int = 50, rate: int = 5000, secon
             if watcher.stdout.readline().strip() != "ready":
                 watcher.kill()
                 raise RuntimeError("bench: the live viewers did not connect")
+            before = console.cpu_seconds()
             together.append(_write(path, rate, seconds))
             report = json.loads(watcher.communicate(timeout=seconds + 60)[0])
+            server_cpu += console.cpu_seconds() - before
+            viewers_cpu += report["cpu_seconds"]
             lags += report["lags_ms"]
             received += report["entries"]
             behind += report["behind"]
@@ -158,7 +175,9 @@ def bench_web_live(directory: str, *, viewers: int = 50, rate: int = 5000, secon
             "lag_ms_p99": round(lags[max(0, (99 * len(lags) + 99) // 100 - 1)], 1) if lags else None,
             "lag_ms_max": round(lags[-1], 1) if lags else None,
             "entries_per_viewer_min": min(received) if received else 0,
-            "entries_per_round": max(1, int(rate * seconds)), "behind_events": behind}
+            "entries_per_round": max(1, int(rate * seconds)), "behind_events": behind,
+            "server_cpu_per_round_s": round(server_cpu / rounds, 2),
+            "viewers_cpu_per_round_s": round(viewers_cpu / rounds, 2)}
 
 
 async def _viewer(port: int, until: float, lags: list[float], counts: list[int], behind: list[int],
@@ -216,7 +235,7 @@ async def _viewers(port: int, n: int, seconds: float, expected: int) -> dict[str
     await asyncio.sleep(0.3)  # (the server's feed has looked once since the last one joined)
     print("ready", flush=True)
     await asyncio.gather(*tasks)
-    return {"lags_ms": lags, "entries": counts, "behind": behind[0]}
+    return {"lags_ms": lags, "entries": counts, "behind": behind[0], "cpu_seconds": time.process_time()}
 
 
 if __name__ == "__main__":  # the viewers' process: PORT N SECONDS EXPECTED

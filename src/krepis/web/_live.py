@@ -16,6 +16,7 @@ import functools
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._errors import ClosedError, JournalError
@@ -32,54 +33,85 @@ RunSync = Callable[[Callable[[], T]], Awaitable[T]]
 _READ_CHUNK = 2000
 #: seconds between keep-alive comments on a quiet stream
 PING_SECONDS = 15.0
-#: entries sent in one event at most
-_EVENT_ENTRIES = 1000
 
 
 class FeedFull(Exception):
     """As many live connections are open as the console serves."""
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Entries ready to send as one event: seqs ``first`` … ``last``, ``count`` of them, and the
+    event's bytes (encoded once per batch and shared by every tab without filters)."""
+
+    first: int
+    last: int
+    count: int
+    event: bytes
+
+
+def make_chunk(items: list[tuple[int, str]]) -> Chunk:
+    """The event of ``items`` (seq, entry JSON), oldest first: the entries as one JSON array,
+    the last seq as the event's id."""
+    body = "[" + ",".join(text for _, text in items) + "]"
+    last = items[-1][0]
+    return Chunk(items[0][0], last, len(items), f"id: {last}\nevent: entries\ndata: {body}\n\n".encode())
+
+
 class Subscriber:
-    """One tab's queue: the encoded entries its filters match, not yet sent (``backlog`` at
-    most), and what it missed when it overflowed."""
+    """One tab's queue: the events of the entries its filters match, not yet sent (``backlog``
+    entries at most), and what it missed: when the queue would overflow, what waits in it is
+    dropped (counted, with its sequence numbers) and the new entries queued, so a tab always
+    gets the newest."""
 
     def __init__(self, check: Callable[[TransactionLog], bool] | None, backlog: int, start: int) -> None:
         self.check = check
         self.backlog = backlog
         self.start = start  # entries below this seq were on the page already
-        self.pending: collections.deque[tuple[int, str]] = collections.deque()
+        self.pending: collections.deque[Chunk] = collections.deque()
+        self.pending_entries = 0
         self.skipped = 0
         self.skipped_range: tuple[int, int] | None = None
         self.cleared = False
         self.closed = False
         self.wake = asyncio.Event()
 
-    def push(self, batch: list[tuple[TransactionLog, str]]) -> None:
-        woken = False
-        for entry, text in batch:
-            seq = _seq(entry)
-            if seq < self.start or (self.check is not None and not self.check(entry)):
-                continue
-            if len(self.pending) >= self.backlog:  # fell behind: drop what waits, keep the newest
-                low, high = self.pending[0][0], self.pending[-1][0]
-                if self.skipped_range is not None:
-                    low = self.skipped_range[0]
-                self.skipped += len(self.pending)
-                self.skipped_range = (low, high)
-                self.pending.clear()
-            self.pending.append((seq, text))
-            woken = True
-        if woken:
-            self.wake.set()
+    def _skip(self, count: int, first: int, last: int) -> None:
+        self.skipped += count
+        low = first if self.skipped_range is None else min(first, self.skipped_range[0])
+        self.skipped_range = (low, last)
 
-    def take(self) -> tuple[list[tuple[int, str]], int, tuple[int, int] | None]:
-        """What to send now: up to an event's worth of entries, and what was missed."""
-        out = [self.pending.popleft() for _ in range(min(len(self.pending), _EVENT_ENTRIES))]
+    def push(self, batch: list[tuple[TransactionLog, str]], shared: Chunk | None = None) -> None:
+        """Queue the entries of ``batch`` (read in append order) that this tab wants; ``shared``
+        is the whole batch's event, used as it is by a tab without filters."""
+        if shared is not None and self.check is None and shared.first >= self.start \
+                and shared.count <= self.backlog:
+            chunk = shared
+        else:
+            items = [(_seq(entry), text) for entry, text in batch
+                     if _seq(entry) >= self.start and (self.check is None or self.check(entry))]
+            if not items:
+                return
+            if len(items) > self.backlog:
+                self._skip(len(items) - self.backlog, items[0][0], items[-self.backlog - 1][0])
+                items = items[-self.backlog:]
+            chunk = make_chunk(items)
+        if self.pending and self.pending_entries + chunk.count > self.backlog:  # fell behind
+            self._skip(self.pending_entries, self.pending[0].first, self.pending[-1].last)
+            self.pending.clear()
+            self.pending_entries = 0
+        self.pending.append(chunk)
+        self.pending_entries += chunk.count
+        self.wake.set()
+
+    def take(self) -> tuple[list[Chunk], int, tuple[int, int] | None]:
+        """What to send now — every waiting event — and what was missed."""
+        out = list(self.pending)
+        self.pending.clear()
+        self.pending_entries = 0
         skipped, span = self.skipped, self.skipped_range
         self.skipped, self.skipped_range = 0, None
-        if not self.pending:
-            self.wake.clear()
+        self.wake.clear()
         return out, skipped, span
 
     def close(self) -> None:
@@ -189,8 +221,9 @@ class Feed:
                 if not batch:
                     return
                 self._cursor = _seq(batch[-1][0])
+                shared = make_chunk([(_seq(entry), text) for entry, text in batch])
                 for sub in list(self._subs):
-                    sub.push(batch)
+                    sub.push(batch, shared)
                 if len(batch) < _READ_CHUNK:
                     return
 
@@ -237,12 +270,11 @@ class Feed:
                 if sub.cleared:
                     sub.cleared = False
                     yield b"event: cleared\ndata: {}\n\n"
-                entries, skipped, span = sub.take()
+                chunks, skipped, span = sub.take()
                 if skipped and span is not None:
                     data = json.dumps({"skipped": skipped, "from": span[0], "to": span[1]})
                     yield f"event: behind\ndata: {data}\n\n".encode()
-                if entries:
-                    body = "[" + ",".join(text for _, text in entries) + "]"
-                    yield f"id: {entries[-1][0]}\nevent: entries\ndata: {body}\n\n".encode()
+                for chunk in chunks:
+                    yield chunk.event
         finally:
             self.unsubscribe(sub)
