@@ -87,6 +87,7 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                   "test_kernel.py", "test_archive.py"], _NO_PG + " and not deno"),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py"],
                 _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
+    "web/": (["test_web.py"], None),
     "cli/": (["test_cli*.py", "test_tlog_cli.py", "test_tlog_serve.py", "test_archive.py", "test_compact.py",
               "test_backup.py"], _NO_PG),
 }

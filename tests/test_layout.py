@@ -26,8 +26,9 @@ FLOORS: dict[str, int] = {
     "kernel": 5,    # the kernel and the Deno plane, over the journal
     "_metrics": 5,  # Prometheus text from a journal
     "bench": 6,     # measures the journal, the kernel and the alternatives
-    "cli": 7,       # every command
-    "root": 8,      # krepis/__init__.py (the public API) and __main__
+    "web": 7,       # the web console (krepis serve): reads the journal, tlog and storage
+    "cli": 8,       # every command
+    "root": 9,      # krepis/__init__.py (the public API) and __main__
 }
 BASE = {"_errors", "_version", "_model", "_policy", "_time"}
 #: Longest module; longer ones must be split (the issue that set this: one class per room).
@@ -128,6 +129,14 @@ def test_no_import_cycle() -> None:
         if module not in state:
             visit(module)
     assert not cycles, "\n".join(cycles)
+
+
+def test_only_the_cli_imports_the_web_console() -> None:
+    """``krepis.web`` needs the optional web extra (Starlette, uvicorn): nothing but the CLI's
+    ``serve`` command imports it, so every other part works without the extra."""
+    for module, deps in GRAPH.items():
+        if _part(module) not in ("web", "cli"):
+            assert not any(_part(d) == "web" for d in deps), module
 
 
 def test_nothing_imports_the_public_root_or_the_cli() -> None:

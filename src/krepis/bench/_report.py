@@ -63,6 +63,24 @@ def render(result: dict[str, Any], con: Console) -> None:
                      f"{s['sqlite_bytes_per_entry']:,.1f} B", _x(s["ratio"]))
     con.print(size)
 
+    web = result.get("web")
+    if web:
+        pages = Table(title="web console (krepis serve): server time per page, ms")
+        for col in ("", "entries", "p50", "p99", "round trip p50"):
+            pages.add_column(col, justify="left" if not col else "right")
+        for p in web["reads"]:
+            pages.add_row(p["name"], f"{p['entries']:,}", f"{p['server_ms_p50']:,.2f}",
+                          f"{p['server_ms_p99']:,.2f}", f"{p['round_trip_ms_p50']:,.2f}")
+        con.print(pages)
+        live = web["live"]
+        con.print(f"web console, live: {live['viewers']} viewers while {live['rate']:,} entries/s are "
+                  f"written ({live['rounds']} rounds of {live['seconds']:g} s): lag p50 {live['lag_ms_p50']} "
+                  f"ms, p99 {live['lag_ms_p99']} ms, max {live['lag_ms_max']} ms; writer "
+                  f"{live['writer_alone_per_s']:,.0f}/s alone, {live['writer_with_viewers_per_s']:,.0f}/s "
+                  f"with them ({live['writer_drop_pct']:.1f} % less); each viewer got at least "
+                  f"{live['entries_per_viewer_min']:,} of the {live['entries_per_round']:,} entries of a "
+                  f"round; {live['behind_events']} fell-behind notices")
+
     targets = Table(title="targets")
     for col in ("target", "measured", "verdict"):
         targets.add_column(col)

@@ -21,6 +21,7 @@ from ._queries import query_rows
 from ._rows import BenchConfig, Round, WriteRow, write_rows
 from ._size import bench_sizes
 from ._targets import RATIOS_NOTE, evaluate
+from ._web import bench_web_live, bench_web_reads, web_available
 
 #: progress(label of the step starting, steps done, steps in all)
 Progress = Callable[[str, int, int], None]
@@ -95,7 +96,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
     rows = write_rows(cfg)
     plan = interleaved(rows, cfg.rounds)
     small, large = min(cfg.query_small, cfg.large), cfg.large
-    total = len(plan) + 2 + 4 + 1
+    web_rows = web_available()
+    total = len(plan) + 2 + 4 + 1 + (2 if web_rows else 0)
     done = [0]
 
     def step(label: str) -> None:
@@ -122,6 +124,15 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
             queries[str(n)] = query_rows(path, os.path.join(work, "queries.sqlite"), n)
             if path != big:
                 shutil.rmtree(path)
+        web: dict[str, Any] | None = None
+        if web_rows:  # krepis serve (the web extra) on the large journal, then live viewers
+            step(f"web console: page server times on {large:,} entries")
+            web = {"reads": bench_web_reads(big, large)}
+            step("web console: 50 live viewers while entries are written at 5,000/s")
+            live_dir = os.path.join(work, "web")
+            os.mkdir(live_dir)
+            web["live"] = bench_web_live(live_dir, seconds=cfg.seconds, rounds=cfg.rounds)
+            shutil.rmtree(live_dir)
         step(f"verify() of {large:,} entries")
         bulk = [{"key": "verify", **bench_verify(big)}]
         step(f"krepis export of {large:,} entries")
@@ -144,5 +155,5 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
 
         config["postgres_url"] = redact(config["postgres_url"])
     return {"machine": machine(), "config": config, "note": RATIOS_NOTE, "rows": table,
-            "queries": queries, "bulk": bulk, "size": size,
-            "targets": evaluate(table, bulk, size, cfg.threads, cfg.tasks)}
+            "queries": queries, "bulk": bulk, "size": size, "web": web,
+            "targets": evaluate(table, bulk, size, cfg.threads, cfg.tasks, web)}

@@ -39,8 +39,12 @@ def _target(key: str, what: str, measured: float, goal: float, unit: str, figure
             "lower": lower, "met": met, "status": "met" if met else "missed", "figure": figure}
 
 
+#: the web console's targets: a page's server time (ms), the live viewers' lag (ms), the writer's drop (%)
+WEB_PAGE_MS, WEB_LAG_MS, WEB_DROP_PCT = 50, 1000, 10
+
+
 def evaluate(rows: list[dict[str, Any]], bulk: list[dict[str, Any]], size: list[dict[str, Any]],
-             threads: int, tasks: int) -> list[dict[str, Any]]:
+             threads: int, tasks: int, web: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every target of the issue that the run's figures can judge, in the order of the issue."""
     by = {r["key"]: r for r in rows}
     out: list[dict[str, Any]] = []
@@ -65,4 +69,28 @@ def evaluate(rows: list[dict[str, Any]], bulk: list[dict[str, Any]], size: list[
                            f"bytes per entry at {s['entries']:,} entries ≤ sqlite3's", s["ratio"], 1, "×",
                            f"{s['krepis_bytes_per_entry']:,.1f} B against "
                            f"{s['sqlite_bytes_per_entry']:,.1f} B ({s['ratio']:.2f}×)", lower=True))
+    if web is not None:
+        out += web_targets(web)
+    return out
+
+
+def web_targets(web: dict[str, Any]) -> list[dict[str, Any]]:
+    """The web console's targets: each page's median server time, the live viewers' p99 lag, the
+    writer's rate drop with them."""
+    out: list[dict[str, Any]] = []
+    for n, page in enumerate(web["reads"]):
+        out.append(_target(f"web_page_{n}", f"web: {page['name']} ≤ {WEB_PAGE_MS} ms at "
+                           f"{page['entries']:,} entries", page["server_ms_p50"], WEB_PAGE_MS, "ms",
+                           f"{page['server_ms_p50']:,.2f} ms server time "
+                           f"(p99 {page['server_ms_p99']:,.2f})", lower=True))
+    live = web["live"]
+    lag = live["lag_ms_p99"] if live["lag_ms_p99"] is not None else float("inf")
+    out.append(_target("web_live_lag", f"web: {live['viewers']} live viewers' lag ≤ 1 s at "
+                       f"{live['rate']:,} entries/s", lag, WEB_LAG_MS, "ms",
+                       f"p99 {lag:,.0f} ms (p50 {live['lag_ms_p50']} ms, max {live['lag_ms_max']} ms)",
+                       lower=True))
+    out.append(_target("web_live_writer", f"web: the writer's rate drop with {live['viewers']} viewers "
+                       f"≤ {WEB_DROP_PCT} %", live["writer_drop_pct"], WEB_DROP_PCT, "%",
+                       f"{live['writer_drop_pct']:.1f} % ({live['writer_alone_per_s']:,.0f} alone, "
+                       f"{live['writer_with_viewers_per_s']:,.0f}/s with them)", lower=True))
     return out

@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (each registers its commands)
     _logs,
     _prove,
     _run,
+    _serve,
     _stats,
     _tlog,
     _witness,
