@@ -29,9 +29,11 @@ from ._select import _check_history, _history_options
 @click.pass_context
 def serve(ctx: click.Context, listen: str, token: str | None, archive: str | None, live_only: bool,
           max_live: int, tls_cert: str | None, tls_key: str | None, access_log: bool) -> None:
-    """Serve a read-only web console of the journal (Ctrl-C stops): the trail with filters,
-    paging and a live mode, each request's timeline, per-op figures and plots, the counters,
-    and verification of entries against the signed checkpoint in the browser.
+    """Serve a read-only web console of the journal.
+
+    The trail with filters, paging and a live mode, each request's timeline, per-op figures and
+    plots, the counters, and verification of entries against the signed checkpoint in the
+    browser. Ctrl-C stops it.
 
     Listens on loopback by default; any other address needs --token (or KREPIS_SERVE_TOKEN),
     which is never printed. Needs the web extra: pip install 'krepis-journal[web]'.
