@@ -132,14 +132,17 @@ def test_du_shows_the_archive(tmp_path: Path) -> None:
     use = json.loads(krepis("du", "--storage", str(store), "--json", cwd=tmp_path).stdout)
     on_disk = sum(p.stat().st_blocks * 512 for p in cold.iterdir() if p.is_file())
     assert use["archive"] == {"directory": str(cold), "bytes": on_disk, "entries": 512}
-    table = krepis("du", "--storage", str(store), cwd=tmp_path).stdout
-    assert "archive" in table and "512 archived entries" in table
+    piped = krepis("du", "--storage", str(store), cwd=tmp_path).stdout.splitlines()  # tab-separated
+    assert piped[0] == f"file\tbytes\twhat it is\t{store}"
+    assert piped[-1] == f"archive\t{on_disk}\t512 archived entries in {cold}"
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in piped[1:]}
+    assert int(rows["data.mdb"]) == use["data"] and int(rows["total"]) == use["total"]
     bare = tmp_path / "bare"
     SovereignJournal(bare).close()
     assert json.loads(krepis("du", "--storage", str(bare), "--json", cwd=tmp_path).stdout)["archive"] is None
     shutil.move(cold, tmp_path / "elsewhere")
     gone = krepis("du", "--storage", str(store), cwd=tmp_path)  # du still answers, and says so
-    assert "missing" in gone.stdout
+    assert gone.stdout.splitlines()[-1] == f"archive\tmissing\t512 archived entries should be in {cold}"
 
 
 def test_every_markdown_table_has_a_header_row() -> None:

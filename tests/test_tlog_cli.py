@@ -152,7 +152,7 @@ def test_exports_are_incremental(tmp_path: Path) -> None:
     err = krepis("tlog", "export", str(tmp_path / "t"), "--key", str(key), "--storage", str(store),
                  cwd=tmp_path).stderr
     # only the partial tiles (0/002.p/89, 1/000.p/2, entries/002.p/89) and the checkpoint
-    assert "4 file(s) written" in err
+    assert "4 files written" in err
     assert full.stat().st_mtime_ns == before  # full tiles never change, so they are not rewritten
 
 

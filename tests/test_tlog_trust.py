@@ -242,7 +242,8 @@ def test_a_stored_checkpoint_with_an_altered_signature_fails_verify_vkey(tmp_pat
         storage.close()
     result = _trusting(store, kept)
     assert result.exit_code == 1
-    assert "a stored checkpoint is bad: the signature of example.com/trust does not verify" in result.output
+    assert ("a stored checkpoint is bad (origin 'example.com/trust', tree size 15): the signature of "
+            "example.com/trust does not verify") in result.output
 
 
 def test_verify_compares_a_stored_checkpoints_root_with_the_tree(tmp_path: Path) -> None:

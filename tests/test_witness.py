@@ -5,7 +5,9 @@ serves. Its record is a krepis journal: every cosignature is an entry, provable 
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
+import json
 import os
 import socket
 import threading
@@ -14,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog
+from krepis.cli import cli
 from krepis.cli._tlog_serve import TileServer
 from krepis.cli._witness import witness_handlers
 from krepis.tlog import (
@@ -534,3 +538,24 @@ def test_cosigning_the_same_tree_again_keeps_the_other_witnesses_cosignatures(
         thread.join(timeout=10)
         core.close()
         journal.close()
+
+
+def test_status_shows_each_logs_latest_cosigned_checkpoint(log: SovereignJournal, tmp_path: Path) -> None:
+    core, journal = open_witness(tmp_path / "w")
+    try:
+        core.add_checkpoint(request(log, 0, 5))
+        core.add_checkpoint(request(log, 5, 12))
+        latest = journal.query(op_name=COSIGNED_OP)[0]
+    finally:
+        core.close()
+        journal.close()
+    result = CliRunner().invoke(cli, ["witness", "status", "--state", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    when = datetime.datetime.fromtimestamp(latest.timestamp // 1000, datetime.timezone.utc)
+    assert result.stdout == (f"{LOG.name}\ttree size 12\tcosigned {when:%Y-%m-%dT%H:%M:%SZ}\t"
+                             f"witness journal seq {latest.seq}\n")
+    as_json = json.loads(CliRunner().invoke(cli, ["witness", "status", "--state", str(tmp_path / "w"),
+                                                  "--json"]).stdout)
+    assert (as_json["origin"], as_json["tree_size"], as_json["seq"]) == (LOG.name, 12, latest.seq)
+    missing = CliRunner().invoke(cli, ["witness", "status", "--state", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and str(tmp_path / "nowhere") in missing.output

@@ -35,15 +35,18 @@ def render(result: dict[str, Any], con: Console) -> None:
     q = result["queries"]
     small, large = q["sizes"]
     queries = Table(title="queries: krepis and sqlite3 (same rows, equivalent indexes), µs per call")
-    for col in ("", f"krepis {small:,}", f"krepis {large:,}", f"sqlite3 {large:,}", "krepis / sqlite3"):
+    both = small != large  # (one journal size only: one krepis column)
+    columns = [f"krepis {small:,}"] if both else []
+    for col in ("", *columns, f"krepis {large:,}", f"sqlite3 {large:,}", "krepis / sqlite3"):
         queries.add_column(col, justify="left" if not col else "right")
     for name in QUERY_NAMES:
         big = q[str(large)][name]
-        queries.add_row(name, f"{q[str(small)][name]['krepis_us']:,.1f}", f"{big['krepis_us']:,.1f}",
-                        f"{big['sqlite_us']:,.1f}", _x(big["ratio"]))
+        first = [f"{q[str(small)][name]['krepis_us']:,.1f}"] if both else []
+        queries.add_row(name, *first, f"{big['krepis_us']:,.1f}", f"{big['sqlite_us']:,.1f}",
+                        _x(big["ratio"]))
     for name in ("recover_op_count", "journal_count"):
-        queries.add_row(name, f"{q[str(small)][name]['krepis_us']:,.2f}",
-                        f"{q[str(large)][name]['krepis_us']:,.2f}", "", "")
+        first = [f"{q[str(small)][name]['krepis_us']:,.2f}"] if both else []
+        queries.add_row(name, *first, f"{q[str(large)][name]['krepis_us']:,.2f}", "", "")
     con.print(queries)
 
     bulk = Table(title=f"bulk paths on {large:,} entries")
@@ -88,6 +91,6 @@ def render(result: dict[str, Any], con: Console) -> None:
         targets.add_row(t["target"], t["figure"], "[green]met[/]" if t["met"] else "[yellow]missed[/]")
     con.print(targets)
     met = sum(t["met"] for t in result["targets"])
-    con.print(f"{met} of {len(result['targets'])} targets met. A target is the issue's goal for this "
+    con.print(f"{met} of {len(result['targets'])} targets met. A target is the project's goal for a "
               "row; missed means this run measured less (or, for bytes and CPU, more) on this machine "
               "— docs/performance.md has a reference run, and tiny --large sizes measure little.")

@@ -5,15 +5,17 @@ from typing import Any
 
 import click
 
-from ._common import _emit_json, _storage, _storage_option, cli, inert
+from ..journal import SovereignJournal
+from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli, inert, plural
 from ._progress import _quiet_option, progress_bar
 from ._tlog import _b64, _verifiers
 
 
-def _summary(what: str, result: Any, as_json: bool, signatures: bool) -> None:
+def _summary(what: str, result: Any, as_json: bool, signatures: bool,
+             extra: dict[str, Any] | None = None) -> None:
     if as_json:
         out = {"path": result.path, "entries": result.entries, "tree_size": result.tree_size,
-               "root": _b64(result.root), "checkpoint": result.checkpoint}
+               "root": _b64(result.root), "checkpoint": result.checkpoint, **(extra or {})}
         if signatures:
             out.update(signed_size=result.signed_size, signed_origin=result.signed_origin,
                        unsigned=result.unsigned)
@@ -50,14 +52,29 @@ def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
     """Copy the store into DEST while writers keep writing.
 
     The copy is consistent (one read transaction), made durable, and verified
-    (every entry, index and the Merkle tree) before this returns. PostgreSQL journals are
-    backed up with pg_dump or pg_basebackup (docs/operations.md).
+    (every entry, index and the Merkle tree) before this returns. Archived entries are not in
+    it: they stay in the archive directory, which the copy records too — back that directory
+    up with it (the output says how many entries it holds for this log). PostgreSQL journals
+    are backed up with pg_dump or pg_basebackup (docs/operations.md).
     """
     from ..storage import backup as run_backup
 
     with progress_bar(ctx, "copying") as bar:
         result = run_backup(_storage(ctx), destination, progress=bar.then("verifying the copy"))
+    archived = result.tree_size - result.entries  # (this log's entries before the live store's first)
+    directory = None
+    if archived:
+        with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
+            directory = journal.get_archive_dir()
+    if as_json:
+        _summary("backed up to", result, as_json, signatures=False,
+                 extra={"archived_not_copied": archived, "archive": directory})
+        return
     _summary("backed up to", result, as_json, signatures=False)
+    if archived:
+        click.echo(f"not in this backup: {plural(archived, 'archived entry', 'archived entries')} of this "
+                   f"log, in {inert(directory or '(no archive recorded)')} — back that directory up too "
+                   "(the copy records it; docs/operations.md)")
 
 @cli.command()
 @click.argument("source", metavar="SRC")

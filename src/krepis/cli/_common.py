@@ -48,6 +48,10 @@ def inert(text: str) -> str:
     """``text`` safe to print on a terminal: every control/bidi character as a visible escape."""
     return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_escape_char, text)
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``count`` and ``word``, in the plural (``many``, else ``word`` + "s") unless it is 1."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
 def _inert_tsv(text: str) -> str:
     """Like :func:`inert`, and backslashes doubled, so a tab-separated field is unambiguous."""
     return text if _UNSAFE_TSV.search(text) is None else _UNSAFE_TSV.sub(_escape_char, text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -71,26 +72,34 @@ def du(ctx: click.Context, as_json: bool) -> None:
                     "free": use.free, "log": use.log, "state": use.state, "lock": use.lock,
                     "total": use.total, "entries": use.entries, "archive": archive})
         return
-    table = Table(title=inert(use.path), show_header=True, title_justify="left")
-    table.add_column("file")
-    table.add_column("on disk", justify="right")
-    table.add_column("what it is")
-    table.add_row("data.mdb", _size(use.data), f"{use.entries:,} entries; {_size(use.free)} of it free pages")
-    table.add_row("commit.log", _size(use.log), "writes LMDB has not applied yet, in a ring")
-    table.add_row("commit.state", _size(use.state), "the log's head and durability marker")
-    table.add_row("lock.mdb", _size(use.lock), "LMDB's lock table (no data)")
-    table.add_row("total", _size(use.total), "the store")
+    rows: list[tuple[str, int | None, str]] = [
+            ("data.mdb", use.data, f"{use.entries:,} entries; {_size(use.free)} of it free pages"),
+            ("commit.log", use.log, "writes LMDB has not applied yet, in a ring"),
+            ("commit.state", use.state, "the log's head and durability marker"),
+            ("lock.mdb", use.lock, "LMDB's lock table (no data)"),
+            ("total", use.total, "the store")]
     if archive is not None:
         where = inert(archive["directory"])
         if archive["bytes"] is None:
-            table.add_row("archive", "missing",
-                          f"{archive['entries']:,} archived entries should be in {where}")
+            rows.append(("archive", None, f"{archive['entries']:,} archived entries should be in {where}"))
         else:
-            table.add_row("archive", _size(archive["bytes"]),
-                          f"{archive['entries']:,} archived entries in {where}")
-    _console().print(table)
+            rows.append(("archive", archive["bytes"], f"{archive['entries']:,} archived entries in {where}"))
+    piped = not sys.stdout.isatty()
+    if piped:  # tab-separated, sizes in bytes ("missing" for an archive not there)
+        click.echo(f"file\tbytes\twhat it is\t{inert(use.path)}")
+        for name, size, what in rows:
+            click.echo(f"{name}\t{'missing' if size is None else size}\t{what}")
+    else:
+        table = Table(title=inert(use.path), show_header=True, title_justify="left")
+        table.add_column("file")
+        table.add_column("on disk", justify="right")
+        table.add_column("what it is")
+        for name, size, what in rows:
+            table.add_row(name, "missing" if size is None else _size(size), what)
+        _console().print(table)
     if use.data and use.free * 4 > use.data:
-        click.echo(f"{_size(use.free)} of data.mdb is free: krepis compact returns it to the file system")
+        click.echo(f"{_size(use.free)} of data.mdb is free: krepis compact returns it to the file system",
+                   err=piped)
 
 
 @cli.command()

@@ -250,7 +250,7 @@ def _write_entries(out: IO[str], entries: Iterable[TransactionLog],
     return count
 
 @cli.command()
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, help="Required: confirms the deletion (krepis never asks).")
 @_storage_option
 @click.pass_context
 def clear(ctx: click.Context, yes: bool) -> None:

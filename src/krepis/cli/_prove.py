@@ -101,6 +101,12 @@ def prove(ctx: click.Context, seq: int | None, request_id: str | None, tree_size
             _prove_request(journal, request_id, size, note, archive, live_only)
             return
         assert seq is not None
+        if note is not None and head.first_seq + size <= seq < head.first_seq + head.size:
+            raise click.ClickException(
+                f"entry {seq} is newer than the latest checkpoint (tree size {size}, entries "
+                f"{head.first_seq}…{head.first_seq + size - 1}): sign a newer one first (krepis "
+                f"checkpoint --key FILE), or prove it against the unsigned current tree with "
+                f"--tree-size {head.size}")
         _emit_json(_inclusion(journal, None, seq, size, note, archive, live_only))
 
 

@@ -18,6 +18,7 @@ from ._common import (
     _storage_option,
     cli,
     inert,
+    plural,
 )
 
 
@@ -221,7 +222,7 @@ def run(ctx: click.Context, script: str | None, code: str | None, timeout: float
         _emit_json(summary)
     elif failure is None:
         con.print(f"[bold green]done[/]: js_ops_called {recovered} → {stats.js_ops_called}, "
-                  f"{ops_called} op calls, journal entries {entries}")
+                  f"{plural(ops_called or 0, 'op call')}, journal entries {entries}")
     if failure is not None:
         if err.gone:  # nobody reads stderr any more: the status says it
             sys.exit(1)

@@ -10,8 +10,9 @@ from typing import Any
 import click
 from rich.cells import cell_len
 
+from .._errors import StorageError
 from .._model import LogStatus
-from ..journal import SovereignJournal, Summary, SummaryRow
+from ..journal import EntryCounts, SovereignJournal, Summary, SummaryRow
 from ._common import (
     _READ_POLICY,
     _emit_json,
@@ -21,6 +22,7 @@ from ._common import (
     _TimeType,
     cli,
     inert,
+    plural,
 )
 from ._output import _duration, _fit, _to_stdout, _use_color, _utc_iso, _width
 from ._select import _check_history, _check_range, _history_options
@@ -85,7 +87,7 @@ def stats(ctx: click.Context, by: tuple[str, ...] | None, since: int | None, unt
     Every op counter and how many journal entries there are: live in the store, archived, and
     in all (the archive directory the store records is checked).
 
-    With --by op (or op,status, status), summarize the whole history instead — or the entries
+    With --by op (or --by op,status, or --by status), summarize the whole history instead — or the entries
     between --since and --until: per group, how many entries, how many failed, the failure rate
     (failed ÷ finished) and the exact p50/p95/p99/max of their durations (nearest rank: the
     percentiles `krepis export` gives too), with a TOTAL line. On a terminal a table; piped,
@@ -103,8 +105,12 @@ def stats(ctx: click.Context, by: tuple[str, ...] | None, since: int | None, unt
                                       status=list(status) or None, archive=archive, live_only=live_only)
             path = journal.path
         else:
+            unreadable = None  # the counters do not need the archive: shown, then the error
             if not live_only:
-                journal.check_archive(archive)
+                try:
+                    journal.check_archive(archive)
+                except StorageError as exc:
+                    unreadable = exc
             counts = journal.op_counts()
             where = journal.entry_counts()
             path = journal.path
@@ -116,15 +122,23 @@ def stats(ctx: click.Context, by: tuple[str, ...] | None, since: int | None, unt
     if as_json:
         _emit_json({"storage": path, "journal_entries": entries,
                     "entries": {"live": where.live, "archived": where.archived, "total": where.total},
-                    "archive": archive_dir, "op_counts": counts})
-        return
-    held = f"{where.total} journal entries"
+                    "archive": archive_dir, "op_counts": counts,
+                    **({} if unreadable is None else {"archive_error": str(unreadable)})})
+    else:
+        _show_counts(counts, where, archive_dir, path, live_only, as_csv)
+    if unreadable is not None:
+        raise click.ClickException(f"{unreadable} (the counts above are the store's own)")
+
+
+def _show_counts(counts: dict[str, int], where: EntryCounts, archive_dir: str | None, path: str,
+                 live_only: bool, as_csv: bool) -> None:
+    held = plural(where.total, "journal entry", "journal entries")
     if where.archived or archive_dir:
         held += f" ({where.live} live, {where.archived} archived" + (
             f" in {inert(archive_dir)})" if archive_dir else ")")
     if live_only:
         held = f"{where.live} live journal entries (--live-only; {where.archived} archived)"
-    summary_line = f"{held}, {len(counts)} counters in {inert(path)}"
+    summary_line = f"{held}, {plural(len(counts), 'counter')} in {inert(path)}"
     names = sorted(counts)
     if as_csv:
         _to_stdout(_csv_lines([["counter", "value"], *([inert(n), counts[n]] for n in names)]))

@@ -23,7 +23,7 @@ from ..tlog._note import (
     open_checkpoint,
     parse_checkpoint,
 )
-from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli
+from ._common import _READ_POLICY, _emit_json, _storage, _storage_option, cli, inert, plural
 from ._progress import _quiet_option, progress_bar
 from ._select import _check_history, _history_options
 
@@ -230,9 +230,10 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
             archived = report.archive
         head = journal.tree_head()
         bar.phase("checking the checkpoints")
-        checked, earlier = _check_checkpoints(journal, head.epoch, verifiers, archive, live_only)
+        checked, earlier, others = _check_checkpoints(journal, head.epoch, verifiers, archive, live_only)
     out: dict[str, Any] = {"entries": entries, "tree_size": tree_size, "root": _b64(root),
                            "checkpoints": checked, "checkpoints_of_earlier_logs": earlier,
+                           "checkpoints_of_other_keys": others,
                            "signatures_checked": bool(verifiers), "ok": True}
     out["archived_entries"] = archived_entries
     if trusted_note is not None:
@@ -249,12 +250,13 @@ def verify(ctx: click.Context, vkeys: tuple[str, ...], trusted: str | None, tlog
                     f"{proved.checkpoint.origin} (tree size {proved.checkpoint.size})")
     else:
         counted += f", tree of {tree_size} leaves"
-    click.echo(f"ok: {counted}, {checked} checkpoint(s) consistent"
+    click.echo(f"ok: {counted}, {plural(checked, 'checkpoint')} consistent"
+               + (f" ({others} of other keys: roots checked, signatures not)" if others else "")
                + (f" ({earlier} of logs before a clear not checkable)" if earlier else "")
                + ("" if verifiers else " (signatures not checked: pass --vkey and --trusted)")
                + ("" if archived is None else
                   f"; archive: {archived.entries} entries in {archived.bundles} bundles, "
-                  f"{archived.segments} segment(s) match"))
+                  f"{plural(archived.segments, 'segment')} match"))
 
 def _witness_keys(texts: tuple[str, ...], quorum: int | None, tlog_dir: str | None) -> list[CosignerKey]:
     if (texts or quorum is not None) and tlog_dir is None:
@@ -322,8 +324,12 @@ def _trusted_note(path: str) -> str:
         raise click.ClickException(str(exc)) from None
 
 def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Verifier],
-                       archive: str | None, live_only: bool) -> tuple[int, int]:
-    checked = earlier = 0
+                       archive: str | None, live_only: bool) -> tuple[int, int, int]:
+    """Every kept checkpoint of the current log against the tree (its root, and consistency
+    with the one before): (how many, how many of earlier logs, how many of another origin than
+    the verifiers' names — those are checked against the tree, their signatures not)."""
+    checked = earlier = others = 0
+    names = {v.name for v in verifiers}
     previous: tuple[int, bytes] | None = None
     kept = journal.checkpoints()
     size = journal.tree_head().size  # read after them: every kept checkpoint is of a tree no bigger
@@ -332,9 +338,13 @@ def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Ve
             earlier += 1
             continue
         try:
-            cp = open_checkpoint(note, verifiers) if verifiers else parse_checkpoint(_note_text(note))
+            cp = parse_checkpoint(_note_text(note))
+            if verifiers and cp.origin in names:  # the key's checkpoints: their signatures must verify
+                cp = open_checkpoint(note, verifiers)
+            elif verifiers:
+                others += 1
         except ValidationError as exc:
-            raise JournalError(f"a stored checkpoint is bad: {exc}") from None
+            raise JournalError(f"a stored checkpoint is bad ({_described(note)}): {exc}") from None
         if cp.size > size:
             raise JournalError(f"the stored checkpoint of tree size {cp.size} is of a bigger tree than the "
                                f"journal's ({size} leaves): entries were removed")
@@ -348,7 +358,15 @@ def _check_checkpoints(journal: SovereignJournal, epoch: int, verifiers: list[Ve
                 raise JournalError(f"checkpoints of sizes {previous[0]} and {cp.size} are inconsistent")
         previous = (cp.size, cp.root)
         checked += 1
-    return checked, earlier
+    return checked, earlier, others
+
+
+def _described(note: str) -> str:
+    """A kept checkpoint as a person finds it: its origin and tree size, as far as they read."""
+    lines = note.split("\n", 2)
+    if len(lines) < 3:
+        return "not a checkpoint"
+    return f"origin {inert(lines[0][:100])!r}, tree size {inert(lines[1][:24])}"
 
 @cli.group()
 def tlog() -> None:
@@ -372,7 +390,12 @@ def tlog_export(ctx: click.Context, directory: str, key_file: str | None, archiv
     signer = _signer(key_file) if key_file else None
     with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
         written = journal.export_tiles(directory, signer, archive=archive, live_only=live_only)
-    click.echo(f"{written} file(s) written to {directory}", err=True)
+        published = parse_checkpoint(_note_text(_trusted_note(directory)))
+        newer = journal.tree_head().size - published.size
+    click.echo(f"{plural(written, 'file')} written to {directory}: the checkpoint of "
+               f"{inert(published.origin)}, tree size {published.size}"
+               + (f"; {plural(newer, 'newer entry', 'newer entries')} not in it (sign a checkpoint: "
+                  "--key FILE)" if newer > 0 else ""), err=True)
 
 @tlog.command("serve")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",

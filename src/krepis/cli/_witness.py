@@ -165,7 +165,8 @@ def witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: 
 def witness_status(state: str, as_json: bool) -> None:
     """Show the latest checkpoint cosigned for each log.
 
-    Per log: its origin, the tree size and when it was cosigned."""
+    Per log: its origin, the tree size, when it was cosigned, and the seq of the entry of the
+    witness's own journal that records it (krepis prove SEQ --storage STATE/journal proves it)."""
     store = os.path.join(state, "journal")
     seen: set[str] = set()
     with SovereignJournal(store, create=False, flush="sync", retention="off") as journal:
@@ -180,7 +181,8 @@ def witness_status(state: str, as_json: bool) -> None:
                             "seq": entry.seq, "cosigned_at_ms": entry.timestamp, "note": entry.error})
             else:
                 when = _utc(entry.timestamp // 1000)
-                click.echo(f"{inert(entry.request_id)}\ttree size {size}\tcosigned {when}\tentry {entry.seq}")
+                click.echo(f"{inert(entry.request_id)}\ttree size {size}\tcosigned {when}\t"
+                           f"witness journal seq {entry.seq}")
     if not seen and not as_json:
         click.echo("the witness has cosigned nothing yet", err=True)
 
@@ -241,7 +243,7 @@ def tlog_watch(url: str, vkeys: tuple[str, ...], witness_vkeys: tuple[str, ...],
     """Follow a tiles log: check and print every new entry.
 
     Follows the tiles log at URL (krepis tlog serve, or any C2SP tiles log): verifies every new
-    checkpoint and every new entry against the tree, and print each new entry as a JSON line.
+    checkpoint and every new entry against the tree, and prints each new entry as a JSON line.
 
     Each new checkpoint must carry the log's signature (and a quorum of witness cosignatures
     with --witness-vkey), and the new entries, appended to the tree of the last checkpoint,
