@@ -38,10 +38,11 @@ def test_a_backup_says_which_archived_entries_it_leaves_out(tmp_path: Path) -> N
     lines = result.output.splitlines()
     assert lines[0].startswith(f"backed up to {tmp_path / 'bk'}: 188 entries, tree of 700 leaves")
     assert lines[1] == (f"not in this backup: 512 archived entries of this log, in {arch} — back that "
-                        "directory up too (the copy records it; docs/operations.md)")
+                        "directory up too (--archive-to DIR; docs/operations.md)")
     as_json = _run(store, "backup", str(tmp_path / "bk2"), "--json")
     out = json.loads(as_json.output)
     assert out["archived_not_copied"] == 512 and out["archive"] == str(arch) and out["entries"] == 188
+    assert out["archive_copied"] is False
     plain = _run(tmp_path / "bk", "backup", str(tmp_path / "bk3"))  # a copy of the copy: the same note
     assert "not in this backup: 512 archived entries" in plain.output
 

@@ -31,8 +31,9 @@ from .journal import (
     Summary,
     SummaryRow,
 )
+from .journal._backup import backup
 from .kernel import Kernel, PermissionPolicy, ScriptError, ScriptInterrupted, ScriptResult
-from .storage import BackupResult, backup, restore
+from .storage import BackupResult, restore
 
 __all__ = [
     "DEFAULT_STORAGE",

@@ -44,37 +44,45 @@ def _proved(result: Any) -> str:
 
 @cli.command()
 @click.argument("destination", metavar="DEST")
+@click.option("--archive-to", "archive_to", metavar="DIR", default=None,
+              help="Copy the store's archive into DIR (new or empty) too, and make it the copy's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_quiet_option
 @_storage_option
 @click.pass_context
-def backup(ctx: click.Context, destination: str, as_json: bool) -> None:
+def backup(ctx: click.Context, destination: str, archive_to: str | None, as_json: bool) -> None:
     """Copy the store into DEST while writers keep writing.
 
     The copy is consistent (one read transaction), made durable, and verified
     (every entry, index and the Merkle tree) before this returns. Archived entries are not in
-    it: they stay in the archive directory, which the copy records too — back that directory
-    up with it (the output says how many entries it holds for this log). PostgreSQL journals
-    are backed up with pg_dump or pg_basebackup (docs/operations.md).
+    DEST: with --archive-to DIR the archive is copied into DIR (each file checked against its
+    manifest), recorded as the copy's archive and verified against the copy's tree; without
+    it they stay in the archive directory, which the copy records too, and the output says so.
+    PostgreSQL journals are backed up with pg_dump or pg_basebackup (docs/operations.md).
     """
-    from ..storage import backup as run_backup
+    from ..journal._backup import backup as run_backup
 
     with progress_bar(ctx, "copying") as bar:
-        result = run_backup(_storage(ctx), destination, progress=bar.then("verifying the copy"))
-    archived = result.tree_size - result.entries  # (this log's entries before the live store's first)
-    directory = None
-    if archived:
+        result = run_backup(_storage(ctx), destination, archive_to=archive_to,
+                            progress=bar.then("verifying the copy"),
+                            archive_progress=bar.then("verifying the archive"))
+    directory = result.archive
+    if result.archived and directory is None:
         with SovereignJournal(_storage(ctx), create=False, flush=_READ_POLICY, retention="off") as journal:
             directory = journal.get_archive_dir()
     if as_json:
         _summary("backed up to", result, as_json, signatures=False,
-                 extra={"archived_not_copied": archived, "archive": directory})
+                 extra={"archived_not_copied": 0 if result.archive else result.archived,
+                        "archive": directory, "archive_copied": result.archive is not None})
         return
     _summary("backed up to", result, as_json, signatures=False)
-    if archived:
-        click.echo(f"not in this backup: {plural(archived, 'archived entry', 'archived entries')} of this "
-                   f"log, in {inert(directory or '(no archive recorded)')} — back that directory up too "
-                   "(the copy records it; docs/operations.md)")
+    if result.archive is not None:
+        click.echo(f"archive copied to {inert(result.archive)} and verified: the backup's "
+                   f"{plural(result.archived, 'archived entry', 'archived entries')} of this log are there")
+    elif result.archived:
+        click.echo(f"not in this backup: {plural(result.archived, 'archived entry', 'archived entries')} "
+                   f"of this log, in {inert(directory or '(no archive recorded)')} — back that directory "
+                   "up too (--archive-to DIR; docs/operations.md)")
 
 @cli.command()
 @click.argument("source", metavar="SRC")

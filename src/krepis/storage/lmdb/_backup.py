@@ -62,6 +62,10 @@ class BackupResult:
     the newest checkpoint covers when its signature was checked with the verifier keys given,
     else 0; ``signed_origin`` names its log. ``unsigned`` = ``tree_size - signed_size``: the
     leaves after it, which no checked signature covers.
+
+    A backup's ``archived``: this log's entries the store had moved into its archive (they are
+    not in the copy's ``data.mdb``); ``archive``: the copy of the archive the backup made and
+    recorded as the copy's (``krepis.backup(..., archive_to=DIR)``), else ``None``.
     """
 
     path: str
@@ -71,6 +75,8 @@ class BackupResult:
     checkpoint: str | None
     signed_size: int = 0
     signed_origin: str | None = None
+    archived: int = 0
+    archive: str | None = None
 
     @property
     def unsigned(self) -> int:
