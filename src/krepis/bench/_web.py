@@ -149,7 +149,8 @@ def bench_web_live(directory: str, *, viewers: int = 50, rate: int = 5000, secon
         for _ in range(rounds):
             alone.append(_write(path, rate, seconds))
             watcher = subprocess.Popen(
-                [sys.executable, "-m", "krepis.bench._web", str(console.port), str(viewers),
+                [sys.executable, "-c", "from krepis.bench._web import viewers_main; viewers_main()",
+                 str(console.port), str(viewers),
                  str(seconds + 10), str(max(1, int(rate * seconds)))],
                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
             assert watcher.stdout is not None
@@ -238,6 +239,7 @@ async def _viewers(port: int, n: int, seconds: float, expected: int) -> dict[str
     return {"lags_ms": lags, "entries": counts, "behind": behind[0], "cpu_seconds": time.process_time()}
 
 
-if __name__ == "__main__":  # the viewers' process: PORT N SECONDS EXPECTED
+def viewers_main() -> None:
+    """The viewers' process (arguments PORT N SECONDS EXPECTED): its report as one JSON line."""
     print(json.dumps(asyncio.run(_viewers(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]),
                                           int(sys.argv[4])))))
