@@ -12,7 +12,7 @@ from ._select import _check_history, _history_options
 
 
 @cli.command()
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+@click.option("--listen", default="127.0.0.1:8088", show_default=True, metavar="HOST:PORT",
               help="Address to serve on; anything but loopback needs --token (port 0: any free port).")
 @click.option("--token", envvar="KREPIS_SERVE_TOKEN", default=None, metavar="TOKEN",
               help="Every visitor must present it (open the console once as URL/?token=TOKEN); "

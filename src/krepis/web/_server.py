@@ -75,7 +75,7 @@ def check_token(listen: Listen, token: str | None, source: str = "--token") -> N
 
 def serve(
     journal: SovereignJournal | str | os.PathLike[str],
-    listen: str = "127.0.0.1:8080",
+    listen: str = "127.0.0.1:8088",
     *,
     token: str | None = None,
     archive: str | None = None,
