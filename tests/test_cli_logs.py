@@ -104,6 +104,24 @@ def test_terminal_view_fits_the_width_one_line_per_entry(store: Path, tmp_path: 
     assert "\x1b[32mCompleted" in shown  # status colours on a terminal
 
 
+def test_columns_are_no_wider_than_the_entries_need_and_errors_get_the_rest(tmp_path: Path) -> None:
+    error = "timeout talking to the payment gateway (upstream 502)"
+    fill(tmp_path / "s", [TransactionLog(T0 + i, "charge_card", f"req-19{i:02d}", LogStatus.Failed,
+                                         duration_us=9, error=error) for i in range(5)])
+    status, shown = on_terminal("logs", "--storage", str(tmp_path / "s"), cwd=tmp_path, cols=120,
+                                env={"NO_COLOR": "1"})
+    assert status == 0, shown
+    lines = shown.splitlines()
+    assert lines[0].split() == ["TIME", "OP", "REQUEST", "STATUS", "TOOK", "ERROR"]
+    # op and request id as wide as they are (the request column as wide as its header)
+    assert lines[1].startswith("2026-01-31 12:00:00.004 charge_card req-1904 Failed")
+    assert lines[1].endswith(error) and all(len(line) <= 120 for line in lines)
+    narrow = on_terminal("logs", "--storage", str(tmp_path / "s"), cwd=tmp_path, cols=80,
+                         env={"NO_COLOR": "1"})[1].splitlines()
+    assert " charge_card req-1904 Failed " in narrow[1] and narrow[1].endswith("…")
+    assert "timeout talking to t…" in narrow[1]  # (before: 12 cells of error at 80 columns)
+
+
 def test_no_color(store: Path, tmp_path: Path) -> None:
     status, shown = on_terminal("logs", "--storage", str(store), cwd=tmp_path, env={"NO_COLOR": "1"})
     assert status == 0 and "\x1b" not in shown

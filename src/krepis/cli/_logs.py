@@ -2,6 +2,7 @@
 ``_stats``)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -46,6 +47,9 @@ from ._select import (
     _selection,
     select_entries,
 )
+
+#: a table's columns are fitted to its first entries, this many (about a screenful or two)
+_SAMPLE = 100
 
 
 def _follow(journal: SovereignJournal, selection: _Selection, limit: int | None,
@@ -163,6 +167,11 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
             entries = _newest_oldest_first(journal, selection, limit)
         else:
             entries = select_entries(journal, selection, newest_first=True, limit=limit)
+        if fmt == "table":  # columns fitted to the first screenful
+            entries = iter(entries)
+            sample = list(itertools.islice(entries, _SAMPLE))
+            header, render = _renderer(fmt, color=_use_color(), sample=sample)
+            entries = itertools.chain(sample, entries)
         lines: Iterator[str] = (render(entry) for entry in entries)
         if fmt == "table":
             lines = _with_header(header or "", lines)  # ("-- no entries --" when there is none)

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import click
 from rich.cells import cell_len, set_cell_size
@@ -102,15 +102,23 @@ class _Columns:
     (``ab64ab48…``) and another id its first 11 characters and ``…`` — either is a prefix
     ``--request-id`` finds the request by. 80 columns: local time without the year, op names
     up to 16 cells; wider terminals get the year, longer op names (up to 40) and longer errors.
+    Given a ``sample`` (the entries shown first), the op and request-id columns are no wider
+    than those entries need and errors get the rest; a later, longer value ends in ``…``.
     """
 
-    def __init__(self, width: int, color: bool) -> None:
+    def __init__(self, width: int, color: bool, sample: Sequence[TransactionLog] = ()) -> None:
         self.with_year = width >= 100
         time_w = 23 if self.with_year else 18
         rest = width - (time_w + 9 + 7 + 6)  # for the op, the request id and the error
         self.rid_w = 36 if rest >= 36 + 16 + 12 else 12
+        if sample:  # the entries shown first: columns no wider than they need, the rest to errors
+            need = max(_cells(inert(e.request_id)) for e in sample)
+            if need <= self.rid_w:
+                self.rid_w = max(7, need)
         left = rest - self.rid_w
         self.op_w = max(8, min(40, left - max(12, left // 3)))
+        if sample:
+            self.op_w = max(8, min(self.op_w, max(_cells(inert(e.op_name)) for e in sample)))
         self.error_w = max(0, left - self.op_w)
         self.time_w = time_w
         self.color = color
@@ -171,14 +179,19 @@ def _format_option(*flags: str, help: str) -> Callable[[Callable[..., object]], 
     return click.option(*flags, "fmt", type=click.Choice(FORMATS, case_sensitive=False), default=None,
                         metavar="table|tsv|jsonl|csv", help=help)
 
-def _renderer(fmt: str, *, color: bool) -> tuple[str | None, Callable[[TransactionLog], str]]:
+def _cells(text: str) -> int:
+    return len(text) if text.isascii() else cell_len(text)
+
+def _renderer(fmt: str, *, color: bool,
+              sample: Sequence[TransactionLog] = ()) -> tuple[str | None, Callable[[TransactionLog], str]]:
     """The header line (or None) and the line of each entry, for ``fmt`` (a ``--format`` value).
 
-    ``table`` is fitted to the terminal (or ``COLUMNS``, or 80 columns when there is none).
+    ``table`` is fitted to the terminal (or ``COLUMNS``, or 80 columns when there is none), its
+    op and request-id columns to the ``sample`` entries (those shown first) when given.
     """
     fmt = fmt.lower()
     if fmt == "table":
-        columns = _Columns(_width(), color)
+        columns = _Columns(_width(), color, sample)
         return columns.header(), columns.line
     if fmt == "csv":
         return _CSV_HEADER, _csv_line
