@@ -11,6 +11,7 @@ Without chromium (Debian: ``chromium``) or Playwright these tests are skipped �
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -100,6 +101,7 @@ class Page:
     def open(self, url: str) -> Any:
         self.page.goto(url)
         self.page.wait_for_selector("main h1")
+        self.page.wait_for_selector("main[aria-busy=false]", state="attached")  # the page's data shown
         return self.page
 
     def clean(self) -> None:
@@ -301,10 +303,138 @@ def test_a_rewritten_history_is_caught_on_the_next_visit(browser: Any, console: 
         tab.context.close()
 
 
+def _forged(browser: Any, store: tuple[Path, Signer], tmp_path: Path) -> Any:
+    """A store signed with the same key holding another history (more entries, entry 7 changed)."""
+    other = tmp_path / "other"
+    rewritten = console_entries(ENTRIES + 30)
+    rewritten[7] = TransactionLog(rewritten[7].timestamp, "FORGED_op", "forged-7", LogStatus.Completed)
+    make_console_store(other, key=store[1], entries=rewritten, archive=False)
+    return other
+
+
+def test_an_entry_is_verified_against_the_checkpoint_checked_above_only(browser: Any, console: Served,
+                                                                       store: tuple[Path, Signer],
+                                                                       tmp_path: Path) -> None:
+    """The server answers the page's first checkpoint request honestly and every later one — and
+    the entry and its proof — from a fork signed with the same key: the page never fetches the
+    checkpoint again for the entry, so the fork's proof leads nowhere."""
+    from krepis.web import create_app
+
+    other = _forged(browser, store, tmp_path)
+    tab = Page(browser)
+    try:
+        page = tab.open(console.url + "verify")
+        pin(page, store[1])
+        with served(create_app(other)) as forger:
+            asked: list[str] = []
+
+            def fork(route: Any) -> None:
+                url = route.request.url
+                if "/api/checkpoint" in url:
+                    asked.append(url)
+                    if len(asked) == 1:
+                        route.continue_()
+                        return
+                route.fulfill(response=route.fetch(url=url.replace(console.url, forger.url)))
+
+            page.route("**/api/checkpoint", fork)
+            page.route("**/api/leaf?**", fork)
+            page.route("**/api/proof/inclusion?**", fork)
+            page.goto(console.url + "verify?seq=7")
+            page.wait_for_selector("#entry-check .verdict")
+            assert page.inner_text("#log-check .verdict").startswith("✓")
+            verdict = page.inner_text("#entry-check .verdict")
+            assert verdict.startswith("✗") and "does not lead to the checkpoint's root" in verdict, verdict
+            assert len(asked) == 1  # one checkpoint per visit: the one the log check verified
+            assert "FORGED_op" not in page.inner_text("#entry-check")
+        tab.clean()
+    finally:
+        tab.context.close()
+
+
+def test_no_entry_is_verified_while_the_log_check_fails(browser: Any, console: Served,
+                                                        store: tuple[Path, Signer], tmp_path: Path) -> None:
+    from krepis.web import create_app
+
+    other = _forged(browser, store, tmp_path)
+    tab = Page(browser)
+    try:
+        page = tab.open(console.url + "verify")
+        pin(page, store[1])
+        with served(create_app(other)) as forger:
+            page.route("**/api/**", lambda route: route.fulfill(
+                response=route.fetch(url=route.request.url.replace(console.url, forger.url))))
+            page.goto(console.url + "verify?seq=7")
+            page.wait_for_selector("#entry-check .verdict")
+            assert page.inner_text("#log-check .verdict").startswith("✗ split view")
+            verdict = page.inner_text("#entry-check .verdict")
+            assert verdict.startswith("✗ no entry can be verified: the log's checkpoint is not trusted in "
+                                      "this browser (split view"), verdict
+            assert "FORGED_op" not in page.inner_text("#entry-check")
+        tab.clean()
+    finally:
+        tab.context.close()
+
+
+def test_a_proof_of_another_leaf_is_not_taken_for_the_entry(tab: Page, console: Served,
+                                                            store: tuple[Path, Signer]) -> None:
+    page = tab.open(console.url + "verify")
+    pin(page, store[1])
+
+    def other_leaf(route: Any) -> None:  # entry 3's bytes and proof, given for entry 5
+        route.fulfill(response=route.fetch(url=route.request.url.replace("seq=5", "seq=3")))
+
+    page.route("**/api/leaf?**", other_leaf)
+    page.route("**/api/proof/inclusion?**", other_leaf)
+    page.goto(console.url + "verify?seq=5")
+    page.wait_for_selector("#entry-check .verdict")
+    verdict = page.inner_text("#entry-check .verdict")
+    assert verdict == ("✗ the server's proof is not for entry #5, which is leaf 5 of this log (its entries "
+                       "begin at seq 0)"), verdict
+    tab.clean()
+
+
+def test_a_log_renumbered_between_visits_is_a_split_view(tab: Page, console: Served,
+                                                         store: tuple[Path, Signer]) -> None:
+    page = tab.open(console.url + "verify")
+    pin(page, store[1])  # the first visit keeps the checkpoint and where the log's entries begin
+
+    def renumbered(route: Any) -> None:
+        response = route.fetch()
+        counters = json.loads(response.body())
+        counters["tree"]["first_seq"] += 2
+        route.fulfill(response=response, body=json.dumps(counters).encode())
+
+    page.route("**/api/counters", renumbered)
+    page.goto(console.url + "verify?seq=5")
+    page.wait_for_selector("#entry-check .verdict")
+    assert page.inner_text("#log-check .verdict") == (
+        "✗ split view: the server now numbers this log's entries from seq 2; this browser saw them numbered "
+        "from seq 0")
+    assert page.inner_text("#entry-check .verdict").startswith("✗ no entry can be verified")
+    tab.clean()
+
+
+def test_journal_texts_are_isolated_from_the_text_around_them(tab: Page, console: Served) -> None:
+    """An unterminated right-to-left override in a journal text cannot reverse what follows it,
+    and a link for an op whose name holds a glob's characters matches that name only."""
+    page = tab.open(console.url)
+    isolation = page.evaluate(
+        "() => [...document.querySelectorAll('td.op, a.rid, .error-text, main strong')].slice(0, 20)"
+        ".map(e => getComputedStyle(e).unicodeBidi)")
+    assert isolation and set(isolation) == {"isolate"}
+    exact = page.evaluate("async () => (await import(document.querySelector('script[type=module]').src))"
+                          ".exactOp('a[1]*?b')")
+    assert exact == "a[[]1][*][?]b"
+    assert fnmatch.fnmatchcase("a[1]*?b", exact) and not fnmatch.fnmatchcase("a1xyb", exact)
+    tab.clean()
+
+
 def test_hostile_journal_texts_stay_text(tab: Page, console: Served, store: tuple[Path, Signer]) -> None:
     with SovereignJournal(store[0], create=False) as journal:
         hostile = journal.query(request_id=HOSTILE_RID, limit=1)[0]
     page = tab.open(console.url + "?q=onerror&limit=500")
+    page.locator("td.op", has_text=HOSTILE_OP).first.wait_for()  # (the rows come after the heading)
     assert page.locator("td.op", has_text=HOSTILE_OP).count() > 0
     assert page.locator("a.rid", has_text=HOSTILE_RID).count() > 0
     assert page.locator(".error-text", has_text=HOSTILE_ERROR[:30]).count() > 0

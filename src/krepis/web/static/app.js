@@ -29,6 +29,12 @@ function add(node, children) {
 
 // A link inside the console: the path and its query built with URLSearchParams, so that no
 // value can become a scheme or leave the console.
+// An op name as a filter that matches exactly that name: the filters read `*`, `?` and `[` as a
+// glob's, so each is put in brackets (`a[1]` → `a[[]1]`), which matches the character itself.
+export function exactOp(name) {
+  return String(name).replace(/[*?[]/g, (c) => `[${c}]`);
+}
+
 export function href(path, params) {
   const query = params instanceof URLSearchParams ? params : new URLSearchParams();
   if (!(params instanceof URLSearchParams)) {
@@ -143,11 +149,14 @@ async function start() {
   }
   const load = PAGES[page] || PAGES[""];
   main.replaceChildren();
+  main.setAttribute("aria-busy", "true"); // (until the page's data is shown)
   try {
     const module = await load();
     await module.render(main, new URLSearchParams(location.search));
   } catch (err) {
     main.append(notice("bad", err instanceof ApiError ? err.message : `This page failed: ${err}`));
+  } finally {
+    main.setAttribute("aria-busy", "false");
   }
   try {
     const { watchHeader } = await import("./verify.js");

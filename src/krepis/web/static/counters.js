@@ -1,5 +1,5 @@
 // Counters: the persistent op counters (the kernel's stats among them) and what the store holds.
-import { el, formatCount, heading, href, timeCell } from "./app.js";
+import { el, exactOp, formatCount, heading, href, timeCell } from "./app.js";
 import { api } from "./app.js";
 
 export async function render(main) {
@@ -14,7 +14,7 @@ export async function render(main) {
     main.append(el("div", { class: "table-scroll" }, el("table", { id: "counters-table" },
       el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Counter"), el("th", { scope: "col", class: "num" }, "Value"))),
       el("tbody", {}, data.counters.map((c) => el("tr", {},
-        el("th", { scope: "row" }, el("a", { href: href("", { op: c.name }) }, c.name)),
+        el("th", { scope: "row" }, el("a", { href: href("", { op: exactOp(c.name) }) }, c.name)),
         el("td", { class: "num" }, formatCount(c.value))))))));
   }
   const entries = data.entries || {};

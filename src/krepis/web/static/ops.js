@@ -1,6 +1,6 @@
 // Ops: per-op counts, failure rate and duration percentiles over a window, and plots over time
 // (entries and failures per bucket, duration p50/p95/p99), drawn here as SVG.
-import { ROOT, api, el, formatCount, formatDuration, formatTime, heading, href, notice } from "./app.js";
+import { ROOT, api, el, exactOp, formatCount, formatDuration, formatTime, heading, href, notice } from "./app.js";
 
 const W = 960;
 const H = 240;
@@ -104,8 +104,8 @@ function summaryTable(summary, params) {
   const head = ["Op", "Entries", "Started", "Completed", "Failed", "Failure rate", "p50", "p95", "p99", "Max"];
   const row = (r, total) => el("tr", { class: total ? "total" : null },
     total ? el("th", { scope: "row" }, "All ops") : el("th", { scope: "row" },
-      el("a", { href: href("ops", { since, until: params.get("until"), op: r.op }) }, r.op), " ",
-      el("a", { href: href("", { op: r.op, since, until: params.get("until") }), class: "muted", "aria-label": `trail of ${r.op}` }, "(trail)")),
+      el("a", { href: href("ops", { since, until: params.get("until"), op: exactOp(r.op) }) }, r.op), " ",
+      el("a", { href: href("", { op: exactOp(r.op), since, until: params.get("until") }), class: "muted", "aria-label": `trail of ${r.op}` }, "(trail)")),
     ...[r.entries, r.started, r.completed, r.failed].map((n) => el("td", { class: "num" }, formatCount(n))),
     el("td", { class: "num" }, r.failure_rate === null ? "—" : `${(r.failure_rate * 100).toFixed(2)} %`),
     ...[r.p50_us, r.p95_us, r.p99_us, r.max_us].map((d) => el("td", { class: "num" }, formatDuration(d))));

@@ -30,7 +30,7 @@ function timeline(entries) {
     const y = i * ROW + 4;
     const label = entry.op_name.length > 24 ? entry.op_name.slice(0, 23) + "…" : entry.op_name;
     svg.append(el("text", { x: 4, y: y + 15 }, label));
-    const tip = el("title", {}, `${entry.op_name} ${entry.status} ${formatDuration(entry.duration_us)}`.trim());
+    const tip = el("title", {}, `\u2068${entry.op_name}\u2069 ${entry.status} ${formatDuration(entry.duration_us)}`.trim()); // (the name isolated: FSI … PDI)
     if (entry.duration_us === undefined || entry.duration_us === null) {
       svg.append(el("circle", { class: "point", cx: x(entry.timestamp), cy: y + 10, r: 5 }, tip));
     } else {

@@ -1,7 +1,7 @@
 // The trail: entries newest first, the filters of `krepis logs`, keyset paging by sequence
 // number, and a live mode that adds entries as they are written (one event stream per tab).
 import {
-  ROOT, api, el, errorText, formatCount, formatDuration, heading, href, notice, requestLink,
+  ROOT, api, el, errorText, exactOp, formatCount, formatDuration, heading, href, notice, requestLink,
   statusBadge, timeCell, verifyLink,
 } from "./app.js";
 
@@ -43,7 +43,7 @@ function filterForm(params) {
 export function entryRow(entry, fresh = false) {
   return el("tr", { class: fresh ? "fresh" : null, "data-seq": entry.seq },
     el("td", { class: "time", "data-label": "Time" }, timeCell(entry.timestamp)),
-    el("td", { class: "op", "data-label": "Op" }, el("a", { href: href("", { op: entry.op_name }) }, entry.op_name)),
+    el("td", { class: "op", "data-label": "Op" }, el("a", { href: href("", { op: exactOp(entry.op_name) }) }, entry.op_name)),
     el("td", { class: "rid-cell", "data-label": "Request" }, requestLink(entry.request_id)),
     el("td", { "data-label": "Status" }, statusBadge(entry.status)),
     el("td", { class: "num", "data-label": "Duration" }, formatDuration(entry.duration_us)),

@@ -24,14 +24,28 @@ function seenFor(key) {
   }
 }
 
-function remember(key, cp) {
+function remember(key, cp, first) {
   localStorage.setItem(SEEN + key.text, JSON.stringify({
-    size: String(cp.size), root: b64encode(cp.root), note: cp.note, at: new Date().toISOString(),
+    size: String(cp.size), root: b64encode(cp.root), note: cp.note, first: String(first), at: new Date().toISOString(),
   }));
 }
 
+// The sequence number of the log's first entry, as the server says (checked against the one this
+// browser kept with the log's checkpoint: entry #N is leaf N − first of the signed tree).
+async function firstSeq() {
+  const counters = await api("counters", {});
+  const first = counters && counters.tree ? counters.tree.first_seq : undefined;
+  if (typeof first !== "number" || !Number.isSafeInteger(first) || first < 0) {
+    throw new VerifyError("the server did not say where the log's entries begin (tree.first_seq)");
+  }
+  return BigInt(first);
+}
+
 // The latest checkpoint, opened with the pinned key, and checked against the one this browser
-// kept: { ok: true | false, reason, cp, seen }.
+// kept: { ok: true | false, reason, cp, seen, first }. `first` is the log's first seq, kept with
+// the checkpoint the first time and required to stay the same (a server that renumbers the
+// log's entries is caught like one that rewrites them). Entries are verified only against the
+// `cp` of a result with ok === true — never against a checkpoint fetched again.
 export async function checkLog(key) {
   let note;
   try {
@@ -47,16 +61,28 @@ export async function checkLog(key) {
     if (err instanceof VerifyError) return { ok: false, reason: `the latest checkpoint does not verify: ${err.message}`, note };
     throw err;
   }
+  let first;
+  try {
+    first = await firstSeq();
+  } catch (err) {
+    return { ok: false, cp, reason: err.message };
+  }
   const seen = seenFor(key);
   if (seen === null) {
-    remember(key, cp);
-    return { ok: true, cp, reason: `checkpoint of ${cp.size} entries verified; it is the first this browser keeps for ${key.name}` };
+    remember(key, cp, first);
+    return { ok: true, cp, first, reason: `checkpoint of ${cp.size} entries verified; it is the first this browser keeps for ${key.name}` };
   }
   const seenSize = BigInt(seen.size);
   const seenRoot = b64decode(seen.root, "the kept root");
   const split = (why) => ({ ok: false, split: true, cp, seen, reason: why });
+  if (typeof seen.first === "string" && BigInt(seen.first) !== first) {
+    return split(`split view: the server now numbers this log's entries from seq ${first}; this browser saw them numbered from seq ${seen.first}`);
+  }
   if (seenSize === cp.size) {
-    if (equal(seenRoot, cp.root)) return { ok: true, cp, seen, reason: `checkpoint of ${cp.size} entries verified; the same tree this browser saw before` };
+    if (equal(seenRoot, cp.root)) {
+      if (typeof seen.first !== "string") remember(key, cp, first); // (kept before the first seq was)
+      return { ok: true, cp, seen, first, reason: `checkpoint of ${cp.size} entries verified; the same tree this browser saw before` };
+    }
     return split(`split view: the server signs a tree of ${cp.size} entries with another root than the one this browser saw — two histories under one key`);
   }
   if (seenSize > cp.size) {
@@ -70,8 +96,8 @@ export async function checkLog(key) {
     return split(`the server could not prove that today's tree extends the one this browser saw (${err.message})`);
   }
   if (await verifyConsistency(seenSize, cp.size, seenRoot, cp.root, proof)) {
-    remember(key, cp);
-    return { ok: true, cp, seen, reason: `checkpoint of ${cp.size} entries verified; proven to extend the ${seenSize} entries this browser saw before` };
+    remember(key, cp, first);
+    return { ok: true, cp, seen, first, reason: `checkpoint of ${cp.size} entries verified; proven to extend the ${seenSize} entries this browser saw before` };
   }
   return split(`split view: the tree of ${cp.size} entries does not extend the tree of ${seenSize} entries this browser saw — the history was rewritten`);
 }
@@ -149,13 +175,21 @@ function checkpointSection(main, result) {
   }
 }
 
-async function verifyEntry(key, seq, out) {
+// Entry `seq` against the checkpoint `log` (checkLog's result) verified: its leaf is leaf
+// seq − first of that signed tree — the index the page computes, never the server's.
+async function verifyEntry(log, seq, out) {
   const steps = el("ol", { class: "steps" });
   const step = (ok, text) => steps.append(el("li", { class: ok ? "good" : "bad" }, (ok ? "✓ " : "✗ ") + text));
   out.replaceChildren(el("h3", {}, `Entry #${seq}`), steps);
-  const note = await api("checkpoint", {}, "text");
-  const cp = await openCheckpoint(note, key);
-  step(true, `checkpoint signed by ${key.name}: ${cp.size} entries`);
+  if (log.ok !== true) {
+    throw new VerifyError(`no entry can be verified: the log's checkpoint is not trusted in this browser (${log.reason})`);
+  }
+  const { cp, first } = log;
+  step(true, `checkpoint signed by ${cp.origin}: ${cp.size} entries, checked above`);
+  const index = BigInt(seq) - first;
+  if (index < 0n || index >= cp.size) {
+    throw new VerifyError(`entry #${seq} is not covered by the signed checkpoint (it covers seqs ${first}…${first + cp.size - 1n})`);
+  }
   const bytes = await api("leaf", { seq }, "bytes");
   let proof;
   try {
@@ -163,20 +197,22 @@ async function verifyEntry(key, seq, out) {
   } catch (err) {
     throw new VerifyError(`no inclusion proof in the signed tree: ${err.message}`);
   }
-  if (typeof proof.index !== "number" || !Number.isSafeInteger(proof.index) || proof.index < 0) throw new VerifyError("the proof's leaf index is not a number");
+  if (typeof proof.index !== "number" || !Number.isSafeInteger(proof.index) || BigInt(proof.index) !== index) {
+    throw new VerifyError(`the server's proof is not for entry #${seq}, which is leaf ${index} of this log (its entries begin at seq ${first})`);
+  }
   const path = proofPath(proof.path, "the inclusion proof");
   const leaf = await leafHash(bytes);
   step(true, `leaf hash of the entry's ${bytes.length} bytes computed`);
-  const root = await rootFromInclusion(leaf, BigInt(proof.index), cp.size, path);
+  const root = await rootFromInclusion(leaf, index, cp.size, path);
   if (!equal(root, cp.root)) throw new VerifyError("the audit path does not lead to the checkpoint's root: the entry, the proof or the checkpoint was altered");
-  step(true, `audit path of ${path.length} hashes leads to the signed root`);
+  step(true, `audit path of ${path.length} hashes leads to the signed root as leaf ${index}`);
   let entry;
   try {
     entry = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {
     throw new VerifyError("the verified bytes are not an entry (not UTF-8 JSON)");
   }
-  out.append(verdict(true, `entry #${seq} is leaf ${proof.index} of the signed tree of ${cp.size} entries`),
+  out.append(verdict(true, `entry #${seq} is leaf ${index} of the signed tree of ${cp.size} entries`),
     el("p", { class: "muted" }, "What the verified bytes say:"),
     el("dl", { class: "facts", id: "verified-entry" }, ...Object.entries(entry).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
     el("details", {}, el("summary", {}, "The bytes, as hashed"), el("pre", {}, new TextDecoder().decode(bytes))));
@@ -201,7 +237,8 @@ export async function render(main, params) {
     main.append(notice("", "Pin the log's verifier key to check its checkpoint and entries in this browser."));
     return;
   }
-  checkpointSection(main, await checkLog(key));
+  const log = await checkLog(key);
+  checkpointSection(main, log);
   const seqInput = el("input", { type: "number", id: "seq", name: "seq", min: "0", value: params.get("seq") || "", required: true });
   main.append(el("h2", {}, "Verify an entry"), el("form", { class: "filters", method: "get", action: ROOT + "verify", "aria-label": "Verify an entry" },
     el("label", {}, "Sequence number", seqInput), el("button", { type: "submit" }, "Verify in this browser")));
@@ -210,7 +247,7 @@ export async function render(main, params) {
   const seq = params.get("seq");
   if (seq !== null && /^[0-9]{1,18}$/.test(seq)) {
     try {
-      await verifyEntry(key, seq, out);
+      await verifyEntry(log, seq, out);
     } catch (err) {
       out.append(verdict(false, err instanceof VerifyError || err instanceof ApiError ? err.message : `verification failed: ${err}`));
     }
