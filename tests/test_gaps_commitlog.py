@@ -6,6 +6,9 @@ a forged record is laid out with the log's own encoder, as tests/test_commitlog.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,51 @@ def test_recovery_refuses_a_barrier_before_it_applies_any_record(tmp_path: Path,
                                                   r"checkpoint\) that data\.mdb does not have"):
         SovereignJournal(store)
     assert (store / "data.mdb").read_bytes() == old
+
+
+# -- flushes, counted at the system call (strace -f -y, in a child) ----------------------------
+
+_SYNCS = ("fsync", "fdatasync")
+_WRITES = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+_RENAMES = ("rename", "renameat", "renameat2")
+#: `PID call(FD<path>, rest` (strace -f -y)
+_CALL = re.compile(r"^(?:\d+\s+)?(\w+)\((-?\d+|AT_FDCWD)<([^>]*)>(.*)$")
+
+
+def _traced(tmp_path: Path, code: str) -> list[tuple[str, str, str]]:
+    """(call, path of its first descriptor, the rest of the line) of every flush, write and
+    rename ``code`` makes, run in a child under strace."""
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e",
+                    "trace=" + ",".join(_SYNCS + _WRITES + _RENAMES), sys.executable, "-c", code],
+                   check=True, timeout=120, capture_output=True)
+    events = []
+    for line in trace.read_text(errors="replace").splitlines():
+        found = _CALL.match(line)
+        if found:
+            events.append((found.group(1), found.group(3), found.group(4)))
+    return events
+
+
+@pytest.mark.usefixtures("strace")
+def test_a_new_commit_log_is_flushed_before_data_mdb_names_it_and_before_its_rename(tmp_path: Path) -> None:
+    """Kills: the new log's superblock written without its flush (storage/lmdb/_commitlog.py
+    ``CommitLog.create``: the ``os.fsync`` after the ``pwrite``). ``data.mdb`` then names a log
+    whose superblock a power cut may lose: the store no longer opens (*truncated, no
+    superblock*). The superblock must be durable before LMDB's commit that names the log and
+    before the rename that puts it in place."""
+    store = tmp_path / "s"
+    events = _traced(tmp_path, "from krepis import SovereignJournal; "
+                               f"SovereignJournal({str(store)!r}).close()")
+    new, data = f"{store}/commit.log.new", f"{store}/data.mdb"
+    written = max(i for i, (call, path, _) in enumerate(events) if call in _WRITES and path == new)
+    renamed = next(i for i, (call, path, rest) in enumerate(events)
+                   if call in _RENAMES and path == str(store) and '"commit.log.new"' in rest)
+    named = next(i for i, (call, path, _) in enumerate(events)
+                 if i > written and call in _WRITES and path == data)  # LMDB's commit naming the log
+    flushed = [i for i, (call, path, _) in enumerate(events) if call in _SYNCS and path == new]
+    assert any(written < i < min(named, renamed) for i in flushed), \
+        "the new commit.log was not flushed before data.mdb named it and before its rename"
+    assert any(call in _SYNCS and path == str(store) for call, path, _ in events[renamed + 1:])
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.journal_count() == 0
