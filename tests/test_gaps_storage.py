@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 from hashlib import blake2b
 from pathlib import Path
 
@@ -192,3 +193,102 @@ def test_a_format3_migration_flushes_its_copy_before_the_rename_that_swaps_it_in
     assert set(unflushed) <= {"dsync"}, "the recovered data.mdb was not flushed before the rename"
     with SovereignJournal(store, create=False) as journal:
         journal.verify()
+
+
+# -- format 3's recovery, run by the migration on a copy (storage/lmdb/_migrate3.py) -------------
+
+_FORMAT3_CRASHED = Path(__file__).parent / "fixtures" / "format3-crashed"
+_LEGACY_REC = struct.Struct("<IIQQ")  # a version-1 log's record: magic, payload length, txnid, position
+_LEGACY_MAGIC = 0x4C43524B
+
+
+def _format3_crashed(tmp_path: Path) -> Path:
+    """The fixture of a format-3 store whose writer died: checkpoint at transaction 21 in its
+    commit log (version 1), transactions 22…61 logged after it, data.mdb's meta pages at 61."""
+    store = tmp_path / "format3-crashed"
+    shutil.copytree(_FORMAT3_CRASHED, store)
+    os.chmod(store, 0o700)
+    return store
+
+
+def _store_files(store: Path) -> dict[str, bytes]:
+    return {name: (store / name).read_bytes() for name in sorted(os.listdir(store)) if name != "lock.mdb"}
+
+
+def _legacy_chain(log: bytes) -> list[tuple[int, int, int, int]]:
+    """(offset in the file, payload length, txnid, position) of the version-1 log's records after
+    its newest checkpoint slot, read as format 3 read them."""
+    page = struct.unpack_from("<I", log, 12)[0]
+    slot_size = -(-(28 + 2 * page + 4) // 4096) * 4096
+    start = 4096 + 2 * slot_size
+    slots = []
+    for index in (0, 1):
+        magic, txnid, tail, _length = struct.unpack_from("<8sQQI", log, 4096 + index * slot_size)
+        if magic == b"KRPSSLOT":
+            slots.append((txnid, tail))
+    txnid, position = max(slots)
+    out = []
+    while True:
+        at = start + position
+        magic, length, rec_txnid, rec_position = _LEGACY_REC.unpack_from(log, at)
+        if magic != _LEGACY_MAGIC or rec_txnid != txnid + 1 or rec_position != position:
+            return out
+        out.append((at, length, rec_txnid, rec_position))
+        txnid, position = rec_txnid, position + _LEGACY_REC.size + length + 4
+
+
+def _legacy_record(txnid: int, position: int, payload: bytes) -> bytes:
+    head = _LEGACY_REC.pack(_LEGACY_MAGIC, len(payload), txnid, position)
+    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+
+
+def test_a_format3_data_file_one_transaction_older_than_its_log_checkpoint_is_refused(tmp_path: Path) -> None:
+    """Kills: format 3's recovery (now run by the migration) accepting a ``data.mdb`` whose meta
+    pages are one transaction older than the commit log's checkpoint (storage/lmdb/_migrate3.py
+    ``_via_copy``: ``at < slot.txnid`` made ``at < slot.txnid - 1``). Such a data.mdb and log do
+    not belong together (the checkpoint's pages may never have reached it): the migration must
+    refuse, naming both transactions, and change nothing."""
+    from krepis.storage import migrate
+
+    store = _format3_crashed(tmp_path)
+    data = bytearray((store / "data.mdb").read_bytes())
+    page = 4096
+    txnid_at = 16 + 4 + 4 + 8 + 8 + 2 * 48 + 8  # page header, then MDB_meta up to mm_txnid
+    assert {struct.unpack_from("<Q", data, p + txnid_at)[0] for p in (0, page)} == {60, 61}
+    for p in (0, page):  # both meta pages say transaction 20: one before the checkpoint's 21
+        struct.pack_into("<Q", data, p + txnid_at, 20)
+    (store / "data.mdb").write_bytes(bytes(data))
+    before = _store_files(store)
+    with pytest.raises(CorruptStorageError, match=r"data\.mdb is at transaction 20, older than the checkpoint "
+                                                  r"of its commit\.log \(transaction 21\)"):
+        migrate(store)
+    assert _store_files(store) == before
+    assert not (store / ".migrate").exists()
+
+
+def test_a_format3_replay_applies_each_logged_commit_as_its_own_transaction(tmp_path: Path) -> None:
+    """Kills: format 3's recovery (run by the migration) not checking that each logged commit is
+    applied as the very LMDB transaction it was (storage/lmdb/_migrate3.py ``_replay``:
+    ``txn.id() != txnid`` made False). A record with a valid checksum but no write in it (the old
+    code never logged one: its commit would change nothing, so LMDB gives the next commit the same
+    transaction id) puts the replay one transaction behind the log: the log is not the one
+    data.mdb's commits wrote, and the migration must refuse it, naming it, and change nothing."""
+    from krepis.storage import migrate
+
+    store = _format3_crashed(tmp_path)
+    log = bytearray((store / "commit.log").read_bytes())
+    chain = _legacy_chain(bytes(log))
+    assert [c[2] for c in chain] == list(range(22, 62))
+    at, length, txnid, position = chain[-1]
+    payload = bytes(log[at + _LEGACY_REC.size:at + _LEGACY_REC.size + length])
+    empty = _legacy_record(txnid, position, struct.pack("<I", 0))  # a commit of no request
+    last = _legacy_record(txnid + 1, position + len(empty), payload)  # … then the last one again
+    log[at:at + len(empty) + len(last)] = empty + last
+    (store / "commit.log").write_bytes(bytes(log))
+    assert [c[2] for c in _legacy_chain(bytes(log))] == list(range(22, 63))
+    before = _store_files(store)
+    with pytest.raises(CorruptStorageError, match=r"commit\.log holds transaction 62 where the store is at "
+                                                  r"transaction 60"):
+        migrate(store)
+    assert _store_files(store) == before
+    assert not (store / ".migrate").exists()
