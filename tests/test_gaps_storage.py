@@ -259,8 +259,8 @@ def test_a_format3_data_file_one_transaction_older_than_its_log_checkpoint_is_re
         struct.pack_into("<Q", data, p + txnid_at, 20)
     (store / "data.mdb").write_bytes(bytes(data))
     before = _store_files(store)
-    with pytest.raises(CorruptStorageError, match=r"data\.mdb is at transaction 20, older than the checkpoint "
-                                                  r"of its commit\.log \(transaction 21\)"):
+    with pytest.raises(CorruptStorageError, match=r"data\.mdb is at transaction 20, older than the "
+                                                  r"checkpoint of its commit\.log \(transaction 21\)"):
         migrate(store)
     assert _store_files(store) == before
     assert not (store / ".migrate").exists()
