@@ -170,3 +170,28 @@ def test_a_new_commit_log_is_flushed_before_data_mdb_names_it_and_before_its_ren
     assert any(call in _SYNCS and path == str(store) for call, path, _ in events[renamed + 1:])
     with SovereignJournal(store, create=False) as journal:
         assert journal.journal_count() == 0
+
+
+@pytest.mark.usefixtures("strace")
+def test_the_log_file_grows_zero_filled_then_flushed_before_a_record_is_written_there(tmp_path: Path) -> None:
+    """Kills: the ring's new file space written without its flush (storage/lmdb/_commitlog.py
+    ``CommitLog.write``: the ``os.fdatasync`` after the zero fill). docs/storage-format.md: "The
+    file grows (zero-filled, then flushed) 64 KiB at a time": the new length is durable before
+    any record relies on it. Under ``interval`` no write flushes, so each flush seen between a
+    growth and the next record is the growth's own."""
+    store = tmp_path / "s"
+    code = ("from krepis import SovereignJournal, TransactionLog, LogStatus\n"
+            f"with SovereignJournal({str(store)!r}, flush='interval:3600000ms') as j:\n"
+            "    for i in range(300):\n"
+            "        j.log_transaction(TransactionLog(i, 'op', f'r{i}', LogStatus.Failed,"
+            " error='x' * 1000))\n")
+    events = [(call, rest) for call, path, rest in _traced(tmp_path, code) if path == f"{store}/commit.log"]
+    zero_filled = ', "\\0\\0\\0\\0'  # (strace shows bytes as C escapes)
+    growths = [i for i, (call, rest) in enumerate(events) if call in _WRITES and rest.startswith(zero_filled)]
+    assert len(growths) >= 4  # 300 KiB of records: the first 64 KiB chunk and several more
+    for i in growths:
+        after = [call for call, _rest in events[i + 1:]]
+        assert any(call in _SYNCS for call in after), "a growth of commit.log never flushed"
+        first_sync = next(n for n, call in enumerate(after) if call in _SYNCS)
+        assert not any(call in _WRITES for call in after[:first_sync]), \
+            "a record was written into new file space before the growth was flushed"
