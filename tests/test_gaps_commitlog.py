@@ -195,3 +195,31 @@ def test_the_log_file_grows_zero_filled_then_flushed_before_a_record_is_written_
         first_sync = next(n for n, call in enumerate(after) if call in _SYNCS)
         assert not any(call in _WRITES for call in after[:first_sync]), \
             "a record was written into new file space before the growth was flushed"
+
+
+def test_a_record_whose_crc_fails_is_no_evidence_that_the_log_was_durable(tmp_path: Path) -> None:
+    """Kills: recovery's search for evidence of durability counting records whose CRC fails
+    (storage/lmdb/_commitlog.py ``CommitLog.durable_evidence`` without its CRC comparison).
+    docs/storage-format.md: the *durable* field of every **valid** record after the chain's end
+    says how far the log was durable. A record beyond the end whose header is whole but whose
+    checksum fails (torn, or damaged) proves nothing: the end is a torn tail, the store opens
+    with every entry the chain holds."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        _three(journal)
+    end, link = _log_end(store)
+    entry = TransactionLog(_T0 + 99, "op", "torn", LogStatus.Completed)
+    payload = encode_payload([([encode_log(entry)], [b"op"])])
+    at = end + 4096  # not where the chain goes on: no valid record at its end
+    raw, _crc = CommitLog.encode(BATCH, at, at + 4096, 9, link, payload)  # "durable up to past its end"
+    torn = raw[:-8] + bytes(8)  # the tail of its body and its CRC never reached the file
+    log_fd = os.open(store / "commit.log", os.O_RDWR)
+    try:
+        log = CommitLog(str(store), log_fd)
+        log.write(at, torn)
+        assert log.read(at, None) is None  # (not a valid record)
+    finally:
+        os.close(log_fd)
+    with SovereignJournal(store) as journal:
+        assert [x.request_id for x in journal.query(order="append", newest_first=False)] == ["r0", "r1", "r2"]
+        journal.verify()
