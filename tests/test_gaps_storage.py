@@ -292,3 +292,26 @@ def test_a_format3_replay_applies_each_logged_commit_as_its_own_transaction(tmp_
         migrate(store)
     assert _store_files(store) == before
     assert not (store / ".migrate").exists()
+
+
+def test_a_format3_record_whose_crc_fails_ends_the_replay_as_a_torn_tail(tmp_path: Path) -> None:
+    """Kills: format 3's log read without its records' CRC check (storage/lmdb/_legacy_log.py
+    ``LegacyLog._read_record``). The last commit's record, one byte changed and its checksum not
+    (a write torn by the crash), is the end of the log as format 3 read it: the migration
+    recovers the 59 commits before it, never the changed entry."""
+    from krepis.storage import migrate
+
+    store = _format3_crashed(tmp_path)
+    log = bytearray((store / "commit.log").read_bytes())
+    at, length, _txnid, _position = _legacy_chain(bytes(log))[-1]
+    body = slice(at + _LEGACY_REC.size, at + _LEGACY_REC.size + length)
+    assert log[body].count(b'"duration_us":59}') == 1
+    log[body] = bytes(log[body]).replace(b'"duration_us":59}', b'"duration_us":58}')
+    (store / "commit.log").write_bytes(bytes(log))
+    result = migrate(store)
+    assert (result.from_format, result.entries) == (3, 59)
+    with SovereignJournal(store) as journal:
+        logs = journal.query(order="append", newest_first=False)
+        assert [log.request_id for log in logs] == [f"c{i}" for i in range(59)]
+        assert journal.recover_op_count("op") == 59
+        journal.verify()
