@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,90 @@ def test_a_record_whose_crc_fails_is_no_evidence_that_the_log_was_durable(tmp_pa
     with SovereignJournal(store) as journal:
         assert [x.request_id for x in journal.query(order="append", newest_first=False)] == ["r0", "r1", "r2"]
         journal.verify()
+
+
+# -- the ring's space is reused only once LMDB holds what was in it -----------------------------
+
+_FAILED_APPLY = textwrap.dedent("""
+    import os, sys, threading
+    from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog
+    from krepis.storage.lmdb import _apply, _commitlog, _store
+    _commitlog.RING_SIZE = 64 << 10  # a small ring (the log states its size itself)
+    _apply.APPLY_SECONDS = _apply.APPLY_ENTRIES = _store.APPLY_ENTRIES = 10**9  # no applier on its own
+    journal = SovereignJournal(sys.argv[1])
+    acknowledged = 0
+
+    def write(n):
+        global acknowledged
+        for _ in range(n):
+            journal.record(TransactionLog(acknowledged, "op", f"r{acknowledged}", LogStatus.Failed,
+                                          error="e" * 900), increment="op")
+            acknowledged += 1
+
+    write(20)  # about 20 KiB of the ring's 64, none of it in LMDB yet
+    print("written", flush=True)
+    input()  # (the test arms the file system: LMDB's next write to data.mdb fails with EIO)
+    failed = []
+
+    def apply():
+        try:
+            journal._live().checkpoint()
+        except StorageError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=apply)
+    thread.start()
+    thread.join()
+    print("failed" if failed else "applied", flush=True)
+    input()  # (the disk works again)
+    write(50)  # 50 KiB more: past the ring's end, over the space of the first 20
+    print(acknowledged, flush=True)
+    os._exit(0)  # the process dies: whatever LMDB does not hold must still be in the log
+""")
+
+
+def test_the_ring_space_of_records_lmdb_failed_to_commit_is_not_reused(tmp_path: Path) -> None:
+    """Kills: the floor (where the ring's reusable space ends) moved before LMDB's commit of the
+    records in it succeeded (storage/lmdb/_apply.py ``apply_tail``: the floor set before
+    ``txn.commit()``). LMDB's commit fails (the disk returns EIO: the power-loss file system's
+    armed failure); the writes that follow must not overwrite those records in the ring — a
+    process that then dies would lose them (acknowledged writes). After the death every
+    acknowledged write is there."""
+    from powerloss.harness import PowerLossMount, fuse_unavailable
+
+    reason = fuse_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true" or os.environ.get("KREPIS_REQUIRE_POWERLOSS") == "1":
+            pytest.fail(f"needs the power-loss file system: {reason}")
+        pytest.skip(f"needs the power-loss file system: {reason}")
+    with PowerLossMount(tmp_path) as plfs:
+        store = plfs.mnt / "store"
+        child = subprocess.Popen([sys.executable, "-c", _FAILED_APPLY, str(store)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert child.stdout.readline() == "written\n"
+            plfs.request({"cmd": "arm", "file": "store/data.mdb", "events": 1})
+            child.stdin.write("\n")
+            child.stdin.flush()
+            deadline = time.monotonic() + 60
+            while plfs.stats()["state"] != "frozen":
+                assert time.monotonic() < deadline, "LMDB never wrote data.mdb"
+                time.sleep(0.01)
+            plfs.request({"cmd": "thaw"})
+            assert child.stdout.readline() == "failed\n"
+            plfs.request({"cmd": "resume"})
+            child.stdin.write("\n")
+            child.stdin.flush()
+            acknowledged = int(child.stdout.readline())
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert acknowledged == 70
+        with SovereignJournal(store, create=False) as journal:
+            assert journal.journal_count() == journal.recover_op_count("op") == acknowledged
+            assert [x.request_id for x in journal.query(order="append", newest_first=False)] == \
+                [f"r{i}" for i in range(acknowledged)]
+            journal.verify()
