@@ -39,12 +39,12 @@ def _log_end(store: Path) -> tuple[int, int]:
     return position, link
 
 
-def _append_forged(store: Path, first_seq: int, link: int | None = None) -> str:
+def _append_forged(store: Path, first_seq: int, link: int | None = None, request_id: str = "forged") -> str:
     """Append, as another process would, a record of one entry whose position and CRC are right;
     its link is ``link`` (default: the right one) and it says it begins at ``first_seq``. The
     head in commit.state moves past it. Returns the entry's request id."""
     position, right_link = _log_end(store)
-    entry = TransactionLog(_T0 + 99, "op", "forged", LogStatus.Completed)
+    entry = TransactionLog(_T0 + 99, "op", request_id, LogStatus.Completed)
     payload = encode_payload([([encode_log(entry)], [b"op"])])
     log_fd = os.open(store / "commit.log", os.O_RDWR)
     state_fd = os.open(store / "commit.state", os.O_RDWR)
@@ -312,3 +312,84 @@ def test_the_ring_space_of_records_lmdb_failed_to_commit_is_not_reused(tmp_path:
             assert [x.request_id for x in journal.query(order="append", newest_first=False)] == \
                 [f"r{i}" for i in range(acknowledged)]
             journal.verify()
+
+
+def test_recovery_stops_at_a_record_that_does_not_link_to_the_one_before_it(tmp_path: Path) -> None:
+    """Kills: recovery walking the chain without checking each record's link, the CRC of the
+    record before it (storage/lmdb/_commitlog.py ``CommitLog.chain`` reading with no link).
+    docs/storage-format.md: a record written before a crash and never part of the chain cannot
+    join it. Two records follow LMDB's pointer: the first links to it, the second — at the right
+    place, whole, of the right seq — links to another record. Recovery applies the first only."""
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        _three(journal)
+    first = _append_forged(store, first_seq=3, request_id="linked")
+    _position, link = _log_end(store)
+    second = _append_forged(store, first_seq=4, link=link ^ 1, request_id="not linked")
+    with SovereignJournal(store) as journal:
+        assert [x.request_id for x in journal.query(order="append", newest_first=False)] == \
+            ["r0", "r1", "r2", first]
+        assert second not in [x.request_id for x in journal.query()]
+        journal.verify()
+
+
+_LAPS = textwrap.dedent("""
+    from krepis import LogStatus, SovereignJournal, TransactionLog
+    from krepis.storage.lmdb import _apply, _commitlog, _store
+    _commitlog.RING_SIZE = 64 << 10  # a small ring (the log states its size itself)
+    # LMDB applies only when the ring is full, in the writing thread: no applier in parallel
+    _apply.APPLY_SECONDS = _apply.APPLY_ENTRIES = _store.APPLY_ENTRIES = 10**9
+    with SovereignJournal({store!r}, flush="interval:3600000ms") as journal:
+        for i in range(300):
+            journal.record(TransactionLog(i, "op", f"r{{i}}", LogStatus.Failed, error="e" * 900),
+                           increment="op")
+""")
+_OPENED = re.compile(r"= (\d+)<")
+_PWRITE = re.compile(r", (\d+), (\d+)\) = \d+$")
+
+
+@pytest.mark.usefixtures("strace")
+def test_ring_space_is_written_again_only_once_lmdb_flushed_what_was_applied(tmp_path: Path) -> None:
+    """Kills: LMDB's apply not synced while the ring's space is reused (the store's environment
+    opened without ``sync``/``metasync``, storage/lmdb/_env.py, or an apply committed unsynced).
+    docs/storage-format.md: the log's space before LMDB's pointer may be written again once the
+    records in it are durable in LMDB. A small ring laps five times; whenever a record is written
+    where an earlier one lay, every write LMDB made to data.mdb before it has been flushed
+    (by fsync/fdatasync, or written through a descriptor opened with O_DSYNC). Counted at the
+    system call; the power-loss tests catch this only at random cuts."""
+    store = tmp_path / "s"
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-y", "-o", str(trace), "-e",
+                    "trace=openat,fsync,fdatasync,write,pwrite64,writev,pwritev,pwritev2",
+                    sys.executable, "-c", _LAPS.format(store=str(store))],
+                   check=True, timeout=120, capture_output=True)
+    log, data = f"{store}/commit.log", f"{store}/data.mdb"
+    dsync: dict[tuple[str, str], bool] = {}
+    unflushed = 0  # writes to data.mdb not yet flushed
+    written_up_to = 0  # the end of the ring's file space records were written in so far
+    reused = 0
+    for line in trace.read_text(errors="replace").splitlines():
+        found = re.match(r"^(\d+)\s+(\w+)\((-?\d+|AT_FDCWD)<([^>]*)>(.*)$", line)
+        if not found:
+            continue
+        pid, call, fd, path, rest = found.groups()
+        if call == "openat":
+            opened = _OPENED.search(rest)
+            if opened:
+                dsync[(pid, opened.group(1))] = "O_DSYNC" in rest
+        elif path == data and call in _SYNCS:
+            unflushed = 0
+        elif path == data and call in _WRITES and not dsync.get((pid, fd)):
+            unflushed += 1
+        elif path == log and call == "pwrite64" and '"KRC2' in rest:  # a record
+            where = _PWRITE.search(rest)
+            assert where is not None, line
+            length, offset = int(where.group(1)), int(where.group(2))
+            if offset < written_up_to:
+                reused += 1
+                assert unflushed == 0, (f"a record was written at offset {offset} of commit.log, where an "
+                                        f"earlier one lay, with {unflushed} write(s) to data.mdb unflushed")
+            written_up_to = max(written_up_to, offset + length)
+    assert reused >= 200  # (the ring lapped: most records went where others had been)
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.journal_count() == 300
