@@ -319,7 +319,8 @@ def test_recovery_stops_at_a_record_that_does_not_link_to_the_one_before_it(tmp_
     record before it (storage/lmdb/_commitlog.py ``CommitLog.chain`` reading with no link).
     docs/storage-format.md: a record written before a crash and never part of the chain cannot
     join it. Two records follow LMDB's pointer: the first links to it, the second — at the right
-    place, whole, of the right seq — links to another record. Recovery applies the first only."""
+    place, whole, of the right seq — links to another record. Recovery applies the first only.
+    (``chain`` is recovery's walk; catching up reads with ``read`` and is checked above.)"""
     store = tmp_path / "s"
     with SovereignJournal(store) as journal:
         _three(journal)
