@@ -315,3 +315,74 @@ def test_a_format3_record_whose_crc_fails_ends_the_replay_as_a_torn_tail(tmp_pat
         assert [log.request_id for log in logs] == [f"c{i}" for i in range(59)]
         assert journal.recover_op_count("op") == 59
         journal.verify()
+
+
+# -- restore over a store: a crash at any point leaves the old store whole or the restored one ----
+
+def _two_stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A backup of a store of 5 entries, and another store (the destination) of 3 whose last
+    writes are in its commit log only (its writer died: LMDB never applied them)."""
+    from krepis.storage import backup
+
+    source, dest = tmp_path / "source", tmp_path / "dest"
+    with SovereignJournal(source) as journal:
+        for i in range(5):
+            journal.record(TransactionLog(i, "op", f"backed-up{i}", LogStatus.Completed), increment="op")
+    backup(source, tmp_path / "bk")
+    subprocess.run([sys.executable, "-c", "import os; from krepis import *\n"
+                    f"j = SovereignJournal({str(dest)!r}, flush='interval:3600000ms')\n"
+                    "for i in range(3): j.record(TransactionLog(i, 'op', f'old{i}', LogStatus.Completed), "
+                    "increment='op')\n"
+                    "j.flush(); os._exit(0)"], check=True, timeout=60)
+    return tmp_path / "bk", dest
+
+
+def test_a_restore_whose_removal_of_the_old_log_is_lost_still_opens_as_the_restored_store(
+        tmp_path: Path) -> None:
+    """Kills: the restored ``data.mdb`` renamed into place still naming the commit log its check
+    made (storage/lmdb/_backup.py ``_stage`` without ``_name_no_log``). A crash right after the
+    rename, before the removal of the destination's old ``commit.log`` is durable, leaves that
+    log beside the restored file: a log of another id, which the first open must replace — not
+    refuse as one that does not belong."""
+    from krepis.storage import restore
+
+    bk, dest = _two_stores(tmp_path)
+    old = {name: (dest / name).read_bytes() for name in ("commit.log", "commit.state")}
+    restore(bk, dest, force=True)
+    for name, raw in old.items():  # the crash: the old log's removal never reached the disk
+        (dest / name).write_bytes(raw)
+    with SovereignJournal(dest, create=False) as journal:
+        assert [x.request_id for x in journal.query(order="append", newest_first=False)] == \
+            [f"backed-up{i}" for i in range(5)]
+        assert journal.recover_op_count("op") == 5
+        journal.verify()
+
+
+@pytest.mark.skipif(not shutil.which("strace") and os.environ.get("CI") != "true",
+                    reason="strace is not installed (.ci/run installs it)")
+def test_a_restore_makes_its_rename_durable_before_it_removes_the_old_log(tmp_path: Path) -> None:
+    """Kills: the directory not flushed between the rename that puts the restored ``data.mdb`` in
+    place and the removal of the destination's commit log (storage/lmdb/_backup.py ``restore``,
+    the ``fsync_fd`` after the ``rename``). Unflushed, a crash may keep the removal and lose the
+    rename: the old ``data.mdb`` without the log that holds its last acknowledged writes."""
+    bk, dest = _two_stores(tmp_path)
+    trace = tmp_path / "trace"
+    code = f"from krepis.storage import restore; restore({str(bk)!r}, {str(dest)!r}, force=True)"
+    subprocess.run(["strace", "-f", "-y", "-o", str(trace), "-e",
+                    "trace=fsync,rename,renameat,renameat2,unlinkat", sys.executable, "-c", code],
+                   check=True, timeout=120, capture_output=True)
+    events = []
+    for line in trace.read_text(errors="replace").splitlines():
+        found = _CALL.match(line)
+        if found:
+            _pid, call, _fd, path, rest = found.groups()
+            events.append((call, path, rest))
+    renamed = next(i for i, (call, _path, rest) in enumerate(events)
+                   if call.startswith("rename") and f'<{dest}>, "data.mdb"' in rest)
+    removed = next(i for i, (call, path, rest) in enumerate(events)
+                   if call == "unlinkat" and path == str(dest) and rest.startswith(', "commit.log"'))
+    assert renamed < removed
+    assert any(call == "fsync" and path == str(dest) for call, path, _rest in events[renamed + 1:removed]), \
+        "the rename was not flushed before the old commit log was removed"
+    with SovereignJournal(dest, create=False) as journal:
+        assert journal.journal_count() == 5
