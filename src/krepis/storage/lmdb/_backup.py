@@ -240,9 +240,11 @@ def restore(
     when no process has it open; a directory holding anything but a store is never used. The
     backup is copied into ``destination/.restore/`` and that copy is checked (see
     :class:`BackupResult`; with ``verifiers``, the newest checkpoint must carry a valid signature
-    of one of them, else :class:`ValidationError`); then the destination's commit log (which
-    describes the file being replaced) is removed and the copy's ``data.mdb`` renamed into
-    place: one atomic, durable step. Nothing at the destination changes when a check fails."""
+    of one of them, else :class:`ValidationError`); then the copy's ``data.mdb``, which names no
+    commit log, is renamed into place (one atomic step, its directory flushed) and only then the
+    destination's old commit log (which describes the file replaced) removed — a crash at any
+    point leaves the old store whole or the restored one. Nothing at the destination changes
+    when a check fails."""
     _no_postgres(source)
     _no_postgres(destination)
     keys = _keys(verifiers)
