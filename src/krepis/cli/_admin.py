@@ -23,7 +23,7 @@ from ._progress import _quiet_option, progress_bar
 @cli.command()
 @click.option("--quick", is_flag=True,
               help="2 rounds of 0.5 s per write row and a 100,000-entry large journal.")
-@click.option("--seconds", type=click.FloatRange(min=0.01), default=None,
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=None, metavar="S",
               help="Seconds per round of each write row [default: 3, or 0.5 with --quick].")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, metavar="N",
               help="Rounds of every write row, interleaved; the median is reported [default: 3, or 2 "
