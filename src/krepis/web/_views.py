@@ -35,9 +35,11 @@ class Limits:
     at most; ``scan_budget`` entries looked at per page when a filter is checked entry by entry
     (and ``scan_seconds`` of it); ``request_max`` entries of one request per page;
     ``series_max`` entries behind one plot and ``series_buckets`` points in it; ``live_max``
-    live connections at once, each with a queue of ``live_backlog`` entries (a client further
-    behind is told so); ``live_poll`` seconds between looks for new entries; ``readers`` threads
-    reading the journal at once; ``max_query`` bytes of a query string."""
+    live connections at once, each with a queue of ``live_backlog`` entries and
+    ``live_queue_bytes`` bytes, all queues together ``live_total_bytes`` (a client further
+    behind has its queue dropped and is told so); ``live_poll`` seconds between looks for new
+    entries; ``readers`` threads reading the journal at once; ``max_query`` bytes of a query
+    string."""
 
     page_size: int = 100
     page_max: int = 500
@@ -48,13 +50,16 @@ class Limits:
     series_buckets: int = 1500
     live_max: int = 100
     live_backlog: int = 5000
+    live_queue_bytes: int = 8_000_000
+    live_total_bytes: int = 64_000_000
     live_poll: float = 0.1
     readers: int = 4
     max_query: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("page_size", "page_max", "scan_budget", "request_max", "series_max", "series_buckets",
-                     "live_max", "live_backlog", "readers", "max_query"):
+                     "live_max", "live_backlog", "live_queue_bytes", "live_total_bytes", "readers",
+                     "max_query"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValidationError(f"limit {name} must be an int >= 1, got {value!r}")

@@ -1,0 +1,94 @@
+"""The web console's server under attack (``krepis serve``): memory bounded in bytes whatever
+the entries hold, no open redirect, no forged access-log line, no store path in an error, a
+bounded number of heavy reads, slow and half-open connections timed out and not counted, the
+token kept off the command line, uvicorn's own answers with the security headers — on a real
+store served by a real uvicorn, with real sockets."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from krepis import LogStatus, SovereignJournal, TransactionLog
+from krepis.web import Limits, create_app
+from krepis.web._live import Feed, Subscriber
+from test_web import open_stream, read_events
+from webtools import T0, served
+
+TOKEN = "s3cret-token-for-the-console-1234"
+EMOJI = "\U0001F600" * 4096  # 16 KiB of UTF-8: the longest error an entry holds
+BIG = 700  # entries with such an error: 11 MB as UTF-8 JSON, 34 MB escaped to \\uXXXX
+
+
+@pytest.fixture(scope="module")
+def emoji_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hardening") / "storage"
+    with SovereignJournal(path, flush="interval:20ms") as journal:
+        for i in range(BIG):
+            journal.log_transaction(TransactionLog(T0 + i, "op_big", f"r{i}", LogStatus.Failed, duration_us=5,
+                                                   error=EMOJI))
+    return path
+
+
+# -- 4: the live feed's memory, in bytes ------------------------------------------------------
+
+def test_a_catch_up_is_bounded_in_bytes_and_sent_as_utf8(emoji_store: Path) -> None:
+    """A tab asking for everything since seq 0 over 11 MB of entries gets the newest 8 MB at most,
+    told what it missed first; the text is UTF-8, not six bytes of escape per UTF-16 unit."""
+    with served(create_app(emoji_store)) as server:
+        conn, response = open_stream(server, "from=0")
+        try:
+            events = read_events(response, time.monotonic() + 60)
+            name, data = next(e for e in events if e[0] != "message")
+            assert name == "behind", name
+            behind = json.loads(data)
+            assert behind["from"] == 0 and behind["skipped"] == behind["to"] + 1 > 100
+            got, size = [], 0
+            for name, data in events:
+                assert name == "entries"
+                size += len(data.encode())
+                got += [e["seq"] for e in json.loads(data)]
+                if got[-1] == BIG - 1:
+                    break
+            assert got == list(range(behind["to"] + 1, BIG)) and size <= 8_000_000
+            assert EMOJI.encode() in data.encode() and "\\ud83d" not in data
+        finally:
+            conn.close()
+
+
+def test_a_queue_is_bounded_in_bytes_and_keeps_the_newest() -> None:
+    entries = [TransactionLog(T0, "op", f"r{i}", LogStatus.Failed, error="e" * 1000, seq=i)
+               for i in range(30)]
+    sub = Subscriber(None, 5000, 0, max_bytes=5000)
+    for i in range(0, 30, 3):
+        sub.push([(e, e.to_json()) for e in entries[i:i + 3]])
+        assert sub.pending_bytes <= 5000
+    assert sub.skipped == 27 and sub.skipped_range == (0, 26)
+    assert [c.last for c in sub.pending] == [29]
+    assert sub.pending_bytes == sum(len(c.event) for c in sub.pending)
+    assert sub.pop() is not None and sub.pop() is None and sub.pending_bytes == 0
+
+
+def test_all_queues_together_are_bounded_in_bytes(emoji_store: Path) -> None:
+    """Filtered tabs each hold their own copies: the feed drops the longest queues first."""
+    limits = Limits(live_queue_bytes=4_000_000, live_total_bytes=6_000_000)
+
+    async def run() -> list[int]:
+        async def run_sync(fn: Any) -> Any:
+            return await asyncio.to_thread(fn)
+
+        with SovereignJournal(emoji_store, create=False) as journal:
+            feed = Feed(journal, {}, limits, run_sync)
+            subs = [await feed.subscribe(lambda e, i=i: e.seq % 3 != i, 0) for i in range(3)]  # type: ignore[misc]
+            sizes = [sub.pending_bytes for sub in subs]
+            feed.close()
+            return sizes
+    sizes = asyncio.run(run())
+    assert any(sizes) and max(sizes) <= 4_000_000 and sum(sizes) <= 6_000_000
