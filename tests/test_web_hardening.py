@@ -6,6 +6,7 @@ store served by a real uvicorn, with real sockets."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.web import Limits, create_app
 from krepis.web._live import Feed, Subscriber
 from test_web import open_stream, read_events
-from webtools import T0, served
+from webtools import T0, Served, make_console_store, served
 
 TOKEN = "s3cret-token-for-the-console-1234"
 EMOJI = "\U0001F600" * 4096  # 16 KiB of UTF-8: the longest error an entry holds
@@ -92,3 +93,62 @@ def test_all_queues_together_are_bounded_in_bytes(emoji_store: Path) -> None:
             return sizes
     sizes = asyncio.run(run())
     assert any(sizes) and max(sizes) <= 4_000_000 and sum(sizes) <= 6_000_000
+
+
+# -- 8: the token's redirect stays on this server ------------------------------------------
+
+def request(server: Served, target: str,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One GET of ``target`` exactly as given (no quoting)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest("GET", target, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hardening-small") / "storage"
+    make_console_store(path, archive=False)
+    return path
+
+
+@pytest.mark.parametrize(("target", "location"), [
+    ("//evil.example/", "/evil.example/"), ("/%2F%2Fevil.example/", "/evil.example/"),
+    ("/%5Cevil.example/", "/evil.example/"), ("/%5C%5C/%2Fevil.example/x", "/evil.example/x"),
+    ("/ops", "/ops"), ("/a%0D%0AX-Evil:%201", "/a%0D%0AX-Evil:%201"),
+])
+def test_the_token_redirect_never_leaves_the_server(small_store: Path, target: str, location: str) -> None:
+    with served(create_app(small_store, token=TOKEN)) as server:
+        code, headers, _ = request(server, f"{target}?token={TOKEN}&since=1h")
+        assert code == 303 and headers["location"] == location + "?since=1h"
+        assert "x-evil" not in headers
+
+
+def test_under_a_prefix_the_redirect_stays_under_it(small_store: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    console = create_app(small_store, token=TOKEN)
+    parent = Starlette(routes=[Mount("/audit", console)])
+    parent.close = console.close  # type: ignore[attr-defined]  # (what Served stops)
+    with served(parent) as server:
+        code, headers, _ = request(server, f"/audit//evil.example/?token={TOKEN}")
+        assert code == 303 and headers["location"] == "/audit/evil.example/"
+
+
+def test_a_wrong_token_in_the_query_redirects_nowhere(small_store: Path) -> None:
+    with served(create_app(small_store, token=TOKEN)) as server:
+        code, headers, _ = request(server, f"/ops?token={TOKEN}")
+        cookie = headers["set-cookie"].split(";")[0]
+        code, headers, _ = request(server, "//evil.example/?token=garbage", {"Cookie": cookie})
+        assert code != 303 and "location" not in headers and "set-cookie" not in headers
+        code, headers, _ = request(server, "/api/counters?token=garbage", {"Cookie": cookie})
+        assert code == 200 and "set-cookie" not in headers
+        assert request(server, "/api/counters?token=garbage")[0] == 401

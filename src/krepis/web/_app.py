@@ -147,14 +147,18 @@ class _Guard:
 
     def _token_in_query(self, scope: Scope) -> Message | None:
         """A visit with the right ``?token=``: a redirect to the same address without it, setting
-        the session cookie (so the token stays out of the history and the address bar)."""
-        if self.token is None or _query_token(scope) is None:
+        the session cookie (so the token stays out of the history and the address bar). The
+        address is a path under the console's own prefix, never another site's: leading ``/``
+        and ``\\`` collapse to one ``/``, and the rest is percent-encoded. A wrong ``?token=``
+        redirects nowhere (a request the cookie lets in is answered as if it were absent)."""
+        candidate = _query_token(scope)
+        if self.token is None or candidate is None or not hmac.compare_digest(candidate.encode(), self.token):
             return None
         assert self.session is not None
         pairs = [(k, v) for k, v in urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                                             keep_blank_values=True) if k != "token"]
         root = scope.get("root_path", "")  # (a mount's prefix; "path" is the whole path, prefix included)
-        location = scope["path"] + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+        location = _local_path(root, scope["path"]) + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = (f"{SESSION_COOKIE}={self.session.decode()}; Path={root or '/'}; HttpOnly; "
                   f"SameSite=Strict{secure}")
@@ -164,6 +168,16 @@ class _Guard:
 
 
 _OURS = {k for k, _ in SECURITY_HEADERS} | {b"cache-control"}
+
+
+def _local_path(root: str, path: str) -> str:
+    """``path`` as an absolute path on this server under the mount prefix ``root``: never a
+    scheme-relative (``//host``) or absolute URL, whatever slashes and backslashes it starts
+    with; percent-encoded (no control character or space reaches the ``Location`` header)."""
+    rest = path[len(root):] if root and path.startswith(root) else path
+    rest = rest.lstrip("/\\")
+    prefix = "/" + root.strip("/\\") if root.strip("/\\") else ""
+    return urllib.parse.quote(f"{prefix}/{rest}", safe="/-._~!$&'()*+,;=:@")
 
 
 def _query_token(scope: Scope) -> str | None:
