@@ -152,3 +152,30 @@ def test_a_wrong_token_in_the_query_redirects_nowhere(small_store: Path) -> None
         code, headers, _ = request(server, "/api/counters?token=garbage", {"Cookie": cookie})
         assert code == 200 and "set-cookie" not in headers
         assert request(server, "/api/counters?token=garbage")[0] == 401
+
+
+# -- 7: the access log ------------------------------------------------------------------------
+
+def test_the_access_log_writes_one_inert_line_per_request(small_store: Path,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """A path with CR, LF, an escape sequence, spaces or a bidi override cannot forge a line,
+    split the fields or reach the terminal: each is written as a visible escape."""
+    from krepis.web._server import _AccessLog
+
+    app = create_app(small_store)
+    logged = _AccessLog(app)
+    logged.close = app.close  # type: ignore[attr-defined]  # (what Served stops)
+    with served(logged) as server:
+        capfd.readouterr()
+        request(server, "/x%0AGET%20/api/counters%20200%201.0ms%0D%1B%5B31mRED")
+        request(server, "/a%E2%80%AEb%5Cc")
+        err = ""
+        deadline = time.monotonic() + 10  # (a line is written once its response has been sent)
+        while err.count("\n") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            err += capfd.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("GET /x\\x0aGET\\x20/api/counters\\x20200\\x201.0ms\\x0d\\x1b[31mRED 404 ")
+    assert lines[1].startswith("GET /a\\u202eb\\x5cc 404 ")
+    assert "\x1b" not in err and "\r" not in err and "\u202e" not in err

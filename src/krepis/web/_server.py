@@ -153,9 +153,27 @@ def _print_ready(url: str) -> None:
     print(f"krepis serve: {url} (read-only; Ctrl-C stops)", file=sys.stderr, flush=True)
 
 
+def log_text(text: str) -> str:
+    """``text`` as one inert run of a log line: every character that is not printable — control
+    characters (CR, LF, ESC), format characters such as bidi overrides, line separators — a
+    space, and the backslash itself written as a visible escape (``\\x0a``, ``\\u202e``,
+    ``\\x20``, ``\\x5c``), so a request cannot add a line, split a field or colour a terminal."""
+    out = []
+    for char in text:
+        if char.isprintable() and char not in " \\":
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
 class _AccessLog:
     """One line per request on stderr: method, path (never the query string: it may hold the
-    token), status, milliseconds."""
+    token; escaped by :func:`log_text`), status, milliseconds."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -178,4 +196,5 @@ class _AccessLog:
             await self.app(scope, receive, watch)
         finally:
             took = (time.perf_counter() - start) * 1000
-            print(f"{scope['method']} {scope['path']} {status[0]} {took:.1f}ms", file=sys.stderr, flush=True)
+            print(f"{log_text(scope['method'])} {log_text(scope['path'])} {status[0]} {took:.1f}ms",
+                  file=sys.stderr, flush=True)
