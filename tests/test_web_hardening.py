@@ -21,7 +21,7 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.web import Limits, create_app
 from krepis.web._live import Feed, Subscriber
 from test_web import open_stream, read_events
-from webtools import T0, Served, make_console_store, served
+from webtools import T0, Served, get_json, make_console_store, served
 
 TOKEN = "s3cret-token-for-the-console-1234"
 EMOJI = "\U0001F600" * 4096  # 16 KiB of UTF-8: the longest error an entry holds
@@ -179,3 +179,22 @@ def test_the_access_log_writes_one_inert_line_per_request(small_store: Path,
     assert lines[0].startswith("GET /x\\x0aGET\\x20/api/counters\\x20200\\x201.0ms\\x0d\\x1b[31mRED 404 ")
     assert lines[1].startswith("GET /a\\u202eb\\x5cc 404 ")
     assert "\x1b" not in err and "\r" not in err and "\u202e" not in err
+
+
+# -- 12: error messages name the parameter given, never a path of the server's ----------------
+
+@pytest.mark.parametrize(("target", "params", "status", "starts"), [
+    ("api/trail", {"before": str(2**63 - 1)}, 400, "before=9223372036854775807"),
+    ("api/trail", {"after": "99999999"}, 400, "after=99999999"),
+    ("api/request", {"id": "req-0001", "after": "99999999"}, 400, "after=99999999"),
+    ("api/leaf", {"seq": "99999999"}, 404, "entry 99999999"),
+    ("api/proof/inclusion", {"seq": "3", "size": "99999999"}, 400, ""),
+    ("api/proof/consistency", {"old": "99999998", "new": "99999999"}, 400, ""),
+])
+def test_errors_name_the_parameter_given_and_no_path(small_store: Path, target: str, params: dict[str, str],
+                                                     status: int, starts: str) -> None:
+    with served(create_app(small_store)) as server:
+        error = get_json(server, target, params, status=status)["error"]
+    assert error.startswith(starts), error
+    for path in (str(small_store), str(small_store.resolve()), str(small_store.parent)):
+        assert path not in error, error

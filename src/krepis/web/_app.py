@@ -17,6 +17,7 @@ import hmac
 import html
 import json
 import os
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -198,6 +199,17 @@ class _Console:
         self.limiter = anyio.CapacityLimiter(reader.limits.readers)
         self.feed = Feed(journal, reader.history, reader.limits, self.run)
         self.shell = (STATIC / "index.html").read_text(encoding="utf-8")
+        self.hidden = _hidden_paths(journal, reader)
+
+    def error(self, status: int, message: str, start: float) -> Response:
+        """An error answer whose message names no path of the server's (the store's, the
+        archive's: they become ``<store>``, ``<archive>``); a 5xx's whole message goes to stderr
+        for the operator."""
+        if status >= 500:
+            print(f"krepis serve: {status}: {message}", file=sys.stderr, flush=True)
+        for path, name in self.hidden:
+            message = message.replace(path, name)
+        return _error(status, message, start)
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
@@ -209,20 +221,40 @@ class _Console:
         try:
             value = await self.run(fn)
         except (ValueError, TypeError) as exc:  # ValidationError, InvalidTypeError among them
-            return _error(400, str(exc), start)
+            return self.error(400, str(exc), start)
         except KeyError as exc:
-            return _error(404, str(exc.args[0]) if exc.args else "not found", start)
+            return self.error(404, str(exc.args[0]) if exc.args else "not found", start)
         except CorruptStorageError as exc:
-            return _error(500, str(exc), start)
+            return self.error(500, str(exc), start)
         except StorageError as exc:
-            return _error(503, str(exc), start)
+            return self.error(503, str(exc), start)
         except JournalError as exc:  # e.g. cleared or archived during the read: try again
-            return _error(503, f"{exc}; try again", start)
+            return self.error(503, f"{exc}; try again", start)
         if isinstance(value, Response):
             value.headers["server-timing"] = _timing(start)
             return value
         body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
         return Response(body, media_type="application/json", headers={"server-timing": _timing(start)})
+
+
+def _hidden_paths(journal: SovereignJournal, reader: Reader) -> list[tuple[str, str]]:
+    """The server's paths an error message must not show, longest first, with what stands for
+    each: the store's location and the archive directories (as given and resolved)."""
+    pairs: dict[str, str] = {}
+    archives = [reader.history.get("archive")]
+    try:
+        archives.append(journal.get_archive_dir())
+    except JournalError:
+        pass
+    for location, name in [(journal.path, "<store>"), *((a, "<archive>") for a in archives)]:
+        if not location:
+            continue
+        text = str(location)
+        pairs.setdefault(text, name)
+        if "://" not in text:
+            pairs.setdefault(os.path.realpath(text), name)
+            pairs.setdefault(os.path.abspath(text), name)
+    return sorted(((k, v) for k, v in pairs.items() if len(k) > 1), key=lambda kv: -len(kv[0]))
 
 
 def _timing(start: float) -> str:
@@ -278,14 +310,14 @@ def _routes(console: _Console) -> list[Route | Mount]:
             filters = parse_filters(params)
             begin = _start(params, request.headers.get("last-event-id"))
         except (ValueError, TypeError) as exc:
-            return _error(400, str(exc), start)
+            return console.error(400, str(exc), start)
         check = filters.matcher() if filters.any else None
         try:
             sub = await console.feed.subscribe(check, begin)
         except FeedFull as exc:
             return _error(503, str(exc), start)
         except JournalError as exc:
-            return _error(503, str(exc), start)
+            return console.error(503, str(exc), start)
         return StreamingResponse(console.feed.stream(sub, request.is_disconnected),
                                  media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no", "server-timing": _timing(start)})

@@ -115,6 +115,10 @@ class Reader:
         next_seq = self.journal.next_seq()
         args, check = filters.query_args(self.journal.op_names)
         towards_newer = before is not None
+        if before is not None:
+            self._check_cursor("before", before)
+        elif after is not None:
+            self._check_cursor("after", after)
         if args is None:
             page = Page([], False, None, 0)
         else:
@@ -136,6 +140,15 @@ class Reader:
                 "scanned": page.scanned, "budget_spent": page.budget_spent, "next_seq": next_seq,
                 "limit": size, "filters": filters.to_dict()}
 
+    def _check_cursor(self, name: str, seq: int) -> None:
+        """A page's cursor must be an entry of this history: else a :class:`ValidationError`
+        naming the parameter as given."""
+        try:
+            self.journal.entry(seq, **self.history)
+        except KeyError:
+            raise ValidationError(f"{name}={seq}: no entry has that seq (a page's cursor is the seq of "
+                                  "an entry it showed)") from None
+
     # -- one request -----------------------------------------------------------------------
     def request(self, params: Params) -> dict[str, Any]:
         """Every entry of one request (``id``), oldest first, ``request_max`` at a time (``after``
@@ -146,6 +159,8 @@ class Reader:
         rid = ids[0]  # as given: an id may start or end with a space
         check_text("id", rid, MAX_REQUEST_ID_BYTES)
         after = parse_int(params, "after", low=0, high=_MAX_SEQ)
+        if after is not None:
+            self._check_cursor("after", after)
         size = self.limits.request_max
         logs = self.journal.query(request_id=rid, newest_first=False, after=after, limit=size + 1,
                                   **self.history)
