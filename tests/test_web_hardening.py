@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.web import Limits, create_app
 from krepis.web._live import Feed, Subscriber
 from test_web import open_stream, read_events
-from webtools import T0, Served, get_json, make_console_store, served
+from webtools import T0, Served, get, get_json, make_console_store, served
 
 TOKEN = "s3cret-token-for-the-console-1234"
 EMOJI = "\U0001F600" * 4096  # 16 KiB of UTF-8: the longest error an entry holds
@@ -45,6 +46,7 @@ def test_a_catch_up_is_bounded_in_bytes_and_sent_as_utf8(emoji_store: Path) -> N
     told what it missed first; the text is UTF-8, not six bytes of escape per UTF-16 unit."""
     with served(create_app(emoji_store)) as server:
         conn, response = open_stream(server, "from=0")
+        conn.sock.settimeout(30)
         try:
             events = read_events(response, time.monotonic() + 60)
             name, data = next(e for e in events if e[0] != "message")
@@ -198,3 +200,76 @@ def test_errors_name_the_parameter_given_and_no_path(small_store: Path, target: 
     assert error.startswith(starts), error
     for path in (str(small_store), str(small_store.resolve()), str(small_store.parent)):
         assert path not in error, error
+
+
+# -- 6: heavy reads are budgeted and bounded; the live feed has a thread of its own ----------
+
+def test_the_summary_is_the_journals_and_budgeted(small_store: Path) -> None:
+    with SovereignJournal(small_store, create=False) as journal:
+        expected = journal.summary(("op",)).to_dict()
+    with served(create_app(small_store)) as server:
+        answer = get_json(server, "api/summary")
+    assert {k: v for k, v in answer.items() if k != "filters"} == expected
+    with served(create_app(small_store, limits=Limits(summary_max=100, series_max=100))) as server:
+        for target in ("api/summary", "api/series"):
+            assert "more than 100 entries" in get_json(server, target, status=400)["error"]
+        assert get_json(server, "api/summary", {"since": str(T0 + 680 * 20_000)})["total"]["entries"] == 20
+    with served(create_app(small_store, limits=Limits(heavy_seconds=1e-9))) as server:
+        for target in ("api/summary", "api/series"):
+            code, headers, body = get(server, target)
+            assert code == 503 and headers["retry-after"] and b"retry" in body and b"shorter window" in body
+
+
+def test_heavy_reads_at_once_are_bounded(small_store: Path) -> None:
+    """With ``heavy`` summaries or plots running, another is a 503 "busy" to retry; the trail,
+    the counters and the rest are answered as ever."""
+    app = create_app(small_store)  # (two at once)
+    with served(app) as server:
+        app.console.heavy_running = 2  # (two are running)
+        for target in ("api/summary", "api/series"):
+            code, headers, body = get(server, target)
+            assert code == 503 and headers["retry-after"] == "1" and b"busy" in body
+        assert get(server, "api/trail", {"limit": 5})[0] == 200
+        app.console.heavy_running = 1
+        assert get(server, "api/summary")[0] == 200 and app.console.heavy_running == 1
+
+
+def test_the_live_feed_does_not_wait_for_busy_readers(tmp_path: Path) -> None:
+    """Every reader thread held (slow summaries, say): a live tab still gets new entries."""
+    path = tmp_path / "storage"
+    make_console_store(path, archive=False)
+    app = create_app(path, limits=Limits(readers=2))
+    with served(app) as server:
+        start = get_json(server, "api/trail", {"limit": 1})["next_seq"]
+        conn, response = open_stream(server, f"from={start}")
+        conn.sock.settimeout(15)
+        release = threading.Event()
+        limiter = app.console.limiter
+
+        async def hold() -> None:
+            borrowers = [object(), object()]
+            for borrower in borrowers:
+                await limiter.acquire_on_behalf_of(borrower)
+            try:
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+            finally:
+                for borrower in borrowers:
+                    limiter.release_on_behalf_of(borrower)
+        loop = app.console.feed._loop
+        assert loop is not None
+        held = asyncio.run_coroutine_threadsafe(hold(), loop)
+        try:
+            deadline = time.monotonic() + 10
+            while limiter.borrowed_tokens < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert limiter.borrowed_tokens == 2
+            with SovereignJournal(path) as journal:
+                journal.log_transaction(TransactionLog.now("while_busy", "r-1", LogStatus.Completed))
+            events = read_events(response, time.monotonic() + 10)
+            _name, data = next(e for e in events if e[0] == "entries")
+            assert [e["op_name"] for e in json.loads(data)] == ["while_busy"]
+        finally:
+            release.set()
+            held.result(10)
+            conn.close()

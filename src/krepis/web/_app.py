@@ -12,6 +12,8 @@ from a string), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-refer
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import html
@@ -39,7 +41,7 @@ from .._errors import CorruptStorageError, JournalError, StorageError
 from ..journal import SovereignJournal
 from ._filters import parse_filters
 from ._live import Feed, FeedFull
-from ._views import Limits, Reader
+from ._views import Busy, Limits, Reader
 
 __all__ = ["SESSION_COOKIE", "ConsoleApp", "create_app", "session_value"]
 
@@ -197,7 +199,10 @@ class _Console:
         self.reader = reader
         self.owned = owned
         self.limiter = anyio.CapacityLimiter(reader.limits.readers)
-        self.feed = Feed(journal, reader.history, reader.limits, self.run)
+        self.heavy_running = 0
+        # the live feed reads in a thread of its own: busy readers never hold up the live tabs
+        self.feed_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="krepis-live")
+        self.feed = Feed(journal, reader.history, reader.limits, self.run_feed)
         self.shell = (STATIC / "index.html").read_text(encoding="utf-8")
         self.hidden = _hidden_paths(journal, reader)
 
@@ -211,8 +216,34 @@ class _Console:
             message = message.replace(path, name)
         return _error(status, message, start)
 
+    def close(self) -> None:
+        """End the live streams, let the feed's thread go, close the journal if opened here."""
+        self.feed.close()
+        self.feed_thread.shutdown(wait=False)
+        if self.owned:
+            self.journal.close()
+
     async def run(self, fn: Callable[[], Any]) -> Any:
         return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    async def run_feed(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.feed_thread, fn)
+
+    async def heavy(self, fn: Callable[[], Any]) -> Response:
+        """:meth:`answer` for a read that may take long (a summary, a plot): ``heavy`` of them
+        at once at most, so the reader threads stay free for the rest; another is a 503 "busy"
+        with ``Retry-After``."""
+        most = self.reader.limits.heavy
+        if self.heavy_running >= most:
+            answer = self.error(503, f"busy: {most} summaries or plots are being computed, the most at once; "
+                                "retry in a moment", time.perf_counter())
+            answer.headers["retry-after"] = "1"
+            return answer
+        self.heavy_running += 1
+        try:
+            return await self.answer(fn)
+        finally:
+            self.heavy_running -= 1
 
     async def answer(self, fn: Callable[[], Any]) -> Response:
         """``fn()`` in a reader thread as JSON; a bad value is a 400 naming it, a missing entry a
@@ -222,6 +253,10 @@ class _Console:
             value = await self.run(fn)
         except (ValueError, TypeError) as exc:  # ValidationError, InvalidTypeError among them
             return self.error(400, str(exc), start)
+        except Busy as exc:
+            answer = self.error(503, str(exc), start)
+            answer.headers["retry-after"] = "5"
+            return answer
         except KeyError as exc:
             return self.error(404, str(exc.args[0]) if exc.args else "not found", start)
         except CorruptStorageError as exc:
@@ -279,9 +314,10 @@ def _routes(console: _Console) -> list[Route | Mount]:
         root = html.escape(request.scope.get("root_path", "").rstrip("/") + "/", quote=True)
         return Response(console.shell.replace("{root}", root), media_type="text/html; charset=utf-8")
 
-    def json_route(path: str, method: Callable[..., Any]) -> Route:
+    def json_route(path: str, method: Callable[..., Any], heavy: bool = False) -> Route:
         async def endpoint(request: Request) -> Response:
-            return await console.answer(partial(method, _params(request)))
+            run = console.heavy if heavy else console.answer
+            return await run(partial(method, _params(request)))
         return Route(path, endpoint, methods=["GET", "HEAD"])
 
     async def counters(_request: Request) -> Response:
@@ -326,8 +362,8 @@ def _routes(console: _Console) -> list[Route | Mount]:
     routes += [
         json_route("/api/trail", reader.trail),
         json_route("/api/request", reader.request),
-        json_route("/api/summary", reader.summary),
-        json_route("/api/series", reader.series),
+        json_route("/api/summary", reader.summary, heavy=True),
+        json_route("/api/series", reader.series, heavy=True),
         json_route("/api/proof/inclusion", reader.inclusion),
         json_route("/api/proof/consistency", reader.consistency),
         Route("/api/counters", counters, methods=["GET", "HEAD"]),
@@ -395,9 +431,7 @@ def create_app(
         try:
             yield
         finally:
-            console.feed.close()
-            if console.owned:
-                console.journal.close()
+            console.close()
 
     hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
     app = Starlette(routes=_routes(console), lifespan=lifespan)
@@ -418,6 +452,4 @@ class ConsoleApp(_Guard):
 
     def close(self) -> None:
         """End every live stream; close the journal if the application opened it. Idempotent."""
-        self.console.feed.close()
-        if self.console.owned:
-            self.console.journal.close()
+        self.console.close()
