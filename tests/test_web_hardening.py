@@ -8,8 +8,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +279,108 @@ def test_the_live_feed_does_not_wait_for_busy_readers(tmp_path: Path) -> None:
             release.set()
             held.result(10)
             conn.close()
+
+
+# -- 5: connections that do not send their headers ------------------------------------------
+
+@contextmanager
+def serve_process(store: Path, limits: str = "") -> Iterator[int]:
+    """``krepis.web.serve`` in a process of its own (as ``krepis serve`` runs it) with
+    ``Limits(<limits>)``; yields its port, and stops it with SIGINT."""
+    code = ("import sys; from krepis.web import Limits, serve; "
+            f"serve(sys.argv[1], '127.0.0.1:0', limits=Limits({limits}))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(store)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("krepis serve: http://127.0.0.1:"), line
+        yield int(line.split(":")[3].split("/")[0])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def raw(port: int, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (within its timeout); what it sent first is read."""
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def answer(port: int, target: str = "/api/counters") -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", target)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_half_open_connections_lock_nobody_out(small_store: Path) -> None:
+    """120 connections that sent a request line and a header, then nothing — more than the
+    requests answered at once (live_max + 64 = 66 here): a whole request is still answered."""
+    with serve_process(small_store, "live_max=2") as port:
+        idle = [raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n") for _ in range(120)]
+        try:
+            assert answer(port) == 200
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_half_open_connections_are_closed_after_header_seconds(small_store: Path) -> None:
+    with serve_process(small_store, "header_seconds=1.0") as port:
+        idle = [raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n") for _ in range(20)] + [raw(port)]
+        try:
+            assert all(closed_by_server(sock) for sock in idle)
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_trickle_of_header_bytes_does_not_keep_a_connection(small_store: Path) -> None:
+    """A byte every 0.1 s: the deadline is on the whole headers, not on silence."""
+    with serve_process(small_store, "header_seconds=1.0") as port:
+        sock = raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(0.1)
+        try:
+            for _ in range(300):  # 30 s at most
+                try:
+                    sock.sendall(b"a")
+                    if sock.recv(65536) == b"":
+                        break
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            else:
+                raise AssertionError("the server kept a connection that never finished its headers")
+        finally:
+            sock.close()
+
+
+def test_past_the_half_open_bound_the_oldest_is_closed(small_store: Path) -> None:
+    with serve_process(small_store, "half_open_max=5, header_seconds=60.0") as port:
+        idle = [raw(port, b"GET / HTTP/1.1\r\n") for _ in range(5)]
+        try:
+            time.sleep(0.2)
+            newer = raw(port, b"GET / HTTP/1.1\r\n")
+            assert closed_by_server(idle[0])
+            assert answer(port) == 200  # (it closed the next oldest meanwhile)
+            newer.settimeout(0.5)
+            assert not closed_by_server(newer)
+        finally:
+            for sock in [*idle, newer]:
+                sock.close()

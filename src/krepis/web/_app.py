@@ -1,10 +1,12 @@
 """The console as an ASGI application (Starlette): the pages' shell and static files, the JSON
 reads, the live feed — and the guard in front of them all.
 
-The guard answers before any route: only ``GET``/``HEAD`` (405 otherwise), no request body
-(413), a query string of ``max_query`` bytes at most (414), the ``Host`` header among the
-allowed names when one is set (421: a page of another site that made its name resolve to this
-address cannot read the journal), and the access token when one is set (401). Every response
+The guard answers before any route: ``live_max`` + 64 requests at once (503 "busy" past
+that: a connection still sending its headers is not counted), only ``GET``/``HEAD`` (405
+otherwise), no request body (413), a query string of ``max_query`` bytes at most (414), the
+``Host`` header among the allowed names when one is set (421: a page of another site that made
+its name resolve to this address cannot read the journal), and the access token when one is
+set (401). Every response
 carries a strict Content-Security-Policy (scripts, styles and connections from this server
 only; no inline script or style; Trusted Types required, so no page code can assign markup
 from a string), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``,
@@ -77,8 +79,10 @@ class _Guard:
     """The checks every request passes first, and the security headers of every response."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, allowed_hosts: frozenset[str] | None,
-                 max_query: int) -> None:
+                 max_query: int, max_inflight: int | None = None) -> None:
         self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self.token = token.encode() if token is not None else None
         self.session = session_value(token).encode() if token is not None else None
         self.allowed_hosts = allowed_hosts
@@ -100,18 +104,28 @@ class _Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
-        problem = self._check(scope)
-        if problem is not None:
-            status, text, extra = problem
-            await secure_send(_plain(status, text, extra))
+        if self.max_inflight is not None and self.inflight >= self.max_inflight:
+            text = (f"busy: {self.inflight} requests are being answered, the most at once "
+                    "(live streams among them); retry in a moment")
+            await secure_send(_plain(503, text, [(b"retry-after", b"1")]))
             await send({"type": "http.response.body", "body": (text + "\n").encode()})
             return
-        redirect = self._token_in_query(scope)
-        if redirect is not None:
-            await secure_send(redirect)
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await self.app(scope, receive, secure_send)
+        self.inflight += 1
+        try:
+            problem = self._check(scope)
+            if problem is not None:
+                status, text, extra = problem
+                await secure_send(_plain(status, text, extra))
+                await send({"type": "http.response.body", "body": (text + "\n").encode()})
+                return
+            redirect = self._token_in_query(scope)
+            if redirect is not None:
+                await secure_send(redirect)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await self.app(scope, receive, secure_send)
+        finally:
+            self.inflight -= 1
 
     def _check(self, scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
@@ -435,7 +449,8 @@ def create_app(
 
     hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
     app = Starlette(routes=_routes(console), lifespan=lifespan)
-    return ConsoleApp(app, console, token=token, allowed_hosts=hosts, max_query=reader.limits.max_query)
+    return ConsoleApp(app, console, token=token, allowed_hosts=hosts, max_query=reader.limits.max_query,
+                      max_inflight=reader.limits.live_max + 64)
 
 
 class ConsoleApp(_Guard):

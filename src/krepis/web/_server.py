@@ -100,15 +100,71 @@ def serve(
     try:
         if token is None:  # loopback: answer to this address's names only (none until the port is known)
             app.allowed_hosts = frozenset(where.hosts(where.port)) if where.port else frozenset()
+        limits = app.console.reader.limits
         config = uvicorn.Config(_AccessLog(app) if access_log else app, host=where.host, port=where.port,
                                 lifespan="on", access_log=False, log_level="warning", server_header=False,
-                                timeout_graceful_shutdown=2,
-                                limit_concurrency=app.console.reader.limits.live_max + 64,
+                                timeout_graceful_shutdown=2, http=protocol(limits.header_seconds,
+                                                                           limits.half_open_max),
+                                limit_concurrency=None,  # (the application counts requests, not connections)
                                 ssl_certfile=tls_cert, ssl_keyfile=tls_key, proxy_headers=False)
         server = _Server(config, app, where, token is None, ready)
         server.run()
     finally:
         app.close()
+
+
+def protocol(header_seconds: float, half_open_max: int) -> type[Any]:
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline on request headers: a connection that
+    has not sent a whole request's headers ``header_seconds`` after it opened, or after its
+    previous answer ended, is closed — sending slowly (a byte now and then) does not extend it —
+    and at most ``half_open_max`` connections wait so at once: past that, the one that has
+    waited longest is closed. (uvicorn itself has a keep-alive timeout between requests but
+    none on headers.) One class per server: the waiting connections are counted per server."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting: dict[Any, None] = {}  # the connections waiting for headers, oldest first
+
+    class Protocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._await_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._headers_read()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
+                self._headers_read()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._await_headers()
+
+        def _await_headers(self) -> None:
+            self._headers_read()
+            self._header_timer = self.loop.call_later(header_seconds, self._too_slow)
+            waiting[self] = None
+            while len(waiting) > half_open_max:
+                next(iter(waiting))._too_slow()
+
+        def _headers_read(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            waiting.pop(self, None)
+
+        def _too_slow(self) -> None:
+            self._headers_read()
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol
 
 
 class _Server:

@@ -41,7 +41,10 @@ class Limits:
     ``live_queue_bytes`` bytes, all queues together ``live_total_bytes`` (a client further
     behind has its queue dropped and is told so); ``live_poll`` seconds between looks for new
     entries; ``readers`` threads reading the journal at once; ``max_query`` bytes of a query
-    string."""
+    string. Served by :func:`krepis.web.serve`: ``header_seconds`` for a connection to send a
+    request's headers (from when it opens, or its previous answer ends) before it is closed,
+    and ``half_open_max`` connections doing so at once (past it the oldest is closed); requests
+    past their headers: ``live_max`` + 64 at once (more are answered 503)."""
 
     page_size: int = 100
     page_max: int = 500
@@ -60,15 +63,17 @@ class Limits:
     live_poll: float = 0.1
     readers: int = 4
     max_query: int = 4096
+    header_seconds: float = 10.0
+    half_open_max: int = 256
 
     def __post_init__(self) -> None:
         for name in ("page_size", "page_max", "scan_budget", "request_max", "series_max", "series_buckets",
                      "summary_max", "heavy", "live_max", "live_backlog", "live_queue_bytes",
-                     "live_total_bytes", "readers", "max_query"):
+                     "live_total_bytes", "readers", "max_query", "half_open_max"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValidationError(f"limit {name} must be an int >= 1, got {value!r}")
-        for name in ("scan_seconds", "heavy_seconds", "live_poll"):
+        for name in ("scan_seconds", "heavy_seconds", "live_poll", "header_seconds"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValidationError(f"limit {name} must be a number > 0, got {value!r}")
