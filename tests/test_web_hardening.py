@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ pytest.importorskip("uvicorn")
 from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.web import Limits, create_app
 from krepis.web._live import Feed, Subscriber
+from test_cli import KREPIS, krepis
 from test_web import open_stream, read_events
 from webtools import T0, Served, get, get_json, make_console_store, served
 
@@ -384,3 +386,79 @@ def test_past_the_half_open_bound_the_oldest_is_closed(small_store: Path) -> Non
         finally:
             for sock in [*idle, newer]:
                 sock.close()
+
+
+# -- 13: the token off the command line -------------------------------------------------------
+
+def cli_serve(store: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``krepis serve --listen 0.0.0.0:0 ARGS`` until it is ready: the port (0: it exited) and
+    its stderr (to the ready line, or all of it)."""
+    full_env = {**{k: v for k, v in os.environ.items() if k not in ("KREPIS_STORAGE", "KREPIS_SERVE_TOKEN")},
+                **(env or {})}
+    assert KREPIS
+    proc = subprocess.Popen([KREPIS, "--storage", str(store), "serve", "--listen", "0.0.0.0:0", *args],
+                            cwd=cwd, env=full_env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err = ""
+    try:
+        for line in proc.stderr:
+            err += line
+            if line.startswith("krepis serve: http://"):
+                port = int(line.split(":")[3].split("/")[0])
+                server = Served.__new__(Served)
+                server.port = port
+                assert get(server, "api/counters", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+                return port, err
+        return 0, err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        err += proc.communicate(timeout=30)[1]
+
+
+def test_the_token_from_a_file(small_store: Path, tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    path.chmod(0o600)
+    port, err = cli_serve(small_store, tmp_path, "--token-file", str(path))
+    assert port and "warning" not in err and TOKEN not in err
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    ("0644", "by group or others (mode 0644); chmod 600"), ("0620", "by group or others"),
+    ("link", "symbolic link"), ("dir", "not a regular file"), ("empty", "empty"),
+    ("missing", "cannot be read"),
+])
+def test_a_token_file_is_refused_unless_private(small_store: Path, tmp_path: Path, make: str,
+                                                words: str) -> None:
+    real = tmp_path / "real"
+    real.write_text(TOKEN)
+    real.chmod(0o600)
+    path = tmp_path / "token"
+    if make == "link":
+        path.symlink_to(real)
+    elif make == "dir":
+        path.mkdir()
+    elif make == "empty":
+        path.write_text(" \n")
+        path.chmod(0o600)
+    elif make != "missing":
+        path.write_text(TOKEN)
+        path.chmod(int(make, 8))
+    proc = krepis("--storage", str(small_store), "serve", "--listen", "0.0.0.0:0", "--token-file", str(path),
+                  cwd=tmp_path, ok=False)
+    assert proc.returncode == 2 and str(path) in proc.stderr and words in proc.stderr, proc.stderr
+    assert TOKEN not in proc.stderr
+
+
+def test_a_token_on_the_command_line_is_warned_about(small_store: Path, tmp_path: Path) -> None:
+    port, err = cli_serve(small_store, tmp_path, "--token", TOKEN)
+    assert port and "process list" in err and "--token-file" in err and "KREPIS_SERVE_TOKEN" in err
+    assert TOKEN not in err
+    port, err = cli_serve(small_store, tmp_path, env={"KREPIS_SERVE_TOKEN": TOKEN})
+    assert port and "warning" not in err
+    file = tmp_path / "t"
+    file.write_text(TOKEN)
+    file.chmod(0o600)
+    proc = krepis("--storage", str(small_store), "serve", "--token", TOKEN, "--token-file", str(file),
+                  cwd=tmp_path, ok=False)
+    assert proc.returncode == 2 and "not both" in proc.stderr and TOKEN not in proc.stderr
