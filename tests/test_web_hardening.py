@@ -462,3 +462,43 @@ def test_a_token_on_the_command_line_is_warned_about(small_store: Path, tmp_path
     proc = krepis("--storage", str(small_store), "serve", "--token", TOKEN, "--token-file", str(file),
                   cwd=tmp_path, ok=False)
     assert proc.returncode == 2 and "not both" in proc.stderr and TOKEN not in proc.stderr
+
+
+# -- 11: the server's own answers carry the security headers ----------------------------------
+
+SECURITY = {"content-security-policy", "x-content-type-options", "referrer-policy", "x-frame-options"}
+
+
+def head_of(data: bytes) -> tuple[int, dict[str, str]]:
+    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    return int(lines[0].split()[1]), {k.strip().lower(): v.strip() for k, _, v in
+                                      (line.partition(":") for line in lines[1:])}
+
+
+def test_a_request_the_server_cannot_parse_gets_the_security_headers(small_store: Path) -> None:
+    with serve_process(small_store) as port:
+        for junk in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                     b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000):  # (headers past h11's 16 KiB)
+            sock = raw(port, junk)
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+            finally:
+                sock.close()
+            status, headers = head_of(data)
+            assert status == 400 and SECURITY <= set(headers), data[:300]
+            assert headers["x-frame-options"] == "DENY"
+
+
+def test_busy_answers_carry_the_security_headers(small_store: Path) -> None:
+    app = create_app(small_store)
+    with served(app) as server:
+        assert app.max_inflight == 164
+        app.inflight = 164
+        code, headers, body = get(server, "api/trail")
+        app.inflight = 0
+        assert code == 503 and b"busy" in body and headers["retry-after"] == "1"
+        assert SECURITY <= set(headers)

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._errors import ValidationError
 from ..journal import SovereignJournal
-from ._app import ConsoleApp, create_app
+from ._app import SECURITY_HEADERS, ConsoleApp, create_app
 from ._views import Limits
 
 __all__ = ["MIN_TOKEN_CHARS", "Listen", "parse_listen", "serve"]
@@ -119,7 +119,8 @@ def protocol(header_seconds: float, half_open_max: int) -> type[Any]:
     previous answer ended, is closed — sending slowly (a byte now and then) does not extend it —
     and at most ``half_open_max`` connections wait so at once: past that, the one that has
     waited longest is closed. (uvicorn itself has a keep-alive timeout between requests but
-    none on headers.) One class per server: the waiting connections are counted per server."""
+    none on headers.) A request it cannot parse is answered 400 with the console's security
+    headers. One class per server: the waiting connections are counted per server."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -163,6 +164,15 @@ def protocol(header_seconds: float, half_open_max: int) -> type[Any]:
             self._headers_read()
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request it cannot parse, with the console's headers."""
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"),
+                       *SECURITY_HEADERS, (b"cache-control", b"no-store")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=msg.encode("ascii", "replace")), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
     return Protocol
 
