@@ -39,7 +39,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._errors import CorruptStorageError, JournalError, StorageError
+from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
 from ..journal import SovereignJournal
 from ._filters import parse_filters
 from ._live import Feed, FeedFull
@@ -241,7 +241,11 @@ class _Console:
         return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
 
     async def run_feed(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.feed_thread, fn)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.feed_thread, fn)
+        except RuntimeError:  # (the thread was let go: the console is closing)
+            raise ClosedError("the console is closed") from None
+        return await future
 
     async def heavy(self, fn: Callable[[], Any]) -> Response:
         """:meth:`answer` for a read that may take long (a summary, a plot): ``heavy`` of them
