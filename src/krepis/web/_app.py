@@ -1,10 +1,12 @@
 """The console as an ASGI application (Starlette): the pages' shell and static files, the JSON
 reads, the live feed — and the guard in front of them all.
 
-The guard answers before any route: only ``GET``/``HEAD`` (405 otherwise), no request body
-(413), a query string of ``max_query`` bytes at most (414), the ``Host`` header among the
-allowed names when one is set (421: a page of another site that made its name resolve to this
-address cannot read the journal), and the access token when one is set (401). Every response
+The guard answers before any route: ``live_max`` + 64 requests at once (503 "busy" past
+that: a connection still sending its headers is not counted), only ``GET``/``HEAD`` (405
+otherwise), no request body (413), a query string of ``max_query`` bytes at most (414), the
+``Host`` header among the allowed names when one is set (421: a page of another site that made
+its name resolve to this address cannot read the journal), and the access token when one is
+set (401). Every response
 carries a strict Content-Security-Policy (scripts, styles and connections from this server
 only; no inline script or style; Trusted Types required, so no page code can assign markup
 from a string), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``,
@@ -12,11 +14,14 @@ from a string), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-refer
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import html
 import json
 import os
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -34,11 +39,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._errors import CorruptStorageError, JournalError, StorageError
+from .._errors import ClosedError, CorruptStorageError, JournalError, StorageError
 from ..journal import SovereignJournal
 from ._filters import parse_filters
 from ._live import Feed, FeedFull
-from ._views import Limits, Reader
+from ._views import Busy, Limits, Reader
 
 __all__ = ["SESSION_COOKIE", "ConsoleApp", "create_app", "session_value"]
 
@@ -74,8 +79,10 @@ class _Guard:
     """The checks every request passes first, and the security headers of every response."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, allowed_hosts: frozenset[str] | None,
-                 max_query: int) -> None:
+                 max_query: int, max_inflight: int | None = None) -> None:
         self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self.token = token.encode() if token is not None else None
         self.session = session_value(token).encode() if token is not None else None
         self.allowed_hosts = allowed_hosts
@@ -97,18 +104,28 @@ class _Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
-        problem = self._check(scope)
-        if problem is not None:
-            status, text, extra = problem
-            await secure_send(_plain(status, text, extra))
+        if self.max_inflight is not None and self.inflight >= self.max_inflight:
+            text = (f"busy: {self.inflight} requests are being answered, the most at once "
+                    "(live streams among them); retry in a moment")
+            await secure_send(_plain(503, text, [(b"retry-after", b"1")]))
             await send({"type": "http.response.body", "body": (text + "\n").encode()})
             return
-        redirect = self._token_in_query(scope)
-        if redirect is not None:
-            await secure_send(redirect)
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await self.app(scope, receive, secure_send)
+        self.inflight += 1
+        try:
+            problem = self._check(scope)
+            if problem is not None:
+                status, text, extra = problem
+                await secure_send(_plain(status, text, extra))
+                await send({"type": "http.response.body", "body": (text + "\n").encode()})
+                return
+            redirect = self._token_in_query(scope)
+            if redirect is not None:
+                await secure_send(redirect)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await self.app(scope, receive, secure_send)
+        finally:
+            self.inflight -= 1
 
     def _check(self, scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
@@ -147,14 +164,18 @@ class _Guard:
 
     def _token_in_query(self, scope: Scope) -> Message | None:
         """A visit with the right ``?token=``: a redirect to the same address without it, setting
-        the session cookie (so the token stays out of the history and the address bar)."""
-        if self.token is None or _query_token(scope) is None:
+        the session cookie (so the token stays out of the history and the address bar). The
+        address is a path under the console's own prefix, never another site's: leading ``/``
+        and ``\\`` collapse to one ``/``, and the rest is percent-encoded. A wrong ``?token=``
+        redirects nowhere (a request the cookie lets in is answered as if it were absent)."""
+        candidate = _query_token(scope)
+        if self.token is None or candidate is None or not hmac.compare_digest(candidate.encode(), self.token):
             return None
         assert self.session is not None
         pairs = [(k, v) for k, v in urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                                             keep_blank_values=True) if k != "token"]
         root = scope.get("root_path", "")  # (a mount's prefix; "path" is the whole path, prefix included)
-        location = scope["path"] + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+        location = _local_path(root, scope["path"]) + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = (f"{SESSION_COOKIE}={self.session.decode()}; Path={root or '/'}; HttpOnly; "
                   f"SameSite=Strict{secure}")
@@ -164,6 +185,16 @@ class _Guard:
 
 
 _OURS = {k for k, _ in SECURITY_HEADERS} | {b"cache-control"}
+
+
+def _local_path(root: str, path: str) -> str:
+    """``path`` as an absolute path on this server under the mount prefix ``root``: never a
+    scheme-relative (``//host``) or absolute URL, whatever slashes and backslashes it starts
+    with; percent-encoded (no control character or space reaches the ``Location`` header)."""
+    rest = path[len(root):] if root and path.startswith(root) else path
+    rest = rest.lstrip("/\\")
+    prefix = "/" + root.strip("/\\") if root.strip("/\\") else ""
+    return urllib.parse.quote(f"{prefix}/{rest}", safe="/-._~!$&'()*+,;=:@")
 
 
 def _query_token(scope: Scope) -> str | None:
@@ -182,11 +213,55 @@ class _Console:
         self.reader = reader
         self.owned = owned
         self.limiter = anyio.CapacityLimiter(reader.limits.readers)
-        self.feed = Feed(journal, reader.history, reader.limits, self.run)
+        self.heavy_running = 0
+        # the live feed reads in a thread of its own: busy readers never hold up the live tabs
+        self.feed_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="krepis-live")
+        self.feed = Feed(journal, reader.history, reader.limits, self.run_feed)
         self.shell = (STATIC / "index.html").read_text(encoding="utf-8")
+        self.hidden = _hidden_paths(journal, reader)
+
+    def error(self, status: int, message: str, start: float) -> Response:
+        """An error answer whose message names no path of the server's (the store's, the
+        archive's: they become ``<store>``, ``<archive>``); a 5xx's whole message goes to stderr
+        for the operator."""
+        if status >= 500:
+            print(f"krepis serve: {status}: {message}", file=sys.stderr, flush=True)
+        for path, name in self.hidden:
+            message = message.replace(path, name)
+        return _error(status, message, start)
+
+    def close(self) -> None:
+        """End the live streams, let the feed's thread go, close the journal if opened here."""
+        self.feed.close()
+        self.feed_thread.shutdown(wait=False)
+        if self.owned:
+            self.journal.close()
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    async def run_feed(self, fn: Callable[[], Any]) -> Any:
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.feed_thread, fn)
+        except RuntimeError:  # (the thread was let go: the console is closing)
+            raise ClosedError("the console is closed") from None
+        return await future
+
+    async def heavy(self, fn: Callable[[], Any]) -> Response:
+        """:meth:`answer` for a read that may take long (a summary, a plot): ``heavy`` of them
+        at once at most, so the reader threads stay free for the rest; another is a 503 "busy"
+        with ``Retry-After``."""
+        most = self.reader.limits.heavy
+        if self.heavy_running >= most:
+            answer = self.error(503, f"busy: {most} summaries or plots are being computed, the most at once; "
+                                "retry in a moment", time.perf_counter())
+            answer.headers["retry-after"] = "1"
+            return answer
+        self.heavy_running += 1
+        try:
+            return await self.answer(fn)
+        finally:
+            self.heavy_running -= 1
 
     async def answer(self, fn: Callable[[], Any]) -> Response:
         """``fn()`` in a reader thread as JSON; a bad value is a 400 naming it, a missing entry a
@@ -195,20 +270,44 @@ class _Console:
         try:
             value = await self.run(fn)
         except (ValueError, TypeError) as exc:  # ValidationError, InvalidTypeError among them
-            return _error(400, str(exc), start)
+            return self.error(400, str(exc), start)
+        except Busy as exc:
+            answer = self.error(503, str(exc), start)
+            answer.headers["retry-after"] = "5"
+            return answer
         except KeyError as exc:
-            return _error(404, str(exc.args[0]) if exc.args else "not found", start)
+            return self.error(404, str(exc.args[0]) if exc.args else "not found", start)
         except CorruptStorageError as exc:
-            return _error(500, str(exc), start)
+            return self.error(500, str(exc), start)
         except StorageError as exc:
-            return _error(503, str(exc), start)
+            return self.error(503, str(exc), start)
         except JournalError as exc:  # e.g. cleared or archived during the read: try again
-            return _error(503, f"{exc}; try again", start)
+            return self.error(503, f"{exc}; try again", start)
         if isinstance(value, Response):
             value.headers["server-timing"] = _timing(start)
             return value
         body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
         return Response(body, media_type="application/json", headers={"server-timing": _timing(start)})
+
+
+def _hidden_paths(journal: SovereignJournal, reader: Reader) -> list[tuple[str, str]]:
+    """The server's paths an error message must not show, longest first, with what stands for
+    each: the store's location and the archive directories (as given and resolved)."""
+    pairs: dict[str, str] = {}
+    archives = [reader.history.get("archive")]
+    try:
+        archives.append(journal.get_archive_dir())
+    except JournalError:
+        pass
+    for location, name in [(journal.path, "<store>"), *((a, "<archive>") for a in archives)]:
+        if not location:
+            continue
+        text = str(location)
+        pairs.setdefault(text, name)
+        if "://" not in text:
+            pairs.setdefault(os.path.realpath(text), name)
+            pairs.setdefault(os.path.abspath(text), name)
+    return sorted(((k, v) for k, v in pairs.items() if len(k) > 1), key=lambda kv: -len(kv[0]))
 
 
 def _timing(start: float) -> str:
@@ -233,9 +332,10 @@ def _routes(console: _Console) -> list[Route | Mount]:
         root = html.escape(request.scope.get("root_path", "").rstrip("/") + "/", quote=True)
         return Response(console.shell.replace("{root}", root), media_type="text/html; charset=utf-8")
 
-    def json_route(path: str, method: Callable[..., Any]) -> Route:
+    def json_route(path: str, method: Callable[..., Any], heavy: bool = False) -> Route:
         async def endpoint(request: Request) -> Response:
-            return await console.answer(partial(method, _params(request)))
+            run = console.heavy if heavy else console.answer
+            return await run(partial(method, _params(request)))
         return Route(path, endpoint, methods=["GET", "HEAD"])
 
     async def counters(_request: Request) -> Response:
@@ -264,14 +364,14 @@ def _routes(console: _Console) -> list[Route | Mount]:
             filters = parse_filters(params)
             begin = _start(params, request.headers.get("last-event-id"))
         except (ValueError, TypeError) as exc:
-            return _error(400, str(exc), start)
+            return console.error(400, str(exc), start)
         check = filters.matcher() if filters.any else None
         try:
             sub = await console.feed.subscribe(check, begin)
         except FeedFull as exc:
             return _error(503, str(exc), start)
         except JournalError as exc:
-            return _error(503, str(exc), start)
+            return console.error(503, str(exc), start)
         return StreamingResponse(console.feed.stream(sub, request.is_disconnected),
                                  media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no", "server-timing": _timing(start)})
@@ -280,8 +380,8 @@ def _routes(console: _Console) -> list[Route | Mount]:
     routes += [
         json_route("/api/trail", reader.trail),
         json_route("/api/request", reader.request),
-        json_route("/api/summary", reader.summary),
-        json_route("/api/series", reader.series),
+        json_route("/api/summary", reader.summary, heavy=True),
+        json_route("/api/series", reader.series, heavy=True),
         json_route("/api/proof/inclusion", reader.inclusion),
         json_route("/api/proof/consistency", reader.consistency),
         Route("/api/counters", counters, methods=["GET", "HEAD"]),
@@ -349,13 +449,12 @@ def create_app(
         try:
             yield
         finally:
-            console.feed.close()
-            if console.owned:
-                console.journal.close()
+            console.close()
 
     hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
     app = Starlette(routes=_routes(console), lifespan=lifespan)
-    return ConsoleApp(app, console, token=token, allowed_hosts=hosts, max_query=reader.limits.max_query)
+    return ConsoleApp(app, console, token=token, allowed_hosts=hosts, max_query=reader.limits.max_query,
+                      max_inflight=reader.limits.live_max + 64)
 
 
 class ConsoleApp(_Guard):
@@ -372,6 +471,4 @@ class ConsoleApp(_Guard):
 
     def close(self) -> None:
         """End every live stream; close the journal if the application opened it. Idempotent."""
-        self.console.feed.close()
-        if self.console.owned:
-            self.console.journal.close()
+        self.console.close()

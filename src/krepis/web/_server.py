@@ -18,7 +18,7 @@ from typing import Any
 
 from .._errors import ValidationError
 from ..journal import SovereignJournal
-from ._app import ConsoleApp, create_app
+from ._app import SECURITY_HEADERS, ConsoleApp, create_app
 from ._views import Limits
 
 __all__ = ["MIN_TOKEN_CHARS", "Listen", "parse_listen", "serve"]
@@ -100,15 +100,81 @@ def serve(
     try:
         if token is None:  # loopback: answer to this address's names only (none until the port is known)
             app.allowed_hosts = frozenset(where.hosts(where.port)) if where.port else frozenset()
+        limits = app.console.reader.limits
         config = uvicorn.Config(_AccessLog(app) if access_log else app, host=where.host, port=where.port,
                                 lifespan="on", access_log=False, log_level="warning", server_header=False,
-                                timeout_graceful_shutdown=2,
-                                limit_concurrency=app.console.reader.limits.live_max + 64,
+                                timeout_graceful_shutdown=2, http=protocol(limits.header_seconds,
+                                                                           limits.half_open_max),
+                                limit_concurrency=None,  # (the application counts requests, not connections)
                                 ssl_certfile=tls_cert, ssl_keyfile=tls_key, proxy_headers=False)
         server = _Server(config, app, where, token is None, ready)
         server.run()
     finally:
         app.close()
+
+
+def protocol(header_seconds: float, half_open_max: int) -> type[Any]:
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline on request headers: a connection that
+    has not sent a whole request's headers ``header_seconds`` after it opened, or after its
+    previous answer ended, is closed — sending slowly (a byte now and then) does not extend it —
+    and at most ``half_open_max`` connections wait so at once: past that, the one that has
+    waited longest is closed. (uvicorn itself has a keep-alive timeout between requests but
+    none on headers.) A request it cannot parse is answered 400 with the console's security
+    headers. One class per server: the waiting connections are counted per server."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting: dict[Any, None] = {}  # the connections waiting for headers, oldest first
+
+    class Protocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._await_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._headers_read()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
+                self._headers_read()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._await_headers()
+
+        def _await_headers(self) -> None:
+            self._headers_read()
+            self._header_timer = self.loop.call_later(header_seconds, self._too_slow)
+            waiting[self] = None
+            while len(waiting) > half_open_max:
+                next(iter(waiting))._too_slow()
+
+        def _headers_read(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            waiting.pop(self, None)
+
+        def _too_slow(self) -> None:
+            self._headers_read()
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request it cannot parse, with the console's headers."""
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"),
+                       *SECURITY_HEADERS, (b"cache-control", b"no-store")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=msg.encode("ascii", "replace")), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
 
 
 class _Server:
@@ -153,9 +219,27 @@ def _print_ready(url: str) -> None:
     print(f"krepis serve: {url} (read-only; Ctrl-C stops)", file=sys.stderr, flush=True)
 
 
+def log_text(text: str) -> str:
+    """``text`` as one inert run of a log line: every character that is not printable — control
+    characters (CR, LF, ESC), format characters such as bidi overrides, line separators — a
+    space, and the backslash itself written as a visible escape (``\\x0a``, ``\\u202e``,
+    ``\\x20``, ``\\x5c``), so a request cannot add a line, split a field or colour a terminal."""
+    out = []
+    for char in text:
+        if char.isprintable() and char not in " \\":
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
 class _AccessLog:
     """One line per request on stderr: method, path (never the query string: it may hold the
-    token), status, milliseconds."""
+    token; escaped by :func:`log_text`), status, milliseconds."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -178,4 +262,5 @@ class _AccessLog:
             await self.app(scope, receive, watch)
         finally:
             took = (time.perf_counter() - start) * 1000
-            print(f"{scope['method']} {scope['path']} {status[0]} {took:.1f}ms", file=sys.stderr, flush=True)
+            print(f"{log_text(scope['method'])} {log_text(scope['path'])} {status[0]} {took:.1f}ms",
+                  file=sys.stderr, flush=True)

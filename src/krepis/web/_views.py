@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ValidationError
 from .._model import MAX_REQUEST_ID_BYTES, LogStatus, TransactionLog, check_text, now_ms
-from ..journal import SovereignJournal
+from ..journal import SovereignJournal, Summary, SummaryRow
 from ..kernel import CONTEXTS_COUNTER, JS_OPS_COUNTER
 from ._filters import Filters, Page, _one, parse_filters, parse_int, scan_page
 
-__all__ = ["Limits", "Reader", "entry_dict", "percentile"]
+__all__ = ["Busy", "Limits", "Reader", "entry_dict", "percentile"]
 
 _MAX_SEQ = 2**63 - 1
 #: bucket widths a series may use, in ms (auto picks the narrowest that fits)
@@ -34,10 +34,17 @@ class Limits:
     """The console's bounds: ``page_size`` entries on a trail page by default and ``page_max``
     at most; ``scan_budget`` entries looked at per page when a filter is checked entry by entry
     (and ``scan_seconds`` of it); ``request_max`` entries of one request per page;
-    ``series_max`` entries behind one plot and ``series_buckets`` points in it; ``live_max``
-    live connections at once, each with a queue of ``live_backlog`` entries (a client further
-    behind is told so); ``live_poll`` seconds between looks for new entries; ``readers`` threads
-    reading the journal at once; ``max_query`` bytes of a query string."""
+    ``series_max`` entries behind one plot and ``series_buckets`` points in it; ``summary_max``
+    entries behind one ops summary; ``heavy_seconds`` of reading for one summary or plot, and
+    ``heavy`` of them at once (more are answered "busy", to retry); ``live_max``
+    live connections at once, each with a queue of ``live_backlog`` entries and
+    ``live_queue_bytes`` bytes, all queues together ``live_total_bytes`` (a client further
+    behind has its queue dropped and is told so); ``live_poll`` seconds between looks for new
+    entries; ``readers`` threads reading the journal at once; ``max_query`` bytes of a query
+    string. Served by :func:`krepis.web.serve`: ``header_seconds`` for a connection to send a
+    request's headers (from when it opens, or its previous answer ends) before it is closed,
+    and ``half_open_max`` connections doing so at once (past it the oldest is closed); requests
+    past their headers: ``live_max`` + 64 at once (more are answered 503)."""
 
     page_size: int = 100
     page_max: int = 500
@@ -46,19 +53,27 @@ class Limits:
     request_max: int = 1000
     series_max: int = 2_000_000
     series_buckets: int = 1500
+    summary_max: int = 2_000_000
+    heavy_seconds: float = 10.0
+    heavy: int = 2
     live_max: int = 100
     live_backlog: int = 5000
+    live_queue_bytes: int = 8_000_000
+    live_total_bytes: int = 64_000_000
     live_poll: float = 0.1
     readers: int = 4
     max_query: int = 4096
+    header_seconds: float = 10.0
+    half_open_max: int = 256
 
     def __post_init__(self) -> None:
         for name in ("page_size", "page_max", "scan_budget", "request_max", "series_max", "series_buckets",
-                     "live_max", "live_backlog", "readers", "max_query"):
+                     "summary_max", "heavy", "live_max", "live_backlog", "live_queue_bytes",
+                     "live_total_bytes", "readers", "max_query", "half_open_max"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValidationError(f"limit {name} must be an int >= 1, got {value!r}")
-        for name in ("scan_seconds", "live_poll"):
+        for name in ("scan_seconds", "heavy_seconds", "live_poll", "header_seconds"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValidationError(f"limit {name} must be a number > 0, got {value!r}")
@@ -66,11 +81,33 @@ class Limits:
             raise ValidationError(f"page_size {self.page_size} is above page_max {self.page_max}")
 
 
+class Busy(Exception):
+    """The server cannot answer this now (too many heavy reads at once, or one ran out of time):
+    a 503 whose message says why and what to do."""
+
+
 def entry_dict(entry: TransactionLog) -> dict[str, Any]:
     """An entry as the pages read it: its stored fields and its ``seq``."""
     out = entry.to_dict()
     out["seq"] = entry.seq
     return out
+
+
+def _order(args: Mapping[str, Any]) -> str:
+    """The cheapest order to read every entry the arguments select: by time through an index
+    when they filter, in append order when they do not."""
+    return "time" if any(v is not None for v in args.values()) else "append"
+
+
+def _row(op: str | None, counts: list[int], durations: list[int]) -> SummaryRow:
+    """A summary row from [started, completed, failed] and the durations, as the journal's."""
+    durations.sort()
+    started, completed, failed = counts
+    finished = completed + failed
+    return SummaryRow(op, None, started + completed + failed, started, completed, failed,
+                      None if finished == 0 else failed / finished, len(durations),
+                      percentile(durations, 50), percentile(durations, 95), percentile(durations, 99),
+                      durations[-1] if durations else None)
 
 
 def percentile(ordered: Sequence[int], p: int) -> int | None:
@@ -110,6 +147,10 @@ class Reader:
         next_seq = self.journal.next_seq()
         args, check = filters.query_args(self.journal.op_names)
         towards_newer = before is not None
+        if before is not None:
+            self._check_cursor("before", before)
+        elif after is not None:
+            self._check_cursor("after", after)
         if args is None:
             page = Page([], False, None, 0)
         else:
@@ -131,6 +172,15 @@ class Reader:
                 "scanned": page.scanned, "budget_spent": page.budget_spent, "next_seq": next_seq,
                 "limit": size, "filters": filters.to_dict()}
 
+    def _check_cursor(self, name: str, seq: int) -> None:
+        """A page's cursor must be an entry of this history: else a :class:`ValidationError`
+        naming the parameter as given."""
+        try:
+            self.journal.entry(seq, **self.history)
+        except KeyError:
+            raise ValidationError(f"{name}={seq}: no entry has that seq (a page's cursor is the seq of "
+                                  "an entry it showed)") from None
+
     # -- one request -----------------------------------------------------------------------
     def request(self, params: Params) -> dict[str, Any]:
         """Every entry of one request (``id``), oldest first, ``request_max`` at a time (``after``
@@ -141,6 +191,8 @@ class Reader:
         rid = ids[0]  # as given: an id may start or end with a space
         check_text("id", rid, MAX_REQUEST_ID_BYTES)
         after = parse_int(params, "after", low=0, high=_MAX_SEQ)
+        if after is not None:
+            self._check_cursor("after", after)
         size = self.limits.request_max
         logs = self.journal.query(request_id=rid, newest_first=False, after=after, limit=size + 1,
                                   **self.history)
@@ -162,14 +214,54 @@ class Reader:
 
     def summary(self, params: Params) -> dict[str, Any]:
         """Per op: entries, started/completed/failed, failure rate and duration percentiles
-        over the window (``since``/``until``) — :meth:`SovereignJournal.summary`."""
+        over the window (``since``/``until``) — what :meth:`SovereignJournal.summary` gives,
+        within a budget: more than ``summary_max`` entries in the window is a
+        :class:`ValidationError`, more than ``heavy_seconds`` of reading :class:`Busy`."""
         filters, args = self._ops_filters(params)
         if args is None:
             return {"rows": [], "total": None, "filters": filters.to_dict()}
-        result = self.journal.summary(("op",), **args, **self.history)
-        out = result.to_dict()
+        live_first = self.journal.entry_counts().live_first_seq
+        groups: dict[str, tuple[list[int], list[int]]] = {}
+        index = {LogStatus.Started: 0, LogStatus.Completed: 1, LogStatus.Failed: 2}
+        seen = archived = 0
+        for entry in self._budgeted(self.journal.iter_logs(**args, **self.history, newest_first=False,
+                                                           order=_order(args)),
+                                    self.limits.summary_max, "summary"):
+            seen += 1
+            if entry.seq is not None and entry.seq < live_first:
+                archived += 1
+            found = groups.get(entry.op_name)
+            if found is None:
+                found = groups[entry.op_name] = ([0, 0, 0], [])
+            found[0][index[entry.status]] += 1
+            if entry.duration_us is not None:
+                found[1].append(entry.duration_us)
+        rows = [_row(name, *groups[name]) for name in sorted(groups)]
+        total = _row(None, [sum(g[0][i] for g in groups.values()) for i in range(3)],
+                     [d for g in groups.values() for d in g[1]])
+        out = Summary(("op",), filters.since, filters.until, tuple(rows), total, seen - archived,
+                      archived).to_dict()
         out["filters"] = filters.to_dict()
         return out
+
+    def _budgeted(self, entries: Iterator[TransactionLog], most: int, what: str) -> Iterator[TransactionLog]:
+        """``entries``, refused past ``most`` of them (a :class:`ValidationError`: the window is
+        too wide) or ``heavy_seconds`` (:class:`Busy`)."""
+        deadline = time.monotonic() + self.limits.heavy_seconds
+        try:
+            for n, entry in enumerate(entries, 1):
+                if n > most:
+                    raise ValidationError(f"the window holds more than {most:,} entries, the most one {what} "
+                                          "reads: choose a shorter window or one op")
+                if n % 256 == 0 and time.monotonic() > deadline:
+                    raise Busy(f"the {what} read {n:,} entries in {self.limits.heavy_seconds:g} s, the most "
+                               "it may take, and was stopped: choose a shorter window or one op, or retry "
+                               "when the server is less busy")
+                yield entry
+        finally:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()
 
     def series(self, params: Params) -> dict[str, Any]:
         """Entries, failures and duration percentiles (p50, p95, p99) per time bucket over the
@@ -200,11 +292,9 @@ class Reader:
         failed = [0] * count
         durations: list[list[int]] = [[] for _ in range(count)]
         seen = 0
-        for entry in self.journal.iter_logs(**args, **self.history, newest_first=False):
+        for entry in self._budgeted(self.journal.iter_logs(**args, **self.history, newest_first=False),
+                                    self.limits.series_max, "plot"):
             seen += 1
-            if seen > self.limits.series_max:
-                raise ValidationError(f"the window holds more than {self.limits.series_max:,} entries, "
-                                      "the most one plot reads: choose a shorter window or one op")
             n = (entry.timestamp - start) // width
             counts[n] += 1
             if entry.status is LogStatus.Failed:
