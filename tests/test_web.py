@@ -279,8 +279,8 @@ def read_events(response: http.client.HTTPResponse, until: float) -> Iterator[tu
     while time.monotonic() < until:
         try:
             chunk = response.read1(65536)
-        except TimeoutError:
-            continue
+        except TimeoutError:  # nothing for the socket's whole timeout: the stream says no more
+            return
         if not chunk:
             return
         buf += chunk
@@ -299,9 +299,8 @@ def read_events(response: http.client.HTTPResponse, until: float) -> Iterator[tu
 def open_stream(server: Served, query: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=0.5)
     conn.request("GET", f"/api/live?{query}", headers={"Accept": "text/event-stream"})
-    conn.sock.settimeout(10)
+    conn.sock.settimeout(10)  # (a read that times out cannot be continued: one generous timeout)
     response = conn.getresponse()
-    conn.sock.settimeout(0.5)
     return conn, response
 
 

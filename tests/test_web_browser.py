@@ -214,6 +214,25 @@ def test_the_plots_count_what_the_journal_holds(tab: Page, console: Served,
     tab.clean()
 
 
+def test_a_busy_answer_is_retried_as_the_server_asks(tab: Page, console: Served) -> None:
+    """The console runs few heavy reads at once and answers another 503 with Retry-After: the
+    page waits and asks again instead of failing."""
+    busy: list[str] = []
+
+    def once_busy(route: Any) -> None:
+        if not busy:
+            busy.append(route.request.url)
+            route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                          body=json.dumps({"error": "busy"}))
+        else:
+            route.continue_()
+
+    tab.page.route("**/api/summary?**", once_busy)
+    page = tab.open(console.url + "ops")
+    assert busy and page.locator("#ops-table tbody tr").count() > 1
+    tab.clean()
+
+
 def test_the_counters_page_shows_the_kernels_stats(tab: Page, console: Served) -> None:
     page = tab.open(console.url + "counters")
     assert page.inner_text("#kernel-js-ops-called .value") == "3"

@@ -55,8 +55,17 @@ export class ApiError extends Error {
   }
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 export async function api(path, params, as = "json") {
-  const response = await fetch(href("api/" + path, params), { credentials: "same-origin", cache: "no-store" });
+  let response;
+  for (let attempt = 0; ; attempt += 1) {
+    response = await fetch(href("api/" + path, params), { credentials: "same-origin", cache: "no-store" });
+    // busy (the console runs few heavy reads at once): wait as the server asks, a few times
+    if (response.status !== 503 || attempt === 3 || !response.headers.has("retry-after")) break;
+    const wait = Number(response.headers.get("retry-after"));
+    await sleep(1000 * Math.min(5, Number.isFinite(wait) && wait > 0 ? wait : 1));
+  }
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
