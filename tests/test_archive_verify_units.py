@@ -200,7 +200,8 @@ def test_progress_is_called_after_each_bundle_with_the_entries_checked_and_the_t
     then log 1's three), the total being every entry the manifest names; none without bundles."""
     store, arch = built.copy(tmp_path)
     calls: list[tuple[int, int]] = []
-    assert verify_archive(arch, None, progress=lambda done, total: calls.append((done, total))).entries == 1280
+    report = verify_archive(arch, None, progress=lambda done, total: calls.append((done, total)))
+    assert report.entries == 1280
     assert calls == [(256 * k, 1280) for k in range(1, 6)]
     calls.clear()
     with SovereignJournal(store) as journal:

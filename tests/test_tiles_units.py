@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -281,13 +282,29 @@ def test_an_export_dir_opens_a_directory_another_writer_made_meanwhile(
 
 def test_an_export_dir_gives_up_when_a_directory_cannot_be_made_and_opened(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Made, and gone again before it could be opened, twice: not a loop, the error itself."""
+    """Missing, made, and gone again before it could be opened: one try to make it, then not a
+    loop but the error itself."""
     root = tmp_path / "out"
+    made: list[str] = []
     with ExportDir(root) as out:
-        monkeypatch.setattr(os, "mkdir", lambda *a, **k: None)  # "made", and never there
+        monkeypatch.setattr(os, "mkdir", lambda name, *a, **k: made.append(name))  # "made", never there
         with pytest.raises(FileNotFoundError):
             out.write("sub/f", b"x")
+    assert made == ["sub"]
     assert os.listdir(root) == []
+
+
+def test_an_export_dir_makes_its_directories_with_mode_0755(tmp_path: Path) -> None:
+    """Readable by anyone who may read the export (it is published), writable by its owner only —
+    also under a umask that takes nothing away."""
+    old = os.umask(0)
+    try:
+        with ExportDir(tmp_path / "out") as out:
+            out.write("a/b/f", b"x")
+    finally:
+        os.umask(old)
+    for sub in ("a", "a/b"):
+        assert stat.S_IMODE((tmp_path / "out" / sub).stat().st_mode) == 0o755, sub
 
 
 def test_an_export_dir_writes_under_a_fresh_temporary_name(tmp_path: Path,
