@@ -546,3 +546,29 @@ def test_an_index_that_does_not_decompress_names_its_file(copy: tuple[Path, Path
         reader(arch).bundle_bytes(1)
     assert str(info.value).startswith(f"archive segment {arch / LOG1_SEG1}: the index does not decompress (")
     assert info.value.path == str(arch / LOG1_SEG1)
+
+
+def test_time_bounds_are_those_of_the_segments_below_the_live_entries(copy: tuple[Path, Path]) -> None:
+    """``time_bounds`` from the manifest alone: the smallest and largest timestamp of the
+    segments holding bundles below ``live_first`` (whole bundles only) that the query's time
+    range can reach, ``None`` when there is no such bundle or the query matches nothing."""
+    _store, arch = copy
+    seg0, seg1 = manifest_of(arch)["logs"][1]["segments"]  # bundle 0; bundles 1-2
+    r = reader(arch)
+    b0 = (seg0["min_ts"], seg0["max_ts"])
+    both = (min(seg0["min_ts"], seg1["min_ts"]), max(seg0["max_ts"], seg1["max_ts"]))
+    for live, want in ((0, None), (FIRST1, None), (FIRST1 + 255, None), (FIRST1 + 256, b0),
+                       (FIRST1 + 511, b0), (FIRST1 + 512, both), (FIRST1 + ARCHIVED, both),
+                       (FIRST1 + 10 * 256, both)):
+        assert r.time_bounds(Query(), live) == want, live
+    live = FIRST1 + ARCHIVED
+    for query in (Query(op_names=()), Query(statuses=()), Query(op_names=(), statuses=())):
+        assert r.time_bounds(query, live) is None
+        assert r.time_bounds(query, FIRST1) is None
+    assert r.time_bounds(Query(op_names=("x",), statuses=(LogStatus.Completed,)), live) == both
+    latest = max(seg0["max_ts"], seg1["max_ts"])
+    earliest = min(seg0["min_ts"], seg1["min_ts"])
+    assert r.time_bounds(Query(since=latest + 1), live) is None
+    assert r.time_bounds(Query(since=latest), live) is not None
+    assert r.time_bounds(Query(until=earliest), live) is None
+    assert r.time_bounds(Query(until=earliest + 1), live) is not None
