@@ -459,6 +459,10 @@ def test_a_format_1_archive_reads_every_segment_index(built: Built, copy: tuple[
     seg1 = raw["logs"][1]["segments"][1]
     r = ArchiveReader(arch, 1, FIRST1, None, raw)
     assert r.version == 1
+    # its time bounds are every timestamp (an entry at 0 included), whatever the query's range
+    for query in (Query(), Query(since=seg1["max_ts"] + 1), Query(until=seg1["min_ts"])):
+        assert r.time_bounds(query, FIRST1 + ARCHIVED) == (0, 2**63 - 1)
+    assert r.time_bounds(Query(), FIRST1 + 255) is None
     for query in (Query(since=seg1["max_ts"] + 1), Query(until=seg1["min_ts"], order="append")):
         assert list(r.iterate(query, None, FIRST1 + ARCHIVED)) == brute(logs, query, None)
     (arch / LOG1_SEG1).unlink()
