@@ -5,6 +5,7 @@ and queries — every filter, order and cursor against the same entries filtered
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -237,6 +238,28 @@ def test_entries_that_are_not_transaction_logs_are_named(built: Built, copy: tup
     assert str(info.value).startswith(f"archive segment {arch / LOG1_SEG0}: bundle 0 holds an entry that "
                                       "is not a TransactionLog (")
     assert info.value.path == str(arch / LOG1_SEG0)
+
+
+
+@pytest.mark.parametrize("field,value", [
+    ("timestamp", "5"), ("timestamp", 5.0), ("timestamp", True), ("op_name", 5), ("op_name", None),
+    ("request_id", 5), ("request_id", ["r"]), ("duration_us", "3"), ("duration_us", 3.5),
+    ("duration_us", False), ("error", 5), ("error", ["e"]),
+])
+def test_an_entry_with_one_field_of_the_wrong_type_is_named(copy: tuple[Path, Path], field: str,
+                                                            value: object) -> None:
+    """Each field's type is checked on its own, the others right: one wrong is enough."""
+    _store, arch = copy
+    good = {"timestamp": 5, "op_name": "op", "request_id": "rid", "status": "Failed", "duration_us": 3,
+            "error": "e"}
+    data = [json.dumps(good, separators=(",", ":")).encode()] * 255 + [
+        json.dumps({**good, field: value}, separators=(",", ":")).encode()]
+    m = manifest_of(arch)["logs"][1]["segments"][0]
+    install(arch, LOG1_SEG0, craft(1, 0, [data], None, [(m["min_ts"], m["max_ts"])]), dictionary=None)
+    with pytest.raises(CorruptStorageError) as info:
+        reader(arch).bundle_logs(0)
+    assert str(info.value) == (f"archive segment {arch / LOG1_SEG0}: bundle 0 holds an entry that is not a "
+                               "TransactionLog (a field has the wrong type)")
 
 
 # -- a segment's index ----------------------------------------------------------------------------
