@@ -599,3 +599,36 @@ def test_time_bounds_are_those_of_the_segments_below_the_live_entries(copy: tupl
     assert r.time_bounds(Query(since=latest), live) is not None
     assert r.time_bounds(Query(until=earliest), live) is None
     assert r.time_bounds(Query(until=earliest + 1), live) is not None
+
+
+def test_a_segment_past_the_live_entries_or_the_cursor_is_not_read(built: Built,
+                                                                   copy: tuple[Path, Path]) -> None:
+    """A segment beginning at or past the bundles below ``live_first``, and (with a cursor) one
+    wholly on the wrong side of it — in append order by seq, in time order by its time range —
+    is skipped unread: a missing file there changes nothing."""
+    _store, arch = copy
+    logs = built.log1[:ARCHIVED]
+    seg1 = manifest_of(arch)["logs"][1]["segments"][1]
+    saved = {name: (arch / name).read_bytes() for name in (LOG1_SEG0, LOG1_SEG1)}
+
+    def without(name: str) -> ArchiveReader:
+        for other, raw in saved.items():
+            (arch / other).write_bytes(raw)
+        (arch / name).unlink()
+        return reader(arch)
+
+    r = without(LOG1_SEG1)  # bundles 1-2: not below seq FIRST1 + 256
+    for query in (Query(), Query(newest_first=False), Query(order="append"), Query(since=0)):
+        assert list(r.iterate(query, None, FIRST1 + 256)) == brute(logs[:256], query, None), query
+    live = FIRST1 + ARCHIVED
+    for name, query, after in (
+            (LOG1_SEG0, Query(order="append", newest_first=False), logs[300]),  # seqs before the cursor
+            (LOG1_SEG0, Query(order="append", newest_first=False), logs[255]),
+            (LOG1_SEG1, Query(order="append"), logs[256]),                      # seqs after it, newest first
+            (LOG1_SEG1, Query(order="append"), logs[100])):
+        assert list(without(name).iterate(query, after, live)) == brute(logs, query, after), (name, after.seq)
+    before = min((x for x in logs[:256] if x.timestamp < seg1["min_ts"]), key=lambda x: x.timestamp)
+    query = Query()  # time order, newest first: bundles 1-2 are all newer than the cursor
+    assert list(without(LOG1_SEG1).iterate(query, before, live)) == brute(logs, query, before)
+    with pytest.raises(CorruptStorageError, match="is missing"):  # (a segment the cursor reaches is read)
+        list(without(LOG1_SEG1).iterate(query, logs[-1], live))
