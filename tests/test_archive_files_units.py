@@ -649,3 +649,21 @@ def test_a_parent_replaced_by_a_file_before_it_is_opened_is_refused(tmp_path: Pa
     assert str(info.value) == (f"krepis does not use {tmp_path / 'f' / 'cold'} as an archive directory: "
                                f"cannot open {tmp_path / 'f'}: {os.strerror(errno.ENOTDIR)}")
     assert (tmp_path / "f").read_bytes() == b"x"
+
+
+def test_an_archive_directory_replaced_by_a_file_before_it_is_opened_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive directory, a directory when looked at, is a file when opened to read (a race):
+    it is opened as a directory only, so the refusal names it and nothing is read from the file."""
+    cold = tmp_path / "cold"
+    cold.write_bytes(b"x")
+    cold.chmod(0o600)
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda p: p == str(cold) or real_isdir(p))
+    with pytest.raises(StorageError) as info:
+        ArchiveDir.open(cold, create=False)
+    monkeypatch.undo()
+    assert str(info.value) == (f"krepis does not use {cold} as an archive directory: cannot open {cold}: "
+                               f"{os.strerror(errno.ENOTDIR)}")
+    assert info.value.path == str(cold)
+    assert cold.read_bytes() == b"x"

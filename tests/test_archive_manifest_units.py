@@ -334,3 +334,13 @@ def test_a_new_manifest_and_the_log_of_an_epoch() -> None:
     assert log_of(data, 1) is None and log_of(None, 0) is None
     raw = encode_manifest(new_manifest("/srv/s"))
     assert parse_manifest(raw, FILE) == {**new_manifest("/srv/s"), "checksum": raw[13:77].decode()}
+
+
+def test_a_value_is_shown_whole_up_to_60_characters_and_cut_after() -> None:
+    """The limit exactly: a repr of 60 characters is shown as it is, one of 61 is cut to its
+    first 60 and '…' (the messages spelled out, not computed by the rule they check)."""
+    seg = "logs[0].segments[1].file must be 'log000000-000000000002.kseg' (log 0, bundle 2), not "
+    for value, shown in (("y" * 58, "'" + "y" * 58 + "'"), ("y" * 59, "'" + "y" * 59 + "…")):
+        data = good()
+        data["logs"][0]["segments"][1]["file"] = value
+        refused(seal(data), f"{FILE}: {seg}{shown}")

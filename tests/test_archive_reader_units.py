@@ -5,6 +5,7 @@ and queries — every filter, order and cursor against the same entries filtered
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -239,6 +240,28 @@ def test_entries_that_are_not_transaction_logs_are_named(built: Built, copy: tup
     assert info.value.path == str(arch / LOG1_SEG0)
 
 
+
+@pytest.mark.parametrize("field,value", [
+    ("timestamp", "5"), ("timestamp", 5.0), ("timestamp", True), ("op_name", 5), ("op_name", None),
+    ("request_id", 5), ("request_id", ["r"]), ("duration_us", "3"), ("duration_us", 3.5),
+    ("duration_us", False), ("error", 5), ("error", ["e"]),
+])
+def test_an_entry_with_one_field_of_the_wrong_type_is_named(copy: tuple[Path, Path], field: str,
+                                                            value: object) -> None:
+    """Each field's type is checked on its own, the others right: one wrong is enough."""
+    _store, arch = copy
+    good = {"timestamp": 5, "op_name": "op", "request_id": "rid", "status": "Failed", "duration_us": 3,
+            "error": "e"}
+    data = [json.dumps(good, separators=(",", ":")).encode()] * 255 + [
+        json.dumps({**good, field: value}, separators=(",", ":")).encode()]
+    m = manifest_of(arch)["logs"][1]["segments"][0]
+    install(arch, LOG1_SEG0, craft(1, 0, [data], None, [(m["min_ts"], m["max_ts"])]), dictionary=None)
+    with pytest.raises(CorruptStorageError) as info:
+        reader(arch).bundle_logs(0)
+    assert str(info.value) == (f"archive segment {arch / LOG1_SEG0}: bundle 0 holds an entry that is not a "
+                               "TransactionLog (a field has the wrong type)")
+
+
 # -- a segment's index ----------------------------------------------------------------------------
 def _seg_times(built: Built, first: int, count: int) -> list[tuple[int, int]]:
     return [(min(x.timestamp for x in built.log1[256 * k:256 * k + 256]),
@@ -459,6 +482,10 @@ def test_a_format_1_archive_reads_every_segment_index(built: Built, copy: tuple[
     seg1 = raw["logs"][1]["segments"][1]
     r = ArchiveReader(arch, 1, FIRST1, None, raw)
     assert r.version == 1
+    # its time bounds are every timestamp (an entry at 0 included), whatever the query's range
+    for query in (Query(), Query(since=seg1["max_ts"] + 1), Query(until=seg1["min_ts"])):
+        assert r.time_bounds(query, FIRST1 + ARCHIVED) == (0, 2**63 - 1)
+    assert r.time_bounds(Query(), FIRST1 + 255) is None
     for query in (Query(since=seg1["max_ts"] + 1), Query(until=seg1["min_ts"], order="append")):
         assert list(r.iterate(query, None, FIRST1 + ARCHIVED)) == brute(logs, query, None)
     (arch / LOG1_SEG1).unlink()
@@ -546,3 +573,62 @@ def test_an_index_that_does_not_decompress_names_its_file(copy: tuple[Path, Path
         reader(arch).bundle_bytes(1)
     assert str(info.value).startswith(f"archive segment {arch / LOG1_SEG1}: the index does not decompress (")
     assert info.value.path == str(arch / LOG1_SEG1)
+
+
+def test_time_bounds_are_those_of_the_segments_below_the_live_entries(copy: tuple[Path, Path]) -> None:
+    """``time_bounds`` from the manifest alone: the smallest and largest timestamp of the
+    segments holding bundles below ``live_first`` (whole bundles only) that the query's time
+    range can reach, ``None`` when there is no such bundle or the query matches nothing."""
+    _store, arch = copy
+    seg0, seg1 = manifest_of(arch)["logs"][1]["segments"]  # bundle 0; bundles 1-2
+    r = reader(arch)
+    b0 = (seg0["min_ts"], seg0["max_ts"])
+    both = (min(seg0["min_ts"], seg1["min_ts"]), max(seg0["max_ts"], seg1["max_ts"]))
+    for live, want in ((0, None), (FIRST1, None), (FIRST1 + 255, None), (FIRST1 + 256, b0),
+                       (FIRST1 + 511, b0), (FIRST1 + 512, both), (FIRST1 + ARCHIVED, both),
+                       (FIRST1 + 10 * 256, both)):
+        assert r.time_bounds(Query(), live) == want, live
+    live = FIRST1 + ARCHIVED
+    for query in (Query(op_names=()), Query(statuses=()), Query(op_names=(), statuses=())):
+        assert r.time_bounds(query, live) is None
+        assert r.time_bounds(query, FIRST1) is None
+    assert r.time_bounds(Query(op_names=("x",), statuses=(LogStatus.Completed,)), live) == both
+    latest = max(seg0["max_ts"], seg1["max_ts"])
+    earliest = min(seg0["min_ts"], seg1["min_ts"])
+    assert r.time_bounds(Query(since=latest + 1), live) is None
+    assert r.time_bounds(Query(since=latest), live) is not None
+    assert r.time_bounds(Query(until=earliest), live) is None
+    assert r.time_bounds(Query(until=earliest + 1), live) is not None
+
+
+def test_a_segment_past_the_live_entries_or_the_cursor_is_not_read(built: Built,
+                                                                   copy: tuple[Path, Path]) -> None:
+    """A segment beginning at or past the bundles below ``live_first``, and (with a cursor) one
+    wholly on the wrong side of it — in append order by seq, in time order by its time range —
+    is skipped unread: a missing file there changes nothing."""
+    _store, arch = copy
+    logs = built.log1[:ARCHIVED]
+    seg1 = manifest_of(arch)["logs"][1]["segments"][1]
+    saved = {name: (arch / name).read_bytes() for name in (LOG1_SEG0, LOG1_SEG1)}
+
+    def without(name: str) -> ArchiveReader:
+        for other, raw in saved.items():
+            (arch / other).write_bytes(raw)
+        (arch / name).unlink()
+        return reader(arch)
+
+    r = without(LOG1_SEG1)  # bundles 1-2: not below seq FIRST1 + 256
+    for query in (Query(), Query(newest_first=False), Query(order="append"), Query(since=0)):
+        assert list(r.iterate(query, None, FIRST1 + 256)) == brute(logs[:256], query, None), query
+    live = FIRST1 + ARCHIVED
+    for name, query, after in (
+            (LOG1_SEG0, Query(order="append", newest_first=False), logs[300]),  # seqs before the cursor
+            (LOG1_SEG0, Query(order="append", newest_first=False), logs[255]),
+            (LOG1_SEG1, Query(order="append"), logs[256]),                      # seqs after it, newest first
+            (LOG1_SEG1, Query(order="append"), logs[100])):
+        assert list(without(name).iterate(query, after, live)) == brute(logs, query, after), (name, after.seq)
+    before = min((x for x in logs[:256] if x.timestamp < seg1["min_ts"]), key=lambda x: x.timestamp)
+    query = Query()  # time order, newest first: bundles 1-2 are all newer than the cursor
+    assert list(without(LOG1_SEG1).iterate(query, before, live)) == brute(logs, query, before)
+    with pytest.raises(CorruptStorageError, match="is missing"):  # (a segment the cursor reaches is read)
+        list(without(LOG1_SEG1).iterate(query, logs[-1], live))

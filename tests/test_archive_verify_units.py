@@ -192,3 +192,22 @@ def test_verifying_a_missing_directory_is_refused_and_makes_nothing(tmp_path: Pa
             pytest.raises(ValidationError, match="there is no archive at"):
         journal.verify_archive(missing)
     assert not missing.exists()
+
+
+def test_progress_is_called_after_each_bundle_with_the_entries_checked_and_the_total(built: Built,
+                                                                                      tmp_path: Path) -> None:
+    """``progress(entries, total)`` once per bundle, in the manifest's order (log 0's two bundles,
+    then log 1's three), the total being every entry the manifest names; none without bundles."""
+    store, arch = built.copy(tmp_path)
+    calls: list[tuple[int, int]] = []
+    report = verify_archive(arch, None, progress=lambda done, total: calls.append((done, total)))
+    assert report.entries == 1280
+    assert calls == [(256 * k, 1280) for k in range(1, 6)]
+    calls.clear()
+    with SovereignJournal(store) as journal:
+        assert verify_archive(arch, journal._live(),
+                              progress=lambda done, total: calls.append((done, total))).bundles == 5
+    assert calls == [(256 * k, 1280) for k in range(1, 6)]
+    (tmp_path / "empty").mkdir(mode=0o700)
+    verify_archive(tmp_path / "empty", None, progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) == 5

@@ -282,3 +282,25 @@ def test_archived_leaves_read_after_a_clear_are_an_error(journal: SovereignJourn
     journal.clear_all()
     with pytest.raises(JournalError, match="was cleared while its tree was being read"):
         reader.node(0, 3)
+
+
+def test_archived_leaves_without_an_archive_are_refused_naming_their_entries(journal: SovereignJournal,
+                                                                             tmp_path: Path) -> None:
+    """A reader given no archive (as a backup's check reads a store): the archived tile a leaf is
+    in is named by the seq numbers of its first and last entries, from the log's first seq."""
+    _fill(journal, 7, "old")
+    journal.clear_all()
+    _fill(journal, 599)
+    journal.archive(tmp_path / "archive", keep_last=0)  # leaves 0…511 (seq 7…518)
+    want = Expected(journal)
+    storage = open_storage(journal.path)
+    try:
+        reader = TreeReader(storage, storage.tree_head())
+        for index, (first, last) in ((0, (7, 262)), (255, (7, 262)), (256, (263, 518)), (511, (263, 518))):
+            with pytest.raises(ValidationError) as info:
+                reader.node(0, index)
+            assert str(info.value) == (f"entries {first}…{last} of the journal at {storage.location} are "
+                                       "archived: pass the archive directory (archive=DIR, --archive DIR)")
+        assert reader.node(0, 512) == want.leaves[512]
+    finally:
+        storage.close()

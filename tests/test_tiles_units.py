@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -281,13 +282,29 @@ def test_an_export_dir_opens_a_directory_another_writer_made_meanwhile(
 
 def test_an_export_dir_gives_up_when_a_directory_cannot_be_made_and_opened(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Made, and gone again before it could be opened, twice: not a loop, the error itself."""
+    """Missing, made, and gone again before it could be opened: one try to make it, then not a
+    loop but the error itself."""
     root = tmp_path / "out"
+    made: list[str] = []
     with ExportDir(root) as out:
-        monkeypatch.setattr(os, "mkdir", lambda *a, **k: None)  # "made", and never there
+        monkeypatch.setattr(os, "mkdir", lambda name, *a, **k: made.append(name))  # "made", never there
         with pytest.raises(FileNotFoundError):
             out.write("sub/f", b"x")
+    assert made == ["sub"]
     assert os.listdir(root) == []
+
+
+def test_an_export_dir_makes_its_directories_with_mode_0755(tmp_path: Path) -> None:
+    """Readable by anyone who may read the export (it is published), writable by its owner only —
+    also under a umask that takes nothing away."""
+    old = os.umask(0)
+    try:
+        with ExportDir(tmp_path / "out") as out:
+            out.write("a/b/f", b"x")
+    finally:
+        os.umask(old)
+    for sub in ("a", "a/b"):
+        assert stat.S_IMODE((tmp_path / "out" / sub).stat().st_mode) == 0o755, sub
 
 
 def test_an_export_dir_writes_under_a_fresh_temporary_name(tmp_path: Path,
@@ -601,3 +618,42 @@ def test_an_export_dir_writes_into_the_directory_it_checked(tmp_path: Path,
     assert swapped and list(elsewhere.iterdir()) == []
     assert sorted(os.listdir(root / "a" / "b.moved")) == ["c", "old"]
     assert os.listdir(root) == ["a"]  # (and no temporary file anywhere)
+
+
+def test_an_export_dir_never_reads_through_a_link_swapped_in_after_its_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read`` looks at the file (a regular one) before opening it; a link put in its place
+    between the two is refused when opened, naming the file, and its target is not read."""
+    root, secret = tmp_path / "out", tmp_path / "secret"
+    secret.write_bytes(b"not for export")
+    real_open = os.open
+    swapped: list[str] = []
+
+    def racing_open(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if path == "c" and not swapped:
+            swapped.append(path)
+            (root / "a" / "c").unlink()
+            (root / "a" / "c").symlink_to(secret)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    with ExportDir(root) as out:
+        out.write("a/c", b"mine")
+        monkeypatch.setattr(os, "open", racing_open)
+        assert _refused(out.read, "a/c", 100) == f"{root}/a/c is a symbolic link: refused"
+    assert swapped == ["c"]
+
+
+def test_an_export_dir_looks_at_a_file_only_through_the_directories_it_checked(tmp_path: Path) -> None:
+    """``kind`` and ``read`` of a file below a link refuse the link (by its name), whether or not
+    the link's target holds a file of that name: nothing is looked up through it."""
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "there").write_bytes(b"planted")
+    (root / "linkdir").symlink_to(elsewhere, target_is_directory=True)
+    refused = (f"{root}/linkdir is a symbolic link: krepis writes below {root} only into directories "
+               "and files it made; remove it")
+    with ExportDir(root) as out:
+        for name in ("there", "missing"):
+            assert _refused(out.kind, f"linkdir/{name}") == refused
+            assert _refused(out.read, f"linkdir/{name}", 100) == refused
