@@ -422,3 +422,72 @@ def test_tlog_serve_names_an_address_it_cannot_listen_on(store: Path) -> None:
         taken.close()
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def _serve_in_process(store: Path, *args: str, path: str = "/checkpoint",
+                      host: str = "127.0.0.1") -> tuple[Result, tuple[int, bytes]]:
+    """``krepis tlog serve`` run by CliRunner in this (the main) thread; a helper thread fetches
+    ``path`` (answered only once the server is serving) and then interrupts it with SIGINT, as
+    Ctrl-C does. The command's result and the answer."""
+    import http.client
+    import signal
+    import time
+
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    answer: list[tuple[int, bytes]] = []
+
+    def fetch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("GET", path)
+                reply = conn.getresponse()
+                answer.append((reply.status, reply.read()))
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=fetch, daemon=True)
+    helper.start()
+    result = _run("--storage", str(store), "tlog", "serve", "--listen", f"{host}:{port}", *args)
+    helper.join(timeout=60)
+    assert answer, result.output
+    return result, answer[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "", "[127.0.0.1]"])
+def test_tlog_serve_says_where_it_serves_and_stops_on_ctrl_c(tmp_path: Path, store: Path, host: str) -> None:
+    with SovereignJournal(store) as journal:
+        note = journal.sign_checkpoint(SIGNER)
+    result, (status, body) = _serve_in_process(store, host=host)
+    assert result.exit_code == 0, result.output
+    assert (status, body.decode()) == (200, note)
+    port = result.output.split(":")[2].split("/")[0]
+    assert result.output == f"serving http://127.0.0.1:{port}/checkpoint (Ctrl-C to stop)\n"
+    with SovereignJournal(store) as journal:  # closed: it opens again, and writes
+        journal.log_transaction(TransactionLog(1, "op", "after", LogStatus.Completed))
+
+
+def test_tlog_serve_checks_the_archive_before_it_listens_unless_live_only(tmp_path: Path) -> None:
+    from test_archive import fill_fast, realistic
+
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        fill_fast(journal, realistic(300, seed=5))
+        journal.sign_checkpoint(SIGNER)
+        journal.archive(tmp_path / "cold", keep_last=0)
+    result, (status, _body) = _serve_in_process(store, path="/tile/entries/000")
+    assert (result.exit_code, status) == (0, 200), result.output
+    (tmp_path / "cold").rename(tmp_path / "moved")
+    result = _run("--storage", str(store), "tlog", "serve", "--listen", "127.0.0.1:0")
+    assert result.exit_code == 1
+    assert f"its archive at {tmp_path / 'cold'}, which cannot be read" in result.output
+    assert "serving" not in result.output
+    result, (status, _body2) = _serve_in_process(store, "--live-only", path="/tile/entries/000")
+    assert result.exit_code == 0, result.output
+    assert status == 404
