@@ -4,6 +4,7 @@ opened) and every line and JSON field it prints. Real LMDB stores and archives."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,20 @@ def test_set_dir_on_a_store_without_an_archive_says_no_was(tmp_path: Path) -> No
     out = json.loads(_run(tmp_path / "s", "--set-dir", str(tmp_path / "cold"), "--json").output)
     assert out == {"archive": str(tmp_path / "cold"), "previous": str(tmp_path / "cold"),
                    "archived_entries": 0}
+
+
+def test_archive_says_it_completed_an_interrupted_run(tmp_path: Path) -> None:
+    """The format-1 fixture archive beside a store still holding its entries: the state a run
+    leaves when it dies after the archive was durable and before the entries left the store."""
+    from test_archive_format import FIXTURES, entries
+
+    store, arch = tmp_path / "s", tmp_path / "cold"
+    shutil.copytree(FIXTURES / "archive-format1", arch)
+    arch.chmod(0o700)
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        fill_fast(journal, entries())
+    result = _run(store, str(arch), "--keep-last", str(10**6))
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"archived 0 entries (0 bundles, 0 bytes) into {arch}; completed an "
+                             "interrupted run; the store now starts at seq 768, the archive holds 768 "
+                             "entries of this log\n")
