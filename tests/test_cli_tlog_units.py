@@ -4,13 +4,16 @@ Real LMDB stores, a real witness served over HTTP in a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -29,6 +32,7 @@ VKEY = str(SIGNER.verifier())
 OTHER = generate_signer("example.com/other")
 WITNESS = generate_cosigner("witness.example/u1")
 GONE = generate_cosigner("witness.example/u2")
+SECOND = generate_cosigner("witness.example/u3")
 
 
 def _run(*args: str) -> Result:
@@ -186,23 +190,38 @@ def test_checkpoint_refuses_bad_witness_options_before_opening_the_store(tmp_pat
     assert not Path(nowhere).exists()
 
 
-@pytest.fixture
-def witness_url(tmp_path: Path) -> Iterator[str]:
-    state = tmp_path / "witness"
+@contextlib.contextmanager
+def _serving(respond: Any, post: Any = None) -> Iterator[str]:
+    """A TileServer answering with ``respond`` (and ``post``) in a thread: its URL."""
+    extra = {} if post is None else {"post": post, "max_body": MAX_BODY}
+    server = TileServer(("127.0.0.1", 0), respond, timeout=5.0, max_connections=8, **extra)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{server.address[0]}:{server.address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def _witness(state: Path, key: Any = WITNESS) -> Iterator[str]:
+    """A real witness for SIGNER's log, served over HTTP: its URL."""
     state.mkdir()
     with SovereignJournal(state / "journal", retention="off") as journal:
-        core = Witness(WITNESS, [SIGNER.verifier()], journal, str(state / "lock"))
-        get, post = witness_handlers(core, lambda _line: None)
-        server = TileServer(("127.0.0.1", 0), get, post=post, max_body=MAX_BODY, timeout=5.0,
-                            max_connections=8)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+        core = Witness(key, [SIGNER.verifier()], journal, str(state / "lock"))
         try:
-            yield f"http://{server.address[0]}:{server.address[1]}"
+            get, post = witness_handlers(core, lambda _line: None)
+            with _serving(get, post) as url:
+                yield url
         finally:
-            server.shutdown()
-            thread.join(timeout=10)
             core.close()
+
+
+@pytest.fixture
+def witness_url(tmp_path: Path) -> Iterator[str]:
+    with _witness(tmp_path / "witness") as url:
+        yield url
 
 
 def test_checkpoint_with_witnesses_says_each_answer_and_keeps_only_a_quorum(
@@ -491,3 +510,115 @@ def test_tlog_serve_checks_the_archive_before_it_listens_unless_live_only(tmp_pa
     result, (status, _body2) = _serve_in_process(store, "--live-only", path="/tile/entries/000")
     assert result.exit_code == 0, result.output
     assert status == 404
+
+
+def test_witness_lines_go_to_stderr_and_the_note_alone_to_stdout(tmp_path: Path, store: Path,
+                                                                  witness_url: str) -> None:
+    result = _run("--storage", str(store), "checkpoint", "--key", str(_key(tmp_path)),
+                  "--witness", f"w1={witness_url}:{WITNESS.verifier()}",
+                  "--witness", f"w2=http://127.0.0.1:1:{GONE.verifier()}", "--quorum", "1")
+    assert result.exit_code == 0, result.output
+    with SovereignJournal(store) as journal:
+        assert result.stdout == journal.latest_checkpoint()
+    said = result.stderr.splitlines()
+    assert len(said) == 2 and said[0].startswith("krepis: witness w1 cosigned (")
+    assert said[1].startswith("krepis: witness w2: ")
+
+
+def test_an_unreadable_witness_key_file_is_named(tmp_path: Path, store: Path) -> None:
+    folder = tmp_path / "keydir"
+    folder.mkdir()
+    result = _run("verify", "--tlog", str(tmp_path), "--vkey", VKEY, "--witness-vkey", str(folder))
+    assert result.exit_code == 1
+    assert result.output == f"Error: cannot read the key {folder}: Is a directory\n"
+    result = _run("--storage", str(store), "checkpoint", "--key", str(_key(tmp_path)),
+                  "--witness", f"w1=http://127.0.0.1:1:{folder}")
+    assert result.exit_code == 1
+    assert result.output == f"Error: cannot read the key {folder}: Is a directory\n"
+
+
+def test_verify_tlog_reads_a_log_served_over_http_and_names_a_url_it_cannot_reach(
+        tmp_path: Path, store: Path) -> None:
+    from krepis.cli._tlog_serve import tile_responder
+
+    with SovereignJournal(store) as journal:
+        journal.sign_checkpoint(SIGNER)
+        with _serving(tile_responder(journal)) as url:
+            result = _run("verify", "--tlog", url, "--vkey", VKEY)
+    assert result.exit_code == 0, result.output
+    assert result.output == ("ok: 5 entries and 2 tiles match the checkpoint of example.com/units "
+                             "(tree size 5)\n")
+    for scheme in ("http", "https"):
+        result = _run("verify", "--tlog", f"{scheme}://127.0.0.1:1", "--vkey", VKEY)
+        assert result.exit_code == 1
+        assert result.output == (f"Error: {scheme}://127.0.0.1:1: GET {scheme}://127.0.0.1:1/checkpoint: "
+                                 "Connection refused\n")
+
+
+def test_verify_tlog_needs_a_quorum_of_the_witnesses_given(tmp_path: Path, store: Path) -> None:
+    with _witness(tmp_path / "w1") as first, _witness(tmp_path / "w3", SECOND) as second:
+        result = _run("--storage", str(store), "checkpoint", "--key", str(_key(tmp_path)),
+                      "--witness", f"w1={first}:{WITNESS.verifier()}",
+                      "--witness", f"w3={second}:{SECOND.verifier()}")
+        assert result.exit_code == 0, result.output
+    tiles = tmp_path / "tiles"
+    assert _run("--storage", str(store), "tlog", "export", str(tiles)).exit_code == 0
+    keys = ["--witness-vkey", str(WITNESS.verifier()), "--witness-vkey", str(SECOND.verifier())]
+    result = _run("verify", "--tlog", str(tiles), "--vkey", VKEY, *keys)
+    assert result.exit_code == 0, result.output
+    cosigned = result.output.split("; cosigned by ")[1].rstrip("\n").split(", ")
+    assert [c.split(" at ")[0] for c in sorted(cosigned)] == ["witness.example/u1", "witness.example/u3"]
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    assert all(re.fullmatch(rf"witness\.example/u[13] at {stamp}", c) for c in cosigned)
+    absent = ["--witness-vkey", str(WITNESS.verifier()), "--witness-vkey", str(GONE.verifier())]
+    result = _run("verify", "--tlog", str(tiles), "--vkey", VKEY, *absent)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {tiles}: ")
+    result = _run("verify", "--tlog", str(tiles), "--vkey", VKEY, *absent, "--quorum", "1")
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("; cosigned by witness.example/u1 at " + result.output[-21:])
+
+
+def test_utc_is_utc_whatever_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    try:
+        assert _utc(0) == "1970-01-01T00:00:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_verify_counts_every_checkpoint_of_earlier_logs_and_checks_the_current_ones(
+        tmp_path: Path, store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        journal.sign_checkpoint(SIGNER)
+        journal.log_transaction(TransactionLog(1, "op", "x", LogStatus.Completed))
+        journal.sign_checkpoint(SIGNER)
+        journal.clear_all()
+        journal.sign_checkpoint(OTHER)  # (a cleared log's origin is not signed again)
+    result = _run("--storage", str(store), "verify")
+    assert result.exit_code == 0, result.output
+    assert result.output == ("ok: 1 entries, tree of 1 leaves, 1 checkpoint consistent "
+                             "(2 of logs before a clear not checkable) "
+                             "(signatures not checked: pass --vkey and --trusted)\n")
+
+
+def test_a_key_file_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    """In a process whose locale is ASCII, a key file with a non-ASCII byte is still read (as
+    UTF-8); what is wrong with it is then said, not a decoding error."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "key.pub"
+    bad.write_text("caf\u00e9+1234abcd+AAAA\n", encoding="utf-8")
+    here = _run("verify", "--tlog", str(tmp_path), "--vkey", str(bad))
+    assert here.exit_code == 1 and here.output.startswith(f"Error: {bad}: ")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+           "PYTHONIOENCODING": "utf-8"}
+    env.pop("KREPIS_STORAGE", None)
+    proc = subprocess.run([sys.executable, "-m", "krepis", "verify", "--tlog", str(tmp_path), "--vkey",
+                           str(bad)], capture_output=True, text=True, encoding="utf-8", env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == here.output
