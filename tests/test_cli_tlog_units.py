@@ -622,3 +622,73 @@ def test_a_key_file_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None
                            str(bad)], capture_output=True, text=True, encoding="utf-8", env=env, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == here.output
+
+
+def test_note_text_of_a_note_whose_only_blank_line_opens_it() -> None:
+    assert _note_text("\n\n— sig\n") == "\n"
+
+
+def _store_note(store: Path, size: int, note: str, origin: str) -> None:
+    from krepis.storage import open_storage
+
+    with SovereignJournal(store) as journal:
+        epoch = journal.tree_head().epoch
+    storage = open_storage(store, create=False)
+    try:
+        storage.add_checkpoint(epoch, size, origin, note)
+    finally:
+        storage.close()
+
+
+def test_verify_counts_every_checkpoint_of_another_key(tmp_path: Path, store: Path) -> None:
+    with SovereignJournal(store) as journal:
+        trusted = tmp_path / "cp"
+        trusted.write_text(journal.sign_checkpoint(SIGNER))
+    for n in (5, 6):
+        with SovereignJournal(store) as journal:
+            journal.sign_checkpoint(OTHER)
+        _fill(store, 1, start=n)
+    result = _run("--storage", str(store), "verify", "--vkey", VKEY, "--trusted", str(trusted))
+    assert result.exit_code == 0, result.output
+    assert "3 checkpoints consistent (2 of other keys: roots checked, signatures not)" in result.output
+
+
+def test_verify_names_a_kept_checkpoint_of_a_bigger_tree(tmp_path: Path, store: Path) -> None:
+    from krepis.tlog._note import Checkpoint, format_checkpoint, sign_note
+
+    with SovereignJournal(store) as journal:
+        root = journal.tree_head().root
+    _store_note(store, 5, sign_note(format_checkpoint(Checkpoint(SIGNER.name, 9, root)), SIGNER), SIGNER.name)
+    result = _run("--storage", str(store), "verify")
+    assert result.exit_code == 1
+    assert result.output == ("Error: the stored checkpoint of tree size 9 is of a bigger tree than the "
+                             "journal's (5 leaves): entries were removed\n")
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> Path:
+    """A store of 600 entries whose first 512 are archived (then the archive moved away from
+    where the store records it), with checkpoints of 100 and 600 leaves: the root of 100 leaves
+    needs archived bundle 0."""
+    from test_archive import fill_fast, realistic
+
+    logs = realistic(600, seed=9)
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
+        fill_fast(journal, logs[:100])
+        journal.sign_checkpoint(SIGNER)
+        fill_fast(journal, logs[100:])
+        journal.sign_checkpoint(SIGNER)
+        assert journal.archive(tmp_path / "cold", keep_last=0).entries == 512
+    (tmp_path / "cold").rename(tmp_path / "moved")
+    return tmp_path / "s"
+
+
+def test_verify_reads_kept_checkpoints_roots_from_the_archive_given(tmp_path: Path, archived: Path) -> None:
+    result = _run("--storage", str(archived), "verify", "--archive", str(tmp_path / "moved"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 88 entries and 512 archived, tree of 600 leaves, 2 checkpoints "
+                                    "consistent")
+    result = _run("--storage", str(archived), "verify", "--live-only")  # the archive is not read at all
+    assert result.exit_code == 1
+    assert result.output == (f"Error: entries 0…255 of the journal at {archived} are archived: pass the "
+                             "archive directory (archive=DIR, --archive DIR)\n")
