@@ -471,10 +471,16 @@ def _serve_in_process(store: Path, *args: str, path: str = "/checkpoint",
                 time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
-    helper = threading.Thread(target=fetch, daemon=True)
-    helper.start()
-    result = _run("--storage", str(store), "tlog", "serve", "--listen", f"{host}:{port}", *args)
-    helper.join(timeout=60)
+    # Ctrl-C's KeyboardInterrupt, whatever the disposition this process inherited (a runner
+    # may ignore SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper = threading.Thread(target=fetch, daemon=True)
+        helper.start()
+        result = _run("--storage", str(store), "tlog", "serve", "--listen", f"{host}:{port}", *args)
+        helper.join(timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert answer, result.output
     return result, answer[0]
 
