@@ -119,3 +119,12 @@ def test_archive_says_it_completed_an_interrupted_run(tmp_path: Path) -> None:
     assert result.output == (f"archived 0 entries (0 bundles, 0 bytes) into {arch}; completed an "
                              "interrupted run; the store now starts at seq 768, the archive holds 768 "
                              "entries of this log\n")
+
+
+@pytest.mark.parametrize("args", [["COLD", "--keep-last", "0"], ["--set-dir", "COLD"]])
+def test_archive_never_creates_a_store(tmp_path: Path, args: list[str]) -> None:
+    cold = str(tmp_path / "cold")
+    result = _run(tmp_path / "none", *[cold if a == "COLD" else a for a in args])
+    assert result.exit_code == 1
+    assert result.output == f"Error: there is no krepis store at {tmp_path / 'none'}\n"
+    assert not (tmp_path / "none").exists() and not (tmp_path / "cold").exists()
