@@ -130,11 +130,12 @@ def test_archive_never_creates_a_store(tmp_path: Path, args: list[str]) -> None:
     assert not (tmp_path / "none").exists() and not (tmp_path / "cold").exists()
 
 
-def test_archive_runs_no_retention_policy_of_the_environment(tmp_path: Path, store: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command archives what it is told: KREPIS_RETENTION (here one that does not parse) is
-    not read."""
+def test_archive_reads_no_retention_or_flush_policy_of_the_environment(
+        tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command archives what it is told: KREPIS_RETENTION and KREPIS_FLUSH (here ones that do
+    not parse) are not read."""
     monkeypatch.setenv("KREPIS_RETENTION", "keep-forever-please")
+    monkeypatch.setenv("KREPIS_FLUSH", "whenever")
     result = _run(store, str(tmp_path / "cold"), "--keep-last", "0")
     assert result.exit_code == 0, result.output
     (tmp_path / "cold").rename(tmp_path / "moved")
