@@ -4,6 +4,7 @@ opened) and every line and JSON field it prints. Real LMDB stores and archives."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,23 @@ def test_archive_reads_no_retention_or_flush_policy_of_the_environment(
     (tmp_path / "cold").rename(tmp_path / "moved")
     result = _run(store, "--set-dir", str(tmp_path / "moved"))
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("policy", [["--before", "@4102444800"], ["--keep-days", "0"]])
+def test_before_and_keep_days_reach_the_archive(tmp_path: Path, store: Path, policy: list[str]) -> None:
+    result = _run(store, str(tmp_path / "cold"), *policy)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("archived 768 entries (3 bundles, ")
+
+
+def test_on_a_terminal_the_bar_counts_what_it_archives(tmp_path: Path) -> None:
+    """The bar (on a pseudo-terminal, in a child process): labelled, and moved to the end."""
+    from test_cli_logs import on_terminal
+    from test_cli_progress import _fill
+
+    _fill(tmp_path / "s", 1000)
+    assert _run(tmp_path / "s", str(tmp_path / "cold"), "--keep-last", "1000").exit_code == 0  # (in process)
+    status, shown = on_terminal("--storage", str(tmp_path / "s"), "archive", "--keep-last", "10",
+                                  cwd=tmp_path)
+    assert status == 0, shown
+    assert re.search(r"archiving .*768/768", shown), shown
