@@ -45,6 +45,13 @@ def archive(ctx: click.Context, directory: str | None, before: int | None, keep_
     completed by the next. Counters and the Merkle tree do not change: checkpoints and proofs
     keep working.
     """
+    _archive(ctx, directory, before, keep_last, keep_days, set_dir, as_json)
+
+
+def _archive(ctx: click.Context, directory: str | None, before: int | None, keep_last: int | None,
+             keep_days: float | None, set_dir: str | None, as_json: bool) -> None:
+    """The body of ``krepis archive`` (a plain function, which mutation testing can reach: mutmut
+    does not mutate decorated functions)."""
     given = [name for name, value in (("--before", before), ("--keep-last", keep_last),
                                       ("--keep-days", keep_days)) if value is not None]
     if set_dir is not None:
