@@ -319,3 +319,31 @@ def test_serve_refuses_to_start_without_the_archive_it_needs(tmp_path: Path) -> 
         assert _get(address, "/tile/entries/001")[2] == (out / "tile/entries/001").read_bytes()
     finally:
         _stop(proc2)
+
+
+def test_an_interrupt_between_a_state_change_and_the_selectors_still_closes_everything(
+        tree: tuple[Path, Path]) -> None:
+    """Ctrl-C lands anywhere: here just after a connection left the selector to be answered, before
+    it is registered for writing. The server still closes every connection and its listener, and
+    the interrupt is what propagates (not a KeyError from unregistering a socket twice)."""
+    import selectors
+
+    store, _out = tree
+    with SovereignJournal(store, create=False) as journal:
+        server = TileServer(("127.0.0.1", 0), tile_responder(journal), timeout=5, max_connections=8)
+        register = server._sel.register
+
+        def interrupted(sock: socket.socket, events: int, data: object = None) -> selectors.SelectorKey:
+            if events == selectors.EVENT_WRITE:
+                raise KeyboardInterrupt
+            return register(sock, events, data)
+
+        server._sel.register = interrupted  # type: ignore[method-assign]
+        client = socket.create_connection(server.address, timeout=10)
+        client.sendall(b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(KeyboardInterrupt):
+            server.serve_forever()
+        assert client.recv(1) == b""  # closed by the server
+        client.close()
+        with pytest.raises(OSError):
+            socket.create_connection(server.address, timeout=2).close()

@@ -13,6 +13,7 @@ text with an ASCII status line, never a traceback.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import selectors
@@ -269,7 +270,9 @@ class TileServer:
     def _close(self, conn: _Conn) -> None:
         if conn.state == "closed":
             return
-        if conn.state in ("read", "write"):
+        # (registered or not, whatever its state says: a Ctrl-C between a state change and the
+        # selector's may leave them apart, and closing everything must still succeed)
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
         conn.state = "closed"
         self._conns.pop(conn, None)
