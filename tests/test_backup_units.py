@@ -316,3 +316,25 @@ def test_a_refused_backup_leaves_the_destination_and_no_staging_directory(bk: Pa
     assert ".restore" not in str(info.value) and str(bk) in str(info.value)
     assert info.value.path == str(bk)
     assert _tree(dest) == before
+
+
+def test_a_backup_over_a_store_is_refused_and_leaves_every_file_of_it(tmp_path: Path) -> None:
+    _store(tmp_path / "src")
+    dest = tmp_path / "other"
+    _store(dest, 2)
+    before = _tree(dest)
+    with pytest.raises(StorageError, match="exists and is not an empty directory"):
+        backup(tmp_path / "src", dest)
+    assert _tree(dest) == before
+
+
+@pytest.mark.parametrize("name", ["dest ", "destX", "dest/"])
+def test_a_backup_inside_a_destination_of_any_name_is_found_inside_it(tmp_path: Path, name: str) -> None:
+    """The destination's real path with a separator after it is what the backup's must begin
+    with: no other character is taken off its end."""
+    dest = tmp_path / name.rstrip("/")
+    _store(dest / "bk")
+    before = _tree(tmp_path)
+    with pytest.raises(StorageError, match="or inside it; restore it elsewhere"):
+        restore(dest / "bk", str(tmp_path / name), force=True)
+    assert _tree(tmp_path) == before
