@@ -308,8 +308,9 @@ def test_a_data_mdb_is_at_least_its_two_meta_pages(store: Path) -> None:
 @pytest.mark.parametrize("meta", [dict(magic=0xBEEFC0DF), dict(version=2), dict(psize=256),
                                   dict(psize=3072)])
 def test_a_file_that_is_not_lmdbs_is_left_to_lmdb(store: Path, meta: dict[str, int]) -> None:
-    psize = meta.pop("psize", 4096)
-    raw = _meta(psize, 99, 1, **meta)
+    fields = dict(meta)  # (the parameter is shared by every run of the test: never changed)
+    psize = fields.pop("psize", 4096)
+    raw = _meta(psize, 99, 1, **fields)
     assert _refusal(store, raw[:max(psize, _PAGE_HEADER + _META.size)]) is None
 
 
