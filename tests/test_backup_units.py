@@ -338,3 +338,24 @@ def test_a_backup_inside_a_destination_of_any_name_is_found_inside_it(tmp_path: 
     with pytest.raises(StorageError, match="or inside it; restore it elsewhere"):
         restore(dest / "bk", str(tmp_path / name), force=True)
     assert _tree(tmp_path) == before
+
+
+def test_a_backup_larger_than_lmdbs_default_map_is_restored(tmp_path: Path) -> None:
+    """A backup larger than LMDB's default map (10 MiB) is restored: the write that makes the
+    staged, compacted copy name no commit log fits (LMDB keeps the larger map size the file
+    records)."""
+    src = tmp_path / "src"
+    storage = open_storage(src, durable=False)
+    try:
+        from krepis._model import encode_log
+        from krepis.storage import WriteRequest
+
+        for start in range(0, 4000, 500):
+            logs = [TransactionLog(i, "op", f"r{i}", LogStatus.Completed, error="e" * 3000)
+                    for i in range(start, start + 500)]
+            storage.write_batch([WriteRequest([(x, encode_log(x)) for x in logs], [])])
+    finally:
+        storage.close()
+    backup(src, tmp_path / "bk")
+    assert (tmp_path / "bk" / "data.mdb").stat().st_size > 10 << 20
+    assert restore(tmp_path / "bk", tmp_path / "out").entries == 4000
