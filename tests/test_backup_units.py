@@ -50,7 +50,7 @@ def bk(tmp_path: Path) -> Path:
     return tmp_path / "bk"
 
 
-def test_postgresql_locations_are_refused_on_either_side_before_anything_is_made(tmp_path: Path) -> None:
+def test_a_database_url_on_either_side_is_refused_before_anything_is_made(tmp_path: Path) -> None:
     url = "postgresql://u@localhost/db"
     calls = [lambda: backup(url, tmp_path / "d1"), lambda: backup(tmp_path / "s", url),
              lambda: restore(url, tmp_path / "d2"), lambda: restore(tmp_path / "s", url)]
