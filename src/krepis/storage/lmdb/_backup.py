@@ -178,7 +178,7 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str], 
     try:
         dir_fd = open_directory(dest, create=True)
     except BaseException:
-        _remove_created(dest, missing)
+        _remove_created(missing)
         raise
     made_data = False
     try:
@@ -206,19 +206,20 @@ def backup(source: str | os.PathLike[str], destination: str | os.PathLike[str], 
         if made_data:  # the destination was empty: everything in it is this backup's
             for name in (DATA, LOCK, LOG, LOG + ".new", STATE):
                 remove_at(name, dir_fd)
-        _remove_created(dest, missing)
+        _remove_created(missing)
         raise
     finally:
         os.close(dir_fd)
 
 
-def _remove_created(dest: str, missing: list[str]) -> None:
-    """Undo the creation of ``dest`` (only when this call created it, and it is empty)."""
-    if missing:
+def _remove_created(missing: list[str]) -> None:
+    """Undo the creation of the destination and of its parents that this call created (``missing``,
+    innermost first): each is removed only while empty, and the first that cannot be ends it."""
+    for created in missing:
         try:
-            os.rmdir(dest)
+            os.rmdir(created)
         except OSError:
-            pass
+            return
 
 
 def _same_or_inside(inner: str, outer: str) -> bool:
@@ -299,7 +300,7 @@ def restore(
                     remove_at(STAGE, dir_fd)
                 raise
     except BaseException:
-        _remove_created(dest, missing)
+        _remove_created(missing)
         raise
     return BackupResult(dest, checked.entries, checked.tree_size, checked.root, checked.checkpoint,
                         checked.signed_size, checked.signed_origin)

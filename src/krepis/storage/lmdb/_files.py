@@ -156,10 +156,9 @@ class StoreFiles:
             os.close(fd)  # nothing locks this file yet, so closing it drops no lock
         self.created.append(name)
 
-    def check_data_file(self, metas: bytes | None = None) -> None:
+    def check_data_file(self) -> None:
         """Refuse an empty ``data.mdb`` (unless created by this open) or one shorter than its
-        newest meta page claims, before LMDB maps it (a mapping past the end is SIGBUS).
-        ``metas``: check against these meta pages (a checkpoint's) instead of the file's."""
+        newest meta page claims, before LMDB maps it (a mapping past the end is SIGBUS)."""
         size = os.fstat(self.data_fd).st_size
         full = os.path.join(self.path, DATA)
         if size == 0:
@@ -171,8 +170,7 @@ class StoreFiles:
                 f"delete {full}", self.path)
         if not _META_CHECKABLE:  # pragma: no cover - 32-bit builds lay the meta out differently
             return
-        first = metas[:_PAGE_HEADER + _META.size] if metas is not None else \
-            os.pread(self.data_fd, _PAGE_HEADER + _META.size, 0)
+        first = os.pread(self.data_fd, _PAGE_HEADER + _META.size, 0)
         if len(first) < _PAGE_HEADER + _META.size:
             raise CorruptStorageError(
                 f"storage at {self.path}: {full} is truncated ({size} bytes, shorter than one "
@@ -182,8 +180,7 @@ class StoreFiles:
             return  # not an LMDB data file: LMDB refuses it with its own error, nothing mapped
         newest = (last_pg, txnid)
         newest_offset = 0
-        second = metas[psize:psize + _PAGE_HEADER + _META.size] if metas is not None else \
-            os.pread(self.data_fd, _PAGE_HEADER + _META.size, psize)
+        second = os.pread(self.data_fd, _PAGE_HEADER + _META.size, psize)
         if len(second) == _PAGE_HEADER + _META.size:
             m2, v2, _p2, last2, txn2 = _META.unpack_from(second, _PAGE_HEADER)
             if m2 == _MAGIC and v2 == _DATA_VERSION and txn2 > txnid:
@@ -191,7 +188,7 @@ class StoreFiles:
                 newest_offset = psize
         need = max(2 * psize, (newest[0] + 1) * psize)
         root_at = newest_offset + _PAGE_HEADER + 64  # the free database's root page number
-        root = metas[root_at:root_at + 8] if metas is not None else os.pread(self.data_fd, 8, root_at)
+        root = os.pread(self.data_fd, 8, root_at)
         if size < need and not _tail_is_free(self.data_fd, psize, root, size, newest[0]):
             raise CorruptStorageError(
                 f"storage at {self.path}: {full} is truncated: its meta page (transaction "
@@ -251,24 +248,6 @@ class StoreFiles:
             raise StorageError(f"storage at {self.path}: {name} was replaced while being opened",
                                self.path)
         return fd
-
-    def meta_pages(self, page_size: int) -> bytes:
-        """The two meta pages of ``data.mdb`` as they are now."""
-        return os.pread(self.data_fd, 2 * page_size, 0)
-
-    def restore_meta_pages(self, pages: bytes) -> None:
-        """Write ``pages`` over ``data.mdb``'s meta pages and flush them (commit-log recovery,
-        before LMDB opens the file)."""
-        fd = os.open(DATA, os.O_RDWR | _NOFOLLOW, dir_fd=self.dir_fd)
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != self._ids[DATA]:
-                raise StorageError(f"storage at {self.path}: {DATA} was replaced while being opened",
-                                   self.path)
-            os.pwrite(fd, pages, 0)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)  # data.mdb carries no fcntl lock (the writer lock is an flock)
 
     def alone(self) -> bool:
         """Whether no other process has the environment open (nobody holds LMDB's shared lock on
@@ -337,25 +316,6 @@ class _WriterLock:
             fcntl.flock(files.data_fd, fcntl.LOCK_UN)
         finally:
             files._thread_lock.release()
-
-def exclusive_lmdb_lock(path: str) -> int:
-    """Hold LMDB's own exclusive-environment lock (byte 0 of lock.mdb), or refuse: every process
-    with the environment open holds a shared lock there."""
-    lock = os.path.join(path, "lock.mdb")
-    if os.path.islink(lock):
-        raise StorageError(f"storage at {path}: lock.mdb is a symbolic link; refusing to use it", path)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StorageError(f"cannot open {lock}: {exc.strerror}", path) from exc
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
-    except OSError:
-        os.close(fd)
-        raise StorageError(
-            f"storage at {path} is open in another process; stop every process using it, then run "
-            "krepis migrate again", path) from None
-    return fd
 
 _FREE_ROOT = struct.Struct("<Q")  # the free database's root page, at offset 64 of the meta
 

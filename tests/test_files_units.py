@@ -1,0 +1,531 @@
+"""The files of an LMDB store (storage/lmdb/_files.py) pinned on their own: ``StoreFiles`` on a real
+directory — which names it tolerates, what it creates and with which mode, every refusal's exact
+text and ``.path``, the checks of ``data.mdb``'s length against its meta pages (files laid out
+byte by byte as LMDB writes them), the detached-file checks and the writer lock. Failures and
+races are injected by wrapping ``os.open``, as tests/test_outfiles_units.py does."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from krepis import CorruptStorageError, StorageError
+from krepis.storage.lmdb._files import _META, _PAGE_HEADER, StoreFiles, meta_txnid
+from krepis.storage.lmdb._paths import open_directory
+
+_NO_PAGE = 2**64 - 1
+
+
+def _meta(psize: int, last_pg: int, txnid: int, *, magic: int = 0xBEEFC0DE, version: int = 1,
+          root: int = _NO_PAGE) -> bytes:
+    """One LMDB meta page (header, MDB_meta, the free database's root), ``psize`` bytes long."""
+    raw = bytearray(bytes(_PAGE_HEADER) + _META.pack(magic, version, psize, last_pg, txnid))
+    raw[_PAGE_HEADER + 64:_PAGE_HEADER + 72] = root.to_bytes(8, "little")
+    return bytes(raw) + bytes(max(0, psize - len(raw)))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "s"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _files_of(path: Path, create: bool = True) -> StoreFiles:
+    return StoreFiles(str(path), open_directory(str(path), create), create)
+
+
+@pytest.fixture
+def opened(store: Path) -> Iterator[StoreFiles]:
+    files = _files_of(store)
+    yield files
+    files.close()
+
+
+def _with_data(store: Path, raw: bytes) -> StoreFiles:
+    (store / "data.mdb").write_bytes(raw)
+    os.chmod(store / "data.mdb", 0o600)
+    return _files_of(store, create=False)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- meta_txnid ----------------------------------------------------------------------------------
+
+def test_meta_txnid_is_the_newer_of_the_two_meta_pages_that_are_lmdbs() -> None:
+    assert meta_txnid(_meta(4096, 3, 7) + _meta(4096, 3, 9), 4096) == 9
+    assert meta_txnid(_meta(4096, 3, 9) + _meta(4096, 3, 7), 4096) == 9
+    assert meta_txnid(_meta(4096, 3, 5, magic=1) + _meta(4096, 3, 4), 4096) == 4
+    assert meta_txnid(_meta(4096, 3, 4) + _meta(4096, 3, 5, version=2), 4096) == 4
+    assert meta_txnid(_meta(4096, 3, 0) + _meta(4096, 3, 5, magic=1, version=2), 4096) == 0
+    assert meta_txnid(_meta(4096, 3, 5, magic=1) + _meta(4096, 3, 6, version=0), 4096) == -1
+    assert meta_txnid(b"", 4096) == -1
+    whole = _meta(4096, 3, 5) + _meta(4096, 3, 6)
+    assert meta_txnid(whole[:4096 + _PAGE_HEADER + _META.size], 4096) == 6  # just long enough
+    assert meta_txnid(whole[:4096 + _PAGE_HEADER + _META.size - 1], 4096) == 5
+    assert meta_txnid(whole[:_PAGE_HEADER + _META.size - 1], 4096) == -1
+
+
+# -- the entries of the directory ----------------------------------------------------------------
+
+def test_a_new_store_creates_both_files_private_whatever_the_umask(store: Path) -> None:
+    old = os.umask(0o377)
+    try:
+        files = _files_of(store)
+    finally:
+        os.umask(old)
+    try:
+        assert files.created == ["data.mdb", "lock.mdb"]
+        for name in ("data.mdb", "lock.mdb"):
+            assert os.stat(store / name).st_mode & 0o777 == 0o600
+        assert files.lmdb_path == f"/proc/self/fd/{files.dir_fd}"
+        files.check_data_file()  # empty, but made by this open
+        files.remove_created()
+        assert os.listdir(store) == [] and files.created == []
+    finally:
+        files.close()
+    assert (files.dir_fd, files.data_fd, files.lock_fd) == (-1, -1, -1)
+    files.close()  # (idempotent)
+
+
+def test_only_the_missing_file_is_created_and_only_it_removed(store: Path) -> None:
+    (store / "lock.mdb").write_bytes(b"")
+    os.chmod(store / "lock.mdb", 0o600)
+    files = _files_of(store)
+    try:
+        assert files.created == ["data.mdb"]
+        files.remove_created()
+        assert os.listdir(store) == ["lock.mdb"]
+    finally:
+        files.close()
+
+
+def test_without_create_an_empty_directory_is_no_store(store: Path) -> None:
+    with pytest.raises(StorageError) as info:
+        _files_of(store, create=False)
+    assert str(info.value) == f"there is no krepis store at {store}"
+    assert info.value.path == str(store)
+    assert os.listdir(store) == []
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_a_directory_holding_other_files_is_not_made_a_store(store: Path, count: int) -> None:
+    for i in range(count):
+        (store / f"f{i}").write_text("mine")
+    fds = _open_fds()
+    with pytest.raises(StorageError) as info:
+        _files_of(store)
+    shown = ", ".join(f"f{i}" for i in range(min(count, 3))) + (", …" if count > 3 else "")
+    assert str(info.value) == (f"storage directory {store} is not a krepis store and is not empty ({shown}); "
+                               "choose an empty or new directory")
+    assert info.value.path == str(store)
+    assert sorted(os.listdir(store)) == [f"f{i}" for i in range(count)]
+    assert _open_fds() == fds  # the pinned directory closed too
+
+
+@pytest.mark.parametrize("name", ["lock.mdb", "commit.log", "commit.log.new", "commit.state", ".migrate"])
+def test_the_names_of_a_store_beside_a_missing_data_mdb_are_tolerated(store: Path, name: str) -> None:
+    if name == ".migrate":
+        (store / name).mkdir()
+    else:
+        (store / name).write_bytes(b"")
+        os.chmod(store / name, 0o600)
+    files = _files_of(store)
+    try:
+        assert "data.mdb" in files.created
+    finally:
+        files.close()
+
+
+def test_a_file_that_appears_before_the_create_is_checked_like_any_other(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.open
+
+    def racing(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if name == "data.mdb" and flags & os.O_CREAT:
+            os.symlink("/nonexistent-target", store / "data.mdb")
+        return real(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", racing)
+    with pytest.raises(StorageError, match=r"data\.mdb is a symbolic link"):
+        _files_of(store)
+    monkeypatch.undo()
+    os.unlink(store / "data.mdb")
+
+    def plain(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if name == "data.mdb" and flags & os.O_CREAT:
+            fd = real(str(store / "data.mdb"), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        return real(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", plain)
+    files = _files_of(store)
+    try:
+        assert files.created == ["lock.mdb"]  # not made by this open: never removed by it
+    finally:
+        files.close()
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_file_that_cannot_be_created_is_named(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                                code: int) -> None:
+    real = os.open
+
+    def failing(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if name == "lock.mdb" and flags & os.O_CREAT:
+            raise OSError(code, os.strerror(code))
+        return real(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(StorageError) as info:
+        _files_of(store)
+    if code == errno.EROFS:
+        assert str(info.value) == f"storage at {store} is on a read-only file system"
+    else:
+        assert str(info.value) == f"cannot create {store}/lock.mdb: {os.strerror(code)}"
+    assert info.value.path == str(store)
+
+
+@pytest.mark.parametrize("name", ["data.mdb", "lock.mdb"])
+def test_a_file_that_cannot_be_opened_is_named(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                               name: str) -> None:
+    real = os.open
+
+    def failing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == name and not flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(StorageError) as info:
+        _files_of(store)
+    assert str(info.value) == f"cannot open {store}/{name}: Permission denied"
+    assert info.value.path == str(store)
+
+
+def test_a_file_swapped_for_a_link_between_the_check_and_the_open_is_refused(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = _files_of(store)
+    files.close()
+    real = os.open
+
+    def swapping(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == "lock.mdb" and not flags & os.O_CREAT:
+            fd = real(path, flags, *args, **kwargs)
+            os.close(fd)
+            os.link(store / "lock.mdb", store / "second")  # the inode now has two links
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swapping)
+    with pytest.raises(StorageError, match=r"lock\.mdb has 2 hard links"):
+        _files_of(store, create=False)
+
+
+# -- data.mdb's length against its meta pages ----------------------------------------------------
+
+def test_an_empty_data_mdb_this_open_did_not_create_is_refused(store: Path) -> None:
+    files = _with_data(store, b"")
+    try:
+        with pytest.raises(CorruptStorageError) as info:
+            files.check_data_file()
+    finally:
+        files.close()
+    full = store / "data.mdb"
+    assert str(info.value) == (f"storage at {store}: {full} is empty (0 bytes); krepis does not "
+                               "re-initialise "
+                               "it, since it may be a store that lost its data. If you know it never held "
+                               f"any, delete {full}")
+    assert info.value.path == str(store)
+
+
+@pytest.mark.parametrize("size", [1, _PAGE_HEADER + _META.size - 1])
+def test_a_data_mdb_shorter_than_a_meta_page_is_refused(store: Path, size: int) -> None:
+    files = _with_data(store, _meta(4096, 1, 1)[:size])
+    try:
+        with pytest.raises(CorruptStorageError) as info:
+            files.check_data_file()
+    finally:
+        files.close()
+    assert str(info.value) == (f"storage at {store}: {store}/data.mdb is truncated ({size} bytes, "
+                               "shorter than "
+                               "one LMDB meta page)")
+    assert info.value.path == str(store)
+
+
+def _refusal(store: Path, raw: bytes) -> str | None:
+    files = _with_data(store, raw)
+    try:
+        files.check_data_file()
+    except CorruptStorageError as exc:
+        assert exc.path == str(store)
+        return str(exc)
+    finally:
+        files.close()
+    return None
+
+
+def _needs(store: Path, txnid: int, need: int, size: int) -> str:
+    return (f"storage at {store}: {store}/data.mdb is truncated: its meta page (transaction {txnid}) needs "
+            f"{need} bytes, the file has {size}. Restore it from a backup; krepis will not map it")
+
+
+def test_a_data_mdb_shorter_than_its_newest_meta_page_says_is_refused(store: Path) -> None:
+    two = _meta(4096, 5, 3) + _meta(4096, 7, 4)
+    assert _refusal(store, two) == _needs(store, 4, 8 * 4096, 8192)  # the second is newer
+    two = _meta(4096, 5, 4) + _meta(4096, 7, 3)
+    assert _refusal(store, two) == _needs(store, 4, 6 * 4096, 8192)  # the first is
+    two = _meta(4096, 5, 4) + _meta(4096, 7, 4)
+    assert _refusal(store, two) == _needs(store, 4, 6 * 4096, 8192)  # (a tie: the first)
+    two = _meta(4096, 5, 4) + _meta(4096, 7, 9, magic=1)
+    assert _refusal(store, two) == _needs(store, 4, 6 * 4096, 8192)  # not a meta page
+    two = _meta(4096, 5, 4) + _meta(4096, 7, 9, version=2)
+    assert _refusal(store, two) == _needs(store, 4, 6 * 4096, 8192)
+    two = _meta(4096, 5, 4) + _meta(4096, 7, 9)[:_PAGE_HEADER + _META.size - 1]
+    assert _refusal(store, two) == _needs(store, 4, 6 * 4096, 4096 + _PAGE_HEADER + _META.size - 1)
+    two = _meta(4096, 5, 4) + _meta(4096, 7, 9)[:_PAGE_HEADER + _META.size]
+    assert _refusal(store, two) == _needs(store, 9, 8 * 4096, 4096 + _PAGE_HEADER + _META.size)
+
+
+def test_a_data_mdb_is_at_least_its_two_meta_pages(store: Path) -> None:
+    assert _refusal(store, _meta(4096, 0, 1)) == _needs(store, 1, 8192, 4096)
+    assert _refusal(store, _meta(4096, 1, 1) + _meta(4096, 1, 0)) is None
+    assert _refusal(store, _meta(4096, 1, 1) + _meta(4096, 1, 0)[:-1]) == _needs(store, 1, 8192, 8191)
+    assert _refusal(store, _meta(4096, 2, 1) + _meta(4096, 1, 0) + bytes(4096)) is None
+    assert _refusal(store, _meta(512, 3, 1) + _meta(512, 0, 0)) == _needs(store, 1, 2048, 1024)
+
+
+@pytest.mark.parametrize("meta", [dict(magic=0xBEEFC0DF), dict(version=2), dict(psize=256),
+                                  dict(psize=3072)])
+def test_a_file_that_is_not_lmdbs_is_left_to_lmdb(store: Path, meta: dict[str, int]) -> None:
+    fields = dict(meta)  # (the parameter is shared by every run of the test: never changed)
+    psize = fields.pop("psize", 4096)
+    raw = _meta(psize, 99, 1, **fields)
+    assert _refusal(store, raw[:max(psize, _PAGE_HEADER + _META.size)]) is None
+
+
+def test_a_real_store_cut_short_is_refused_and_one_whose_tail_is_free_is_not(tmp_path: Path) -> None:
+    """LMDB leaves pages it allocated and freed in one transaction unwritten: a file shorter than
+    its last page number claims is whole when every page past its end is on the free list."""
+    from krepis import LogStatus, SovereignJournal, TransactionLog
+    from rawlmdb import needed_size
+
+    store = tmp_path / "s"
+    with SovereignJournal(store) as journal:
+        for i in range(300):
+            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed, error="e" * 300),
+                           increment="op")
+    data = store / "data.mdb"
+    raw = data.read_bytes()
+    need = needed_size(data)
+    files = _files_of(store, create=False)
+    try:
+        files.check_data_file()
+        os.truncate(data, need)
+        files.check_data_file()
+        os.truncate(data, need - 4096)
+        with pytest.raises(CorruptStorageError, match=r"data\.mdb is truncated: its meta page"):
+            files.check_data_file()
+    finally:
+        files.close()
+        data.write_bytes(raw)
+
+
+# -- files deleted or replaced while open --------------------------------------------------------
+
+def _detached(store: Path, name: str) -> str:
+    if name == "data.mdb":
+        return (f"storage at {store}: data.mdb was deleted or replaced while the store was open; krepis "
+                "stopped using it so that no write is silently lost. Close the journal and check the store")
+    return (f"storage at {store}: lock.mdb was deleted or replaced while the store was open, so another "
+            "process may be using a different lock table; this journal stopped reading and writing to "
+            "protect the store. Close and reopen it, and never delete lock.mdb while krepis runs (see "
+            "docs/storage-format.md)")
+
+
+@pytest.mark.parametrize("gone", [("data.mdb",), ("lock.mdb",), ("data.mdb", "lock.mdb")])
+def test_a_deleted_file_is_named_by_the_checks(store: Path, opened: StoreFiles,
+                                               gone: tuple[str, ...]) -> None:
+    opened.check_attached()
+    opened.check_reader()
+    for name in gone:
+        os.unlink(store / name)
+    with pytest.raises(StorageError) as info:
+        opened.check_attached()
+    assert str(info.value) == _detached(store, gone[0])
+    assert info.value.path == str(store)
+    if "lock.mdb" in gone:  # a read needs the lock table; it names data.mdb when both are gone
+        with pytest.raises(StorageError) as info:
+            opened.check_reader()
+        assert str(info.value) == _detached(store, gone[0])
+    else:
+        opened.check_reader()  # a deleted data.mdb still reads consistently
+    with pytest.raises(StorageError, match="was deleted or replaced"):
+        with opened.writer_lock():
+            pass
+    # the failed entry let go of both locks
+    assert opened._thread_lock.acquire(blocking=False)
+    opened._thread_lock.release()
+    assert opened._writer == 0
+
+
+def test_the_writer_lock_is_an_flock_on_data_mdb_held_until_the_block_ends(store: Path,
+                                                                          opened: StoreFiles) -> None:
+    other = os.open(store / "data.mdb", os.O_RDONLY)
+    try:
+        with opened.writer_lock():
+            assert opened._writer == threading.get_ident()
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(store / "lock.mdb")
+            opened.check_reader()  # inside this thread's write: checked there, not here
+            failed: list[BaseException] = []
+
+            def read() -> None:
+                try:
+                    opened.check_reader()
+                except StorageError as exc:
+                    failed.append(exc)
+
+            thread = threading.Thread(target=read)
+            thread.start()
+            thread.join()
+            assert len(failed) == 1  # another thread is checked
+        assert opened._writer == 0
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(other)
+
+
+def test_the_writer_lock_serializes_threads(opened: StoreFiles) -> None:
+    inside = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with opened.writer_lock():
+            inside.set()
+            release.wait(30)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(30)
+    assert not opened._thread_lock.acquire(blocking=False)
+    release.set()
+    with opened.writer_lock():
+        order.append("second in")
+    thread.join()
+    assert order == ["first out", "second in"]
+
+
+def test_a_writer_lock_whose_flock_fails_releases_the_thread_lock(opened: StoreFiles,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int, op: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fcntl, "flock", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        with opened.writer_lock():
+            pass
+    monkeypatch.undo()
+    assert opened._thread_lock.acquire(blocking=False)
+    opened._thread_lock.release()
+
+
+@pytest.mark.parametrize("name", ["data.mdb", "lock.mdb"])
+def test_a_file_replaced_while_lmdb_opened_the_store_is_named(store: Path, opened: StoreFiles,
+                                                              name: str) -> None:
+    opened.verify_opened()
+    os.unlink(store / name)
+    with pytest.raises(StorageError) as info:
+        opened.verify_opened()
+    text = (f"storage at {store}: {name} was replaced while the store was being opened; nothing was written. "
+            "Check who else writes this directory")
+    assert str(info.value) == text and info.value.path == str(store)
+    (store / name).write_bytes(b"")  # another inode under the name
+    with pytest.raises(StorageError) as info:
+        opened.verify_opened()
+    assert str(info.value) == text
+
+
+# -- commit.log and commit.state -----------------------------------------------------------------
+
+def test_the_log_files_are_opened_read_write_and_checked(store: Path, opened: StoreFiles) -> None:
+    assert opened.open_log() is None
+    assert opened.open_log("commit.state") is None
+    (store / "commit.state").write_bytes(b"state")
+    fd = opened.open_log("commit.state")
+    assert fd is not None
+    try:
+        os.pwrite(fd, b"S", 0)
+    finally:
+        os.close(fd)
+    assert (store / "commit.state").read_bytes() == b"State"
+    os.symlink("/nonexistent-target", store / "commit.log")
+    with pytest.raises(StorageError, match=r"commit\.log is a symbolic link"):
+        opened.open_log()
+
+
+def test_a_log_replaced_while_being_opened_is_refused_and_not_kept_open(
+        store: Path, opened: StoreFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    (store / "commit.log").write_bytes(b"log")
+    real = os.open
+
+    def swapping(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == "commit.log":
+            (store / "other").write_bytes(b"other")
+            os.rename(store / "other", store / "commit.log")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swapping)
+    fds = _open_fds()
+    with pytest.raises(StorageError) as info:
+        opened.open_log()
+    assert str(info.value) == f"storage at {store}: commit.log was replaced while being opened"
+    assert info.value.path == str(store)
+    assert _open_fds() == fds
+
+    def failing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(StorageError) as info:
+        opened.open_log()
+    assert str(info.value) == f"cannot open {store}/commit.log: Permission denied"
+    assert info.value.path == str(store)
+
+
+# -- is anyone else here -------------------------------------------------------------------------
+
+def test_alone_until_another_process_has_the_environment_open(store: Path, opened: StoreFiles) -> None:
+    assert opened.alone()
+    assert opened.alone()  # (the probe keeps no lock)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import lmdb, sys, time; e = lmdb.open(sys.argv[1], max_dbs=16); "
+                               "print('open', flush=True); time.sleep(60)", str(store)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        assert not opened.alone()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert opened.alone()
+    os.unlink(store / "lock.mdb")
+    with pytest.raises(StorageError) as info:
+        opened.alone()
+    assert str(info.value) == f"cannot open {store}/lock.mdb: No such file or directory"
+    assert info.value.path == str(store)
+
