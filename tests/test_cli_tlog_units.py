@@ -279,7 +279,8 @@ def test_verify_json_names_every_count(store: Path) -> None:
     import base64
     assert json.loads(result.output) == {
         "entries": 5, "tree_size": 5, "root": base64.b64encode(root).decode(), "checkpoints": 1,
-        "checkpoints_of_earlier_logs": 0, "checkpoints_of_other_keys": 0, "signatures_checked": False,
+        "checkpoints_of_earlier_logs": 0, "checkpoints_of_other_keys": 0, "checkpoints_needing_archive": 0,
+        "signatures_checked": False,
         "ok": True, "archived_entries": 0}
 
 
@@ -694,7 +695,16 @@ def test_verify_reads_kept_checkpoints_roots_from_the_archive_given(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok: 88 entries and 512 archived, tree of 600 leaves, 2 checkpoints "
                                     "consistent")
-    result = _run("--storage", str(archived), "verify", "--live-only")  # the archive is not read at all
-    assert result.exit_code == 1
-    assert result.output == (f"Error: entries 0…255 of the journal at {archived} are archived: pass the "
-                             "archive directory (archive=DIR, --archive DIR)\n")
+    # the archive is not read at all: the checkpoint whose root needs archived leaves is counted,
+    # not checked, and not an error (the 600-leaf one is rebuilt from the stored tree nodes)
+    result = _run("--storage", str(archived), "verify", "--live-only")
+    assert result.exit_code == 0, result.output
+    assert result.output == ("ok: 88 entries, tree of 600 leaves, 1 checkpoint consistent (1 of archived "
+                             "entries not checked: --live-only) (signatures not checked: pass --vkey and "
+                             "--trusted)\n")
+    out = json.loads(_run("--storage", str(archived), "verify", "--live-only", "--json").output)
+    assert (out["checkpoints"], out["checkpoints_needing_archive"]) == (1, 1)
+    assert json.loads(_run("--storage", str(archived), "verify", "--archive", str(tmp_path / "moved"),
+                           "--json").output)["checkpoints_needing_archive"] == 0
+    result = _run("--storage", str(archived), "verify")  # without either: the moved archive is named
+    assert result.exit_code == 1 and str(tmp_path / "cold") in result.output
