@@ -690,6 +690,19 @@ def archived(tmp_path: Path) -> Path:
     return tmp_path / "s"
 
 
+def test_verify_live_only_counts_every_checkpoint_it_cannot_check(tmp_path: Path) -> None:
+    from test_archive import fill_fast, realistic
+
+    logs = realistic(600, seed=10)
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
+        for start, end in ((0, 100), (100, 200), (200, 600)):
+            fill_fast(journal, logs[start:end])
+            journal.sign_checkpoint(SIGNER)
+        assert journal.archive(tmp_path / "cold", keep_last=0).entries == 512
+    out = json.loads(_run("--storage", str(tmp_path / "s"), "verify", "--live-only", "--json").output)
+    assert (out["checkpoints"], out["checkpoints_needing_archive"]) == (1, 2)
+
+
 def test_verify_reads_kept_checkpoints_roots_from_the_archive_given(tmp_path: Path, archived: Path) -> None:
     result = _run("--storage", str(archived), "verify", "--archive", str(tmp_path / "moved"))
     assert result.exit_code == 0, result.output
