@@ -52,7 +52,7 @@ _LMDB_TESTS = ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog*.p
                "test_migrate*.py", "test_backup.py", "test_compact.py", "test_review_findings.py",
                "test_flush.py", "test_concurrency.py", "test_powerloss.py", "test_durable_copies.py",
                "test_outfiles.py", "test_gaps_storage.py", "test_gaps_commitlog.py", "test_tail_units.py",
-               "test_backup_units.py", "test_backup_archive.py", "test_files_units.py"]
+               "test_backup_units.py", "test_backup_archive.py", "test_files_units.py", "test_catchup_units.py"]
 _NO_PG = "not postgres and not pg and not Postgres"
 
 #: package prefix (under src/krepis; the longest that matches a module wins) → (test files,
