@@ -52,8 +52,12 @@ _LMDB_TESTS = ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog*.p
                "test_migrate*.py", "test_backup.py", "test_compact.py", "test_review_findings.py",
                "test_flush.py", "test_concurrency.py", "test_powerloss.py", "test_durable_copies.py",
                "test_outfiles.py", "test_gaps_storage.py", "test_gaps_commitlog.py", "test_tail_units.py",
-               "test_backup_units.py", "test_backup_archive.py", "test_files_units.py", "test_catchup_units.py"]
+               "test_backup_units.py", "test_backup_archive.py", "test_files_units.py",
+               "test_catchup_units.py"]
 _NO_PG = "not postgres and not pg and not Postgres"
+_ENGINE_TESTS = ["test_catchup_units.py", "test_tail_units.py", "test_concurrency.py", "test_storage_lmdb.py",
+                 "test_commitlog*.py", "test_gaps_commitlog.py", "test_gaps_storage.py", "test_guarantees.py",
+                 "test_lmdb_damage.py", "test_journal.py"]
 
 #: package prefix (under src/krepis; the longest that matches a module wins) → (test files,
 #: globs allowed, in tests/; pytest -k expression or None). The tests are the in-process ones
@@ -77,6 +81,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                       # on a loaded machine) checks compaction's own steps
                       _NO_PG + " and not deno and not bench and not interval_torn "
                       "and not killed_at_random_points and not compaction_killed_at_every_step"),
+    # the engine's tail and catch-up run under every write and read, so the package's whole
+    # selection (power-loss cuts, backup, migration, archive…) runs for each of their surviving
+    # mutants: hours on a small machine. These are the tests of the tail itself, of other
+    # processes' records (the multi-process and commit-log suites) and of the store's guarantees.
+    "storage/lmdb/_catchup": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/postgres/": (["test_postgres.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",
