@@ -9,15 +9,19 @@ while the store is open here; real writers in child processes are in tests/test_
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
-from krepis import CorruptStorageError, LogStatus, TransactionLog
+from krepis import CorruptStorageError, LogStatus, StorageError, TransactionLog
 from krepis._model import encode_log
 from krepis.storage import WriteRequest
 from krepis.storage.lmdb import LmdbStorage
+from krepis.storage.lmdb._catchup import _pointer, catch_up
 from krepis.storage.lmdb._commitlog import BARRIER, BATCH, CommitLog, encode_payload, record_size
 
 
@@ -130,4 +134,164 @@ def test_a_record_whose_payload_is_not_an_entry_is_refused_naming_it(
         mine.entry_count()
     assert str(info.value).startswith(f"storage at {path}: the commit.log record at position {at} is "
                                       "malformed (an entry does not decode: ")
+    assert info.value.path == str(path)
+
+
+# -- a change outside the log whose process died (``_store._outside_log``) -----------------------
+
+_DIE = r"""
+import os, sys
+from krepis.storage.lmdb import LmdbStorage, _commitlog, _store
+
+when = sys.argv[2]
+announced = []
+write_pending = _commitlog.CommitLog.write_pending
+def announce(self, end):
+    if end:
+        announced.append(end)
+    write_pending(self, end)
+_commitlog.CommitLog.write_pending = announce
+read_pointer = _store.read_log_pointer
+def pointer(*args):
+    if announced and when == "before-commit":
+        os._exit(9)  # inside the LMDB transaction: it is never committed
+    return read_pointer(*args)
+_store.read_log_pointer = pointer
+write = _commitlog.CommitLog.write
+def write_record(self, at, raw):
+    if announced and when == "after-commit":
+        os._exit(9)  # committed in LMDB; neither the barrier, the head nor the announcement written
+    write(self, at, raw)
+_commitlog.CommitLog.write = write_record
+LmdbStorage(sys.argv[1]).clear()
+raise SystemExit("the clear returned")
+"""
+
+_WRITE = r"""
+import sys
+from krepis import LogStatus, TransactionLog
+from krepis._model import encode_log
+from krepis.storage import WriteRequest
+from krepis.storage.lmdb import LmdbStorage
+
+log = TransactionLog(1_700_000_000_999, "child", "rc", LogStatus.Completed)
+store = LmdbStorage(sys.argv[1])
+store.write_batch([WriteRequest([(log, encode_log(log))], [b"child"])])
+store.close()
+"""
+
+
+def _clear_and_die(path: Path, when: str) -> None:
+    died = subprocess.run([sys.executable, "-c", _DIE, str(path), when], capture_output=True, text=True)
+    assert died.returncode == 9, died.stderr
+
+
+def test_a_change_outside_the_log_committed_by_a_process_that_died_is_read_from_lmdb(
+        store: tuple[Path, LmdbStorage, Other]) -> None:
+    """The process died after LMDB committed its clear and before it wrote the barrier record,
+    moved the head or withdrew its announcement: a reader starts again from LMDB's pointer (the
+    clear is seen) and leaves the announcement; the next writer moves the head there and
+    withdraws it."""
+    path, mine, other = store
+    head = other.log.read_head()
+    _clear_and_die(path, "after-commit")
+    pending = other.log.read_pending()
+    assert pending > head and other.log.read_head() == head
+    with mine._shared.mu:
+        pointer = _pointer(mine._shared)[0]
+    assert pointer.position == pending  # LMDB's pointer is past the barrier never written
+    assert mine.entry_count() == 0 and mine.get_count(b"op") == 0
+    assert other.log.read_pending() == pending  # a reader withdraws nothing: it holds no append lock
+    shared = mine._shared
+    with shared.appending():
+        catch_up(shared, appending=True)
+    assert (other.log.read_pending(), other.log.read_head()) == (0, pending)
+    mine.write_batch([WriteRequest([(_log(5), encode_log(_log(5)))], [b"op"])])
+    assert mine.entry_count() == 1 and mine.get_count(b"op") == 1
+    assert mine.get_entry(1) is not None and mine.get_entry(0) is None
+
+
+def test_a_change_outside_the_log_its_process_died_before_committing_changed_nothing(
+        store: tuple[Path, LmdbStorage, Other]) -> None:
+    path, mine, other = store
+    head = other.log.read_head()
+    _clear_and_die(path, "before-commit")
+    pending = other.log.read_pending()
+    assert pending > head
+    assert mine.entry_count() == 1 and mine.get_count(b"op") == 1
+    assert other.log.read_pending() == pending
+    shared = mine._shared
+    with shared.appending():
+        catch_up(shared, appending=True)
+    assert (other.log.read_pending(), other.log.read_head()) == (0, head)  # the head stays
+    mine.write_batch([WriteRequest([(_log(1), encode_log(_log(1)))], [b"op"])])
+    assert mine.entry_count() == 2 and mine.get_count(b"op") == 2
+
+
+def test_a_reader_behind_an_outside_change_nobody_logged_starts_again_from_lmdb(
+        store: tuple[Path, LmdbStorage, Other]) -> None:
+    """Another process withdrew the dead process's announcement and wrote after it: where this
+    reader's tail ends there is no record (the barrier was never written), but LMDB's pointer is
+    past it, so the reader starts again from there instead of calling the log damaged."""
+    path, mine, other = store
+    _clear_and_die(path, "after-commit")
+    wrote = subprocess.run([sys.executable, "-c", _WRITE, str(path)], capture_output=True, text=True)
+    assert wrote.returncode == 0, wrote.stderr
+    assert other.log.read_pending() == 0
+    assert mine.entry_count() == 1
+    got = mine.get_entry(1)
+    assert got is not None and got.request_id == "rc"
+    assert mine.get_count(b"op") == 0 and mine.get_count(b"child") == 1
+
+
+def test_a_record_missing_where_lmdb_has_applied_everything_is_damage(
+        store: tuple[Path, LmdbStorage, Other]) -> None:
+    """LMDB's pointer at this process's tail (nothing to start again from): a record missing
+    below the head is damage, named — not a loop."""
+    path, mine, other = store
+    mine.checkpoint()
+    position, end = other.append([_log(1)], [b"op"])
+    with open(path / "commit.log", "r+b") as f:
+        f.seek(other.log.start + position % other.log.ring + 50)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(CorruptStorageError, match=f"no valid record at position {position}, though other "
+                       f"processes wrote up to {end}"):
+        mine.entry_count()
+
+
+def test_a_record_of_several_requests_is_read_whole(store: tuple[Path, LmdbStorage, Other]) -> None:
+    """One record holds every request of a group commit: all their entries and increments."""
+    _path, mine, other = store
+    logs = [_log(1), _log(2, "b"), _log(3)]
+    payload = encode_payload([([encode_log(logs[0])], [b"op"]),
+                              ([encode_log(x) for x in logs[1:]], [b"b", b"op", b"op"])])
+    other.append(logs, [], payload=payload)
+    assert mine.entry_count() == 4
+    assert (mine.get_count(b"op"), mine.get_count(b"b")) == (4, 1)
+    assert [mine.get_entry(i).request_id for i in range(4)] == ["r0", "r1", "r2", "r3"]  # type: ignore[union-attr]
+
+
+def test_lmdb_failing_while_the_pointer_is_read_is_named(store: tuple[Path, LmdbStorage, Other]) -> None:
+    path, mine, other = store
+    other.log.write_pending(1 << 40)  # an announcement: the pointer is read
+    shared = mine._shared
+
+    class Failing:
+        def __init__(self, env: object) -> None:
+            self.env = env
+
+        def begin(self, **_kw: object) -> object:
+            raise lmdb.ReadersFullError("MDB_READERS_FULL")
+
+    env, shared.env = shared.env, Failing(shared.env)  # type: ignore[assignment]
+    try:
+        with shared.mu, pytest.raises(StorageError) as info:
+            catch_up(shared)
+    finally:
+        shared.env = env
+        other.log.write_pending(0)
+    assert str(info.value) == (f"storage at {path} failed while reading the commit-log pointer: "
+                               "MDB_READERS_FULL")
     assert info.value.path == str(path)
