@@ -5,14 +5,18 @@ timestamps), segments beginning exactly where the live entries begin, entries al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.archive import ArchiveReader
 from krepis.archive._format import segment_name
 from krepis.archive._manifest import new_manifest
 from krepis.storage import Query
+from test_archive_reader_units import brute
 
 W = 256
 
@@ -68,3 +72,99 @@ def test_entries_all_at_time_0_have_bounds(tmp_path: Path, version: int) -> None
     assert r.time_bounds(Query(), 2 * W) == want
     assert r.time_bounds(Query(until=1), 2 * W) == want
     assert r.time_bounds(Query(since=1), 2 * W) == (None if version == 2 else want)
+
+
+# -- queries over five segments whose time ranges interleave --------------------------------------
+T0 = 1_767_225_600_000
+FIRST = 0
+BASES = (1000, 0, 2000, 1100, 1127)  # bundle k's timestamps begin at T0 + BASES[k]
+SPREAD = (2, 1, 1, 4, 1)             # … and grow by one every SPREAD[k] entries (ties within)
+
+
+def _stamp(seq: int) -> int:
+    k, j = divmod(seq, W)
+    return T0 + (BASES[k] + j // SPREAD[k] if k < len(BASES) else 3000 + j)
+
+
+def _rid(seq: int) -> str:
+    return "only-in-3" if seq == 3 * W + 7 else f"r{seq % 300}"  # most request ids in two bundles
+
+
+@dataclass(frozen=True)
+class Five:
+    arch: Path
+    logs: list[TransactionLog]   # the archived entries, in append order
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Five]:
+    """A store of 5 × 256 + 10 entries, its five bundles archived one run (one segment) at a
+    time: bundle 1 holds the oldest timestamps, bundle 2 the newest, bundles 0, 3 and 4 overlap
+    (bundle 4 begins at bundle 0's largest timestamp)."""
+    root = tmp_path_factory.mktemp("five")
+    with SovereignJournal(root / "s", flush="interval:20ms") as journal:
+        for seq in range(5 * W + 10):
+            status = LogStatus.Failed if seq % 7 == 0 else LogStatus.Completed
+            journal.log_transaction(TransactionLog(_stamp(seq), f"op{seq % 3}", _rid(seq), status))
+        for k in range(5):
+            assert journal.archive(root / "cold", keep_last=(4 - k) * W + 10).bundles == 1
+        logs = [x for x in journal.query(order="append", newest_first=False) if (x.seq or 0) < 5 * W]
+    yield Five(root / "cold", logs)
+
+
+def _five_queries(logs: list[TransactionLog]) -> list[Query]:
+    out = []
+    for order in ("time", "append"):
+        for newest in (True, False):
+            for extra in ({}, {"since": T0 + 1100}, {"since": T0 + 1127}, {"since": T0 + 1128},
+                          {"until": T0 + 1000}, {"until": T0 + 1001}, {"until": T0 + 1127},
+                          {"since": T0 + 1050, "until": T0 + 1110}, {"since": T0 + 2000},
+                          {"until": T0 + 256}, {"since": T0 + 256, "until": T0 + 1000},
+                          {"request_id": "r7"}, {"request_id": "only-in-3"}, {"request_id": "r299"},
+                          {"request_id": "nobody"}, {"op_names": ("op1",)},
+                          {"statuses": (LogStatus.Failed,), "since": T0 + 1100}):
+                out.append(Query(order=order, newest_first=newest, **extra))  # type: ignore[arg-type]
+    return out
+
+
+def test_every_query_over_interleaved_segments_matches_the_entries_one_by_one(five: Five) -> None:
+    r = ArchiveReader(five.arch, 0, FIRST)
+    assert [s["first_bundle"] for s in r.segments] == [0, 1, 2, 3, 4]
+    for query in _five_queries(five.logs):
+        for live, count in ((5 * W, 5 * W), (5 * W + 10, 5 * W), (4 * W + 255, 4 * W), (2 * W, 2 * W),
+                            (W, W), (W - 1, 0)):
+            assert list(r.iterate(query, None, live)) == brute(five.logs[:count], query, None), (query, live)
+
+
+def test_paging_over_interleaved_segments(five: Five) -> None:
+    """A cursor anywhere: in each order, the rest of the entries after it, whichever segment
+    the cursor's entry came from (the segments before and after it are read or skipped by
+    their ranges)."""
+    r = ArchiveReader(five.arch, 0, FIRST)
+    live = 5 * W
+    for order in ("time", "append"):
+        for newest in (True, False):
+            for extra in ({}, {"since": T0 + 1100}, {"until": T0 + 1127}, {"request_id": "r7"}):
+                query = Query(order=order, newest_first=newest, **extra)  # type: ignore[arg-type]
+                whole = brute(five.logs, query, None)
+                ats = sorted({0, 1, len(whole) // 5, len(whole) // 3, len(whole) // 2, 2 * len(whole) // 3,
+                              len(whole) - 2, len(whole) - 1} - {-1, -2})
+                for at in (a for a in ats if 0 <= a < len(whole)):
+                    assert list(r.iterate(query, whole[at], live)) == whole[at + 1:], (query, at)
+            for seq in (0, 255, 256, 300, 511, 512, 700, 767, 768, 1000, 1023, 1024, 1279):
+                query = Query(order=order, newest_first=newest)  # type: ignore[arg-type]
+                after = five.logs[seq]
+                assert list(r.iterate(query, after, live)) == brute(five.logs, query, after), (query, seq)
+
+
+def test_time_bounds_of_interleaved_segments(five: Five) -> None:
+    r = ArchiveReader(five.arch, 0, FIRST)
+    ranges = [(min(x.timestamp for x in five.logs[k * W:(k + 1) * W]),
+               max(x.timestamp for x in five.logs[k * W:(k + 1) * W])) for k in range(5)]
+    assert [(s["min_ts"], s["max_ts"]) for s in r.segments] == ranges
+    for n in range(1, 6):
+        want = (min(lo for lo, _ in ranges[:n]), max(hi for _, hi in ranges[:n]))
+        assert r.time_bounds(Query(), n * W) == want
+    assert r.time_bounds(Query(since=T0 + 1382), 5 * W) == (T0 + 1127, T0 + 2255)  # bundles 4 and 2
+    assert r.time_bounds(Query(since=T0 + 1383), 5 * W) == (T0 + 2000, T0 + 2255)  # bundle 2 alone
+    assert r.time_bounds(Query(until=T0 + 1000), 5 * W) == (T0, T0 + 255)          # bundle 1 alone
