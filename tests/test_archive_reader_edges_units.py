@@ -5,18 +5,24 @@ timestamps), segments beginning exactly where the live entries begin, entries al
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from krepis import LogStatus, SovereignJournal, TransactionLog
+from archivekit import FIRST1, LOG1_SEG1, Built, built, install
+from krepis import CorruptStorageError, LogStatus, SovereignJournal, TransactionLog
 from krepis.archive import ArchiveReader
 from krepis.archive._format import segment_name
 from krepis.archive._manifest import new_manifest
 from krepis.storage import Query
-from test_archive_reader_units import brute
+from krepis.storage._codec import rid_hash
+from test_archive_reader_units import _seg_times, brute, craft, encoded
+
+__all__ = ["built"]
 
 W = 256
 
@@ -168,3 +174,63 @@ def test_time_bounds_of_interleaved_segments(five: Five) -> None:
     assert r.time_bounds(Query(since=T0 + 1382), 5 * W) == (T0 + 1127, T0 + 2255)  # bundles 4 and 2
     assert r.time_bounds(Query(since=T0 + 1383), 5 * W) == (T0 + 2000, T0 + 2255)  # bundle 2 alone
     assert r.time_bounds(Query(until=T0 + 1000), 5 * W) == (T0, T0 + 255)          # bundle 1 alone
+
+
+# -- bundles a query's range or the live entries exclude are not read -----------------------------
+def _log1_seg1(built: Built, rids: list[list[bytes]] | None = None) -> bytes:
+    """Log 1's segment of bundles 1-2 as the shared archive has it, but without a dictionary
+    (and with these request-id keys)."""
+    data = [encoded(built.log1[W * k:W * k + W]) for k in (1, 2)]
+    return craft(1, 1, data, None, _seg_times(built, 1, 2), rids)
+
+
+def _with_index(raw: bytes, change: Callable[[bytearray], None]) -> bytes:
+    offset, length = struct.unpack(">QI", raw[-20:-8])
+    index = bytearray(zstandard.ZstdDecompressor().decompress(raw[offset:offset + length]))
+    change(index)
+    packed = zstandard.ZstdCompressor().compress(bytes(index))
+    return raw[:offset] + packed + struct.pack(">QI8s", offset, len(packed), b"KRPIDX1\n")
+
+
+def test_a_bundle_from_until_on_is_not_read(built: Built, tmp_path: Path) -> None:
+    """A bundle whose smallest timestamp is the query's ``until`` (exclusive) holds no match and
+    is not read: damaged, it changes nothing; one timestamp later it is read, and refused."""
+    _store, arch = built.copy(tmp_path)
+    raw = bytearray(_log1_seg1(built))
+    install(arch, LOG1_SEG1, bytes(raw), dictionary=None)
+    r = ArchiveReader(arch, 1, FIRST1)
+    idx = r.segment_index(r.segments[1])
+    assert idx.min_ts[0] < idx.min_ts[1]
+    raw[idx.offsets[1] + idx.lengths[1] // 2] ^= 0xFF  # inside bundle 2's frame
+    install(arch, LOG1_SEG1, bytes(raw), dictionary=None)
+    logs = built.log1[:3 * W]
+    live = FIRST1 + 3 * W
+    for order in ("time", "append"):
+        query = Query(until=idx.min_ts[1], order=order)  # type: ignore[arg-type]
+        assert list(ArchiveReader(arch, 1, FIRST1).iterate(query, None, live)) == brute(logs, query, None)
+        query = Query(until=idx.min_ts[1] + 1, order=order)  # type: ignore[arg-type]
+        with pytest.raises(CorruptStorageError, match="bundle 2"):
+            list(ArchiveReader(arch, 1, FIRST1).iterate(query, None, live))
+
+
+def test_a_damaged_request_id_index_is_refused_past_the_live_entries_too(built: Built,
+                                                                         tmp_path: Path) -> None:
+    """A request-id index naming a bundle the segment does not have is refused even when the
+    bundle named before it lies past the live entries (so that one is not read)."""
+    _store, arch = built.copy(tmp_path)
+    key = rid_hash(b"shared")[:4]
+    raw = _log1_seg1(built, [[key], [key]])  # the key in both bundles: rows (key, 0), (key, 1)
+
+    def damage(index: bytearray) -> None:
+        nkeys = struct.unpack_from(">I", index, 20)[0]
+        at = 24 + 52 * 2 + 4 * nkeys  # the bundle numbers, after the keys
+        assert index[at:at + 4] == b"\0\0\0\1"
+        struct.pack_into(">H", index, at, 2)  # (key, 0) made (key, 2): no such bundle
+
+    install(arch, LOG1_SEG1, _with_index(raw, damage), dictionary=None)
+    query = Query(request_id="shared")
+    for live in (FIRST1 + 3 * W, FIRST1 + 2 * W):  # bundle 2 below the live entries, and not
+        with pytest.raises(CorruptStorageError) as info:
+            list(ArchiveReader(arch, 1, FIRST1).iterate(query, None, live))
+        assert str(info.value) == (f"archive segment {arch / LOG1_SEG1} is damaged: its request-id index "
+                                   "names bundle 2 of 2")
