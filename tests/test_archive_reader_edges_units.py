@@ -234,3 +234,96 @@ def test_a_damaged_request_id_index_is_refused_past_the_live_entries_too(built: 
             list(ArchiveReader(arch, 1, FIRST1).iterate(query, None, live))
         assert str(info.value) == (f"archive segment {arch / LOG1_SEG1} is damaged: its request-id index "
                                    "names bundle 2 of 2")
+
+
+# -- one segment of five bundles whose times interleave, within bundles too -----------------------
+def _mixed_stamp(seq: int) -> int:
+    k, j = divmod(seq, W)
+    return T0 + (
+        (j if j % 2 == 0 else 5000 - j) if k == 0 else  # 0 … 4999, back and forth
+        100 + j // 3 if k == 1 else                     # 100 … 185
+        3000 + j if k == 2 else                         # 3000 … 3255
+        200 + (j * 7919) % 256 if k == 3 else           # 200 … 455, shuffled
+        4999 if k == 4 else                             # all at bundle 0's largest
+        6000 + j)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Five]:
+    """A store of 5 × 256 + 10 entries whose five bundles went into one segment in one run."""
+    root = tmp_path_factory.mktemp("mixed")
+    with SovereignJournal(root / "s", flush="interval:20ms") as journal:
+        for seq in range(5 * W + 10):
+            status = LogStatus.Failed if seq % 5 == 0 else LogStatus.Completed
+            journal.log_transaction(TransactionLog(_mixed_stamp(seq), f"op{seq % 3}", _rid(seq), status))
+        assert journal.archive(root / "cold", keep_last=10).bundles == 5
+        logs = [x for x in journal.query(order="append", newest_first=False) if (x.seq or 0) < 5 * W]
+    yield Five(root / "cold", logs)
+
+
+def _mixed_queries() -> list[Query]:
+    out = []
+    for order in ("time", "append"):
+        for newest in (True, False):
+            for extra in ({}, {"since": T0 + 300}, {"since": T0 + 186}, {"since": T0 + 185},
+                          {"until": T0 + 1000}, {"until": T0 + 200}, {"until": T0 + 3000},
+                          {"since": T0 + 150, "until": T0 + 3100}, {"since": T0 + 4999},
+                          {"request_id": "r7"}, {"request_id": "only-in-3"}, {"op_names": ("op2",)}):
+                out.append(Query(order=order, newest_first=newest, **extra))  # type: ignore[arg-type]
+    return out
+
+
+def test_every_query_over_one_segment_of_interleaved_bundles(mixed: Five) -> None:
+    r = ArchiveReader(mixed.arch, 0, FIRST)
+    assert [(s["first_bundle"], s["bundles"]) for s in r.segments] == [(0, 5)]
+    for query in _mixed_queries():
+        for live, count in ((5 * W, 5 * W), (3 * W + 5, 3 * W), (W, W)):
+            assert list(r.iterate(query, None, live)) == brute(mixed.logs[:count], query, None), (query, live)
+        whole = brute(mixed.logs, query, None)
+        for at in sorted({0, len(whole) // 4, len(whole) // 2, 3 * len(whole) // 4, len(whole) - 1}):
+            if 0 <= at < len(whole):
+                assert list(r.iterate(query, whole[at], 5 * W)) == whole[at + 1:], (query, at)
+
+
+def _damaged(mixed: Five, tmp_path: Path, bundles: tuple[int, ...]) -> ArchiveReader:
+    """A copy of the mixed archive with these bundles' frames damaged (checksums made right)."""
+    import shutil
+
+    shutil.copytree(mixed.arch, tmp_path / "cold")
+    arch = tmp_path / "cold"
+    name = segment_name(0, 0)
+    raw = bytearray((arch / name).read_bytes())
+    idx = ArchiveReader(arch, 0, FIRST).segment_index(ArchiveReader(arch, 0, FIRST).segments[0])
+    for k in bundles:
+        raw[idx.offsets[k] + idx.lengths[k] // 2] ^= 0xFF
+    install(arch, name, bytes(raw))
+    return ArchiveReader(arch, 0, FIRST)
+
+
+def test_a_query_that_can_match_nothing_reads_nothing(mixed: Five, tmp_path: Path) -> None:
+    """No op or no status chosen: nothing is read (every bundle damaged here), in either order."""
+    r = _damaged(mixed, tmp_path, (0, 1, 2, 3, 4))
+    for order in ("time", "append"):
+        for query in (Query(op_names=(), order=order), Query(statuses=(), order=order),  # type: ignore[arg-type]
+                      Query(op_names=(), statuses=(LogStatus.Completed,), order=order)):  # type: ignore[arg-type]
+            assert list(r.iterate(query, None, 5 * W)) == []
+        with pytest.raises(CorruptStorageError, match=r": bundle [0-4] does not"):  # (the rest reads)
+            list(r.iterate(Query(order=order), None, 5 * W))  # type: ignore[arg-type]
+
+
+def test_in_append_order_a_bundle_wholly_on_the_wrong_side_of_the_cursor_is_not_read(
+        mixed: Five, tmp_path: Path) -> None:
+    """Oldest first, a cursor at a bundle's last seq (or past it) skips that bundle; newest
+    first, a cursor at a bundle's first seq (or before it) skips it; a cursor one seq inside
+    reads it (here: damaged, refused)."""
+    r = _damaged(mixed, tmp_path, (2,))
+    logs = mixed.logs
+    oldest, newest = Query(order="append", newest_first=False), Query(order="append", newest_first=True)
+    for seq in (3 * W - 1, 3 * W, 3 * W + 1):  # bundle 2's last seq, and after it
+        assert list(r.iterate(oldest, logs[seq], 5 * W)) == brute(logs, oldest, logs[seq])
+    with pytest.raises(CorruptStorageError, match="bundle 2"):
+        list(r.iterate(oldest, logs[3 * W - 2], 5 * W))
+    for seq in (2 * W, 2 * W - 1):  # bundle 2's first seq, and before it
+        assert list(r.iterate(newest, logs[seq], 5 * W)) == brute(logs, newest, logs[seq])
+    with pytest.raises(CorruptStorageError, match="bundle 2"):
+        list(r.iterate(newest, logs[2 * W + 1], 5 * W))
