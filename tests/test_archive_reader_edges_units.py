@@ -327,3 +327,25 @@ def test_in_append_order_a_bundle_wholly_on_the_wrong_side_of_the_cursor_is_not_
         assert list(r.iterate(newest, logs[seq], 5 * W)) == brute(logs, newest, logs[seq])
     with pytest.raises(CorruptStorageError, match="bundle 2"):
         list(r.iterate(newest, logs[2 * W + 1], 5 * W))
+
+
+def test_in_time_order_a_bundle_is_read_only_once_the_merge_reaches_it(mixed: Five, tmp_path: Path) -> None:
+    """The bundles are merged lazily: the first entries of a time-ordered query come without
+    reading a bundle none of them can come from (damaged here: refused only once reached)."""
+    from itertools import islice
+
+    r = _damaged(mixed, tmp_path, (1, 2))  # 100 … 185 and 3000 … 3255
+    logs = mixed.logs
+    newest = Query()  # bundles 0 and 4 reach 4999; bundle 2 is read once the merge is below 3256
+    want = brute(logs, newest, None)
+    assert list(islice(r.iterate(newest, None, 5 * W), 3)) == want[:3]
+    above = [x for x in want if x.timestamp > T0 + 3255]
+    assert list(islice(r.iterate(newest, None, 5 * W), len(above))) == above
+    with pytest.raises(CorruptStorageError, match="bundle 2"):
+        list(islice(r.iterate(newest, None, 5 * W), len(above) + 1))
+    oldest = Query(newest_first=False)  # bundle 0 begins at 0; bundle 1 is read once the merge is at 100
+    want = brute(logs, oldest, None)
+    below = [x for x in want if x.timestamp < T0 + 100]
+    assert list(islice(r.iterate(oldest, None, 5 * W), len(below))) == below
+    with pytest.raises(CorruptStorageError, match="bundle 1"):
+        list(islice(r.iterate(oldest, None, 5 * W), len(below) + 1))
