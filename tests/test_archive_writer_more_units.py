@@ -1,0 +1,72 @@
+"""More of archiving (``krepis.archive._writer``), found by its mutation run: the progress it
+reports, and the checks that must hold at the moment the run holds the archive's lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import krepis.archive._writer as writer
+from archivekit import MANIFEST
+from krepis import ValidationError
+from krepis.archive import archive_store
+from krepis.archive._files import ArchiveDir
+from krepis.storage import Storage
+from test_archive_writer_units import files, store_of
+
+W = 256
+
+
+def progress_of(storage: Storage, arch: Path, *, keep_last: int | None,
+                before: int | None = None) -> list[tuple[int, int]]:
+    calls: list[tuple[int, int]] = []
+    archive_store(storage, arch, durable=False, before=before, keep_last=keep_last,
+                  progress=lambda done, total: calls.append((done, total)))
+    return calls
+
+
+def test_progress_counts_the_entries_read_against_those_due(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``progress(done, total)`` after each bundle read and compressed, across segments; the
+    total is what was due when the run began, and the last call has done == total."""
+    monkeypatch.setattr(writer, "MAX_SEGMENT_BUNDLES", 2)
+    journal, _logs = store_of(tmp_path, 5 * W + 3)
+    with journal:
+        storage = journal._live()
+        assert progress_of(storage, tmp_path / "cold", keep_last=W + 3) == [
+            (W, 4 * W), (2 * W, 4 * W), (3 * W, 4 * W), (4 * W, 4 * W), (4 * W, 4 * W)]
+        assert progress_of(storage, tmp_path / "cold", keep_last=W + 3) == [(0, 0)]  # nothing due
+        assert progress_of(storage, tmp_path / "cold", keep_last=0) == [(W, W), (W, W)]
+
+
+def test_progress_of_a_run_stopped_by_a_newer_bundle_ends_at_what_was_done(tmp_path: Path) -> None:
+    """With ``before``, the run stops at the first bundle that is not older: the total it began
+    with is not reached, and the last call says so (done == total == what was moved)."""
+    journal, logs = store_of(tmp_path, 4 * W)
+    with journal:
+        newest = [max(x.timestamp for x in logs[W * k:W * k + W]) for k in range(4)]
+        calls = progress_of(journal._live(), tmp_path / "cold", keep_last=None, before=newest[1] + 1)
+        assert calls == [(W, 4 * W), (2 * W, 4 * W), (2 * W, 2 * W)]
+
+
+def test_a_foreign_file_that_appears_before_the_lock_is_taken_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory is checked again once the run holds the lock (another process may have
+    put a file there between the first check and the lock): nothing is written."""
+    journal, _logs = store_of(tmp_path, 2 * W)
+    arch = tmp_path / "cold"
+    real_lock = ArchiveDir.lock
+
+    def lock(self: ArchiveDir) -> object:
+        (arch / "theirs.txt").write_bytes(b"x")
+        return real_lock(self)
+
+    monkeypatch.setattr(ArchiveDir, "lock", lock)
+    with journal:
+        with pytest.raises(ValidationError) as info:
+            archive_store(journal._live(), arch, durable=False, before=None, keep_last=0)
+        assert str(info.value) == (f"the directory {arch} is not empty and is not a krepis archive (it "
+                                   f"has no {MANIFEST}): it holds 'theirs.txt'. Archive into a new or empty "
+                                   "directory; nothing was changed")
+        assert files(arch) == {"theirs.txt": b"x"} and journal.live_first_seq() == 0
