@@ -349,3 +349,32 @@ def test_in_time_order_a_bundle_is_read_only_once_the_merge_reaches_it(mixed: Fi
     assert list(islice(r.iterate(oldest, None, 5 * W), len(below))) == below
     with pytest.raises(CorruptStorageError, match="bundle 1"):
         list(islice(r.iterate(oldest, None, 5 * W), len(below) + 1))
+
+
+# -- what a reader keeps --------------------------------------------------------------------------
+def test_a_dictionary_is_read_and_checked_once_per_reader(built: Built, tmp_path: Path) -> None:
+    """(Files the manifest names never change.) The dictionary read for one bundle serves the
+    next: removed after the first read, the reader still decodes with it."""
+    _store, arch = built.copy(tmp_path)
+    r = ArchiveReader(arch, 1, FIRST1)
+    ident = r.segments[0]["dictionary"]
+    assert ident is not None and r.dictionary(ident) is r.dictionary(ident)
+    assert r.dictionary(None) is None
+    first = r.bundle_data(0)
+    (arch / built.dictionary).unlink()
+    assert r.bundle_data(1) == encoded(built.log1[W:2 * W]) and first == encoded(built.log1[:W])
+    with pytest.raises(CorruptStorageError, match="is missing"):
+        ArchiveReader(arch, 1, FIRST1).bundle_data(1)  # (a new reader reads it again)
+
+
+def test_the_last_bundle_read_is_kept(built: Built, tmp_path: Path) -> None:
+    """Its bytes and entries are read and checked once while the next read is of the same
+    bundle (leaves read one by one do not decompress it again)."""
+    _store, arch = built.copy(tmp_path)
+    r = ArchiveReader(arch, 1, FIRST1)
+    data = r.bundle_data(1)
+    assert r.bundle_data(1) is data and r.bundle_bytes(1) is r.bundle_bytes(1)
+    (arch / LOG1_SEG1).unlink()
+    assert r.leaf_data(W + 3, 2) == data[3:5]  # (from memory)
+    with pytest.raises(CorruptStorageError, match="is missing"):
+        r.bundle_data(2)
