@@ -13,6 +13,7 @@ from krepis import ValidationError
 from krepis.archive import archive_store
 from krepis.archive._files import ArchiveDir
 from krepis.storage import Storage
+from test_archive import fill_fast, realistic
 from test_archive_writer_units import files, store_of
 
 W = 256
@@ -70,3 +71,25 @@ def test_a_foreign_file_that_appears_before_the_lock_is_taken_is_refused(
                                    f"has no {MANIFEST}): it holds 'theirs.txt'. Archive into a new or empty "
                                    "directory; nothing was changed")
         assert files(arch) == {"theirs.txt": b"x"} and journal.live_first_seq() == 0
+
+
+def test_a_segment_of_bundles_the_archive_already_holds_is_never_a_stray(tmp_path: Path) -> None:
+    """A file under a segment's name whose bundles the archive holds already (in a segment of
+    another extent) — its hashes the tree's — is not something a crashed run leaves (runs write
+    only past the archive's end): it is left where it is."""
+    arch, other = tmp_path / "cold", tmp_path / "other"
+    journal, _logs = store_of(tmp_path, 3 * W + 10)
+    twin, _ = store_of(tmp_path, 3 * W + 10, name="twin")  # the same entries: the same tree
+    with journal, twin:
+        assert archive_store(journal._live(), arch, durable=False, before=None, keep_last=10).bundles == 3
+        archive_store(twin._live(), other, durable=False, before=None, keep_last=2 * W + 10)
+        archive_store(twin._live(), other, durable=False, before=None, keep_last=10)
+        name = "log000000-000000000001.kseg"  # bundles 1-2, which the archive's first segment holds
+        raw = (other / name).read_bytes()
+        (arch / name).write_bytes(raw)
+        before = files(arch)
+        fill_fast(journal, realistic(W, seed=3, start=10**13))
+        assert archive_store(journal._live(), arch, durable=False, before=None, keep_last=10).bundles == 1
+        assert (arch / name).read_bytes() == raw
+        assert {n: v for n, v in files(arch).items() if n in before} == before | {
+            MANIFEST: (arch / MANIFEST).read_bytes()}
