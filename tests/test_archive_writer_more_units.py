@@ -93,3 +93,41 @@ def test_a_segment_of_bundles_the_archive_already_holds_is_never_a_stray(tmp_pat
         assert (arch / name).read_bytes() == raw
         assert {n: v for n, v in files(arch).items() if n in before} == before | {
             MANIFEST: (arch / MANIFEST).read_bytes()}
+
+
+def test_completing_a_crashed_run_checks_the_archive_against_the_tree_not_only_the_store(
+        tmp_path: Path) -> None:
+    """The store's entry and the archive's copy of it both changed the same way behind its back
+    (the segment's index and the manifest made to match): archive and store agree, but not with
+    the Merkle tree, so the crashed run is not completed and nothing is removed."""
+    import rawlmdb
+    from archivekit import install
+    from krepis import CorruptStorageError, LogStatus, SovereignJournal, TransactionLog
+    from krepis._model import encode_log
+    from krepis.archive._format import bundle_hash
+    from krepis.storage._codec import encode_value
+    from test_archive_reader_units import craft
+    from test_archive_writer_units import crash_after
+
+    arch = tmp_path / "cold"
+    journal, logs = store_of(tmp_path, 3 * W)
+    with journal:
+        archive_store(journal._live(), arch, durable=False, before=None, keep_last=2 * W)
+        with pytest.raises(KeyboardInterrupt):
+            archive_store(journal._live(), arch, durable=False, before=None, keep_last=0,
+                          on_step=crash_after("manifest"))
+    forged = TransactionLog(logs[300].timestamp, logs[300].op_name, "forged", LogStatus.Completed)
+    rawlmdb.edit(tmp_path / "s", lambda txn, db: txn.put((300).to_bytes(8, "big"), encode_value(forged, 0),
+                                                          db=db(b"entries")))
+    data = [[encode_log(x) for x in logs[W * k:W * k + W]] for k in (1, 2)]
+    data[0][300 - W] = encode_log(forged)
+    stamps = [[x.timestamp for x in logs[W * k:W * k + W]] for k in (1, 2)]
+    times = [(min(s), max(s)) for s in stamps]
+    name = "log000000-000000000001.kseg"
+    install(arch, name, craft(0, 1, data, [bundle_hash(d) for d in data], times), dictionary=None)
+    with SovereignJournal(tmp_path / "s") as journal:
+        with pytest.raises(CorruptStorageError) as info:
+            journal.archive(arch, keep_last=0)
+        assert str(info.value) == (f"archive segment {arch / name}: bundle 1 does not match the store's "
+                                   "Merkle tree: the segment is damaged (run krepis verify --archive)")
+        assert journal.live_first_seq() == W
