@@ -131,3 +131,40 @@ def test_completing_a_crashed_run_checks_the_archive_against_the_tree_not_only_t
         assert str(info.value) == (f"archive segment {arch / name}: bundle 1 does not match the store's "
                                    "Merkle tree: the segment is damaged (run krepis verify --archive)")
         assert journal.live_first_seq() == W
+
+
+def test_a_directory_of_six_foreign_files_names_five_and_one_more(tmp_path: Path) -> None:
+    arch = tmp_path / "work"
+    arch.mkdir(mode=0o700)
+    names = [f"note{i}.txt" for i in range(6)]
+    for n in names:
+        (arch / n).write_bytes(b"mine")
+    journal, _logs = store_of(tmp_path, 300)
+    with journal:
+        with pytest.raises(ValidationError) as info:
+            archive_store(journal._live(), arch, durable=False, before=None, keep_last=0)
+    shown = ", ".join(repr(n) for n in names[:5])
+    assert f"it holds {shown} and 1 more. Archive into" in str(info.value)
+
+
+def test_a_run_longer_than_one_read_of_the_store_and_its_completion(tmp_path: Path) -> None:
+    """The entries are read from the store 16 bundles at a time: a run of 18 bundles reads
+    twice, in order, both when it writes and when a crashed run of them is completed."""
+    from test_archive_writer_units import crash_after
+
+    journal, logs = store_of(tmp_path, 18 * W + 7)
+    with journal:
+        storage = journal._live()
+        with pytest.raises(KeyboardInterrupt):
+            archive_store(storage, tmp_path / "cold", durable=False, before=None, keep_last=0,
+                          on_step=crash_after("manifest"))
+        assert storage.live_first_seq() == 0
+        report = archive_store(storage, tmp_path / "cold", durable=False, before=None, keep_last=0)
+        assert report.completed_previous and storage.live_first_seq() == 18 * W
+        assert journal.query(archive=tmp_path / "cold", order="append", newest_first=False) == logs
+        other = tmp_path / "other"
+        journal2, logs2 = store_of(tmp_path, 18 * W + 7, seed=5, name="s2")
+        with journal2:
+            report = archive_store(journal2._live(), other, durable=False, before=None, keep_last=0)
+            assert report.bundles == 18
+            assert journal2.query(archive=other, order="append", newest_first=False) == logs2
