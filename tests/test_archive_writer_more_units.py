@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import krepis.archive._writer as writer
-from archivekit import MANIFEST
+from archivekit import MANIFEST, manifest_of
 from krepis import ValidationError
 from krepis.archive import archive_store
 from krepis.archive._files import ArchiveDir
@@ -168,3 +168,27 @@ def test_a_run_longer_than_one_read_of_the_store_and_its_completion(tmp_path: Pa
             report = archive_store(journal2._live(), other, durable=False, before=None, keep_last=0)
             assert report.bundles == 18
             assert journal2.query(archive=other, order="append", newest_first=False) == logs2
+
+
+def test_the_dictionary_is_trained_on_the_first_64_live_bundles_in_samples_of_16_entries(
+        tmp_path: Path) -> None:
+    """(docs/archive.md: ``"samples": 16384``.) The dictionary's bytes are zstd's training on
+    the oldest 64 × 256 live entries, cut into samples of 16 entries, each a C2SP bundle."""
+    import hashlib
+
+    import zstandard
+
+    from krepis._model import encode_log
+    from krepis.archive._format import DICT_SIZE, bundle_of
+
+    journal, logs = store_of(tmp_path, 65 * W + 30)
+    with journal:
+        archive_store(journal._live(), tmp_path / "cold", durable=False, before=None, keep_last=None,
+                      max_bundles=1)
+    (meta,) = manifest_of(tmp_path / "cold")["dictionaries"].values()
+    data = [encode_log(x) for x in logs[:64 * W]]
+    want = zstandard.train_dictionary(DICT_SIZE, [bundle_of(data[i:i + 16])
+                                                  for i in range(0, len(data), 16)]).as_bytes()
+    raw = (tmp_path / "cold" / meta["file"]).read_bytes()
+    assert meta["samples"] == 64 * W and meta["bytes"] == len(raw)
+    assert raw == want and meta["sha256"] == hashlib.sha256(want).hexdigest()
