@@ -192,3 +192,29 @@ def test_the_dictionary_is_trained_on_the_first_64_live_bundles_in_samples_of_16
     raw = (tmp_path / "cold" / meta["file"]).read_bytes()
     assert meta["samples"] == 64 * W and meta["bytes"] == len(raw)
     assert raw == want and meta["sha256"] == hashlib.sha256(want).hexdigest()
+
+
+def test_a_format_1_manifest_naming_some_index_checksums_gets_the_rest(tmp_path: Path) -> None:
+    """A format-1 manifest whose first segment already names its index checksum (one written
+    by hand): every later segment still gets its own when the archive is made format 2."""
+    from archivekit import build
+    from krepis import SovereignJournal
+    from test_archive_safety import seal
+
+    built = build(tmp_path / "b")
+    store, arch = built.copy(tmp_path)
+    data = manifest_of(arch)
+    want = {s["file"]: s["index_sha256"] for log in data["logs"] for s in log["segments"]}
+    data["version"] = 1
+    first = data["logs"][1]["segments"][0]["file"]  # (log 1's next segment follows it)
+    for log in data["logs"]:
+        for seg in log["segments"]:
+            if seg["file"] != first:
+                del seg["index_sha256"]
+    (arch / MANIFEST).write_bytes(seal(data, sealed=False))
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=0).bundles == 3
+    m = manifest_of(arch)
+    assert m["version"] == 2
+    got = {s["file"]: s["index_sha256"] for log in m["logs"] for s in log["segments"]}
+    assert {n: got[n] for n in want} == want
