@@ -50,8 +50,8 @@ def format1(tmp_path: Path) -> tuple[Path, Path, list[TransactionLog]]:
     return store, arch, logs
 
 
-def test_an_archive_of_format_1_is_read_checked_and_upgraded(format1: tuple[Path, Path, list[TransactionLog]]
-                                                             ) -> None:
+def test_an_archive_of_format_1_is_read_checked_and_made_format_2(
+        format1: tuple[Path, Path, list[TransactionLog]]) -> None:
     store, arch, logs = format1
     before = (arch / MANIFEST).read_bytes()
     with SovereignJournal(store) as journal:

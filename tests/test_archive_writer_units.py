@@ -723,7 +723,7 @@ def test_a_damaged_stray_segment_is_left_and_refused(tmp_path: Path) -> None:
         assert seg.read_bytes() == bytes(raw)
 
 
-def test_a_format_1_archive_is_upgraded_before_more_is_written(built: Built, tmp_path: Path) -> None:
+def test_a_format_1_archive_is_made_format_2_before_more_is_written(built: Built, tmp_path: Path) -> None:
     store, arch = built.copy(tmp_path)
     data = manifest_of(arch)
     data["version"] = 1
@@ -745,7 +745,8 @@ def test_a_format_1_archive_is_upgraded_before_more_is_written(built: Built, tmp
     assert [s["file"] for s in m["logs"][1]["segments"]][:2] == [LOG1_SEG0, LOG1_SEG1]
 
 
-def test_a_format_1_segment_not_matching_its_checksum_stops_the_upgrade(built: Built, tmp_path: Path) -> None:
+def test_a_format_1_segment_not_matching_its_checksum_stops_its_conversion(built: Built,
+                                                                           tmp_path: Path) -> None:
     store, arch = built.copy(tmp_path)
     data = manifest_of(arch)
     data["version"] = 1

@@ -107,11 +107,12 @@ def _copy_file(src: ArchiveDir, dest: ArchiveDir, name: str, size: int, sha256: 
     assert fd is not None
     tmp = f".tmp-{name}.{secrets.token_hex(8)}"
     try:
-        try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                          dir_fd=dest.fd)
-        except OSError as exc:
-            raise StorageError(f"cannot create {dest.where(tmp)}: {exc.strerror}", dest.where(tmp)) from None
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=dest.fd)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(f"cannot create {dest.where(tmp)}: {exc.strerror}", dest.where(tmp)) from None
+    try:  # (from here on the temporary file is this call's: removed whatever happens)
         try:
             digest, offset = hashlib.sha256(), 0
             while offset < size:
