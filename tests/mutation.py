@@ -77,12 +77,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                       # on a loaded machine) checks compaction's own steps
                       _NO_PG + " and not deno and not bench and not interval_torn "
                       "and not killed_at_random_points and not compaction_killed_at_every_step"),
-    "storage/postgres/": (["test_postgres.py", "test_guarantees.py", "test_tlog.py",
+    "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",
-                           "test_gaps_storage.py"],
-                          "(postgres or pg or Postgres) and not restart and not failover and not bench "
-                          "and not cli"),
+                           "test_gaps_storage.py", "test_safety_secrets.py"],
+                          "(postgres or pg or Postgres or secrets) and not restart and not failover "
+                          "and not bench and not cli"),
     "journal/": (["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
                   "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
                   "test_kernel.py", "test_archive.py"], _NO_PG + " and not deno"),
