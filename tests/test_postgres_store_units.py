@@ -1,0 +1,88 @@
+"""``storage/postgres/_store`` (``PostgresStorage``) against a real server, for what the shared
+conformance suite and ``tests/test_postgres.py`` leave open: the text of each failure on the
+paths they do not reach, and the edges of each operation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from krepis import ClosedError, LogStatus, StorageError, TransactionLog
+from krepis._model import encode_log
+from krepis.storage import Query, open_storage
+from krepis.storage.postgres import PostgresStorage
+
+
+def _entry(ts: int = 1, op: str = "op", rid: str = "r") -> tuple[TransactionLog, bytes]:
+    log = TransactionLog(ts, op, rid, LogStatus.Completed)
+    return (log, encode_log(log))
+
+
+def _sql(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def storage(pg_url: str) -> Iterator[PostgresStorage]:
+    s = PostgresStorage(pg_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def locked(pg_url: str, storage: PostgresStorage) -> Iterator[PostgresStorage]:
+    """``storage`` while another connection holds every krepis table past a short lock_timeout."""
+    import psycopg
+
+    db = _sql(pg_url, "SELECT current_database()")[0][0]
+    _sql(pg_url, f"ALTER DATABASE {db} SET lock_timeout = '100ms'")
+    storage.close()
+    fresh = PostgresStorage(pg_url)  # its connections take the database's new setting
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE krepis_entries, krepis_log, krepis_tree, krepis_checkpoints, krepis_ops, "
+                       "krepis_stats, krepis_meta IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield fresh
+        finally:
+            holder.rollback()
+            fresh.close()
+
+
+def _failure(call: Any) -> str:
+    with pytest.raises(StorageError) as caught:
+        call()
+    assert type(caught.value) is StorageError
+    return str(caught.value)
+
+
+def test_postgres_removing_a_setting_names_the_operation(locked: PostgresStorage) -> None:
+    message = _failure(lambda: locked.set_setting("archive", None))
+    assert message.startswith(f"PostgreSQL at {locked.location} failed while storing a setting: "), message
+
+
+@pytest.mark.parametrize("engine", ["lmdb", "postgres"])
+def test_a_closed_storage_says_so_even_for_a_call_that_reads_nothing(
+        engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """As LMDB does: an empty range, a limit of 0, an empty either-of list or a seq no entry can
+    have is answered only by an open storage."""
+    location = str(tmp_path / "store") if engine == "lmdb" else request.getfixturevalue("pg_url")
+    closed = open_storage(location)
+    closed.close()
+    calls: list[Any] = [
+        lambda: closed.get_entry(-1), lambda: closed.get_entry(2**63),
+        lambda: closed.scan(Query(), after=None, limit=0),
+        lambda: closed.scan(Query(order="append"), after=None, limit=0),
+        lambda: closed.scan(Query(op_names=()), after=None, limit=5),
+        lambda: closed.scan(Query(statuses=()), after=None, limit=5),
+        lambda: closed.leaf_hashes(0, 0, 0), lambda: closed.leaf_hashes(0, 3, -1)]
+    for call in calls:
+        with pytest.raises(ClosedError) as caught:
+            call()
+        assert str(caught.value) == f"the journal at {closed.location} is closed"
