@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from krepis import ClosedError, LogStatus, StorageError, TransactionLog
+from krepis import ClosedError, CorruptStorageError, LogStatus, StorageError, TransactionLog
 from krepis._model import encode_log
-from krepis.storage import Query, open_storage
+from krepis.storage import Query, WriteRequest, open_storage
 from krepis.storage.postgres import PostgresStorage
 
 
@@ -86,3 +86,20 @@ def test_a_closed_storage_says_so_even_for_a_call_that_reads_nothing(
         with pytest.raises(ClosedError) as caught:
             call()
         assert str(caught.value) == f"the journal at {closed.location} is closed"
+
+
+def test_postgres_a_scan_without_filters_reports_an_entry_of_no_status(
+        pg_url: str, storage: PostgresStorage) -> None:
+    """A time-ordered scan with no filter reads one index range, not one per status: an entry
+    whose status is none of the three (damage the schema's CHECK forbids) is reported, never
+    skipped."""
+    storage.write_batch([WriteRequest([_entry(1, rid="a"), _entry(2, rid="b")], [])])
+    for (name,) in _sql(pg_url, "SELECT conname FROM pg_constraint WHERE contype = 'c' "
+                                "AND conrelid = 'krepis_entries'::regclass"):
+        _sql(pg_url, f"ALTER TABLE krepis_entries DROP CONSTRAINT {name}")
+    _sql(pg_url, "UPDATE krepis_entries SET status = 9 WHERE seq = 0")
+    for query in (Query(), Query(newest_first=False), Query(since=0), Query(order="append")):
+        with pytest.raises(CorruptStorageError) as caught:
+            storage.scan(query, after=None, limit=10)
+        assert (str(caught.value), caught.value.path) == (
+            f"PostgreSQL at {storage.location}: entry 0 is not a valid TransactionLog", storage.location)
