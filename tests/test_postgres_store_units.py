@@ -103,3 +103,18 @@ def test_postgres_a_scan_without_filters_reports_an_entry_of_no_status(
             storage.scan(query, after=None, limit=10)
         assert (str(caught.value), caught.value.path) == (
             f"PostgreSQL at {storage.location}: entry 0 is not a valid TransactionLog", storage.location)
+
+
+def test_postgres_a_live_mark_of_an_earlier_log_means_nothing_was_archived(
+        pg_url: str, storage: PostgresStorage) -> None:
+    """docs/storage-format.md: the ``live`` row counts only when it is of the current epoch —
+    whatever seq a mark of an earlier log names."""
+    storage.write_batch([WriteRequest([_entry(i, rid=f"r{i}") for i in range(4)], [])])
+    storage.clear()
+    storage.write_batch([WriteRequest([_entry(i, rid=f"s{i}") for i in range(10)], [])])
+    assert storage.tree_head().first_seq == 4
+    _sql(pg_url, "INSERT INTO krepis_meta (key, value) VALUES ('live', '0:9')")
+    assert storage.live_first_seq() == 4
+    assert storage.verify().entries == 10
+    _sql(pg_url, "UPDATE krepis_meta SET value = '1:9' WHERE key = 'live'")  # of this log: counts
+    assert storage.live_first_seq() == 9
