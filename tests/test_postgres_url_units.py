@@ -179,18 +179,37 @@ def test_build_percent_encodes_every_part(params: dict[str, str], url: str) -> N
                                   params.get("port") == "5" else params)
 
 
-def test_the_log_filter_scrubs_psycopg_records_and_drops_none(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_log_filter_scrubs_psycopg_records_and_drops_none() -> None:
     parse("postgresql://u:Qf-filtered@h/db")
     _pgurl.install_log_filter()
     _pgurl.install_log_filter()  # idempotent
-    for name in ("psycopg", "psycopg.pool"):
-        assert logging.getLogger(name).filters.count(_pgurl._FILTER) == 1, name
-    with caplog.at_level(logging.INFO):
-        logging.getLogger("psycopg").info("connecting with %s to %s", "Qf-filtered", "h")
-        logging.getLogger("psycopg.pool").info("plain %s", "text")
-    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+    records: list[logging.LogRecord] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    grab = Grab(level=logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("psycopg", "psycopg.pool")]
+    saved = [(logger.level, logger.disabled, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        assert logger.filters.count(_pgurl._FILTER) == 1, logger.name
+        logger.setLevel(logging.DEBUG)
+        logger.disabled = False
+    loggers[1].propagate = True  # psycopg.pool's records reach the handler of psycopg
+    loggers[0].addHandler(grab)
+    try:
+        loggers[0].info("connecting with %s to %s", "Qf-filtered", "h")
+        loggers[1].info("plain %s", "text")
+    finally:
+        loggers[0].removeHandler(grab)
+        for logger, (level, disabled, propagate) in zip(loggers, saved, strict=True):
+            logger.setLevel(level)
+            logger.disabled = disabled
+            logger.propagate = propagate
+    assert [(r.name, r.getMessage()) for r in records] == [
         ("psycopg", "connecting with *** to h"), ("psycopg.pool", "plain text")]
-    scrubbed, plain = caplog.records
+    scrubbed, plain = records
     assert (scrubbed.msg, scrubbed.args) == ("connecting with *** to h", None)
     assert (plain.msg, plain.args) == ("plain %s", ("text",))  # left as it was
 
