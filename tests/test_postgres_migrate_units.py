@@ -137,3 +137,24 @@ def test_postgres_migration_cannot_connect_names_the_location() -> None:
     assert type(caught.value) is StorageError and caught.value.path == where
     assert str(caught.value).startswith(f"cannot connect to PostgreSQL at {where}: ")
     assert "Qm-migrate-pw" not in str(caught.value)
+
+
+def test_postgres_migration_names_at_most_60_characters_of_a_request_id(pg_url: str) -> None:
+    where = redact(pg_url)
+    _format1(pg_url, 3)
+    _sql(pg_url, "UPDATE krepis_journal SET request_id = repeat('p', 61) WHERE seq = 2")
+    with pytest.raises(CorruptStorageError) as caught:
+        migrate(pg_url)
+    assert str(caught.value) == (
+        f"PostgreSQL at {where}: format-1 entry 2 (its sequence number) is not a valid TransactionLog: its "
+        f"columns say timestamp 1 and request id {'p' * 60!r}, its JSON 1 and 'r1'; nothing was changed")
+    _unchanged(pg_url, 3)
+
+
+def test_postgres_migration_without_psycopg_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
+    with pytest.raises(StorageError) as caught:
+        migrate("postgresql://u:pw@h/db")
+    assert str(caught.value) == "a postgresql:// storage needs psycopg (the 'postgres' extra)"
