@@ -91,12 +91,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # processes' records (the multi-process and commit-log suites) and of the store's guarantees.
     "storage/lmdb/_catchup": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
-    "storage/postgres/": (["test_postgres.py", "test_guarantees.py", "test_tlog.py",
+    "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",
-                           "test_gaps_storage.py"],
-                          "(postgres or pg or Postgres) and not restart and not failover and not bench "
-                          "and not cli"),
+                           "test_gaps_storage.py", "test_safety_secrets.py"],
+                          "(postgres or pg or Postgres or secrets) and not restart and not failover "
+                          "and not bench and not cli"),
     "journal/": (["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
                   "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
                   "test_kernel.py", "test_archive.py"], _NO_PG + " and not deno"),

@@ -303,6 +303,8 @@ class PostgresStorage(Storage):
         return sorted(name for (name,) in rows)
 
     def get_entry(self, seq: int) -> TransactionLog | None:
+        if self._closed:  # as every operation, even one that has nothing to read
+            raise ClosedError(f"the journal at {self.location} is closed")
         if not 0 <= seq < 2**63:
             return None
         rows = self._run("reading the journal",
@@ -324,6 +326,8 @@ class PostgresStorage(Storage):
                         int(seq))
 
     def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
+        if self._closed:  # as every operation, even one that has nothing to read
+            raise ClosedError(f"the journal at {self.location} is closed")
         if limit <= 0 or query.op_names == () or query.statuses == ():
             return []
         desc = query.newest_first
@@ -413,6 +417,8 @@ class PostgresStorage(Storage):
         return bytes(rows[0][0]) if rows else None
 
     def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
+        if self._closed:  # as every operation, even one that has nothing to read
+            raise ClosedError(f"the journal at {self.location} is closed")
         if count <= 0:
             return []
         lo = first_seq + start

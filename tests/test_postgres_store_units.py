@@ -1,0 +1,120 @@
+"""``storage/postgres/_store`` (``PostgresStorage``) against a real server, for what the shared
+conformance suite and ``tests/test_postgres.py`` leave open: the text of each failure on the
+paths they do not reach, and the edges of each operation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from krepis import ClosedError, CorruptStorageError, LogStatus, StorageError, TransactionLog
+from krepis._model import encode_log
+from krepis.storage import Query, WriteRequest, open_storage
+from krepis.storage.postgres import PostgresStorage
+
+
+def _entry(ts: int = 1, op: str = "op", rid: str = "r") -> tuple[TransactionLog, bytes]:
+    log = TransactionLog(ts, op, rid, LogStatus.Completed)
+    return (log, encode_log(log))
+
+
+def _sql(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def storage(pg_url: str) -> Iterator[PostgresStorage]:
+    s = PostgresStorage(pg_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def locked(pg_url: str, storage: PostgresStorage) -> Iterator[PostgresStorage]:
+    """``storage`` while another connection holds every krepis table past a short lock_timeout."""
+    import psycopg
+
+    db = _sql(pg_url, "SELECT current_database()")[0][0]
+    _sql(pg_url, f"ALTER DATABASE {db} SET lock_timeout = '100ms'")
+    storage.close()
+    fresh = PostgresStorage(pg_url)  # its connections take the database's new setting
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE krepis_entries, krepis_log, krepis_tree, krepis_checkpoints, krepis_ops, "
+                       "krepis_stats, krepis_meta IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield fresh
+        finally:
+            holder.rollback()
+            fresh.close()
+
+
+def _failure(call: Any) -> str:
+    with pytest.raises(StorageError) as caught:
+        call()
+    assert type(caught.value) is StorageError
+    return str(caught.value)
+
+
+def test_postgres_removing_a_setting_names_the_operation(locked: PostgresStorage) -> None:
+    message = _failure(lambda: locked.set_setting("archive", None))
+    assert message.startswith(f"PostgreSQL at {locked.location} failed while storing a setting: "), message
+
+
+@pytest.mark.parametrize("engine", ["lmdb", "postgres"])
+def test_a_closed_storage_says_so_even_for_a_call_that_reads_nothing(
+        engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """As LMDB does: an empty range, a limit of 0, an empty either-of list or a seq no entry can
+    have is answered only by an open storage."""
+    location = str(tmp_path / "store") if engine == "lmdb" else request.getfixturevalue("pg_url")
+    closed = open_storage(location)
+    closed.close()
+    calls: list[Any] = [
+        lambda: closed.get_entry(-1), lambda: closed.get_entry(2**63),
+        lambda: closed.scan(Query(), after=None, limit=0),
+        lambda: closed.scan(Query(order="append"), after=None, limit=0),
+        lambda: closed.scan(Query(op_names=()), after=None, limit=5),
+        lambda: closed.scan(Query(statuses=()), after=None, limit=5),
+        lambda: closed.leaf_hashes(0, 0, 0), lambda: closed.leaf_hashes(0, 3, -1)]
+    for call in calls:
+        with pytest.raises(ClosedError) as caught:
+            call()
+        assert str(caught.value) == f"the journal at {closed.location} is closed"
+
+
+def test_postgres_a_scan_without_filters_reports_an_entry_of_no_status(
+        pg_url: str, storage: PostgresStorage) -> None:
+    """A time-ordered scan with no filter reads one index range, not one per status: an entry
+    whose status is none of the three (damage the schema's CHECK forbids) is reported, never
+    skipped."""
+    storage.write_batch([WriteRequest([_entry(1, rid="a"), _entry(2, rid="b")], [])])
+    for (name,) in _sql(pg_url, "SELECT conname FROM pg_constraint WHERE contype = 'c' "
+                                "AND conrelid = 'krepis_entries'::regclass"):
+        _sql(pg_url, f"ALTER TABLE krepis_entries DROP CONSTRAINT {name}")
+    _sql(pg_url, "UPDATE krepis_entries SET status = 9 WHERE seq = 0")
+    for query in (Query(), Query(newest_first=False), Query(since=0), Query(order="append")):
+        with pytest.raises(CorruptStorageError) as caught:
+            storage.scan(query, after=None, limit=10)
+        assert (str(caught.value), caught.value.path) == (
+            f"PostgreSQL at {storage.location}: entry 0 is not a valid TransactionLog", storage.location)
+
+
+def test_postgres_a_live_mark_of_an_earlier_log_means_nothing_was_archived(
+        pg_url: str, storage: PostgresStorage) -> None:
+    """docs/storage-format.md: the ``live`` row counts only when it is of the current epoch —
+    whatever seq a mark of an earlier log names."""
+    storage.write_batch([WriteRequest([_entry(i, rid=f"r{i}") for i in range(4)], [])])
+    storage.clear()
+    storage.write_batch([WriteRequest([_entry(i, rid=f"s{i}") for i in range(10)], [])])
+    assert storage.tree_head().first_seq == 4
+    _sql(pg_url, "INSERT INTO krepis_meta (key, value) VALUES ('live', '0:9')")
+    assert storage.live_first_seq() == 4
+    assert storage.verify().entries == 10
+    _sql(pg_url, "UPDATE krepis_meta SET value = '1:9' WHERE key = 'live'")  # of this log: counts
+    assert storage.live_first_seq() == 9
