@@ -4,6 +4,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,15 @@ _db_counter = [0]
 
 
 @pytest.fixture
-def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
-    """A fresh, empty database on the session's server."""
+def pg_url(pg_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A fresh, empty database on the session's server. On a server shared by many sessions (a
+    mutation run starts one for thousands of test sessions) it is dropped afterwards, so that
+    they do not fill the disk; a session's own server goes away whole."""
+    import pg
+
     _db_counter[0] += 1
     name = f"krepis_test_{os.getpid()}_{_db_counter[0]}_{os.urandom(4).hex()}"  # unique on a reused server
     pg_cluster.sql(f"CREATE DATABASE {name}")
-    return str(pg_cluster.url(name))
+    yield str(pg_cluster.url(name))
+    if os.environ.get(pg.REUSE_ENV):
+        pg_cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
