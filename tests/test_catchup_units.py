@@ -164,7 +164,7 @@ def write_record(self, at, raw):
     write(self, at, raw)
 _commitlog.CommitLog.write = write_record
 LmdbStorage(sys.argv[1]).clear()
-raise SystemExit("the clear returned")
+raise SystemExit(0 if when == "never" else "the clear returned")
 """
 
 _WRITE = r"""
@@ -295,3 +295,33 @@ def test_lmdb_failing_while_the_pointer_is_read_is_named(store: tuple[Path, Lmdb
     assert str(info.value) == (f"storage at {path} failed while reading the commit-log pointer: "
                                "MDB_READERS_FULL")
     assert info.value.path == str(path)
+
+
+def test_records_after_a_start_again_from_lmdb_are_read_in_the_same_look(
+        store: tuple[Path, LmdbStorage, Other]) -> None:
+    """After starting again from LMDB's pointer (no record where the tail ended), the records
+    other processes appended from there on are read at once, not left for a later look."""
+    path, mine, other = store
+    _clear_and_die(path, "after-commit")
+    with mine._shared.mu:
+        pointer, seq = _pointer(mine._shared)
+    other.end, other.link, other.next_seq = pointer.position, pointer.link, seq
+    other.log.write_pending(0)  # withdrawn, as the next writer does
+    other.append([_log(7)], [b"op"])
+    assert mine.entry_count() == 1
+    got = mine.get_entry(seq)
+    assert got is not None and got.request_id == "r7"
+
+
+def test_records_after_a_barrier_are_read_in_the_same_look(store: tuple[Path, LmdbStorage, Other]) -> None:
+    """A barrier (a change another process made in LMDB itself, here a whole clear) restarts the
+    tail; the records appended after it are read in the same look."""
+    path, mine, other = store
+    cleared = subprocess.run([sys.executable, "-c", _DIE, str(path), "never"], capture_output=True, text=True)
+    assert cleared.returncode == 0, cleared.stderr
+    with mine._shared.mu:
+        pointer, seq = _pointer(mine._shared)
+    assert other.log.read_head() == pointer.position  # the barrier is in the log, the head past it
+    other.end, other.link, other.next_seq = pointer.position, pointer.link, seq
+    other.append([_log(1)], [b"op"])
+    assert mine.entry_count() == 1 and mine.get_count(b"op") == 1
