@@ -359,3 +359,60 @@ def test_a_backup_larger_than_lmdbs_default_map_is_restored(tmp_path: Path) -> N
     backup(src, tmp_path / "bk")
     assert (tmp_path / "bk" / "data.mdb").stat().st_size > 10 << 20
     assert restore(tmp_path / "bk", tmp_path / "out").entries == 4000
+
+
+def test_a_refused_restore_leaves_a_killed_restores_staging_directory(bk: Path, tmp_path: Path) -> None:
+    """A refusal before staging changes nothing, not even what a killed restore left behind (the
+    next restore that goes ahead removes it)."""
+    dest = tmp_path / "dest"
+    _store(dest, 2)
+    (dest / ".restore").mkdir(mode=0o700)
+    (dest / ".restore" / "data.mdb").write_bytes(b"left behind")
+    before = _tree(dest)
+    with pytest.raises(StorageError, match="already holds a store"):
+        restore(bk, dest)
+    assert _tree(dest) == before
+
+
+def test_a_restored_data_mdb_names_no_commit_log(bk: Path, tmp_path: Path) -> None:
+    """The restored ``data.mdb`` holds the pointer that names no log (docs/storage-format.md:
+    28 zero bytes, as a compacted copy or a migration writes it), before anything opens it."""
+    import lmdb
+
+    restore(bk, tmp_path / "out")
+    assert "commit.log" not in os.listdir(tmp_path / "out")
+    env = lmdb.open(str(tmp_path / "out"), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            assert txn.get(b"log", db=env.open_db(b"meta", txn=txn, create=False)) == bytes(28)
+    finally:
+        env.close()
+
+
+def test_a_failed_flush_of_the_staged_copy_names_it_and_changes_nothing(
+        bk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged copy is flushed once more after it was made to name no log: that flush failing
+    is an error naming the staged file, and the destination is left as it was."""
+    real_fsync = os.fsync
+    calls: list[int] = []
+    fail_at = [-1]
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(os.sep + os.path.join(".restore", "data.mdb")):
+            calls.append(fd)
+            if len(calls) == fail_at[0]:
+                raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    restore(bk, tmp_path / "first")  # counts the staged file's flushes: the last comes after naming no log
+    fail_at[0], calls[:] = len(calls), []
+    dest = tmp_path / "dest"
+    _store(dest, 2)
+    before = _tree(dest)
+    with pytest.raises(StorageError) as info:
+        restore(bk, dest, force=True)
+    staged = os.path.join(dest, ".restore", "data.mdb")
+    assert str(info.value) == f"cannot make {staged} durable (fsync failed: Input/output error)"
+    assert info.value.path == staged
+    assert _tree(dest) == before
