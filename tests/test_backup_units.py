@@ -416,3 +416,113 @@ def test_a_failed_flush_of_the_staged_copy_names_it_and_changes_nothing(
     assert str(info.value) == f"cannot make {staged} durable (fsync failed: Input/output error)"
     assert info.value.path == staged
     assert _tree(dest) == before
+
+
+def _flushes(monkeypatch: pytest.MonkeyPatch, fail_at: int) -> list[str]:
+    """Make ``os.fsync`` record what krepis's ``fsync_fd`` flushes (the path of each descriptor)
+    and fail the ``fail_at``-th of those flushes (from 1; 0: none) with EIO."""
+    import sys
+
+    real_fsync = os.fsync
+    seen: list[str] = []
+
+    def fsync(fd: int) -> None:
+        caller = sys._getframe(1)
+        where = (caller.f_globals.get("__name__"), caller.f_code.co_name)
+        if where == ("krepis.storage._outfiles", "fsync_fd"):
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+            if len(seen) == fail_at:
+                raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_every_failed_flush_of_a_backup_names_what_it_flushed_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup flushes its file, its directory and the parents it made: each flush failing is
+    an error naming that file or directory, and the backup removes everything it made."""
+    _store(tmp_path / "src")
+    seen = _flushes(monkeypatch, 0)
+    backup(tmp_path / "src", tmp_path / "count" / "new" / "bk")
+    flushed = [p.replace(str(tmp_path / "count"), "{}") for p in seen]
+    assert {"{}/new/bk", "{}/new/bk/data.mdb", "{}/new", "{}"} <= set(flushed)
+    for k, what in enumerate(flushed, 1):
+        top = tmp_path / f"fail{k}"
+        _flushes(monkeypatch, k)
+        with pytest.raises(StorageError) as info:
+            backup(tmp_path / "src", top / "new" / "bk")
+        where = what.replace("{}", str(top))
+        assert str(info.value) == f"cannot make {where} durable (fsync failed: Input/output error)"
+        assert info.value.path == where
+        assert not (top / "new").exists()
+
+
+def test_every_failed_flush_of_a_restore_names_what_it_flushed_and_leaves_no_stage(
+        bk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore flushes the staged copy, its directory, the destination and the parents it made:
+    each flush failing is an error naming that file or directory (the staged copy, while it is
+    made and checked, by the backup's name), and no staging directory is left."""
+    seen = _flushes(monkeypatch, 0)
+    restore(bk, tmp_path / "count" / "new" / "out")
+    flushed = [p.replace(str(tmp_path / "count"), "{}") for p in seen]
+    assert {"{}/new/out", "{}/new/out/.restore", "{}/new/out/.restore/data.mdb", "{}/new", "{}"} \
+        <= set(flushed)
+    for k, what in enumerate(flushed, 1):
+        top = tmp_path / f"fail{k}"
+        _flushes(monkeypatch, k)
+        with pytest.raises(StorageError) as info:
+            restore(bk, top / "new" / "out")
+        where = path = what.replace("{}", str(top))
+        if k == flushed.index("{}/new/out/.restore/data.mdb") + 1:  # the copy's own flush
+            where, path = str(bk / "data.mdb"), str(bk)
+        assert str(info.value) == f"cannot make {where} durable (fsync failed: Input/output error)"
+        assert info.value.path == path
+        assert not (top / "new" / "out" / ".restore").exists()
+
+
+def test_a_staged_copy_that_cannot_be_made_to_name_no_log_is_named(bk: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged copy damaged after its check (here its first page overwritten): making it
+    name no commit log fails, naming the staged copy; nothing at the destination changes."""
+    from krepis.storage.lmdb import _backup
+
+    real_check = _backup._check
+
+    def check_then_damage(path: str, keys: list[object]) -> object:
+        result = real_check(path, keys)  # type: ignore[arg-type]
+        with open(os.path.join(path, "data.mdb"), "r+b") as f:
+            f.write(b"\xff" * 4096)
+        return result
+
+    monkeypatch.setattr(_backup, "_check", check_then_damage)
+    dest = tmp_path / "dest"
+    _store(dest, 2)
+    before = _tree(dest)
+    with pytest.raises(StorageError) as info:
+        restore(bk, dest, force=True)
+    stage = str(dest / ".restore")
+    assert str(info.value).startswith(f"cannot prepare {stage} to be restored: ")
+    assert info.value.path == stage
+    assert _tree(dest) == before
+
+
+def test_a_backup_whose_check_fails_making_the_log_removes_the_half_made_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's open makes the copy a commit log (``commit.log.new``, then renamed): when the
+    rename fails, the backup removes that file with the rest of what it made."""
+    _store(tmp_path / "src")
+    real_rename = os.rename
+
+    def rename(src: str, dst: str, **kwargs: int) -> None:
+        if src == "commit.log.new":
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    dest = tmp_path / "bk"
+    dest.mkdir(mode=0o700)
+    with pytest.raises(StorageError, match=r"cannot create commit\.log: No space left on device"):
+        backup(tmp_path / "src", dest)
+    assert os.listdir(dest) == []
