@@ -482,18 +482,28 @@ def test_every_failed_flush_of_a_restore_names_what_it_flushed_and_leaves_no_sta
         assert not (top / "new" / "out" / ".restore").exists()
 
 
-def test_a_staged_copy_that_cannot_be_made_to_name_no_log_is_named(bk: Path, tmp_path: Path,
+@pytest.mark.parametrize("damage", ["first page", "meta dropped"])
+def test_a_staged_copy_that_cannot_be_made_to_name_no_log_is_named(bk: Path, tmp_path: Path, damage: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The staged copy damaged after its check (here its first page overwritten): making it
-    name no commit log fails, naming the staged copy; nothing at the destination changes."""
+    """The staged copy damaged after its check: LMDB cannot open it (its first page overwritten)
+    or it lacks the ``meta`` database. Making it name no commit log fails, naming the staged copy
+    (never creating ``meta``); nothing at the destination changes."""
+    import lmdb
+
     from krepis.storage.lmdb import _backup
 
     real_check = _backup._check
 
     def check_then_damage(path: str, keys: list[object]) -> object:
         result = real_check(path, keys)  # type: ignore[arg-type]
-        with open(os.path.join(path, "data.mdb"), "r+b") as f:
-            f.write(b"\xff" * 4096)
+        if damage == "first page":
+            with open(os.path.join(path, "data.mdb"), "r+b") as f:
+                f.write(b"\xff" * 4096)
+        else:
+            env = lmdb.open(path, max_dbs=16, map_size=1 << 30)
+            with env.begin(write=True) as txn:
+                txn.drop(env.open_db(b"meta", txn=txn, create=False), delete=True)
+            env.close()
         return result
 
     monkeypatch.setattr(_backup, "_check", check_then_damage)
@@ -504,6 +514,7 @@ def test_a_staged_copy_that_cannot_be_made_to_name_no_log_is_named(bk: Path, tmp
         restore(bk, dest, force=True)
     stage = str(dest / ".restore")
     assert str(info.value).startswith(f"cannot prepare {stage} to be restored: ")
+    assert ("MDB_INVALID" if damage == "first page" else "MDB_NOTFOUND") in str(info.value)
     assert info.value.path == stage
     assert _tree(dest) == before
 
