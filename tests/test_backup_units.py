@@ -537,3 +537,22 @@ def test_a_backup_whose_check_fails_making_the_log_removes_the_half_made_log(
     with pytest.raises(StorageError, match=r"cannot create commit\.log: No space left on device"):
         backup(tmp_path / "src", dest)
     assert os.listdir(dest) == []
+
+
+def test_a_kept_note_is_split_at_its_last_blank_line(tmp_path: Path) -> None:
+    """A signed note's text ends at its last blank line: a kept note with a signature line after
+    a second blank line has a text that is not a checkpoint, and is refused as malformed."""
+    key = generate_signer("example.com/a")
+    with SovereignJournal(tmp_path / "src") as journal:
+        for i in range(4):
+            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+        note = journal.sign_checkpoint(key)
+    storage = open_storage(tmp_path / "src")
+    try:
+        storage.add_checkpoint(0, 4, "example.com/b", note + "\n— example.com/b AAAA\n")
+    finally:
+        storage.close()
+    with pytest.raises(ValidationError) as info:
+        backup(tmp_path / "src", tmp_path / "bk")
+    assert str(info.value).startswith(f"{tmp_path / 'bk'}: the kept checkpoint of tree size 4 is malformed (")
+    assert not (tmp_path / "bk").exists()
