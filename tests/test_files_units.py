@@ -529,3 +529,91 @@ def test_alone_until_another_process_has_the_environment_open(store: Path, opene
     assert str(info.value) == f"cannot open {store}/lock.mdb: No such file or directory"
     assert info.value.path == str(store)
 
+
+
+# -- the free list past the end of data.mdb (_tail_is_free), on pages laid out as LMDB does -------
+def _node(lo: int, hi: int, nflags: int, key: bytes, data: bytes) -> bytes:
+    return lo.to_bytes(2, "little") + hi.to_bytes(2, "little") + nflags.to_bytes(2, "little") + \
+        len(key).to_bytes(2, "little") + key + data
+
+
+def _page(psize: int, flags: int, bodies: list[bytes], pointers: list[int]) -> bytes:
+    """A page: ``bodies`` laid out from its end, ``pointers`` (indices into ``bodies``) after the
+    header; the header's flags and ``lower`` at offset 10."""
+    page = bytearray(psize)
+    offsets, end = [], psize
+    for body in bodies:
+        end -= len(body)
+        page[end:end + len(body)] = body
+        offsets.append(end)
+    lower = _PAGE_HEADER + 2 * len(pointers)
+    page[10:14] = flags.to_bytes(2, "little") + lower.to_bytes(2, "little")
+    for i, which in enumerate(pointers):
+        page[_PAGE_HEADER + 2 * i:_PAGE_HEADER + 2 * i + 2] = offsets[which].to_bytes(2, "little")
+    return bytes(page)
+
+
+def _leaf(psize: int, pgnos: list[int], *, copies: int = 1) -> bytes:
+    """A free-list leaf page: one node listing ``pgnos`` (pointed to ``copies`` times)."""
+    data = len(pgnos).to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in pgnos)
+    return _page(psize, 0x02, [_node(len(data) & 0xFFFF, len(data) >> 16, 0, bytes(8), data)], [0] * copies)
+
+
+def _branch(psize: int, children: list[int]) -> bytes:
+    bodies = [_node(c & 0xFFFF, (c >> 16) & 0xFFFF, c >> 32, b"", b"") for c in children]
+    return _page(psize, 0x01, bodies, list(range(len(children))))
+
+
+def _free(tmp_path: Path, psize: int, pages: dict[int, bytes], count: int, last_pg: int,
+          root: int = 2, raw: bytes | None = None) -> bool:
+    """``_tail_is_free`` on a file of ``count`` pages (``pages`` by number, the rest zeros)."""
+    from krepis.storage.lmdb._files import _tail_is_free
+
+    path = tmp_path / f"data{len(list(tmp_path.iterdir()))}.mdb"
+    with open(path, "wb") as f:
+        f.truncate(count * psize)
+        for pgno, page in pages.items():
+            f.seek(pgno * psize)
+            f.write(page)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _tail_is_free(fd, psize, root.to_bytes(8, "little") if raw is None else raw,
+                             count * psize, last_pg)
+    finally:
+        os.close(fd)
+
+
+def test_the_tail_is_free_only_when_the_free_list_holds_every_page_past_the_end(tmp_path: Path) -> None:
+    ps = 4096  # pages 0, 1: meta; 2: the free list's root; the file ends after page 3
+    assert _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5)
+    assert _free(tmp_path, ps, {2: _leaf(ps, [5, 4, 3])}, 4, 5)
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4])}, 4, 5)  # the last two pages count too
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [5])}, 4, 5)
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5, raw=bytes(7))  # root unreadable
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5, root=2**64 - 1)  # no free list
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5, root=4)  # root past the end
+    assert _free(tmp_path, ps, {2: _branch(ps, [3]), 3: _leaf(ps, [4, 5])}, 4, 5)
+
+
+def test_a_free_list_leaf_with_more_than_32767_bytes_of_node_pointers_is_read(tmp_path: Path) -> None:
+    """``lower`` is unsigned: a 64 KiB page's node pointers may reach past 32 KiB."""
+    ps = 65536
+    assert _free(tmp_path, ps, {2: _leaf(ps, [4], copies=16384)}, 4, 4)
+
+
+def test_more_than_a_mebipage_past_the_end_is_never_free(tmp_path: Path) -> None:
+    """At most 2**20 missing pages are looked for on the free list (here on overflow pages)."""
+    ps = 4096
+    for n, free in ((1 << 20, True), ((1 << 20) + 1, False)):
+        first = 3 + (8 * (n + 1) + _PAGE_HEADER) // ps + 1  # the pages after the overflow run
+        data = n.to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in range(first, first + n))
+        leaf = _page(ps, 0x02, [_node(len(data) & 0xFFFF, len(data) >> 16, 0x01, bytes(8),
+                                      (3).to_bytes(8, "little"))], [0])
+        overflow = bytes(_PAGE_HEADER) + data
+        assert _free(tmp_path, ps, {2: leaf, 3: overflow}, first, first + n - 1) is free
+
+
+def test_a_free_list_that_points_back_at_itself_ends(tmp_path: Path) -> None:
+    """A cycle in a damaged free list: the walk gives up after 2**20 pages."""
+    ps = 4096
+    assert not _free(tmp_path, ps, {2: _branch(ps, [2])}, 4, 4)
