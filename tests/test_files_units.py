@@ -617,3 +617,17 @@ def test_a_free_list_that_points_back_at_itself_ends(tmp_path: Path) -> None:
     """A cycle in a damaged free list: the walk gives up after 2**20 pages."""
     ps = 4096
     assert not _free(tmp_path, ps, {2: _branch(ps, [2])}, 4, 4)
+
+
+@pytest.mark.parametrize("extra, free", [(0, True), (1, False)])
+def test_the_walk_reads_at_most_a_mebipage_of_the_free_list(tmp_path: Path, extra: int, free: bool) -> None:
+    """The walk reads at most 2**20 pages: the leaf that lists the missing page is found when it is
+    the 2**20th page read, not when it would be the one after (pages may be listed many times)."""
+    ps = 4096
+    child = [_node(c, 0, 0, b"", b"") for c in (5, 3, 4)]  # to the leaf that matters, X, Y
+    m, j = 524, 50 + extra  # the root, j times Y, m times X (each 2000 times Y), then the leaf:
+    assert 1 + j + m * 2001 + 1 == (1 << 20) + extra
+    pages = {2: _page(ps, 0x01, child, [0] + [1] * m + [2] * j),
+             3: _page(ps, 0x01, [_node(4, 0, 0, b"", b"")], [0] * 2000),
+             4: _leaf(ps, []), 5: _leaf(ps, [6])}
+    assert _free(tmp_path, ps, pages, 6, 6) is free
