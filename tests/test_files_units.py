@@ -631,3 +631,19 @@ def test_the_walk_reads_at_most_a_mebipage_of_the_free_list(tmp_path: Path, extr
              3: _page(ps, 0x01, [_node(4, 0, 0, b"", b"")], [0] * 2000),
              4: _leaf(ps, []), 5: _leaf(ps, [6])}
     assert _free(tmp_path, ps, pages, 6, 6) is free
+
+
+def test_the_missing_pages_may_be_listed_across_nodes_and_pages(tmp_path: Path) -> None:
+    """Every node of a leaf is read (its pointers in order after the header), and a leaf that
+    does not list them all leaves the rest to the next page of the walk, never to bytes past its
+    last pointer."""
+    ps = 4096
+
+    def listing(pgnos: list[int]) -> bytes:
+        data = len(pgnos).to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in pgnos)
+        return _node(len(data), 0, 0, bytes(8), data)
+
+    two_nodes = _page(ps, 0x02, [listing([4]), listing([6]), listing([5])], [0, 1, 2])
+    assert _free(tmp_path, ps, {2: two_nodes}, 4, 6)
+    assert _free(tmp_path, ps, {2: _branch(ps, [3, 5]), 3: _leaf(ps, [6]), 5: _leaf(ps, [7])}, 6, 7)
+    assert not _free(tmp_path, ps, {2: _branch(ps, [3, 5]), 3: _leaf(ps, [4]), 5: _leaf(ps, [7])}, 6, 7)
