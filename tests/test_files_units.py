@@ -647,3 +647,59 @@ def test_the_missing_pages_may_be_listed_across_nodes_and_pages(tmp_path: Path) 
     assert _free(tmp_path, ps, {2: two_nodes}, 4, 6)
     assert _free(tmp_path, ps, {2: _branch(ps, [3, 5]), 3: _leaf(ps, [6]), 5: _leaf(ps, [7])}, 6, 7)
     assert not _free(tmp_path, ps, {2: _branch(ps, [3, 5]), 3: _leaf(ps, [4]), 5: _leaf(ps, [7])}, 6, 7)
+
+
+def _free_at(tmp_path: Path, psize: int, pages: dict[int, bytes], size: int, last_pg: int) -> bool:
+    """``_tail_is_free`` on a (sparse) file of ``size`` bytes, ``pages`` written by number."""
+    from krepis.storage.lmdb._files import _tail_is_free
+
+    path = tmp_path / f"sparse{len(list(tmp_path.iterdir()))}.mdb"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for pgno, page in pages.items():
+            f.seek(pgno * psize)
+            f.write(page[:max(0, size - pgno * psize)])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _tail_is_free(fd, psize, (2).to_bytes(8, "little"), size, last_pg)
+    finally:
+        os.close(fd)
+
+
+def _listing(pgnos: list[int], *, count: int | None = None) -> bytes:
+    return (len(pgnos) if count is None else count).to_bytes(8, "little") + \
+        b"".join(p.to_bytes(8, "little") for p in pgnos)
+
+
+def test_the_free_list_is_read_as_lmdb_lays_it_out_at_its_limits(tmp_path: Path) -> None:
+    """Page numbers of 16 bits and more in a branch node, a node of 32 KiB or more on an overflow
+    page: every field read unsigned and whole."""
+    ps = 4096
+    far = 65537  # a child page number with a high half (a sparse file of 256 MiB)
+    assert _free_at(tmp_path, ps, {2: _branch(ps, [far]), far: _leaf(ps, [far + 1])}, (far + 1) * ps, far + 1)
+    first = 12  # a page list of 32,776 bytes (4,096 pages) on the overflow pages 3–11
+    data = _listing(list(range(first, first + 4096)))
+    assert len(data) & 0x8000
+    leaf = _page(ps, 0x02, [_node(len(data) & 0xFFFF, len(data) >> 16, 0x01, bytes(8),
+                                  (3).to_bytes(8, "little"))], [0])
+    assert _free_at(tmp_path, ps, {2: leaf, 3: bytes(_PAGE_HEADER) + data}, first * ps, first + 4095)
+
+
+def test_a_damaged_free_list_never_counts_as_free(tmp_path: Path) -> None:
+    """A page that is neither a branch nor a leaf, an overflow page number past the end (the
+    largest one too, and the partial page at the end), a node whose data runs past its page, a
+    count larger than its node: each means the file was truncated."""
+    ps = 4096
+    lists = _node(16, 0, 0, bytes(8), _listing([4]))
+    assert not _free(tmp_path, ps, {2: _page(ps, 0x04, [lists], [0])}, 4, 4)  # an overflow page's flag
+
+    def overflow(ovpg: int, dsize: int = 16) -> bytes:
+        return _page(ps, 0x02, [_node(dsize, 0, 0x01, bytes(8), ovpg.to_bytes(8, "little"))], [0])
+
+    assert not _free(tmp_path, ps, {2: overflow(2**64 - 1)}, 4, 4)
+    tail = bytes(_PAGE_HEADER) + _listing([4, 5])  # page 4, present in part only
+    assert not _free_at(tmp_path, ps, {2: overflow(4, 24), 4: tail + bytes(ps - len(tail))}, 4 * ps + 64, 5)
+    page = bytearray(_page(ps, 0x02, [_node(100, 0, 0, bytes(8), _listing([4]))], [0]))  # 16 bytes
+    assert not _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
+    assert not _free(tmp_path, ps, {2: _page(ps, 0x02, [_node(16, 0, 0, bytes(8), _listing([4], count=2))],
+                                             [0])}, 4, 4)
