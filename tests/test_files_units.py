@@ -703,3 +703,11 @@ def test_a_damaged_free_list_never_counts_as_free(tmp_path: Path) -> None:
     assert not _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
     assert not _free(tmp_path, ps, {2: _page(ps, 0x02, [_node(16, 0, 0, bytes(8), _listing([4], count=2))],
                                              [0])}, 4, 4)
+
+
+def test_a_child_page_number_past_32_bits_is_past_the_end(tmp_path: Path) -> None:
+    """A branch node's page number is 48 bits (its flags field is the high part): a damaged one
+    whose low bits name a real page is still past the end."""
+    ps = 4096
+    assert _free(tmp_path, ps, {2: _branch(ps, [3]), 3: _leaf(ps, [4])}, 4, 4)
+    assert not _free(tmp_path, ps, {2: _branch(ps, [(1 << 32) + 3]), 3: _leaf(ps, [4])}, 4, 4)
