@@ -711,3 +711,16 @@ def test_a_child_page_number_past_32_bits_is_past_the_end(tmp_path: Path) -> Non
     ps = 4096
     assert _free(tmp_path, ps, {2: _branch(ps, [3]), 3: _leaf(ps, [4])}, 4, 4)
     assert not _free(tmp_path, ps, {2: _branch(ps, [(1 << 32) + 3]), 3: _leaf(ps, [4])}, 4, 4)
+
+
+@pytest.mark.parametrize("newest", [0, 1])
+def test_the_free_list_is_read_from_the_newest_meta_page(store: Path, newest: int) -> None:
+    """The free database's root is taken from the newest meta page (offset 64 of its MDB_meta):
+    the tail past the end is free by that page's free list, not the other's."""
+    ps = 4096
+    metas = [_meta(ps, 1, 1, root=3), _meta(ps, 1, 1, root=3)]  # the older: its root lists nothing
+    metas[newest] = _meta(ps, 5, 2, root=2)
+    body = _leaf(ps, [4, 5]) + _leaf(ps, [])
+    assert _refusal(store, metas[0] + metas[1] + body) is None
+    assert _refusal(store, metas[0] + metas[1] + _leaf(ps, [4]) + _leaf(ps, [])) == _needs(store, 2, 6 * ps,
+                                                                                           4 * ps)
