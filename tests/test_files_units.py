@@ -724,3 +724,15 @@ def test_the_free_list_is_read_from_the_newest_meta_page(store: Path, newest: in
     assert _refusal(store, metas[0] + metas[1] + body) is None
     assert _refusal(store, metas[0] + metas[1] + _leaf(ps, [4]) + _leaf(ps, [])) == _needs(store, 2, 6 * ps,
                                                                                            4 * ps)
+
+
+def test_node_offsets_are_unsigned_in_pages_larger_than_64_kib(tmp_path: Path) -> None:
+    """A meta page may claim pages of 128 KiB: a node's offset past 32 KiB is read unsigned."""
+    ps = 1 << 17
+    data = _listing([4])
+    page = bytearray(ps)
+    page[10:14] = (0x02).to_bytes(2, "little") + (_PAGE_HEADER + 2).to_bytes(2, "little")
+    page[_PAGE_HEADER:_PAGE_HEADER + 2] = (40000).to_bytes(2, "little")
+    node = _node(len(data), 0, 0, bytes(8), data)
+    page[40000:40000 + len(node)] = node
+    assert _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
