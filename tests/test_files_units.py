@@ -736,3 +736,10 @@ def test_node_offsets_are_unsigned_in_pages_larger_than_64_kib(tmp_path: Path) -
     node = _node(len(data), 0, 0, bytes(8), data)
     page[40000:40000 + len(node)] = node
     assert _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
+
+
+def test_a_node_cut_by_the_end_of_its_page_is_damage(tmp_path: Path) -> None:
+    ps = 4096
+    page = bytearray(_leaf(ps, [4]))
+    page[_PAGE_HEADER:_PAGE_HEADER + 2] = (ps - 4).to_bytes(2, "little")  # its header past the page
+    assert not _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
