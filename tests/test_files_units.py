@@ -743,3 +743,23 @@ def test_a_node_cut_by_the_end_of_its_page_is_damage(tmp_path: Path) -> None:
     page = bytearray(_leaf(ps, [4]))
     page[_PAGE_HEADER:_PAGE_HEADER + 2] = (ps - 4).to_bytes(2, "little")  # its header past the page
     assert not _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
+
+
+def test_the_files_are_private_from_their_creation(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created with mode 0600, not made private afterwards: a reader that opened a new file in
+    between would keep its descriptor (the fchmod after the open only undoes a umask)."""
+    seen: list[int] = []
+    real_fchmod = os.fchmod
+
+    def fchmod(fd: int, mode: int) -> None:
+        seen.append(os.fstat(fd).st_mode & 0o777)
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    old = os.umask(0)
+    try:
+        files = _files_of(store)
+    finally:
+        os.umask(old)
+    files.close()
+    assert seen == [0o600, 0o600]
