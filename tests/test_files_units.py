@@ -763,3 +763,19 @@ def test_the_files_are_private_from_their_creation(store: Path, monkeypatch: pyt
         os.umask(old)
     files.close()
     assert seen == [0o600, 0o600]
+
+
+def test_close_closes_a_descriptor_numbered_0(store: Path) -> None:
+    """In a process started with its standard input closed, the pinned directory may be
+    descriptor 0: closing the files closes it too."""
+    saved = os.dup(0)
+    os.close(0)
+    try:
+        files = _files_of(store)
+        assert 0 in (files.dir_fd, files.data_fd, files.lock_fd)
+        files.close()
+        with pytest.raises(OSError):
+            os.fstat(0)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
