@@ -359,3 +359,200 @@ def test_a_backup_larger_than_lmdbs_default_map_is_restored(tmp_path: Path) -> N
     backup(src, tmp_path / "bk")
     assert (tmp_path / "bk" / "data.mdb").stat().st_size > 10 << 20
     assert restore(tmp_path / "bk", tmp_path / "out").entries == 4000
+
+
+def test_a_refused_restore_leaves_a_killed_restores_staging_directory(bk: Path, tmp_path: Path) -> None:
+    """A refusal before staging changes nothing, not even what a killed restore left behind (the
+    next restore that goes ahead removes it)."""
+    dest = tmp_path / "dest"
+    _store(dest, 2)
+    (dest / ".restore").mkdir(mode=0o700)
+    (dest / ".restore" / "data.mdb").write_bytes(b"left behind")
+    before = _tree(dest)
+    with pytest.raises(StorageError, match="already holds a store"):
+        restore(bk, dest)
+    assert _tree(dest) == before
+
+
+def test_a_restored_data_mdb_names_no_commit_log(bk: Path, tmp_path: Path) -> None:
+    """The restored ``data.mdb`` holds the pointer that names no log (docs/storage-format.md:
+    28 zero bytes, as a compacted copy or a migration writes it), before anything opens it."""
+    import lmdb
+
+    restore(bk, tmp_path / "out")
+    assert "commit.log" not in os.listdir(tmp_path / "out")
+    env = lmdb.open(str(tmp_path / "out"), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            assert txn.get(b"log", db=env.open_db(b"meta", txn=txn, create=False)) == bytes(28)
+    finally:
+        env.close()
+
+
+def test_a_failed_flush_of_the_staged_copy_names_it_and_changes_nothing(
+        bk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged copy is flushed once more after it was made to name no log: that flush failing
+    is an error naming the staged file, and the destination is left as it was."""
+    real_fsync = os.fsync
+    calls: list[int] = []
+    fail_at = [-1]
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(os.sep + os.path.join(".restore", "data.mdb")):
+            calls.append(fd)
+            if len(calls) == fail_at[0]:
+                raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    restore(bk, tmp_path / "first")  # counts the staged file's flushes: the last comes after naming no log
+    fail_at[0], calls[:] = len(calls), []
+    dest = tmp_path / "dest"
+    _store(dest, 2)
+    before = _tree(dest)
+    with pytest.raises(StorageError) as info:
+        restore(bk, dest, force=True)
+    staged = os.path.join(dest, ".restore", "data.mdb")
+    assert str(info.value) == f"cannot make {staged} durable (fsync failed: Input/output error)"
+    assert info.value.path == staged
+    assert _tree(dest) == before
+
+
+def _flushes(monkeypatch: pytest.MonkeyPatch, fail_at: int) -> list[str]:
+    """Make ``os.fsync`` record what krepis's ``fsync_fd`` flushes (the path of each descriptor)
+    and fail the ``fail_at``-th of those flushes (from 1; 0: none) with EIO."""
+    import sys
+
+    real_fsync = os.fsync
+    seen: list[str] = []
+
+    def fsync(fd: int) -> None:
+        caller = sys._getframe(1)
+        where = (caller.f_globals.get("__name__"), caller.f_code.co_name)
+        if where == ("krepis.storage._outfiles", "fsync_fd"):
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+            if len(seen) == fail_at:
+                raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_every_failed_flush_of_a_backup_names_what_it_flushed_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup flushes its file, its directory and the parents it made: each flush failing is
+    an error naming that file or directory, and the backup removes everything it made."""
+    _store(tmp_path / "src")
+    seen = _flushes(monkeypatch, 0)
+    backup(tmp_path / "src", tmp_path / "count" / "new" / "bk")
+    flushed = [p.replace(str(tmp_path / "count"), "{}") for p in seen]
+    assert {"{}/new/bk", "{}/new/bk/data.mdb", "{}/new", "{}"} <= set(flushed)
+    for k, what in enumerate(flushed, 1):
+        top = tmp_path / f"fail{k}"
+        _flushes(monkeypatch, k)
+        with pytest.raises(StorageError) as info:
+            backup(tmp_path / "src", top / "new" / "bk")
+        where = what.replace("{}", str(top))
+        assert str(info.value) == f"cannot make {where} durable (fsync failed: Input/output error)"
+        assert info.value.path == where
+        assert not (top / "new").exists()
+
+
+def test_every_failed_flush_of_a_restore_names_what_it_flushed_and_leaves_no_stage(
+        bk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore flushes the staged copy, its directory, the destination and the parents it made:
+    each flush failing is an error naming that file or directory (the staged copy, while it is
+    made and checked, by the backup's name), and no staging directory is left."""
+    seen = _flushes(monkeypatch, 0)
+    restore(bk, tmp_path / "count" / "new" / "out")
+    flushed = [p.replace(str(tmp_path / "count"), "{}") for p in seen]
+    assert {"{}/new/out", "{}/new/out/.restore", "{}/new/out/.restore/data.mdb", "{}/new", "{}"} \
+        <= set(flushed)
+    for k, what in enumerate(flushed, 1):
+        top = tmp_path / f"fail{k}"
+        _flushes(monkeypatch, k)
+        with pytest.raises(StorageError) as info:
+            restore(bk, top / "new" / "out")
+        where = path = what.replace("{}", str(top))
+        if k == flushed.index("{}/new/out/.restore/data.mdb") + 1:  # the copy's own flush
+            where, path = str(bk / "data.mdb"), str(bk)
+        assert str(info.value) == f"cannot make {where} durable (fsync failed: Input/output error)"
+        assert info.value.path == path
+        assert not (top / "new" / "out" / ".restore").exists()
+
+
+@pytest.mark.parametrize("damage", ["first page", "meta dropped"])
+def test_a_staged_copy_that_cannot_be_made_to_name_no_log_is_named(bk: Path, tmp_path: Path, damage: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged copy damaged after its check: LMDB cannot open it (its first page overwritten)
+    or it lacks the ``meta`` database. Making it name no commit log fails, naming the staged copy
+    (never creating ``meta``); nothing at the destination changes."""
+    import lmdb
+
+    from krepis.storage.lmdb import _backup
+
+    real_check = _backup._check
+
+    def check_then_damage(path: str, keys: list[object]) -> object:
+        result = real_check(path, keys)  # type: ignore[arg-type]
+        if damage == "first page":
+            with open(os.path.join(path, "data.mdb"), "r+b") as f:
+                f.write(b"\xff" * 4096)
+        else:
+            env = lmdb.open(path, max_dbs=16, map_size=1 << 30)
+            with env.begin(write=True) as txn:
+                txn.drop(env.open_db(b"meta", txn=txn, create=False), delete=True)
+            env.close()
+        return result
+
+    monkeypatch.setattr(_backup, "_check", check_then_damage)
+    dest = tmp_path / "dest"
+    _store(dest, 2)
+    before = _tree(dest)
+    with pytest.raises(StorageError) as info:
+        restore(bk, dest, force=True)
+    stage = str(dest / ".restore")
+    assert str(info.value).startswith(f"cannot prepare {stage} to be restored: ")
+    assert ("MDB_INVALID" if damage == "first page" else "MDB_NOTFOUND") in str(info.value)
+    assert info.value.path == stage
+    assert _tree(dest) == before
+
+
+def test_a_backup_whose_check_fails_making_the_log_removes_the_half_made_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's open makes the copy a commit log (``commit.log.new``, then renamed): when the
+    rename fails, the backup removes that file with the rest of what it made."""
+    _store(tmp_path / "src")
+    real_rename = os.rename
+
+    def rename(src: str, dst: str, **kwargs: int) -> None:
+        if src == "commit.log.new":
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    dest = tmp_path / "bk"
+    dest.mkdir(mode=0o700)
+    with pytest.raises(StorageError, match=r"cannot create commit\.log: No space left on device"):
+        backup(tmp_path / "src", dest)
+    assert os.listdir(dest) == []
+
+
+def test_a_kept_note_is_split_at_its_last_blank_line(tmp_path: Path) -> None:
+    """A signed note's text ends at its last blank line: a kept note with a signature line after
+    a second blank line has a text that is not a checkpoint, and is refused as malformed."""
+    key = generate_signer("example.com/a")
+    with SovereignJournal(tmp_path / "src") as journal:
+        for i in range(4):
+            journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
+        note = journal.sign_checkpoint(key)
+    storage = open_storage(tmp_path / "src")
+    try:
+        storage.add_checkpoint(0, 4, "example.com/b", note + "\n— example.com/b AAAA\n")
+    finally:
+        storage.close()
+    with pytest.raises(ValidationError) as info:
+        backup(tmp_path / "src", tmp_path / "bk")
+    assert str(info.value).startswith(f"{tmp_path / 'bk'}: the kept checkpoint of tree size 4 is malformed (")
+    assert not (tmp_path / "bk").exists()

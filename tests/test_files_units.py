@@ -529,3 +529,253 @@ def test_alone_until_another_process_has_the_environment_open(store: Path, opene
     assert str(info.value) == f"cannot open {store}/lock.mdb: No such file or directory"
     assert info.value.path == str(store)
 
+
+
+# -- the free list past the end of data.mdb (_tail_is_free), on pages laid out as LMDB does -------
+def _node(lo: int, hi: int, nflags: int, key: bytes, data: bytes) -> bytes:
+    return lo.to_bytes(2, "little") + hi.to_bytes(2, "little") + nflags.to_bytes(2, "little") + \
+        len(key).to_bytes(2, "little") + key + data
+
+
+def _page(psize: int, flags: int, bodies: list[bytes], pointers: list[int]) -> bytes:
+    """A page: ``bodies`` laid out from its end, ``pointers`` (indices into ``bodies``) after the
+    header; the header's flags and ``lower`` at offset 10."""
+    page = bytearray(psize)
+    offsets, end = [], psize
+    for body in bodies:
+        end -= len(body)
+        page[end:end + len(body)] = body
+        offsets.append(end)
+    lower = _PAGE_HEADER + 2 * len(pointers)
+    page[10:14] = flags.to_bytes(2, "little") + lower.to_bytes(2, "little")
+    for i, which in enumerate(pointers):
+        page[_PAGE_HEADER + 2 * i:_PAGE_HEADER + 2 * i + 2] = offsets[which].to_bytes(2, "little")
+    return bytes(page)
+
+
+def _leaf(psize: int, pgnos: list[int], *, copies: int = 1) -> bytes:
+    """A free-list leaf page: one node listing ``pgnos`` (pointed to ``copies`` times)."""
+    data = len(pgnos).to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in pgnos)
+    return _page(psize, 0x02, [_node(len(data) & 0xFFFF, len(data) >> 16, 0, bytes(8), data)], [0] * copies)
+
+
+def _branch(psize: int, children: list[int]) -> bytes:
+    bodies = [_node(c & 0xFFFF, (c >> 16) & 0xFFFF, c >> 32, b"", b"") for c in children]
+    return _page(psize, 0x01, bodies, list(range(len(children))))
+
+
+def _free(tmp_path: Path, psize: int, pages: dict[int, bytes], count: int, last_pg: int,
+          root: int = 2, raw: bytes | None = None) -> bool:
+    """``_tail_is_free`` on a file of ``count`` pages (``pages`` by number, the rest zeros)."""
+    from krepis.storage.lmdb._files import _tail_is_free
+
+    path = tmp_path / f"data{len(list(tmp_path.iterdir()))}.mdb"
+    with open(path, "wb") as f:
+        f.truncate(count * psize)
+        for pgno, page in pages.items():
+            f.seek(pgno * psize)
+            f.write(page)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _tail_is_free(fd, psize, root.to_bytes(8, "little") if raw is None else raw,
+                             count * psize, last_pg)
+    finally:
+        os.close(fd)
+
+
+def test_the_tail_is_free_only_when_the_free_list_holds_every_page_past_the_end(tmp_path: Path) -> None:
+    ps = 4096  # pages 0, 1: meta; 2: the free list's root; the file ends after page 3
+    assert _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5)
+    assert _free(tmp_path, ps, {2: _leaf(ps, [5, 4, 3])}, 4, 5)
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4])}, 4, 5)  # the last two pages count too
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [5])}, 4, 5)
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5, raw=bytes(7))  # root unreadable
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5, root=2**64 - 1)  # no free list
+    assert not _free(tmp_path, ps, {2: _leaf(ps, [4, 5])}, 4, 5, root=4)  # root past the end
+    assert _free(tmp_path, ps, {2: _branch(ps, [3]), 3: _leaf(ps, [4, 5])}, 4, 5)
+
+
+def test_a_free_list_leaf_with_more_than_32767_bytes_of_node_pointers_is_read(tmp_path: Path) -> None:
+    """``lower`` is unsigned: a 64 KiB page's node pointers may reach past 32 KiB."""
+    ps = 65536
+    assert _free(tmp_path, ps, {2: _leaf(ps, [4], copies=16384)}, 4, 4)
+
+
+def test_more_than_a_mebipage_past_the_end_is_never_free(tmp_path: Path) -> None:
+    """At most 2**20 missing pages are looked for on the free list (here on overflow pages)."""
+    ps = 4096
+    for n, free in ((1 << 20, True), ((1 << 20) + 1, False)):
+        first = 3 + (8 * (n + 1) + _PAGE_HEADER) // ps + 1  # the pages after the overflow run
+        data = n.to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in range(first, first + n))
+        leaf = _page(ps, 0x02, [_node(len(data) & 0xFFFF, len(data) >> 16, 0x01, bytes(8),
+                                      (3).to_bytes(8, "little"))], [0])
+        overflow = bytes(_PAGE_HEADER) + data
+        assert _free(tmp_path, ps, {2: leaf, 3: overflow}, first, first + n - 1) is free
+
+
+def test_a_free_list_that_points_back_at_itself_ends(tmp_path: Path) -> None:
+    """A cycle in a damaged free list: the walk gives up after 2**20 pages."""
+    ps = 4096
+    assert not _free(tmp_path, ps, {2: _branch(ps, [2])}, 4, 4)
+
+
+@pytest.mark.parametrize("extra, free", [(0, True), (1, False)])
+def test_the_walk_reads_at_most_a_mebipage_of_the_free_list(tmp_path: Path, extra: int, free: bool) -> None:
+    """The walk reads at most 2**20 pages: the leaf that lists the missing page is found when it is
+    the 2**20th page read, not when it would be the one after (pages may be listed many times)."""
+    ps = 4096
+    child = [_node(c, 0, 0, b"", b"") for c in (5, 3, 4)]  # to the leaf that matters, X, Y
+    m, j = 524, 50 + extra  # the root, j times Y, m times X (each 2000 times Y), then the leaf:
+    assert 1 + j + m * 2001 + 1 == (1 << 20) + extra
+    pages = {2: _page(ps, 0x01, child, [0] + [1] * m + [2] * j),
+             3: _page(ps, 0x01, [_node(4, 0, 0, b"", b"")], [0] * 2000),
+             4: _leaf(ps, []), 5: _leaf(ps, [6])}
+    assert _free(tmp_path, ps, pages, 6, 6) is free
+
+
+def test_the_missing_pages_may_be_listed_across_nodes_and_pages(tmp_path: Path) -> None:
+    """Every node of a leaf is read (its pointers in order after the header), and a leaf that
+    does not list them all leaves the rest to the next page of the walk, never to bytes past its
+    last pointer."""
+    ps = 4096
+
+    def listing(pgnos: list[int]) -> bytes:
+        data = len(pgnos).to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in pgnos)
+        return _node(len(data), 0, 0, bytes(8), data)
+
+    two_nodes = _page(ps, 0x02, [listing([4]), listing([6]), listing([5])], [0, 1, 2])
+    assert _free(tmp_path, ps, {2: two_nodes}, 4, 6)
+    assert _free(tmp_path, ps, {2: _branch(ps, [3, 5]), 3: _leaf(ps, [6]), 5: _leaf(ps, [7])}, 6, 7)
+    assert not _free(tmp_path, ps, {2: _branch(ps, [3, 5]), 3: _leaf(ps, [4]), 5: _leaf(ps, [7])}, 6, 7)
+
+
+def _free_at(tmp_path: Path, psize: int, pages: dict[int, bytes], size: int, last_pg: int) -> bool:
+    """``_tail_is_free`` on a (sparse) file of ``size`` bytes, ``pages`` written by number."""
+    from krepis.storage.lmdb._files import _tail_is_free
+
+    path = tmp_path / f"sparse{len(list(tmp_path.iterdir()))}.mdb"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for pgno, page in pages.items():
+            f.seek(pgno * psize)
+            f.write(page[:max(0, size - pgno * psize)])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _tail_is_free(fd, psize, (2).to_bytes(8, "little"), size, last_pg)
+    finally:
+        os.close(fd)
+
+
+def _listing(pgnos: list[int], *, count: int | None = None) -> bytes:
+    return (len(pgnos) if count is None else count).to_bytes(8, "little") + \
+        b"".join(p.to_bytes(8, "little") for p in pgnos)
+
+
+def test_the_free_list_is_read_as_lmdb_lays_it_out_at_its_limits(tmp_path: Path) -> None:
+    """Page numbers of 16 bits and more in a branch node, a node of 32 KiB or more on an overflow
+    page: every field read unsigned and whole."""
+    ps = 4096
+    far = 65537  # a child page number with a high half (a sparse file of 256 MiB)
+    assert _free_at(tmp_path, ps, {2: _branch(ps, [far]), far: _leaf(ps, [far + 1])}, (far + 1) * ps, far + 1)
+    first = 12  # a page list of 32,776 bytes (4,096 pages) on the overflow pages 3–11
+    data = _listing(list(range(first, first + 4096)))
+    assert len(data) & 0x8000
+    leaf = _page(ps, 0x02, [_node(len(data) & 0xFFFF, len(data) >> 16, 0x01, bytes(8),
+                                  (3).to_bytes(8, "little"))], [0])
+    assert _free_at(tmp_path, ps, {2: leaf, 3: bytes(_PAGE_HEADER) + data}, first * ps, first + 4095)
+
+
+def test_a_damaged_free_list_never_counts_as_free(tmp_path: Path) -> None:
+    """A page that is neither a branch nor a leaf, an overflow page number past the end (the
+    largest one too, and the partial page at the end), a node whose data runs past its page, a
+    count larger than its node: each means the file was truncated."""
+    ps = 4096
+    lists = _node(16, 0, 0, bytes(8), _listing([4]))
+    assert not _free(tmp_path, ps, {2: _page(ps, 0x04, [lists], [0])}, 4, 4)  # an overflow page's flag
+
+    def overflow(ovpg: int, dsize: int = 16) -> bytes:
+        return _page(ps, 0x02, [_node(dsize, 0, 0x01, bytes(8), ovpg.to_bytes(8, "little"))], [0])
+
+    assert not _free(tmp_path, ps, {2: overflow(2**64 - 1)}, 4, 4)
+    tail = bytes(_PAGE_HEADER) + _listing([4, 5])  # page 4, present in part only
+    assert not _free_at(tmp_path, ps, {2: overflow(4, 24), 4: tail + bytes(ps - len(tail))}, 4 * ps + 64, 5)
+    page = bytearray(_page(ps, 0x02, [_node(100, 0, 0, bytes(8), _listing([4]))], [0]))  # 16 bytes
+    assert not _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
+    assert not _free(tmp_path, ps, {2: _page(ps, 0x02, [_node(16, 0, 0, bytes(8), _listing([4], count=2))],
+                                             [0])}, 4, 4)
+
+
+def test_a_child_page_number_past_32_bits_is_past_the_end(tmp_path: Path) -> None:
+    """A branch node's page number is 48 bits (its flags field is the high part): a damaged one
+    whose low bits name a real page is still past the end."""
+    ps = 4096
+    assert _free(tmp_path, ps, {2: _branch(ps, [3]), 3: _leaf(ps, [4])}, 4, 4)
+    assert not _free(tmp_path, ps, {2: _branch(ps, [(1 << 32) + 3]), 3: _leaf(ps, [4])}, 4, 4)
+
+
+@pytest.mark.parametrize("newest", [0, 1])
+def test_the_free_list_is_read_from_the_newest_meta_page(store: Path, newest: int) -> None:
+    """The free database's root is taken from the newest meta page (offset 64 of its MDB_meta):
+    the tail past the end is free by that page's free list, not the other's."""
+    ps = 4096
+    metas = [_meta(ps, 1, 1, root=3), _meta(ps, 1, 1, root=3)]  # the older: its root lists nothing
+    metas[newest] = _meta(ps, 5, 2, root=2)
+    body = _leaf(ps, [4, 5]) + _leaf(ps, [])
+    assert _refusal(store, metas[0] + metas[1] + body) is None
+    assert _refusal(store, metas[0] + metas[1] + _leaf(ps, [4]) + _leaf(ps, [])) == _needs(store, 2, 6 * ps,
+                                                                                           4 * ps)
+
+
+def test_node_offsets_are_unsigned_in_pages_larger_than_64_kib(tmp_path: Path) -> None:
+    """A meta page may claim pages of 128 KiB: a node's offset past 32 KiB is read unsigned."""
+    ps = 1 << 17
+    data = _listing([4])
+    page = bytearray(ps)
+    page[10:14] = (0x02).to_bytes(2, "little") + (_PAGE_HEADER + 2).to_bytes(2, "little")
+    page[_PAGE_HEADER:_PAGE_HEADER + 2] = (40000).to_bytes(2, "little")
+    node = _node(len(data), 0, 0, bytes(8), data)
+    page[40000:40000 + len(node)] = node
+    assert _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
+
+
+def test_a_node_cut_by_the_end_of_its_page_is_damage(tmp_path: Path) -> None:
+    ps = 4096
+    page = bytearray(_leaf(ps, [4]))
+    page[_PAGE_HEADER:_PAGE_HEADER + 2] = (ps - 4).to_bytes(2, "little")  # its header past the page
+    assert not _free(tmp_path, ps, {2: bytes(page)}, 4, 4)
+
+
+def test_the_files_are_private_from_their_creation(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created with mode 0600, not made private afterwards: a reader that opened a new file in
+    between would keep its descriptor (the fchmod after the open only undoes a umask)."""
+    seen: list[int] = []
+    real_fchmod = os.fchmod
+
+    def fchmod(fd: int, mode: int) -> None:
+        seen.append(os.fstat(fd).st_mode & 0o777)
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    old = os.umask(0)
+    try:
+        files = _files_of(store)
+    finally:
+        os.umask(old)
+    files.close()
+    assert seen == [0o600, 0o600]
+
+
+def test_close_closes_a_descriptor_numbered_0(store: Path) -> None:
+    """In a process started with its standard input closed, the pinned directory may be
+    descriptor 0: closing the files closes it too."""
+    saved = os.dup(0)
+    os.close(0)
+    try:
+        files = _files_of(store)
+        assert 0 in (files.dir_fd, files.data_fd, files.lock_fd)
+        files.close()
+        with pytest.raises(OSError):
+            os.fstat(0)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)

@@ -311,8 +311,11 @@ def _name_no_log(dir_fd: int, where: str) -> None:
     without the log its check made, and the first open makes one for it."""
     import lmdb
 
-    env = lmdb.open(f"/proc/self/fd/{dir_fd}", max_dbs=16, map_size=1 << 40, subdir=True,
-                    create=False)
+    try:
+        env = lmdb.open(f"/proc/self/fd/{dir_fd}", max_dbs=16, map_size=1 << 40, subdir=True,
+                        create=False)
+    except lmdb.Error as exc:  # (the copy changed since its check)
+        raise StorageError(f"cannot prepare {where} to be restored: {exc}", where) from exc
     try:
         with env.begin(write=True) as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)
