@@ -168,8 +168,11 @@ def prepare(module: str) -> Path:
     section = ("[tool.mutmut]\n"
                f"source_paths = {_toml_list([source])}\n"
                f"pytest_add_cli_args_test_selection = {_toml_list([f'tests/{t}' for t in tests])}\n"
-               # a mutant that deadlocks uses no CPU, so mutmut's CPU-time limit never ends it
-               f"pytest_add_cli_args = {_toml_list(['--timeout=30'] + (['-k', select] if select else []))}\n"
+               # a mutant that deadlocks uses no CPU, so mutmut's CPU-time limit never ends it; the
+               # thread method also ends one blocked inside C code (an LMDB lock wait), which the
+               # default alarm signal cannot interrupt
+               "pytest_add_cli_args = " + _toml_list(["--timeout=30", "--timeout-method=thread"]
+                                                     + (["-k", select] if select else [])) + "\n"
                'also_copy = ["src/krepis/", "tests/"]\n'
                # a mutant mypy --strict rejects is caught by CI (.ci/run) before any test runs
                "type_check_command = " + _toml_list(["mypy", "--strict", "--no-warn-unused-ignores",
