@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from krepis import CorruptStorageError, LogStatus, StorageError, TransactionLog
 from krepis._model import encode_log
 from krepis.storage import WriteRequest
 from krepis.storage.lmdb import LmdbStorage
+from krepis.storage.lmdb._apply import APPLY_SECONDS
 from krepis.storage.lmdb._catchup import _pointer, catch_up
 from krepis.storage.lmdb._commitlog import BARRIER, BATCH, CommitLog, encode_payload, record_size
 
@@ -325,3 +327,21 @@ def test_records_after_a_barrier_are_read_in_the_same_look(store: tuple[Path, Lm
     other.end, other.link, other.next_seq = pointer.position, pointer.link, seq
     other.append([_log(1)], [b"op"])
     assert mine.entry_count() == 1 and mine.get_count(b"op") == 1
+
+
+def test_records_of_other_processes_found_on_an_empty_tail_are_applied_in_time(
+        store: tuple[Path, LmdbStorage, Other]) -> None:
+    """A writing process's applier brings LMDB up to the records it found from other processes
+    once the oldest has waited its time (``APPLY_SECONDS``), not only when woken: the catch-up
+    starts that clock when the tail was empty."""
+    _path, mine, other = store
+    mine.checkpoint()  # the tail is empty; the applier thread runs (this process wrote)
+    _at, end = other.append([_log(1)], [b"op"])
+    assert mine.entry_count() == 2  # found, in the tail
+    deadline = time.monotonic() + 20 * APPLY_SECONDS
+    while time.monotonic() < deadline:
+        with mine._shared.mu:
+            if _pointer(mine._shared)[0].position == end:
+                return
+        time.sleep(APPLY_SECONDS / 10)
+    raise AssertionError(f"LMDB not brought up to {end} after {20 * APPLY_SECONDS} s")
