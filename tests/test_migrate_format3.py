@@ -174,3 +174,22 @@ def test_a_migration_killed_after_the_version_changed_leaves_a_store_that_opens(
         assert journal.verify().entries == 180
     assert (store / "commit.log").read_bytes()[8:12] == struct.pack("<I", 2)
     assert _migrate3.__name__  # (the module under test)
+
+
+def test_a_recovered_copy_that_does_not_verify_stops_the_migration_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """data.mdb edited under the old log (entry 5's request id, in every page copy LMDB kept of
+    it): the copy is recovered, fails its verify, and the store's own files stay as they were."""
+    store = _copy("format3-crashed", tmp_path)
+    data = (store / "data.mdb").read_bytes()
+    assert data.count(b"\x01c5\x05\x00\x00\x00") > 0
+    (store / "data.mdb").write_bytes(data.replace(b"\x01c5\x05\x00\x00\x00", b"\x01x5\x05\x00\x00\x00"))
+    before = _files(store)
+    with pytest.raises(CorruptStorageError) as info:
+        migrate(store)
+    assert str(info.value) == (
+        f"storage at {store}: the store recovered from its format-3 commit log does not verify (storage at "
+        f"{store}/.migrate: entry 5 has no row in the request id index); nothing was changed")
+    assert info.value.path == str(store)
+    assert _files(store) == before
+    assert not (store / ".migrate").exists()
