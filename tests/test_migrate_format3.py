@@ -193,3 +193,28 @@ def test_a_recovered_copy_that_does_not_verify_stops_the_migration_and_changes_n
     assert info.value.path == str(store)
     assert _files(store) == before
     assert not (store / ".migrate").exists()
+
+
+def test_lmdb_failing_while_the_format_is_converted_is_named_and_nothing_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one commit of an in-place conversion fails (a full map, injected): the error names
+    the store; the old log stays, so the store is still format 3."""
+    import lmdb
+
+    from krepis.storage.lmdb import _migrate3
+
+    class Full:
+        def __init__(self, *_args: object) -> None:
+            pass
+
+        def pack(self) -> bytes:
+            raise lmdb.MapFullError("MDB_MAP_FULL")
+
+    store = _copy("format3-store", tmp_path)
+    monkeypatch.setattr(_migrate3, "LogPointer", Full)
+    with pytest.raises(CorruptStorageError) as info:
+        migrate(store)
+    assert str(info.value) == f"storage at {store} cannot be migrated: MDB_MAP_FULL"
+    assert info.value.path == str(store)
+    monkeypatch.undo()
+    assert migrate(store).from_format == 3  # the conversion never committed
