@@ -218,3 +218,26 @@ def test_lmdb_failing_while_the_format_is_converted_is_named_and_nothing_changes
     assert info.value.path == str(store)
     monkeypatch.undo()
     assert migrate(store).from_format == 3  # the conversion never committed
+
+
+def test_a_checkpoint_slot_naming_another_transaction_than_its_snapshot_is_refused(tmp_path: Path) -> None:
+    """The newest slot's transaction id does not match the meta pages it holds (a slot rewritten
+    with a valid checksum): the copy, put back to that snapshot, is not at the transaction the
+    slot names, so the migration refuses naming both, and the store's files stay as they were."""
+    store = _copy("format3-crashed", tmp_path)
+    log = bytearray((store / "commit.log").read_bytes())
+    page = struct.unpack_from("<I", log, 12)[0]
+    slot_size = ((24 + 2 * page + 4 + page - 1) // page) * page
+    slots = [(struct.unpack_from("<8sQQI", log, 4096 + i * slot_size), 4096 + i * slot_size) for i in (0, 1)]
+    (magic, txnid, tail, length), at = max((s for s in slots if s[0][0] == b"KRPSSLOT"),
+                                           key=lambda s: s[0][1])
+    body = struct.pack("<8sQQI", magic, txnid + 1, tail, length) + bytes(log[at + 28:at + 28 + length])
+    log[at:at + len(body) + 4] = body + struct.pack("<I", zlib.crc32(body))
+    (store / "commit.log").write_bytes(bytes(log))
+    before = _files(store)
+    with pytest.raises(CorruptStorageError) as info:
+        migrate(store)
+    assert str(info.value) == (f"storage at {store}: data.mdb is at transaction {txnid}, its commit.log "
+                               f"checkpoint at {txnid + 1}")
+    assert info.value.path == str(store)
+    assert _files(store) == before
