@@ -8,27 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from archivekit import Built, built
-from krepis import LogStatus, SovereignJournal, TransactionLog
-from krepis.cli import cli
+from krepis import SovereignJournal
 from krepis.tlog._note import generate_signer
+from test_cli_tlog_units import _fill, _run
 
 __all__ = ["built"]
 
 SIGNER = generate_signer("example.com/backup-units")
 VKEY = str(SIGNER.verifier())
-
-
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def _fill(location: Path, n: int, start: int = 0) -> None:
-    with SovereignJournal(location, flush="interval:20ms") as journal:
-        for i in range(start, start + n):
-            journal.log_transaction(TransactionLog(1_700_000_000_000 + i, "op", f"r{i}", LogStatus.Completed))
 
 
 def _root(location: Path) -> str:

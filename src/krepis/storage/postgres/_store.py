@@ -128,9 +128,12 @@ class PostgresStorage(Storage):
         return StorageError(f"PostgreSQL at {self.location} failed while {doing}: {_first_line(exc)}",
                             self.location)
 
-    def _run(self, doing: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"the journal at {self.location} is closed")
+
+    def _run(self, doing: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        self._check_open()
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 cur.execute(sql, params)
@@ -251,8 +254,7 @@ class PostgresStorage(Storage):
         return list(cur.fetchall())
 
     def _transaction(self, doing: str, body: Any) -> Any:
-        if self._closed:
-            raise ClosedError(f"the journal at {self.location} is closed")
+        self._check_open()
         try:
             with self._pool.connection() as conn:
                 with conn.transaction(), conn.cursor() as cur:
@@ -303,8 +305,7 @@ class PostgresStorage(Storage):
         return sorted(name for (name,) in rows)
 
     def get_entry(self, seq: int) -> TransactionLog | None:
-        if self._closed:  # as every operation, even one that has nothing to read
-            raise ClosedError(f"the journal at {self.location} is closed")
+        self._check_open()  # as every operation, even one that has nothing to read
         if not 0 <= seq < 2**63:
             return None
         rows = self._run("reading the journal",
@@ -326,8 +327,7 @@ class PostgresStorage(Storage):
                         int(seq))
 
     def scan(self, query: Query, *, after: TransactionLog | None, limit: int) -> list[TransactionLog]:
-        if self._closed:  # as every operation, even one that has nothing to read
-            raise ClosedError(f"the journal at {self.location} is closed")
+        self._check_open()  # as every operation, even one that has nothing to read
         if limit <= 0 or query.op_names == () or query.statuses == ():
             return []
         desc = query.newest_first
@@ -417,8 +417,7 @@ class PostgresStorage(Storage):
         return bytes(rows[0][0]) if rows else None
 
     def leaf_hashes(self, first_seq: int, start: int, count: int) -> list[bytes]:
-        if self._closed:  # as every operation, even one that has nothing to read
-            raise ClosedError(f"the journal at {self.location} is closed")
+        self._check_open()  # as every operation, even one that has nothing to read
         if count <= 0:
             return []
         lo = first_seq + start
@@ -432,8 +431,7 @@ class PostgresStorage(Storage):
 
     def verify(self) -> VerifyReport:
         where = f"PostgreSQL at {self.location}"
-        if self._closed:
-            raise ClosedError(f"the journal at {self.location} is closed")
+        self._check_open()
         try:
             with self._pool.connection() as conn:
                 conn.autocommit = False
