@@ -91,6 +91,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # processes' records (the multi-process and commit-log suites) and of the store's guarantees.
     "storage/lmdb/_catchup": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
+    # store directories and files, and the archive's and backup's, which share these checks
+    "storage/lmdb/_paths": (["test_safety_files.py", "test_bad_storage.py", "test_files_units.py",
+                             "test_gaps_storage.py", "test_storage_lmdb.py", "test_archive_safety.py",
+                             "test_archive_files_units.py", "test_backup_units.py", "test_backup.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",
