@@ -119,3 +119,14 @@ def pg_url(pg_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield str(pg_cluster.url(name))
     if os.environ.get(pg.REUSE_ENV):
         pg_cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the PostgreSQL server (it uses its fixtures) carries the keyword
+    ``postgres``: ``-k "not postgres"`` (the mutation tool's LMDB selections) leaves out exactly
+    those and the tests parametrized with a PostgreSQL engine, not every test whose name merely
+    contains some letters of it (``upgrade``). First, so that ``-k`` sees the keyword."""
+    for item in items:
+        if "pg_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker("postgres")

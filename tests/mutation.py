@@ -54,7 +54,9 @@ _LMDB_TESTS = ["test_storage_lmdb.py", "test_lmdb_damage.py", "test_commitlog*.p
                "test_outfiles.py", "test_gaps_storage.py", "test_gaps_commitlog.py", "test_tail_units.py",
                "test_backup_units.py", "test_backup_archive.py", "test_files_units.py",
                "test_catchup_units.py"]
-_NO_PG = "not postgres and not pg and not Postgres"
+#: leaves out the tests that need the PostgreSQL server: tests/conftest.py gives each test using its
+#: fixtures the keyword ``postgres``, and the engine-parametrized tests carry it in their ids
+_NO_PG = "not postgres"
 _ENGINE_TESTS = ["test_catchup_units.py", "test_tail_units.py", "test_concurrency.py", "test_storage_lmdb.py",
                  "test_commitlog*.py", "test_gaps_commitlog.py", "test_gaps_storage.py", "test_guarantees.py",
                  "test_lmdb_damage.py", "test_journal.py"]
@@ -101,7 +103,7 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",
                            "test_gaps_storage.py", "test_safety_secrets.py"],
-                          "(postgres or pg or Postgres or secrets) and not restart and not failover "
+                          "(postgres or secrets) and not restart and not failover "
                           "and not bench and not cli"),
     "journal/": (["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
                   "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
