@@ -97,7 +97,8 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # store directories and files, and the archive's and backup's, which share these checks
     "storage/lmdb/_paths": (["test_safety_files.py", "test_bad_storage.py", "test_files_units.py",
                              "test_gaps_storage.py", "test_storage_lmdb.py", "test_archive_safety.py",
-                             "test_archive_files_units.py", "test_backup_units.py", "test_backup.py"],
+                             "test_archive_files_units.py", "test_backup_units.py", "test_backup.py",
+                             "test_paths_units.py", "test_safety_api.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",

@@ -1,0 +1,135 @@
+"""Where a store may live (``krepis.storage.lmdb._paths``): the messages that name a directory's
+owner, a new store directory that is private from the instant it exists, a parent another
+process creates at the same moment, and the two reasons a directory cannot be written (a
+read-only file system, or permissions) told apart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from krepis import StorageError
+from krepis.storage.lmdb._paths import open_directory
+
+NOBODY = 65534
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+
+
+def _unnamed_uid() -> int:
+    """A user id with no entry in the password database."""
+    for uid in range(54321, 65000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise AssertionError("every uid has a name")
+
+
+@root_only
+def test_a_directory_owned_by_a_user_with_no_name_is_named_by_number(tmp_path: Path) -> None:
+    uid = _unnamed_uid()
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, uid, -1)
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=False)
+    message = str(info.value)
+    assert f"{store} is owned by uid {uid}, not by this user (uid 0 (root)):" in message
+    assert f"sudo -u #{uid} krepis …" in message
+    assert info.value.path == str(store)
+
+
+@root_only
+def test_a_directory_owned_by_a_named_user_is_named_with_both(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, NOBODY, -1)
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=False)
+    name = pwd.getpwuid(NOBODY).pw_name
+    assert f"is owned by uid {NOBODY} ({name}), not by this user" in str(info.value)
+    assert f"sudo -u {name} krepis …" in str(info.value)
+
+
+def test_a_new_store_directory_is_private_from_the_moment_it_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made with mode 0700, not made open and closed afterwards: no other user can list it even
+    for an instant. Its new parents are 0755 (never group- or other-writable)."""
+    modes_before_chmod: dict[str, int] = {}
+    real_chmod = os.chmod
+
+    def chmod(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+        modes_before_chmod[os.fspath(path)] = stat.S_IMODE(os.stat(path).st_mode)
+        real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    store = tmp_path / "new" / "store"
+    old = os.umask(0o002)
+    try:
+        os.close(open_directory(str(store), create=True))
+    finally:
+        os.umask(old)
+    assert modes_before_chmod[str(store)] == 0o700
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.parent.stat().st_mode) == 0o755
+
+
+def test_a_parent_another_process_creates_meanwhile_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating a missing parent finds it already made (another process won the race): the
+    rest of the path is still made, and the store opens."""
+    real_mkdir = os.mkdir
+    contested = str(tmp_path / "a")
+
+    def mkdir(path: Any, mode: int = 0o777, *args: Any, **kwargs: Any) -> None:
+        if os.fspath(path) == contested:
+            real_mkdir(path, 0o755)
+            raise FileExistsError(17, "File exists", contested)
+        real_mkdir(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    store = tmp_path / "a" / "b" / "store"
+    os.close(open_directory(str(store), create=True))
+    assert store.is_dir() and stat.S_IMODE(store.stat().st_mode) == 0o700
+
+
+@contextlib.contextmanager
+def _as_nobody() -> Iterator[None]:
+    """This process as the 'nobody' user (real and effective ids), root kept as the saved id so
+    that it can come back: permission bits then apply to it."""
+    os.setresgid(NOBODY, NOBODY, 0)
+    os.setresuid(NOBODY, NOBODY, 0)
+    try:
+        yield
+    finally:
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+
+
+@root_only
+def test_a_directory_this_user_cannot_write_is_not_called_read_only() -> None:
+    """Permissions, not the file system: the message says which (in this process, so that the
+    mutation tool sees the code run)."""
+    base = Path(tempfile.mkdtemp(prefix="krepis-paths-"))  # outside pytest's 0700 root
+    try:
+        base.chmod(0o755)
+        store = base / "store"
+        store.mkdir(mode=0o500)
+        os.chown(store, NOBODY, NOBODY)
+        with _as_nobody(), pytest.raises(StorageError) as info:
+            open_directory(str(store), create=False)
+        assert str(info.value) == f"storage directory {store} is not readable and writable by this user"
+        assert info.value.path == str(store)
+    finally:
+        os.chmod(base / "store", 0o700)
+        (base / "store").rmdir()
+        base.rmdir()
