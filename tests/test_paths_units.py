@@ -133,3 +133,59 @@ def test_a_directory_this_user_cannot_write_is_not_called_read_only() -> None:
         os.chmod(base / "store", 0o700)
         (base / "store").rmdir()
         base.rmdir()
+
+
+def test_parents_a_file_system_makes_writable_by_others_are_narrowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system that gives new directories group- and other-write whatever mode is
+    asked for, the new parents are narrowed to 0755 (else the store would be refused as inside
+    a directory others can change) and the store itself is 0700."""
+    real_mkdir = os.mkdir
+
+    def mkdir(path: Any, mode: int = 0o777, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(path, mode, *args, **kwargs)
+        os.chmod(path, 0o777)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    store = tmp_path / "x" / "y" / "store"
+    os.close(open_directory(str(store), create=True))
+    monkeypatch.undo()
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (store.parent.parent, store.parent, store)] == [
+        0o755, 0o755, 0o700]
+
+
+def _store(tmp_path: Path) -> Path:
+    from conftest import make_store
+
+    return make_store(tmp_path / "store", entries=1)
+
+
+def test_a_store_file_that_is_a_symbolic_link_is_refused_naming_it(tmp_path: Path) -> None:
+    from krepis import SovereignJournal
+
+    store = _store(tmp_path)
+    target = tmp_path / "elsewhere.mdb"
+    os.rename(store / "data.mdb", target)
+    os.symlink(target, store / "data.mdb")
+    with pytest.raises(StorageError) as info:
+        SovereignJournal(store)
+    assert str(info.value) == (
+        f"storage at {store}: data.mdb is a symbolic link; krepis never follows links in a store "
+        f"directory (its target is left untouched). Remove {store}/data.mdb if it is not yours")
+    assert info.value.path == str(store)
+
+
+@pytest.mark.parametrize("kind", ["a directory", "not a regular file"])
+def test_a_store_file_that_is_not_a_file_is_named_with_what_it_is(tmp_path: Path, kind: str) -> None:
+    from krepis import CorruptStorageError, SovereignJournal
+
+    store = _store(tmp_path)
+    os.unlink(store / "data.mdb")
+    if kind == "a directory":
+        os.mkdir(store / "data.mdb")
+    else:
+        os.mkfifo(store / "data.mdb")
+    with pytest.raises(CorruptStorageError) as info:
+        SovereignJournal(store)
+    assert str(info.value) == f"storage at {store}: data.mdb is {kind}"
+    assert info.value.path == str(store)
