@@ -189,3 +189,16 @@ def test_a_store_file_that_is_not_a_file_is_named_with_what_it_is(tmp_path: Path
         SovereignJournal(store)
     assert str(info.value) == f"storage at {store}: data.mdb is {kind}"
     assert info.value.path == str(store)
+
+
+def test_a_store_file_with_another_name_is_refused_naming_the_links(tmp_path: Path) -> None:
+    from krepis import SovereignJournal
+
+    store = _store(tmp_path)
+    os.link(store / "data.mdb", tmp_path / "other-name")
+    with pytest.raises(StorageError) as info:
+        SovereignJournal(store)
+    assert str(info.value) == (
+        f"storage at {store}: data.mdb has 2 hard links; a store's files must not be shared with "
+        "other paths (LMDB would write through them). Copy the store instead of linking it")
+    assert info.value.path == str(store)
