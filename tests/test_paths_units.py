@@ -202,3 +202,83 @@ def test_a_store_file_with_another_name_is_refused_naming_the_links(tmp_path: Pa
         f"storage at {store}: data.mdb has 2 hard links; a store's files must not be shared with "
         "other paths (LMDB would write through them). Copy the store instead of linking it")
     assert info.value.path == str(store)
+
+
+# --- the path to the store ----------------------------------------------------------------------
+
+def test_a_link_on_the_way_owned_by_another_user_is_refused_naming_it(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    os.close(open_directory(str(real / "store"), create=True))
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    os.lchown(link, NOBODY, -1)
+    path = str(link / "store")
+    with pytest.raises(StorageError) as info:
+        open_directory(path, create=False)
+    name = pwd.getpwuid(NOBODY).pw_name
+    assert str(info.value) == (
+        f"storage path {path} goes through {link}, a symbolic link owned by uid {NOBODY} ({name}): "
+        "that user could point it at another store, so krepis does not follow it. Use the real path")
+    assert info.value.path == path
+
+
+def _inside_open_directory(tmp_path: Path) -> tuple[Path, Path]:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by everyone, and not sticky
+    store = shared / "store"
+    store.mkdir(mode=0o700)
+    return shared, store
+
+
+def _inside_message(store: Path, where: str) -> str:
+    return (f"storage directory {store} is inside {where} (owner uid 0 (root), mode 0777), which "
+            "users other than you and root can change: they could replace the store directory with "
+            "another, so krepis does not open it. Move the store, or make that directory yours and "
+            "chmod go-w it")
+
+
+@root_only
+def test_a_store_inside_a_directory_others_can_change_is_refused_naming_it(tmp_path: Path) -> None:
+    shared, store = _inside_open_directory(tmp_path)
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=False)
+    assert str(info.value) == _inside_message(store, str(shared))
+    assert info.value.path == str(store)
+
+
+@root_only
+def test_without_proc_the_directory_others_can_change_is_called_a_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc is not mounted the parent's name cannot be read back from its descriptor."""
+    _shared, store = _inside_open_directory(tmp_path)
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists",
+                        lambda p: False if str(p).startswith("/proc/self/fd/") else real_exists(p))
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=False)
+    assert str(info.value) == _inside_message(store, "a parent directory")
+
+
+@root_only
+@pytest.mark.parametrize("owner", ["this user", "root"])
+def test_a_link_on_the_way_owned_by_this_user_or_root_is_followed(owner: str) -> None:
+    """As an ordinary user (in this process, as 'nobody'): a symbolic link this user or root
+    owns cannot be pointed elsewhere by anyone else, so the path may go through it."""
+    base = Path(tempfile.mkdtemp(prefix="krepis-paths-"))  # outside pytest's 0700 root
+    try:
+        base.chmod(0o755)
+        (base / "real").mkdir(mode=0o755)
+        store = base / "real" / "store"
+        store.mkdir(mode=0o700)
+        os.chown(store, NOBODY, NOBODY)
+        link = base / "link"
+        os.symlink(base / "real", link)
+        if owner == "this user":
+            os.lchown(link, NOBODY, NOBODY)
+        with _as_nobody():
+            os.close(open_directory(str(link / "store"), create=False))
+    finally:
+        import shutil
+
+        shutil.rmtree(base)
