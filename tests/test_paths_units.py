@@ -42,9 +42,25 @@ def test_a_directory_owned_by_a_user_with_no_name_is_named_by_number(tmp_path: P
     os.chown(store, uid, -1)
     with pytest.raises(StorageError) as info:
         open_directory(str(store), create=False)
-    message = str(info.value)
-    assert f"{store} is owned by uid {uid}, not by this user (uid 0 (root)):" in message
-    assert f"sudo -u #{uid} krepis …" in message
+    assert str(info.value) == (
+        f"storage directory {store} is owned by uid {uid}, not by this user (uid 0 (root)): its "
+        "owner could replace the store's files (for instance with links to files of yours), so "
+        "krepis does not open it. Run krepis as that user (e.g. sudo "
+        f"-u #{uid} krepis …) or chown the directory")
+    assert info.value.path == str(store)
+
+
+@pytest.mark.parametrize(("mode", "who"), [(0o770, "its group"), (0o707, "other users"),
+                                           (0o777, "other users")])
+def test_a_directory_others_can_write_is_refused_saying_who(tmp_path: Path, mode: int, who: str) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(mode)
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=False)
+    assert str(info.value) == (
+        f"storage directory {store} is writable by {who} (mode {mode:04o}): any of them could "
+        f"replace the store's files, so krepis does not open it; chmod 700 {store}")
     assert info.value.path == str(store)
 
 
@@ -116,15 +132,17 @@ def _as_nobody() -> Iterator[None]:
 
 
 @root_only
-def test_a_directory_this_user_cannot_write_is_not_called_read_only() -> None:
+@pytest.mark.parametrize("owner", ["this user", "root"])
+def test_a_directory_this_user_cannot_write_is_not_called_read_only(owner: str) -> None:
     """Permissions, not the file system: the message says which (in this process, so that the
-    mutation tool sees the code run)."""
+    mutation tool sees the code run). A directory root owns passes the owner check."""
     base = Path(tempfile.mkdtemp(prefix="krepis-paths-"))  # outside pytest's 0700 root
     try:
         base.chmod(0o755)
         store = base / "store"
-        store.mkdir(mode=0o500)
-        os.chown(store, NOBODY, NOBODY)
+        store.mkdir(mode=0o500 if owner == "this user" else 0o755)
+        if owner == "this user":
+            os.chown(store, NOBODY, NOBODY)
         with _as_nobody(), pytest.raises(StorageError) as info:
             open_directory(str(store), create=False)
         assert str(info.value) == f"storage directory {store} is not readable and writable by this user"
