@@ -6,6 +6,7 @@ read-only file system, or permissions) told apart."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import stat
@@ -300,3 +301,46 @@ def test_a_link_on_the_way_owned_by_this_user_or_root_is_followed(owner: str) ->
         import shutil
 
         shutil.rmtree(base)
+
+
+# --- opening the directory ----------------------------------------------------------------------
+
+def test_a_missing_store_is_not_made_without_create(tmp_path: Path) -> None:
+    store = tmp_path / "none"
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=False)
+    assert str(info.value) == f"there is no krepis store at {store}"
+    assert info.value.path == str(store)
+    assert not store.exists()
+
+
+def test_a_store_directory_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    store = tmp_path / "file" / "store"
+    with pytest.raises(StorageError) as info:
+        open_directory(str(store), create=True)
+    assert str(info.value) == f"cannot create storage directory {store}: Not a directory"
+    assert info.value.path == str(store)
+
+
+def test_a_path_swapped_for_a_file_after_the_check_is_not_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory is opened as a directory only: a file put in its place between the check
+    and the open is refused, naming the path (not an error from deeper in the checks)."""
+    path = tmp_path / "swapped"
+    path.write_bytes(b"")
+    path.chmod(0o600)
+    monkeypatch.setattr(os.path, "isdir", lambda p: True)  # the check saw a directory
+    with pytest.raises(StorageError) as info:
+        open_directory(str(path), create=False)
+    assert str(info.value) == f"cannot open storage directory {path}: Not a directory"
+    assert info.value.path == str(path)
+
+
+def test_the_pinned_directory_is_not_inherited_by_programs_this_process_runs(tmp_path: Path) -> None:
+    fd = open_directory(str(tmp_path / "store"), create=True)
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)

@@ -60,6 +60,8 @@ def test_store_on_a_read_only_file_system_says_so(tmp_path: Path) -> None:
         for create in (False, True):
             with pytest.raises(StorageError, match="read-only file system") as info:
                 SovereignJournal(store, create=create)
+            assert str(info.value) == (f"storage directory {store} is on a read-only file system; "
+                                       "krepis needs to write its lock file even to read")
             assert info.value.path == str(store)
         proc = subprocess.run([sys.executable, "-m", "krepis", "stats", "--storage", str(store)],
                               capture_output=True, text=True, timeout=60)
