@@ -390,3 +390,15 @@ def test_the_new_data_mdb_that_cannot_be_flushed_is_named(tmp_path: Path,
     monkeypatch.undo()
     assert _digest(store) == digest and not (store / ".migrate").exists()
     assert migrate(store).entries == 6
+
+
+def test_a_store_past_lmdbs_default_map_size_migrates(tmp_path: Path) -> None:
+    """The scratch environment that sorts the format-1 keys by sequence holds every key (here
+    36,000 of some 290 bytes: more than py-lmdb's default map of 10 MiB); its map is 1 TiB."""
+    store = tmp_path / "store"
+    logs = [TransactionLog(100 + i, "op", f"{i:06}" + "q" * 250, LogStatus.Completed) for i in range(36_000)]
+    write_lmdb_store(store, logs, {"op": 36_000})
+    result = migrate(store)
+    assert (result.entries, result.counters) == (36_000, 1)
+    with SovereignJournal(store) as journal:
+        assert journal.entry(35_999).request_id == "035999" + "q" * 250
