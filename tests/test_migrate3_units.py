@@ -216,10 +216,24 @@ def test_a_malformed_sequence_or_tree_record_stops_the_replay(tmp_path: Path, pa
 def test_a_tree_record_that_does_not_match_the_sequence_is_malformed(tmp_path: Path) -> None:
     """A tree record of its header alone (an empty tree's) where the sequence says 20 entries:
     the frontier must hold one hash per bit set in the tree's size. (It ended in an IndexError
-    from inside the replay.)"""
+    from inside the replay.) The message is the one an open of a format-4 store gives."""
     store = _copy("format3-crashed", tmp_path)
     _edit(store, _TREE, lambda m: b"\x10\x00\x00\x00" + m[2] + b"tree")
-    _refused(store, f"storage at {store}: malformed sequence or tree record")
+    _refused(store, f"storage at {store}: the Merkle tree record (0 subtrees) does not match the sequence "
+             "(20 entries since seq 0)")
+
+
+@pytest.mark.parametrize(("first", "size", "says"), [(21, 48, "(1 subtrees)"), (0, 79, "(2 subtrees)")],
+                         ids=["first seq past the sequence", "a partial hash"])
+def test_a_tree_record_that_cannot_be_a_tree_is_refused(tmp_path: Path, first: int, size: int,
+                                                        says: str) -> None:
+    """The tree's first sequence number past the sequence (20; its one hash is what -1 would have),
+    or a frontier of two hashes, the second cut short (two, as 20 needs): refused as not matching."""
+    store = _copy("format3-crashed", tmp_path)
+    _edit(store, _TREE + b"(.{8})",
+          lambda m: struct.pack("<H", size) + b"\x00\x00" + m[2] + b"tree" + struct.pack("<Q", first))
+    with pytest.raises(CorruptStorageError, match=re.escape(says) + " does not match the sequence"):
+        migrate(store)
 
 
 def test_a_16_byte_tree_record_is_well_formed_for_an_empty_tree(tmp_path: Path) -> None:
