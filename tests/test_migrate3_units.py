@@ -11,7 +11,6 @@ import re
 import shutil
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,29 +129,49 @@ def test_an_old_log_that_is_a_link_is_refused(tmp_path: Path) -> None:
     assert _files(store) == before and os.path.islink(store / "commit.log")
 
 
-@pytest.fixture
-def fd0_closed() -> Iterator[None]:
-    """Descriptor 0 closed, so the next file opened gets it; restored afterwards."""
+def test_an_old_log_opened_as_descriptor_0_is_read_and_closed(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Descriptor 0 freed just before the old log is opened, so the log gets it: it is still a
+    log (the store whose writer died is recovered on a copy, which replaces data.mdb), and it is
+    closed at the end."""
+    store = _copy("format3-crashed", tmp_path)
+    inode = (store / "data.mdb").stat().st_ino
     try:
-        saved = os.dup(0)
-    except OSError:
-        saved = -1
-    if saved >= 0:
-        os.close(0)
+        saved: int | None = os.dup(0)
+    except OSError:  # (no standard input: something else must hold 0 until the log is opened)
+        saved = None
+        assert os.open(os.devnull, os.O_RDONLY) == 0
+    real = os.open
+    freed: list[int] = []
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == "commit.log" and not freed:
+            os.close(0)
+            freed.append(0)
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
     try:
-        yield
+        result = migrate(store)
+        try:
+            os.fstat(0)
+            still_open = True
+        except OSError:
+            still_open = False
     finally:
-        if saved >= 0:
+        monkeypatch.undo()
+        if saved is not None:
             os.dup2(saved, 0)
             os.close(saved)
-
-
-def test_an_old_log_opened_as_descriptor_0_is_read_and_closed(tmp_path: Path, fd0_closed: None) -> None:
-    store = _copy("format3-crashed", tmp_path)
-    assert migrate(store).entries == 60  # the 40 commits after the checkpoint were applied
-    with pytest.raises(OSError) as info:
-        os.fstat(0)  # closed again
-    assert info.value.errno == errno.EBADF
+        else:
+            try:
+                os.close(0)
+            except OSError:
+                pass
+    assert freed == [0]
+    assert result.entries == 60
+    assert (store / "data.mdb").stat().st_ino != inode  # recovered on a copy, not converted in place
+    assert not still_open
 
 
 # --- refusals -----------------------------------------------------------------------------------
