@@ -175,7 +175,9 @@ def _replay(env: lmdb.Environment, path: str, slot: Any, pending: list[tuple[int
 
 
 def _apply(shim: Shared, txn: Any, requests: list[tuple[list[tuple[Any, bytes]], list[bytes]]]) -> bool:
-    """One format-3 commit; ``False`` when a counter would pass 2**64-1 (it never committed)."""
+    """One format-3 commit; ``False`` when a counter would pass 2**64-1 (it never committed).
+    A sequence or tree record that is missing or of the wrong size, or a frontier that does not
+    match the tree's size, is a :class:`CorruptStorageError` naming the store."""
     meta, stats = shim.meta, shim.dbs[b"stats"]
     raw_seq, raw_tree = txn.get(b"seq", db=meta), txn.get(b"tree", db=meta)
     if raw_seq is None or raw_tree is None or len(raw_seq) != 8 or len(raw_tree) < 16:
@@ -183,6 +185,11 @@ def _apply(shim: Shared, txn: Any, requests: list[tuple[list[tuple[Any, bytes]],
     seq = _U64.unpack(raw_seq)[0]
     first_seq, epoch = _TREE_HDR.unpack_from(raw_tree)
     frontier = [raw_tree[i:i + 32] for i in range(16, len(raw_tree), 32)]
+    size = seq - first_seq  # (the frontier: one hash per bit set in the tree's size, as _state.read_tree)
+    if size < 0 or (len(raw_tree) - 16) % 32 or len(frontier) != bin(size).count("1"):
+        raise CorruptStorageError(
+            f"storage at {shim.path}: the Merkle tree record ({len(frontier)} subtrees) does not match the "
+            f"sequence ({size} entries since seq {first_seq})", shim.path)
     values: dict[bytes, int] = {}
     for _entries, names in requests:
         for name in names:
