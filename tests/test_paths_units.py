@@ -344,3 +344,15 @@ def test_the_pinned_directory_is_not_inherited_by_programs_this_process_runs(tmp
         assert stat.S_ISDIR(os.fstat(fd).st_mode)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    ("/tmp/a\ud800b", "contains characters that cannot be a file name (lone surrogates)"),
+    ("/tmp/a\0b", "contains a NUL character"),
+])
+def test_a_path_no_file_can_have_is_refused_before_anything_is_touched(path: str, why: str) -> None:
+    from krepis import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        open_directory(path, create=True)
+    assert str(info.value) == f"storage path {path!r} {why}"
