@@ -101,8 +101,8 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                              "test_paths_units.py", "test_safety_api.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
     # taking a store offline: restore, migrate and compact, and its own unit tests
-    "storage/lmdb/_offline": (["test_offline_units.py", "test_backup_units.py", "test_backup.py",
-                               "test_compact.py", "test_migrate.py", "test_migrate_format3.py"],
+    "storage/lmdb/_offline": (["test_offline_units.py", "test_backup_units.py", "test_compact.py",
+                               "test_migrate_units.py", "test_migrate3_units.py"],
                               _NO_PG + " and not deno and not bench and not killed_at_random_points "
                               "and not compaction_killed_at_every_step"),
     "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
