@@ -100,6 +100,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                              "test_archive_files_units.py", "test_backup_units.py", "test_backup.py",
                              "test_paths_units.py", "test_safety_api.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the adapter's shared helpers: their unit tests, and the damage and query tests that reach
+    # them through a store
+    "storage/lmdb/_layout": (["test_lmdb_layout_units.py", "test_lmdb_damage.py", "test_bad_storage.py",
+                              "test_storage_lmdb.py"],
+                             _NO_PG + " and not deno and not bench and not interval_torn"),
     # taking a store offline: restore, migrate and compact, and its own unit tests
     "storage/lmdb/_offline": (["test_offline_units.py", "test_backup_units.py", "test_compact.py",
                                "test_migrate_units.py", "test_migrate3_units.py"],
