@@ -186,3 +186,72 @@ def test_a_lock_table_that_cannot_be_opened_is_named() -> None:
         import shutil
 
         shutil.rmtree(base)
+
+
+@contextlib.contextmanager
+def _descriptor_0_free() -> Iterator[None]:
+    """Descriptor 0 closed (as in a daemon started without stdin), restored afterwards."""
+    saved = os.dup(0)
+    os.close(0)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+def test_a_directory_pinned_as_descriptor_0_is_released(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store")
+    with _descriptor_0_free():
+        with Offline(str(store), create=False, command=COMMAND) as off:
+            assert off.dir_fd == 0
+            assert _directory_locked(store)
+        assert not _directory_locked(store)
+
+
+def test_a_lock_table_opened_as_descriptor_0_is_locked_rebuilt_and_released(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path / "store")
+    real_open = os.open
+
+    def open_(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if path == "lock.mdb":
+            os.close(0)  # freed just before lock.mdb is opened: it gets descriptor 0
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    saved = os.dup(0)
+    try:
+        for rebuild in (False, True):
+            monkeypatch.setattr(os, "open", open_)
+            with Offline(str(store), create=False, command=COMMAND) as off:
+                monkeypatch.undo()
+                assert os.readlink("/proc/self/fd/0") == str(store / "lock.mdb")
+                assert _exclusively_locked(store / "lock.mdb")
+                if rebuild:
+                    off.rebuild_lock_table()
+                    assert not _exclusively_locked(store / "lock.mdb")
+            assert not _exclusively_locked(store / "lock.mdb")
+            assert not _directory_locked(store)
+            os.dup2(saved, 0)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+def test_closing_again_closes_no_descriptor_it_does_not_own(tmp_path: Path) -> None:
+    """After close() (or a rebuild, which closes the lock table), the numbers it held may be
+    reused by anything in the process: a second close() must not close them."""
+    store = make_store(tmp_path / "store")
+    for rebuild in (False, True):
+        off = Offline(str(store), create=False, command=COMMAND)
+        if rebuild:
+            off.rebuild_lock_table()
+        off.close()
+        reused = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]  # take the freed numbers
+        try:
+            off.close()
+            for fd in [0, 1, 2, *reused]:
+                os.fstat(fd)  # still open
+        finally:
+            for fd in reused:
+                os.close(fd)
