@@ -242,15 +242,22 @@ def test_closing_again_closes_no_descriptor_it_does_not_own(tmp_path: Path) -> N
     """After close() (or a rebuild, which closes the lock table), the numbers it held may be
     reused by anything in the process: a second close() must not close them."""
     store = make_store(tmp_path / "store")
+
+    def standard() -> list[tuple[int, int]]:
+        return [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (0, 1, 2)]
+
+    before = standard()
     for rebuild in (False, True):
         off = Offline(str(store), create=False, command=COMMAND)
         if rebuild:
             off.rebuild_lock_table()
         off.close()
+        assert standard() == before
         reused = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]  # take the freed numbers
         try:
             off.close()
-            for fd in [0, 1, 2, *reused]:
+            assert standard() == before
+            for fd in reused:
                 os.fstat(fd)  # still open
         finally:
             for fd in reused:
