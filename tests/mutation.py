@@ -105,6 +105,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/lmdb/_layout": (["test_lmdb_layout_units.py", "test_lmdb_damage.py", "test_bad_storage.py",
                               "test_storage_lmdb.py"],
                              _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the format-3 commit log, read only by the migration to format 4
+    "storage/lmdb/_legacy_log": (["test_legacy_log_units.py", "test_migrate3_units.py",
+                                  "test_migrate_format3.py"], _NO_PG + " and not killed_at_random_points"),
     # taking a store offline: restore, migrate and compact, and its own unit tests
     "storage/lmdb/_offline": (["test_offline_units.py", "test_backup_units.py", "test_compact.py",
                                "test_migrate_units.py", "test_migrate3_units.py"],

@@ -203,7 +203,8 @@ def test_a_slot_for_a_smaller_page_size_is_read_at_its_own_places(tmp_path: Path
 
 # --- records ---------------------------------------------------------------------------------------
 
-def _chain(made: LogFile, first_txn: int, position: int, payloads: list[bytes]) -> list[tuple[int, int, bytes, int]]:
+def _chain(made: LogFile, first_txn: int, position: int,
+           payloads: list[bytes]) -> list[tuple[int, int, bytes, int]]:
     out = []
     for n, payload in enumerate(payloads):
         rec = record(first_txn + n, position, payload)
