@@ -18,6 +18,7 @@ UNKNOWN_KEY = (NOT_SHOWN + "a query parameter is not one of libpq's connection k
                "connect_timeout, application_name)")
 NO_HOST = (NOT_SHOWN + "no valid host part after the '@'; expected postgresql://user:password@host:port/"
            "dbname?key=value")
+AT_IN_QUERY = NOT_SHOWN + "an '@' in a query value must be percent-encoded (%40)"
 AMBIGUOUS = ("ambiguous PostgreSQL URL (not shown, it may contain a password): it can be read with more "
              "than one host; percent-encode '@' in the password (%40) and in query values")
 
@@ -64,14 +65,17 @@ def test_a_url_of_another_scheme_is_refused() -> None:
     # several hosts, each with or without its port
     ("postgresql://a:1,b:2/db", {"host": "a,b", "port": "1,2", "dbname": "db"}, "postgresql://a:1,b:2/db"),
     ("postgresql://a,b/db", {"host": "a,b", "dbname": "db"}, "postgresql://a:5432,b:5432/db"),
-    ("postgresql://a,b:7/db", {"host": "a,b", "port": ",7", "dbname": "db"}, "postgresql://a:,b:7/db"),
+    # a host without its port is shown with the default port libpq uses for it, never as "a:"
+    ("postgresql://a,b:7/db", {"host": "a,b", "port": ",7", "dbname": "db"}, "postgresql://a:5432,b:7/db"),
+    ("postgresql://a:,b:7/db", {"host": "a,b", "port": ",7", "dbname": "db"}, "postgresql://a:5432,b:7/db"),
+    ("postgresql://a:7,b/db", {"host": "a,b", "port": "7,", "dbname": "db"}, "postgresql://a:7,b:5432/db"),
     ("postgresql://:5433/db", {"port": "5433", "dbname": "db"}, "postgresql://localhost:5433/db"),
     ("postgresql://:5433,:5434/db", {"port": "5433,5434", "dbname": "db"}, "postgresql://localhost:5433/db"),
     # IPv6 in brackets, with a zone, with and without a port
     ("postgresql://[::1]:5/db", {"host": "::1", "port": "5", "dbname": "db"}, "postgresql://[::1]:5/db"),
     ("postgresql://[::1]/db", {"host": "::1", "dbname": "db"}, "postgresql://[::1]:5432/db"),
     ("postgresql://[fe80::1%25eth0]:6,h/db", {"host": "fe80::1%eth0,h", "port": "6,", "dbname": "db"},
-     "postgresql://[fe80::1%eth0]:6,h:/db"),
+     "postgresql://[fe80::1%eth0]:6,h:5432/db"),
     # libpq's keywords in the query, decoded; the longest keyword that fits is read
     ("postgresql://h/db?sslmode=require&application_name=a%20b&hostaddr=1.2.3.4",
      {"host": "h", "dbname": "db", "sslmode": "require", "application_name": "a b", "hostaddr": "1.2.3.4"},
@@ -116,6 +120,11 @@ def test_an_unparsable_url_names_the_likely_fault_and_never_a_part() -> None:
         "postgresql://[::1/db": NO_HOST,
         "postgresql://h/db?sslmode=a&": NO_HOST,
         "postgresql://h/db?=1": NO_HOST,
+        # an '@' in a query value of a URL without user information: said so, not "no host part"
+        "postgresql://h/db?application_name=a@b": AT_IN_QUERY,
+        "postgresql://h?sslmode=require&password=x@y/z": AT_IN_QUERY,
+        "postgresql://h/db?nosuchkey=a@b": UNKNOWN_KEY,
+        "postgresql://h/db?application_name=a@b c@": AT_IN_QUERY,
     }
     for url, message in cases.items():
         assert _refused(url) == message, url
