@@ -122,6 +122,9 @@ def test_the_at_that_ends_the_user_information() -> None:
     assert parse("postgresql://u:p@@h/db").params["password"] == "p@"
     assert parse("postgresql://u:@@h/db").params["password"] == "@"
     assert parse("postgresql://u:p/a?b@h/db").params["password"] == "p/a?b"
+    # an '@' that cannot end it (no ':' before it, a '/' in it) is passed over, not the end of the search
+    assert parse("postgresql://u/x@y:pw@h/db").params == {"user": "u/x@y", "password": "pw", "host": "h",
+                                                         "dbname": "db"}
     # without one, '@', '/' or '?' cannot be in a user name: no reading, so refused
     for url in ("postgresql://u@ser@h/db", "postgresql://u/x@h/db", "postgresql://u?x@h/db"):
         assert _refused(url) == NO_HOST, url
@@ -150,7 +153,8 @@ def test_an_unparsable_url_names_the_likely_fault_and_never_a_part() -> None:
         "postgresql://h/db?application_name=a@b": AT_IN_QUERY,
         "postgresql://h?sslmode=require&password=x@y/z": AT_IN_QUERY,
         "postgresql://h/db?nosuchkey=a@b": UNKNOWN_KEY,
-        "postgresql://[ff00]/db?nosuchkey=a@b": UNKNOWN_KEY,  # read from the first character, not the second
+        "postgresql://[ff00]/db?nosuchkey=a@b": UNKNOWN_KEY,
+        "postgresql://[ff00/db?sslmode=disable": NO_HOST,  # not read from the second character  # read from the first character, not the second
         "postgresql://h/db?application_name=a@b c@": AT_IN_QUERY,
     }
     for url, message in cases.items():
