@@ -106,6 +106,9 @@ def test_a_url_of_another_scheme_is_refused() -> None:
     ("postgresql://h/db?sslmode=require&application_name=a%20b&hostaddr=1.2.3.4",
      {"host": "h", "dbname": "db", "sslmode": "require", "application_name": "a b", "hostaddr": "1.2.3.4"},
      "postgresql://h:5432/db"),
+    # a value may hold '=': the key ends at the first one
+    ("postgresql://h/db?options=-c%20a=b=c", {"host": "h", "dbname": "db", "options": "-c a=b=c"},
+     "postgresql://h:5432/db"),
     ("postgresql://h/db?options=&connect_timeout=3", {"host": "h", "dbname": "db", "options": "",
                                                       "connect_timeout": "3"}, "postgresql://h:5432/db"),
 ])
@@ -183,6 +186,9 @@ def test_passwords_are_scrubbed_from_any_text_longest_first() -> None:
     parse("postgresql://h/db?password=Qw-query%21&sslpassword=Qk-ssl&application_name=Qa-app")
     assert scrub("Qw-query%21 Qw-query! Qk-ssl Qa-app") == "*** *** *** Qa-app"
     assert scrub("nothing here") == "nothing here"
+    # the password of the user information and those of the query, all of them
+    parse("postgresql://u:Qp-userinfo@h/db?sslpassword=Qs-sslpw&password=Qq-querypw")
+    assert scrub("Qp-userinfo Qs-sslpw Qq-querypw") == "*** *** ***"
     # by length, not by letter: the longer secret that holds a shorter one is replaced whole
     parse("postgresql://u:Qy-inner@h/db")
     parse("postgresql://u:AQy-inner-outer@h/db")
