@@ -144,3 +144,16 @@ def test_postgres_a_live_mark_of_an_earlier_log_means_nothing_was_archived(
     assert storage.verify().entries == 10
     _sql(pg_url, "UPDATE krepis_meta SET value = '1:9' WHERE key = 'live'")  # of this log: counts
     assert storage.live_first_seq() == 9
+
+
+def test_postgres_pool_settings(pg_url: str) -> None:
+    """The connection pool: named ``krepis`` (psycopg's log records say so), one connection kept
+    open and at most eight, and a caller waits the URL's connect_timeout plus 5 s for a free
+    one before "no connection within the pool timeout" (10 + 5 by default)."""
+    for url, timeout in ((pg_url, 15.0), (pg_url + "?connect_timeout=3", 8.0)):
+        storage = PostgresStorage(url)
+        try:
+            pool = storage._pool
+            assert (pool.name, pool.min_size, pool.max_size, pool.timeout) == ("krepis", 1, 8, timeout), url
+        finally:
+            storage.close()
