@@ -156,8 +156,8 @@ def test_an_unparsable_url_names_the_likely_fault_and_never_a_part() -> None:
         "postgresql://h/db?application_name=a@b": AT_IN_QUERY,
         "postgresql://h?sslmode=require&password=x@y/z": AT_IN_QUERY,
         "postgresql://h/db?nosuchkey=a@b": UNKNOWN_KEY,
-        "postgresql://[ff00]/db?nosuchkey=a@b": UNKNOWN_KEY,
-        "postgresql://[ff00/db?sslmode=disable": NO_HOST,  # not read from the second character  # read from the first character, not the second
+        "postgresql://[ff00]/db?nosuchkey=a@b": UNKNOWN_KEY,  # read from the first character, not the second
+        "postgresql://[ff00/db?sslmode=disable": NO_HOST,  # not read from the second character
         "postgresql://h/db?application_name=a@b c@": AT_IN_QUERY,
     }
     for url, message in cases.items():
