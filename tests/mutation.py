@@ -119,6 +119,10 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                            "test_gaps_storage.py", "test_safety_secrets.py"],
                           "(postgres or secrets) and not restart and not failover "
                           "and not bench and not cli"),
+    # every PostgreSQL test parses a URL to connect; the parser's rules are pinned by its unit
+    # tests, the password corpus and the redaction of _schema's helpers (no server restarts)
+    "storage/postgres/_url": (["test_postgres_url_units.py", "test_safety_secrets.py",
+                               "test_postgres_schema_units.py"], None),
     "journal/": (["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
                   "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
                   "test_kernel.py", "test_archive.py"], _NO_PG + " and not deno"),

@@ -157,4 +157,6 @@ def test_postgres_migration_without_psycopg_says_what_to_install(monkeypatch: py
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
     with pytest.raises(StorageError) as caught:
         migrate("postgresql://u:pw@h/db")
-    assert str(caught.value) == "a postgresql:// storage needs psycopg (the 'postgres' extra)"
+    assert (str(caught.value), caught.value.path) == (  # as PostgresStorage says it, naming the journal
+        "a postgresql:// storage needs psycopg: pip install 'krepis-journal[postgres]' (or '.[postgres]' "
+        "in a checkout)", "postgresql://u@h:5432/db")

@@ -105,6 +105,32 @@ def test_postgres_a_scan_without_filters_reports_an_entry_of_no_status(
             f"PostgreSQL at {storage.location}: entry 0 is not a valid TransactionLog", storage.location)
 
 
+def test_postgres_a_filtered_time_scan_reports_an_entry_of_no_status(
+        pg_url: str, storage: PostgresStorage) -> None:
+    """A time-ordered scan by request id or op name reads one index range per status, and the
+    ranges of every other status too: an entry whose status is none of the three (damage the
+    schema's CHECK forbids; below, above or no status) is reported naming it, never skipped."""
+    storage.write_batch([WriteRequest([_entry(1, rid="a"), _entry(2, rid="a"), _entry(3, rid="b")], [])])
+    for (name,) in _sql(pg_url, "SELECT conname FROM pg_constraint WHERE contype = 'c' "
+                                "AND conrelid = 'krepis_entries'::regclass"):
+        _sql(pg_url, f"ALTER TABLE krepis_entries DROP CONSTRAINT {name}")
+    _sql(pg_url, "ALTER TABLE krepis_entries ALTER COLUMN status DROP NOT NULL")
+    queries = [Query(request_id="a"), Query(request_id="a", newest_first=False), Query(op_names=("op",)),
+               Query(op_names=("op", "other"), request_id="a"), Query(request_id="a", since=0, until=5)]
+    for status in ("0", "4", "-1", "NULL"):
+        _sql(pg_url, f"UPDATE krepis_entries SET status = {status} WHERE seq = 1")
+        for query in queries:
+            with pytest.raises(CorruptStorageError) as caught:
+                storage.scan(query, after=None, limit=10)
+            assert (str(caught.value), caught.value.path) == (
+                f"PostgreSQL at {storage.location}: entry 1 is not a valid TransactionLog",
+                storage.location), (status, query)
+        # an entry of another request id and of a status asked for is read as before
+        assert [log.seq for log in storage.scan(Query(request_id="b"), after=None, limit=10)] == [2]
+        assert [log.seq for log in storage.scan(Query(request_id="a", statuses=(LogStatus.Completed,)),
+                                                after=None, limit=10)] == [0]
+
+
 def test_postgres_a_live_mark_of_an_earlier_log_means_nothing_was_archived(
         pg_url: str, storage: PostgresStorage) -> None:
     """docs/storage-format.md: the ``live`` row counts only when it is of the current epoch —
@@ -118,3 +144,16 @@ def test_postgres_a_live_mark_of_an_earlier_log_means_nothing_was_archived(
     assert storage.verify().entries == 10
     _sql(pg_url, "UPDATE krepis_meta SET value = '1:9' WHERE key = 'live'")  # of this log: counts
     assert storage.live_first_seq() == 9
+
+
+def test_postgres_pool_settings(pg_url: str) -> None:
+    """The connection pool: named ``krepis`` (psycopg's log records say so), one connection kept
+    open and at most eight, and a caller waits the URL's connect_timeout plus 5 s for a free
+    one before "no connection within the pool timeout" (10 + 5 by default)."""
+    for url, timeout in ((pg_url, 15.0), (pg_url + "?connect_timeout=3", 8.0)):
+        storage = PostgresStorage(url)
+        try:
+            pool = storage._pool
+            assert (pool.name, pool.min_size, pool.max_size, pool.timeout) == ("krepis", 1, 8, timeout), url
+        finally:
+            storage.close()

@@ -6,6 +6,7 @@ remembered password from texts and log records. Pure functions: no server needed
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,31 @@ UNKNOWN_KEY = (NOT_SHOWN + "a query parameter is not one of libpq's connection k
                "connect_timeout, application_name)")
 NO_HOST = (NOT_SHOWN + "no valid host part after the '@'; expected postgresql://user:password@host:port/"
            "dbname?key=value")
+AT_IN_QUERY = NOT_SHOWN + "an '@' in a query value must be percent-encoded (%40)"
 AMBIGUOUS = ("ambiguous PostgreSQL URL (not shown, it may contain a password): it can be read with more "
              "than one host; percent-encode '@' in the password (%40) and in query values")
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_or_filter_yet() -> Iterator[None]:
+    """Each test starts with no remembered secret and no filter on psycopg's loggers (an earlier
+    test, or an earlier run in the same process, must not make its checks pass), and leaves both
+    as it found them."""
+    loggers = [logging.getLogger(name) for name in ("psycopg", "psycopg.pool")]
+    had = [_pgurl._FILTER in logger.filters for logger in loggers]
+    with _pgurl._secrets_lock:
+        saved = set(_pgurl._secrets)
+        _pgurl._secrets.clear()
+    for logger in loggers:
+        logger.removeFilter(_pgurl._FILTER)
+    yield
+    with _pgurl._secrets_lock:
+        _pgurl._secrets.clear()
+        _pgurl._secrets.update(saved)
+    for logger, filtered in zip(loggers, had, strict=True):
+        logger.removeFilter(_pgurl._FILTER)
+        if filtered:
+            logger.addFilter(_pgurl._FILTER)
 
 
 def _refused(url: str) -> str:
@@ -61,20 +85,29 @@ def test_a_url_of_another_scheme_is_refused() -> None:
     ("postgresql://us%40er:p%2Fw%zz@h%41st:5/d%20b", {"user": "us@er", "password": "p/w%zz", "host": "hAst",
                                                       "port": "5", "dbname": "d b"},
      "postgresql://us%40er@hAst:5/d%20b"),
+    # a '/' decoded in a user name, host or database is percent-encoded again when shown
+    ("postgresql://u%2F1@h%2F2/d%2F3", {"user": "u/1", "host": "h/2", "dbname": "d/3"},
+     "postgresql://u%2F1@h%2F2:5432/d%2F3"),
     # several hosts, each with or without its port
     ("postgresql://a:1,b:2/db", {"host": "a,b", "port": "1,2", "dbname": "db"}, "postgresql://a:1,b:2/db"),
     ("postgresql://a,b/db", {"host": "a,b", "dbname": "db"}, "postgresql://a:5432,b:5432/db"),
-    ("postgresql://a,b:7/db", {"host": "a,b", "port": ",7", "dbname": "db"}, "postgresql://a:,b:7/db"),
+    # a host without its port is shown with the default port libpq uses for it, never as "a:"
+    ("postgresql://a,b:7/db", {"host": "a,b", "port": ",7", "dbname": "db"}, "postgresql://a:5432,b:7/db"),
+    ("postgresql://a:,b:7/db", {"host": "a,b", "port": ",7", "dbname": "db"}, "postgresql://a:5432,b:7/db"),
+    ("postgresql://a:7,b/db", {"host": "a,b", "port": "7,", "dbname": "db"}, "postgresql://a:7,b:5432/db"),
     ("postgresql://:5433/db", {"port": "5433", "dbname": "db"}, "postgresql://localhost:5433/db"),
     ("postgresql://:5433,:5434/db", {"port": "5433,5434", "dbname": "db"}, "postgresql://localhost:5433/db"),
     # IPv6 in brackets, with a zone, with and without a port
     ("postgresql://[::1]:5/db", {"host": "::1", "port": "5", "dbname": "db"}, "postgresql://[::1]:5/db"),
     ("postgresql://[::1]/db", {"host": "::1", "dbname": "db"}, "postgresql://[::1]:5432/db"),
     ("postgresql://[fe80::1%25eth0]:6,h/db", {"host": "fe80::1%eth0,h", "port": "6,", "dbname": "db"},
-     "postgresql://[fe80::1%eth0]:6,h:/db"),
+     "postgresql://[fe80::1%eth0]:6,h:5432/db"),
     # libpq's keywords in the query, decoded; the longest keyword that fits is read
     ("postgresql://h/db?sslmode=require&application_name=a%20b&hostaddr=1.2.3.4",
      {"host": "h", "dbname": "db", "sslmode": "require", "application_name": "a b", "hostaddr": "1.2.3.4"},
+     "postgresql://h:5432/db"),
+    # a value may hold '=': the key ends at the first one
+    ("postgresql://h/db?options=-c%20a=b=c", {"host": "h", "dbname": "db", "options": "-c a=b=c"},
      "postgresql://h:5432/db"),
     ("postgresql://h/db?options=&connect_timeout=3", {"host": "h", "dbname": "db", "options": "",
                                                       "connect_timeout": "3"}, "postgresql://h:5432/db"),
@@ -92,6 +125,9 @@ def test_the_at_that_ends_the_user_information() -> None:
     assert parse("postgresql://u:p@@h/db").params["password"] == "p@"
     assert parse("postgresql://u:@@h/db").params["password"] == "@"
     assert parse("postgresql://u:p/a?b@h/db").params["password"] == "p/a?b"
+    # an '@' that cannot end it (no ':' before it, a '/' in it) is passed over, not the end of the search
+    assert parse("postgresql://u/x@y:pw@h/db").params == {"user": "u/x@y", "password": "pw", "host": "h",
+                                                         "dbname": "db"}
     # without one, '@', '/' or '?' cannot be in a user name: no reading, so refused
     for url in ("postgresql://u@ser@h/db", "postgresql://u/x@h/db", "postgresql://u?x@h/db"):
         assert _refused(url) == NO_HOST, url
@@ -116,6 +152,13 @@ def test_an_unparsable_url_names_the_likely_fault_and_never_a_part() -> None:
         "postgresql://[::1/db": NO_HOST,
         "postgresql://h/db?sslmode=a&": NO_HOST,
         "postgresql://h/db?=1": NO_HOST,
+        # an '@' in a query value of a URL without user information: said so, not "no host part"
+        "postgresql://h/db?application_name=a@b": AT_IN_QUERY,
+        "postgresql://h?sslmode=require&password=x@y/z": AT_IN_QUERY,
+        "postgresql://h/db?nosuchkey=a@b": UNKNOWN_KEY,
+        "postgresql://[ff00]/db?nosuchkey=a@b": UNKNOWN_KEY,  # read from the first character, not the second
+        "postgresql://[ff00/db?sslmode=disable": NO_HOST,  # not read from the second character
+        "postgresql://h/db?application_name=a@b c@": AT_IN_QUERY,
     }
     for url, message in cases.items():
         assert _refused(url) == message, url
@@ -143,6 +186,13 @@ def test_passwords_are_scrubbed_from_any_text_longest_first() -> None:
     parse("postgresql://h/db?password=Qw-query%21&sslpassword=Qk-ssl&application_name=Qa-app")
     assert scrub("Qw-query%21 Qw-query! Qk-ssl Qa-app") == "*** *** *** Qa-app"
     assert scrub("nothing here") == "nothing here"
+    # the password of the user information and those of the query, all of them
+    parse("postgresql://u:Qp-userinfo@h/db?sslpassword=Qs-sslpw&password=Qq-querypw")
+    assert scrub("Qp-userinfo Qs-sslpw Qq-querypw") == "*** *** ***"
+    # by length, not by letter: the longer secret that holds a shorter one is replaced whole
+    parse("postgresql://u:Qy-inner@h/db")
+    parse("postgresql://u:AQy-inner-outer@h/db")
+    assert scrub("[AQy-inner-outer] [Qy-inner]") == "[***] [***]"
 
 
 def test_a_secret_shorter_than_three_characters_is_not_scrubbed() -> None:
@@ -169,6 +219,9 @@ def test_a_refused_url_remembers_no_secret() -> None:
     ({"host": "a,b", "port": "5,6"}, "postgresql://a:5,b:6/"),
     ({"host": "::1,h/x", "port": "1,"}, "postgresql://[::1]:1,h%2Fx/"),
     ({"port": "7"}, "postgresql://:7/"),
+    # a '/' in any part is percent-encoded too (quote() would keep it by default)
+    ({"user": "u/1", "password": "p/2", "host": "h/3", "dbname": "d/4", "options": "o/5"},
+     "postgresql://u%2F1:p%2F2@h%2F3/d%2F4?options=o%2F5"),
 ])
 def test_build_percent_encodes_every_part(params: dict[str, str], url: str) -> None:
     before = dict(params)

@@ -37,13 +37,14 @@ def _bad(where: str, what: str) -> CorruptStorageError:
 
 
 def migrate_postgres(url: str, progress: Progress | None) -> MigrationResult:
-    try:
-        import psycopg
-    except ImportError as exc:  # pragma: no cover - the postgres extra is missing
-        raise StorageError("a postgresql:// storage needs psycopg (the 'postgres' extra)") from exc
     from ._schema import _LOCK_ID, FORMAT_VERSION, SCHEMA, _first_line, _params, redact
 
     where = redact(url)
+    try:
+        import psycopg
+    except ImportError as exc:  # the postgres extra is missing: said as the storage says it
+        raise StorageError("a postgresql:// storage needs psycopg: pip install "
+                           "'krepis-journal[postgres]' (or '.[postgres]' in a checkout)", where) from exc
     try:
         conn = psycopg.connect(**_params(url))
     except psycopg.Error as exc:

@@ -9,7 +9,8 @@ Guarantees (tested with a corpus of passwords in ``tests/test_safety_secrets.py`
   (a password like ``x@y/z?sslmode=disable``), the URL is refused as ambiguous rather than
   guessed, so no part of a password is ever taken for a host name and sent to DNS.
 * The connection goes to libpq as keyword parameters, not as a URL.
-* :func:`redact` gives ``postgresql://user@host:port/dbname`` — no password, no query.
+* :func:`redact` gives ``postgresql://user@host:port/dbname`` — no password, no query; a host
+  given without a port is shown with libpq's default, 5432.
 * Every password (and ``password=``/``sslpassword=`` query value) parsed in this process is
   remembered, and :func:`scrub` removes each from any text: krepis passes every message that
   comes from libpq or psycopg through it, and a logging filter does the same for psycopg's log
@@ -61,8 +62,12 @@ def _rest_any_key() -> re.Pattern[str]:
 
 
 def _refuse_unparsable(rest: str, starts: list[int]) -> UrlError:
-    """The error for a URL no reading of which parses; it names the likely fault, never a part."""
-    if any(_rest_any_key().match(rest, start) for start in starts):
+    """The error for a URL no reading of which parses; it names the likely fault, never a part.
+    ``starts``: where a host part may begin after an ``@`` that can end the user information."""
+    if _rest().match(rest):  # it parses without user information: its '@' are in query values
+        return UrlError("invalid PostgreSQL URL (not shown, it may contain a password): an '@' in "
+                        "a query value must be percent-encoded (%40)")
+    if any(_rest_any_key().match(rest, start) for start in (0, *starts)):
         return UrlError("invalid PostgreSQL URL (not shown, it may contain a password): a query "
                         "parameter is not one of libpq's connection keywords (such as sslmode, "
                         "connect_timeout, application_name)")
@@ -188,7 +193,7 @@ def parse(url: str) -> ParsedUrl:
 
 def _redacted(params: dict[str, str]) -> str:
     hosts = (params.get("host") or "localhost").split(",")
-    ports = (params.get("port") or "5432").split(",")
+    ports = [port or "5432" for port in (params.get("port") or "").split(",")]  # "" is the default
     if len(ports) != len(hosts):
         ports = [ports[0]] * len(hosts)
     shown = ",".join(f"[{h}]:{p}" if ":" in h else f"{quote(h, safe='')}:{p}"
