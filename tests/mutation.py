@@ -75,6 +75,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # tests of test_archive_writer_units.py check at each step (on_step)
     "archive/": (["test_archive*.py", "test_gaps_archive.py", "test_backup_archive.py"],
                  _NO_PG + " and not sigkill_during_archive"),
+    # the archive writer's own tests and those of its guarantees (durability, safety, damage, the
+    # format-1 upgrade); the readers', copy's and CLI's tests of "archive/" add minutes per survivor
+    "archive/_writer": (["test_archive_writer*_units.py", "test_archive.py", "test_gaps_archive.py",
+                         "test_archive_format.py", "test_archive_safety.py", "test_archive_durability.py",
+                         "test_archive_damage.py"], _NO_PG),
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
