@@ -92,3 +92,28 @@ def test_a_damaged_format_1_index_is_refused(format1: tuple[Path, Path, list[Tra
         assert journal.live_first_seq() == 0
     with pytest.raises(CorruptStorageError, match=f"{seg.name} does not match its checksum"):
         ArchiveReader(arch, 0, 0).bundle_data(1)
+
+
+def test_the_upgrade_keeps_a_segment_the_reader_already_reads_by_its_index_checksum(
+        format1: tuple[Path, Path, list[TransactionLog]]) -> None:
+    """The reader takes a segment of a format-1 manifest that records an index checksum by that
+    checksum, as in format 2 (its whole-file checksum is then not read); the upgrade does the
+    same: it keeps that segment's index checksum and does not refuse the archive over a
+    whole-file checksum nothing reads — the run that upgrades succeeds wherever the archive
+    reads, and every bundle is still checked against the store's tree."""
+    store, arch, _logs = format1
+    data = json.loads((arch / MANIFEST).read_bytes())
+    seg = data["logs"][0]["segments"][0]
+    file = (arch / seg["file"]).read_bytes()
+    offset, length = index_of(file)
+    seg["index_sha256"] = hashlib.sha256(file[offset:offset + length]).hexdigest()
+    seg["sha256"] = "f" * 64  # not the file's: only a format-1 segment is checked against it
+    (arch / MANIFEST).write_text(json.dumps(data))
+    with SovereignJournal(store) as journal:
+        everything = journal.query(order="append", newest_first=False)
+        assert journal.archive(arch, keep_last=10**6).completed_previous
+        assert journal.archive(arch, keep_last=0).bundles == 1
+        upgraded = json.loads((arch / MANIFEST).read_bytes())
+        assert upgraded["version"] == 2
+        assert upgraded["logs"][0]["segments"][0]["index_sha256"] == seg["index_sha256"]
+        assert journal.query(archive=arch, order="append", newest_first=False) == everything
