@@ -95,6 +95,13 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # mutants: hours on a small machine. These are the tests of the tail itself, of other
     # processes' records (the multi-process and commit-log suites) and of the store's guarantees.
     "storage/lmdb/_catchup": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the store's files: every open calls them, so the package's selection (about 490 tests,
+    # five minutes per survivor) runs for each survivor; these are the tests of the files' own
+    # checks and of their guarantees (links, trust, truncation, one writer, other processes)
+    "storage/lmdb/_files": (["test_files_units.py", "test_safety_files.py", "test_safety_writers.py",
+                             "test_bad_storage.py", "test_lmdb_damage.py", "test_concurrency.py",
+                             "test_storage_lmdb.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
