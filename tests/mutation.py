@@ -79,7 +79,7 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # format-1 upgrade); the readers', copy's and CLI's tests of "archive/" add minutes per survivor
     "archive/_writer": (["test_archive_writer*_units.py", "test_archive.py", "test_gaps_archive.py",
                          "test_archive_format.py", "test_archive_safety.py", "test_archive_durability.py",
-                         "test_archive_damage.py"], _NO_PG),
+                         "test_archive_damage.py"], _NO_PG + " and not sigkill_during_archive"),
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
