@@ -94,7 +94,7 @@ def test_a_damaged_format_1_index_is_refused(format1: tuple[Path, Path, list[Tra
         ArchiveReader(arch, 0, 0).bundle_data(1)
 
 
-def test_the_upgrade_keeps_a_segment_the_reader_already_reads_by_its_index_checksum(
+def test_a_format_1_segment_recording_an_index_checksum_keeps_it_in_format_2(
         format1: tuple[Path, Path, list[TransactionLog]]) -> None:
     """The reader takes a segment of a format-1 manifest that records an index checksum by that
     checksum, as in format 2 (its whole-file checksum is then not read); the upgrade does the
