@@ -233,11 +233,12 @@ def test_a_file_swapped_for_a_link_between_the_check_and_the_open_is_refused(
 
 
 
-def test_a_data_mdb_swapped_for_a_symlink_between_the_check_and_the_open_is_not_followed(
-        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The open of ``data.mdb`` itself refuses a symbolic link (``O_NOFOLLOW``): a link put there
-    after the entry was checked, to a private regular file of one link that would pass every
-    check of the opened descriptor, is never opened."""
+@pytest.mark.parametrize("name", ["data.mdb", "lock.mdb"])
+def test_a_file_swapped_for_a_symlink_between_the_check_and_the_open_is_not_followed(
+        store: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The open of ``data.mdb`` or ``lock.mdb`` itself refuses a symbolic link (``O_NOFOLLOW``): a
+    link put there after the entry was checked, to a private regular file of one link that would
+    pass every check of the opened descriptor, is never opened."""
     files = _files_of(store)
     files.close()
     target = store.parent / "elsewhere.mdb"
@@ -246,15 +247,15 @@ def test_a_data_mdb_swapped_for_a_symlink_between_the_check_and_the_open_is_not_
     real = os.open
 
     def swapping(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if path == "data.mdb" and not flags & os.O_CREAT and not (store / "data.mdb").is_symlink():
-            os.unlink(store / "data.mdb")
-            os.symlink(target, store / "data.mdb")
+        if path == name and not flags & os.O_CREAT and not (store / name).is_symlink():
+            os.unlink(store / name)
+            os.symlink(target, store / name)
         return real(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", swapping)
     with pytest.raises(StorageError) as info:
         _files_of(store, create=False)
-    assert str(info.value) == f"cannot open {store}/data.mdb: {os.strerror(errno.ELOOP)}"
+    assert str(info.value) == f"cannot open {store}/{name}: {os.strerror(errno.ELOOP)}"
     assert info.value.path == str(store)
 
 # -- data.mdb's length against its meta pages ----------------------------------------------------
