@@ -168,6 +168,7 @@ def test_a_format_1_archive_grown_by_several_segments_in_one_run(
         assert (report.bundles, report.segments) == (4, 4)
         data = json.loads((arch / MANIFEST).read_bytes())
         assert data["version"] == 2 and len(data["logs"][0]["segments"]) == 6
+        assert sorted(data) == ["checksum", "dictionaries", "format", "logs", "store", "version"]
         for seg in data["logs"][0]["segments"]:
             file = (arch / seg["file"]).read_bytes()
             offset, length = index_of(file)
