@@ -415,6 +415,39 @@ def test_a_crashed_run_is_completed_only_if_the_store_still_holds_what_the_archi
         assert journal.live_first_seq() == 256
 
 
+def test_completing_a_crashed_run_of_a_log_not_beginning_at_seq_0_checks_its_bundles(
+        tmp_path: Path) -> None:
+    """The bundles the completion checks are counted from the log's first seq: in a log that
+    begins at seq 300 (after ``clear_all``), a store entry changed behind the archive's back in
+    a bundle the crashed run archived is still found, and nothing is removed."""
+    import rawlmdb
+    from krepis.storage._codec import encode_value
+
+    arch = tmp_path / "cold"
+    journal, _logs = store_of(tmp_path, 300)
+    with journal:
+        journal.clear_all()
+        first = journal.tree_head().first_seq
+        assert first == 300
+        fill_fast(journal, realistic(3 * 256, seed=2))
+        logs = journal.query(order="append", newest_first=False)
+        run(journal._live(), arch, keep_last=2 * 256)
+        with pytest.raises(KeyboardInterrupt):
+            run(journal._live(), arch, keep_last=0, on_step=crash_after("manifest"))
+        assert journal.live_first_seq() == first + 256
+    at = first + 600
+    old = next(x for x in logs if x.seq == at)
+    forged = TransactionLog(old.timestamp, old.op_name, "forged", LogStatus.Completed)
+    rawlmdb.edit(tmp_path / "s", lambda txn, db: txn.put(at.to_bytes(8, "big"), encode_value(forged, 0),
+                                                          db=db(b"entries")))
+    with SovereignJournal(tmp_path / "s") as journal:
+        with pytest.raises(CorruptStorageError) as info:
+            journal.archive(arch, keep_last=0)
+        seg = arch / "log000001-000000000001.kseg"
+        assert str(info.value) == (f"archive segment {seg}: bundle 2 does not hold the store's entries "
+                                   f"{first + 512}…: nothing was removed from the store")
+        assert journal.live_first_seq() == first + 256
+
 def test_a_manifest_replaced_before_the_read_back_removes_nothing(tmp_path: Path) -> None:
     arch = tmp_path / "cold"
     journal, _logs = store_of(tmp_path, 3 * 256)
