@@ -797,6 +797,26 @@ def test_a_format_1_segment_not_matching_its_checksum_stops_its_conversion(built
     assert {n: v for n, v in files(arch).items() if not n.startswith("log000001-000000000003")} == before
 
 
+def test_a_run_with_nothing_due_reads_no_dictionary(built: Built, tmp_path: Path) -> None:
+    """The dictionary is read (and checked) only by a run that writes a segment: with nothing
+    due — the archive already holding every whole bundle, or the store keeping more — a damaged
+    dictionary file is not touched and the run reports nothing moved; the next run that writes
+    refuses it, naming the file."""
+    store, arch = built.copy(tmp_path)
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=0).bundles == 3  # every whole bundle archived
+        dictionary = arch / built.dictionary
+        dictionary.write_bytes(dictionary.read_bytes()[:-1] + b"\x00")
+        before = files(arch)
+        assert journal.archive(arch, keep_last=0).bundles == 0  # (bundle == target)
+        assert journal.archive(arch, keep_last=10**6).bundles == 0  # (target below it)
+        assert files(arch) == before
+        fill_fast(journal, realistic(256, seed=3, start=2 * 10**12))
+        with pytest.raises(CorruptStorageError) as info:
+            journal.archive(arch, keep_last=0)
+        assert str(info.value) == f"archive file {dictionary} does not match its checksum"
+
+
 def test_reading_the_archive_with_the_reader(built: Built, tmp_path: Path) -> None:
     """(The reader sees what a run wrote: its own checks of the files pass.)"""
     store, arch = built.copy(tmp_path)
