@@ -817,6 +817,18 @@ def test_a_run_with_nothing_due_reads_no_dictionary(built: Built, tmp_path: Path
         assert str(info.value) == f"archive file {dictionary} does not match its checksum"
 
 
+def test_a_run_on_a_format_2_archive_does_not_read_its_old_segments_again(built: Built,
+                                                                         tmp_path: Path) -> None:
+    """Only a format-1 archive has its old segments read when more is written (to give each its
+    index checksum): in format 2 a run reads the manifest, the dictionary and what it writes,
+    never every old segment — their whole-file checksums are verify's to check."""
+    store, arch = built.copy(tmp_path)
+    edit_manifest(arch, lambda m: m["logs"][0]["segments"][0].update(sha256="0" * 64))
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=0).bundles == 3
+    assert manifest_of(arch)["logs"][0]["segments"][0]["sha256"] == "0" * 64
+
+
 def test_reading_the_archive_with_the_reader(built: Built, tmp_path: Path) -> None:
     """(The reader sees what a run wrote: its own checks of the files pass.)"""
     store, arch = built.copy(tmp_path)
