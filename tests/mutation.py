@@ -77,6 +77,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # tests of test_archive_writer_units.py check at each step (on_step)
     "archive/": (["test_archive*.py", "test_gaps_archive.py", "test_backup_archive.py"],
                  _NO_PG + " and not sigkill_during_archive"),
+    # the archive writer's own tests and those of its guarantees (durability, safety, damage, the
+    # format-1 upgrade); the readers', copy's and CLI's tests of "archive/" add minutes per survivor
+    "archive/_writer": (["test_archive_writer*_units.py", "test_archive.py", "test_gaps_archive.py",
+                         "test_archive_format.py", "test_archive_safety.py", "test_archive_durability.py",
+                         "test_archive_damage.py"], _NO_PG + " and not sigkill_during_archive"),
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
@@ -92,6 +97,13 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # mutants: hours on a small machine. These are the tests of the tail itself, of other
     # processes' records (the multi-process and commit-log suites) and of the store's guarantees.
     "storage/lmdb/_catchup": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the store's files: every open calls them, so the package's selection (about 490 tests,
+    # five minutes per survivor) runs for each survivor; these are the tests of the files' own
+    # checks and of their guarantees (links, trust, truncation, one writer, other processes)
+    "storage/lmdb/_files": (["test_files_units.py", "test_safety_files.py", "test_safety_writers.py",
+                             "test_bad_storage.py", "test_lmdb_damage.py", "test_concurrency.py",
+                             "test_storage_lmdb.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
     # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
     # store directories and files, and the archive's and backup's, which share these checks

@@ -92,3 +92,86 @@ def test_a_damaged_format_1_index_is_refused(format1: tuple[Path, Path, list[Tra
         assert journal.live_first_seq() == 0
     with pytest.raises(CorruptStorageError, match=f"{seg.name} does not match its checksum"):
         ArchiveReader(arch, 0, 0).bundle_data(1)
+
+
+
+def _completed(store: Path, arch: Path) -> None:
+    """The format-1 run the fixture stands for completed: the archived entries leave the store,
+    the manifest stays format 1."""
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=10**6).completed_previous
+    assert json.loads((arch / MANIFEST).read_bytes())["version"] == 1
+
+
+def test_an_index_checksum_in_a_format_1_manifest_is_computed_again_when_made_format_2(
+        format1: tuple[Path, Path, list[TransactionLog]]) -> None:
+    """Format 1 has no index checksum: one found in a format-1 manifest (written by hand) is not
+    carried into format 2 — the segment is checked against its whole-file sha256 and its index
+    checksum computed from the file, as docs/archive.md says of every old segment."""
+    store, arch, _logs = format1
+    _completed(store, arch)
+    data = json.loads((arch / MANIFEST).read_bytes())
+    seg = data["logs"][0]["segments"][0]
+    seg["index_sha256"] = "0" * 64
+    (arch / MANIFEST).write_text(json.dumps(data))
+    file = (arch / seg["file"]).read_bytes()
+    offset, length = index_of(file)
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=0).bundles == 1
+        made = json.loads((arch / MANIFEST).read_bytes())
+        assert made["version"] == 2
+        assert made["logs"][0]["segments"][0]["index_sha256"] == \
+            hashlib.sha256(file[offset:offset + length]).hexdigest()
+        assert [x.seq for x in journal.query(archive=arch, order="append", newest_first=False)] == \
+            list(range(journal.next_seq()))
+        assert journal.verify_archive(arch).bundles == 4
+
+
+def test_a_format_1_segment_is_checked_against_its_sha256_even_with_an_index_checksum(
+        format1: tuple[Path, Path, list[TransactionLog]]) -> None:
+    """An old segment that does not match its whole-file sha256 stops the run that would make the
+    archive format 2, naming the file, even when the manifest names an index checksum that
+    matches: nothing written, nothing removed from the store."""
+    store, arch, _logs = format1
+    _completed(store, arch)
+    data = json.loads((arch / MANIFEST).read_bytes())
+    seg = data["logs"][0]["segments"][0]
+    file = (arch / seg["file"]).read_bytes()
+    offset, length = index_of(file)
+    seg["index_sha256"] = hashlib.sha256(file[offset:offset + length]).hexdigest()
+    seg["sha256"] = "f" * 64
+    (arch / MANIFEST).write_text(json.dumps(data))
+    before = {p.name: p.read_bytes() for p in arch.iterdir()}
+    with SovereignJournal(store) as journal:
+        live = journal.live_first_seq()
+        with pytest.raises(CorruptStorageError) as info:
+            journal.archive(arch, keep_last=0)
+        assert str(info.value) == f"archive file {arch / seg['file']} does not match its checksum"
+        assert info.value.path == str(arch / seg["file"])
+        assert journal.live_first_seq() == live
+    assert {p.name: p.read_bytes() for p in arch.iterdir()} == before
+
+
+def test_a_format_1_archive_grown_by_several_segments_in_one_run(
+        format1: tuple[Path, Path, list[TransactionLog]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run that makes the archive format 2 may write several segments (here one bundle each):
+    it converts the old ones once and every segment, old or new, ends with its index checksum."""
+    import krepis.archive._writer as writer
+
+    store, arch, _logs = format1
+    _completed(store, arch)
+    monkeypatch.setattr(writer, "MAX_SEGMENT_BUNDLES", 1)
+    with SovereignJournal(store) as journal:
+        fill_fast(journal, realistic(3 * 256, start=1_800_000_000_000))
+        everything = journal.query(order="append", newest_first=False)
+        report = journal.archive(arch, keep_last=0)
+        assert (report.bundles, report.segments) == (4, 4)
+        data = json.loads((arch / MANIFEST).read_bytes())
+        assert data["version"] == 2 and len(data["logs"][0]["segments"]) == 6
+        assert sorted(data) == ["checksum", "dictionaries", "format", "logs", "store", "version"]
+        for seg in data["logs"][0]["segments"]:
+            file = (arch / seg["file"]).read_bytes()
+            offset, length = index_of(file)
+            assert seg["index_sha256"] == hashlib.sha256(file[offset:offset + length]).hexdigest()
+        assert journal.query(archive=arch, order="append", newest_first=False) == everything
+        assert journal.verify_archive(arch).bundles == 7

@@ -415,6 +415,39 @@ def test_a_crashed_run_is_completed_only_if_the_store_still_holds_what_the_archi
         assert journal.live_first_seq() == 256
 
 
+def test_completing_a_crashed_run_of_a_log_not_beginning_at_seq_0_checks_its_bundles(
+        tmp_path: Path) -> None:
+    """The bundles the completion checks are counted from the log's first seq: in a log that
+    begins at seq 300 (after ``clear_all``), a store entry changed behind the archive's back in
+    a bundle the crashed run archived is still found, and nothing is removed."""
+    import rawlmdb
+    from krepis.storage._codec import encode_value
+
+    arch = tmp_path / "cold"
+    journal, _logs = store_of(tmp_path, 300)
+    with journal:
+        journal.clear_all()
+        first = journal.tree_head().first_seq
+        assert first == 300
+        fill_fast(journal, realistic(3 * 256, seed=2))
+        logs = journal.query(order="append", newest_first=False)
+        run(journal._live(), arch, keep_last=2 * 256)
+        with pytest.raises(KeyboardInterrupt):
+            run(journal._live(), arch, keep_last=0, on_step=crash_after("manifest"))
+        assert journal.live_first_seq() == first + 256
+    at = first + 600
+    old = next(x for x in logs if x.seq == at)
+    forged = TransactionLog(old.timestamp, old.op_name, "forged", LogStatus.Completed)
+    rawlmdb.edit(tmp_path / "s", lambda txn, db: txn.put(at.to_bytes(8, "big"), encode_value(forged, 0),
+                                                          db=db(b"entries")))
+    with SovereignJournal(tmp_path / "s") as journal:
+        with pytest.raises(CorruptStorageError) as info:
+            journal.archive(arch, keep_last=0)
+        seg = arch / "log000001-000000000001.kseg"
+        assert str(info.value) == (f"archive segment {seg}: bundle 2 does not hold the store's entries "
+                                   f"{first + 512}…: nothing was removed from the store")
+        assert journal.live_first_seq() == first + 256
+
 def test_a_manifest_replaced_before_the_read_back_removes_nothing(tmp_path: Path) -> None:
     arch = tmp_path / "cold"
     journal, _logs = store_of(tmp_path, 3 * 256)
@@ -762,6 +795,38 @@ def test_a_format_1_segment_not_matching_its_checksum_stops_its_conversion(built
         assert str(info.value) == f"archive file {arch / LOG0_SEG} does not match its checksum"
         assert journal.live_first_seq() == FIRST1 + 768
     assert {n: v for n, v in files(arch).items() if not n.startswith("log000001-000000000003")} == before
+
+
+def test_a_run_with_nothing_due_reads_no_dictionary(built: Built, tmp_path: Path) -> None:
+    """The dictionary is read (and checked) only by a run that writes a segment: with nothing
+    due — the archive already holding every whole bundle, or the store keeping more — a damaged
+    dictionary file is not touched and the run reports nothing moved; the next run that writes
+    refuses it, naming the file."""
+    store, arch = built.copy(tmp_path)
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=0).bundles == 3  # every whole bundle archived
+        dictionary = arch / built.dictionary
+        dictionary.write_bytes(dictionary.read_bytes()[:-1] + b"\x00")
+        before = files(arch)
+        assert journal.archive(arch, keep_last=0).bundles == 0  # (bundle == target)
+        assert journal.archive(arch, keep_last=10**6).bundles == 0  # (target below it)
+        assert files(arch) == before
+        fill_fast(journal, realistic(256, seed=3, start=2 * 10**12))
+        with pytest.raises(CorruptStorageError) as info:
+            journal.archive(arch, keep_last=0)
+        assert str(info.value) == f"archive file {dictionary} does not match its checksum"
+
+
+def test_a_run_on_a_format_2_archive_does_not_read_its_old_segments_again(built: Built,
+                                                                         tmp_path: Path) -> None:
+    """Only a format-1 archive has its old segments read when more is written (to give each its
+    index checksum): in format 2 a run reads the manifest, the dictionary and what it writes,
+    never every old segment — their whole-file checksums are verify's to check."""
+    store, arch = built.copy(tmp_path)
+    edit_manifest(arch, lambda m: m["logs"][0]["segments"][0].update(sha256="0" * 64))
+    with SovereignJournal(store) as journal:
+        assert journal.archive(arch, keep_last=0).bundles == 3
+    assert manifest_of(arch)["logs"][0]["segments"][0]["sha256"] == "0" * 64
 
 
 def test_reading_the_archive_with_the_reader(built: Built, tmp_path: Path) -> None:

@@ -232,6 +232,32 @@ def test_a_file_swapped_for_a_link_between_the_check_and_the_open_is_refused(
         _files_of(store, create=False)
 
 
+
+@pytest.mark.parametrize("name", ["data.mdb", "lock.mdb"])
+def test_a_file_swapped_for_a_symlink_between_the_check_and_the_open_is_not_followed(
+        store: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The open of ``data.mdb`` or ``lock.mdb`` itself refuses a symbolic link (``O_NOFOLLOW``): a
+    link put there after the entry was checked, to a private regular file of one link that would
+    pass every check of the opened descriptor, is never opened."""
+    files = _files_of(store)
+    files.close()
+    target = store.parent / "elsewhere.mdb"
+    target.write_bytes(b"")
+    target.chmod(0o600)
+    real = os.open
+
+    def swapping(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == name and not flags & os.O_CREAT and not (store / name).is_symlink():
+            os.unlink(store / name)
+            os.symlink(target, store / name)
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swapping)
+    with pytest.raises(StorageError) as info:
+        _files_of(store, create=False)
+    assert str(info.value) == f"cannot open {store}/{name}: {os.strerror(errno.ELOOP)}"
+    assert info.value.path == str(store)
+
 # -- data.mdb's length against its meta pages ----------------------------------------------------
 
 def test_an_empty_data_mdb_this_open_did_not_create_is_refused(store: Path) -> None:
@@ -529,6 +555,23 @@ def test_alone_until_another_process_has_the_environment_open(store: Path, opene
     assert str(info.value) == f"cannot open {store}/lock.mdb: No such file or directory"
     assert info.value.path == str(store)
 
+
+
+def test_alone_asks_only_lmdbs_lock_on_byte_0(store: Path, opened: StoreFiles) -> None:
+    """Only byte 0 of ``lock.mdb`` tells that another process has the environment open; LMDB
+    also locks the byte at each reader process's pid, and a lock on another byte (here byte 1,
+    a reader of pid 1) alone does not make this process "not alone"."""
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1, os.SEEK_SET); "
+                               "print('locked', flush=True); time.sleep(60)", str(store / "lock.mdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert opened.alone()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # -- the free list past the end of data.mdb (_tail_is_free), on pages laid out as LMDB does -------

@@ -43,6 +43,7 @@ from ._format import (
     DICT_MIN_BUNDLES,
     DICT_SIZE,
     MAX_SEGMENT_BUNDLES,
+    VERSION,
     WIDTH,
     _encode_segment,
     _zstd,
@@ -288,12 +289,13 @@ def _segment_holding(reader: ArchiveReader, bundle: int) -> int:
 
 
 def _upgrade(adir: ArchiveDir, zstd: Any, manifest: dict[str, Any]) -> None:
-    """A format-1 manifest made format 2: each segment, checked against its whole-file sha256,
-    gets the checksum of its index (the manifest is written by the caller)."""
+    """A format-1 manifest made format 2 (in memory; the caller writes it): every segment,
+    checked against its whole-file sha256, gets the checksum of its index, computed from the
+    file — an ``index_sha256`` found in a format-1 manifest (format 1 has none; written by hand)
+    is neither trusted nor a reason to skip the check. A segment that does not match its sha256
+    stops the run (:class:`CorruptStorageError` naming the file) before anything is written."""
     for log in manifest["logs"]:
         for seg in log["segments"]:
-            if "index_sha256" in seg:
-                continue
             load_index(adir, zstd, seg["file"], seg["bundles"], None, seg["sha256"])
             fd = adir.open_file(seg["file"])
             assert fd is not None
@@ -304,6 +306,7 @@ def _upgrade(adir: ArchiveDir, zstd: Any, manifest: dict[str, Any]) -> None:
                 seg["index_sha256"] = hashlib.sha256(adir.pread(fd, offset, length, seg["file"])).hexdigest()
             finally:
                 os.close(fd)
+    manifest["version"] = VERSION  # the segments written next get theirs when they are made
 
 
 def _due(storage: Storage, first: int, done: int, target: int, before: int | None, count: int) -> bool:
