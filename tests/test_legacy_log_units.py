@@ -173,7 +173,7 @@ def test_the_newest_valid_slot_is_the_checkpoint(log: LogFile, txn0: int | None,
 
 
 @pytest.mark.parametrize("damage", ["magic", "length", "checksum", "meta byte", "truncated body",
-                                    "truncated header"])
+                                    "truncated header", "truncated within the header"])
 def test_a_damaged_slot_is_passed_over_for_the_other(log: LogFile, damage: str) -> None:
     good, bad = slot(5, 500), slot(9, 900)
     if damage == "magic":
@@ -187,8 +187,9 @@ def test_a_damaged_slot_is_passed_over_for_the_other(log: LogFile, damage: str) 
     log.slot(0, good)
     if damage.startswith("truncated"):  # slot 1 is the last thing in the file, cut short
         log.slot(1, bad)
-        os.ftruncate(log.fd, 4096 + 12288 + (SLOT.size + 2 if damage == "truncated header"
-                                             else len(bad) - 1))
+        cut = {"truncated body": len(bad) - 1, "truncated header": SLOT.size + 2,
+               "truncated within the header": SLOT.size - 2}[damage]
+        os.ftruncate(log.fd, 4096 + 12288 + cut)
     else:
         log.slot(1, bad)
     assert log.open().checkpoint().txnid == 5
@@ -266,3 +267,10 @@ def test_nothing_after_the_checkpoint_reads_nothing_and_ends(log: LogFile) -> No
     # a record of the same transaction at the next lap is not taken either way
     log.record(RING_SIZE, record(12, RING_SIZE, b"late"))
     assert list(log.open().records(Slot(10, 0, b""))) == []
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_a_record_whose_checksum_the_file_cuts_short_ends_the_reading(log: LogFile, cut: int) -> None:
+    want = _chain(log, 11, 64, [b"whole", b"cut"])
+    os.ftruncate(log.fd, log.start + want[1][3] - cut)  # the second record's checksum, cut
+    assert list(log.open().records(Slot(10, 64, b""))) == want[:1]
