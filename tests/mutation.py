@@ -184,12 +184,19 @@ def _extract(target: Path, *paths: str) -> None:
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
 
 
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def refresh(target: Path) -> None:
     """Before a resumed run (``--keep``): the committed code and tests replace the copy's, so the
     mutants not run yet meet the current tests (mutmut copies them into ``mutants/`` and records
     which functions new tests call). Mutants of functions whose source changed are made again
-    by mutmut; those already run keep their verdicts."""
+    by mutmut; those already run keep their verdicts. The run's code is now HEAD's, so
+    ``--record`` names HEAD (``COMMIT``)."""
     _extract(target, "src", "tests")
+    (target / "COMMIT").write_text(_head() + "\n")
 
 
 def prepare(module: str) -> Path:
@@ -217,9 +224,7 @@ def prepare(module: str) -> Path:
                                                      "--output", "json", source]) + "\n")
     (target / "pyproject.toml").write_text(pyproject[:start] + section +
                                            (pyproject[end:] if end >= 0 else ""))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout.strip()
-    (target / "COMMIT").write_text(commit + "\n")  # the code mutated: what --record names
+    (target / "COMMIT").write_text(_head() + "\n")  # the code mutated: what --record names
     return target
 
 
