@@ -85,6 +85,8 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
+    # the entry encoding: its own tests, the model's and those of damaged stored entries
+    "storage/_codec": (["test_codec.py", "test_model.py", "test_lmdb_damage.py"], _NO_PG),
     "storage/lmdb/": (_LMDB_TESTS,
                       # the torn interval-mode cases and the migration kill loop take a minute
                       # between them and only repeat what the sync cases and the migration tests check;
