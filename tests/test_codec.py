@@ -52,20 +52,21 @@ def test_sizes_follow_the_documented_layout() -> None:
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
-    (value(0), "bad header"),                      # no status
-    (value(2 | 64), "bad header"),                 # an unknown flag
-    (value(2, ts=2**63), "bad header"),            # a timestamp beyond 2**63-1
+    (value(0), "bad header (flags 0x0)"),                      # no status
+    (value(2 | 64), "bad header (flags 0x42)"),                 # an unknown flag
+    (value(2, ts=2**63), "bad header (flags 0x2)"),            # a timestamp beyond 2**63-1
     (HDR.pack(2, 5, 0), "truncated request id"),   # ends right after the header
     (value(2, b"\x05abc"), "truncated request id"),
     (value(2 | 4, b"\x01" * 15), "truncated request id"),
     (value(2 | 8 | 16, b"\x00r" + b"\x00" * 12), "two duration encodings"),
     (value(2 | 16, b"\x00r" + struct.pack("<Q", 2**63)), "duration out of range"),
     (value(2 | 32, b"\x00r"), "empty error text"),
-    (value(2, b"\x00rxyz"), "^3 trailing bytes"),
+    (value(2, b"\x00rxyz"), "3 trailing bytes"),
 ])
 def test_malformed_values_are_refused_with_their_reason(raw: bytes, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(ValueError) as info:
         decode_value(raw, 1, NAMES)
+    assert str(info.value) == reason  # exactly: a store's damage report quotes it
 
 
 def test_an_unknown_op_id_and_bad_utf8_are_errors_too() -> None:
