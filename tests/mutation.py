@@ -70,6 +70,8 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
           "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
     # the flush policy: its unit tests and the journal's flush tests
     "_policy": (["test_policy_units.py", "test_flush.py"], _NO_PG),
+    # times on the command line and in queries: their unit tests
+    "_time": (["test_cli_time.py"], _NO_PG),
     "tlog/": (["test_merkle*.py", "test_tlog*.py", "test_witness*.py", "test_monitor*.py",
                "test_gaps_tlog.py", "test_note_units.py", "test_tiles_units.py", "test_reader_units.py",
                "test_cosig_units.py", "test_collect_units.py", "test_backup.py", "test_storage_lmdb.py"],
