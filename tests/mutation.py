@@ -91,6 +91,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
     # the entry encoding: its own tests, the model's and those of damaged stored entries
     "storage/_codec": (["test_codec.py", "test_model.py", "test_lmdb_damage.py"], _NO_PG),
+    # the row checks of every migration: their unit tests and the in-process migration tests
+    "storage/_migration": (["test_migration_units.py", "test_migrate_units.py", "test_migrate_rows.py",
+                            "test_migrate.py"], _NO_PG + " and not killed_at_random_points"),
     "storage/lmdb/": (_LMDB_TESTS,
                       # the torn interval-mode cases and the migration kill loop take a minute
                       # between them and only repeat what the sync cases and the migration tests check;

@@ -56,7 +56,7 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("field twice", _json(_row()).replace(b'{"timestamp":13', b'{"timestamp":13,"timestamp":14'),
      r"field 'timestamp' appears twice"),
     ("invalid UTF-8", _json(_row(op_name="o")).replace(b'"o"', b'"\xffo"'), r"not valid UTF-8 \(byte 2"),
-    ("not an object", b"[13]", r"it is a JSON list, not an object"),
+    ("not an object", b"[13]", r"it is a JSON array, not an object"),
     ("not JSON", b'{"timestamp":13,', r"it is not valid JSON"),
 ]
 

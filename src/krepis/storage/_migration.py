@@ -1,5 +1,5 @@
-"""``krepis migrate``: convert an LMDB store of storage format 1 (krepis 0.1) or 2 to format 3,
-and a PostgreSQL journal of format 1 to format 2.
+"""``krepis migrate``: convert an LMDB store of storage format 1 (krepis 0.1), 2 or 3 to the
+current format (4), and a PostgreSQL journal of format 1 to format 2.
 
 A migration never leaves a half-converted store: after a crash at any point (SIGKILL included)
 the store is either the untouched old store or the complete new one.
@@ -11,6 +11,10 @@ the store is either the untouched old store or the complete new one.
   to start when another process has the store open.
 * **LMDB, format 2**: the databases stay; one durable commit sets the version, and the first
   open creates the commit log (``commit.log``) from the store as it is. Same locks.
+* **LMDB, format 3**: the databases stay too; a store closed cleanly gets the version in one
+  durable commit and its old commit log removed; a store whose writer died is recovered as
+  format 3 recovers, on a copy that is verified, made durable and renamed over ``data.mdb``
+  (``storage/lmdb/_migrate3.py``). Same locks.
 * **PostgreSQL**: one transaction creates the format-2 tables, copies every row, builds the
   Merkle tree, drops the format-1 tables and sets the format; it commits entirely or not at all.
 
@@ -61,6 +65,9 @@ _REQUIRED = frozenset(_FIELDS[:4])
 
 _STATUSES = {s.value: s for s in LogStatus}
 
+_JSON_KIND = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+              type(None): "null"}
+
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -89,7 +96,7 @@ def format1_entry(raw: bytes | str) -> TransactionLog:
     except ValueError as exc:
         raise ValueError(f"it is not valid JSON ({exc})") from None
     if type(value) is not dict:
-        raise ValueError(f"it is a JSON {type(value).__name__}, not an object")
+        raise ValueError(f"it is a JSON {_JSON_KIND.get(type(value), type(value).__name__)}, not an object")
     unknown = sorted(set(value) - set(_FIELDS))
     if unknown:
         raise ValueError(f"it has the field(s) {', '.join(repr(k)[:60] for k in unknown[:3])}, which "
