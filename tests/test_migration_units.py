@@ -75,6 +75,8 @@ def test_a_counter_name_that_is_an_op_name_is_read(raw: bytes | str, name: str) 
     ("a\0b", "its name 'a\\x00b' contains a NUL character (\\x00), which no storage engine accepts in "
              "names and ids"),
     ("x" * 201, f"its name '{'x' * 60}…' is 201 bytes of UTF-8; the limit is 200"),
+    ("op_name\0", "its name 'op_name\\x00' contains a NUL character (\\x00), which no storage engine "
+                  "accepts in names and ids"),  # only the first "op_name" is the field's
 ])
 def test_a_counter_name_that_is_no_op_name_is_refused_saying_why(raw: bytes | str, why: str) -> None:
     with pytest.raises(ValueError) as info:

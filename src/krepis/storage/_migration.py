@@ -65,6 +65,7 @@ _REQUIRED = frozenset(_FIELDS[:4])
 
 _STATUSES = {s.value: s for s in LogStatus}
 
+# what else json.loads can return
 _JSON_KIND = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
               type(None): "null"}
 
@@ -96,7 +97,7 @@ def format1_entry(raw: bytes | str) -> TransactionLog:
     except ValueError as exc:
         raise ValueError(f"it is not valid JSON ({exc})") from None
     if type(value) is not dict:
-        raise ValueError(f"it is a JSON {_JSON_KIND.get(type(value), type(value).__name__)}, not an object")
+        raise ValueError(f"it is a JSON {_JSON_KIND[type(value)]}, not an object")
     unknown = sorted(set(value) - set(_FIELDS))
     if unknown:
         raise ValueError(f"it has the field(s) {', '.join(repr(k)[:60] for k in unknown[:3])}, which "
