@@ -68,6 +68,8 @@ _ENGINE_TESTS = ["test_catchup_units.py", "test_tail_units.py", "test_concurrenc
 SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "": (["test_model.py", "test_cli_time.py", "test_journal.py", "test_safety_api.py", "test_codec.py",
           "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
+    # the exception tree: its unit tests
+    "_errors": (["test_errors_units.py"], None),
     # the flush policy: its unit tests and the journal's flush tests
     "_policy": (["test_policy_units.py", "test_flush.py"], _NO_PG),
     # times on the command line and in queries: their unit tests
