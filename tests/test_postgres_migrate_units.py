@@ -108,7 +108,7 @@ def test_postgres_migration_refusals_name_the_location_and_change_nothing(pg_url
     _sql(pg_url, "UPDATE krepis_journal SET entry = '[1]' WHERE seq = 2")
     assert refused(CorruptStorageError) == (
         f"PostgreSQL at {where}: format-1 entry 2 (its sequence number) is not a valid TransactionLog: it is "
-        "a JSON list, not an object; nothing was changed")
+        "a JSON array, not an object; nothing was changed")
     _sql(pg_url, "UPDATE krepis_journal SET entry = format('{\"timestamp\":1,\"op_name\":\"op\","
                  "\"request_id\":\"%s\",\"status\":\"Completed\"}', repeat('q', 70)) WHERE seq = 2")
     assert refused(CorruptStorageError) == (
