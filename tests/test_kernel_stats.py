@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,32 @@ def test_a_second_process_counts_from_what_is_stored(store: Path, increments: in
     with Kernel(store) as kernel:
         kernel.increment_stats()
     assert other_process(str(store), increments) == (1 + increments, 2)
+
+
+def test_a_slower_thread_returning_an_older_count_does_not_set_the_stats_back(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministically, the race the test above can only hit by chance: the first increment's
+    write returns count 1 but its thread is held until a second increment (count 2) is done."""
+    with Kernel(store) as kernel:
+        journal = kernel.journal
+        real = journal.record
+        first_written, second_done = threading.Event(), threading.Event()
+        returned: list[int | None] = []
+
+        def record(*args: Any, **kwargs: Any) -> int | None:
+            count = real(*args, **kwargs)
+            returned.append(count)
+            if len(returned) == 1:
+                first_written.set()
+                assert second_done.wait(30)
+            return count
+
+        monkeypatch.setattr(journal, "record", record)
+        slow = threading.Thread(target=kernel.increment_stats)
+        slow.start()
+        assert first_written.wait(30)
+        assert kernel.increment_stats() == 2
+        second_done.set()
+        slow.join()
+        assert returned == [1, 2]
+        assert kernel.stats.js_ops_called == 2 == stored(kernel)[0]

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -146,6 +147,11 @@ class Kernel:
         self._owns_journal = False
         self._context: KernelContext | None = None
         self.stats = SovereignStats()
+        # increments in flight, and the newest count any of them returned since there were none
+        # (a count returned later may be older: see increment_stats)
+        self._counting = threading.Lock()
+        self._in_flight = 0
+        self._newest = 0
         #: The stats as recovered from storage at boot, before this kernel changed them.
         self.recovered = SovereignStats()
         self._booted_at = 0.0
@@ -248,15 +254,31 @@ class Kernel:
 
         One atomic write of an ``op_increment_stats`` ``Completed`` entry plus the counter;
         :attr:`stats` changes only after it succeeded. Returns the new count.
+
+        Threads incrementing at once may get their counts back in another order than the store
+        gave them: while any increment is in flight :attr:`stats` shows the largest count
+        returned so far, so once they are all done it is the stored counter, never an older
+        value a slower thread returned last.
         """
         context = self.context
-        count = self.journal.record(
-            TransactionLog.now("op_increment_stats", _run_request_id.get() or context.request_id,
-                               LogStatus.Completed),
-            increment=JS_OPS_COUNTER,
-        )
-        assert count is not None
-        self.stats.js_ops_called = count
+        with self._counting:
+            self._in_flight += 1
+        count: int | None = None
+        try:
+            count = self.journal.record(
+                TransactionLog.now("op_increment_stats", _run_request_id.get() or context.request_id,
+                                   LogStatus.Completed),
+                increment=JS_OPS_COUNTER,
+            )
+            assert count is not None
+        finally:
+            with self._counting:
+                self._in_flight -= 1
+                if count is not None:
+                    self._newest = max(self._newest, count)
+                    self.stats.js_ops_called = self._newest
+                if not self._in_flight:
+                    self._newest = 0  # the next increments may follow a clear_all()
         return count
 
     def op(self, name: str) -> Callable[[F], F]:
