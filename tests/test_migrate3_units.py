@@ -5,7 +5,6 @@ link or missing, a descriptor numbered 0. Each refusal names the store and chang
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ import pytest
 from krepis import CorruptStorageError, SovereignJournal, StorageError
 from krepis.storage import migrate
 from test_migrate_format3 import _legacy_records
+from test_migrate_units import _fail_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NO_LOG_POINTER = bytes(28)
@@ -203,14 +203,7 @@ def test_a_data_mdb_older_than_the_checkpoint_is_refused_naming_the_store(tmp_pa
 def test_a_copy_that_cannot_be_flushed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _copy("format3-crashed", tmp_path)
     before = _files(store)
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("/.migrate/data.mdb"):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    _fail_for(monkeypatch, "fsync", "/.migrate/data.mdb")
     with pytest.raises(StorageError) as info:
         migrate(store)
     assert str(info.value).startswith(f"cannot make {store}/.migrate/data.mdb durable (fsync failed: ")

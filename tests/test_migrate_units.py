@@ -12,8 +12,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from krepis import (
 )
 from krepis.storage import migrate
 from test_migrate_rows import GOOD, _write_format1
+from test_offline_units import exclusively_locked
 
 from format1 import write_lmdb_store
 
@@ -306,18 +305,6 @@ def test_progress_is_reported_per_chunk_and_at_the_end(tmp_path: Path) -> None:
     assert seen == [(4096, 4096), (4096, 4096)]  # a full chunk of 4096, then the end
 
 
-_LOCK_PROBE = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-try:
-    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
-except OSError:
-    print("locked")
-else:
-    print("free")
-"""
-
-
 def test_the_store_stays_locked_against_lmdb_openers_while_it_is_rebuilt(tmp_path: Path) -> None:
     """While a format-1 store is rebuilt (its progress reported), no process can take even the
     shared lock every LMDB opener takes on lock.mdb: reading the old store never drops the
@@ -328,9 +315,7 @@ def test_the_store_stays_locked_against_lmdb_openers_while_it_is_rebuilt(tmp_pat
     seen: list[str] = []
 
     def probe(done: int, total: int) -> None:
-        out = subprocess.run([sys.executable, "-c", _LOCK_PROBE, str(store / "lock.mdb")],
-                             capture_output=True, text=True, check=True, timeout=60)
-        seen.append(out.stdout.strip())
+        seen.append("locked" if exclusively_locked(store / "lock.mdb") else "free")
 
     assert migrate(store, progress=probe).entries == 305
     assert seen == ["locked"]

@@ -17,6 +17,7 @@ import pytest
 
 from krepis import CorruptStorageError, SovereignJournal, StorageError
 from krepis.storage.lmdb._offline import Offline
+from test_paths_units import _as_nobody
 
 from conftest import make_store
 
@@ -47,7 +48,7 @@ else:
 """
 
 
-def _exclusively_locked(lock: Path) -> bool:
+def exclusively_locked(lock: Path) -> bool:
     """Whether a process holds LMDB's exclusive lock on ``lock.mdb`` (another process asks for a
     shared one, as every opener does; record locks are per process)."""
     out = subprocess.run([sys.executable, "-c", _SHARED, str(lock)], capture_output=True, text=True,
@@ -60,10 +61,10 @@ def test_offline_holds_both_locks_until_it_is_closed(tmp_path: Path) -> None:
     with Offline(str(store), create=False, command=COMMAND) as off:
         assert off.path == str(store) and off.dir_fd >= 0
         assert _directory_locked(store)
-        assert _exclusively_locked(store / "lock.mdb")
+        assert exclusively_locked(store / "lock.mdb")
     assert off.dir_fd == -1
     assert not _directory_locked(store)
-    assert not _exclusively_locked(store / "lock.mdb")
+    assert not exclusively_locked(store / "lock.mdb")
     off.close()  # idempotent
     with SovereignJournal(store) as journal:  # the store is untouched and opens
         assert journal.journal_count() == 3 and journal.recover_op_count("op") == 3
@@ -84,7 +85,7 @@ def test_rebuilding_the_lock_table_drops_the_exclusive_lock_but_keeps_openers_ou
     store = make_store(tmp_path / "store")
     with Offline(str(store), create=False, command=COMMAND) as off:
         off.rebuild_lock_table()
-        assert not _exclusively_locked(store / "lock.mdb")
+        assert not exclusively_locked(store / "lock.mdb")
         assert _directory_locked(store)
         off.rebuild_lock_table()  # a second call does nothing
     assert not _directory_locked(store)
@@ -171,14 +172,8 @@ def test_a_lock_table_that_cannot_be_opened_is_named() -> None:
         for p in (store, *store.iterdir()):
             os.chown(p, nobody, nobody)
         (store / "lock.mdb").chmod(0o400)
-        os.setresgid(nobody, nobody, 0)
-        os.setresuid(nobody, nobody, 0)
-        try:
-            with pytest.raises(StorageError) as info:
-                Offline(str(store), create=False, command=COMMAND)
-        finally:
-            os.setresuid(0, 0, 0)
-            os.setresgid(0, 0, 0)
+        with _as_nobody(), pytest.raises(StorageError) as info:
+            Offline(str(store), create=False, command=COMMAND)
         assert str(info.value) == f"cannot open {store}/lock.mdb: Permission denied"
         assert info.value.path == str(store)
         assert not _directory_locked(store)
@@ -226,11 +221,11 @@ def test_a_lock_table_opened_as_descriptor_0_is_locked_rebuilt_and_released(
             with Offline(str(store), create=False, command=COMMAND) as off:
                 monkeypatch.undo()
                 assert os.readlink("/proc/self/fd/0") == str(store / "lock.mdb")
-                assert _exclusively_locked(store / "lock.mdb")
+                assert exclusively_locked(store / "lock.mdb")
                 if rebuild:
                     off.rebuild_lock_table()
-                    assert not _exclusively_locked(store / "lock.mdb")
-            assert not _exclusively_locked(store / "lock.mdb")
+                    assert not exclusively_locked(store / "lock.mdb")
+            assert not exclusively_locked(store / "lock.mdb")
             assert not _directory_locked(store)
             os.dup2(saved, 0)
     finally:
