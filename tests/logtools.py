@@ -83,3 +83,10 @@ def flip(path: Path, offset: int) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def flip_last(data: bytes) -> bytes:
+    """``data`` with its last byte changed (one bit flipped). Replacing the byte with a constant
+    instead leaves it unchanged whenever it already held that constant — a test that fails one
+    run in 256."""
+    return data[:-1] + bytes((data[-1] ^ 1,))

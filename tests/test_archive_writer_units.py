@@ -29,6 +29,7 @@ from krepis import CorruptStorageError, LogStatus, SovereignJournal, Transaction
 from krepis._model import encode_log
 from krepis.archive import ArchiveReader, ArchiveReport, archive_store
 from krepis.storage import Storage, WriteRequest
+from logtools import flip_last
 from test_archive import fill_fast, realistic
 from test_archive_safety import seal
 
@@ -806,7 +807,7 @@ def test_a_run_with_nothing_due_reads_no_dictionary(built: Built, tmp_path: Path
     with SovereignJournal(store) as journal:
         assert journal.archive(arch, keep_last=0).bundles == 3  # every whole bundle archived
         dictionary = arch / built.dictionary
-        dictionary.write_bytes(dictionary.read_bytes()[:-1] + b"\x00")
+        dictionary.write_bytes(flip_last(dictionary.read_bytes()))
         before = files(arch)
         assert journal.archive(arch, keep_last=0).bundles == 0  # (bundle == target)
         assert journal.archive(arch, keep_last=10**6).bundles == 0  # (target below it)

@@ -26,6 +26,7 @@ from krepis.tlog._merkle import EMPTY_ROOT
 from krepis.tlog._monitor import Advance, Alarm, MonitorState, follow, load_state, save_state
 from krepis.tlog._note import Checkpoint, NoteError, format_checkpoint, generate_signer, sign_note
 from krepis.tlog._tiles import export_tiles, read_regular
+from logtools import flip_last
 from test_tiles_units import SIGNER, MemTree
 
 LOG = SIGNER
@@ -258,7 +259,7 @@ def test_a_changed_new_entry_is_an_entries_alarm_when_the_tiles_prove_consistenc
     root, url, seen, _, note = _grown(site)
     bundle = root / "tile" / "entries" / "002.p" / "88"
     data = bundle.read_bytes()
-    bundle.write_bytes(data[:-1] + b"X")
+    bundle.write_bytes(flip_last(data))
     got = alarm(url, seen)
     assert (got.kind, got.checkpoints) == ("entries", (note,))
     assert got.message == ("the entries from 300 to 600 do not lead from the old tree to the new root; the "
@@ -306,9 +307,9 @@ def test_entry_lengths_are_read_as_big_endian_uint16(site: tuple[Path, str, _Sit
 def test_neither_entries_nor_tiles_giving_the_root_is_said_so(site: tuple[Path, str, _Site]) -> None:
     root, url, seen, _, note = _grown(site)
     bundle = root / "tile" / "entries" / "002.p" / "88"
-    bundle.write_bytes(bundle.read_bytes()[:-1] + b"X")
+    bundle.write_bytes(flip_last(bundle.read_bytes()))
     tile = root / "tile" / "0" / "002.p" / "88"
-    tile.write_bytes(tile.read_bytes()[:-1] + b"X")
+    tile.write_bytes(flip_last(tile.read_bytes()))
     got = alarm(url, seen)
     assert (got.kind, got.checkpoints) == ("entries", (note,))
     assert got.message == ("the entries from 300 to 600 do not lead from the old tree to the new root; the "

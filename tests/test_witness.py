@@ -37,6 +37,7 @@ from krepis.tlog import (
 )
 from krepis.tlog._note import format_checkpoint, sign_note
 from krepis.tlog._witness import CONFLICT_OP, COSIGNED_OP, MAX_BODY, Refusal, Witness, parse_add_checkpoint
+from logtools import flip_last
 
 LOG = generate_signer("example.com/log")
 OTHER_LOG = generate_signer("example.com/other")
@@ -192,7 +193,7 @@ def test_every_status_the_spec_names_and_nothing_stored(
     # 403: a trusted key's signature that does not verify
     note = note_at(log, 10)
     forged = note.replace(note.split(" ")[-1], base64.b64encode(
-        base64.b64decode(note.split(" ")[-1])[:-1] + b"\0").decode() + "\n")
+        flip_last(base64.b64decode(note.split(" ")[-1]))).decode() + "\n")
     assert refused(core, body(8, log.consistency_proof(8, 10).path, forged)).status == 403
     # 400: the old size is bigger than the checkpoint's
     assert refused(core, body(12, [], note_at(log, 10))).status == 400
