@@ -149,6 +149,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "journal/": (["test_journal.py", "test_flush.py", "test_async.py", "test_safety_api.py",
                   "test_concurrency.py", "test_guarantees.py", "test_tlog.py", "test_review_findings.py",
                   "test_kernel.py", "test_archive.py"], _NO_PG + " and not deno"),
+    # the journal's verifiable log (checkpoints, proofs, tiles, verify_extends): the tlog tests
+    # that go through a journal, the witness's cosigning rounds and the archived-prefix checks
+    "journal/_tree": (["test_tlog.py", "test_tlog_trust.py", "test_gaps_tlog.py", "test_tlog_export.py",
+                       "test_witness.py", "test_review_findings.py", "test_tlog_checks.py", "test_archive.py",
+                       "test_journal_tree_units.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",
                  "test_gaps_kernel.py"],
                 _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
