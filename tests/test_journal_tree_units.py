@@ -7,6 +7,7 @@ witness cosigned last, the quorum it is given, and the cosignatures of a tree ke
 from __future__ import annotations
 
 import base64
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,18 +15,21 @@ from pathlib import Path
 import pytest
 
 import krepis.journal._tree as tree
+import rawlmdb
 from krepis import (
     CorruptStorageError,
     InvalidTypeError,
     JournalError,
     LogStatus,
     SovereignJournal,
+    StorageError,
     TransactionLog,
     ValidationError,
 )
+from krepis._model import encode_log
 from krepis.cli._tlog_serve import TileServer
 from krepis.cli._witness import witness_handlers
-from krepis.tlog import QuorumError
+from krepis.tlog import QuorumError, verify_consistency
 from krepis.tlog._cosig import CosignerKey, generate_cosigner, open_cosigned_checkpoint
 from krepis.tlog._note import (
     MAX_SIGNATURES,
@@ -36,7 +40,7 @@ from krepis.tlog._note import (
     split_note,
 )
 from logtools import flip_last
-from test_witness import LOG, WITNESS, grow, open_witness
+from test_witness import LOG, WITNESS, body, grow, open_witness
 
 SIGNER = generate_signer("example.com/tree")
 VKEY = str(SIGNER.verifier())
@@ -330,3 +334,172 @@ def test_a_tree_cosigned_again_keeps_the_cosignatures_of_before_up_to_the_limit(
         result = log.cosign_checkpoint(LOG, [w1.endpoint("w1")])  # (x0, kept before, is not in it)
         lines = split_note(result.note)[1]
         assert len(lines) == MAX_SIGNATURES and lines[-1].name == f"witness.example/x{MAX_SIGNATURES - 2}"
+
+
+# -- the archived prefix: the archive given, the one recorded, or none ----------------------------
+
+class _Archived:
+    """A store of 600 entries whose first 512 are archived, and whose recorded archive directory
+    was moved to ``moved``: reads of the archived prefix need ``archive=moved``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store, arch, self.moved = tmp_path / "store", tmp_path / "archive", tmp_path / "moved"
+        with SovereignJournal(self.store, flush="interval:20ms") as journal:
+            grow(journal, 300)
+            self.note300 = journal.sign_checkpoint(LOG)
+            self.root300 = journal.tree_root(300)
+            grow(journal, 300, tag="b")
+            journal.archive(arch, keep_last=0)
+            assert journal.live_first_seq() == 512
+        arch.rename(self.moved)
+        self.recorded = str(arch)
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> _Archived:
+    return _Archived(tmp_path)
+
+
+def test_reads_of_the_archived_prefix_take_the_archive_given_or_refuse(archived: _Archived,
+                                                                       tmp_path: Path) -> None:
+    with SovereignJournal(archived.store) as journal:
+        assert journal.tree_root(300, archive=archived.moved) == archived.root300
+        proof = journal.consistency_proof(300, archive=archived.moved)
+        assert verify_consistency(300, 600, archived.root300, journal.tree_root(), proof.path)
+        for call in (lambda: journal.tree_root(300, live_only=True),
+                     lambda: journal.consistency_proof(300, live_only=True)):
+            with pytest.raises(ValidationError, match=r"entries 256…511 .* are archived"):
+                call()
+        with pytest.raises(StorageError) as info:
+            journal.tree_root(300)  # the recorded archive is not where it was
+        assert archived.recorded in str(info.value)
+        _reader, entries = journal.tile_sources(archive=archived.moved)
+        bundle = entries(256, 256)
+        assert len(bundle) == 256 and bundle[0] == encode_log(journal.query(
+            order="append", newest_first=False, limit=1, after=255, archive=archived.moved)[0])
+        _reader, entries = journal.tile_sources()  # by default the recorded archive: not there
+        with pytest.raises(StorageError) as info:
+            entries(256, 256)
+        assert archived.recorded in str(info.value)
+        _reader, entries = journal.tile_sources(live_only=True)  # live entries need no archive
+        assert entries(512, 88) == [encode_log(log) for log in journal.query(
+            order="append", newest_first=False, limit=88, after=511, live_only=True)]
+        assert journal.export_tiles(tmp_path / "tiles", LOG, archive=archived.moved) > 0
+
+
+def test_cosigning_reads_old_proofs_from_the_archive_given(archived: _Archived, tmp_path: Path) -> None:
+    """A witness that last cosigned a size inside the archived prefix (300) is sent a proof from
+    it, read from the archive the call names."""
+    w1 = _Served(tmp_path / "w1", WITNESS)
+    try:
+        with SovereignJournal(archived.store) as journal:
+            w1.core.add_checkpoint(body(0, [], archived.note300))  # (w1 cosigned 300 back then)
+            journal._live().add_checkpoint(journal.tree_head().epoch, 300, LOG.name,
+                                           _cosigned_by(WITNESS, archived.note300))
+            grow(journal, 10, tag="c")
+            result = journal.cosign_checkpoint(LOG, [w1.endpoint("w1")], archive=archived.moved)
+            assert result.checkpoint.size == 610 and _conflicts(w1) == []
+            # signing the same tree again without witnesses returns the cosigned note, kept
+            assert journal.sign_checkpoint(LOG) == result.note == journal.latest_checkpoint()
+    finally:
+        w1.close()
+
+
+def test_the_default_cosigning_timeout_is_10_seconds() -> None:
+    assert inspect.signature(SovereignJournal.cosign_checkpoint).parameters["timeout"].default == 10.0
+
+
+# -- tile sources ---------------------------------------------------------------------------------
+
+def test_tile_sources_read_any_run_of_entries(journal: SovereignJournal) -> None:
+    _reader, entries = journal.tile_sources()
+    want = [encode_log(log) for log in journal.query(order="append", newest_first=False, limit=10)]
+    assert entries(0, 10) == want and entries(1, 3) == want[1:4] and entries(9, 1) == want[9:]
+
+
+def test_entries_missing_from_a_store_are_corruption_naming_it(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with SovereignJournal(store) as journal:
+        _fill(journal, 20)
+    rawlmdb.edit(store, lambda txn, db: txn.delete((5).to_bytes(8, "big"), db=db(b"entries")))
+    with SovereignJournal(store) as journal:
+        _reader, entries = journal.tile_sources()
+        assert len(entries(10, 10)) == 10
+        with pytest.raises(CorruptStorageError) as info:
+            entries(0, 10)
+        assert str(info.value) == f"storage at {journal.path}: entries 0…9 are not all there"
+        assert info.value.path == journal.path
+
+
+# -- exports: the marker, races ------------------------------------------------------------------
+
+def test_a_foreign_or_unmarked_directory_is_refused_with_its_marker_named(journal: SovereignJournal,
+                                                                           tmp_path: Path) -> None:
+    unmarked = tmp_path / "unmarked"
+    unmarked.mkdir()
+    (unmarked / "notes.txt").write_text("mine")
+    with pytest.raises(ValidationError) as info:
+        journal.export_tiles(unmarked, SIGNER)
+    assert str(info.value) == (f"{unmarked} is not empty and has no .krepis-log marker of a krepis export: "
+                               "it may hold the tiles of another history; export into an empty or new "
+                               "directory")
+    tiles = tmp_path / "tiles"
+    journal.export_tiles(tiles, SIGNER)
+    with SovereignJournal(tmp_path / "other") as other:
+        _fill(other, 12, tag="other")
+        with pytest.raises(ValidationError) as info:
+            other.export_tiles(tiles, SIGNER)
+    assert str(info.value) == (f"{tiles} holds the tiles of another log, or of another history of this one "
+                               f"(see {tiles / '.krepis-log'}); export into a new directory")
+    (tiles / ".krepis-log").write_bytes(b"x" * 4097)  # a marker past 4 KiB is not read
+    with pytest.raises(JournalError, match="4096"):
+        journal.export_tiles(tiles, SIGNER)
+    (tiles / ".krepis-log").write_bytes((tiles / ".krepis-log").read_bytes()[:4096])
+    with pytest.raises(ValidationError, match="holds the tiles of another log"):
+        journal.export_tiles(tiles, SIGNER)
+
+
+def test_an_export_of_an_empty_log_is_continued(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "store") as journal:
+        journal.export_tiles(tmp_path / "tiles", SIGNER)  # a tree of 0 leaves
+        _fill(journal, 5)
+        journal.export_tiles(tmp_path / "tiles", SIGNER)
+        assert (tmp_path / "tiles" / "checkpoint").read_text() == journal.latest_checkpoint()
+
+
+def test_an_export_while_the_log_grows_reads_todays_tree_as_asked(
+        archived: _Archived, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries written between the export's first read and its checkpoint: the export reads the
+    tree again — from the archive it was given, and still refusing archived entries under
+    ``live_only``."""
+    with SovereignJournal(archived.store) as journal:
+        sign = journal.sign_checkpoint
+
+        def grow_then_sign(signer: object) -> str:
+            grow(journal, 3, tag="meanwhile")
+            return sign(signer)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(journal, "sign_checkpoint", grow_then_sign)
+        journal.export_tiles(tmp_path / "tiles", LOG, archive=archived.moved)
+        assert (tmp_path / "tiles" / "checkpoint").read_text().split("\n")[1] == "603"
+        with pytest.raises(ValidationError) as info:
+            journal.export_tiles(tmp_path / "live", LOG, live_only=True)
+        assert type(info.value) is ValidationError
+        assert str(info.value).startswith("entries 0…255 of the journal at ")
+        assert str(info.value).endswith(
+            " are archived: pass the archive directory (archive=DIR, --archive DIR)")
+
+
+def test_a_clear_during_an_export_without_a_signer_is_refused(journal: SovereignJournal, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    journal.sign_checkpoint(SIGNER)
+    sources = journal.tile_sources
+
+    def clear_then_read(*args: object, **kwargs: object) -> object:
+        journal.clear_all()
+        return sources(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal, "tile_sources", clear_then_read)
+    with pytest.raises(ValidationError) as info:
+        journal.export_tiles(tmp_path / "tiles")
+    assert str(info.value) == f"the journal at {journal.path} has no checkpoint of its current log"
