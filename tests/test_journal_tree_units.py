@@ -7,10 +7,10 @@ witness cosigned last, the quorum it is given, and the cosignatures of a tree ke
 from __future__ import annotations
 
 import base64
-import inspect
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +40,7 @@ from krepis.tlog._note import (
     split_note,
 )
 from logtools import flip_last
+from test_archive import fill_fast
 from test_witness import LOG, WITNESS, body, grow, open_witness
 
 SIGNER = generate_signer("example.com/tree")
@@ -405,8 +406,53 @@ def test_cosigning_reads_old_proofs_from_the_archive_given(archived: _Archived, 
         w1.close()
 
 
-def test_the_default_cosigning_timeout_is_10_seconds() -> None:
-    assert inspect.signature(SovereignJournal.cosign_checkpoint).parameters["timeout"].default == 10.0
+def test_the_default_cosigning_timeout_is_10_seconds(journal: SovereignJournal,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[object] = []
+
+    def spy(note: str, endpoints: object, **kwargs: object) -> object:
+        asked.append(kwargs["timeout"])
+        raise QuorumError("(not asked)", [])
+
+    monkeypatch.setattr(tree, "collect_cosignatures", spy)
+    with pytest.raises(QuorumError):
+        journal.cosign_checkpoint(LOG, [f"w1=http://127.0.0.1:9:{WITNESS.verifier()}"])
+    assert asked == [10.0]
+
+
+def test_a_rewritten_tree_above_the_archived_bundles_is_caught_by_rehashing_them(tmp_path: Path) -> None:
+    """The store's tree above the archived bundles (here the height-16 hash of the log's first
+    65,536 entries, and the tree head made of it) rewritten to agree with itself: the store's own
+    check has only the tree for those entries and passes, but ``verify_extends`` hashes the
+    archived bundles again and finds the stored hash is not theirs — leaf numbers counted from
+    the log's first seq (a log begun by a clear)."""
+    store, arch = tmp_path / "store", tmp_path / "archive"
+    with SovereignJournal(store) as journal:
+        _fill(journal, 9)
+        journal.clear_all()  # the log begins at seq 9 (the clear's entry)
+        first = journal.tree_head().first_seq
+        fill_fast(journal, [TransactionLog(i, "op", f"r{i}", LogStatus.Completed)
+                            for i in range(first + 1, first + 65_536 + 10)])
+        kept = journal.sign_checkpoint(SIGNER)
+        journal.archive(arch, keep_last=0)
+        assert journal.live_first_seq() == first + 65_536
+
+    def rewrite(txn: Any, db: Any) -> None:
+        txn.put(b"\x10" + (0).to_bytes(8, "big"), b"\1" * 32, db=db(b"tree"))
+        head = bytearray(txn.get(b"tree", db=db(b"meta")))
+        head[16:48] = b"\1" * 32  # the tree head's first subtree: entries 0…65535 of the log
+        txn.put(b"tree", bytes(head), db=db(b"meta"))
+
+    rawlmdb.edit(store, rewrite)
+    with SovereignJournal(store) as journal:
+        journal._live().verify()  # (the store alone cannot tell)
+        for note in (kept, journal.sign_checkpoint(SIGNER)):  # even a checkpoint signed since
+            with pytest.raises(CorruptStorageError) as info:
+                journal.verify_extends(note, [VKEY])
+            assert str(info.value) == (
+                f"the archive at {arch} and the journal at {journal.path} disagree: the stored Merkle hash "
+                f"of entries {first}…{first + 65_535} (height 16) does not match the entries")
+            assert info.value.path == str(arch)
 
 
 # -- tile sources ---------------------------------------------------------------------------------
