@@ -154,6 +154,13 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "journal/_tree": (["test_tlog.py", "test_tlog_trust.py", "test_gaps_tlog.py", "test_tlog_export.py",
                        "test_witness.py", "test_review_findings.py", "test_tlog_checks.py", "test_archive.py",
                        "test_journal_tree_units.py"], _NO_PG),
+    # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
+    "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
+                    "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
+    # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
+    "cli/_tlog_serve": (["test_tlog_serve.py", "test_cli_tlog_units.py", "test_monitor.py",
+                         "test_review_findings.py", "test_witness.py", "test_witness_split.py",
+                         "test_tlog_serve_units.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",
                  "test_gaps_kernel.py"],
                 _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
