@@ -136,3 +136,63 @@ def test_archived_entries_are_proved_from_the_archive(tmp_path: Path) -> None:
         _proved(line, store, line["seq"], 600, note)
     result = _prove(store, "300", "--live-only")
     assert result.exit_code == 1 and result.stdout == "" and "entries 256…511" in result.stderr
+
+
+def test_a_request_id_with_glob_characters_is_a_prefix_not_a_pattern(store: Path) -> None:
+    result = _prove(store, "--request-id", "req-7f*", "--tree-size", "50")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: no request id is or begins with 'req-7f*'")
+
+
+def test_a_log_begun_by_a_clear_counts_its_tree_from_its_first_seq(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        _fill(journal, 0, 30)
+        journal.clear_all()
+        _fill(journal, 100, 20)  # seqs 31…50 (30 is the clear's own entry)
+        note = journal.sign_checkpoint(SIGNER)
+        first = journal.tree_head().first_seq
+    lines = _lines(_prove(store, "--request-id", RID))
+    assert [line["seq"] for line in lines] == [first + 3, first + 8, first + 13, first + 18]
+    assert all(line["checkpoint"] == note and line["tree_size"] == 21 for line in lines)
+    assert [line["index"] for line in lines] == [3, 8, 13, 18]
+
+
+class _Moved:
+    """603 entries, the first 512 archived, the archive the store records moved to ``moved``;
+    request ``old-only`` has entries in the archived prefix only."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store, arch, self.moved = tmp_path / "store", tmp_path / "archive", tmp_path / "moved"
+        with SovereignJournal(self.store, flush="interval:20ms") as journal:
+            for i in range(3):  # seqs 0…2
+                journal.log_transaction(TransactionLog(i, "op", "old-only-1", LogStatus.Completed))
+            _fill(journal, 0, 600)  # seqs 3…602: RID at 5, 10, …
+            self.note = journal.sign_checkpoint(SIGNER)
+            journal.archive(arch, keep_last=0)
+        arch.rename(self.moved)
+
+
+def test_an_archive_given_is_read_for_archived_entries_and_requests(tmp_path: Path) -> None:
+    m = _Moved(tmp_path)
+    [line] = _lines(_prove(m.store, "300", "--archive", str(m.moved)))
+    assert line["seq"] == 300 and line["checkpoint"] == m.note
+    lines = _lines(_prove(m.store, "--request-id", RID, "--archive", str(m.moved)))
+    assert [line["seq"] for line in lines] == list(range(5, 603, 5))
+    for line in (lines[0], lines[-1]):
+        assert line["tree_size"] == 603 and line["entry"]
+    lines = _lines(_prove(m.store, "--request-id", "old-only", "--archive", str(m.moved)))  # a prefix
+    assert [line["seq"] for line in lines] == [0, 1, 2]
+    result = _prove(m.store, "300")  # the archive the store records is not there
+    assert result.exit_code == 1 and result.stdout == "" and str(tmp_path / "archive") in result.stderr
+
+
+def test_live_only_proves_the_live_entries_without_any_archive(tmp_path: Path) -> None:
+    m = _Moved(tmp_path)
+    [line] = _lines(_prove(m.store, "550", "--live-only"))
+    assert line["seq"] == 550 and line["entry"]
+    lines = _lines(_prove(m.store, "--request-id", RID, "--live-only"))
+    assert [line["seq"] for line in lines] == list(range(515, 603, 5))
+    result = _prove(m.store, "--request-id", "old-only", "--live-only")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: no request id is or begins with 'old-only'")
