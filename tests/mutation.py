@@ -158,9 +158,7 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
     # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
-    "cli/_tlog_serve": (["test_tlog_serve.py", "test_cli_tlog_units.py", "test_monitor.py",
-                         "test_review_findings.py", "test_witness.py", "test_witness_split.py",
-                         "test_tlog_serve_units.py"], _NO_PG),
+    "cli/_tlog_serve": (["test_tlog_serve_units.py", "test_tlog_serve.py", "test_witness.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",
                  "test_gaps_kernel.py"],
                 _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
