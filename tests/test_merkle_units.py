@@ -18,7 +18,7 @@ from krepis.tlog._merkle import (
 
 from storage_conformance import mth
 
-DATA = [b"entry %d" % i for i in range(1100)]
+DATA = [b"entry %d" % i for i in range(2000)]
 
 
 def stored(level: int, index: int) -> bytes | None:
@@ -49,7 +49,7 @@ def test_append_reports_each_completed_tile_height_subtree_once_with_its_index()
 
 
 def test_resume_rebuilds_the_frontier_from_the_stored_tile_hashes() -> None:
-    for size in (0, 256, 512, 768, 1024):
+    for size in (0, 256, 512, 768, 1024, 1792):  # 1792: subtrees of 1024, 512 and 256
         checker = TreeChecker(stored, 1000)
         checker.resume(size)
         assert checker.size == size
@@ -114,3 +114,13 @@ def test_a_stored_hash_that_differs_is_named_with_both_ends_of_its_range() -> No
     assert str(caught.value) == ("the stored Merkle hash of entries 263…518 (height 8) "
                                  "does not match the entries")
     assert checker.nodes == 1
+
+
+def test_an_inclusion_proof_of_the_wrong_length_is_refused_by_its_exact_text() -> None:
+    from krepis.tlog._merkle import root_from_inclusion
+
+    for proof, said in (([], "the inclusion proof is too short"),
+                        ([bytes(32)] * 2, "the inclusion proof is too long")):
+        with pytest.raises(ValueError) as caught:
+            root_from_inclusion(leaf_hash(b""), 0, 2, proof)
+        assert str(caught.value) == said
