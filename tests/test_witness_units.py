@@ -503,3 +503,82 @@ def test_the_last_cosignature_of_the_witness_s_key_in_a_record_counts(witness: W
     latest = witness.latest(LOG.name)
     assert latest is not None and (latest.timestamp, latest.line) == (100, early)
     assert split_note(latest.note)[0] == text
+
+
+# -- the lock and the journal checked under it -----------------------------------------------
+
+class _Probe:
+    """The witness's real journal, looking at the lock each time an entry is appended: whether
+    the witness's thread lock is held, and whether another open of the lock file can take the
+    flock (it cannot while the witness holds it)."""
+
+    def __init__(self, journal: SovereignJournal, lock_path: str) -> None:
+        self._journal, self._lock_path = journal, lock_path
+        self.core: Witness | None = None
+        self.seen: list[tuple[bool, bool]] = []
+
+    @property
+    def path(self) -> str:
+        return self._journal.path
+
+    def log_transaction(self, log: TransactionLog) -> None:
+        import fcntl
+
+        assert self.core is not None
+        fd = os.open(self._lock_path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flocked = False
+            except BlockingIOError:
+                flocked = True
+        finally:
+            os.close(fd)  # (closing drops a flock this open took)
+        self.seen.append((self.core._lock._thread.locked(), flocked))
+        self._journal.log_transaction(log)
+
+    def query(self, **kwargs: object) -> list[TransactionLog]:
+        return self._journal.query(**kwargs)  # type: ignore[arg-type]
+
+    def tree_head(self) -> object:
+        return self._journal.tree_head()
+
+    def live_first_seq(self) -> int:
+        return self._journal.live_first_seq()
+
+
+def test_an_entry_is_appended_under_the_thread_lock_and_the_flock(tmp_path: Path,
+                                                                  journal: SovereignJournal) -> None:
+    lock = str(tmp_path / "lock")
+    probe = _Probe(journal, lock)
+    core = Witness(WITNESS, [LOG.verifier()], probe, lock)  # type: ignore[arg-type]
+    probe.core = core
+    try:
+        core.add_checkpoint(request(0, 5))
+        refused(core, request(5, 5, tree=OTHER))  # a conflict kept: under the lock too
+        core.add_checkpoint(request(5, 9))
+    finally:
+        core.close()
+    assert probe.seen == [(True, True)] * 3
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR)  # released after each request
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_a_journal_cleared_while_the_witness_runs_is_refused_before_it_cosigns(
+        tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "journal") as journal:
+        core = Witness(WITNESS, [LOG.verifier()], journal, str(tmp_path / "lock"))
+        try:
+            core.add_checkpoint(request(0, 5))
+            journal.clear_all()
+            with pytest.raises(StorageError) as info:
+                core.add_checkpoint(request(0, 9))  # the record of size 5 is gone: old 0 would pass
+            assert str(info.value).startswith(f"the witness's journal at {journal.path} was cleared: ")
+            assert journal.query(op_name=COSIGNED_OP) == []
+        finally:
+            core.close()
