@@ -350,3 +350,31 @@ def test_an_answer_that_ends_before_its_length_is_an_error_not_a_short_body() ->
         with pytest.raises(HTTPError) as info:
             request(srv.url + "/tile")
     assert str(info.value) == f"GET {srv.url}/tile: the answer ended after 50 of its 100 bytes"
+
+
+def test_the_reader_shows_an_answer_that_is_not_utf8_with_replacement_characters() -> None:
+    with server(answer("404 Not Found", b"\xff no \xe2\x80 tile"),
+                answer("500 Oops", b"\xe2\x80\x94" * 100)) as srv:
+        read = reader(srv.url)
+        with pytest.raises(HTTPError) as info:
+            read("a", 100)
+        assert str(info.value) == f"GET {srv.url}/a: 404 (\ufffd no \ufffd tile)"
+        with pytest.raises(HTTPError) as info:
+            read("b", 1000)  # the first 200 bytes: 66 dashes and the start of one more
+        assert str(info.value) == f"GET {srv.url}/b: 500 ({'—' * 66}\ufffd)"
+
+
+def test_the_reader_s_timeout_is_its_own_30_s_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    def no_answer(self: http.client.HTTPConnection) -> None:
+        raise TimeoutError  # (as the socket does when the timeout passes)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "getresponse", no_answer)
+    with server(answer("200 OK"), answer("200 OK")) as srv:
+        with pytest.raises(HTTPError) as info:
+            reader(srv.url)("checkpoint", 100)
+        assert str(info.value) == f"GET {srv.url}/checkpoint: no whole answer within 30.0 s"
+        with pytest.raises(HTTPError) as info:
+            reader(srv.url, timeout=2.5)("checkpoint", 100)
+        assert str(info.value) == f"GET {srv.url}/checkpoint: no whole answer within 2.5 s"
