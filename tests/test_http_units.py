@@ -126,6 +126,7 @@ def test_join_puts_one_slash_between_prefix_and_path() -> None:
     assert join("http://h/w", "/add-checkpoint") == "http://h/w/add-checkpoint"
     assert join("http://h/w//", "/add-checkpoint") == "http://h/w/add-checkpoint"
     assert join("http://h", "/checkpoint") == "http://h/checkpoint"
+    assert join("http://h/BOX", "/a") == "http://h/BOX/a"  # only slashes are taken off
 
 
 # -- the request sent ------------------------------------------------------------------------
@@ -141,6 +142,7 @@ def test_a_get_sends_the_path_and_query_with_its_headers_and_no_content_type() -
     assert line == "GET /a/b?x=1&y=2 HTTP/1.1"
     assert headers["user-agent"] == "krepis" and headers["accept-encoding"] == "identity"
     assert "content-type" not in headers and body == b""
+    assert sorted(headers) == ["accept-encoding", "host", "user-agent"]  # nothing else
     assert _headers(srv.requests[1])[0] == "GET / HTTP/1.1"
 
 
@@ -152,6 +154,7 @@ def test_a_post_sends_its_body_with_its_content_type() -> None:
     assert line == "POST /add HTTP/1.1" and body == b"old 0\n\nnote"
     assert headers["content-type"] == "text/plain; charset=utf-8"
     assert headers["user-agent"] == "krepis" and headers["accept-encoding"] == "identity"
+    assert sorted(headers) == ["accept-encoding", "content-length", "content-type", "host", "user-agent"]
     assert _headers(srv.requests[1])[1]["content-type"] == "application/json"
 
 
@@ -162,7 +165,7 @@ def test_https_is_spoken_to_an_https_url() -> None:
         with pytest.raises(HTTPError) as info:
             request(srv.url.replace("http://", "https://") + "/x", timeout=1.0)
     assert str(info.value).startswith(f"GET {srv.url.replace('http://', 'https://')}/x: ")
-    assert not srv.requests or not srv.requests[0].startswith(b"GET /x")
+    assert srv.requests[0][:2] == b"\x16\x03"  # a TLS handshake record, on the URL's port
 
 
 # -- the answer read -------------------------------------------------------------------------
@@ -378,3 +381,60 @@ def test_the_reader_s_timeout_is_its_own_30_s_by_default(monkeypatch: pytest.Mon
         with pytest.raises(HTTPError) as info:
             reader(srv.url, timeout=2.5)("checkpoint", 100)
         assert str(info.value) == f"GET {srv.url}/checkpoint: no whole answer within 2.5 s"
+
+
+def test_a_request_s_timeout_is_10_s_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    def no_answer(self: http.client.HTTPConnection) -> None:
+        raise TimeoutError
+
+    monkeypatch.setattr(http.client.HTTPConnection, "getresponse", no_answer)
+    with server(answer("200 OK")) as srv:
+        with pytest.raises(HTTPError) as info:
+            request(srv.url)
+    assert str(info.value) == f"GET {srv.url}: no whole answer within 10.0 s"
+
+
+def test_a_connection_that_is_never_accepted_is_given_up_at_the_deadline() -> None:
+    # a listener whose queue of one is full: the kernel drops the next connection's SYN, so
+    # connect() waits; only the socket's own timeout ends that wait (the watchdog has no
+    # socket to shut down before it is connected)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())
+    bound = threading.Timer(5.0, listener.close)  # (a connect still waiting then is refused)
+    bound.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/checkpoint"
+        with pytest.raises(HTTPError) as info:
+            request(url, timeout=0.3)
+    finally:
+        bound.cancel()
+        filler.close()
+        listener.close()
+    assert str(info.value) == f"GET {url}: no whole answer within 0.3 s"
+
+
+def test_a_server_that_trickles_its_headers_is_given_up_at_the_deadline() -> None:
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(250):  # (5 s at most, then the answer ends)
+            if stop.wait(0.02):
+                return
+            try:
+                conn.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                return
+        conn.sendall(b"Content-Length: 0\r\n\r\n")
+
+    with server(trickle) as srv:
+        try:
+            with pytest.raises(HTTPError) as info:
+                request(srv.url, timeout=0.5)
+        finally:
+            stop.set()
+    assert str(info.value) == f"GET {srv.url}: no whole answer within 0.5 s"
