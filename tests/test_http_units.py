@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -396,23 +397,42 @@ def test_a_request_s_timeout_is_10_s_by_default(monkeypatch: pytest.MonkeyPatch)
     assert str(info.value) == f"GET {srv.url}: no whole answer within 10.0 s"
 
 
-def test_a_connection_that_is_never_accepted_is_given_up_at_the_deadline() -> None:
+def test_a_connection_that_is_not_accepted_in_time_is_given_up_at_the_deadline() -> None:
     # a listener whose queue of one is full: the kernel drops the next connection's SYN, so
-    # connect() waits; only the socket's own timeout ends that wait (the watchdog has no
-    # socket to shut down before it is connected)
+    # connect() waits (the SYN is sent again after 1 s, 3 s, …); only the socket's own timeout
+    # ends that wait — the watchdog has no socket to shut down before it is connected. Two
+    # seconds on, the listener accepts the connection and holds it, answering nothing for 20 s:
+    # a request still waiting then would wait that long.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
     filler = socket.create_connection(listener.getsockname())
-    bound = threading.Timer(5.0, listener.close)  # (a connect still waiting then is refused)
-    bound.start()
+    done = threading.Event()
+
+    def late() -> None:
+        if done.wait(2.0):
+            return
+        listener.settimeout(10)
+        try:
+            listener.accept()[0].close()  # the filler, queued first
+            conn, _ = listener.accept()  # the request, once its SYN is sent again
+        except OSError:
+            return
+        with conn:
+            done.wait(20)
+
+    thread = threading.Thread(target=late, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/checkpoint"
+    started = time.monotonic()
     try:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/checkpoint"
         with pytest.raises(HTTPError) as info:
             request(url, timeout=0.3)
+        assert time.monotonic() - started < 10  # (a bound that holds on any machine, not a speed)
     finally:
-        bound.cancel()
+        done.set()
         filler.close()
+        thread.join(timeout=30)
         listener.close()
     assert str(info.value) == f"GET {url}: no whole answer within 0.3 s"
 
@@ -422,8 +442,8 @@ def test_a_server_that_trickles_its_headers_is_given_up_at_the_deadline() -> Non
 
     def trickle(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\n")
-        for _ in range(250):  # (5 s at most, then the answer ends)
-            if stop.wait(0.02):
+        for _ in range(80):  # a header every 0.25 s for 20 s (fewer than the 100 allowed), then the end
+            if stop.wait(0.25):
                 return
             try:
                 conn.sendall(b"X-Slow: 1\r\n")
@@ -432,9 +452,11 @@ def test_a_server_that_trickles_its_headers_is_given_up_at_the_deadline() -> Non
         conn.sendall(b"Content-Length: 0\r\n\r\n")
 
     with server(trickle) as srv:
+        started = time.monotonic()
         try:
             with pytest.raises(HTTPError) as info:
                 request(srv.url, timeout=0.5)
+            assert time.monotonic() - started < 10  # (a bound that holds on any machine, not a speed)
         finally:
             stop.set()
     assert str(info.value) == f"GET {srv.url}: no whole answer within 0.5 s"
