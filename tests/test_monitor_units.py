@@ -555,3 +555,56 @@ def test_each_tile_is_fetched_once_a_step(site: tuple[Path, str, _Site]) -> None
     assert isinstance(got, Alarm) and got.kind == "conflict"
     tiles = [p for p in fetched if p.startswith("tile/")]
     assert sorted(tiles) == sorted(set(tiles)) and "tile/0/001" in tiles
+
+
+def test_an_entry_bundle_over_the_largest_possible_is_an_error_not_a_verdict(
+        site: tuple[Path, str, _Site]) -> None:
+    root, url, _ = site
+    publish(root, MemTree(_data(1)))
+    bundle = root / "tile" / "entries" / "000.p" / "1"
+    bundle.write_bytes(b"\xff\xff" + b"x" * 0xFFFF + b"y")  # one entry of 65,535 bytes is the most
+    with pytest.raises(HTTPError) as info:
+        step(url, None)
+    assert str(info.value) == (f"GET {url}/tile/entries/000.p/1: the answer is 65538 bytes, more than the "
+                               "65537 read")
+
+
+def test_a_state_file_over_2_mib_is_refused_unread(
+        saved: tuple[Path, dict[str, object], MonitorState]) -> None:
+    path, doc, state = saved
+    text = json.dumps(doc)
+    path.write_text(text + " " * (2 * (1 << 20) - len(text)))
+    assert load_state(str(path), [LOG.verifier()]) == state  # 2 MiB: read
+    path.write_text(text + " " * (2 * (1 << 20) - len(text) + 1))
+    with pytest.raises(ValidationError) as info:
+        load_state(str(path), [LOG.verifier()])
+    assert str(info.value) == f"{path} is 2097153 bytes, more than the 2097152 it may hold"
+
+
+@pytest.mark.parametrize("field", ["frontier", "partial"])
+def test_a_state_file_s_hashes_are_strict_base64(saved: tuple[Path, dict[str, object], MonitorState],
+                                                 field: str) -> None:
+    path, doc, _ = saved
+    hashes = doc[field]
+    assert isinstance(hashes, list) and hashes
+    stray = hashes[0][:10] + "*" + hashes[0][10:]  # the same hash, were the stray character skipped
+    assert base64.b64decode(stray) == base64.b64decode(hashes[0])
+    said = _load_refused(path, {**doc, field: [stray, *hashes[1:]]})
+    assert said.startswith(f"{path}: ")  # (then binascii's words, which vary with Python's version)
+
+
+def test_save_writes_a_hidden_temporary_file_beside_the_state(
+        saved: tuple[Path, dict[str, object], MonitorState], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _, state = saved
+    renamed: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        renamed.append((src, dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_state(str(path), state)
+    [(src, dst)] = renamed
+    assert os.path.dirname(src) == str(path.parent) and dst == str(path)
+    assert os.path.basename(src).startswith(".krepis-monitor-")
