@@ -78,6 +78,18 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                "test_gaps_tlog.py", "test_note_units.py", "test_tiles_units.py", "test_reader_units.py",
                "test_cosig_units.py", "test_collect_units.py", "test_backup.py", "test_storage_lmdb.py"],
               _NO_PG),
+    # the RFC 6962 hashing and proofs: their unit tests, and the tree readers and tile exports
+    # built on them (every proof a store gives)
+    "tlog/_merkle": (["test_merkle*.py", "test_reader_units.py", "test_tiles_units.py", "test_tlog.py"],
+                     _NO_PG),
+    # asking witnesses to cosign: its unit tests (a scripted witness) and the real witness's
+    "tlog/_collect": (["test_collect_units.py", "test_witness.py"], _NO_PG),
+    # the HTTP client: its unit tests, and the cosigning and monitor tests that talk through it
+    "tlog/_http": (["test_http_units.py", "test_collect_units.py", "test_monitor_units.py"], _NO_PG),
+    # the witness: its unit tests and its end-to-end tests (HTTP server, processes, the CLI)
+    "tlog/_witness": (["test_witness_units.py", "test_witness.py"], _NO_PG),
+    # the monitor: its unit tests and its end-to-end tests on a served log
+    "tlog/_monitor": (["test_monitor_units.py", "test_monitor.py"], _NO_PG),
     # (test_backup_archive.py: copy_archive through krepis.backup, a second.) The SIGKILL test (8
     # killed children, past the 30 s timeout on a loaded machine) repeats what the in-process crash
     # tests of test_archive_writer_units.py check at each step (on_step)

@@ -412,3 +412,91 @@ def test_a_deadline_already_past_asks_no_one() -> None:
         with pytest.raises(QuorumError) as info:
             collect([endpoint("w1", url, W1)], timeout=1e-9)
     assert info.value.answers[0].error == "no answer in time" and script.bodies == []
+
+
+# -- what the run of tlog/_collect's mutants found untested --------------------------------------
+
+def test_a_url_may_hold_an_equals_sign() -> None:
+    key = W1.verifier()
+    w = WitnessEndpoint.parse(f"w1=https://witness.example/add?log=a=b:{key}")
+    assert w == WitnessEndpoint("w1", "https://witness.example/add?log=a=b", key)
+
+
+def test_an_answer_over_64_kib_is_refused_unread() -> None:
+    big = (200, "text/plain", b"x" * (64 * 1024 + 1))
+    with witness_server(big) as (url, _):
+        answer, _ = one_answer_at(url)
+    assert answer.error == (f"POST {url.rstrip('/')}/add-checkpoint: the answer is 65537 bytes, more than "
+                            "the 65536 read")
+
+
+def test_the_default_timeout_is_ten_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import krepis.tlog._collect as collect_module
+
+    clock = iter([0.0])  # the deadline is set at 0; when the witness is asked, it is 9.5
+
+    def monotonic() -> float:
+        return next(clock, 9.5)
+
+    monkeypatch.setattr(collect_module, "time", types.SimpleNamespace(monotonic=monotonic))
+    release = threading.Event()
+
+    def slow() -> Reply:
+        release.wait(30)
+        return cosigned(W1)
+
+    try:
+        with witness_server(slow) as (url, _):
+            with pytest.raises(QuorumError) as info:
+                collect_cosignatures(NOTE, [endpoint("w1", url, W1)], proof=_proof)
+            release.set()
+    finally:
+        release.set()
+    assert info.value.answers[0].error == (f"POST {url.rstrip('/')}/add-checkpoint: no whole answer within "
+                                           "0.5 s")
+
+
+def test_every_witness_is_asked_at_once_in_threads_named_for_it() -> None:
+    import os
+
+    n = min(32, (os.cpu_count() or 1) + 4) + 1  # one more than a thread pool's default size
+    cosigners = [generate_cosigner(f"v{i}.example") for i in range(n)]
+    barrier = threading.Barrier(n, timeout=5)
+    names: list[str] = []
+
+    def together(c: Cosigner) -> Callable[[], Reply]:
+        def reply() -> Reply:
+            barrier.wait()  # answers only once every witness has been asked
+            return cosigned(c)
+        return reply
+
+    def proof(old: int) -> list[bytes]:
+        names.append(threading.current_thread().name)
+        return _proof(old)
+
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(witness_server(together(c)))[0] for c in cosigners]
+        witnesses = [endpoint(f"v{i}", u, c) for i, (u, c) in enumerate(zip(urls, cosigners, strict=True))]
+        note, answers = collect(witnesses, proof=proof)
+    assert [a.error for a in answers] == [None] * n
+    assert note == NOTE + "".join(c.cosign(TEXT, T) for c in cosigners)
+    assert len(names) == n and all(name.startswith("krepis-witness_") for name in names)
+
+
+def test_a_deadline_reached_exactly_asks_no_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import krepis.tlog._collect as collect_module
+
+    clock = iter([0.0])  # the deadline is set at 0; the witness would be asked at 10.0: none left
+
+    def monotonic() -> float:
+        return next(clock, 10.0)
+
+    monkeypatch.setattr(collect_module, "time", types.SimpleNamespace(monotonic=monotonic))
+    with witness_server(cosigned(W1)) as (url, script):
+        with pytest.raises(QuorumError) as info:
+            collect_cosignatures(NOTE, [endpoint("w1", url, W1)], proof=_proof, timeout=10.0)
+    assert info.value.answers[0].error == "no answer in time" and script.bodies == []

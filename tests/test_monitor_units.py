@@ -503,3 +503,108 @@ def test_save_writes_beside_the_file_named_relative(saved: tuple[Path, dict[str,
     monkeypatch.chdir(path.parent)
     save_state("again.json", state)
     assert read_regular(str(path.parent / "again.json"), 1 << 20) == path.read_bytes()
+
+
+# -- what the run of tlog/_monitor's mutants found -----------------------------------------------
+
+def test_a_cut_tile_met_only_at_the_smaller_size_is_an_error_naming_it_not_a_crash(
+        site: tuple[Path, str, _Site]) -> None:
+    # the tree of 600 leaves is checked by tile/1/000.p/2 and tile/0/002.p/88 alone; its root at
+    # size 300 also needs tile/0/001, read only then
+    root, url, _ = site
+    tree = MemTree(_data(600))
+    publish(root, tree)
+    seen = advance(url, None).state
+    root.joinpath("checkpoint").write_text(tree.note(300))
+    tile = root / "tile" / "0" / "001"
+    tile.write_bytes(tile.read_bytes()[:-1])
+    with pytest.raises(JournalError) as info:
+        step(url, seen)
+    assert isinstance(info.value, ValidationError)
+    assert str(info.value) == "the log's tile tile/0/001 is 8191 bytes, not 8192"
+
+
+def test_a_tile_longer_than_its_width_is_an_error_not_a_verdict(site: tuple[Path, str, _Site]) -> None:
+    root, url, _ = site
+    tree = MemTree(_data(600))
+    publish(root, tree)
+    seen = advance(url, None).state
+    root.joinpath("checkpoint").write_text(tree.note(400))
+    tile = root / "tile" / "1" / "000.p" / "2"
+    tile.write_bytes(tile.read_bytes() + b"\x00")
+    with pytest.raises(HTTPError) as info:
+        step(url, seen)
+    assert str(info.value) == f"GET {url}/tile/1/000.p/2: the answer is 65 bytes, more than the 64 read"
+
+
+def test_each_tile_is_fetched_once_a_step(site: tuple[Path, str, _Site]) -> None:
+    # the tiles a verdict is drawn from are the ones checked against the checkpoint's root
+    root, url, _ = site
+    tree = MemTree(_data(600))
+    publish(root, tree)
+    seen = advance(url, None).state
+    root.joinpath("checkpoint").write_text(MemTree(_data(400, "x")).note())
+    fetched: list[str] = []
+    read = reader(url, 10.0)
+
+    def fetch(path: str, limit: int) -> bytes:
+        fetched.append(path)
+        return read(path, limit)
+
+    got = follow(fetch, seen, [LOG.verifier()])
+    assert isinstance(got, Alarm) and got.kind == "conflict"
+    tiles = [p for p in fetched if p.startswith("tile/")]
+    assert sorted(tiles) == sorted(set(tiles)) and "tile/0/001" in tiles
+
+
+def test_an_entry_bundle_over_the_largest_possible_is_an_error_not_a_verdict(
+        site: tuple[Path, str, _Site]) -> None:
+    root, url, _ = site
+    publish(root, MemTree(_data(1)))
+    bundle = root / "tile" / "entries" / "000.p" / "1"
+    bundle.write_bytes(b"\xff\xff" + b"x" * 0xFFFF + b"y")  # one entry of 65,535 bytes is the most
+    with pytest.raises(HTTPError) as info:
+        step(url, None)
+    assert str(info.value) == (f"GET {url}/tile/entries/000.p/1: the answer is 65538 bytes, more than the "
+                               "65537 read")
+
+
+def test_a_state_file_over_2_mib_is_refused_unread(
+        saved: tuple[Path, dict[str, object], MonitorState]) -> None:
+    path, doc, state = saved
+    text = json.dumps(doc)
+    path.write_text(text + " " * (2 * (1 << 20) - len(text)))
+    assert load_state(str(path), [LOG.verifier()]) == state  # 2 MiB: read
+    path.write_text(text + " " * (2 * (1 << 20) - len(text) + 1))
+    with pytest.raises(ValidationError) as info:
+        load_state(str(path), [LOG.verifier()])
+    assert str(info.value) == f"{path} is 2097153 bytes, more than the 2097152 it may hold"
+
+
+@pytest.mark.parametrize("field", ["frontier", "partial"])
+def test_a_state_file_s_hashes_are_strict_base64(saved: tuple[Path, dict[str, object], MonitorState],
+                                                 field: str) -> None:
+    path, doc, _ = saved
+    hashes = doc[field]
+    assert isinstance(hashes, list) and hashes
+    stray = hashes[0][:10] + "*" + hashes[0][10:]  # the same hash, were the stray character skipped
+    assert base64.b64decode(stray) == base64.b64decode(hashes[0])
+    said = _load_refused(path, {**doc, field: [stray, *hashes[1:]]})
+    assert said.startswith(f"{path}: ")  # (then binascii's words, which vary with Python's version)
+
+
+def test_save_writes_a_hidden_temporary_file_beside_the_state(
+        saved: tuple[Path, dict[str, object], MonitorState], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _, state = saved
+    renamed: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        renamed.append((src, dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_state(str(path), state)
+    [(src, dst)] = renamed
+    assert os.path.dirname(src) == str(path.parent) and dst == str(path)
+    assert os.path.basename(src).startswith(".krepis-monitor-")

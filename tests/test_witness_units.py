@@ -503,3 +503,163 @@ def test_the_last_cosignature_of_the_witness_s_key_in_a_record_counts(witness: W
     latest = witness.latest(LOG.name)
     assert latest is not None and (latest.timestamp, latest.line) == (100, early)
     assert split_note(latest.note)[0] == text
+
+
+# -- the lock and the journal checked under it -----------------------------------------------
+
+class _Probe:
+    """The witness's real journal, looking at the lock each time an entry is appended: whether
+    the witness's thread lock is held, and whether another open of the lock file can take the
+    flock (it cannot while the witness holds it)."""
+
+    def __init__(self, journal: SovereignJournal, lock_path: str) -> None:
+        self._journal, self._lock_path = journal, lock_path
+        self.core: Witness | None = None
+        self.seen: list[tuple[bool, bool]] = []
+
+    @property
+    def path(self) -> str:
+        return self._journal.path
+
+    def log_transaction(self, log: TransactionLog) -> None:
+        import fcntl
+
+        assert self.core is not None
+        fd = os.open(self._lock_path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flocked = False
+            except BlockingIOError:
+                flocked = True
+        finally:
+            os.close(fd)  # (closing drops a flock this open took)
+        self.seen.append((self.core._lock._thread.locked(), flocked))
+        self._journal.log_transaction(log)
+
+    def query(self, **kwargs: object) -> list[TransactionLog]:
+        return self._journal.query(**kwargs)  # type: ignore[arg-type]
+
+    def tree_head(self) -> object:
+        return self._journal.tree_head()
+
+    def live_first_seq(self) -> int:
+        return self._journal.live_first_seq()
+
+
+def test_an_entry_is_appended_under_the_thread_lock_and_the_flock(tmp_path: Path,
+                                                                  journal: SovereignJournal) -> None:
+    lock = str(tmp_path / "lock")
+    probe = _Probe(journal, lock)
+    core = Witness(WITNESS, [LOG.verifier()], probe, lock)  # type: ignore[arg-type]
+    probe.core = core
+    try:
+        core.add_checkpoint(request(0, 5))
+        refused(core, request(5, 5, tree=OTHER))  # a conflict kept: under the lock too
+        core.add_checkpoint(request(5, 9))
+    finally:
+        core.close()
+    assert probe.seen == [(True, True)] * 3
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR)  # released after each request
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_a_journal_cleared_while_the_witness_runs_is_refused_before_it_cosigns(
+        tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "journal") as journal:
+        core = Witness(WITNESS, [LOG.verifier()], journal, str(tmp_path / "lock"))
+        try:
+            core.add_checkpoint(request(0, 5))
+            journal.clear_all()
+            with pytest.raises(StorageError) as info:
+                core.add_checkpoint(request(0, 9))  # the record of size 5 is gone: old 0 would pass
+            assert str(info.value).startswith(f"the witness's journal at {journal.path} was cleared: ")
+            assert journal.query(op_name=COSIGNED_OP) == []
+        finally:
+            core.close()
+
+
+# -- what the run of tlog/_witness's mutants found untested --------------------------------------
+
+def test_a_clock_at_the_epoch_stamps_zero(tmp_path: Path, journal: SovereignJournal,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    core = Witness(WITNESS, [LOG.verifier()], journal, str(tmp_path / "lock"), clock=lambda: 0.0)
+    try:
+        monkeypatch.setattr(time, "time_ns", lambda: 0)
+        got = core.add_checkpoint(request(0, 5))
+    finally:
+        core.close()
+    assert got.timestamp == 0 and got.line == WITNESS.cosign(format_checkpoint(got.checkpoint), 0)
+    [entry] = journal.query(op_name=COSIGNED_OP)
+    assert entry.timestamp == 0
+
+
+def _sized(log: Signer, size: int, tree: MemTree, lines: int, total: int, cosigned: bool) -> str:
+    """A note of ``log`` over the checkpoint of ``size`` with ``lines`` signature lines, its text
+    padded with an extension line so that what the witness keeps of it — the text, its trusted
+    signature lines and (when ``cosigned``) the witness's cosignature — is ``total`` bytes."""
+    def note(pad: int) -> str:
+        text = format_checkpoint(Checkpoint(log.name, size, tree.root(size), ("x" * pad,)))
+        signed = sign_note(text, log)
+        return signed + signed.split("\n\n")[1] * (lines - 1)
+
+    def kept(pad: int) -> int:
+        text = note(pad).split("\n\n")[0] + "\n"
+        return len(note(pad).encode()) + (len(WITNESS.cosign(text, int(T0)).encode()) if cosigned else 0)
+
+    pad = total - kept(1) + 1
+    assert 1 <= pad and len(note(pad).split("\n\n")[0].encode()) < MAX_TEXT and kept(pad) == total
+    return note(pad)
+
+
+def test_a_record_of_exactly_16_kib_is_kept(tmp_path: Path, journal: SovereignJournal) -> None:
+    from krepis._model import MAX_ERROR_BYTES
+
+    log = generate_signer("example.com/" + "l" * 200)
+    core = Witness(WITNESS, [log.verifier()], journal, str(tmp_path / "lock"), clock=lambda: T0)
+    try:
+        err = refused(core, body(0, _sized(log, 7, TREE, 30, MAX_ERROR_BYTES + 1, True)))
+        assert err.status == 413 and journal.journal_count() == 0
+        core.add_checkpoint(body(0, _sized(log, 7, TREE, 30, MAX_ERROR_BYTES, True)))
+        [entry] = journal.query(op_name=COSIGNED_OP)
+        assert entry.error is not None and len(entry.error.encode()) == MAX_ERROR_BYTES
+        # a conflict: kept when its text and log signatures fit exactly, not when one byte more
+        refused(core, body(7, _sized(log, 7, OTHER, 30, MAX_ERROR_BYTES + 1, False)))
+        assert journal.query(op_name=CONFLICT_OP) == []
+        refused(core, body(7, _sized(log, 7, OTHER, 30, MAX_ERROR_BYTES, False)))
+        [kept] = journal.query(op_name=CONFLICT_OP)
+        assert kept.error is not None and len(kept.error.encode()) == MAX_ERROR_BYTES
+    finally:
+        core.close()
+
+
+def test_a_conflict_is_kept_once_even_with_cosignatures_between(witness: Witness, journal: SovereignJournal,
+                                                                 clock: Clock) -> None:
+    witness.add_checkpoint(request(0, 20))
+    refused(witness, request(20, 20, tree=OTHER))
+    clock.now = T0 + REUSE_SECONDS  # the same checkpoint cosigned again: a new entry after the conflict
+    witness.add_checkpoint(request(20, 20))
+    assert len(journal.query(op_name=COSIGNED_OP)) == 2
+    refused(witness, request(20, 20, tree=OTHER))
+    assert len(journal.query(op_name=CONFLICT_OP)) == 1
+
+
+def test_a_conflict_is_kept_once_per_origin(tmp_path: Path, journal: SovereignJournal) -> None:
+    other_log = generate_signer("example.com/other")
+    core = Witness(WITNESS, [LOG.verifier(), other_log.verifier()], journal, str(tmp_path / "lock"))
+    try:
+        core.add_checkpoint(request(0, 20))
+        core.add_checkpoint(request(0, 20, key=other_log))
+        refused(core, request(20, 20, tree=OTHER))
+        refused(core, request(20, 20, tree=OTHER, key=other_log))  # the newest conflict: another origin's
+        refused(core, request(20, 20, tree=OTHER))  # the same as this origin's newest: not kept again
+    finally:
+        core.close()
+    assert sorted(e.request_id for e in journal.query(op_name=CONFLICT_OP)) == [LOG.name, other_log.name]

@@ -61,7 +61,10 @@ def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout
             limit: int = 1 << 20, content_type: str = "text/plain; charset=utf-8") -> Response:
     """Send one request and read the whole answer within ``timeout`` seconds (connecting
     included); a 200 answer longer than ``limit`` bytes is an error (of any other answer, the
-    first 4 KiB at most are read). Raises :class:`HTTPError`."""
+    first 4 KiB at most are read). A 200 answer is returned only whole: one that ends before
+    its ``Content-Length``, or is still arriving at the deadline, is an error, never a shorter
+    body. Raises :class:`HTTPError`, whose message names the method and URL (and at most 200
+    characters of what a server sent in place of an answer)."""
     scheme, host, port, path = _split(url)
     deadline = time.monotonic() + timeout
     conn: http.client.HTTPConnection
@@ -102,7 +105,11 @@ def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout
             if time.monotonic() > deadline:
                 raise TimeoutError
             chunk = reply.read1(65536)
-            if not chunk:
+            if not chunk:  # the end, or the watchdog's shutdown, or the server gone mid-answer
+                if expired.is_set():
+                    raise TimeoutError
+                if not cut and length is not None and length.isdigit() and total < int(length):
+                    raise HTTPError(f"{method} {url}: the answer ended after {total} of its {length} bytes")
                 break
             total += len(chunk)
             if total > limit:
@@ -117,7 +124,7 @@ def request(url: str, *, method: str = "GET", body: bytes | None = None, timeout
     except (OSError, http.client.HTTPException) as exc:
         if expired.is_set() or isinstance(exc, TimeoutError):
             raise HTTPError(f"{method} {url}: no whole answer within {timeout:.1f} s") from None
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        reason = getattr(exc, "strerror", None) or str(exc).strip()[:200] or type(exc).__name__
         raise HTTPError(f"{method} {url}: {reason}") from None
     finally:
         timer.cancel()

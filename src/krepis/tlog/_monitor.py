@@ -148,16 +148,17 @@ class _TileNodes:
         data = self._tiles.get((tile_level, n))
         if data is None:
             data = self._fetch(tile_path(tile_level, n, width), 32 * width)
-            if len(data) != 32 * width:
-                raise ValueError(f"tile {tile_path(tile_level, n, width)} is {len(data)} bytes, "
-                                 f"not {32 * width}")
+            if len(data) != 32 * width:  # (a ValueError: _tiles_of takes it for tiles not served)
+                raise ValidationError(f"the log's tile {tile_path(tile_level, n, width)} is {len(data)} "
+                                      f"bytes, not {32 * width}")
             self._tiles[(tile_level, n)] = data
         return data[32 * i:32 * i + 32]
 
 
 def _tiles_of(fetch: Fetch, checkpoint: Checkpoint) -> _TileNodes | None:
     """The log's tiles of the tree ``checkpoint`` signed, once they hash to its root; ``None``
-    when they do not, are malformed, or are not served (404, 410). Other fetch errors raise."""
+    when they do not, are cut short, or are not served (404, 410). Other fetch errors raise (a
+    tile longer than its width is one: the fetch refuses it)."""
     nodes = _TileNodes(fetch, checkpoint.size)
     try:
         if checkpoint.size and range_hash(nodes.node, 0, checkpoint.size) != checkpoint.root:
@@ -225,7 +226,9 @@ def follow(fetch: Fetch, state: MonitorState | None, log_keys: Sequence[Verifier
     the same history, as a stale cache serves), an :class:`Advance` (the new state
     and the new entries, all verified), or an :class:`Alarm`. Raises :class:`NoteError` for a
     checkpoint that does not verify (signature, cosignature quorum) — not proof of anything,
-    since anyone can serve a bad note — and the fetch's errors."""
+    since anyone can serve a bad note —, :class:`ValidationError` naming a hash tile of the wrong
+    length read after the tiles were checked against a root, and the fetch's errors: every error
+    is a :class:`JournalError` (or the fetch's ``OSError``)."""
     keys = list(log_keys)
     try:
         note = fetch("checkpoint", MAX_NOTE).decode("utf-8")
