@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import rawlmdb
 from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.cli._tlog_serve import MAX_REQUEST, Reply, TileServer, tile_responder
 from krepis.tlog._note import generate_signer
@@ -339,3 +340,44 @@ def test_archived_bundles_are_served_from_the_archive_unless_live_only(tmp_path:
         assert gone.status == 503 and str(arch) in gone.body.decode()
         moved = tile_responder(journal, tmp_path / "moved")("/tile/entries/001")
         assert moved.body == (tiles / "tile/entries/001").read_bytes()
+
+
+def test_a_tree_of_whole_tiles_serves_its_last_full_tile(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "store", flush="interval:20ms") as journal:
+        _fill(journal, 512)
+        journal.export_tiles(tmp_path / "tiles", SIGNER)
+        respond = tile_responder(journal)
+        for rel in ("tile/0/001", "tile/entries/001", "tile/1/000.p/2"):
+            got = respond("/" + rel)
+            assert (got.status, got.body) == (200, (tmp_path / "tiles" / rel).read_bytes()), rel
+        assert respond("/tile/0/002.p/1").status == 404
+
+
+def test_damage_is_a_500_and_a_clear_meanwhile_a_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        _fill(journal, 300)
+        journal.sign_checkpoint(SIGNER)
+    rawlmdb.edit(store, lambda txn, db: txn.delete((5).to_bytes(8, "big"), db=db(b"entries")))
+    with SovereignJournal(store) as journal:
+        got = tile_responder(journal)("/tile/entries/000")
+        assert (got.status, got.body) == (500, f"storage at {journal.path}: entries 0…255 are not all "
+                                               "there\n".encode())
+    with SovereignJournal(tmp_path / "other", flush="interval:20ms") as journal:
+        _fill(journal, 300)
+        journal.sign_checkpoint(SIGNER)
+        sources = journal.tile_sources
+
+        def cleared(*args: object, **kwargs: object) -> object:
+            found = sources(*args, **kwargs)  # type: ignore[arg-type]
+            journal.clear_all()
+            return found
+
+        monkeypatch.setattr(journal, "tile_sources", cleared)
+        got = tile_responder(journal)("/tile/0/000")
+        assert got.status == 503 and got.body.endswith(b"; try again\n")
+        assert b"cleared" in got.body
+
+
+def test_a_text_reply_keeps_its_other_trailing_characters() -> None:
+    assert Reply.text(404, "tail X\nX\n").body == b"tail X\nX\n"
