@@ -608,3 +608,40 @@ def test_save_writes_a_hidden_temporary_file_beside_the_state(
     [(src, dst)] = renamed
     assert os.path.dirname(src) == str(path.parent) and dst == str(path)
     assert os.path.basename(src).startswith(".krepis-monitor-")
+
+
+def test_a_tile_read_after_the_root_was_checked_must_hash_to_the_tile_above_it(
+        site: tuple[Path, str, _Site]) -> None:
+    # an older checkpoint (a stale cache) and one damaged full tile its root at that size needs,
+    # which the tree's own root did not: no verdict from a tile nothing checked — an error
+    root, url, _ = site
+    tree = MemTree(_data(600))
+    publish(root, tree)
+    seen = advance(url, None).state
+    root.joinpath("checkpoint").write_text(tree.note(300))
+    tile = root / "tile" / "0" / "001"
+    tile.write_bytes(flip_last(tile.read_bytes()))
+    with pytest.raises(ValidationError) as info:
+        step(url, seen)
+    assert str(info.value) == ("the log's tile tile/0/001 does not hash to its node in tile/1/000.p/2: "
+                               "the log's tiles disagree")
+    tile.write_bytes(flip_last(tile.read_bytes()))  # whole again: no step
+    assert step(url, seen) is None
+
+
+def test_a_tile_that_disagrees_is_named_with_the_tile_above_it_at_any_index(
+        site: tuple[Path, str, _Site]) -> None:
+    # 65,536 + 600 leaves: the root at 65,536 + 300 needs tile/0/257 (leaves 65,792 … 66,047),
+    # checked against its node in tile/1/001.p/2; the tree's own root does not need it
+    root, url, _ = site
+    tree = MemTree(_data(65536 + 600))
+    publish(root, tree)
+    seen = advance(url, None).state
+    root.joinpath("checkpoint").write_text(tree.note(65536 + 300))
+    assert step(url, seen) is None  # an older checkpoint of the same history
+    tile = root / "tile" / "0" / "257"
+    tile.write_bytes(flip_last(tile.read_bytes()))
+    with pytest.raises(ValidationError) as info:
+        step(url, seen)
+    assert str(info.value) == ("the log's tile tile/0/257 does not hash to its node in tile/1/001.p/2: "
+                               "the log's tiles disagree")

@@ -10,7 +10,8 @@ the new checkpoint's root. That proves at once that the new tree extends the old
 the entries are the tree's leaves. Nothing is reported before the whole step has verified.
 
 When it does not hold, the step is an :class:`Alarm`, classified with the log's own hash tiles
-(first checked to give the root of the checkpoint they belong to):
+(first checked to give the root of the checkpoint they belong to; a tile read after that must
+hash to its node in the tile above it, or the step is an error, not a verdict):
 
 * ``conflict`` — another root at the same size, or tiles of the new tree that give another root
   at the old size than the old checkpoint's (or, for a smaller tree, tiles of the old tree that
@@ -127,12 +128,21 @@ def _bundle(data: bytes, width: int, where: str) -> list[bytes]:
 
 
 class _TileNodes:
-    """Tree hashes of the tree of ``size`` leaves, read from the log's hash tiles."""
+    """Tree hashes of the tree of ``size`` leaves, read from the log's hash tiles.
+
+    Once ``checked`` is set (the tiles read so far gave the checkpoint's root), every full tile
+    read must hash to its node in the tile above it, itself read and checked the same way: a
+    chain that ends at a tile the root needed (the top level's is always one). So every hash
+    a verdict is drawn from is bound to the signed root."""
 
     def __init__(self, fetch: Fetch, size: int) -> None:
         self._fetch, self._size = fetch, size
         self._tiles: dict[tuple[int, int], bytes] = {}
         self._nodes: dict[tuple[int, int], bytes] = {}
+        self.checked = False
+
+    def _path(self, tile_level: int, n: int) -> str:
+        return tile_path(tile_level, n, min(_WIDTH, (self._size >> (tile_level * TILE_HEIGHT)) - n * _WIDTH))
 
     def node(self, level: int, index: int) -> bytes:
         if level % TILE_HEIGHT:
@@ -151,8 +161,20 @@ class _TileNodes:
             if len(data) != 32 * width:  # (a ValueError: _tiles_of takes it for tiles not served)
                 raise ValidationError(f"the log's tile {tile_path(tile_level, n, width)} is {len(data)} "
                                       f"bytes, not {32 * width}")
+            if self.checked and width == _WIDTH and _tile_root(data) != self.node(level + TILE_HEIGHT, n):
+                above = self._path(tile_level + 1, n // _WIDTH)
+                raise ValidationError(f"the log's tile {tile_path(tile_level, n)} does not hash to its node "
+                                      f"in {above}: the log's tiles disagree")
             self._tiles[(tile_level, n)] = data
         return data[32 * i:32 * i + 32]
+
+
+def _tile_root(data: bytes) -> bytes:
+    """The hash of the perfect subtree whose nodes a full tile holds, left to right."""
+    row = [data[k:k + 32] for k in range(0, len(data), 32)]
+    while len(row) > 1:
+        row = [node_hash(row[k], row[k + 1]) for k in range(0, len(row), 2)]
+    return row[0]
 
 
 def _tiles_of(fetch: Fetch, checkpoint: Checkpoint) -> _TileNodes | None:
@@ -169,6 +191,7 @@ def _tiles_of(fetch: Fetch, checkpoint: Checkpoint) -> _TileNodes | None:
         if exc.status in (404, 410):
             return None
         raise
+    nodes.checked = True
     return nodes
 
 
@@ -226,9 +249,10 @@ def follow(fetch: Fetch, state: MonitorState | None, log_keys: Sequence[Verifier
     the same history, as a stale cache serves), an :class:`Advance` (the new state
     and the new entries, all verified), or an :class:`Alarm`. Raises :class:`NoteError` for a
     checkpoint that does not verify (signature, cosignature quorum) — not proof of anything,
-    since anyone can serve a bad note —, :class:`ValidationError` naming a hash tile of the wrong
-    length read after the tiles were checked against a root, and the fetch's errors: every error
-    is a :class:`JournalError` (or the fetch's ``OSError``)."""
+    since anyone can serve a bad note —, :class:`ValidationError` naming a hash tile read after
+    the tiles were checked against a root that has the wrong length or does not hash to its node
+    in the tile above it (tiles that disagree prove nothing either), and the fetch's errors:
+    every error is a :class:`JournalError` (or the fetch's ``OSError``)."""
     keys = list(log_keys)
     try:
         note = fetch("checkpoint", MAX_NOTE).decode("utf-8")
