@@ -381,3 +381,49 @@ def test_damage_is_a_500_and_a_clear_meanwhile_a_503(tmp_path: Path, monkeypatch
 
 def test_a_text_reply_keeps_its_other_trailing_characters() -> None:
     assert Reply.text(404, "tail X\nX\n").body == b"tail X\nX\n"
+
+
+def test_a_request_line_is_split_on_single_spaces_only(running: Callable[..., _Running]) -> None:
+    r = running(timeout=2.0)
+    for request in (b"GET  /x HTTP/1.1\r\n\r\n", b"GET\t/x HTTP/1.1\r\n\r\n", b"GET /x HTTP/1.1 \r\n\r\n",
+                    b"\r\n\r\nGET /x HTTP/1.1\r\n\r\n"):
+        assert _body(r.ask(request)) == b"a request is: GET /path HTTP/1.1\n", request
+    reply = r.ask(b"\rGET /x HTTP/1.1\r\n\r\n")  # (the method is "\rGET")
+    assert reply.startswith(b"HTTP/1.0 405 ")
+    assert r.paths == []
+
+
+def test_a_head_may_end_at_the_limit_and_not_past_it(running: Callable[..., _Running]) -> None:
+    r = running()
+    line = b"GET /x HTTP/1.1\r\nX: "
+    assert _body(r.ask(line + b"a" * (MAX_REQUEST - len(line)) + b"\r\n\r\n")) == b"/x"  # ends at 16,384
+    assert r.ask(line + b"a" * (MAX_REQUEST - len(line) + 1) + b"\r\n\r\n").startswith(b"HTTP/1.0 431 ")
+
+
+def test_a_post_body_may_hold_blank_lines(running: Callable[..., _Running]) -> None:
+    r = running(post=lambda path, body: Reply(200, body), max_body=100)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        body = b"old 8" + sep + b"note" + sep
+        reply = r.ask(b"POST /p HTTP/1.1" + sep[:len(sep) // 2] + b"Content-Length: "
+                      + str(len(body)).encode() + sep + body)
+        assert _body(reply) == body, sep
+
+
+def test_a_client_that_does_not_read_holds_up_no_other(running: Callable[..., _Running]) -> None:
+    """Sockets are non-blocking: a response larger than the buffers waits for its reader while
+    the server answers everyone else."""
+    data = b"x" * (16 << 20)
+    r = running(respond=lambda path: Reply(200, data if path == "/big" else b"small"), timeout=20.0)
+    with socket.create_connection(r.server.address, timeout=30) as slow:
+        slow.sendall(b"GET /big HTTP/1.1\r\n\r\n")
+        time.sleep(0.3)  # (its response is being written, and stalls)
+        with socket.create_connection(r.server.address, timeout=10) as other:
+            other.sendall(b"GET /other HTTP/1.1\r\n\r\n")
+            reply = b""
+            while chunk := other.recv(1000):
+                reply += chunk
+            assert _body(reply) == b"small"
+        got = 0
+        while chunk := slow.recv(1 << 20):
+            got += len(chunk)
+        assert got > len(data)
