@@ -427,3 +427,24 @@ def test_a_client_that_does_not_read_holds_up_no_other(running: Callable[..., _R
         while chunk := slow.recv(1 << 20):
             got += len(chunk)
         assert got > len(data)
+
+
+def test_a_request_longer_than_a_head_and_the_largest_body_is_refused(
+        running: Callable[..., _Running]) -> None:
+    """A POST whose bytes, once its body is whole, run past 16 KiB + the largest body + the blank
+    line (a client that sent more than its Content-Length) is a 431; up to that, the body is
+    read and the rest ignored."""
+    r = running(post=lambda path, body: Reply(200, b"got %d" % len(body)), max_body=100)
+    start = b"POST /p HTTP/1.1\r\nContent-Length: 100\r\nX: "
+    head = start + b"a" * (MAX_REQUEST - 10 - len(start)) + b"\r\n\r\n"  # ends 10 bytes before the limit
+    for excess, status in ((10, b"200"), (11, b"431")):
+        total = len(head) + 100 + excess
+        with socket.create_connection(r.server.address, timeout=30) as s:
+            s.sendall(head + b"b" * 10)
+            _until(lambda: any(len(c.buf) == len(head) + 10 for c in list(r.server._conns)))
+            s.sendall(b"b" * 90 + b"c" * excess)  # (one segment on the loopback)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        assert total == MAX_REQUEST + 100 + 4 + (excess - 10)
+        assert out.startswith(b"HTTP/1.0 " + status + b" "), (excess, out[:100])
