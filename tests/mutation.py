@@ -116,6 +116,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                              "test_storage_lmdb.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    # what one process holds of a store (the pointer, sequence and tree records, the append lock):
+    # its unit tests, the refusals of damaged records, and the commit log's multi-process tests
+    "storage/lmdb/_state": (["test_state_units.py", "test_lmdb_damage.py", "test_commitlog_damage.py",
+                             "test_commitlog.py", "test_concurrency.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
     # store directories and files, and the archive's and backup's, which share these checks
     "storage/lmdb/_paths": (["test_safety_files.py", "test_bad_storage.py", "test_files_units.py",
