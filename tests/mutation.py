@@ -115,7 +115,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                              "test_bad_storage.py", "test_lmdb_damage.py", "test_concurrency.py",
                              "test_storage_lmdb.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
-    "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the tail: its unit tests, catching up with other processes' records (which fills it), the
+    # commit log's multi-process and damage tests, and the store's concurrency
+    "storage/lmdb/_tail": (["test_tail_units.py", "test_catchup_units.py", "test_commitlog.py",
+                            "test_commitlog_damage.py", "test_concurrency.py"],
+                           _NO_PG + " and not deno and not bench and not interval_torn"),
     # what one process holds of a store (the pointer, sequence and tree records, the append lock):
     # its unit tests, the refusals of damaged records, and the commit log's multi-process tests
     "storage/lmdb/_state": (["test_state_units.py", "test_lmdb_damage.py", "test_commitlog_damage.py",
