@@ -125,6 +125,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/lmdb/_state": (["test_state_units.py", "test_lmdb_damage.py", "test_commitlog_damage.py",
                              "test_commitlog.py", "test_concurrency.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
+    # compaction and disk use: their unit tests, the whole-store guarantees (minus the kill loop,
+    # whose steps the unit tests take one by one) and the other users of the compacted copy and
+    # its check (backup, the format-3 migration)
+    "storage/lmdb/_compact": (["test_compact_units.py", "test_compact.py", "test_backup_units.py",
+                               "test_migrate3_units.py"],
+                              _NO_PG + " and not deno and not bench and not compaction_killed_at_every_step"),
     # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
     # store directories and files, and the archive's and backup's, which share these checks
     "storage/lmdb/_paths": (["test_safety_files.py", "test_bad_storage.py", "test_files_units.py",
