@@ -453,6 +453,11 @@ def test_a_copy_that_does_not_verify_is_refused(tmp_path: Path, monkeypatch: pyt
 def test_disk_use_reports_each_file_and_the_free_pages(tmp_path: Path) -> None:
     path = tmp_path / "s"
     _fill(path, 400)
+    store = LmdbStorage(path)
+    try:
+        store.set_setting("archive", "a" * 4000)  # a value on overflow pages
+    finally:
+        store.close()
     use = disk_use(path)
 
     def blocks(name: str) -> int:
@@ -468,6 +473,7 @@ def test_disk_use_reports_each_file_and_the_free_pages(tmp_path: Path) -> None:
     try:
         psize = env.stat()["psize"]
         used = 2 + sum(env.stat()[k] for k in ("branch_pages", "leaf_pages", "overflow_pages"))
+        overflow = 0
         with env.begin() as txn:
             for name, dupsort in _DBS:
                 try:
@@ -476,9 +482,11 @@ def test_disk_use_reports_each_file_and_the_free_pages(tmp_path: Path) -> None:
                     continue
                 st = txn.stat(db)
                 used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                overflow += st["overflow_pages"]
         last = env.info()["last_pgno"] + 1
     finally:
         env.close()
+    assert overflow > 0
     assert use.free == (last - used) * psize  # the pages no database uses: the free list's own too
 
 
