@@ -11,6 +11,7 @@ tests/test_compact.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -426,6 +427,43 @@ def test_a_copy_that_does_not_hold_the_stores_counters_is_refused(tmp_path: Path
     assert _rows(path) == rows and not (path / COMPACT_DIR).exists()
 
 
+def _tree_epoch(txn: Any, env: lmdb.Environment) -> None:
+    meta = env.open_db(b"meta", txn=txn, create=False)
+    raw = bytes(txn.get(b"tree", db=meta))
+    txn.put(b"tree", raw[:8] + (5).to_bytes(8, "little") + raw[16:], db=meta)
+
+
+def _first_tile_dropped(txn: Any, env: lmdb.Environment) -> None:
+    """The first 256 entries and their index rows gone, ``live`` past them: as if archived."""
+    meta = env.open_db(b"meta", txn=txn, create=False)
+    entries = env.open_db(b"entries", txn=txn, create=False)
+    index = env.open_db(b"index", txn=txn, create=False, dupsort=True, dupfixed=True)
+    rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=index).iternext()
+            if int.from_bytes(bytes(v)[8:], "big") < 256]
+    assert len(rows) == 4 * 256
+    for key, value in rows:
+        txn.delete(key, value, db=index)
+    for seq in range(256):
+        txn.delete(seq.to_bytes(8, "big"), db=entries)
+    txn.put(b"live", (0).to_bytes(8, "little") + (256).to_bytes(8, "little"), db=meta)
+
+
+@pytest.mark.parametrize("change", [_tree_epoch, _first_tile_dropped])
+def test_a_copy_that_verifies_but_differs_from_the_store_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    """Another tree epoch, or fewer entries (a whole tile gone, ``live`` moved past it): each
+    copy verifies on its own; only the comparison with the store tells."""
+    path = tmp_path / "s"
+    _fill(path, 300)
+    _damage_copy(monkeypatch, change)
+    rows = _rows(path)
+    with pytest.raises(CorruptStorageError) as info:
+        compact(path)
+    assert str(info.value) == (f"storage at {path}: the compacted copy does not hold what the store holds; "
+                               "nothing was changed")
+    assert _rows(path) == rows and not (path / COMPACT_DIR).exists()
+
+
 def test_a_copy_that_does_not_verify_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "s"
     _fill(path, 30)
@@ -446,6 +484,35 @@ def test_a_copy_that_does_not_verify_is_refused(tmp_path: Path, monkeypatch: pyt
     assert str(path / COMPACT_DIR) in message  # the copy's own error, inside
     assert info.value.path == str(path)
     assert _rows(path) == rows and not (path / COMPACT_DIR).exists()
+
+
+@pytest.mark.parametrize("failing", [1, 2])
+def test_a_copy_that_cannot_be_flushed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                failing: int) -> None:
+    """The copy is flushed when written and again after its check: either failing names it."""
+    path = tmp_path / "s"
+    _fill(path, 30)
+    copy = str(path / COMPACT_DIR / "data.mdb")
+    real = os.fsync
+    seen: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == copy:
+            seen.append(fd)
+            if len(seen) == failing:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rows = _rows(path)
+    with pytest.raises(StorageError) as info:
+        compact(path)
+    assert str(info.value) == f"cannot make {copy} durable (fsync failed: Input/output error)"
+    assert info.value.path == copy
+    assert len(seen) == failing
+    assert _rows(path) == rows and not (path / COMPACT_DIR).exists()
+    monkeypatch.undo()
+    assert compact(path).entries == 30
 
 
 # -- disk use --------------------------------------------------------------------------------
