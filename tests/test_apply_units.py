@@ -405,6 +405,24 @@ def test_apply_tail_with_mu_held_by_the_caller(store: LmdbStorage) -> None:
     assert shared.tail.records == []
 
 
+def test_apply_tail_takes_mu_unless_the_caller_holds_it(store: LmdbStorage) -> None:
+    shared = store._shared
+    _write(store, [_log(0)])
+    done = threading.Event()
+
+    def apply() -> None:
+        with shared.writer_lock():
+            apply_tail(shared)
+        done.set()
+
+    thread = threading.Thread(target=apply)
+    with shared.mu:  # (this process's appends and reads of the tail hold it)
+        thread.start()
+        assert not done.wait(0.3)  # waits for it
+    thread.join(10)
+    assert done.is_set() and shared.tail.records == []
+
+
 def test_a_pointer_behind_what_this_process_saw_applied_is_refused(store: LmdbStorage) -> None:
     shared = store._shared
     _write(store, [_log(0)])
@@ -506,6 +524,17 @@ def test_the_applier_applies_when_woken(store: LmdbStorage) -> None:
         shared.wake.set()
         assert running.until(lambda: not shared.tail.records)
     assert _pointer(shared).position == shared.tail.end
+
+
+def test_the_applier_keeps_running_while_nothing_waits(store: LmdbStorage) -> None:
+    shared = store._shared
+    with Running(shared) as running:
+        shared.wake.set()
+        assert running.until(lambda: not shared.wake.is_set())  # it woke, found nothing
+        assert not running.until(lambda: not running.thread.is_alive(), seconds=2 * APPLY_SECONDS)
+        _write(store, [_log(0)])
+        shared.wake.set()
+        assert running.until(lambda: not shared.tail.records)
 
 
 def test_the_applier_applies_once_enough_entries_wait(store: LmdbStorage) -> None:
