@@ -132,10 +132,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                                "test_migrate3_units.py"],
                               _NO_PG + " and not deno and not bench and not compaction_killed_at_every_step"),
     # LMDB following the log: its unit tests, catching up with (and applying after) other
-    # processes, the commit log's multi-process and damage tests, the refusals of damaged records
-    "storage/lmdb/_apply": (["test_apply_units.py", "test_catchup_units.py", "test_commitlog.py",
-                             "test_commitlog_damage.py", "test_gaps_commitlog.py", "test_lmdb_damage.py",
-                             "test_concurrency.py"],
+    # processes, the commit log's damage and gap tests, the refusals of damaged records
+    "storage/lmdb/_apply": (["test_apply_units.py", "test_catchup_units.py", "test_commitlog_damage.py",
+                             "test_gaps_commitlog.py", "test_lmdb_damage.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
     # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
     # store directories and files, and the archive's and backup's, which share these checks
