@@ -200,8 +200,10 @@ def test_progress_never_reports_more_done_than_its_total() -> None:
 def test_a_copy_is_never_written_over_an_existing_file(source: LmdbStorage, dest: tuple[Path, int]) -> None:
     where, fd = dest
     (where / "data.mdb").write_bytes(b"keep")
-    with pytest.raises(StorageError, match="already there"):
+    with pytest.raises(StorageError) as info:
         copy_compacted(source._shared.env, fd, str(where), name_no_log=True)
+    assert str(info.value).startswith(f"{where}/data.mdb is already there; ")
+    assert info.value.path == f"{where}/data.mdb"
     assert (where / "data.mdb").read_bytes() == b"keep"
 
 
@@ -389,6 +391,29 @@ def test_compact_refuses_what_another_process_wrote_meanwhile(tmp_path: Path,
     assert (path / "data.mdb").read_bytes() == data and not (path / COMPACT_DIR).exists()
     monkeypatch.undo()
     assert compact(path).entries == 22
+
+
+def test_a_commit_log_swapped_for_a_link_meanwhile_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``commit.log`` replaced by a symbolic link (to a copy of itself) between compaction's
+    open-and-close and the offline lock: never followed, refused as a StorageError naming it."""
+    path = tmp_path / "s"
+    _fill(path, 20)
+    real = _compact.Offline
+
+    def racing(where: str, **kwargs: Any) -> Any:
+        os.rename(path / "commit.log", tmp_path / "elsewhere.log")
+        os.symlink(tmp_path / "elsewhere.log", path / "commit.log")
+        return real(where, **kwargs)
+
+    monkeypatch.setattr(_compact, "Offline", racing)
+    rows = _rows(path)
+    with pytest.raises(StorageError) as info:
+        compact(path)
+    assert str(info.value) == f"cannot open {path}/commit.log: Too many levels of symbolic links"
+    assert info.value.path == str(path)
+    assert _rows(path) == rows and (path / "commit.log").is_symlink()
+    assert not (path / COMPACT_DIR).exists()
 
 
 def _damage_copy(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
