@@ -73,6 +73,18 @@ def _rows_of(env: lmdb.Environment) -> dict[bytes, list[tuple[bytes, bytes]]]:
     return out
 
 
+def _flags(where: Path | LmdbStorage) -> dict[bytes, dict[str, bool]]:
+    """Each database's flags as the ``data.mdb`` in ``where`` records them."""
+    env = where._shared.env if isinstance(where, LmdbStorage) else \
+        lmdb.open(str(where), max_dbs=16, readonly=True, lock=False, create=False)
+    try:
+        with env.begin() as txn:
+            return {name: env.open_db(name, txn=txn, create=False).flags(txn) for name, _dupsort in _DBS}
+    finally:
+        if not isinstance(where, LmdbStorage):
+            env.close()
+
+
 def _pointer(where: Path | LmdbStorage) -> bytes:
     return dict(_rows(where)[b"meta"])[b"log"]
 
@@ -134,6 +146,8 @@ def test_the_copy_holds_every_row_of_every_database_and_names_no_log(
     assert [r for r in copied[b"meta"] if r[0] != b"log"] == [r for r in mine[b"meta"] if r[0] != b"log"]
     assert _pointer(where) == bytes(28)
     assert _pointer(source) != bytes(28)
+    assert _flags(where) == _flags(source)  # the same layout: the index duplicate-sorted, fixed-size
+    assert _flags(where)[b"index"]["dupsort"] and _flags(where)[b"index"]["dupfixed"]
 
 
 def test_a_copy_that_may_keep_the_pointer_keeps_the_sources(source: LmdbStorage,
@@ -245,13 +259,13 @@ def test_rows_out_of_order_are_refused_naming_the_database(source: LmdbStorage,
     try:
         with out.begin(write=True) as txn:
             target = out.open_db(b"entries", txn=txn)
-            txn.put(b"\xff" * 8, b"later", db=target)
+            txn.put((150).to_bytes(8, "big"), b"there", db=target)  # seqs 0…150 cannot follow it
         env = source._shared.env
         with env.begin() as src:
             db = env.open_db(b"entries", txn=src, create=False)
             with pytest.raises(StorageError) as info:
                 _copy_db(src, db, out, target, False, b"entries", "/the/copy", _Rows(300, None))
-        assert str(info.value) == "copying entries into /the/copy: 300 rows out of order"
+        assert str(info.value) == "copying entries into /the/copy: 151 rows out of order"
         assert info.value.path == "/the/copy"
     finally:
         out.close()
