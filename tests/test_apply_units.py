@@ -354,6 +354,19 @@ def test_an_op_name_interned_earlier_in_the_same_batch_keeps_its_id(store: LmdbS
     assert _raw(shared, b"meta", b"next_op") == struct.pack("<Q", 3)
 
 
+def test_op_ids_are_cached_only_once_their_transaction_commits(store: LmdbStorage) -> None:
+    """A batch that names a new op twice and is then refused (a counter past 2**64-1): the
+    transaction is aborted, and no id it handed out is in this process's caches."""
+    shared = store._shared
+    at = _pointer(shared).position
+    stats = shared.dbs[b"stats"]
+    _in_txn(shared, lambda txn, p: txn.put(b"op_count:full", struct.pack("<Q", 2**64 - 1), db=stats))
+    with pytest.raises(CorruptStorageError, match="past 2"):
+        _apply(shared, [_record(at, 0, [_log(0, "x"), _log(1, "y"), _log(2, "x")], [b"full"])])
+    assert shared.op_ids == {} and shared.op_names == {}
+    assert _raw(shared, b"ops", b"nx") is None
+
+
 # -- apply_tail ------------------------------------------------------------------------------
 
 def _write(store: LmdbStorage, logs: list[TransactionLog], names: list[bytes] | None = None) -> None:
