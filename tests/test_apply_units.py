@@ -160,6 +160,10 @@ def test_a_counter_may_reach_the_largest_u64_but_never_pass_it(store: LmdbStorag
     assert str(info.value) == f"storage at {shared.path}: the commit log takes counter 'a' past 2**64-1"
     assert info.value.path == shared.path
     assert _pointer(shared).pack() == before
+    _in_txn(shared, lambda txn, p: txn.put(b"op_count:\xffz", struct.pack("<Q", 2**64 - 1), db=stats))
+    with pytest.raises(CorruptStorageError) as info:
+        _apply(shared, [_record(at + 512, 1, [_log(1)], [b"\xffz"])])
+    assert str(info.value) == f"storage at {shared.path}: the commit log takes counter '\ufffdz' past 2**64-1"
 
 
 @pytest.mark.parametrize("size", [0, 7, 9])
@@ -230,6 +234,7 @@ def test_a_record_must_begin_at_the_stores_next_seq(store: LmdbStorage) -> None:
             _apply(shared, [_record(at, first_seq, [_log(0)])])
         assert str(info.value) == (f"storage at {shared.path}: the commit log's record at {at} begins at seq "
                                    f"{first_seq}; the store is at seq 0")
+        assert info.value.path == shared.path
     with pytest.raises(CorruptStorageError,
                        match=f"record at {at + 512} begins at seq 2; the store is at seq 3"):
         _apply(shared, [_record(at, 0, [_log(0), _log(1), _log(2)]), _record(at + 512, 2, [_log(3)])])
@@ -244,6 +249,28 @@ def test_a_record_of_no_entries_moves_the_pointer_only(store: LmdbStorage) -> No
     pointer = _pointer(shared)
     assert (pointer.position, pointer.link) == (at + 512, 77)
     assert store.entry_count() == 0 and store.get_counts() == {"c": 1}
+
+
+def test_records_after_a_clear_extend_the_new_tree(store: LmdbStorage) -> None:
+    """After a clear the tree starts again at the store's seq (its first seq is no longer 0):
+    records applied then extend that tree, of the entries since the clear only."""
+    shared = store._shared
+
+    def cleared(txn: Any, pointer: LogPointer) -> None:  # as a clear at seq 5 leaves it: epoch 1
+        txn.put(b"seq", struct.pack("<Q", 5), db=shared.meta)
+        txn.put(b"tree", struct.pack("<QQ", 5, 1), db=shared.meta)
+
+    _in_txn(shared, cleared)
+    at = _pointer(shared).position
+    logs = [_log(10 + i) for i in range(6)]
+    _apply(shared, [_record(at, 5, logs[:4]), _record(at + 512, 9, logs[4:])])
+    frontier: list[bytes] = []
+    size = 0
+    for x in logs:
+        size = append_leaf(frontier, size, sha256(b"\x00" + encode_log(x)).digest())
+    head = store.tree_head()
+    assert (head.size, head.root) == (6, root_from_frontier(frontier))
+    assert store.next_seq() == 11 and store.verify().tree_size == 6
 
 
 # -- put_entries -----------------------------------------------------------------------------
