@@ -127,7 +127,27 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                              "test_bad_storage.py", "test_lmdb_damage.py", "test_concurrency.py",
                              "test_storage_lmdb.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
-    "storage/lmdb/_tail": (_ENGINE_TESTS, _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the tail: its unit tests, catching up with other processes' records (which fills it), the
+    # commit log's multi-process and damage tests, and the store's concurrency
+    "storage/lmdb/_tail": (["test_tail_units.py", "test_catchup_units.py", "test_commitlog.py",
+                            "test_commitlog_damage.py", "test_concurrency.py"],
+                           _NO_PG + " and not deno and not bench and not interval_torn"),
+    # what one process holds of a store (the pointer, sequence and tree records, the append lock):
+    # its unit tests, the refusals of damaged records, and the commit log's multi-process tests
+    "storage/lmdb/_state": (["test_state_units.py", "test_lmdb_damage.py", "test_commitlog_damage.py",
+                             "test_commitlog.py", "test_concurrency.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
+    # compaction and disk use: their unit tests, the whole-store guarantees (minus the kill loop,
+    # whose steps the unit tests take one by one) and the other users of the compacted copy and
+    # its check (backup, the format-3 migration)
+    "storage/lmdb/_compact": (["test_compact_units.py", "test_compact.py", "test_backup_units.py",
+                               "test_migrate3_units.py"],
+                              _NO_PG + " and not deno and not bench and not compaction_killed_at_every_step"),
+    # LMDB following the log: its unit tests, catching up with (and applying after) other
+    # processes, the commit log's damage and gap tests, the refusals of damaged records
+    "storage/lmdb/_apply": (["test_apply_units.py", "test_catchup_units.py", "test_commitlog_damage.py",
+                             "test_gaps_commitlog.py", "test_lmdb_damage.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
     # store directories and files, and the archive's and backup's, which share these checks
     "storage/lmdb/_paths": (["test_safety_files.py", "test_bad_storage.py", "test_files_units.py",

@@ -164,3 +164,13 @@ def test_reset_forgets_everything() -> None:
     assert (tail.base, tail.end, tail.link, tail.next_seq, tail.entries) == (512, 512, 99, 40, 0)
     assert tail.records == [] and tail.counters == {} and tail.new_ops == set()
     assert tail.since(512) == [] and tail.since(511) is None and tail.increments_since(0, b"a") == 0
+
+
+def test_records_and_tails_take_no_attributes_beyond_their_own() -> None:
+    """(Slots: one record is made per write, and the tail is read under the store's lock on
+    every read.)"""
+    record = _record(0, 100, 0, 1)
+    with pytest.raises(AttributeError):
+        record.other = 1  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        Tail(0, 1, 0).other = 1  # type: ignore[attr-defined]

@@ -165,7 +165,8 @@ def _copy_db(src: Any, db: Any, out: lmdb.Environment, target: Any, dupsort: boo
 
 def _unapplied(path: str, dir_fd: int) -> int:
     """Records of the commit log that LMDB has not applied (the store is offline, so nothing
-    moves): 0 when ``data.mdb`` alone holds every write."""
+    moves): 0 when ``data.mdb`` alone holds every write. A ``commit.log`` that cannot be opened
+    (a symbolic link is never followed) is a ``StorageError`` naming it."""
     env = lmdb.open(f"/proc/self/fd/{dir_fd}", max_dbs=_MAX_DBS, map_size=1 << 40, subdir=True,
                     readonly=True, lock=False, create=False)
     try:
@@ -179,6 +180,8 @@ def _unapplied(path: str, dir_fd: int) -> int:
         fd = os.open(LOG, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return 0
+    except OSError as exc:  # (a link put there meanwhile is never followed)
+        raise StorageError(f"cannot open {os.path.join(path, LOG)}: {exc.strerror}", path) from exc
     log = CommitLog(path, fd)
     try:
         return sum(1 for _ in log.chain(pointer.position, pointer.link))
