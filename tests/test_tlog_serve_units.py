@@ -448,3 +448,29 @@ def test_a_request_longer_than_a_head_and_the_largest_body_is_refused(
                 out += chunk
         assert total == MAX_REQUEST + 100 + 4 + (excess - 10)
         assert out.startswith(b"HTTP/1.0 " + status + b" "), (excess, out[:100])
+
+
+def test_a_worker_has_all_the_time_it_needs(running: Callable[..., _Running]) -> None:
+    """The timeout bounds the client (its request, its reading), never the work: a response that
+    takes longer than it is still sent."""
+    def slow(path: str) -> Reply:
+        time.sleep(0.8)
+        return Reply(200, b"late but whole")
+
+    r = running(respond=slow, timeout=0.3)
+    assert _body(r.ask(b"GET /slow HTTP/1.1\r\n\r\n")) == b"late but whole"
+
+
+def test_the_path_ends_at_the_first_question_mark_or_hash(running: Callable[..., _Running]) -> None:
+    r = running()
+    for target, path in ((b"/a?b?c", b"/a"), (b"/a#b#c", b"/a"), (b"/a#b?c", b"/a"), (b"/a?b#c", b"/a"),
+                         (b"/?", b"/")):
+        assert _body(r.ask(b"GET " + target + b" HTTP/1.1\r\n\r\n")) == path, target
+
+
+def test_a_head_past_the_limit_is_refused_by_a_server_that_reads_bodies(
+        running: Callable[..., _Running]) -> None:
+    r = running(post=lambda path, body: Reply(200, body), max_body=100)
+    line = b"GET /x HTTP/1.1\r\nX: "
+    assert _body(r.ask(line + b"a" * (MAX_REQUEST - len(line)) + b"\r\n\r\n")) == b"/x"
+    assert r.ask(line + b"a" * (MAX_REQUEST - len(line) + 1) + b"\r\n\r\n").startswith(b"HTTP/1.0 431 ")
