@@ -142,6 +142,16 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                            "test_gaps_storage.py", "test_safety_secrets.py"],
                           "(postgres or secrets) and not restart and not failover "
                           "and not bench and not cli"),
+    # the store: every test opens one, so a survivor of its constructor or of _run runs the whole
+    # selection. These are the in-process tests that reach it (its own, the shared conformance
+    # suite, the engine's guarantees, parity and tlog cases); left out are the archive's (the
+    # SIGKILL loop; drop_prefix and the live mark are pinned by the conformance suite), the
+    # migration's and backup's PostgreSQL cases (their modules' checks; the format-1 refusal is
+    # test_postgres_schema_checks_name_the_location) and the password corpus (the URL parser's)
+    "storage/postgres/_store": (["test_postgres.py", "test_postgres_store_units.py", "test_guarantees.py",
+                                 "test_review_findings.py", "test_safety_parity.py",
+                                 "test_gaps_storage.py", "test_tlog.py"],
+                                "postgres and not restart and not failover and not bench and not cli"),
     # every PostgreSQL test parses a URL to connect; the parser's rules are pinned by its unit
     # tests, the password corpus and the redaction of _schema's helpers (no server restarts)
     "storage/postgres/_url": (["test_postgres_url_units.py", "test_safety_secrets.py",
