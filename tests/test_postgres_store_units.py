@@ -221,3 +221,18 @@ def test_postgres_a_url_libpq_refuses_is_named_without_its_password(pg_url: str)
         "invalid PostgreSQL URL (not shown, it may contain a password): a query parameter is not one of "
         "libpq's connection keywords (such as sslmode, connect_timeout, application_name) "
         "(postgresql://(unparsable URL))")
+
+
+def test_the_package_loads_the_adapter_and_the_migration_on_first_use() -> None:
+    """``krepis.storage.postgres`` names its two classes lazily (the driver is imported only by
+    the adapter); any other name is an ``AttributeError`` naming it, as for any module."""
+    import krepis.storage.postgres as package
+    from krepis.storage.postgres import _migrate, _store
+
+    assert package.PostgresStorage is _store.PostgresStorage
+    assert package.migrate_postgres is _migrate.migrate_postgres
+    with pytest.raises(AttributeError) as caught:
+        package.PostgresStore  # noqa: B018
+    assert caught.value.args == ("PostgresStore",)
+    assert not hasattr(package, "postgres_storage")
+    assert sorted(package.__all__) == ["PostgresStorage", "is_postgres_url", "migrate_postgres"]
