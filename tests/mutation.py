@@ -103,6 +103,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
+    # the engine-neutral port (its rules, LogAudit, Query.matches): its unit tests and the
+    # storage conformance suite with the files that use its helpers, on LMDB
+    "storage/_port": (["test_port_units.py", "test_storage_lmdb.py", "test_merkle.py", "test_tlog.py",
+                       "test_safety_fork.py", "test_migrate.py", "test_gaps_storage.py"],
+                      _NO_PG + " and not killed_at_random_points and not deno and not bench "
+                      "and not interval_torn"),
     # the entry encoding: its own tests, the model's and those of damaged stored entries
     "storage/_codec": (["test_codec.py", "test_model.py", "test_lmdb_damage.py"], _NO_PG),
     # the row checks of every migration: their unit tests and the in-process migration tests
@@ -174,6 +180,18 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                            "test_gaps_storage.py", "test_safety_secrets.py"],
                           "(postgres or secrets) and not restart and not failover "
                           "and not bench and not cli"),
+    # the store: every test opens one, so a survivor of its constructor or of _run runs the whole
+    # selection. These are the in-process tests that reach it (its own, the shared conformance
+    # suite, the engine's guarantees, parity and tlog cases); left out are the archive's (the
+    # SIGKILL loop; drop_prefix and the live mark are pinned by the conformance suite), the
+    # migration's and backup's PostgreSQL cases (their modules' checks; the format-1 refusal is
+    # test_postgres_schema_checks_name_the_location) and the password corpus (the URL parser's)
+    "storage/postgres/_store": (["test_postgres.py", "test_postgres_store_units.py", "test_guarantees.py",
+                                 "test_review_findings.py", "test_safety_parity.py",
+                                 "test_gaps_storage.py", "test_tlog.py"],
+                                "postgres and not restart and not failover and not bench and not cli"),
+    # the package's lazy names: the tests that call them at run time (not at import)
+    "storage/postgres/__init__": (["test_postgres_store_units.py", "test_postgres_migrate_units.py"], None),
     # every PostgreSQL test parses a URL to connect; the parser's rules are pinned by its unit
     # tests, the password corpus and the redaction of _schema's helpers (no server restarts)
     "storage/postgres/_url": (["test_postgres_url_units.py", "test_safety_secrets.py",

@@ -157,3 +157,82 @@ def test_postgres_pool_settings(pg_url: str) -> None:
             assert (pool.name, pool.min_size, pool.max_size, pool.timeout) == ("krepis", 1, 8, timeout), url
         finally:
             storage.close()
+
+
+def test_postgres_opening_and_using_a_store_warns_nothing(pg_url: str) -> None:
+    """The pool is opened explicitly (``open=False``, then ``open()``): one opened implicitly by
+    its constructor warns, at the first borrowed connection, that this default will change."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        storage = PostgresStorage(pg_url)
+        try:
+            storage.write_batch([WriteRequest([_entry()], [b"x"])])
+            assert storage.get_count(b"x") == 1
+        finally:
+            storage.close()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+
+
+def test_postgres_open_refusals_word_for_word(pg_url: str) -> None:
+    """What opening says of a store it cannot use, each naming the location, nothing created."""
+    from krepis import NeedsMigrationError
+    from krepis.storage.postgres._schema import redact
+
+    where = redact(pg_url)
+
+    def refusal(kind: type[Exception], **kwargs: Any) -> str:
+        with pytest.raises(kind) as caught:
+            PostgresStorage(pg_url, **kwargs)
+        assert type(caught.value) is kind and caught.value.path == where  # type: ignore[attr-defined]
+        return str(caught.value)
+
+    assert refusal(StorageError, create=False) == f"there is no krepis journal at {where}"
+    assert _sql(pg_url, "SELECT to_regclass('krepis_meta')") == [(None,)]  # nothing created
+    PostgresStorage(pg_url).close()
+    _sql(pg_url, "DROP TABLE krepis_tree")
+    assert refusal(CorruptStorageError, create=False) == (
+        f"PostgreSQL at {where}: the krepis tables are incomplete (missing: krepis_tree); nothing was "
+        "created")
+    assert _sql(pg_url, "SELECT to_regclass('krepis_tree')") == [(None,)]
+    _sql(pg_url, "UPDATE krepis_meta SET value = '1' WHERE key = 'format'")
+    assert refusal(NeedsMigrationError) == (
+        f"PostgreSQL at {where} holds krepis tables of format 1 (written by krepis 0.1); this krepis "
+        "reads format 2. Convert them once with: krepis migrate --storage URL")
+    _sql(pg_url, "UPDATE krepis_meta SET value = '3' WHERE key = 'format'")
+    assert refusal(CorruptStorageError) == (
+        f"PostgreSQL at {where} holds krepis tables of format 3; this krepis reads format 2")
+    _sql(pg_url, "DELETE FROM krepis_meta WHERE key = 'format'")
+    assert refusal(CorruptStorageError, create=False) == (
+        f"PostgreSQL at {where} holds krepis tables of format unknown; this krepis reads format 2")
+    assert _sql(pg_url, "SELECT count(*) FROM krepis_meta") == [(0,)]
+
+
+def test_postgres_a_url_libpq_refuses_is_named_without_its_password(pg_url: str) -> None:
+    """The parser's reason, then the redacted URL in parentheses; never the password."""
+    from krepis.storage.postgres._schema import redact
+
+    bad = pg_url.replace("://postgres@", "://postgres:s3cret-pw@") + "?bogus=1"
+    with pytest.raises(StorageError) as caught:
+        PostgresStorage(bad)
+    assert caught.value.path == redact(bad) == "postgresql://(unparsable URL)"
+    assert str(caught.value) == (
+        "invalid PostgreSQL URL (not shown, it may contain a password): a query parameter is not one of "
+        "libpq's connection keywords (such as sslmode, connect_timeout, application_name) "
+        "(postgresql://(unparsable URL))")
+
+
+def test_the_package_loads_the_adapter_and_the_migration_on_first_use() -> None:
+    """``krepis.storage.postgres`` names its two classes lazily (the driver is imported only by
+    the adapter); any other name is an ``AttributeError`` naming it, as for any module."""
+    import krepis.storage.postgres as package
+    from krepis.storage.postgres import _migrate, _store
+
+    assert package.PostgresStorage is _store.PostgresStorage
+    assert package.migrate_postgres is _migrate.migrate_postgres
+    with pytest.raises(AttributeError) as caught:
+        package.PostgresStore  # noqa: B018
+    assert caught.value.args == ("PostgresStore",)
+    assert not hasattr(package, "postgres_storage")
+    assert sorted(package.__all__) == ["PostgresStorage", "is_postgres_url", "migrate_postgres"]
