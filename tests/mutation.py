@@ -174,6 +174,11 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                                "test_migrate_units.py", "test_migrate3_units.py"],
                               _NO_PG + " and not deno and not bench and not killed_at_random_points "
                               "and not compaction_killed_at_every_step"),
+    # the LMDB store's reads (scans, verify, checkpoints): the adapter's own tests, the damage
+    # and gap tests of stored data, the journal's queries and the shared conformance suite
+    "storage/lmdb/_reads": (["test_storage_lmdb.py", "test_lmdb_damage.py", "test_journal.py",
+                             "test_gaps_storage.py", "test_lmdb_layout_units.py", "test_lmdb_reads_units.py"],
+                            _NO_PG + " and not deno and not bench"),
     "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",
