@@ -174,6 +174,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",
                  "test_gaps_kernel.py"],
                 _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
+    # how a run ends (ScriptError, ScriptInterrupted, ScriptResult): its unit tests and the
+    # plane's, which build them from the prelude's reports
+    "kernel/_outcome": (["test_outcome_units.py", "test_plane_units.py"], None),
     "web/": (["test_web.py"], None),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
     # subprocesses only, which mutmut never selects for a mutant, so they would only slow the run
