@@ -177,6 +177,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # how a run ends (ScriptError, ScriptInterrupted, ScriptResult): its unit tests and the
     # plane's, which build them from the prelude's reports
     "kernel/_outcome": (["test_outcome_units.py", "test_plane_units.py"], None),
+    # what a sandbox may touch (roots, hosts, op_check_permission, Deno's flags): its unit tests
+    # and the plane's pure-function tests; the sandbox tests that start Deno take minutes
+    "kernel/_permissions": (["test_permissions_units.py", "test_plane_units.py"], None),
     "web/": (["test_web.py"], None),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
     # subprocesses only, which mutmut never selects for a mutant, so they would only slow the run
