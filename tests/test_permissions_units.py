@@ -13,10 +13,11 @@ from krepis.kernel import PermissionPolicy
 from krepis.kernel._permissions import _split_host
 
 
-@pytest.mark.parametrize("port", ["²", "١", "٨٠", "0" * 5000 + "1", "9" * 5000, "+80", " 80", "-1"])
+@pytest.mark.parametrize("port", ["²", "١", "٨٠", "000080", "0" * 5000 + "1", "9" * 5000, "+80", " 80", "-1"])
 def test_a_port_of_other_digits_or_too_long_is_named(port: str) -> None:
-    """Only ASCII digits make a port; a superscript digit, a digit of another script or a number
-    of thousands of digits is refused with the rule, never a bare ``int()`` error."""
+    """A port is 1 to 5 ASCII digits: a superscript digit, a digit of another script, six
+    digits (even with leading zeros) or thousands are refused with the rule, never a bare
+    ``int()`` error."""
     entry = f"h:{port}"
     with pytest.raises(ValidationError) as caught:
         _split_host(entry)
