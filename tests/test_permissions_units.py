@@ -79,9 +79,9 @@ def test_net_targets_in_the_constructor_are_checked_and_kept_as_given() -> None:
 def test_roots_in_the_constructor_are_checked_made_absolute_and_pinned(tmp_path: Path) -> None:
     for kind in ("read", "write"):
         with pytest.raises(ValidationError, match=r"^permission root '/x,y' contains ','"):
-            PermissionPolicy(**{kind: [str(tmp_path), "/x,y"]})  # type: ignore[arg-type]
+            PermissionPolicy(**{kind: [str(tmp_path), "/x,y"]})
         with pytest.raises(ValidationError, match=r"^permission root '/' resolves to '/'"):
-            PermissionPolicy(**{kind: ["/"]})  # type: ignore[arg-type]
+            PermissionPolicy(**{kind: ["/"]})
         with pytest.raises(InvalidTypeError, match=r"^permission root must be a path, got bytes$"):
             PermissionPolicy(**{kind: [b"/tmp"]})  # type: ignore[arg-type]
     policy = PermissionPolicy(read=[str(tmp_path / "r" / ".." / "r")], write=[tmp_path / "w"])  # type: ignore[list-item]
