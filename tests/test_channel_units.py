@@ -68,6 +68,8 @@ def test_the_time_left_is_counted_down_and_none_left_is_a_timeout(
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     chan = wire._Channel(out_r, in_w, 102.5)
     assert chan._remaining() == 2.5
+    now[0] = 102.0  # less than a second left is still time left
+    assert chan._remaining() == 0.5
     now[0] = 102.5  # exactly at the deadline: no time is left
     with pytest.raises(TimeoutError):
         chan._remaining()
@@ -83,6 +85,19 @@ def test_output_arriving_after_the_deadline_is_a_timeout_not_a_frame(
     out_r, out_w, _, in_w = pipes
     os.write(out_w, _framed(b"{}"))
     chan = wire._Channel(out_r, in_w, time.monotonic() - 1)
+    with pytest.raises(TimeoutError):
+        chan.frame()
+
+
+def test_output_read_at_the_deadline_instant_is_a_frame_and_the_next_wait_times_out(
+        pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline is the first instant with no time left to wait: what is already in the pipe
+    at that instant is still read, a frame that needs more output is not waited for."""
+    out_r, out_w, _, in_w = pipes
+    monkeypatch.setattr(time, "monotonic", lambda: 50.0)
+    os.write(out_w, _framed(b"{}") + _framed(b"[1,2]")[:5])
+    chan = wire._Channel(out_r, in_w, 50.0)
+    assert chan.frame() == b"{}"
     with pytest.raises(TimeoutError):
         chan.frame()
 
@@ -241,8 +256,21 @@ def test_a_message_nested_too_deep_is_refused_before_parsing() -> None:
     (b"[" * 300 + b"{" * 212 + b"}" * 212 + b"]" * 300, True),
     (b"[" + b"[]" * 600 + b"]", True),                             # closing brackets close
     (b"{" + b'"a":{},' * 600 + b'"b":{}}', True),
+    (b"[" * 300 + b"[]" + b"[" * 250 + b"]" * 550, False),        # a close takes one level off
+    (b"[" * 500 + b"[]" * 20 + b"[" * 13 + b"]" * 513, False),     # each close exactly one
+    (b"[" * 500 + b"[]" * 20 + b"[" * 12 + b"]" * 512, True),
     (b'["\\\\"' + b"{" * 600 + b"]", False),                       # a string ends after \\
     (b'["\\\\\\"' + b"{" * 600 + b'"]', True),                      # \\\" escapes the quote
 ])
 def test_the_nesting_scan(body: bytes, ok: bool) -> None:
     assert wire._json_depth_ok(body) is ok
+
+
+def test_a_number_json_cannot_read_is_a_protocol_error() -> None:
+    """A number of thousands of digits is refused by the parser: a named ProtocolError, whose
+    reason (like every parser reason, under 200 characters) is shown whole."""
+    with pytest.raises(ScriptError) as caught:
+        wire.decode_message(b'{"a":' + b"9" * 5000 + b"}")
+    assert caught.value.name == "ProtocolError"
+    assert str(caught.value).startswith("malformed message from the script: Exceeds the limit (4300 digits)")
+    assert str(caught.value).endswith("5000 digits; use sys.set_int_max_str_digits() to increase the limit")
