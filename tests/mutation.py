@@ -183,6 +183,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # the wire to Deno (frames, replies, malformed messages): its unit tests and the plane's,
     # on real pipes; the protocol tests that start Deno take minutes per survivor
     "kernel/_channel": (["test_channel_units.py", "test_plane_units.py"], None),
+    # the Landlock confinement: its unit tests, which confine a forked child of the test process
+    # (the plane applies it between fork and exec, where mutmut cannot see it)
+    "kernel/_landlock": (["test_landlock_units.py"], None),
     "web/": (["test_web.py"], None),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
     # subprocesses only, which mutmut never selects for a mutant, so they would only slow the run
