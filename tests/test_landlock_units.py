@@ -5,8 +5,11 @@ then reports what it could open."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
+import signal
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +144,8 @@ def test_libc_is_looked_up_once_and_only_on_linux(monkeypatch: pytest.MonkeyPatc
     assert found is not None and found.restype is ctypes.c_long
     libc = landlock._libc
     assert landlock._syscall() is libc.syscall and landlock._libc is libc
+    ctypes.set_errno(0)
+    assert found(-1) == -1 and ctypes.get_errno() == errno.ENOSYS  # errno is kept for the errors
     monkeypatch.setattr(sys, "platform", "darwin")
     assert landlock._syscall() is None
     monkeypatch.setattr(sys, "platform", "linux")
@@ -246,3 +251,127 @@ def test_a_ruleset_the_kernel_refuses_is_an_error(
         return {}
 
     assert _in_child(body) == {"error": "[Errno 22] landlock_create_ruleset failed", "errno": 22}
+
+
+class _FakeLibc:
+    """libc with one call failing as the kernel would (errno set): the failures a test cannot
+    cause for real as root (with CAP_SYS_ADMIN, restrict_self works without no_new_privs)."""
+
+    def __init__(self, real: Any, fail_prctl: bool, fail_restrict: bool) -> None:
+        self._real, self._fail_prctl, self._fail_restrict = real, fail_prctl, fail_restrict
+        self.prctl = self._prctl
+
+    def _prctl(self, *args: Any) -> int:
+        if self._fail_prctl:
+            ctypes.set_errno(errno.EPERM)
+            return -1
+        return int(self._real.prctl(*args))
+
+    def syscall(self, number: int, *args: Any) -> int:
+        if number == 446 and self._fail_restrict:
+            ctypes.set_errno(errno.E2BIG)
+            return -1
+        return int(self._real.syscall(number, *args))
+
+
+@needs_landlock
+@pytest.mark.parametrize(("prctl", "restrict_self", "message"), [
+    (True, False, "[Errno 1] prctl(PR_SET_NO_NEW_PRIVS) failed"),
+    (False, True, "[Errno 7] landlock_restrict_self failed"),
+])
+def test_a_failed_confinement_step_is_an_error_naming_it(
+        tree: Path, monkeypatch: pytest.MonkeyPatch, prctl: bool, restrict_self: bool, message: str) -> None:
+    _call_restrict_here(monkeypatch)
+
+    def body() -> dict[str, Any]:
+        landlock._libc = _FakeLibc(landlock._libc, prctl, restrict_self)  # (in the child only)
+        landlock.restrict(landlock.Confinement(((str(tree / "priv"), landlock.READ),)))
+        return {}
+
+    assert _in_child(body) == {"error": message, "errno": int(message[7])}
+
+
+@needs_landlock
+def test_abi_1_confines_with_the_rights_it_knows(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _call_restrict_here(monkeypatch)
+
+    def body() -> dict[str, Any]:
+        landlock._version = 1  # (in the child only): as on a kernel of Landlock's first ABI
+        landlock.restrict(landlock.Confinement(((str(tree / "priv"), landlock.READ),)))
+        return {"priv": _can_read(tree / "priv" / "f"), "secret": _can_read(tree / "secret" / "f")}
+
+    assert _in_child(body) == {"priv": True, "secret": False}
+
+
+@needs_landlock
+def test_a_ruleset_on_descriptor_0_is_used(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With stdin closed the ruleset gets descriptor 0, a valid one."""
+    _call_restrict_here(monkeypatch)
+
+    def body() -> dict[str, Any]:
+        os.close(0)
+        landlock.restrict(landlock.Confinement(((str(tree / "priv"), landlock.READ),)))
+        return {"priv": _can_read(tree / "priv" / "f"), "secret": _can_read(tree / "secret" / "f")}
+
+    assert _in_child(body) == {"priv": True, "secret": False}
+
+
+@needs_landlock
+def test_a_rule_path_is_opened_without_opening_the_file(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule's path is opened with O_PATH: a FIFO in the rules does not block the child (an
+    alarm ends it if it did) and a file rule keeps exactly its rights."""
+    _call_restrict_here(monkeypatch)
+    fifo = tree / "fifo"
+    os.mkfifo(fifo)
+
+    def body() -> dict[str, Any]:
+        signal.alarm(5)
+        landlock.restrict(landlock.Confinement(((str(fifo), landlock.READ),
+                                                (str(tree / "file"), landlock.READ),
+                                                (str(tree / "priv"), landlock.READ))))
+        signal.alarm(0)
+        return {"file": [_can_read(tree / "file"), _can_write(tree / "file")],
+                "fifo_is_fifo": stat.S_ISFIFO(os.stat(fifo).st_mode)}
+
+    assert _in_child(body) == {"file": [True, False], "fifo_is_fifo": True}
+
+
+def _as_the_kernel_sees(arg: Any) -> Any:
+    """A syscall argument as the kernel reads it: ``None`` is a NULL pointer (0)."""
+    if arg is None:
+        return 0
+    if isinstance(arg, int):
+        return arg
+    return getattr(arg, "value", "pointer")
+
+
+@needs_landlock
+def test_each_landlock_call_passes_its_arguments_and_no_flags(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flags of the three calls are 0 (a flag such as 1 for restrict_self exists only from
+    ABI 7 and would make the confinement fail on older kernels), and restrict_self gets its
+    flags argument at all (without it the kernel reads whatever the register holds)."""
+    _call_restrict_here(monkeypatch)
+
+    def body() -> dict[str, Any]:
+        real = landlock._libc
+        calls: list[list[Any]] = []
+
+        class Spy:
+            prctl = real.prctl
+
+            @staticmethod
+            def syscall(number: int, *args: Any) -> int:
+                calls.append([number, [_as_the_kernel_sees(a) for a in args]])
+                return int(real.syscall(number, *args))
+
+        landlock._libc = Spy()  # (in the child only)
+        landlock.restrict(landlock.Confinement(((str(tree / "priv"), landlock.READ),)))
+        return {"calls": calls}
+
+    calls = _in_child(body)["calls"]
+    assert [c[0] for c in calls] == [444, 445, 446]
+    create, add, restrict_self = (c[1] for c in calls)
+    assert create[1:] == [8, 0]                        # sizeof(attr), flags
+    assert add[0] == restrict_self[0] and add[1] == 1 and add[3] == 0  # the ruleset, PATH_BENEATH, flags
+    assert len(restrict_self) == 2 and restrict_self[1] == 0
