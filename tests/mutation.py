@@ -186,9 +186,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # the Landlock confinement: its unit tests, which confine a forked child of the test process
     # (the plane applies it between fork and exec, where mutmut cannot see it)
     "kernel/_landlock": (["test_landlock_units.py"], None),
-    # the Kernel (ops, context, stats, lifecycle): its own tests and the kernel gaps' (3 s in all)
-    "kernel/_kernel": (["test_kernel.py", "test_kernel_stats.py", "test_kernel_interrupts.py",
-                        "test_gaps_kernel.py"],
+    # the Kernel (ops, context, stats, lifecycle): its own tests and the kernel gaps' (4 s in all)
+    "kernel/_kernel": (["test_kernel_units.py", "test_kernel.py", "test_kernel_stats.py",
+                        "test_kernel_interrupts.py", "test_gaps_kernel.py"],
                        _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
     "web/": (["test_web.py"], None),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
