@@ -554,3 +554,17 @@ def test_a_permission_list_must_be_a_list(kind: str) -> None:
         with pytest.raises(InvalidTypeError) as caught:
             PermissionPolicy(**{kind: value})  # type: ignore[arg-type]
         assert str(caught.value) == f"PermissionPolicy({kind}=...) takes a list, got {name}"
+
+
+@pytest.mark.parametrize("name", ["URIError", "TypeError"])
+def test_a_hosted_file_url_is_said_refused_as_an_import_but_not_in_a_fetch_error(name: str) -> None:
+    """``fetch()`` of a file URL fails with a URIError: it is no import, so its text is kept;
+    any other error naming such a URL is about an import, said as refused (message and stack)."""
+    said = "Invalid file path.\nSpecifier: file://host/etc/passwd"
+    error = _script_error({"t": "error", "name": name, "message": said,
+                           "stack": f"{name}: {said}\n    at {URLS[0]}:1:1"}, *URLS, 64)
+    refused = ('import of "file://host/etc/passwd" refused: a script can import only itself '
+               '(and data:/blob: modules)')
+    shown = said if name == "URIError" else refused
+    assert str(error) == f"{name}: {shown} (at job.js:1:1)"
+    assert error.stack == f"{name}: {shown}\n    at job.js:1:1"
