@@ -568,3 +568,33 @@ def test_a_hosted_file_url_is_said_refused_as_an_import_but_not_in_a_fetch_error
     shown = said if name == "URIError" else refused
     assert str(error) == f"{name}: {shown} (at job.js:1:1)"
     assert error.stack == f"{name}: {shown}\n    at job.js:1:1"
+
+
+def test_a_text_is_about_an_import_unless_told() -> None:
+    hosted = 'Import "file://host:1/x.js" not a dependency and not in import map from "file:///a"'
+    refused = ('import of "file://host:1/x.js" refused: a script can import only itself '
+               '(and data:/blob: modules)')
+    assert _readable(hosted, *URLS) == refused
+    assert _readable(hosted, *URLS, imports=False) == hosted
+
+
+def test_waiting_for_deno_to_exit_takes_the_time_left_at_least_a_millisecond(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    asked: list[float | None] = []
+    real_wait = proc.wait
+
+    def wait(timeout: float | None = None) -> int:
+        asked.append(timeout)
+        return real_wait(timeout=0.001 if timeout is not None else None)
+
+    try:
+        monkeypatch.setattr(proc, "wait", wait)
+        monkeypatch.setattr(time, "monotonic", lambda: 100.0)
+        for deadline in (100.25, 99.0, 100.0):
+            with pytest.raises(TimeoutError):
+                plane._wait(proc, deadline)
+        assert asked == [0.25, 0.001, 0.001]
+    finally:
+        proc.kill()
+        real_wait()
