@@ -598,3 +598,20 @@ def test_waiting_for_deno_to_exit_takes_the_time_left_at_least_a_millisecond(
     finally:
         proc.kill()
         real_wait()
+
+
+def test_the_import_map_maps_the_script_and_prelude_to_themselves_and_every_other_file_url_away() -> None:
+    urls = ["file:///run/x/code/script.ts", "file:///run/x/prelude/main.js"]
+    assert json.loads(plane._import_map(urls)) == {"imports": {
+        urls[0]: urls[0], urls[1]: urls[1],
+        "file://": "krepis-denied://", "file:///": "krepis-denied:///"}}
+
+
+def test_the_prelude_is_read_as_utf8_whatever_the_locale() -> None:
+    """The prelude holds non-ASCII text (the "…" of a cut error): read under an ASCII locale it
+    is the same text. (The child runs this process's code: PYTHONPATH is kept.)"""
+    assert "\u2026" in plane._prelude()
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = ("import locale, sys; from krepis.kernel._plane import _prelude; "
+            "sys.exit(0 if locale.getpreferredencoding(False) != 'UTF-8' and '\\u2026' in _prelude() else 3)")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
