@@ -615,3 +615,12 @@ def test_the_prelude_is_read_as_utf8_whatever_the_locale() -> None:
     code = ("import locale, sys; from krepis.kernel._plane import _prelude; "
             "sys.exit(0 if locale.getpreferredencoding(False) != 'UTF-8' and '\\u2026' in _prelude() else 3)")
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_inline_source_is_typescript() -> None:
+    def dispatch(name: str, args: list[object], encode):  # type: ignore[no-untyped-def]
+        raise AssertionError("no op is called")
+
+    result = plane.run_deno("const n: number = 2;\ninterface P { x: number }\nconst p: P = { x: n };\n",
+                            dispatch, stderr=io.BytesIO())
+    assert (result.exit_code, result.ops_called) == (0, 0)
