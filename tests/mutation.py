@@ -217,6 +217,28 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",
                  "test_gaps_kernel.py"],
                 _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
+    # how a run ends (ScriptError, ScriptInterrupted, ScriptResult): its unit tests and the
+    # plane's, which build them from the prelude's reports
+    "kernel/_outcome": (["test_outcome_units.py", "test_plane_units.py"], None),
+    # what a sandbox may touch (roots, hosts, op_check_permission, Deno's flags): its unit tests
+    # and the plane's pure-function tests; the sandbox tests that start Deno take minutes
+    "kernel/_permissions": (["test_permissions_units.py", "test_plane_units.py"], None),
+    # the wire to Deno (frames, replies, malformed messages): its unit tests and the plane's,
+    # on real pipes; the protocol tests that start Deno take minutes per survivor
+    "kernel/_channel": (["test_channel_units.py", "test_plane_units.py"], None),
+    # the Landlock confinement: its unit tests, which confine a forked child of the test process
+    # (the plane applies it between fork and exec, where mutmut cannot see it)
+    "kernel/_landlock": (["test_landlock_units.py"], None),
+    # the Kernel (ops, context, stats, lifecycle): its own tests and the kernel gaps' (6 s in all)
+    "kernel/_kernel": (["test_kernel_units.py", "test_kernel.py", "test_kernel_stats.py",
+                        "test_kernel_interrupts.py", "test_gaps_kernel.py"],
+                       _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
+    # the Deno plane (the run, its limits, imports, the sandbox, signals): its in-process tests
+    # (25 s in all); the stack-trace and memory tests repeat the sandbox's checks more slowly
+    "kernel/_plane": (["test_plane_units.py", "test_plane.py", "test_plane_ops.py", "test_plane_limits.py",
+                       "test_plane_file_urls.py", "test_plane_sandbox.py", "test_gaps_kernel.py",
+                       "test_kernel_interrupts.py"],
+                      _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
     "web/": (["test_web.py"], None),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
     # subprocesses only, which mutmut never selects for a mutant, so they would only slow the run

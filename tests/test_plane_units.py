@@ -554,3 +554,73 @@ def test_a_permission_list_must_be_a_list(kind: str) -> None:
         with pytest.raises(InvalidTypeError) as caught:
             PermissionPolicy(**{kind: value})  # type: ignore[arg-type]
         assert str(caught.value) == f"PermissionPolicy({kind}=...) takes a list, got {name}"
+
+
+@pytest.mark.parametrize("name", ["URIError", "TypeError"])
+def test_a_hosted_file_url_is_said_refused_as_an_import_but_not_in_a_fetch_error(name: str) -> None:
+    """``fetch()`` of a file URL fails with a URIError: it is no import, so its text is kept;
+    any other error naming such a URL is about an import, said as refused (message and stack)."""
+    said = "Invalid file path.\nSpecifier: file://host/etc/passwd"
+    error = _script_error({"t": "error", "name": name, "message": said,
+                           "stack": f"{name}: {said}\n    at {URLS[0]}:1:1"}, *URLS, 64)
+    refused = ('import of "file://host/etc/passwd" refused: a script can import only itself '
+               '(and data:/blob: modules)')
+    shown = said if name == "URIError" else refused
+    assert str(error) == f"{name}: {shown} (at job.js:1:1)"
+    assert error.stack == f"{name}: {shown}\n    at job.js:1:1"
+
+
+def test_a_text_is_about_an_import_unless_told() -> None:
+    hosted = 'Import "file://host:1/x.js" not a dependency and not in import map from "file:///a"'
+    refused = ('import of "file://host:1/x.js" refused: a script can import only itself '
+               '(and data:/blob: modules)')
+    assert _readable(hosted, *URLS) == refused
+    assert _readable(hosted, *URLS, imports=False) == hosted
+
+
+def test_waiting_for_deno_to_exit_takes_the_time_left_at_least_a_millisecond(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    asked: list[float | None] = []
+    real_wait = proc.wait
+
+    def wait(timeout: float | None = None) -> int:
+        asked.append(timeout)
+        return real_wait(timeout=0.001 if timeout is not None else None)
+
+    try:
+        monkeypatch.setattr(proc, "wait", wait)
+        monkeypatch.setattr(time, "monotonic", lambda: 100.0)
+        for deadline in (100.25, 99.0, 100.0):
+            with pytest.raises(TimeoutError):
+                plane._wait(proc, deadline)
+        assert asked == [0.25, 0.001, 0.001]
+    finally:
+        proc.kill()
+        real_wait()
+
+
+def test_the_import_map_maps_the_script_and_prelude_to_themselves_and_every_other_file_url_away() -> None:
+    urls = ["file:///run/x/code/script.ts", "file:///run/x/prelude/main.js"]
+    assert json.loads(plane._import_map(urls)) == {"imports": {
+        urls[0]: urls[0], urls[1]: urls[1],
+        "file://": "krepis-denied://", "file:///": "krepis-denied:///"}}
+
+
+def test_the_prelude_is_read_as_utf8_whatever_the_locale() -> None:
+    """The prelude holds non-ASCII text (the "…" of a cut error): read under an ASCII locale it
+    is the same text. (The child runs this process's code: PYTHONPATH is kept.)"""
+    assert "\u2026" in plane._prelude()
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = ("import locale, sys; from krepis.kernel._plane import _prelude; "
+            "sys.exit(0 if locale.getpreferredencoding(False) != 'UTF-8' and '\\u2026' in _prelude() else 3)")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_inline_source_is_typescript() -> None:
+    def dispatch(name: str, args: list[object], encode):  # type: ignore[no-untyped-def]
+        raise AssertionError("no op is called")
+
+    result = plane.run_deno("const n: number = 2;\ninterface P { x: number }\nconst p: P = { x: n };\n",
+                            dispatch, stderr=io.BytesIO())
+    assert (result.exit_code, result.ops_called) == (0, 0)

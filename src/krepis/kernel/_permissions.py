@@ -41,7 +41,9 @@ def _split_host(entry: str) -> tuple[str, int | None]:
         host = host.lower()
     if port is None:
         return host, None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    # ASCII digits only (str.isdigit also takes '²' and other scripts' digits), at most five:
+    # int() is never handed a text it refuses or thousands of digits
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535:
         raise ValidationError(f"net target {entry!r}: port {port!r} is not a number in 1…65535")
     return host, int(port)
 
