@@ -668,3 +668,35 @@ def test_the_applier_applies_what_was_there_when_it_began(store: LmdbStorage,
         shared.wake.set()
         assert running.until(lambda: not shared.tail.records)
     assert upto == [end]
+
+
+def test_a_pointer_past_every_record_in_the_log_is_refused_not_waited_for(store: LmdbStorage) -> None:
+    """LMDB's pointer names a position the log never reached (files put together by hand): the
+    records it claims applied are nowhere to be read, so the applier refuses instead of looking
+    again for ever (it used to spin, and ``close()`` hung in it)."""
+    shared = store._shared
+    _write(store, [_log(0)])
+    end = shared.tail.end
+    before = _pointer(shared)
+    past = LogPointer(before.log_id, end + 4096, before.link)
+    _in_txn(shared, lambda txn, _: txn.put(b"log", past.pack(), db=shared.meta))
+    outcome: list[BaseException | int] = []
+
+    def apply() -> None:
+        try:
+            with shared.writer_lock():
+                outcome.append(apply_tail(shared))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=apply, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "apply_tail kept looking for records the log does not hold"
+    [error] = outcome
+    assert isinstance(error, CorruptStorageError)
+    assert str(error) == (f"storage at {shared.path}: LMDB's commit-log pointer ({end + 4096}) is past the "
+                          f"end of the records in commit.log ({end})")
+    assert error.path == shared.path
+    assert _pointer(shared).pack() == past.pack()  # nothing applied
+    _in_txn(shared, lambda txn, _: txn.put(b"log", before.pack(), db=shared.meta))  # so the store closes

@@ -22,7 +22,7 @@ from ..._model import TransactionLog
 from ...tlog._merkle import append_leaf
 from .._codec import STATUS_CODE, encode_value, rid_hash
 from ._catchup import catch_up
-from ._commitlog import BARRIER
+from ._commitlog import BARRIER, LOG
 from ._layout import (
     _MAX_U64,
     _NODE_KEY,
@@ -48,6 +48,10 @@ APPLY_ENTRIES = 2048
 APPLY_SECONDS = 0.25
 #: at most this many entries per LMDB transaction (a bigger backlog takes several)
 _MAX_ENTRIES_PER_TXN = 65536
+# looks in a row, each after catching up, at an LMDB pointer past a tail that did not move, before
+# the pointer is called damage: a record another process applied is always in the log first, so
+# the second look finds it; the third allows for a head read while it was being written
+_MAX_STALLS = 3
 
 
 def apply_records(shared: Shared, txn: Any, records: Sequence[TailRecord],
@@ -198,6 +202,8 @@ def apply_tail(shared: Shared, upto: int | None = None, *, locked: bool = False,
     env = shared.env
     applied = 0
     mu: contextlib.AbstractContextManager[Any] = contextlib.nullcontext() if locked else shared.mu
+    stalled = 0  # looks in a row that found LMDB's pointer past the tail, the tail not moving
+    seen_end = -1
     while True:
         with mu:
             catch_up(shared)
@@ -211,7 +217,16 @@ def apply_tail(shared: Shared, upto: int | None = None, *, locked: bool = False,
                 tail = shared.tail
                 if pointer.position > tail.end:  # another process applied what this one never saw
                     txn.abort()
-                    continue  # (its records are in the log: catch up, then look again)
+                    # its records are in the log (written there before LMDB applied them): catching
+                    # up reads them. A tail that catching up cannot move means LMDB's pointer names
+                    # records the log does not hold — never wait for them
+                    stalled = stalled + 1 if tail.end == seen_end else 1
+                    seen_end = tail.end
+                    if stalled >= _MAX_STALLS:
+                        raise CorruptStorageError(
+                            f"storage at {path}: LMDB's commit-log pointer ({pointer.position}) is past "
+                            f"the end of the records in {LOG} ({tail.end})", path)
+                    continue
                 pending = tail.since(pointer.position)
                 if pending is None:
                     raise CorruptStorageError(f"storage at {path}: LMDB's commit-log pointer "
