@@ -478,7 +478,10 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 
 
 def _statuses(target: Path, mutmut: str) -> dict[str, str]:
-    """Every mutant of the last run in ``target`` → mutmut's status for it."""
+    """Every mutant of the last run in ``target`` → mutmut's status for it, except that a test
+    process the mutant made abort (SIGABRT: LMDB's own consistency checks end the process when
+    handed a wrong page or cursor) is "aborted", a kill, as mutmut counts a segfault: mutmut
+    itself calls an unknown exit code "suspicious"."""
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=target, capture_output=True,
                              text=True).stdout
     out = {}
@@ -486,6 +489,10 @@ def _statuses(target: Path, mutmut: str) -> dict[str, str]:
         if ": " in line:
             name, status = line.rsplit(": ", 1)
             out[name.strip()] = status.strip()
+    for meta in (target / "mutants" / "src").rglob("*.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if code == -signal.SIGABRT and name in out:
+                out[name] = "aborted"
     return out
 
 
@@ -504,7 +511,7 @@ TABLE_START = "<!-- mutation-scores:start -->"
 TABLE_END = "<!-- mutation-scores:end -->"
 COLUMNS = ["module", "mutants", "run", "killed", "equivalent", "not killed", "score", "run on", "code of",
            "status"]
-_KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+_KILLED = {"killed", "timeout", "caught by type check", "segfault", "aborted"}
 _NOT_RUN = {"not checked", "skipped"}
 
 
