@@ -19,6 +19,8 @@ from krepis.archive import archive_store
 from test_archive import fill_fast, realistic
 from test_archive_safety import MANIFEST, rewrite_manifest
 
+from stracekit import joined
+
 TESTS = Path(__file__).parent
 
 
@@ -129,7 +131,7 @@ def test_every_archive_file_is_fsynced_before_its_rename_and_before_any_removal(
     text = trace.read_text()
     inside = text[text.index("<archive>"):text.index("</archive>")]
     events: list[tuple[str, str]] = []  # ("sync", path) or ("rename", "temporary name -> name")
-    for line in inside.splitlines():
+    for line in joined(inside):
         sync = re.search(r"\b(?:fsync|fdatasync)\(\d+<([^>]*)>\)", line)
         if sync:
             events.append(("sync", sync.group(1)))

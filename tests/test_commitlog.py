@@ -25,6 +25,7 @@ from krepis.storage.lmdb._commitlog import CommitLog, encode_payload
 from logtools import HOLD_OFF, flip, pointer, ring_offset, stored_entries, unapplied, write_and_die
 
 from conftest import tree_snapshot
+from stracekit import joined
 
 
 def _expect(store: Path, n: int) -> None:
@@ -119,7 +120,7 @@ def _flushes(tmp_path: Path, flush: str, then_flush: bool) -> dict[str, int]:
     trace = subprocess.run(["strace", "-f", "-y", "-e", "trace=fsync,fdatasync,write", sys.executable, "-c",
                             code], capture_output=True, text=True, timeout=120)
     assert trace.returncode == 0, trace.stderr[-2000:]
-    inside = trace.stderr.split("<commits>", 1)[1].split("</commits>", 1)[0]
+    inside = "\n".join(joined(trace.stderr.split("<commits>", 1)[1].split("</commits>", 1)[0]))
     counts: dict[str, int] = {}
     for name in re.findall(r"f(?:data)?sync\(\d+<[^>]*/([^/>]+)>\)", inside):
         counts[name] = counts.get(name, 0) + 1

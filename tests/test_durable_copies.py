@@ -16,6 +16,7 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 
 from conftest import make_store
 from format1 import write_lmdb_store
+from stracekit import joined
 
 pytestmark = pytest.mark.usefixtures("strace")
 
@@ -34,7 +35,7 @@ def _trace(tmp_path: Path, code: str) -> list[tuple[str, str, str]]:
                     "trace=" + ",".join(SYNCS + WRITES + RENAMES + ("openat",)),
                     sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
     events = []
-    for line in trace.read_text(errors="replace").splitlines():
+    for line in joined(trace.read_text(errors="replace")):
         m = _CALL.match(line)
         if m:
             events.append((m.group(1), m.group(3), m.group(4)))

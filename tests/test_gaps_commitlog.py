@@ -21,6 +21,8 @@ from krepis.storage import WriteRequest, open_storage
 from krepis.storage.lmdb import _commitlog
 from krepis.storage.lmdb._commitlog import BATCH, CommitLog, encode_payload, record_size, seed_link
 
+from stracekit import joined
+
 _T0 = 1_700_000_000_000
 
 
@@ -143,7 +145,7 @@ def _traced(tmp_path: Path, code: str) -> list[tuple[str, str, str]]:
                     "trace=" + ",".join(_SYNCS + _WRITES + _RENAMES), sys.executable, "-c", code],
                    check=True, timeout=120, capture_output=True)
     events = []
-    for line in trace.read_text(errors="replace").splitlines():
+    for line in joined(trace.read_text(errors="replace")):
         found = _CALL.match(line)
         if found:
             events.append((found.group(1), found.group(3), found.group(4)))
@@ -369,7 +371,7 @@ def test_ring_space_is_written_again_only_once_lmdb_flushed_what_was_applied(tmp
     unflushed = 0  # writes to data.mdb not yet flushed
     written_up_to = 0  # the end of the ring's file space records were written in so far
     reused = 0
-    for line in trace.read_text(errors="replace").splitlines():
+    for line in joined(trace.read_text(errors="replace")):
         found = re.match(r"^(\d+)\s+(\w+)\((-?\d+|AT_FDCWD)<([^>]*)>(.*)$", line)
         if not found:
             continue

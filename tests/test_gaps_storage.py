@@ -22,6 +22,8 @@ from krepis.storage import WriteRequest, open_storage
 from krepis.storage._codec import STATUS_CODE, rid_hash
 from test_archive import fill_fast
 
+from stracekit import joined
+
 #: two request ids whose BLAKE2b-64 hashes share their first 4 bytes (the archive's request-id
 #: key; found by a birthday search). The 8-byte key of the live index cannot be made to collide
 #: in a test: its comparison is tested through an index row edited at the raw level instead.
@@ -158,7 +160,7 @@ def _flushes(tmp_path: Path, code: str, file: str, rename_from: str) -> tuple[li
                     "renameat2", sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
     dsync: dict[tuple[str, str], bool] = {}
     pending: list[str] = []
-    for line in trace.read_text(errors="replace").splitlines():
+    for line in joined(trace.read_text(errors="replace")):
         m = _CALL.match(line)
         if not m:
             continue
@@ -372,7 +374,7 @@ def test_a_restore_makes_its_rename_durable_before_it_removes_the_old_log(tmp_pa
                     "trace=fsync,rename,renameat,renameat2,unlinkat", sys.executable, "-c", code],
                    check=True, timeout=120, capture_output=True)
     events = []
-    for line in trace.read_text(errors="replace").splitlines():
+    for line in joined(trace.read_text(errors="replace")):
         found = _CALL.match(line)
         if found:
             _pid, call, _fd, path, rest = found.groups()
