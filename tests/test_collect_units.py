@@ -407,6 +407,19 @@ def test_a_witness_whose_proof_hangs_is_no_answer_in_time_and_does_not_hold_the_
     assert info.value.answers[0].error == "no answer in time"
 
 
+def test_a_proof_that_ends_past_the_deadline_is_not_sent() -> None:
+    """The time left is counted after the proof is made: a request sent once the deadline has
+    passed would hold the witness (and its answer would arrive after the caller gave up)."""
+    def proof(old: int) -> list[bytes]:
+        time.sleep(0.4)
+        return _proof(old)
+
+    with witness_server(cosigned(W1)) as (url, script):
+        with pytest.raises(QuorumError) as info:
+            collect([endpoint("w1", url, W1)], proof=proof, timeout=0.2)
+    assert info.value.answers[0].error == "no answer in time" and script.bodies == []
+
+
 def test_a_deadline_already_past_asks_no_one() -> None:
     with witness_server(cosigned(W1)) as (url, script):
         with pytest.raises(QuorumError) as info:

@@ -96,12 +96,16 @@ def _ask(witness: WitnessEndpoint, note: str, size: int, guess: int,
          proof: Callable[[int], Sequence[bytes]], deadline: float) -> WitnessAnswer:
     old, seen = (guess if 0 <= guess <= size else 0), set[int]()
     while True:
+        try:  # (a proof may take a while: the time left is counted after it)
+            body = _body(old, proof(old), note)
+        except JournalError as exc:  # e.g. the entries it needs are archived
+            return WitnessAnswer(witness, None, str(exc))
         left = deadline - time.monotonic()
         if left <= 0:
             return WitnessAnswer(witness, None, "no answer in time")
         try:
             reply = request(join(witness.url, "/add-checkpoint"), method="POST",
-                            body=_body(old, proof(old), note), timeout=left, limit=_MAX_ANSWER)
+                            body=body, timeout=left, limit=_MAX_ANSWER)
         except (HTTPError, JournalError) as exc:
             return WitnessAnswer(witness, None, str(exc))
         text = reply.body.decode("utf-8", "replace")
