@@ -549,3 +549,19 @@ def test_a_clear_during_an_export_without_a_signer_is_refused(journal: Sovereign
     with pytest.raises(ValidationError) as info:
         journal.export_tiles(tmp_path / "tiles")
     assert str(info.value) == f"the journal at {journal.path} has no checkpoint of its current log"
+
+
+def test_a_clear_while_entries_are_read_says_cleared_not_archived(journal: SovereignJournal) -> None:
+    """Entries read for a tile after a clear began a new log (whose first seq is past them): the
+    reader says the journal was cleared — read again (a tile server's 503) — not that they are
+    archived (its 404), with or without ``live_only``."""
+    for live_only in (True, False):
+        _fill(journal, 10)
+        _reader, entries = journal.tile_sources(live_only=live_only)
+        journal.clear_all()
+        _fill(journal, 3)
+        with pytest.raises(JournalError) as info:
+            entries(0, 5)
+        assert type(info.value) is JournalError
+        assert str(info.value) == (f"the journal at {journal.path} was cleared while its tree was being read "
+                                   "(a new log began); read again")

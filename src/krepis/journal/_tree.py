@@ -196,6 +196,7 @@ class _TreeMethods:
         def entries(start: int, count: int) -> list[bytes]:
             seq = first + start
             if seq < storage.live_first_seq():
+                reader.check_same_log()  # cleared meanwhile: a JournalError (read again), not "archived"
                 if archived is None:
                     raise ValidationError(
                         f"entries {seq}…{seq + count - 1} of the journal at {self.path} are archived: "
