@@ -602,3 +602,164 @@ def test_close_releases_the_log_once_even_when_it_is_descriptor_0(tmp_path: Path
     finally:
         os.dup2(saved, 0)
         os.close(saved)
+
+
+def test_a_record_ending_exactly_at_the_ring_end_stays_in_its_lap_and_is_read_and_counted(
+        log: CommitLog) -> None:
+    payload = b"e" * 16
+    size = record_size(len(payload))
+    assert log.place(SMALL - size, size) == SMALL - size and log.place(SMALL - size + 8, size) == SMALL
+    at, end, _crc = _append(log, SMALL - size, 99, payload, durable=SMALL - size)
+    assert at == SMALL - size and end == SMALL
+    record = log.read(at, 99)
+    assert record is not None and (record.position, record.end, record.payload) == (at, SMALL, payload)
+    assert log.durable_evidence(0) == (SMALL - size, 1)
+
+
+def test_a_record_that_did_not_fit_is_read_at_the_start_of_the_next_lap(log: CommitLog) -> None:
+    at, end, crc = _append(log, SMALL - 16, 5, b"x" * 40)
+    assert at == SMALL and end == SMALL + record_size(40)
+    found = log.read(SMALL - 16, 5)  # asked where the chain's previous record ended
+    assert found is not None and found.position == SMALL and found.end == end and found.crc == crc
+    assert log.read(SMALL, 5) is not None
+    assert log.read(0, 5) is None and log.read(2 * SMALL, 5) is None  # (nothing at a lap's start)
+
+
+def test_a_record_cut_short_by_the_files_end_is_none_and_no_evidence(log: CommitLog) -> None:
+    link = seed_link(LOG_ID)
+    raw, _crc = CommitLog.encode(BATCH, 0, 9999, 0, link, b"y" * 200)
+    log.write(0, raw)
+    os.ftruncate(log.fd, 4096 + 100)  # the header stays, the body and CRC are gone
+    assert log.read(0, link) is None and log.durable_evidence(-1) == (0, 0)
+    os.ftruncate(log.fd, 4096 + 20)  # part of the header only
+    assert log.read(0, link) is None and log.durable_evidence(-1) == (0, 0)
+
+
+def test_a_header_at_the_files_very_end_is_no_evidence(log: CommitLog) -> None:
+    raw, _crc = CommitLog.encode(BATCH, 8, 9999, 0, 1, b"")
+    log.write(0, bytes(8) + raw)
+    os.ftruncate(log.fd, 4096 + 16)  # the magic and length at the file's last 8 bytes
+    assert log.durable_evidence(-1) == (0, 0)
+
+
+def test_a_log_with_no_ring_yet_has_no_evidence_beyond_its_marker(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    log = _create(tmp_path / "log", monkeypatch)
+    try:
+        log.write_marker(4242)
+        assert log.durable_evidence(0) == (4242, 0)
+        os.ftruncate(log.fd, 100)  # only the first superblock left: the ring "starts" past the end
+        assert log.durable_evidence(0) == (4242, 0)
+    finally:
+        log.close()
+
+
+def test_a_valid_record_of_an_unknown_kind_is_no_evidence(log: CommitLog) -> None:
+    raw, _crc = CommitLog.encode(3, 0, 7777, 0, 1, b"zz")
+    log.write(0, raw)
+    assert log.durable_evidence(-1) == (0, 0)
+    raw, _crc = CommitLog.encode(BARRIER, 64, 8888, 0, 1, b"")
+    log.write(64, raw)
+    assert log.durable_evidence(-1) == (8888, 1)
+
+
+def test_a_magic_inside_a_payload_off_the_8_byte_grid_is_not_taken_for_a_header(log: CommitLog) -> None:
+    inner, _ = CommitLog.encode(BATCH, 44, 5555, 0, 1, b"")  # a whole record, 4 bytes off the grid
+    at, _end, _crc = _append(log, 0, 1, inner, durable=12)
+    assert at == 0 and log.durable_evidence(-1) == (12, 1)
+
+
+def test_evidence_is_read_in_scan_sized_pieces_without_losing_a_header_across_two(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_commitlog, "_SCAN", 4096)  # (the ring is read 1 MiB at a time)
+    log = _create(tmp_path / "log", monkeypatch)
+    try:
+        positions = [4096 - 8, 8192 - 40, 3 * 4096]  # a header across a piece's end, one ending at it
+        for n, at in enumerate(positions):
+            raw, _crc = CommitLog.encode(BATCH, at, 100 * (n + 1), n, 1, b"q" * 24)
+            log.write(at, raw)
+        assert log.durable_evidence(-1) == (300, 3)
+        assert log.durable_evidence(4096 - 8) == (300, 2)
+        assert log.durable_evidence(8192 - 40) == (300, 1)
+    finally:
+        log.close()
+
+
+def test_every_valid_record_past_the_point_is_counted_once(log: CommitLog) -> None:
+    link = seed_link(LOG_ID)
+    position = 0
+    for n in range(5):
+        _at, position, link = _append(log, position, link, b"r" * (n * 3), durable=n * 8)
+    assert log.durable_evidence(-1) == (32, 5)
+    assert log.durable_evidence(0) == (32, 4)
+
+
+def _syncs(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, int, int]]) -> None:
+    """Record each pwrite (with its length) and fdatasync on a descriptor, in order."""
+    real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        events.append(("pwrite", fd, len(data)))
+        return real_pwrite(fd, data, offset)
+
+    def fdatasync(fd: int) -> None:
+        events.append(("fdatasync", fd, 0))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+def test_new_file_space_is_flushed_before_a_record_goes_there_and_old_space_is_not_flushed_again(
+        log: CommitLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's new length is durable before any record relies on it (docs/storage-format.md:
+    zero-filled, then flushed); a record in space already allocated costs no flush (a durable
+    write is one flush: the caller's)."""
+    events: list[tuple[str, int, int]] = []
+    _syncs(monkeypatch, events)
+    raw, _crc = CommitLog.encode(BATCH, 0, 0, 0, 1, b"a")
+    log.write(0, raw)
+    assert events == [("pwrite", log.fd, 65536 - 4096), ("fdatasync", log.fd, 0),
+                      ("pwrite", log.fd, len(raw))]
+    events.clear()
+    last = 65536 - 4096 - len(raw)  # a record ending exactly at the allocated end
+    log.write(last, CommitLog.encode(BATCH, last, 0, 0, 1, b"a")[0])
+    log.write(48, CommitLog.encode(BATCH, 48, 0, 0, 1, b"a")[0])
+    assert events == [("pwrite", log.fd, len(raw))] * 2
+    events.clear()
+    log.write(last + len(raw), raw)  # past it: the ring's end (4 KiB short of a chunk) is the limit
+    assert events == [("pwrite", log.fd, SMALL + 4096 - 65536), ("fdatasync", log.fd, 0),
+                      ("pwrite", log.fd, len(raw))]
+    events.clear()
+    log.write(SMALL - len(raw), raw)  # the ring's last record: its file space is there
+    log.flush()
+    assert events == [("pwrite", log.fd, len(raw)), ("fdatasync", log.fd, 0)]
+
+
+def test_space_another_process_allocated_is_used_as_it_is(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two logs on one file (two processes): the second never zero-fills space the first grew
+    the file into, which may hold the first one's records."""
+    first = _create(tmp_path / "log", monkeypatch)
+    second = _open(tmp_path / "log")
+    try:
+        link = seed_link(LOG_ID)
+        _at, end, crc = _append(first, 0, link, b"first")
+        _append(second, end, crc, b"second")
+        assert [r.payload for r in first.chain(0, link)] == [b"first", b"second"]
+        assert (tmp_path / "log" / "commit.log").stat().st_size == 65536
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_deleted_or_replaced_log_refuses_writes_naming_the_store(log: CommitLog, tmp_path: Path) -> None:
+    log.check_attached()
+    os.replace(tmp_path / "log" / "commit.state", tmp_path / "log" / "commit.log")
+    with pytest.raises(StorageError) as info:
+        log.check_attached()
+    path = tmp_path / "log"
+    assert str(info.value) == (f"storage at {path}: commit.log was deleted or replaced while the store was "
+                               "open; krepis stopped writing so that no write is silently lost. Close the "
+                               "journal and check the store")
+    assert info.value.path == str(path)
