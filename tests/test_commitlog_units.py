@@ -763,3 +763,68 @@ def test_a_deleted_or_replaced_log_refuses_writes_naming_the_store(log: CommitLo
                                "open; krepis stopped writing so that no write is silently lost. Close the "
                                "journal and check the store")
     assert info.value.path == str(path)
+
+
+def test_a_write_that_progresses_a_byte_at_a_time_is_completed(log: CommitLog,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.pwrite
+    link = seed_link(LOG_ID)
+    raw, _crc = CommitLog.encode(BATCH, 0, 0, 0, link, b"slow")
+    log.write(0, b"\0" * len(raw))
+    first = [True]
+
+    def trickle(fd: int, data: bytes, offset: int) -> int:  # all but 3 bytes, then one byte a call
+        n = len(data) - 3 if first[0] else 1
+        first[0] = False
+        return real(fd, bytes(data)[:n], offset)
+
+    monkeypatch.setattr(os, "pwrite", trickle)
+    log.write(0, raw)
+    monkeypatch.setattr(os, "pwrite", real)
+    record = log.read(0, link)
+    assert record is not None and record.payload == b"slow"
+
+
+def test_create_never_writes_through_a_link_planted_where_the_new_log_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symbolic link put at ``commit.log.new`` between its removal and its creation (a race):
+    the create fails, and the file the link points at is untouched."""
+    monkeypatch.setattr(_commitlog, "RING_SIZE", SMALL)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    store = tmp_path / "s"
+    store.mkdir()
+    real_unlink = os.unlink
+
+    def unlink_then_plant(name: str, *, dir_fd: int | None = None) -> None:
+        try:
+            real_unlink(name, dir_fd=dir_fd)
+        finally:
+            os.symlink(victim, name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink_then_plant)
+    dir_fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            CommitLog.create(dir_fd, str(store), LOG_ID, 0)
+    finally:
+        os.close(dir_fd)
+    assert victim.read_bytes() == b"precious" and not (store / "commit.log").exists()
+
+
+def test_a_record_ending_exactly_where_another_process_grew_the_file_costs_no_flush(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _create(tmp_path / "log", monkeypatch)
+    second = _open(tmp_path / "log")  # knows nothing of the file's length yet
+    try:
+        raw, _crc = CommitLog.encode(BATCH, 0, 0, 0, 1, b"a")
+        first.write(0, raw)  # the file grows to 64 KiB
+        events: list[tuple[str, int, int]] = []
+        _syncs(monkeypatch, events)
+        last = 65536 - 4096 - len(raw)
+        second.write(last, CommitLog.encode(BATCH, last, 0, 0, 1, b"a")[0])
+        assert events == [("pwrite", second.fd, len(raw))]
+        assert (tmp_path / "log" / "commit.log").stat().st_size == 65536
+    finally:
+        first.close()
+        second.close()
