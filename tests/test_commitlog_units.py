@@ -674,13 +674,18 @@ def test_evidence_is_read_in_scan_sized_pieces_without_losing_a_header_across_tw
     monkeypatch.setattr(_commitlog, "_SCAN", 4096)  # (the ring is read 1 MiB at a time)
     log = _create(tmp_path / "log", monkeypatch)
     try:
-        positions = [4096 - 8, 8192 - 40, 3 * 4096]  # a header across a piece's end, one ending at it
+        # headers across the end of the first piece and of a later one, one ending at a piece's end
+        positions = [4096 - 8, 8192 - 40, 3 * 4096 - 16, 3 * 4096 + 64]
         for n, at in enumerate(positions):
             raw, _crc = CommitLog.encode(BATCH, at, 100 * (n + 1), n, 1, b"q" * 24)
             log.write(at, raw)
+        assert log.durable_evidence(-1) == (400, 4)
+        assert log.durable_evidence(4096 - 8) == (400, 3)
+        assert log.durable_evidence(8192 - 40) == (400, 2)
+        assert log.durable_evidence(3 * 4096) == (400, 1)
+        for at in positions[3:]:  # the later pieces' headers alone
+            os.pwrite(log.fd, bytes(8), 4096 + at)
         assert log.durable_evidence(-1) == (300, 3)
-        assert log.durable_evidence(4096 - 8) == (300, 2)
-        assert log.durable_evidence(8192 - 40) == (300, 1)
     finally:
         log.close()
 
@@ -828,3 +833,24 @@ def test_a_record_ending_exactly_where_another_process_grew_the_file_costs_no_fl
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(("payload", "size"), [(0, 48), (4, 48), (5, 56), (12, 56), (13, 64), (1000, 1048)])
+def test_a_record_is_header_payload_and_crc_padded_with_zeros_to_a_multiple_of_8(payload: int,
+                                                                                 size: int) -> None:
+    assert record_size(payload) == size
+    raw, crc = CommitLog.encode(BATCH, 0, 0, 0, 1, b"\xff" * payload)
+    assert len(raw) == size and raw[40 + payload:44 + payload] == struct.pack("<I", crc)
+    assert raw[44 + payload:] == bytes(size - 44 - payload)
+
+
+def test_a_record_running_past_the_rings_end_is_no_evidence_even_in_a_longer_file(log: CommitLog) -> None:
+    """The file never grows past the ring's end, but an edited one may: a record whose body
+    would continue there is not one, as the chain's reader says too."""
+    raw, _crc = CommitLog.encode(BATCH, SMALL - 48, 5000, 0, 1, b"w" * 100)
+    log.write(0, b"\0")  # (the file space)
+    os.pwrite(log.fd, bytes(SMALL), 4096)
+    os.pwrite(log.fd, raw, 4096 + SMALL - 48)
+    assert os.fstat(log.fd).st_size > 4096 + SMALL
+    assert log.read(SMALL - 48, 1) is None
+    assert log.durable_evidence(-1) == (0, 0)
