@@ -854,3 +854,31 @@ def test_a_record_running_past_the_rings_end_is_no_evidence_even_in_a_longer_fil
     assert os.fstat(log.fd).st_size > 4096 + SMALL
     assert log.read(SMALL - 48, 1) is None
     assert log.durable_evidence(-1) == (0, 0)
+
+
+@pytest.mark.parametrize("which", ["commit.log.new", "commit.state"])
+def test_new_files_are_owner_only_from_their_first_instant_whatever_the_umask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    """Created with mode 0600, not only chmodded to it: in between, another user could open a
+    file created more open and keep the descriptor (the store's directory may be searchable)."""
+    monkeypatch.setattr(_commitlog, "RING_SIZE", SMALL)
+    seen: list[int] = []
+    real = os.fchmod
+
+    def fchmod(fd: int, mode: int) -> None:
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    old = os.umask(0)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if which == "commit.log.new":
+            CommitLog.create(dir_fd, str(tmp_path), LOG_ID, 0, rename=False)
+        else:
+            os.close(CommitLog.create_state(dir_fd, LOG_ID, 0, 0, path=str(tmp_path)))
+    finally:
+        os.close(dir_fd)
+        os.umask(old)
+    assert seen == [0o600]
+    assert stat.S_IMODE((tmp_path / which).stat().st_mode) == 0o600
