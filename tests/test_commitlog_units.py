@@ -882,3 +882,21 @@ def test_new_files_are_owner_only_from_their_first_instant_whatever_the_umask(
         os.umask(old)
     assert seen == [0o600]
     assert stat.S_IMODE((tmp_path / which).stat().st_mode) == 0o600
+
+
+def test_a_lap_start_is_looked_up_in_its_own_lap_only_and_a_moved_record_must_still_link(
+        log: CommitLog) -> None:
+    _append(log, 2 * SMALL, 5, b"lap two")  # at the file's offset 0, as lap one's first record would be
+    assert log.read(2 * SMALL, 5) is not None
+    assert log.read(SMALL, 5) is None  # a lap's start is where it is: no "next lap" to try
+    _at, _end, _crc = _append(log, 3 * SMALL - 16, 6, b"x" * 40)  # did not fit: moved to 3 * SMALL
+    assert log.read(3 * SMALL - 16, 6) is not None
+    assert log.read(3 * SMALL - 16, 7) is None  # the moved record must follow the same record
+
+
+def test_a_record_whose_crc_is_cut_by_the_files_end_is_none(log: CommitLog) -> None:
+    link = seed_link(LOG_ID)
+    raw, _crc = CommitLog.encode(BATCH, 0, 0, 0, link, b"z" * 200)
+    log.write(0, raw)
+    os.ftruncate(log.fd, 4096 + 40 + 200 + 2)  # the payload whole, half the CRC
+    assert log.read(0, link) is None and log.durable_evidence(-1) == (0, 0)
