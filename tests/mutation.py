@@ -154,6 +154,13 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/lmdb/_apply": (["test_apply_units.py", "test_catchup_units.py", "test_commitlog_damage.py",
                              "test_gaps_commitlog.py", "test_lmdb_damage.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the commit log: its unit tests (the parts on a real file, their flushes counted in-process),
+    # the store-level recovery and refusals, every damaged byte, the gaps, and the power-loss cases
+    # that reach it (a failed flush; one writer's cuts in both modes)
+    "storage/lmdb/_commitlog": (["test_commitlog_units.py", "test_commitlog.py", "test_commitlog_damage.py",
+                                 "test_gaps_commitlog.py", "test_powerloss.py"],
+                                _NO_PG + " and (not test_powerloss or failed_flush "
+                                "or sync_survives_power_cuts and 1-thread)"),
     # where a store may live (ownership, modes, symbolic links): the safety and damage tests of
     # store directories and files, and the archive's and backup's, which share these checks
     "storage/lmdb/_paths": (["test_safety_files.py", "test_bad_storage.py", "test_files_units.py",

@@ -261,14 +261,16 @@ class CommitLog:
 
     # -- the shared end and the marker (commit.state) ---------------------------------------
     @staticmethod
-    def create_state(dir_fd: int, log_id: bytes, head: int, durable: int) -> int:
+    def create_state(dir_fd: int, log_id: bytes, head: int, durable: int, *, path: str) -> int:
         """(Re)write ``commit.state`` for the log ``log_id``; returns a descriptor of it. Never a
-        planted link: ``O_NOFOLLOW``, and a regular file with one link only."""
+        planted link: ``O_NOFOLLOW``, and a regular file with one link only (else a
+        ``StorageError`` naming ``path``, the store's directory)."""
         fd = os.open(STATE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise StorageError(f"{STATE} is not a plain file with one link; refusing to use it", "")
+                raise StorageError(f"storage at {path}: {STATE} is not a plain file with one link; "
+                                   "refusing to use it", path)
             os.fchmod(fd, 0o600)
             body = _MARK.pack(_MARK_MAGIC, log_id, durable)
             page = bytearray(_STATE_SIZE)
@@ -342,7 +344,7 @@ class CommitLog:
     def reset_state(self, dir_fd: int, head: int) -> None:
         """A fresh ``commit.state`` for this log: head and marker at ``head`` (after a recovery,
         everything before it is durable in LMDB)."""
-        fd = CommitLog.create_state(dir_fd, self.log_id, head, head)
+        fd = CommitLog.create_state(dir_fd, self.log_id, head, head, path=self.path)
         try:
             if self._state is not None:
                 self._state.close()
