@@ -311,3 +311,25 @@ def test_a_live_record_of_another_epoch_marks_nothing_archived(tmp_path: Path) -
     finally:
         s.close()
 
+
+@pytest.mark.parametrize(("record", "found"), [
+    (None, "no record"),
+    (b"\0\0\0", "a record of 000000"),  # malformed (3 bytes), though it reads as the right id
+    ((1).to_bytes(4, "little"), "a record of 01000000"),  # another op's id
+], ids=["missing", "malformed", "another id"])
+def test_verify_names_an_op_table_record_that_does_not_give_an_entrys_op_its_id(
+        tmp_path: Path, record: bytes | None, found: str) -> None:
+    """The op table's ``n`` record of every op an entry uses must hold that entry's op id: a
+    later write of the op looks its id up there (and, without a record, would give the name a
+    second id)."""
+    s = _AppliedAtOnce(tmp_path / "store")
+    logs = [_log(0, "a", "r0", C, 0), _log(1, "b", "r1", C, 1), _log(2, "a", "r2", C, 2)]
+    s.write_batch([WriteRequest([(log, encode_log(log))], []) for log in logs])
+    s.close()
+    store = tmp_path / "store"
+    if record is None:
+        edit(store, lambda txn, db: txn.delete(b"na", db=db(b"ops")))
+    else:
+        edit(store, lambda txn, db: txn.put(b"na", record, db=db(b"ops")))
+    _refused(store, lambda s: s.verify(),
+             f"the op table holds {found} for op 'a', which entry 0 uses as op id 0")
