@@ -186,6 +186,14 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/lmdb/_reads": (["test_storage_lmdb.py", "test_lmdb_damage.py", "test_journal.py",
                              "test_gaps_storage.py", "test_lmdb_layout_units.py", "test_lmdb_reads_units.py"],
                             _NO_PG + " and not deno and not bench"),
+    # the reads over LMDB plus the commit log's tail: its unit tests (a tail held back from LMDB,
+    # stale snapshots, injected LMDB failures), LMDB's own reads under them, the storage contract
+    # both ways, other processes' records (catching up, the commit log's multi-process tests),
+    # applying, the tail, damage and concurrency
+    "storage/lmdb/_views": (["test_lmdb_views_units.py", "test_lmdb_reads_units.py", "test_storage_lmdb.py",
+                             "test_catchup_units.py", "test_tail_units.py", "test_lmdb_damage.py",
+                             "test_concurrency.py", "test_commitlog.py", "test_apply_units.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     "storage/postgres/": (["test_postgres*.py", "test_guarantees.py", "test_tlog.py",
                            "test_review_findings.py", "test_safety_parity.py", "test_backup.py",
                            "test_migrate.py", "test_archive.py",

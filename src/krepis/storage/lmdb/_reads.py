@@ -14,6 +14,7 @@ from .._codec import STATUS_CODE, decode_value, rid_hash
 from .._port import LogAudit, Query, VerifyReport
 from ._layout import (
     _ALL_STATUSES,
+    _DROP_HDR,
     _MAX_U64,
     _NODE_KEY,
     _OP_KEY,
@@ -106,19 +107,25 @@ class _Reads:
         audit = LogAudit(where, self.location, first_seq,
                          lambda level, i: txn.get(_NODE_KEY.pack(level, i), db=tree), live)
         idx = txn.cursor(db=index)
+        named: dict[str, int] = {}  # op name → the id its op-table record was checked to hold
         for key, raw in txn.cursor(db=self._entries):
             at = _SEQ.unpack(key)[0]
             log = self._decode(txn, at, raw)
             audit.add(at, encode_log(log))
             ts_seq = _TS_SEQ.pack(log.timestamp, at)
             status = STATUS_CODE[log.status]
-            op_id = self._shared.op_ids.get(log.op_name)
-            if op_id is None:
-                raw_id = txn.get(b"n" + log.op_name.encode("utf-8"), db=self._ops)
-                op_id = int.from_bytes(raw_id or b"\xff\xff\xff\xff\xff", "little")
+            op_id = _DROP_HDR.unpack_from(raw)[2]  # the entry's own op id (it decoded: the header is whole)
+            if named.get(log.op_name) != op_id:
+                # a write looks an op's id up by its name: the record must hold this one
+                stored = txn.get(b"n" + log.op_name.encode("utf-8"), db=self._ops)
+                if stored != op_id.to_bytes(4, "little"):
+                    found = "no record" if stored is None else f"a record of {bytes(stored).hex()}"
+                    raise CorruptStorageError(f"{where}: the op table holds {found} for op {log.op_name!r}, "
+                                              f"which entry {at} uses as op id {op_id}", self.location)
+                named[log.op_name] = op_id
             rid_key = b"r" + rid_hash(log.request_id.encode("utf-8")) + _STATUS_BYTE[status]
             for name, ikey in (("time", _TIME_KEY), ("status", _STATUS_KEY[status]),
-                               ("op", _OP_KEY.pack(b"o", op_id & 0xFFFFFFFF, status)),
+                               ("op", _OP_KEY.pack(b"o", op_id, status)),
                                ("request id", rid_key)):
                 if not idx.set_key_dup(ikey, ts_seq):
                     raise CorruptStorageError(f"{where}: entry {at} has no row in the {name} index",
