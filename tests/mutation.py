@@ -209,6 +209,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "journal/_tree": (["test_tlog.py", "test_tlog_trust.py", "test_gaps_tlog.py", "test_tlog_export.py",
                        "test_witness.py", "test_review_findings.py", "test_tlog_checks.py", "test_archive.py",
                        "test_journal_tree_units.py"], _NO_PG),
+    # the group commit and the interval syncer: their unit tests (a real store held inside its
+    # transaction, the syncer's clock ticked by the test) and the journal's flush and asyncio tests
+    "journal/_commit": (["test_journal_commit_units.py", "test_flush.py", "test_async.py"], _NO_PG),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
