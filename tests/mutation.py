@@ -212,6 +212,16 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # the group commit and the interval syncer: their unit tests (a real store held inside its
     # transaction, the syncer's clock ticked by the test) and the journal's flush and asyncio tests
     "journal/_commit": (["test_journal_commit_units.py", "test_flush.py", "test_async.py"], _NO_PG),
+    # fork detection: its unit tests (the child's handler called directly) and the forked children's
+    "journal/_fork": (["test_journal_fork_units.py", "test_safety_fork.py"], _NO_PG),
+    # the checks of the reads' arguments: their unit tests and the journal's queries
+    "journal/_args": (["test_journal_args_units.py", "test_journal.py"], _NO_PG + " and not deno"),
+    # retention in the background: its unit tests (a stand-in journal, the clock ticked by the
+    # test) and the archive's retention tests on a real journal
+    "journal/_retention": (["test_journal_retention_units.py", "test_archive.py"], _NO_PG + " and retention"),
+    # krepis.backup with its archive: its unit tests, the archive copy's and the backup's
+    "journal/_backup": (["test_journal_backup_units.py", "test_backup_archive.py",
+                         "test_archive_copy_units.py"], _NO_PG),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),

@@ -298,8 +298,14 @@ class Clock:
             self._ticks -= 1
             return False
 
+    def pass_one(self) -> None:
+        """One interval passes; returns at once."""
+        with self._cond:
+            self._ticks += 1
+            self._cond.notify_all()
+
     def tick(self) -> None:
-        """One interval passes; returns when the syncer is waiting for the next one."""
+        """One interval passes; returns when the thread is waiting for the next one."""
         with self._cond:
             waits = len(self.waits)
             self._ticks += 1
@@ -364,9 +370,7 @@ def test_a_failed_sync_is_kept_and_ends_the_syncer(storage: Gated, clock: Callab
     failure = OSError(5, "injected sync failure")
     storage.sync_fail = failure
     syncer.mark_dirty()
-    with ticks._cond:
-        ticks._ticks += 1
-        ticks._cond.notify_all()
+    ticks.pass_one()
     thread.join(WAIT)
     assert not thread.is_alive()  # no more syncs after a failure: the next write reports it
     assert syncer.error is failure
