@@ -222,6 +222,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # krepis.backup with its archive: its unit tests, the archive copy's and the backup's
     "journal/_backup": (["test_journal_backup_units.py", "test_backup_archive.py",
                          "test_archive_copy_units.py"], _NO_PG),
+    # the asyncio journal: its unit tests (one writer thread, a drain per batch, close, every read's
+    # arguments), its guarantees (test_async.py) and the forked children's
+    "journal/_async": (["test_journal_async_units.py", "test_async.py", "test_safety_fork.py"], _NO_PG),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
