@@ -225,6 +225,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # the asyncio journal: its unit tests (one writer thread, a drain per batch, close, every read's
     # arguments), its guarantees (test_async.py) and the forked children's
     "journal/_async": (["test_journal_async_units.py", "test_async.py", "test_safety_fork.py"], _NO_PG),
+    # the journal class: its unit tests, its own and the API's tests, its flush policies, the
+    # guarantees (durability, atomicity, exact counts across threads and processes) and the
+    # review findings; the archive's and history's tests repeat the archived reads more slowly
+    "journal/_journal": (["test_journal_units.py", "test_journal.py", "test_flush.py", "test_safety_api.py",
+                          "test_guarantees.py", "test_concurrency.py", "test_review_findings.py"],
+                         _NO_PG + " and not deno"),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),

@@ -15,6 +15,7 @@ import pytest
 
 import krepis.journal._fork as fork
 import krepis.journal._journal as journal_module
+from archivekit import FIRST1, Built, built
 from krepis import (
     ClosedError,
     FlushPolicy,
@@ -29,6 +30,8 @@ from krepis import (
 from krepis.journal._archived import _SCAN_CHUNK
 from krepis.journal._journal import CLEAR_OP, MAX_ENTRY_BYTES, _encode_entry, _retention
 from test_journal_commit_units import Gated
+
+__all__ = ["built"]
 
 
 def log(ts: int, op: str = "op", rid: str = "r", status: LogStatus = LogStatus.Completed) -> TransactionLog:
@@ -357,3 +360,37 @@ def test_retention_without_an_archive_is_refused_naming_the_store(
         assert journal._retention is not None
         thread = journal._retention._thread  # type: ignore[attr-defined]
     assert journal._retention is None and not thread.is_alive()  # close() stopped it
+
+
+# -- the whole history (an archived store) -------------------------------------------------------
+def test_counts_entries_cursors_and_verify_across_the_archive(built: Built, tmp_path: Path) -> None:
+    store, _arch = built.copy(tmp_path)
+    archived = 3 * 256
+    with SovereignJournal(store, create=False, flush="sync") as journal:
+        live = len(built.log1) - archived
+        assert journal.journal_count() == len(built.log1)
+        assert journal.journal_count(live_only=True) == live
+        assert journal.entry(FIRST1) == built.log1[0]  # the first archived entry, from the archive
+        with pytest.raises(KeyError):
+            journal.entry(FIRST1, live_only=True)
+        with pytest.raises(KeyError):
+            journal.entry(-1)
+        assert journal.entry(FIRST1 + archived) == built.log1[archived]  # the first live one
+        # a seq cursor in time order is resolved from the archive too
+        cursor = journal.entry(FIRST1 + 5)
+        after = journal.query(after=FIRST1 + 5, limit=20, newest_first=False)
+        assert after == journal.query(after=cursor, limit=20, newest_first=False) and len(after) == 20
+        with pytest.raises(ValidationError, match=f"^after={FIRST1 + 5}: the journal at "):
+            journal.query(after=FIRST1 + 5, live_only=True)
+        calls: list[tuple[int, int]] = []
+        report = journal.verify(progress=lambda done, total: calls.append((done, total)))
+        assert (report.entries, report.archived, report.tree_size) == (live, archived, len(built.log1))
+        assert report.archive is not None and report.archive.bundles == 5
+        assert calls[:2] == [(0, live + archived), (live, live + archived)]
+        assert calls[-1][0] == calls[-1][1] and calls[-1][0] >= live + archived
+        assert all(done >= live for done, _ in calls[1:])
+        calls.clear()
+        report = journal.verify(live_only=True, progress=lambda done, total: calls.append((done, total)))
+        assert (report.entries, report.archived, report.archive) == (live, 0, None)
+        assert calls == [(0, live), (live, live)]
+        assert journal.verify().archived == archived  # no progress asked for: the same check
