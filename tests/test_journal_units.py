@@ -221,13 +221,15 @@ def test_the_read_arguments_refused_with_their_texts(journal: SovereignJournal) 
         ({"after": 7}, ValidationError, f"after=7: the journal at {journal.path} has no entry with that "
                                         "seq; in time order the cursor must be an existing entry"),
         ({"limit": -1}, ValidationError, "limit must be >= 0, got -1"),
+        ({"since": "garbage"}, ValidationError, "since 'garbage' is not a time;"),
+        ({"until": "garbage"}, ValidationError, "until 'garbage' is not a time;"),
         ({"op_name": ["ok", ""]}, ValidationError, "op_name"),
         ({"request_id": 5}, InvalidTypeError, "request_id"),
     ]
     for kwargs, exc, text in cases:
         with pytest.raises(exc) as info:
             journal.query(**kwargs)  # type: ignore[arg-type]
-        if text in ("op_name", "request_id"):  # (checked by the model, whose texts its tests pin)
+        if text in ("op_name", "request_id") or text.endswith(";"):  # (the model's and time's texts)
             assert str(info.value).startswith(text), kwargs
         else:
             assert str(info.value) == text, kwargs
@@ -336,6 +338,9 @@ def test_retention_and_archive_from_arguments_and_the_environment(
     monkeypatch.setenv("KREPIS_ARCHIVE", "")
     monkeypatch.setenv("KREPIS_RETENTION", "")
     assert _retention(None, None) == (None, None)
+    with pytest.raises(ValidationError) as info:
+        _retention("off", "")
+    assert str(info.value) == "archive must not be empty"  # checked even with no policy
 
 
 def test_retention_without_an_archive_is_refused_naming_the_store(
@@ -364,7 +369,7 @@ def test_retention_without_an_archive_is_refused_naming_the_store(
 
 # -- the whole history (an archived store) -------------------------------------------------------
 def test_counts_entries_cursors_and_verify_across_the_archive(built: Built, tmp_path: Path) -> None:
-    store, _arch = built.copy(tmp_path)
+    store, _arch = built.copy(tmp_path)  # (_arch: the archive the store records)
     archived = 3 * 256
     with SovereignJournal(store, create=False, flush="sync") as journal:
         live = len(built.log1) - archived
@@ -394,3 +399,13 @@ def test_counts_entries_cursors_and_verify_across_the_archive(built: Built, tmp_
         assert (report.entries, report.archived, report.archive) == (live, 0, None)
         assert calls == [(0, live), (live, live)]
         assert journal.verify().archived == archived  # no progress asked for: the same check
+        assert len(journal.query(live_only=True)) == len(list(journal.iter_logs(live_only=True))) == live
+    # the recorded archive moved away: reads of archived entries need the one named
+    moved = tmp_path / "moved"
+    os.rename(_arch, moved)
+    with SovereignJournal(store, create=False, flush="sync") as journal:
+        with pytest.raises(StorageError):
+            journal.query(order="append", newest_first=False, limit=3)
+        first = [e.seq for e in journal.query(order="append", newest_first=False, limit=3, archive=moved)]
+        assert first == [e.seq for e in journal.iter_logs(order="append", newest_first=False, limit=3,
+                                                          archive=moved)] == [FIRST1, FIRST1 + 1, FIRST1 + 2]
