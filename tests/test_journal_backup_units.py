@@ -102,3 +102,20 @@ def test_an_archive_of_earlier_logs_only_is_copied(built: Built, tmp_path: Path)
         p.name for p in arch.glob("*.kseg"))
     with SovereignJournal(tmp_path / "bk", create=False) as journal:
         assert journal.get_archive_dir() == str(tmp_path / "cold2")
+
+
+def test_the_journals_backup_opens_ignore_the_flush_and_retention_environment(
+        built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # backup opens the source and the copy as journals of its own: never with a retention
+    # thread (it would archive the source while it is copied) nor a policy read from the
+    # environment (a bad one would refuse the backup, an interval one defer its record)
+    store, _arch = built.copy(tmp_path)
+    monkeypatch.setenv("KREPIS_RETENTION", "not a policy")
+    monkeypatch.setenv("KREPIS_FLUSH", "not a policy")
+    result = krepis.backup(store, tmp_path / "bk", archive_to=tmp_path / "cold2")
+    assert result.archive == str(tmp_path / "cold2")
+    monkeypatch.delenv("KREPIS_RETENTION")
+    monkeypatch.delenv("KREPIS_FLUSH")
+    with SovereignJournal(tmp_path / "bk", create=False) as journal:
+        assert journal.get_archive_dir() == str(tmp_path / "cold2")
+        assert journal.entry_counts().archived == 3 * 256
