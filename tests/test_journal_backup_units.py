@@ -119,3 +119,29 @@ def test_the_journals_backup_opens_ignore_the_flush_and_retention_environment(
     with SovereignJournal(tmp_path / "bk", create=False) as journal:
         assert journal.get_archive_dir() == str(tmp_path / "cold2")
         assert journal.entry_counts().archived == 3 * 256
+
+
+def test_a_recorded_archive_directory_without_a_manifest_copies_nothing(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "s", flush="sync") as journal:
+        journal.log_transaction(krepis.TransactionLog(1, "op", "r", krepis.LogStatus.Completed))
+        journal.set_archive_dir(tmp_path / "cold")
+    (tmp_path / "cold").mkdir(exist_ok=True)  # the directory exists, nothing was ever archived there
+    assert os.listdir(tmp_path / "cold") == []
+    result = krepis.backup(tmp_path / "s", tmp_path / "bk", archive_to=tmp_path / "cold2")
+    assert (result.archive, result.archived) == (None, 0)
+    assert not (tmp_path / "cold2").exists()
+
+
+def test_a_source_gone_during_the_copy_is_never_made_again(built: Built, tmp_path: Path) -> None:
+    store, _arch = built.copy(tmp_path)
+    gone = tmp_path / "gone"
+
+    def progress(done: int, total: int) -> None:
+        if not gone.exists():  # the store moved away while it was being copied
+            os.rename(store, gone)
+
+    with pytest.raises(StorageError) as info:
+        krepis.backup(store, tmp_path / "bk", archive_to=tmp_path / "cold2", progress=progress)
+    assert str(store) in str(info.value)
+    assert not store.exists()  # no new, empty store where the source was
+    assert not (tmp_path / "cold2").exists()
