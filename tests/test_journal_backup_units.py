@@ -142,6 +142,21 @@ def test_a_source_gone_during_the_copy_is_never_made_again(built: Built, tmp_pat
 
     with pytest.raises(StorageError) as info:
         krepis.backup(store, tmp_path / "bk", archive_to=tmp_path / "cold2", progress=progress)
-    assert str(store) in str(info.value)
+    assert str(info.value).startswith(f"there is no krepis store at {store}")
     assert not store.exists()  # no new, empty store where the source was
     assert not (tmp_path / "cold2").exists()
+
+
+def test_a_copy_gone_during_the_archives_copy_is_never_made_again(built: Built, tmp_path: Path) -> None:
+    store, _arch = built.copy(tmp_path)
+    gone = tmp_path / "gone"
+
+    def archive_progress(done: int, total: int) -> None:
+        if not gone.exists():  # the backup's store moved away while its archive was copied
+            os.rename(tmp_path / "bk", gone)
+
+    with pytest.raises(StorageError) as info:
+        krepis.backup(store, tmp_path / "bk", archive_to=tmp_path / "cold2",
+                      archive_progress=archive_progress)
+    assert str(info.value).startswith(f"there is no krepis store at {tmp_path / 'bk'}")
+    assert not (tmp_path / "bk").exists()  # no new, empty store where the copy was
