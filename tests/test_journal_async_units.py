@@ -270,3 +270,31 @@ def test_reads_and_writes_of_a_closed_journal_are_refused_before_any_thread(tmp_
             await journal.recover_op_count("")  # the name is checked first
 
     run(main())
+
+
+def test_archive_takes_its_directory_and_checkpoints_are_signed_in_the_writer_thread(tmp_path: Path) -> None:
+    from krepis import LogStatus, TransactionLog
+    from test_archive import fill_fast
+
+    signer = generate_signer("example.com/async")
+
+    async def main() -> None:
+        async with AsyncSovereignJournal(tmp_path / "s", flush="sync") as journal:
+            fill_fast(journal.sync_journal, [TransactionLog(i, "op", f"r{i}", LogStatus.Completed)
+                                             for i in range(300)])
+            # the store records no archive yet: the directory given is the only one there is
+            report = await journal.archive(tmp_path / "cold", keep_last=10)
+            assert report.bundles == 1 and await journal.get_archive_dir() == str(tmp_path / "cold")
+            threads: list[str] = []
+            real = journal.sync_journal.sign_checkpoint
+
+            def signing(s: Any) -> str:
+                threads.append(threading.current_thread().name)
+                return real(s)
+
+            journal.sync_journal.sign_checkpoint = signing  # type: ignore[method-assign]
+            note = await journal.sign_checkpoint(signer)
+            assert note.startswith("example.com/async\n300\n")
+            assert threads == ["krepis-async-writer_0"]  # behind the writes queued before it
+
+    run(main())
