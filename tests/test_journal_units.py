@@ -409,3 +409,53 @@ def test_counts_entries_cursors_and_verify_across_the_archive(built: Built, tmp_
         first = [e.seq for e in journal.query(order="append", newest_first=False, limit=3, archive=moved)]
         assert first == [e.seq for e in journal.iter_logs(order="append", newest_first=False, limit=3,
                                                           archive=moved)] == [FIRST1, FIRST1 + 1, FIRST1 + 2]
+
+
+def test_entries_of_a_log_archived_from_seq_0_to_its_end(tmp_path: Path) -> None:
+    from test_archive import fill_fast
+
+    store, cold = tmp_path / "s", tmp_path / "cold"
+    with SovereignJournal(store, flush="sync") as journal:
+        fill_fast(journal, [log(i, rid=f"r{i}") for i in range(512)])
+        assert journal.archive(cold, keep_last=0).bundles == 2  # every entry: the store holds none
+        assert journal.live_first_seq() == journal.next_seq() == 512
+        assert journal.entry(0).request_id == "r0"  # seq 0 is archived too
+        assert journal.entry(511).request_id == "r511"
+        for seq in (-1, 512, 10**6):
+            with pytest.raises(KeyError):
+                journal.entry(seq)
+    os.rename(cold, tmp_path / "moved")
+    with SovereignJournal(store, create=False, flush="sync") as journal:
+        # a seq that was never archived is simply missing: the archive is not looked for
+        for seq in (-1, 512, 10**6):
+            with pytest.raises(KeyError) as info:
+                journal.entry(seq)
+            assert info.value.args == (f"the journal at {journal.path} has no entry with seq {seq}",)
+        with pytest.raises(StorageError) as missing:
+            journal.entry(0)
+        assert str(cold) in str(missing.value)
+        assert journal.entry(0, archive=tmp_path / "moved").request_id == "r0"
+        assert journal.verify(archive=tmp_path / "moved").archived == 512
+        with pytest.raises(ValidationError) as both:
+            journal.entry(0, archive=tmp_path / "moved", live_only=True)
+        assert str(both.value) == "archive= and live_only=True contradict each other: give one of them"
+        with pytest.raises(ValidationError, match=r"^archive= and live_only=True contradict"):
+            journal.verify(archive=tmp_path / "moved", live_only=True)
+
+
+def test_verify_progress_of_a_store_without_an_archive(journal: SovereignJournal) -> None:
+    for i in range(3):
+        journal.log_transaction(log(i))
+    calls: list[tuple[int, int]] = []
+    report = journal.verify(progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 3), (3, 3)]
+    assert (report.entries, report.archived, report.archive) == (3, 0, None)
+
+
+def test_verify_with_an_archive_named_for_a_log_with_nothing_archived(built: Built, tmp_path: Path) -> None:
+    store, arch = built.copy(tmp_path)
+    with SovereignJournal(store, create=False, flush="sync") as journal:
+        journal.clear_all()  # a new log: the archive holds the earlier ones only
+        report = journal.verify(archive=arch)
+        assert (report.entries, report.archived) == (1, 0)
+        assert report.archive is not None and report.archive.bundles == 5  # the named archive checked
