@@ -385,6 +385,9 @@ def test_counts_entries_cursors_and_verify_across_the_archive(built: Built, tmp_
         cursor = journal.entry(FIRST1 + 5)
         after = journal.query(after=FIRST1 + 5, limit=20, newest_first=False)
         assert after == journal.query(after=cursor, limit=20, newest_first=False) and len(after) == 20
+        whole = journal.query(newest_first=False)
+        assert after == whole[whole.index(cursor) + 1:whole.index(cursor) + 21]  # past the cursor
+        assert journal.query(op_name=[]) == journal.query(status=[]) == []  # archived ones too
         with pytest.raises(ValidationError, match=f"^after={FIRST1 + 5}: the journal at "):
             journal.query(after=FIRST1 + 5, live_only=True)
         calls: list[tuple[int, int]] = []
