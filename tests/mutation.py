@@ -224,6 +224,28 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "journal/_tree": (["test_tlog.py", "test_tlog_trust.py", "test_gaps_tlog.py", "test_tlog_export.py",
                        "test_witness.py", "test_review_findings.py", "test_tlog_checks.py", "test_archive.py",
                        "test_journal_tree_units.py"], _NO_PG),
+    # the group commit and the interval syncer: their unit tests (a real store held inside its
+    # transaction, the syncer's clock ticked by the test) and the journal's flush and asyncio tests
+    "journal/_commit": (["test_journal_commit_units.py", "test_flush.py", "test_async.py"], _NO_PG),
+    # fork detection: its unit tests (the child's handler called directly) and the forked children's
+    "journal/_fork": (["test_journal_fork_units.py", "test_safety_fork.py"], _NO_PG),
+    # the checks of the reads' arguments: their unit tests and the journal's queries
+    "journal/_args": (["test_journal_args_units.py", "test_journal.py"], _NO_PG + " and not deno"),
+    # retention in the background: its unit tests (a stand-in journal, the clock ticked by the
+    # test) and the archive's retention tests on a real journal
+    "journal/_retention": (["test_journal_retention_units.py", "test_archive.py"], _NO_PG + " and retention"),
+    # krepis.backup with its archive: its unit tests, the archive copy's and the backup's
+    "journal/_backup": (["test_journal_backup_units.py", "test_backup_archive.py",
+                         "test_archive_copy_units.py"], _NO_PG),
+    # the asyncio journal: its unit tests (one writer thread, a drain per batch, close, every read's
+    # arguments), its guarantees (test_async.py) and the forked children's
+    "journal/_async": (["test_journal_async_units.py", "test_async.py", "test_safety_fork.py"], _NO_PG),
+    # the journal class: its unit tests, its own and the API's tests, its flush policies, the
+    # guarantees (durability, atomicity, exact counts across threads and processes) and the
+    # review findings; the archive's and history's tests repeat the archived reads more slowly
+    "journal/_journal": (["test_journal_units.py", "test_journal.py", "test_flush.py", "test_safety_api.py",
+                          "test_guarantees.py", "test_concurrency.py", "test_review_findings.py"],
+                         _NO_PG + " and not deno"),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
