@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 
 import krepis.journal._commit as commit_module
-from krepis import ClosedError, LogStatus, TransactionLog
+from krepis import ClosedError, JournalError, LogStatus, TransactionLog
 from krepis._model import encode_log
 from krepis.journal._commit import _GroupCommit, _Pending, _Syncer
 from krepis.storage import WriteRequest
@@ -212,6 +212,78 @@ def test_a_failed_transaction_is_every_callers_error_and_the_commit_goes_on(stor
     assert commits == []
     assert commit.submit(counter()) == [1]
     assert commits == [1]
+
+
+def test_a_leader_interrupted_after_its_commit_wakes_its_callers_and_hands_the_lead_on(
+        storage: Gated) -> None:
+    """Ctrl-C reaching the leading caller between its transaction's commit and the hand-out of
+    results: the callers it served are woken (the outcome unknown to them: a JournalError), the
+    lead goes on to a queued caller, and later writes are served. Without this, every later write
+    of the process waited for ever."""
+    interrupts = [KeyboardInterrupt()]
+
+    def on_commit() -> None:
+        if len(storage.batches) == 2 and interrupts:  # in the second transaction's leader
+            raise interrupts.pop()
+
+    commit = _GroupCommit(storage, on_commit)
+    storage.gate.clear()
+    first = Caller(lambda: commit.submit(counter()))
+    wait_until(lambda: len(storage.batches) == 1, "the first leader is inside its transaction")
+    served = Caller(lambda: commit.submit(counter()))
+    wait_until(lambda: queued(commit) == 1, "a caller is queued")
+    leads = Caller(lambda: commit.submit(counter()))  # the last queued: it leads the next commit
+    wait_until(lambda: queued(commit) == 2, "two callers are queued")
+    storage.gate.set()
+    assert first.outcome() == [1]
+    with pytest.raises(KeyboardInterrupt):
+        leads.outcome()
+    with pytest.raises(JournalError) as info:
+        served.outcome()
+    assert type(info.value) is JournalError
+    assert str(info.value) == ("the commit writing this request was interrupted (KeyboardInterrupt): it "
+                               "may or may not be stored")
+    assert storage.batches == [1, 2]
+    assert commit.submit(counter()) == [4]  # (both were stored: it committed)
+    assert not commit._leading and queued(commit) == 0
+
+
+class _InterruptedLock:
+    """A lock whose blocking wait is interrupted (as by Ctrl-C) for the first caller to sleep."""
+
+    interrupted: ClassVar[list[bool]] = []
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.locked() and not self.interrupted:
+            self.interrupted.append(True)
+            raise KeyboardInterrupt
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_a_caller_interrupted_while_asleep_withdraws_its_request_and_the_lead_is_not_lost(
+        storage: Gated, monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = _GroupCommit(storage)
+    _InterruptedLock.interrupted = []
+    monkeypatch.setattr(commit_module, "threading", types.SimpleNamespace(Lock=_InterruptedLock))
+    storage.gate.clear()
+    leader = Caller(lambda: commit.submit(counter()))
+    wait_until(lambda: len(storage.batches) == 1, "the leader is inside its transaction")
+    left = Caller(lambda: commit.submit(counter(b"left")))
+    with pytest.raises(KeyboardInterrupt):
+        left.outcome()
+    assert queued(commit) == 0  # withdrawn: never to be written
+    storage.gate.set()
+    assert leader.outcome() == [1]
+    assert not commit._leading
+    assert Caller(lambda: commit.submit(counter())).outcome() == [2]  # the lead was not handed to it
+    assert storage.batches == [1, 1]
+    assert storage.get_count(b"left") == 0
 
 
 def test_a_closed_store_is_the_callers_error(storage: Gated) -> None:

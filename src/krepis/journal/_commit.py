@@ -3,10 +3,12 @@ background sync of interval policies."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 
+from .._errors import JournalError
 from ..storage import Storage, WriteRequest
 
 
@@ -40,6 +42,8 @@ class _GroupCommit:
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._leading = False
+        self._leader: _Pending | None = None  # the last item of the leading caller's run
+        self._batch: list[_Pending] | None = None  # the requests the leader took, until served
         self._last_batch = 1
 
     def submit(self, request: WriteRequest) -> list[int]:
@@ -51,7 +55,13 @@ class _GroupCommit:
         return item.result
 
     def run(self, items: list[_Pending]) -> None:
-        """Commit ``items`` (with whatever else is queued); return when all of them are done."""
+        """Commit ``items`` (with whatever else is queued); return when all of them are done.
+
+        An exception that interrupts the caller here (``KeyboardInterrupt`` in the main thread)
+        never leaves the others stuck: a sleeping caller withdraws its items still queued; a
+        leader hands the lead on, and every caller of the transaction it was leading is woken,
+        served if its result was in, else with a :class:`JournalError` saying the write may or
+        may not be stored."""
         last = items[-1]  # items enter the queue together, so one transaction takes them all
         batch: list[_Pending] | None = None
         with self._lock:
@@ -59,16 +69,29 @@ class _GroupCommit:
             lead = not self._leading
             if lead:
                 self._leading = True
+                self._leader = last
                 if self._last_batch <= 1:  # a lone writer takes the queue at once
-                    batch, self._queue = self._queue, []
+                    self._batch = batch = self._queue
+                    self._queue = []
             else:
                 wakeup = last.wakeup = threading.Lock()
                 wakeup.acquire()
         if not lead:
-            wakeup.acquire()  # released by a leader: either we are done, or we lead now
+            try:
+                wakeup.acquire()  # released by a leader: either we are done, or we lead now
+            except BaseException as exc:
+                self._abandon(items, last, exc)
+                raise
             if last.done:
                 return
             assert last.lead
+        try:
+            self._lead(batch, last)
+        except BaseException as exc:
+            self._abandon(items, last, exc)
+            raise
+
+    def _lead(self, batch: list[_Pending] | None, last: _Pending) -> None:
         while True:
             if batch is None:
                 # Callers served by the previous commit are often still on their way back
@@ -79,24 +102,52 @@ class _GroupCommit:
                         break
                     time.sleep(0)
                 with self._lock:
-                    batch, self._queue = self._queue, []
+                    self._batch = batch = self._queue
+                    self._queue = []
             self._last_batch = len(batch)
             self._apply(batch)
             for pending in batch:
                 pending.done = True
                 if pending.wakeup is not None and pending is not last:
                     pending.wakeup.release()
+            self._batch = None
             if last.done:
                 break
             batch = None
         with self._lock:  # hand leadership over, or give it up
-            if self._queue:
-                successor = self._queue[-1]  # the last item of a run, whose owner is asleep
-                successor.lead = True
-                assert successor.wakeup is not None
-                successor.wakeup.release()
-            else:
-                self._leading = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the owner of the last queued run to lead, or give the lead up (``_lock`` held)."""
+        if self._queue:
+            successor = self._queue[-1]  # the last item of a run, whose owner is asleep
+            successor.lead = True
+            assert successor.wakeup is not None
+            successor.wakeup.release()
+            self._leader = successor
+        else:
+            self._leading = False
+            self._leader = None
+
+    def _abandon(self, items: list[_Pending], last: _Pending, exc: BaseException) -> None:
+        """The caller of ``items`` leaves, interrupted by ``exc``: keep the others going."""
+        with self._lock:
+            batch = self._batch if self._leader is last else None
+            mine = {id(p) for p in items} | {id(p) for p in batch or ()}
+            self._queue = [p for p in self._queue if id(p) not in mine]  # never to be written
+            for pending in batch or ():
+                if not pending.done:
+                    if pending.result is None and pending.error is None:
+                        pending.error = JournalError(
+                            f"the commit writing this request was interrupted ({type(exc).__name__}): "
+                            "it may or may not be stored")
+                    pending.done = True
+                if pending.wakeup is not None and pending is not last:
+                    with contextlib.suppress(RuntimeError):  # (woken already, and not asleep again)
+                        pending.wakeup.release()
+            if self._leader is last:  # still this caller's to pass on
+                self._batch = None
+                self._hand_over()
 
     def _apply(self, batch: list[_Pending]) -> None:
         try:
