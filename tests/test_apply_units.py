@@ -704,3 +704,64 @@ def test_a_pointer_past_every_record_in_the_log_is_refused_not_waited_for(store:
     assert error.path == shared.path
     assert _pointer(shared).pack() == past.pack()  # nothing applied
     _in_txn(shared, lambda txn, _: txn.put(b"log", before.pack(), db=shared.meta))  # so the store closes
+
+
+def test_a_stalled_pointer_is_refused_at_the_third_look_after_catching_up(
+        store: LmdbStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three looks, each after catching up, find the pointer past a tail that did not move: the
+    third refuses (a head read while being written is allowed for twice)."""
+    shared = store._shared
+    _write(store, [_log(0)])
+    end = shared.tail.end
+    before = _pointer(shared)
+    _in_txn(shared, lambda txn, _: txn.put(b"log", LogPointer(before.log_id, end + 4096, before.link).pack(),
+                                           db=shared.meta))
+    looks: list[int] = []
+    real = apply_module.catch_up
+    monkeypatch.setattr(apply_module, "catch_up", lambda s, **kw: (looks.append(s.tail.end), real(s, **kw)))
+    with pytest.raises(CorruptStorageError), shared.writer_lock():
+        apply_tail(shared)
+    assert looks == [end, end, end]
+    _in_txn(shared, lambda txn, _: txn.put(b"log", before.pack(), db=shared.meta))
+
+
+def test_a_pointer_past_a_tail_that_catches_up_a_record_a_look_is_followed(
+        store: LmdbStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process applied four records this one had not read, and catching up reads one of
+    them at each look (the log's head moving on as that process wrote): every look made progress,
+    so however many looks it takes is no stall, and LMDB is found up to date."""
+    shared = store._shared
+    start, link, seq = shared.tail.end, shared.tail.link, shared.tail.next_seq
+    for i in range(4):
+        _write(store, [_log(i)])
+    records = list(shared.tail.records)
+    ends = [r.end for r in records]
+    with shared.writer_lock():
+        assert apply_tail(shared) == 4  # LMDB holds them: the pointer at the last one's end
+    shared.tail.reset(start, link, seq)  # this process forgets having seen them
+    heads = iter(ends)
+    monkeypatch.setattr(shared.log, "read_head", lambda: next(heads, ends[-1]))
+    with shared.writer_lock():
+        assert apply_tail(shared) == 0  # nothing to apply: LMDB has them
+    assert shared.tail.end == ends[-1] == _pointer(shared).position and shared.tail.records == []
+
+
+def test_a_transaction_takes_records_until_it_holds_the_most_entries_then_the_next_begins(
+        store: LmdbStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records go into one LMDB transaction until their entries reach the most one may hold; the
+    record that would pass it begins the next. Here the most is 4 and records of 3, 1 and 1
+    entries wait: the first two fill one transaction, the third has one of its own."""
+    shared = store._shared
+    monkeypatch.setattr(apply_module, "_MAX_ENTRIES_PER_TXN", 4)
+    _write(store, [_log(0), _log(1), _log(2)])
+    _write(store, [_log(3)])
+    _write(store, [_log(4)])
+    calls: list[int] = []
+    real = apply_module.apply_records
+    monkeypatch.setattr(apply_module, "apply_records",
+                        lambda s, txn, records, pointer: (calls.append(len(records)),
+                                                          real(s, txn, records, pointer))[1])
+    with shared.writer_lock():
+        assert apply_tail(shared) == 5  # the entries of both transactions
+    assert calls == [2, 1]
+    assert store.verify().entries == 5
