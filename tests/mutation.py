@@ -70,6 +70,10 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
           "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
     # the exception tree: its unit tests
     "_errors": (["test_errors_units.py"], None),
+    # the data model (validation, messages, the canonical bytes, the decoders): its unit tests, the
+    # model's and the codec's tests, and the refusals at the public boundary
+    "_model": (["test_model_units.py", "test_model.py", "test_codec.py", "test_safety_api.py"],
+               _NO_PG + " and not deno"),
     # the flush policy: its unit tests and the journal's flush tests
     "_policy": (["test_policy_units.py", "test_flush.py"], _NO_PG),
     # times on the command line and in queries: their unit tests
