@@ -107,6 +107,10 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
+    # choosing an engine from a location, and durable/create/progress handed to it: its unit tests
+    # (real LMDB stores and a real server) and the migrations' progress reports
+    "storage/__init__": (["test_storage_init_units.py", "test_migrate_units.py",
+                          "test_postgres_migrate_units.py"], "test_storage_init_units or progress"),
     # the engine-neutral port (its rules, LogAudit, Query.matches): its unit tests and the
     # storage conformance suite with the files that use its helpers, on LMDB
     "storage/_port": (["test_port_units.py", "test_storage_lmdb.py", "test_merkle.py", "test_tlog.py",
