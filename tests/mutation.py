@@ -68,6 +68,10 @@ _ENGINE_TESTS = ["test_catchup_units.py", "test_tail_units.py", "test_concurrenc
 SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "": (["test_model.py", "test_cli_time.py", "test_journal.py", "test_safety_api.py", "test_codec.py",
           "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
+    # the Prometheus exposition: its unit tests (exact text, the collector across archiving and
+    # clears, the server's answers) and the summaries' in-process metrics tests
+    "_metrics": (["test_metrics_units.py", "test_summary.py"],
+                 "test_metrics_units or metrics or collector"),
     # the exception tree: its unit tests
     "_errors": (["test_errors_units.py"], None),
     # the data model (validation, messages, the canonical bytes, the decoders): its unit tests, the
