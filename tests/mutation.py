@@ -228,6 +228,14 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "journal/_tree": (["test_tlog.py", "test_tlog_trust.py", "test_gaps_tlog.py", "test_tlog_export.py",
                        "test_witness.py", "test_review_findings.py", "test_tlog_checks.py", "test_archive.py",
                        "test_journal_tree_units.py"], _NO_PG),
+    # what every command shares (inert text, the stdout guard, one-line errors, the option types):
+    # its unit tests and the in-process (CliRunner) tests of the command families built on it
+    "cli/_common": (["test_cli_common_units.py", "test_cli_output_units.py", "test_cli_archive_units.py",
+                     "test_cli_backup_units.py", "test_cli_prove_units.py"], _NO_PG),
+    # how entries are shown (times, the table, TSV/CSV/JSON, stdout and the pager): its unit tests
+    # and the in-process CLI tests that print entries
+    "cli/_output": (["test_cli_output_units.py", "test_cli_common_units.py", "test_cli_prove_units.py"],
+                    _NO_PG),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),

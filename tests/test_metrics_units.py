@@ -362,3 +362,102 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
         assert info.value.errno == errno.EADDRINUSE
         assert str(info.value) == f"[Errno {errno.EADDRINUSE}] cannot serve metrics on 127.0.0.1:{port}: " \
                                   f"{os.strerror(errno.EADDRINUSE)}"
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_head_sends_no_body_and_a_query_string_is_cut_at_its_first_mark(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "s") as journal:
+        journal.log_transaction(TransactionLog(1000, "op", "r", LogStatus.Completed))
+        server = serve_metrics(journal, port=0)
+        try:
+            port = server.server_address[1]
+            answer = _raw(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200 ") and body == b""
+            answer = _raw(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert answer.partition(b"\r\n\r\n")[2] == prometheus_text(journal).encode()
+            assert _get(f"http://127.0.0.1:{port}/metrics?a=1?b=2")[0] == 200
+            assert _get(f"http://127.0.0.1:{port}/metricsx?a")[0] == 404
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+            except urllib.error.HTTPError as exc:
+                assert (exc.code, exc.reason) == (404, "only /metrics is served")
+            else:
+                raise AssertionError("no 404")
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_an_unavailable_reason_that_is_not_utf8_is_still_sent(tmp_path: Path) -> None:
+    store = tmp_path / os.fsdecode(b"s\xff")  # the reason names the path: a lone surrogate in it
+    journal = SovereignJournal(store)
+    server = serve_metrics(journal, port=0)
+    try:
+        journal.close()
+        status, _, body = _get(f"http://127.0.0.1:{server.server_address[1]}/metrics")
+        assert status == 503 and body.startswith(b"journal unavailable: ")
+        assert str(tmp_path).encode() + b"/s?" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_default_port_and_mode(tmp_path: Path) -> None:
+    store, cold = tmp_path / "s", tmp_path / "cold"
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        fill_fast(journal, _logs(300))
+        journal.archive(cold, keep_last=0)
+    cold.rename(tmp_path / "moved")
+    with SovereignJournal(store) as journal:
+        bound: list[tuple[str, int]] = []
+        try:
+            server = serve_metrics(journal, ready=lambda host, port: bound.append((host, port)))
+        except OSError as exc:  # the default port taken on this machine: the message names it
+            assert "cannot serve metrics on 127.0.0.1:9464: " in str(exc)
+        else:
+            try:
+                assert bound == [("127.0.0.1", 9464)]
+                status, _, body = _get("http://127.0.0.1:9464/metrics")
+                assert status == 503 and str(cold).encode() in body  # not live only: reads the archive
+            finally:
+                server.shutdown()
+                server.server_close()
+
+
+def test_the_server_keeps_its_series_between_scrapes_and_warms_them_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self)
+        real_start(self)
+
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
+        fill_fast(journal, _logs(300))
+        monkeypatch.setattr(threading.Thread, "start", start)
+        server = serve_metrics(journal, port=0, live_only=True)
+        monkeypatch.undo()
+        try:
+            threads = {t.name: t for t in started}
+            assert set(threads) == {"krepis-metrics-warm", "krepis-metrics"}
+            assert threads["krepis-metrics-warm"].daemon and threads["krepis-metrics"].daemon
+            threads["krepis-metrics-warm"].join()
+            # counted while live by the warm-up, then archived: a live-only series keeps them
+            journal.archive(tmp_path / "cold", keep_last=0)
+            fill_fast(journal, _logs(1, start=300))
+            status, _, body = _get(f"http://127.0.0.1:{server.server_address[1]}/metrics")
+            assert status == 200 and _count(body.decode()) == 301
+            assert _count(prometheus_text(journal, live_only=True)) == 45  # a new series: live only
+        finally:
+            server.shutdown()
+            server.server_close()
