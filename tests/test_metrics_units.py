@@ -13,6 +13,7 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -461,3 +462,68 @@ def test_the_server_keeps_its_series_between_scrapes_and_warms_them_at_once(
         finally:
             server.shutdown()
             server.server_close()
+
+
+class _Meanwhile:
+    """A real journal whose first ``iter_logs`` call is preceded by ``action`` (an archive run or
+    an append between the collector's reading of the tree head and its read of the entries: a
+    race, made to happen at that exact point)."""
+
+    def __init__(self, journal: SovereignJournal, action: Any) -> None:
+        self._journal, self._action = journal, action
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._journal, name)
+
+    def iter_logs(self, **kwargs: Any) -> Any:
+        if self._action is not None:
+            action, self._action = self._action, None
+            action()
+        return self._journal.iter_logs(**kwargs)
+
+
+def test_entries_archived_during_a_read_are_read_again_with_the_archive(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
+        fill_fast(journal, _logs(300))
+        collector = MetricsCollector()
+        collector.update(_Meanwhile(journal, lambda: journal.archive(tmp_path / "cold", keep_last=0)))
+        assert journal.live_first_seq() == 256
+        assert _count(_text(collector.lines())) == 300 and collector.last_timestamp == 1299
+
+
+def test_a_live_only_collector_never_reads_what_was_archived_during_a_read(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "s", flush="interval:20ms") as journal:
+        fill_fast(journal, _logs(300))
+        collector = MetricsCollector(live_only=True)
+        collector.update(_Meanwhile(journal, lambda: journal.archive(tmp_path / "cold", keep_last=0)))
+        assert _count(_text(collector.lines())) == 0  # nothing this time: the archive is never read
+        collector.update(journal)
+        assert _count(_text(collector.lines())) == 44  # the live store's, from where it starts
+
+
+def test_entries_appended_during_a_read_wait_for_the_next(tmp_path: Path) -> None:
+    with SovereignJournal(tmp_path / "s") as journal:
+        fill_fast(journal, _logs(3))
+        collector = MetricsCollector()
+        collector.update(_Meanwhile(journal, lambda: fill_fast(journal, _logs(1, start=3))))
+        # the tree head read first said 3: the fourth is not counted yet, then once
+        assert _count(_text(collector.lines())) == 3 and collector.last_timestamp == 1002
+        collector.update(journal)
+        assert _count(_text(collector.lines())) == 4 and collector.last_timestamp == 1003
+        collector.update(journal)
+        assert _count(_text(collector.lines())) == 4
+
+
+def test_counting_the_new_entries_needs_no_archive(tmp_path: Path) -> None:
+    store, cold = tmp_path / "s", tmp_path / "cold"
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        fill_fast(journal, _logs(300))
+        collector = MetricsCollector()
+        collector.update(journal)
+        journal.archive(cold, keep_last=0)
+        cold.rename(tmp_path / "moved")
+        fill_fast(journal, _logs(1, start=300))
+        collector.update(journal)  # the live store holds every entry still to count
+        assert _count(_text(collector.lines())) == 301
+        collector.update(journal)
+        assert _count(_text(collector.lines())) == 301
