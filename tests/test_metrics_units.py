@@ -512,6 +512,25 @@ def test_entries_appended_during_a_read_wait_for_the_next(tmp_path: Path) -> Non
         assert _count(_text(collector.lines())) == 4 and collector.last_timestamp == 1003
         collector.update(journal)
         assert _count(_text(collector.lines())) == 4
+        fill_fast(journal, _logs(1, start=4))
+        collector.update(_Meanwhile(journal, lambda: fill_fast(journal, _logs(2, start=5))))
+        assert _count(_text(collector.lines())) == 5 and collector.last_timestamp == 1004
+        collector.update(journal)
+        assert _count(_text(collector.lines())) == 7
+
+
+def test_a_collector_at_the_live_stores_first_entry_needs_no_archive(tmp_path: Path) -> None:
+    store, cold = tmp_path / "s", tmp_path / "cold"
+    with SovereignJournal(store, flush="interval:20ms") as journal:
+        fill_fast(journal, _logs(256))
+        collector = MetricsCollector()
+        collector.update(journal)
+        fill_fast(journal, _logs(44, start=256))
+        journal.archive(cold, keep_last=0)
+        assert journal.live_first_seq() == 256
+        cold.rename(tmp_path / "moved")
+        collector.update(journal)
+        assert _count(_text(collector.lines())) == 300
 
 
 def test_counting_the_new_entries_needs_no_archive(tmp_path: Path) -> None:
