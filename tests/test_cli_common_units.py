@@ -411,3 +411,17 @@ def test_emitted_json_parses() -> None:
 
     assert json.loads(runner.invoke(out).stdout) == {"k": "\u2028"}
     assert _common._READ_POLICY == "sync"
+
+
+def test_a_storage_error_in_a_deleted_working_directory_is_still_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # os.getcwd() fails from now on: a relative location cannot be made absolute
+    assert _about_the_store(StorageError("x", "rel/data.mdb"), "rel") is True
+    url = "postgresql://127.0.0.1:1/x?connect_timeout=5"  # (nothing listens on port 1)
+    result = CliRunner().invoke(cli, ["stats"], env={"KREPIS_STORAGE": url}, prog_name="krepis")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("Error: cannot connect to PostgreSQL at postgresql://127.0.0.1:1/x")
+    assert result.stderr.endswith(" (the storage location comes from KREPIS_STORAGE)\n")
