@@ -425,3 +425,59 @@ def test_a_storage_error_in_a_deleted_working_directory_is_still_one_line(
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.stderr.startswith("Error: cannot connect to PostgreSQL at postgresql://127.0.0.1:1/x")
     assert result.stderr.endswith(" (the storage location comes from KREPIS_STORAGE)\n")
+
+
+def test_about_the_store_at_the_root_or_with_trailing_blanks() -> None:
+    assert _about_the_store(StorageError("x", "/data.mdb"), "/") is True
+    assert _about_the_store(StorageError("x", "/s/data.mdb"), "/s ") is False  # only separators cut
+
+
+def test_an_oserror_keeps_a_file_name_starting_with_x() -> None:
+    @click.group(cls=_Group)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def fail() -> None:
+        raise PermissionError(13, "Permission denied", "Xfile")
+
+    result = CliRunner().invoke(group, ["fail"])
+    assert result.stderr == "Error: Xfile: Permission denied\n"
+
+
+def test_the_console_does_not_highlight(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Tty()
+    monkeypatch.setattr(sys, "stdout", out)
+    _console().print("count 12 at /tmp/x")
+    assert out.getvalue() == "count 12 at /tmp/x\n"  # no colours added to numbers and paths
+
+
+def test_the_group_passes_its_context_settings_and_parent_on() -> None:
+    seen: list[Any] = []
+
+    @click.group(cls=_Group)
+    @click.pass_context
+    def outer(ctx: click.Context) -> None:
+        seen.append(ctx.obj)
+
+    @outer.group(cls=_Group)
+    def inner() -> None:
+        pass
+
+    @inner.command()
+    @click.pass_context
+    def leaf(ctx: click.Context) -> None:
+        seen.append(ctx.find_root().info_name)
+
+    result = CliRunner().invoke(outer, ["inner", "leaf"], obj={"given": 1}, prog_name="top")
+    assert result.exit_code == 0, result.output
+    assert seen == [{"given": 1}, "top"]
+    result = CliRunner().invoke(outer, ["inner", "--bogus"], prog_name="top")
+    assert result.stderr == "Error: No such option '--bogus'. (see top inner --help)\n"
