@@ -425,3 +425,84 @@ def test_emit_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_module_constants() -> None:
     assert _output._BATCH == 512
+
+
+# -- from the mutation run of cli/_output ------------------------------------------------------
+
+def test_utc_times_do_not_depend_on_the_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert _utc_second(1764424000) == "2025-11-29T13:46:40."
+        assert _local_second(1764424000, True) == "2025-11-29 22:46:40."
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_seconds_round_at_the_hundredth() -> None:
+    assert _duration(1_995_001) == "2.00s"
+    assert _duration(1_994_999) == "1.99s"
+
+
+def test_the_default_pager_is_less(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    less = tmp_path / "less"
+    less.write_text("#!/bin/sh\ncat >/dev/null\n")
+    less.chmod(0o755)
+    monkeypatch.delenv("KREPIS_PAGER", raising=False)
+    monkeypatch.delenv("PAGER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert _pager_command() == ["less"]
+
+
+def test_the_pager_gets_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    import locale
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # an ASCII locale: the pager still gets UTF-8
+    try:
+        _to_pager(_pager_script(tmp_path), iter(["é ✓", "bad \ud800 surrogate"]))
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert (tmp_path / "paged").read_bytes().endswith("é ✓\nbad ? surrogate\n".encode())
+
+
+def test_an_error_while_paging_is_raised_after_the_pager_ends(tmp_path: Path) -> None:
+    def lines() -> Iterator[str]:
+        yield "first"
+        raise ValueError("the journal went away")
+
+    with pytest.raises(ValueError, match="the journal went away"):
+        _to_pager(_pager_script(tmp_path), lines())
+    assert (tmp_path / "paged").read_text().endswith("|")  # the pager ended (its input closed)
+
+
+def test_ctrl_c_while_the_pager_runs_keeps_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    real_wait = subprocess.Popen.wait
+    calls: list[int] = []
+
+    def wait(self: subprocess.Popen[str], timeout: float | None = None) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C reaches krepis too: it belongs to the pager
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", wait)
+    _to_pager(_pager_script(tmp_path), iter(["x"]))
+    assert len(calls) == 2
+    assert (tmp_path / "paged").read_text().endswith("x\n")
+
+
+def test_the_screen_is_24_lines_when_none_is_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = Recording()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "__stdout__", io.StringIO())  # not a terminal: the fallback size
+    monkeypatch.delenv("LINES", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setenv("KREPIS_PAGER", " ".join(_pager_script(tmp_path)))
+    _emit_lines(iter(["a"] * 23), pager=True)
+    assert out.getvalue() == "a\n" * 23 and not (tmp_path / "paged").exists()
+    _emit_lines(iter(["b"] * 24), pager=True)
+    assert (tmp_path / "paged").read_text().endswith("|" + "b\n" * 24)
