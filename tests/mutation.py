@@ -68,8 +68,16 @@ _ENGINE_TESTS = ["test_catchup_units.py", "test_tail_units.py", "test_concurrenc
 SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "": (["test_model.py", "test_cli_time.py", "test_journal.py", "test_safety_api.py", "test_codec.py",
           "test_flush.py", "test_guarantees.py"], _NO_PG + " and not deno"),
+    # the Prometheus exposition: its unit tests (exact text, the collector across archiving and
+    # clears, the server's answers) and the summaries' in-process metrics tests
+    "_metrics": (["test_metrics_units.py", "test_summary.py"],
+                 "test_metrics_units or metrics or collector"),
     # the exception tree: its unit tests
     "_errors": (["test_errors_units.py"], None),
+    # the data model (validation, messages, the canonical bytes, the decoders): its unit tests, the
+    # model's and the codec's tests, and the refusals at the public boundary
+    "_model": (["test_model_units.py", "test_model.py", "test_codec.py", "test_safety_api.py"],
+               _NO_PG + " and not deno"),
     # the flush policy: its unit tests and the journal's flush tests
     "_policy": (["test_policy_units.py", "test_flush.py"], _NO_PG),
     # times on the command line and in queries: their unit tests
@@ -103,6 +111,10 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/": (["test_codec.py", "test_outfiles.py", "test_migrate*.py", "test_backup.py",
                   "test_safety_files.py", "test_durable_copies.py", "test_storage_lmdb.py",
                   "test_bad_storage.py", "test_tlog.py"], _NO_PG),
+    # choosing an engine from a location, and durable/create/progress handed to it: its unit tests
+    # (real LMDB stores and a real server) and the migrations' progress reports
+    "storage/__init__": (["test_storage_init_units.py", "test_migrate_units.py",
+                          "test_postgres_migrate_units.py"], "test_storage_init_units or progress"),
     # the engine-neutral port (its rules, LogAudit, Query.matches): its unit tests and the
     # storage conformance suite with the files that use its helpers, on LMDB
     "storage/_port": (["test_port_units.py", "test_storage_lmdb.py", "test_merkle.py", "test_tlog.py",
@@ -246,6 +258,14 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "journal/_journal": (["test_journal_units.py", "test_journal.py", "test_flush.py", "test_safety_api.py",
                           "test_guarantees.py", "test_concurrency.py", "test_review_findings.py"],
                          _NO_PG + " and not deno"),
+    # what every command shares (inert text, the stdout guard, one-line errors, the option types):
+    # its unit tests and the in-process (CliRunner) tests of the command families built on it
+    "cli/_common": (["test_cli_common_units.py", "test_cli_output_units.py", "test_cli_archive_units.py",
+                     "test_cli_backup_units.py", "test_cli_prove_units.py"], _NO_PG),
+    # how entries are shown (times, the table, TSV/CSV/JSON, stdout and the pager): its unit tests
+    # and the in-process CLI tests that print entries
+    "cli/_output": (["test_cli_output_units.py", "test_cli_common_units.py", "test_cli_prove_units.py"],
+                    _NO_PG),
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),

@@ -134,12 +134,13 @@ def _one_line(exc: click.UsageError, ctx: click.Context | None) -> _UsageError:
 
 
 def _about_the_store(exc: StorageError, location: str | None) -> bool:
-    """Whether ``exc`` is about the storage location (not, say, a backup's destination)."""
+    """Whether ``exc`` is about the storage location (not, say, a backup's destination); when
+    that cannot be told (a relative path in a working directory that was deleted), it is."""
     if exc.path is None or location is None:
         return True
     try:
         store, path = os.path.abspath(location), os.path.abspath(exc.path)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OSError):
         return True
     return path == store or path.startswith(store.rstrip(os.sep) + os.sep)
 
