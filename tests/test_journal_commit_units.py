@@ -248,6 +248,52 @@ def test_a_leader_interrupted_after_its_commit_wakes_its_callers_and_hands_the_l
     assert not commit._leading and queued(commit) == 0
 
 
+def test_a_first_leader_interrupted_after_its_commit_hands_the_lead_to_the_callers_queued(
+        storage: Gated) -> None:
+    """The same for a caller that took the lead itself (no one handed it over): interrupted after
+    its own commit, it hands the lead to the callers queued meanwhile, who are then served."""
+    interrupts = [KeyboardInterrupt()]
+
+    def on_commit() -> None:
+        if interrupts:
+            raise interrupts.pop()
+
+    commit = _GroupCommit(storage, on_commit)
+    storage.gate.clear()
+    first = Caller(lambda: commit.submit(counter()))
+    wait_until(lambda: len(storage.batches) == 1, "the first leader is inside its transaction")
+    queued_callers = [Caller(lambda: commit.submit(counter())) for _ in range(2)]
+    wait_until(lambda: queued(commit) == 2, "two callers are queued")
+    storage.gate.set()
+    with pytest.raises(KeyboardInterrupt):
+        first.outcome()
+    assert sorted(c.outcome()[0] for c in queued_callers) == [2, 3]
+    assert storage.batches == [1, 2] and not commit._leading
+
+
+def test_an_interrupted_leader_fails_only_the_requests_not_served_and_withdraws_those_still_queued(
+        storage: Gated) -> None:
+    """``_abandon`` on the state an interrupt can leave: the leader had taken the queue as its batch
+    but not yet emptied the queue (the batch list still is the queue), and one request of it had its
+    result handed out. That one keeps its result; the others learn the outcome is unknown; none stays
+    queued to be written again; each sleeper is woken; the lead is given up."""
+    commit = _GroupCommit(storage)
+    own, served, unknown = _Pending(counter()), _Pending(counter()), _Pending(counter())
+    for pending in (served, unknown):
+        pending.wakeup = threading.Lock()
+        pending.wakeup.acquire()
+    served.result = [7]
+    commit._queue = commit._batch = [served, unknown, own]
+    commit._leading, commit._leader = True, own
+    commit._abandon([own], own, KeyboardInterrupt())
+    assert commit._queue == [] and commit._batch is None
+    assert (served.done, served.result, served.error) == (True, [7], None)
+    assert unknown.done and unknown.result is None and isinstance(unknown.error, JournalError)
+    assert not served.wakeup.locked() and not unknown.wakeup.locked()  # woken
+    assert not commit._leading and commit._leader is None
+    assert commit.submit(counter()) == [1]  # (nothing above was written)
+
+
 class _InterruptedLock:
     """A lock whose blocking wait is interrupted (as by Ctrl-C) for the first caller to sleep."""
 
