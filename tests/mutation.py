@@ -496,8 +496,12 @@ def _mark_killed(target: Path, names: list[str]) -> None:
 
 
 def survivors(target: Path, mutmut: str) -> int:
-    """Print every surviving mutant's changed lines, marking those a rule shows equivalent."""
-    by_rule = 0
+    """Print every surviving mutant's changed lines, marking those a rule shows equivalent, and
+    under each one listed in ``tests/mutation_equivalents.txt`` the reason given there — to be
+    read against the diff: mutmut numbers a function's mutants in order, so after the function
+    changed, a listed name may belong to another mutant than the one its reason describes."""
+    by_rule = listed = 0
+    reasons = equivalents()
     survived = _survivor_diffs(target, mutmut)
     for name, removed, added in survived:
         rule = equivalent_by_rule(removed, added)
@@ -506,8 +510,12 @@ def survivors(target: Path, mutmut: str) -> int:
         if not rule:
             print("\n".join([f"  - {line.strip()}" for line in removed] +
                             [f"  + {line.strip()}" for line in added]))
+            if name in reasons:
+                listed += 1
+                print(f"  listed as equivalent: {reasons[name]}")
     print(f"{len(survived)} survived, of which {by_rule} are equivalent by rule "
-          "(letter case of SQL or codecs)")
+          f"(letter case of SQL or codecs) and {listed} listed as equivalent (check each reason "
+          "against its diff)")
     return 0
 
 
