@@ -24,7 +24,7 @@ from krepis.storage import Query, WriteRequest
 from krepis.storage.lmdb import LmdbStorage, _env
 from krepis.storage.lmdb._apply import APPLY_ENTRIES
 from krepis.storage.lmdb._commitlog import read_state
-from krepis.storage.lmdb._layout import _U64, COUNTER_PREFIX
+from krepis.storage.lmdb._layout import _MAP_SIZE, _U64, COUNTER_PREFIX
 from krepis.storage.lmdb._state import read_log_pointer
 
 
@@ -451,8 +451,11 @@ def test_a_storage_error_outside_the_log_is_named_with_what_was_done(store: Lmdb
 
     with pytest.raises(StorageError) as info:
         store._outside_log(body, "testing things")
-    assert store.location in str(info.value) and info.value.path == store.location
-    assert isinstance(error, OSError) or "full" in str(info.value)
+    loc = store.location
+    full = f"storage at {loc} is full (LMDB map size {_MAP_SIZE} bytes) while testing things"
+    failed = f"storage at {loc} failed while testing things: {error}"
+    assert str(info.value) == (failed if isinstance(error, OSError) else full)
+    assert info.value.path == loc and store._shared.log.read_pending() == 0
 
 
 def test_lmdb_applied_elsewhere_than_the_tail_is_refused(store: LmdbStorage) -> None:
