@@ -9,6 +9,7 @@ environment holds); failures are injected by wrapping a stdlib call.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gc
@@ -166,6 +167,24 @@ def in_child(body: Callable[[], str]) -> str:
         time.sleep(0.01)
     with os.fdopen(r, "rb") as f:
         return f.read().decode()
+
+
+@contextlib.contextmanager
+def _stdout_kept() -> Iterator[None]:
+    """Descriptor 1 is the same file after the block (no error path closed it)."""
+    saved = os.dup(1)
+    before = os.fstat(1)
+    try:
+        yield
+        try:
+            now: os.stat_result | None = os.fstat(1)
+        except OSError:
+            now = None
+        assert now is not None and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino), \
+            "descriptor 1 was closed"
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 # -- the registry --------------------------------------------------------------------------
@@ -483,8 +502,10 @@ def test_lmdb_is_opened_synced_with_the_documented_map_and_reader_table(tmp_path
 def test_a_sequence_record_behind_the_entries_is_refused(tmp_path: Path) -> None:
     path = _store(tmp_path / "s", 3)  # entries 0, 1, 2; seq 3
     rawlmdb.edit(path, lambda txn, db: txn.put(b"seq", _layout._U64.pack(2), db=db(b"meta")))
+    fds = _fds()
     with pytest.raises(CorruptStorageError) as info:
         LmdbStorage(path)
+    assert not _fds() - fds  # the commit log made for it is closed again
     assert str(info.value) == (f"storage at {path}: the sequence record says 2, but entry 2 exists; the "
                                "meta sequence is behind the entries")
     assert info.value.path == str(path)
@@ -592,7 +613,7 @@ def test_the_log_of_another_store_is_refused_both_files_untouched(tmp_path: Path
     mine, theirs = _pointer(path).log_id, _pointer(other).log_id
     before = _files(path)
     fds = _fds()
-    with pytest.raises(CorruptStorageError) as info:
+    with _stdout_kept(), pytest.raises(CorruptStorageError) as info:
         LmdbStorage(path)
     assert str(info.value) == (
         f"storage at {path}: commit.log does not belong to this data.mdb (the log's id is {theirs.hex()}, "
@@ -674,9 +695,11 @@ def test_a_deleted_log_is_replaced_when_commit_state_says_nothing_of_it(tmp_path
         (path / "commit.state").unlink()
     elif state == "garbage":
         (path / "commit.state").write_bytes(b"x" * 4096)
-    else:
-        other = _store(tmp_path / "other")
+    else:  # (a log that went further than this store's: its head past data.mdb's pointer)
+        other = _store(tmp_path / "other", 6)
         (path / "commit.state").write_bytes((other / "commit.state").read_bytes())
+        said = _state(path)
+        assert said is not None and said[1] > _pointer(path).position
     s = LmdbStorage(path)
     try:
         assert s.entry_count() == 2
@@ -941,3 +964,77 @@ def test_missing_databases_are_named(tmp_path: Path) -> None:
     assert str(info.value) == (f"storage at {path} is an LMDB store but not a krepis store (missing "
                                "databases: ops, tree)")
     assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("log", ["another store's", "damaged"])
+def test_a_failure_making_the_replacing_log_closes_only_the_old_logs_descriptor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: str) -> None:
+    path = _store(tmp_path / "s")
+    other = _store(tmp_path / "other")
+    _name_no_log(path)
+    if log == "damaged":
+        (path / "commit.log").write_bytes(b"x" * 8192)
+    else:
+        (path / "commit.log").write_bytes((other / "commit.log").read_bytes())
+    real = os.rename
+
+    def rename(src: Any, dst: Any, **kw: Any) -> None:
+        if src == "commit.log.new":
+            raise OSError(errno.EIO, "Input/output error")
+        real(src, dst, **kw)
+
+    fds = _fds()
+    with _stdout_kept(), monkeypatch.context() as m:
+        m.setattr(os, "rename", rename)
+        with pytest.raises(StorageError, match=r"cannot create commit\.log: Input/output error"):
+            LmdbStorage(path)
+    assert not _fds() - fds
+
+
+def test_a_data_file_lmdb_cannot_open_is_named_by_the_stores_path(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "data.mdb").write_bytes(b"\x01" * 20000)
+    with pytest.raises(CorruptStorageError) as info:
+        LmdbStorage(path)
+    assert str(info.value) == (f"storage at {path} is corrupted or not an LMDB store (opening): {path}: "
+                               "MDB_INVALID: File is not an LMDB file")
+    assert info.value.path == str(path) and sorted(os.listdir(path)) == ["data.mdb"]
+
+
+def test_an_lmdb_error_after_the_environment_opened_is_named(tmp_path: Path) -> None:
+    path = _store(tmp_path / "s")
+
+    def flat_index(txn: Any, db: Any) -> None:
+        txn.drop(db(b"index"), delete=True)
+
+    rawlmdb.edit(path, flat_index)
+    env = lmdb.open(str(path), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"index", b"a plain record, not a database")
+    env.close()
+    with pytest.raises(StorageError) as info:
+        LmdbStorage(path)
+    assert str(info.value) == (f"storage at {path} failed while opening: mdb_dbi_open: MDB_INCOMPATIBLE: "
+                               "Operation and DB incompatible, or DB flags changed")
+    assert info.value.path == str(path) and not _env.open_in_this_process(str(path))
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (OSError(errno.EROFS, "Read-only file system"), "storage at {path} is on a read-only file system"),
+    (OSError(errno.EACCES, "Permission denied"), "cannot open storage at {path}: Permission denied"),
+])
+def test_an_os_error_opening_lmdb_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           error: OSError, said: str) -> None:
+    path = tmp_path / "s"
+
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise error
+
+    fds = _fds()
+    with monkeypatch.context() as m:
+        m.setattr(lmdb, "open", refuse)
+        with pytest.raises(StorageError) as info:
+            LmdbStorage(path)
+    assert str(info.value) == said.format(path=path) and info.value.path == str(path)
+    assert os.listdir(path) == [] and not _fds() - fds
