@@ -18,12 +18,12 @@ import lmdb
 import pytest
 
 import rawlmdb
-from krepis import ClosedError, CorruptStorageError, LogStatus, StorageError, TransactionLog
+from krepis import ClosedError, CorruptStorageError, LogStatus, StorageError, TransactionLog, ValidationError
 from krepis._model import encode_log
 from krepis.storage import Query, WriteRequest
 from krepis.storage.lmdb import LmdbStorage, _env
 from krepis.storage.lmdb._apply import APPLY_ENTRIES
-from krepis.storage.lmdb._commitlog import read_state
+from krepis.storage.lmdb._commitlog import encode_payload, read_state, record_size
 from krepis.storage.lmdb._layout import _MAP_SIZE, _U64, COUNTER_PREFIX
 from krepis.storage.lmdb._state import read_log_pointer
 
@@ -273,6 +273,7 @@ def test_the_oldest_unapplied_record_is_timed_from_its_append(store: LmdbStorage
     store.write_batch([_req(_log(1))])
     assert store._shared.first_unapplied == first
     store.checkpoint()
+    assert _pointer_position(store) == store._shared.tail.end  # LMDB holds the whole log
     store.write_batch([_req(_log(2))])
     assert store._shared.first_unapplied > first
 
@@ -335,12 +336,13 @@ def test_the_last_op_id_is_given_and_none_past_it(tmp_path: Path) -> None:
     try:
         _no_background_applier(s)
         s.write_batch([_req(_log(0, "a"), _log(1, "b"))])  # ids 2**32-2 and 2**32-1, not yet applied
+        s.write_batch([_req(_log(3, "b"), _log(4, "a"))])  # names already given an id: no new ones
         with pytest.raises(StorageError) as info:
             s.write_batch([_req(_log(2, "c"))])
         assert str(info.value) == f"storage at {path} holds 2**32 op names; no more fit"
         assert info.value.path == path
         s.checkpoint()
-        assert s.op_names() == ["a", "b"] and s.entry_count() == 2
+        assert s.op_names() == ["a", "b"] and s.entry_count() == 4
     finally:
         s.close()
 
@@ -418,7 +420,7 @@ def test_a_change_outside_the_log_is_announced_while_it_commits(store: LmdbStora
     assert store._outside_log(body, "testing") == "done"
     (pending, applied), = seen
     after = store._shared.tail.end
-    assert applied == end and pending == after > end  # the whole log applied, the barrier's end announced
+    assert applied == end and pending == after == end + record_size(0)  # the log applied; the barrier's end
     assert log.read_pending() == 0 and log.read_head() == after
     assert _pointer_position(store) == after == store._shared.floor
     assert store._shared.first_unapplied == 0.0 and not store._shared.tail.records
@@ -618,3 +620,75 @@ def test_dropping_a_prefix_over_a_damaged_entry_is_refused(tmp_path: Path, damag
         assert s.live_first_seq() == 0 and s.get_entry(0) == _log(0)
     finally:
         s.close()
+
+
+def _exactly(size: int, first: int) -> WriteRequest:
+    """One request whose record in the log takes exactly ``size`` bytes."""
+    logs = [_log(first + i, error="x" * 16000) for i in range(size // 16100)]
+
+    def request(pad: int) -> tuple[WriteRequest, int]:
+        req = _req(*logs, _log(first + len(logs), error="y" * pad))
+        return req, len(encode_payload([([c for _, c in req.entries], req.increments)]))
+
+    _req1, one = request(1)
+    want = 1 + size - record_size(0) - one  # the payload for which the record has no padding
+    for pad in (want, want - 1, want + 1):
+        req, payload = request(pad)
+        if record_size(payload) == size:
+            return req
+    raise AssertionError("no such request")
+
+
+def test_records_of_half_the_ring_go_through_the_log_and_two_fill_it(store: LmdbStorage) -> None:
+    _no_background_applier(store)
+    ring = store._shared.log.ring
+    assert store._shared.tail.end % ring == 0 and store._shared.floor == store._shared.tail.end
+    start = store._shared.tail.end
+    store.write_batch([_exactly(ring // 2, 0)])
+    store.write_batch([_exactly(ring // 2, 1000)])
+    assert store._shared.tail.end == start + ring  # both in the log, the ring exactly full
+    assert _pointer_position(store) == start  # nothing applied to make room
+    n = store.entry_count()
+    store.write_batch([_req(_log(5000))])  # the next one waits for LMDB
+    assert _pointer_position(store) == start + ring and store.entry_count() == n + 1
+
+
+def test_a_failure_other_than_a_flush_does_not_stop_sync(store: LmdbStorage) -> None:
+    store.write_batch([_req(_log(0))])
+    store._shared.failed = StorageError("storage at x failed while applying the commit log", "x")
+    store._shared.durable = 0  # (as if the last write were not flushed yet)
+    store.sync()
+    assert store._shared.durable == store._shared.tail.end
+
+
+def test_a_malformed_setting_is_named(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    LmdbStorage(path).close()
+    rawlmdb.edit(path, lambda txn, db: txn.put(b"archive", b"\xff", db=db(b"meta")))
+    s = LmdbStorage(path)
+    try:
+        with pytest.raises(CorruptStorageError) as info:
+            s.get_setting("archive")
+        assert str(info.value).startswith(f"storage at {path}: the setting 'archive' is malformed (")
+        assert info.value.path == path
+    finally:
+        s.close()
+
+
+def test_an_lmdb_error_reading_a_setting_is_named(store: LmdbStorage) -> None:
+    store._shared.env.close()  # (LMDB refuses every transaction from here)
+    with pytest.raises(StorageError) as info:
+        store.get_setting("archive")
+    assert str(info.value).startswith(f"storage at {store.location} failed while reading a setting: ")
+    assert info.value.path == store.location
+
+
+def test_a_checkpoint_is_checked_against_the_tree_of_the_current_log(store: LmdbStorage) -> None:
+    store.write_batch([_req(_log(i)) for i in range(3)])
+    store.clear(lambda removed, counters, epoch: _log(99, "cleared"))  # log 1 starts at seq 3, size 1
+    store.add_checkpoint(1, 1, "example.com/log", "note")
+    with pytest.raises(ValidationError):
+        store.add_checkpoint(1, 2, "example.com/log", "note")
+    with pytest.raises(ValidationError):
+        store.add_checkpoint(0, 1, "example.com/log", "note")
+    assert store.checkpoints() == [(1, 1, "example.com/log", "note")]
