@@ -1038,3 +1038,18 @@ def test_an_os_error_opening_lmdb_is_named(tmp_path: Path, monkeypatch: pytest.M
             LmdbStorage(path)
     assert str(info.value) == said.format(path=path) and info.value.path == str(path)
     assert os.listdir(path) == [] and not _fds() - fds
+
+
+def test_a_missing_commit_state_is_made_again_when_alone(tmp_path: Path) -> None:
+    path = _store(tmp_path / "s")
+    log_id = _pointer(path).log_id
+    (path / "commit.state").unlink()
+    with _stdout_kept():  # (no descriptor taken for the missing state)
+        s = LmdbStorage(path)
+    try:
+        assert s.entry_count() == 2 and s._shared.log.log_id == log_id
+        s.write_batch([_request(2)])
+    finally:
+        s.close()
+    said = _state(path)
+    assert said is not None and said[0] == log_id
