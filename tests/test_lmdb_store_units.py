@@ -8,6 +8,7 @@ Real stores on disk; failures are injected by wrapping a stdlib call (``os.fdata
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 import uuid
@@ -335,14 +336,15 @@ def test_the_last_op_id_is_given_and_none_past_it(tmp_path: Path) -> None:
     s = LmdbStorage(path)
     try:
         _no_background_applier(s)
-        s.write_batch([_req(_log(0, "a"), _log(1, "b"))])  # ids 2**32-2 and 2**32-1, not yet applied
+        s.write_batch([_req(_log(0, "a"))])  # id 2**32-2, not yet applied
+        s.write_batch([_req(_log(1, "a"), _log(2, "b"))])  # b: 2**32-1 (a known name before it)
         s.write_batch([_req(_log(3, "b"), _log(4, "a"))])  # names already given an id: no new ones
         with pytest.raises(StorageError) as info:
-            s.write_batch([_req(_log(2, "c"))])
+            s.write_batch([_req(_log(5, "c"))])
         assert str(info.value) == f"storage at {path} holds 2**32 op names; no more fit"
         assert info.value.path == path
         s.checkpoint()
-        assert s.op_names() == ["a", "b"] and s.entry_count() == 4
+        assert s.op_names() == ["a", "b"] and s.entry_count() == 5
     finally:
         s.close()
 
@@ -356,7 +358,7 @@ def test_a_next_op_record_naming_a_taken_id_is_refused(tmp_path: Path) -> None:
     s = LmdbStorage(path)
     try:
         with pytest.raises(CorruptStorageError) as info:
-            s.write_batch([_req(_log(2, "c"))])
+            s.write_batch([_req(_log(2, "a"), _log(3, "c"))])  # (a known name first: c is still checked)
         assert str(info.value) == f"storage at {path}: the next_op record names op id 1, which is taken"
         assert info.value.path == path
         s.write_batch([_req(_log(3, "a"))])  # a known name still writes
@@ -692,3 +694,85 @@ def test_a_checkpoint_is_checked_against_the_tree_of_the_current_log(store: Lmdb
     with pytest.raises(ValidationError):
         store.add_checkpoint(0, 1, "example.com/log", "note")
     assert store.checkpoints() == [(1, 1, "example.com/log", "note")]
+
+
+def test_a_write_moves_the_shared_head_and_clears_an_abandoned_announcement(store: LmdbStorage) -> None:
+    store.write_batch([_req(_log(0))])
+    log = store._shared.log
+    assert log.read_head() == store._shared.tail.end
+    log.write_pending(store._shared.tail.end + 4096)  # a change outside the log whose process died
+    store.write_batch([_req(_log(1))])
+    assert log.read_pending() == 0 and log.read_head() == store._shared.tail.end
+    assert store.entry_count() == 2
+
+
+def test_a_record_that_cannot_be_written_is_named_and_not_acknowledged(
+        store: LmdbStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.write_batch([_req(_log(0))])
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", pwrite)
+        with pytest.raises(StorageError) as info:
+            store.write_batch([_req(_log(1), inc=(b"x",))])
+    assert str(info.value) == (f"storage at {store.location} failed while writing: [Errno 28] No space "
+                               "left on device")
+    assert info.value.path == store.location
+    assert store.entry_count() == 1 and store.get_count(b"x") == 0
+    assert store.write_batch([_req(_log(2), inc=(b"x",))]) == [[1]]
+
+
+def _writer_lock_fails(s: LmdbStorage, m: pytest.MonkeyPatch) -> None:
+    data_fd = s._shared.files.data_fd
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if fd == data_fd and op == fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, "No locks available")
+        real(fd, op)
+
+    m.setattr(fcntl, "flock", flock)
+
+
+def _after_an_apply_error(s: LmdbStorage) -> LmdbStorage:
+    s._shared.apply_error = OSError(errno.ENOSPC, "No space left on device")  # the applier's last
+    return s
+
+
+@pytest.mark.parametrize(("doing", "call"), [
+    ("clearing", lambda s: s.clear()),
+    ("storing a checkpoint", lambda s: s.add_checkpoint(0, 1, "example.com/log", "note")),
+    ("storing a setting", lambda s: s.set_setting("archive", "/srv/a")),
+    ("removing archived entries", lambda s: s.drop_prefix(0, 1)),
+    ("writing", lambda s: s.write_batch([_req(*[_log(i, error="x" * 16000) for i in range(150)])])),
+    ("writing", lambda s: _after_an_apply_error(s).write_batch([_req(_log(1))])),
+    ("applying the commit log", lambda s: s.checkpoint()),
+])
+def test_a_change_that_cannot_take_the_writer_lock_is_named_with_what_was_done(
+        store: LmdbStorage, monkeypatch: pytest.MonkeyPatch, doing: str, call: Any) -> None:
+    _no_background_applier(store)
+    store.write_batch([_req(_log(0))])
+    with monkeypatch.context() as m:
+        _writer_lock_fails(store, m)
+        with pytest.raises(StorageError) as info:
+            call(store)
+    said = f"storage at {store.location} failed while {doing}: [Errno 37] No locks available"
+    assert str(info.value) == said
+    assert info.value.path == store.location and store.entry_count() == 1
+
+
+def test_a_full_ring_that_cannot_be_applied_is_named(store: LmdbStorage,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_background_applier(store)
+    ring = store._shared.log.ring
+    store.write_batch([_exactly(ring // 2, 0)])
+    store.write_batch([_exactly(ring // 2, 1000)])
+    n = store.entry_count()
+    with monkeypatch.context() as m:
+        _writer_lock_fails(store, m)
+        with pytest.raises(StorageError) as info:
+            store.write_batch([_req(_log(5000))])
+    said = f"storage at {store.location} failed while writing: [Errno 37] No locks available"
+    assert str(info.value) == said and store.entry_count() == n
