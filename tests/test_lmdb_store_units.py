@@ -572,6 +572,9 @@ def test_dropping_a_prefix_removes_each_entry_and_every_index_row_of_it(store: L
                  status=statuses[i % 3]) for i in range(6)]
     store.write_batch([_req(x) for x in logs])
     store.checkpoint()
+    assert store.drop_prefix(0, 0) == 0
+    with store._shared.env.begin() as txn:
+        assert txn.get(b"live", db=store._shared.meta) is None  # nothing removed: nothing recorded
     before = _index_seqs(store)
     assert store.drop_prefix(0, 4) == 4
     after = _index_seqs(store)
