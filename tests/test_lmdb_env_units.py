@@ -897,9 +897,14 @@ def test_a_new_store_holds_its_databases_and_first_meta_records(tmp_path: Path) 
             names = sorted(k for k, _ in txn.cursor())
             meta = env.open_db(b"meta", txn=txn, create=False)
             records = dict(txn.cursor(db=meta))
+            flags = {}
+            for name in names:  # (opened without flags: LMDB reports those each database was made with)
+                found = env.open_db(name, txn=txn, create=False).flags(txn)  # type: ignore[call-arg]
+                flags[name] = (found["dupsort"], found["dupfixed"])
     finally:
         env.close()
     assert names == sorted(_layout._DB_NAMES)
+    assert flags == {name: (dup, dup) for name, dup in _layout._DBS}  # index: sorted duplicates, fixed size
     assert records[b"format"] == b"%d" % _layout.FORMAT_VERSION
     assert records[b"seq"] == bytes(8) and records[b"next_op"] == bytes(8)
     assert records[b"tree"] == bytes(16)
