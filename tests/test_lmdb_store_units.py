@@ -12,6 +12,7 @@ import fcntl
 import os
 import threading
 import uuid
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -545,7 +546,9 @@ def test_clear_hands_the_trace_what_it_removed_and_starts_a_new_epoch(store: Lmd
     assert store.entry_count() == 1 and store.get_entry(3) == _log(99, "cleared")
     assert store.get_counts() == {} and store.next_seq() == 4
     head = store.tree_head()
-    assert (head.epoch, head.size) == (1, 1)
+    assert (head.epoch, head.size, head.first_seq) == (1, 1, 3)
+    assert head.root == sha256(b"\x00" + encode_log(_log(99, "cleared"))).digest()  # RFC 6962 leaf
+    assert store.verify().entries == 1
     assert store._shared.op_names[store._shared.op_ids["cleared"]] == "cleared"
     store.write_batch([_req(_log(100, "cleared"))])
     store.clear()
@@ -569,7 +572,8 @@ def _index_seqs(s: LmdbStorage) -> dict[bytes, list[int]]:
 def test_dropping_a_prefix_removes_each_entry_and_every_index_row_of_it(store: LmdbStorage) -> None:
     statuses = [LogStatus.Completed, LogStatus.Failed, LogStatus.Started]
     logs = [_log(i, f"op{i % 2}", rid=str(uuid.UUID(int=i + 1)) if i % 2 else f"req-{i}" * (i + 1),
-                 status=statuses[i % 3]) for i in range(6)]
+                 status=statuses[i % 3], error="e" if i < 2 else None)  # (bytes after the request id)
+            for i in range(6)]
     store.write_batch([_req(x) for x in logs])
     store.checkpoint()
     assert store.drop_prefix(0, 0) == 0
@@ -779,3 +783,27 @@ def test_a_full_ring_that_cannot_be_applied_is_named(store: LmdbStorage,
             store.write_batch([_req(_log(5000))])
     said = f"storage at {store.location} failed while writing: [Errno 37] No locks available"
     assert str(info.value) == said and store.entry_count() == n
+
+
+def test_a_batch_too_large_for_the_ring_after_a_clear_continues_the_new_tree(store: LmdbStorage) -> None:
+    store.write_batch([_req(_log(i)) for i in range(3)])
+    store.clear()  # log 1 starts at seq 3
+    store.write_batch([_req(_log(3))])
+    store.write_batch([_req(*[_log(i, error="x" * 16000) for i in range(4, 154)])])  # written through
+    head = store.tree_head()
+    assert (head.first_seq, head.size) == (3, 151) and store.verify().entries == 151
+
+
+def test_a_store_opened_before_fork_applies_nothing_for_a_change(
+        store: LmdbStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_background_applier(store)
+    store.write_batch([_req(_log(0))])
+    before = _pointer_position(store)
+    assert before < store._shared.tail.end
+    with monkeypatch.context() as m:
+        m.setattr(_env, "_generation", _env.generation() + 1)  # as in a forked child
+        for change in (lambda: store.set_setting("archive", "/srv/a"), store.clear,
+                       lambda: store.drop_prefix(0, 1)):
+            with pytest.raises(ClosedError, match="opened in a parent process"):
+                change()
+    assert _pointer_position(store) == before  # the parent's log was not applied from the child
