@@ -155,6 +155,20 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "storage/lmdb/_state": (["test_state_units.py", "test_lmdb_damage.py", "test_commitlog_damage.py",
                              "test_commitlog.py", "test_concurrency.py"],
                             _NO_PG + " and not deno and not bench and not interval_torn"),
+    # opening and closing a store in a process (the registry, the directory lock, the commit log
+    # bound at open, the last close): its unit tests, the refusals of damaged or mismatched files,
+    # the commit log's multi-process and damage tests, fork safety and concurrency (40 s in all)
+    "storage/lmdb/_env": (["test_lmdb_env_units.py", "test_bad_storage.py", "test_lmdb_damage.py",
+                           "test_commitlog_damage.py", "test_commitlog.py", "test_safety_fork.py",
+                           "test_concurrency.py"],
+                          _NO_PG + " and not deno and not bench and not interval_torn"),
+    # the store every caller uses (appends, group commit, changes outside the log, write-through,
+    # clear, drop_prefix): its unit tests, the shared conformance suite, the refusals of damaged
+    # records, fork safety, concurrency, other processes' records and the flush policies (55 s)
+    "storage/lmdb/_store": (["test_lmdb_store_units.py", "test_storage_lmdb.py", "test_lmdb_damage.py",
+                             "test_bad_storage.py", "test_safety_fork.py", "test_concurrency.py",
+                             "test_commitlog.py", "test_flush.py"],
+                            _NO_PG + " and not deno and not bench and not interval_torn"),
     # compaction and disk use: their unit tests, the whole-store guarantees (minus the kill loop,
     # whose steps the unit tests take one by one) and the other users of the compacted copy and
     # its check (backup, the format-3 migration)

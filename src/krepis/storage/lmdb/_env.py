@@ -244,6 +244,8 @@ def _bind_log(path: str, env: lmdb.Environment, dbs: dict[bytes, Any], files: St
                 log.close()
                 fd = -1
                 return _new_log(path, env, dbs, files)
+            log.close()  # (its mapping of commit.state, too: never left to the garbage collector)
+            fd = -1
             raise CorruptStorageError(
                 f"storage at {path}: {LOG} does not belong to this data.mdb (the log's id is "
                 f"{log.log_id.hex()}, data.mdb continues log {pointer.log_id.hex()}): it was copied "
