@@ -728,7 +728,7 @@ def test_a_deleted_log_holding_records_data_mdb_lacks_is_refused(tmp_path: Path)
 def _write_state(path: Path, log_id: bytes, head: int, durable: int) -> None:
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.close(CommitLog.create_state(dfd, log_id, head, durable))
+        os.close(CommitLog.create_state(dfd, log_id, head, durable, path=str(path)))
     finally:
         os.close(dfd)
 
