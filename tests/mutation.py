@@ -269,6 +269,10 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
+    # the entry filters every reading command shares: its unit tests (a real store) and the
+    # archive's in-process logs/export test (--archive, --live-only)
+    "cli/_select": (["test_cli_select_units.py", "test_archive.py"],
+                    "test_cli_select_units or cli_archive_logs_export"),
     # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
     "cli/_tlog_serve": (["test_tlog_serve_units.py", "test_tlog_serve.py", "test_witness.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",
