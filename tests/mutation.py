@@ -273,6 +273,14 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # archive's in-process logs/export test (--archive, --live-only)
     "cli/_select": (["test_cli_select_units.py", "test_archive.py"],
                     "test_cli_select_units or cli_archive_logs_export"),
+    # --grep and --request-id resolved (ids, prefixes, globs): its unit tests (real stores, one
+    # archived) and the archive's in-process logs/export test
+    "cli/_find": (["test_cli_find_units.py", "test_archive.py"],
+                  "test_cli_find_units or cli_archive_logs_export"),
+    # logs --follow, the export's progress and batched writes: its unit tests (real stores, the
+    # waits between polls scripted) and the archive's in-process logs/export test
+    "cli/_logs": (["test_cli_logs_units.py", "test_archive.py"],
+                  "test_cli_logs_units or cli_archive_logs_export"),
     # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
     "cli/_tlog_serve": (["test_tlog_serve_units.py", "test_tlog_serve.py", "test_witness.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",

@@ -245,8 +245,8 @@ class _WritesBetweenPasses:
     """The real journal, with one entry appended just before the second pass starts (as another
     process may do): what is shown stays the ``limit`` entries the first pass chose."""
 
-    def __init__(self, journal: SovereignJournal) -> None:
-        self._journal, self._calls = journal, 0
+    def __init__(self, journal: SovereignJournal, late: int = 1) -> None:
+        self._journal, self._calls, self._late = journal, 0, late
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._journal, name)
@@ -254,7 +254,8 @@ class _WritesBetweenPasses:
     def iter_logs(self, **kwargs: Any) -> Iterator[TransactionLog]:
         self._calls += 1
         if self._calls == 2:
-            self._journal.log_transaction(TransactionLog(T0 + 100, "late", "late", C))
+            for i in range(self._late):
+                self._journal.log_transaction(TransactionLog(T0 + 100 + i, "late", "late", C))
             self._journal.flush()
         return self._journal.iter_logs(**kwargs)
 
@@ -263,6 +264,13 @@ def test_newest_oldest_first_shows_no_more_than_the_limit_when_written_meanwhile
         journal: SovereignJournal) -> None:
     shown = list(_newest_oldest_first(_WritesBetweenPasses(journal), _Selection(), 2))  # type: ignore[arg-type]
     assert _seqs(shown) == [6, 7]
+
+
+def test_fewer_matches_than_the_limit_then_more_written_before_the_second_pass(
+        journal: SovereignJournal) -> None:
+    """Eight matches for a limit of 9: the second pass shows at most 9 though two were written."""
+    shown = list(_newest_oldest_first(_WritesBetweenPasses(journal, late=2), _Selection(), 9))  # type: ignore[arg-type]
+    assert _seqs(shown) == list(range(9))
 
 
 # -- building a selection; usage errors ---------------------------------------------------------
@@ -300,16 +308,21 @@ def test_since_must_be_before_until() -> None:
 
 # -- the shared options -------------------------------------------------------------------------
 
-@click.command()
-@_filter_options
-@_history_options
-def _probe(**kwargs: Any) -> None:
-    click.echo(repr(sorted(kwargs.items())))
+def _probe() -> click.Command:
+    """A command with the shared options, built when the test runs (the options are made by
+    calling the decorators: a command built at import would not show a change made later)."""
+    @click.command()
+    @_filter_options
+    @_history_options
+    def probe(**kwargs: Any) -> None:
+        click.echo(repr(sorted(kwargs.items())))
+    return probe
 
 
 def test_the_shared_options() -> None:
-    params = {p.name: p for p in _probe.params}
-    assert [p.name for p in _probe.params] == ["op", "status", "request_id", "since", "until", "archive",
+    probe = _probe()
+    params = {p.name: p for p in probe.params}
+    assert [p.name for p in probe.params] == ["op", "status", "request_id", "since", "until", "archive",
                                                "live_only"]
     op, status, rid = params["op"], params["status"], params["request_id"]
     since, until, archive, live = params["since"], params["until"], params["archive"], params["live_only"]
@@ -338,14 +351,15 @@ def test_the_shared_options() -> None:
 
 
 def test_the_shared_options_parse() -> None:
-    result = CliRunner().invoke(_probe, ["--op", "a", "--op", "b*", "--status", "failed", "--request-id", "r",
+    probe = _probe()
+    result = CliRunner().invoke(probe, ["--op", "a", "--op", "b*", "--status", "failed", "--request-id", "r",
                                          "--since", str(T0), "--until", "@1700000001", "--archive", "/x",
                                          "--live-only"])
     assert result.exit_code == 0, result.output
     assert result.output == repr(sorted({
         "op": ("a", "b*"), "status": ("Failed",), "request_id": ("r",), "since": T0, "until": T0 + 1000,
         "archive": "/x", "live_only": True}.items())) + "\n"
-    result = CliRunner().invoke(_probe, [])
+    result = CliRunner().invoke(probe, [])
     assert result.output == repr(sorted({
         "op": (), "status": (), "request_id": (), "since": None, "until": None, "archive": None,
         "live_only": False}.items())) + "\n"
