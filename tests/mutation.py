@@ -281,8 +281,8 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # waits between polls scripted) and the archive's in-process logs/export test
     "cli/_logs": (["test_cli_logs_units.py", "test_archive.py"],
                   "test_cli_logs_units or cli_archive_logs_export"),
-    # krepis stats (--by, the counters, the summary's orders and forms): its unit tests and the
-    # archive's and history's in-process stats tests
+    # krepis stats (--by, the counters, the summary's orders and forms): its unit tests (the
+    # command itself on a real store through click's runner)
     "cli/_stats": (["test_cli_stats_units.py"], None),
     # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
     "cli/_tlog_serve": (["test_tlog_serve_units.py", "test_tlog_serve.py", "test_witness.py"], _NO_PG),

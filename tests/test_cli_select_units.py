@@ -16,7 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from krepis import LogStatus, SovereignJournal, TransactionLog
+from krepis import LogStatus, SovereignJournal, StorageError, TransactionLog
 from krepis.cli._select import (
     _check_history,
     _check_range,
@@ -211,6 +211,23 @@ def test_select_entries_of_globs_matching_no_op_is_empty(journal: SovereignJourn
     assert list(select_entries(journal, _Selection(ops=("nope*",)), newest_first=True, limit=None)) == []
 
 
+def test_globs_matching_no_op_still_read_the_archive(tmp_path: Path) -> None:
+    """A glob no op matches is no reason to skip the archive's check: an archive that moved is an
+    error naming it, as for an exact op name, never a silent "nothing"."""
+    store, arch = tmp_path / "s", tmp_path / "arch"
+    with SovereignJournal(store, flush="interval:1000ms", retention="off") as j:
+        for i in range(300):
+            j.log_transaction(TransactionLog(T0 + i, "op", f"r{i}", C))
+        j.archive(arch, keep_last=10)
+    arch.rename(tmp_path / "moved")
+    with SovereignJournal(store, create=False, retention="off") as j:
+        for ops in (("nope",), ("nope*",)):
+            with pytest.raises(StorageError, match=f"in its archive at {arch}, which cannot be read"):
+                list(select_entries(j, _Selection(ops=ops), newest_first=True, limit=None))
+        assert list(select_entries(j, _Selection(ops=("nope*",), live_only=True), newest_first=True,
+                                   limit=None)) == []
+
+
 def test_select_entries_checked_here_keep_the_limit(journal: SovereignJournal) -> None:
     several = _Selection(request_ids=("req-1", "req-3"))
     assert _seqs(select_entries(journal, several, newest_first=True, limit=None)) == [5, 4, 1, 0]
@@ -219,6 +236,9 @@ def test_select_entries_checked_here_keep_the_limit(journal: SovereignJournal) -
     assert list(select_entries(journal, several, newest_first=False, limit=0)) == []
     grep = _Selection(grep=re.compile("^op_"))
     assert _seqs(select_entries(journal, grep, newest_first=True, limit=2)) == [6, 5]
+    # the other filters still go to the journal
+    narrowed = _Selection(ops=("op_write",), request_ids=("req-1", "req-3"), until=T0 + 4)
+    assert _seqs(select_entries(journal, narrowed, newest_first=True, limit=None)) == [5]
 
 
 def test_newest_oldest_first(journal: SovereignJournal) -> None:
