@@ -284,6 +284,9 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # krepis stats (--by, the counters, the summary's orders and forms): its unit tests (the
     # command itself on a real store through click's runner)
     "cli/_stats": (["test_cli_stats_units.py"], None),
+    # witness serve's handlers, witness status, tlog watch's loop: its unit tests (a real witness
+    # and a real journal's tile responder) and the witness's in-process tests (HTTP, status)
+    "cli/_witness": (["test_cli_witness_units.py", "test_witness.py"], None),
     # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
     "cli/_tlog_serve": (["test_tlog_serve_units.py", "test_tlog_serve.py", "test_witness.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",

@@ -1,0 +1,371 @@
+"""``krepis.cli._witness``'s helpers in-process: the witness's directory and key, ``--listen``'s
+every edge, the HTTP handlers of ``witness serve`` (each answer and log line, word for word:
+cosigned, each refusal, 409 with its size, a damaged or busy journal), the monitor's lock, how an
+entry is printed, the alarm on stdout and stderr, and the watch loop over a real journal's tile
+responder (``--once``, a warning and status 1, an alarm and status 3, the state kept, the waits
+between fetches)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import pytest
+
+from krepis import CorruptStorageError, JournalError, LogStatus, SovereignJournal, TransactionLog
+from krepis.cli import _witness
+from krepis.cli._tlog_serve import Reply, tile_responder
+from krepis.cli._witness import (
+    DEFAULT_STATE,
+    _alarm,
+    _cosigner,
+    _entry_json,
+    _listen,
+    _state_dir,
+    _state_lock,
+    _watch,
+    witness_handlers,
+)
+from krepis.tlog import Checkpoint, generate_cosigner, generate_signer
+from krepis.tlog._monitor import Alarm, load_state
+from krepis.tlog._note import format_checkpoint, sign_note
+from krepis.tlog._witness import Refusal, Witness
+
+LOG = generate_signer("example.com/log")
+WITNESS = generate_cosigner("witness.example/w1")
+T0 = 1_700_000_000_000
+Cap = pytest.CaptureFixture[str]
+
+
+def _grow(journal: SovereignJournal, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        journal.log_transaction(TransactionLog(T0 + i, "op", f"r{i}", LogStatus.Completed))
+
+
+def _note(journal: SovereignJournal, size: int) -> str:
+    return sign_note(format_checkpoint(Checkpoint(LOG.name, size, journal.tree_root(size))), LOG)
+
+
+def _body(journal: SovereignJournal, old: int, new: int) -> bytes:
+    proof = journal.consistency_proof(old, new).path if old else []
+    return ("".join(f"{line}\n" for line in [f"old {old}", *(base64.b64encode(h).decode() for h in proof)])
+            + "\n" + _note(journal, new)).encode()
+
+
+# -- the witness's directory, key and address ------------------------------------------------------
+
+def test_default_state() -> None:
+    assert DEFAULT_STATE == os.path.join(".krepis", "witness")
+
+
+def test_state_dir_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "w"
+    assert _state_dir(str(path)) == (str(path / "journal"), str(path / "lock"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert _state_dir(str(path)) == (str(path / "journal"), str(path / "lock"))  # (already there)
+
+
+def test_state_dir_that_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(click.ClickException) as raised:
+        _state_dir(str(tmp_path / "file" / "w"))
+    assert raised.value.message == f"cannot make the witness's directory {tmp_path}/file/w: Not a directory"
+    assert raised.value.__suppress_context__
+
+
+def test_cosigner_key(tmp_path: Path) -> None:
+    good = tmp_path / "w.key"
+    good.write_text(str(WITNESS) + "\n")
+    assert _cosigner(str(good)).name == WITNESS.name
+    bad = tmp_path / "bad.key"
+    bad.write_text("PRIVATE+KEY+nothing\n")
+    with pytest.raises(click.ClickException) as raised:
+        _cosigner(str(bad))
+    assert raised.value.message.startswith(f"{bad}: ") and raised.value.__suppress_context__
+    with pytest.raises(click.ClickException) as raised:
+        _cosigner(str(tmp_path / "missing"))
+    assert raised.value.message == (f"cannot read the witness key {tmp_path}/missing: "
+                                    "No such file or directory")
+
+
+@pytest.mark.parametrize(("listen", "address"), [
+    ("127.0.0.1:8081", ("127.0.0.1", 8081)), ("[::1]:80", ("::1", 80)), (":0", ("127.0.0.1", 0)),
+    ("example.com:65535", ("example.com", 65535)), ("[]:1", ("127.0.0.1", 1)), ("a:b:7", ("a:b", 7)),
+])
+def test_listen(listen: str, address: tuple[str, int]) -> None:
+    assert _listen(listen) == address
+
+
+@pytest.mark.parametrize("listen", ["h:65536", "h:-1", "h:", "h", "h:\u0663", "h:\u00b2", "h: 8"])
+def test_listen_refused(listen: str) -> None:
+    with pytest.raises(click.BadParameter) as raised:
+        _listen(listen)
+    assert raised.value.format_message() == f"Invalid value for --listen: {listen!r} is not HOST:PORT"
+
+
+# -- the handlers --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[SovereignJournal]:
+    with SovereignJournal(tmp_path / "log", flush="interval:1000ms") as journal:
+        _grow(journal, 20)
+        journal.flush()
+        yield journal
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[Witness]:
+    (tmp_path / "w").mkdir()
+    journal = SovereignJournal(tmp_path / "w" / "journal", retention="off")
+    core = Witness(WITNESS, [LOG.verifier()], journal, str(tmp_path / "w" / "lock"))
+    try:
+        yield core
+    finally:
+        core.close()
+        journal.close()
+
+
+def test_get(witness: Witness) -> None:
+    get, _ = witness_handlers(witness, print)
+    assert get("/add-checkpoint") == Reply(405, b"add-checkpoint is a POST\n", headers=(("Allow", "POST"),))
+    assert get("/") == Reply(404, b"not found: a witness answers POST /add-checkpoint\n")
+
+
+def test_post_cosigns_and_logs_it(witness: Witness, log: SovereignJournal) -> None:
+    lines: list[str] = []
+    _, post = witness_handlers(witness, lines.append)
+    not_found = Reply(404, b"not found: a witness answers POST /add-checkpoint\n")
+    assert post("/other", _body(log, 0, 5)) == not_found
+    reply = post("/add-checkpoint", _body(log, 0, 5))
+    assert reply.status == 200 and reply.content_type == "text/plain; charset=utf-8" and reply.headers == ()
+    assert reply.body.decode().startswith(f"\u2014 {WITNESS.name} ") and reply.body.endswith(b"\n")
+    assert lines == [f"krepis witness: cosigned {LOG.name} at tree size 5"]
+
+
+def test_post_refusals(witness: Witness, log: SovereignJournal) -> None:
+    lines: list[str] = []
+    _, post = witness_handlers(witness, lines.append)
+    assert post("/add-checkpoint", _body(log, 0, 5)).status == 200
+    lines.clear()
+    stale = post("/add-checkpoint", _body(log, 0, 7))  # the witness has seen 5: old must be 5
+    assert stale == Reply(409, b"5\n", "text/x.tlog.size")
+    [line] = lines
+    assert line.startswith("krepis witness: 409: ")
+    lines.clear()
+    bad = post("/add-checkpoint", b"not a request")
+    assert bad.status == 400 and bad.content_type == "text/plain; charset=utf-8"
+    assert lines == [f"krepis witness: 400: {bad.body.decode().rstrip()}"]
+
+
+class _Failing:
+    """A witness whose every request ends in ``error`` (what a damaged or busy journal raises)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def add_checkpoint(self, body: bytes) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "reply", "line"), [
+    (Refusal(403, "no\x1b key"), Reply(403, b"no\x1b key\n"), "krepis witness: 403: no\\x1b key"),
+    (Refusal(409, "behind"), Reply(409, b"behind\n"), "krepis witness: 409: behind"),
+    (Refusal(409, "behind", 0), Reply(409, b"0\n", "text/x.tlog.size"), "krepis witness: 409: behind"),
+    (Refusal(422, "x" * 400), Reply(422, b"x" * 400 + b"\n"), "krepis witness: 422: " + "x" * 300),
+    (CorruptStorageError("damaged\x1b at /w"), Reply(500, b"damaged\x1b at /w\n"),
+     "krepis witness: damaged\\x1b at /w"),
+    (JournalError("busy\x1b"), Reply(503, b"busy\x1b; try again\n"), "krepis witness: busy\\x1b"),
+])
+def test_post_errors(error: Exception, reply: Reply, line: str) -> None:
+    lines: list[str] = []
+    _, post = witness_handlers(_Failing(error), lines.append)  # type: ignore[arg-type]
+    assert post("/add-checkpoint", b"x") == reply
+    assert lines == [line]
+
+
+def test_the_cosigned_origin_is_logged_inert_and_cut(tmp_path: Path) -> None:
+    name = "example.com/" + "\x9b" * 100
+    signer = generate_signer(name)
+    (tmp_path / "w").mkdir()
+    with SovereignJournal(tmp_path / "log", flush="interval:1000ms") as log, \
+            SovereignJournal(tmp_path / "w" / "journal", retention="off") as journal:
+        _grow(log, 3)
+        core = Witness(WITNESS, [signer.verifier()], journal, str(tmp_path / "w" / "lock"))
+        try:
+            lines: list[str] = []
+            _, post = witness_handlers(core, lines.append)
+            note = sign_note(format_checkpoint(Checkpoint(name, 3, log.tree_root(3))), signer)
+            assert post("/add-checkpoint", f"old 0\n\n{note}".encode()).status == 200
+        finally:
+            core.close()
+    assert lines == ["krepis witness: cosigned " + ("example.com/" + "\\x9b" * 100)[:200] + " at tree size 3"]
+
+
+# -- the monitor ----------------------------------------------------------------------------------------
+
+def test_state_lock(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.json")
+    old = os.umask(0)
+    try:
+        with _state_lock(path):
+            assert stat.S_IMODE(os.stat(path + ".lock").st_mode) == 0o600
+            with pytest.raises(click.ClickException) as raised, _state_lock(path):
+                pass
+            assert raised.value.message == f"another monitor uses {path} (its lock {path}.lock is held)"
+            assert raised.value.__suppress_context__
+    finally:
+        os.umask(old)
+    with _state_lock(path):  # released
+        pass
+
+
+def test_state_lock_refuses_a_link(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "elsewhere", tmp_path / "s.json.lock")
+    with pytest.raises(OSError), _state_lock(str(tmp_path / "s.json")):
+        pass
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_state_lock_closes_its_descriptor(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    with _state_lock(str(tmp_path / "s.json")):
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(("data", "shown"), [
+    (b'{"a":1}', {"index": 4, "entry": {"a": 1}}),
+    (b"[1]", {"index": 4, "data": "WzFd"}),
+    (b"\xff{}", {"index": 4, "data": "/3t9"}),
+    (b"{nope", {"index": 4, "data": "e25vcGU="}),
+])
+def test_entry_json(data: bytes, shown: dict[str, object]) -> None:
+    assert _entry_json(4, data) == shown
+
+
+def test_alarm(capsys: Cap) -> None:
+    _alarm(Alarm("fork", "two \x1b roots", ("a\nb\x1b\n", "c\n")))
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"alarm": "fork", "message": "two \x1b roots",
+                                   "checkpoints": ["a\nb\x1b\n", "c\n"]}
+    assert out.out.count("\n") == 1
+    assert out.err == "krepis: ALARM: two \\x1b roots\n  a\n  b\\x1b\n  c\n"
+
+
+def _fetch(journal: SovereignJournal) -> Callable[[str, int], bytes]:
+    """The monitor's fetch, answered by ``tlog serve``'s responder on ``journal`` (no sockets)."""
+    respond = tile_responder(journal)
+
+    def fetch(rel: str, limit: int) -> bytes:
+        reply = respond("/" + rel)
+        if reply.status != 200:
+            raise OSError(f"GET {rel}: {reply.status}")
+        return reply.body[:limit]
+    return fetch
+
+
+def _script(monkeypatch: pytest.MonkeyPatch, *steps: Callable[[], None]) -> list[float]:
+    waits: list[float] = []
+    todo = list(steps)
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if not todo:
+            raise KeyboardInterrupt
+        todo.pop(0)()
+
+    monkeypatch.setattr(_witness, "time", types.SimpleNamespace(sleep=sleep))
+    return waits
+
+
+def test_watch_once(log: SovereignJournal, tmp_path: Path, capsys: Cap) -> None:
+    log.sign_checkpoint(LOG)
+    state_file = str(tmp_path / "s.json")
+    _watch(_fetch(log), None, state_file, [LOG.verifier()], [], None, 5.0, True)
+    out = capsys.readouterr()
+    lines = [json.loads(line) for line in out.out.splitlines()]
+    assert [line["index"] for line in lines] == list(range(20))
+    assert lines[3] == {"index": 3, "entry": {"timestamp": T0 + 3, "op_name": "op", "request_id": "r3",
+                                              "status": "Completed"}}
+    assert out.err == "krepis: checkpoint of tree size 20 verified (20 new entries)\n"
+    state = load_state(state_file, [LOG.verifier()])
+    assert state is not None and state.checkpoint.size == 20
+    # from the state kept: nothing new, nothing printed
+    _watch(_fetch(log), state, state_file, [LOG.verifier()], [], None, 5.0, True)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_watch_without_a_state_file(log: SovereignJournal, tmp_path: Path, capsys: Cap) -> None:
+    log.sign_checkpoint(LOG)
+    _watch(_fetch(log), None, None, [LOG.verifier()], [], None, 5.0, True)
+    assert capsys.readouterr().err == "krepis: checkpoint of tree size 20 verified (20 new entries)\n"
+    assert os.listdir(tmp_path) == ["log"]
+
+
+def test_watch_goes_on_until_stopped(log: SovereignJournal, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: Cap) -> None:
+    log.sign_checkpoint(LOG)
+
+    def grow() -> None:
+        _grow(log, 2, start=20)
+        log.flush()
+        log.sign_checkpoint(LOG)
+    waits = _script(monkeypatch, grow, lambda: None)
+    with pytest.raises(KeyboardInterrupt):
+        _watch(_fetch(log), None, None, [LOG.verifier()], [], None, 7.5, False)
+    out = capsys.readouterr()
+    assert [json.loads(line)["index"] for line in out.out.splitlines()] == list(range(22))
+    assert out.err == ("krepis: checkpoint of tree size 20 verified (20 new entries)\n"
+                       "krepis: checkpoint of tree size 22 verified (2 new entries)\n")
+    assert waits == [7.5, 7.5, 7.5]
+
+
+def test_watch_warns_and_goes_on(log: SovereignJournal, monkeypatch: pytest.MonkeyPatch, capsys: Cap) -> None:
+    waits = _script(monkeypatch, lambda: log.sign_checkpoint(LOG))  # no checkpoint yet: a 404
+    with pytest.raises(KeyboardInterrupt):
+        _watch(_fetch(log), None, None, [LOG.verifier()], [], None, 2.0, False)
+    out = capsys.readouterr()
+    assert out.err == ("krepis: warning: GET checkpoint: 404\n"
+                       "krepis: checkpoint of tree size 20 verified (20 new entries)\n")
+    assert len(out.out.splitlines()) == 20 and waits == [2.0, 2.0]
+
+
+def test_watch_once_warns_with_status_1(log: SovereignJournal, capsys: Cap) -> None:
+    with pytest.raises(SystemExit) as raised:
+        _watch(_fetch(log), None, None, [LOG.verifier()], [], None, 2.0, True)
+    assert raised.value.code == 1
+    assert capsys.readouterr() == ("", "krepis: warning: GET checkpoint: 404\n")
+    other = generate_signer(LOG.name)
+    log.sign_checkpoint(other)
+    with pytest.raises(SystemExit) as raised:
+        _watch(_fetch(log), None, None, [LOG.verifier()], [], None, 2.0, True)
+    assert raised.value.code == 1
+    assert capsys.readouterr().err.startswith("krepis: warning: ")
+
+
+def test_watch_alarm_with_status_3(log: SovereignJournal, tmp_path: Path, capsys: Cap) -> None:
+    log.sign_checkpoint(LOG)
+    state_file = str(tmp_path / "s.json")
+    _watch(_fetch(log), None, state_file, [LOG.verifier()], [], None, 2.0, True)
+    capsys.readouterr()
+    state = load_state(state_file, [LOG.verifier()])
+    with SovereignJournal(tmp_path / "forked", flush="interval:1000ms") as forked:  # another history
+        for i in range(25):
+            forked.log_transaction(TransactionLog(T0 + i, "op", f"x{i}", LogStatus.Completed))
+        forked.flush()
+        forked.sign_checkpoint(LOG)
+        with pytest.raises(SystemExit) as raised:
+            _watch(_fetch(forked), state, state_file, [LOG.verifier()], [], None, 2.0, True)
+    assert raised.value.code == 3
+    out = capsys.readouterr()
+    alarm = json.loads(out.out)
+    assert set(alarm) == {"alarm", "message", "checkpoints"} and len(alarm["checkpoints"]) == 2
+    assert out.err.startswith(f"krepis: ALARM: {alarm['message']}\n")
+    kept = load_state(state_file, [LOG.verifier()])
+    assert kept is not None and kept.checkpoint.size == 20  # the alarm moved nothing
