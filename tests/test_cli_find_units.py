@@ -221,6 +221,10 @@ def test_seen_every_4096_entries_read(many: SovereignJournal) -> None:
     assert found == _Selection(request_ids=("r-8199",), request_globs=("r-81*",)) and seen == []
     found, _ = _resolve(many, "r-00", "zz*", seen=seen.append)  # no id begins r-00: a whole pass
     assert found is None and seen == [4096, 8192]
+    seen.clear()
+    for last, calls in ((4095, []), (4096, [4096])):  # a pass over exactly 4,095 or 4,096 entries
+        found, _ = resolve_requests(many, _Selection(request_ids=("zz",), until=T0 + last), seen=seen.append)
+        assert found is None and seen == calls
 
 
 def test_the_scan_stops_once_every_prefix_is_ambiguous(many: SovereignJournal) -> None:
