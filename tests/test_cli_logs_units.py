@@ -149,6 +149,45 @@ def test_follow_reads_the_archive_given(tmp_path: Path, monkeypatch: pytest.Monk
     assert capsys.readouterr().out.splitlines() == [f"{i}:op:r-{i}" for i in range(250, 301)]
 
 
+def test_follow_live_only_never_reads_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: Cap) -> None:
+    """--live-only with the recorded archive moved away: the new entries are read live only too."""
+    store, arch = tmp_path / "s", tmp_path / "arch"
+    with SovereignJournal(store, flush="interval:1000ms", retention="off") as journal:
+        _append(journal, *(_entry(i) for i in range(300)))()
+        journal.archive(arch, keep_last=2)
+    arch.rename(tmp_path / "moved")
+    with SovereignJournal(store, create=False, flush="interval:1000ms", retention="off") as journal:
+        _script(monkeypatch, _append(journal, _entry(300)))
+        _follow(journal, _Selection(live_only=True), 1, _render)
+    assert capsys.readouterr().out == "299:op:r-299\n300:op:r-300\n"
+
+
+class _WrittenAtTheStart:
+    """The real journal, with one entry appended by another writer just after ``_follow`` took
+    its starting point (its first look at the tree head)."""
+
+    def __init__(self, journal: SovereignJournal) -> None:
+        self._journal, self._heads = journal, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._journal, name)
+
+    def tree_head(self) -> object:
+        self._heads += 1
+        if self._heads == 1:
+            _append(self._journal, _entry(1, rid="meanwhile"))()
+        return self._journal.tree_head()
+
+
+def test_follow_shows_an_entry_written_at_the_start_once(
+        journal: SovereignJournal, monkeypatch: pytest.MonkeyPatch, capsys: Cap) -> None:
+    _append(journal, _entry(0))()
+    _script(monkeypatch, _nothing)
+    _follow(_WrittenAtTheStart(journal), _Selection(), 20, _render)  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "0:op:r-0\n1:op:meanwhile\n"
+
+
 def test_counted_reports_every_4096_entries_and_the_end() -> None:
     entries = [_entry(i) for i in range(8200)]
     calls: list[tuple[int, int | None]] = []
