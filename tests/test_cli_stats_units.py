@@ -280,6 +280,19 @@ def test_summary_piped(capsys: Cap) -> None:
                        "in /p\\x1b\n")
 
 
+def test_summary_piped_leaves_missing_values_empty(capsys: Cap) -> None:
+    rows = (_row("started_only", None, 2, 0, None),)
+    _show_summary(Summary(("op",), None, None, rows, rows[0], 2, 0), "/p", "name", None, False, False)
+    assert capsys.readouterr().out.splitlines()[1] == "started_only\t2\t0\t2\t0\t\t2\t\t\t\t"
+
+
+def test_summary_table_leaves_missing_values_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    _on_tty(monkeypatch)
+    rows = [_row("started_only", None, 2, 0, None)]
+    assert _table(rows, rows[0], ["op"])[1:] == ["started_only        2       0",
+                                                 "TOTAL               2       0"]
+
+
 def test_summary_as_csv(monkeypatch: pytest.MonkeyPatch) -> None:
     tty = _on_tty(monkeypatch)
     _show_summary(BY_OP, "/p", "rate", None, False, True)
