@@ -97,6 +97,7 @@ def test_cosigner_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("listen", "address"), [
     ("127.0.0.1:8081", ("127.0.0.1", 8081)), ("[::1]:80", ("::1", 80)), (":0", ("127.0.0.1", 0)),
     ("example.com:65535", ("example.com", 65535)), ("[]:1", ("127.0.0.1", 1)), ("a:b:7", ("a:b", 7)),
+    ("XhostX:5", ("XhostX", 5)),
 ])
 def test_listen(listen: str, address: tuple[str, int]) -> None:
     assert _listen(listen) == address
@@ -249,6 +250,11 @@ def test_entry_json(data: bytes, shown: dict[str, object]) -> None:
     assert _entry_json(4, data) == shown
 
 
+def test_alarm_prints_each_line_of_the_notes_as_it_is(capsys: Cap) -> None:
+    _alarm(Alarm("rollback", "smaller", ("a b\nc \t\n", "c\nX\n")))
+    assert capsys.readouterr().err == "krepis: ALARM: smaller\n  a b\n  c \\t\n  c\n  X\n"
+
+
 def test_alarm(capsys: Cap) -> None:
     _alarm(Alarm("fork", "two \x1b roots", ("a\nb\x1b\n", "c\n")))
     out = capsys.readouterr()
@@ -299,6 +305,22 @@ def test_watch_once(log: SovereignJournal, tmp_path: Path, capsys: Cap) -> None:
     # from the state kept: nothing new, nothing printed
     _watch(_fetch(log), state, state_file, [LOG.verifier()], [], None, 5.0, True)
     assert capsys.readouterr() == ("", "")
+
+
+def test_watch_with_a_quorum_of_witnesses(log: SovereignJournal, capsys: Cap) -> None:
+    note = log.sign_checkpoint(LOG)
+    w1, w2 = generate_cosigner("w1.example"), generate_cosigner("w2.example")
+    cosigned = note + w1.cosign(note.split("\n\n")[0] + "\n", 1_700_000_000)
+    served = _fetch(log)
+
+    def fetch(rel: str, limit: int) -> bytes:
+        return cosigned.encode()[:limit] if rel == "checkpoint" else served(rel, limit)
+    witnesses = [w1.verifier(), w2.verifier()]
+    _watch(fetch, None, None, [LOG.verifier()], witnesses, 1, 5.0, True)  # type: ignore[list-item]
+    assert capsys.readouterr().err == "krepis: checkpoint of tree size 20 verified (20 new entries)\n"
+    with pytest.raises(SystemExit) as raised:  # every witness by default: one is not enough
+        _watch(fetch, None, None, [LOG.verifier()], witnesses, None, 5.0, True)  # type: ignore[list-item]
+    assert raised.value.code == 1 and "fewer than the quorum of 2" in capsys.readouterr().err
 
 
 def test_watch_without_a_state_file(log: SovereignJournal, tmp_path: Path, capsys: Cap) -> None:
