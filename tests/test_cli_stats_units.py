@@ -334,3 +334,107 @@ def test_stats_command(store: Path) -> None:
     assert result.stdout.splitlines()[1:] == ["a,1,0,0,1,1.0,1,4,4,4,4"]
     result = CliRunner().invoke(cli, ["--storage", str(store), "stats", "--by", "status", "--json", "--csv"])
     assert result.exit_code == 2 and "--json and --csv do not go together" in result.stderr
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> tuple[Path, Path]:
+    """300 entries (ops b, a, b, a…; every third Failed), 256 of them archived; counter a at 1."""
+    store, arch = tmp_path / "s", tmp_path / "arch"
+    with SovereignJournal(store, flush="interval:1000ms", retention="off") as journal:
+        for i in range(300):
+            journal.log_transaction(TransactionLog(T0 + i, "a" if i % 2 else "b", f"r{i}",
+                                                   LogStatus.Failed if i % 3 == 0 else LogStatus.Completed,
+                                                   duration_us=i))
+        journal.increment_op_count("a")
+        journal.archive(arch, keep_last=44)
+    return store, arch
+
+
+def _stats_of(store: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--storage", str(store), "stats", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_stats_counts_as_json(archived: tuple[Path, Path], tmp_path: Path) -> None:
+    store, arch = archived
+    code, out, err = _stats_of(store, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"storage": str(store), "journal_entries": 300,
+                               "entries": {"live": 44, "archived": 256, "total": 300}, "archive": str(arch),
+                               "op_counts": {"a": 1}}
+    code, out, _ = _stats_of(store, "--json", "--live-only")
+    assert code == 0 and json.loads(out)["journal_entries"] == 44 and json.loads(out)["archive"] == str(arch)
+    moved = tmp_path / "moved"
+    arch.rename(moved)
+    code, out, _ = _stats_of(store, "--json", "--archive", str(moved))
+    assert code == 0 and json.loads(out)["archive"] == str(moved) and "archive_error" not in json.loads(out)
+
+
+def test_stats_counts_shown_before_the_archives_error(archived: tuple[Path, Path]) -> None:
+    store, arch = archived
+    arch.rename(arch.parent / "moved")
+    code, out, err = _stats_of(store)
+    assert (code, out) == (1, "a\t1\n")
+    reason = (f"entries 0…255 of the journal at {store} are in its archive at {arch}, which cannot be read: "
+              f"there is no archive at {arch}; if the archive moved, record its new place: krepis archive "
+              "--set-dir DIR (journal.set_archive_dir(DIR)); --live-only (live_only=True) reads the live "
+              "store alone")
+    assert err == (f"300 journal entries (44 live, 256 archived in {arch}), 1 counter in {store}\n"
+                   f"Error: {reason} (the counts above are the store's own)\n")
+    code, out, err = _stats_of(store, "--json")
+    assert code == 1 and json.loads(out)["archive_error"] == reason
+    assert err == f"Error: {reason} (the counts above are the store's own)\n"
+    code, out, err = _stats_of(store, "--live-only")  # the archive is not read
+    assert (code, out) == (0, "a\t1\n")
+    assert err == f"44 live journal entries (--live-only; 256 archived), 1 counter in {store}\n"
+
+
+def test_stats_refusals(archived: tuple[Path, Path]) -> None:
+    store, arch = archived
+    code, _, err = _stats_of(store, "--archive", str(arch), "--live-only")
+    assert (code, err) == (2, "Error: --archive and --live-only do not go together (see cli stats --help)\n")
+    code, _, err = _stats_of(store, "--since", str(T0), "--until", str(T0))
+    assert code == 2 and err.startswith("Error: --since 2023-11-14T22:13:20.000Z is not before --until")
+    code, _, err = _stats_of(store, "--json", "--csv")
+    assert (code, err) == (2, "Error: --json and --csv do not go together (see cli stats --help)\n")
+    code, out, _ = _stats_of(store, "--csv")
+    assert (code, out) == (0, "counter,value\na,1\n")
+
+
+@pytest.mark.parametrize("args", [["--since", str(T0 + 150)], ["--until", str(T0 + 150)], ["--op", "a"],
+                                  ["--status", "failed"], ["--by", "op"]])
+def test_stats_filters_imply_a_summary_by_op(archived: tuple[Path, Path], args: list[str]) -> None:
+    store, _ = archived
+    code, out, _ = _stats_of(store, *args, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["by"] == ["op"] and summary["storage"] == str(store) and summary["sort"] == "failed"
+    with SovereignJournal(store, create=False) as journal:
+        since = int(args[1]) if args[0] == "--since" else None
+        until = int(args[1]) if args[0] == "--until" else None
+        expected = journal.summary(("op",), since=since, until=until,
+                                   op_name=["a"] if args[0] == "--op" else None,
+                                   status=["Failed"] if args[0] == "--status" else None)
+    assert summary["rows"] == [row.to_dict() for row in _sorted(expected.rows, "failed")]
+    assert summary["total"] == expected.total.to_dict()
+    assert (summary["live_entries"], summary["archived_entries"]) == (expected.live_entries,
+                                                                      expected.archived_entries)
+
+
+def test_stats_summary_of_the_history_read(archived: tuple[Path, Path], tmp_path: Path) -> None:
+    store, arch = archived
+    moved = tmp_path / "moved"
+    arch.rename(moved)
+    code, out, _ = _stats_of(store, "--by", "status", "--live-only", "--json")
+    live = json.loads(out)
+    assert code == 0 and live["total"]["entries"] == 44 and live["archived_entries"] == 0
+    code, out, _ = _stats_of(store, "--by", "status", "--archive", str(moved), "--json", "--sort", "name",
+                             "-n", "2")
+    summary = json.loads(out)
+    assert code == 0 and summary["total"]["entries"] == 300 and summary["archived_entries"] == 256
+    assert [row["status"] for row in summary["rows"]] == ["Completed", "Failed"] and summary["sort"] == "name"
+    code, out, err = _stats_of(store, "--by", "op")
+    assert code == 1 and out == "" and f"there is no archive at {arch}" in err
+    code, out, err = _stats_of(store, "--by", "op", "--live-only")
+    assert code == 0 and out.splitlines()[0].startswith("op\tentries\t")
+    assert err == f"44 entries in 2 groups (44 live, 0 archived) in {store}\n"
