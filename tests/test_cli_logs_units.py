@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.cli import _logs, cli
@@ -256,3 +257,255 @@ def test_count_and_a_missed_request(store: Path) -> None:
                                       "--count"])
     assert (result.exit_code, result.stdout) == (0, '{"count": 0}\n')
     assert result.stderr == "krepis: no request id is or begins with 'zz'\n"
+
+
+# -- the commands' bodies, in process -----------------------------------------------------------
+
+class _TtyStream:
+    """A stream that says it is a terminal (the rest is the stream's)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+class _TtySys:
+    """``sys`` as ``_logs`` sees it, with stdout (and stdin) on a terminal."""
+
+    def __init__(self, stdin: bool = False) -> None:
+        self._stdin = stdin
+
+    @property
+    def stdout(self) -> object:
+        return _TtyStream(sys.stdout)
+
+    @property
+    def stdin(self) -> object:
+        return _TtyStream(sys.stdin) if self._stdin else sys.stdin
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(sys, name)
+
+
+def _run(store: Path, *args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(cli, ["--storage", str(store), *args], input=stdin)
+
+
+def _rids(result: Result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return [line.split("\t")[2] for line in result.stdout.splitlines()]
+
+
+def test_logs_newest_first_limited(store: Path) -> None:
+    assert _rids(_run(store, "logs")) == ["r-4", "r-3", "r-2", "r-1", "r-0"]
+    assert _rids(_run(store, "logs", "-n", "2")) == ["r-4", "r-3"]
+    assert _rids(_run(store, "logs", "-n", "2", "--all")) == ["r-4", "r-3", "r-2", "r-1", "r-0"]
+    assert _rids(_run(store, "logs", "-n", "2", "--reverse")) == ["r-3", "r-4"]
+    assert _rids(_run(store, "logs", "--op", "a", "--grep", "r-[13]", "-i")) == ["r-3", "r-1"]
+    assert _run(store, "logs", "-n", "1").stdout == "2023-11-14T22:13:20.004Z\tb\tr-4\tCompleted\t4\t\n"
+
+
+def test_logs_refusals(store: Path) -> None:
+    for args, message in (
+            (["--count", "-f"], "--count and --follow do not go together"),
+            (["--since", str(T0 + 1), "--until", str(T0)],
+             "--since 2023-11-14T22:13:20.001Z is not before --until 2023-11-14T22:13:20.000Z: no entry can "
+             "match (--since is inclusive, --until exclusive)"),
+            (["-i"], "--ignore-case goes with --grep"),
+            (["--archive", "x", "--live-only"], "--archive and --live-only do not go together"),
+            (["--json", "-o", "csv"], "--json is --format jsonl: it does not go with --format csv")):
+        result = _run(store, "logs", *args)
+        assert (result.exit_code, result.stdout) == (2, ""), args
+        assert result.stderr == f"Error: {message} (see cli logs --help)\n"
+
+
+def test_logs_formats(store: Path) -> None:
+    jsonl = _run(store, "logs", "-n", "1", "--json", "--format", "JSONL")
+    assert jsonl.stdout == ('{"seq":4,"timestamp":1700000000004,"op_name":"b","request_id":"r-4",'
+                            '"status":"Completed","duration_us":4}\n')
+    assert _run(store, "logs", "-n", "1", "--json", "-o", "json").stdout == jsonl.stdout
+    assert _run(store, "logs", "-n", "1", "-o", "Json").stdout == jsonl.stdout
+    assert _run(store, "logs", "-n", "1", "-o", "CSV").stdout == (
+        "seq,time,op_name,request_id,status,duration_us,error\n4,2023-11-14T22:13:20.004Z,b,r-4,Completed,4,\n")
+    assert _run(store, "logs", "-n", "1", "-o", "tsv").stdout == _run(store, "logs", "-n", "1").stdout
+
+
+def test_logs_count(store: Path) -> None:
+    assert _run(store, "logs", "--count").stdout == "5\n"
+    assert _run(store, "logs", "--count", "-n", "1").stdout == "5\n"
+    assert _run(store, "logs", "--count", "--json").stdout == '{"count": 5}\n'
+    assert _run(store, "logs", "--count", "-o", "jsonl").stdout == '{"count": 5}\n'
+    assert _run(store, "logs", "--count", "-o", "json").stdout == '{"count": 5}\n'
+    assert _run(store, "logs", "--count", "--op", "a").stdout == "2\n"
+    assert _run(store, "logs", "--count", "--request-id", "r-1", "--request-id", "r-2").stdout == "2\n"
+
+
+def test_logs_count_of_an_archived_history(tmp_path: Path) -> None:
+    store, arch = tmp_path / "s", tmp_path / "arch"
+    with SovereignJournal(store, flush="interval:1000ms", retention="off") as journal:
+        _append(journal, *(_entry(i, "a" if i % 2 else "b") for i in range(300)))()
+        journal.archive(arch, keep_last=44)
+    assert _run(store, "logs", "--count").stdout == "300\n"
+    assert _run(store, "logs", "--count", "--live-only").stdout == "44\n"
+    assert _run(store, "logs", "--count", "--live-only", "--op", "a").stdout == "22\n"
+    arch.rename(tmp_path / "moved")
+    for args in (["--count"], ["--count", "--op", "a"]):
+        result = _run(store, "logs", *args)
+        assert result.exit_code == 1 and f"there is no archive at {arch};" in result.stderr, args
+    assert _run(store, "logs", "--count", "--live-only").stdout == "44\n"
+    assert _run(store, "logs", "--count", "--archive", str(tmp_path / "moved")).stdout == "300\n"
+
+
+def test_logs_of_a_request_not_there(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    miss = "krepis: no request id is or begins with 'zz'\n"
+    for args, out in ((["--count"], "0\n"), (["--count", "--json"], '{"count": 0}\n'), ([], ""),
+                      (["-o", "csv"], "seq,time,op_name,request_id,status,duration_us,error\n"),
+                      (["--json"], ""), (["-o", "table"], "-- no entries --\n")):
+        result = _run(store, "logs", "--request-id", "zz", *args)
+        assert (result.exit_code, result.stdout, result.stderr) == (0, out, miss), args
+    monkeypatch.setattr(_logs, "sys", _TtySys())
+    result = _run(store, "logs", "--request-id", "zz")
+    assert (result.stdout, result.stderr) == ("-- no entries --\n", miss)
+
+
+def test_logs_follow(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SovereignJournal(store, create=False, flush="interval:1000ms") as journal:
+        _script(monkeypatch, _append(journal, _entry(9, "a", "zz-9")))
+        result = _run(store, "logs", "-f", "-n", "1", "-o", "csv", "--op", "a")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == ("seq,time,op_name,request_id,status,duration_us,error\n"
+                             "3,2023-11-14T22:13:20.003Z,a,r-3,Completed,3,\n"
+                             "5,2023-11-14T22:13:20.009Z,a,zz-9,Completed,9,\n")
+    with SovereignJournal(store, create=False, flush="interval:1000ms") as journal:
+        _script(monkeypatch, _append(journal, _entry(10, "a", "zz-10")))
+        result = _run(store, "logs", "-f", "--request-id", "zz-1*")  # a request that may come
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert [line.split("\t")[2] for line in result.stdout.splitlines()] == ["zz-10"]
+    with SovereignJournal(store, create=False, flush="interval:1000ms") as journal:
+        _script(monkeypatch)
+        result = _run(store, "logs", "-f", "-n", "1")
+    assert result.stdout == "2023-11-14T22:13:20.010Z\ta\tzz-10\tCompleted\t10\t\n"
+
+
+def test_logs_table_on_a_terminal(store: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(_logs, "sys", _TtySys())
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("LINES", "4")
+    paged = tmp_path / "paged"
+    monkeypatch.setenv("KREPIS_PAGER", f"sh -c 'cat > {paged}'")
+    result = _run(store, "logs", "--no-pager")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6 and lines[0].split() == ["TIME", "OP", "REQUEST", "STATUS", "TOOK", "ERROR"]
+    assert [line.split()[3] for line in lines[1:]] == ["r-4", "r-3", "r-2", "r-1", "r-0"]
+    assert not paged.exists()
+    result = _run(store, "logs")  # longer than the 4-line screen: through the pager
+    assert result.stdout == "" and paged.read_text().splitlines() == lines
+    paged.unlink()
+    assert _run(store, "logs", "-n", "2").stdout.count("\n") == 3 and not paged.exists()  # it fits
+
+
+def test_logs_table_fitted_to_the_first_100_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:1000ms") as journal:
+        _append(journal, _entry(0, "a_rather_long_op_name"), *(_entry(i, "a") for i in range(1, 101)))()
+    monkeypatch.setattr(_logs, "sys", _TtySys())
+    monkeypatch.setenv("COLUMNS", "200")
+    result = _run(store, "logs", "--all", "--no-pager")
+    assert result.exit_code == 0, result.output
+    last = result.stdout.splitlines()[-1]
+    assert "a_rather_long_op_name" not in last and "…" in last  # the 101st entry: cut to the column
+    result = _run(store, "logs", "-n", "100", "--reverse", "--no-pager")
+    assert "a_rather_long_op_name" not in result.stdout
+    result = _run(store, "logs", "--all", "--reverse", "--no-pager")
+    assert "a_rather_long_op_name" in result.stdout.splitlines()[1]
+
+
+def test_export_to_stdout(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ('{"seq":0,"timestamp":1700000000000,"op_name":"b","request_id":"r-0","status":"Completed",'
+             '"duration_us":0}')
+    result = _run(store, "export")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[0] == first and len(result.stdout.splitlines()) == 5
+    assert _run(store, "export", "--format", "JSON").stdout == result.stdout
+    assert _run(store, "export", "--format", "CSV", "--op", "a").stdout == (
+        "seq,time,op_name,request_id,status,duration_us,error\n1,2023-11-14T22:13:20.001Z,a,r-1,Completed,1,\n"
+        "3,2023-11-14T22:13:20.003Z,a,r-3,Completed,3,\n")
+    assert _run(store, "export", "--format", "tsv", "--request-id", "r-1").stdout == (
+        "2023-11-14T22:13:20.001Z\ta\tr-1\tCompleted\t1\t\n")
+    result = _run(store, "export", "--request-id", "zz", "--format", "csv")
+    assert (result.stdout, result.stderr) == ("seq,time,op_name,request_id,status,duration_us,error\n",
+                                              "krepis: no request id is or begins with 'zz'\n")
+    assert _run(store, "export", "--grep", "R-4", "-i").stdout.splitlines()[0].startswith('{"seq":4,')
+    refusals = ((["--since", str(T0), "--until", str(T0)],
+                 "--since 2023-11-14T22:13:20.000Z is not before --until 2023-11-14T22:13:20.000Z"),
+                (["-i"], "--ignore-case goes with --grep"),
+                (["--archive", "x", "--live-only"], "--archive and --live-only do not go together"))
+    for args, message in refusals:
+        result = _run(store, "export", *args)
+        assert result.exit_code == 2 and result.stderr.startswith(f"Error: {message}"), args
+
+
+def test_export_to_a_terminal_inert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:1000ms") as journal:
+        journal.log_transaction(_entry(0, "op\x1b[2J"))
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setattr(_logs, "sys", _TtySys())
+    shown = _run(store, "export").stdout
+    assert "\\u001b" in shown and "\x1b" not in shown  # JSON's escape, made inert for the terminal
+    assert _run(store, "export", "-o", str(out)).exit_code == 0
+    assert out.read_text() == ('{"seq":0,"timestamp":1700000000000,"op_name":"op\\u001b[2J",'
+                               '"request_id":"r-0","status":"Completed","duration_us":0}\n')  # stored form
+    monkeypatch.setattr(_logs, "sys", sys)
+    assert _run(store, "export").stdout == out.read_text()
+
+
+def test_export_formats_to_a_file(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.tsv"
+    result = _run(store, "export", "--format", "TSV", "-o", str(out), "--live-only")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == f"exported 5 entries to {out}\n"
+    assert out.read_text().splitlines()[0] == "2023-11-14T22:13:20.000Z\tb\tr-0\tCompleted\t0\t"
+    result = _run(store, "export", "--request-id", "zz", "-o", str(out))
+    assert result.stderr == (f"krepis: no request id is or begins with 'zz'\nexported 0 entries to {out}\n")
+    assert out.read_text() == ""
+
+
+def test_export_of_an_archived_history(tmp_path: Path) -> None:
+    store, arch = tmp_path / "s", tmp_path / "arch"
+    with SovereignJournal(store, flush="interval:1000ms", retention="off") as journal:
+        _append(journal, *(_entry(i) for i in range(300)))()
+        journal.archive(arch, keep_last=44)
+    assert _run(store, "export").stdout.count("\n") == 300
+    assert _run(store, "export", "--live-only").stdout.splitlines()[0].startswith('{"seq":256,')
+    moved = tmp_path / "moved"
+    arch.rename(moved)
+    assert _run(store, "export").exit_code == 1
+    assert _run(store, "export", "--archive", str(moved)).stdout.count("\n") == 300
+
+
+def test_clear(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run(store, "clear")
+    assert (result.exit_code, result.stderr) == (2, "Error: refusing to clear the journal without --yes "
+                                                    "(see cli clear --help)\n")
+    monkeypatch.setattr(_logs, "sys", _TtySys(stdin=True))
+    result = _run(store, "clear", stdin="n\n")
+    assert result.exit_code == 1
+    assert result.stdout == f"Delete every entry and counter in {store}? [y/N]: n\n"
+    assert result.stderr == "Aborted!\n"
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.journal_count() == 5
+    result = _run(store, "clear", stdin="y\n")
+    assert result.exit_code == 0
+    assert result.stdout == (f"Delete every entry and counter in {store}? [y/N]: y\n"
+                             f"cleared 5 entries and all counters in {store}\n")
+    monkeypatch.setattr(_logs, "sys", sys)
+    result = _run(store, "clear", "--yes")
+    assert result.stdout == f"cleared 1 entries and all counters in {store}\n"  # (the first clear's trace)
+    with SovereignJournal(store, create=False) as journal:
+        assert journal.journal_count() == 1
