@@ -6,6 +6,7 @@ in batches of 512 lines, and ``export -o FILE`` / ``--count`` through click's ru
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -509,3 +510,103 @@ def test_clear(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.stdout == f"cleared 1 entries and all counters in {store}\n"  # (the first clear's trace)
     with SovereignJournal(store, create=False) as journal:
         assert journal.journal_count() == 1
+
+
+@pytest.mark.parametrize("command", [["logs"], ["logs", "--count"], ["export"], ["clear", "--yes"]])
+def test_reads_no_policy_of_the_environment(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                            command: list[str]) -> None:
+    """KREPIS_FLUSH and KREPIS_RETENTION (here ones that do not parse) are not read."""
+    monkeypatch.setenv("KREPIS_FLUSH", "whenever")
+    monkeypatch.setenv("KREPIS_RETENTION", "keep-forever-please")
+    result = _run(store, *command)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", [["logs"], ["logs", "--count"], ["export"], ["clear", "--yes"]])
+def test_no_store_is_created(tmp_path: Path, command: list[str]) -> None:
+    result = _run(tmp_path / "none", *command)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"Error: there is no krepis store at {tmp_path / 'none'}\n"
+    assert not (tmp_path / "none").exists()
+
+
+def test_logs_and_export_filter_by_time_and_grep(store: Path) -> None:
+    assert _rids(_run(store, "logs", "--since", str(T0 + 3))) == ["r-4", "r-3"]
+    assert _rids(_run(store, "logs", "--until", str(T0 + 1))) == ["r-0"]
+    assert _rids(_run(store, "logs", "--grep", "R-[13]", "-i")) == ["r-3", "r-1"]
+    assert _rids(_run(store, "logs", "--status", "completed", "--request-id", "r-2")) == ["r-2"]
+    assert _rids(_run(store, "export", "-o", "-", "--format", "tsv", "--since", str(T0 + 3))) == ["r-3",
+                                                                                                  "r-4"]
+    assert _rids(_run(store, "export", "--format", "tsv", "--until", str(T0 + 1))) == ["r-0"]
+    assert _rids(_run(store, "export", "--format", "tsv", "--grep", "r-[13]")) == ["r-1", "r-3"]
+    assert _rids(_run(store, "export", "--format", "tsv", "--status", "Completed", "--op", "a",
+                      "--request-id", "r-3")) == ["r-3"]
+
+
+def test_export_json_lines_inert_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A right-to-left override (which JSON leaves as it is): escaped for a terminal, the stored
+    form byte for byte elsewhere — piped, or in a file, whatever --format's letter case."""
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:1000ms") as journal:
+        journal.log_transaction(_entry(0, "op\u202e"))
+    stored = ('{"seq":0,"timestamp":1700000000000,"op_name":"op\u202e","request_id":"r-0",'
+              '"status":"Completed","duration_us":0}\n')
+    assert _run(store, "export").stdout == stored
+    for fmt in ("jsonl", "json", "JSONL", "Json"):
+        out = tmp_path / f"out-{fmt}"
+        assert _run(store, "export", "--format", fmt, "-o", str(out)).exit_code == 0
+        assert out.read_text() == stored, fmt
+        assert _run(store, "export", "--format", fmt).stdout == stored, fmt
+    monkeypatch.setattr(_logs, "sys", _TtySys())
+    shown = stored.replace("\u202e", "\\u202e")
+    assert _run(store, "export").stdout == shown
+    assert _run(store, "export", "--format", "json").stdout == shown
+    out = tmp_path / "out"
+    assert _run(store, "export", "-o", str(out)).exit_code == 0 and out.read_text() == stored
+
+
+def test_export_table_piped_has_no_colour(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    result = _run(store, "export", "--format", "table")
+    assert result.exit_code == 0 and "\x1b" not in result.stdout
+    assert result.stdout.splitlines()[0].split() == ["TIME", "OP", "REQUEST", "STATUS", "TOOK", "ERROR"]
+
+
+def _record_bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    """What the export reports to its progress bar (the bar itself draws only on a terminal)."""
+    calls: list[tuple[object, ...]] = []
+
+    @contextlib.contextmanager
+    def progress_bar(ctx: object, label: str, *,
+                     unless: bool = False) -> Iterator[Callable[[int, int | None], None]]:
+        calls.append(("bar", label, unless))
+        yield lambda done, total: calls.append((done, total))
+    monkeypatch.setattr(_logs, "progress_bar", progress_bar)
+    return calls
+
+
+def test_export_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:1000ms") as journal:
+        for i in range(5000):
+            journal.log_transaction(_entry(i, "a" if i % 2 else "b"))
+    calls = _record_bars(monkeypatch)
+    assert _run(store, "export", "-o", str(tmp_path / "out")).exit_code == 0
+    assert calls == [("bar", "exporting", False), (4096, 5000), (5000, 5000)]
+    calls.clear()
+    assert _run(store, "export", "-o", str(tmp_path / "out"), "--op", "a").exit_code == 0
+    assert calls == [("bar", "exporting", False), (2500, 2500)]  # (a count would need a scan)
+    calls.clear()
+    assert _run(store, "export", "-o", str(tmp_path / "out"), "--live-only").exit_code == 0
+    assert calls == [("bar", "exporting", False), (4096, 5000), (5000, 5000)]
+    calls.clear()
+    assert _run(store, "export").exit_code == 0  # piped: a bar on a terminal's stderr is fine
+    assert calls[0] == ("bar", "exporting", False)
+    monkeypatch.setattr(_logs, "sys", _TtySys())
+    calls.clear()
+    assert _run(store, "export", "--format", "csv").exit_code == 0  # to the terminal: no bar over it
+    assert calls[0] == ("bar", "exporting", True)
+    calls.clear()
+    assert _run(store, "export", "-o", str(tmp_path / "out")).exit_code == 0
+    assert calls[0] == ("bar", "exporting", False)
