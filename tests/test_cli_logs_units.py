@@ -610,3 +610,28 @@ def test_export_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     calls.clear()
     assert _run(store, "export", "-o", str(tmp_path / "out")).exit_code == 0
     assert calls[0] == ("bar", "exporting", False)
+
+
+def test_logs_table_of_nothing(store: Path) -> None:
+    assert _run(store, "logs", "--op", "nope", "-o", "table").stdout == "-- no entries --\n"
+    assert _run(store, "logs", "--op", "nope", "-o", "csv").stdout == (
+        "seq,time,op_name,request_id,status,duration_us,error\n")
+
+
+def test_export_in_colour_only_to_stdout(store: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_logs, "_use_color", lambda: True)  # (stdout a colour terminal)
+    assert "\x1b[" in _run(store, "export", "--format", "table").stdout
+    out = tmp_path / "out"
+    assert _run(store, "export", "--format", "table", "-o", str(out)).exit_code == 0
+    assert "\x1b" not in out.read_text() and out.read_text().startswith("TIME")
+
+
+def test_export_progress_of_a_selection_has_no_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "s"
+    with SovereignJournal(store, flush="interval:1000ms") as journal:
+        for i in range(5000):
+            journal.log_transaction(_entry(i))
+    calls = _record_bars(monkeypatch)
+    assert _run(store, "export", "-o", str(tmp_path / "out"), "--since", str(T0 + 1)).exit_code == 0
+    assert calls == [("bar", "exporting", False), (4096, None), (4999, 4999)]
