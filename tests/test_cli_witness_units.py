@@ -11,16 +11,18 @@ import base64
 import json
 import os
 import stat
+import threading
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner, Result
 
 from krepis import CorruptStorageError, JournalError, LogStatus, SovereignJournal, TransactionLog
-from krepis.cli import _witness
-from krepis.cli._tlog_serve import Reply, tile_responder
+from krepis.cli import _witness, cli
+from krepis.cli._tlog_serve import Reply, TileServer, tile_responder
 from krepis.cli._witness import (
     DEFAULT_STATE,
     _alarm,
@@ -35,7 +37,7 @@ from krepis.cli._witness import (
 from krepis.tlog import Checkpoint, generate_cosigner, generate_signer
 from krepis.tlog._monitor import Alarm, load_state
 from krepis.tlog._note import format_checkpoint, sign_note
-from krepis.tlog._witness import Refusal, Witness
+from krepis.tlog._witness import COSIGNED_OP, Refusal, Witness
 
 LOG = generate_signer("example.com/log")
 WITNESS = generate_cosigner("witness.example/w1")
@@ -391,3 +393,140 @@ def test_watch_alarm_with_status_3(log: SovereignJournal, tmp_path: Path, capsys
     assert out.err.startswith(f"krepis: ALARM: {alarm['message']}\n")
     kept = load_state(state_file, [LOG.verifier()])
     assert kept is not None and kept.checkpoint.size == 20  # the alarm moved nothing
+
+
+# -- the commands' bodies, in process ------------------------------------------------------------------
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_witness_status(tmp_path: Path, log: SovereignJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "w"
+    state.mkdir()
+    with SovereignJournal(state / "journal", retention="off") as journal:
+        pass
+    result = _cli("witness", "status", "--state", str(state))
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == "the witness has cosigned nothing yet\n"
+    assert _cli("witness", "status", "--state", str(state), "--json").output == ""
+    other = generate_signer("example.com/other")
+    with SovereignJournal(state / "journal", retention="off") as journal:
+        core = Witness(WITNESS, [LOG.verifier(), other.verifier()], journal, str(state / "lock"))
+        try:
+            core.add_checkpoint(_body(log, 0, 5))
+            core.add_checkpoint(_body(log, 5, 12))
+            note = sign_note(format_checkpoint(Checkpoint(other.name, 3, log.tree_root(3))), other)
+            core.add_checkpoint(f"old 0\n\n{note}".encode())
+        finally:
+            core.close()
+        cosigned = journal.query(op_name=COSIGNED_OP)  # newest first
+        # records the status reads but cannot make sense of: shown, never a crash
+        journal.log_transaction(TransactionLog(T0, COSIGNED_OP, "example.org/odd", LogStatus.Completed,
+                                               error="example.org/odd\nnot-a-size\nroot\n"))
+        journal.log_transaction(TransactionLog(T0 + 1000, COSIGNED_OP, "example.org/short",
+                                               LogStatus.Completed,
+                                               error="example.org/short\n3"))
+    monkeypatch.setenv("KREPIS_FLUSH", "whenever")
+    monkeypatch.setenv("KREPIS_RETENTION", "keep-forever-please")
+    result = _cli("witness", "status", "--state", str(state))
+    assert (result.exit_code, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()  # the latest per origin, newest first
+    assert len(lines) == 4
+    assert lines[0].startswith("example.com/other\ttree size 3\tcosigned ")
+    assert lines[1].startswith(f"{LOG.name}\ttree size 12\tcosigned ")
+    assert lines[1].endswith(f"\twitness journal seq {cosigned[1].seq}")
+    odd = cosigned[0].seq + 1
+    assert lines[2] == ("example.org/short\ttree size ?\tcosigned 2023-11-14T22:13:21Z\t"
+                        f"witness journal seq {odd + 1}")
+    assert lines[3] == ("example.org/odd\ttree size not-a-size\tcosigned 2023-11-14T22:13:20Z\t"
+                        f"witness journal seq {odd}")
+    result = _cli("witness", "status", "--state", str(state), "--json")
+    shown = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(s["origin"], s["tree_size"]) for s in shown] == [
+        ("example.com/other", 3), (LOG.name, 12), ("example.org/short", None), ("example.org/odd", None)]
+    assert shown[1] == {"origin": LOG.name, "tree_size": 12, "seq": cosigned[1].seq,
+                        "cosigned_at_ms": cosigned[1].timestamp, "note": cosigned[1].error}
+
+
+def test_witness_status_of_no_witness(tmp_path: Path) -> None:
+    result = _cli("witness", "status", "--state", str(tmp_path / "none"))
+    assert result.exit_code == 1
+    assert f"there is no krepis store at {tmp_path / 'none' / 'journal'}" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.fixture
+def served(log: SovereignJournal) -> Iterator[str]:
+    """``log`` served by ``tlog serve``'s server in a thread: its URL."""
+    server = TileServer(("127.0.0.1", 0), tile_responder(log), timeout=5.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_tlog_watch(served: str, log: SovereignJournal, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    log.sign_checkpoint(LOG)
+    vkey = str(LOG.verifier())
+    state = str(tmp_path / "s.json")
+    result = _cli("tlog", "watch", served, "--vkey", vkey, "--once", "--state", state)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 20
+    assert result.stderr == "krepis: checkpoint of tree size 20 verified (20 new entries)\n"
+    assert _cli("tlog", "watch", served, "--vkey", vkey, "--once", "--state", state).output == ""  # kept
+    with _state_lock(state):
+        result = _cli("tlog", "watch", served, "--vkey", vkey, "--once", "--state", state)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: another monitor uses {state} (its lock {state}.lock is held)\n"
+    _script(monkeypatch, lambda: None)  # the second wait: Ctrl-C
+    result = _cli("tlog", "watch", served, "--vkey", vkey, "--interval", "0.5")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 20
+
+
+def test_tlog_watch_with_witnesses(log: SovereignJournal, tmp_path: Path) -> None:
+    note = log.sign_checkpoint(LOG)
+    w1, w2 = generate_cosigner("w1.example"), generate_cosigner("w2.example")
+    cosigned = note + w1.cosign(note.split("\n\n")[0] + "\n", 1_700_000_000)
+    respond = tile_responder(log)
+
+    def responder(path: str) -> Reply:
+        return Reply(200, cosigned.encode()) if path == "/checkpoint" else respond(path)
+    server = TileServer(("127.0.0.1", 0), responder, timeout=5.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.address[1]}"
+        (tmp_path / "w2.pub").write_text(f"{w2.verifier()}\n")
+        keys = ["--witness-vkey", str(w1.verifier()), "--witness-vkey", str(tmp_path / "w2.pub")]
+        result = _cli("tlog", "watch", url, "--vkey", str(LOG.verifier()), *keys, "--quorum", "1", "--once")
+        assert result.exit_code == 0, result.output
+        result = _cli("tlog", "watch", url, "--vkey", str(LOG.verifier()), *keys, "--once")
+        assert result.exit_code == 1 and "fewer than the quorum of 2" in result.stderr
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_tlog_watch_refusals(tmp_path: Path) -> None:
+    vkey = str(LOG.verifier())
+    result = _cli("tlog", "watch", "http://127.0.0.1:9", "--vkey", vkey, "--witness-vkey", "x" * 300)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: Invalid value for --witness-vkey: {'x' * 200}: ")
+    result = _cli("tlog", "watch", "http://127.0.0.1:9", "--vkey", vkey, "--quorum", "2",
+                  "--witness-vkey", str(WITNESS.verifier()))
+    assert result.exit_code == 2
+    assert result.stderr == ("Error: Invalid value for --quorum: 2 is more than the 1 --witness-vkey given "
+                             "(see cli tlog watch --help)\n")
+    result = _cli("tlog", "watch", "http://127.0.0.1:9", "--vkey", vkey, "--quorum", "1")
+    assert result.exit_code == 2 and "1 is more than the 0 --witness-vkey given" in result.stderr
+    result = _cli("tlog", "watch", "ftp://example.com", "--vkey", vkey, "--once")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: Invalid value for URL: ")
+    assert "is not an http:// or https:// URL" in result.stderr
+    result = _cli("tlog", "watch", "http://127.0.0.1:9", "--vkey", vkey, "--once", "--state",
+                  str(tmp_path / "s.json"))
+    assert result.exit_code == 1 and result.stderr.startswith("krepis: warning: ")
