@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import stat
 import threading
 import types
@@ -423,7 +424,13 @@ def test_witness_status(tmp_path: Path, log: SovereignJournal, monkeypatch: pyte
         cosigned = journal.query(op_name=COSIGNED_OP)  # newest first
         # records the status reads but cannot make sense of: shown, never a crash
         journal.log_transaction(TransactionLog(T0, COSIGNED_OP, "example.org/odd", LogStatus.Completed,
-                                               error="example.org/odd\nnot-a-size\nroot\n"))
+                                               error="example.org/odd\nnot a size\nroot\n"))
+        journal.log_transaction(TransactionLog(T0 - 1000, COSIGNED_OP, "example.org/three",
+                                               LogStatus.Completed, error="example.org/three\n7\nroot"))
+        journal.log_transaction(TransactionLog(T0 - 2000, COSIGNED_OP, "example.org/none",
+                                               LogStatus.Completed))
+        journal.log_transaction(TransactionLog(T0 + 5000, "witness_other_op", "example.org/not-shown",
+                                               LogStatus.Completed, error="x\n1\ny\n"))
         journal.log_transaction(TransactionLog(T0 + 1000, COSIGNED_OP, "example.org/short",
                                                LogStatus.Completed,
                                                error="example.org/short\n3"))
@@ -432,19 +439,25 @@ def test_witness_status(tmp_path: Path, log: SovereignJournal, monkeypatch: pyte
     result = _cli("witness", "status", "--state", str(state))
     assert (result.exit_code, result.stderr) == (0, "")
     lines = result.stdout.splitlines()  # the latest per origin, newest first
-    assert len(lines) == 4
+    assert len(lines) == 6
     assert lines[0].startswith("example.com/other\ttree size 3\tcosigned ")
     assert lines[1].startswith(f"{LOG.name}\ttree size 12\tcosigned ")
     assert lines[1].endswith(f"\twitness journal seq {cosigned[1].seq}")
     odd = cosigned[0].seq + 1
     assert lines[2] == ("example.org/short\ttree size ?\tcosigned 2023-11-14T22:13:21Z\t"
-                        f"witness journal seq {odd + 1}")
-    assert lines[3] == ("example.org/odd\ttree size not-a-size\tcosigned 2023-11-14T22:13:20Z\t"
+                        f"witness journal seq {odd + 4}")
+    assert lines[3] == ("example.org/odd\ttree size not a size\tcosigned 2023-11-14T22:13:20Z\t"
                         f"witness journal seq {odd}")
+    assert lines[4] == ("example.org/three\ttree size 7\tcosigned 2023-11-14T22:13:19Z\t"
+                        f"witness journal seq {odd + 1}")
+    assert lines[5] == ("example.org/none\ttree size ?\tcosigned 2023-11-14T22:13:18Z\t"
+                        f"witness journal seq {odd + 2}")
     result = _cli("witness", "status", "--state", str(state), "--json")
     shown = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(s["origin"], s["tree_size"]) for s in shown] == [
-        ("example.com/other", 3), (LOG.name, 12), ("example.org/short", None), ("example.org/odd", None)]
+        ("example.com/other", 3), (LOG.name, 12), ("example.org/short", None), ("example.org/odd", None),
+        ("example.org/three", 7), ("example.org/none", None)]
+    assert shown[5]["note"] is None
     assert shown[1] == {"origin": LOG.name, "tree_size": 12, "seq": cosigned[1].seq,
                         "cosigned_at_ms": cosigned[1].timestamp, "note": cosigned[1].error}
 
@@ -507,6 +520,8 @@ def test_tlog_watch_with_witnesses(log: SovereignJournal, tmp_path: Path) -> Non
         assert result.exit_code == 0, result.output
         result = _cli("tlog", "watch", url, "--vkey", str(LOG.verifier()), *keys, "--once")
         assert result.exit_code == 1 and "fewer than the quorum of 2" in result.stderr
+        result = _cli("tlog", "watch", url, "--vkey", str(LOG.verifier()), *keys, "--quorum", "2", "--once")
+        assert result.exit_code == 1 and "fewer than the quorum of 2" in result.stderr  # (allowed: 2 of 2)
     finally:
         server.shutdown()
         thread.join(timeout=10)
@@ -530,3 +545,12 @@ def test_tlog_watch_refusals(tmp_path: Path) -> None:
     result = _cli("tlog", "watch", "http://127.0.0.1:9", "--vkey", vkey, "--once", "--state",
                   str(tmp_path / "s.json"))
     assert result.exit_code == 1 and result.stderr.startswith("krepis: warning: ")
+
+
+def test_tlog_watch_timeout(tmp_path: Path) -> None:
+    """A log that never answers: the fetch gives up after --timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # (connections wait in its backlog)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = _cli("tlog", "watch", url, "--vkey", str(LOG.verifier()), "--once", "--timeout", "0.2")
+    assert result.exit_code == 1
+    assert result.stderr == f"krepis: warning: GET {url}/checkpoint: no whole answer within 0.2 s\n"
