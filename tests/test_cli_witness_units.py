@@ -554,3 +554,90 @@ def test_tlog_watch_timeout(tmp_path: Path) -> None:
         result = _cli("tlog", "watch", url, "--vkey", str(LOG.verifier()), "--once", "--timeout", "0.2")
     assert result.exit_code == 1
     assert result.stderr == f"krepis: warning: GET {url}/checkpoint: no whole answer within 0.2 s\n"
+
+
+def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str,
+                      body: bytes | None = None) -> tuple[Result, list[tuple[int, bytes]]]:
+    """``krepis witness serve`` run by CliRunner in this (the main) thread; a helper thread POSTs
+    ``body`` (once the server answers) and then interrupts it with SIGINT, as Ctrl-C does."""
+    import http.client
+    import signal
+    import time
+
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    answers: list[tuple[int, bytes]] = []
+
+    def post() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/add-checkpoint", body=body if body is not None else _body(log, 0, 5))
+                reply = conn.getresponse()
+                answers.append((reply.status, reply.read()))
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    key = tmp_path / "w.key"
+    key.write_text(f"{WITNESS}\n")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper = threading.Thread(target=post, daemon=True)
+        helper.start()
+        result = _cli("witness", "serve", "--key", str(key), "--log", str(LOG.verifier()),
+                      "--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "state"), *args)
+        helper.join(timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return result, answers
+
+
+def test_witness_serve_cosigns_until_ctrl_c(tmp_path: Path, log: SovereignJournal) -> None:
+    result, answers = _serve_in_process(tmp_path, log, "--timeout", "5", "--max-connections", "4")
+    assert result.exit_code == 0, result.output
+    [(status, line)] = answers
+    assert status == 200 and line.decode().startswith(f"\u2014 {WITNESS.name} ")
+    port = result.stderr.split("http://127.0.0.1:")[1].split("/")[0]
+    assert result.stderr == (f"witness {WITNESS.verifier()} serving http://127.0.0.1:{port}/add-checkpoint "
+                             f"for {LOG.name} (Ctrl-C to stop)\n"
+                             f"krepis witness: cosigned {LOG.name} at tree size 5\n")
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    with SovereignJournal(tmp_path / "state" / "journal", create=False) as journal:  # closed: it opens again
+        [entry] = journal.query(op_name=COSIGNED_OP)
+        assert entry.request_id == LOG.name
+    result, answers = _serve_in_process(tmp_path, log, body=b"nonsense")
+    assert result.exit_code == 0 and answers[0][0] == 400
+    assert result.stderr.splitlines()[1].startswith("krepis witness: 400: ")
+
+
+def test_witness_serve_refusals(tmp_path: Path, log: SovereignJournal) -> None:
+    key = tmp_path / "w.key"
+    key.write_text(f"{WITNESS}\n")
+    state = tmp_path / "state"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _cli("witness", "serve", "--key", str(key), "--log", str(LOG.verifier()), "--listen",
+                      f"127.0.0.1:{port}", "--state", str(state))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert result.stderr.count("\n") == 1
+    with SovereignJournal(state / "journal", create=False):  # closed again
+        pass
+    result = _cli("witness", "serve", "--key", str(key), "--log", str(LOG.verifier()), "--listen", "nope",
+                  "--state", str(tmp_path / "other"))
+    assert result.exit_code == 2 and "Invalid value for --listen: 'nope' is not HOST:PORT" in result.stderr
+    assert not (tmp_path / "other").exists()
+    result = _cli("witness", "serve", "--key", str(key), "--log", "not a key", "--state",
+                  str(tmp_path / "other"))
+    assert result.exit_code == 1 and result.stderr.startswith("Error: not a key: ")
+    logkey = tmp_path / "log.key"
+    logkey.write_text(f"{LOG}\n")
+    result = _cli("witness", "serve", "--key", str(logkey), "--log", str(LOG.verifier()), "--state",
+                  str(tmp_path / "other"))
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {logkey}: ")
+    assert not (tmp_path / "other").exists()

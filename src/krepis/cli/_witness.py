@@ -124,6 +124,12 @@ def witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: 
     and recording happen under one lock, so concurrent requests — from any process sharing DIR —
     can never roll the witness back.
     """
+    _witness_serve(key_file, log_keys, listen, state, timeout, max_connections)
+
+
+def _witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: str, timeout: float,
+                   max_connections: int) -> None:
+    """The body of ``krepis witness serve`` (a plain function, so that mutation testing reaches it)."""
     key = _cosigner(key_file)
     logs = _verifiers(log_keys)
     address = _listen(listen)
