@@ -556,8 +556,9 @@ def test_tlog_watch_timeout(tmp_path: Path) -> None:
     assert result.stderr == f"krepis: warning: GET {url}/checkpoint: no whole answer within 0.2 s\n"
 
 
-def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str,
-                      body: bytes | None = None) -> tuple[Result, list[tuple[int, bytes]]]:
+def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str, body: bytes | None = None,
+                      then: Callable[[int], None] | None = None,
+                      logs: tuple[str, ...] = ()) -> tuple[Result, list[tuple[int, bytes]]]:
     """``krepis witness serve`` run by CliRunner in this (the main) thread; a helper thread POSTs
     ``body`` (once the server answers) and then interrupts it with SIGINT, as Ctrl-C does."""
     import http.client
@@ -581,7 +582,11 @@ def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str,
                 break
             except OSError:
                 time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            if then is not None:
+                then(port)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
 
     key = tmp_path / "w.key"
     key.write_text(f"{WITNESS}\n")
@@ -589,7 +594,8 @@ def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str,
     try:
         helper = threading.Thread(target=post, daemon=True)
         helper.start()
-        result = _cli("witness", "serve", "--key", str(key), "--log", str(LOG.verifier()),
+        keys = [arg for text in logs or (str(LOG.verifier()),) for arg in ("--log", text)]
+        result = _cli("witness", "serve", "--key", str(key), *keys,
                       "--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "state"), *args)
         helper.join(timeout=60)
     finally:
@@ -641,3 +647,38 @@ def test_witness_serve_refusals(tmp_path: Path, log: SovereignJournal) -> None:
                   str(tmp_path / "other"))
     assert result.exit_code == 1 and result.stderr.startswith(f"Error: {logkey}: ")
     assert not (tmp_path / "other").exists()
+
+
+def test_witness_serve_of_two_logs_reads_no_policy_of_the_environment(
+        tmp_path: Path, log: SovereignJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KREPIS_FLUSH", "whenever")
+    monkeypatch.setenv("KREPIS_RETENTION", "keep-forever-please")
+    other = generate_signer("example.com/other")
+    result, answers = _serve_in_process(tmp_path, log, logs=(str(LOG.verifier()), str(other.verifier())))
+    assert result.exit_code == 0, result.output
+    assert answers[0][0] == 200
+    assert result.stderr.splitlines()[0].endswith(f" for {LOG.name}, example.com/other (Ctrl-C to stop)")
+
+
+def test_witness_serve_timeout_and_connection_cap(tmp_path: Path, log: SovereignJournal) -> None:
+    seen: list[bytes] = []
+
+    def idle_client(port: int) -> None:
+        # a client that sends nothing is closed once --timeout passed (long before the 10 s default)
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as idle:
+            seen.append(idle.recv(100))
+
+    result, _ = _serve_in_process(tmp_path, log, "--timeout", "0.3", then=idle_client)
+    assert result.exit_code == 0, result.output
+
+    def over_the_cap(port: int) -> None:
+        # at the cap of one connection, a new one closes the oldest at once (not after --timeout)
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as oldest:
+            with socket.create_connection(("127.0.0.1", port), timeout=8) as newer:
+                newer.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                seen.append(oldest.recv(100))
+
+    result, _ = _serve_in_process(tmp_path, log, "--timeout", "60", "--max-connections", "1",
+                                  then=over_the_cap)
+    assert result.exit_code == 0, result.output
+    assert seen == [b"", b""]
