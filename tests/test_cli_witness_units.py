@@ -569,10 +569,11 @@ def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str, body: b
     port = probe.getsockname()[1]
     probe.close()
     answers: list[tuple[int, bytes]] = []
+    returned = threading.Event()  # the command ended (or never served): nothing to interrupt
 
     def post() -> None:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not returned.is_set():
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 conn.request("POST", "/add-checkpoint", body=body if body is not None else _body(log, 0, 5))
@@ -583,10 +584,11 @@ def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str, body: b
             except OSError:
                 time.sleep(0.05)
         try:
-            if then is not None:
+            if then is not None and answers:
                 then(port)
         finally:
-            os.kill(os.getpid(), signal.SIGINT)
+            if not returned.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
 
     key = tmp_path / "w.key"
     key.write_text(f"{WITNESS}\n")
@@ -597,6 +599,7 @@ def _serve_in_process(tmp_path: Path, log: SovereignJournal, *args: str, body: b
         keys = [arg for text in logs or (str(LOG.verifier()),) for arg in ("--log", text)]
         result = _cli("witness", "serve", "--key", str(key), *keys,
                       "--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "state"), *args)
+        returned.set()
         helper.join(timeout=60)
     finally:
         signal.signal(signal.SIGINT, previous)
