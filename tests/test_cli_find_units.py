@@ -262,3 +262,17 @@ def test_exact_ids_are_looked_up_in_the_history_read(tmp_path: Path) -> None:
         assert found is elsewhere and misses == []
         found, _ = resolve_requests(journal, _Selection(request_ids=("lone",), archive=str(moved)))
         assert found is not None and found.request_ids == ("lone-5",)
+
+
+def test_an_empty_request_id_is_a_usage_error(journal: SovereignJournal, tmp_path: Path) -> None:
+    """Named as the option, before the journal is asked (which would say ``request_id``)."""
+    with pytest.raises(click.BadParameter) as raised:
+        _resolve(journal, "abc-1", "")
+    assert raised.value.format_message() == (
+        "Invalid value for --request-id: an empty id names no request (an id is 1 to 256 bytes)")
+    from click.testing import CliRunner
+
+    from krepis.cli import cli
+    result = CliRunner().invoke(cli, ["--storage", str(journal.path), "logs", "--request-id", ""])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.startswith("Error: Invalid value for --request-id: an empty id names no request")
