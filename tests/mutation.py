@@ -283,6 +283,24 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     # `krepis prove`: its CLI tests (CliRunner) and the proofs of archived entries
     "cli/_prove": (["test_tlog_prove.py", "test_gaps_tlog.py", "test_cli_seq.py", "test_history.py",
                     "test_archive.py", "test_cli_prove_units.py"], _NO_PG),
+    # the entry filters every reading command shares: its unit tests (a real store) and the
+    # archive's in-process logs/export test (--archive, --live-only)
+    "cli/_select": (["test_cli_select_units.py", "test_archive.py"],
+                    "test_cli_select_units or cli_archive_logs_export"),
+    # --grep and --request-id resolved (ids, prefixes, globs): its unit tests (real stores, one
+    # archived) and the archive's in-process logs/export test
+    "cli/_find": (["test_cli_find_units.py", "test_archive.py"],
+                  "test_cli_find_units or cli_archive_logs_export"),
+    # logs --follow, the export's progress and batched writes: its unit tests (real stores, the
+    # waits between polls scripted) and the archive's in-process logs/export test
+    "cli/_logs": (["test_cli_logs_units.py", "test_archive.py"],
+                  "test_cli_logs_units or cli_archive_logs_export"),
+    # krepis stats (--by, the counters, the summary's orders and forms): its unit tests (the
+    # command itself on a real store through click's runner)
+    "cli/_stats": (["test_cli_stats_units.py"], None),
+    # witness serve's handlers, witness status, tlog watch's loop: its unit tests (a real witness
+    # and a real journal's tile responder) and the witness's in-process tests (HTTP, status)
+    "cli/_witness": (["test_cli_witness_units.py", "test_witness.py"], None),
     # `krepis tlog serve` and the HTTP server the witness shares: the servers started in-process
     "cli/_tlog_serve": (["test_tlog_serve_units.py", "test_tlog_serve.py", "test_witness.py"], _NO_PG),
     "kernel/": (["test_kernel*.py", "test_guarantees.py", "test_plane*.py", "test_model.py",

@@ -72,10 +72,14 @@ def resolve_requests(journal: SovereignJournal, selection: _Selection, *, globs:
     match) leave the selection and are named in the returned lines — or, with ``keep_misses``
     (following: the request may come), stay in it as an id or a glob. Prefixes and globs are
     resolved by one pass over those entries (the request-id index is keyed by a hash: it cannot
-    answer a prefix); ``seen(n)`` is called as it reads.
+    answer a prefix); ``seen(n)`` is called as it reads. An empty value is a usage error naming
+    ``--request-id``.
     """
     if not selection.request_ids:
         return selection, []
+    if "" in selection.request_ids:  # (the journal would refuse it naming its argument, not the option)
+        raise click.BadParameter("an empty id names no request (an id is 1 to 256 bytes)",
+                                 param_hint="--request-id")
     history = _history(selection)
     exact: list[str] = []
     pending: list[str] = []

@@ -123,6 +123,14 @@ def logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, .
     the journal is printed inert: control characters and escape sequences
     appear as visible escapes.
     """
+    _logs(ctx, limit, show_all, op, status, request_id, since, until, reverse, count_only, follow, as_json,
+          fmt, no_pager, grep, ignore_case, archive, live_only)
+
+def _logs(ctx: click.Context, limit: int | None, show_all: bool, op: tuple[str, ...], status: tuple[str, ...],
+          request_id: tuple[str, ...], since: int | None, until: int | None, reverse: bool, count_only: bool,
+          follow: bool, as_json: bool, fmt: str | None, no_pager: bool, grep: str | None, ignore_case: bool,
+          archive: str | None, live_only: bool) -> None:
+    """The body of ``krepis logs`` (a plain function, so that mutation testing reaches it)."""
     if show_all:
         limit = None
     if count_only and follow:
@@ -203,6 +211,12 @@ def export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], req
     -o FILE is replaced in one step once every entry is written (mode 0600), or left as it was
     if the export fails; a symbolic link there is refused, a FIFO is written as a stream.
     """
+    _export(ctx, op, status, request_id, since, until, grep, ignore_case, output, fmt, archive, live_only)
+
+def _export(ctx: click.Context, op: tuple[str, ...], status: tuple[str, ...], request_id: tuple[str, ...],
+            since: int | None, until: int | None, grep: str | None, ignore_case: bool, output: str,
+            fmt: str | None, archive: str | None, live_only: bool) -> None:
+    """The body of ``krepis export`` (a plain function, so that mutation testing reaches it)."""
     _check_range(since, until)
     selection = _selection(op, status, request_id, since, until, archive, live_only,
                            compile_grep(grep, ignore_case))
@@ -267,6 +281,10 @@ def clear(ctx: click.Context, yes: bool) -> None:
 
     Durable: the store keeps only the trace of the clear (the new log's first entry).
     Checkpoints of the old log stay, valid for it only."""
+    _clear(ctx, yes)
+
+def _clear(ctx: click.Context, yes: bool) -> None:
+    """The body of ``krepis clear`` (a plain function, so that mutation testing reaches it)."""
     path = _storage(ctx)
     if not yes:
         if not sys.stdin.isatty():

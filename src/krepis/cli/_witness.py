@@ -124,6 +124,12 @@ def witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: 
     and recording happen under one lock, so concurrent requests — from any process sharing DIR —
     can never roll the witness back.
     """
+    _witness_serve(key_file, log_keys, listen, state, timeout, max_connections)
+
+
+def _witness_serve(key_file: str, log_keys: tuple[str, ...], listen: str, state: str, timeout: float,
+                   max_connections: int) -> None:
+    """The body of ``krepis witness serve`` (a plain function, so that mutation testing reaches it)."""
     key = _cosigner(key_file)
     logs = _verifiers(log_keys)
     address = _listen(listen)
@@ -167,6 +173,11 @@ def witness_status(state: str, as_json: bool) -> None:
 
     Per log: its origin, the tree size, when it was cosigned, and the seq of the entry of the
     witness's own journal that records it (krepis prove SEQ --storage STATE/journal proves it)."""
+    _witness_status(state, as_json)
+
+
+def _witness_status(state: str, as_json: bool) -> None:
+    """The body of ``krepis witness status`` (a plain function, so that mutation testing reaches it)."""
     store = os.path.join(state, "journal")
     seen: set[str] = set()
     with SovereignJournal(store, create=False, flush="sync", retention="off") as journal:
@@ -254,6 +265,12 @@ def tlog_watch(url: str, vkeys: tuple[str, ...], witness_vkeys: tuple[str, ...],
     stderr) and exits with status 3. A log that cannot be reached, or a checkpoint that does not
     verify, is a warning on stderr (with --once: status 1); the watch goes on.
     """
+    _tlog_watch(url, vkeys, witness_vkeys, quorum, state_file, interval, once, timeout)
+
+
+def _tlog_watch(url: str, vkeys: tuple[str, ...], witness_vkeys: tuple[str, ...], quorum: int | None,
+                state_file: str | None, interval: float, once: bool, timeout: float) -> None:
+    """The body of ``krepis tlog watch`` (a plain function, so that mutation testing reaches it)."""
     from ..tlog._http import reader
     from ..tlog._monitor import load_state
 
