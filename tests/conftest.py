@@ -4,7 +4,8 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,23 @@ def make_store(path: Path, entries: int = 3) -> Path:
         for i in range(entries):
             journal.record(TransactionLog(i, "op", f"r{i}", LogStatus.Completed), increment="op")
     return path
+
+
+def script_sleeps(monkeypatch: pytest.MonkeyPatch, module: Any, *steps: Callable[[], None]) -> list[float]:
+    """Replace ``module``'s ``time`` (its waits between polls) so that each ``time.sleep`` runs the
+    next step (what happens meanwhile), and the one after the last raises ``KeyboardInterrupt``
+    (Ctrl-C). Returns the waits asked for."""
+    waits: list[float] = []
+    todo = list(steps)
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if not todo:
+            raise KeyboardInterrupt
+        todo.pop(0)()
+
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(sleep=sleep))
+    return waits
 
 
 def tree_snapshot(root: Path) -> dict[str, bytes]:

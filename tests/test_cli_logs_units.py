@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import sys
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis.cli import _logs, cli
 from krepis.cli._logs import _counted, _follow, _write_entries
 from krepis.cli._select import _Selection
+
+from conftest import script_sleeps
 
 T0 = 1_700_000_000_000
 Cap = pytest.CaptureFixture[str]
@@ -40,20 +41,9 @@ def journal(tmp_path: Path) -> Iterator[SovereignJournal]:
         yield j
 
 
+
 def _script(monkeypatch: pytest.MonkeyPatch, *steps: Callable[[], None]) -> list[float]:
-    """Each wait of ``_follow`` runs the next step (what happens meanwhile); after the last one,
-    Ctrl-C. Returns the waits asked for."""
-    waits: list[float] = []
-    todo = list(steps)
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        if not todo:
-            raise KeyboardInterrupt
-        todo.pop(0)()
-
-    monkeypatch.setattr(_logs, "time", types.SimpleNamespace(sleep=sleep))
-    return waits
+    return script_sleeps(monkeypatch, _logs, *steps)
 
 
 def _append(journal: SovereignJournal, *entries: TransactionLog) -> Callable[[], None]:

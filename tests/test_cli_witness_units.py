@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 import threading
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from krepis.tlog import Checkpoint, generate_cosigner, generate_signer
 from krepis.tlog._monitor import Alarm, load_state
 from krepis.tlog._note import format_checkpoint, sign_note
 from krepis.tlog._witness import COSIGNED_OP, Refusal, Witness
+
+from conftest import script_sleeps
 
 LOG = generate_signer("example.com/log")
 WITNESS = generate_cosigner("witness.example/w1")
@@ -279,18 +280,9 @@ def _fetch(journal: SovereignJournal) -> Callable[[str, int], bytes]:
     return fetch
 
 
+
 def _script(monkeypatch: pytest.MonkeyPatch, *steps: Callable[[], None]) -> list[float]:
-    waits: list[float] = []
-    todo = list(steps)
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        if not todo:
-            raise KeyboardInterrupt
-        todo.pop(0)()
-
-    monkeypatch.setattr(_witness, "time", types.SimpleNamespace(sleep=sleep))
-    return waits
+    return script_sleeps(monkeypatch, _witness, *steps)
 
 
 def test_watch_once(log: SovereignJournal, tmp_path: Path, capsys: Cap) -> None:
