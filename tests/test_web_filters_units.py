@@ -79,6 +79,8 @@ def test_relative_times_are_read_against_now() -> None:
     assert parse(since="0", until="0", now="0").since == 0
     top = str(2**63 - 1)
     assert parse(now=top).now == 2**63 - 1
+    refused(f"now='{2**63}' is not a whole number in 0 … {2**63 - 1}", now=str(2**63))
+    refused("now='-1' is not a whole number in 0 … 9223372036854775807", now="-1")
 
 
 def test_now_defaults_to_the_current_time() -> None:
