@@ -282,6 +282,12 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
     "web/_filters": (["test_web_filters_units.py", "test_web.py", "test_web_hardening.py"],
                      "test_web_filters_units or trail or paging or prefix_and_text or bad_input "
                      "or a_request_is or ops_summary or series or errors_name or summary_is"),
+    # what the pages read: their unit tests (real stores, every read called directly), and the
+    # served console's reads (trail, request, ops, series, counters, proofs, budgets, 400s)
+    "web/_views": (["test_web_views_units.py", "test_web.py", "test_web_hardening.py"],
+                   "test_web_views_units or trail or paging or prefix_and_text or bad_input or a_request_is "
+                   "or ops_summary or series or counters or leaves or errors_name or summary_is "
+                   "or heavy_reads or prefix_the_console"),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
     # subprocesses only, which mutmut never selects for a mutant, so they would only slow the run
     "cli/": (["test_cli_*.py", "test_tlog_trust.py", "test_tlog_prove.py", "test_tlog_checks.py",
