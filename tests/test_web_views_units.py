@@ -536,3 +536,37 @@ def test_the_proofs_are_the_journals(console: SovereignJournal) -> None:
         Reader(console, live_only=True).inclusion({"seq": ["3"], "size": ["600"]})
     with pytest.raises(ValidationError):
         Reader(console, live_only=True).consistency({"old": ["100"], "new": ["650"]})
+
+
+def test_proofs_from_the_empty_tree_and_of_the_first_entry(small: SovereignJournal) -> None:
+    reader = Reader(small)
+    assert reader.consistency({"old": ["0"], "new": ["5"]}) == {"old_size": 0, "new_size": 5, "path": []}
+    assert reader.consistency({"old": ["0"], "new": ["0"]}) == {"old_size": 0, "new_size": 0, "path": []}
+    assert reader.inclusion({"seq": ["0"], "size": ["1"]}) == {"seq": 0, "index": 0, "tree_size": 1,
+                                                               "path": []}
+    refused("entry 0 is not in the tree of size 0 (the log holds entries 0…9)", reader.inclusion,
+            {"seq": ["0"], "size": ["0"]})
+
+
+def test_one_request_after_the_first_entry(small: SovereignJournal) -> None:
+    out = Reader(small).request({"id": ["r0"], "after": ["0"]})
+    assert [e["seq"] for e in out["entries"]] == [1]
+
+
+def test_one_request_counts_its_statuses(console: SovereignJournal) -> None:
+    from webtools import console_entries
+
+    for rid in ("req-0325", "req-0300", "req-0003"):
+        want = {"Started": 0, "Completed": 0, "Failed": 0}
+        for e in console_entries():
+            if e.request_id == rid:
+                want[e.status.value] += 1
+        assert Reader(console).request({"id": [rid]})["statuses"] == want
+    assert Reader(console).request({"id": ["req-0325"]})["statuses"]["Failed"] == 2
+
+
+def test_one_request_of_the_history_read(console: SovereignJournal) -> None:
+    assert [e["seq"] for e in Reader(console).request({"id": ["req-0001"]})["entries"]] == [2, 3]
+    assert Reader(console, live_only=True).request({"id": ["req-0001"]})["entries"] == []
+    live = Reader(console, live_only=True).request({"id": ["req-0310"]})
+    assert [e["seq"] for e in live["entries"]] == [620, 621]
