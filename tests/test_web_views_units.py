@@ -570,3 +570,45 @@ def test_one_request_of_the_history_read(console: SovereignJournal) -> None:
     assert Reader(console, live_only=True).request({"id": ["req-0001"]})["entries"] == []
     live = Reader(console, live_only=True).request({"id": ["req-0310"]})
     assert [e["seq"] for e in live["entries"]] == [620, 621]
+
+
+@pytest.fixture(scope="module")
+def old_and_new(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SovereignJournal]:
+    """512 entries of op ``old`` (archived), then 8 of op ``new`` (live), a minute apart."""
+    path = tmp_path_factory.mktemp("views") / "storage"
+    entries = [TransactionLog(T0 + i * 60_000, "old" if i < ARCHIVED else "new", f"r{i}", C)
+               for i in range(ARCHIVED + 8)]
+    make_console_store(path, entries=entries)
+    with SovereignJournal(path) as journal:
+        assert journal.entry_counts().archived == ARCHIVED
+        yield journal
+
+
+def test_a_series_of_the_live_store_only(old_and_new: SovereignJournal) -> None:
+    live = Reader(old_and_new, live_only=True)
+    first_live = T0 + ARCHIVED * 60_000
+    out = live.series(p())
+    assert (out["start"], out["end"], out["entries"]) == (first_live, first_live + 7 * 60_000 + 1, 8)
+    out = Reader(old_and_new).series(p())
+    assert (out["start"], out["entries"]) == (T0, ARCHIVED + 8)
+    # an op whose entries are all archived: none in the live store, so the window ends now
+    newest_old = T0 + (ARCHIVED - 1) * 60_000
+    params = p(op="old", since=str(newest_old - 60_000), now=str(newest_old - 120_000))
+    assert live.series(params)["points"] == []
+    out = Reader(old_and_new).series(params)
+    assert (out["start"], out["end"], out["entries"]) == (newest_old - 60_000, newest_old + 1, 2)
+
+
+def test_a_leaf_from_the_archive_given(console: SovereignJournal, tmp_path: Path) -> None:
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    with pytest.raises(Exception, match="elsewhere"):
+        Reader(console, archive=str(empty)).leaf({"seq": ["3"]})
+    assert Reader(console, archive=console.get_archive_dir()).leaf({"seq": ["3"]}) == Reader(console).leaf(
+        {"seq": ["3"]})
+
+
+def test_a_bucket_given_counts_whole_buckets(series_store: SovereignJournal) -> None:
+    reader = Reader(series_store, limits=Limits(series_buckets=3))
+    out = reader.series(p(bucket="minute", since=str(T0), until=str(T0 + 119_999)))
+    assert len(out["points"]) == 2
