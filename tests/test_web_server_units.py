@@ -55,7 +55,7 @@ def test_a_listen_address(text: str, host: str, port: int) -> None:
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:", "h:65536", "h:123456", "h:-1", "h:+80", "h:８０",
-                                  "h:8a", "h:1.5", "x" * 100])
+                                  "h:8a", "h:1.5", "h:000080", "x" * 100])
 def test_a_bad_listen_address_is_named(text: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_listen(text)
@@ -376,7 +376,8 @@ def test_an_unparseable_request_gets_400_with_the_security_headers(store: Path) 
     ("/api/trail", "/api/trail"), ("a b", "a\\x20b"), ("a\\b", "a\\x5cb"),
     ("\n\r\x1b\x00", "\\x0a\\x0d\\x1b\\x00"),
     ("\x7f\xa0é", "\\x7f\\xa0é"), ("\u202e\u2028", "\\u202e\\u2028"), ("\U000e0041😀", "\\U000e0041😀"),
-    ("\ufeff", "\\ufeff"), ("\U0010ffff", "\\U0010ffff"), ("\xff", "ÿ"), ("\u0100", "Ā"),
+    ("\ufeff", "\\ufeff"), ("\xad", "\\xad"), ("\uffff", "\\uffff"), ("\U00010000", "\U00010000"),
+    ("\U0010ffff", "\\U0010ffff"), ("\xff", "ÿ"), ("\u0100", "Ā"),
 ])
 def test_log_text_escapes_what_is_not_printable(text: str, logged: str) -> None:
     assert log_text(text) == logged
@@ -419,3 +420,56 @@ def test_the_access_log_line(store: Path, capfd: pytest.CaptureFixture[str]) -> 
         assert capfd.readouterr().err.startswith("HEAD /x\\x20y 0 ")
     finally:
         app.close()
+
+
+def test_the_server_names_no_software(store: Path) -> None:
+    with serving(store) as running:
+        conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+        try:
+            conn.request("GET", "/api/counters")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200 and response.getheader("server") is None
+        finally:
+            conn.close()
+
+
+def self_signed(directory: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_serve_over_tls(store: Path, tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    with serving(store, tls_cert=cert, tls_key=key) as running:
+        assert running.url == f"https://127.0.0.1:{running.port}/"
+        context = ssl.create_default_context(cafile=cert)
+        conn = http.client.HTTPSConnection("127.0.0.1", running.port, timeout=30, context=context)
+        try:
+            conn.request("GET", "/api/counters")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
