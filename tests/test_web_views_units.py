@@ -16,8 +16,9 @@ import pytest
 from krepis import LogStatus, SovereignJournal, TransactionLog
 from krepis._errors import ValidationError
 from krepis._model import now_ms
+from krepis.tlog import generate_signer
 from krepis.web._views import BUCKETS, Busy, Limits, Reader, _order, entry_dict, percentile
-from webtools import ARCHIVED, ENTRIES, make_console_store
+from webtools import ARCHIVED, ENTRIES, console_entries
 
 S, C, F = LogStatus.Started, LogStatus.Completed, LogStatus.Failed
 T0 = 1_769_860_800_000  # 2026-01-31T12:00:00Z: on the hour, not on the day
@@ -42,9 +43,23 @@ SMALL = [TransactionLog(T0 + i * 1000, "ab"[i % 2], f"r{i // 2}", S if i % 2 == 
                         duration_us=None if i % 2 == 0 else 100 * i) for i in range(10)]
 
 
+def build(path: Path, entries: list[TransactionLog], archive: bool = True) -> None:
+    """As webtools.make_console_store (each entry counted under its op, the kernel's counters, the
+    first 512 archived, a signed checkpoint), written with an interval flush to be quick."""
+    with SovereignJournal(path, flush="interval:20ms") as journal:
+        for entry in entries:
+            journal.record(entry, increment=entry.op_name if len(entry.op_name) < 40 else "hostile")
+        for _ in range(3):
+            journal.increment_op_count("js_ops_called")
+        journal.increment_op_count("contexts_created")
+        if archive:
+            journal.archive(path.parent / "archive", keep_last=journal.journal_count() - ARCHIVED)
+        journal.sign_checkpoint(generate_signer("example.com/journal"))
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SovereignJournal]:
-    with SovereignJournal(tmp_path_factory.mktemp("views") / "small") as journal:
+    with SovereignJournal(tmp_path_factory.mktemp("views") / "small", flush="interval:20ms") as journal:
         for entry in SMALL:
             journal.record(entry, increment=entry.op_name)
         yield journal
@@ -54,13 +69,13 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SovereignJournal
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SovereignJournal]:
     """700 entries, the first 512 archived, a signed checkpoint."""
     path = tmp_path_factory.mktemp("views") / "storage"
-    make_console_store(path)
+    build(path, console_entries())
     with SovereignJournal(path) as journal:
         yield journal
 
 
 def make(tmp_path: Path, entries: list[TransactionLog]) -> SovereignJournal:
-    journal = SovereignJournal(tmp_path / "store")
+    journal = SovereignJournal(tmp_path / "store", flush="interval:20ms")
     for entry in entries:
         journal.record(entry)
     return journal
@@ -554,8 +569,6 @@ def test_one_request_after_the_first_entry(small: SovereignJournal) -> None:
 
 
 def test_one_request_counts_its_statuses(console: SovereignJournal) -> None:
-    from webtools import console_entries
-
     for rid in ("req-0325", "req-0300", "req-0003"):
         want = {"Started": 0, "Completed": 0, "Failed": 0}
         for e in console_entries():
@@ -578,7 +591,7 @@ def old_and_new(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SovereignJ
     path = tmp_path_factory.mktemp("views") / "storage"
     entries = [TransactionLog(T0 + i * 60_000, "old" if i < ARCHIVED else "new", f"r{i}", C)
                for i in range(ARCHIVED + 8)]
-    make_console_store(path, entries=entries)
+    build(path, entries)
     with SovereignJournal(path) as journal:
         assert journal.entry_counts().archived == ARCHIVED
         yield journal
@@ -612,3 +625,11 @@ def test_a_bucket_given_counts_whole_buckets(series_store: SovereignJournal) -> 
     reader = Reader(series_store, limits=Limits(series_buckets=3))
     out = reader.series(p(bucket="minute", since=str(T0), until=str(T0 + 119_999)))
     assert len(out["points"]) == 2
+
+
+def test_a_series_point_has_the_nearest_rank_percentiles(tmp_path: Path) -> None:
+    durations = [(i * 37) % 100 + 1 for i in range(100)]  # 1…100, shuffled
+    with make(tmp_path, [TransactionLog(T0 + i * 10, "a", f"r{i}", C, duration_us=d)
+                         for i, d in enumerate(durations)]) as journal:
+        out = Reader(journal).series(p(bucket="minute"))
+    assert out["points"] == [point(T0, 100, 0, 50, 95, 99)]
