@@ -633,3 +633,8 @@ def test_a_series_point_has_the_nearest_rank_percentiles(tmp_path: Path) -> None
                          for i, d in enumerate(durations)]) as journal:
         out = Reader(journal).series(p(bucket="minute"))
     assert out["points"] == [point(T0, 100, 0, 50, 95, 99)]
+
+
+def test_a_scan_past_its_seconds_ends_with_a_cursor(console: SovereignJournal) -> None:
+    page = Reader(console, limits=Limits(scan_seconds=1e-9)).trail(p(q="upstream", limit="500"))
+    assert (page["scanned"], page["budget_spent"], page["older"]) == (256, True, ENTRIES - 256)
