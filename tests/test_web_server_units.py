@@ -473,3 +473,19 @@ def test_serve_over_tls(store: Path, tmp_path: Path) -> None:
             assert conn.getresponse().status == 200
         finally:
             conn.close()
+
+
+def test_forwarded_headers_are_not_believed(store: Path) -> None:
+    """The server is reached directly: a client's X-Forwarded-Proto does not make its plain-HTTP
+    session cookie a Secure one (nor any other forwarded header change what it is)."""
+    with serving(store, token=TOKEN) as running:
+        conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+        try:
+            conn.request("GET", f"/ops?token={TOKEN}", headers={"X-Forwarded-Proto": "https",
+                                                                "X-Forwarded-For": "10.1.2.3"})
+            response = conn.getresponse()
+            response.read()
+            cookie = response.getheader("set-cookie")
+            assert cookie is not None and "Secure" not in cookie
+        finally:
+            conn.close()
