@@ -373,7 +373,7 @@ def test_an_unparseable_request_gets_400_with_the_security_headers(store: Path) 
 # -- the access log ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "logged"), [
-    ("/api/trail", "/api/trail"), ("a b", "a\\x20b"), ("a\\b", "a\\x5cb"),
+    ("/api/trail", "/api/trail"), ("aXb", "aXb"), ("a b", "a\\x20b"), ("a\\b", "a\\x5cb"),
     ("\n\r\x1b\x00", "\\x0a\\x0d\\x1b\\x00"),
     ("\x7f\xa0é", "\\x7f\\xa0é"), ("\u202e\u2028", "\\u202e\\u2028"), ("\U000e0041😀", "\\U000e0041😀"),
     ("\ufeff", "\\ufeff"), ("\xad", "\\xad"), ("\uffff", "\\uffff"), ("\U00010000", "\U00010000"),
@@ -489,3 +489,35 @@ def test_forwarded_headers_are_not_believed(store: Path) -> None:
             assert cookie is not None and "Secure" not in cookie
         finally:
             conn.close()
+
+
+def test_the_access_log_hands_on_what_it_was_given(monkeypatch: pytest.MonkeyPatch,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Other scopes (lifespan) untouched; an HTTP request's receive and send reach the app (send
+    through the watch of the status); the time taken in milliseconds, on a clock the test moves."""
+    import time as time_module
+
+    received: list[Any] = []
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"hello", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        received.append(await receive())
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    asyncio.run(_AccessLog(echo)({"type": "lifespan"}, receive, send))
+    assert received[-1]["body"] == b"hello" and [m["type"] for m in sent] == ["http.response.start",
+                                                                               "http.response.body"]
+    assert capfd.readouterr().err == ""
+    ticks = iter([10.0, 11.0])
+    monkeypatch.setattr(time_module, "perf_counter", lambda: next(ticks, 11.0))
+    asyncio.run(_AccessLog(echo)({"type": "http", "method": "POST", "path": "/p"}, receive, send))
+    monkeypatch.undo()
+    assert received[-1]["body"] == b"hello" and sent[-2]["status"] == 201
+    assert capfd.readouterr().err == "POST /p 201 1000.0ms\n"
