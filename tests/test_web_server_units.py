@@ -558,3 +558,37 @@ def test_a_body_still_coming_after_the_answer_is_not_waiting_for_headers(store: 
             assert data.startswith(b"HTTP/1.1 413 ")  # answered (a body is refused), and kept open
         finally:
             sock.close()
+
+
+def configured(store: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> _Server:
+    """The server ``serve`` would run, made but not started."""
+    made: list[_Server] = []
+    monkeypatch.setattr(_Server, "run", lambda self: made.append(self))
+    serve(store, "127.0.0.1:0", **kwargs)
+    monkeypatch.undo()
+    return made[0]
+
+
+def test_what_serve_hands_uvicorn(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = configured(store, monkeypatch)
+    config = server.server.config
+    assert config.app is server.app and server.app.console.reader.history == {}
+    assert (config.lifespan, config.access_log, config.log_level, config.server_header,
+            config.proxy_headers) == ("on", False, "warning", False, False)
+    assert (config.timeout_graceful_shutdown, config.limit_concurrency) == (2, None)
+    assert server.app.console.journal.closed  # (closed by serve when the server ends)
+    logged = configured(store, monkeypatch, access_log=True)
+    assert isinstance(logged.server.config.app, _AccessLog) and logged.server.config.app.app is logged.app
+    archived = tmp_path / "storage"
+    make_console_store(archived)
+    archive = str(tmp_path / "archive")
+    history = configured(archived, monkeypatch, archive=archive).app.console.reader.history
+    assert history == {"archive": archive}
+    assert configured(store, monkeypatch, live_only=True).app.console.reader.history == {"live_only": True}
+
+
+def test_serve_listens_on_port_8088_of_loopback_by_default(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"^give both --tls-cert and --tls-key, or neither$"):
+        serve(tmp_path / "no-store", tls_cert="c.pem")  # (the default address was read: no error about it)
+    import inspect
+    assert inspect.signature(serve).parameters["listen"].default == "127.0.0.1:8088"
