@@ -329,6 +329,23 @@ SELECTIONS: dict[str, tuple[list[str], str | None]] = {
                        "test_kernel_interrupts.py"],
                       _NO_PG + " and not cli and not signal_to_krepis and not killed_host"),
     "web/": (["test_web.py"], None),
+    # the console's query parameters: their unit tests, and the served console's reads that parse
+    # them (the trail, paging, the ops summary and series, the 400s naming a bad parameter)
+    "web/_filters": (["test_web_filters_units.py", "test_web.py", "test_web_hardening.py"],
+                     "test_web_filters_units or trail or paging or prefix_and_text or bad_input "
+                     "or a_request_is or ops_summary or series or errors_name or summary_is"),
+    # what the pages read: their unit tests (real stores, every read called directly), and the
+    # served console's reads (trail, request, ops, series, counters, proofs, budgets, 400s)
+    "web/_views": (["test_web_views_units.py", "test_web.py", "test_web_hardening.py"],
+                   "test_web_views_units or trail or paging or prefix_and_text or bad_input or a_request_is "
+                   "or ops_summary or series or counters or leaves or errors_name or summary_is "
+                   "or heavy_reads or prefix_the_console"),
+    # serving the console: its unit tests (serve run in a thread of the test, real sockets); the
+    # other serving tests run `krepis serve` in a subprocess. Left out: the tests that serve the
+    # access log through uvicorn — under mutmut its async __call__ is a plain function returning
+    # a coroutine, which uvicorn takes for the ASGI2 interface, so no server starts; the access
+    # log is called directly by test_the_access_log_line instead
+    "web/_server": (["test_web_server_units.py"], "not serve_with_the_access_log"),
     # the in-process (CliRunner) tests: test_cli.py and test_tlog_cli.py start `krepis` (and Go) in
     # subprocesses only, which mutmut never selects for a mutant, so they would only slow the run
     "cli/": (["test_cli_*.py", "test_tlog_trust.py", "test_tlog_prove.py", "test_tlog_checks.py",
