@@ -284,7 +284,7 @@ def test_an_interrupted_leader_fails_only_the_requests_not_served_and_withdraws_
         pending.wakeup.acquire()
     served.result = [7]
     commit._queue = commit._batch = [served, unknown, own]
-    commit._leading, commit._leader = True, own
+    commit._leader = own  # (it leads)
     commit._abandon([own], own, KeyboardInterrupt())
     assert commit._queue == [] and commit._batch is None
     assert (served.done, served.result, served.error) == (True, [7], None)

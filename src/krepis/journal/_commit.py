@@ -41,10 +41,14 @@ class _GroupCommit:
         self._on_commit = on_commit
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
-        self._leading = False
-        self._leader: _Pending | None = None  # the last item of the leading caller's run
+        self._leader: _Pending | None = None  # the last item of the leading caller's run, if any
         self._batch: list[_Pending] | None = None  # the requests the leader took, until served
         self._last_batch = 1
+
+    @property
+    def _leading(self) -> bool:
+        """Whether a caller leads a commit now."""
+        return self._leader is not None
 
     def submit(self, request: WriteRequest) -> list[int]:
         item = _Pending(request)
@@ -66,9 +70,8 @@ class _GroupCommit:
         batch: list[_Pending] | None = None
         with self._lock:
             self._queue.extend(items)
-            lead = not self._leading
+            lead = self._leader is None
             if lead:
-                self._leading = True
                 self._leader = last
                 if self._last_batch <= 1:  # a lone writer takes the queue at once
                     self._batch = batch = self._queue
@@ -126,7 +129,6 @@ class _GroupCommit:
             successor.wakeup.release()
             self._leader = successor
         else:
-            self._leading = False
             self._leader = None
 
     def _abandon(self, items: list[_Pending], last: _Pending, exc: BaseException) -> None:
